@@ -1,0 +1,11 @@
+//! The settlement core of quickpay-engine.
+//!
+//! Plain Rust: nothing here knows Python, gRPC or SQL. The PyO3 bindings live in
+//! `python.rs` behind the `python` feature, so `cargo test` runs the core alone.
+//! Every entry point has a batch form; single forms call it.
+
+pub mod money;
+pub mod validate;
+
+#[cfg(feature = "python")]
+mod python;
