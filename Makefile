@@ -13,10 +13,10 @@ help:
 	@echo "make demo   build, seed SQLite, serve, drive a few thousand Pay calls, summarize"
 	@echo "make test   build, cargo test, clippy, ruff, pytest"
 
-$(STAMP): constraints.txt pyproject.toml
+$(STAMP): requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -r <(sed -n '/^dependencies = \[/,/^\]/p;/^dev = \[/,/^\]/p' pyproject.toml | grep -o '"[^"]*"' | tr -d '"')
+	$(PIP) install -q -r requirements.lock
 	touch $@
 
 venv: $(STAMP)
