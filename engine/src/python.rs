@@ -27,6 +27,7 @@ enum CoreError {
     ColumnLength { column: &'static str, len: usize, expected: usize },
     BadEnum { column: &'static str, row: usize, value: u8 },
     BadCurrency { row: usize, code: String },
+    BadCountry { row: usize, code: String },
     Table(TableError),
     NotContiguous { column: &'static str },
 }
@@ -46,6 +47,9 @@ impl From<CoreError> for PyErr {
             CoreError::BadCurrency { row, code } => {
                 InvalidBatch::new_err(format!("row {row}: {code:?} is not an ISO 4217 currency"))
             }
+            CoreError::BadCountry { row, code } => InvalidBatch::new_err(format!(
+                "row {row}: {code:?} is not an ISO 3166 alpha-2 country code"
+            )),
             CoreError::Table(TableError::TableFull { max }) => {
                 CapacityExceeded::new_err(format!("subscriber table is full ({max} subscribers)"))
             }
@@ -77,6 +81,9 @@ fn slice<'a, T: numpy::Element>(
     array.as_slice().map_err(|_| CoreError::NotContiguous { column })
 }
 
+/// In time columns, "no such moment" (a SIM never swapped).
+const NO_TIME: i64 = i64::MIN;
+
 /// The engine: one per process, the single owner of the in-memory state.
 #[pyclass(frozen)]
 struct Engine {
@@ -106,10 +113,18 @@ impl Engine {
         statuses: PyReadonlyArray1<'_, u8>,
         currencies: Vec<String>,
         balances_minor: PyReadonlyArray1<'_, i64>,
+        countries: Vec<String>,
+        sim_swapped_at_s: PyReadonlyArray1<'_, i64>,
+        created_at_s: PyReadonlyArray1<'_, i64>,
     ) -> PyResult<()> {
         let n = account_ids.len();
         check_len("msisdns", msisdns.len(), n)?;
         check_len("currencies", currencies.len(), n)?;
+        check_len("countries", countries.len(), n)?;
+        let swapped = slice("sim_swapped_at_s", &sim_swapped_at_s)?;
+        let created = slice("created_at_s", &created_at_s)?;
+        check_len("sim_swapped_at_s", swapped.len(), n)?;
+        check_len("created_at_s", created.len(), n)?;
         let plans = slice("plans", &plans)?;
         let statuses = slice("statuses", &statuses)?;
         let balances = slice("balances_minor", &balances_minor)?;
@@ -124,6 +139,10 @@ impl Engine {
                 .ok_or(CoreError::BadEnum { column: "statuses", row, value: statuses[row] })?;
             let currency = Currency::from_code(&currencies[row])
                 .ok_or_else(|| CoreError::BadCurrency { row, code: currencies[row].clone() })?;
+            let country = match countries[row].as_bytes() {
+                &[a, b] if a.is_ascii_uppercase() && b.is_ascii_uppercase() => [a, b],
+                _ => return Err(CoreError::BadCountry { row, code: countries[row].clone() }.into()),
+            };
             rows.push(Subscriber {
                 account_id,
                 msisdn,
@@ -131,6 +150,9 @@ impl Engine {
                 status,
                 currency,
                 balance_minor: balances[row],
+                country,
+                sim_swapped_at_s: (swapped[row] != NO_TIME).then_some(swapped[row]),
+                created_at_s: created[row],
             });
         }
         py.detach(|| {
@@ -236,6 +258,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(reject_codes, m)?)?;
     m.add_function(wrap_pyfunction!(currency_exponent, m)?)?;
     m.add("BATCH_MAX", BATCH_MAX)?;
+    m.add("NO_TIME", NO_TIME)?;
     m.add("EngineError", py.get_type::<EngineError>())?;
     m.add("BatchTooLarge", py.get_type::<BatchTooLarge>())?;
     m.add("InvalidBatch", py.get_type::<InvalidBatch>())?;

@@ -4,6 +4,7 @@ import numpy as np
 import numpy.typing as npt
 
 BATCH_MAX: int
+NO_TIME: int
 
 class EngineError(Exception):
     """Base class of every engine error."""
@@ -31,6 +32,9 @@ class Engine:
         statuses: npt.NDArray[np.uint8],
         currencies: list[str],
         balances_minor: npt.NDArray[np.int64],
+        countries: list[str],
+        sim_swapped_at_s: npt.NDArray[np.int64],
+        created_at_s: npt.NDArray[np.int64],
     ) -> None:
         """Inserts or replaces subscribers, given as columns of equal length."""
     def set_states(

@@ -64,6 +64,12 @@ pub struct Subscriber {
     pub currency: Currency,
     /// Prepaid credit, or the postpaid amount owed as a positive number.
     pub balance_minor: i64,
+    /// ISO 3166 alpha-2 country of the subscriber, ASCII uppercase.
+    pub country: [u8; 2],
+    /// When the SIM was last swapped, Unix seconds; `None` if never.
+    pub sim_swapped_at_s: Option<i64>,
+    /// When the account was opened, Unix seconds.
+    pub created_at_s: i64,
 }
 
 /// Why a subscriber could not be added.

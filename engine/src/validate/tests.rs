@@ -16,6 +16,9 @@ fn table() -> SubscriberTable {
                 status,
                 currency: eur,
                 balance_minor: 5_000,
+                country: *b"GR",
+                sim_swapped_at_s: None,
+                created_at_s: 1_600_000_000,
             })
             .unwrap();
     }

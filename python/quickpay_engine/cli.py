@@ -1,0 +1,50 @@
+"""The `quickpay` command: one entry point, a subcommand per job.
+
+Each subcommand lives in ``quickpay_engine.commands.<name>`` and exposes
+``register(subparsers)``, which adds its parser(s) with ``set_defaults(run=...)``;
+``run(args) -> int`` is the exit code. Every subcommand takes the common flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from quickpay_engine.config import add_common_flags
+from quickpay_engine.errors import QuickpayError
+
+# The subcommand modules, in the order `quickpay --help` lists them.
+COMMAND_MODULES = ["serve", "seed", "subscribers"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="quickpay", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    add_common_flags(common)
+    subparsers.common_parent = common  # type: ignore[attr-defined]
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"quickpay_engine.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs one subcommand; returns its exit code (2 for a usage or config error)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.run(args))
+    except QuickpayError as err:
+        print(f"quickpay {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

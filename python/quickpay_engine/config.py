@@ -1,0 +1,75 @@
+"""Settings shared by every subcommand: flags with QUICKPAY_* environment fallbacks.
+
+The flag names and their variables are fixed by DESIGN.md; scripts rely on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from quickpay_engine.errors import ConfigError
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DATA_DIR = "./var"
+SQLITE_FILE = "quickpay.sqlite3"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the engine listens and keeps its state."""
+
+    listen: str
+    data_dir: Path
+    database_url: str
+    gateways: Path | None
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file named by ``database_url`` (only for sqlite URLs)."""
+        if not self.database_url.startswith("sqlite:///"):
+            raise ConfigError(f"--database-url {self.database_url!r} is not a sqlite:/// URL")
+        return Path(self.database_url.removeprefix("sqlite:///"))
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds --listen, --data-dir, --database-url and --gateways, each with its variable."""
+    env = os.environ
+    parser.add_argument(
+        "--listen",
+        default=env.get("QUICKPAY_LISTEN", DEFAULT_LISTEN),
+        help=f"HOST:PORT to serve gRPC on (QUICKPAY_LISTEN, default {DEFAULT_LISTEN})",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=env.get("QUICKPAY_DATA_DIR", DEFAULT_DATA_DIR),
+        help="write-ahead log and SQLite file (QUICKPAY_DATA_DIR, default ./var)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=env.get("QUICKPAY_DATABASE_URL"),
+        help="sqlite:///PATH or postgresql://... (QUICKPAY_DATABASE_URL, "
+        "default the SQLite file in the data dir)",
+    )
+    parser.add_argument(
+        "--gateways",
+        default=env.get("QUICKPAY_GATEWAYS"),
+        help="gateway configuration file (QUICKPAY_GATEWAYS; none: bundled simulators)",
+    )
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Validates the common flags and fills in derived defaults."""
+    host, sep, port = args.listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--listen {args.listen!r} must be HOST:PORT")
+    data_dir = Path(args.data_dir)
+    url = args.database_url or f"sqlite:///{data_dir / SQLITE_FILE}"
+    if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError(
+            f"--database-url {url!r}: expected sqlite:///PATH or postgresql://..."
+        )
+    gateways = Path(args.gateways) if args.gateways else None
+    return Settings(listen=args.listen, data_dir=data_dir, database_url=url, gateways=gateways)
