@@ -1,7 +1,8 @@
 """The embedded store: one SQLite file (WAL journal, synchronous=FULL) for every domain.
 
 Calls are synchronous and must come from one thread: the async front end runs them on
-a single-thread executor (see ``AsyncStore``), which makes that thread the one writer.
+a single-thread executor (``store.executor.StoreThread``), which makes that thread the
+one writer.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,6 +28,8 @@ from quickpay_engine.domain import (
     Purpose,
     SubscriberRow,
 )
+from quickpay_engine.store.audit import GENESIS, AuditRow, canonical, chain_hash
+from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule, state_after
 
 # SQLite waits this long for a lock held by another process before failing the call.
 BUSY_TIMEOUT_MS = 5_000
@@ -44,6 +47,8 @@ class Decision:
     intent: PaymentIntent
     decline_reason: str = ""
     decline_detail: str = ""
+    gateway: str = ""
+    gateway_reference: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,19 +58,6 @@ class SettledState:
     account_id: str
     balance_minor: int
     status: LineStatus
-
-
-def restored_status(plan: Plan, status: LineStatus, balance_minor: int) -> LineStatus:
-    """The line state after a payment: a barred or suspended line paid up is restored.
-
-    A postpaid line owes ``balance_minor``; once nothing is owed it is active again. A
-    prepaid line barred at zero credit is active again once it has credit. A closed line
-    stays closed.
-    """
-    if status in (LineStatus.ACTIVE, LineStatus.CLOSED):
-        return status
-    paid_up = balance_minor <= 0 if plan is Plan.POSTPAID else balance_minor > 0
-    return LineStatus.ACTIVE if paid_up else status
 
 
 class SqliteStore:
@@ -83,6 +75,24 @@ class SqliteStore:
         self._db.execute("PRAGMA foreign_keys = ON")
         schema = resources.files("quickpay_engine.store").joinpath("schema_sqlite.sql")
         self._db.executescript(schema.read_text())
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO provisioning_rules (rule_id, priority, plan, from_status,"
+                " to_status, owed_max_minor, credit_min_minor) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.rule_id,
+                        n,
+                        int(r.plan),
+                        int(r.from_status),
+                        int(r.to_status),
+                        r.owed_max_minor,
+                        r.credit_min_minor,
+                    )
+                    for n, r in enumerate(DEFAULT_RULES)
+                ],
+            )
+        self.rules = self._load_rules()
 
     def close(self) -> None:
         self._db.close()
@@ -178,21 +188,35 @@ class SqliteStore:
         outcomes: list[Outcome] = []
         states: dict[str, SettledState] = {}
         with self._transaction():
+            trail = _Trail(self._db)
             for decision in decisions:
                 self._db.execute("SAVEPOINT payment")
+                mark = trail.mark()
                 try:
-                    outcome = self._apply(decision, now_us, states)
+                    outcome = self._apply(decision, now_us, states, trail)
                 except sqlite3.IntegrityError as err:
                     self._db.execute("ROLLBACK TO payment")
+                    trail.reset(mark)
                     outcome = self._replay_or_fail(decision, str(err))
                 self._db.execute("RELEASE payment")
                 outcomes.append(outcome)
         return outcomes, list(states.values())
 
-    def _apply(self, decision: Decision, now_us: int, states: dict[str, SettledState]) -> Outcome:
+    def _apply(
+        self, decision: Decision, now_us: int, states: dict[str, SettledState], trail: _Trail
+    ) -> Outcome:
         intent = decision.intent
         if decision.decline_reason:
             self._insert_payment(decision, PaymentStatus.DECLINED, now_us, None)
+            trail.append(
+                "payment.declined",
+                payment_id=decision.payment_id,
+                account_id=intent.account_id,
+                amount_minor=intent.amount_minor,
+                currency=intent.currency,
+                decline_reason=decision.decline_reason,
+            )
+            self._event("decline", decision, now_us, decline_reason=decision.decline_reason)
             return Outcome(
                 payment_id=decision.payment_id,
                 idempotency_key=intent.idempotency_key,
@@ -201,31 +225,80 @@ class SqliteStore:
                 decline_detail=decision.decline_detail,
             )
         # A bill payment lowers what is owed; a top-up raises the credit.
-        delta = (
-            -intent.amount_minor if intent.purpose is Purpose.BILL_PAYMENT else intent.amount_minor
-        )
-        balance, plan, status = self._db.execute(
+        bill = intent.purpose is Purpose.BILL_PAYMENT
+        delta = -intent.amount_minor if bill else intent.amount_minor
+        balance, plan, status, msisdn = self._db.execute(
             "UPDATE subscribers SET balance_minor = balance_minor + ? WHERE account_id = ?"
-            " RETURNING balance_minor, plan, status",
+            " RETURNING balance_minor, plan, status, msisdn",
             (delta, intent.account_id),
         ).fetchone()
-        after = restored_status(Plan(plan), LineStatus(status), balance)
-        if after != status:
-            self._db.execute(
-                "UPDATE subscribers SET status = ? WHERE account_id = ?",
-                (int(after), intent.account_id),
-            )
+        before = LineStatus(status)
+        after, rule_id = state_after(self.rules, Plan(plan), before, balance)
         confirmation = Confirmation(
             confirmation_id="cnf_" + decision.payment_id.removeprefix("pay_"),
             ledger_sequence=0,
             settled_at_us=now_us,
-            gateway="",
-            gateway_reference="",
+            gateway=decision.gateway,
+            gateway_reference=decision.gateway_reference,
             balance_after_minor=balance,
             currency=intent.currency,
             service_state_after=after,
         )
         seq = self._insert_payment(decision, PaymentStatus.SETTLED, now_us, confirmation)
+        self._db.execute(
+            "INSERT INTO billing_records (payment_id, account_id, kind, amount_minor, currency,"
+            " balance_after_minor, created_at_us) VALUES (?, ?, 'PAYMENT', ?, ?, ?, ?)",
+            (decision.payment_id, intent.account_id, intent.amount_minor, intent.currency,
+             balance, now_us),
+        )  # fmt: skip
+        # Money came in through the gateway's clearing account and pays down what the
+        # subscriber owes (a bill) or becomes credit the carrier owes them (a top-up).
+        clearing = f"gateway_clearing:{decision.gateway or 'direct'}"
+        credited = f"{'receivable' if bill else 'prepaid_liability'}:{intent.account_id}"
+        self._db.executemany(
+            "INSERT INTO ar_entries (payment_id, leg, ar_account, debit_minor, credit_minor,"
+            " currency, created_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (decision.payment_id, 1, clearing, intent.amount_minor, 0, intent.currency, now_us),
+                (decision.payment_id, 2, credited, 0, intent.amount_minor, intent.currency, now_us),
+            ],
+        )
+        if after is not before:
+            self._db.execute(
+                "UPDATE subscribers SET status = ? WHERE account_id = ?",
+                (int(after), intent.account_id),
+            )
+            self._db.execute(
+                "INSERT INTO provisioning_changes (payment_id, account_id, msisdn, state_before,"
+                " state_after, rule_id, changed_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (decision.payment_id, intent.account_id, msisdn, int(before), int(after),
+                 rule_id, now_us),
+            )  # fmt: skip
+            self._event(
+                "service_state", decision, now_us, msisdn=msisdn,
+                state_before=before.name, state_after=after.name,
+            )  # fmt: skip
+        trail.append(
+            "payment.settled",
+            payment_id=decision.payment_id,
+            account_id=intent.account_id,
+            amount_minor=intent.amount_minor,
+            currency=intent.currency,
+            balance_after_minor=balance,
+            state_before=before.name,
+            state_after=after.name,
+            gateway=decision.gateway,
+            gateway_reference=decision.gateway_reference,
+        )
+        self._event(
+            "settlement",
+            decision,
+            now_us,
+            amount_minor=intent.amount_minor,
+            currency=intent.currency,
+            balance_after_minor=balance,
+            confirmation_id=confirmation.confirmation_id,
+        )
         states[intent.account_id] = SettledState(intent.account_id, balance, after)
         return Outcome(
             payment_id=decision.payment_id,
@@ -233,6 +306,16 @@ class SqliteStore:
             status=PaymentStatus.SETTLED,
             confirmation=dataclasses.replace(confirmation, ledger_sequence=seq),
         )
+
+    def _event(self, kind: str, decision: Decision, now_us: int, **payload: object) -> None:
+        """Writes an outbox event in the same transaction as the change it describes.
+        The id is derived from the payment, so a redo of the batch adds no duplicate."""
+        self._db.execute(
+            "INSERT INTO outbox (event_id, kind, payment_id, account_id, payload, created_at_us)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (f"evt_{kind}_{decision.payment_id}", kind, decision.payment_id,
+             decision.intent.account_id, canonical(payload), now_us),
+        )  # fmt: skip
 
     def _replay_or_fail(self, decision: Decision, error: str) -> Outcome:
         stored = self.find_by_keys([decision.intent.idempotency_key]).get(
@@ -306,8 +389,55 @@ class SqliteStore:
         )
         return [_record(row) for row in cursor]
 
+    # -- provisioning and audit ---------------------------------------------------------
+
+    def _load_rules(self) -> list[ProvisioningRule]:
+        cursor = self._db.execute(
+            "SELECT rule_id, plan, from_status, to_status, owed_max_minor, credit_min_minor"
+            " FROM provisioning_rules ORDER BY priority, rule_id"
+        )
+        return [
+            ProvisioningRule(r, Plan(p), LineStatus(f), LineStatus(t), o, c)
+            for r, p, f, t, o, c in cursor
+        ]
+
+    def audit_rows(self) -> Iterator[AuditRow]:
+        """The audit trail in sequence order, for `quickpay audit verify`."""
+        cursor = self._db.execute(
+            "SELECT seq, prev_hash, content, row_hash FROM audit_log ORDER BY seq"
+        )
+        return (AuditRow(*row) for row in cursor)
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+class _Trail:
+    """Appends hash-chained audit rows inside the current transaction."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        head = db.execute(
+            "SELECT seq, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        self._seq, self._hash = head if head else (0, GENESIS)
+
+    def mark(self) -> tuple[int, str]:
+        return self._seq, self._hash
+
+    def reset(self, mark: tuple[int, str]) -> None:
+        """Forgets rows rolled back with their savepoint."""
+        self._seq, self._hash = mark
+
+    def append(self, kind: str, **content: object) -> None:
+        encoded = canonical({"kind": kind, **content})
+        seq = self._seq + 1
+        row_hash = chain_hash(self._hash, seq, encoded)
+        self._db.execute(
+            "INSERT INTO audit_log (seq, prev_hash, content, row_hash) VALUES (?, ?, ?, ?)",
+            (seq, self._hash, encoded, row_hash),
+        )
+        self._seq, self._hash = seq, row_hash
 
 
 class _Transaction:
