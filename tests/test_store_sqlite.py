@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import SUBSCRIBERS, settings_for
 from quickpay_engine.domain import Method, MethodKind, PaymentIntent, PaymentStatus, Purpose
 from quickpay_engine.store import Decision, SqliteStore
