@@ -108,7 +108,8 @@ def build(
                 raise MissingAccount(i.account_id)
             # A bill payment lowers what is owed; a top-up raises the credit.
             bill = i.purpose is Purpose.BILL_PAYMENT
-            account.balance_minor += -i.amount_minor if bill else i.amount_minor
+            delta = -i.amount_minor if bill else i.amount_minor
+            account.balance_minor += delta
             before = account.status
             after, rule_id = state_after(rules, account.plan, before, account.balance_minor)
             account.status = after
@@ -133,6 +134,7 @@ def build(
                     "PAYMENT",
                     i.amount_minor,
                     i.currency,
+                    delta,
                     account.balance_minor,
                     now_us,
                 )

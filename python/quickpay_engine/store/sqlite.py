@@ -28,9 +28,17 @@ from quickpay_engine.domain import (
     Purpose,
     SubscriberRow,
 )
+from quickpay_engine.errors import StoreError
 from quickpay_engine.store.audit import GENESIS, AuditRow
+from quickpay_engine.store.audit import verify as verify_chain
 from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule
 from quickpay_engine.store.rows import Account, BatchRows, Decision, MissingAccount, build
+
+# The schema this build writes (PRAGMA user_version); see schema_sqlite.sql.
+SCHEMA_VERSION = 1
+
+# `verify` lists at most this many examples of each broken invariant.
+VERIFY_EXAMPLES_MAX = 20
 
 # SQLite waits this long for a lock held by another process before failing the call.
 BUSY_TIMEOUT_MS = 5_000
@@ -58,8 +66,7 @@ class SqliteStore:
             raise sqlite3.OperationalError(f"{path}: could not enable WAL journal (got {mode})")
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.execute("PRAGMA foreign_keys = ON")
-        schema = resources.files("quickpay_engine.store").joinpath("schema_sqlite.sql")
-        self._db.executescript(schema.read_text())
+        self._migrate(path)
         with self._transaction():
             self._db.executemany(
                 "INSERT OR IGNORE INTO provisioning_rules (rule_id, priority, plan, from_status,"
@@ -79,22 +86,54 @@ class SqliteStore:
             )
         self.rules = self._load_rules()
 
+    def _migrate(self, path: Path) -> None:
+        """Creates the schema in a new file; refuses a file of another schema version."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return
+        (tables,) = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        if version != 0 or tables:
+            self._db.close()
+            raise StoreError(
+                f"{path} holds schema version {version}; this build uses {SCHEMA_VERSION}."
+                " Move the file aside (or point --data-dir elsewhere) to start afresh."
+            )
+        schema = resources.files("quickpay_engine.store").joinpath("schema_sqlite.sql")
+        # One script, one transaction: a crash leaves no half-made schema behind.
+        self._db.executescript(
+            f"BEGIN;\n{schema.read_text()}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
+        )
+
     def close(self) -> None:
         self._db.close()
 
     # -- subscribers -----------------------------------------------------------------
 
     def import_subscribers(self, rows: Sequence[SubscriberRow]) -> int:
-        """Inserts or replaces every row in one transaction: all of them or none."""
+        """Inserts or replaces every row in one transaction: all of them or none.
+
+        The billing system's balance wins; the opening balance is set so that the balance
+        still equals the opening balance plus what settled here (see `verify`).
+        """
+        try:
+            self._upsert_subscribers(rows)
+        except sqlite3.IntegrityError as err:
+            raise StoreError(f"the import conflicts with the database: {err}") from None
+        return len(rows)
+
+    def _upsert_subscribers(self, rows: Sequence[SubscriberRow]) -> None:
         with self._transaction():
             self._db.executemany(
                 "INSERT INTO subscribers (account_id, msisdn, plan, status, currency,"
-                " balance_minor, country, sim_swapped_at_s, created_at_s)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " balance_minor, opening_balance_minor, country, sim_swapped_at_s,"
+                " created_at_s) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)"
                 " ON CONFLICT (account_id) DO UPDATE SET msisdn = excluded.msisdn,"
                 " plan = excluded.plan, status = excluded.status, currency = excluded.currency,"
-                " balance_minor = excluded.balance_minor, country = excluded.country,"
-                " sim_swapped_at_s = excluded.sim_swapped_at_s,"
+                " balance_minor = excluded.balance_minor,"
+                " opening_balance_minor = excluded.balance_minor - (SELECT"
+                "   coalesce(sum(balance_delta_minor), 0) FROM billing_records"
+                "   WHERE billing_records.account_id = excluded.account_id),"
+                " country = excluded.country, sim_swapped_at_s = excluded.sim_swapped_at_s,"
                 " created_at_s = excluded.created_at_s",
                 (
                     (
@@ -111,7 +150,6 @@ class SqliteStore:
                     for r in rows
                 ),
             )
-        return len(rows)
 
     def load_subscribers(self) -> list[SubscriberRow]:
         """Every subscriber, for the engine's table at start."""
@@ -234,7 +272,8 @@ class SqliteStore:
         )
         db.executemany(
             "INSERT INTO billing_records (payment_id, account_id, kind, amount_minor, currency,"
-            " balance_after_minor, created_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " balance_delta_minor, balance_after_minor, created_at_us)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             rows.billing,
         )
         db.executemany(
@@ -287,6 +326,20 @@ class SqliteStore:
         )
         return [_record(row) for row in cursor]
 
+    # -- invariants -----------------------------------------------------------------------
+
+    def verify(self) -> list[str]:
+        """Checks the database's own invariants; returns one line per violation (at most
+        ``VERIFY_EXAMPLES_MAX`` examples per check), empty when everything holds."""
+        problems: list[str] = []
+        for what, sql in _CHECKS:
+            found = self._db.execute(sql + f" LIMIT {VERIFY_EXAMPLES_MAX}").fetchall()
+            problems.extend(f"{what}: {', '.join(map(str, row))}" for row in found)
+        _, broken = verify_chain(self.audit_rows())
+        if broken is not None:
+            problems.append(f"audit trail broken at row {broken.seq}: {broken.problem}")
+        return problems
+
     # -- provisioning and audit ---------------------------------------------------------
 
     def _load_rules(self) -> list[ProvisioningRule]:
@@ -308,6 +361,51 @@ class SqliteStore:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+# Each check selects the rows that break one invariant; `verify` reports them.
+_CHECKS = [
+    (
+        "AR ledger out of balance (currency, debits, credits)",
+        "SELECT currency, sum(debit_minor), sum(credit_minor) FROM ar_entries"
+        " GROUP BY currency HAVING sum(debit_minor) != sum(credit_minor)",
+    ),
+    (
+        "settled payment without a billing record",
+        "SELECT p.payment_id FROM payments p LEFT JOIN billing_records b USING (payment_id)"
+        " WHERE p.status IN (1, 4, 5) AND b.payment_id IS NULL",
+    ),
+    (
+        "billing record without a settled payment",
+        "SELECT b.payment_id FROM billing_records b LEFT JOIN payments p"
+        " ON p.payment_id = b.payment_id AND p.status IN (1, 4, 5) WHERE p.payment_id IS NULL",
+    ),
+    (
+        "settled payment whose AR legs do not carry its amount (payment, debits, credits)",
+        "SELECT p.payment_id, coalesce(sum(a.debit_minor), 0), coalesce(sum(a.credit_minor), 0)"
+        " FROM payments p LEFT JOIN ar_entries a USING (payment_id) WHERE p.status IN (1, 4, 5)"
+        " GROUP BY p.payment_id HAVING coalesce(sum(a.debit_minor), 0) != max(p.amount_minor)"
+        " OR coalesce(sum(a.credit_minor), 0) != max(p.amount_minor)",
+    ),
+    (
+        "balance is not opening balance plus billing history (account, balance, expected)",
+        "SELECT s.account_id, s.balance_minor, s.opening_balance_minor + coalesce(b.delta, 0)"
+        " FROM subscribers s LEFT JOIN (SELECT account_id, sum(balance_delta_minor) AS delta"
+        " FROM billing_records GROUP BY account_id) b USING (account_id)"
+        " WHERE s.balance_minor != s.opening_balance_minor + coalesce(b.delta, 0)",
+    ),
+    (
+        "declined payment that moved money",
+        "SELECT p.payment_id FROM payments p JOIN ar_entries a USING (payment_id)"
+        " WHERE p.status = 2",
+    ),
+    (
+        "settled payment without its settlement event",
+        "SELECT p.payment_id FROM payments p LEFT JOIN outbox o"
+        " ON o.payment_id = p.payment_id AND o.kind = 'settlement'"
+        " WHERE p.status IN (1, 4, 5) AND o.event_id IS NULL",
+    ),
+]
 
 
 class _Transaction:
