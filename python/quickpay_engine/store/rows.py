@@ -101,7 +101,17 @@ def build(
                 "currency": i.currency,
                 "decline_reason": d.decline_reason,
             }
-            rows.outbox.append(_event("decline", d, now_us, decline_reason=d.decline_reason))
+            rows.outbox.append(
+                _event(
+                    "decline",
+                    d,
+                    now_us,
+                    amount_minor=i.amount_minor,
+                    currency=i.currency,
+                    decline_reason=d.decline_reason,
+                    decline_detail=d.decline_detail,
+                )
+            )
         else:
             account = accounts.get(i.account_id)
             if account is None:
@@ -186,8 +196,13 @@ def build(
                     now_us,
                     amount_minor=i.amount_minor,
                     currency=i.currency,
-                    balance_after_minor=account.balance_minor,
+                    purpose=int(i.purpose),
                     confirmation_id=confirmation.confirmation_id,
+                    ledger_sequence=seq,
+                    gateway=d.gateway,
+                    gateway_reference=d.gateway_reference,
+                    balance_after_minor=account.balance_minor,
+                    service_state_after=after.name,
                 )
             )
         rows.payments.append(_payment_row(seq, d, outcome, now_us))

@@ -8,6 +8,7 @@ one writer.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,6 +21,7 @@ from quickpay_engine.domain import (
     LineStatus,
     Method,
     MethodKind,
+    OutboxEvent,
     Outcome,
     PaymentIntent,
     PaymentRecord,
@@ -325,6 +327,29 @@ class SqliteStore:
             params,
         )
         return [_record(row) for row in cursor]
+
+    # -- events -------------------------------------------------------------------------
+
+    def outbox_after(
+        self, cursor: int, kinds: Sequence[str] = (), account_id: str = "", limit: int = 256
+    ) -> list[OutboxEvent]:
+        """Events after ``cursor`` in cursor order, at most ``limit``, optionally filtered."""
+        where, params = ["cursor > ?"], [cursor]
+        if kinds:
+            where.append(f"kind IN ({','.join('?' * len(kinds))})")
+            params.extend(kinds)
+        if account_id:
+            where.append("account_id = ?")
+            params.append(account_id)
+        cursor_rows = self._db.execute(
+            "SELECT cursor, event_id, kind, payment_id, account_id, payload, created_at_us"  # noqa: S608
+            f" FROM outbox WHERE {' AND '.join(where)} ORDER BY cursor LIMIT ?",
+            [*params, limit],
+        )
+        return [
+            OutboxEvent(c, e, k, p, a, json.loads(payload), at)
+            for c, e, k, p, a, payload, at in cursor_rows
+        ]
 
     # -- invariants -----------------------------------------------------------------------
 
