@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from quickpay_engine._engine import Engine
 from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord
@@ -43,7 +43,8 @@ class SettlementService:
         self._store = store
         self._thread = StoreThread()
         self.engine = Engine()
-        self._pipeline = Pipeline(self.engine, store, self._thread, on_commit=self._wake_watchers)
+        self._pipeline = Pipeline(self.engine, store, self._thread, on_commit=self._committed_batch)
+        self._commit_listeners: list[Callable[[], None]] = [self._wake_watchers]
         self._batcher: MicroBatcher[PaymentIntent, Outcome] = MicroBatcher(
             self._pipeline.process,
             batch_max=batching.batch_max,
@@ -76,6 +77,22 @@ class SettlementService:
         resumes from the last cursor it saw, on this server or another."""
         self._watch_closed.set()
         self._wake_watchers()
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Calls ``listener`` after every committed batch (the event relay wakes on it)."""
+        self._commit_listeners.append(listener)
+
+    def _committed_batch(self) -> None:
+        for listener in self._commit_listeners:
+            listener()
+
+    async def outbox_unpublished(self, limit: int) -> list[OutboxEvent]:
+        """For the event relay: the oldest events the broker has not acknowledged."""
+        return await self._thread.run(self._store.outbox_unpublished, limit)
+
+    async def mark_published(self, cursors: list[int]) -> None:
+        """For the event relay: the broker acknowledged these events."""
+        await self._thread.run(self._store.mark_published, cursors)
 
     def _wake_watchers(self) -> None:
         committed, self._committed = self._committed, asyncio.Event()

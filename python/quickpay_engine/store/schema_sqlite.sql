@@ -117,3 +117,4 @@ CREATE TABLE IF NOT EXISTS outbox (
 ) STRICT;
 
 CREATE INDEX IF NOT EXISTS billing_by_account ON billing_records (account_id);
+CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (cursor) WHERE published_at_us IS NULL;

@@ -351,6 +351,27 @@ class SqliteStore:
             for c, e, k, p, a, payload, at in cursor_rows
         ]
 
+    def outbox_unpublished(self, limit: int) -> list[OutboxEvent]:
+        """The oldest events not yet acknowledged by the broker, in cursor order."""
+        rows = self._db.execute(
+            "SELECT cursor, event_id, kind, payment_id, account_id, payload, created_at_us"
+            " FROM outbox WHERE published_at_us IS NULL ORDER BY cursor LIMIT ?",
+            (limit,),
+        )
+        return [
+            OutboxEvent(c, e, k, p, a, json.loads(payload), at)
+            for c, e, k, p, a, payload, at in rows
+        ]
+
+    def mark_published(self, cursors: Sequence[int], now_us: int | None = None) -> None:
+        """Records the broker's acknowledgement of these events."""
+        now_us = now_us if now_us is not None else time.time_ns() // 1_000
+        with self._transaction():
+            self._db.executemany(
+                "UPDATE outbox SET published_at_us = ? WHERE cursor = ?",
+                [(now_us, c) for c in cursors],
+            )
+
     # -- invariants -----------------------------------------------------------------------
 
     def verify(self) -> list[str]:
