@@ -1,0 +1,51 @@
+//! Layer 2, account authentication: the account exists, the MSISDN is the one bound
+//! to it, its state allows the purpose, and a subscriber assertion, when present,
+//! verifies.
+
+use super::assertion;
+use super::config::Rules;
+use super::subscribers::{Entry, Plan, Status, SubscriberTable};
+use super::{PaymentView, Purpose, RejectCode};
+
+/// The account's entry when the payment authenticates, else the first failure.
+pub fn check<'t>(
+    rules: &Rules,
+    table: &'t SubscriberTable,
+    p: &PaymentView<'_>,
+    now_s: i64,
+) -> Result<&'t Entry, RejectCode> {
+    let Some(entry) = table.entry(p.account_id) else {
+        return Err(RejectCode::AccountNotFound);
+    };
+    let subscriber = &entry.subscriber;
+    if subscriber.msisdn.as_bytes() != p.msisdn {
+        return Err(RejectCode::MsisdnMismatch);
+    }
+    if subscriber.status == Status::Closed {
+        return Err(RejectCode::AccountClosed);
+    }
+    if subscriber.currency.code().as_bytes() != p.currency {
+        return Err(RejectCode::CurrencyMismatch);
+    }
+    let plan_fits = match p.purpose {
+        Purpose::BillPayment => subscriber.plan == Plan::Postpaid,
+        Purpose::PrepaidTopup => subscriber.plan == Plan::Prepaid,
+        Purpose::Unspecified => false,
+    };
+    if !plan_fits {
+        return Err(RejectCode::PurposeNotAllowedForPlan);
+    }
+    // Paying the bill is how a barred or suspended line is restored, so that stays
+    // open; anything else waits until the line is active again.
+    if matches!(subscriber.status, Status::Barred | Status::Suspended)
+        && p.purpose != Purpose::BillPayment
+    {
+        return Err(RejectCode::AccountStatusForbidsPurpose);
+    }
+    if !p.assertion.is_empty() {
+        if let Some(code) = assertion::verify(rules, p.assertion, p.account_id, p.msisdn, now_s) {
+            return Err(code);
+        }
+    }
+    Ok(entry)
+}
