@@ -5,7 +5,15 @@ compiled module, re-exported here); the front end's own errors derive from
 ``QuickpayError``. The gRPC servicer maps both to status codes in one place.
 """
 
-from quickpay_engine._engine import BatchTooLarge, CapacityExceeded, EngineError, InvalidBatch
+from quickpay_engine._engine import (
+    BatchTooLarge,
+    CapacityExceeded,
+    ColumnError,
+    ConfigInvalid,
+    EngineError,
+    InvalidBatch,
+    StateRefused,
+)
 
 
 class QuickpayError(Exception):
@@ -51,7 +59,9 @@ class ImportRowError(QuickpayError):
 __all__ = [
     "BatchTooLarge",
     "CapacityExceeded",
+    "ColumnError",
     "ConfigError",
+    "ConfigInvalid",
     "EngineError",
     "IdempotencyConflict",
     "ImportRowError",
@@ -61,4 +71,5 @@ __all__ = [
     "Overloaded",
     "QuickpayError",
     "ShuttingDown",
+    "StateRefused",
 ]

@@ -554,6 +554,16 @@ impl Engine {
         Ok(PyArray1::from_vec(py, codes))
     }
 
+    /// Replaces the configuration (limits, matrix, block list, assertion keys) at
+    /// once; subscribers, holds and usage counters are kept. How keys rotate without
+    /// a restart. On error the old configuration stays in force.
+    fn configure(&self, py: Python<'_>, config_json: &str) -> PyResult<()> {
+        let config = EngineConfig::from_json(config_json).map_err(BindError::Config)?;
+        py.detach(|| self.validation.write().configure(&config))
+            .map_err(BindError::Config)?;
+        Ok(())
+    }
+
     /// The configuration in force, as JSON (defaults filled in).
     fn config_json(&self) -> String {
         self.validation.read().config.to_json()

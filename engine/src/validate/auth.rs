@@ -35,11 +35,12 @@ pub fn check<'t>(
     if !plan_fits {
         return Err(RejectCode::PurposeNotAllowedForPlan);
     }
-    // Paying the bill is how a barred or suspended line is restored, so that stays
-    // open; anything else waits until the line is active again.
-    if matches!(subscriber.status, Status::Barred | Status::Suspended)
-        && p.purpose != Purpose::BillPayment
-    {
+    // A payment is how a barred line (non-payment, or a prepaid line out of credit)
+    // is restored: the bill for postpaid, a top-up for prepaid, so both stay open.
+    // A suspended line may pay what it owes, but takes no new credit: suspension is
+    // a hold (lost SIM, fraud review), and credit loaded onto a held line is what a
+    // fraudster with the SIM would do.
+    if subscriber.status == Status::Suspended && p.purpose != Purpose::BillPayment {
         return Err(RejectCode::AccountStatusForbidsPurpose);
     }
     if !p.assertion.is_empty() {

@@ -86,7 +86,7 @@ reject_codes! {
     AccountClosed = 102, "ACCOUNT_CLOSED", "", "the account is closed and takes no payments";
     CurrencyMismatch = 103, "CURRENCY_MISMATCH", "", "the payment currency is not the account's currency";
     PurposeNotAllowedForPlan = 104, "PURPOSE_NOT_ALLOWED_FOR_PLAN", "", "bill payments are for postpaid lines, top-ups for prepaid lines";
-    AccountStatusForbidsPurpose = 105, "ACCOUNT_STATUS_FORBIDS_PURPOSE", "", "a barred or suspended line may only pay its bill";
+    AccountStatusForbidsPurpose = 105, "ACCOUNT_STATUS_FORBIDS_PURPOSE", "", "a suspended line may pay its bill but takes no top-up";
     AssertionKeyUnknown = 106, "ASSERTION_KEY_UNKNOWN", "", "the subscriber assertion is signed with a key that is not active";
     AssertionSignatureInvalid = 107, "ASSERTION_SIGNATURE_INVALID", "", "the subscriber assertion's signature does not verify";
     AssertionExpired = 108, "ASSERTION_EXPIRED", "", "the subscriber assertion has expired";

@@ -120,6 +120,14 @@ impl Validator {
         })
     }
 
+    /// Replaces the configuration; the subscriber table is kept. On error nothing
+    /// changes.
+    pub fn configure(&mut self, config: &EngineConfig) -> Result<(), ConfigError> {
+        self.rules = Rules::new(config)?;
+        self.config = config.clone();
+        Ok(())
+    }
+
     /// Validates each payment at `now_s`; `out[i]` is the first failure of
     /// `payments[i]` or `Ok`.
     pub fn validate_batch(&self, payments: &[PaymentView<'_>], now_s: i64, out: &mut [RejectCode]) {

@@ -427,6 +427,12 @@ fn account_authentication() {
         RejectCode::PurposeNotAllowedForPlan
     );
     assert_eq!(check(topup), RejectCode::Ok);
+    // A barred prepaid line tops up to be restored.
+    let mut v = validator();
+    let mut barred = v.subscribers.get("acc-pre").unwrap().clone();
+    barred.status = Status::Barred;
+    v.subscribers.upsert(barred).unwrap();
+    assert_eq!(check_with(&v, topup), RejectCode::Ok);
 }
 
 #[test]
