@@ -3,8 +3,7 @@
 //!
 //! Text columns are fixed-width numpy byte arrays (dtype `S<n>`, one-dimensional,
 //! C-contiguous): read in place, with no Python object per value. numpy pads a value
-//! shorter than the width with NUL bytes and strips them on read; we do the same, so a
-//! value is the bytes before its trailing NULs. Numeric columns must have exactly the
+//! shorter than the width with NUL bytes; a value is the bytes before its first NUL. Numeric columns must have exactly the
 //! documented dtype in native byte order. Anything else is a `ColumnError` naming the
 //! column; nothing is converted silently.
 
@@ -20,8 +19,8 @@ use pyo3::prelude::*;
 use super::{BatchTooLarge, CapacityExceeded, Engine, EngineError, InvalidBatch};
 use crate::money::Currency;
 use crate::validate::{
-    assertion, card, formats, ConfigError, EngineConfig, MethodKind, PaymentView, Plan, Purpose,
-    RejectCode, StateError, Status, Subscriber, TableError, Validator, BATCH_MAX,
+    assertion, card, formats, ConfigError, EngineConfig, MethodKind, Now, PaymentView, Plan,
+    Purpose, RejectCode, StateError, Status, Subscriber, TableError, Validator, BATCH_MAX,
 };
 
 create_exception!(
@@ -187,14 +186,15 @@ impl<'a> StrColumn<'a> {
         Ok(StrColumn { data, width })
     }
 
-    /// Row `i` without numpy's NUL padding.
+    /// Row `i`: the bytes before its first NUL. numpy pads with NULs (and strips
+    /// only trailing ones on read); we end a value at its first NUL, C-string style,
+    /// so an unused wide cell costs one byte. The two readings differ only for a
+    /// value with an embedded NUL, which no field rule accepts and which
+    /// `text_column` never produces (it maps NUL to DEL, also refused everywhere).
     #[inline]
     fn get(&self, i: usize) -> &'a [u8] {
         let cell = &self.data[i * self.width..(i + 1) * self.width];
-        let end = cell
-            .iter()
-            .rposition(|&b| b != 0)
-            .map_or(0, |last| last + 1);
+        let end = cell.iter().position(|&b| b == 0).unwrap_or(cell.len());
         &cell[..end]
     }
 }
@@ -526,6 +526,7 @@ impl Engine {
         let assertions = text("assertions", assertions)?;
         let codes = py.detach(|| {
             let validator = self.validation.read();
+            let now = Now::at(now_s);
             (0..n)
                 .map(|i| {
                     let payment = PaymentView {
@@ -547,7 +548,7 @@ impl Engine {
                         ip: ips.get(i),
                         assertion: assertions.get(i),
                     };
-                    validator.validate_payment(&payment, now_s) as u16
+                    validator.validate_payment(&payment, &now) as u16
                 })
                 .collect::<Vec<u16>>()
         });

@@ -107,7 +107,8 @@ pub fn parse(token: &[u8]) -> Option<Assertion<'_>> {
     })
 }
 
-/// Verifies a token for a payment by `account_id` / `msisdn` at `now_s`: key, then
+/// Verifies a token for a payment by `account_id` / `msisdn` at `now_s` (Unix
+/// seconds): key, then
 /// signature, then expiry, then subject. The token was format-checked already.
 pub fn verify(
     rules: &Rules,

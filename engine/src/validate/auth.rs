@@ -3,6 +3,7 @@
 //! verifies.
 
 use super::assertion;
+use super::clock::Now;
 use super::config::Rules;
 use super::subscribers::{Entry, Plan, Status, SubscriberTable};
 use super::{PaymentView, Purpose, RejectCode};
@@ -12,7 +13,7 @@ pub fn check<'t>(
     rules: &Rules,
     table: &'t SubscriberTable,
     p: &PaymentView<'_>,
-    now_s: i64,
+    now: &Now,
 ) -> Result<&'t Entry, RejectCode> {
     let Some(entry) = table.entry(p.account_id) else {
         return Err(RejectCode::AccountNotFound);
@@ -44,7 +45,9 @@ pub fn check<'t>(
         return Err(RejectCode::AccountStatusForbidsPurpose);
     }
     if !p.assertion.is_empty() {
-        if let Some(code) = assertion::verify(rules, p.assertion, p.account_id, p.msisdn, now_s) {
+        if let Some(code) =
+            assertion::verify(rules, p.assertion, p.account_id, p.msisdn, now.unix_s)
+        {
             return Err(code);
         }
     }

@@ -6,6 +6,7 @@
 //! after validation (`reserve_holds`) is what stops the second from spending the same
 //! credit, and the counters move when payments settle (`record_settled`).
 
+use super::clock::Now;
 use super::config::Rules;
 use super::subscribers::{Entry, Plan};
 use super::{MethodKind, PaymentView, Purpose, RejectCode};
@@ -17,7 +18,7 @@ pub fn check(
     entry: &Entry,
     p: &PaymentView<'_>,
     currency: Currency,
-    now_s: i64,
+    now: &Now,
 ) -> Option<RejectCode> {
     let subscriber = &entry.subscriber;
     let amount = p.amount_minor;
@@ -47,7 +48,7 @@ pub fn check(
             return Some(RejectCode::InsufficientCredit);
         }
     }
-    let usage = entry.usage.at(now_s);
+    let usage = entry.usage.at(now);
     if usage.day_count >= rules.daily_count_max {
         return Some(RejectCode::DailyCountLimit);
     }

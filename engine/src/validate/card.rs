@@ -4,7 +4,7 @@
 //! schemes (Mir, UnionPay and Maestro are often missing) and allocate per call. The
 //! ranges are the schemes' published IIN ranges, most specific first.
 
-use super::clock::civil_date;
+use super::clock::Now;
 use super::config::Rules;
 use super::RejectCode;
 
@@ -104,11 +104,11 @@ pub fn check_pan(pan: &[u8]) -> Option<RejectCode> {
 
 /// Month 1 to 12; year from 2000 up to the configured number of years past the
 /// current one (a card is not issued for longer).
-pub fn check_expiry_format(rules: &Rules, month: u32, year: u32, now_s: i64) -> Option<RejectCode> {
+pub fn check_expiry_format(rules: &Rules, month: u32, year: u32, now: &Now) -> Option<RejectCode> {
     if !(1..=12).contains(&month) {
         return Some(RejectCode::CardExpiryMonthInvalid);
     }
-    let latest = civil_date(now_s).year + i64::from(rules.card_expiry_years_ahead_max);
+    let latest = now.date.year + i64::from(rules.card_expiry_years_ahead_max);
     if year < EXPIRY_YEAR_MIN || i64::from(year) > latest {
         return Some(RejectCode::CardExpiryYearInvalid);
     }
@@ -116,8 +116,8 @@ pub fn check_expiry_format(rules: &Rules, month: u32, year: u32, now_s: i64) -> 
 }
 
 /// A card is good through the last second of its expiry month, UTC.
-pub fn expired(month: u32, year: u32, now_s: i64) -> bool {
-    let today = civil_date(now_s);
+pub fn expired(month: u32, year: u32, now: &Now) -> bool {
+    let today = now.date;
     (i64::from(year), month) < (today.year, today.month)
 }
 
@@ -187,10 +187,10 @@ mod tests {
     #[test]
     fn expiry_is_inclusive_of_the_whole_month() {
         let end_of_november_2026 = 1_796_083_199; // 2026-11-30T23:59:59Z
-        assert!(!expired(11, 2026, end_of_november_2026));
-        assert!(expired(11, 2026, end_of_november_2026 + 1));
-        assert!(expired(10, 2026, end_of_november_2026));
-        assert!(!expired(1, 2027, end_of_november_2026));
+        assert!(!expired(11, 2026, &Now::at(end_of_november_2026)));
+        assert!(expired(11, 2026, &Now::at(end_of_november_2026 + 1)));
+        assert!(expired(10, 2026, &Now::at(end_of_november_2026)));
+        assert!(!expired(1, 2027, &Now::at(end_of_november_2026)));
     }
 
     proptest::proptest! {

@@ -17,6 +17,31 @@ pub struct CivilDate {
     pub day: u32,
 }
 
+/// The caller's clock with the calendar facts every payment of a batch needs,
+/// computed once per batch (the conversion costs several 64-bit divisions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    pub unix_s: i64,
+    pub date: CivilDate,
+    /// `day_index(unix_s)`.
+    pub day: i64,
+    /// `month_index(unix_s)`.
+    pub month: i64,
+}
+
+impl Now {
+    /// The clock at `unix_s`.
+    pub fn at(unix_s: i64) -> Now {
+        let date = civil_date(unix_s);
+        Now {
+            unix_s,
+            date,
+            day: day_index(unix_s),
+            month: date.year * 12 + i64::from(date.month) - 1,
+        }
+    }
+}
+
 /// Days since 1970-01-01 of the instant `unix_s` (floor, so negative instants work).
 pub fn day_index(unix_s: i64) -> i64 {
     unix_s.div_euclid(SECONDS_PER_DAY)

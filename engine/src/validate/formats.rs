@@ -6,6 +6,7 @@
 
 use super::calling_codes::CALLING_CODES;
 use super::card;
+use super::clock::Now;
 use super::{MethodKind, PaymentView, Purpose, RejectCode};
 use crate::money::{Currency, AMOUNT_MINOR_MAX};
 use crate::validate::config::Rules;
@@ -50,7 +51,7 @@ static CALLING_CODE_MASKS: [[u32; 1000]; 3] = {
 /// The first format failure of a payment, if any. Order: the fields every payment
 /// has, then the amount (whose bounds need currency and purpose), then the method's
 /// own fields, then the optional context fields.
-pub fn check(rules: &Rules, p: &PaymentView<'_>, now_s: i64) -> Option<RejectCode> {
+pub fn check(rules: &Rules, p: &PaymentView<'_>, now: &Now) -> Option<RejectCode> {
     if !is_idempotency_key(p.idempotency_key) {
         return Some(RejectCode::IdempotencyKeyInvalid);
     }
@@ -82,7 +83,7 @@ pub fn check(rules: &Rules, p: &PaymentView<'_>, now_s: i64) -> Option<RejectCod
     let method = match p.method {
         MethodKind::Missing => Some(RejectCode::MethodMissing),
         MethodKind::Card => card::check_pan(p.card_pan).or_else(|| {
-            card::check_expiry_format(rules, p.card_expiry_month, p.card_expiry_year, now_s)
+            card::check_expiry_format(rules, p.card_expiry_month, p.card_expiry_year, now)
         }),
         MethodKind::Wallet if !is_wallet_provider(p.wallet_provider) => {
             Some(RejectCode::WalletProviderInvalid)
@@ -208,10 +209,38 @@ pub fn is_device_id(device_id: &[u8]) -> bool {
 }
 
 /// An IPv4 address in dotted-quad form or an IPv6 address (RFC 4291 text forms, no
-/// zone index), by the standard library's strict parser.
+/// zone index). IPv6 goes to the standard library's strict parser; IPv4, nearly every
+/// request's case, to `is_ipv4`, which accepts exactly what the standard library does
+/// at a fraction of its cost (a property test holds the two together).
 pub fn is_ip(ip: &[u8]) -> bool {
-    ip.len() <= IP_LEN_MAX
-        && std::str::from_utf8(ip).is_ok_and(|text| text.parse::<std::net::IpAddr>().is_ok())
+    if ip.len() > IP_LEN_MAX {
+        return false;
+    }
+    if ip.contains(&b':') {
+        return std::str::from_utf8(ip)
+            .is_ok_and(|text| text.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    is_ipv4(ip)
+}
+
+/// Four decimal octets 0 to 255 separated by dots, each 1 to 3 digits without a
+/// leading zero (as `std::net::Ipv4Addr` parses them: "01.2.3.4" is refused).
+pub fn is_ipv4(ip: &[u8]) -> bool {
+    let mut octets = 0;
+    for part in ip.split(|&b| b == b'.') {
+        octets += 1;
+        let digits_ok = (1..=3).contains(&part.len()) && part.iter().all(u8::is_ascii_digit);
+        if octets > 4 || !digits_ok || (part.len() > 1 && part[0] == b'0') {
+            return false;
+        }
+        let value = part
+            .iter()
+            .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
+        if value > 255 {
+            return false;
+        }
+    }
+    octets == 4
 }
 
 #[cfg(test)]
@@ -326,6 +355,15 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn ipv4_agrees_with_the_standard_library(text in "[0-9.]{0,17}", octets in proptest::array::uniform4(0u32..300)) {
+            let dotted = format!("{}.{}.{}.{}", octets[0], octets[1], octets[2], octets[3]);
+            for candidate in [text.as_str(), dotted.as_str()] {
+                let std_ok = candidate.parse::<std::net::Ipv4Addr>().is_ok();
+                proptest::prop_assert_eq!(is_ipv4(candidate.as_bytes()), std_ok, "{}", candidate);
+            }
+        }
+
         #[test]
         fn no_msisdn_over_fifteen_digits_passes(digits in "[1-9][0-9]{15,20}") {
             let msisdn = format!("+{digits}");

@@ -3,6 +3,7 @@
 //! provider is one we settle with, and the amount is within the method's limit.
 
 use super::card;
+use super::clock::Now;
 use super::config::Rules;
 use super::{MethodKind, PaymentView, RejectCode};
 use crate::money::Currency;
@@ -12,13 +13,13 @@ pub fn check(
     rules: &Rules,
     p: &PaymentView<'_>,
     currency: Currency,
-    now_s: i64,
+    now: &Now,
 ) -> Option<RejectCode> {
     if !rules.methods_for(p.purpose, p.channel).allows(p.method) {
         return Some(RejectCode::MethodNotAllowed);
     }
     match p.method {
-        MethodKind::Card if card::expired(p.card_expiry_month, p.card_expiry_year, now_s) => {
+        MethodKind::Card if card::expired(p.card_expiry_month, p.card_expiry_year, now) => {
             return Some(RejectCode::CardExpired);
         }
         MethodKind::Card if rules.bin_blocked(p.card_pan) => {

@@ -26,6 +26,7 @@ pub use subscribers::{
 };
 
 use crate::money::Currency;
+pub use clock::Now;
 
 /// At most this many payments in one validation batch. At the bound: the bindings
 /// refuse the call with a `BatchTooLarge` error before any work is done.
@@ -132,8 +133,9 @@ impl Validator {
     /// `payments[i]` or `Ok`.
     pub fn validate_batch(&self, payments: &[PaymentView<'_>], now_s: i64, out: &mut [RejectCode]) {
         assert_eq!(payments.len(), out.len(), "one result slot per payment");
+        let now = Now::at(now_s);
         for (payment, slot) in payments.iter().zip(out.iter_mut()) {
-            *slot = self.validate_payment(payment, now_s);
+            *slot = self.validate_payment(payment, &now);
         }
     }
 
@@ -144,23 +146,23 @@ impl Validator {
         out[0]
     }
 
-    /// The four layers in order. Public to the crate's batch drivers (the bindings
-    /// build each row's view on the fly rather than a vector of views).
+    /// The four layers in order, at the batch's clock. Public for batch drivers that
+    /// build each row's view on the fly (the bindings) rather than a vector of views.
     #[inline]
-    pub fn validate_payment(&self, p: &PaymentView<'_>, now_s: i64) -> RejectCode {
-        if let Some(code) = formats::check(&self.rules, p, now_s) {
+    pub fn validate_payment(&self, p: &PaymentView<'_>, now: &Now) -> RejectCode {
+        if let Some(code) = formats::check(&self.rules, p, now) {
             return code;
         }
         let currency =
             Currency::from_bytes(p.currency).expect("the format layer checked the currency");
-        let entry = match auth::check(&self.rules, &self.subscribers, p, now_s) {
+        let entry = match auth::check(&self.rules, &self.subscribers, p, now) {
             Ok(entry) => entry,
             Err(code) => return code,
         };
-        if let Some(code) = method::check(&self.rules, p, currency, now_s) {
+        if let Some(code) = method::check(&self.rules, p, currency, now) {
             return code;
         }
-        balance::check(&self.rules, entry, p, currency, now_s).unwrap_or(RejectCode::Ok)
+        balance::check(&self.rules, entry, p, currency, now).unwrap_or(RejectCode::Ok)
     }
 }
 

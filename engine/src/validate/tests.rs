@@ -738,3 +738,77 @@ fn config_errors_name_the_setting() {
         EngineConfig::default()
     );
 }
+
+/// Per-check timings, to find where the pipeline's time goes. Not a test of
+/// behaviour: run by hand with
+/// `cargo test --release -p quickpay-engine -- --ignored --nocapture check_timings`.
+#[test]
+#[ignore]
+fn check_timings() {
+    use std::hint::black_box;
+    use std::time::Instant;
+    fn time(label: &str, n: usize, mut f: impl FnMut(usize)) {
+        let start = Instant::now();
+        for i in 0..n {
+            f(i);
+        }
+        println!(
+            "{label:28} {:8.1} ns",
+            start.elapsed().as_nanos() as f64 / n as f64
+        );
+    }
+    let n = 1_000_000;
+    let v = validator();
+    let token = assertion::sign("k1", &SECRET, "acc-post", "+306912345678", NOW + 300);
+    time("is_ip v4", n, |_| {
+        assert!(formats::is_ip(black_box(b"192.0.2.10")))
+    });
+    time("is_ip v6", n, |_| {
+        assert!(formats::is_ip(black_box(b"2001:db8::10")))
+    });
+    time("check_msisdn", n, |_| {
+        assert!(formats::check_msisdn(black_box(b"+306912345678")).is_none())
+    });
+    time("check_pan", n, |_| {
+        assert!(card::check_pan(black_box(b"4111111111111111")).is_none())
+    });
+    time("check_iban", n, |_| {
+        assert!(formats::check_iban(black_box(b"DE89370400440532013000")).is_none())
+    });
+    time("currency", n, |_| {
+        assert!(Currency::from_bytes(black_box(b"EUR")).is_some())
+    });
+    time("civil_date", n, |i| {
+        assert!(Now::at(black_box(NOW + i as i64)).date.year > 2000)
+    });
+    time("table lookup", n, |_| {
+        assert!(v.subscribers.entry(black_box(b"acc-post")).is_some())
+    });
+    time("assertion verify", n, |_| {
+        assert!(assertion::verify(
+            &v.rules,
+            black_box(token.as_bytes()),
+            b"acc-post",
+            b"+306912345678",
+            NOW
+        )
+        .is_none())
+    });
+    let p = pay();
+    time("pipeline, card", n, |_| {
+        assert_eq!(
+            v.validate_payment(black_box(&p), &Now::at(NOW)),
+            RejectCode::Ok
+        )
+    });
+    let mut w = pay();
+    w.method = MethodKind::Wallet;
+    w.wallet_provider = b"mpesa";
+    w.wallet_id = b"254712345678";
+    time("pipeline, wallet", n, |_| {
+        assert_eq!(
+            v.validate_payment(black_box(&w), &Now::at(NOW)),
+            RejectCode::Ok
+        )
+    });
+}
