@@ -82,7 +82,8 @@ class Engine:
         1 prepaid, 2 postpaid; statuses: 1 active, 2 suspended, 3 barred, 4 closed;
         ``balances_minor``: prepaid credit or postpaid amount owed (positive);
         ``sim_swapped_at_s``: ``NO_TIME`` for never. Holds and counters of a known
-        account are kept."""
+        account are kept. A subscriber whose account id is not 1 to 64 of
+        ``[A-Za-z0-9_-]`` or whose msisdn is over 16 bytes raises ``InvalidBatch``."""
     def set_states(
         self,
         account_ids: list[str],
@@ -135,7 +136,8 @@ class Engine:
         authentication, method authorization, balance and limits, stopping at each
         payment's first failure. Returns one reject code per row, 0 for passed (see
         ``reject_codes()``). Text columns are 1-D C-contiguous fixed-width byte
-        arrays (dtype ``S<n>``, trailing NULs are padding; build them with
+        arrays (dtype ``S<n>``; a value ends at its first NUL, the rest of the cell
+        is padding; build them with
         ``quickpay_engine.settlement.validation.text_column``); numeric columns have
         exactly the dtype shown, native byte order. Anything else raises
         ``ColumnError``; unequal lengths ``InvalidBatch``; more than ``BATCH_MAX``

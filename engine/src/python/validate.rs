@@ -106,6 +106,9 @@ impl From<BindError> for PyErr {
             BindError::Table(TableError::TableFull { max }) => {
                 CapacityExceeded::new_err(format!("subscriber table is full ({max} subscribers)"))
             }
+            BindError::Table(TableError::Malformed { account_id }) => InvalidBatch::new_err(format!(
+                "subscriber {account_id:?}: account_id must be 1 to 64 of [A-Za-z0-9_-] and msisdn at most 16 bytes"
+            )),
             BindError::State(state) => StateRefused::new_err(match state {
                 StateError::UnknownAccount { row, account_id } => {
                     format!("row {row}: no account {account_id:?}")

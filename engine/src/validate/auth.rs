@@ -19,7 +19,7 @@ pub fn check<'t>(
         return Err(RejectCode::AccountNotFound);
     };
     let subscriber = &entry.subscriber;
-    if subscriber.msisdn.as_bytes() != p.msisdn {
+    if entry.msisdn.as_bytes() != p.msisdn {
         return Err(RejectCode::MsisdnMismatch);
     }
     if subscriber.status == Status::Closed {

@@ -4,11 +4,14 @@
 //! system owns this data; the engine holds a copy so that account authentication costs
 //! a hash lookup, not a database round trip.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use rustc_hash::FxBuildHasher;
 
 use super::clock::{day_index, month_index, Now};
+use super::formats::{is_account_id, ACCOUNT_ID_LEN_MAX};
 use crate::money::{Currency, AMOUNT_MINOR_MAX};
 
 /// At most this many subscribers per engine process (one partition of the carrier's
@@ -78,8 +81,69 @@ pub struct Subscriber {
 /// Why a subscriber could not be added.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TableError {
-    TableFull { max: usize },
+    TableFull {
+        max: usize,
+    },
+    /// The account id is not 1 to 64 characters of `[A-Za-z0-9_-]`, or the MSISDN is
+    /// longer than E.164's 16 bytes: no payment could ever authenticate against it.
+    Malformed {
+        account_id: String,
+    },
 }
+
+/// Bytes an MSISDN occupies at most: '+' and 15 digits (E.164).
+const MSISDN_BYTES_MAX: usize = 16;
+
+/// Up to `N` bytes stored inline, zero-padded. The table keeps account ids and
+/// MSISDNs this way so that authenticating a payment reads the hash bucket only:
+/// with `String`s every comparison chased a pointer to another cache line, and at
+/// ten thousand subscribers and up those misses were most of a lookup's cost.
+#[derive(Clone, Copy, Debug)]
+pub struct InlineBytes<const N: usize> {
+    len: u8,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> InlineBytes<N> {
+    fn new(value: &[u8]) -> Option<InlineBytes<N>> {
+        let mut bytes = [0u8; N];
+        bytes.get_mut(..value.len())?.copy_from_slice(value);
+        Some(InlineBytes {
+            len: u8::try_from(value.len()).ok()?,
+            bytes,
+        })
+    }
+
+    /// The stored bytes.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+// Hash and equality are those of the byte slice, so a `&[u8]` from a batch column
+// looks an entry up directly (the `Borrow` contract).
+impl<const N: usize> PartialEq for InlineBytes<N> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl<const N: usize> Eq for InlineBytes<N> {}
+
+impl<const N: usize> Hash for InlineBytes<N> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl<const N: usize> Borrow<[u8]> for InlineBytes<N> {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+type AccountKey = InlineBytes<ACCOUNT_ID_LEN_MAX>;
 
 /// Why a batch of state changes was refused; nothing of the batch was applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,6 +222,8 @@ impl Usage {
 #[derive(Clone, Debug)]
 pub struct Entry {
     pub subscriber: Subscriber,
+    /// `subscriber.msisdn`, inline (see `InlineBytes`).
+    pub msisdn: InlineBytes<MSISDN_BYTES_MAX>,
     /// Pending holds on the line's credit (carrier-balance payments in flight).
     pub held_minor: i64,
     pub usage: Usage,
@@ -171,7 +237,7 @@ pub struct Entry {
 /// and a request's account id is only ever looked up, never inserted.
 #[derive(Default, Debug)]
 pub struct SubscriberTable {
-    by_account: HashMap<String, Entry, FxBuildHasher>,
+    by_account: HashMap<AccountKey, Entry, FxBuildHasher>,
 }
 
 impl SubscriberTable {
@@ -182,8 +248,17 @@ impl SubscriberTable {
     /// Inserts or replaces a subscriber (the billing system's copy wins); holds and
     /// usage counters of a known account are kept.
     pub fn upsert(&mut self, subscriber: Subscriber) -> Result<(), TableError> {
-        if let Some(entry) = self.by_account.get_mut(&subscriber.account_id) {
+        let malformed = || TableError::Malformed {
+            account_id: subscriber.account_id.clone(),
+        };
+        let key = is_account_id(subscriber.account_id.as_bytes())
+            .then(|| AccountKey::new(subscriber.account_id.as_bytes()))
+            .flatten()
+            .ok_or_else(malformed)?;
+        let msisdn = InlineBytes::new(subscriber.msisdn.as_bytes()).ok_or_else(malformed)?;
+        if let Some(entry) = self.by_account.get_mut(&key) {
             entry.subscriber = subscriber;
+            entry.msisdn = msisdn;
             return Ok(());
         }
         if self.by_account.len() >= SUBSCRIBERS_MAX {
@@ -193,29 +268,29 @@ impl SubscriberTable {
         }
         let entry = Entry {
             subscriber,
+            msisdn,
             held_minor: 0,
             usage: Usage::default(),
         };
-        self.by_account
-            .insert(entry.subscriber.account_id.clone(), entry);
+        self.by_account.insert(key, entry);
         Ok(())
     }
 
     pub fn get(&self, account_id: &str) -> Option<&Subscriber> {
         self.by_account
-            .get(account_id)
+            .get(account_id.as_bytes())
             .map(|entry| &entry.subscriber)
     }
 
     /// The account's entry, looked up by the raw bytes of a batch column.
     #[inline]
     pub fn entry(&self, account_id: &[u8]) -> Option<&Entry> {
-        self.by_account.get(std::str::from_utf8(account_id).ok()?)
+        self.by_account.get(account_id)
     }
 
     fn entry_mut(&mut self, row: usize, account_id: &str) -> Result<&mut Entry, StateError> {
         self.by_account
-            .get_mut(account_id)
+            .get_mut(account_id.as_bytes())
             .ok_or_else(|| StateError::UnknownAccount {
                 row,
                 account_id: account_id.to_string(),
@@ -228,7 +303,10 @@ impl SubscriberTable {
             self.entry_mut(row, account_id)?;
         }
         for &(account_id, balance_minor, status) in rows {
-            let entry = self.by_account.get_mut(account_id).expect("checked above");
+            let entry = self
+                .by_account
+                .get_mut(account_id.as_bytes())
+                .expect("checked above");
             entry.subscriber.balance_minor = balance_minor;
             entry.subscriber.status = status;
         }
@@ -288,7 +366,7 @@ impl SubscriberTable {
             // every hold as it was.
             for &(account_id, amount_minor) in rows[..applied].iter().rev() {
                 self.by_account
-                    .get_mut(account_id)
+                    .get_mut(account_id.as_bytes())
                     .expect("applied above")
                     .held_minor -= sign * amount_minor;
             }
@@ -307,7 +385,7 @@ impl SubscriberTable {
         }
         for &(account_id, amount_minor, at_s) in rows {
             self.by_account
-                .get_mut(account_id)
+                .get_mut(account_id.as_bytes())
                 .expect("checked above")
                 .usage
                 .record(amount_minor, at_s);

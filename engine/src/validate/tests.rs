@@ -575,6 +575,26 @@ fn carrier_balance_counts_pending_holds() {
 }
 
 #[test]
+fn a_subscriber_no_payment_could_match_is_refused() {
+    let mut v = validator();
+    let mut bad = v.subscribers.get("acc-post").unwrap().clone();
+    bad.account_id = "acc/1".into();
+    assert!(matches!(
+        v.subscribers.upsert(bad.clone()),
+        Err(TableError::Malformed { .. })
+    ));
+    bad.account_id = "acc-1".into();
+    bad.msisdn = "+12345678901234567".into();
+    assert!(matches!(
+        v.subscribers.upsert(bad.clone()),
+        Err(TableError::Malformed { .. })
+    ));
+    bad.msisdn = "+306912345677".into();
+    assert_eq!(v.subscribers.upsert(bad), Ok(()));
+    assert_eq!(v.subscribers.len(), 5);
+}
+
+#[test]
 fn holds_are_all_or_nothing() {
     let mut v = validator();
     let err = v
