@@ -172,7 +172,9 @@ async def test_near_misses_of_the_malformed_cases_settle(stub) -> None:
         [
             {"idempotency_key": "k" * 255},
             {"amount": pb.Money(amount_minor=1, currency="EUR")},
-            {"method": pb.PaymentMethod(carrier_balance=pb.CarrierBalance())},
+            # Any method set passes the format rule; a wallet also passes the method
+            # and balance layers (carrier balance needs credit this line lacks).
+            {"method": pb.PaymentMethod(wallet=pb.Wallet(provider="mpesa", wallet_id="w-1"))},
         ]
     ):
         key = overrides.pop("idempotency_key", f"near-{n}")

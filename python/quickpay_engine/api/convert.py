@@ -14,6 +14,7 @@ from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.domain import (
     Confirmation,
     Method,
+    MethodDetail,
     MethodKind,
     OutboxEvent,
     Outcome,
@@ -51,6 +52,20 @@ def method_of(method: pb.PaymentMethod) -> Method:
     return Method(kind, "carrier balance")
 
 
+def detail_of(request: pb.PayRequest) -> MethodDetail:
+    """The request's method fields and assertion, for validation only."""
+    m = request.method
+    return MethodDetail(
+        card_pan=m.card.pan,
+        card_expiry_month=m.card.expiry_month,
+        card_expiry_year=m.card.expiry_year,
+        wallet_provider=m.wallet.provider,
+        wallet_id=m.wallet.wallet_id,
+        iban=m.bank_account.iban,
+        subscriber_assertion=request.subscriber_assertion,
+    )
+
+
 def intent_of(request: pb.PayRequest, fingerprint_key: bytes) -> PaymentIntent:
     """Decodes a PayRequest. The payload fingerprint is keyed (HMAC-SHA256), because the
     request holds a card number and an unkeyed hash of one can be reversed by search."""
@@ -68,6 +83,7 @@ def intent_of(request: pb.PayRequest, fingerprint_key: bytes) -> PaymentIntent:
         channel=request.channel,
         device_id=request.device_id,
         ip=request.ip,
+        detail=detail_of(request),
     )
 
 
