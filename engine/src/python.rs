@@ -10,6 +10,8 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
+mod ledger;
+
 use crate::money::Currency;
 use crate::validate::{
     self, MethodKind, PaymentView, Plan, Purpose, RejectCode, Status, Subscriber, SubscriberTable,
@@ -263,5 +265,6 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BatchTooLarge", py.get_type::<BatchTooLarge>())?;
     m.add("InvalidBatch", py.get_type::<InvalidBatch>())?;
     m.add("CapacityExceeded", py.get_type::<CapacityExceeded>())?;
+    ledger::register(m)?;
     Ok(())
 }

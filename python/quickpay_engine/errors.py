@@ -5,7 +5,15 @@ compiled module, re-exported here); the front end's own errors derive from
 ``QuickpayError``. The gRPC servicer maps both to status codes in one place.
 """
 
-from quickpay_engine._engine import BatchTooLarge, CapacityExceeded, EngineError, InvalidBatch
+from quickpay_engine._engine import (
+    BatchTooLarge,
+    CapacityExceeded,
+    EngineError,
+    InvalidBatch,
+    LedgerClosed,
+    WalCorruption,
+    WalFailure,
+)
 
 
 class QuickpayError(Exception):
@@ -31,5 +39,8 @@ __all__ = [
     "EngineError",
     "ImportRowError",
     "InvalidBatch",
+    "LedgerClosed",
     "QuickpayError",
+    "WalCorruption",
+    "WalFailure",
 ]
