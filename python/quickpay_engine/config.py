@@ -68,8 +68,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
     data_dir = Path(args.data_dir)
     url = args.database_url or f"sqlite:///{data_dir / SQLITE_FILE}"
     if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-        raise ConfigError(
-            f"--database-url {url!r}: expected sqlite:///PATH or postgresql://..."
-        )
+        raise ConfigError(f"--database-url {url!r}: expected sqlite:///PATH or postgresql://...")
     gateways = Path(args.gateways) if args.gateways else None
     return Settings(listen=args.listen, data_dir=data_dir, database_url=url, gateways=gateways)

@@ -24,6 +24,30 @@ class ConfigError(QuickpayError):
     """A setting is missing or malformed; the message names it."""
 
 
+class InvalidArgument(QuickpayError):
+    """A request field is malformed (gRPC INVALID_ARGUMENT); ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class IdempotencyConflict(QuickpayError):
+    """The idempotency key was used before with another payload (FAILED_PRECONDITION)."""
+
+
+class Overloaded(QuickpayError):
+    """The engine is at a bound and refused the call before any work (RESOURCE_EXHAUSTED)."""
+
+
+class NotFound(QuickpayError):
+    """No such payment (NOT_FOUND)."""
+
+
+class ShuttingDown(QuickpayError):
+    """The server is draining and takes no new payments (UNAVAILABLE)."""
+
+
 class ImportRowError(QuickpayError):
     """A subscriber file row is malformed; nothing from the file was loaded."""
 
@@ -37,10 +61,15 @@ __all__ = [
     "CapacityExceeded",
     "ConfigError",
     "EngineError",
+    "IdempotencyConflict",
     "ImportRowError",
+    "InvalidArgument",
     "InvalidBatch",
     "LedgerClosed",
+    "NotFound",
+    "Overloaded",
     "QuickpayError",
+    "ShuttingDown",
     "WalCorruption",
     "WalFailure",
 ]

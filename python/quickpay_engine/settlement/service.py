@@ -1,0 +1,101 @@
+"""The settlement service the API calls: pay, look up, start and drain.
+
+It owns the batcher and the in-flight table that makes concurrent retries of one
+idempotency key share a single settlement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+
+from quickpay_engine._engine import Engine
+from quickpay_engine.domain import Outcome, PaymentIntent, PaymentRecord
+from quickpay_engine.errors import IdempotencyConflict, NotFound
+from quickpay_engine.settlement.batcher import MicroBatcher
+from quickpay_engine.settlement.pipeline import Pipeline, load_engine
+from quickpay_engine.store import SqliteStore
+from quickpay_engine.store.executor import StoreThread
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSettings:
+    """How payments are gathered into batches (see MicroBatcher)."""
+
+    batch_max: int = 512
+    linger_ms: float = 1.0
+    queue_max: int = 20_000
+
+
+class SettlementService:
+    """Settles payments through the engine and the store, in micro-batches."""
+
+    def __init__(self, store: SqliteStore, batching: BatchSettings | None = None) -> None:
+        batching = batching or BatchSettings()
+        self._store = store
+        self._thread = StoreThread()
+        self.engine = Engine()
+        self._pipeline = Pipeline(self.engine, store, self._thread)
+        self._batcher: MicroBatcher[PaymentIntent, Outcome] = MicroBatcher(
+            self._pipeline.process,
+            batch_max=batching.batch_max,
+            linger_ms=batching.linger_ms,
+            queue_max=batching.queue_max,
+        )
+        # One entry per idempotency key being settled right now: a concurrent retry
+        # waits for the first attempt instead of racing it. Bounded by the batcher's
+        # queue, since every entry is a queued or running payment.
+        self._inflight: dict[str, tuple[str, asyncio.Task[Outcome]]] = {}
+
+    async def start(self) -> None:
+        """Loads the subscriber table into the engine and starts batching."""
+        rows = await self._thread.run(self._store.load_subscribers)
+        load_engine(self.engine, rows)
+        self._batcher.start()
+
+    async def close(self) -> None:
+        """Finishes every queued payment, then releases the store thread."""
+        await self._batcher.close()
+        self._thread.close()
+
+    async def pay(self, intent: PaymentIntent) -> Outcome:
+        """Settles one payment, or replays the outcome already stored for its key.
+
+        The settlement runs as its own task: a caller that goes away (a cancelled RPC)
+        does not cancel a payment already queued, and a retry joins it.
+        """
+        key = intent.idempotency_key
+        running = self._inflight.get(key)
+        if running is None:
+            task = asyncio.ensure_future(self._batcher.submit(intent))
+            self._inflight[key] = (intent.fingerprint, task)
+            task.add_done_callback(functools.partial(self._finished, key))
+            return await asyncio.shield(task)
+        fingerprint, task = running
+        outcome = await asyncio.shield(task)
+        if fingerprint != intent.fingerprint:
+            raise IdempotencyConflict(
+                f"idempotency_key {key!r} was used for another payment ({outcome.payment_id})"
+            )
+        return dataclasses.replace(outcome, replayed=True)
+
+    def _finished(self, key: str, task: asyncio.Task[Outcome]) -> None:
+        if self._inflight.get(key, (None, None))[1] is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so a caller that left does not warn
+
+    async def get_payment(
+        self, *, payment_id: str = "", idempotency_key: str = ""
+    ) -> PaymentRecord:
+        """A stored payment by id or key; NotFound when there is none."""
+        record = await self._thread.run(
+            self._store.get_payment, payment_id=payment_id, idempotency_key=idempotency_key
+        )
+        if record is None:
+            raise NotFound(
+                f"no payment with {'payment_id' if payment_id else 'idempotency_key'}"
+                f" {payment_id or idempotency_key!r}"
+            )
+        return record
