@@ -1,7 +1,8 @@
 """Type stubs of the compiled core (engine/src/python.rs)."""
 
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
@@ -85,14 +86,15 @@ TRANSFER_POST_PENDING: int
 TRANSFER_VOID_PENDING: int
 
 class WalFailure(EngineError):
-    """The write-ahead log failed (I/O or an earlier fsync error); the engine must restart and recover."""
+    """The write-ahead log failed (I/O or an earlier fsync error); restart and recover."""
 
 class WalCorruption(WalFailure):
-    """The log or a snapshot is corrupt where no crash can have left it; the message names the file and offset."""
+    """The log is corrupt where no crash can have left it; the message says where."""
 
 class LedgerClosed(EngineError):
     """The ledger was closed."""
 
+@final
 class Ledger:
     """The durable double-entry ledger, open on a directory (write-ahead log + snapshots)."""
 
@@ -113,12 +115,12 @@ class Ledger:
         `WalCorruption` naming file and offset for corruption anywhere else. Finished
         payments and idempotency keys are forgotten after `retention_s`."""
     @property
-    def dir(self) -> str:
+    def dir(self) -> Path:
         """The directory the ledger lives in."""
     def recovery(self) -> dict[str, Any]:
         """What recovery found at open: snapshot_seq, snapshots_skipped, records_replayed,
-        records, segments, first_seq, last_seq, torn_tail (None or a dict with segment,
-        offset, bytes, reason)."""
+        records, segments, first_seq, last_seq, torn_tail (None or a dict with segment
+        (a Path), offset, bytes, reason)."""
     def create_accounts(
         self,
         now_ns: int,
@@ -209,7 +211,7 @@ def wal_verify(dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def wal_inspect(
     dir: str | os.PathLike[str], from_seq: int = 0, limit: int = 1000
-) -> list[tuple[int, str, int, int, int, str, int, int, int]]:
+) -> list[tuple[int, Path, int, int, int, str, int, int, int]]:
     """Lists records offline: (seq, segment, offset, bytes, checksum, kind, events,
     events_ok, now_ns) from `from_seq`, at most `limit`."""
 

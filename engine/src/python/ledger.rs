@@ -116,7 +116,7 @@ impl Ledger {
     /// Opens (creating when absent) the ledger in `dir`: loads the newest snapshot,
     /// replays the log, truncates a torn tail, refuses corruption (`WalCorruption`).
     #[staticmethod]
-    #[pyo3(signature = (dir, *, segment_bytes_max = 64 << 20, retention_s = 86_400,
+    #[pyo3(signature = (dir, *, segment_bytes_max = 67_108_864, retention_s = 86_400,
         accounts_max = None, transfers_max = None, payments_max = None,
         idempotency_keys_max = None, decisions_max = None))]
     #[allow(clippy::too_many_arguments)]
