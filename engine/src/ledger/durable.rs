@@ -277,27 +277,22 @@ impl DurableLedger {
             }
             .into());
         }
-        // Checked before anything is applied, so a refused record leaves memory as it was.
-        let bytes_max =
-            borsh::object_length(&command).expect("in-memory encoding") + 2 * command.len() + 64;
+        // The record is borsh's encoding of `Entry { now_ns, command, results }`, which
+        // is the three encodings one after the other: the command is encoded once,
+        // before it is applied, so a record over the bound is refused with memory as it was.
+        let mut bytes = Vec::with_capacity(64 + 128 * command.len());
+        bytes.extend_from_slice(&now_ns.to_le_bytes());
+        borsh::to_writer(&mut bytes, &command).expect("in-memory encoding");
+        let bytes_max = bytes.len() + 4 + 2 * command.len();
         if bytes_max > RECORD_BYTES_MAX {
-            return Err(WalError::RecordTooLarge {
-                bytes: bytes_max,
-                max: RECORD_BYTES_MAX,
-            }
-            .into());
+            return Err(WalError::RecordTooLarge { bytes: bytes_max, max: RECORD_BYTES_MAX }.into());
         }
         let (results, seq) = {
             let mut ledger = self.lock()?;
             let results = ledger.apply(now_ns, &command)?;
-            let entry = Entry {
-                now_ns,
-                command,
-                results,
-            };
-            let bytes = borsh::to_vec(&entry).expect("in-memory encoding");
+            borsh::to_writer(&mut bytes, &results).expect("in-memory encoding");
             let seq = self.wal.enqueue(&bytes)?;
-            (entry.results, seq)
+            (results, seq)
         };
         self.wal.wait_durable(seq)?;
         Ok((results, seq))

@@ -19,6 +19,7 @@ mod tests;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use borsh::{BorshDeserialize, BorshSerialize};
+use rustc_hash::FxHashMap;
 
 pub use codes::{AccountResult, ClaimResult, EntryResult, PaymentResult, TransferResult};
 pub use durable::{
@@ -186,12 +187,14 @@ enum Undo {
 pub struct Ledger {
     limits: Limits,
     now_ns: u64,
-    accounts: HashMap<u128, Account>,
-    transfers: HashMap<u128, Transfer>,
-    pending: HashMap<u128, PendingState>,
+    // Ids are 128-bit values the orchestrator derives (UUIDs, hashes), so a fast
+    // non-keyed hash is safe here; the string-keyed tables below keep SipHash.
+    accounts: FxHashMap<u128, Account>,
+    transfers: FxHashMap<u128, Transfer>,
+    pending: FxHashMap<u128, PendingState>,
     /// Pending transfers with a deadline, by deadline: the expiry sweep's queue.
     expiry: BTreeSet<(u64, u128)>,
-    payments: HashMap<u128, (PaymentState, u64)>,
+    payments: FxHashMap<u128, (PaymentState, u64)>,
     /// Finished payments in the order they finished: the retention sweep's queue.
     payments_finished: VecDeque<(u64, u128)>,
     idempotency: HashMap<String, IdempotencyEntry>,
@@ -410,7 +413,7 @@ impl Ledger {
 
     /// A ledger restored from a snapshot image.
     pub fn from_image(limits: Limits, image: LedgerImage) -> Ledger {
-        let pending: HashMap<u128, PendingState> = image.pending.into_iter().collect();
+        let pending: FxHashMap<u128, PendingState> = image.pending.into_iter().collect();
         let expiry = pending
             .iter()
             .filter(|(_, p)| p.status == PendingStatus::Pending && p.expires_at_ns != 0)

@@ -835,3 +835,15 @@ proptest! {
         prop_assert_eq!(restored.image(), image);
     }
 }
+
+#[test]
+fn the_record_layout_is_borsh_of_the_entry() {
+    // durable.rs writes now_ns, command and results one after the other instead of
+    // encoding an Entry; this pins that the two are the same bytes.
+    let command = Command::CreateTransfers { transfers: vec![transfer(1, 2, 3, 4)] };
+    let entry = Entry { now_ns: 77, command: command.clone(), results: vec![0, 19] };
+    let mut bytes = 77u64.to_le_bytes().to_vec();
+    borsh::to_writer(&mut bytes, &command).unwrap();
+    borsh::to_writer(&mut bytes, &vec![0u16, 19]).unwrap();
+    assert_eq!(bytes, borsh::to_vec(&entry).unwrap());
+}
