@@ -25,7 +25,12 @@ const CHILD_ENV: &str = "QUICKPAY_CRASH_CHILD";
 const BATCH_STRIDE: u128 = 1 << 16;
 
 fn config() -> DurableConfig {
-    DurableConfig { wal: WalConfig { segment_bytes_max: 64 << 10 }, limits: Limits::default() }
+    DurableConfig {
+        wal: WalConfig {
+            segment_bytes_max: 64 << 10,
+        },
+        limits: Limits::default(),
+    }
 }
 
 fn batch(batch_id: u128, n: u128) -> Command {
@@ -45,11 +50,28 @@ fn batch(batch_id: u128, n: u128) -> Command {
 /// The child: append until killed, printing "try" before and "ack" after each batch.
 #[test]
 fn crash_child_entry() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
-    let seed: u64 = std::env::var("QUICKPAY_CRASH_SEED").unwrap().parse().unwrap();
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let seed: u64 = std::env::var("QUICKPAY_CRASH_SEED")
+        .unwrap()
+        .parse()
+        .unwrap();
     let (ledger, _) = DurableLedger::open(Path::new(&dir), config()).unwrap();
-    let account = |id| AccountInput { id, currency: EUR, kind: AccountKind::SettlementCash as u16, flags: 0 };
-    ledger.execute(1, Command::CreateAccounts { accounts: vec![account(1), account(2)] }).unwrap();
+    let account = |id| AccountInput {
+        id,
+        currency: EUR,
+        kind: AccountKind::SettlementCash as u16,
+        flags: 0,
+    };
+    ledger
+        .execute(
+            1,
+            Command::CreateAccounts {
+                accounts: vec![account(1), account(2)],
+            },
+        )
+        .unwrap();
     let ledger = Arc::new(ledger);
     let next = Arc::new(AtomicU64::new(seed * 1_000_000));
     let threads: Vec<_> = (0..4)
@@ -86,7 +108,11 @@ fn acknowledged_batches_survive_sigkill_at_random_moments() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let kills = if std::env::var("QUICKPAY_FULL").is_ok() { 500 } else { 50 };
+    let kills = if std::env::var("QUICKPAY_FULL").is_ok() {
+        500
+    } else {
+        50
+    };
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
@@ -94,7 +120,12 @@ fn acknowledged_batches_survive_sigkill_at_random_moments() {
     let mut torn_tails = 0;
     for round in 0..kills {
         let mut child = Process::new(&exe)
-            .args(["--exact", "crash_child_entry", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, dir.path())
             .env("QUICKPAY_CRASH_SEED", (round + 1).to_string())
             .stdout(Stdio::piped())
@@ -103,7 +134,10 @@ fn acknowledged_batches_survive_sigkill_at_random_moments() {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<String>>()
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<String>>()
         });
         std::thread::sleep(Duration::from_millis(5 + xorshift(&mut rng) % 120));
         child.kill().unwrap(); // SIGKILL on Unix
@@ -118,39 +152,53 @@ fn acknowledged_batches_survive_sigkill_at_random_moments() {
                 ["try", id, n] => {
                     tried.insert(id.parse().unwrap(), n.parse().unwrap());
                 }
-                ["ack", id, n, seq] => acked.push((id.parse().unwrap(), n.parse().unwrap(), seq.parse().unwrap())),
+                ["ack", id, n, seq] => acked.push((
+                    id.parse().unwrap(),
+                    n.parse().unwrap(),
+                    seq.parse().unwrap(),
+                )),
                 _ => {} // a line cut by the kill, or the test harness's own output
             }
         }
         let (ledger, report) = DurableLedger::open(dir.path(), config())
             .unwrap_or_else(|err| panic!("round {round}: recovery refused: {err}"));
         torn_tails += usize::from(report.torn_tail().is_some());
-        ledger.read(|l| {
-            l.check_balanced().unwrap_or_else(|c| panic!("round {round}: currency {c} unbalanced"));
-            for (batch_id, n, seq) in &acked {
-                assert!(*seq <= ledger.last_seq(), "round {round}: acknowledged seq {seq} lost");
-                for j in 1..=*n {
+        ledger
+            .read(|l| {
+                l.check_balanced()
+                    .unwrap_or_else(|c| panic!("round {round}: currency {c} unbalanced"));
+                for (batch_id, n, seq) in &acked {
                     assert!(
-                        l.transfer(batch_id * BATCH_STRIDE + j).is_some(),
-                        "round {round}: acknowledged transfer {batch_id}/{j} lost"
+                        *seq <= ledger.last_seq(),
+                        "round {round}: acknowledged seq {seq} lost"
+                    );
+                    for j in 1..=*n {
+                        assert!(
+                            l.transfer(batch_id * BATCH_STRIDE + j).is_some(),
+                            "round {round}: acknowledged transfer {batch_id}/{j} lost"
+                        );
+                    }
+                }
+                for (batch_id, n) in &tried {
+                    let present = (1..=*n)
+                        .filter(|j| l.transfer(batch_id * BATCH_STRIDE + j).is_some())
+                        .count();
+                    assert!(
+                        present == 0 || present as u128 == *n,
+                        "round {round}: batch {batch_id} is partly visible ({present} of {n})"
                     );
                 }
-            }
-            for (batch_id, n) in &tried {
-                let present = (1..=*n).filter(|j| l.transfer(batch_id * BATCH_STRIDE + j).is_some()).count();
-                assert!(
-                    present == 0 || present as u128 == *n,
-                    "round {round}: batch {batch_id} is partly visible ({present} of {n})"
-                );
-            }
-            // Each transfer moved 1 from account 1 to 2: balances equal the transfer count.
-            let (_, transfers) = l.counts();
-            let debits = l.account(1).map_or(0, |a| a.balances.debits_posted);
-            assert_eq!(debits as usize, transfers, "round {round}");
-        })
-        .unwrap();
+                // Each transfer moved 1 from account 1 to 2: balances equal the transfer count.
+                let (_, transfers) = l.counts();
+                let debits = l.account(1).map_or(0, |a| a.balances.debits_posted);
+                assert_eq!(debits as usize, transfers, "round {round}");
+            })
+            .unwrap();
         acked_total += acked.len();
     }
-    assert!(acked_total > kills, "the child made progress between kills ({acked_total} acks)");
+    assert!(
+        acked_total > kills,
+        "the child made progress between kills ({acked_total} acks)"
+    );
     eprintln!("{kills} kills, {acked_total} acknowledged batches, {torn_tails} torn tails");
 }

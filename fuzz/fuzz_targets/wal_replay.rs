@@ -14,16 +14,26 @@ fuzz_target!(|data: &[u8]| {
     let mut seq = 1;
     let mut rest = data;
     while !rest.is_empty() {
-        let end = rest.windows(2).position(|w| w == [0xFF, 0x00]).unwrap_or(rest.len());
+        let end = rest
+            .windows(2)
+            .position(|w| w == [0xFF, 0x00])
+            .unwrap_or(rest.len());
         prev = encode(&mut segment, seq, prev, &rest[..end]);
         seq += 1;
         rest = &rest[(end + 2).min(rest.len())..];
     }
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join(segment_name(1)), &segment).expect("write segment");
-    let limits = Limits { accounts_max: 1 << 12, transfers_max: 1 << 14, ..Limits::default() };
+    let limits = Limits {
+        accounts_max: 1 << 12,
+        transfers_max: 1 << 14,
+        ..Limits::default()
+    };
     if let Ok((ledger, _)) = recover(dir.path(), limits, ScanMode::ReadOnly) {
         // Whatever replay accepted must still balance.
-        assert!(ledger.check_balanced().is_ok(), "replay left the books unbalanced");
+        assert!(
+            ledger.check_balanced().is_ok(),
+            "replay left the books unbalanced"
+        );
     }
 });

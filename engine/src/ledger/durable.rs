@@ -285,7 +285,11 @@ impl DurableLedger {
         borsh::to_writer(&mut bytes, &command).expect("in-memory encoding");
         let bytes_max = bytes.len() + 4 + 2 * command.len();
         if bytes_max > RECORD_BYTES_MAX {
-            return Err(WalError::RecordTooLarge { bytes: bytes_max, max: RECORD_BYTES_MAX }.into());
+            return Err(WalError::RecordTooLarge {
+                bytes: bytes_max,
+                max: RECORD_BYTES_MAX,
+            }
+            .into());
         }
         let (results, seq) = {
             let mut ledger = self.lock()?;

@@ -840,10 +840,47 @@ proptest! {
 fn the_record_layout_is_borsh_of_the_entry() {
     // durable.rs writes now_ns, command and results one after the other instead of
     // encoding an Entry; this pins that the two are the same bytes.
-    let command = Command::CreateTransfers { transfers: vec![transfer(1, 2, 3, 4)] };
-    let entry = Entry { now_ns: 77, command: command.clone(), results: vec![0, 19] };
+    let command = Command::CreateTransfers {
+        transfers: vec![transfer(1, 2, 3, 4)],
+    };
+    let entry = Entry {
+        now_ns: 77,
+        command: command.clone(),
+        results: vec![0, 19],
+    };
     let mut bytes = 77u64.to_le_bytes().to_vec();
     borsh::to_writer(&mut bytes, &command).unwrap();
     borsh::to_writer(&mut bytes, &vec![0u16, 19]).unwrap();
     assert_eq!(bytes, borsh::to_vec(&entry).unwrap());
+}
+
+#[test]
+fn after_an_fsync_error_the_durable_ledger_refuses_reads_and_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, _) = DurableLedger::open(dir.path(), DurableConfig::default()).unwrap();
+    let accounts = vec![account(1, EUR, 0), account(2, EUR, 0)];
+    ledger
+        .execute(1, Command::CreateAccounts { accounts })
+        .unwrap();
+    crate::wal::failpoint::arm();
+    let transfers = vec![transfer(10, 1, 2, 5)];
+    let err = ledger
+        .execute(2, Command::CreateTransfers { transfers })
+        .unwrap_err();
+    let poisoned = matches!(&err, DurableError::Wal(crate::wal::WalError::Poisoned { cause }) if cause.contains("os error 5"));
+    assert!(poisoned, "{err}");
+    // Memory holds transfer 10, the disk may not: nobody may see or build on it.
+    assert!(ledger.read(|l| l.transfer(10).is_some()).is_err());
+    let transfers = vec![transfer(11, 1, 2, 5)];
+    assert!(ledger
+        .execute(3, Command::CreateTransfers { transfers })
+        .is_err());
+    drop(ledger);
+    // A restart recovers from what is really on disk.
+    let (ledger, report) = DurableLedger::open(dir.path(), DurableConfig::default()).unwrap();
+    assert_eq!(
+        report.records_replayed, 2,
+        "the record was written, only its sync failed"
+    );
+    ledger.read(|l| l.check_balanced()).unwrap().unwrap();
 }

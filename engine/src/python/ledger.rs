@@ -11,7 +11,9 @@
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{
+    PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+};
 use pyo3::create_exception;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -30,9 +32,9 @@ create_exception!(_engine, LedgerClosed, EngineError, "The ledger was closed.");
 
 fn to_py(err: DurableError) -> PyErr {
     match err {
-        DurableError::Ledger(LedgerError::BatchTooLarge { len, max }) => {
-            BatchTooLarge::new_err(format!("batch of {len} is over the ledger's bound of {max}"))
-        }
+        DurableError::Ledger(LedgerError::BatchTooLarge { len, max }) => BatchTooLarge::new_err(
+            format!("batch of {len} is over the ledger's bound of {max}"),
+        ),
         DurableError::Ledger(err @ LedgerError::CapacityExceeded { .. }) => {
             CapacityExceeded::new_err(err.to_string())
         }
@@ -59,9 +61,14 @@ fn ids(
         check_len(column, shape[0], n)?;
     }
     let flat = array.as_slice().map_err(|_| {
-        InvalidBatch::new_err(format!("column {column} must be a C-contiguous (n, 2) uint64 array"))
+        InvalidBatch::new_err(format!(
+            "column {column} must be a C-contiguous (n, 2) uint64 array"
+        ))
     })?;
-    Ok(flat.chunks_exact(2).map(|p| (u128::from(p[0]) << 64) | u128::from(p[1])).collect())
+    Ok(flat
+        .chunks_exact(2)
+        .map(|p| (u128::from(p[0]) << 64) | u128::from(p[1]))
+        .collect())
 }
 
 fn ids_out(
@@ -70,7 +77,9 @@ fn ids_out(
 ) -> Bound<'_, PyArray2<u64>> {
     let n = values.len();
     let flat: Vec<u64> = values.flat_map(|v| [(v >> 64) as u64, v as u64]).collect();
-    PyArray1::from_vec(py, flat).reshape([n, 2]).expect("2n values reshape to (n, 2)")
+    PyArray1::from_vec(py, flat)
+        .reshape([n, 2])
+        .expect("2n values reshape to (n, 2)")
 }
 
 fn column<'a, T: numpy::Element>(
@@ -106,7 +115,9 @@ impl Ledger {
 
     fn run<'py>(&self, py: Python<'py>, now_ns: u64, command: Command) -> PyResult<Codes<'py>> {
         let ledger = self.get()?;
-        let (codes, seq) = py.detach(|| ledger.execute(now_ns, command)).map_err(to_py)?;
+        let (codes, seq) = py
+            .detach(|| ledger.execute(now_ns, command))
+            .map_err(to_py)?;
         Ok((PyArray1::from_vec(py, codes), seq))
     }
 }
@@ -145,8 +156,15 @@ impl Ledger {
         let retention_ns = retention_s
             .checked_mul(1_000_000_000)
             .ok_or_else(|| InvalidBatch::new_err("retention_s is too large"))?;
-        let (ledger, report) = py.detach(|| DurableLedger::open(&dir, config)).map_err(to_py)?;
-        Ok(Ledger { inner: RwLock::new(Some(Arc::new(ledger))), retention_ns, report, dir })
+        let (ledger, report) = py
+            .detach(|| DurableLedger::open(&dir, config))
+            .map_err(to_py)?;
+        Ok(Ledger {
+            inner: RwLock::new(Some(Arc::new(ledger))),
+            retention_ns,
+            report,
+            dir,
+        })
     }
 
     /// What recovery found when the ledger was opened (see `wal_verify`).
@@ -233,7 +251,15 @@ impl Ledger {
 
     /// Expires every hold due at `now_ns` (an empty transfer batch); returns seq.
     fn expire(&self, py: Python<'_>, now_ns: u64) -> PyResult<u64> {
-        Ok(self.run(py, now_ns, Command::CreateTransfers { transfers: Vec::new() })?.1)
+        Ok(self
+            .run(
+                py,
+                now_ns,
+                Command::CreateTransfers {
+                    transfers: Vec::new(),
+                },
+            )?
+            .1)
     }
 
     /// Balances of accounts: (found bool, debits_pending, debits_posted,
@@ -254,7 +280,10 @@ impl Ledger {
         let ledger = self.get()?;
         let rows = ledger
             .read(|l| {
-                id_values.iter().map(|id| l.account(*id).map(|a| a.balances)).collect::<Vec<_>>()
+                id_values
+                    .iter()
+                    .map(|id| l.account(*id).map(|a| a.balances))
+                    .collect::<Vec<_>>()
             })
             .map_err(to_py)?;
         let found = rows.iter().map(Option::is_some).collect();
@@ -281,17 +310,27 @@ impl Ledger {
         check_ledger_batch(id_values.len())?;
         let states = column("states", &states, id_values.len())?;
         let entries = id_values.into_iter().zip(states.iter().copied()).collect();
-        self.run(py, now_ns, Command::PaymentStates { retention_ns: self.retention_ns, entries })
+        self.run(
+            py,
+            now_ns,
+            Command::PaymentStates {
+                retention_ns: self.retention_ns,
+                entries,
+            },
+        )
     }
 
     /// Payments RESERVED or CAPTURED, sorted by id: (ids (n, 2) uint64, states uint8).
-    fn unfinished_payments<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<IdsAndStates<'py>> {
-        let rows = self.get()?.read(|l| l.unfinished_payments()).map_err(to_py)?;
+    fn unfinished_payments<'py>(&self, py: Python<'py>) -> PyResult<IdsAndStates<'py>> {
+        let rows = self
+            .get()?
+            .read(|l| l.unfinished_payments())
+            .map_err(to_py)?;
         let states = rows.iter().map(|(_, s)| *s as u8).collect();
-        Ok((ids_out(py, rows.into_iter().map(|(id, _)| id)), PyArray1::from_vec(py, states)))
+        Ok((
+            ids_out(py, rows.into_iter().map(|(id, _)| id)),
+            PyArray1::from_vec(py, states),
+        ))
     }
 
     /// The recorded state of each payment (0 when unknown or aged out).
@@ -304,7 +343,10 @@ impl Ledger {
         let states = self
             .get()?
             .read(|l| {
-                id_values.iter().map(|id| l.payment_state(*id).map_or(0, |s| s as u8)).collect()
+                id_values
+                    .iter()
+                    .map(|id| l.payment_state(*id).map_or(0, |s| s as u8))
+                    .collect()
             })
             .map_err(to_py)?;
         Ok(PyArray1::from_vec(py, states))
@@ -320,8 +362,12 @@ impl Ledger {
         keys: Vec<String>,
         fingerprints: PyReadonlyArray2<'py, u64>,
         payment_ids: PyReadonlyArray2<'py, u64>,
-    ) -> PyResult<(Bound<'py, PyArray1<u16>>, Bound<'py, PyArray2<u64>>, Bound<'py, PyArray1<u16>>, u64)>
-    {
+    ) -> PyResult<(
+        Bound<'py, PyArray1<u16>>,
+        Bound<'py, PyArray2<u64>>,
+        Bound<'py, PyArray1<u16>>,
+        u64,
+    )> {
         let n = keys.len();
         check_ledger_batch(n)?;
         let fps = ids("fingerprints", &fingerprints, Some(n))?;
@@ -330,14 +376,21 @@ impl Ledger {
             .into_iter()
             .zip(fps)
             .zip(pays)
-            .map(|((key, fingerprint), payment_id)| ClaimInput { key, fingerprint, payment_id })
+            .map(|((key, fingerprint), payment_id)| ClaimInput {
+                key,
+                fingerprint,
+                payment_id,
+            })
             .collect();
         let ledger = self.get()?;
         let retention_ns = self.retention_ns;
         let (codes, seq, stored) = py
             .detach(|| {
                 let lookups: Vec<String> = claims.iter().map(|c| c.key.clone()).collect();
-                let command = Command::ClaimKeys { retention_ns, claims };
+                let command = Command::ClaimKeys {
+                    retention_ns,
+                    claims,
+                };
                 let (codes, seq) = ledger.execute(now_ns, command)?;
                 // Read after the claim is durable: a key's entry is never removed
                 // except by a later claim's retention sweep, which this caller's
@@ -346,7 +399,8 @@ impl Ledger {
                     lookups
                         .iter()
                         .map(|k| {
-                            l.idempotency_entry(k).map_or((0, 0), |e| (e.payment_id, e.outcome))
+                            l.idempotency_entry(k)
+                                .map_or((0, 0), |e| (e.payment_id, e.outcome))
                         })
                         .collect::<Vec<_>>()
                 })?;
@@ -432,7 +486,10 @@ impl Ledger {
 
 fn check_ledger_batch(n: usize) -> PyResult<()> {
     if n > core::BATCH_MAX {
-        let err = LedgerError::BatchTooLarge { len: n, max: core::BATCH_MAX };
+        let err = LedgerError::BatchTooLarge {
+            len: n,
+            max: core::BATCH_MAX,
+        };
         return Err(to_py(DurableError::Ledger(err)));
     }
     Ok(())
@@ -468,9 +525,14 @@ fn report_dict<'py>(py: Python<'py>, report: &RecoveryReport) -> PyResult<Bound<
 #[pyfunction]
 fn wal_verify(py: Python<'_>, dir: PathBuf) -> PyResult<Bound<'_, PyDict>> {
     if !dir.is_dir() {
-        return Err(WalFailure::new_err(format!("{} is not a directory", dir.display())));
+        return Err(WalFailure::new_err(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
     }
-    let report = py.detach(|| core::verify(&dir, Limits::default())).map_err(to_py)?;
+    let report = py
+        .detach(|| core::verify(&dir, Limits::default()))
+        .map_err(to_py)?;
     report_dict(py, &report)
 }
 
@@ -488,13 +550,28 @@ fn wal_inspect(
     limit: usize,
 ) -> PyResult<Vec<RecordRow>> {
     if !dir.is_dir() {
-        return Err(WalFailure::new_err(format!("{} is not a directory", dir.display())));
+        return Err(WalFailure::new_err(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
     }
-    let records = py.detach(|| core::inspect(&dir, from_seq, limit)).map_err(to_py)?;
+    let records = py
+        .detach(|| core::inspect(&dir, from_seq, limit))
+        .map_err(to_py)?;
     Ok(records
         .into_iter()
         .map(|r| {
-            (r.seq, r.segment, r.offset, r.bytes, r.checksum, r.kind, r.events, r.events_ok, r.now_ns)
+            (
+                r.seq,
+                r.segment,
+                r.offset,
+                r.bytes,
+                r.checksum,
+                r.kind,
+                r.events,
+                r.events_ok,
+                r.now_ns,
+            )
         })
         .collect())
 }
@@ -521,11 +598,26 @@ fn ledger_result_codes() -> Vec<(&'static str, CodeTable)> {
         all.iter().map(|c| (num(*c), name(*c))).collect()
     }
     vec![
-        ("account", table(AccountResult::ALL, |c| c as u16, AccountResult::name)),
-        ("transfer", table(TransferResult::ALL, |c| c as u16, TransferResult::name)),
-        ("payment", table(PaymentResult::ALL, |c| c as u16, PaymentResult::name)),
-        ("claim", table(ClaimResult::ALL, |c| c as u16, ClaimResult::name)),
-        ("entry", table(EntryResult::ALL, |c| c as u16, EntryResult::name)),
+        (
+            "account",
+            table(AccountResult::ALL, |c| c as u16, AccountResult::name),
+        ),
+        (
+            "transfer",
+            table(TransferResult::ALL, |c| c as u16, TransferResult::name),
+        ),
+        (
+            "payment",
+            table(PaymentResult::ALL, |c| c as u16, PaymentResult::name),
+        ),
+        (
+            "claim",
+            table(ClaimResult::ALL, |c| c as u16, ClaimResult::name),
+        ),
+        (
+            "entry",
+            table(EntryResult::ALL, |c| c as u16, EntryResult::name),
+        ),
     ]
 }
 
@@ -542,8 +634,14 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LedgerClosed", py.get_type::<LedgerClosed>())?;
     m.add("LEDGER_BATCH_MAX", core::BATCH_MAX)?;
     m.add("ACCOUNT_LINKED", account_flags::LINKED)?;
-    m.add("ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS", account_flags::DEBITS_MUST_NOT_EXCEED_CREDITS)?;
-    m.add("ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS", account_flags::CREDITS_MUST_NOT_EXCEED_DEBITS)?;
+    m.add(
+        "ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS",
+        account_flags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+    )?;
+    m.add(
+        "ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS",
+        account_flags::CREDITS_MUST_NOT_EXCEED_DEBITS,
+    )?;
     m.add("TRANSFER_LINKED", transfer_flags::LINKED)?;
     m.add("TRANSFER_PENDING", transfer_flags::PENDING)?;
     m.add("TRANSFER_POST_PENDING", transfer_flags::POST_PENDING)?;

@@ -20,6 +20,9 @@ pub use scan::{
 pub use snapshot::{read_snapshot, write_snapshot, SnapshotHeader, SNAPSHOT_BYTES_MAX};
 pub use writer::{Wal, WalConfig, PENDING_BYTES_MAX, SEGMENT_BYTES_MIN};
 
+#[cfg(test)]
+pub(crate) use writer::failpoint;
+
 use std::path::PathBuf;
 
 /// Everything that can go wrong with the log.

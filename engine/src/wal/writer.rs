@@ -285,8 +285,63 @@ impl Segment {
             self.bytes += (end - start) as u64;
             start = end;
         }
+        #[cfg(test)]
+        if failpoint::take() {
+            return Err(WalError::Io {
+                context: "fdatasync segment".into(),
+                source: std::io::Error::from_raw_os_error(5), // EIO, as a failing disk reports
+            });
+        }
         self.file
             .sync_data()
             .map_err(io_error(|| "fdatasync segment".to_string()))
+    }
+}
+
+/// Makes the next fdatasync on this thread fail, for the tests of what follows an
+/// fsync error (the leader of a flush is the thread that waits, so the test's own).
+#[cfg(test)]
+pub(crate) mod failpoint {
+    use std::cell::Cell;
+
+    thread_local!(static FAIL_NEXT_SYNC: Cell<bool> = const { Cell::new(false) });
+
+    pub(crate) fn arm() {
+        FAIL_NEXT_SYNC.with(|f| f.set(true));
+    }
+
+    pub(super) fn take() -> bool {
+        FAIL_NEXT_SYNC.with(|f| f.replace(false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_fsync_error_poisons_the_log_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), WalConfig::default(), 1, 0, None).unwrap();
+        let seq = wal.enqueue(b"first").unwrap();
+        wal.wait_durable(seq).unwrap();
+        failpoint::arm();
+        let seq = wal.enqueue(b"second").unwrap();
+        let err = wal.wait_durable(seq).unwrap_err();
+        assert!(
+            matches!(&err, WalError::Poisoned { cause } if cause.contains("os error 5")),
+            "{err}"
+        );
+        // No retry pretends the data is safe: every later call fails, even though the
+        // next fdatasync would succeed.
+        assert!(matches!(
+            wal.wait_durable(seq),
+            Err(WalError::Poisoned { .. })
+        ));
+        assert!(matches!(
+            wal.enqueue(b"third"),
+            Err(WalError::Poisoned { .. })
+        ));
+        assert!(wal.poisoned().unwrap().contains("fdatasync"));
     }
 }
