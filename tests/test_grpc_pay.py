@@ -228,10 +228,6 @@ async def test_unfinished_rpcs_answer_unimplemented(stub) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        async for _ in stub.WatchSettlements(pb.WatchRequest()):
-            pass
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_pay_stream_replies_for_every_request_by_key(stub, server) -> None:

@@ -263,3 +263,18 @@ def test_an_inserted_row_with_a_valid_hash_breaks_the_row_after_it(data_dir: Pat
     finally:
         store.close()
     assert good == 3 and broken.seq == 4 and "inserted or deleted" in broken.problem
+
+
+def test_an_account_gone_since_validation_fails_alone(store: SqliteStore) -> None:
+    store._db.execute("DELETE FROM subscribers WHERE account_id = 'acc-post'")
+    outcomes, _ = store.commit_batch(
+        [settle("g1"), settle("g2", account="acc-post"), settle("g3")], now_us=1
+    )
+    assert [o.status for o in outcomes] == [
+        PaymentStatus.SETTLED,
+        PaymentStatus.FAILED,
+        PaymentStatus.SETTLED,
+    ]
+    assert outcomes[1].decline_reason == "ACCOUNT_GONE"
+    assert store.get_payment(idempotency_key="g2") is None
+    assert verify(store.audit_rows()) == (2, None)

@@ -1,5 +1,5 @@
--- The embedded store's schema. Every table is STRICT: a wrong type is an error, never a
--- silent coercion of an amount.
+-- The embedded store's schema, version 1 (PRAGMA user_version). Every table is STRICT:
+-- a wrong type is an error, never a silent coercion of an amount.
 CREATE TABLE IF NOT EXISTS subscribers (
     account_id       TEXT PRIMARY KEY,
     msisdn           TEXT NOT NULL UNIQUE,
@@ -7,6 +7,9 @@ CREATE TABLE IF NOT EXISTS subscribers (
     status           INTEGER NOT NULL CHECK (status BETWEEN 1 AND 4),
     currency         TEXT NOT NULL,
     balance_minor    INTEGER NOT NULL,
+    -- The balance as last imported, less what settled since: balance_minor always equals
+    -- opening_balance_minor plus the sum of the account's billing records' deltas.
+    opening_balance_minor INTEGER NOT NULL,
     country          TEXT NOT NULL,
     sim_swapped_at_s INTEGER,
     created_at_s     INTEGER NOT NULL
@@ -47,10 +50,13 @@ CREATE INDEX IF NOT EXISTS payments_by_account ON payments (account_id, seq);
 -- Billing: one record per settled payment (and, later, per refund), keyed by payment id.
 CREATE TABLE IF NOT EXISTS billing_records (
     payment_id          TEXT PRIMARY KEY,
-    account_id          TEXT NOT NULL,
+    account_id          TEXT NOT NULL REFERENCES subscribers (account_id),
     kind                TEXT NOT NULL CHECK (kind IN ('PAYMENT', 'REFUND')),
     amount_minor        INTEGER NOT NULL CHECK (amount_minor > 0),
     currency            TEXT NOT NULL,
+    -- What the record did to the account's balance: a bill payment lowers what is owed
+    -- (negative), a top-up raises the credit (positive).
+    balance_delta_minor INTEGER NOT NULL,
     balance_after_minor INTEGER NOT NULL,
     created_at_us       INTEGER NOT NULL
 ) STRICT;
@@ -109,3 +115,5 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at_us   INTEGER NOT NULL,
     published_at_us INTEGER
 ) STRICT;
+
+CREATE INDEX IF NOT EXISTS billing_by_account ON billing_records (account_id);
