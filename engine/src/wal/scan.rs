@@ -227,6 +227,14 @@ pub fn scan(
                     frame.seq
                 );
                 return Err(corruption(path, pos, start.seq + 1, reason));
+            } else if frame.seq == start.seq + 1 && frame.prev_checksum != start.checksum {
+                // The log kept only what follows the snapshot: its first record must link
+                // to the snapshot's last one.
+                let reason = format!(
+                    "record {} (linked to {:#010x}) does not follow the snapshot's record {} ({:#010x})",
+                    frame.seq, frame.prev_checksum, start.seq, start.checksum
+                );
+                return Err(corruption(path, pos, frame.seq, reason));
             }
             if start.seq != 0 && frame.seq == start.seq && frame.checksum != start.checksum {
                 let reason = "the snapshot and the log disagree about this record".to_string();
@@ -272,4 +280,70 @@ fn truncate(path: &Path, len: u64) -> Result<(), WalError> {
     file.sync_all().map_err(io_error(|| {
         format!("fsync {} after truncation", path.display())
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment_at(dir: &Path, first_seq: u64, prev: u32, count: u64) -> FileAt {
+        let mut bytes = Vec::new();
+        let mut prev = prev;
+        for seq in first_seq..first_seq + count {
+            prev = frame::encode(&mut bytes, seq, prev, b"payload");
+        }
+        let path = dir.join(segment_name(first_seq));
+        std::fs::write(&path, bytes).unwrap();
+        FileAt {
+            path,
+            seq: first_seq,
+        }
+    }
+
+    fn scan_all(segments: &[FileAt], start: ChainStart) -> Result<ScanReport, WalError> {
+        scan(segments, start, ScanMode::ReadOnly, &mut |_, _, _| Ok(()))
+    }
+
+    #[test]
+    fn the_first_record_after_a_snapshot_must_link_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = [segment_at(dir.path(), 5, 0xabcd, 3)];
+        let report = scan_all(
+            &segments,
+            ChainStart {
+                seq: 4,
+                checksum: 0xabcd,
+            },
+        )
+        .unwrap();
+        assert_eq!((report.records, report.last_seq), (3, 7));
+        let err = scan_all(
+            &segments,
+            ChainStart {
+                seq: 4,
+                checksum: 0xabce,
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, WalError::Corruption(c) if c.seq == 5 && c.offset == 0));
+        let err = scan_all(
+            &segments,
+            ChainStart {
+                seq: 3,
+                checksum: 0xabcd,
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, WalError::Corruption(c) if c.reason.contains("missing")));
+    }
+
+    #[test]
+    fn a_segment_must_start_with_the_record_it_is_named_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = segment_at(dir.path(), 1, 0, 2);
+        let mut second = segment_at(dir.path(), 3, 0, 1);
+        second.seq = 4;
+        let err = scan_all(&[first, second], ChainStart::default()).unwrap_err();
+        assert!(matches!(err, WalError::Corruption(c) if c.reason.contains("named for")));
+    }
 }
