@@ -9,6 +9,7 @@
 
 mod codes;
 mod durable;
+mod idmap;
 mod payments;
 mod transfers;
 mod types;
@@ -20,6 +21,8 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use rustc_hash::FxHashMap;
+
+use idmap::IdMap;
 
 pub use codes::{AccountResult, ClaimResult, EntryResult, PaymentResult, TransferResult};
 pub use durable::{
@@ -189,9 +192,9 @@ pub struct Ledger {
     now_ns: u64,
     // Ids are 128-bit values the orchestrator derives (UUIDs, hashes), so a fast
     // non-keyed hash is safe here; the string-keyed tables below keep SipHash.
-    accounts: FxHashMap<u128, Account>,
-    transfers: FxHashMap<u128, Transfer>,
-    pending: FxHashMap<u128, PendingState>,
+    accounts: IdMap<Account>,
+    transfers: IdMap<Transfer>,
+    pending: IdMap<PendingState>,
     /// Pending transfers with a deadline, by deadline: the expiry sweep's queue.
     expiry: BTreeSet<(u64, u128)>,
     payments: FxHashMap<u128, (PaymentState, u64)>,
@@ -413,7 +416,7 @@ impl Ledger {
 
     /// A ledger restored from a snapshot image.
     pub fn from_image(limits: Limits, image: LedgerImage) -> Ledger {
-        let pending: FxHashMap<u128, PendingState> = image.pending.into_iter().collect();
+        let pending: IdMap<PendingState> = image.pending.into_iter().collect();
         let expiry = pending
             .iter()
             .filter(|(_, p)| p.status == PendingStatus::Pending && p.expires_at_ns != 0)
