@@ -79,23 +79,26 @@ def columns(n: int, first_id: int) -> tuple:
     )
 
 
-def bench_size(
-    ledger, n: int, seconds: float, first_id: int, raw_fd: int | None = None
+def prepare(n: int, seconds: float, first_id: int) -> list[tuple]:
+    """The column sets of the batches one caller commits, built before any clock starts
+    (and before any caller thread runs, so no caller waits on the GIL for another's
+    numpy work). Every batch has fresh ids: new work, not an idempotent replay."""
+    commits = max(1, min(COMMITS_MAX, int(seconds * 2_000_000 / n)))
+    template = columns(n, first_id)
+    return [(template[0] + np.array([0, i * n], np.uint64), *template[1:]) for i in range(commits)]
+
+
+def commit_all(
+    ledger, batches: list[tuple], seconds: float, raw_fd: int | None = None
 ) -> tuple[list[float], int, float, list[float]]:
-    """Commits batches of n for about `seconds`; returns (latencies us, transfers, wall s,
+    """Commits `batches` for about `seconds`; returns (latencies us, transfers, busy s,
     raw latencies us). With `raw_fd`, each commit is preceded by a raw write of the
     same size + fdatasync on that file, so the two are sampled under the same load."""
-    commits = max(1, min(COMMITS_MAX, int(seconds * 2_000_000 / n)))
-    # Columns are built before the clock starts: the bench measures the engine. Every
-    # batch has fresh ids, so every transfer is new work, not an idempotent replay.
-    template = columns(n, first_id)
-    batches = [
-        (template[0] + np.array([0, i * n], np.uint64), *template[1:]) for i in range(commits)
-    ]
+    n = len(batches[0][0])
     block = b"\x5a" * (TRANSFER_BYTES * n + 40)
     latencies, raw = [], []
     transferred = 0
-    wall = 0.0
+    busy = 0.0
     deadline = time.perf_counter() + seconds * (2 if raw_fd is not None else 1)
     for cols in batches:
         if raw_fd is not None:
@@ -107,31 +110,36 @@ def bench_size(
         codes, _ = ledger.create_transfers(time.time_ns(), *cols)
         elapsed = time.perf_counter_ns() - start
         latencies.append(elapsed / 1000)
-        wall += elapsed / 1e9
+        busy += elapsed / 1e9
         assert not codes.any(), "every transfer must be applied"
         transferred += n
         if time.perf_counter() > deadline:
             break
-    return latencies, transferred, wall, raw
+    return latencies, transferred, busy, raw
 
 
 def bench_concurrent(ledger, n: int, seconds: float, first_id: int, callers: int):
-    """Like bench_size with `callers` threads committing at once (group commit)."""
-    results = [None] * callers
+    """`callers` threads committing at once (their commits share fdatasyncs); returns
+    (latencies us, transfers, wall s)."""
     per_caller_ids = 10 * COMMITS_MAX * n
+    prepared = [prepare(n, seconds, first_id + k * per_caller_ids) for k in range(callers)]
+    results: list = [None] * callers
+    barrier = threading.Barrier(callers + 1)
 
     def run(k: int) -> None:
-        results[k] = bench_size(ledger, n, seconds, first_id + k * per_caller_ids)
+        barrier.wait()
+        results[k] = commit_all(ledger, prepared[k], seconds)
 
     threads = [threading.Thread(target=run, args=(k,)) for k in range(callers)]
-    start = time.perf_counter()
     for t in threads:
         t.start()
+    barrier.wait()
+    start = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
     latencies = [x for r in results for x in r[0]]
-    return latencies, sum(r[1] for r in results), wall, []
+    return latencies, sum(r[1] for r in results), wall
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,11 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     raw_fd = os.open(raw_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     for n, callers in runs:
         if callers == 1:
-            latencies, transferred, wall, raw = bench_size(
-                ledger, n, args.seconds_per_size, first_id, raw_fd
+            batches = prepare(n, args.seconds_per_size, first_id)
+            latencies, transferred, wall, raw = commit_all(
+                ledger, batches, args.seconds_per_size, raw_fd
             )
         else:
-            latencies, transferred, wall, _ = bench_concurrent(
+            latencies, transferred, wall = bench_concurrent(
                 ledger, n, args.seconds_per_size, first_id, callers
             )
             raw = raw_fdatasync_us(directory, 100, TRANSFER_BYTES * n + 40)
