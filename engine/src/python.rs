@@ -4,6 +4,7 @@
 //! as a subclass of `EngineError` (re-exported by `quickpay_engine.errors`). Each area
 //! keeps its bindings, including its `Engine` methods, in `python/<area>.rs`.
 
+mod ledger;
 mod validate;
 
 use pyo3::create_exception;
@@ -35,6 +36,28 @@ create_exception!(
     "An engine table is at its bound."
 );
 
+/// A column of `len` rows where `expected` were due is refused, naming the column.
+fn check_len(column: &'static str, len: usize, expected: usize) -> PyResult<()> {
+    if len != expected {
+        return Err(InvalidBatch::new_err(format!(
+            "column {column} has {len} rows, expected {expected}"
+        )));
+    }
+    Ok(())
+}
+
+/// A numpy column as a slice; a non-contiguous array is refused, never silently copied.
+fn slice<'a, T: numpy::Element>(
+    column: &'static str,
+    array: &'a numpy::PyReadonlyArray1<'_, T>,
+) -> PyResult<&'a [T]> {
+    array.as_slice().map_err(|_| {
+        InvalidBatch::new_err(format!(
+            "column {column} must be a C-contiguous array of the documented dtype"
+        ))
+    })
+}
+
 /// The engine: one per process, the single owner of the in-memory state.
 #[pyclass(frozen)]
 struct Engine {
@@ -63,5 +86,6 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InvalidBatch", py.get_type::<InvalidBatch>())?;
     m.add("CapacityExceeded", py.get_type::<CapacityExceeded>())?;
     validate::register(m)?;
+    ledger::register(m)?;
     Ok(())
 }

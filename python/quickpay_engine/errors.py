@@ -12,7 +12,10 @@ from quickpay_engine._engine import (
     ConfigInvalid,
     EngineError,
     InvalidBatch,
+    LedgerClosed,
     StateRefused,
+    WalCorruption,
+    WalFailure,
 )
 
 
@@ -71,10 +74,13 @@ __all__ = [
     "ImportRowError",
     "InvalidArgument",
     "InvalidBatch",
+    "LedgerClosed",
     "NotFound",
     "Overloaded",
     "QuickpayError",
     "ShuttingDown",
-    "StoreError",
     "StateRefused",
+    "StoreError",
+    "WalCorruption",
+    "WalFailure",
 ]
