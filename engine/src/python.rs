@@ -3,6 +3,8 @@
 //! Nothing else in the crate imports pyo3. Every error crosses into Python here, once,
 //! as a subclass of `EngineError` (re-exported by `quickpay_engine.errors`).
 
+mod fraud;
+
 use std::sync::RwLock;
 
 use numpy::{PyArray1, PyReadonlyArray1};
@@ -263,5 +265,6 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BatchTooLarge", py.get_type::<BatchTooLarge>())?;
     m.add("InvalidBatch", py.get_type::<InvalidBatch>())?;
     m.add("CapacityExceeded", py.get_type::<CapacityExceeded>())?;
+    fraud::register(m)?;
     Ok(())
 }

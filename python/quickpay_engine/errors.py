@@ -5,7 +5,13 @@ compiled module, re-exported here); the front end's own errors derive from
 ``QuickpayError``. The gRPC servicer maps both to status codes in one place.
 """
 
-from quickpay_engine._engine import BatchTooLarge, CapacityExceeded, EngineError, InvalidBatch
+from quickpay_engine._engine import (
+    BatchTooLarge,
+    CapacityExceeded,
+    EngineError,
+    FraudConfigError,
+    InvalidBatch,
+)
 
 
 class QuickpayError(Exception):
@@ -29,6 +35,7 @@ __all__ = [
     "CapacityExceeded",
     "ConfigError",
     "EngineError",
+    "FraudConfigError",
     "ImportRowError",
     "InvalidBatch",
     "QuickpayError",
