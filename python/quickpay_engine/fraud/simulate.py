@@ -197,7 +197,9 @@ class _Sim:
             return self._fp(), str(self.rng.choice(FOREIGN_BINS[cc]))
         return self._fp(), str(self.rng.choice(DOMESTIC_BINS))
 
-    def _subscriber(self, i: int, *, mule: bool = False, created_at_s: int | None = None) -> Subscriber:
+    def _subscriber(
+        self, i: int, *, mule: bool = False, created_at_s: int | None = None
+    ) -> Subscriber:
         rng = self.rng
         plan = PREPAID if mule or rng.random() < 0.6 else POSTPAID
         foreign = not mule and rng.random() < 0.03
@@ -304,16 +306,22 @@ class _Sim:
                 sub.devices.insert(0, self._device())  # A new phone becomes the usual one.
             device = sub.devices[0] if rng.random() < 0.9 else sub.devices[-1]
             prefix = sub.home_prefix if rng.random() < 0.7 else str(rng.choice(CGNAT_PREFIXES))
-            channel = sub.channel if rng.random() < 0.85 else str(rng.choice(["app", "web", "ussd"]))
+            channel = (
+                sub.channel if rng.random() < 0.85 else str(rng.choice(["app", "web", "ussd"]))
+            )
             if sub.plan == PREPAID:
-                amount = sub.amount_minor if rng.random() < 0.7 else int(rng.choice([500, 1000, 2000]))
+                amount = (
+                    sub.amount_minor if rng.random() < 0.7 else int(rng.choice([500, 1000, 2000]))
+                )
             else:
                 amount = int(sub.amount_minor * rng.lognormal(0, 0.25))
             msisdn = sub.family_msisdn if sub.family_msisdn and rng.random() < 0.1 else None
             card = sub.cards[int(rng.integers(len(sub.cards)))]
             failed = rng.random() < 0.03
             kw = dict(method=sub.method, card=card, device=device, channel=channel, msisdn=msisdn)
-            self._emit(sub, at_s, amount, ip=self._ip(prefix), outcome=FAILED if failed else SETTLED, **kw)
+            self._emit(
+                sub, at_s, amount, ip=self._ip(prefix), outcome=FAILED if failed else SETTLED, **kw
+            )
             if failed and rng.random() < 0.5:
                 retry_s = at_s + int(rng.integers(60, 600))
                 self._emit(sub, retry_s, amount, ip=self._ip(prefix), outcome=SETTLED, **kw)
@@ -340,9 +348,18 @@ class _Sim:
         at_s = swap_s + int(rng.uniform(0.5, 10) * HOUR_S)
         for _ in range(int(rng.integers(1, 5))):
             amount = victim.amount_minor * rng.uniform(3, 10)
-            self._emit(victim, at_s, amount, method=method, card=card, device=device,
-                       ip=self._ip(prefix), channel=str(rng.choice(["app", "web"])),
-                       outcome=SETTLED, attack=1)  # fmt: skip
+            self._emit(
+                victim,
+                at_s,
+                amount,
+                method=method,
+                card=card,
+                device=device,
+                ip=self._ip(prefix),
+                channel=str(rng.choice(["app", "web"])),
+                outcome=SETTLED,
+                attack=1,
+            )
             at_s += int(rng.integers(60, 1_800))
 
     def card_testing(self) -> None:
@@ -353,9 +370,18 @@ class _Sim:
         for _ in range(int(rng.integers(10, 41))):
             mule = mules[int(rng.integers(len(mules)))]
             outcome = FAILED if rng.random() < 0.75 else SETTLED
-            self._emit(mule, at_s, int(rng.integers(100, 501)), method=CARD,
-                       card=self._stolen_card(0.6, 0.3), device=device, ip=self._ip(prefix),
-                       channel="web", outcome=outcome, attack=2)  # fmt: skip
+            self._emit(
+                mule,
+                at_s,
+                int(rng.integers(100, 501)),
+                method=CARD,
+                card=self._stolen_card(0.6, 0.3),
+                device=device,
+                ip=self._ip(prefix),
+                channel="web",
+                outcome=outcome,
+                attack=2,
+            )
             at_s += int(rng.integers(3, 40))
 
     def stolen_card_many_lines(self) -> None:
@@ -370,9 +396,18 @@ class _Sim:
                 line = self._victim()
                 if line.plan != PREPAID:
                     line = self._mule(at_s)
-            self._emit(line, at_s, int(rng.choice([1000, 2000, 3000, 5000])), method=CARD,
-                       card=card, device=device, ip=self._ip(prefix), channel="web",
-                       outcome=SETTLED, attack=3)  # fmt: skip
+            self._emit(
+                line,
+                at_s,
+                int(rng.choice([1000, 2000, 3000, 5000])),
+                method=CARD,
+                card=card,
+                device=device,
+                ip=self._ip(prefix),
+                channel="web",
+                outcome=SETTLED,
+                attack=3,
+            )
             at_s += int(rng.integers(120, 1_200))
 
     def account_takeover(self) -> None:
@@ -385,8 +420,18 @@ class _Sim:
         channel = "web" if rng.random() < 0.7 else "app"
         for _ in range(int(rng.integers(1, 4))):
             amount = victim.amount_minor * rng.uniform(2, 8)
-            self._emit(victim, at_s, amount, method=method, card=card, device=device,
-                       ip=self._ip(prefix), channel=channel, outcome=SETTLED, attack=4)  # fmt: skip
+            self._emit(
+                victim,
+                at_s,
+                amount,
+                method=method,
+                card=card,
+                device=device,
+                ip=self._ip(prefix),
+                channel=channel,
+                outcome=SETTLED,
+                attack=4,
+            )
             at_s += int(rng.integers(120, 1_800))
 
     def slow_laundering(self) -> None:
@@ -402,9 +447,18 @@ class _Sim:
                     return
                 mule = mules[int(rng.integers(len(mules)))]
                 device = devices[int(rng.integers(2))]
-                self._emit(mule, at_s, int(rng.choice([1000, 1500, 2000, 3000])), method=CARD,
-                           card=card, device=device, ip=self._ip(str(rng.choice(CGNAT_PREFIXES))),
-                           channel="app", outcome=SETTLED, attack=5)  # fmt: skip
+                self._emit(
+                    mule,
+                    at_s,
+                    int(rng.choice([1000, 1500, 2000, 3000])),
+                    method=CARD,
+                    card=card,
+                    device=device,
+                    ip=self._ip(str(rng.choice(CGNAT_PREFIXES))),
+                    channel="app",
+                    outcome=SETTLED,
+                    attack=5,
+                )
                 at_s += int(rng.integers(2 * HOUR_S, 6 * HOUR_S))
 
     def run(self) -> dict[str, np.ndarray]:

@@ -63,7 +63,13 @@ def neutral_model_json() -> str:
     n = len(FEATURE_NAMES)
     zeros, ones = np.zeros(n), np.ones(n)
     return model_json(
-        model_id="neutral", mean=zeros, scale=ones, weights=zeros, bias=0.0, review=1001, decline=1001
+        model_id="neutral",
+        mean=zeros,
+        scale=ones,
+        weights=zeros,
+        bias=0.0,
+        review=1001,
+        decline=1001,
     )
 
 
