@@ -204,8 +204,17 @@ pub struct Context<'a> {
     pub bin: BinLookup,
 }
 
+/// `ln(1 + n)` for the small counts windows and sets hold, precomputed: a payment
+/// needs about fifteen of them, and a table read costs a fraction of a logarithm.
+const COUNT_TABLE_LEN: usize = 256;
+static LN_1P: std::sync::LazyLock<[f64; COUNT_TABLE_LEN]> =
+    std::sync::LazyLock::new(|| std::array::from_fn(|n| (n as f64).ln_1p()));
+
 fn count(n: u32) -> f64 {
-    f64::from(n).ln_1p()
+    match LN_1P.get(n as usize) {
+        Some(&x) => x,
+        None => f64::from(n).ln_1p(),
+    }
 }
 
 fn flag(b: bool) -> f64 {

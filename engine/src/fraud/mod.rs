@@ -289,100 +289,43 @@ impl FraudScorer {
                 .country(input.card_bin)
                 .map_or(BinLookup::Unknown, BinLookup::Country)
         };
-        let t = &self.tracker;
+        // One lookup per map: the entry is created (a new key's default state reads as
+        // "never seen") and marked most recently seen, read for the features, then
+        // updated with this attempt. Lookups dominate the cost, as cache misses.
+        let t = &mut self.tracker;
+        let account = t.accounts.entry(keys.account);
+        let mut msisdn = link_entry(&mut t.msisdns, keys.msisdn);
+        let mut card = link_entry(&mut t.cards, keys.card);
+        let mut device = link_entry(&mut t.devices, keys.device);
+        let mut ip = link_entry(&mut t.ip_prefixes, keys.ip);
         let ctx = Context {
             input,
             at_s,
-            account: t.accounts.peek(keys.account),
-            msisdn: peek(&t.msisdns, keys.msisdn),
-            card: peek(&t.cards, keys.card),
-            device: peek(&t.devices, keys.device),
-            ip: peek(&t.ip_prefixes, keys.ip),
+            account: Some(&*account),
+            msisdn: msisdn.as_deref(),
+            card: card.as_deref(),
+            device: device.as_deref(),
+            ip: ip.as_deref(),
             device_key: keys.device,
             method_key: keys.method,
             bin,
         };
         features::compute(&ctx, row);
-        let assessment = self.decide(input, at_s, row);
-        self.record_attempt(input, &keys, at_s);
-        assessment
-    }
+        let assessment = decide(&self.model, &self.rules, self.thresholds, input, at_s, row);
 
-    fn decide(&self, input: &FraudInput<'_>, at_s: i64, row: &[f64; FEATURE_COUNT]) -> Assessment {
-        let mut contributions = [0.0; FEATURE_COUNT];
-        let score = self.model.score(row, &mut contributions);
-        let by_score = if score >= self.thresholds.decline {
-            Decision::Decline
-        } else if score >= self.thresholds.review {
-            Decision::Review
-        } else {
-            Decision::Approve
-        };
-        let (by_rule, rule_reason) = self.rules.apply(input, at_s, row);
-        let mut reasons = [ReasonCode::None; REASONS_MAX];
-        let mut used = 0;
-        if rule_reason != ReasonCode::None {
-            reasons[0] = rule_reason;
-            used = 1;
-        }
-        // The features that raised the log-odds most, one slot per reason code.
-        while used < REASONS_MAX {
-            let mut best: Option<(usize, f64)> = None;
-            for (f, &c) in contributions.iter().enumerate() {
-                let reason = Feature::ALL[f].reason();
-                if c > 0.0 && best.is_none_or(|(_, b)| c > b) && !reasons[..used].contains(&reason)
-                {
-                    best = Some((f, c));
-                }
-            }
-            let Some((f, _)) = best else { break };
-            reasons[used] = Feature::ALL[f].reason();
-            used += 1;
-        }
-        Assessment {
-            score,
-            decision: by_score.max(by_rule),
-            reasons,
-        }
-    }
-
-    fn record_attempt(&mut self, input: &FraudInput<'_>, keys: &Keys, at_s: i64) {
-        let t = &mut self.tracker;
-        let account = t.accounts.entry(keys.account);
         account.last_seen_s = account.last_seen_s.max(at_s);
         let at = account.last_seen_s;
         account.velocity.add(at, input.amount_minor);
         if keys.card != 0 {
             account.cards.insert(keys.card, at);
         }
-        record_link(
-            &mut t.msisdns,
-            keys.msisdn,
-            keys.account,
-            at_s,
-            input.amount_minor,
-        );
-        record_link(
-            &mut t.cards,
-            keys.card,
-            keys.account,
-            at_s,
-            input.amount_minor,
-        );
-        record_link(
-            &mut t.devices,
-            keys.device,
-            keys.account,
-            at_s,
-            input.amount_minor,
-        );
-        record_link(
-            &mut t.ip_prefixes,
-            keys.ip,
-            keys.account,
-            at_s,
-            input.amount_minor,
-        );
+        for link in [&mut msisdn, &mut card, &mut device, &mut ip]
+            .into_iter()
+            .flatten()
+        {
+            record_link(link, keys.account, at_s, input.amount_minor);
+        }
+        assessment
     }
 
     fn observe_one(&mut self, input: &FraudInput<'_>, keys: &Keys, outcome: Outcome, at_s: i64) {
@@ -406,11 +349,66 @@ impl FraudScorer {
     }
 }
 
-/// A link key's state, if tracked (key 0 is "none").
-fn peek(map: &state::KeyMap<state::LinkState>, key: u64) -> Option<&state::LinkState> {
-    if key == 0 {
-        None
+/// A link key's state, created if new and marked most recently seen; None for key 0.
+fn link_entry(
+    map: &mut state::KeyMap<state::LinkState>,
+    key: u64,
+) -> Option<&mut state::LinkState> {
+    (key != 0).then(|| map.entry(key))
+}
+
+/// The score, the decision (thresholds, then rules) and the reasons of one row.
+fn decide(
+    model: &Model,
+    rules: &Rules,
+    thresholds: Thresholds,
+    input: &FraudInput<'_>,
+    at_s: i64,
+    row: &[f64; FEATURE_COUNT],
+) -> Assessment {
+    let mut contributions = [0.0; FEATURE_COUNT];
+    let score = model.score(row, &mut contributions);
+    let by_score = if score >= thresholds.decline {
+        Decision::Decline
+    } else if score >= thresholds.review {
+        Decision::Review
     } else {
-        map.peek(key)
+        Decision::Approve
+    };
+    let (by_rule, rule_reason) = rules.apply(input, at_s, row);
+    let mut reasons = [ReasonCode::None; REASONS_MAX];
+    let mut used = 0;
+    if rule_reason != ReasonCode::None {
+        reasons[0] = rule_reason;
+        used = 1;
+    }
+    // The reasons whose features raised the log-odds most (a reason's weight is its
+    // largest feature contribution), one slot per reason, strongest first.
+    let mut by_reason = [0.0f64; ReasonCode::ALL.len()];
+    for (f, &c) in contributions.iter().enumerate() {
+        let r = Feature::ALL[f].reason() as usize;
+        by_reason[r] = by_reason[r].max(c);
+    }
+    if rule_reason != ReasonCode::None {
+        by_reason[rule_reason as usize] = 0.0;
+    }
+    while used < REASONS_MAX {
+        let mut best = 0;
+        for r in 1..by_reason.len() {
+            if by_reason[r] > by_reason[best] {
+                best = r;
+            }
+        }
+        if by_reason[best] <= 0.0 {
+            break;
+        }
+        reasons[used] = ReasonCode::ALL[best];
+        by_reason[best] = 0.0;
+        used += 1;
+    }
+    Assessment {
+        score,
+        decision: by_score.max(by_rule),
+        reasons,
     }
 }

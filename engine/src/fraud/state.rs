@@ -1,27 +1,27 @@
-//! The scorer's memory: per-key state in bounded maps, least recently seen evicted.
+//! The scorer's memory: per-key state in bounded maps; at a bound, a key not seen
+//! recently is evicted (CLOCK, see `KeyMap`).
 //!
 //! Keys are 64-bit hashes of the identifiers (account id, msisdn, device id, IP
 //! prefix) or the caller's card fingerprint, so a key costs 8 bytes whatever the string.
 //! Two identifiers that hash alike share velocity state; at 64 bits that needs about
 //! four billion tracked keys to become likely, past every bound here.
 //!
-//! Memory per tracked key (value size from `size_of`, asserted in the tests, plus about
-//! 48 bytes of LRU list node and hash-table slot):
+//! Memory per tracked key (state size from `size_of`, asserted in the tests, plus 8
+//! bytes of key, 1 of seen bit and about 20 of index; see `KeyMap`):
 //!
-//! | map          | value bytes | with overhead |
+//! | map          | state bytes | with overhead |
 //! |--------------|-------------|---------------|
-//! | accounts     | 800         | ~848          |
-//! | msisdns, cards, devices, IP prefixes | 392 | ~440 |
+//! | accounts     | 800         | ~830          |
+//! | msisdns, cards, devices, IP prefixes | 392 | ~420 |
 //!
 //! With the default bound of 1,048,576 keys per map the worst case is about 2.5 GiB
-//! (about 2.6 KB per active account when each has its own line, card, device and
+//! (about 2.5 KB per active account when each has its own line, card, device and
 //! network); a smaller partition sets smaller bounds in `Bounds`.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::num::NonZeroUsize;
 
-use lru::LruCache;
 use rustc_hash::{FxBuildHasher, FxHasher};
 
 use super::window::{AmountStats, DistinctSet, Totals, Window};
@@ -93,8 +93,8 @@ pub struct LinkState {
     pub accounts: DistinctSet<DISTINCT_MAX>,
 }
 
-/// Maximum tracked keys per map. At a bound, inserting a new key evicts the key seen
-/// least recently (its history is forgotten: it scores as new).
+/// Maximum tracked keys per map. At a bound, inserting a new key evicts a key not seen
+/// recently (its history is forgotten: it scores as new).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bounds {
     pub accounts_max: usize,
@@ -132,33 +132,107 @@ impl Bounds {
     }
 }
 
+/// Slots per arena chunk: the arena grows a chunk at a time, so reaching a large
+/// bound never copies the state already held (no multi-megabyte pause).
+const CHUNK_SLOTS: usize = 1_024;
+
+/// One tracked key and its state.
+struct Slot<V> {
+    key: u64,
+    value: V,
+}
+
 /// A bounded map from key to state.
+///
+/// States live inline in an arena of fixed-size chunks, found through a hash index
+/// (key to slot number). At the bound, a new key takes the slot of a key not seen
+/// recently, chosen by the CLOCK algorithm (second chance): each lookup sets the slot's
+/// "seen" bit; to make room, a hand sweeps the slots in a circle, clearing set bits and
+/// stopping at the first clear one. That key was not seen since the hand last passed,
+/// one full turn ago, so it is among the least recently seen. Exact LRU order would
+/// relink two list neighbours on every lookup, two more cache misses per key per
+/// payment, and the lookups' cache misses are the scorer's main cost.
+///
+/// Memory per key: the state, its 8-byte key, 1 byte of seen bit and about 20 bytes
+/// of index (a 12-byte entry and a control byte, at most 7/8 full).
 pub struct KeyMap<V> {
-    map: LruCache<u64, V, FxBuildHasher>,
+    index: HashMap<u64, u32, FxBuildHasher>,
+    chunks: Vec<Vec<Slot<V>>>,
+    seen: Vec<bool>,
+    hand: usize,
+    keys_max: usize,
 }
 
 impl<V: Default> KeyMap<V> {
-    /// A map of at most `keys_max` keys (at least 1).
+    /// A map of at most `keys_max` keys (at least 1; at most `u32::MAX`).
     pub fn new(keys_max: usize) -> KeyMap<V> {
-        let cap = NonZeroUsize::new(keys_max.max(1)).expect("max(1) is non-zero");
         KeyMap {
-            map: LruCache::with_hasher(cap, FxBuildHasher),
+            // The index grows with use rather than being allocated at the bound: a table
+            // sized for a million keys that holds a few thousand spreads them over tens
+            // of megabytes, and every lookup would miss the cache.
+            index: HashMap::with_hasher(FxBuildHasher),
+            chunks: Vec::new(),
+            seen: Vec::new(),
+            hand: 0,
+            keys_max: keys_max.clamp(1, u32::MAX as usize),
         }
     }
 
-    /// The key's state without touching its recency (scoring reads, recording writes).
-    pub fn peek(&self, key: u64) -> Option<&V> {
-        self.map.peek(&key)
+    /// The key's state, created if new (taking a slot from a key not seen recently at
+    /// the bound) and marked as seen.
+    pub fn entry(&mut self, key: u64) -> &mut V {
+        // A new key starts without its bit: a flood of keys seen once each displaces
+        // itself first and spares the keys seen again since the hand last passed.
+        let slot = match self.index.get(&key) {
+            Some(&slot) => {
+                self.seen[slot as usize] = true;
+                slot as usize
+            }
+            None => self.insert(key),
+        };
+        &mut self.chunks[slot / CHUNK_SLOTS][slot % CHUNK_SLOTS].value
     }
 
-    /// The key's state, created (evicting the least recently seen key at the bound)
-    /// and marked most recently seen.
-    pub fn entry(&mut self, key: u64) -> &mut V {
-        self.map.get_or_insert_mut(key, V::default)
+    fn insert(&mut self, key: u64) -> usize {
+        let len = self.seen.len();
+        if len < self.keys_max {
+            if len % CHUNK_SLOTS == 0 {
+                self.chunks.push(Vec::with_capacity(CHUNK_SLOTS));
+            }
+            let chunk = self
+                .chunks
+                .last_mut()
+                .expect("a chunk with room was just ensured");
+            chunk.push(Slot {
+                key,
+                value: V::default(),
+            });
+            self.seen.push(false);
+            self.index.insert(key, len as u32);
+            return len;
+        }
+        // Bounded: at most one full turn clears every bit, so this ends.
+        while self.seen[self.hand] {
+            self.seen[self.hand] = false;
+            self.hand = (self.hand + 1) % len;
+        }
+        let victim = self.hand;
+        self.hand = (self.hand + 1) % len;
+        let slot = &mut self.chunks[victim / CHUNK_SLOTS][victim % CHUNK_SLOTS];
+        let evicted = std::mem::replace(
+            slot,
+            Slot {
+                key,
+                value: V::default(),
+            },
+        );
+        self.index.remove(&evicted.key);
+        self.index.insert(key, victim as u32);
+        victim
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.seen.len()
     }
 }
 
@@ -235,18 +309,8 @@ impl Tracker {
     }
 }
 
-/// Records one attempt on a link key (no-op for key 0).
-pub fn record_link(
-    map: &mut KeyMap<LinkState>,
-    key: u64,
-    account: u64,
-    at_s: i64,
-    amount_minor: i64,
-) {
-    if key == 0 {
-        return;
-    }
-    let state = map.entry(key);
+/// Records one attempt on a link key's state.
+pub fn record_link(state: &mut LinkState, account: u64, at_s: i64, amount_minor: i64) {
     state.last_seen_s = state.last_seen_s.max(at_s);
     let at_s = state.last_seen_s;
     state.velocity.add(at_s, amount_minor);

@@ -1,6 +1,6 @@
 //! Tests of the fraud core: windows, bounds, features, model, rules, BIN table, replay.
 
-use super::state::{ip_prefix_key, AccountState, LinkState};
+use super::state::{ip_prefix_key, AccountState, KeyMap, LinkState};
 use super::window::{DistinctSet, Window};
 use super::*;
 
@@ -122,6 +122,28 @@ fn distinct_set_saturates_and_ages() {
 fn state_sizes_match_the_documented_memory_per_key() {
     assert_eq!(std::mem::size_of::<AccountState>(), 800);
     assert_eq!(std::mem::size_of::<LinkState>(), 392);
+}
+
+#[test]
+fn a_full_map_evicts_a_key_not_seen_again_before_one_seen_again() {
+    let mut map: KeyMap<u32> = KeyMap::new(4);
+    for key in 1..=4u64 {
+        *map.entry(key) = key as u32;
+    }
+    assert_eq!(*map.entry(1), 1, "key 1 is seen again");
+    *map.entry(5) = 5;
+    assert_eq!(map.len(), 4);
+    assert_eq!(*map.entry(1), 1, "the key seen again survives");
+    assert_eq!(
+        *map.entry(2),
+        0,
+        "key 2, seen once and longest ago, was evicted"
+    );
+    // Keys are never lost twice over: the map holds exactly its bound.
+    for key in 100..1_100u64 {
+        map.entry(key);
+        assert_eq!(map.len(), 4);
+    }
 }
 
 #[test]

@@ -12,12 +12,17 @@ use pyo3::pybacked::PyBackedStr;
 
 use super::{check_batch, check_len, slice, CoreError, EngineError, NO_TIME};
 use crate::fraud::{
-    Assessment, Bounds, Decision, Feature, FraudConfig, FraudError, FraudInput, Outcome, ReasonCode,
-    Thresholds, FEATURE_COUNT, KEYS_MAX_DEFAULT, REASONS_MAX,
+    Assessment, Bounds, Decision, Feature, FraudConfig, FraudError, FraudInput, Outcome,
+    ReasonCode, Thresholds, FEATURE_COUNT, KEYS_MAX_DEFAULT, REASONS_MAX,
 };
 use crate::validate::{MethodKind, Plan, Purpose};
 
-create_exception!(_engine, FraudConfigError, EngineError, "A fraud model, rules or BIN file cannot be used.");
+create_exception!(
+    _engine,
+    FraudConfigError,
+    EngineError,
+    "A fraud model, rules or BIN file cannot be used."
+);
 
 fn config_error(err: FraudError) -> PyErr {
     FraudConfigError::new_err(err.to_string())
@@ -41,7 +46,11 @@ struct Columns<'py> {
     created_at_s: PyReadonlyArray1<'py, i64>,
 }
 
-fn enum_check<T>(column: &'static str, values: &[u8], parse: impl Fn(u8) -> Option<T>) -> Result<Vec<T>, CoreError> {
+fn enum_check<T>(
+    column: &'static str,
+    values: &[u8],
+    parse: impl Fn(u8) -> Option<T>,
+) -> Result<Vec<T>, CoreError> {
     values
         .iter()
         .enumerate()
@@ -82,14 +91,23 @@ impl Columns<'_> {
         ] {
             check_len(column, len, n)?;
         }
-        let purposes = enum_check("purposes", purposes, |v| (v <= 2).then(|| Purpose::from_u8(v)))?;
-        let methods = enum_check("methods", methods, |v| (v <= 4).then(|| MethodKind::from_u8(v)))?;
+        let purposes = enum_check("purposes", purposes, |v| {
+            (v <= 2).then(|| Purpose::from_u8(v))
+        })?;
+        let methods = enum_check("methods", methods, |v| {
+            (v <= 4).then(|| MethodKind::from_u8(v))
+        })?;
         let plans = enum_check("plans", plans, Plan::from_u8)?;
         (0..n)
             .map(|row| {
                 let country = match self.countries[row].as_bytes() {
                     &[a, b] if a.is_ascii_uppercase() && b.is_ascii_uppercase() => [a, b],
-                    _ => return Err(CoreError::BadCountry { row, code: self.countries[row].to_string() }),
+                    _ => {
+                        return Err(CoreError::BadCountry {
+                            row,
+                            code: self.countries[row].to_string(),
+                        })
+                    }
                 };
                 Ok(FraudInput {
                     account_id: &self.account_ids[row],
@@ -117,7 +135,11 @@ macro_rules! columns {
     ($($name:ident),* $(,)?) => { Columns { $($name),* } };
 }
 
-type Verdicts<'py> = (Bound<'py, PyArray1<u16>>, Bound<'py, PyArray1<u8>>, Bound<'py, PyArray2<u16>>);
+type Verdicts<'py> = (
+    Bound<'py, PyArray1<u16>>,
+    Bound<'py, PyArray1<u8>>,
+    Bound<'py, PyArray2<u16>>,
+);
 
 /// A replay's verdicts and, when asked for, its feature rows.
 type Replayed<'py> = (
@@ -130,9 +152,16 @@ type Replayed<'py> = (
 fn verdicts<'py>(py: Python<'py>, out: &[Assessment]) -> PyResult<Verdicts<'py>> {
     let scores: Vec<u16> = out.iter().map(|a| a.score).collect();
     let decisions: Vec<u8> = out.iter().map(|a| a.decision as u8).collect();
-    let reasons: Vec<u16> = out.iter().flat_map(|a| a.reasons.map(|r| r as u16)).collect();
+    let reasons: Vec<u16> = out
+        .iter()
+        .flat_map(|a| a.reasons.map(|r| r as u16))
+        .collect();
     let reasons = PyArray1::from_vec(py, reasons).reshape([out.len(), REASONS_MAX])?;
-    Ok((PyArray1::from_vec(py, scores), PyArray1::from_vec(py, decisions), reasons))
+    Ok((
+        PyArray1::from_vec(py, scores),
+        PyArray1::from_vec(py, decisions),
+        reasons,
+    ))
 }
 
 fn outcomes(values: &PyReadonlyArray1<'_, u8>, n: usize) -> Result<Vec<Outcome>, CoreError> {
@@ -165,7 +194,8 @@ impl FraudScorer {
         decline_threshold: Option<u16>,
         keys_max: usize,
     ) -> PyResult<FraudScorer> {
-        let mut config = FraudConfig::from_texts(model_json, rules, bin_table).map_err(config_error)?;
+        let mut config =
+            FraudConfig::from_texts(model_json, rules, bin_table).map_err(config_error)?;
         if review_threshold.is_some() || decline_threshold.is_some() {
             let model = config.model.thresholds;
             config.thresholds = Some(Thresholds {
@@ -175,7 +205,9 @@ impl FraudScorer {
         }
         config.bounds = Bounds::uniform(keys_max);
         let scorer = crate::fraud::FraudScorer::new(config).map_err(config_error)?;
-        Ok(FraudScorer { inner: Mutex::new(scorer) })
+        Ok(FraudScorer {
+            inner: Mutex::new(scorer),
+        })
     }
 
     /// The model file's `model_id`.
@@ -219,8 +251,20 @@ impl FraudScorer {
         now_s: i64,
     ) -> PyResult<Verdicts<'py>> {
         let cols = columns!(
-            account_ids, msisdns, amounts_minor, purposes, methods, card_fingerprints, card_bins,
-            device_ids, ips, channels, plans, countries, sim_swapped_at_s, created_at_s,
+            account_ids,
+            msisdns,
+            amounts_minor,
+            purposes,
+            methods,
+            card_fingerprints,
+            card_bins,
+            device_ids,
+            ips,
+            channels,
+            plans,
+            countries,
+            sim_swapped_at_s,
+            created_at_s,
         );
         let inputs = cols.inputs()?;
         let out = py.detach(|| {
@@ -254,8 +298,20 @@ impl FraudScorer {
         now_s: i64,
     ) -> PyResult<()> {
         let cols = columns!(
-            account_ids, msisdns, amounts_minor, purposes, methods, card_fingerprints, card_bins,
-            device_ids, ips, channels, plans, countries, sim_swapped_at_s, created_at_s,
+            account_ids,
+            msisdns,
+            amounts_minor,
+            purposes,
+            methods,
+            card_fingerprints,
+            card_bins,
+            device_ids,
+            ips,
+            channels,
+            plans,
+            countries,
+            sim_swapped_at_s,
+            created_at_s,
         );
         let inputs = cols.inputs()?;
         let outcomes = self::outcomes(&outcomes, inputs.len())?;
@@ -290,8 +346,20 @@ impl FraudScorer {
         with_features: bool,
     ) -> PyResult<Replayed<'py>> {
         let cols = columns!(
-            account_ids, msisdns, amounts_minor, purposes, methods, card_fingerprints, card_bins,
-            device_ids, ips, channels, plans, countries, sim_swapped_at_s, created_at_s,
+            account_ids,
+            msisdns,
+            amounts_minor,
+            purposes,
+            methods,
+            card_fingerprints,
+            card_bins,
+            device_ids,
+            ips,
+            channels,
+            plans,
+            countries,
+            sim_swapped_at_s,
+            created_at_s,
         );
         let inputs = cols.inputs()?;
         let n = inputs.len();
@@ -300,9 +368,14 @@ impl FraudScorer {
         check_len("at_s", at.len(), n)?;
         let (out, rows) = py.detach(|| {
             let mut out = vec![Assessment::default(); n];
-            let mut rows = if with_features { vec![0.0; n * FEATURE_COUNT] } else { Vec::new() };
+            let mut rows = if with_features {
+                vec![0.0; n * FEATURE_COUNT]
+            } else {
+                Vec::new()
+            };
             let features = with_features.then_some(rows.as_mut_slice());
-            self.lock().replay_batch(&inputs, at, &outcomes, &mut out, features);
+            self.lock()
+                .replay_batch(&inputs, at, &outcomes, &mut out, features);
             (out, rows)
         });
         let (scores, decisions, reasons) = verdicts(py, &out)?;
@@ -324,7 +397,10 @@ fn fraud_feature_names() -> Vec<&'static str> {
 /// Every reason code as (number, name); 0 is NONE, the padding of unused slots.
 #[pyfunction]
 fn fraud_reason_codes() -> Vec<(u16, &'static str)> {
-    ReasonCode::ALL.iter().map(|&r| (r as u16, r.name())).collect()
+    ReasonCode::ALL
+        .iter()
+        .map(|&r| (r as u16, r.name()))
+        .collect()
 }
 
 /// Every decision as (number, name): APPROVE 0, REVIEW 1, DECLINE 2.
