@@ -44,6 +44,10 @@ use state::{ip_prefix_key, key_of, optional_key, record_link, KeyKind, Tracker};
 
 use crate::validate::{MethodKind, Plan, Purpose};
 
+/// How many rows ahead a batch prefetches state: far enough for a miss to memory to
+/// complete while the rows in between are scored, near enough to stay in the cache.
+const PREFETCH_AHEAD: usize = 2;
+
 /// Reason codes per assessment; unused slots are `ReasonCode::None`.
 pub const REASONS_MAX: usize = 3;
 
@@ -232,9 +236,32 @@ impl FraudScorer {
     /// the next is scored (so a burst inside one batch is seen).
     pub fn score_batch(&mut self, inputs: &[FraudInput<'_>], now_s: i64, out: &mut [Assessment]) {
         assert_eq!(inputs.len(), out.len(), "one assessment slot per payment");
+        let keys: Vec<Keys> = inputs.iter().map(Keys::of).collect();
         let mut row = [0.0; FEATURE_COUNT];
-        for (input, slot) in inputs.iter().zip(out.iter_mut()) {
-            *slot = self.score_one(input, now_s, &mut row);
+        for i in 0..inputs.len() {
+            self.prefetch(&keys, i + PREFETCH_AHEAD);
+            out[i] = self.score_one(&inputs[i], &keys[i], now_s, &mut row);
+        }
+    }
+
+    /// Starts loading the state of the payment `ahead` rows on into the cache. The
+    /// scorer is bound by cache misses at random addresses; the lookups of different
+    /// payments are independent, so issuing the next rows' early lets the misses
+    /// overlap with this row's work instead of following it.
+    fn prefetch(&self, keys: &[Keys], ahead: usize) {
+        if let Some(k) = keys.get(ahead) {
+            let t = &self.tracker;
+            t.accounts.prefetch(k.account);
+            for (map, key) in [
+                (&t.msisdns, k.msisdn),
+                (&t.cards, k.card),
+                (&t.devices, k.device),
+                (&t.ip_prefixes, k.ip),
+            ] {
+                if key != 0 {
+                    map.prefetch(key);
+                }
+            }
         }
     }
 
@@ -265,10 +292,12 @@ impl FraudScorer {
         if let Some(f) = features.as_deref() {
             assert_eq!(f.len(), n * FEATURE_COUNT, "one feature row per payment");
         }
+        let keys: Vec<Keys> = inputs.iter().map(Keys::of).collect();
         let mut row = [0.0; FEATURE_COUNT];
         for i in 0..n {
-            out[i] = self.score_one(&inputs[i], at_s[i], &mut row);
-            self.observe_one(&inputs[i], &Keys::of(&inputs[i]), outcomes[i], at_s[i]);
+            self.prefetch(&keys, i + PREFETCH_AHEAD);
+            out[i] = self.score_one(&inputs[i], &keys[i], at_s[i], &mut row);
+            self.observe_one(&inputs[i], &keys[i], outcomes[i], at_s[i]);
             if let Some(f) = features.as_deref_mut() {
                 f[i * FEATURE_COUNT..(i + 1) * FEATURE_COUNT].copy_from_slice(&row);
             }
@@ -278,10 +307,10 @@ impl FraudScorer {
     fn score_one(
         &mut self,
         input: &FraudInput<'_>,
+        keys: &Keys,
         at_s: i64,
         row: &mut [f64; FEATURE_COUNT],
     ) -> Assessment {
-        let keys = Keys::of(input);
         let bin = if input.method != MethodKind::Card || input.card_bin.is_empty() {
             BinLookup::NoCard
         } else {
