@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: help venv build test test-rust lint test-py protos-check clean
+.PHONY: help venv build demo test test-rust lint test-py clean
 
 help:
 	@echo "make demo   build, seed SQLite, serve, drive a few thousand Pay calls, summarize"
@@ -23,6 +23,9 @@ venv: $(STAMP)
 
 build: venv
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet
+
+demo: build
+	scripts/demo.sh
 
 test-rust:
 	cargo test --workspace

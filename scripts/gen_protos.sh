@@ -20,8 +20,8 @@ find "$work" -name '*.py' -exec sed -i \
 touch "$work/__init__.py" "$work/quickpay/__init__.py" "$work/quickpay/v1/__init__.py"
 
 if [ "$check" = 1 ]; then
-    if ! diff -r "$work" "$out" >/dev/null; then
-        diff -r "$work" "$out" | head -20
+    if ! diff -r -x __pycache__ "$work" "$out" >/dev/null; then
+        diff -r -x __pycache__ "$work" "$out" | head -20
         echo "generated protobuf code is stale: run scripts/gen_protos.sh" >&2
         exit 1
     fi

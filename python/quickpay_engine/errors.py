@@ -22,6 +22,34 @@ class ConfigError(QuickpayError):
     """A setting is missing or malformed; the message names it."""
 
 
+class InvalidArgument(QuickpayError):
+    """A request field is malformed (gRPC INVALID_ARGUMENT); ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class IdempotencyConflict(QuickpayError):
+    """The idempotency key was used before with another payload (FAILED_PRECONDITION)."""
+
+
+class Overloaded(QuickpayError):
+    """The engine is at a bound and refused the call before any work (RESOURCE_EXHAUSTED)."""
+
+
+class NotFound(QuickpayError):
+    """No such payment (NOT_FOUND)."""
+
+
+class ShuttingDown(QuickpayError):
+    """The server is draining and takes no new payments (UNAVAILABLE)."""
+
+
+class StoreError(QuickpayError):
+    """The database refused: wrong schema version, a constraint the input breaks."""
+
+
 class ImportRowError(QuickpayError):
     """A subscriber file row is malformed; nothing from the file was loaded."""
 
@@ -36,7 +64,13 @@ __all__ = [
     "ConfigError",
     "EngineError",
     "FraudConfigError",
+    "IdempotencyConflict",
     "ImportRowError",
+    "InvalidArgument",
     "InvalidBatch",
+    "NotFound",
+    "Overloaded",
     "QuickpayError",
+    "ShuttingDown",
+    "StoreError",
 ]

@@ -1,0 +1,1 @@
+"""The gRPC face: protobuf <-> domain, and the one exception -> status mapping."""

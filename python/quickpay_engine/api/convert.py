@@ -1,0 +1,178 @@
+"""Protobuf messages to domain types and back. The only module that knows both."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
+from quickpay_engine.domain import (
+    Confirmation,
+    Method,
+    MethodKind,
+    OutboxEvent,
+    Outcome,
+    PaymentIntent,
+    PaymentRecord,
+    Purpose,
+)
+
+_METHOD_KINDS = {
+    "card": MethodKind.CARD,
+    "wallet": MethodKind.WALLET,
+    "bank_account": MethodKind.BANK_ACCOUNT,
+    "carrier_balance": MethodKind.CARRIER_BALANCE,
+}
+
+
+def method_of(method: pb.PaymentMethod) -> Method:
+    """The method as the engine may keep it: a card shows its last four digits only."""
+    arm = method.WhichOneof("kind")
+    if arm is None:
+        return Method(MethodKind.MISSING, "")
+    kind = _METHOD_KINDS[arm]
+    if kind is MethodKind.CARD:
+        pan = method.card.pan
+        last4 = pan[-4:] if len(pan) >= 12 and pan.isdigit() else ""
+        return Method(kind, f"card ****{last4}" if last4 else "card")
+    if kind is MethodKind.WALLET:
+        return Method(kind, f"wallet {method.wallet.provider[:32]}")
+    if kind is MethodKind.BANK_ACCOUNT:
+        iban = method.bank_account.iban
+        return Method(kind, f"iban {iban[:4]}****{iban[-4:]}" if len(iban) >= 12 else "iban")
+    return Method(kind, "carrier balance")
+
+
+def intent_of(request: pb.PayRequest, fingerprint_key: bytes) -> PaymentIntent:
+    """Decodes a PayRequest. The payload fingerprint is keyed (HMAC-SHA256), because the
+    request holds a card number and an unkeyed hash of one can be reversed by search."""
+    payload = request.SerializeToString(deterministic=True)
+    fingerprint = hmac.new(fingerprint_key, payload, hashlib.sha256).hexdigest()
+    return PaymentIntent(
+        idempotency_key=request.idempotency_key,
+        fingerprint=fingerprint,
+        account_id=request.account_id,
+        msisdn=request.msisdn,
+        amount_minor=request.amount.amount_minor,
+        currency=request.amount.currency,
+        purpose=Purpose(request.purpose) if request.purpose in (1, 2) else Purpose.UNSPECIFIED,
+        method=method_of(request.method),
+        channel=request.channel,
+        device_id=request.device_id,
+        ip=request.ip,
+    )
+
+
+def _timestamp(us: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromMicroseconds(us)
+    return ts
+
+
+def confirmation_msg(c: Confirmation) -> pb.SettlementConfirmation:
+    return pb.SettlementConfirmation(
+        confirmation_id=c.confirmation_id,
+        ledger_sequence=c.ledger_sequence,
+        settled_at=_timestamp(c.settled_at_us),
+        gateway=c.gateway,
+        gateway_reference=c.gateway_reference,
+        balance_after=pb.Money(amount_minor=c.balance_after_minor, currency=c.currency),
+        service_state_after=c.service_state_after.name,
+    )
+
+
+def pay_response(outcome: Outcome) -> pb.PayResponse:
+    """The reply to Pay and PayStream."""
+    response = pb.PayResponse(
+        payment_id=outcome.payment_id,
+        idempotency_key=outcome.idempotency_key,
+        status=int(outcome.status),
+        decline_reason=outcome.decline_reason,
+        decline_detail=outcome.decline_detail,
+        replayed=outcome.replayed,
+    )
+    if outcome.confirmation is not None:
+        response.confirmation.CopyFrom(confirmation_msg(outcome.confirmation))
+    return response
+
+
+def payment_msg(record: PaymentRecord) -> pb.Payment:
+    """The reply to GetPayment."""
+    i, o = record.intent, record.outcome
+    payment = pb.Payment(
+        payment_id=o.payment_id,
+        idempotency_key=o.idempotency_key,
+        account_id=i.account_id,
+        msisdn=i.msisdn,
+        amount=pb.Money(amount_minor=i.amount_minor, currency=i.currency),
+        purpose=int(i.purpose),
+        method_kind=i.method.kind.name,
+        method_display=i.method.display,
+        status=int(o.status),
+        decline_reason=o.decline_reason,
+        decline_detail=o.decline_detail,
+        refunded=pb.Money(amount_minor=record.refunded_minor, currency=i.currency),
+        created_at=_timestamp(record.created_at_us),
+        channel=i.channel,
+    )
+    if o.confirmation is not None:
+        payment.confirmation.CopyFrom(confirmation_msg(o.confirmation))
+    return payment
+
+
+# The version of SettlementEvent's layout; a consumer checks it before reading the body.
+EVENT_SCHEMA_VERSION = 1
+
+
+def event_msg(event: OutboxEvent) -> pb.SettlementEvent:
+    """An outbox event as the contract's SettlementEvent (WatchSettlements, the broker)."""
+    p = event.payload
+    message = pb.SettlementEvent(
+        schema_version=EVENT_SCHEMA_VERSION,
+        event_id=event.event_id,
+        cursor=event.cursor,
+        kind=event.kind,
+        occurred_at=_timestamp(event.created_at_us),
+        payment_id=event.payment_id,
+        account_id=event.account_id,
+    )
+    if event.kind == "settlement":
+        currency = str(p["currency"])
+        message.settled.CopyFrom(
+            pb.PaymentSettled(
+                amount=pb.Money(amount_minor=int(p["amount_minor"]), currency=currency),
+                purpose=int(p["purpose"]),
+                confirmation=pb.SettlementConfirmation(
+                    confirmation_id=str(p["confirmation_id"]),
+                    ledger_sequence=int(p["ledger_sequence"]),
+                    settled_at=_timestamp(event.created_at_us),
+                    gateway=str(p["gateway"]),
+                    gateway_reference=str(p["gateway_reference"]),
+                    balance_after=pb.Money(
+                        amount_minor=int(p["balance_after_minor"]), currency=currency
+                    ),
+                    service_state_after=str(p["service_state_after"]),
+                ),
+            )
+        )
+    elif event.kind == "decline":
+        message.declined.CopyFrom(
+            pb.PaymentDeclined(
+                amount=pb.Money(amount_minor=int(p["amount_minor"]), currency=str(p["currency"])),
+                decline_reason=str(p["decline_reason"]),
+                decline_detail=str(p["decline_detail"]),
+            )
+        )
+    elif event.kind == "service_state":
+        message.service_state_changed.CopyFrom(
+            pb.ServiceStateChanged(
+                msisdn=str(p["msisdn"]),
+                state_before=str(p["state_before"]),
+                state_after=str(p["state_after"]),
+            )
+        )
+    else:
+        raise AssertionError(f"outbox event {event.event_id} has unknown kind {event.kind!r}")
+    return message

@@ -1,0 +1,159 @@
+"""The Settlement gRPC service. Exceptions become status codes here and nowhere else."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from quickpay_engine.api import convert
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
+from quickpay_engine.domain import EVENT_KINDS, Outcome, PaymentStatus
+from quickpay_engine.errors import (
+    EngineError,
+    IdempotencyConflict,
+    InvalidArgument,
+    NotFound,
+    Overloaded,
+    QuickpayError,
+    ShuttingDown,
+)
+from quickpay_engine.settlement.service import SettlementService
+
+log = logging.getLogger(__name__)
+
+# Payments one PayStream may have in flight; at the bound the stream stops reading
+# requests until replies go out (back-pressure through HTTP/2 flow control).
+STREAM_INFLIGHT_MAX = 1_024
+
+_STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (IdempotencyConflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_of(err: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The one mapping from our exceptions to gRPC status codes."""
+    for kind, code in _STATUS:
+        if isinstance(err, kind):
+            return code, str(err)
+    if isinstance(err, EngineError | QuickpayError):
+        return grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}"
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+def _unimplemented(what: str, issue: str) -> str:
+    return f"{what} is not available yet in this build (tracked as {issue})"
+
+
+class SettlementServicer(pb_grpc.SettlementServicer):
+    """quickpay.v1.Settlement over a SettlementService."""
+
+    def __init__(self, service: SettlementService, fingerprint_key: bytes) -> None:
+        self._service = service
+        self._key = fingerprint_key
+
+    async def Pay(
+        self, request: pb.PayRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PayResponse:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before any work"
+            )
+        try:
+            outcome = await self._service.pay(convert.intent_of(request, self._key))
+        except Exception as err:
+            code, message = status_of(err)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("Pay failed")
+            await context.abort(code, message)
+        return convert.pay_response(outcome)
+
+    async def PayStream(
+        self, request_iterator: AsyncIterator[pb.PayRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PayResponse]:
+        """Replies as payments finish, possibly out of order. A request that fails on its
+        own (malformed, key conflict) gets a FAILED reply with the gRPC code's name as
+        ``decline_reason``; the stream goes on."""
+        replies: asyncio.Queue[pb.PayResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_INFLIGHT_MAX)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def settle(request: pb.PayRequest) -> None:
+            try:
+                outcome = await self._service.pay(convert.intent_of(request, self._key))
+                reply = convert.pay_response(outcome)
+            except Exception as err:
+                code, message = status_of(err)
+                reply = convert.pay_response(
+                    Outcome("", request.idempotency_key, PaymentStatus.FAILED, code.name, message)
+                )
+            finally:
+                slots.release()
+            await replies.put(reply)
+
+        async def read() -> None:
+            async for request in request_iterator:
+                await slots.acquire()
+                task = asyncio.create_task(settle(request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.gather(*list(tasks))
+            await replies.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (reply := await replies.get()) is not None:
+                yield reply
+            await reader
+        finally:
+            reader.cancel()
+
+    async def GetPayment(
+        self, request: pb.GetPaymentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Payment:
+        which = request.WhichOneof("key")
+        if which is None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "payment_id or idempotency_key is required"
+            )
+        try:
+            record = await self._service.get_payment(
+                payment_id=request.payment_id, idempotency_key=request.idempotency_key
+            )
+        except Exception as err:
+            await context.abort(*status_of(err))
+        return convert.payment_msg(record)
+
+    async def Refund(
+        self, request: pb.RefundRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RefundResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _unimplemented("Refund", "issue 6"))
+
+    async def WatchSettlements(
+        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SettlementEvent]:
+        """Events after ``from_cursor`` in order, then live ones; at least once (resume
+        from the last cursor received). Ends cleanly when the server drains."""
+        unknown = sorted(set(request.kinds) - set(EVENT_KINDS))
+        if unknown:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"kinds: unknown {unknown}; expected any of {list(EVENT_KINDS)}",
+            )
+        events = self._service.watch(request.from_cursor, list(request.kinds), request.account_id)
+        async for event in events:
+            yield convert.event_msg(event)
+
+    async def Reconcile(
+        self, request: pb.ReconcileRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReconcileReport:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _unimplemented("Reconcile", "issue 8"))

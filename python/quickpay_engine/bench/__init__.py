@@ -1,0 +1,1 @@
+"""Load generation against a running engine: scenarios, the client loop, the summary."""

@@ -1,0 +1,42 @@
+"""`quickpay subscribers import FILE.csv`: loads the billing system's export, all or nothing."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from quickpay_engine.commands import add_command, add_group
+from quickpay_engine.config import settings_from
+from quickpay_engine.errors import ImportRowError
+from quickpay_engine.store import SqliteStore
+from quickpay_engine.subscribers import parse_csv
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    actions = add_group(subparsers, "subscribers", "manage the subscriber table")
+    load = add_command(actions, "import", "load a subscriber CSV (all rows or none)")
+    load.add_argument("file", type=Path, help="CSV with the columns DESIGN.md fixes")
+    load.set_defaults(run=run_import)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    try:
+        with args.file.open(newline="") as text:
+            rows = parse_csv(text)
+    except OSError as err:
+        print(f"quickpay subscribers import: {err}", file=sys.stderr)
+        return 1
+    except ImportRowError as err:
+        print(
+            f"quickpay subscribers import: {args.file}: {err}; nothing was loaded", file=sys.stderr
+        )
+        return 1
+    store = SqliteStore(settings.sqlite_path)
+    try:
+        n = store.import_subscribers(rows)
+    finally:
+        store.close()
+    print(f"imported {n} subscribers from {args.file} into {settings.database_url}")
+    return 0

@@ -1,0 +1,149 @@
+"""Plain domain types: payments, outcomes, codes. Imports nothing of ours.
+
+Money is always an ``int`` in minor units with its currency beside it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Plan(enum.IntEnum):
+    """Numbers shared with the Rust core (validate::Plan)."""
+
+    PREPAID = 1
+    POSTPAID = 2
+
+
+class LineStatus(enum.IntEnum):
+    """Service state of a line; numbers shared with the Rust core (validate::Status)."""
+
+    ACTIVE = 1
+    SUSPENDED = 2
+    BARRED = 3
+    CLOSED = 4
+
+
+class Purpose(enum.IntEnum):
+    """The contract's Purpose numbers."""
+
+    UNSPECIFIED = 0
+    BILL_PAYMENT = 1
+    PREPAID_TOPUP = 2
+
+
+class MethodKind(enum.IntEnum):
+    """Which PaymentMethod arm is set; numbers shared with the Rust core."""
+
+    MISSING = 0
+    CARD = 1
+    WALLET = 2
+    BANK_ACCOUNT = 3
+    CARRIER_BALANCE = 4
+
+
+class PaymentStatus(enum.IntEnum):
+    """The contract's PaymentStatus numbers."""
+
+    UNSPECIFIED = 0
+    SETTLED = 1
+    DECLINED = 2
+    FAILED = 3
+    REFUNDED = 4
+    PARTIALLY_REFUNDED = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """A payment method as the engine keeps it: never a full card number (invariant 7)."""
+
+    kind: MethodKind
+    display: str  # "card ****4242", "wallet mpesa", "iban GR16...7890", "carrier balance"
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentIntent:
+    """One Pay request after decoding, before validation."""
+
+    idempotency_key: str
+    fingerprint: str  # hex digest of the canonical request: the same key with another
+    # payload is refused
+    account_id: str
+    msisdn: str
+    amount_minor: int
+    currency: str
+    purpose: Purpose
+    method: Method
+    channel: str
+    device_id: str
+    ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """What a settled payment hands back to the caller."""
+
+    confirmation_id: str
+    ledger_sequence: int
+    settled_at_us: int
+    gateway: str
+    gateway_reference: str
+    balance_after_minor: int
+    currency: str
+    service_state_after: LineStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one payment, as stored and as replayed."""
+
+    payment_id: str
+    idempotency_key: str
+    status: PaymentStatus
+    decline_reason: str = ""
+    decline_detail: str = ""
+    confirmation: Confirmation | None = None
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRecord:
+    """A payment as GetPayment returns it."""
+
+    intent: PaymentIntent
+    outcome: Outcome
+    created_at_us: int
+    refunded_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberRow:
+    """One subscriber as the carrier's billing system exports it."""
+
+    account_id: str
+    msisdn: str
+    plan: Plan
+    status: LineStatus
+    currency: str
+    balance_minor: int
+    country: str
+    sim_swapped_at_s: int | None
+    created_at_s: int
+
+
+# The kinds of event the outbox carries; WatchSettlements filters on these names.
+EVENT_KINDS = ("settlement", "decline", "refund", "service_state")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One event as written in the same transaction as the change it describes."""
+
+    cursor: int
+    event_id: str
+    kind: str
+    payment_id: str
+    account_id: str
+    payload: dict[str, object]
+    created_at_us: int

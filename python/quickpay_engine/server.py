@@ -1,0 +1,174 @@
+"""Wiring of the gRPC server: build the parts, start, drain on SIGTERM, stop.
+
+``create_server`` is separate from ``serve`` so that tests bind port 0 and drive the
+real server in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from quickpay_engine.api.convert import event_msg
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
+from quickpay_engine.api.servicer import SettlementServicer
+from quickpay_engine.config import Settings
+from quickpay_engine.errors import ConfigError
+from quickpay_engine.events.jetstream import JetStreamPublisher
+from quickpay_engine.events.relay import OutboxRelay
+from quickpay_engine.settlement.service import BatchSettings, SettlementService
+from quickpay_engine.store import SqliteStore
+
+log = logging.getLogger(__name__)
+
+SETTLEMENT_SERVICE = pb.DESCRIPTOR.services_by_name["Settlement"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+# In-flight calls get this long to finish after SIGTERM before they are cancelled.
+DRAIN_GRACE_S = 10.0
+# At shutdown the relay gets this long to publish what the last batches wrote.
+RELAY_FLUSH_S = 2.0
+# gRPC messages above this size are refused by the transport (a PayRequest is < 1 KiB).
+MESSAGE_BYTES_MAX = 4 * 1024 * 1024
+
+
+def fingerprint_key(data_dir: Path) -> bytes:
+    """The installation's secret for request fingerprints, created on first use (0600)."""
+    path = data_dir / "fingerprint.key"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_bytes()
+        if len(key) != 32:
+            raise ConfigError(f"{path} must hold 32 bytes; it holds {len(key)}") from None
+        return key
+    key = secrets.token_bytes(32)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+        f.flush()
+        os.fsync(f.fileno())
+    return key
+
+
+@dataclass
+class RunningServer:
+    """A started server and the parts it stops on shutdown."""
+
+    server: grpc.aio.Server
+    port: int
+    service: SettlementService
+    health: health.aio.HealthServicer
+    store: SqliteStore
+    relay: EventRelayTask | None = None
+
+    async def stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
+        """Drains: NOT_SERVING, no new calls, in-flight calls finish within the grace."""
+        for name in ("", SETTLEMENT_SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.service.end_watches()  # event streams end now; they would only wait out the grace
+        await self.server.stop(grace_s)
+        if self.relay is not None:
+            await self.relay.stop()
+        await self.service.close()
+        self.store.close()
+
+
+@dataclass
+class EventRelayTask:
+    """The outbox relay running beside the server, and how to stop it."""
+
+    relay: OutboxRelay
+    publisher: JetStreamPublisher
+    task: asyncio.Task[None]
+    stop_event: asyncio.Event
+
+    @classmethod
+    def start(cls, service: SettlementService, nats_url: str) -> EventRelayTask:
+        publisher = JetStreamPublisher(nats_url)
+        relay = OutboxRelay(
+            service.outbox_unpublished,
+            service.mark_published,
+            publisher,
+            lambda event: event_msg(event).SerializeToString(),
+        )
+        service.add_commit_listener(relay.wake)
+        stop_event = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(relay.run(stop_event), name="event-relay")
+        log.info("relaying settlement events to NATS JetStream at %s", nats_url)
+        return cls(relay, publisher, task, stop_event)
+
+    async def stop(self) -> None:
+        """Publishes what the last batches wrote (when the broker answers), then stops."""
+        self.stop_event.set()
+        await self.task
+        try:
+            await asyncio.wait_for(self.relay.run_once(), RELAY_FLUSH_S)
+        except Exception as err:  # the events stay in the outbox for the next start
+            log.warning("event relay: could not flush at shutdown (%s)", err)
+        await self.publisher.close()
+
+
+async def create_server(settings: Settings, batching: BatchSettings | None = None) -> RunningServer:
+    """Builds and starts the server on ``settings.listen`` (port 0 picks a free one)."""
+    if not settings.database_url.startswith("sqlite:///"):
+        raise ConfigError("only the embedded SQLite store is available in this build")
+    store = SqliteStore(settings.sqlite_path)
+    service = SettlementService(store, batching)
+    await service.start()
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_SettlementServicer_to_server(
+        SettlementServicer(service, fingerprint_key(settings.data_dir)), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SETTLEMENT_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
+    )
+    relay = EventRelayTask.start(service, settings.nats_url) if settings.nats_url else None
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise ConfigError(f"could not listen on {settings.listen}")
+    await server.start()
+    for name in ("", SETTLEMENT_SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, service, health_servicer, store, relay)
+
+
+async def serve(settings: Settings) -> int:
+    """Runs until SIGTERM or SIGINT, then drains and returns 0."""
+    running = await create_server(settings)
+    host = settings.listen.rpartition(":")[0]
+    log.info(
+        "serving quickpay.v1.Settlement on %s:%d (store %s, %d subscribers)",
+        host,
+        running.port,
+        settings.database_url,
+        running.service.engine.subscriber_count(),
+    )
+    # Scripts read this line to learn the port when --listen asked for port 0.
+    print(f"listening on {host}:{running.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining: no new calls, up to %.0f s for calls in flight", DRAIN_GRACE_S)
+    await running.stop(DRAIN_GRACE_S)
+    log.info("stopped")
+    return 0

@@ -1,0 +1,1 @@
+"""Settlement: the batcher, the pipeline (the saga) and the facade the API calls."""

@@ -1,0 +1,122 @@
+"""Micro-batching: concurrent callers share one engine call and one database commit.
+
+A single consumer task takes what is queued, up to ``batch_max`` items, waiting at most
+``linger_ms`` after the first for more to arrive, and hands the batch to ``process``.
+While one batch is processed the next accumulates, so under load batches fill up by
+themselves and at low load a payment waits at most ``linger_ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from quickpay_engine.errors import Overloaded, ShuttingDown
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Processes one batch; returns one result per item, in order: a value, or an exception
+# for that item alone.
+Process = Callable[[Sequence[T]], Awaitable[Sequence["R | BaseException"]]]
+
+
+class MicroBatcher(Generic[T, R]):
+    """Gathers submissions into batches for ``process``.
+
+    Bounds: at most ``queue_max`` submissions wait; one more is refused with
+    ``Overloaded`` before any work is done (back-pressure the caller sees at once).
+    """
+
+    def __init__(
+        self,
+        process: Process[T, R],
+        *,
+        batch_max: int = 512,
+        linger_ms: float = 1.0,
+        queue_max: int = 20_000,
+    ) -> None:
+        assert batch_max >= 1 and queue_max >= batch_max and linger_ms >= 0
+        self._process = process
+        self._batch_max = batch_max
+        self._linger_s = linger_ms / 1_000
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue(queue_max)
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.batches = 0
+        self.items = 0
+
+    def start(self) -> None:
+        """Starts the consumer task on the running loop."""
+        assert self._task is None
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
+
+    async def submit(self, item: T) -> R:
+        """Queues one item and waits for its result.
+
+        The result future is shielded: a caller that gives up (a cancelled RPC) does not
+        pull its item out of a batch already under way, so nothing is half done.
+        """
+        if self._closing:
+            raise ShuttingDown("the engine is shutting down")
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((item, future))
+        except asyncio.QueueFull:
+            raise Overloaded(
+                f"settlement queue is full ({self._queue.maxsize} payments waiting)"
+            ) from None
+        return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        """Refuses new items, lets everything queued finish, then stops the consumer."""
+        self._closing = True
+        await self._queue.join()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self._linger_s
+            while len(batch) < self._batch_max:
+                if self._queue.empty():
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    except TimeoutError:
+                        break
+                else:
+                    batch.append(self._queue.get_nowait())
+            await self._settle(batch)
+            for _ in batch:
+                self._queue.task_done()
+
+    async def _settle(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        self.batches += 1
+        self.items += len(batch)
+        try:
+            results = await self._process([item for item, _ in batch])
+            assert len(results) == len(batch), "process must return one result per item"
+        except Exception as err:
+            # A failure of the whole batch (the database went away) fails each caller
+            # with that error; the items are not retried behind their backs.
+            log.exception("settlement batch of %d failed", len(batch))
+            results = [err] * len(batch)
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)

@@ -1,0 +1,162 @@
+"""The settlement service the API calls: pay, look up, start and drain.
+
+It owns the batcher and the in-flight table that makes concurrent retries of one
+idempotency key share a single settlement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from quickpay_engine._engine import Engine
+from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord
+from quickpay_engine.errors import IdempotencyConflict, NotFound
+from quickpay_engine.settlement.batcher import MicroBatcher
+from quickpay_engine.settlement.pipeline import Pipeline, load_engine
+from quickpay_engine.store import SqliteStore
+from quickpay_engine.store.executor import StoreThread
+
+# A watcher reads at most this many events at a time from the outbox.
+WATCH_PAGE_MAX = 256
+# A watcher with nothing new looks again after this long even without a commit here.
+WATCH_POLL_S = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSettings:
+    """How payments are gathered into batches (see MicroBatcher)."""
+
+    batch_max: int = 512
+    linger_ms: float = 1.0
+    queue_max: int = 20_000
+
+
+class SettlementService:
+    """Settles payments through the engine and the store, in micro-batches."""
+
+    def __init__(self, store: SqliteStore, batching: BatchSettings | None = None) -> None:
+        batching = batching or BatchSettings()
+        self._store = store
+        self._thread = StoreThread()
+        self.engine = Engine()
+        self._pipeline = Pipeline(self.engine, store, self._thread, on_commit=self._committed_batch)
+        self._commit_listeners: list[Callable[[], None]] = [self._wake_watchers]
+        self._batcher: MicroBatcher[PaymentIntent, Outcome] = MicroBatcher(
+            self._pipeline.process,
+            batch_max=batching.batch_max,
+            linger_ms=batching.linger_ms,
+            queue_max=batching.queue_max,
+        )
+        # One entry per idempotency key being settled right now: a concurrent retry
+        # waits for the first attempt instead of racing it. Bounded by the batcher's
+        # queue, since every entry is a queued or running payment.
+        self._inflight: dict[str, tuple[str, asyncio.Task[Outcome]]] = {}
+        # Set (and replaced) after every commit, so watchers wake for new events at once;
+        # they also poll, for events another process wrote.
+        self._committed = asyncio.Event()
+        self._watch_closed = asyncio.Event()
+
+    async def start(self) -> None:
+        """Loads the subscriber table into the engine and starts batching."""
+        rows = await self._thread.run(self._store.load_subscribers)
+        load_engine(self.engine, rows)
+        self._batcher.start()
+
+    async def close(self) -> None:
+        """Finishes every queued payment, then releases the store thread."""
+        self.end_watches()
+        await self._batcher.close()
+        self._thread.close()
+
+    def end_watches(self) -> None:
+        """Ends every WatchSettlements stream cleanly (the server is draining); a client
+        resumes from the last cursor it saw, on this server or another."""
+        self._watch_closed.set()
+        self._wake_watchers()
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Calls ``listener`` after every committed batch (the event relay wakes on it)."""
+        self._commit_listeners.append(listener)
+
+    def _committed_batch(self) -> None:
+        for listener in self._commit_listeners:
+            listener()
+
+    async def outbox_unpublished(self, limit: int) -> list[OutboxEvent]:
+        """For the event relay: the oldest events the broker has not acknowledged."""
+        return await self._thread.run(self._store.outbox_unpublished, limit)
+
+    async def mark_published(self, cursors: list[int]) -> None:
+        """For the event relay: the broker acknowledged these events."""
+        await self._thread.run(self._store.mark_published, cursors)
+
+    def _wake_watchers(self) -> None:
+        committed, self._committed = self._committed, asyncio.Event()
+        committed.set()
+
+    async def watch(
+        self, from_cursor: int, kinds: Sequence[str] = (), account_id: str = ""
+    ) -> AsyncIterator[OutboxEvent]:
+        """Events after ``from_cursor``, in order, then new ones as they commit.
+
+        Memory stays bounded whatever the consumer's speed: at most one page of
+        ``WATCH_PAGE_MAX`` events is held, and the next page is read only once the
+        consumer has taken this one (the gRPC write waits on flow control).
+        """
+        cursor = from_cursor
+        while not self._watch_closed.is_set():
+            committed = self._committed  # taken before reading: no commit slips between
+            page = await self._thread.run(
+                self._store.outbox_after, cursor, kinds, account_id, WATCH_PAGE_MAX
+            )
+            for event in page:
+                yield event
+                cursor = event.cursor
+            if len(page) < WATCH_PAGE_MAX:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(committed.wait(), WATCH_POLL_S)
+
+    async def pay(self, intent: PaymentIntent) -> Outcome:
+        """Settles one payment, or replays the outcome already stored for its key.
+
+        The settlement runs as its own task: a caller that goes away (a cancelled RPC)
+        does not cancel a payment already queued, and a retry joins it.
+        """
+        key = intent.idempotency_key
+        running = self._inflight.get(key)
+        if running is None:
+            task = asyncio.ensure_future(self._batcher.submit(intent))
+            self._inflight[key] = (intent.fingerprint, task)
+            task.add_done_callback(functools.partial(self._finished, key))
+            return await asyncio.shield(task)
+        fingerprint, task = running
+        outcome = await asyncio.shield(task)
+        if fingerprint != intent.fingerprint:
+            raise IdempotencyConflict(
+                f"idempotency_key {key!r} was used for another payment ({outcome.payment_id})"
+            )
+        return dataclasses.replace(outcome, replayed=True)
+
+    def _finished(self, key: str, task: asyncio.Task[Outcome]) -> None:
+        if self._inflight.get(key, (None, None))[1] is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so a caller that left does not warn
+
+    async def get_payment(
+        self, *, payment_id: str = "", idempotency_key: str = ""
+    ) -> PaymentRecord:
+        """A stored payment by id or key; NotFound when there is none."""
+        record = await self._thread.run(
+            self._store.get_payment, payment_id=payment_id, idempotency_key=idempotency_key
+        )
+        if record is None:
+            raise NotFound(
+                f"no payment with {'payment_id' if payment_id else 'idempotency_key'}"
+                f" {payment_id or idempotency_key!r}"
+            )
+        return record

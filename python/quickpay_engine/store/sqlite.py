@@ -1,0 +1,507 @@
+"""The embedded store: one SQLite file (WAL journal, synchronous=FULL) for every domain.
+
+Calls are synchronous and must come from one thread: the async front end runs them on
+a single-thread executor (``store.executor.StoreThread``), which makes that thread the
+one writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from quickpay_engine.domain import (
+    Confirmation,
+    LineStatus,
+    Method,
+    MethodKind,
+    OutboxEvent,
+    Outcome,
+    PaymentIntent,
+    PaymentRecord,
+    PaymentStatus,
+    Plan,
+    Purpose,
+    SubscriberRow,
+)
+from quickpay_engine.errors import StoreError
+from quickpay_engine.store.audit import GENESIS, AuditRow
+from quickpay_engine.store.audit import verify as verify_chain
+from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule
+from quickpay_engine.store.rows import Account, BatchRows, Decision, MissingAccount, build
+
+# The schema this build writes (PRAGMA user_version); see schema_sqlite.sql.
+SCHEMA_VERSION = 1
+
+# `verify` lists at most this many examples of each broken invariant.
+VERIFY_EXAMPLES_MAX = 20
+
+# SQLite waits this long for a lock held by another process before failing the call.
+BUSY_TIMEOUT_MS = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class SettledState:
+    """An account's balance and line status after a batch, for the engine's table."""
+
+    account_id: str
+    balance_minor: int
+    status: LineStatus
+
+
+class SqliteStore:
+    """Billing, payment history and provisioning state in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), never implied.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise sqlite3.OperationalError(f"{path}: could not enable WAL journal (got {mode})")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._migrate(path)
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO provisioning_rules (rule_id, priority, plan, from_status,"
+                " to_status, owed_max_minor, credit_min_minor) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.rule_id,
+                        n,
+                        int(r.plan),
+                        int(r.from_status),
+                        int(r.to_status),
+                        r.owed_max_minor,
+                        r.credit_min_minor,
+                    )
+                    for n, r in enumerate(DEFAULT_RULES)
+                ],
+            )
+        self.rules = self._load_rules()
+
+    def _migrate(self, path: Path) -> None:
+        """Creates the schema in a new file; refuses a file of another schema version."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return
+        (tables,) = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        if version != 0 or tables:
+            self._db.close()
+            raise StoreError(
+                f"{path} holds schema version {version}; this build uses {SCHEMA_VERSION}."
+                " Move the file aside (or point --data-dir elsewhere) to start afresh."
+            )
+        schema = resources.files("quickpay_engine.store").joinpath("schema_sqlite.sql")
+        # One script, one transaction: a crash leaves no half-made schema behind.
+        self._db.executescript(
+            f"BEGIN;\n{schema.read_text()}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- subscribers -----------------------------------------------------------------
+
+    def import_subscribers(self, rows: Sequence[SubscriberRow]) -> int:
+        """Inserts or replaces every row in one transaction: all of them or none.
+
+        The billing system's balance wins; the opening balance is set so that the balance
+        still equals the opening balance plus what settled here (see `verify`).
+        """
+        try:
+            self._upsert_subscribers(rows)
+        except sqlite3.IntegrityError as err:
+            raise StoreError(f"the import conflicts with the database: {err}") from None
+        return len(rows)
+
+    def _upsert_subscribers(self, rows: Sequence[SubscriberRow]) -> None:
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO subscribers (account_id, msisdn, plan, status, currency,"
+                " balance_minor, opening_balance_minor, country, sim_swapped_at_s,"
+                " created_at_s) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)"
+                " ON CONFLICT (account_id) DO UPDATE SET msisdn = excluded.msisdn,"
+                " plan = excluded.plan, status = excluded.status, currency = excluded.currency,"
+                " balance_minor = excluded.balance_minor,"
+                " opening_balance_minor = excluded.balance_minor - (SELECT"
+                "   coalesce(sum(balance_delta_minor), 0) FROM billing_records"
+                "   WHERE billing_records.account_id = excluded.account_id),"
+                " country = excluded.country, sim_swapped_at_s = excluded.sim_swapped_at_s,"
+                " created_at_s = excluded.created_at_s",
+                (
+                    (
+                        r.account_id,
+                        r.msisdn,
+                        int(r.plan),
+                        int(r.status),
+                        r.currency,
+                        r.balance_minor,
+                        r.country,
+                        r.sim_swapped_at_s,
+                        r.created_at_s,
+                    )
+                    for r in rows
+                ),
+            )
+
+    def load_subscribers(self) -> list[SubscriberRow]:
+        """Every subscriber, for the engine's table at start."""
+        cursor = self._db.execute(
+            "SELECT account_id, msisdn, plan, status, currency, balance_minor, country,"
+            " sim_swapped_at_s, created_at_s FROM subscribers"
+        )
+        return [
+            SubscriberRow(a, m, Plan(p), LineStatus(s), c, b, co, sw, cr)
+            for a, m, p, s, c, b, co, sw, cr in cursor
+        ]
+
+    def subscriber(self, account_id: str) -> SubscriberRow | None:
+        """One subscriber by account id."""
+        row = self._db.execute(
+            "SELECT account_id, msisdn, plan, status, currency, balance_minor, country,"
+            " sim_swapped_at_s, created_at_s FROM subscribers WHERE account_id = ?",
+            (account_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        a, m, p, s, c, b, co, sw, cr = row
+        return SubscriberRow(a, m, Plan(p), LineStatus(s), c, b, co, sw, cr)
+
+    # -- payments --------------------------------------------------------------------
+
+    def find_by_keys(self, keys: Iterable[str]) -> dict[str, PaymentRecord]:
+        """Stored payments by idempotency key, for replays."""
+        keys = list(keys)
+        found: dict[str, PaymentRecord] = {}
+        # SQLite's default bound on host parameters is 32,766; stay well below it.
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for record in self._records(f"idempotency_key IN ({marks})", chunk):
+                found[record.intent.idempotency_key] = record
+        return found
+
+    def get_payment(
+        self, *, payment_id: str = "", idempotency_key: str = ""
+    ) -> PaymentRecord | None:
+        """One payment by id or by idempotency key."""
+        if payment_id:
+            records = self._records("payment_id = ?", [payment_id])
+        else:
+            records = self._records("idempotency_key = ?", [idempotency_key])
+        return records[0] if records else None
+
+    def commit_batch(
+        self, decisions: Sequence[Decision], now_us: int | None = None
+    ) -> tuple[list[Outcome], list[SettledState]]:
+        """Makes a batch of decisions durable in one transaction.
+
+        The whole batch is written with one statement per table. Should that fail (a key
+        taken by another writer since the replay check, an account gone), the batch is
+        redone one payment per savepoint, so the one bad payment is reported as FAILED, or
+        as the stored outcome when its key is already settled, and does not sink the others.
+        """
+        now_us = now_us if now_us is not None else time.time_ns() // 1_000
+        with self._transaction():
+            self._db.execute("SAVEPOINT batch")
+            try:
+                rows = self._build(decisions, now_us)
+                self._write(rows)
+            except (sqlite3.IntegrityError, MissingAccount):
+                self._db.execute("ROLLBACK TO batch")
+            else:
+                self._db.execute("RELEASE batch")
+                return rows.outcomes, _states(rows)
+            self._db.execute("RELEASE batch")
+            outcomes: list[Outcome] = []
+            touched: dict[str, SettledState] = {}
+            for decision in decisions:
+                self._db.execute("SAVEPOINT payment")
+                try:
+                    rows = self._build([decision], now_us)
+                    self._write(rows)
+                except sqlite3.IntegrityError as err:
+                    self._db.execute("ROLLBACK TO payment")
+                    outcomes.append(self._replay_or_fail(decision, "STORE_REJECTED", str(err)))
+                except MissingAccount as err:
+                    self._db.execute("ROLLBACK TO payment")
+                    outcomes.append(self._replay_or_fail(decision, "ACCOUNT_GONE", str(err)))
+                else:
+                    outcomes.extend(rows.outcomes)
+                    touched.update((s.account_id, s) for s in _states(rows))
+                self._db.execute("RELEASE payment")
+        return outcomes, list(touched.values())
+
+    def _build(self, decisions: Sequence[Decision], now_us: int) -> BatchRows:
+        wanted = sorted({d.intent.account_id for d in decisions if not d.decline_reason})
+        accounts: dict[str, Account] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for account_id, msisdn, plan, status, balance in self._db.execute(
+                "SELECT account_id, msisdn, plan, status, balance_minor FROM subscribers"  # noqa: S608
+                f" WHERE account_id IN ({marks})",
+                chunk,
+            ):
+                accounts[account_id] = Account(
+                    account_id, msisdn, Plan(plan), LineStatus(status), balance
+                )
+        head = self._db.execute(
+            "SELECT seq, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        (last_seq,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM payments").fetchone()
+        return build(decisions, accounts, self.rules, head or (0, GENESIS), last_seq + 1, now_us)
+
+    def _write(self, rows: BatchRows) -> None:
+        db = self._db
+        db.executemany(
+            "INSERT INTO payments (seq, payment_id, idempotency_key, fingerprint, account_id,"
+            " msisdn, amount_minor, currency, purpose, method_kind, method_display, channel,"
+            " device_id, ip, status, decline_reason, decline_detail, confirmation_id,"
+            " settled_at_us, balance_after_minor, service_state_after, gateway,"
+            " gateway_reference, created_at_us)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows.payments,
+        )
+        db.executemany(
+            "INSERT INTO billing_records (payment_id, account_id, kind, amount_minor, currency,"
+            " balance_delta_minor, balance_after_minor, created_at_us)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows.billing,
+        )
+        db.executemany(
+            "INSERT INTO ar_entries (payment_id, leg, ar_account, debit_minor, credit_minor,"
+            " currency, created_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows.ar,
+        )
+        db.executemany(
+            "INSERT INTO provisioning_changes (payment_id, account_id, msisdn, state_before,"
+            " state_after, rule_id, changed_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows.provisioning,
+        )
+        db.executemany(
+            "INSERT INTO audit_log (seq, prev_hash, content, row_hash) VALUES (?, ?, ?, ?)",
+            rows.audit,
+        )
+        db.executemany(
+            "INSERT INTO outbox (event_id, kind, payment_id, account_id, payload, created_at_us)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            rows.outbox,
+        )
+        db.executemany(
+            "UPDATE subscribers SET balance_minor = ?, status = ? WHERE account_id = ?",
+            [(a.balance_minor, int(a.status), a.account_id) for a in rows.touched.values()],
+        )
+
+    def _replay_or_fail(self, decision: Decision, reason: str, error: str) -> Outcome:
+        stored = self.find_by_keys([decision.intent.idempotency_key]).get(
+            decision.intent.idempotency_key
+        )
+        if stored is not None:
+            return dataclasses.replace(stored.outcome, replayed=True)
+        return Outcome(
+            payment_id=decision.payment_id,
+            idempotency_key=decision.intent.idempotency_key,
+            status=PaymentStatus.FAILED,
+            decline_reason=reason,
+            decline_detail=error,
+        )
+
+    def _records(self, where: str, params: Sequence[object]) -> list[PaymentRecord]:
+        # `where` is one of this module's literals; values always go in `params`.
+        cursor = self._db.execute(
+            "SELECT seq, payment_id, idempotency_key, fingerprint, account_id, msisdn,"  # noqa: S608
+            " amount_minor, currency, purpose, method_kind, method_display, channel, device_id,"
+            " ip, status, decline_reason, decline_detail, confirmation_id, settled_at_us,"
+            " balance_after_minor, service_state_after, gateway, gateway_reference,"
+            f" refunded_minor, created_at_us FROM payments WHERE {where}",
+            params,
+        )
+        return [_record(row) for row in cursor]
+
+    # -- events -------------------------------------------------------------------------
+
+    def outbox_after(
+        self, cursor: int, kinds: Sequence[str] = (), account_id: str = "", limit: int = 256
+    ) -> list[OutboxEvent]:
+        """Events after ``cursor`` in cursor order, at most ``limit``, optionally filtered."""
+        where, params = ["cursor > ?"], [cursor]
+        if kinds:
+            where.append(f"kind IN ({','.join('?' * len(kinds))})")
+            params.extend(kinds)
+        if account_id:
+            where.append("account_id = ?")
+            params.append(account_id)
+        cursor_rows = self._db.execute(
+            "SELECT cursor, event_id, kind, payment_id, account_id, payload, created_at_us"  # noqa: S608
+            f" FROM outbox WHERE {' AND '.join(where)} ORDER BY cursor LIMIT ?",
+            [*params, limit],
+        )
+        return [
+            OutboxEvent(c, e, k, p, a, json.loads(payload), at)
+            for c, e, k, p, a, payload, at in cursor_rows
+        ]
+
+    def outbox_unpublished(self, limit: int) -> list[OutboxEvent]:
+        """The oldest events not yet acknowledged by the broker, in cursor order."""
+        rows = self._db.execute(
+            "SELECT cursor, event_id, kind, payment_id, account_id, payload, created_at_us"
+            " FROM outbox WHERE published_at_us IS NULL ORDER BY cursor LIMIT ?",
+            (limit,),
+        )
+        return [
+            OutboxEvent(c, e, k, p, a, json.loads(payload), at)
+            for c, e, k, p, a, payload, at in rows
+        ]
+
+    def mark_published(self, cursors: Sequence[int], now_us: int | None = None) -> None:
+        """Records the broker's acknowledgement of these events."""
+        now_us = now_us if now_us is not None else time.time_ns() // 1_000
+        with self._transaction():
+            self._db.executemany(
+                "UPDATE outbox SET published_at_us = ? WHERE cursor = ?",
+                [(now_us, c) for c in cursors],
+            )
+
+    # -- invariants -----------------------------------------------------------------------
+
+    def verify(self) -> list[str]:
+        """Checks the database's own invariants; returns one line per violation (at most
+        ``VERIFY_EXAMPLES_MAX`` examples per check), empty when everything holds."""
+        problems: list[str] = []
+        for what, sql in _CHECKS:
+            found = self._db.execute(sql + f" LIMIT {VERIFY_EXAMPLES_MAX}").fetchall()
+            problems.extend(f"{what}: {', '.join(map(str, row))}" for row in found)
+        _, broken = verify_chain(self.audit_rows())
+        if broken is not None:
+            problems.append(f"audit trail broken at row {broken.seq}: {broken.problem}")
+        return problems
+
+    # -- provisioning and audit ---------------------------------------------------------
+
+    def _load_rules(self) -> list[ProvisioningRule]:
+        cursor = self._db.execute(
+            "SELECT rule_id, plan, from_status, to_status, owed_max_minor, credit_min_minor"
+            " FROM provisioning_rules ORDER BY priority, rule_id"
+        )
+        return [
+            ProvisioningRule(r, Plan(p), LineStatus(f), LineStatus(t), o, c)
+            for r, p, f, t, o, c in cursor
+        ]
+
+    def audit_rows(self) -> Iterator[AuditRow]:
+        """The audit trail in sequence order, for `quickpay audit verify`."""
+        cursor = self._db.execute(
+            "SELECT seq, prev_hash, content, row_hash FROM audit_log ORDER BY seq"
+        )
+        return (AuditRow(*row) for row in cursor)
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+# Each check selects the rows that break one invariant; `verify` reports them.
+_CHECKS = [
+    (
+        "AR ledger out of balance (currency, debits, credits)",
+        "SELECT currency, sum(debit_minor), sum(credit_minor) FROM ar_entries"
+        " GROUP BY currency HAVING sum(debit_minor) != sum(credit_minor)",
+    ),
+    (
+        "settled payment without a billing record",
+        "SELECT p.payment_id FROM payments p LEFT JOIN billing_records b USING (payment_id)"
+        " WHERE p.status IN (1, 4, 5) AND b.payment_id IS NULL",
+    ),
+    (
+        "billing record without a settled payment",
+        "SELECT b.payment_id FROM billing_records b LEFT JOIN payments p"
+        " ON p.payment_id = b.payment_id AND p.status IN (1, 4, 5) WHERE p.payment_id IS NULL",
+    ),
+    (
+        "settled payment whose AR legs do not carry its amount (payment, debits, credits)",
+        "SELECT p.payment_id, coalesce(sum(a.debit_minor), 0), coalesce(sum(a.credit_minor), 0)"
+        " FROM payments p LEFT JOIN ar_entries a USING (payment_id) WHERE p.status IN (1, 4, 5)"
+        " GROUP BY p.payment_id HAVING coalesce(sum(a.debit_minor), 0) != max(p.amount_minor)"
+        " OR coalesce(sum(a.credit_minor), 0) != max(p.amount_minor)",
+    ),
+    (
+        "balance is not opening balance plus billing history (account, balance, expected)",
+        "SELECT s.account_id, s.balance_minor, s.opening_balance_minor + coalesce(b.delta, 0)"
+        " FROM subscribers s LEFT JOIN (SELECT account_id, sum(balance_delta_minor) AS delta"
+        " FROM billing_records GROUP BY account_id) b USING (account_id)"
+        " WHERE s.balance_minor != s.opening_balance_minor + coalesce(b.delta, 0)",
+    ),
+    (
+        "declined payment that moved money",
+        "SELECT p.payment_id FROM payments p JOIN ar_entries a USING (payment_id)"
+        " WHERE p.status = 2",
+    ),
+    (
+        "settled payment without its settlement event",
+        "SELECT p.payment_id FROM payments p LEFT JOIN outbox o"
+        " ON o.payment_id = p.payment_id AND o.kind = 'settlement'"
+        " WHERE p.status IN (1, 4, 5) AND o.event_id IS NULL",
+    ),
+]
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _states(rows: BatchRows) -> list[SettledState]:
+    return [SettledState(a.account_id, a.balance_minor, a.status) for a in rows.touched.values()]
+
+
+def _record(row: tuple) -> PaymentRecord:  # type: ignore[type-arg]
+    (
+        seq, payment_id, key, fingerprint, account_id, msisdn, amount, currency, purpose,
+        method_kind, method_display, channel, device_id, ip, status, reason, detail,
+        confirmation_id, settled_at_us, balance_after, state_after, gateway, gateway_ref,
+        refunded, created_at_us,
+    ) = row  # fmt: skip
+    intent = PaymentIntent(
+        idempotency_key=key,
+        fingerprint=fingerprint,
+        account_id=account_id,
+        msisdn=msisdn,
+        amount_minor=amount,
+        currency=currency,
+        purpose=Purpose(purpose),
+        method=Method(MethodKind(method_kind), method_display),
+        channel=channel,
+        device_id=device_id,
+        ip=ip,
+    )
+    confirmation = None
+    if confirmation_id is not None:
+        confirmation = Confirmation(
+            confirmation_id,
+            seq,
+            settled_at_us,
+            gateway,
+            gateway_ref,
+            balance_after,
+            currency,
+            LineStatus(state_after),
+        )
+    outcome = Outcome(payment_id, key, PaymentStatus(status), reason, detail, confirmation)
+    return PaymentRecord(intent, outcome, created_at_us, refunded)

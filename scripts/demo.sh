@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `make demo`: seed subscribers into ./var (SQLite), start the server, send a few
+# thousand Pay calls over gRPC with a progress bar, print the summary, stop the server.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+quickpay=${QUICKPAY:-.venv/bin/quickpay}
+data_dir=${QUICKPAY_DATA_DIR:-./var}
+count=${DEMO_PAYMENTS:-3000}
+log="$data_dir/demo-server.log"
+
+mkdir -p "$data_dir"
+"$quickpay" seed --subscribers 20000 --seed 1 --data-dir "$data_dir"
+"$quickpay" subscribers import "$data_dir/subscribers.csv" --data-dir "$data_dir"
+
+"$quickpay" serve --data-dir "$data_dir" --listen 127.0.0.1:0 >"$log" 2>&1 &
+server=$!
+trap 'kill -TERM $server 2>/dev/null || true' EXIT
+port=""
+for _ in $(seq 1 100); do
+    port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$log")
+    [ -n "$port" ] && break
+    kill -0 $server 2>/dev/null || { cat "$log" >&2; echo "demo: server exited" >&2; exit 1; }
+    sleep 0.1
+done
+[ -n "$port" ] || { cat "$log" >&2; echo "demo: server did not start" >&2; exit 1; }
+echo "server up on 127.0.0.1:$port (log: $log)"
+
+status=0
+"$quickpay" bench --data-dir "$data_dir" --target "127.0.0.1:$port" --count "$count" || status=$?
+
+kill -TERM $server
+wait $server || { echo "demo: server did not stop cleanly" >&2; exit 1; }
+trap - EXIT
+echo "server drained and stopped"
+exit $status

@@ -1,0 +1,116 @@
+"""Shared fixtures: a real server on port 0 over a real SQLite file, and its clients."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
+from quickpay_engine.config import settings_from
+from quickpay_engine.domain import LineStatus, Plan, SubscriberRow
+from quickpay_engine.server import RunningServer, create_server
+from quickpay_engine.store import SqliteStore
+
+CREATED = 1_700_000_000
+
+
+# A handful of subscribers every test can rely on, one per situation.
+def _row(account, msisdn, plan, status, currency, balance, country) -> SubscriberRow:
+    return SubscriberRow(account, msisdn, plan, status, currency, balance, country, None, CREATED)
+
+
+P, Q = Plan.PREPAID, Plan.POSTPAID
+SUBSCRIBERS = [
+    # A postpaid line barred for non-payment: owes 80.00 EUR.
+    _row("acc-post-barred", "+306900000001", Q, LineStatus.BARRED, "EUR", 8_000, "GR"),
+    # A postpaid line in good standing, owing 25.00 EUR.
+    _row("acc-post", "+306900000002", Q, LineStatus.ACTIVE, "EUR", 2_500, "GR"),
+    # A prepaid line barred at zero credit.
+    _row("acc-pre-barred", "+254700000003", P, LineStatus.BARRED, "KES", 0, "KE"),
+    # A prepaid line with 150.00 KES of credit.
+    _row("acc-pre", "+254700000004", P, LineStatus.ACTIVE, "KES", 15_000, "KE"),
+    # A closed account: takes no payments.
+    _row("acc-closed", "+306900000005", P, LineStatus.CLOSED, "EUR", 0, "GR"),
+]
+
+
+def settings_for(data_dir: Path, listen: str = "127.0.0.1:0"):
+    """Settings as the CLI would build them for this data dir."""
+    args = argparse.Namespace(
+        listen=listen, data_dir=str(data_dir), database_url=None, gateways=None
+    )
+    return settings_from(args)
+
+
+def seed_store(data_dir: Path, rows: list[SubscriberRow] = SUBSCRIBERS) -> None:
+    store = SqliteStore(settings_for(data_dir).sqlite_path)
+    try:
+        store.import_subscribers(rows)
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    seed_store(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+async def server(data_dir: Path) -> AsyncIterator[RunningServer]:
+    running = await create_server(settings_for(data_dir))
+    try:
+        yield running
+    finally:
+        await running.stop(grace_s=1)
+
+
+@pytest.fixture
+async def channel(server: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> pb_grpc.SettlementStub:
+    return pb_grpc.SettlementStub(channel)
+
+
+def card(pan: str = "4242424242424242") -> pb.PaymentMethod:
+    return pb.PaymentMethod(card=pb.Card(pan=pan, expiry_month=12, expiry_year=2031))
+
+
+def bill(key: str, **overrides: object) -> pb.PayRequest:
+    """A good bill payment of 30.00 EUR for the barred postpaid line."""
+    fields: dict[str, object] = {
+        "idempotency_key": key,
+        "account_id": "acc-post-barred",
+        "msisdn": "+306900000001",
+        "amount": pb.Money(amount_minor=3_000, currency="EUR"),
+        "purpose": pb.BILL_PAYMENT,
+        "method": card(),
+        "channel": "app",
+        "device_id": "dev-1",
+        "ip": "192.0.2.10",
+    }
+    fields.update(overrides)
+    return pb.PayRequest(**fields)
+
+
+def topup(key: str, **overrides: object) -> pb.PayRequest:
+    """A good top-up of 50.00 KES for the barred prepaid line."""
+    fields: dict[str, object] = {
+        "idempotency_key": key,
+        "account_id": "acc-pre-barred",
+        "msisdn": "+254700000003",
+        "amount": pb.Money(amount_minor=5_000, currency="KES"),
+        "purpose": pb.PREPAID_TOPUP,
+        "method": pb.PaymentMethod(wallet=pb.Wallet(provider="mpesa", wallet_id="254700000003")),
+    }
+    fields.update(overrides)
+    return pb.PayRequest(**fields)
