@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from quickpay_engine import fraud
 from quickpay_engine._engine import Engine
 from quickpay_engine.fraud.simulate import COLUMNS, SIM_BIN_TABLE, STRING_COLUMNS, simulate

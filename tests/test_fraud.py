@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from quickpay_engine import fraud
 from quickpay_engine._engine import BATCH_MAX, FRAUD_FEATURE_COUNT, FRAUD_REASONS_MAX, NO_TIME
 from quickpay_engine.errors import BatchTooLarge, EngineError, FraudConfigError, InvalidBatch
