@@ -1,5 +1,7 @@
 """Type stubs of the compiled core (engine/src/python.rs)."""
 
+from typing import final
+
 import numpy as np
 import numpy.typing as npt
 
@@ -71,6 +73,7 @@ FRAUD_KEYS_MAX_DEFAULT: int
 class FraudConfigError(EngineError):
     """A fraud model, rules or BIN file cannot be used; the message names the place."""
 
+@final
 class FraudScorer:
     """The fraud scorer: one per engine, the single owner of the fraud state.
 
@@ -88,8 +91,8 @@ class FraudScorer:
     score is below the decline threshold, in which case it proceeds.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         model_json: str,
         rules: str = "",
         bin_table: str = "",
@@ -97,7 +100,7 @@ class FraudScorer:
         review_threshold: int | None = None,
         decline_threshold: int | None = None,
         keys_max: int = ...,
-    ) -> None:
+    ) -> FraudScorer:
         """Builds a scorer from model JSON, rules and BIN table texts.
 
         Thresholds default to the model file's; keys_max bounds every per-key map
