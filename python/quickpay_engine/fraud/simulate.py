@@ -52,6 +52,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -135,6 +136,11 @@ DTYPES = {
     "labels": np.uint8,
     "attacks": np.uint8,
 }
+
+
+def _percent(factor: float) -> int:
+    """A random factor as whole percent: amounts are scaled in integers, never floats."""
+    return round(100 * factor)
 
 
 @dataclass
@@ -314,11 +320,13 @@ class _Sim:
                     sub.amount_minor if rng.random() < 0.7 else int(rng.choice([500, 1000, 2000]))
                 )
             else:
-                amount = int(sub.amount_minor * rng.lognormal(0, 0.25))
+                amount = sub.amount_minor * _percent(rng.lognormal(0, 0.25)) // 100
             msisdn = sub.family_msisdn if sub.family_msisdn and rng.random() < 0.1 else None
             card = sub.cards[int(rng.integers(len(sub.cards)))]
             failed = rng.random() < 0.03
-            kw = dict(method=sub.method, card=card, device=device, channel=channel, msisdn=msisdn)
+            kw: dict[str, Any] = dict(
+                method=sub.method, card=card, device=device, channel=channel, msisdn=msisdn
+            )
             self._emit(
                 sub, at_s, amount, ip=self._ip(prefix), outcome=FAILED if failed else SETTLED, **kw
             )
@@ -347,7 +355,7 @@ class _Sim:
         method = CARD if card is not victim.cards[0] else victim.method
         at_s = swap_s + int(rng.uniform(0.5, 10) * HOUR_S)
         for _ in range(int(rng.integers(1, 5))):
-            amount = victim.amount_minor * rng.uniform(3, 10)
+            amount = victim.amount_minor * int(rng.integers(300, 1_001)) // 100
             self._emit(
                 victim,
                 at_s,
@@ -419,7 +427,7 @@ class _Sim:
         method = victim.method if own else CARD
         channel = "web" if rng.random() < 0.7 else "app"
         for _ in range(int(rng.integers(1, 4))):
-            amount = victim.amount_minor * rng.uniform(2, 8)
+            amount = victim.amount_minor * int(rng.integers(200, 801)) // 100
             self._emit(
                 victim,
                 at_s,
