@@ -230,7 +230,8 @@ pub fn compute(ctx: &Context<'_>, row: &mut [f64; FEATURE_COUNT]) {
     use Feature::*;
     let input = ctx.input;
     let at_s = ctx.at_s;
-    let day_ago_s = at_s - DAY_S;
+    // Saturating: times come from callers, and a corrupt one must not panic the engine.
+    let day_ago_s = at_s.saturating_sub(DAY_S);
     let link = |state: Option<&LinkState>| {
         state.map(|s| {
             (
@@ -304,13 +305,13 @@ pub fn compute(ctx: &Context<'_>, row: &mut [f64; FEATURE_COUNT]) {
     set(IpCount1h, count(ip.0.hour.count));
     set(IpAccounts24h, count(ip.1));
 
-    let swap_age_s = input.sim_swapped_at_s.map(|t| at_s - t);
+    let swap_age_s = input.sim_swapped_at_s.map(|t| at_s.saturating_sub(t));
     let swap_24h = matches!(swap_age_s, Some(age) if (0..DAY_S).contains(&age));
     let swap_7d = matches!(swap_age_s, Some(age) if (0..7 * DAY_S).contains(&age));
     set(SimSwap24h, flag(swap_24h));
     set(SimSwap7d, flag(swap_7d));
     set(SimSwap24hNewDevice, flag(swap_24h && new_device));
-    let age_s = (at_s - input.created_at_s).max(0);
+    let age_s = at_s.saturating_sub(input.created_at_s).max(0);
     set(AccountAgeLogDays, (age_s as f64 / DAY_S as f64).ln_1p());
     set(NewAccount7d, flag(age_s < 7 * DAY_S));
     set(PlanPrepaid, flag(input.plan == Plan::Prepaid));

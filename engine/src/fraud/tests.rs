@@ -536,3 +536,30 @@ fn reason_codes_have_stable_numbers_and_names() {
         assert_eq!(Feature::ALL[f as usize], f);
     }
 }
+
+#[test]
+fn extreme_times_and_amounts_score_without_panicking() {
+    let model = model_json(
+        -1.0,
+        &[("sim_swap_24h", 1.0), ("account_age_log_days", 0.1)],
+        500,
+        900,
+    );
+    let rules = "REVIEW if sim_swap_age_s < 10 and account_age_s > 5\n";
+    let mut scorer = scorer_with(&model, rules, "", Bounds::default());
+    for at_s in [i64::MIN, i64::MIN + 1, -1, 0, i64::MAX] {
+        for (swap, created) in [(Some(i64::MIN + 1), i64::MAX), (Some(i64::MAX), i64::MIN)] {
+            for amount_minor in [i64::MIN, -1, 0, i64::MAX] {
+                let input = FraudInput {
+                    sim_swapped_at_s: swap,
+                    created_at_s: created,
+                    amount_minor,
+                    ..payment("acct", "dev", 1)
+                };
+                let mut out = [Assessment::default()];
+                scorer.replay_batch(&[input], &[at_s], &[Outcome::Settled], &mut out, None);
+                assert!(out[0].score <= SCORE_MAX);
+            }
+        }
+    }
+}
