@@ -11,11 +11,11 @@
 //!
 //! | map          | state bytes | with overhead |
 //! |--------------|-------------|---------------|
-//! | accounts     | 800         | ~830          |
-//! | msisdns, cards, devices, IP prefixes | 392 | ~420 |
+//! | accounts     | 608         | ~640          |
+//! | msisdns, cards, devices, IP prefixes | 328 | ~360 |
 //!
-//! With the default bound of 1,048,576 keys per map the worst case is about 2.5 GiB
-//! (about 2.5 KB per active account when each has its own line, card, device and
+//! With the default bound of 1,048,576 keys per map the worst case is about 2.0 GiB
+//! (about 2.1 KB per active account when each has its own line, card, device and
 //! network); a smaller partition sets smaller bounds in `Bounds`.
 
 use std::collections::HashMap;

@@ -120,8 +120,8 @@ fn distinct_set_saturates_and_ages() {
 
 #[test]
 fn state_sizes_match_the_documented_memory_per_key() {
-    assert_eq!(std::mem::size_of::<AccountState>(), 800);
-    assert_eq!(std::mem::size_of::<LinkState>(), 392);
+    assert_eq!(std::mem::size_of::<AccountState>(), 608);
+    assert_eq!(std::mem::size_of::<LinkState>(), 328);
 }
 
 #[test]

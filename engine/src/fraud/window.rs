@@ -78,34 +78,46 @@ impl<const N: usize, const WIDTH_S: i64> Window<N, WIDTH_S> {
 }
 
 /// Up to `K` distinct ids with the time each was last seen; at the bound the id seen
-/// longest ago is replaced, so a count saturates at `K`. Memory: `16 * K` bytes.
-/// Id 0 marks an empty slot; `state::key_of` never returns 0.
+/// longest ago is replaced, so a count saturates at `K`. Memory: `8 * K` bytes (one
+/// cache line for `K = 8`: the sets are read on every payment).
+///
+/// Ids are folded to 32 bits: two of a key's eight ids colliding (a count one short, or a
+/// new device taken for a known one) has odds of about one in 600 million. Times are
+/// Unix seconds clamped to 0..=u32::MAX (until 2106). Id 0 marks an empty slot.
 #[derive(Clone, Copy, Debug)]
 pub struct DistinctSet<const K: usize> {
-    ids: [u64; K],
-    seen_s: [i64; K],
+    ids: [u32; K],
+    seen_s: [u32; K],
 }
 
 impl<const K: usize> Default for DistinctSet<K> {
     fn default() -> Self {
         DistinctSet {
             ids: [0; K],
-            seen_s: [i64::MIN; K],
+            seen_s: [0; K],
         }
     }
+}
+
+fn fold_id(id: u64) -> u32 {
+    ((id ^ (id >> 32)) as u32).max(1)
+}
+
+fn clamp_s(at_s: i64) -> u32 {
+    at_s.clamp(0, i64::from(u32::MAX)) as u32
 }
 
 impl<const K: usize> DistinctSet<K> {
     /// Records `id` as seen at `at_s`.
     pub fn insert(&mut self, id: u64, at_s: i64) {
-        debug_assert_ne!(id, 0, "0 marks an empty slot");
+        let (id, at_s) = (fold_id(id), clamp_s(at_s));
         let mut slot = 0;
         for i in 0..K {
             if self.ids[i] == id {
                 self.seen_s[i] = self.seen_s[i].max(at_s);
                 return;
             }
-            if self.seen_s[i] < self.seen_s[slot] {
+            if self.seen_s[i] < self.seen_s[slot] || (self.ids[i] == 0 && self.ids[slot] != 0) {
                 slot = i;
             }
         }
@@ -115,11 +127,12 @@ impl<const K: usize> DistinctSet<K> {
 
     /// Whether `id` is held (it may have been displaced by `K` newer ids).
     pub fn contains(&self, id: u64) -> bool {
-        self.ids.contains(&id)
+        self.ids.contains(&fold_id(id))
     }
 
     /// Distinct ids seen at or after `since_s`, at most `K`.
     pub fn count_since(&self, since_s: i64) -> u32 {
+        let since_s = clamp_s(since_s);
         (0..K)
             .filter(|&i| self.ids[i] != 0 && self.seen_s[i] >= since_s)
             .count() as u32
