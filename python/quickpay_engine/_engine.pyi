@@ -104,7 +104,7 @@ class FraudScorer:
         """Builds a scorer from model JSON, rules and BIN table texts.
 
         Thresholds default to the model file's; keys_max bounds every per-key map
-        (the least recently seen key is evicted at the bound).
+        (at the bound a key not seen recently is evicted, by CLOCK).
         Raises FraudConfigError for a bad file.
         """
     @property
