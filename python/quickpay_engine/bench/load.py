@@ -20,6 +20,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 
@@ -283,6 +284,14 @@ class StreamSender:
             await stream.reader
 
 
+class Sender(Protocol):
+    """Sends one request and waits for its answer; ``close`` finishes what is open."""
+
+    async def call(self, request: pb.PayRequest) -> Answer: ...
+
+    async def close(self) -> None: ...
+
+
 class Worker:
     """Runs one LoadPlan; ``emit`` gets one Interval per tick, from the event loop."""
 
@@ -312,30 +321,32 @@ class Worker:
                 await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
             if ready is not None:
                 await asyncio.get_running_loop().run_in_executor(None, ready)
-            sender: UnarySender | StreamSender = (
+            sender: Sender = (
                 StreamSender(channels, self.plan.timeout_s)
                 if self.plan.rpc == "stream"
                 else UnarySender(channels, self.plan.timeout_s)
             )
-            self._t_start = time.perf_counter()
-            self._t_measure = self._t_start + self.plan.warmup_s
-            self._last_done = self._t_measure
-            ticker = asyncio.create_task(self._ticker())
-            try:
-                if self.plan.open_loop:
-                    await self._open_loop(sender)
-                else:
-                    await asyncio.gather(
-                        *(self._caller(sender) for _ in range(self.plan.concurrency))
-                    )
-                await sender.close()
-            finally:
-                ticker.cancel()
-            if self._tick_completed:  # the last, partial tick, unless it is empty
-                self._flush_tick()
+            return await self.drive(sender)
         finally:
             for channel in channels:
                 await channel.close()
+
+    async def drive(self, sender: Sender) -> Tally:
+        """Runs the load through ``sender`` (anything with ``call`` and ``close``)."""
+        self._t_start = time.perf_counter()
+        self._t_measure = self._t_start + self.plan.warmup_s
+        self._last_done = self._t_measure
+        ticker = asyncio.create_task(self._ticker())
+        try:
+            if self.plan.open_loop:
+                await self._open_loop(sender)
+            else:
+                await asyncio.gather(*(self._caller(sender) for _ in range(self.plan.concurrency)))
+            await sender.close()
+        finally:
+            ticker.cancel()
+        if self._tick_completed:  # the last, partial tick, unless it is empty
+            self._flush_tick()
         self.tally.elapsed_s = max(self._last_done - self._t_measure, 1e-9)
         return self.tally
 
@@ -352,14 +363,14 @@ class Worker:
         kind, request = next(self._source)
         return kind, request, measured
 
-    async def _caller(self, sender: UnarySender | StreamSender) -> None:
+    async def _caller(self, sender: Sender) -> None:
         while (item := self._next(time.perf_counter())) is not None:
             kind, request, measured = item
             started = time.perf_counter()
             answer = await sender.call(request)
             self._record(kind, answer, measured, started, started)
 
-    async def _open_loop(self, sender: UnarySender | StreamSender) -> None:
+    async def _open_loop(self, sender: Sender) -> None:
         plan = self.plan
         assert plan.rate_per_s is not None
         gap_s = 1 / plan.rate_per_s
