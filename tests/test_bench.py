@@ -230,8 +230,10 @@ async def test_open_loop_latency_counts_the_time_a_request_waited_to_be_sent() -
     assert tally.sent == 120
     # Requests due during the stall were sent late; from their intended time they
     # waited up to the stall, while the calls themselves took no time at all.
+    # About 60 of the 120 were due during the 0.3 s stall, waiting 0 to 300 ms each.
     assert tally.latency.max_ms() >= 250
-    assert tally.service.percentile_ms(99) < tally.latency.max_ms() / 2
+    assert tally.latency.percentile_ms(75) >= 75
+    assert tally.service.percentile_ms(75) < tally.latency.percentile_ms(75) / 3
 
 
 async def test_echo_baseline_answers_like_a_settled_payment(
