@@ -269,3 +269,29 @@ def test_micro_benchmarks_run_at_tiny_sizes() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert " passed" in done.stdout
+
+
+def test_make_bench_driver_writes_its_section_and_keeps_the_others(tmp_path: Path) -> None:
+    # The `make bench` driver at tiny sizes: every part runs, the section is replaced in
+    # place, and another area's section is left as it was.
+    results = tmp_path / "RESULTS.md"
+    results.write_text(
+        "# Benchmark results\n\n## Ledger\n\nledger figures stay\n\n"
+        "<!-- section: load benchmarking (quickpay bench, make bench) -->\nstale figures\n"
+        "<!-- end section: load benchmarking -->\n\n## Fraud\n\nfraud figures stay\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "benches/compare.py", "--quick", "--out", str(results),
+         "--work", str(tmp_path / "work")],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = results.read_text()
+    assert "stale figures" not in text
+    assert text.count("<!-- section: load benchmarking") == 1
+    assert "ledger figures stay" in text and "fraud figures stay" in text
+    assert text.index("## Ledger") < text.index("## Load benchmarking") < text.index("## Fraud")
+    for scenario in ("unary closed 64", "stream closed 256", "unary open 300/s"):
+        assert f"| {scenario} | payments/s |" in text
+    assert "| benches/bench_store.py | test_store_commit_batch[batch] |" in text
+    assert "kernel " in text and "quickpay bench --data-dir" in text
