@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -295,3 +296,39 @@ def test_make_bench_driver_writes_its_section_and_keeps_the_others(tmp_path: Pat
         assert f"| {scenario} | payments/s |" in text
     assert "| benches/bench_store.py | test_store_commit_batch[batch] |" in text
     assert "kernel " in text and "quickpay bench --data-dir" in text
+
+
+@pytest.fixture
+def tls_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and its key (made with openssl)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return key, cert
+
+
+async def test_tls_target_is_reached_with_its_ca_and_refused_without(
+    data_dir: Path, csv_file: Path, tls_pair: tuple[Path, Path]
+) -> None:
+    key, cert = tls_pair
+    echo, port = await create_echo_server("127.0.0.1:0", (key.read_bytes(), cert.read_bytes()))
+    target = f"127.0.0.1:{port}"
+    tls = ["--tls-ca", str(cert), "--tls-server-name", "localhost"]
+    try:
+        code, report = await bench(data_dir, target, "--count", "20", "--concurrency", "2", *tls)
+        assert code == 0
+        assert_counts_add_up(report, 20)
+        assert report["plan"]["tls"] is True
+        # Near misses: plaintext to a TLS server, or TLS without trusting its CA.
+        for flags in (["--connect-timeout", "1"], ["--tls", "--connect-timeout", "1"]):
+            code, report = await bench(data_dir, target, "--count", "5", *flags)
+            assert code == 1
+            assert report == {}
+    finally:
+        await echo.stop(0)

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import uvloop
@@ -56,19 +57,28 @@ class EchoSettlement(pb_grpc.SettlementServicer):
             yield canned_reply(request)
 
 
-async def create_echo_server(listen: str) -> tuple[grpc.aio.Server, int]:
-    """Starts the baseline server on ``listen`` (port 0 picks one); returns it and the port."""
+async def create_echo_server(
+    listen: str, tls: tuple[bytes, bytes] | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """Starts the baseline server on ``listen`` (port 0 picks one); returns it and the port.
+
+    ``tls`` is (PEM private key, PEM certificate chain): serve TLS only, as a TLS target
+    for `quickpay bench --tls` when the engine itself is not serving TLS.
+    """
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_SettlementServicer_to_server(EchoSettlement(), server)
-    port = server.add_insecure_port(listen)
+    if tls is None:
+        port = server.add_insecure_port(listen)
+    else:
+        port = server.add_secure_port(listen, grpc.ssl_server_credentials([tls]))
     if port == 0:
         raise OSError(f"could not listen on {listen}")
     await server.start()
     return server, port
 
 
-async def _serve(listen: str) -> None:
-    server, port = await create_echo_server(listen)
+async def _serve(listen: str, tls: tuple[bytes, bytes] | None) -> None:
+    server, port = await create_echo_server(listen, tls)
     print(f"listening on {listen.rpartition(':')[0]}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -82,7 +92,13 @@ def main() -> None:
     """Serves the baseline until SIGTERM."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (127.0.0.1:0)")
-    uvloop.run(_serve(parser.parse_args().listen))
+    parser.add_argument("--tls-key", type=Path, help="PEM private key: serve TLS")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain for --tls-key")
+    args = parser.parse_args()
+    if (args.tls_key is None) != (args.tls_cert is None):
+        parser.error("--tls-key and --tls-cert go together")
+    tls = (args.tls_key.read_bytes(), args.tls_cert.read_bytes()) if args.tls_key else None
+    uvloop.run(_serve(args.listen, tls))
 
 
 if __name__ == "__main__":

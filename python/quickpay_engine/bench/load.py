@@ -45,6 +45,10 @@ CONNECT_TIMEOUT_S = 10.0
 _GRPC_CODES = frozenset(code.name for code in grpc.StatusCode)
 
 
+class ConnectFailed(RuntimeError):
+    """The target did not accept a connection (or a TLS handshake) in time."""
+
+
 @dataclass(frozen=True)
 class LoadPlan:
     """What one worker does. ``rate_per_s`` set means open loop, else closed loop.
@@ -65,6 +69,7 @@ class LoadPlan:
     channels: int = 4
     interval_s: float = 1.0
     timeout_s: float = CALL_TIMEOUT_S
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
     tls: bool = False
     tls_ca: Path | None = None
     tls_server_name: str | None = None
@@ -77,7 +82,13 @@ class LoadPlan:
             raise ValueError(f"rpc must be unary or stream, not {self.rpc!r}")
         if self.arrival not in ("constant", "poisson"):
             raise ValueError(f"arrival must be constant or poisson, not {self.arrival!r}")
-        positive = [self.concurrency, self.channels, self.interval_s, self.timeout_s]
+        positive = [
+            self.concurrency,
+            self.channels,
+            self.interval_s,
+            self.timeout_s,
+            self.connect_timeout_s,
+        ]
         if self.count is not None:
             positive.append(self.count)
         if self.duration_s is not None:
@@ -317,8 +328,14 @@ class Worker:
         """Connects, calls ``ready`` (a start barrier), runs the load, returns the tally."""
         channels = open_channels(self.plan)
         try:
-            for channel in channels:
-                await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
+            try:
+                for channel in channels:
+                    await asyncio.wait_for(channel.channel_ready(), self.plan.connect_timeout_s)
+            except TimeoutError:
+                raise ConnectFailed(
+                    f"could not connect to {self.plan.target} within"
+                    f" {self.plan.connect_timeout_s:g} s (is it up? TLS on both sides or neither?)"
+                ) from None
             if ready is not None:
                 await asyncio.get_running_loop().run_in_executor(None, ready)
             sender: Sender = (

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from quickpay_engine.bench.load import CALL_TIMEOUT_S, LoadPlan
+from quickpay_engine.bench.load import CALL_TIMEOUT_S, CONNECT_TIMEOUT_S, ConnectFailed, LoadPlan
 from quickpay_engine.bench.report import plot, table, to_json, write_json
 from quickpay_engine.bench.runner import WorkerFailed, run_load
 from quickpay_engine.bench.scenario import Mix, RequestSource, parse_methods
@@ -48,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     load.add_argument("--channels", type=int, default=4, help="connections per process (4)")
     load.add_argument("--processes", type=int, default=1, help="client processes (1)")
     load.add_argument("--timeout", type=float, default=CALL_TIMEOUT_S, help="seconds per call (30)")
+    load.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=CONNECT_TIMEOUT_S,
+        help="seconds to connect before giving up (10)",
+    )
     mix = parser.add_argument_group("scenario")
     mix.add_argument("--scenario", type=Path, help="TOML or JSON file with the mix (flags win)")
     mix.add_argument("--subscribers", type=Path, help="CSV (default DATA_DIR/subscribers.csv)")
@@ -104,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
             channels=args.channels,
             interval_s=args.interval,
             timeout_s=args.timeout,
+            connect_timeout_s=args.connect_timeout,
             tls=args.tls or args.tls_ca is not None,
             tls_ca=args.tls_ca,
             tls_server_name=args.tls_server_name,
@@ -122,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         tally, timeline = run_load(
             plan, subscribers, mix, run_id, args.processes, progress=not args.no_progress
         )
-    except (WorkerFailed, TimeoutError) as err:
+    except (WorkerFailed, ConnectFailed) as err:
         print(f"quickpay bench: the run failed: {err}", file=sys.stderr)
         return 1
     print(table(tally, plan))
