@@ -332,3 +332,10 @@ async def test_tls_target_is_reached_with_its_ca_and_refused_without(
             assert report == {}
     finally:
         await echo.stop(0)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benches" / "scenarios").glob("*.toml")))
+def test_shipped_scenarios_load(path: Path) -> None:
+    mix = Mix.from_file(path)
+    assert 0 <= mix.invalid + mix.declined + mix.fraud + mix.duplicate <= 1
+    assert RequestSource(SUBSCRIBERS, 1, mix, "s").take(20)

@@ -324,7 +324,7 @@ class Worker:
         self._t_start = 0.0
         self._t_measure = 0.0
 
-    async def run(self, ready: Callable[[], None] | None = None) -> Tally:
+    async def run(self, ready: Callable[[], object] | None = None) -> Tally:
         """Connects, calls ``ready`` (a start barrier), runs the load, returns the tally."""
         channels = open_channels(self.plan)
         try:
