@@ -292,7 +292,7 @@ def test_make_bench_driver_writes_its_section_and_keeps_the_others(tmp_path: Pat
     assert text.count("<!-- section: load benchmarking") == 1
     assert "ledger figures stay" in text and "fraud figures stay" in text
     assert text.index("## Ledger") < text.index("## Load benchmarking") < text.index("## Fraud")
-    for scenario in ("unary closed 64", "stream closed 256", "unary open 300/s"):
+    for scenario in ("unary closed 64", "unary closed 64, 2 procs", "stream closed 256"):
         assert f"| {scenario} | payments/s |" in text
     assert "| benches/bench_store.py | test_store_commit_batch[batch] |" in text
     assert "kernel " in text and "quickpay bench --data-dir" in text
