@@ -347,8 +347,10 @@ def render(
         "",
         f"- machine: {info['cpu']}, {info['cores']}, kernel {info['kernel']}",
         f"- Python {info['python']}, SQLite {info['sqlite']}, {info['versions']}",
-        f"- load average before the run: {info['load before']} (other engineers' builds"
-        " share this machine; the client, the server and the baselines share its cores)",
+        f"- load average (1, 5, 15 min) before the run: {info['load before']}, after:"
+        f" {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other engineers' builds share"
+        " this machine; the client, the server and the baselines share its 2 cores, so"
+        " read the ratios, not the absolute figures, and mind the ranges)",
         "",
         "### End to end: the engine against the bare grpc.aio echo server",
         "",
