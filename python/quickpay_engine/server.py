@@ -70,6 +70,7 @@ class RunningServer:
         """Drains: NOT_SERVING, no new calls, in-flight calls finish within the grace."""
         for name in ("", SETTLEMENT_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.service.end_watches()  # event streams end now; they would only wait out the grace
         await self.server.stop(grace_s)
         await self.service.close()
         self.store.close()
