@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _support import intents, size, subscribers
+
 from quickpay_engine._engine import Engine
 from quickpay_engine.settlement.pipeline import load_engine, validate
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from _support import FINGERPRINT_KEY, size, subscribers
+
 from quickpay_engine.api.convert import intent_of
 from quickpay_engine.bench.scenario import Mix, RequestSource
 from quickpay_engine.settlement.pipeline import new_payment_id

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from conftest import SUBSCRIBERS
 from quickpay_engine import cli
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
