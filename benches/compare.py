@@ -352,6 +352,20 @@ def render(
         " this machine; the client, the server and the baselines share its 2 cores, so"
         " read the ratios, not the absolute figures, and mind the ranges)",
         "",
+        "How to run: `make bench` (this section, about 6 minutes), `make bench-smoke` (tiny"
+        " sizes, a check that it runs). A load by hand: `quickpay bench --target HOST:PORT"
+        " --rate 500 --arrival poisson --duration 60 --warmup 5 --json run.json --plot"
+        " run.png` (open loop; `--concurrency N` without `--rate` for a closed loop,"
+        " `--rpc stream` for PayStream, `--processes N`, `--tls --tls-ca FILE`,"
+        " `--scenario benches/scenarios/promotion.toml`).",
+        "",
+        "A `benches/bench_*.py` of any area is picked up by `make bench` and its figures"
+        " land in the micro table below. Conventions: name the baseline in"
+        ' `benchmark.extra_info["baseline"]` (another benchmark\'s name in the same run)'
+        ' and the rows per call in `benchmark.extra_info["rows_per_call"]`; shrink sizes'
+        " when `QUICKPAY_BENCH_SIZE=smoke`, which `make test` uses to run each benchmark"
+        " once (`tests/test_bench.py`).",
+        "",
         "### End to end: the engine against the bare grpc.aio echo server",
         "",
         "Same client (`quickpay bench`), same flags, same machine, runs alternating. The echo"
