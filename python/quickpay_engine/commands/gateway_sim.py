@@ -1,0 +1,78 @@
+"""`quickpay gateway-sim`: one simulated payment gateway, served on loopback.
+
+It prints "listening on HOST:PORT" once ready (so --listen 127.0.0.1:0 can pick a free
+port) and keeps its books in DATA_DIR/gateways/NAME/, so it survives its own restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import tomllib
+from pathlib import Path
+
+import uvloop
+
+from quickpay_engine.commands import add_command
+from quickpay_engine.errors import ConfigError
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = add_command(
+        subparsers, "gateway-sim", "serve a simulated payment gateway (HTTP/JSON) on loopback"
+    )
+    parser.add_argument("--name", default="sim", help="gateway name (default sim)")
+    parser.add_argument(
+        "--faults", type=Path, help="fault model file (TOML or JSON; see gateways/sim/faults.py)"
+    )
+    parser.add_argument("--faults-json", help="fault model as inline JSON (overrides --faults)")
+    parser.add_argument("--seed", type=int, help="fault model seed (overrides the file's)")
+    # The engine's QUICKPAY_LISTEN is not the simulator's address: a fixed default here.
+    parser.set_defaults(run=run, listen="127.0.0.1:0")
+
+
+def sim_data_dir(data_dir: Path, name: str) -> Path:
+    """Where the simulator called ``name`` keeps its books under a data dir."""
+    return data_dir / "gateways" / name
+
+
+def run(args: argparse.Namespace) -> int:
+    from quickpay_engine.gateways.sim.app import Simulator, serve
+    from quickpay_engine.gateways.sim.faults import FaultModel
+
+    host, _, port = args.listen.rpartition(":")
+    host = host.strip("[]")
+    if host not in LOOPBACK or not port.isdigit():
+        raise ConfigError(f"--listen {args.listen!r}: the simulator serves loopback only")
+    table: dict = {}
+    try:
+        if args.faults:
+            text = args.faults.read_text()
+            table = json.loads(text) if args.faults.suffix == ".json" else tomllib.loads(text)
+        if args.faults_json:
+            table = json.loads(args.faults_json)
+        if args.seed is not None:
+            table["seed"] = args.seed
+        model = FaultModel.from_dict(table)
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"fault model: {err}") from None
+    simulator = Simulator(args.name, sim_data_dir(Path(args.data_dir), args.name), model)
+
+    def ready(bound: int) -> None:
+        print(f"listening on {host}:{bound}", flush=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(simulator, host, int(port), ready, stop)
+
+    uvloop.run(main())
+    print(f"gateway-sim {args.name}: stopped", file=sys.stderr)
+    return 0
