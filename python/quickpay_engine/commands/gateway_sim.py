@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import tomllib
@@ -32,18 +33,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--faults-json", help="fault model as inline JSON (overrides --faults)")
     parser.add_argument("--seed", type=int, help="fault model seed (overrides the file's)")
+    parser.add_argument(
+        "--exit-on-stdin-eof",
+        action="store_true",
+        help="stop when stdin closes (the supervisor's children never outlive it)",
+    )
     # The engine's QUICKPAY_LISTEN is not the simulator's address: a fixed default here.
     parser.set_defaults(run=run, listen="127.0.0.1:0")
-
-
-def sim_data_dir(data_dir: Path, name: str) -> Path:
-    """Where the simulator called ``name`` keeps its books under a data dir."""
-    return data_dir / "gateways" / name
 
 
 def run(args: argparse.Namespace) -> int:
     from quickpay_engine.gateways.sim.app import Simulator, serve
     from quickpay_engine.gateways.sim.faults import FaultModel
+    from quickpay_engine.gateways.supervisor import sim_data_dir
 
     host, _, port = args.listen.rpartition(":")
     host = host.strip("[]")
@@ -71,8 +73,16 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if args.exit_on_stdin_eof:
+            loop.add_reader(sys.stdin.fileno(), _stop_on_eof, sys.stdin.fileno(), stop)
         await serve(simulator, host, int(port), ready, stop)
 
     uvloop.run(main())
     print(f"gateway-sim {args.name}: stopped", file=sys.stderr)
     return 0
+
+
+def _stop_on_eof(fd: int, stop: asyncio.Event) -> None:
+    if not os.read(fd, 4096):
+        asyncio.get_running_loop().remove_reader(fd)
+        stop.set()

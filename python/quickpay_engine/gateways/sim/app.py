@@ -218,10 +218,12 @@ async def refund(request: web.Request) -> web.StreamResponse:
     amount = _field(body, "amount_minor", int)
     currency = _field(body, "currency", str)
     draw = sim.roller.draw("refund", refund_ref, transport=True)
-    return await _with_faults(
-        request, draw,
-        lambda: (sim.ledger.refund(ref, refund_ref, amount, currency, sim.clock_us()), False),
-    )  # fmt: skip
+
+    def book() -> tuple[dict[str, Any], bool]:
+        reply = sim.ledger.refund(ref, refund_ref, amount, currency, sim.clock_us())
+        return reply, reply["replayed"]
+
+    return await _with_faults(request, draw, book)
 
 
 async def lookup(request: web.Request) -> web.Response:
