@@ -134,8 +134,9 @@ async def test_many_concurrent_sales_each_captured_once(router: GatewayRouter) -
 
 
 async def test_lost_response_is_looked_up_not_retried(
-    router: GatewayRouter, sims: dict[str, SimulatorProcess]
+    router: GatewayRouter, sims: dict[str, SimulatorProcess], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level("DEBUG")
     await set_faults(sims["acq-a"].url, lost_response_rate=1.0, hang_ms=5_000)
     result = await router.sale("pay_lost", 3_000, "EUR", VISA, router.deadline(3))
     assert (result.outcome, result.gateway, result.captured_minor) == (GO.CAPTURED, "acq-a", 3_000)
@@ -148,6 +149,9 @@ async def test_lost_response_is_looked_up_not_retried(
     again = await router.sale("pay_lost", 3_000, "EUR", VISA, router.deadline(3))
     assert (again.outcome, again.gateway_reference) == (GO.CAPTURED, result.gateway_reference)
     assert len(await report(router, "acq-a")) == 1
+    # The adapters logged the trouble, and no card number with it (invariant 7).
+    assert "pay_lost at acq-a" in caplog.text
+    assert VISA.pan not in caplog.text
 
 
 @pytest.mark.parametrize("retries", [0, 1])

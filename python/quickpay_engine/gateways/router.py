@@ -275,12 +275,13 @@ class GatewayRouter:
                 attempts.append(f"{name}:ambiguous")
                 log.warning("sale %s at %s: %s; looking it up", ref, name, err)
                 try:
-                    payment = await self._lookup(name, ref, deadline)
+                    found = await self._lookup(name, ref, deadline)
                 except (_Unresolved, GatewayRefused):
                     return _unknown(request, name, attempts)
-                if payment is None:
+                if found is None:
                     attempts.append(f"{name}:not_found")
                     continue
+                payment = found
             else:
                 breaker.record_success()
             return self._final(request, name, payment, attempts)

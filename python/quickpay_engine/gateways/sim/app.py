@@ -55,6 +55,7 @@ KEY_FILE = "fingerprint.key"
 # Request bodies above this size are refused (413); a sale is well under 1 KiB.
 BODY_BYTES_MAX = 16 * 1024
 REFERENCE_CHARS_MAX = 64
+SHUTDOWN_GRACE_S = 1.0
 SANDBOX_DECLINES = {
     "4000000000000002": "DO_NOT_HONOUR",
     "4000000000009995": "INSUFFICIENT_FUNDS",
@@ -361,13 +362,18 @@ async def serve(
     # Handlers run on after the client hangs up (no handler cancellation): a request
     # held by the timeout fault is still processed late, as at a real acquirer. The
     # access log is off: request lines carry only references, but it halves throughput.
-    runner = web.AppRunner(create_app(simulator), access_log=None, handler_cancellation=False)
+    # On SIGTERM, requests still held by a fault get this long before they are dropped,
+    # as they would be if the acquirer went down.
+    runner = web.AppRunner(
+        create_app(simulator),
+        access_log=None,
+        handler_cancellation=False,
+        shutdown_timeout=SHUTDOWN_GRACE_S,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
-    server = site._server
-    assert server is not None
-    bound = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    bound = int(runner.addresses[0][1])
     on_ready(bound)
     try:
         await stop.wait()
