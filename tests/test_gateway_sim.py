@@ -128,6 +128,19 @@ async def test_sale_is_captured_and_a_malformed_sale_is_refused(client: GatewayC
             assert await client.lookup(ref, T) is None
 
 
+async def test_any_printable_reference_round_trips(client: GatewayClient) -> None:
+    for ref in ["pay a/b?c#d%2F", "ü-ref", "x" * 64]:
+        paid = await client.sale(ref, 100, "EUR", card(), T)
+        assert paid["merchant_reference"] == ref
+        looked = await client.lookup(ref, T)
+        assert looked is not None and looked["gateway_reference"] == paid["gateway_reference"]
+        refunded = await client.refund(ref, ref[:60] + "-rf", 10, "EUR", T)
+        assert refunded["payment"]["refunded_minor"] == 10
+    with pytest.raises(GatewayRefused) as refused:  # the near miss: one character too long
+        await client.sale("x" * 65, 100, "EUR", card(), T)
+    assert refused.value.code == "INVALID_REQUEST"
+
+
 @pytest.mark.parametrize(
     ("pan", "month", "year", "reason"),
     [

@@ -65,6 +65,12 @@ class CircuitBreaker:
         self._opened_at = None
         self._probes = 0
 
+    def release(self) -> None:
+        """A call let through ended with neither verdict (it was cancelled): free its
+        half-open probe slot, so a cancelled probe cannot wedge the breaker."""
+        if self._probes:
+            self._probes -= 1
+
     def record_failure(self) -> None:
         """A transport failure: count it, and open on the threshold or a failed probe."""
         if self._opened_at is not None:

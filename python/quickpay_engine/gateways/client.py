@@ -17,6 +17,7 @@ aiohttp's sales per second (benches/gateway_clients.py; figures in benches/RESUL
 from __future__ import annotations
 
 import json
+import urllib.parse
 from typing import Any
 
 import aiohttp
@@ -87,12 +88,14 @@ class GatewayClient:
     ) -> dict[str, Any]:
         """Captures an authorization (all of it when ``amount_minor`` is None)."""
         body = {} if amount_minor is None else {"amount_minor": amount_minor}
-        return await self._call("POST", f"/v1/payments/{reference}/capture", body, timeout_s)
+        return await self._call(
+            "POST", f"/v1/payments/{_quote(reference)}/capture", body, timeout_s
+        )
 
     async def lookup(self, reference: str, timeout_s: float) -> dict[str, Any] | None:
         """The payment with this merchant reference, or None if the gateway never saw it."""
         try:
-            return await self._call("GET", f"/v1/payments/{reference}", None, timeout_s)
+            return await self._call("GET", f"/v1/payments/{_quote(reference)}", None, timeout_s)
         except GatewayRefused as err:
             if err.status == 404:
                 return None
@@ -100,7 +103,7 @@ class GatewayClient:
 
     async def void(self, reference: str, timeout_s: float) -> dict[str, Any]:
         """Cancels the payment; an unknown reference is tombstoned so it never lands."""
-        return await self._call("POST", f"/v1/payments/{reference}/void", {}, timeout_s)
+        return await self._call("POST", f"/v1/payments/{_quote(reference)}/void", {}, timeout_s)
 
     async def refund(
         self, reference: str, refund_reference: str, amount_minor: int, currency: str,
@@ -112,7 +115,9 @@ class GatewayClient:
             "amount_minor": amount_minor,
             "currency": currency,
         }
-        return await self._call("POST", f"/v1/payments/{reference}/refunds", body, timeout_s)
+        return await self._call(
+            "POST", f"/v1/payments/{_quote(reference)}/refunds", body, timeout_s
+        )
 
     async def settlement_report(
         self, business_day: str, timeout_s: float, inject: str = "", inject_seed: int = 0
@@ -169,6 +174,11 @@ class GatewayClient:
         if self._session is None:
             raise RuntimeError(f"gateway client {self.config.name!r} is not started")
         return self._session
+
+
+def _quote(reference: str) -> str:
+    """A reference as one URL path segment, whatever characters it holds."""
+    return urllib.parse.quote(reference, safe="")
 
 
 def _refusal(status: int, text: str) -> GatewayRefused:

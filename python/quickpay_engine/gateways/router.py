@@ -260,6 +260,9 @@ class GatewayRouter:
                     ref, request.amount_minor, request.currency,
                     request.instrument.wire(), timeout_s,
                 )  # fmt: skip
+            except asyncio.CancelledError:
+                breaker.release()
+                raise
             except GatewayUnreachable:
                 breaker.record_failure()
                 attempts.append(f"{name}:unreachable")
