@@ -40,6 +40,10 @@ class ShuttingDown(QuickpayError):
     """The server is draining and takes no new payments (UNAVAILABLE)."""
 
 
+class StoreError(QuickpayError):
+    """The database refused: wrong schema version, a constraint the input breaks."""
+
+
 class ImportRowError(QuickpayError):
     """A subscriber file row is malformed; nothing from the file was loaded."""
 
@@ -61,4 +65,5 @@ __all__ = [
     "Overloaded",
     "QuickpayError",
     "ShuttingDown",
+    "StoreError",
 ]

@@ -72,11 +72,13 @@ class Pipeline:
         store: SqliteStore,
         thread: StoreThread,
         payment_ids: Callable[[], str] = new_payment_id,
+        on_commit: Callable[[], None] = lambda: None,
     ) -> None:
         self._engine = engine
         self._store = store
         self._thread = thread
         self._payment_ids = payment_ids
+        self._on_commit = on_commit
 
     async def process(self, intents: Sequence[PaymentIntent]) -> list[Outcome | BaseException]:
         """Settles a batch; each result is an outcome or that payment's own error."""
@@ -104,6 +106,7 @@ class Pipeline:
                     positions.append(index)
         if decisions:
             outcomes, states = await self._thread.run(self._store.commit_batch, decisions)
+            self._on_commit()
             for index, outcome in zip(positions, outcomes, strict=True):
                 results[index] = outcome
             if states:
