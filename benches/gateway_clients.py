@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+
 from quickpay_engine.domain import MethodKind
 from quickpay_engine.gateways.config import GatewayConfig, GatewaysConfig
 from quickpay_engine.gateways.router import GatewayRouter

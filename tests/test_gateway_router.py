@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from quickpay_engine.domain import MethodKind
 from quickpay_engine.gateways.breaker import BreakerState, CircuitBreaker
 from quickpay_engine.gateways.config import BreakerSettings, GatewaysConfig

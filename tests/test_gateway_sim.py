@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+
 from quickpay_engine.domain import MethodKind
 from quickpay_engine.errors import ConfigError
 from quickpay_engine.gateways.client import (
