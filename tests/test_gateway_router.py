@@ -134,6 +134,34 @@ async def test_many_concurrent_sales_each_captured_once(router: GatewayRouter) -
         await router.sale_many([requests[0]] * (SALE_BATCH_MAX + 1), router.deadline(5))
 
 
+async def test_sales_queue_for_the_pool_and_spill_over_unsent(
+    sims: dict[str, SimulatorProcess],
+) -> None:
+    # Every sale takes 50 ms at acq-a; with two connections, 20 sales queue for 0.5 s,
+    # within the 1 s gateway timeout: all are captured there, none looked up.
+    await set_faults(sims["acq-a"].url, latency_ms_median=50, latency_ms_p99=50)
+    requests = [SaleRequest(f"pay_{n}", 100, "EUR", VISA) for n in range(20)]
+    config = config_for(sims, pool_max=2, timeout_ms=1_000, lookup_timeout_ms=100)
+    async with GatewayRouter(config) as router:
+        results = await router.sale_many(requests, router.deadline(10))
+    assert {(r.outcome, r.gateway, r.attempts) for r in results} == {
+        (GO.CAPTURED, "acq-a", ("acq-a:captured",))
+    }
+    # One connection and a 0.1 s timeout cannot serve 20 sales of 50 ms: those that
+    # queued past the timeout were never sent, so they spill over to acq-b with no
+    # lookup (a pool queue timeout is not an unknown outcome).
+    config = config_for(sims, pool_max=1, timeout_ms=100, lookup_timeout_ms=100)
+    async with GatewayRouter(config) as router:
+        spilled = await router.sale_many(
+            [SaleRequest(f"pay_s{n}", 100, "EUR", VISA) for n in range(20)], router.deadline(10)
+        )
+    assert {r.outcome for r in spilled} == {GO.CAPTURED}
+    assert {r.attempts for r in spilled if r.gateway == "acq-b"} == {
+        ("acq-a:busy", "acq-b:captured")
+    }
+    assert 0 < sum(r.gateway == "acq-a" for r in spilled) < 20
+
+
 async def test_lost_response_is_looked_up_not_retried(
     router: GatewayRouter, sims: dict[str, SimulatorProcess], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -24,6 +24,9 @@ import aiohttp
 
 from quickpay_engine.gateways.config import GatewayConfig
 
+# Connections beyond pool_max, so that lookups and voids resolving an unknown outcome
+# never queue behind a full pool of sales (the router runs at most pool_max sales).
+RESOLVE_CONNECTIONS = 8
 # Idle keep-alive connections are closed after this long (the simulator keeps them 75 s).
 KEEPALIVE_S = 30.0
 
@@ -57,7 +60,9 @@ class GatewayClient:
     async def start(self) -> None:
         """Opens the connection pool (needs a running event loop)."""
         connector = aiohttp.TCPConnector(
-            limit=self.config.pool_max, keepalive_timeout=KEEPALIVE_S, enable_cleanup_closed=True
+            limit=self.config.pool_max + RESOLVE_CONNECTIONS,
+            keepalive_timeout=KEEPALIVE_S,
+            enable_cleanup_closed=True,
         )
         self._session = aiohttp.ClientSession(
             base_url=self.config.url, connector=connector, json_serialize=json.dumps

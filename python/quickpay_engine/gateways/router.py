@@ -92,6 +92,10 @@ class GatewayRouter:
         self._gateways: dict[str, GatewayConfig] = {g.name: g for g in config.gateways}
         self._clients = {g.name: GatewayClient(g) for g in config.gateways}
         self._breakers = {g.name: CircuitBreaker(g.breaker, clock) for g in config.gateways}
+        # At most pool_max sales in flight per gateway; the rest queue here, in order.
+        # The queue's bound is sale_many's SALE_BATCH_MAX per caller, and each waiter
+        # leaves it by its own deadline.
+        self._slots = {g.name: asyncio.Semaphore(g.pool_max) for g in config.gateways}
 
     async def start(self) -> None:
         """Opens every gateway's connection pool."""
@@ -252,14 +256,29 @@ class GatewayRouter:
             if not breaker.allow():
                 attempts.append(f"{name}:breaker_open")
                 break
-            # Keep time back to resolve an unknown outcome: a lookup and a void.
-            reserve = min(2 * gw.lookup_timeout_ms / 1000, budget / 2)
-            timeout_s = min(gw.timeout_ms / 1000, budget - reserve)
+            # Queue for one of the gateway's sale slots first: time spent waiting here
+            # is not the gateway's slowness, and a sale that never got a slot was never
+            # sent, so the next gateway may take it without any lookup.
+            slots = self._slots[name]
             try:
-                payment = await client.sale(
-                    ref, request.amount_minor, request.currency,
-                    request.instrument.wire(), timeout_s,
-                )  # fmt: skip
+                async with asyncio.timeout(self._sale_timeout_s(gw, budget)):
+                    await slots.acquire()
+            except TimeoutError:
+                breaker.release()
+                attempts.append(f"{name}:busy")
+                break
+            try:
+                try:
+                    budget = deadline - self._clock()
+                    if budget < BUDGET_MIN_S:
+                        breaker.release()
+                        break
+                    payment = await client.sale(
+                        ref, request.amount_minor, request.currency,
+                        request.instrument.wire(), self._sale_timeout_s(gw, budget),
+                    )  # fmt: skip
+                finally:
+                    slots.release()
             except asyncio.CancelledError:
                 breaker.release()
                 raise
@@ -297,6 +316,13 @@ class GatewayRouter:
         except (_Unresolved, GatewayRefused):
             return _unknown(request, name, attempts)
         return self._final(request, name, payment, attempts)
+
+    @staticmethod
+    def _sale_timeout_s(gw: GatewayConfig, budget: float) -> float:
+        """A sale's share of the budget: time is kept back to resolve an unknown
+        outcome (a lookup and a void) should this sale time out."""
+        reserve = min(2 * gw.lookup_timeout_ms / 1000, budget / 2)
+        return min(gw.timeout_ms / 1000, budget - reserve)
 
     def _final(
         self, request: SaleRequest, name: str, payment: dict[str, Any], attempts: list[str]
