@@ -522,3 +522,30 @@ def read_tree(root: Path) -> tuple[list[Path], bytes]:
 
 def _now_us() -> int:
     return time.time_ns() // 1000
+
+
+async def test_report_exported_offline_matches_the_served_one(tmp_path: Path) -> None:
+    from quickpay_engine.cli import main
+
+    child = await start_simulator("acq-a", FaultModel(), tmp_path)
+    c = GatewayClient(gateway_config("acq-a", child.url))
+    await c.start()
+    day = business_day(_now_us())
+    try:
+        for n in range(5):
+            await c.sale(f"pay_{n}", 100 + n, "EUR", card(), T)
+        await c.refund("pay_2", "rf-2", 50, "EUR", T)
+        served, _ = await c.settlement_report(day, T, inject="duplicate:1", inject_seed=5)
+    finally:
+        await c.close()
+        await stop_simulator(child)
+    out = tmp_path / "acq-a.csv"
+    argv = ["gateway-sim", "--name", "acq-a", "--data-dir", str(tmp_path)]
+    assert main([*argv, "--export-report", day, "--inject", "duplicate:1",
+                 "--inject-seed", "5", "--out", str(out)]) == 0  # fmt: skip
+    assert out.read_text() == served
+    assert '"kind": "duplicate"' in out.with_suffix(".injected.json").read_text()
+    # Near misses: an unknown gateway's books, an unknown discrepancy kind.
+    assert main(["gateway-sim", "--name", "acq-z", "--data-dir", str(tmp_path),
+                 "--export-report", day]) == 2  # fmt: skip
+    assert main([*argv, "--export-report", day, "--inject", "typo:1"]) == 2

@@ -2,12 +2,17 @@
 
 It prints "listening on HOST:PORT" once ready (so --listen 127.0.0.1:0 can pick a free
 port) and keeps its books in DATA_DIR/gateways/NAME/, so it survives its own restart.
+
+With --export-report DAY it serves nothing: it writes that business day's settlement
+CSV from the books (with --inject KIND:N,... discrepancies, see gateways/sim/report.py)
+to --out or stdout, and what it injected as JSON lines to stderr (or OUT.injected.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -34,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--faults-json", help="fault model as inline JSON (overrides --faults)")
     parser.add_argument("--seed", type=int, help="fault model seed (overrides the file's)")
     parser.add_argument(
+        "--export-report", metavar="YYYY-MM-DD", help="write this day's settlement CSV and exit"
+    )
+    parser.add_argument("--inject", default="", help="discrepancies to inject: KIND:N,...")
+    parser.add_argument("--inject-seed", type=int, default=0, help="which rows they hit")
+    parser.add_argument("--out", type=Path, help="report file (default stdout)")
+    parser.add_argument(
         "--exit-on-stdin-eof",
         action="store_true",
         help="stop when stdin closes (the supervisor's children never outlive it)",
@@ -47,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from quickpay_engine.gateways.sim.faults import FaultModel
     from quickpay_engine.gateways.supervisor import sim_data_dir
 
+    if args.export_report:
+        return export_report(args)
     host, _, port = args.listen.rpartition(":")
     host = host.strip("[]")
     if host not in LOOPBACK or not port.isdigit():
@@ -79,6 +92,38 @@ def run(args: argparse.Namespace) -> int:
 
     uvloop.run(main())
     print(f"gateway-sim {args.name}: stopped", file=sys.stderr)
+    return 0
+
+
+def export_report(args: argparse.Namespace) -> int:
+    """Writes one business day's settlement report from the books, offline."""
+    from quickpay_engine.gateways.sim.app import LEDGER_FILE
+    from quickpay_engine.gateways.sim.ledger import Ledger
+    from quickpay_engine.gateways.sim.report import inject_discrepancies, parse_inject, to_csv
+    from quickpay_engine.gateways.supervisor import sim_data_dir
+
+    books = sim_data_dir(Path(args.data_dir), args.name) / LEDGER_FILE
+    if not books.exists():
+        raise ConfigError(f"no books for gateway {args.name!r} at {books}")
+    try:
+        counts = parse_inject(args.inject)
+    except ValueError as err:
+        raise ConfigError(f"--inject: {err}") from None
+    ledger = Ledger(books, args.name)
+    try:
+        rows, injected = inject_discrepancies(
+            ledger.report_rows(args.export_report), counts, args.inject_seed
+        )
+    finally:
+        ledger.close()
+    notes = "".join(json.dumps(dataclasses.asdict(i)) + "\n" for i in injected)
+    if args.out:
+        args.out.write_text(to_csv(rows))
+        if injected:
+            args.out.with_suffix(".injected.json").write_text(notes)
+    else:
+        sys.stdout.write(to_csv(rows))
+        sys.stderr.write(notes)
     return 0
 
 
