@@ -128,8 +128,14 @@ async def test_many_concurrent_sales_each_captured_once(router: GatewayRouter) -
     assert [r.payment_id for r in results] == [q.payment_id for q in requests]
     assert {r.outcome for r in results} == {GO.CAPTURED}
     assert [r.captured_minor for r in results] == [q.amount_minor for q in requests]
-    rows = await report(router, "acq-a")
-    assert sorted(r["merchant_reference"] for r in rows) == sorted(q.payment_id for q in requests)
+    # Each captured exactly once, where the result says (a loaded machine may spill
+    # some over to acq-b when acq-a's pool stays full past its timeout).
+    booked = [
+        (row["merchant_reference"], gateway)
+        for gateway in ("acq-a", "acq-b")
+        for row in await report(router, gateway)
+    ]
+    assert sorted(booked) == sorted((r.payment_id, r.gateway) for r in results)
     with pytest.raises(ValueError, match="at most"):
         await router.sale_many([requests[0]] * (SALE_BATCH_MAX + 1), router.deadline(5))
 
@@ -138,10 +144,10 @@ async def test_sales_queue_for_the_pool_and_spill_over_unsent(
     sims: dict[str, SimulatorProcess],
 ) -> None:
     # Every sale takes 50 ms at acq-a; with two connections, 20 sales queue for 0.5 s,
-    # within the 1 s gateway timeout: all are captured there, none looked up.
+    # within the 3 s gateway timeout: all are captured there, none looked up.
     await set_faults(sims["acq-a"].url, latency_ms_median=50, latency_ms_p99=50)
     requests = [SaleRequest(f"pay_{n}", 100, "EUR", VISA) for n in range(20)]
-    config = config_for(sims, pool_max=2, timeout_ms=1_000, lookup_timeout_ms=100)
+    config = config_for(sims, pool_max=2, timeout_ms=3_000, lookup_timeout_ms=100)
     async with GatewayRouter(config) as router:
         results = await router.sale_many(requests, router.deadline(10))
     assert {(r.outcome, r.gateway, r.attempts) for r in results} == {
@@ -303,7 +309,9 @@ async def test_unknown_outcome_when_the_gateway_dies_after_capture_then_resolve(
     async with GatewayRouter(config_for(sims)) as router:
         await set_faults(a.url, lost_response_rate=1.0, hang_ms=10_000)
         sale = asyncio.ensure_future(router.sale("pay_u", 3_000, "EUR", VISA, router.deadline(2)))
-        await asyncio.sleep(0.5)  # the sale is booked; its response is being withheld
+        # Kill acq-a once the sale is booked, while its response is being withheld.
+        while await router.client("acq-a").lookup("pay_u", 1) is None:
+            await asyncio.sleep(0.02)
         a.process.send_signal(signal.SIGKILL)
         await a.process.wait()
         result = await sale
