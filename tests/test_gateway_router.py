@@ -156,7 +156,12 @@ async def test_sales_queue_for_the_pool_and_spill_over_unsent(
     # One connection and a 0.1 s timeout cannot serve 20 sales of 50 ms: those that
     # queued past the timeout were never sent, so they spill over to acq-b with no
     # lookup (a pool queue timeout is not an unknown outcome).
-    config = config_for(sims, pool_max=1, timeout_ms=100, lookup_timeout_ms=100)
+    config = GatewaysConfig(
+        (
+            gateway_config("acq-a", sims["acq-a"].url, pool_max=1, timeout_ms=100),
+            gateway_config("acq-b", sims["acq-b"].url, pool_max=32, timeout_ms=3_000),
+        )
+    )
     async with GatewayRouter(config) as router:
         spilled = await router.sale_many(
             [SaleRequest(f"pay_s{n}", 100, "EUR", VISA) for n in range(20)], router.deadline(10)
@@ -310,8 +315,7 @@ async def test_unknown_outcome_when_the_gateway_dies_after_capture_then_resolve(
         await set_faults(a.url, lost_response_rate=1.0, hang_ms=10_000)
         sale = asyncio.ensure_future(router.sale("pay_u", 3_000, "EUR", VISA, router.deadline(2)))
         # Kill acq-a once the sale is booked, while its response is being withheld.
-        while await router.client("acq-a").lookup("pay_u", 1) is None:
-            await asyncio.sleep(0.02)
+        await booked(router, "acq-a", "pay_u")
         a.process.send_signal(signal.SIGKILL)
         await a.process.wait()
         result = await sale
@@ -327,6 +331,15 @@ async def test_unknown_outcome_when_the_gateway_dies_after_capture_then_resolve(
         assert never.outcome is GO.VOIDED
         late = await router.sale("pay_nope", 100, "EUR", VISA, router.deadline(5))
         assert (late.outcome, late.gateway) == (GO.CAPTURED, "acq-b")
+
+
+async def booked(router: GatewayRouter, gateway: str, payment_id: str) -> None:
+    """Returns once the gateway's books hold the payment (polls its status lookup)."""
+    for _ in range(250):
+        if await router.client(gateway).lookup(payment_id, 1) is not None:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{payment_id} never booked at {gateway}")
 
 
 async def test_deadline_already_passed_sends_nothing(router: GatewayRouter) -> None:
