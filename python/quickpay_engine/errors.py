@@ -5,7 +5,15 @@ compiled module, re-exported here); the front end's own errors derive from
 ``QuickpayError``. The gRPC servicer maps both to status codes in one place.
 """
 
-from quickpay_engine._engine import BatchTooLarge, CapacityExceeded, EngineError, InvalidBatch
+from quickpay_engine._engine import (
+    BatchTooLarge,
+    CapacityExceeded,
+    ColumnError,
+    ConfigInvalid,
+    EngineError,
+    InvalidBatch,
+    StateRefused,
+)
 
 
 class QuickpayError(Exception):
@@ -55,7 +63,9 @@ class ImportRowError(QuickpayError):
 __all__ = [
     "BatchTooLarge",
     "CapacityExceeded",
+    "ColumnError",
     "ConfigError",
+    "ConfigInvalid",
     "EngineError",
     "IdempotencyConflict",
     "ImportRowError",
@@ -66,4 +76,5 @@ __all__ = [
     "QuickpayError",
     "ShuttingDown",
     "StoreError",
+    "StateRefused",
 ]
