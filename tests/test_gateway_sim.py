@@ -40,6 +40,7 @@ from quickpay_engine.gateways.supervisor import (
     start_simulator,
     stop_simulator,
 )
+from quickpay_engine.reconcile.report import read_rows
 
 PAN = "4242424242424242"
 T = 5.0  # seconds: a generous per-call timeout for calls that must not time out
@@ -374,6 +375,13 @@ async def test_settlement_report_rows_and_injected_discrepancies(
     assert not changed[by_kind["outside_window"]["gateway_reference"]]["captured_at"].startswith(
         day
     )
+    # The reconciliation reads both reports as they are, with no column mapping.
+    for text_ in (text, dirty):
+        parsed = list(read_rows(io.StringIO(text_)))
+        assert len(parsed) == len(list(csv.DictReader(io.StringIO(text_))))
+    assert [r.amount_minor for r in read_rows(io.StringIO(text))] == [
+        int(r["amount_minor"]) for r in rows
+    ]
     # The same seed corrupts the same rows; an unknown kind is refused.
     again, _ = await client.settlement_report(day, T, inject=spec, inject_seed=3)
     assert again == dirty
