@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "reconcile",
     "wal",
     "fraud",
+    "gateway_sim",
 ]
 
 
