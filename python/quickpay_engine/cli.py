@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "verify",
     "audit",
     "reconcile",
+    "wal",
+    "fraud",
     "gateway_sim",
 ]
 
