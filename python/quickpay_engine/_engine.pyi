@@ -1,4 +1,4 @@
-"""Type stubs of the compiled core (engine/src/python.rs)."""
+"""Type stubs of the compiled core (engine/src/python.rs and engine/src/python/*.rs)."""
 
 import os
 from pathlib import Path
@@ -8,7 +8,9 @@ import numpy as np
 import numpy.typing as npt
 
 BATCH_MAX: int
+"""At most this many payments in one ``Engine.validate`` call (else ``BatchTooLarge``)."""
 NO_TIME: int
+"""In time columns, "no such moment" (a SIM never swapped): ``i64::MIN``."""
 
 class EngineError(Exception):
     """Base class of every engine error."""
@@ -19,13 +21,53 @@ class BatchTooLarge(EngineError):
 class InvalidBatch(EngineError):
     """Columns of unequal length or an unknown enum number."""
 
+class ColumnError(InvalidBatch):
+    """A column has the wrong dtype, shape or memory layout; the message names it."""
+
+class StateRefused(InvalidBatch):
+    """A hold, release, settlement or state batch was refused; none of it was applied."""
+
 class CapacityExceeded(EngineError):
     """An engine table is at its bound."""
 
-class Engine:
-    """The engine: one per process, the single owner of the in-memory state."""
+class ConfigInvalid(EngineError):
+    """The engine configuration was refused; the message names the setting."""
 
-    def __init__(self) -> None: ...
+class Engine:
+    """The engine: one per process, the single owner of the in-memory state.
+
+    ``config_json`` is the engine configuration as a JSON object; every field is
+    optional (``default_engine_config()`` shows them all with their defaults) and an
+    unknown field is refused with ``ConfigInvalid``. Fields:
+
+    - ``bill_payment_amount_min``, ``bill_payment_amount_max``,
+      ``prepaid_topup_amount_min``, ``prepaid_topup_amount_max``: per-purpose amount
+      bounds (format layer). Every amount setting is ``{"major": int, "minor":
+      {"EUR": int, ...}}``: ``major`` whole units scaled by each currency's exponent,
+      except currencies named in ``minor``, given in minor units outright.
+    - ``method_matrix``: ``{"BILL_PAYMENT" | "PREPAID_TOPUP": {channel | "*": [method,
+      ...]}}`` with methods ``CARD``, ``WALLET``, ``BANK_ACCOUNT``, ``CARRIER_BALANCE``;
+      ``"*"`` covers every other channel and an empty one. At most 32 channels each.
+    - ``blocked_bins``: 6- or 8-digit card BIN prefixes to decline (at most 100,000).
+    - ``wallet_providers``: accepted ``Wallet.provider`` values (at most 64).
+    - ``method_amount_max``: ``{method: amounts}``, the largest amount per method.
+    - ``prepaid_balance_max``: the prepaid plan maximum a top-up may not exceed.
+    - ``bill_overpay_allowance``: how far a bill payment may exceed what is owed.
+    - ``daily_count_max``, ``monthly_count_max`` (int) and ``daily_amount_max``,
+      ``monthly_amount_max`` (amounts): settled payments per subscriber per UTC day and
+      calendar month, as counted by ``record_settled``.
+    - ``assertion_keys``: ``[{"key_id": str, "secret_hex": str}]``, the HMAC-SHA256
+      keys that may sign subscriber assertions (several during a rotation; at most 16;
+      secrets of at least 32 bytes).
+    - ``card_expiry_years_ahead_max``: how far past the current year an expiry may lie.
+    """
+
+    def __init__(self, config_json: str | None = None) -> None: ...
+    def configure(self, config_json: str) -> None:
+        """Replaces the configuration at once (key rotation without a restart);
+        subscribers, holds and counters are kept. On error the old one stays."""
+    def config_json(self) -> str:
+        """The configuration in force, as JSON, defaults filled in."""
     def subscriber_count(self) -> int:
         """Number of subscribers the engine knows."""
     def upsert_subscribers(
@@ -40,31 +82,98 @@ class Engine:
         sim_swapped_at_s: npt.NDArray[np.int64],
         created_at_s: npt.NDArray[np.int64],
     ) -> None:
-        """Inserts or replaces subscribers, given as columns of equal length."""
+        """Inserts or replaces subscribers, given as columns of equal length. Plans:
+        1 prepaid, 2 postpaid; statuses: 1 active, 2 suspended, 3 barred, 4 closed;
+        ``balances_minor``: prepaid credit or postpaid amount owed (positive);
+        ``sim_swapped_at_s``: ``NO_TIME`` for never. Holds and counters of a known
+        account are kept. A subscriber whose account id is not 1 to 64 of
+        ``[A-Za-z0-9_-]`` or whose msisdn is over 16 bytes raises ``InvalidBatch``."""
     def set_states(
         self,
         account_ids: list[str],
         balances_minor: npt.NDArray[np.int64],
         statuses: npt.NDArray[np.uint8],
     ) -> None:
-        """Records settled balances and service states."""
+        """Records settled balances and service states, all or nothing
+        (``StateRefused`` for an unknown account)."""
+    def reserve_holds(self, account_ids: list[str], amounts_minor: npt.NDArray[np.int64]) -> None:
+        """Puts holds on the accounts' credit (carrier-balance payments in flight), all
+        or nothing. ``validate`` checks carrier-balance payments against the credit
+        less these holds; the caller releases them when the payment ends."""
+    def release_holds(self, account_ids: list[str], amounts_minor: npt.NDArray[np.int64]) -> None:
+        """Removes holds, all or nothing; releasing more than is held is refused."""
+    def held_minor(self, account_id: str) -> int | None:
+        """The amount on hold for an account; None for an unknown account."""
+    def record_settled(
+        self,
+        account_ids: list[str],
+        amounts_minor: npt.NDArray[np.int64],
+        settled_at_s: npt.NDArray[np.int64],
+    ) -> None:
+        """Counts settled payments against the daily and monthly limits, all or
+        nothing. ``settled_at_s`` is each settlement's Unix time from the caller's
+        clock; a settlement for a day or month already past does not count against
+        the current one."""
     def validate(
         self,
-        idempotency_keys: list[str],
-        account_ids: list[str],
-        msisdns: list[str],
+        idempotency_keys: npt.NDArray[np.bytes_],
+        account_ids: npt.NDArray[np.bytes_],
+        msisdns: npt.NDArray[np.bytes_],
         amounts_minor: npt.NDArray[np.int64],
-        currencies: list[str],
+        currencies: npt.NDArray[np.bytes_],
         purposes: npt.NDArray[np.uint8],
         methods: npt.NDArray[np.uint8],
+        card_pans: npt.NDArray[np.bytes_],
+        card_expiry_months: npt.NDArray[np.uint32],
+        card_expiry_years: npt.NDArray[np.uint32],
+        wallet_providers: npt.NDArray[np.bytes_],
+        wallet_ids: npt.NDArray[np.bytes_],
+        ibans: npt.NDArray[np.bytes_],
+        channels: npt.NDArray[np.bytes_],
+        device_ids: npt.NDArray[np.bytes_],
+        ips: npt.NDArray[np.bytes_],
+        assertions: npt.NDArray[np.bytes_],
+        *,
+        now_s: int,
     ) -> npt.NDArray[np.uint16]:
-        """Validates a batch given as columns; returns one reject code per row."""
+        """Validates a batch at the clock ``now_s`` (Unix seconds): formats, account
+        authentication, method authorization, balance and limits, stopping at each
+        payment's first failure. Returns one reject code per row, 0 for passed (see
+        ``reject_codes()``). Text columns are 1-D C-contiguous fixed-width byte
+        arrays (dtype ``S<n>``; a value ends at its first NUL, the rest of the cell
+        is padding; build them with
+        ``quickpay_engine.settlement.validation.text_column``); numeric columns have
+        exactly the dtype shown, native byte order. Anything else raises
+        ``ColumnError``; unequal lengths ``InvalidBatch``; more than ``BATCH_MAX``
+        rows ``BatchTooLarge``. Purposes: 1 bill payment, 2 prepaid top-up; methods:
+        1 card, 2 wallet, 3 bank account, 4 carrier balance, 0 none. Fields that do
+        not apply to a row's method, and absent optional fields, are empty. The GIL
+        is released for the work."""
 
 def reject_codes() -> list[tuple[int, str, str, str]]:
-    """Every reject code as (number, name, field, text)."""
+    """Every reject code as (number, name, field, text). 1..99 are format failures
+    (INVALID_ARGUMENT naming ``field``), 100 and up business declines."""
 
 def currency_exponent(code: str) -> int | None:
     """The ISO 4217 minor-unit exponent of a currency, or None when it is not one."""
+
+def default_engine_config() -> str:
+    """The default engine configuration, as JSON."""
+
+def sign_assertion(
+    key_id: str, secret: bytes, account_id: str, msisdn: str, expires_at_s: int
+) -> str:
+    """A subscriber assertion ``v1.<key_id>.<account_id>.<msisdn>.<expires_at_s>.<hex
+    HMAC-SHA256 of everything before the last dot>``, signed with ``secret``."""
+
+def check_msisdns(msisdns: npt.NDArray[np.bytes_]) -> npt.NDArray[np.uint16]:
+    """The MSISDN format check alone over an ``S<n>`` column: 0 or a reject code."""
+
+def check_pans(pans: npt.NDArray[np.bytes_]) -> npt.NDArray[np.uint16]:
+    """The card number check alone (digits, Luhn, scheme, length): 0 or a code."""
+
+def check_ibans(ibans: npt.NDArray[np.bytes_]) -> npt.NDArray[np.uint16]:
+    """The IBAN check alone (charset, country, length, structure, mod 97-10)."""
 
 # ---- The durable ledger (engine/src/python/ledger.rs) ---------------------------------
 #

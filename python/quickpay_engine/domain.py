@@ -6,7 +6,7 @@ Money is always an ``int`` in minor units with its currency beside it.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class Plan(enum.IntEnum):
@@ -62,6 +62,27 @@ class Method:
     display: str  # "card ****4242", "wallet mpesa", "iban GR16...7890", "carrier balance"
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class MethodDetail:
+    """What validation reads from a request beyond ``Method``: the full card number,
+    expiry, wallet, IBAN and subscriber assertion. Held in memory for validation only;
+    never stored, and its repr shows nothing (invariant 7)."""
+
+    card_pan: str = ""
+    card_expiry_month: int = 0
+    card_expiry_year: int = 0
+    wallet_provider: str = ""
+    wallet_id: str = ""
+    iban: str = ""
+    subscriber_assertion: str = ""
+
+    def __repr__(self) -> str:
+        return "MethodDetail(<redacted>)"
+
+
+NO_DETAIL = MethodDetail()
+
+
 @dataclass(frozen=True, slots=True)
 class PaymentIntent:
     """One Pay request after decoding, before validation."""
@@ -78,6 +99,8 @@ class PaymentIntent:
     channel: str
     device_id: str
     ip: str
+    # Only on a freshly decoded request; a stored intent has NO_DETAIL.
+    detail: MethodDetail = field(default=NO_DETAIL, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,3 +170,29 @@ class OutboxEvent:
     account_id: str
     payload: dict[str, object]
     created_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class BilledCapture:
+    """A payment billing settled through the gateway: what the report must show."""
+
+    payment_id: str
+    gateway_reference: str
+    amount_minor: int
+    currency: str
+    settled_at_us: int
+    refunded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Discrepancy:
+    """One thing that does not agree. The id is stable across re-runs of one report."""
+
+    discrepancy_id: str
+    category: str
+    payment_id: str
+    gateway_reference: str
+    gateway_amount_minor: int | None
+    billing_amount_minor: int | None
+    currency: str
+    detail: str

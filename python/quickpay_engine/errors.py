@@ -8,9 +8,12 @@ compiled module, re-exported here); the front end's own errors derive from
 from quickpay_engine._engine import (
     BatchTooLarge,
     CapacityExceeded,
+    ColumnError,
+    ConfigInvalid,
     EngineError,
     InvalidBatch,
     LedgerClosed,
+    StateRefused,
     WalCorruption,
     WalFailure,
 )
@@ -63,7 +66,9 @@ class ImportRowError(QuickpayError):
 __all__ = [
     "BatchTooLarge",
     "CapacityExceeded",
+    "ColumnError",
     "ConfigError",
+    "ConfigInvalid",
     "EngineError",
     "IdempotencyConflict",
     "ImportRowError",
@@ -75,6 +80,7 @@ __all__ = [
     "QuickpayError",
     "ShuttingDown",
     "StoreError",
+    "StateRefused",
     "WalCorruption",
     "WalFailure",
 ]

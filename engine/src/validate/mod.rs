@@ -1,30 +1,50 @@
-//! Validation: formats, then account authentication, stopping at the first failure.
+//! Validation: formats, account authentication, payment-method authorization, then
+//! balance and limits, stopping at the first failure.
 //!
-//! Pure and deterministic: the same batch against the same subscriber table gives the
-//! same codes. Batch first; `validate_one` calls `validate_batch`.
+//! Pure and deterministic: the same batch against the same rules, subscriber table and
+//! clock (`now_s`, passed in) gives the same codes. Batch first; `validate_one` calls
+//! `validate_batch`.
 
+pub mod assertion;
+mod auth;
+mod balance;
+mod calling_codes;
+pub mod card;
+pub mod clock;
 mod codes;
+pub mod config;
+pub mod formats;
+mod method;
 mod subscribers;
 
 pub use codes::RejectCode;
-pub use subscribers::{Plan, Status, Subscriber, SubscriberTable, TableError, SUBSCRIBERS_MAX};
+pub use config::{ConfigError, EngineConfig, Rules};
+pub use formats::{is_account_id, is_e164, is_idempotency_key};
+pub use subscribers::{
+    Entry, Plan, StateError, Status, Subscriber, SubscriberTable, TableError, Usage,
+    HELD_MINOR_MAX, SUBSCRIBERS_MAX,
+};
 
-use crate::money::{Currency, AMOUNT_MINOR_MAX};
+use crate::money::Currency;
+pub use clock::Now;
 
 /// At most this many payments in one validation batch. At the bound: the bindings
 /// refuse the call with a `BatchTooLarge` error before any work is done.
 pub const BATCH_MAX: usize = 65_536;
 
 /// What the payment is for (the contract's `Purpose`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Purpose {
+    #[default]
     Unspecified = 0,
     BillPayment = 1,
     PrepaidTopup = 2,
 }
 
 impl Purpose {
+    /// From the contract's enum number; unknown numbers are `Unspecified`, which the
+    /// format layer rejects.
     pub fn from_u8(n: u8) -> Purpose {
         match n {
             1 => Purpose::BillPayment,
@@ -35,9 +55,10 @@ impl Purpose {
 }
 
 /// Which `PaymentMethod` oneof arm is set; 0 when none is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(u8)]
 pub enum MethodKind {
+    #[default]
     Missing = 0,
     Card = 1,
     Wallet = 2,
@@ -46,6 +67,7 @@ pub enum MethodKind {
 }
 
 impl MethodKind {
+    /// From the oneof field number; unknown numbers are `Missing`.
     pub fn from_u8(n: u8) -> MethodKind {
         match n {
             1 => MethodKind::Card,
@@ -57,104 +79,91 @@ impl MethodKind {
     }
 }
 
-/// One payment as validation sees it; borrowed from the caller's columns.
-#[derive(Clone, Copy, Debug)]
+/// One payment as validation sees it, borrowed from the caller's columns. Text fields
+/// are raw bytes; a field that does not apply (the card of a wallet payment) or was
+/// not given is empty.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct PaymentView<'a> {
-    pub idempotency_key: &'a str,
-    pub account_id: &'a str,
-    pub msisdn: &'a str,
+    pub idempotency_key: &'a [u8],
+    pub account_id: &'a [u8],
+    pub msisdn: &'a [u8],
     pub amount_minor: i64,
-    pub currency: &'a str,
+    pub currency: &'a [u8],
     pub purpose: Purpose,
     pub method: MethodKind,
+    pub card_pan: &'a [u8],
+    pub card_expiry_month: u32,
+    pub card_expiry_year: u32,
+    pub wallet_provider: &'a [u8],
+    pub wallet_id: &'a [u8],
+    pub iban: &'a [u8],
+    pub channel: &'a [u8],
+    pub device_id: &'a [u8],
+    pub ip: &'a [u8],
+    pub assertion: &'a [u8],
 }
 
-/// Validates each payment; `out[i]` is the first failure of `payments[i]` or `Ok`.
-pub fn validate_batch(table: &SubscriberTable, payments: &[PaymentView<'_>], out: &mut [RejectCode]) {
-    assert_eq!(payments.len(), out.len(), "one result slot per payment");
-    for (payment, slot) in payments.iter().zip(out.iter_mut()) {
-        *slot = validate_format(payment).unwrap_or_else(|| authenticate(table, payment));
-    }
+/// The validation state: the configuration, its resolved rules and the subscriber table.
+#[derive(Debug)]
+pub struct Validator {
+    pub config: EngineConfig,
+    pub rules: Rules,
+    pub subscribers: SubscriberTable,
 }
 
-/// Validates a single payment through the batch path.
-pub fn validate_one(table: &SubscriberTable, payment: &PaymentView<'_>) -> RejectCode {
-    let mut out = [RejectCode::Ok];
-    validate_batch(table, std::slice::from_ref(payment), &mut out);
-    out[0]
-}
+impl Validator {
+    /// A validator with no subscribers yet.
+    pub fn new(config: &EngineConfig) -> Result<Validator, ConfigError> {
+        Ok(Validator {
+            config: config.clone(),
+            rules: Rules::new(config)?,
+            subscribers: SubscriberTable::new(),
+        })
+    }
 
-fn validate_format(p: &PaymentView<'_>) -> Option<RejectCode> {
-    if !is_idempotency_key(p.idempotency_key) {
-        return Some(RejectCode::IdempotencyKeyInvalid);
+    /// Replaces the configuration; the subscriber table is kept. On error nothing
+    /// changes.
+    pub fn configure(&mut self, config: &EngineConfig) -> Result<(), ConfigError> {
+        self.rules = Rules::new(config)?;
+        self.config = config.clone();
+        Ok(())
     }
-    if !is_account_id(p.account_id) {
-        return Some(RejectCode::AccountIdInvalid);
-    }
-    if !is_e164(p.msisdn) {
-        return Some(RejectCode::MsisdnInvalid);
-    }
-    if p.amount_minor <= 0 {
-        return Some(RejectCode::AmountNotPositive);
-    }
-    if p.amount_minor > AMOUNT_MINOR_MAX {
-        return Some(RejectCode::AmountTooLarge);
-    }
-    if Currency::from_code(p.currency).is_none() {
-        return Some(RejectCode::CurrencyUnknown);
-    }
-    if p.purpose == Purpose::Unspecified {
-        return Some(RejectCode::PurposeInvalid);
-    }
-    if p.method == MethodKind::Missing {
-        return Some(RejectCode::MethodMissing);
-    }
-    None
-}
 
-fn authenticate(table: &SubscriberTable, p: &PaymentView<'_>) -> RejectCode {
-    let Some(subscriber) = table.get(p.account_id) else {
-        return RejectCode::AccountNotFound;
-    };
-    if subscriber.msisdn != p.msisdn {
-        return RejectCode::MsisdnMismatch;
+    /// Validates each payment at `now_s`; `out[i]` is the first failure of
+    /// `payments[i]` or `Ok`.
+    pub fn validate_batch(&self, payments: &[PaymentView<'_>], now_s: i64, out: &mut [RejectCode]) {
+        assert_eq!(payments.len(), out.len(), "one result slot per payment");
+        let now = Now::at(now_s);
+        for (payment, slot) in payments.iter().zip(out.iter_mut()) {
+            *slot = self.validate_payment(payment, &now);
+        }
     }
-    if subscriber.status == Status::Closed {
-        return RejectCode::AccountClosed;
-    }
-    if subscriber.currency.code() != p.currency {
-        return RejectCode::CurrencyMismatch;
-    }
-    let plan_fits = match p.purpose {
-        Purpose::BillPayment => subscriber.plan == Plan::Postpaid,
-        Purpose::PrepaidTopup => subscriber.plan == Plan::Prepaid,
-        Purpose::Unspecified => false,
-    };
-    if !plan_fits {
-        return RejectCode::PurposeNotAllowedForPlan;
-    }
-    RejectCode::Ok
-}
 
-/// 1 to 255 printable ASCII characters (space through tilde).
-pub fn is_idempotency_key(key: &str) -> bool {
-    (1..=255).contains(&key.len()) && key.bytes().all(|b| (0x20..=0x7e).contains(&b))
-}
+    /// Validates a single payment through the batch path.
+    pub fn validate_one(&self, payment: &PaymentView<'_>, now_s: i64) -> RejectCode {
+        let mut out = [RejectCode::Ok];
+        self.validate_batch(std::slice::from_ref(payment), now_s, &mut out);
+        out[0]
+    }
 
-/// 1 to 64 characters of `[A-Za-z0-9_-]`.
-pub fn is_account_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// E.164: '+', a non-zero first digit, 8 to 15 digits in all.
-pub fn is_e164(msisdn: &str) -> bool {
-    let Some(digits) = msisdn.strip_prefix('+') else {
-        return false;
-    };
-    (8..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0')
+    /// The four layers in order, at the batch's clock. Public for batch drivers that
+    /// build each row's view on the fly (the bindings) rather than a vector of views.
+    #[inline]
+    pub fn validate_payment(&self, p: &PaymentView<'_>, now: &Now) -> RejectCode {
+        if let Some(code) = formats::check(&self.rules, p, now) {
+            return code;
+        }
+        let currency =
+            Currency::from_bytes(p.currency).expect("the format layer checked the currency");
+        let entry = match auth::check(&self.rules, &self.subscribers, p, now) {
+            Ok(entry) => entry,
+            Err(code) => return code,
+        };
+        if let Some(code) = method::check(&self.rules, p, currency, now) {
+            return code;
+        }
+        balance::check(&self.rules, entry, p, currency, now).unwrap_or(RejectCode::Ok)
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ database transaction, one engine call to record the settled states.
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from collections.abc import Callable, Sequence
 
@@ -15,6 +16,7 @@ import numpy as np
 from quickpay_engine._engine import Engine, reject_codes
 from quickpay_engine.domain import Outcome, PaymentIntent, SubscriberRow
 from quickpay_engine.errors import IdempotencyConflict, InvalidArgument
+from quickpay_engine.settlement.validation import record_settled, validate_batch, wall_clock_s
 from quickpay_engine.store import Decision, SqliteStore
 from quickpay_engine.store.executor import StoreThread
 
@@ -49,20 +51,6 @@ def load_engine(engine: Engine, rows: Sequence[SubscriberRow]) -> None:
     )
 
 
-def validate(engine: Engine, intents: Sequence[PaymentIntent]) -> np.ndarray:
-    """The engine's reject code for each intent (0 = passed), in one batch call."""
-    n = len(intents)
-    return engine.validate(
-        [i.idempotency_key for i in intents],
-        [i.account_id for i in intents],
-        [i.msisdn for i in intents],
-        np.fromiter((i.amount_minor for i in intents), np.int64, n),
-        [i.currency for i in intents],
-        np.fromiter((i.purpose for i in intents), np.uint8, n),
-        np.fromiter((i.method.kind for i in intents), np.uint8, n),
-    )
-
-
 class Pipeline:
     """Validates, decides and commits batches of payments."""
 
@@ -73,12 +61,14 @@ class Pipeline:
         thread: StoreThread,
         payment_ids: Callable[[], str] = new_payment_id,
         on_commit: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine = engine
         self._store = store
         self._thread = thread
         self._payment_ids = payment_ids
         self._on_commit = on_commit
+        self._clock = clock
 
     async def process(self, intents: Sequence[PaymentIntent]) -> list[Outcome | BaseException]:
         """Settles a batch; each result is an outcome or that payment's own error."""
@@ -96,7 +86,8 @@ class Pipeline:
         decisions: list[Decision] = []
         positions: list[int] = []
         if fresh:
-            codes = validate(self._engine, [intents[i] for i in fresh])
+            now_s = wall_clock_s(self._clock)
+            codes = validate_batch(self._engine, [intents[i] for i in fresh], now_s)
             for index, code in zip(fresh, codes.tolist(), strict=True):
                 decision = self._decide(intents[index], code)
                 if isinstance(decision, BaseException):
@@ -115,6 +106,7 @@ class Pipeline:
                     np.fromiter((s.balance_minor for s in states), np.int64, len(states)),
                     np.fromiter((s.status for s in states), np.uint8, len(states)),
                 )
+            record_settled(self._engine, decisions, outcomes)
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 

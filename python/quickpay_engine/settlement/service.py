@@ -10,13 +10,18 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-from collections.abc import AsyncIterator, Sequence
+import io
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import date
 
 from quickpay_engine._engine import Engine
 from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord
 from quickpay_engine.errors import IdempotencyConflict, NotFound
+from quickpay_engine.reconcile.report import ColumnMapping
+from quickpay_engine.settlement import reconciliation
 from quickpay_engine.settlement.batcher import MicroBatcher
 from quickpay_engine.settlement.pipeline import Pipeline, load_engine
+from quickpay_engine.settlement.reconciliation import ReconcileRun
 from quickpay_engine.store import SqliteStore
 from quickpay_engine.store.executor import StoreThread
 
@@ -43,7 +48,8 @@ class SettlementService:
         self._store = store
         self._thread = StoreThread()
         self.engine = Engine()
-        self._pipeline = Pipeline(self.engine, store, self._thread, on_commit=self._wake_watchers)
+        self._pipeline = Pipeline(self.engine, store, self._thread, on_commit=self._committed_batch)
+        self._commit_listeners: list[Callable[[], None]] = [self._wake_watchers]
         self._batcher: MicroBatcher[PaymentIntent, Outcome] = MicroBatcher(
             self._pipeline.process,
             batch_max=batching.batch_max,
@@ -76,6 +82,22 @@ class SettlementService:
         resumes from the last cursor it saw, on this server or another."""
         self._watch_closed.set()
         self._wake_watchers()
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Calls ``listener`` after every committed batch (the event relay wakes on it)."""
+        self._commit_listeners.append(listener)
+
+    def _committed_batch(self) -> None:
+        for listener in self._commit_listeners:
+            listener()
+
+    async def outbox_unpublished(self, limit: int) -> list[OutboxEvent]:
+        """For the event relay: the oldest events the broker has not acknowledged."""
+        return await self._thread.run(self._store.outbox_unpublished, limit)
+
+    async def mark_published(self, cursors: list[int]) -> None:
+        """For the event relay: the broker acknowledged these events."""
+        await self._thread.run(self._store.mark_published, cursors)
 
     def _wake_watchers(self) -> None:
         committed, self._committed = self._committed, asyncio.Event()
@@ -129,6 +151,20 @@ class SettlementService:
             del self._inflight[key]
         if not task.cancelled():
             task.exception()  # retrieved here, so a caller that left does not warn
+
+    async def reconcile(
+        self,
+        gateway: str,
+        report_csv: bytes,
+        mapping: ColumnMapping | None,
+        tolerance_s: int,
+        business_day: date | None,
+    ) -> ReconcileRun:
+        """Reconciles a gateway report against this store (on the store's thread)."""
+        lines = io.StringIO(report_csv.decode("utf-8"), newline="")
+        return await self._thread.run(
+            reconciliation.run, self._store, gateway, lines, mapping, tolerance_s, business_day
+        )
 
     async def get_payment(
         self, *, payment_id: str = "", idempotency_key: str = ""

@@ -1,0 +1,379 @@
+//! Layer 1, formats: is each field well formed, before any table is consulted?
+//!
+//! Every check here looks at one field's bytes (and, for amounts, the configured
+//! bounds). Fields arrive as raw bytes from numpy columns, so nothing assumes UTF-8:
+//! every rule accepts only ASCII, which makes non-ASCII input a plain rejection.
+
+use super::calling_codes::CALLING_CODES;
+use super::card;
+use super::clock::Now;
+use super::{MethodKind, PaymentView, Purpose, RejectCode};
+use crate::money::{Currency, AMOUNT_MINOR_MAX};
+use crate::validate::config::Rules;
+
+/// E.164 allows at most 15 digits after the '+', country calling code included.
+pub const E164_DIGITS_MAX: usize = 15;
+/// Bounds of the free-text fields, in bytes.
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
+pub const ACCOUNT_ID_LEN_MAX: usize = 64;
+pub const WALLET_PROVIDER_LEN_MAX: usize = 32;
+pub const WALLET_ID_LEN_MAX: usize = 64;
+pub const CHANNEL_LEN_MAX: usize = 32;
+pub const DEVICE_ID_LEN_MAX: usize = 128;
+/// The longest textual IP address: an IPv6 address with an embedded IPv4 tail.
+pub const IP_LEN_MAX: usize = 45;
+/// IBANs are 15 (Norway) to 34 characters by ISO 13616; 5 is the shortest string
+/// that can carry a country, check digits and a BBAN character.
+pub const IBAN_LEN_MIN: usize = 5;
+pub const IBAN_LEN_MAX: usize = 34;
+
+/// Possible national-number lengths by country calling code, one table per code
+/// length (calling codes are prefix-free, so at most one length matches a number).
+/// A zero mask means "not assigned".
+static CALLING_CODE_MASKS: [[u32; 1000]; 3] = {
+    let mut table = [[0u32; 1000]; 3];
+    let mut i = 0;
+    while i < CALLING_CODES.len() {
+        let (code, mask) = CALLING_CODES[i];
+        let digits = if code < 10 {
+            0
+        } else if code < 100 {
+            1
+        } else {
+            2
+        };
+        table[digits][code as usize] = mask;
+        i += 1;
+    }
+    table
+};
+
+/// The first format failure of a payment, if any. Order: the fields every payment
+/// has, then the amount (whose bounds need currency and purpose), then the method's
+/// own fields, then the optional context fields.
+pub fn check(rules: &Rules, p: &PaymentView<'_>, now: &Now) -> Option<RejectCode> {
+    if !is_idempotency_key(p.idempotency_key) {
+        return Some(RejectCode::IdempotencyKeyInvalid);
+    }
+    if !is_account_id(p.account_id) {
+        return Some(RejectCode::AccountIdInvalid);
+    }
+    if let Some(code) = check_msisdn(p.msisdn) {
+        return Some(code);
+    }
+    if p.amount_minor <= 0 {
+        return Some(RejectCode::AmountNotPositive);
+    }
+    if p.amount_minor > AMOUNT_MINOR_MAX {
+        return Some(RejectCode::AmountTooLarge);
+    }
+    let Some(currency) = Currency::from_bytes(p.currency) else {
+        return Some(RejectCode::CurrencyUnknown);
+    };
+    if p.purpose == Purpose::Unspecified {
+        return Some(RejectCode::PurposeInvalid);
+    }
+    let (min, max) = rules.purpose_bounds(p.purpose, currency);
+    if p.amount_minor < min {
+        return Some(RejectCode::AmountBelowPurposeMin);
+    }
+    if p.amount_minor > max {
+        return Some(RejectCode::AmountAbovePurposeMax);
+    }
+    let method = match p.method {
+        MethodKind::Missing => Some(RejectCode::MethodMissing),
+        MethodKind::Card => card::check_pan(p.card_pan).or_else(|| {
+            card::check_expiry_format(rules, p.card_expiry_month, p.card_expiry_year, now)
+        }),
+        MethodKind::Wallet if !is_wallet_provider(p.wallet_provider) => {
+            Some(RejectCode::WalletProviderInvalid)
+        }
+        MethodKind::Wallet if !is_wallet_id(p.wallet_id) => Some(RejectCode::WalletIdInvalid),
+        MethodKind::Wallet => None,
+        MethodKind::BankAccount => check_iban(p.iban),
+        MethodKind::CarrierBalance => None,
+    };
+    if method.is_some() {
+        return method;
+    }
+    if !is_channel(p.channel) {
+        return Some(RejectCode::ChannelInvalid);
+    }
+    if !is_device_id(p.device_id) {
+        return Some(RejectCode::DeviceIdInvalid);
+    }
+    if !p.ip.is_empty() && !is_ip(p.ip) {
+        return Some(RejectCode::IpInvalid);
+    }
+    if !p.assertion.is_empty() && super::assertion::parse(p.assertion).is_none() {
+        return Some(RejectCode::AssertionMalformed);
+    }
+    None
+}
+
+/// 1 to 255 printable ASCII characters (space through tilde).
+pub fn is_idempotency_key(key: &[u8]) -> bool {
+    (1..=IDEMPOTENCY_KEY_LEN_MAX).contains(&key.len())
+        && key.iter().all(|&b| (0x20..=0x7e).contains(&b))
+}
+
+/// 1 to 64 characters of `[A-Za-z0-9_-]`.
+pub fn is_account_id(id: &[u8]) -> bool {
+    (1..=ACCOUNT_ID_LEN_MAX).contains(&id.len())
+        && id
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// E.164: '+', a non-zero first digit, digits only, at most 15 of them; a country
+/// calling code that is assigned; and a national significant number of a length
+/// possible under that code (libphonenumber's metadata, see `calling_codes.rs`).
+pub fn check_msisdn(msisdn: &[u8]) -> Option<RejectCode> {
+    let [b'+', digits @ ..] = msisdn else {
+        return Some(RejectCode::MsisdnInvalid);
+    };
+    if digits.first().is_none_or(|&d| d == b'0') || !digits.iter().all(u8::is_ascii_digit) {
+        return Some(RejectCode::MsisdnInvalid);
+    }
+    if digits.len() > E164_DIGITS_MAX {
+        return Some(RejectCode::MsisdnLengthInvalid);
+    }
+    let mut code = 0usize;
+    for (i, &d) in digits.iter().take(3).enumerate() {
+        code = code * 10 + usize::from(d - b'0');
+        let mask = CALLING_CODE_MASKS[i][code];
+        if mask != 0 {
+            let national = digits.len() - (i + 1);
+            return (mask >> national.min(31) & 1 == 0).then_some(RejectCode::MsisdnLengthInvalid);
+        }
+    }
+    Some(RejectCode::MsisdnCountryCodeUnknown)
+}
+
+/// Whether `msisdn` passes `check_msisdn`.
+pub fn is_e164(msisdn: &[u8]) -> bool {
+    check_msisdn(msisdn).is_none()
+}
+
+/// An IBAN in electronic format: uppercase letters and digits only, then the
+/// `iban_validate` crate's checks (the SWIFT registry's per-country length and BBAN
+/// structure, and ISO 7064 mod 97-10). The crate also accepts lowercase and the
+/// spaced paper format; the wire format is the electronic one, so we refuse those
+/// first.
+pub fn check_iban(iban: &[u8]) -> Option<RejectCode> {
+    if !(IBAN_LEN_MIN..=IBAN_LEN_MAX).contains(&iban.len())
+        || !iban
+            .iter()
+            .all(|&b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
+        return Some(RejectCode::IbanInvalid);
+    }
+    let text = std::str::from_utf8(iban).expect("checked ASCII");
+    match text.parse::<iban::Iban>() {
+        Ok(_) => None,
+        Err(iban::ParseIbanError::UnknownCountry(_)) => Some(RejectCode::IbanCountryUnknown),
+        Err(iban::ParseIbanError::InvalidBaseIban {
+            source: iban::ParseBaseIbanError::InvalidChecksum,
+        }) => Some(RejectCode::IbanChecksumFailed),
+        Err(_) => Some(RejectCode::IbanInvalid),
+    }
+}
+
+/// 1 to 32 characters of `[a-z0-9_]`.
+pub fn is_wallet_provider(provider: &[u8]) -> bool {
+    (1..=WALLET_PROVIDER_LEN_MAX).contains(&provider.len())
+        && provider
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// 1 to 64 characters of `[A-Za-z0-9._@+-]` (phone numbers, e-mail-like handles, ids).
+pub fn is_wallet_id(id: &[u8]) -> bool {
+    (1..=WALLET_ID_LEN_MAX).contains(&id.len())
+        && id
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'-'))
+}
+
+/// At most 32 characters of `[a-z0-9_-]`; empty means "not given".
+pub fn is_channel(channel: &[u8]) -> bool {
+    channel.len() <= CHANNEL_LEN_MAX
+        && channel
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// At most 128 printable ASCII characters without spaces; empty means "not given".
+pub fn is_device_id(device_id: &[u8]) -> bool {
+    device_id.len() <= DEVICE_ID_LEN_MAX && device_id.iter().all(|&b| (0x21..=0x7e).contains(&b))
+}
+
+/// An IPv4 address in dotted-quad form or an IPv6 address (RFC 4291 text forms, no
+/// zone index). IPv6 goes to the standard library's strict parser; IPv4, nearly every
+/// request's case, to `is_ipv4`, which accepts exactly what the standard library does
+/// at a fraction of its cost (a property test holds the two together).
+pub fn is_ip(ip: &[u8]) -> bool {
+    if ip.len() > IP_LEN_MAX {
+        return false;
+    }
+    if ip.contains(&b':') {
+        return std::str::from_utf8(ip)
+            .is_ok_and(|text| text.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    is_ipv4(ip)
+}
+
+/// Four decimal octets 0 to 255 separated by dots, each 1 to 3 digits without a
+/// leading zero (as `std::net::Ipv4Addr` parses them: "01.2.3.4" is refused).
+pub fn is_ipv4(ip: &[u8]) -> bool {
+    let mut octets = 0;
+    for part in ip.split(|&b| b == b'.') {
+        octets += 1;
+        let digits_ok = (1..=3).contains(&part.len()) && part.iter().all(u8::is_ascii_digit);
+        if octets > 4 || !digits_ok || (part.len() > 1 && part[0] == b'0') {
+            return false;
+        }
+        let value = part
+            .iter()
+            .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
+        if value > 255 {
+            return false;
+        }
+    }
+    octets == 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msisdn_rules_and_their_near_misses() {
+        assert_eq!(check_msisdn(b"+306912345678"), None);
+        assert_eq!(check_msisdn(b"+12025550123"), None);
+        assert_eq!(check_msisdn(b"+447911123456"), None);
+        assert_eq!(check_msisdn(b"+4915112345678"), None);
+        assert_eq!(
+            check_msisdn(b"306912345678"),
+            Some(RejectCode::MsisdnInvalid),
+            "missing plus"
+        );
+        assert_eq!(
+            check_msisdn(b"+0306912345678"),
+            Some(RejectCode::MsisdnInvalid),
+            "leading zero"
+        );
+        assert_eq!(
+            check_msisdn(b"+30 6912345678"),
+            Some(RejectCode::MsisdnInvalid),
+            "space"
+        );
+        assert_eq!(check_msisdn(b"+"), Some(RejectCode::MsisdnInvalid));
+        assert_eq!(check_msisdn(b""), Some(RejectCode::MsisdnInvalid));
+        assert_eq!(
+            check_msisdn(b"+1202555012"),
+            Some(RejectCode::MsisdnLengthInvalid),
+            "NANP is 10 digits"
+        );
+        assert_eq!(
+            check_msisdn(b"+120255501234"),
+            Some(RejectCode::MsisdnLengthInvalid)
+        );
+        assert_eq!(
+            check_msisdn(b"+4915112345678901"),
+            Some(RejectCode::MsisdnLengthInvalid),
+            "16 digits"
+        );
+        assert_eq!(
+            check_msisdn(b"+2812345678"),
+            Some(RejectCode::MsisdnCountryCodeUnknown),
+            "28x is spare"
+        );
+        assert_eq!(
+            check_msisdn(b"+9991234567"),
+            Some(RejectCode::MsisdnCountryCodeUnknown)
+        );
+        assert_eq!(
+            check_msisdn(b"+80012345678"),
+            None,
+            "international freephone"
+        );
+    }
+
+    #[test]
+    fn iban_rules_and_their_near_misses() {
+        assert_eq!(check_iban(b"DE89370400440532013000"), None);
+        assert_eq!(check_iban(b"GB82WEST12345698765432"), None);
+        assert_eq!(check_iban(b"NO9386011117947"), None);
+        assert_eq!(
+            check_iban(b"DE89370400440532013001"),
+            Some(RejectCode::IbanChecksumFailed)
+        );
+        assert_eq!(
+            check_iban(b"DE8937040044053201300"),
+            Some(RejectCode::IbanChecksumFailed)
+        );
+        assert_eq!(
+            check_iban(b"DE89 3704 0044 0532 0130 00"),
+            Some(RejectCode::IbanInvalid),
+            "paper format"
+        );
+        assert_eq!(
+            check_iban(b"de89370400440532013000"),
+            Some(RejectCode::IbanInvalid),
+            "lowercase"
+        );
+        // A valid mod 97 checksum over a country with no IBAN format.
+        assert_eq!(
+            check_iban(b"US64SVBKUS6S3300958879"),
+            Some(RejectCode::IbanCountryUnknown)
+        );
+        assert_eq!(check_iban(b"DE"), Some(RejectCode::IbanInvalid));
+    }
+
+    #[test]
+    fn context_fields() {
+        assert!(is_ip(b"192.0.2.1") && is_ip(b"2001:db8::1") && is_ip(b"::ffff:192.0.2.1"));
+        assert!(
+            !is_ip(b"192.0.2.256")
+                && !is_ip(b"192.0.2")
+                && !is_ip(b"fe80::1%eth0")
+                && !is_ip(b"01.2.3.4")
+        );
+        assert!(is_channel(b"app") && is_channel(b"") && is_channel(b"ussd-2"));
+        assert!(!is_channel(b"App") && !is_channel(&[b'a'; 33]));
+        assert!(is_device_id(b"a1:b2:c3") && is_device_id(b""));
+        assert!(!is_device_id(b"a b") && !is_device_id(&[b'a'; 129]));
+        assert!(
+            is_wallet_provider(b"mpesa")
+                && !is_wallet_provider(b"M-Pesa")
+                && !is_wallet_provider(b"")
+        );
+        assert!(
+            is_wallet_id(b"user+1@example.com") && !is_wallet_id(b"user 1") && !is_wallet_id(b"")
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ipv4_agrees_with_the_standard_library(text in "[0-9.]{0,17}", octets in proptest::array::uniform4(0u32..300)) {
+            let dotted = format!("{}.{}.{}.{}", octets[0], octets[1], octets[2], octets[3]);
+            for candidate in [text.as_str(), dotted.as_str()] {
+                let std_ok = candidate.parse::<std::net::Ipv4Addr>().is_ok();
+                proptest::prop_assert_eq!(is_ipv4(candidate.as_bytes()), std_ok, "{}", candidate);
+            }
+        }
+
+        #[test]
+        fn no_msisdn_over_fifteen_digits_passes(digits in "[1-9][0-9]{15,20}") {
+            let msisdn = format!("+{digits}");
+            proptest::prop_assert_eq!(check_msisdn(msisdn.as_bytes()), Some(RejectCode::MsisdnLengthInvalid));
+        }
+
+        #[test]
+        fn any_non_digit_after_the_plus_fails(prefix in "[1-9][0-9]{3,6}", bad in "[^0-9]", suffix in "[0-9]{3,6}") {
+            let msisdn = format!("+{prefix}{bad}{suffix}");
+            proptest::prop_assert_eq!(check_msisdn(msisdn.as_bytes()), Some(RejectCode::MsisdnInvalid));
+        }
+    }
+}
