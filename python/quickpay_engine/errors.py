@@ -79,8 +79,8 @@ __all__ = [
     "Overloaded",
     "QuickpayError",
     "ShuttingDown",
-    "StoreError",
     "StateRefused",
+    "StoreError",
     "WalCorruption",
     "WalFailure",
 ]
