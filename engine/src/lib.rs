@@ -4,6 +4,7 @@
 //! `python.rs` behind the `python` feature, so `cargo test` runs the core alone.
 //! Every entry point has a batch form; single forms call it.
 
+pub mod fraud;
 pub mod ledger;
 pub mod money;
 pub mod validate;

@@ -18,7 +18,7 @@ use pyo3::create_exception;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::{BatchTooLarge, CapacityExceeded, EngineError, InvalidBatch};
+use super::{check_len, slice, BatchTooLarge, CapacityExceeded, EngineError, InvalidBatch};
 use crate::ledger::{
     self as core, account_flags, transfer_flags, AccountInput, AccountResult, ClaimInput,
     ClaimResult, Command, DurableConfig, DurableError, DurableLedger, EntryResult, LedgerError,
@@ -82,26 +82,12 @@ fn ids_out(
         .expect("2n values reshape to (n, 2)")
 }
 
-fn check_len(column: &'static str, len: usize, expected: usize) -> PyResult<()> {
-    if len != expected {
-        let message = format!("column {column} has {len} rows, expected {expected}");
-        return Err(InvalidBatch::new_err(message));
-    }
-    Ok(())
-}
-
-/// A 1-D column as a slice: C-contiguous of the documented dtype, or a typed error
-/// (never a silent copy), with `n` rows.
 fn column<'a, T: numpy::Element>(
     name: &'static str,
     array: &'a PyReadonlyArray1<'_, T>,
     n: usize,
 ) -> PyResult<&'a [T]> {
-    let values = array.as_slice().map_err(|_| {
-        InvalidBatch::new_err(format!(
-            "column {name} must be a C-contiguous array of the documented dtype"
-        ))
-    })?;
+    let values = slice(name, array)?;
     check_len(name, values.len(), n)?;
     Ok(values)
 }
