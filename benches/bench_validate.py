@@ -19,10 +19,11 @@ import numpy as np
 import phonenumbers
 import pytest
 import stdnum.iban
+from stdnum import luhn
+
 from quickpay_engine._engine import NO_TIME, Engine, sign_assertion
 from quickpay_engine.domain import Method, MethodDetail, MethodKind, PaymentIntent, Purpose
 from quickpay_engine.settlement.validation import build_validation_columns
-from stdnum import luhn
 
 BATCH = 10_000
 NOW = 1_795_629_600

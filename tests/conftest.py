@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.config import settings_from

@@ -6,9 +6,10 @@ import asyncio
 
 import grpc
 import pytest
-from conftest import bill, card, topup
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from conftest import bill, card, topup
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.server import RunningServer
 
@@ -229,10 +230,6 @@ async def test_unfinished_rpcs_answer_unimplemented(stub) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        async for _ in stub.WatchSettlements(pb.WatchRequest()):
-            pass
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_pay_stream_replies_for_every_request_by_key(stub, server) -> None:

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import grpc
-from conftest import settings_for, topup
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conftest import settings_for, topup
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.store import SqliteStore

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import SUBSCRIBERS, settings_for
 from quickpay_engine.errors import ImportRowError
 from quickpay_engine.store import SqliteStore

@@ -14,6 +14,7 @@ import json
 
 import numpy as np
 import pytest
+
 from quickpay_engine._engine import (
     BATCH_MAX,
     NO_TIME,

@@ -27,9 +27,10 @@ import phonenumbers
 import pytest
 import stdnum.iban
 from phonenumbers import NumberParseException, ValidationResult
+from stdnum import luhn
+
 from quickpay_engine._engine import check_ibans, check_msisdns, check_pans, reject_codes
 from quickpay_engine.settlement.validation import text_column
-from stdnum import luhn
 
 N = 1_000_000 if os.environ.get("QUICKPAY_FULL") else 100_000
 CODES = {name: number for number, name, _, _ in reject_codes()}

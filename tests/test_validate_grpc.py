@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from conftest import SUBSCRIBERS, _row, bill, card, seed_store, settings_for, topup
 from quickpay_engine._engine import reject_codes, sign_assertion
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb

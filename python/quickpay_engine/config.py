@@ -25,6 +25,7 @@ class Settings:
     data_dir: Path
     database_url: str
     gateways: Path | None
+    nats_url: str | None = None
 
     @property
     def sqlite_path(self) -> Path:
@@ -54,6 +55,12 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
         "default the SQLite file in the data dir)",
     )
     parser.add_argument(
+        "--nats-url",
+        default=env.get("QUICKPAY_NATS_URL"),
+        help="nats://HOST:PORT to publish settlement events to JetStream (QUICKPAY_NATS_URL;"
+        " none: events stay in the outbox for WatchSettlements)",
+    )
+    parser.add_argument(
         "--gateways",
         default=env.get("QUICKPAY_GATEWAYS"),
         help="gateway configuration file (QUICKPAY_GATEWAYS; none: bundled simulators)",
@@ -70,4 +77,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise ConfigError(f"--database-url {url!r}: expected sqlite:///PATH or postgresql://...")
     gateways = Path(args.gateways) if args.gateways else None
-    return Settings(listen=args.listen, data_dir=data_dir, database_url=url, gateways=gateways)
+    nats_url = getattr(args, "nats_url", None) or None
+    if nats_url and not nats_url.startswith(("nats://", "tls://")):
+        raise ConfigError(f"--nats-url {nats_url!r}: expected nats://HOST:PORT")
+    return Settings(
+        listen=args.listen,
+        data_dir=data_dir,
+        database_url=url,
+        gateways=gateways,
+        nats_url=nats_url,
+    )

@@ -153,3 +153,20 @@ class SubscriberRow:
     country: str
     sim_swapped_at_s: int | None
     created_at_s: int
+
+
+# The kinds of event the outbox carries; WatchSettlements filters on these names.
+EVENT_KINDS = ("settlement", "decline", "refund", "service_state")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One event as written in the same transaction as the change it describes."""
+
+    cursor: int
+    event_id: str
+    kind: str
+    payment_id: str
+    account_id: str
+    payload: dict[str, object]
+    created_at_us: int

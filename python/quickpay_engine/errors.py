@@ -48,6 +48,10 @@ class ShuttingDown(QuickpayError):
     """The server is draining and takes no new payments (UNAVAILABLE)."""
 
 
+class StoreError(QuickpayError):
+    """The database refused: wrong schema version, a constraint the input breaks."""
+
+
 class ImportRowError(QuickpayError):
     """A subscriber file row is malformed; nothing from the file was loaded."""
 
@@ -72,4 +76,5 @@ __all__ = [
     "QuickpayError",
     "ShuttingDown",
     "StateRefused",
+    "StoreError",
 ]

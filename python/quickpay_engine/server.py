@@ -18,11 +18,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from quickpay_engine.api.convert import event_msg
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.api.servicer import SettlementServicer
 from quickpay_engine.config import Settings
 from quickpay_engine.errors import ConfigError
+from quickpay_engine.events.jetstream import JetStreamPublisher
+from quickpay_engine.events.relay import OutboxRelay
 from quickpay_engine.settlement.service import BatchSettings, SettlementService
 from quickpay_engine.store import SqliteStore
 
@@ -33,6 +36,8 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 # In-flight calls get this long to finish after SIGTERM before they are cancelled.
 DRAIN_GRACE_S = 10.0
+# At shutdown the relay gets this long to publish what the last batches wrote.
+RELAY_FLUSH_S = 2.0
 # gRPC messages above this size are refused by the transport (a PayRequest is < 1 KiB).
 MESSAGE_BYTES_MAX = 4 * 1024 * 1024
 
@@ -65,14 +70,53 @@ class RunningServer:
     service: SettlementService
     health: health.aio.HealthServicer
     store: SqliteStore
+    relay: EventRelayTask | None = None
 
     async def stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
         """Drains: NOT_SERVING, no new calls, in-flight calls finish within the grace."""
         for name in ("", SETTLEMENT_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.service.end_watches()  # event streams end now; they would only wait out the grace
         await self.server.stop(grace_s)
+        if self.relay is not None:
+            await self.relay.stop()
         await self.service.close()
         self.store.close()
+
+
+@dataclass
+class EventRelayTask:
+    """The outbox relay running beside the server, and how to stop it."""
+
+    relay: OutboxRelay
+    publisher: JetStreamPublisher
+    task: asyncio.Task[None]
+    stop_event: asyncio.Event
+
+    @classmethod
+    def start(cls, service: SettlementService, nats_url: str) -> EventRelayTask:
+        publisher = JetStreamPublisher(nats_url)
+        relay = OutboxRelay(
+            service.outbox_unpublished,
+            service.mark_published,
+            publisher,
+            lambda event: event_msg(event).SerializeToString(),
+        )
+        service.add_commit_listener(relay.wake)
+        stop_event = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(relay.run(stop_event), name="event-relay")
+        log.info("relaying settlement events to NATS JetStream at %s", nats_url)
+        return cls(relay, publisher, task, stop_event)
+
+    async def stop(self) -> None:
+        """Publishes what the last batches wrote (when the broker answers), then stops."""
+        self.stop_event.set()
+        await self.task
+        try:
+            await asyncio.wait_for(self.relay.run_once(), RELAY_FLUSH_S)
+        except Exception as err:  # the events stay in the outbox for the next start
+            log.warning("event relay: could not flush at shutdown (%s)", err)
+        await self.publisher.close()
 
 
 async def create_server(settings: Settings, batching: BatchSettings | None = None) -> RunningServer:
@@ -96,13 +140,14 @@ async def create_server(settings: Settings, batching: BatchSettings | None = Non
     reflection.enable_server_reflection(
         [SETTLEMENT_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
     )
+    relay = EventRelayTask.start(service, settings.nats_url) if settings.nats_url else None
     port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise ConfigError(f"could not listen on {settings.listen}")
     await server.start()
     for name in ("", SETTLEMENT_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, service, health_servicer, store)
+    return RunningServer(server, port, service, health_servicer, store, relay)
 
 
 async def serve(settings: Settings) -> int:

@@ -13,6 +13,7 @@ from quickpay_engine.domain import (
     Method,
     MethodDetail,
     MethodKind,
+    OutboxEvent,
     Outcome,
     PaymentIntent,
     PaymentRecord,
@@ -135,3 +136,59 @@ def payment_msg(record: PaymentRecord) -> pb.Payment:
     if o.confirmation is not None:
         payment.confirmation.CopyFrom(confirmation_msg(o.confirmation))
     return payment
+
+
+# The version of SettlementEvent's layout; a consumer checks it before reading the body.
+EVENT_SCHEMA_VERSION = 1
+
+
+def event_msg(event: OutboxEvent) -> pb.SettlementEvent:
+    """An outbox event as the contract's SettlementEvent (WatchSettlements, the broker)."""
+    p = event.payload
+    message = pb.SettlementEvent(
+        schema_version=EVENT_SCHEMA_VERSION,
+        event_id=event.event_id,
+        cursor=event.cursor,
+        kind=event.kind,
+        occurred_at=_timestamp(event.created_at_us),
+        payment_id=event.payment_id,
+        account_id=event.account_id,
+    )
+    if event.kind == "settlement":
+        currency = str(p["currency"])
+        message.settled.CopyFrom(
+            pb.PaymentSettled(
+                amount=pb.Money(amount_minor=int(p["amount_minor"]), currency=currency),
+                purpose=int(p["purpose"]),
+                confirmation=pb.SettlementConfirmation(
+                    confirmation_id=str(p["confirmation_id"]),
+                    ledger_sequence=int(p["ledger_sequence"]),
+                    settled_at=_timestamp(event.created_at_us),
+                    gateway=str(p["gateway"]),
+                    gateway_reference=str(p["gateway_reference"]),
+                    balance_after=pb.Money(
+                        amount_minor=int(p["balance_after_minor"]), currency=currency
+                    ),
+                    service_state_after=str(p["service_state_after"]),
+                ),
+            )
+        )
+    elif event.kind == "decline":
+        message.declined.CopyFrom(
+            pb.PaymentDeclined(
+                amount=pb.Money(amount_minor=int(p["amount_minor"]), currency=str(p["currency"])),
+                decline_reason=str(p["decline_reason"]),
+                decline_detail=str(p["decline_detail"]),
+            )
+        )
+    elif event.kind == "service_state":
+        message.service_state_changed.CopyFrom(
+            pb.ServiceStateChanged(
+                msisdn=str(p["msisdn"]),
+                state_before=str(p["state_before"]),
+                state_after=str(p["state_after"]),
+            )
+        )
+    else:
+        raise AssertionError(f"outbox event {event.event_id} has unknown kind {event.kind!r}")
+    return message

@@ -11,7 +11,7 @@ import grpc
 from quickpay_engine.api import convert
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
-from quickpay_engine.domain import Outcome, PaymentStatus
+from quickpay_engine.domain import EVENT_KINDS, Outcome, PaymentStatus
 from quickpay_engine.errors import (
     EngineError,
     IdempotencyConflict,
@@ -141,10 +141,17 @@ class SettlementServicer(pb_grpc.SettlementServicer):
     async def WatchSettlements(
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SettlementEvent]:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, _unimplemented("WatchSettlements", "issue 8")
-        )
-        yield pb.SettlementEvent()  # pragma: no cover - abort raises; this makes a generator
+        """Events after ``from_cursor`` in order, then live ones; at least once (resume
+        from the last cursor received). Ends cleanly when the server drains."""
+        unknown = sorted(set(request.kinds) - set(EVENT_KINDS))
+        if unknown:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"kinds: unknown {unknown}; expected any of {list(EVENT_KINDS)}",
+            )
+        events = self._service.watch(request.from_cursor, list(request.kinds), request.account_id)
+        async for event in events:
+            yield convert.event_msg(event)
 
     async def Reconcile(
         self, request: pb.ReconcileRequest, context: grpc.aio.ServicerContext

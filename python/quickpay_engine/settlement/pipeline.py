@@ -60,12 +60,14 @@ class Pipeline:
         store: SqliteStore,
         thread: StoreThread,
         payment_ids: Callable[[], str] = new_payment_id,
+        on_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine = engine
         self._store = store
         self._thread = thread
         self._payment_ids = payment_ids
+        self._on_commit = on_commit
         self._clock = clock
 
     async def process(self, intents: Sequence[PaymentIntent]) -> list[Outcome | BaseException]:
@@ -95,6 +97,7 @@ class Pipeline:
                     positions.append(index)
         if decisions:
             outcomes, states = await self._thread.run(self._store.commit_batch, decisions)
+            self._on_commit()
             for index, outcome in zip(positions, outcomes, strict=True):
                 results[index] = outcome
             if states:

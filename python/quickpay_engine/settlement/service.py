@@ -7,16 +7,23 @@ idempotency key share a single settlement.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from quickpay_engine._engine import Engine
-from quickpay_engine.domain import Outcome, PaymentIntent, PaymentRecord
+from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord
 from quickpay_engine.errors import IdempotencyConflict, NotFound
 from quickpay_engine.settlement.batcher import MicroBatcher
 from quickpay_engine.settlement.pipeline import Pipeline, load_engine
 from quickpay_engine.store import SqliteStore
 from quickpay_engine.store.executor import StoreThread
+
+# A watcher reads at most this many events at a time from the outbox.
+WATCH_PAGE_MAX = 256
+# A watcher with nothing new looks again after this long even without a commit here.
+WATCH_POLL_S = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +43,8 @@ class SettlementService:
         self._store = store
         self._thread = StoreThread()
         self.engine = Engine()
-        self._pipeline = Pipeline(self.engine, store, self._thread)
+        self._pipeline = Pipeline(self.engine, store, self._thread, on_commit=self._committed_batch)
+        self._commit_listeners: list[Callable[[], None]] = [self._wake_watchers]
         self._batcher: MicroBatcher[PaymentIntent, Outcome] = MicroBatcher(
             self._pipeline.process,
             batch_max=batching.batch_max,
@@ -47,6 +55,10 @@ class SettlementService:
         # waits for the first attempt instead of racing it. Bounded by the batcher's
         # queue, since every entry is a queued or running payment.
         self._inflight: dict[str, tuple[str, asyncio.Task[Outcome]]] = {}
+        # Set (and replaced) after every commit, so watchers wake for new events at once;
+        # they also poll, for events another process wrote.
+        self._committed = asyncio.Event()
+        self._watch_closed = asyncio.Event()
 
     async def start(self) -> None:
         """Loads the subscriber table into the engine and starts batching."""
@@ -56,8 +68,57 @@ class SettlementService:
 
     async def close(self) -> None:
         """Finishes every queued payment, then releases the store thread."""
+        self.end_watches()
         await self._batcher.close()
         self._thread.close()
+
+    def end_watches(self) -> None:
+        """Ends every WatchSettlements stream cleanly (the server is draining); a client
+        resumes from the last cursor it saw, on this server or another."""
+        self._watch_closed.set()
+        self._wake_watchers()
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Calls ``listener`` after every committed batch (the event relay wakes on it)."""
+        self._commit_listeners.append(listener)
+
+    def _committed_batch(self) -> None:
+        for listener in self._commit_listeners:
+            listener()
+
+    async def outbox_unpublished(self, limit: int) -> list[OutboxEvent]:
+        """For the event relay: the oldest events the broker has not acknowledged."""
+        return await self._thread.run(self._store.outbox_unpublished, limit)
+
+    async def mark_published(self, cursors: list[int]) -> None:
+        """For the event relay: the broker acknowledged these events."""
+        await self._thread.run(self._store.mark_published, cursors)
+
+    def _wake_watchers(self) -> None:
+        committed, self._committed = self._committed, asyncio.Event()
+        committed.set()
+
+    async def watch(
+        self, from_cursor: int, kinds: Sequence[str] = (), account_id: str = ""
+    ) -> AsyncIterator[OutboxEvent]:
+        """Events after ``from_cursor``, in order, then new ones as they commit.
+
+        Memory stays bounded whatever the consumer's speed: at most one page of
+        ``WATCH_PAGE_MAX`` events is held, and the next page is read only once the
+        consumer has taken this one (the gRPC write waits on flow control).
+        """
+        cursor = from_cursor
+        while not self._watch_closed.is_set():
+            committed = self._committed  # taken before reading: no commit slips between
+            page = await self._thread.run(
+                self._store.outbox_after, cursor, kinds, account_id, WATCH_PAGE_MAX
+            )
+            for event in page:
+                yield event
+                cursor = event.cursor
+            if len(page) < WATCH_PAGE_MAX:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(committed.wait(), WATCH_POLL_S)
 
     async def pay(self, intent: PaymentIntent) -> Outcome:
         """Settles one payment, or replays the outcome already stored for its key.

@@ -1,5 +1,5 @@
--- The embedded store's schema. Every table is STRICT: a wrong type is an error, never a
--- silent coercion of an amount.
+-- The embedded store's schema, version 1 (PRAGMA user_version). Every table is STRICT:
+-- a wrong type is an error, never a silent coercion of an amount.
 CREATE TABLE IF NOT EXISTS subscribers (
     account_id       TEXT PRIMARY KEY,
     msisdn           TEXT NOT NULL UNIQUE,
@@ -7,6 +7,9 @@ CREATE TABLE IF NOT EXISTS subscribers (
     status           INTEGER NOT NULL CHECK (status BETWEEN 1 AND 4),
     currency         TEXT NOT NULL,
     balance_minor    INTEGER NOT NULL,
+    -- The balance as last imported, less what settled since: balance_minor always equals
+    -- opening_balance_minor plus the sum of the account's billing records' deltas.
+    opening_balance_minor INTEGER NOT NULL,
     country          TEXT NOT NULL,
     sim_swapped_at_s INTEGER,
     created_at_s     INTEGER NOT NULL
@@ -43,3 +46,75 @@ CREATE TABLE IF NOT EXISTS payments (
 ) STRICT;
 
 CREATE INDEX IF NOT EXISTS payments_by_account ON payments (account_id, seq);
+
+-- Billing: one record per settled payment (and, later, per refund), keyed by payment id.
+CREATE TABLE IF NOT EXISTS billing_records (
+    payment_id          TEXT PRIMARY KEY,
+    account_id          TEXT NOT NULL REFERENCES subscribers (account_id),
+    kind                TEXT NOT NULL CHECK (kind IN ('PAYMENT', 'REFUND')),
+    amount_minor        INTEGER NOT NULL CHECK (amount_minor > 0),
+    currency            TEXT NOT NULL,
+    -- What the record did to the account's balance: a bill payment lowers what is owed
+    -- (negative), a top-up raises the credit (positive).
+    balance_delta_minor INTEGER NOT NULL,
+    balance_after_minor INTEGER NOT NULL,
+    created_at_us       INTEGER NOT NULL
+) STRICT;
+
+-- Accounts-receivable ledger: double entry, every payment's legs balance per currency.
+CREATE TABLE IF NOT EXISTS ar_entries (
+    entry_id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    payment_id    TEXT NOT NULL,
+    leg           INTEGER NOT NULL,
+    ar_account    TEXT NOT NULL,
+    debit_minor   INTEGER NOT NULL CHECK (debit_minor >= 0),
+    credit_minor  INTEGER NOT NULL CHECK (credit_minor >= 0),
+    currency      TEXT NOT NULL,
+    created_at_us INTEGER NOT NULL,
+    UNIQUE (payment_id, leg)
+) STRICT;
+
+-- Provisioning: the rules that restore a line, and every change they made.
+CREATE TABLE IF NOT EXISTS provisioning_rules (
+    rule_id          TEXT PRIMARY KEY,
+    priority         INTEGER NOT NULL,
+    plan             INTEGER NOT NULL CHECK (plan IN (1, 2)),
+    from_status      INTEGER NOT NULL CHECK (from_status BETWEEN 1 AND 4),
+    to_status        INTEGER NOT NULL CHECK (to_status BETWEEN 1 AND 4),
+    owed_max_minor   INTEGER NOT NULL,
+    credit_min_minor INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS provisioning_changes (
+    payment_id    TEXT PRIMARY KEY,
+    account_id    TEXT NOT NULL,
+    msisdn        TEXT NOT NULL,
+    state_before  INTEGER NOT NULL,
+    state_after   INTEGER NOT NULL,
+    rule_id       TEXT NOT NULL,
+    changed_at_us INTEGER NOT NULL
+) STRICT;
+
+-- The audit trail: append-only, hash-chained (see store/audit.py).
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq       INTEGER PRIMARY KEY,
+    prev_hash TEXT NOT NULL,
+    content   TEXT NOT NULL,
+    row_hash  TEXT NOT NULL
+) STRICT;
+
+-- Transactional outbox: events written with the change they describe; the cursor
+-- orders them for WatchSettlements and the broker relay.
+CREATE TABLE IF NOT EXISTS outbox (
+    cursor          INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id        TEXT NOT NULL UNIQUE,
+    kind            TEXT NOT NULL,
+    payment_id      TEXT NOT NULL,
+    account_id      TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    created_at_us   INTEGER NOT NULL,
+    published_at_us INTEGER
+) STRICT;
+
+CREATE INDEX IF NOT EXISTS billing_by_account ON billing_records (account_id);
+CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (cursor) WHERE published_at_us IS NULL;

@@ -1,15 +1,17 @@
 """The embedded store: one SQLite file (WAL journal, synchronous=FULL) for every domain.
 
 Calls are synchronous and must come from one thread: the async front end runs them on
-a single-thread executor (see ``AsyncStore``), which makes that thread the one writer.
+a single-thread executor (``store.executor.StoreThread``), which makes that thread the
+one writer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -19,6 +21,7 @@ from quickpay_engine.domain import (
     LineStatus,
     Method,
     MethodKind,
+    OutboxEvent,
     Outcome,
     PaymentIntent,
     PaymentRecord,
@@ -27,23 +30,20 @@ from quickpay_engine.domain import (
     Purpose,
     SubscriberRow,
 )
+from quickpay_engine.errors import StoreError
+from quickpay_engine.store.audit import GENESIS, AuditRow
+from quickpay_engine.store.audit import verify as verify_chain
+from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule
+from quickpay_engine.store.rows import Account, BatchRows, Decision, MissingAccount, build
+
+# The schema this build writes (PRAGMA user_version); see schema_sqlite.sql.
+SCHEMA_VERSION = 1
+
+# `verify` lists at most this many examples of each broken invariant.
+VERIFY_EXAMPLES_MAX = 20
 
 # SQLite waits this long for a lock held by another process before failing the call.
 BUSY_TIMEOUT_MS = 5_000
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What the pipeline decided for one payment; the store makes it durable.
-
-    ``decline_reason`` empty means settle: apply the amount to the account. Otherwise the
-    payment is recorded as declined and nothing else changes.
-    """
-
-    payment_id: str
-    intent: PaymentIntent
-    decline_reason: str = ""
-    decline_detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,19 +53,6 @@ class SettledState:
     account_id: str
     balance_minor: int
     status: LineStatus
-
-
-def restored_status(plan: Plan, status: LineStatus, balance_minor: int) -> LineStatus:
-    """The line state after a payment: a barred or suspended line paid up is restored.
-
-    A postpaid line owes ``balance_minor``; once nothing is owed it is active again. A
-    prepaid line barred at zero credit is active again once it has credit. A closed line
-    stays closed.
-    """
-    if status in (LineStatus.ACTIVE, LineStatus.CLOSED):
-        return status
-    paid_up = balance_minor <= 0 if plan is Plan.POSTPAID else balance_minor > 0
-    return LineStatus.ACTIVE if paid_up else status
 
 
 class SqliteStore:
@@ -81,8 +68,43 @@ class SqliteStore:
             raise sqlite3.OperationalError(f"{path}: could not enable WAL journal (got {mode})")
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.execute("PRAGMA foreign_keys = ON")
+        self._migrate(path)
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO provisioning_rules (rule_id, priority, plan, from_status,"
+                " to_status, owed_max_minor, credit_min_minor) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.rule_id,
+                        n,
+                        int(r.plan),
+                        int(r.from_status),
+                        int(r.to_status),
+                        r.owed_max_minor,
+                        r.credit_min_minor,
+                    )
+                    for n, r in enumerate(DEFAULT_RULES)
+                ],
+            )
+        self.rules = self._load_rules()
+
+    def _migrate(self, path: Path) -> None:
+        """Creates the schema in a new file; refuses a file of another schema version."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return
+        (tables,) = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        if version != 0 or tables:
+            self._db.close()
+            raise StoreError(
+                f"{path} holds schema version {version}; this build uses {SCHEMA_VERSION}."
+                " Move the file aside (or point --data-dir elsewhere) to start afresh."
+            )
         schema = resources.files("quickpay_engine.store").joinpath("schema_sqlite.sql")
-        self._db.executescript(schema.read_text())
+        # One script, one transaction: a crash leaves no half-made schema behind.
+        self._db.executescript(
+            f"BEGIN;\n{schema.read_text()}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -90,16 +112,30 @@ class SqliteStore:
     # -- subscribers -----------------------------------------------------------------
 
     def import_subscribers(self, rows: Sequence[SubscriberRow]) -> int:
-        """Inserts or replaces every row in one transaction: all of them or none."""
+        """Inserts or replaces every row in one transaction: all of them or none.
+
+        The billing system's balance wins; the opening balance is set so that the balance
+        still equals the opening balance plus what settled here (see `verify`).
+        """
+        try:
+            self._upsert_subscribers(rows)
+        except sqlite3.IntegrityError as err:
+            raise StoreError(f"the import conflicts with the database: {err}") from None
+        return len(rows)
+
+    def _upsert_subscribers(self, rows: Sequence[SubscriberRow]) -> None:
         with self._transaction():
             self._db.executemany(
                 "INSERT INTO subscribers (account_id, msisdn, plan, status, currency,"
-                " balance_minor, country, sim_swapped_at_s, created_at_s)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " balance_minor, opening_balance_minor, country, sim_swapped_at_s,"
+                " created_at_s) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)"
                 " ON CONFLICT (account_id) DO UPDATE SET msisdn = excluded.msisdn,"
                 " plan = excluded.plan, status = excluded.status, currency = excluded.currency,"
-                " balance_minor = excluded.balance_minor, country = excluded.country,"
-                " sim_swapped_at_s = excluded.sim_swapped_at_s,"
+                " balance_minor = excluded.balance_minor,"
+                " opening_balance_minor = excluded.balance_minor - (SELECT"
+                "   coalesce(sum(balance_delta_minor), 0) FROM billing_records"
+                "   WHERE billing_records.account_id = excluded.account_id),"
+                " country = excluded.country, sim_swapped_at_s = excluded.sim_swapped_at_s,"
                 " created_at_s = excluded.created_at_s",
                 (
                     (
@@ -116,7 +152,6 @@ class SqliteStore:
                     for r in rows
                 ),
             )
-        return len(rows)
 
     def load_subscribers(self) -> list[SubscriberRow]:
         """Every subscriber, for the engine's table at start."""
@@ -170,71 +205,104 @@ class SqliteStore:
     ) -> tuple[list[Outcome], list[SettledState]]:
         """Makes a batch of decisions durable in one transaction.
 
-        Each payment runs in its own savepoint, so one that fails (its key was taken by a
-        concurrent writer, say) is reported as FAILED and does not sink the others. A key
-        already stored comes back as that stored outcome, marked replayed.
+        The whole batch is written with one statement per table. Should that fail (a key
+        taken by another writer since the replay check, an account gone), the batch is
+        redone one payment per savepoint, so the one bad payment is reported as FAILED, or
+        as the stored outcome when its key is already settled, and does not sink the others.
         """
         now_us = now_us if now_us is not None else time.time_ns() // 1_000
-        outcomes: list[Outcome] = []
-        states: dict[str, SettledState] = {}
         with self._transaction():
+            self._db.execute("SAVEPOINT batch")
+            try:
+                rows = self._build(decisions, now_us)
+                self._write(rows)
+            except (sqlite3.IntegrityError, MissingAccount):
+                self._db.execute("ROLLBACK TO batch")
+            else:
+                self._db.execute("RELEASE batch")
+                return rows.outcomes, _states(rows)
+            self._db.execute("RELEASE batch")
+            outcomes: list[Outcome] = []
+            touched: dict[str, SettledState] = {}
             for decision in decisions:
                 self._db.execute("SAVEPOINT payment")
                 try:
-                    outcome = self._apply(decision, now_us, states)
+                    rows = self._build([decision], now_us)
+                    self._write(rows)
                 except sqlite3.IntegrityError as err:
                     self._db.execute("ROLLBACK TO payment")
-                    outcome = self._replay_or_fail(decision, str(err))
+                    outcomes.append(self._replay_or_fail(decision, "STORE_REJECTED", str(err)))
+                except MissingAccount as err:
+                    self._db.execute("ROLLBACK TO payment")
+                    outcomes.append(self._replay_or_fail(decision, "ACCOUNT_GONE", str(err)))
+                else:
+                    outcomes.extend(rows.outcomes)
+                    touched.update((s.account_id, s) for s in _states(rows))
                 self._db.execute("RELEASE payment")
-                outcomes.append(outcome)
-        return outcomes, list(states.values())
+        return outcomes, list(touched.values())
 
-    def _apply(self, decision: Decision, now_us: int, states: dict[str, SettledState]) -> Outcome:
-        intent = decision.intent
-        if decision.decline_reason:
-            self._insert_payment(decision, PaymentStatus.DECLINED, now_us, None)
-            return Outcome(
-                payment_id=decision.payment_id,
-                idempotency_key=intent.idempotency_key,
-                status=PaymentStatus.DECLINED,
-                decline_reason=decision.decline_reason,
-                decline_detail=decision.decline_detail,
-            )
-        # A bill payment lowers what is owed; a top-up raises the credit.
-        delta = (
-            -intent.amount_minor if intent.purpose is Purpose.BILL_PAYMENT else intent.amount_minor
-        )
-        balance, plan, status = self._db.execute(
-            "UPDATE subscribers SET balance_minor = balance_minor + ? WHERE account_id = ?"
-            " RETURNING balance_minor, plan, status",
-            (delta, intent.account_id),
+    def _build(self, decisions: Sequence[Decision], now_us: int) -> BatchRows:
+        wanted = sorted({d.intent.account_id for d in decisions if not d.decline_reason})
+        accounts: dict[str, Account] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for account_id, msisdn, plan, status, balance in self._db.execute(
+                "SELECT account_id, msisdn, plan, status, balance_minor FROM subscribers"  # noqa: S608
+                f" WHERE account_id IN ({marks})",
+                chunk,
+            ):
+                accounts[account_id] = Account(
+                    account_id, msisdn, Plan(plan), LineStatus(status), balance
+                )
+        head = self._db.execute(
+            "SELECT seq, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1"
         ).fetchone()
-        after = restored_status(Plan(plan), LineStatus(status), balance)
-        if after != status:
-            self._db.execute(
-                "UPDATE subscribers SET status = ? WHERE account_id = ?",
-                (int(after), intent.account_id),
-            )
-        confirmation = Confirmation(
-            confirmation_id="cnf_" + decision.payment_id.removeprefix("pay_"),
-            ledger_sequence=0,
-            settled_at_us=now_us,
-            gateway="",
-            gateway_reference="",
-            balance_after_minor=balance,
-            currency=intent.currency,
-            service_state_after=after,
+        (last_seq,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM payments").fetchone()
+        return build(decisions, accounts, self.rules, head or (0, GENESIS), last_seq + 1, now_us)
+
+    def _write(self, rows: BatchRows) -> None:
+        db = self._db
+        db.executemany(
+            "INSERT INTO payments (seq, payment_id, idempotency_key, fingerprint, account_id,"
+            " msisdn, amount_minor, currency, purpose, method_kind, method_display, channel,"
+            " device_id, ip, status, decline_reason, decline_detail, confirmation_id,"
+            " settled_at_us, balance_after_minor, service_state_after, gateway,"
+            " gateway_reference, created_at_us)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows.payments,
         )
-        seq = self._insert_payment(decision, PaymentStatus.SETTLED, now_us, confirmation)
-        states[intent.account_id] = SettledState(intent.account_id, balance, after)
-        return Outcome(
-            payment_id=decision.payment_id,
-            idempotency_key=intent.idempotency_key,
-            status=PaymentStatus.SETTLED,
-            confirmation=dataclasses.replace(confirmation, ledger_sequence=seq),
+        db.executemany(
+            "INSERT INTO billing_records (payment_id, account_id, kind, amount_minor, currency,"
+            " balance_delta_minor, balance_after_minor, created_at_us)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows.billing,
+        )
+        db.executemany(
+            "INSERT INTO ar_entries (payment_id, leg, ar_account, debit_minor, credit_minor,"
+            " currency, created_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows.ar,
+        )
+        db.executemany(
+            "INSERT INTO provisioning_changes (payment_id, account_id, msisdn, state_before,"
+            " state_after, rule_id, changed_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows.provisioning,
+        )
+        db.executemany(
+            "INSERT INTO audit_log (seq, prev_hash, content, row_hash) VALUES (?, ?, ?, ?)",
+            rows.audit,
+        )
+        db.executemany(
+            "INSERT INTO outbox (event_id, kind, payment_id, account_id, payload, created_at_us)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            rows.outbox,
+        )
+        db.executemany(
+            "UPDATE subscribers SET balance_minor = ?, status = ? WHERE account_id = ?",
+            [(a.balance_minor, int(a.status), a.account_id) for a in rows.touched.values()],
         )
 
-    def _replay_or_fail(self, decision: Decision, error: str) -> Outcome:
+    def _replay_or_fail(self, decision: Decision, reason: str, error: str) -> Outcome:
         stored = self.find_by_keys([decision.intent.idempotency_key]).get(
             decision.intent.idempotency_key
         )
@@ -244,55 +312,9 @@ class SqliteStore:
             payment_id=decision.payment_id,
             idempotency_key=decision.intent.idempotency_key,
             status=PaymentStatus.FAILED,
-            decline_reason="STORE_REJECTED",
+            decline_reason=reason,
             decline_detail=error,
         )
-
-    def _insert_payment(
-        self,
-        decision: Decision,
-        status: PaymentStatus,
-        now_us: int,
-        confirmation: Confirmation | None,
-    ) -> int:
-        i = decision.intent
-        c = confirmation
-        cursor = self._db.execute(
-            "INSERT INTO payments (payment_id, idempotency_key, fingerprint, account_id, msisdn,"
-            " amount_minor, currency, purpose, method_kind, method_display, channel, device_id,"
-            " ip, status, decline_reason, decline_detail, confirmation_id, settled_at_us,"
-            " balance_after_minor, service_state_after, gateway, gateway_reference,"
-            " created_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-            " ?, ?, ?, ?)",
-            (
-                decision.payment_id,
-                i.idempotency_key,
-                i.fingerprint,
-                i.account_id,
-                i.msisdn,
-                i.amount_minor,
-                i.currency,
-                int(i.purpose),
-                int(i.method.kind),
-                i.method.display,
-                i.channel,
-                i.device_id,
-                i.ip,
-                int(status),
-                decision.decline_reason,
-                decision.decline_detail,
-                c.confirmation_id if c else None,
-                c.settled_at_us if c else None,
-                c.balance_after_minor if c else None,
-                int(c.service_state_after) if c else None,
-                c.gateway if c else "",
-                c.gateway_reference if c else "",
-                now_us,
-            ),
-        )
-        seq = cursor.lastrowid
-        assert seq is not None
-        return seq
 
     def _records(self, where: str, params: Sequence[object]) -> list[PaymentRecord]:
         # `where` is one of this module's literals; values always go in `params`.
@@ -306,8 +328,130 @@ class SqliteStore:
         )
         return [_record(row) for row in cursor]
 
+    # -- events -------------------------------------------------------------------------
+
+    def outbox_after(
+        self, cursor: int, kinds: Sequence[str] = (), account_id: str = "", limit: int = 256
+    ) -> list[OutboxEvent]:
+        """Events after ``cursor`` in cursor order, at most ``limit``, optionally filtered."""
+        where, params = ["cursor > ?"], [cursor]
+        if kinds:
+            where.append(f"kind IN ({','.join('?' * len(kinds))})")
+            params.extend(kinds)
+        if account_id:
+            where.append("account_id = ?")
+            params.append(account_id)
+        cursor_rows = self._db.execute(
+            "SELECT cursor, event_id, kind, payment_id, account_id, payload, created_at_us"  # noqa: S608
+            f" FROM outbox WHERE {' AND '.join(where)} ORDER BY cursor LIMIT ?",
+            [*params, limit],
+        )
+        return [
+            OutboxEvent(c, e, k, p, a, json.loads(payload), at)
+            for c, e, k, p, a, payload, at in cursor_rows
+        ]
+
+    def outbox_unpublished(self, limit: int) -> list[OutboxEvent]:
+        """The oldest events not yet acknowledged by the broker, in cursor order."""
+        rows = self._db.execute(
+            "SELECT cursor, event_id, kind, payment_id, account_id, payload, created_at_us"
+            " FROM outbox WHERE published_at_us IS NULL ORDER BY cursor LIMIT ?",
+            (limit,),
+        )
+        return [
+            OutboxEvent(c, e, k, p, a, json.loads(payload), at)
+            for c, e, k, p, a, payload, at in rows
+        ]
+
+    def mark_published(self, cursors: Sequence[int], now_us: int | None = None) -> None:
+        """Records the broker's acknowledgement of these events."""
+        now_us = now_us if now_us is not None else time.time_ns() // 1_000
+        with self._transaction():
+            self._db.executemany(
+                "UPDATE outbox SET published_at_us = ? WHERE cursor = ?",
+                [(now_us, c) for c in cursors],
+            )
+
+    # -- invariants -----------------------------------------------------------------------
+
+    def verify(self) -> list[str]:
+        """Checks the database's own invariants; returns one line per violation (at most
+        ``VERIFY_EXAMPLES_MAX`` examples per check), empty when everything holds."""
+        problems: list[str] = []
+        for what, sql in _CHECKS:
+            found = self._db.execute(sql + f" LIMIT {VERIFY_EXAMPLES_MAX}").fetchall()
+            problems.extend(f"{what}: {', '.join(map(str, row))}" for row in found)
+        _, broken = verify_chain(self.audit_rows())
+        if broken is not None:
+            problems.append(f"audit trail broken at row {broken.seq}: {broken.problem}")
+        return problems
+
+    # -- provisioning and audit ---------------------------------------------------------
+
+    def _load_rules(self) -> list[ProvisioningRule]:
+        cursor = self._db.execute(
+            "SELECT rule_id, plan, from_status, to_status, owed_max_minor, credit_min_minor"
+            " FROM provisioning_rules ORDER BY priority, rule_id"
+        )
+        return [
+            ProvisioningRule(r, Plan(p), LineStatus(f), LineStatus(t), o, c)
+            for r, p, f, t, o, c in cursor
+        ]
+
+    def audit_rows(self) -> Iterator[AuditRow]:
+        """The audit trail in sequence order, for `quickpay audit verify`."""
+        cursor = self._db.execute(
+            "SELECT seq, prev_hash, content, row_hash FROM audit_log ORDER BY seq"
+        )
+        return (AuditRow(*row) for row in cursor)
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+# Each check selects the rows that break one invariant; `verify` reports them.
+_CHECKS = [
+    (
+        "AR ledger out of balance (currency, debits, credits)",
+        "SELECT currency, sum(debit_minor), sum(credit_minor) FROM ar_entries"
+        " GROUP BY currency HAVING sum(debit_minor) != sum(credit_minor)",
+    ),
+    (
+        "settled payment without a billing record",
+        "SELECT p.payment_id FROM payments p LEFT JOIN billing_records b USING (payment_id)"
+        " WHERE p.status IN (1, 4, 5) AND b.payment_id IS NULL",
+    ),
+    (
+        "billing record without a settled payment",
+        "SELECT b.payment_id FROM billing_records b LEFT JOIN payments p"
+        " ON p.payment_id = b.payment_id AND p.status IN (1, 4, 5) WHERE p.payment_id IS NULL",
+    ),
+    (
+        "settled payment whose AR legs do not carry its amount (payment, debits, credits)",
+        "SELECT p.payment_id, coalesce(sum(a.debit_minor), 0), coalesce(sum(a.credit_minor), 0)"
+        " FROM payments p LEFT JOIN ar_entries a USING (payment_id) WHERE p.status IN (1, 4, 5)"
+        " GROUP BY p.payment_id HAVING coalesce(sum(a.debit_minor), 0) != max(p.amount_minor)"
+        " OR coalesce(sum(a.credit_minor), 0) != max(p.amount_minor)",
+    ),
+    (
+        "balance is not opening balance plus billing history (account, balance, expected)",
+        "SELECT s.account_id, s.balance_minor, s.opening_balance_minor + coalesce(b.delta, 0)"
+        " FROM subscribers s LEFT JOIN (SELECT account_id, sum(balance_delta_minor) AS delta"
+        " FROM billing_records GROUP BY account_id) b USING (account_id)"
+        " WHERE s.balance_minor != s.opening_balance_minor + coalesce(b.delta, 0)",
+    ),
+    (
+        "declined payment that moved money",
+        "SELECT p.payment_id FROM payments p JOIN ar_entries a USING (payment_id)"
+        " WHERE p.status = 2",
+    ),
+    (
+        "settled payment without its settlement event",
+        "SELECT p.payment_id FROM payments p LEFT JOIN outbox o"
+        " ON o.payment_id = p.payment_id AND o.kind = 'settlement'"
+        " WHERE p.status IN (1, 4, 5) AND o.event_id IS NULL",
+    ),
+]
 
 
 class _Transaction:
@@ -321,6 +465,10 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _states(rows: BatchRows) -> list[SettledState]:
+    return [SettledState(a.account_id, a.balance_minor, a.status) for a in rows.touched.values()]
 
 
 def _record(row: tuple) -> PaymentRecord:  # type: ignore[type-arg]

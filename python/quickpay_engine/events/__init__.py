@@ -1,0 +1,1 @@
+"""Events out: the outbox relay and the broker it publishes to."""

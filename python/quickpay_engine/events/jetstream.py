@@ -1,0 +1,58 @@
+"""NATS JetStream as the event broker (when QUICKPAY_NATS_URL is set)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import nats
+from nats.js.api import StreamConfig
+from nats.js.errors import BadRequestError
+
+# The stream that holds every settlement event.
+STREAM = "QUICKPAY_SETTLEMENTS"
+SUBJECTS = ["quickpay.settlement.>"]
+# JetStream drops a repeated message id seen within this window; it must outlast the
+# longest time an event can wait between being published and being marked published
+# (a relay crash and restart), so it is generous.
+DUPLICATE_WINDOW_S = 24 * 3600
+# One publish waits this long for the broker's acknowledgement.
+PUBLISH_TIMEOUT_S = 5.0
+
+
+class JetStreamPublisher:
+    """Publishes with the event id as the message id and waits for each acknowledgement."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._nc: nats.NATS | None = None
+        self._js = None
+
+    async def connect(self) -> None:
+        """Connects and creates the stream when it is missing."""
+        nc = await nats.connect(
+            self._url,
+            connect_timeout=2,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )
+        js = nc.jetstream()
+        config = StreamConfig(name=STREAM, subjects=SUBJECTS, duplicate_window=DUPLICATE_WINDOW_S)
+        # A stream that exists with another configuration (made by an operator) is used
+        # as it is.
+        with contextlib.suppress(BadRequestError):
+            await js.add_stream(config)
+        self._nc, self._js = nc, js
+
+    async def publish(self, subject: str, data: bytes, message_id: str) -> None:
+        """Publishes once the broker is reachable; raises while it is not."""
+        if self._js is None:
+            await self.connect()
+        assert self._js is not None
+        await self._js.publish(
+            subject, data, timeout=PUBLISH_TIMEOUT_S, headers={"Nats-Msg-Id": message_id}
+        )
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            await self._nc.close()

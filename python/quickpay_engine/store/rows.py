@@ -1,0 +1,257 @@
+"""The rows one settlement batch writes, built without touching a database.
+
+Every domain's rows (payment history, billing, AR ledger, provisioning, audit, outbox)
+come from one pure function, so the SQLite store and the PostgreSQL store write the same
+thing and a test can check the rows without a server. All keys derive from the payment
+id, which is what makes a redo of the same batch change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from quickpay_engine.domain import (
+    Confirmation,
+    LineStatus,
+    Outcome,
+    PaymentIntent,
+    PaymentStatus,
+    Plan,
+    Purpose,
+)
+from quickpay_engine.store.audit import canonical, chain_hash
+from quickpay_engine.store.provisioning import ProvisioningRule, state_after
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the pipeline decided for one payment; the store makes it durable.
+
+    ``decline_reason`` empty means settle: apply the amount to the account. Otherwise the
+    payment is recorded as declined and nothing else changes.
+    """
+
+    payment_id: str
+    intent: PaymentIntent
+    decline_reason: str = ""
+    decline_detail: str = ""
+    gateway: str = ""
+    gateway_reference: str = ""
+
+
+@dataclass(slots=True)
+class Account:
+    """An account's billing balance and line state, as the batch moves them."""
+
+    account_id: str
+    msisdn: str
+    plan: Plan
+    status: LineStatus
+    balance_minor: int
+
+
+class MissingAccount(Exception):
+    """A settlement names an account the billing database no longer has."""
+
+
+@dataclass
+class BatchRows:
+    """Parameter tuples per table, in the order the statements in the store expect."""
+
+    payments: list[tuple[object, ...]] = field(default_factory=list)
+    billing: list[tuple[object, ...]] = field(default_factory=list)
+    ar: list[tuple[object, ...]] = field(default_factory=list)
+    provisioning: list[tuple[object, ...]] = field(default_factory=list)
+    audit: list[tuple[object, ...]] = field(default_factory=list)
+    outbox: list[tuple[object, ...]] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    touched: dict[str, Account] = field(default_factory=dict)
+
+
+def build(
+    decisions: Sequence[Decision],
+    accounts: dict[str, Account],
+    rules: Sequence[ProvisioningRule],
+    audit_head: tuple[int, str],
+    first_payment_seq: int,
+    now_us: int,
+) -> BatchRows:
+    """The rows for a batch. ``accounts`` is updated in place as payments apply, in order;
+    ``audit_head`` is the last (seq, hash) of the trail; payment rows are numbered from
+    ``first_payment_seq`` (the confirmation's ledger sequence)."""
+    rows = BatchRows()
+    audit_seq, audit_hash = audit_head
+    for offset, d in enumerate(decisions):
+        seq = first_payment_seq + offset
+        i = d.intent
+        if d.decline_reason:
+            outcome = Outcome(
+                d.payment_id,
+                i.idempotency_key,
+                PaymentStatus.DECLINED,
+                d.decline_reason,
+                d.decline_detail,
+            )
+            content = {
+                "kind": "payment.declined",
+                "payment_id": d.payment_id,
+                "account_id": i.account_id,
+                "amount_minor": i.amount_minor,
+                "currency": i.currency,
+                "decline_reason": d.decline_reason,
+            }
+            rows.outbox.append(
+                _event(
+                    "decline",
+                    d,
+                    now_us,
+                    amount_minor=i.amount_minor,
+                    currency=i.currency,
+                    decline_reason=d.decline_reason,
+                    decline_detail=d.decline_detail,
+                )
+            )
+        else:
+            account = accounts.get(i.account_id)
+            if account is None:
+                raise MissingAccount(i.account_id)
+            # A bill payment lowers what is owed; a top-up raises the credit.
+            bill = i.purpose is Purpose.BILL_PAYMENT
+            delta = -i.amount_minor if bill else i.amount_minor
+            account.balance_minor += delta
+            before = account.status
+            after, rule_id = state_after(rules, account.plan, before, account.balance_minor)
+            account.status = after
+            rows.touched[account.account_id] = account
+            confirmation = Confirmation(
+                confirmation_id="cnf_" + d.payment_id.removeprefix("pay_"),
+                ledger_sequence=seq,
+                settled_at_us=now_us,
+                gateway=d.gateway,
+                gateway_reference=d.gateway_reference,
+                balance_after_minor=account.balance_minor,
+                currency=i.currency,
+                service_state_after=after,
+            )
+            outcome = Outcome(
+                d.payment_id, i.idempotency_key, PaymentStatus.SETTLED, confirmation=confirmation
+            )
+            rows.billing.append(
+                (
+                    d.payment_id,
+                    i.account_id,
+                    "PAYMENT",
+                    i.amount_minor,
+                    i.currency,
+                    delta,
+                    account.balance_minor,
+                    now_us,
+                )
+            )
+            # Money came in through the gateway's clearing account and pays down what the
+            # subscriber owes (a bill) or becomes credit the carrier owes them (a top-up).
+            clearing = f"gateway_clearing:{d.gateway or 'direct'}"
+            credited = f"{'receivable' if bill else 'prepaid_liability'}:{i.account_id}"
+            rows.ar.append((d.payment_id, 1, clearing, i.amount_minor, 0, i.currency, now_us))
+            rows.ar.append((d.payment_id, 2, credited, 0, i.amount_minor, i.currency, now_us))
+            if after is not before:
+                rows.provisioning.append(
+                    (
+                        d.payment_id,
+                        i.account_id,
+                        account.msisdn,
+                        int(before),
+                        int(after),
+                        rule_id,
+                        now_us,
+                    )
+                )
+                rows.outbox.append(
+                    _event(
+                        "service_state",
+                        d,
+                        now_us,
+                        msisdn=account.msisdn,
+                        state_before=before.name,
+                        state_after=after.name,
+                    )
+                )
+            content = {
+                "kind": "payment.settled",
+                "payment_id": d.payment_id,
+                "account_id": i.account_id,
+                "amount_minor": i.amount_minor,
+                "currency": i.currency,
+                "balance_after_minor": account.balance_minor,
+                "state_before": before.name,
+                "state_after": after.name,
+                "gateway": d.gateway,
+                "gateway_reference": d.gateway_reference,
+            }
+            rows.outbox.append(
+                _event(
+                    "settlement",
+                    d,
+                    now_us,
+                    amount_minor=i.amount_minor,
+                    currency=i.currency,
+                    purpose=int(i.purpose),
+                    confirmation_id=confirmation.confirmation_id,
+                    ledger_sequence=seq,
+                    gateway=d.gateway,
+                    gateway_reference=d.gateway_reference,
+                    balance_after_minor=account.balance_minor,
+                    service_state_after=after.name,
+                )
+            )
+        rows.payments.append(_payment_row(seq, d, outcome, now_us))
+        audit_seq += 1
+        encoded = canonical(content)
+        row_hash = chain_hash(audit_hash, audit_seq, encoded)
+        rows.audit.append((audit_seq, audit_hash, encoded, row_hash))
+        audit_hash = row_hash
+        rows.outcomes.append(outcome)
+    return rows
+
+
+def _event(kind: str, d: Decision, now_us: int, **payload: object) -> tuple[object, ...]:
+    # The id derives from the payment, so a redo of the batch adds no duplicate event.
+    return (
+        f"evt_{kind}_{d.payment_id}",
+        kind,
+        d.payment_id,
+        d.intent.account_id,
+        canonical(payload),
+        now_us,
+    )
+
+
+def _payment_row(seq: int, d: Decision, o: Outcome, now_us: int) -> tuple[object, ...]:
+    i, c = d.intent, o.confirmation
+    return (
+        seq,
+        d.payment_id,
+        i.idempotency_key,
+        i.fingerprint,
+        i.account_id,
+        i.msisdn,
+        i.amount_minor,
+        i.currency,
+        int(i.purpose),
+        int(i.method.kind),
+        i.method.display,
+        i.channel,
+        i.device_id,
+        i.ip,
+        int(o.status),
+        d.decline_reason,
+        d.decline_detail,
+        c.confirmation_id if c else None,
+        c.settled_at_us if c else None,
+        c.balance_after_minor if c else None,
+        int(c.service_state_after) if c else None,
+        d.gateway,
+        d.gateway_reference,
+        now_us,
+    )

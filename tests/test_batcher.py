@@ -1,0 +1,99 @@
+"""The micro-batcher: batches fill under load, the queue is bounded, shutdown drains."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from quickpay_engine.errors import Overloaded, ShuttingDown
+from quickpay_engine.settlement.batcher import MicroBatcher
+
+
+class Recorder:
+    """A process function that records batch sizes; waits on a gate when given one."""
+
+    def __init__(self, gate: asyncio.Event | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = gate
+
+    async def __call__(self, items: Sequence[int]) -> list[int | BaseException]:
+        self.batches.append(list(items))
+        if self.gate is not None:
+            await self.gate.wait()
+        return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
+
+
+async def test_concurrent_submissions_share_batches_and_get_their_own_results() -> None:
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder, batch_max=16, linger_ms=5)
+    batcher.start()
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(40)), return_exceptions=True)
+    await batcher.close()
+    assert [r for r in results if not isinstance(r, BaseException)] == [
+        i * 10 for i in range(0, 40, 2)
+    ]
+    assert [str(r) for r in results if isinstance(r, BaseException)] == [
+        f"odd {i}" for i in range(1, 40, 2)
+    ]
+    assert sorted(i for batch in recorder.batches for i in batch) == list(range(40))
+    assert max(len(b) for b in recorder.batches) == 16
+    assert len(recorder.batches) <= 4
+
+
+async def test_full_queue_is_refused_before_any_work() -> None:
+    gate = asyncio.Event()
+    recorder = Recorder(gate)
+    batcher = MicroBatcher(recorder, batch_max=2, linger_ms=0, queue_max=4)
+    batcher.start()
+    first = [asyncio.ensure_future(batcher.submit(i * 2)) for i in range(2)]
+    await asyncio.sleep(0.01)  # the consumer holds the first batch at the gate
+    queued = [asyncio.ensure_future(batcher.submit(i * 2)) for i in range(2, 6)]
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded, match="queue is full"):
+        await batcher.submit(100)
+    assert [100] not in recorder.batches
+    gate.set()
+    assert await asyncio.gather(*first, *queued) == [i * 20 for i in range(6)]
+    await batcher.close()
+
+
+async def test_close_finishes_what_is_queued_then_refuses() -> None:
+    gate = asyncio.Event()
+    batcher = MicroBatcher(Recorder(gate), batch_max=1, linger_ms=0)
+    batcher.start()
+    pending = [asyncio.ensure_future(batcher.submit(i * 2)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    closing = asyncio.ensure_future(batcher.close())
+    await asyncio.sleep(0.01)
+    with pytest.raises(ShuttingDown):
+        await batcher.submit(8)
+    assert not closing.done()
+    gate.set()
+    await closing
+    assert [p.result() for p in pending] == [0, 20, 40]
+
+
+async def test_a_cancelled_caller_does_not_pull_its_item_out_of_a_batch() -> None:
+    gate = asyncio.Event()
+    recorder = Recorder(gate)
+    batcher = MicroBatcher(recorder, batch_max=4, linger_ms=0)
+    batcher.start()
+    caller = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    gate.set()
+    await batcher.close()
+    assert recorder.batches == [[2]]
+
+
+async def test_a_failing_batch_fails_each_caller_with_the_error() -> None:
+    async def broken(items: Sequence[int]) -> list[int]:
+        raise RuntimeError("database went away")
+
+    batcher = MicroBatcher(broken, batch_max=8, linger_ms=1)
+    batcher.start()
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+    await batcher.close()
+    assert [str(r) for r in results] == ["database went away"] * 3

@@ -1,0 +1,280 @@
+"""The embedded store: one transaction writes billing, AR, history, provisioning, audit and
+outbox together; a redo changes nothing; the audit chain catches tampering."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SUBSCRIBERS, settings_for
+from quickpay_engine.domain import Method, MethodKind, PaymentIntent, PaymentStatus, Purpose
+from quickpay_engine.store import Decision, SqliteStore
+from quickpay_engine.store.audit import verify
+
+
+@pytest.fixture
+def store(data_dir: Path):
+    opened = SqliteStore(settings_for(data_dir).sqlite_path)
+    yield opened
+    opened.close()
+
+
+def intent(key: str, account: str = "acc-post-barred", amount: int = 3_000) -> PaymentIntent:
+    sub = next(s for s in SUBSCRIBERS if s.account_id == account)
+    purpose = Purpose.BILL_PAYMENT if sub.plan.name == "POSTPAID" else Purpose.PREPAID_TOPUP
+    return PaymentIntent(
+        idempotency_key=key,
+        fingerprint=f"fp-{key}",
+        account_id=account,
+        msisdn=sub.msisdn,
+        amount_minor=amount,
+        currency=sub.currency,
+        purpose=purpose,
+        method=Method(MethodKind.CARD, "card ****4242"),
+        channel="app",
+        device_id="dev",
+        ip="192.0.2.1",
+    )
+
+
+def settle(key: str, **kw: object) -> Decision:
+    return Decision(
+        f"pay_{key}", intent(key, **kw), gateway="acq-a", gateway_reference=f"ref-{key}"
+    )
+
+
+def rows(store: SqliteStore, sql: str) -> list[tuple]:
+    return store._db.execute(sql).fetchall()
+
+
+def test_one_settlement_writes_every_domain(store: SqliteStore) -> None:
+    (outcome,), states = store.commit_batch([settle("a1", amount=8_000)], now_us=1)
+    assert outcome.status is PaymentStatus.SETTLED
+    assert outcome.confirmation.gateway == "acq-a"
+    assert outcome.confirmation.service_state_after.name == "ACTIVE"
+    assert [(s.account_id, s.balance_minor, s.status.name) for s in states] == [
+        ("acc-post-barred", 0, "ACTIVE")
+    ]
+    assert rows(
+        store, "SELECT payment_id, kind, amount_minor, balance_after_minor FROM billing_records"
+    ) == [("pay_a1", "PAYMENT", 8_000, 0)]
+    assert rows(
+        store, "SELECT ar_account, debit_minor, credit_minor FROM ar_entries ORDER BY leg"
+    ) == [
+        ("gateway_clearing:acq-a", 8_000, 0),
+        ("receivable:acc-post-barred", 0, 8_000),
+    ]
+    assert rows(store, "SELECT state_before, state_after, rule_id FROM provisioning_changes") == [
+        (3, 1, "postpaid-barred-paid-up")
+    ]
+    assert [k for (k,) in rows(store, "SELECT kind FROM outbox ORDER BY cursor")] == [
+        "service_state",
+        "settlement",
+    ]
+    assert verify(store.audit_rows()) == (1, None)
+
+
+def test_redo_of_a_batch_changes_nothing(store: SqliteStore) -> None:
+    batch = [settle("r1"), settle("r2", account="acc-pre-barred", amount=500)]
+    first, _ = store.commit_batch(batch, now_us=1)
+    counts = [rows(store, f"SELECT count(*) FROM {t}")[0][0] for t in TABLES]
+    again, states = store.commit_batch(batch, now_us=2)
+    assert [o.replayed for o in again] == [True, True]
+    assert [o.payment_id for o in again] == [o.payment_id for o in first]
+    assert states == []
+    assert [rows(store, f"SELECT count(*) FROM {t}")[0][0] for t in TABLES] == counts
+    assert store.subscriber("acc-post-barred").balance_minor == 5_000
+    assert store.subscriber("acc-pre-barred").balance_minor == 500
+
+
+TABLES = [
+    "payments",
+    "billing_records",
+    "ar_entries",
+    "provisioning_changes",
+    "audit_log",
+    "outbox",
+]
+
+
+def test_one_bad_payment_does_not_sink_the_batch(store: SqliteStore) -> None:
+    store.commit_batch([settle("b0")], now_us=1)
+    clash = Decision("pay_other", intent("b0", amount=1))  # key b0 is taken by pay_b0
+    outcomes, _ = store.commit_batch([settle("b1"), clash, settle("b2")], now_us=2)
+    assert [o.status for o in outcomes] == [PaymentStatus.SETTLED] * 3
+    assert outcomes[1].replayed and outcomes[1].payment_id == "pay_b0"
+    assert store.subscriber("acc-post-barred").balance_minor == 8_000 - 3 * 3_000
+    assert verify(store.audit_rows()) == (3, None)
+
+
+def test_ledgers_balance_and_balances_equal_history(store: SqliteStore) -> None:
+    rng = random.Random(5)
+    payable = [s for s in SUBSCRIBERS if s.status.name != "CLOSED"]
+    for batch in range(20):
+        decisions = [
+            settle(
+                f"p{batch}-{n}",
+                account=rng.choice(payable).account_id,
+                amount=rng.randint(1, 9_999),
+            )
+            for n in range(rng.randint(1, 30))
+        ]
+        store.commit_batch(decisions, now_us=batch)
+    sums = rows(
+        store,
+        "SELECT currency, sum(debit_minor), sum(credit_minor) FROM ar_entries GROUP BY currency",
+    )
+    assert len(sums) == 2
+    assert all(debits == credits for _, debits, credits in sums)
+    for sub in payable:
+        paid = rows(
+            store,
+            f"SELECT coalesce(sum(amount_minor), 0) FROM billing_records WHERE account_id = '{sub.account_id}'",
+        )[0][0]
+        sign = -1 if sub.plan.name == "POSTPAID" else 1
+        assert store.subscriber(sub.account_id).balance_minor == sub.balance_minor + sign * paid
+
+
+def test_declines_are_history_audit_and_events_but_move_no_money(store: SqliteStore) -> None:
+    decline = Decision("pay_d1", intent("d1"), decline_reason="MSISDN_MISMATCH", decline_detail="x")
+    (outcome,), states = store.commit_batch([decline], now_us=1)
+    assert outcome.status is PaymentStatus.DECLINED and states == []
+    assert rows(store, "SELECT count(*) FROM billing_records") == [(0,)]
+    assert rows(store, "SELECT count(*) FROM ar_entries") == [(0,)]
+    assert rows(store, "SELECT kind FROM outbox") == [("decline",)]
+    assert store.subscriber("acc-post-barred").balance_minor == 8_000
+
+
+def test_provisioning_rules_are_data(data_dir: Path) -> None:
+    path = settings_for(data_dir).sqlite_path
+    store = SqliteStore(path)
+    store.commit_batch([settle("t1", amount=3_000)], now_us=1)
+    assert store.subscriber("acc-post-barred").status.name == "BARRED", "still owes 50.00"
+    store._db.execute(
+        "UPDATE provisioning_rules SET owed_max_minor = 2000 WHERE rule_id = 'postpaid-barred-paid-up'"
+    )
+    store.close()
+    store = SqliteStore(path)  # rules are read at start
+    try:
+        store.commit_batch([settle("t2", amount=3_000)], now_us=2)
+        assert store.subscriber("acc-post-barred").status.name == "ACTIVE", "owes 20.00 <= 20.00"
+    finally:
+        store.close()
+
+
+def tamper(path: Path, sql: str) -> None:
+    db = sqlite3.connect(path)
+    db.execute(sql)
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("sql", "seq", "problem"),
+    [
+        (
+            "UPDATE audit_log SET content = replace(content, '3000', '300') WHERE seq = 3",
+            3,
+            "altered",
+        ),
+        ("DELETE FROM audit_log WHERE seq = 2", 2, "missing"),
+        (
+            "UPDATE audit_log SET prev_hash = (SELECT row_hash FROM audit_log WHERE seq = 1) WHERE seq = 4",
+            4,
+            "inserted or deleted",
+        ),
+    ],
+)
+def test_audit_verify_names_the_first_bad_row(
+    data_dir: Path, sql: str, seq: int, problem: str
+) -> None:
+    path = settings_for(data_dir).sqlite_path
+    store = SqliteStore(path)
+    store.commit_batch(
+        [settle(f"v{n}", account="acc-pre", amount=3_000) for n in range(5)], now_us=1
+    )
+    store.close()
+    cli = [
+        sys.executable,
+        "-m",
+        "quickpay_engine.cli",
+        "audit",
+        "verify",
+        "--data-dir",
+        str(data_dir),
+    ]
+    clean = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert clean.returncode == 0 and "intact: 5 rows" in clean.stdout
+    tamper(path, sql)
+    broken = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert broken.returncode == 1
+    assert f"BROKEN at row {seq}" in broken.stdout and problem in broken.stdout, broken.stdout
+
+
+def test_a_forged_row_with_a_recomputed_hash_still_breaks_the_next_link(data_dir: Path) -> None:
+    from quickpay_engine.store.audit import chain_hash
+
+    path = settings_for(data_dir).sqlite_path
+    store = SqliteStore(path)
+    store.commit_batch([settle(f"f{n}", account="acc-pre", amount=100) for n in range(3)], now_us=1)
+    prev_hash, content = rows(store, "SELECT prev_hash, content FROM audit_log WHERE seq = 2")[0]
+    store.close()
+    forged = content.replace('"amount_minor":100', '"amount_minor":1')
+    tamper(
+        path,
+        f"UPDATE audit_log SET content = '{forged}', row_hash = '{chain_hash(prev_hash, 2, forged)}' WHERE seq = 2",
+    )
+    store = SqliteStore(path)
+    try:
+        good, broken = verify(store.audit_rows())
+    finally:
+        store.close()
+    assert good == 2 and broken.seq == 3 and "inserted or deleted" in broken.problem
+
+
+def test_an_inserted_row_with_a_valid_hash_breaks_the_row_after_it(data_dir: Path) -> None:
+    from quickpay_engine.store.audit import canonical, chain_hash
+
+    path = settings_for(data_dir).sqlite_path
+    store = SqliteStore(path)
+    store.commit_batch([settle(f"i{n}", account="acc-pre", amount=100) for n in range(3)], now_us=1)
+    (row2_hash,) = rows(store, "SELECT row_hash FROM audit_log WHERE seq = 2")[0]
+    store.close()
+    forged = canonical({"kind": "payment.settled", "payment_id": "pay_forged", "amount_minor": 1})
+    db = sqlite3.connect(path)
+    # Make room at seq 3 (two steps: SQLite checks uniqueness row by row), then slip in a
+    # row that follows row 2 perfectly.
+    db.execute("UPDATE audit_log SET seq = seq + 100 WHERE seq >= 3")
+    db.execute("UPDATE audit_log SET seq = seq - 99 WHERE seq >= 100")
+    db.execute(
+        "INSERT INTO audit_log VALUES (3, ?, ?, ?)",
+        (row2_hash, forged, chain_hash(row2_hash, 3, forged)),
+    )
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    try:
+        good, broken = verify(store.audit_rows())
+    finally:
+        store.close()
+    assert good == 3 and broken.seq == 4 and "inserted or deleted" in broken.problem
+
+
+def test_an_account_gone_since_validation_fails_alone(store: SqliteStore) -> None:
+    store._db.execute("DELETE FROM subscribers WHERE account_id = 'acc-post'")
+    outcomes, _ = store.commit_batch(
+        [settle("g1"), settle("g2", account="acc-post"), settle("g3")], now_us=1
+    )
+    assert [o.status for o in outcomes] == [
+        PaymentStatus.SETTLED,
+        PaymentStatus.FAILED,
+        PaymentStatus.SETTLED,
+    ]
+    assert outcomes[1].decline_reason == "ACCOUNT_GONE"
+    assert store.get_payment(idempotency_key="g2") is None
+    assert verify(store.audit_rows()) == (2, None)

@@ -1,0 +1,93 @@
+"""WatchSettlements: the outbox as an ordered, resumable, filtered stream of events."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from conftest import bill, topup
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
+
+EUR = "EUR"
+
+
+async def take(stream, n: int, timeout_s: float = 10) -> list[pb.SettlementEvent]:
+    events: list[pb.SettlementEvent] = []
+
+    async def read() -> None:
+        async for event in stream:
+            events.append(event)
+            if len(events) == n:
+                return
+
+    await asyncio.wait_for(read(), timeout_s)
+    stream.cancel()
+    return events
+
+
+async def test_events_come_in_order_with_the_change_they_describe(stub) -> None:
+    paid = await stub.Pay(bill("w1", amount=pb.Money(amount_minor=8_000, currency=EUR)))
+    declined = await stub.Pay(bill("w2", msisdn="+306900000002"))
+    events = await take(stub.WatchSettlements(pb.WatchRequest()), 3)
+    assert [e.kind for e in events] == ["service_state", "settlement", "decline"]
+    assert [e.cursor for e in events] == sorted(e.cursor for e in events)
+    assert all(e.schema_version == 1 for e in events)
+    state, settled, decline = events
+    assert state.service_state_changed == pb.ServiceStateChanged(
+        msisdn="+306900000001", state_before="BARRED", state_after="ACTIVE"
+    )
+    assert settled.payment_id == paid.payment_id
+    assert settled.settled.amount == pb.Money(amount_minor=8_000, currency=EUR)
+    assert settled.settled.purpose == pb.BILL_PAYMENT
+    assert settled.settled.confirmation.confirmation_id == paid.confirmation.confirmation_id
+    assert settled.settled.confirmation.ledger_sequence == paid.confirmation.ledger_sequence
+    assert settled.settled.confirmation.service_state_after == "ACTIVE"
+    assert decline.payment_id == declined.payment_id
+    assert decline.declined.decline_reason == "MSISDN_MISMATCH"
+    assert len({e.event_id for e in events}) == 3
+
+
+async def test_resume_from_a_cursor_and_filter(stub) -> None:
+    for n in range(5):
+        await stub.Pay(topup(f"r{n}", amount=pb.Money(amount_minor=100, currency="KES")))
+    await stub.Pay(bill("r-bill", account_id="acc-post", msisdn="+306900000002"))
+    everything = await take(stub.WatchSettlements(pb.WatchRequest()), 7)
+    after = everything[2].cursor
+    resumed = await take(stub.WatchSettlements(pb.WatchRequest(from_cursor=after)), 4)
+    assert [e.event_id for e in resumed] == [e.event_id for e in everything[3:]]
+    only = await take(
+        stub.WatchSettlements(pb.WatchRequest(kinds=["settlement"], account_id="acc-post")), 1
+    )
+    assert only[0].account_id == "acc-post" and only[0].kind == "settlement"
+
+
+async def test_a_watcher_sees_payments_settled_after_it_started(stub) -> None:
+    stream = stub.WatchSettlements(pb.WatchRequest(kinds=["settlement"]))
+    reader = asyncio.ensure_future(take(stream, 3))
+    await asyncio.sleep(0.1)
+    paid = [
+        await stub.Pay(topup(f"live{n}", amount=pb.Money(amount_minor=100, currency="KES")))
+        for n in range(3)
+    ]
+    events = await reader
+    assert [e.payment_id for e in events] == [p.payment_id for p in paid]
+
+
+async def test_unknown_kind_is_invalid_argument(stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in stub.WatchSettlements(pb.WatchRequest(kinds=["settlement", "bogus"])):
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "bogus" in err.value.details()
+
+
+async def test_draining_server_ends_watch_streams_promptly(server, stub) -> None:
+    stream = stub.WatchSettlements(pb.WatchRequest())
+    reader = asyncio.ensure_future(take(stream, 1_000, timeout_s=30))
+    await asyncio.sleep(0.1)
+    started = asyncio.get_running_loop().time()
+    await server.stop(grace_s=10)
+    assert await asyncio.wait_for(reader, 5) == [], "the stream ends cleanly, with no error"
+    assert asyncio.get_running_loop().time() - started < 5, "a watch must not hold the drain"
