@@ -115,7 +115,9 @@ impl Default for EngineConfig {
         EngineConfig {
             bill_payment_amount_min: CurrencyAmounts::major(0),
             bill_payment_amount_max: CurrencyAmounts::major(50_000),
-            prepaid_topup_amount_min: CurrencyAmounts::major(1),
+            // No minimum by default: any positive amount is a well-formed top-up, and
+            // the smallest one worth processing is the operator's call.
+            prepaid_topup_amount_min: CurrencyAmounts::major(0),
             prepaid_topup_amount_max: CurrencyAmounts::major(1_000),
             method_matrix,
             blocked_bins: Vec::new(),

@@ -15,6 +15,10 @@ fn config() -> EngineConfig {
             key_id: "k1".into(),
             secret_hex: "2a".repeat(32),
         }],
+        prepaid_topup_amount_min: CurrencyAmounts {
+            major: 1,
+            minor: Default::default(),
+        },
         daily_count_max: 3,
         monthly_count_max: 5,
         ..EngineConfig::default()
