@@ -8,8 +8,19 @@ use super::*;
 const NOW: i64 = 1_795_629_600;
 const SECRET: [u8; 32] = [42; 32];
 
+/// The defaults, with limits at euro scale so that each is reached by a test.
 fn config() -> EngineConfig {
+    let major = |major| CurrencyAmounts {
+        major,
+        minor: Default::default(),
+    };
+    let mut method_amount_max = EngineConfig::default().method_amount_max;
+    method_amount_max.insert("CARD".into(), major(10_000));
     EngineConfig {
+        bill_payment_amount_max: major(50_000),
+        prepaid_topup_amount_max: major(1_000),
+        prepaid_balance_max: major(2_000),
+        method_amount_max,
         blocked_bins: vec!["520000".into(), "40000001".into()],
         assertion_keys: vec![AssertionKey {
             key_id: "k1".into(),
