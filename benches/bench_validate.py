@@ -126,6 +126,14 @@ def test_engine_batch_10000(benchmark, world) -> None:
     _record(benchmark, "engine batch 10,000 (columns prebuilt)", BATCH)
 
 
+def test_engine_batch_10000_no_assertions(benchmark, world) -> None:
+    engine, _, columns = world
+    plain = {**columns, "assertions": np.zeros(BATCH, "S1")}
+    codes = benchmark(lambda: engine.validate(**plain, now_s=NOW))
+    assert int((codes == 0).sum()) > BATCH * 0.9
+    _record(benchmark, "engine batch 10,000, no assertions", BATCH)
+
+
 def test_engine_single(benchmark, world) -> None:
     engine, intents, _ = world
     one = build_validation_columns(intents[:1])
