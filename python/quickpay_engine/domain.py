@@ -170,3 +170,29 @@ class OutboxEvent:
     account_id: str
     payload: dict[str, object]
     created_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class BilledCapture:
+    """A payment billing settled through the gateway: what the report must show."""
+
+    payment_id: str
+    gateway_reference: str
+    amount_minor: int
+    currency: str
+    settled_at_us: int
+    refunded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Discrepancy:
+    """One thing that does not agree. The id is stable across re-runs of one report."""
+
+    discrepancy_id: str
+    category: str
+    payment_id: str
+    gateway_reference: str
+    gateway_amount_minor: int | None
+    billing_amount_minor: int | None
+    currency: str
+    detail: str

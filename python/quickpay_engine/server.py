@@ -133,7 +133,10 @@ async def create_server(settings: Settings, batching: BatchSettings | None = Non
         ]
     )
     pb_grpc.add_SettlementServicer_to_server(
-        SettlementServicer(service, fingerprint_key(settings.data_dir)), server
+        SettlementServicer(
+            service, fingerprint_key(settings.data_dir), settings.data_dir / "mappings"
+        ),
+        server,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+from datetime import date
+from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -19,6 +22,9 @@ from quickpay_engine.domain import (
     PaymentRecord,
     Purpose,
 )
+from quickpay_engine.errors import InvalidArgument
+from quickpay_engine.reconcile.report import ColumnMapping
+from quickpay_engine.settlement.reconciliation import DEFAULT_TOLERANCE_S, ReconcileRun
 
 _METHOD_KINDS = {
     "card": MethodKind.CARD,
@@ -192,3 +198,64 @@ def event_msg(event: OutboxEvent) -> pb.SettlementEvent:
     else:
         raise AssertionError(f"outbox event {event.event_id} has unknown kind {event.kind!r}")
     return message
+
+
+_MAPPING_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def reconcile_arguments(
+    request: pb.ReconcileRequest, mappings_dir: Path
+) -> tuple[str, bytes, ColumnMapping | None, int, date | None]:
+    """A ReconcileRequest checked and decoded: gateway, report, mapping, tolerance, day."""
+    if not request.gateway:
+        raise InvalidArgument("gateway", "the gateway that sent the report is required")
+    if not request.report_csv:
+        raise InvalidArgument("report_csv", "the report is empty")
+    mapping = None
+    if request.column_mapping:
+        if not _MAPPING_NAME.fullmatch(request.column_mapping):
+            raise InvalidArgument("column_mapping", "a mapping name is 1 to 64 of [A-Za-z0-9_-]")
+        path = mappings_dir / f"{request.column_mapping}.toml"
+        if not path.exists():
+            raise InvalidArgument("column_mapping", f"no mapping {request.column_mapping!r}")
+        mapping = ColumnMapping.load(path)
+    day = None
+    if request.business_day:
+        try:
+            day = date.fromisoformat(request.business_day)
+        except ValueError:
+            raise InvalidArgument("business_day", "must be YYYY-MM-DD") from None
+    tolerance_s = request.cutoff_tolerance_s or DEFAULT_TOLERANCE_S
+    return request.gateway, request.report_csv, mapping, tolerance_s, day
+
+
+def reconcile_report(run: ReconcileRun) -> pb.ReconcileReport:
+    """The reply to Reconcile."""
+    r = run.result
+    report = pb.ReconcileReport(
+        records=r.records,
+        matched=r.matched,
+        gateway=r.gateway,
+        business_day=r.business_day.isoformat(),
+    )
+    report.counts_by_category.update(r.counts())
+    for d in r.discrepancies:
+        status, note = run.states[d.discrepancy_id]
+        report.discrepancies.append(
+            pb.Discrepancy(
+                discrepancy_id=d.discrepancy_id,
+                category=d.category,
+                payment_id=d.payment_id,
+                gateway_reference=d.gateway_reference,
+                gateway_amount=_money(d.gateway_amount_minor, d.currency),
+                billing_amount=_money(d.billing_amount_minor, d.currency),
+                status=status,
+                note=note,
+                detail=d.detail,
+            )
+        )
+    return report
+
+
+def _money(amount_minor: int | None, currency: str) -> pb.Money | None:
+    return None if amount_minor is None else pb.Money(amount_minor=amount_minor, currency=currency)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 
@@ -21,6 +22,7 @@ from quickpay_engine.errors import (
     QuickpayError,
     ShuttingDown,
 )
+from quickpay_engine.reconcile.report import ReportError
 from quickpay_engine.settlement.service import SettlementService
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ _STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+    (ReportError, grpc.StatusCode.INVALID_ARGUMENT),
 ]
 
 
@@ -55,9 +58,12 @@ def _unimplemented(what: str, issue: str) -> str:
 class SettlementServicer(pb_grpc.SettlementServicer):
     """quickpay.v1.Settlement over a SettlementService."""
 
-    def __init__(self, service: SettlementService, fingerprint_key: bytes) -> None:
+    def __init__(
+        self, service: SettlementService, fingerprint_key: bytes, mappings_dir: Path
+    ) -> None:
         self._service = service
         self._key = fingerprint_key
+        self._mappings_dir = mappings_dir
 
     async def Pay(
         self, request: pb.PayRequest, context: grpc.aio.ServicerContext
@@ -156,4 +162,9 @@ class SettlementServicer(pb_grpc.SettlementServicer):
     async def Reconcile(
         self, request: pb.ReconcileRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReconcileReport:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _unimplemented("Reconcile", "issue 8"))
+        try:
+            arguments = convert.reconcile_arguments(request, self._mappings_dir)
+            run = await self._service.reconcile(*arguments)
+        except Exception as err:
+            await context.abort(*status_of(err))
+        return convert.reconcile_report(run)

@@ -10,13 +10,18 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import io
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import date
 
 from quickpay_engine._engine import Engine
 from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord
 from quickpay_engine.errors import IdempotencyConflict, NotFound
+from quickpay_engine.reconcile.report import ColumnMapping
+from quickpay_engine.settlement import reconciliation
 from quickpay_engine.settlement.batcher import MicroBatcher
 from quickpay_engine.settlement.pipeline import Pipeline, load_engine
+from quickpay_engine.settlement.reconciliation import ReconcileRun
 from quickpay_engine.store import SqliteStore
 from quickpay_engine.store.executor import StoreThread
 
@@ -146,6 +151,20 @@ class SettlementService:
             del self._inflight[key]
         if not task.cancelled():
             task.exception()  # retrieved here, so a caller that left does not warn
+
+    async def reconcile(
+        self,
+        gateway: str,
+        report_csv: bytes,
+        mapping: ColumnMapping | None,
+        tolerance_s: int,
+        business_day: date | None,
+    ) -> ReconcileRun:
+        """Reconciles a gateway report against this store (on the store's thread)."""
+        lines = io.StringIO(report_csv.decode("utf-8"), newline="")
+        return await self._thread.run(
+            reconciliation.run, self._store, gateway, lines, mapping, tolerance_s, business_day
+        )
 
     async def get_payment(
         self, *, payment_id: str = "", idempotency_key: str = ""

@@ -118,3 +118,26 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 CREATE INDEX IF NOT EXISTS billing_by_account ON billing_records (account_id);
 CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (cursor) WHERE published_at_us IS NULL;
+
+CREATE INDEX IF NOT EXISTS payments_by_gateway ON payments (gateway, settled_at_us);
+
+-- Reconciliation: what a settlement report did not agree on, kept with an investigation
+-- status so the work survives restarts; the id is stable, so re-running a report adds
+-- nothing.
+CREATE TABLE IF NOT EXISTS discrepancies (
+    discrepancy_id       TEXT PRIMARY KEY,
+    gateway              TEXT NOT NULL,
+    business_day         TEXT NOT NULL,
+    category             TEXT NOT NULL,
+    payment_id           TEXT NOT NULL,
+    gateway_reference    TEXT NOT NULL,
+    gateway_amount_minor INTEGER,
+    billing_amount_minor INTEGER,
+    currency             TEXT NOT NULL,
+    detail               TEXT NOT NULL,
+    status               TEXT NOT NULL DEFAULT 'OPEN'
+                         CHECK (status IN ('OPEN', 'INVESTIGATING', 'RESOLVED')),
+    note                 TEXT NOT NULL DEFAULT '',
+    first_seen_at_us     INTEGER NOT NULL,
+    last_seen_at_us      INTEGER NOT NULL
+) STRICT;

@@ -17,7 +17,9 @@ from importlib import resources
 from pathlib import Path
 
 from quickpay_engine.domain import (
+    BilledCapture,
     Confirmation,
+    Discrepancy,
     LineStatus,
     Method,
     MethodKind,
@@ -371,6 +373,59 @@ class SqliteStore:
                 "UPDATE outbox SET published_at_us = ? WHERE cursor = ?",
                 [(now_us, c) for c in cursors],
             )
+
+    # -- reconciliation ------------------------------------------------------------------
+
+    def billed_captures(self, gateway: str, from_us: int, to_us: int) -> list[BilledCapture]:
+        """Payments settled through ``gateway`` with settled_at in [from_us, to_us)."""
+        rows = self._db.execute(
+            "SELECT payment_id, gateway_reference, amount_minor, currency, settled_at_us,"
+            " status IN (4, 5) FROM payments WHERE gateway = ? AND status IN (1, 4, 5)"
+            " AND settled_at_us >= ? AND settled_at_us < ?",
+            (gateway, from_us, to_us),
+        )
+        return [BilledCapture(p, r, a, c, t, bool(refunded)) for p, r, a, c, t, refunded in rows]
+
+    def record_discrepancies(
+        self, gateway: str, business_day: str, found: Sequence[Discrepancy], now_us: int
+    ) -> dict[str, tuple[str, str]]:
+        """Keeps each discrepancy once (a re-run only touches last_seen); returns the
+        (status, note) of every one, as investigators left them."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO discrepancies (discrepancy_id, gateway, business_day, category,"
+                " payment_id, gateway_reference, gateway_amount_minor, billing_amount_minor,"
+                " currency, detail, first_seen_at_us, last_seen_at_us)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (discrepancy_id) DO UPDATE"
+                " SET last_seen_at_us = excluded.last_seen_at_us",
+                [
+                    (d.discrepancy_id, gateway, business_day, d.category, d.payment_id,
+                     d.gateway_reference, d.gateway_amount_minor, d.billing_amount_minor,
+                     d.currency, d.detail, now_us, now_us)
+                    for d in found
+                ],
+            )  # fmt: skip
+        states: dict[str, tuple[str, str]] = {}
+        ids = [d.discrepancy_id for d in found]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for discrepancy_id, status, note in self._db.execute(
+                "SELECT discrepancy_id, status, note FROM discrepancies"  # noqa: S608
+                f" WHERE discrepancy_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                states[discrepancy_id] = (status, note)
+        return states
+
+    def set_discrepancy(self, discrepancy_id: str, status: str, note: str) -> bool:
+        """Records an investigation's progress; False when there is no such discrepancy."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "UPDATE discrepancies SET status = ?, note = ? WHERE discrepancy_id = ?",
+                (status, note, discrepancy_id),
+            )
+        return cursor.rowcount == 1
 
     # -- invariants -----------------------------------------------------------------------
 

@@ -311,19 +311,21 @@ class SettlementEvent(_message.Message):
     def __init__(self, schema_version: _Optional[int] = ..., event_id: _Optional[str] = ..., cursor: _Optional[int] = ..., kind: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., account_id: _Optional[str] = ..., settled: _Optional[_Union[PaymentSettled, _Mapping]] = ..., declined: _Optional[_Union[PaymentDeclined, _Mapping]] = ..., refunded: _Optional[_Union[PaymentRefunded, _Mapping]] = ..., service_state_changed: _Optional[_Union[ServiceStateChanged, _Mapping]] = ...) -> None: ...
 
 class ReconcileRequest(_message.Message):
-    __slots__ = ("gateway", "report_csv", "column_mapping", "cutoff_tolerance_s")
+    __slots__ = ("gateway", "report_csv", "column_mapping", "cutoff_tolerance_s", "business_day")
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
     REPORT_CSV_FIELD_NUMBER: _ClassVar[int]
     COLUMN_MAPPING_FIELD_NUMBER: _ClassVar[int]
     CUTOFF_TOLERANCE_S_FIELD_NUMBER: _ClassVar[int]
+    BUSINESS_DAY_FIELD_NUMBER: _ClassVar[int]
     gateway: str
     report_csv: bytes
     column_mapping: str
     cutoff_tolerance_s: int
-    def __init__(self, gateway: _Optional[str] = ..., report_csv: _Optional[bytes] = ..., column_mapping: _Optional[str] = ..., cutoff_tolerance_s: _Optional[int] = ...) -> None: ...
+    business_day: str
+    def __init__(self, gateway: _Optional[str] = ..., report_csv: _Optional[bytes] = ..., column_mapping: _Optional[str] = ..., cutoff_tolerance_s: _Optional[int] = ..., business_day: _Optional[str] = ...) -> None: ...
 
 class Discrepancy(_message.Message):
-    __slots__ = ("discrepancy_id", "category", "payment_id", "gateway_reference", "gateway_amount", "billing_amount", "status", "note")
+    __slots__ = ("discrepancy_id", "category", "payment_id", "gateway_reference", "gateway_amount", "billing_amount", "status", "note", "detail")
     DISCREPANCY_ID_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -332,6 +334,7 @@ class Discrepancy(_message.Message):
     BILLING_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     discrepancy_id: str
     category: str
     payment_id: str
@@ -340,10 +343,11 @@ class Discrepancy(_message.Message):
     billing_amount: Money
     status: str
     note: str
-    def __init__(self, discrepancy_id: _Optional[str] = ..., category: _Optional[str] = ..., payment_id: _Optional[str] = ..., gateway_reference: _Optional[str] = ..., gateway_amount: _Optional[_Union[Money, _Mapping]] = ..., billing_amount: _Optional[_Union[Money, _Mapping]] = ..., status: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+    detail: str
+    def __init__(self, discrepancy_id: _Optional[str] = ..., category: _Optional[str] = ..., payment_id: _Optional[str] = ..., gateway_reference: _Optional[str] = ..., gateway_amount: _Optional[_Union[Money, _Mapping]] = ..., billing_amount: _Optional[_Union[Money, _Mapping]] = ..., status: _Optional[str] = ..., note: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ReconcileReport(_message.Message):
-    __slots__ = ("records", "matched", "discrepancies", "counts_by_category")
+    __slots__ = ("records", "matched", "discrepancies", "counts_by_category", "gateway", "business_day")
     class CountsByCategoryEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -355,8 +359,12 @@ class ReconcileReport(_message.Message):
     MATCHED_FIELD_NUMBER: _ClassVar[int]
     DISCREPANCIES_FIELD_NUMBER: _ClassVar[int]
     COUNTS_BY_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    BUSINESS_DAY_FIELD_NUMBER: _ClassVar[int]
     records: int
     matched: int
     discrepancies: _containers.RepeatedCompositeFieldContainer[Discrepancy]
     counts_by_category: _containers.ScalarMap[str, int]
-    def __init__(self, records: _Optional[int] = ..., matched: _Optional[int] = ..., discrepancies: _Optional[_Iterable[_Union[Discrepancy, _Mapping]]] = ..., counts_by_category: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    gateway: str
+    business_day: str
+    def __init__(self, records: _Optional[int] = ..., matched: _Optional[int] = ..., discrepancies: _Optional[_Iterable[_Union[Discrepancy, _Mapping]]] = ..., counts_by_category: _Optional[_Mapping[str, int]] = ..., gateway: _Optional[str] = ..., business_day: _Optional[str] = ...) -> None: ...

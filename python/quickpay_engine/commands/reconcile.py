@@ -1,0 +1,111 @@
+"""`quickpay reconcile REPORT.csv`: a gateway settlement report against billing."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+from quickpay_engine.commands import add_command
+from quickpay_engine.config import settings_from
+from quickpay_engine.reconcile.matcher import CATEGORIES
+from quickpay_engine.reconcile.report import ColumnMapping
+from quickpay_engine.settlement.reconciliation import DEFAULT_TOLERANCE_S, ReconcileRun, run
+from quickpay_engine.store import SqliteStore
+
+FIELDS = (
+    "discrepancy_id",
+    "category",
+    "payment_id",
+    "gateway_reference",
+    "gateway_amount_minor",
+    "billing_amount_minor",
+    "currency",
+    "status",
+    "note",
+    "detail",
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = add_command(subparsers, "reconcile", "match a gateway settlement report to billing")
+    parser.add_argument("report", type=Path, help="the gateway's settlement report (CSV)")
+    parser.add_argument("--gateway", required=True, help="the gateway that sent the report")
+    parser.add_argument(
+        "--business-day", type=date.fromisoformat, help="YYYY-MM-DD (default: inferred)"
+    )
+    parser.add_argument(
+        "--tolerance-s",
+        type=int,
+        default=DEFAULT_TOLERANCE_S,
+        help=f"cut-off tolerance around midnight (default {DEFAULT_TOLERANCE_S})",
+    )
+    parser.add_argument(
+        "--mapping", type=Path, help="column mapping file for another gateway's CSV"
+    )
+    parser.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    parser.set_defaults(run=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    mapping = ColumnMapping.load(args.mapping) if args.mapping else None
+    store = SqliteStore(settings.sqlite_path)
+    try:
+        with args.report.open(newline="") as lines:
+            outcome = run(store, args.gateway, lines, mapping, args.tolerance_s, args.business_day)
+    except OSError as err:
+        print(f"quickpay reconcile: {err}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    {"table": _table, "json": _json, "csv": _csv}[args.format](outcome)
+    open_ones = [
+        d for d in outcome.result.discrepancies if outcome.states[d.discrepancy_id][0] != "RESOLVED"
+    ]
+    return 1 if open_ones else 0
+
+
+def _rows(outcome: ReconcileRun) -> list[dict[str, object]]:
+    rows = []
+    for d in outcome.result.discrepancies:
+        status, note = outcome.states[d.discrepancy_id]
+        rows.append(
+            {**{f: getattr(d, f) for f in FIELDS if hasattr(d, f)}, "status": status, "note": note}
+        )
+    return rows
+
+
+def _table(outcome: ReconcileRun) -> None:
+    r = outcome.result
+    print(f"gateway {r.gateway}, business day {r.business_day}:", end=" ")
+    print(f"{r.records} records, {r.matched} matched")
+    counts = r.counts()
+    for category in CATEGORIES:
+        print(f"  {category:<22} {counts[category]}")
+    for row in _rows(outcome):
+        ids = f"{row['payment_id'] or '-':<38} {row['gateway_reference'] or '-':<24}"
+        print(f"  {row['category']:<22} {ids} {row['status']:<13} {row['detail']}")
+
+
+def _json(outcome: ReconcileRun) -> None:
+    r = outcome.result
+    document = {
+        "gateway": r.gateway,
+        "business_day": r.business_day.isoformat(),
+        "records": r.records,
+        "matched": r.matched,
+        "counts_by_category": r.counts(),
+        "discrepancies": _rows(outcome),
+    }
+    json.dump(document, sys.stdout, indent=2)
+    print()
+
+
+def _csv(outcome: ReconcileRun) -> None:
+    writer = csv.DictWriter(sys.stdout, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(_rows(outcome))

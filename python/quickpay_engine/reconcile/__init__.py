@@ -1,0 +1,1 @@
+"""Reconciliation: a gateway's settlement report against the billing database."""
