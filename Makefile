@@ -7,11 +7,13 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: help venv build demo test test-rust lint test-py clean
+.PHONY: help venv build demo test test-rust lint test-py clean bench bench-smoke
 
 help:
 	@echo "make demo   build, seed SQLite, serve, drive a few thousand Pay calls, summarize"
 	@echo "make test   build, cargo test, clippy, ruff, pytest"
+	@echo "make bench  every benches/bench_*.py and the end-to-end comparisons with their"
+	@echo "            baselines (echo server, pgbench, raw fsync); writes benches/RESULTS.md"
 
 $(STAMP): requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,6 +43,15 @@ test-py: build
 	$(PY) -m pytest
 
 test: build test-rust lint test-py
+
+# Every benches/bench_*.py (pytest-benchmark), the engine against the bare gRPC echo
+# server with the same client, and pgbench; figures into benches/RESULTS.md (< 10 min).
+bench: build
+	$(PY) benches/compare.py --out benches/RESULTS.md
+
+# The same at tiny sizes, to check that it runs; writes var/bench/RESULTS-smoke.md.
+bench-smoke: build
+	$(PY) benches/compare.py --quick --out var/bench/RESULTS-smoke.md
 
 clean:
 	rm -rf target $(VENV) var

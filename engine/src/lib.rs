@@ -4,8 +4,11 @@
 //! `python.rs` behind the `python` feature, so `cargo test` runs the core alone.
 //! Every entry point has a batch form; single forms call it.
 
+pub mod fraud;
+pub mod ledger;
 pub mod money;
 pub mod validate;
+pub mod wal;
 
 #[cfg(feature = "python")]
 mod python;

@@ -4,6 +4,8 @@
 //! as a subclass of `EngineError` (re-exported by `quickpay_engine.errors`). Each area
 //! keeps its bindings, including its `Engine` methods, in `python/<area>.rs`.
 
+mod fraud;
+mod ledger;
 mod validate;
 
 use pyo3::create_exception;
@@ -35,6 +37,93 @@ create_exception!(
     "An engine table is at its bound."
 );
 
+/// In time columns, "no such moment" (a SIM never swapped).
+const NO_TIME: i64 = i64::MIN;
+
+/// Column errors shared by the areas' bindings, each mapped to one Python exception.
+enum CoreError {
+    BatchTooLarge {
+        len: usize,
+        max: usize,
+    },
+    ColumnLength {
+        column: &'static str,
+        len: usize,
+        expected: usize,
+    },
+    BadEnum {
+        column: &'static str,
+        row: usize,
+        value: u8,
+    },
+    BadCountry {
+        row: usize,
+        code: String,
+    },
+    NotContiguous {
+        column: &'static str,
+    },
+}
+
+impl From<CoreError> for PyErr {
+    fn from(err: CoreError) -> PyErr {
+        match err {
+            CoreError::BatchTooLarge { len, max } => {
+                BatchTooLarge::new_err(format!("batch of {len} is over the bound of {max}"))
+            }
+            CoreError::ColumnLength {
+                column,
+                len,
+                expected,
+            } => InvalidBatch::new_err(format!(
+                "column {column} has {len} rows, expected {expected}"
+            )),
+            CoreError::BadEnum { column, row, value } => {
+                InvalidBatch::new_err(format!("column {column} row {row}: unknown value {value}"))
+            }
+            CoreError::BadCountry { row, code } => InvalidBatch::new_err(format!(
+                "row {row}: {code:?} is not an ISO 3166 alpha-2 country code"
+            )),
+            CoreError::NotContiguous { column } => InvalidBatch::new_err(format!(
+                "column {column} must be a C-contiguous array of the documented dtype"
+            )),
+        }
+    }
+}
+
+/// A column of `len` rows where `expected` were due is refused, naming the column.
+fn check_len(column: &'static str, len: usize, expected: usize) -> Result<(), CoreError> {
+    if len != expected {
+        return Err(CoreError::ColumnLength {
+            column,
+            len,
+            expected,
+        });
+    }
+    Ok(())
+}
+
+/// A batch over the engine's bound is refused before any work.
+fn check_batch(len: usize) -> Result<(), CoreError> {
+    if len > crate::validate::BATCH_MAX {
+        return Err(CoreError::BatchTooLarge {
+            len,
+            max: crate::validate::BATCH_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// A numpy column as a slice; a non-contiguous array is refused, never silently copied.
+fn slice<'a, T: numpy::Element>(
+    column: &'static str,
+    array: &'a numpy::PyReadonlyArray1<'_, T>,
+) -> Result<&'a [T], CoreError> {
+    array
+        .as_slice()
+        .map_err(|_| CoreError::NotContiguous { column })
+}
+
 /// The engine: one per process, the single owner of the in-memory state.
 #[pyclass(frozen)]
 struct Engine {
@@ -63,5 +152,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InvalidBatch", py.get_type::<InvalidBatch>())?;
     m.add("CapacityExceeded", py.get_type::<CapacityExceeded>())?;
     validate::register(m)?;
+    ledger::register(m)?;
+    fraud::register(m)?;
     Ok(())
 }

@@ -1,5 +1,9 @@
 """Type stubs of the compiled core (engine/src/python.rs and engine/src/python/*.rs)."""
 
+import os
+from pathlib import Path
+from typing import Any, final
+
 import numpy as np
 import numpy.typing as npt
 
@@ -170,3 +174,295 @@ def check_pans(pans: npt.NDArray[np.bytes_]) -> npt.NDArray[np.uint16]:
 
 def check_ibans(ibans: npt.NDArray[np.bytes_]) -> npt.NDArray[np.uint16]:
     """The IBAN check alone (charset, country, length, structure, mod 97-10)."""
+
+# ---- The durable ledger (engine/src/python/ledger.rs) ---------------------------------
+#
+# 128-bit ids (accounts, transfers, payments, fingerprints) are numpy uint64 arrays of
+# shape (n, 2), C-contiguous: column 0 holds the high 64 bits, column 1 the low 64
+# bits (`ids_array` / `ids_list` convert from and to Python ints). Every mutating call
+# returns `(codes, seq)`: one uint16 result code per row (numbers in
+# `ledger_result_codes()`), and the write-ahead log sequence number of the record, which
+# is returned only once the record is durable (written and fdatasync'ed). `now_ns` is the
+# caller's clock (time.time_ns()); the ledger never reads one and never runs backwards.
+
+LEDGER_BATCH_MAX: int
+ACCOUNT_LINKED: int
+ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS: int
+ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS: int
+TRANSFER_LINKED: int
+TRANSFER_PENDING: int
+TRANSFER_POST_PENDING: int
+TRANSFER_VOID_PENDING: int
+
+class WalFailure(EngineError):
+    """The write-ahead log failed (I/O or an earlier fsync error); restart and recover."""
+
+class WalCorruption(WalFailure):
+    """The log is corrupt where no crash can have left it; the message says where."""
+
+class LedgerClosed(EngineError):
+    """The ledger was closed."""
+
+@final
+class Ledger:
+    """The durable double-entry ledger, open on a directory (write-ahead log + snapshots)."""
+
+    @staticmethod
+    def open(
+        dir: str | os.PathLike[str],
+        *,
+        segment_bytes_max: int = 67108864,
+        retention_s: int = 86400,
+        accounts_max: int | None = None,
+        transfers_max: int | None = None,
+        payments_max: int | None = None,
+        idempotency_keys_max: int | None = None,
+        decisions_max: int | None = None,
+    ) -> Ledger:
+        """Opens (creating when absent) the ledger in `dir`: loads the newest snapshot,
+        replays the log, truncates a torn tail (see `recovery()`), and raises
+        `WalCorruption` naming file and offset for corruption anywhere else. Finished
+        payments and idempotency keys are forgotten after `retention_s`."""
+    @property
+    def dir(self) -> Path:
+        """The directory the ledger lives in."""
+    def recovery(self) -> dict[str, Any]:
+        """What recovery found at open: snapshot_seq, snapshots_skipped, records_replayed,
+        records, segments, first_seq, last_seq, torn_tail (None or a dict with segment
+        (a Path), offset, bytes, reason)."""
+    def create_accounts(
+        self,
+        now_ns: int,
+        ids: npt.NDArray[np.uint64],
+        currencies: npt.NDArray[np.uint16],
+        kinds: npt.NDArray[np.uint16],
+        flags: npt.NDArray[np.uint16],
+    ) -> tuple[npt.NDArray[np.uint16], int]:
+        """Creates accounts (currency: ISO 4217 numeric code; kind: 1 subscriber
+        receivable, 2 prepaid credit, 3 gateway clearing, 4 settlement cash, 5 refunds,
+        6 fees, 7 suspense). Returns (account result codes, seq)."""
+    def create_transfers(
+        self,
+        now_ns: int,
+        ids: npt.NDArray[np.uint64],
+        debit_account_ids: npt.NDArray[np.uint64],
+        credit_account_ids: npt.NDArray[np.uint64],
+        amounts_minor: npt.NDArray[np.int64],
+        currencies: npt.NDArray[np.uint16],
+        flags: npt.NDArray[np.uint16],
+        pending_ids: npt.NDArray[np.uint64],
+        timeouts_s: npt.NDArray[np.uint32],
+        payment_ids: npt.NDArray[np.uint64],
+    ) -> tuple[npt.NDArray[np.uint16], int]:
+        """Creates transfers: plain, pending (a hold), post (amount 0 posts the whole
+        hold) or void; TRANSFER_LINKED chains apply all or nothing. Holds due at
+        `now_ns` expire first. Returns (transfer result codes, seq)."""
+    def expire(self, now_ns: int) -> int:
+        """Expires every hold due at `now_ns`; returns seq."""
+    def balances(
+        self, account_ids: npt.NDArray[np.uint64]
+    ) -> tuple[
+        npt.NDArray[np.bool_],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.int64],
+    ]:
+        """(found, debits_pending, debits_posted, credits_pending, credits_posted) per
+        account, in minor units; zeros where not found."""
+    def record_payment_states(
+        self, now_ns: int, payment_ids: npt.NDArray[np.uint64], states: npt.NDArray[np.uint8]
+    ) -> tuple[npt.NDArray[np.uint16], int]:
+        """Records settlement states (1 RESERVED, 2 CAPTURED, 3 SETTLED, 4 ROLLED_BACK):
+        RESERVED first, then CAPTURED or ROLLED_BACK, then SETTLED or ROLLED_BACK.
+        Returns (payment result codes, seq)."""
+    def unfinished_payments(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint8]]:
+        """Payments RESERVED or CAPTURED, sorted by id: (ids (n, 2), states)."""
+    def payment_states(self, payment_ids: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint8]:
+        """The recorded state of each payment (0 when unknown or aged out)."""
+    def claim_keys(
+        self,
+        now_ns: int,
+        keys: list[str],
+        fingerprints: npt.NDArray[np.uint64],
+        payment_ids: npt.NDArray[np.uint64],
+    ) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint64], npt.NDArray[np.uint16], int]:
+        """Claims idempotency keys (1..255 bytes) with a payload fingerprint. Returns
+        (claim codes: 0 NEW, 1 REPLAY, 2 PAYLOAD_MISMATCH, 3 KEY_INVALID; the payment id
+        stored for each key (n, 2); the outcome stored (0 while in flight); seq)."""
+    def set_outcomes(
+        self, now_ns: int, keys: list[str], outcomes: npt.NDArray[np.uint16]
+    ) -> tuple[npt.NDArray[np.uint16], int]:
+        """Sets the (non-zero) outcome of claimed keys, once. Returns (entry codes, seq)."""
+    def record_decisions(
+        self, now_ns: int, gtids: list[str], decisions: npt.NDArray[np.uint8]
+    ) -> tuple[npt.NDArray[np.uint16], int]:
+        """Records two-phase-commit decisions (1 COMMIT, 2 ABORT) by global transaction
+        id (1..200 bytes), once each. Returns (entry codes, seq)."""
+    def forget_decisions(self, now_ns: int, gtids: list[str]) -> tuple[npt.NDArray[np.uint16], int]:
+        """Forgets decisions whose transactions are resolved. Returns (entry codes, seq)."""
+    def decisions(self) -> list[tuple[str, int]]:
+        """Every decision not yet forgotten, as (gtid, decision), sorted by gtid."""
+    def snapshot(self) -> int:
+        """Writes a snapshot atomically and removes the log it covers; returns its last
+        record's seq (0 when nothing was logged yet)."""
+    def last_seq(self) -> int:
+        """The last log sequence number handed out."""
+    def counts(self) -> tuple[int, int]:
+        """(accounts, transfers) held in memory."""
+    def close(self) -> None:
+        """Closes the ledger; later calls raise `LedgerClosed`."""
+
+def wal_verify(dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Checks a log directory offline without changing it (checksums, chain, full replay).
+    Returns the same report as `Ledger.recovery()` (a torn tail is reported, not
+    repaired); raises `WalCorruption` naming file and offset."""
+
+def wal_inspect(
+    dir: str | os.PathLike[str], from_seq: int = 0, limit: int = 1000
+) -> list[tuple[int, Path, int, int, int, str, int, int, int]]:
+    """Lists records offline: (seq, segment, offset, bytes, checksum, kind, events,
+    events_ok, now_ns) from `from_seq`, at most `limit`."""
+
+def ids_array(values: list[int]) -> npt.NDArray[np.uint64]:
+    """Python ints (0 <= x < 2**128) as an (n, 2) uint64 id array."""
+
+def ids_list(array: npt.NDArray[np.uint64]) -> list[int]:
+    """An (n, 2) uint64 id array as Python ints."""
+
+def ledger_result_codes() -> list[tuple[str, list[tuple[int, str]]]]:
+    """Every ledger result code by family: account, transfer, payment, claim, entry."""
+
+# Fraud scoring (engine/src/python/fraud.rs).
+
+FRAUD_FEATURE_COUNT: int
+FRAUD_REASONS_MAX: int
+FRAUD_KEYS_MAX_DEFAULT: int
+
+class FraudConfigError(EngineError):
+    """A fraud model, rules or BIN file cannot be used; the message names the place."""
+
+@final
+class FraudScorer:
+    """The fraud scorer: one per engine, the single owner of the fraud state.
+
+    Every scoring method takes the same 14 columns of equal length: account_ids,
+    msisdns (the line paid for; "" if unknown), amounts_minor (int64), purposes and
+    methods (uint8, the contract's numbers), card_fingerprints (uint64 keyed hash of
+    the card, 0 when not a card), card_bins (first 6 to 8 digits, "" if none),
+    device_ids, ips, channels, plans (uint8: 1 prepaid, 2 postpaid), countries (ISO
+    3166 alpha-2 of the subscriber), sim_swapped_at_s (int64, NO_TIME if never) and
+    created_at_s (int64). Batches are at most BATCH_MAX rows.
+
+    Settlement semantics (wired by the pipeline): DECLINE is status DECLINED with
+    decline_reason FRAUD_DECLINED; REVIEW is declined with FRAUD_REVIEW and queued for
+    review, unless the request carries a valid subscriber assertion (step-up) and the
+    score is below the decline threshold, in which case it proceeds.
+    """
+
+    def __new__(
+        cls,
+        model_json: str,
+        rules: str = "",
+        bin_table: str = "",
+        *,
+        review_threshold: int | None = None,
+        decline_threshold: int | None = None,
+        keys_max: int = ...,
+    ) -> FraudScorer:
+        """Builds a scorer from model JSON, rules and BIN table texts.
+
+        Thresholds default to the model file's; keys_max bounds every per-key map
+        (at the bound a key not seen recently is evicted, by CLOCK).
+        Raises FraudConfigError for a bad file.
+        """
+    @property
+    def model_id(self) -> str:
+        """The model file's model_id."""
+    @property
+    def thresholds(self) -> tuple[int, int]:
+        """The (review, decline) score thresholds in force."""
+    def tracked(self) -> tuple[int, int, int, int, int]:
+        """Tracked keys per map: (accounts, msisdns, cards, devices, IP prefixes)."""
+    def score(
+        self,
+        account_ids: list[str],
+        msisdns: list[str],
+        amounts_minor: npt.NDArray[np.int64],
+        purposes: npt.NDArray[np.uint8],
+        methods: npt.NDArray[np.uint8],
+        card_fingerprints: npt.NDArray[np.uint64],
+        card_bins: list[str],
+        device_ids: list[str],
+        ips: list[str],
+        channels: list[str],
+        plans: npt.NDArray[np.uint8],
+        countries: list[str],
+        sim_swapped_at_s: npt.NDArray[np.int64],
+        created_at_s: npt.NDArray[np.int64],
+        now_s: int,
+    ) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint8], npt.NDArray[np.uint16]]:
+        """Scores a batch in order, recording each payment as an attempt.
+
+        Returns scores (0..1000), decisions (0 APPROVE, 1 REVIEW, 2 DECLINE) and reason
+        codes of shape (n, FRAUD_REASONS_MAX), 0 padding unused slots.
+        """
+    def observe(
+        self,
+        account_ids: list[str],
+        msisdns: list[str],
+        amounts_minor: npt.NDArray[np.int64],
+        purposes: npt.NDArray[np.uint8],
+        methods: npt.NDArray[np.uint8],
+        card_fingerprints: npt.NDArray[np.uint64],
+        card_bins: list[str],
+        device_ids: list[str],
+        ips: list[str],
+        channels: list[str],
+        plans: npt.NDArray[np.uint8],
+        countries: list[str],
+        sim_swapped_at_s: npt.NDArray[np.int64],
+        created_at_s: npt.NDArray[np.int64],
+        outcomes: npt.NDArray[np.uint8],
+        now_s: int,
+    ) -> None:
+        """Records outcomes of scored payments: 0 not attempted, 1 settled, 2 failed."""
+    def replay(
+        self,
+        account_ids: list[str],
+        msisdns: list[str],
+        amounts_minor: npt.NDArray[np.int64],
+        purposes: npt.NDArray[np.uint8],
+        methods: npt.NDArray[np.uint8],
+        card_fingerprints: npt.NDArray[np.uint64],
+        card_bins: list[str],
+        device_ids: list[str],
+        ips: list[str],
+        channels: list[str],
+        plans: npt.NDArray[np.uint8],
+        countries: list[str],
+        sim_swapped_at_s: npt.NDArray[np.int64],
+        created_at_s: npt.NDArray[np.int64],
+        at_s: npt.NDArray[np.int64],
+        outcomes: npt.NDArray[np.uint8],
+        with_features: bool = False,
+    ) -> tuple[
+        npt.NDArray[np.uint16],
+        npt.NDArray[np.uint8],
+        npt.NDArray[np.uint16],
+        npt.NDArray[np.float64] | None,
+    ]:
+        """Replays traffic: each payment scored at its own time, its outcome observed next.
+
+        With with_features, the last item is the float64 feature rows of shape
+        (n, FRAUD_FEATURE_COUNT), columns named by fraud_feature_names().
+        """
+
+def fraud_feature_names() -> list[str]:
+    """The model's feature names, in feature-row column order."""
+
+def fraud_reason_codes() -> list[tuple[int, str]]:
+    """Every reason code as (number, name); 0 is NONE."""
+
+def fraud_decisions() -> list[tuple[int, str]]:
+    """Every decision as (number, name): APPROVE 0, REVIEW 1, DECLINE 2."""

@@ -16,7 +16,18 @@ from quickpay_engine.config import add_common_flags
 from quickpay_engine.errors import QuickpayError
 
 # The subcommand modules, in the order `quickpay --help` lists them.
-COMMAND_MODULES = ["serve", "seed", "subscribers", "bench", "verify", "audit", "reconcile"]
+COMMAND_MODULES = [
+    "serve",
+    "seed",
+    "subscribers",
+    "bench",
+    "verify",
+    "audit",
+    "reconcile",
+    "wal",
+    "fraud",
+    "gateway_sim",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,8 +11,12 @@ from quickpay_engine._engine import (
     ColumnError,
     ConfigInvalid,
     EngineError,
+    FraudConfigError,
     InvalidBatch,
+    LedgerClosed,
     StateRefused,
+    WalCorruption,
+    WalFailure,
 )
 
 
@@ -67,14 +71,18 @@ __all__ = [
     "ConfigError",
     "ConfigInvalid",
     "EngineError",
+    "FraudConfigError",
     "IdempotencyConflict",
     "ImportRowError",
     "InvalidArgument",
     "InvalidBatch",
+    "LedgerClosed",
     "NotFound",
     "Overloaded",
     "QuickpayError",
     "ShuttingDown",
     "StateRefused",
     "StoreError",
+    "WalCorruption",
+    "WalFailure",
 ]

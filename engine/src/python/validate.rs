@@ -16,7 +16,7 @@ use numpy::{
 use pyo3::create_exception;
 use pyo3::prelude::*;
 
-use super::{BatchTooLarge, CapacityExceeded, Engine, EngineError, InvalidBatch};
+use super::{BatchTooLarge, CapacityExceeded, Engine, EngineError, InvalidBatch, NO_TIME};
 use crate::money::Currency;
 use crate::validate::{
     assertion, card, formats, ConfigError, EngineConfig, MethodKind, PaymentView, Plan, Purpose,
@@ -41,9 +41,6 @@ create_exception!(
     InvalidBatch,
     "A hold, release or settlement batch was refused; none of it was applied."
 );
-
-/// In time columns, "no such moment" (a SIM never swapped).
-const NO_TIME: i64 = i64::MIN;
 
 /// This file's errors, each mapped to one Python exception in `From<BindError> for PyErr`.
 enum BindError {

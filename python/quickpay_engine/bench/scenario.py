@@ -1,82 +1,225 @@
 """What a load sends: realistic Pay requests built from the subscriber file.
 
 Most requests are payments a subscriber would make (a bill for a postpaid line, a
-top-up for a prepaid one, by card, wallet, bank account or carrier balance); a
-configurable share are malformed (a wrong msisdn format) or declined by the business
-rules (msisdn not the account's, a top-up on a postpaid line).
+top-up for a prepaid one, by card, wallet, bank account or carrier balance). Configurable
+shares are:
+
+- invalid: malformed (an msisdn not in E.164), answered INVALID_ARGUMENT;
+- declined: well-formed but refused by the business rules (the msisdn is not the
+  account's), answered DECLINED with MSISDN_MISMATCH;
+- fraud: shaped like card testing (one device and one IP paying for many accounts, by
+  card, at the top of the amount range), for the fraud scorer to catch;
+- duplicate: a retry of an earlier request with the same idempotency key and payload,
+  answered with the stored outcome marked ``replayed``.
+
+A mix comes from flags or from a TOML or JSON file whose keys are ``Mix``'s fields.
 """
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+import tomllib
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.domain import Plan, SubscriberRow
 
 # Test card numbers (Luhn-valid, from the card schemes' published test ranges).
 _TEST_PANS = ["4242424242424242", "5555555555554444", "378282246310005", "6011111111111117"]
+METHODS = ("card", "wallet", "bank_account", "carrier_balance")
+# What each request was meant to be; the report counts what was sent by kind.
+KINDS = ("good", "invalid", "declined", "fraud", "duplicate")
+# Duplicates retry one of this many most recent requests; older ones are forgotten
+# (evicted first in, first out), so the memory of a long run stays bounded.
+RECENT_MAX = 1_024
+# One device and one IP per this many fraud-like requests: the card-testing burst.
+FRAUD_BURST = 50
 
 
 @dataclass(frozen=True)
 class Mix:
-    """Shares of the load, each from 0 to 1; the rest are good payments."""
+    """Shares of the load, each from 0 to 1; what is left are good payments.
+
+    ``bill_share`` is the share of bill payments (postpaid lines) among payments, the rest
+    being top-ups (prepaid lines); None follows the subscriber file's own proportion.
+    ``methods`` weighs the payment methods (relative weights, not shares).
+    """
 
     invalid: float = 0.02
     declined: float = 0.03
+    fraud: float = 0.0
+    duplicate: float = 0.0
+    bill_share: float | None = None
+    methods: dict[str, float] = field(
+        default_factory=lambda: {
+            "card": 0.6,
+            "wallet": 0.25,
+            "bank_account": 0.1,
+            "carrier_balance": 0.05,
+        }
+    )
 
     def __post_init__(self) -> None:
-        if not (self.invalid >= 0 and self.declined >= 0 and self.invalid + self.declined <= 1):
-            raise ValueError("shares must be non-negative and add up to at most 1")
+        shares = (self.invalid, self.declined, self.fraud, self.duplicate)
+        if not all(0 <= s <= 1 for s in shares) or sum(shares) > 1:
+            raise ValueError(
+                "invalid, declined, fraud and duplicate shares must be between 0 and 1"
+                " and add up to at most 1"
+            )
+        if self.bill_share is not None and not 0 <= self.bill_share <= 1:
+            raise ValueError("bill_share must be between 0 and 1")
+        unknown = set(self.methods) - set(METHODS)
+        if unknown:
+            raise ValueError(f"unknown payment methods {sorted(unknown)}; known: {METHODS}")
+        if any(w < 0 for w in self.methods.values()) or sum(self.methods.values()) <= 0:
+            raise ValueError("method weights must be non-negative with a positive total")
+
+    @classmethod
+    def from_file(cls, path: Path, **overrides: object) -> Mix:
+        """A mix from a TOML or JSON file, with ``overrides`` (not None) on top."""
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
 
 
-def _method(rng: random.Random) -> pb.PaymentMethod:
-    roll = rng.random()
-    if roll < 0.6:
+def parse_methods(text: str) -> dict[str, float]:
+    """``card=0.6,wallet=0.4`` as a weight per method."""
+    weights: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"--methods {text!r}: expected NAME=WEIGHT,... ({METHODS})")
+        weights[name.strip()] = float(value)
+    return weights
+
+
+def _method(rng: random.Random, name: str) -> pb.PaymentMethod:
+    if name == "card":
         pan = rng.choice(_TEST_PANS)
         return pb.PaymentMethod(
             card=pb.Card(pan=pan, expiry_month=rng.randint(1, 12), expiry_year=2031)
         )
-    if roll < 0.85:
+    if name == "wallet":
         return pb.PaymentMethod(
             wallet=pb.Wallet(provider="mpesa", wallet_id=f"w{rng.randrange(10**9)}")
         )
-    if roll < 0.95:
+    if name == "bank_account":
         return pb.PaymentMethod(bank_account=pb.BankAccount(iban="GR1601101250000000012300695"))
     return pb.PaymentMethod(carrier_balance=pb.CarrierBalance())
+
+
+class RequestSource:
+    """An endless, deterministic stream of requests: the same seed gives the same load.
+
+    Keys are ``{run_id}-{n}``, unique per run, except duplicates, which reuse a recent key
+    on purpose. Requests are built as they are asked for, so a run by duration needs no
+    count up front.
+    """
+
+    def __init__(
+        self, subscribers: Sequence[SubscriberRow], seed: int, mix: Mix, run_id: str
+    ) -> None:
+        payable = [s for s in subscribers if s.status.name != "CLOSED"]
+        if not payable:
+            raise ValueError("no subscriber that can pay: seed and import subscribers first")
+        self._postpaid = [s for s in payable if s.plan is Plan.POSTPAID]
+        self._prepaid = [s for s in payable if s.plan is Plan.PREPAID]
+        self._all = payable
+        if mix.bill_share is not None and (
+            (mix.bill_share > 0 and not self._postpaid)
+            or (mix.bill_share < 1 and not self._prepaid)
+        ):
+            raise ValueError("bill_share asks for a plan the subscriber file does not have")
+        self._rng = random.Random(seed)
+        self._mix = mix
+        self._run_id = run_id
+        self._n = 0
+        self._recent: deque[pb.PayRequest] = deque(maxlen=RECENT_MAX)
+        self._method_names = [m for m in METHODS if mix.methods.get(m, 0) > 0]
+        self._method_weights = [mix.methods[m] for m in self._method_names]
+        self._fraud_device = ""
+        self._fraud_ip = ""
+
+    def __iter__(self) -> Iterator[tuple[str, pb.PayRequest]]:
+        return self
+
+    def __next__(self) -> tuple[str, pb.PayRequest]:
+        """The next request and the kind it was meant to be (one of ``KINDS``)."""
+        mix, rng = self._mix, self._rng
+        roll = rng.random()
+        if roll < mix.duplicate and self._recent:
+            return "duplicate", rng.choice(self._recent)
+        roll -= mix.duplicate
+        request = self._payment()
+        kind = "good"
+        if roll < mix.invalid:
+            request.msisdn = request.msisdn.removeprefix("+")  # not E.164: INVALID_ARGUMENT
+            kind = "invalid"
+        elif roll < mix.invalid + mix.declined:
+            # The right format, the wrong line: MSISDN_MISMATCH.
+            digit = (int(request.msisdn[-1]) + 1) % 10
+            request.msisdn = request.msisdn[:-1] + str(digit)
+            kind = "declined"
+        elif roll < mix.invalid + mix.declined + mix.fraud:
+            self._make_fraud_like(request)
+            kind = "fraud"
+        self._recent.append(request)
+        return kind, request
+
+    def take(self, count: int) -> list[pb.PayRequest]:
+        """The next ``count`` requests."""
+        return [next(self)[1] for _ in range(count)]
+
+    def _payment(self) -> pb.PayRequest:
+        rng, mix = self._rng, self._mix
+        if mix.bill_share is None:
+            sub = rng.choice(self._all)
+        else:
+            pool = self._postpaid if rng.random() < mix.bill_share else self._prepaid
+            sub = rng.choice(pool)
+        purpose = pb.BILL_PAYMENT if sub.plan is Plan.POSTPAID else pb.PREPAID_TOPUP
+        # Amounts in the market's usual range: 1 to 40 units of the currency's major unit.
+        amount = rng.randint(1, 40) * rng.choice([100, 50, 25])
+        method = rng.choices(self._method_names, self._method_weights)[0]
+        request = pb.PayRequest(
+            idempotency_key=f"{self._run_id}-{self._n}",
+            account_id=sub.account_id,
+            msisdn=sub.msisdn,
+            amount=pb.Money(amount_minor=amount, currency=sub.currency),
+            purpose=purpose,
+            method=_method(rng, method),
+            channel=rng.choice(["app", "ussd", "web", "retail"]),
+            device_id=f"dev-{rng.randrange(10**6)}",
+            ip=f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+        )
+        self._n += 1
+        return request
+
+    def _make_fraud_like(self, request: pb.PayRequest) -> None:
+        # Card testing: bursts of payments for unrelated accounts from one device and
+        # one IP, by card, at the top of the usual amount range.
+        rng = self._rng
+        if not self._fraud_device or rng.random() < 1 / FRAUD_BURST:
+            self._fraud_device = f"dev-x{rng.randrange(10**6)}"
+            self._fraud_ip = f"203.0.113.{rng.randrange(1, 255)}"
+        request.device_id = self._fraud_device
+        request.ip = self._fraud_ip
+        request.channel = "web"
+        request.amount.amount_minor = 4_000 * rng.choice([100, 50])
+        request.method.CopyFrom(_method(rng, "card"))
 
 
 def build_requests(
     subscribers: Sequence[SubscriberRow], count: int, seed: int, mix: Mix, run_id: str
 ) -> list[pb.PayRequest]:
     """``count`` requests, the same for the same inputs; keys are unique per ``run_id``."""
-    payable = [s for s in subscribers if s.status.name != "CLOSED"]
-    if not payable:
-        raise ValueError("no subscriber that can pay: seed and import subscribers first")
-    rng = random.Random(seed)
-    requests = []
-    for n in range(count):
-        sub = rng.choice(payable)
-        purpose = pb.BILL_PAYMENT if sub.plan is Plan.POSTPAID else pb.PREPAID_TOPUP
-        # Amounts in the market's usual range: 1 to 40 units of the currency's major unit.
-        amount = rng.randint(1, 40) * rng.choice([100, 50, 25])
-        request = pb.PayRequest(
-            idempotency_key=f"{run_id}-{n}",
-            account_id=sub.account_id,
-            msisdn=sub.msisdn,
-            amount=pb.Money(amount_minor=amount, currency=sub.currency),
-            purpose=purpose,
-            method=_method(rng),
-            channel=rng.choice(["app", "ussd", "web", "retail"]),
-            device_id=f"dev-{rng.randrange(10**6)}",
-            ip=f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
-        )
-        roll = rng.random()
-        if roll < mix.invalid:
-            request.msisdn = sub.msisdn.removeprefix("+")  # not E.164: INVALID_ARGUMENT
-        elif roll < mix.invalid + mix.declined:
-            # The right format, the wrong line: MSISDN_MISMATCH.
-            request.msisdn = sub.msisdn[:-1] + str((int(sub.msisdn[-1]) + 1) % 10)
-        requests.append(request)
-    return requests
+    return RequestSource(subscribers, seed, mix, run_id).take(count)

@@ -1,0 +1,408 @@
+"""GatewayRouter: the interface the settlement saga calls.
+
+Routing: a payment goes to the first configured gateway that takes its method and
+currency and whose circuit breaker lets the call through; the next one is the
+failover.
+
+Safety: a payment is never captured twice. A request whose fate is unknown (timeout,
+dropped connection, 5xx) is resolved by a status lookup by merchant reference before
+anything else happens to it. Found: that is the outcome. Not found: the same gateway
+may be asked again (the acquirer is idempotent on the reference, so a retry cannot
+capture twice); before leaving the gateway for another, the reference is voided there
+(a technical cancel, which also stops a sale still in flight from landing later).
+When the lookup or the void cannot be done before the deadline, the outcome is
+UNKNOWN and names the gateway: the saga must then call ``resolve`` before it settles
+the payment either way.
+
+Deadlines are absolute times on the router's clock (``time.monotonic`` by default, the
+event loop's clock); each request gets what is left of it, capped by the gateway's
+own timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from quickpay_engine.domain import MethodKind
+from quickpay_engine.gateways.breaker import BreakerState, CircuitBreaker
+from quickpay_engine.gateways.client import (
+    GatewayAmbiguous,
+    GatewayClient,
+    GatewayRefused,
+    GatewayUnreachable,
+)
+from quickpay_engine.gateways.config import GatewayConfig, GatewaysConfig
+from quickpay_engine.gateways.types import (
+    DEADLINE_EXCEEDED,
+    GATEWAY_UNAVAILABLE,
+    INVALID_REQUEST,
+    NO_GATEWAY_ROUTE,
+    UNRESOLVED,
+    GatewayOutcome,
+    GatewayResult,
+    Instrument,
+    SaleRequest,
+)
+
+log = logging.getLogger(__name__)
+
+# One sale_many call takes at most this many payments (the settlement batcher sends at
+# most 512); above it the call is refused with ValueError before any request is sent.
+SALE_BATCH_MAX = 4_096
+# Below this much time left, no new request is started: it could not finish anyway.
+BUDGET_MIN_S = 0.005
+# Pause between attempts to resolve an unknown outcome (lookup or void), so a gateway
+# that is restarting is not hammered; the deadline bounds the number of attempts.
+RESOLVE_PAUSE_S = 0.05
+STATES = {
+    "CAPTURED": GatewayOutcome.CAPTURED,
+    "DECLINED": GatewayOutcome.DECLINED,
+    "AUTHORIZED": GatewayOutcome.AUTHORIZED,
+    "VOIDED": GatewayOutcome.VOIDED,
+    "REFUNDED": GatewayOutcome.REFUNDED,
+    "PARTIALLY_REFUNDED": GatewayOutcome.PARTIALLY_REFUNDED,
+}
+T = TypeVar("T")
+
+
+class _Unresolved(Exception):
+    """The deadline passed before a lookup or void could be answered."""
+
+
+class GatewayRouter:
+    """Routes, fails over and resolves unknown outcomes across the configured gateways.
+
+    Use as ``async with GatewayRouter(config) as router:`` (or ``start``/``close``).
+    Many calls may run at once; each gateway's pool bounds its open connections.
+    """
+
+    def __init__(
+        self,
+        config: GatewaysConfig,
+        clock: Callable[[], float] = time.monotonic,
+        same_gateway_retries: int = 1,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._retries = same_gateway_retries
+        self._gateways: dict[str, GatewayConfig] = {g.name: g for g in config.gateways}
+        self._clients = {g.name: GatewayClient(g) for g in config.gateways}
+        self._breakers = {g.name: CircuitBreaker(g.breaker, clock) for g in config.gateways}
+        # At most pool_max sales in flight per gateway; the rest queue here, in order.
+        # The queue's bound is sale_many's SALE_BATCH_MAX per caller, and each waiter
+        # leaves it by its own deadline.
+        self._slots = {g.name: asyncio.Semaphore(g.pool_max) for g in config.gateways}
+
+    async def start(self) -> None:
+        """Opens every gateway's connection pool."""
+        for client in self._clients.values():
+            await client.start()
+
+    async def close(self) -> None:
+        """Closes every pool."""
+        for client in self._clients.values():
+            await client.close()
+
+    async def __aenter__(self) -> GatewayRouter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    def deadline(self, timeout_s: float) -> float:
+        """The absolute deadline ``timeout_s`` from now on the router's clock."""
+        return self._clock() + timeout_s
+
+    def candidates(self, method: MethodKind, currency: str) -> list[str]:
+        """The gateways that take this method and currency, in failover order."""
+        return [g.name for g in self.config.gateways if g.takes(method, currency)]
+
+    def breaker_state(self, gateway: str) -> BreakerState:
+        """The gateway's circuit breaker state now."""
+        return self._breakers[gateway].state
+
+    def client(self, gateway: str) -> GatewayClient:
+        """The gateway's HTTP adapter (for authorize/capture and reports)."""
+        return self._clients[gateway]
+
+    async def sale(
+        self, payment_id: str, amount_minor: int, currency: str, instrument: Instrument,
+        deadline: float,
+    ) -> GatewayResult:  # fmt: skip
+        """Authorizes and captures one payment; see ``sale_many``."""
+        request = SaleRequest(payment_id, amount_minor, currency, instrument)
+        (result,) = await self.sale_many([request], deadline)
+        return result
+
+    async def sale_many(
+        self, requests: Sequence[SaleRequest], deadline: float
+    ) -> list[GatewayResult]:
+        """Authorizes and captures each payment, concurrently; one result per request.
+
+        CAPTURED and DECLINED are final. FAILED means proven not captured anywhere
+        (reason NO_GATEWAY_ROUTE, GATEWAY_UNAVAILABLE or DEADLINE_EXCEEDED). UNKNOWN
+        (reason UNRESOLVED) means the named gateway may hold a capture: call
+        ``resolve`` before settling the payment either way.
+        """
+        if len(requests) > SALE_BATCH_MAX:
+            raise ValueError(f"sale_many takes at most {SALE_BATCH_MAX} payments")
+        return list(await asyncio.gather(*(self._sale(r, deadline) for r in requests)))
+
+    async def resolve(self, payment_id: str, gateway: str, deadline: float) -> GatewayResult:
+        """Settles an UNKNOWN sale's fate at ``gateway``: looks it up, and if the gateway
+        never saw it, voids the reference there so a late request cannot land.
+
+        Returns CAPTURED, DECLINED, AUTHORIZED, REFUNDED, PARTIALLY_REFUNDED, VOIDED
+        (proven not captured: safe to settle nowhere) or UNKNOWN (call again later).
+        """
+        try:
+            payment = await self._resolve(gateway, payment_id, deadline)
+        except _Unresolved:
+            return GatewayResult(payment_id, GatewayOutcome.UNKNOWN, gateway, reason=UNRESOLVED)
+        except GatewayRefused as err:
+            return GatewayResult(payment_id, GatewayOutcome.UNKNOWN, gateway, reason=err.code)
+        return _result(payment_id, gateway, payment)
+
+    async def status(
+        self, payment_id: str, deadline: float, gateway: str | None = None
+    ) -> GatewayResult:
+        """The payment's state at ``gateway`` (or at every gateway, when None).
+
+        NOT_FOUND when no gateway asked has seen the reference; UNKNOWN when one could
+        not answer before the deadline. Looks only: changes nothing.
+        """
+        names = [gateway] if gateway else list(self._gateways)
+        found = await asyncio.gather(*(self._status_at(n, payment_id, deadline) for n in names))
+        # Prefer money-moving states: a reference voided at one gateway after failover
+        # and captured at another is captured.
+        order = {GatewayOutcome.VOIDED: 1, GatewayOutcome.NOT_FOUND: 3, GatewayOutcome.UNKNOWN: 2}
+        return min(found, key=lambda r: order.get(r.outcome, 0))
+
+    async def void(self, payment_id: str, gateway: str, deadline: float) -> GatewayResult:
+        """Cancels an authorization or a same-day capture at ``gateway``.
+
+        VOIDED (or DECLINED, already nothing to cancel) on success; FAILED with
+        NOT_VOIDABLE when it must be refunded instead; UNKNOWN past the deadline
+        (voids are idempotent: call again).
+        """
+        client = self._clients[gateway]
+        try:
+            payment = await self._until(
+                deadline, self._gateways[gateway].lookup_timeout_ms,
+                lambda t: client.void(payment_id, t),
+            )  # fmt: skip
+        except _Unresolved:
+            return GatewayResult(payment_id, GatewayOutcome.UNKNOWN, gateway, reason=UNRESOLVED)
+        except GatewayRefused as err:
+            return GatewayResult(payment_id, GatewayOutcome.FAILED, gateway, reason=err.code)
+        return _result(payment_id, gateway, payment)
+
+    async def refund(
+        self, payment_id: str, gateway: str, refund_id: str, amount_minor: int, currency: str,
+        deadline: float,
+    ) -> GatewayResult:  # fmt: skip
+        """Refunds ``amount_minor`` of a capture at ``gateway``; idempotent on refund_id.
+
+        REFUNDED or PARTIALLY_REFUNDED (``refunded_minor`` is the total refunded so far,
+        ``gateway_reference`` the refund's own); FAILED with REFUND_EXCEEDS_CAPTURED,
+        NOT_REFUNDABLE or CURRENCY_MISMATCH when refused; UNKNOWN past the deadline
+        (call again with the same refund_id).
+        """
+        client = self._clients[gateway]
+        try:
+            reply = await self._until(
+                deadline, self._gateways[gateway].timeout_ms,
+                lambda t: client.refund(payment_id, refund_id, amount_minor, currency, t),
+            )  # fmt: skip
+        except _Unresolved:
+            return GatewayResult(payment_id, GatewayOutcome.UNKNOWN, gateway, reason=UNRESOLVED)
+        except GatewayRefused as err:
+            return GatewayResult(payment_id, GatewayOutcome.FAILED, gateway, reason=err.code)
+        result = _result(payment_id, gateway, reply["payment"])
+        return GatewayResult(
+            payment_id, result.outcome, gateway, reply["gateway_reference"], "",
+            result.captured_minor, result.refunded_minor, result.currency,
+        )  # fmt: skip
+
+    async def _sale(self, request: SaleRequest, deadline: float) -> GatewayResult:
+        attempts: list[str] = []
+        names = self.candidates(request.instrument.kind, request.currency)
+        if not names:
+            return _failed(request, NO_GATEWAY_ROUTE, attempts)
+        for name in names:
+            if deadline - self._clock() < BUDGET_MIN_S:
+                return _failed(request, DEADLINE_EXCEEDED, attempts)
+            result = await self._sale_at(name, request, deadline, attempts)
+            if result is not None:
+                return result
+        return _failed(request, GATEWAY_UNAVAILABLE, attempts)
+
+    async def _sale_at(
+        self, name: str, request: SaleRequest, deadline: float, attempts: list[str]
+    ) -> GatewayResult | None:
+        """The outcome at one gateway, or None when proven not captured there."""
+        gw, client, breaker = self._gateways[name], self._clients[name], self._breakers[name]
+        ref = request.payment_id
+        sent = False
+        for _ in range(1 + self._retries):
+            budget = deadline - self._clock()
+            if budget < BUDGET_MIN_S:
+                break
+            if not breaker.allow():
+                attempts.append(f"{name}:breaker_open")
+                break
+            # Queue for one of the gateway's sale slots first: time spent waiting here
+            # is not the gateway's slowness, and a sale that never got a slot was never
+            # sent, so the next gateway may take it without any lookup.
+            slots = self._slots[name]
+            try:
+                async with asyncio.timeout(self._sale_timeout_s(gw, budget)):
+                    await slots.acquire()
+            except TimeoutError:
+                breaker.release()
+                attempts.append(f"{name}:busy")
+                break
+            try:
+                try:
+                    budget = deadline - self._clock()
+                    if budget < BUDGET_MIN_S:
+                        breaker.release()
+                        break
+                    payment = await client.sale(
+                        ref, request.amount_minor, request.currency,
+                        request.instrument.wire(), self._sale_timeout_s(gw, budget),
+                    )  # fmt: skip
+                finally:
+                    slots.release()
+            except asyncio.CancelledError:
+                breaker.release()
+                raise
+            except GatewayUnreachable:
+                breaker.record_failure()
+                attempts.append(f"{name}:unreachable")
+                break
+            except GatewayRefused as err:
+                breaker.record_success()
+                attempts.append(f"{name}:refused:{err.code}")
+                log.error("gateway %s refused sale %s: %s", name, ref, err)
+                return _failed(request, INVALID_REQUEST, attempts, name)
+            except GatewayAmbiguous as err:
+                breaker.record_failure()
+                sent = True
+                attempts.append(f"{name}:ambiguous")
+                log.warning("sale %s at %s: %s; looking it up", ref, name, err)
+                try:
+                    found = await self._lookup(name, ref, deadline)
+                except (_Unresolved, GatewayRefused):
+                    return _unknown(request, name, attempts)
+                if found is None:
+                    attempts.append(f"{name}:not_found")
+                    continue
+                payment = found
+            else:
+                breaker.record_success()
+            return self._final(request, name, payment, attempts)
+        if not sent:
+            return None
+        # Leaving a gateway that may still hold the request: cancel the reference there
+        # first, so that it cannot be captured behind our back.
+        try:
+            payment = await self._resolve(name, ref, deadline)
+        except (_Unresolved, GatewayRefused):
+            return _unknown(request, name, attempts)
+        return self._final(request, name, payment, attempts)
+
+    @staticmethod
+    def _sale_timeout_s(gw: GatewayConfig, budget: float) -> float:
+        """A sale's share of the budget: time is kept back to resolve an unknown
+        outcome (a lookup and a void) should this sale time out."""
+        reserve = min(2 * gw.lookup_timeout_ms / 1000, budget / 2)
+        return min(gw.timeout_ms / 1000, budget - reserve)
+
+    def _final(
+        self, request: SaleRequest, name: str, payment: dict[str, Any], attempts: list[str]
+    ) -> GatewayResult | None:
+        result = _result(request.payment_id, name, payment)
+        attempts.append(f"{name}:{result.outcome.name.lower()}")
+        if result.outcome is GatewayOutcome.VOIDED:
+            return None  # cancelled here (by us, before failover): never captured here
+        return GatewayResult(
+            result.payment_id, result.outcome, name, result.gateway_reference, result.reason,
+            result.captured_minor, result.refunded_minor, result.currency, tuple(attempts),
+        )  # fmt: skip
+
+    async def _status_at(self, name: str, payment_id: str, deadline: float) -> GatewayResult:
+        try:
+            payment = await self._lookup(name, payment_id, deadline)
+        except _Unresolved:
+            return GatewayResult(payment_id, GatewayOutcome.UNKNOWN, name, reason=UNRESOLVED)
+        except GatewayRefused as err:
+            return GatewayResult(payment_id, GatewayOutcome.UNKNOWN, name, reason=err.code)
+        if payment is None:
+            return GatewayResult(payment_id, GatewayOutcome.NOT_FOUND, name)
+        return _result(payment_id, name, payment)
+
+    async def _lookup(self, name: str, ref: str, deadline: float) -> dict[str, Any] | None:
+        client = self._clients[name]
+        return await self._until(
+            deadline, self._gateways[name].lookup_timeout_ms, lambda t: client.lookup(ref, t)
+        )
+
+    async def _resolve(self, name: str, ref: str, deadline: float) -> dict[str, Any]:
+        """Looks the reference up; if the gateway never saw it, voids it there."""
+        payment = await self._lookup(name, ref, deadline)
+        if payment is not None:
+            return payment
+        client = self._clients[name]
+        return await self._until(
+            deadline, self._gateways[name].lookup_timeout_ms, lambda t: client.void(ref, t)
+        )
+
+    async def _until(
+        self, deadline: float, timeout_ms: int, call: Callable[[float], Awaitable[T]]
+    ) -> T:
+        """Repeats an idempotent call until it is answered or the deadline passes."""
+        while True:
+            budget = deadline - self._clock()
+            if budget < BUDGET_MIN_S:
+                raise _Unresolved
+            try:
+                return await call(min(timeout_ms / 1000, budget))
+            except (GatewayUnreachable, GatewayAmbiguous):
+                pause = min(RESOLVE_PAUSE_S, max(0.0, deadline - self._clock()))
+                await asyncio.sleep(pause)
+
+
+def _result(payment_id: str, gateway: str, payment: dict[str, Any]) -> GatewayResult:
+    return GatewayResult(
+        payment_id,
+        STATES[payment["state"]],
+        gateway,
+        payment["gateway_reference"],
+        payment.get("decline_reason", ""),
+        payment.get("captured_minor", 0),
+        payment.get("refunded_minor", 0),
+        payment.get("currency", ""),
+    )
+
+
+def _failed(
+    request: SaleRequest, reason: str, attempts: list[str], gateway: str = ""
+) -> GatewayResult:
+    return GatewayResult(
+        request.payment_id, GatewayOutcome.FAILED, gateway, reason=reason,
+        currency=request.currency, attempts=tuple(attempts),
+    )  # fmt: skip
+
+
+def _unknown(request: SaleRequest, gateway: str, attempts: list[str]) -> GatewayResult:
+    attempts.append(f"{gateway}:unresolved")
+    return GatewayResult(
+        request.payment_id, GatewayOutcome.UNKNOWN, gateway, reason=UNRESOLVED,
+        currency=request.currency, attempts=tuple(attempts),
+    )  # fmt: skip

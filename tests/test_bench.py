@@ -1,0 +1,342 @@
+"""`quickpay bench` at tiny sizes against the real server: the report's structure and
+counts, never its timings; the scenario's shares; the open loop's latency reference;
+and a smoke run of every micro-benchmark in benches/ so none of them can rot."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import pytest
+
+from conftest import SUBSCRIBERS
+from quickpay_engine import cli
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
+from quickpay_engine.bench.echo import create_echo_server
+from quickpay_engine.bench.histogram import Latency
+from quickpay_engine.bench.load import Answer, LoadPlan, Worker
+from quickpay_engine.bench.runner import split, worker_plans
+from quickpay_engine.bench.scenario import KINDS, Mix, RequestSource
+from quickpay_engine.server import RunningServer
+from quickpay_engine.subscribers import write_csv
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT_KEYS = {
+    "schema_version", "plan", "processes", "mix", "client", "sent", "warmup", "kinds",
+    "statuses", "declines", "errors", "replayed", "fraud_decisions", "elapsed_s",
+    "throughput_per_s", "latency_ms", "service_ms", "timeline",
+}  # fmt: skip
+PERCENTILES = {"p50", "p90", "p99", "p99.9", "max"}
+
+
+@pytest.fixture
+def csv_file(data_dir: Path) -> Path:
+    path = data_dir / "subscribers.csv"
+    with path.open("w", newline="") as out:
+        write_csv(SUBSCRIBERS, out)
+    return path
+
+
+async def bench(data_dir: Path, target: str, *flags: str) -> tuple[int, dict]:
+    """Runs `quickpay bench` (in a thread: it runs its own event loop) and its JSON."""
+    out = data_dir / f"report-{time.monotonic_ns()}.json"
+    argv = ["bench", "--data-dir", str(data_dir), "--target", target, "--no-progress"]
+    code = await asyncio.to_thread(cli.main, [*argv, "--json", str(out), *flags])
+    return code, json.loads(out.read_text()) if out.exists() else {}
+
+
+def assert_counts_add_up(report: dict, sent: int) -> None:
+    assert set(report) >= REPORT_KEYS
+    assert report["sent"] == sent
+    assert sum(report["kinds"].values()) == sent
+    assert sum(report["statuses"].values()) + sum(report["errors"].values()) == sent
+    assert set(report["latency_ms"]) == PERCENTILES
+    lat = report["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
+    assert report["timeline"], "at least one tick"
+    assert sum(p["rate_per_s"] > 0 for p in report["timeline"]) >= 1
+
+
+async def test_closed_loop_report_counts_every_request_once(
+    server: RunningServer, data_dir: Path, csv_file: Path
+) -> None:
+    png = data_dir / "run.png"
+    code, report = await bench(
+        data_dir, f"127.0.0.1:{server.port}", "--count", "60", "--concurrency", "4",
+        "--invalid-share", "0.2", "--declined-share", "0.2", "--plot", str(png),
+    )  # fmt: skip
+    assert code == 0
+    assert_counts_add_up(report, 60)
+    # Every malformed request is refused with its code; every wrong-line one declined.
+    assert report["errors"] == {"INVALID_ARGUMENT": report["kinds"]["invalid"]}
+    assert report["statuses"]["DECLINED"] == report["kinds"]["declined"] > 0
+    assert report["declines"] == {"MSISDN_MISMATCH": report["kinds"]["declined"]}
+    assert report["statuses"]["SETTLED"] == report["kinds"]["good"] > 0
+    assert report["replayed"] == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # What the report says settled is in the store.
+    stored = server.store._db.execute("SELECT count(*) FROM payments WHERE status = 1")
+    assert stored.fetchone()[0] == report["statuses"]["SETTLED"]
+
+
+async def test_duplicates_are_replayed_not_settled_twice(
+    server: RunningServer, data_dir: Path, csv_file: Path
+) -> None:
+    code, report = await bench(
+        data_dir, f"127.0.0.1:{server.port}", "--count", "80", "--concurrency", "2",
+        "--duplicate-share", "0.4", "--invalid-share", "0", "--declined-share", "0",
+    )  # fmt: skip
+    assert code == 0
+    assert_counts_add_up(report, 80)
+    dups = report["kinds"]["duplicate"]
+    assert dups > 0
+    assert report["replayed"] == dups, "every retry comes back as the stored outcome"
+    stored = server.store._db.execute("SELECT count(*) FROM payments").fetchone()[0]
+    assert stored == 80 - dups
+
+
+async def test_open_loop_stream_in_two_processes_merges_their_counts(
+    server: RunningServer, data_dir: Path, csv_file: Path
+) -> None:
+    code, report = await bench(
+        data_dir, f"127.0.0.1:{server.port}", "--rpc", "stream", "--rate", "200",
+        "--arrival", "poisson", "--count", "50", "--processes", "2", "--concurrency", "2",
+        "--warmup", "0.1", "--interval", "0.2",
+    )  # fmt: skip
+    assert code == 0
+    assert_counts_add_up(report, 50)
+    assert report["processes"] == 2
+    assert report["plan"]["rpc"] == "stream"
+    assert report["warmup"] > 0, "the warm-up was sent and left out"
+    assert report["errors"].keys() <= {"INVALID_ARGUMENT"}
+    assert set(report["service_ms"]) == PERCENTILES
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--count", "0"],
+        ["--count", "5", "--duration", "1"],
+        ["--rate", "-3"],
+        ["--invalid-share", "0.9", "--declined-share", "0.2"],
+        ["--methods", "paypal=1"],
+        ["--methods", "card"],
+        ["--processes", "3", "--concurrency", "2"],
+        ["--bill-share", "1.5"],
+    ],
+)
+async def test_bad_flags_are_refused_before_any_call(
+    data_dir: Path, csv_file: Path, flags: list[str]
+) -> None:
+    # Port 1 has no server: a flag that got through would fail differently (exit 1).
+    code, report = await bench(data_dir, "127.0.0.1:1", *flags)
+    assert code == 2
+    assert report == {}
+
+
+async def test_missing_subscriber_file_is_refused(data_dir: Path) -> None:
+    code, _ = await bench(data_dir, "127.0.0.1:1", "--subscribers", str(data_dir / "nope.csv"))
+    assert code == 2
+
+
+def test_scenario_file_sets_the_mix_and_flags_win(tmp_path: Path) -> None:
+    path = tmp_path / "mix.toml"
+    path.write_text("fraud = 0.5\ninvalid = 0.1\nmethods = { wallet = 1.0 }\n")
+    mix = Mix.from_file(path, invalid=0.0)
+    assert (mix.fraud, mix.invalid, mix.methods) == (0.5, 0.0, {"wallet": 1.0})
+    source = RequestSource(SUBSCRIBERS, 3, mix, "r")
+    sent = [source.__next__() for _ in range(400)]
+    kinds = Counter(k for k, _ in sent)
+    assert set(kinds) <= set(KINDS)
+    assert 150 < kinds["fraud"] < 250
+    assert kinds["invalid"] == 0
+    # Fraud-like traffic pays by card from few devices; the rest by wallet only.
+    fraud = [r for k, r in sent if k == "fraud"]
+    assert all(r.method.WhichOneof("kind") == "card" for r in fraud)
+    assert len({r.device_id for r in fraud}) < len(fraud) / 5
+    assert all(r.method.WhichOneof("kind") == "wallet" for k, r in sent if k == "good")
+    # A near miss: an unknown key in the file is refused, not ignored.
+    path.write_text("frauds = 0.5\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        Mix.from_file(path)
+
+
+def test_bill_share_picks_the_plan_and_the_same_seed_the_same_load() -> None:
+    bills = RequestSource(SUBSCRIBERS, 5, Mix(invalid=0, declined=0, bill_share=1.0), "r")
+    assert all(r.purpose == pb.BILL_PAYMENT for r in bills.take(50))
+    a = RequestSource(SUBSCRIBERS, 5, Mix(), "r").take(30)
+    b = RequestSource(SUBSCRIBERS, 5, Mix(), "r").take(30)
+    c = RequestSource(SUBSCRIBERS, 6, Mix(), "r").take(30)
+    assert a == b
+    assert a != c
+
+
+def test_histograms_merge_exactly_and_survive_encoding() -> None:
+    a, b = Latency(), Latency()
+    for ms in range(1, 101):
+        a.record_s(ms / 1_000)
+    b.record_s(5.0)
+    b.record_s(1_000.0)  # beyond the range: clamped to the maximum, still counted
+    merged = Latency.decode(a.encode())
+    merged.add(b)
+    assert merged.count == 102
+    assert merged.percentile_ms(50) == pytest.approx(51, rel=0.01)
+    assert merged.max_ms() == pytest.approx(120_000, rel=0.01)
+    assert Latency().summary_ms() == dict.fromkeys(PERCENTILES, 0.0)
+
+
+def test_work_is_split_without_losing_a_request() -> None:
+    assert split(10, 3) == [4, 3, 3]
+    plan = LoadPlan(target="x:1", count=101, concurrency=7, rate_per_s=90.0)
+    plans = worker_plans(plan, 3)
+    assert sum(p.count or 0 for p in plans) == 101
+    assert sum(p.concurrency for p in plans) == 7
+    assert sum(p.rate_per_s or 0 for p in plans) == pytest.approx(90.0)
+    assert len({p.seed for p in plans}) == 3, "each worker its own requests"
+    with pytest.raises(ValueError):
+        worker_plans(plan, 8)
+
+
+class _StallingSender:
+    """Answers at once, except that one call blocks the whole event loop for a while,
+    as a client stuck in a long GC pause or a saturated CPU would."""
+
+    def __init__(self, stall_s: float, at_call: int) -> None:
+        self.calls = 0
+        self._stall_s = stall_s
+        self._at = at_call
+
+    async def call(self, request: pb.PayRequest) -> Answer:
+        self.calls += 1
+        if self.calls == self._at:
+            time.sleep(self._stall_s)  # noqa: ASYNC251  (blocks the loop on purpose)
+        return Answer(status="SETTLED")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_open_loop_latency_counts_the_time_a_request_waited_to_be_sent() -> None:
+    plan = LoadPlan(target="unused:1", rate_per_s=200.0, count=120, interval_s=0.1)
+    worker = Worker(plan, RequestSource(SUBSCRIBERS, 1, Mix(), "co"), lambda _: None)
+    tally = await worker.drive(_StallingSender(stall_s=0.3, at_call=20))
+    assert tally.sent == 120
+    # Requests due during the stall were sent late; from their intended time they
+    # waited up to the stall, while the calls themselves took no time at all.
+    # About 60 of the 120 were due during the 0.3 s stall, waiting 0 to 300 ms each.
+    assert tally.latency.max_ms() >= 250
+    assert tally.latency.percentile_ms(75) >= 75
+    assert tally.service.percentile_ms(75) < tally.latency.percentile_ms(75) / 3
+
+
+async def test_echo_baseline_answers_like_a_settled_payment(
+    server: RunningServer, data_dir: Path
+) -> None:
+    echo, port = await create_echo_server("127.0.0.1:0")
+    request = pb.PayRequest(
+        idempotency_key="k-1", account_id="acc-post", msisdn="+306900000002",
+        amount=pb.Money(amount_minor=100, currency="EUR"), purpose=pb.BILL_PAYMENT,
+        method=pb.PaymentMethod(carrier_balance=pb.CarrierBalance()),
+    )  # fmt: skip
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            baseline = await pb_grpc.SettlementStub(ch).Pay(request)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            real = await pb_grpc.SettlementStub(ch).Pay(request)
+    finally:
+        await echo.stop(0)
+    assert real.status == baseline.status == pb.SETTLED
+    assert baseline.idempotency_key == "k-1"
+    # Of a size with the real reply, so the baseline carries the same bytes.
+    size, real_size = baseline.ByteSize(), real.ByteSize()
+    assert 0.5 * real_size <= size <= 1.5 * real_size
+
+
+def test_micro_benchmarks_run_at_tiny_sizes() -> None:
+    # Every benches/bench_*.py, once each, timings off: they must keep working.
+    env = {**os.environ, "QUICKPAY_BENCH_SIZE": "smoke"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "benches", "-o", "python_files=bench_*.py",
+         "--benchmark-disable", "-q"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout
+
+
+def test_make_bench_driver_writes_its_section_and_keeps_the_others(tmp_path: Path) -> None:
+    # The `make bench` driver at tiny sizes: every part runs, the section is replaced in
+    # place, and another area's section is left as it was.
+    results = tmp_path / "RESULTS.md"
+    results.write_text(
+        "# Benchmark results\n\n## Ledger\n\nledger figures stay\n\n"
+        "<!-- section: load benchmarking (quickpay bench, make bench) -->\nstale figures\n"
+        "<!-- end section: load benchmarking -->\n\n## Fraud\n\nfraud figures stay\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "benches/compare.py", "--quick", "--out", str(results),
+         "--work", str(tmp_path / "work")],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = results.read_text()
+    assert "stale figures" not in text
+    assert text.count("<!-- section: load benchmarking") == 1
+    assert "ledger figures stay" in text and "fraud figures stay" in text
+    assert text.index("## Ledger") < text.index("## Load benchmarking") < text.index("## Fraud")
+    for scenario in ("unary closed 64", "unary closed 64, 2 procs", "stream closed 256"):
+        assert f"| {scenario} | payments/s |" in text
+    assert "| benches/bench_store.py | test_store_commit_batch[batch] |" in text
+    assert "kernel " in text and "quickpay bench --data-dir" in text
+
+
+@pytest.fixture
+def tls_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and its key (made with openssl)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return key, cert
+
+
+async def test_tls_target_is_reached_with_its_ca_and_refused_without(
+    data_dir: Path, csv_file: Path, tls_pair: tuple[Path, Path]
+) -> None:
+    key, cert = tls_pair
+    echo, port = await create_echo_server("127.0.0.1:0", (key.read_bytes(), cert.read_bytes()))
+    target = f"127.0.0.1:{port}"
+    tls = ["--tls-ca", str(cert), "--tls-server-name", "localhost"]
+    try:
+        code, report = await bench(data_dir, target, "--count", "20", "--concurrency", "2", *tls)
+        assert code == 0
+        assert_counts_add_up(report, 20)
+        assert report["plan"]["tls"] is True
+        # Near misses: plaintext to a TLS server, or TLS without trusting its CA.
+        for flags in (["--connect-timeout", "1"], ["--tls", "--connect-timeout", "1"]):
+            code, report = await bench(data_dir, target, "--count", "5", *flags)
+            assert code == 1
+            assert report == {}
+    finally:
+        await echo.stop(0)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benches" / "scenarios").glob("*.toml")))
+def test_shipped_scenarios_load(path: Path) -> None:
+    mix = Mix.from_file(path)
+    assert 0 <= mix.invalid + mix.declined + mix.fraud + mix.duplicate <= 1
+    assert RequestSource(SUBSCRIBERS, 1, mix, "s").take(20)

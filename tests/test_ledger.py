@@ -1,0 +1,271 @@
+"""The durable ledger through the bindings: batches in, result codes out, state across
+restarts. Mirrors engine/src/ledger/ (the model-based property tests live there)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quickpay_engine import _engine
+from quickpay_engine.errors import BatchTooLarge, CapacityExceeded, InvalidBatch, LedgerClosed
+
+EUR, USD = 978, 840
+S = 1_000_000_000
+CODES = {
+    family: dict((name, number) for number, name in table)
+    for family, table in _engine.ledger_result_codes()
+}
+T = CODES["transfer"]
+
+
+def ids(*values: int) -> np.ndarray:
+    return _engine.ids_array(list(values))
+
+
+def open_ledger(path: Path, **kwargs) -> _engine.Ledger:
+    return _engine.Ledger.open(str(path), segment_bytes_max=64 * 1024, **kwargs)
+
+
+def with_accounts(path: Path, **kwargs) -> _engine.Ledger:
+    ledger = open_ledger(path, **kwargs)
+    flags = np.array([_engine.ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS, 0, 0, 0], dtype=np.uint16)
+    codes, seq = ledger.create_accounts(
+        1,
+        ids(1, 2, 3, 4),
+        np.array([EUR, EUR, EUR, USD], np.uint16),
+        np.array([2, 3, 4, 3], np.uint16),
+        flags,
+    )
+    assert codes.tolist() == [0, 0, 0, 0] and seq == 1
+    return ledger
+
+
+def transfers(ledger, now_ns, rows):
+    """rows: (id, debit, credit, amount, currency, flags, pending_id, timeout_s, payment_id)."""
+    cols = list(zip(*rows, strict=True))
+    return ledger.create_transfers(
+        now_ns,
+        ids(*cols[0]),
+        ids(*cols[1]),
+        ids(*cols[2]),
+        np.array(cols[3], np.int64),
+        np.array(cols[4], np.uint16),
+        np.array(cols[5], np.uint16),
+        ids(*cols[6]),
+        np.array(cols[7], np.uint32),
+        ids(*cols[8]),
+    )
+
+
+def balances(ledger, *accounts):
+    found, dp, dpo, cp, cpo = ledger.balances(ids(*accounts))
+    assert found.all()
+    return [tuple(int(x) for x in row) for row in zip(dp, dpo, cp, cpo, strict=True)]
+
+
+BIG = (1 << 127) + 12345  # ids use all 128 bits
+
+
+def test_ids_round_trip_through_both_halves():
+    values = [0, 1, (1 << 64) - 1, 1 << 64, BIG, (1 << 128) - 1]
+    arr = _engine.ids_array(values)
+    assert arr.shape == (6, 2) and arr.dtype == np.uint64
+    assert arr[4].tolist() == [1 << 63, 12345]
+    assert _engine.ids_list(arr) == values
+    with pytest.raises(OverflowError):
+        _engine.ids_array([1 << 128])
+
+
+def test_hold_post_for_less_and_near_misses_with_their_codes(tmp_path):
+    ledger = with_accounts(tmp_path)
+    P, POST, VOID = (
+        _engine.TRANSFER_PENDING,
+        _engine.TRANSFER_POST_PENDING,
+        _engine.TRANSFER_VOID_PENDING,
+    )
+    codes, _ = transfers(
+        ledger,
+        2 * S,
+        [
+            (10, 2, 1, 500, EUR, 0, 0, 0, BIG),  # fund the prepaid account 1
+            (BIG, 1, 3, 300, EUR, P, 0, 60, BIG),  # hold 300 of its 500
+            (12, 1, 3, 201, EUR, 0, 0, 0, 0),  # one more than what is available
+            (13, 1, 4, 1, EUR, 0, 0, 0, 0),  # account 4 is USD
+            (14, 1, 1, 1, EUR, 0, 0, 0, 0),
+            (15, 1, 3, 0, EUR, 0, 0, 0, 0),
+        ],
+    )
+    assert codes.tolist() == [
+        T["OK"],
+        T["OK"],
+        T["EXCEEDS_CREDITS"],
+        T["CURRENCY_MISMATCH"],
+        T["ACCOUNTS_MUST_BE_DIFFERENT"],
+        T["AMOUNT_MUST_NOT_BE_ZERO"],
+    ]
+    assert balances(ledger, 1) == [(300, 0, 0, 500)]
+    codes, _ = transfers(
+        ledger,
+        3 * S,
+        [
+            (20, 0, 0, 301, 0, POST, BIG, 0, BIG),
+            (20, 0, 0, 250, 0, POST, BIG, 0, BIG),
+            (20, 0, 0, 250, 0, POST, BIG, 0, BIG),
+            (21, 0, 0, 0, 0, VOID, BIG, 0, BIG),
+        ],
+    )
+    assert codes.tolist() == [
+        T["EXCEEDS_PENDING_TRANSFER_AMOUNT"],
+        T["OK"],
+        T["EXISTS"],
+        T["PENDING_TRANSFER_ALREADY_POSTED"],
+    ]
+    assert balances(ledger, 1, 3) == [(0, 250, 0, 500), (0, 0, 0, 250)]
+
+
+def test_state_survives_a_restart_and_holds_expire_by_the_callers_clock(tmp_path):
+    ledger = with_accounts(tmp_path)
+    codes, _ = transfers(ledger, 10 * S, [(30, 2, 3, 100, EUR, _engine.TRANSFER_PENDING, 0, 5, 0)])
+    assert codes.tolist() == [0]
+    ledger.close()
+    with pytest.raises(LedgerClosed):
+        ledger.balances(ids(2))
+    ledger = open_ledger(tmp_path)
+    assert ledger.recovery()["records_replayed"] == 2
+    assert balances(ledger, 2) == [(100, 0, 0, 0)]
+    ledger.expire(15 * S - 1)
+    assert balances(ledger, 2) == [(100, 0, 0, 0)], "one nanosecond early"
+    ledger.expire(15 * S)
+    assert balances(ledger, 2) == [(0, 0, 0, 0)]
+    codes, _ = transfers(
+        ledger, 16 * S, [(31, 0, 0, 0, 0, _engine.TRANSFER_POST_PENDING, 30, 0, 0)]
+    )
+    assert codes.tolist() == [T["PENDING_TRANSFER_EXPIRED"]]
+
+
+def test_unfinished_payments_are_known_after_a_restart(tmp_path):
+    ledger = open_ledger(tmp_path)
+    R, C, SET, RB = 1, 2, 3, 4
+    codes, seq = ledger.record_payment_states(
+        S, ids(1, 2, 3, BIG), np.array([R, R, R, R], np.uint8)
+    )
+    assert codes.tolist() == [0, 0, 0, 0]
+    codes, seq2 = ledger.record_payment_states(
+        2 * S, ids(1, 2, 3, 4), np.array([C, RB, SET, C], np.uint8)
+    )
+    P = CODES["payment"]
+    assert codes.tolist() == [P["OK"], P["OK"], P["TRANSITION_INVALID"], P["TRANSITION_INVALID"]]
+    assert seq2 == seq + 1
+    ledger.snapshot()
+    ledger.record_payment_states(3 * S, ids(1), np.array([SET], np.uint8))
+    ledger.close()
+    ledger = open_ledger(tmp_path)
+    found, states = ledger.unfinished_payments()
+    assert _engine.ids_list(found) == [3, BIG]
+    assert states.tolist() == [R, R]
+    assert ledger.payment_states(ids(1, 2, 99)).tolist() == [SET, RB, 0]
+
+
+def test_idempotency_index_replays_refuses_other_payloads_and_survives_restarts(tmp_path):
+    ledger = open_ledger(tmp_path, retention_s=100)
+    C = CODES["claim"]
+    codes, pays, outcomes, _ = ledger.claim_keys(S, ["k1", "k2"], ids(111, 222), ids(7, 8))
+    assert codes.tolist() == [C["NEW"], C["NEW"]]
+    codes, _ = ledger.set_outcomes(2 * S, ["k1", "nope"], np.array([5, 5], np.uint16))
+    assert codes.tolist() == [CODES["entry"]["OK"], CODES["entry"]["NOT_FOUND"]]
+    ledger.close()
+    ledger = open_ledger(tmp_path, retention_s=100)
+    codes, pays, outcomes, _ = ledger.claim_keys(
+        3 * S, ["k1", "k1", "k2", ""], ids(111, 999, 222, 1), ids(0, 0, 0, 0)
+    )
+    assert codes.tolist() == [C["REPLAY"], C["PAYLOAD_MISMATCH"], C["REPLAY"], C["KEY_INVALID"]]
+    assert _engine.ids_list(pays) == [7, 7, 8, 0]
+    assert outcomes.tolist() == [5, 5, 0, 0]
+    codes, *_ = ledger.claim_keys(102 * S, ["k1"], ids(999), ids(9))
+    assert codes.tolist() == [C["NEW"]], "after the retention window the key is free"
+
+
+def test_two_phase_commit_decisions_are_logged_once(tmp_path):
+    ledger = open_ledger(tmp_path)
+    E = CODES["entry"]
+    codes, _ = ledger.record_decisions(
+        S, ["gtid-1", "gtid-1", "gtid-2"], np.array([1, 2, 3], np.uint8)
+    )
+    assert codes.tolist() == [E["OK"], E["EXISTS_WITH_DIFFERENT_VALUE"], E["VALUE_INVALID"]]
+    ledger.close()
+    ledger = open_ledger(tmp_path)
+    assert ledger.decisions() == [("gtid-1", 1)]
+    codes, _ = ledger.forget_decisions(2 * S, ["gtid-1", "gtid-1"])
+    assert codes.tolist() == [E["OK"], E["NOT_FOUND"]]
+    assert ledger.decisions() == []
+
+
+def test_bad_columns_and_bounds_raise_typed_errors_before_any_work(tmp_path):
+    ledger = with_accounts(tmp_path, transfers_max=2)
+    row = (40, 2, 3, 1, EUR, 0, 0, 0, 0)
+    with pytest.raises(InvalidBatch, match="amounts_minor"):
+        ledger.create_transfers(
+            S,
+            ids(40),
+            ids(2),
+            ids(3),
+            np.array([1, 2], np.int64),
+            np.array([EUR], np.uint16),
+            np.zeros(1, np.uint16),
+            ids(0),
+            np.zeros(1, np.uint32),
+            ids(0),
+        )
+    strided = np.ones(4, np.int64)[::2]  # two rows, every other element
+    with pytest.raises(InvalidBatch, match="C-contiguous"):
+        ledger.create_transfers(
+            S,
+            ids(40, 41),
+            ids(2, 2),
+            ids(3, 3),
+            strided,
+            np.array([EUR, EUR], np.uint16),
+            np.zeros(2, np.uint16),
+            ids(0, 0),
+            np.zeros(2, np.uint32),
+            ids(0, 0),
+        )
+    with pytest.raises(InvalidBatch, match=r"shape \(n, 2\)"):
+        ledger.balances(np.zeros((2, 3), np.uint64))
+    with pytest.raises(TypeError):
+        ledger.balances(np.zeros((2, 2), np.int64))
+    with pytest.raises(CapacityExceeded, match="transfers"):
+        transfers(ledger, S, [row, (41, 2, 3, 1, EUR, 0, 0, 0, 0), (42, 2, 3, 1, EUR, 0, 0, 0, 0)])
+    assert ledger.counts() == (4, 0), "a refused batch changes nothing"
+    n = _engine.LEDGER_BATCH_MAX + 1
+    with pytest.raises(BatchTooLarge):
+        ledger.record_payment_states(S, ids(*range(1, n + 1)), np.ones(n, np.uint8))
+    assert transfers(ledger, S, [row])[0].tolist() == [0]
+
+
+def test_concurrent_callers_are_all_acknowledged_and_replayed(tmp_path):
+    ledger = with_accounts(tmp_path)
+    errors = []
+
+    def worker(base: int) -> None:
+        try:
+            for i in range(20):
+                tid = base + i
+                codes, _ = transfers(ledger, S, [(tid, 2, 3, 1, EUR, 0, 0, 0, 0)])
+                assert codes.tolist() == [0]
+        except Exception as err:  # surfaced below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(1000 * (t + 1),)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert ledger.last_seq() == 81
+    ledger.close()
+    ledger = open_ledger(tmp_path)
+    assert balances(ledger, 2, 3) == [(0, 80, 0, 0), (0, 0, 0, 80)]
