@@ -39,10 +39,16 @@ SUBSCRIBERS = [
 ]
 
 
-def settings_for(data_dir: Path, listen: str = "127.0.0.1:0"):
-    """Settings as the CLI would build them for this data dir."""
+def settings_for(data_dir: Path, listen: str = "127.0.0.1:0", fraud_mode: str = "observe"):
+    """Settings as the CLI would build them for this data dir. Fraud scoring observes
+    by default here: these suites pay the same few accounts many times a second, which
+    the shipped model rightly finds suspicious; tests/test_fraud_settlement.py enforces."""
     args = argparse.Namespace(
-        listen=listen, data_dir=str(data_dir), database_url=None, gateways=None
+        listen=listen,
+        data_dir=str(data_dir),
+        database_url=None,
+        gateways=None,
+        fraud_mode=fraud_mode,
     )
     return settings_from(args)
 

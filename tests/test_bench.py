@@ -78,7 +78,7 @@ async def test_closed_loop_report_counts_every_request_once(
     assert_counts_add_up(report, 60)
     # Every malformed request is refused with its code; every wrong-line one declined.
     assert report["errors"] == {"INVALID_ARGUMENT": report["kinds"]["invalid"]}
-    assert report["statuses"]["DECLINED"] == report["kinds"]["declined"] > 0
+    assert report["statuses"]["DECLINED"] == report["kinds"]["declined"] > 0, report["declines"]
     assert report["declines"] == {"MSISDN_MISMATCH": report["kinds"]["declined"]}
     assert report["statuses"]["SETTLED"] == report["kinds"]["good"] > 0
     assert report["replayed"] == 0

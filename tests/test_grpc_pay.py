@@ -179,7 +179,7 @@ async def test_near_misses_of_the_malformed_cases_settle(stub) -> None:
     ):
         key = overrides.pop("idempotency_key", f"near-{n}")
         reply = await stub.Pay(bill(key, **overrides))
-        assert reply.status == pb.SETTLED, overrides
+        assert reply.status == pb.SETTLED, (overrides, reply.decline_reason)
 
 
 DECLINES = [

@@ -22,7 +22,7 @@ STARTUP_TIMEOUT_S = 30
 async def start_server(data_dir: Path) -> tuple[asyncio.subprocess.Process, int]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "quickpay_engine.cli", "serve",
-        "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
+        "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--fraud-mode", "observe",
         stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip

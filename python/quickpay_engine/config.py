@@ -13,6 +13,7 @@ from pathlib import Path
 from quickpay_engine.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+FRAUD_MODES = ("enforce", "observe")
 DEFAULT_DATA_DIR = "./var"
 SQLITE_FILE = "quickpay.sqlite3"
 
@@ -26,6 +27,10 @@ class Settings:
     database_url: str
     gateways: Path | None
     nats_url: str | None = None
+    # "enforce": fraud decisions decline payments; "observe": every payment is scored
+    # and the assessment returned and stored, but nothing is declined for it (a model on
+    # trial, in shadow).
+    fraud_mode: str = "enforce"
 
     @property
     def sqlite_path(self) -> Path:
@@ -61,6 +66,13 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
         " none: events stay in the outbox for WatchSettlements)",
     )
     parser.add_argument(
+        "--fraud-mode",
+        choices=FRAUD_MODES,
+        default=env.get("QUICKPAY_FRAUD_MODE", "enforce"),
+        help="enforce: fraud decisions decline payments; observe: score and report only"
+        " (QUICKPAY_FRAUD_MODE, default enforce)",
+    )
+    parser.add_argument(
         "--gateways",
         default=env.get("QUICKPAY_GATEWAYS"),
         help="gateway configuration file (QUICKPAY_GATEWAYS; none: bundled simulators)",
@@ -80,7 +92,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
     nats_url = getattr(args, "nats_url", None) or None
     if nats_url and not nats_url.startswith(("nats://", "tls://")):
         raise ConfigError(f"--nats-url {nats_url!r}: expected nats://HOST:PORT")
+    fraud_mode = getattr(args, "fraud_mode", None) or "enforce"
+    if fraud_mode not in FRAUD_MODES:
+        raise ConfigError(f"--fraud-mode {fraud_mode!r}: expected one of {', '.join(FRAUD_MODES)}")
     return Settings(
+        fraud_mode=fraud_mode,
         listen=args.listen,
         data_dir=data_dir,
         database_url=url,

@@ -118,6 +118,16 @@ class Confirmation:
 
 
 @dataclass(frozen=True, slots=True)
+class FraudAssessment:
+    """The fraud scorer's view of one payment: score 0..1000, APPROVE / REVIEW /
+    DECLINE, and the names of the features that weighed most."""
+
+    score: int
+    decision: str
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """The result of one payment, as stored and as replayed."""
 
@@ -128,6 +138,7 @@ class Outcome:
     decline_detail: str = ""
     confirmation: Confirmation | None = None
     replayed: bool = False
+    fraud: FraudAssessment | None = None
 
 
 @dataclass(frozen=True, slots=True)

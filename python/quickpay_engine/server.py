@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from quickpay_engine._engine import FraudScorer
 from quickpay_engine.api.convert import event_msg
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
@@ -119,12 +120,20 @@ class EventRelayTask:
         await self.publisher.close()
 
 
-async def create_server(settings: Settings, batching: BatchSettings | None = None) -> RunningServer:
+async def create_server(
+    settings: Settings,
+    batching: BatchSettings | None = None,
+    fraud_scorer: FraudScorer | None = None,
+) -> RunningServer:
     """Builds and starts the server on ``settings.listen`` (port 0 picks a free one)."""
     if not settings.database_url.startswith("sqlite:///"):
         raise ConfigError("only the embedded SQLite store is available in this build")
     store = SqliteStore(settings.sqlite_path)
-    service = SettlementService(store, batching)
+    key = fingerprint_key(settings.data_dir)
+    enforce = settings.fraud_mode == "enforce"
+    if not enforce:
+        log.warning("fraud scoring in observe mode: assessed and reported, never declined")
+    service = SettlementService(store, key, batching, fraud_scorer, enforce)
     await service.start()
     server = grpc.aio.server(
         options=[
@@ -133,9 +142,7 @@ async def create_server(settings: Settings, batching: BatchSettings | None = Non
         ]
     )
     pb_grpc.add_SettlementServicer_to_server(
-        SettlementServicer(
-            service, fingerprint_key(settings.data_dir), settings.data_dir / "mappings"
-        ),
+        SettlementServicer(service, key, settings.data_dir / "mappings"),
         server,
     )
     health_servicer = health.aio.HealthServicer()

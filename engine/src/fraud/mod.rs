@@ -311,7 +311,12 @@ impl FraudScorer {
         at_s: i64,
         row: &mut [f64; FEATURE_COUNT],
     ) -> Assessment {
-        let bin = if input.method != MethodKind::Card || input.card_bin.is_empty() {
+        // Without a BIN table (none configured) a card's country is unknowable, not
+        // suspicious: its BIN features stay silent rather than flag every card.
+        let bin = if input.method != MethodKind::Card
+            || input.card_bin.is_empty()
+            || self.bins.is_empty()
+        {
             BinLookup::NoCard
         } else {
             self.bins

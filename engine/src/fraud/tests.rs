@@ -521,6 +521,19 @@ fn bin_country_is_found_by_longest_prefix() {
         (Decision::Review, ReasonCode::BinCountryMismatch)
     );
     assert_eq!(unknown.reasons[0], ReasonCode::BinUnknown);
+
+    // With no BIN table at all, the same card is not "unknown": nothing can be known.
+    let mut blind = scorer_with(&model, "", "", Bounds::default());
+    let no_table = score(
+        &mut blind,
+        FraudInput {
+            card_bin: "999999",
+            ..payment("c", "d", 100)
+        },
+        T0,
+    );
+    assert_eq!(no_table.decision, Decision::Approve);
+    assert!(!no_table.reasons.contains(&ReasonCode::BinUnknown));
 }
 
 #[test]

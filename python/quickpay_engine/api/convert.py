@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.domain import (
     Confirmation,
+    FraudAssessment,
     Method,
     MethodDetail,
     MethodKind,
@@ -117,7 +118,13 @@ def pay_response(outcome: Outcome) -> pb.PayResponse:
     )
     if outcome.confirmation is not None:
         response.confirmation.CopyFrom(confirmation_msg(outcome.confirmation))
+    if outcome.fraud is not None:
+        response.fraud.CopyFrom(fraud_msg(outcome.fraud))
     return response
+
+
+def fraud_msg(f: FraudAssessment) -> pb.FraudAssessment:
+    return pb.FraudAssessment(score=f.score, decision=f.decision, reasons=list(f.reasons))
 
 
 def payment_msg(record: PaymentRecord) -> pb.Payment:
@@ -141,6 +148,8 @@ def payment_msg(record: PaymentRecord) -> pb.Payment:
     )
     if o.confirmation is not None:
         payment.confirmation.CopyFrom(confirmation_msg(o.confirmation))
+    if o.fraud is not None:
+        payment.fraud.CopyFrom(fraud_msg(o.fraud))
     return payment
 
 

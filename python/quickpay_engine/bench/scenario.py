@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 import tomllib
+import zlib
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
@@ -119,6 +120,12 @@ def _method(rng: random.Random, name: str) -> pb.PaymentMethod:
     return pb.PaymentMethod(carrier_balance=pb.CarrierBalance())
 
 
+def _home_ip(account_id: str) -> str:
+    """A stable private address per subscriber."""
+    h = zlib.crc32(account_id.encode())
+    return f"10.{h >> 16 & 255}.{h >> 8 & 255}.{(h & 255) or 1}"
+
+
 class RequestSource:
     """An endless, deterministic stream of requests: the same seed gives the same load.
 
@@ -209,8 +216,10 @@ class RequestSource:
             purpose=purpose,
             method=_method(rng, method),
             channel=rng.choice(["app", "ussd", "web", "retail"]),
-            device_id=f"dev-{rng.randrange(10**6)}",
-            ip=f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+            # A subscriber pays from their own phone and home network, as real ones do;
+            # only the fraud-like share comes from strangers' devices.
+            device_id=f"dev-{sub.account_id}",
+            ip=_home_ip(sub.account_id),
         )
         self._n += 1
         return request

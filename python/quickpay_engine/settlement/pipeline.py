@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from quickpay_engine._engine import Engine, reject_codes
-from quickpay_engine.domain import Outcome, PaymentIntent, SubscriberRow
+from quickpay_engine.domain import Outcome, PaymentIntent, PaymentStatus, SubscriberRow
 from quickpay_engine.errors import IdempotencyConflict, InvalidArgument
+from quickpay_engine.settlement.fraud_gate import FRAUD_REVIEW, FraudGate
 from quickpay_engine.settlement.validation import record_settled, validate_batch, wall_clock_s
 from quickpay_engine.store import Decision, SqliteStore
 from quickpay_engine.store.executor import StoreThread
@@ -62,6 +63,7 @@ class Pipeline:
         payment_ids: Callable[[], str] = new_payment_id,
         on_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        fraud: FraudGate | None = None,
     ) -> None:
         self._engine = engine
         self._store = store
@@ -69,6 +71,7 @@ class Pipeline:
         self._payment_ids = payment_ids
         self._on_commit = on_commit
         self._clock = clock
+        self._fraud = fraud
 
     async def process(self, intents: Sequence[PaymentIntent]) -> list[Outcome | BaseException]:
         """Settles a batch; each result is an outcome or that payment's own error."""
@@ -95,6 +98,7 @@ class Pipeline:
                 else:
                     decisions.append(decision)
                     positions.append(index)
+            decisions, scored = self._score(decisions, now_s)
         if decisions:
             outcomes, states = await self._thread.run(self._store.commit_batch, decisions)
             self._on_commit()
@@ -107,8 +111,33 @@ class Pipeline:
                     np.fromiter((s.status for s in states), np.uint8, len(states)),
                 )
             record_settled(self._engine, decisions, outcomes)
+            if self._fraud is not None and scored:
+                settled = {o.payment_id for o in outcomes if o.status is PaymentStatus.SETTLED}
+                self._fraud.observe(
+                    [decisions[k].intent for k in scored],
+                    [decisions[k].payment_id in settled for k in scored],
+                    now_s,
+                )
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
+
+    def _score(self, decisions: list[Decision], now_s: int) -> tuple[list[Decision], list[int]]:
+        """Fraud-scores the payments validation passed; returns the decisions with their
+        assessments (and fraud declines), and the positions of those scored."""
+        if self._fraud is None:
+            return decisions, []
+        scored = [k for k, d in enumerate(decisions) if not d.decline_reason]
+        verdicts = self._fraud.score([decisions[k].intent for k in scored], now_s)
+        out = list(decisions)
+        for k, verdict in zip(scored, verdicts, strict=True):
+            out[k] = dataclasses.replace(
+                decisions[k],
+                fraud=verdict.assessment,
+                decline_reason=verdict.decline_reason,
+                decline_detail=verdict.decline_detail,
+                review=verdict.decline_reason == FRAUD_REVIEW,
+            )
+        return out, scored
 
     def _decide(self, intent: PaymentIntent, code: int) -> Decision | InvalidArgument:
         payment_id = self._payment_ids()

@@ -14,12 +14,13 @@ import io
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import date
 
-from quickpay_engine._engine import Engine
-from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord
+from quickpay_engine._engine import Engine, FraudScorer
+from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord, SubscriberRow
 from quickpay_engine.errors import IdempotencyConflict, NotFound
 from quickpay_engine.reconcile.report import ColumnMapping
 from quickpay_engine.settlement import reconciliation
 from quickpay_engine.settlement.batcher import MicroBatcher
+from quickpay_engine.settlement.fraud_gate import FraudGate
 from quickpay_engine.settlement.pipeline import Pipeline, load_engine
 from quickpay_engine.settlement.reconciliation import ReconcileRun
 from quickpay_engine.store import SqliteStore
@@ -43,12 +44,30 @@ class BatchSettings:
 class SettlementService:
     """Settles payments through the engine and the store, in micro-batches."""
 
-    def __init__(self, store: SqliteStore, batching: BatchSettings | None = None) -> None:
+    def __init__(
+        self,
+        store: SqliteStore,
+        card_key: bytes,
+        batching: BatchSettings | None = None,
+        fraud_scorer: FraudScorer | None = None,
+        fraud_enforce: bool = True,
+    ) -> None:
+        """``card_key`` keys the card fingerprints fraud scoring tracks; ``fraud_scorer``
+        replaces the shipped model and rules (tests, a carrier's own model)."""
         batching = batching or BatchSettings()
         self._store = store
         self._thread = StoreThread()
         self.engine = Engine()
-        self._pipeline = Pipeline(self.engine, store, self._thread, on_commit=self._committed_batch)
+        # The billing system's subscribers, for the fraud features only a carrier has
+        # (SIM swap, account age, plan, country); filled at start.
+        self._subscribers: dict[str, SubscriberRow] = {}
+        self._pipeline = Pipeline(
+            self.engine,
+            store,
+            self._thread,
+            on_commit=self._committed_batch,
+            fraud=FraudGate(self._subscribers, card_key, fraud_scorer, fraud_enforce),
+        )
         self._commit_listeners: list[Callable[[], None]] = [self._wake_watchers]
         self._batcher: MicroBatcher[PaymentIntent, Outcome] = MicroBatcher(
             self._pipeline.process,
@@ -69,6 +88,7 @@ class SettlementService:
         """Loads the subscriber table into the engine and starts batching."""
         rows = await self._thread.run(self._store.load_subscribers)
         load_engine(self.engine, rows)
+        self._subscribers.update((row.account_id, row) for row in rows)
         self._batcher.start()
 
     async def close(self) -> None:

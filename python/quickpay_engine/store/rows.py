@@ -8,11 +8,13 @@ id, which is what makes a redo of the same batch change nothing.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from quickpay_engine.domain import (
     Confirmation,
+    FraudAssessment,
     LineStatus,
     Outcome,
     PaymentIntent,
@@ -38,6 +40,8 @@ class Decision:
     decline_detail: str = ""
     gateway: str = ""
     gateway_reference: str = ""
+    fraud: FraudAssessment | None = None
+    review: bool = False  # held for fraud review: queued for an analyst
 
 
 @dataclass(slots=True)
@@ -65,6 +69,7 @@ class BatchRows:
     provisioning: list[tuple[object, ...]] = field(default_factory=list)
     audit: list[tuple[object, ...]] = field(default_factory=list)
     outbox: list[tuple[object, ...]] = field(default_factory=list)
+    reviews: list[tuple[object, ...]] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     touched: dict[str, Account] = field(default_factory=dict)
 
@@ -205,6 +210,12 @@ def build(
                     service_state_after=after.name,
                 )
             )
+        if d.fraud is not None:
+            outcome = dataclasses.replace(outcome, fraud=d.fraud)
+        if d.review:
+            score = d.fraud.score if d.fraud else 0
+            reasons = ",".join(d.fraud.reasons) if d.fraud else ""
+            rows.reviews.append((d.payment_id, i.account_id, score, reasons, now_us))
         rows.payments.append(_payment_row(seq, d, outcome, now_us))
         audit_seq += 1
         encoded = canonical(content)
@@ -253,5 +264,8 @@ def _payment_row(seq: int, d: Decision, o: Outcome, now_us: int) -> tuple[object
         int(c.service_state_after) if c else None,
         d.gateway,
         d.gateway_reference,
+        d.fraud.score if d.fraud else None,
+        d.fraud.decision if d.fraud else "",
+        ",".join(d.fraud.reasons) if d.fraud else "",
         now_us,
     )

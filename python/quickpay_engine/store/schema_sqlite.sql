@@ -42,6 +42,9 @@ CREATE TABLE IF NOT EXISTS payments (
     gateway             TEXT NOT NULL DEFAULT '',
     gateway_reference   TEXT NOT NULL DEFAULT '',
     refunded_minor      INTEGER NOT NULL DEFAULT 0,
+    fraud_score         INTEGER,
+    fraud_decision      TEXT NOT NULL DEFAULT '',
+    fraud_reasons       TEXT NOT NULL DEFAULT '',
     created_at_us       INTEGER NOT NULL
 ) STRICT;
 
@@ -140,4 +143,14 @@ CREATE TABLE IF NOT EXISTS discrepancies (
     note                 TEXT NOT NULL DEFAULT '',
     first_seen_at_us     INTEGER NOT NULL,
     last_seen_at_us      INTEGER NOT NULL
+) STRICT;
+
+-- Payments fraud scoring held for review (FRAUD_REVIEW), for an analyst to work through.
+CREATE TABLE IF NOT EXISTS review_queue (
+    payment_id    TEXT PRIMARY KEY,
+    account_id    TEXT NOT NULL,
+    score         INTEGER NOT NULL,
+    reasons       TEXT NOT NULL,
+    status        TEXT NOT NULL DEFAULT 'OPEN' CHECK (status IN ('OPEN', 'CLEARED', 'CONFIRMED')),
+    created_at_us INTEGER NOT NULL
 ) STRICT;

@@ -20,6 +20,7 @@ from quickpay_engine.domain import (
     BilledCapture,
     Confirmation,
     Discrepancy,
+    FraudAssessment,
     LineStatus,
     Method,
     MethodKind,
@@ -270,9 +271,15 @@ class SqliteStore:
             " msisdn, amount_minor, currency, purpose, method_kind, method_display, channel,"
             " device_id, ip, status, decline_reason, decline_detail, confirmation_id,"
             " settled_at_us, balance_after_minor, service_state_after, gateway,"
-            " gateway_reference, created_at_us)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " gateway_reference, fraud_score, fraud_decision, fraud_reasons, created_at_us)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+            " ?, ?, ?)",
             rows.payments,
+        )
+        db.executemany(
+            "INSERT INTO review_queue (payment_id, account_id, score, reasons, created_at_us)"
+            " VALUES (?, ?, ?, ?, ?)",
+            rows.reviews,
         )
         db.executemany(
             "INSERT INTO billing_records (payment_id, account_id, kind, amount_minor, currency,"
@@ -325,6 +332,7 @@ class SqliteStore:
             " amount_minor, currency, purpose, method_kind, method_display, channel, device_id,"
             " ip, status, decline_reason, decline_detail, confirmation_id, settled_at_us,"
             " balance_after_minor, service_state_after, gateway, gateway_reference,"
+            " fraud_score, fraud_decision, fraud_reasons,"
             f" refunded_minor, created_at_us FROM payments WHERE {where}",
             params,
         )
@@ -531,7 +539,7 @@ def _record(row: tuple) -> PaymentRecord:  # type: ignore[type-arg]
         seq, payment_id, key, fingerprint, account_id, msisdn, amount, currency, purpose,
         method_kind, method_display, channel, device_id, ip, status, reason, detail,
         confirmation_id, settled_at_us, balance_after, state_after, gateway, gateway_ref,
-        refunded, created_at_us,
+        fraud_score, fraud_decision, fraud_reasons, refunded, created_at_us,
     ) = row  # fmt: skip
     intent = PaymentIntent(
         idempotency_key=key,
@@ -558,5 +566,11 @@ def _record(row: tuple) -> PaymentRecord:  # type: ignore[type-arg]
             currency,
             LineStatus(state_after),
         )
-    outcome = Outcome(payment_id, key, PaymentStatus(status), reason, detail, confirmation)
+    fraud = None
+    if fraud_score is not None:
+        reasons = tuple(fraud_reasons.split(",")) if fraud_reasons else ()
+        fraud = FraudAssessment(fraud_score, fraud_decision, reasons)
+    outcome = Outcome(
+        payment_id, key, PaymentStatus(status), reason, detail, confirmation, fraud=fraud
+    )
     return PaymentRecord(intent, outcome, created_at_us, refunded)

@@ -1,0 +1,126 @@
+"""The fraud step of the saga: score validated payments, turn decisions into declines,
+and feed outcomes back so the velocity state learns from what really happened.
+
+DECLINE is ``DECLINED`` with ``FRAUD_DECLINED``. REVIEW is ``DECLINED`` with
+``FRAUD_REVIEW`` (and a review-queue row), unless the request carried a subscriber
+assertion, which validation has already verified by then, and the score is below the
+decline threshold: step-up authentication lets it proceed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from quickpay_engine._engine import NO_TIME, FraudScorer
+from quickpay_engine.domain import FraudAssessment, PaymentIntent, SubscriberRow
+from quickpay_engine.fraud import DECISIONS, REASON_CODES, REVIEW, default_model_json, default_rules
+
+FRAUD_DECLINED = "FRAUD_DECLINED"
+FRAUD_REVIEW = "FRAUD_REVIEW"
+# What a scored payment's outcome tells the scorer (FraudScorer.observe).
+OBSERVE_SETTLED, OBSERVE_FAILED = 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The assessment for one payment and the decline it leads to ("" to proceed)."""
+
+    assessment: FraudAssessment
+    decline_reason: str = ""
+    decline_detail: str = ""
+
+
+def card_fingerprint(key: bytes, pan: str) -> int:
+    """A keyed 64-bit fingerprint of a card number (0 for no card): the scorer tracks
+    cards by it, and it cannot be turned back into the number without the key."""
+    if not pan:
+        return 0
+    digest = hmac.new(key, pan.encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") or 1
+
+
+class FraudGate:
+    """Scores batches with the engine's FraudScorer and records their outcomes."""
+
+    def __init__(
+        self,
+        subscribers: Mapping[str, SubscriberRow],
+        card_key: bytes,
+        scorer: FraudScorer | None = None,
+        enforce: bool = True,
+    ) -> None:
+        """``enforce`` False is shadow mode: assessments, never fraud declines."""
+        self._scorer = scorer or FraudScorer(default_model_json(), default_rules())
+        self._enforce = enforce
+        self._subscribers = subscribers
+        self._card_key = card_key
+        self.review_threshold, self.decline_threshold = self._scorer.thresholds
+
+    def score(self, intents: Sequence[PaymentIntent], now_s: int) -> list[Verdict]:
+        """One verdict per intent, in order; each payment counts as an attempt."""
+        if not intents:
+            return []
+        scores, decisions, reasons = self._scorer.score(*self._columns(intents), now_s=now_s)
+        verdicts = []
+        for intent, score, decision, codes in zip(
+            intents, scores.tolist(), decisions.tolist(), reasons.tolist(), strict=True
+        ):
+            assessment = FraudAssessment(
+                score, DECISIONS[decision], tuple(REASON_CODES[c] for c in codes if c)
+            )
+            if not self._enforce:
+                verdicts.append(Verdict(assessment))
+            elif DECISIONS[decision] == "DECLINE":
+                verdicts.append(Verdict(assessment, FRAUD_DECLINED, "declined by fraud scoring"))
+            elif decision == REVIEW and not (
+                intent.detail.subscriber_assertion and score < self.decline_threshold
+            ):
+                detail = "held for fraud review; a signed subscriber assertion lets it through"
+                verdicts.append(Verdict(assessment, FRAUD_REVIEW, detail))
+            else:
+                verdicts.append(Verdict(assessment))
+        return verdicts
+
+    def observe(
+        self, intents: Sequence[PaymentIntent], settled: Sequence[bool], now_s: int
+    ) -> None:
+        """Feeds back what became of scored payments: settled, or failed."""
+        if not intents:
+            return
+        outcomes = np.fromiter(
+            (OBSERVE_SETTLED if ok else OBSERVE_FAILED for ok in settled), np.uint8, len(intents)
+        )
+        self._scorer.observe(*self._columns(intents), outcomes=outcomes, now_s=now_s)
+
+    def _columns(self, intents: Sequence[PaymentIntent]) -> list[object]:
+        n = len(intents)
+        profiles = [self._subscribers.get(i.account_id) for i in intents]
+        pans = [i.detail.card_pan for i in intents]
+        return [
+            [i.account_id for i in intents],
+            [i.msisdn for i in intents],
+            np.fromiter((i.amount_minor for i in intents), np.int64, n),
+            np.fromiter((i.purpose for i in intents), np.uint8, n),
+            np.fromiter((i.method.kind for i in intents), np.uint8, n),
+            np.fromiter((card_fingerprint(self._card_key, p) for p in pans), np.uint64, n),
+            [p[:6] if len(p) >= 12 and p.isdigit() else "" for p in pans],
+            [i.device_id for i in intents],
+            [i.ip for i in intents],
+            [i.channel for i in intents],
+            np.fromiter((p.plan if p else 0 for p in profiles), np.uint8, n),
+            [p.country if p else "" for p in profiles],
+            np.fromiter(
+                (
+                    p.sim_swapped_at_s if p and p.sim_swapped_at_s is not None else NO_TIME
+                    for p in profiles
+                ),
+                np.int64,
+                n,
+            ),
+            np.fromiter((p.created_at_s if p else 0 for p in profiles), np.int64, n),
+        ]
