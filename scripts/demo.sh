@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# `make demo`: seed subscribers into ./var (SQLite), start the server, send a few
-# thousand Pay calls over gRPC with a progress bar, print the summary, stop the server.
+# `make demo`: seed subscribers into a fresh SQLite database in ./var/demo, start the
+# server, send a few thousand Pay calls over gRPC with a progress bar, print the summary,
+# stop the server, and check the invariants and the audit trail of what it wrote.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 quickpay=${QUICKPAY:-.venv/bin/quickpay}
-data_dir=${QUICKPAY_DATA_DIR:-./var}
+# The demo's own directory, made anew each run, so it never meets a database of an
+# older schema or touches one a `quickpay serve` keeps in ./var.
+data_dir=${DEMO_DATA_DIR:-./var/demo}
 count=${DEMO_PAYMENTS:-3000}
 log="$data_dir/demo-server.log"
 
+rm -rf "$data_dir"
 mkdir -p "$data_dir"
 "$quickpay" seed --subscribers 20000 --seed 1 --data-dir "$data_dir"
 "$quickpay" subscribers import "$data_dir/subscribers.csv" --data-dir "$data_dir"
@@ -33,4 +37,6 @@ kill -TERM $server
 wait $server || { echo "demo: server did not stop cleanly" >&2; exit 1; }
 trap - EXIT
 echo "server drained and stopped"
+"$quickpay" verify --data-dir "$data_dir"
+"$quickpay" audit verify --data-dir "$data_dir"
 exit $status

@@ -101,7 +101,7 @@ async def test_duplicates_are_replayed_not_settled_twice(
     assert dups > 0
     assert report["replayed"] == dups, "every retry comes back as the stored outcome"
     stored = server.store._db.execute("SELECT count(*) FROM payments").fetchone()[0]
-    assert stored == 80 - dups
+    assert stored == 80 - dups, report
 
 
 async def test_open_loop_stream_in_two_processes_merges_their_counts(
@@ -245,7 +245,7 @@ async def test_echo_baseline_answers_like_a_settled_payment(
     request = pb.PayRequest(
         idempotency_key="k-1", account_id="acc-post", msisdn="+306900000002",
         amount=pb.Money(amount_minor=100, currency="EUR"), purpose=pb.BILL_PAYMENT,
-        method=pb.PaymentMethod(carrier_balance=pb.CarrierBalance()),
+        method=pb.PaymentMethod(wallet=pb.Wallet(provider="mpesa", wallet_id="w-1")),
     )  # fmt: skip
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:

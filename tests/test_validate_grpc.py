@@ -64,8 +64,10 @@ CASES: dict[str, tuple[dict[str, object], Build]] = {
     "MSISDN_COUNTRY_CODE_UNKNOWN": ({}, lambda k: bill(k, msisdn="+2812345678")),
     "MSISDN_LENGTH_INVALID": ({}, lambda k: bill(k, msisdn="+3069000000")),
     "AMOUNT_BELOW_PURPOSE_MIN": (
-        {}, lambda k: topup(k, amount=pb.Money(amount_minor=50, currency="KES"))),
-    "AMOUNT_ABOVE_PURPOSE_MAX": ({}, lambda k: bill(k, amount=_eur(5_000_001))),
+        {"prepaid_topup_amount_min": {"major": 1}},
+        lambda k: topup(k, amount=pb.Money(amount_minor=50, currency="KES"))),
+    "AMOUNT_ABOVE_PURPOSE_MAX": (
+        {"bill_payment_amount_max": {"major": 50_000}}, lambda k: bill(k, amount=_eur(5_000_001))),
     "CARD_PAN_INVALID": ({}, lambda k: bill(k, method=_card("4242 4242 4242 4242"))),
     "CARD_LUHN_FAILED": ({}, lambda k: bill(k, method=_card("4242424242424241"))),
     "CARD_SCHEME_UNKNOWN": ({}, lambda k: bill(k, method=_card("1000000000000008"))),

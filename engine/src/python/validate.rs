@@ -19,8 +19,8 @@ use pyo3::prelude::*;
 use super::{BatchTooLarge, CapacityExceeded, Engine, EngineError, InvalidBatch, NO_TIME};
 use crate::money::Currency;
 use crate::validate::{
-    assertion, card, formats, ConfigError, EngineConfig, MethodKind, Now, PaymentView, Plan,
-    Purpose, RejectCode, StateError, Status, Subscriber, TableError, Validator, BATCH_MAX,
+    assertion, card, formats, ConfigError, EngineConfig, MethodKind, PaymentView, Plan, Purpose,
+    RejectCode, StateError, Status, Subscriber, TableError, Validator, BATCH_MAX,
 };
 
 create_exception!(
@@ -526,30 +526,29 @@ impl Engine {
         let assertions = text("assertions", assertions)?;
         let codes = py.detach(|| {
             let validator = self.validation.read();
-            let now = Now::at(now_s);
-            (0..n)
-                .map(|i| {
-                    let payment = PaymentView {
-                        idempotency_key: keys.get(i),
-                        account_id: accounts.get(i),
-                        msisdn: msisdns.get(i),
-                        amount_minor: amounts[i],
-                        currency: currencies.get(i),
-                        purpose: Purpose::from_u8(purposes[i]),
-                        method: MethodKind::from_u8(methods[i]),
-                        card_pan: pans.get(i),
-                        card_expiry_month: months[i],
-                        card_expiry_year: years[i],
-                        wallet_provider: providers.get(i),
-                        wallet_id: wallet_ids.get(i),
-                        iban: ibans.get(i),
-                        channel: channels.get(i),
-                        device_id: devices.get(i),
-                        ip: ips.get(i),
-                        assertion: assertions.get(i),
-                    };
-                    validator.validate_payment(&payment, &now) as u16
-                })
+            let mut out = vec![RejectCode::Ok; n];
+            let view = |i: usize| PaymentView {
+                idempotency_key: keys.get(i),
+                account_id: accounts.get(i),
+                msisdn: msisdns.get(i),
+                amount_minor: amounts[i],
+                currency: currencies.get(i),
+                purpose: Purpose::from_u8(purposes[i]),
+                method: MethodKind::from_u8(methods[i]),
+                card_pan: pans.get(i),
+                card_expiry_month: months[i],
+                card_expiry_year: years[i],
+                wallet_provider: providers.get(i),
+                wallet_id: wallet_ids.get(i),
+                iban: ibans.get(i),
+                channel: channels.get(i),
+                device_id: devices.get(i),
+                ip: ips.get(i),
+                assertion: assertions.get(i),
+            };
+            validator.validate_rows(n, now_s, view, &mut out);
+            out.into_iter()
+                .map(|code| code as u16)
                 .collect::<Vec<u16>>()
         });
         Ok(PyArray1::from_vec(py, codes))

@@ -57,20 +57,39 @@ fn parse_seconds(digits: &[u8]) -> Option<i64> {
     )
 }
 
+/// Lowercase hex digit values; 0xff marks every other byte.
+static HEX_VALUE: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut d = 0;
+    while d < 10 {
+        table[b'0' as usize + d] = d as u8;
+        d += 1;
+    }
+    let mut x = 0;
+    while x < 6 {
+        table[b'a' as usize + x] = 10 + x as u8;
+        x += 1;
+    }
+    table
+};
+
+/// 64 lowercase hex digits to 32 bytes. Table-driven and branch-free per digit: the
+/// validity of all 64 is folded into one check at the end.
 fn parse_signature(hex: &[u8]) -> Option<[u8; 32]> {
     if hex.len() != SIGNATURE_HEX_LEN {
         return None;
     }
-    let nibble = |b: u8| match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    };
     let mut out = [0u8; 32];
+    let mut invalid = 0u8;
     for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+        let (high, low) = (
+            HEX_VALUE[usize::from(pair[0])],
+            HEX_VALUE[usize::from(pair[1])],
+        );
+        invalid |= (high | low) & 0xf0;
+        *byte = high << 4 | low;
     }
-    Some(out)
+    (invalid == 0).then_some(out)
 }
 
 /// Splits a token into its parts, or None when it is malformed.

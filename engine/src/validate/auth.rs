@@ -5,17 +5,18 @@
 use super::assertion;
 use super::clock::Now;
 use super::config::Rules;
-use super::subscribers::{Entry, Plan, Status, SubscriberTable};
+use super::subscribers::{Entry, Plan, Status};
 use super::{PaymentView, Purpose, RejectCode};
 
 /// The account's entry when the payment authenticates, else the first failure.
+/// `entry` is the table's entry for `p.account_id`, looked up by the batch driver.
 pub fn check<'t>(
     rules: &Rules,
-    table: &'t SubscriberTable,
+    entry: Option<&'t Entry>,
     p: &PaymentView<'_>,
     now: &Now,
 ) -> Result<&'t Entry, RejectCode> {
-    let Some(entry) = table.entry(p.account_id) else {
+    let Some(entry) = entry else {
         return Err(RejectCode::AccountNotFound);
     };
     let subscriber = &entry.subscriber;

@@ -89,6 +89,10 @@ pub struct EngineConfig {
     pub card_expiry_years_ahead_max: u32,
 }
 
+/// The defaults are sized for the currency with the least value per major unit that
+/// a carrier bills in (2,000 NGN is about a euro), so that no default ever declines a
+/// real payment: in euros they are loose. Production sets per-currency values with
+/// `CurrencyAmounts::minor`.
 impl Default for EngineConfig {
     fn default() -> EngineConfig {
         let all = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -107,16 +111,24 @@ impl Default for EngineConfig {
             BTreeMap::from([("*".to_string(), all(&["CARD", "WALLET", "BANK_ACCOUNT"]))]),
         );
         let method_amount_max = BTreeMap::from([
-            ("CARD".to_string(), CurrencyAmounts::major(10_000)),
-            ("WALLET".to_string(), CurrencyAmounts::major(5_000)),
-            ("BANK_ACCOUNT".to_string(), CurrencyAmounts::major(50_000)),
-            ("CARRIER_BALANCE".to_string(), CurrencyAmounts::major(1_000)),
+            ("CARD".to_string(), CurrencyAmounts::major(1_000_000)),
+            ("WALLET".to_string(), CurrencyAmounts::major(500_000)),
+            (
+                "BANK_ACCOUNT".to_string(),
+                CurrencyAmounts::major(5_000_000),
+            ),
+            (
+                "CARRIER_BALANCE".to_string(),
+                CurrencyAmounts::major(100_000),
+            ),
         ]);
         EngineConfig {
             bill_payment_amount_min: CurrencyAmounts::major(0),
-            bill_payment_amount_max: CurrencyAmounts::major(50_000),
-            prepaid_topup_amount_min: CurrencyAmounts::major(1),
-            prepaid_topup_amount_max: CurrencyAmounts::major(1_000),
+            bill_payment_amount_max: CurrencyAmounts::major(5_000_000),
+            // No minimum by default: any positive amount is a well-formed top-up, and
+            // the smallest one worth processing is the operator's call.
+            prepaid_topup_amount_min: CurrencyAmounts::major(0),
+            prepaid_topup_amount_max: CurrencyAmounts::major(100_000),
             method_matrix,
             blocked_bins: Vec::new(),
             wallet_providers: all(&[
@@ -129,12 +141,12 @@ impl Default for EngineConfig {
                 "paypal",
             ]),
             method_amount_max,
-            prepaid_balance_max: CurrencyAmounts::major(2_000),
+            prepaid_balance_max: CurrencyAmounts::major(200_000),
             bill_overpay_allowance: CurrencyAmounts::major(100),
             daily_count_max: 100,
             monthly_count_max: 1_000,
-            daily_amount_max: CurrencyAmounts::major(20_000),
-            monthly_amount_max: CurrencyAmounts::major(100_000),
+            daily_amount_max: CurrencyAmounts::major(2_000_000),
+            monthly_amount_max: CurrencyAmounts::major(10_000_000),
             assertion_keys: Vec::new(),
             card_expiry_years_ahead_max: 20,
         }

@@ -226,21 +226,27 @@ pub fn is_ip(ip: &[u8]) -> bool {
 /// Four decimal octets 0 to 255 separated by dots, each 1 to 3 digits without a
 /// leading zero (as `std::net::Ipv4Addr` parses them: "01.2.3.4" is refused).
 pub fn is_ipv4(ip: &[u8]) -> bool {
-    let mut octets = 0;
-    for part in ip.split(|&b| b == b'.') {
-        octets += 1;
-        let digits_ok = (1..=3).contains(&part.len()) && part.iter().all(u8::is_ascii_digit);
-        if octets > 4 || !digits_ok || (part.len() > 1 && part[0] == b'0') {
-            return false;
-        }
-        let value = part
-            .iter()
-            .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
-        if value > 255 {
-            return false;
+    // One pass: `digits` counts the current octet's digits, `value` accumulates it.
+    let (mut dots, mut digits, mut value, mut leading_zero) = (0u32, 0u32, 0u32, false);
+    for &b in ip {
+        match b {
+            b'0'..=b'9' => {
+                if digits == 1 && value == 0 {
+                    leading_zero = true;
+                }
+                value = value * 10 + u32::from(b - b'0');
+                digits += 1;
+                if digits > 3 || value > 255 || leading_zero {
+                    return false;
+                }
+            }
+            b'.' if digits > 0 && dots < 3 => {
+                (dots, digits, value) = (dots + 1, 0, 0);
+            }
+            _ => return false,
         }
     }
-    octets == 4
+    dots == 3 && digits > 0
 }
 
 #[cfg(test)]
@@ -358,7 +364,8 @@ mod tests {
         #[test]
         fn ipv4_agrees_with_the_standard_library(text in "[0-9.]{0,17}", octets in proptest::array::uniform4(0u32..300)) {
             let dotted = format!("{}.{}.{}.{}", octets[0], octets[1], octets[2], octets[3]);
-            for candidate in [text.as_str(), dotted.as_str()] {
+            let padded = format!("{:02}.{}.{:03}.{}", octets[0], octets[1], octets[2], octets[3]);
+            for candidate in [text.as_str(), dotted.as_str(), padded.as_str()] {
                 let std_ok = candidate.parse::<std::net::Ipv4Addr>().is_ok();
                 proptest::prop_assert_eq!(is_ipv4(candidate.as_bytes()), std_ok, "{}", candidate);
             }

@@ -54,12 +54,14 @@ class Mix:
     fraud: float = 0.0
     duplicate: float = 0.0
     bill_share: float | None = None
+    # Carrier balance is off by default: the engine refuses it for top-ups and a
+    # postpaid line has no credit to pay a bill with, so it would only add declines.
     methods: dict[str, float] = field(
         default_factory=lambda: {
             "card": 0.6,
-            "wallet": 0.25,
-            "bank_account": 0.1,
-            "carrier_balance": 0.05,
+            "wallet": 0.28,
+            "bank_account": 0.12,
+            "carrier_balance": 0.0,
         }
     )
 
@@ -148,6 +150,10 @@ class RequestSource:
         self._method_weights = [mix.methods[m] for m in self._method_names]
         self._fraud_device = ""
         self._fraud_ip = ""
+        # What each postpaid line still owes as this load pays it down (assuming the
+        # payments settle), so a good bill payment never overpays past the engine's
+        # allowance: a subscriber pays what is owed, then small amounts.
+        self._owed = {s.account_id: s.balance_minor for s in self._postpaid}
 
     def __iter__(self) -> Iterator[tuple[str, pb.PayRequest]]:
         return self
@@ -187,8 +193,13 @@ class RequestSource:
             pool = self._postpaid if rng.random() < mix.bill_share else self._prepaid
             sub = rng.choice(pool)
         purpose = pb.BILL_PAYMENT if sub.plan is Plan.POSTPAID else pb.PREPAID_TOPUP
-        # Amounts in the market's usual range: 1 to 40 units of the currency's major unit.
-        amount = rng.randint(1, 40) * rng.choice([100, 50, 25])
+        # Amounts in the market's usual range: 1 to 40 units of the currency's major unit
+        # (the engine's smallest top-up is one unit), in steps of a quarter unit.
+        amount = rng.randint(4, 160) * 25
+        if purpose == pb.BILL_PAYMENT:
+            owed = self._owed[sub.account_id]
+            amount = min(amount, owed) if owed > 0 else min(amount, 100)
+            self._owed[sub.account_id] = owed - amount
         method = rng.choices(self._method_names, self._method_weights)[0]
         request = pb.PayRequest(
             idempotency_key=f"{self._run_id}-{self._n}",
@@ -214,7 +225,7 @@ class RequestSource:
         request.device_id = self._fraud_device
         request.ip = self._fraud_ip
         request.channel = "web"
-        request.amount.amount_minor = 4_000 * rng.choice([100, 50])
+        request.amount.amount_minor = 40 * rng.choice([100, 50])
         request.method.CopyFrom(_method(rng, "card"))
 
 

@@ -50,7 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="stop when stdin closes (the supervisor's children never outlive it)",
     )
     # The engine's QUICKPAY_LISTEN is not the simulator's address: a fixed default here.
+    # The shared --listen help describes the engine's, so the description says it.
     parser.set_defaults(run=run, listen="127.0.0.1:0")
+    parser.description = (
+        "Serve a simulated payment gateway (HTTP/JSON) on loopback. Here --listen takes a "
+        "loopback HOST:PORT and defaults to 127.0.0.1:0 (a free port, printed as "
+        "'listening on HOST:PORT'); the books live in DATA_DIR/gateways/NAME/."
+    )
 
 
 def run(args: argparse.Namespace) -> int:
