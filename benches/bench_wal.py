@@ -10,11 +10,16 @@ which returns only after the fdatasync covering it). The baseline appends a
 record-sized block to a file in the same directory and fdatasyncs it, the least any
 durable commit can cost. Prints a Markdown table for benches/RESULTS.md. Small by
 default (about 2 s per size), so it doubles as a smoke test.
+
+The same file is also a pytest-benchmark module (`test_wal_commit[...]` against
+`test_wal_raw_fdatasync_same_disk`), so `make bench` picks it up with every other
+`benches/bench_*.py`.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -23,6 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+from _support import size
 
 from quickpay_engine import _engine
 
@@ -192,6 +199,59 @@ def main(argv: list[str] | None = None) -> int:
     raw_path.unlink()
     ledger.close()
     return 0
+
+
+# -- pytest-benchmark form, for `make bench` (benches/compare.py) ---------------------
+
+ROUNDS = size(50, 1)
+
+
+@pytest.fixture
+def wal_ledger(tmp_path: Path):
+    ledger = _engine.Ledger.open(str(tmp_path / "wal"), transfers_max=1 << 24)
+    codes, _ = ledger.create_accounts(
+        time.time_ns(),
+        np.array([[0, 1], [0, 2]], np.uint64),
+        np.full(2, EUR, np.uint16),
+        np.full(2, 4, np.uint16),
+        np.zeros(2, np.uint16),
+    )
+    assert not codes.any()
+    yield ledger
+    ledger.close()
+
+
+@pytest.mark.parametrize("batch", BATCH_SIZES)
+def test_wal_commit(benchmark, wal_ledger, batch: int) -> None:
+    """One durable commit of `batch` new transfers (returns after its fdatasync)."""
+    rounds = itertools.count()
+
+    def fresh() -> tuple[tuple, dict]:
+        # New ids every round: an id already stored would be an idempotent replay.
+        return (time.time_ns(), *columns(batch, 1 + next(rounds) * batch)), {}
+
+    benchmark.extra_info["rows_per_call"] = batch
+    benchmark.extra_info["baseline"] = "test_wal_raw_fdatasync_same_disk"
+    codes, seq = benchmark.pedantic(wal_ledger.create_transfers, setup=fresh, rounds=ROUNDS)
+    assert not codes.any() and seq > 1
+
+
+def test_wal_raw_fdatasync_same_disk(benchmark, tmp_path: Path) -> None:
+    """The floor of a one-record commit: append a record-sized block and fdatasync."""
+    fd = os.open(tmp_path / "raw.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    block = b"\x5a" * RECORD_BYTES
+
+    def write_and_sync() -> int:
+        n = os.write(fd, block)
+        os.fdatasync(fd)
+        return n
+
+    try:
+        benchmark.extra_info["rows_per_call"] = 1
+        written = benchmark.pedantic(write_and_sync, rounds=ROUNDS * 2, warmup_rounds=1)
+        assert written == RECORD_BYTES
+    finally:
+        os.close(fd)
 
 
 if __name__ == "__main__":
