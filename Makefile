@@ -7,11 +7,12 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: help venv build demo test test-rust lint test-py clean bench bench-smoke
+.PHONY: help venv build demo test test-rust lint test-py test-full fuzz clean bench bench-smoke
 
 help:
 	@echo "make demo   build, seed SQLite, serve, drive a few thousand Pay calls, summarize"
 	@echo "make test   build, cargo test, clippy, ruff, pytest"
+	@echo "make test-full  the crash, fuzz and differential suites at full size (slow)"
 	@echo "make bench  every benches/bench_*.py and the end-to-end comparisons with their"
 	@echo "            baselines (echo server, pgbench, raw fsync); writes benches/RESULTS.md"
 
@@ -43,6 +44,17 @@ test-py: build
 	$(PY) -m pytest
 
 test: build test-rust lint test-py
+
+# The crash, soak and differential suites at full size (500 SIGKILLs, 1,000,000
+# differential inputs, 100,000-record reconciliation) and a minute of fuzzing per target.
+test-full: build
+	QUICKPAY_FULL=1 cargo test --workspace
+	QUICKPAY_FULL=1 $(PY) -m pytest
+	scripts/fuzz.sh $${FUZZ_SECONDS:-60}
+
+# The write-ahead log's decoder and replay under cargo-fuzz (nightly), FUZZ_SECONDS each.
+fuzz:
+	scripts/fuzz.sh $${FUZZ_SECONDS:-60}
 
 # Every benches/bench_*.py (pytest-benchmark), the engine against the bare gRPC echo
 # server with the same client, and pgbench; figures into benches/RESULTS.md (< 10 min).
