@@ -3,11 +3,17 @@ REVIEW declines into the review queue unless stepped up; observe mode only repor
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import grpc
 import pytest
 
 from conftest import bill, settings_for
-from quickpay_engine._engine import FraudScorer
+from quickpay_engine._engine import FraudScorer, sign_assertion
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.domain import Method, MethodDetail, MethodKind, PaymentIntent, Purpose
@@ -113,3 +119,45 @@ def test_card_fingerprints_are_keyed() -> None:
     assert card_fingerprint(b"a" * 32, pan) != card_fingerprint(b"b" * 32, pan)
     assert card_fingerprint(b"a" * 32, pan) == card_fingerprint(b"a" * 32, pan) != 0
     assert card_fingerprint(b"a" * 32, "") == 0
+
+
+KEY_ID, SECRET = "k2026", b"s" * 32
+
+
+def engine_config(tmp_path) -> str:
+    path = tmp_path / "engine.json"
+    path.write_text(
+        json.dumps({"assertion_keys": [{"key_id": KEY_ID, "secret_hex": SECRET.hex()}]})
+    )
+    return str(path)
+
+
+async def test_a_signed_assertion_steps_a_review_up_end_to_end(data_dir, tmp_path) -> None:
+    settings = dataclasses.replace(
+        settings_for(data_dir, fraud_mode="enforce"), engine_config=Path(engine_config(tmp_path))
+    )
+    running = await create_server(settings, fraud_scorer=scorer(0, 1000))
+    token = sign_assertion(KEY_ID, SECRET, "acc-post-barred", "+306900000001", 4_000_000_000)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.SettlementStub(channel)
+            plain = await stub.Pay(bill("up-1"))
+            stepped = await stub.Pay(bill("up-2", subscriber_assertion=token))
+            forged = await stub.Pay(bill("up-3", subscriber_assertion=token[:-1] + "0"))
+    finally:
+        await running.stop(grace_s=1)
+    assert plain.decline_reason == "FRAUD_REVIEW"
+    assert stepped.status == pb.SETTLED and stepped.fraud.decision == "REVIEW"
+    assert forged.status == pb.DECLINED and forged.decline_reason.startswith("ASSERTION")
+
+
+def test_a_bad_engine_config_is_a_clear_error(data_dir, tmp_path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"daily_count_maxx": 1}')
+    done = subprocess.run(
+        [sys.executable, "-m", "quickpay_engine.cli", "serve", "--data-dir", str(data_dir),
+         "--listen", "127.0.0.1:0", "--engine-config", str(bad)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--engine-config" in done.stderr and "daily_count_maxx" in done.stderr

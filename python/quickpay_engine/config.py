@@ -31,6 +31,9 @@ class Settings:
     # and the assessment returned and stored, but nothing is declined for it (a model on
     # trial, in shadow).
     fraud_mode: str = "enforce"
+    # The engine's validation rules (limits, method matrix, assertion keys) as JSON;
+    # None: the defaults of `quickpay_engine.default_engine_config()`.
+    engine_config: Path | None = None
 
     @property
     def sqlite_path(self) -> Path:
@@ -73,6 +76,12 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
         " (QUICKPAY_FRAUD_MODE, default enforce)",
     )
     parser.add_argument(
+        "--engine-config",
+        default=env.get("QUICKPAY_ENGINE_CONFIG"),
+        help="JSON file of validation rules: limits, method matrix, subscriber-assertion"
+        " keys (QUICKPAY_ENGINE_CONFIG; none: the built-in defaults)",
+    )
+    parser.add_argument(
         "--gateways",
         default=env.get("QUICKPAY_GATEWAYS"),
         help="gateway configuration file (QUICKPAY_GATEWAYS; none: bundled simulators)",
@@ -95,7 +104,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     fraud_mode = getattr(args, "fraud_mode", None) or "enforce"
     if fraud_mode not in FRAUD_MODES:
         raise ConfigError(f"--fraud-mode {fraud_mode!r}: expected one of {', '.join(FRAUD_MODES)}")
+    engine_config = getattr(args, "engine_config", None)
     return Settings(
+        engine_config=Path(engine_config) if engine_config else None,
         fraud_mode=fraud_mode,
         listen=args.listen,
         data_dir=data_dir,

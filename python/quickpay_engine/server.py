@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from quickpay_engine._engine import FraudScorer
+from quickpay_engine._engine import ConfigInvalid, FraudScorer
 from quickpay_engine.api.convert import event_msg
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
@@ -133,7 +133,17 @@ async def create_server(
     enforce = settings.fraud_mode == "enforce"
     if not enforce:
         log.warning("fraud scoring in observe mode: assessed and reported, never declined")
-    service = SettlementService(store, key, batching, fraud_scorer, enforce)
+    engine_config = None
+    if settings.engine_config is not None:
+        try:
+            engine_config = settings.engine_config.read_text()
+        except OSError as err:
+            raise ConfigError(f"--engine-config: {err}") from None
+    try:
+        service = SettlementService(store, key, batching, fraud_scorer, enforce, engine_config)
+    except ConfigInvalid as err:
+        store.close()
+        raise ConfigError(f"--engine-config {settings.engine_config}: {err}") from None
     await service.start()
     server = grpc.aio.server(
         options=[

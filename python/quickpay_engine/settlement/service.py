@@ -51,13 +51,14 @@ class SettlementService:
         batching: BatchSettings | None = None,
         fraud_scorer: FraudScorer | None = None,
         fraud_enforce: bool = True,
+        engine_config_json: str | None = None,
     ) -> None:
         """``card_key`` keys the card fingerprints fraud scoring tracks; ``fraud_scorer``
         replaces the shipped model and rules (tests, a carrier's own model)."""
         batching = batching or BatchSettings()
         self._store = store
         self._thread = StoreThread()
-        self.engine = Engine()
+        self.engine = Engine(engine_config_json)
         # The billing system's subscribers, for the fraud features only a carrier has
         # (SIM swap, account age, plan, country); filled at start.
         self._subscribers: dict[str, SubscriberRow] = {}
