@@ -287,3 +287,47 @@ async def test_reconcile_rpc(server, stub) -> None:
             pb.ReconcileRequest(gateway="acq-a", report_csv=b"x", column_mapping="../etc")
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_capture_billed_just_before_midnight_and_never_reported_is_found_next_day(store) -> None:
+    sub = next(s for s in SUBSCRIBERS if s.account_id == "acc-pre")
+    late_us = START_US - 60_000_000  # 23:59 the day before DAY: tomorrow's report's to show
+    intent = PaymentIntent(
+        "eve",
+        "fp",
+        sub.account_id,
+        sub.msisdn,
+        500,
+        "KES",
+        Purpose.PREPAID_TOPUP,
+        Method(MethodKind.CARD, "card"),
+        "",
+        "",
+        "",
+    )
+    store.commit_batch(
+        [Decision("pay_eve", intent, gateway="acq-a", gateway_reference="gw-eve")], now_us=late_us
+    )
+    rows = settle_day(store, 3)
+    found = run(store, "acq-a", io.StringIO(to_csv(rows)), tolerance_s=900).result.discrepancies
+    assert [(d.category, d.payment_id) for d in found] == [("MISSING_AT_GATEWAY", "pay_eve")]
+
+
+def test_one_payment_captured_twice_under_two_references_is_a_duplicate(store) -> None:
+    rows = settle_day(store, 3)
+    rows.append({**rows[1], "gateway_reference": "gw-second-capture"})
+    found = run(store, "acq-a", io.StringIO(to_csv(rows))).result.discrepancies
+    assert [(d.category, d.payment_id, d.gateway_reference) for d in found] == [
+        ("DUPLICATE_AT_GATEWAY", "pay_1", "gw-second-capture")
+    ]
+
+
+async def test_unreadable_reports_are_invalid_argument_not_internal(server, stub) -> None:
+    for report in [
+        b"\xff\xfe not utf-8",
+        b"gateway_reference,merchant_reference,amount_minor,currency,type,status,captured_at\n",
+        b'gateway_reference,merchant_reference,amount_minor,currency,type,status,captured_at\n"unterminated,1,2,EUR,CAPTURE,SETTLED,x\n',
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Reconcile(pb.ReconcileRequest(gateway="acq-a", report_csv=report))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, report

@@ -86,3 +86,13 @@ async def test_server_refuses_to_start_on_a_taken_port(data_dir: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+def test_the_fingerprint_key_is_made_once_whole_and_kept(tmp_path: Path) -> None:
+    from quickpay_engine.server import fingerprint_key
+
+    first = fingerprint_key(tmp_path)
+    assert len(first) == 32
+    assert fingerprint_key(tmp_path) == first
+    assert [p.name for p in tmp_path.iterdir()] == ["fingerprint.key"]
+    assert (tmp_path / "fingerprint.key").stat().st_mode & 0o777 == 0o600

@@ -3,6 +3,7 @@ outbox together; a redo changes nothing; the audit chain catches tampering."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sqlite3
 import subprocess
@@ -278,3 +279,17 @@ def test_an_account_gone_since_validation_fails_alone(store: SqliteStore) -> Non
     assert outcomes[1].decline_reason == "ACCOUNT_GONE"
     assert store.get_payment(idempotency_key="g2") is None
     assert verify(store.audit_rows()) == (2, None)
+
+
+def test_a_key_taken_for_another_payload_is_a_conflict_not_a_replay(store: SqliteStore) -> None:
+    from quickpay_engine.store.sqlite import IDEMPOTENCY_CONFLICT
+
+    store.commit_batch([settle("k0")], now_us=1)
+    other = Decision(
+        "pay_other", dataclasses.replace(intent("k0", amount=1), fingerprint="fp-other")
+    )
+    outcomes, _ = store.commit_batch([settle("k1"), other], now_us=2)
+    assert outcomes[0].status is PaymentStatus.SETTLED
+    assert outcomes[1].status is PaymentStatus.FAILED
+    assert outcomes[1].decline_reason == IDEMPOTENCY_CONFLICT and not outcomes[1].replayed
+    assert store.get_payment(payment_id="pay_other") is None

@@ -47,18 +47,29 @@ def fingerprint_key(data_dir: Path) -> bytes:
     """The installation's secret for request fingerprints, created on first use (0600)."""
     path = data_dir / "fingerprint.key"
     data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        key = path.read_bytes()
-        if len(key) != 32:
-            raise ConfigError(f"{path} must hold 32 bytes; it holds {len(key)}") from None
-        return key
-    key = secrets.token_bytes(32)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-        f.flush()
-        os.fsync(f.fileno())
+    if not path.exists():
+        # Written whole to a temporary name, fsynced, then linked into place: a crash
+        # leaves no file or a whole one, never an empty key that blocks every start.
+        tmp = data_dir / f".fingerprint.key.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if another process won the race: theirs stands
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        dir_fd = os.open(data_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    key = path.read_bytes()
+    if len(key) != 32:
+        raise ConfigError(f"{path} must hold 32 bytes; it holds {len(key)}")
     return key
 
 

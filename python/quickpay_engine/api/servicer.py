@@ -101,24 +101,27 @@ class SettlementServicer(pb_grpc.SettlementServicer):
                 reply = convert.pay_response(
                     Outcome("", request.idempotency_key, PaymentStatus.FAILED, code.name, message)
                 )
-            finally:
-                slots.release()
+            # The slot is freed only once the reply is written (below), so a client that
+            # sends without reading holds at most STREAM_INFLIGHT_MAX payments here.
             await replies.put(reply)
 
         async def read() -> None:
-            async for request in request_iterator:
-                await slots.acquire()
-                task = asyncio.create_task(settle(request))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            while tasks:
-                await asyncio.gather(*list(tasks))
-            await replies.put(None)
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.create_task(settle(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.gather(*list(tasks))
+            finally:
+                await replies.put(None)  # the writer below ends even if reading failed
 
         reader = asyncio.create_task(read())
         try:
             while (reply := await replies.get()) is not None:
                 yield reply
+                slots.release()
             await reader
         finally:
             reader.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import nats
 from nats.js.api import StreamConfig
@@ -36,13 +37,20 @@ class JetStreamPublisher:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
         )
-        js = nc.jetstream()
+        try:
+            js = nc.jetstream()
+            await self._ensure_stream(js)
+        except BaseException:
+            await nc.close()  # a failed connect leaves no connection reconnecting forever
+            raise
+        self._nc, self._js = nc, js
+
+    async def _ensure_stream(self, js: Any) -> None:
         config = StreamConfig(name=STREAM, subjects=SUBJECTS, duplicate_window=DUPLICATE_WINDOW_S)
         # A stream that exists with another configuration (made by an operator) is used
         # as it is.
         with contextlib.suppress(BadRequestError):
             await js.add_stream(config)
-        self._nc, self._js = nc, js
 
     async def publish(self, subject: str, data: bytes, message_id: str) -> None:
         """Publishes once the broker is reachable; raises while it is not."""

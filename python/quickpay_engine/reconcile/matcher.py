@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from quickpay_engine.domain import BilledCapture, Discrepancy
-from quickpay_engine.reconcile.report import ReportRow
+from quickpay_engine.reconcile.report import ReportError, ReportRow
 
 MATCHED = "MATCHED"
 MISSING_IN_BILLING = "MISSING_IN_BILLING"
@@ -62,7 +62,7 @@ def business_day_of(rows: Sequence[ReportRow]) -> date:
         day = datetime.fromtimestamp(row.captured_at_us / 1_000_000, UTC).date()
         days[day] = days.get(day, 0) + 1
     if not days:
-        raise ValueError("an empty report has no business day; give it explicitly")
+        raise ReportError("an empty report has no business day; give it explicitly")
     return max(days, key=lambda d: (days[d], d))
 
 
@@ -126,6 +126,11 @@ def reconcile(
             continue
         seen.add(row.gateway_reference)
         capture = by_reference.get(row.gateway_reference) or by_payment.get(row.merchant_reference)
+        if capture is not None and capture.payment_id in found:
+            # One payment captured again under another reference: a double charge.
+            again = f"payment captured again as {row.gateway_reference} at line {row.line}"
+            flag(DUPLICATE_AT_GATEWAY, capture, row, again)
+            continue
         if capture is None:
             flag(
                 MISSING_IN_BILLING,
@@ -159,7 +164,9 @@ def reconcile(
     for capture in by_payment.values():
         if capture.payment_id in found:
             continue
-        if start_us <= capture.settled_at_us < end_us - tolerance_us:
+        # Billed in the last tolerance of the day before, it was yesterday's run's to
+        # skip and is today's to find; billed in today's last tolerance, it is tomorrow's.
+        if start_us - tolerance_us <= capture.settled_at_us < end_us - tolerance_us:
             flag(
                 MISSING_AT_GATEWAY,
                 capture,

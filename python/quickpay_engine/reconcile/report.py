@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 from quickpay_engine._engine import currency_exponent
 from quickpay_engine.errors import QuickpayError
@@ -64,7 +65,10 @@ class ColumnMapping:
     @classmethod
     def load(cls, path: Path) -> ColumnMapping:
         """Reads a mapping file (TOML, as in this module's docstring)."""
-        data = tomllib.loads(path.read_text())
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ReportError(f"{path}: {err}") from None
         columns = data.get("columns", {})
         missing = [f for f in FIELDS if f not in columns]
         if missing:
@@ -94,6 +98,15 @@ def read_rows(lines: Iterable[str], mapping: ColumnMapping | None = None) -> Ite
     """Parses a report; raises ReportError naming the first bad line."""
     mapping = mapping or ColumnMapping()
     reader = csv.reader(lines, strict=True)
+    try:
+        yield from _rows(reader, mapping)
+    except csv.Error as err:
+        raise ReportError(f"line {reader.line_num}: malformed CSV ({err})") from None
+    except UnicodeDecodeError as err:
+        raise ReportError(f"line {reader.line_num}: not UTF-8 ({err.reason})") from None
+
+
+def _rows(reader: Any, mapping: ColumnMapping) -> Iterator[ReportRow]:
     try:
         header = next(reader)
     except StopIteration:
@@ -150,6 +163,8 @@ def _amount(text: str, currency: str, major: bool, line: int) -> int:
         raise ReportError(f"line {line}: currency {currency!r} is not ISO 4217")
     try:
         minor = Decimal(text).scaleb(exponent)
+        if not minor.is_finite():
+            raise InvalidOperation
     except InvalidOperation:
         raise ReportError(f"line {line}: amount {text!r} is not a number") from None
     if minor != minor.to_integral_value():

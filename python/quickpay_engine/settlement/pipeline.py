@@ -20,6 +20,7 @@ from quickpay_engine.settlement.fraud_gate import FRAUD_REVIEW, FraudGate
 from quickpay_engine.settlement.validation import record_settled, validate_batch, wall_clock_s
 from quickpay_engine.store import Decision, SqliteStore
 from quickpay_engine.store.executor import StoreThread
+from quickpay_engine.store.sqlite import IDEMPOTENCY_CONFLICT
 
 # The engine's reject codes by number: (name, field, text). Field empty: a decline.
 REJECTS: dict[int, tuple[str, str, str]] = {
@@ -103,7 +104,10 @@ class Pipeline:
             outcomes, states = await self._thread.run(self._store.commit_batch, decisions)
             self._on_commit()
             for index, outcome in zip(positions, outcomes, strict=True):
-                results[index] = outcome
+                if outcome.decline_reason == IDEMPOTENCY_CONFLICT:
+                    results[index] = IdempotencyConflict(outcome.decline_detail)
+                else:
+                    results[index] = outcome
             if states:
                 self._engine.set_states(
                     [s.account_id for s in states],

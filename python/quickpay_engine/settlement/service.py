@@ -17,7 +17,7 @@ from datetime import date
 from quickpay_engine._engine import Engine, FraudScorer
 from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord, SubscriberRow
 from quickpay_engine.errors import IdempotencyConflict, NotFound
-from quickpay_engine.reconcile.report import ColumnMapping
+from quickpay_engine.reconcile.report import ColumnMapping, ReportError
 from quickpay_engine.settlement import reconciliation
 from quickpay_engine.settlement.batcher import MicroBatcher
 from quickpay_engine.settlement.fraud_gate import FraudGate
@@ -182,7 +182,11 @@ class SettlementService:
         business_day: date | None,
     ) -> ReconcileRun:
         """Reconciles a gateway report against this store (on the store's thread)."""
-        lines = io.StringIO(report_csv.decode("utf-8"), newline="")
+        try:
+            text = report_csv.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ReportError(f"report_csv is not UTF-8 ({err.reason})") from None
+        lines = io.StringIO(text, newline="")
         return await self._thread.run(
             reconciliation.run, self._store, gateway, lines, mapping, tolerance_s, business_day
         )

@@ -39,6 +39,9 @@ from quickpay_engine.store.audit import verify as verify_chain
 from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule
 from quickpay_engine.store.rows import Account, BatchRows, Decision, MissingAccount, build
 
+# The decline reason of a payment whose key another writer took for another payload.
+IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
+
 # The schema this build writes (PRAGMA user_version); see schema_sqlite.sql.
 SCHEMA_VERSION = 1
 
@@ -315,8 +318,13 @@ class SqliteStore:
         stored = self.find_by_keys([decision.intent.idempotency_key]).get(
             decision.intent.idempotency_key
         )
-        if stored is not None:
+        if stored is not None and stored.intent.fingerprint == decision.intent.fingerprint:
             return dataclasses.replace(stored.outcome, replayed=True)
+        if stored is not None:
+            # Another writer settled this key for another payload since the replay
+            # check: the caller is refused, never told the other payment is theirs.
+            reason = IDEMPOTENCY_CONFLICT
+            error = f"idempotency_key was used for another payment ({stored.outcome.payment_id})"
         return Outcome(
             payment_id=decision.payment_id,
             idempotency_key=decision.intent.idempotency_key,
