@@ -102,7 +102,7 @@ async def consume_all(
         while len(got) < expect and time.monotonic() < deadline:
             try:
                 msgs = await sub.fetch(100, timeout=0.5)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
                 continue
             for msg in msgs:
                 got.append(
@@ -116,7 +116,7 @@ async def consume_all(
         # Anything more would be a duplicate.
         try:
             extra = await sub.fetch(100, timeout=0.5)
-        except nats.errors.TimeoutError:
+        except (nats.errors.TimeoutError, TimeoutError):
             extra = []
         assert not extra, [m.headers for m in extra]
         return got
