@@ -48,6 +48,10 @@ SCHEMA_VERSION = 1
 # `verify` lists at most this many examples of each broken invariant.
 VERIFY_EXAMPLES_MAX = 20
 
+# Values in one `IN (...)` list at most: SQLite's default bound on host parameters is
+# 32,766 per statement, and a longer list is split into several statements.
+IN_LIST_MAX = 500
+
 # SQLite waits this long for a lock held by another process before failing the call.
 BUSY_TIMEOUT_MS = 5_000
 
@@ -188,10 +192,7 @@ class SqliteStore:
         """Stored payments by idempotency key, for replays."""
         keys = list(keys)
         found: dict[str, PaymentRecord] = {}
-        # SQLite's default bound on host parameters is 32,766; stay well below it.
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _in_lists(keys):
             for record in self._records(f"idempotency_key IN ({marks})", chunk):
                 found[record.intent.idempotency_key] = record
         return found
@@ -250,9 +251,7 @@ class SqliteStore:
     def _build(self, decisions: Sequence[Decision], now_us: int) -> BatchRows:
         wanted = sorted({d.intent.account_id for d in decisions if not d.decline_reason})
         accounts: dict[str, Account] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _in_lists(wanted):
             for account_id, msisdn, plan, status, balance in self._db.execute(
                 "SELECT account_id, msisdn, plan, status, balance_minor FROM subscribers"  # noqa: S608
                 f" WHERE account_id IN ({marks})",
@@ -424,11 +423,10 @@ class SqliteStore:
             )  # fmt: skip
         states: dict[str, tuple[str, str]] = {}
         ids = [d.discrepancy_id for d in found]
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        for chunk, marks in _in_lists(ids):
             for discrepancy_id, status, note in self._db.execute(
                 "SELECT discrepancy_id, status, note FROM discrepancies"  # noqa: S608
-                f" WHERE discrepancy_id IN ({','.join('?' * len(chunk))})",
+                f" WHERE discrepancy_id IN ({marks})",
                 chunk,
             ):
                 states[discrepancy_id] = (status, note)
@@ -536,6 +534,13 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _in_lists(values: Sequence[str]) -> Iterator[tuple[Sequence[str], str]]:
+    """The values in chunks of at most IN_LIST_MAX, each with its "?,?,..." placeholders."""
+    for start in range(0, len(values), IN_LIST_MAX):
+        chunk = values[start : start + IN_LIST_MAX]
+        yield chunk, ",".join("?" * len(chunk))
 
 
 def _states(rows: BatchRows) -> list[SettledState]:
