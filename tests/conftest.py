@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -15,6 +15,7 @@ from quickpay_engine.config import settings_from
 from quickpay_engine.domain import LineStatus, Plan, SubscriberRow
 from quickpay_engine.server import RunningServer, create_server
 from quickpay_engine.store import SqliteStore
+from tests.gateway_procs import SimulatorSet
 
 CREATED = 1_700_000_000
 
@@ -39,18 +40,40 @@ SUBSCRIBERS = [
 ]
 
 
-def settings_for(data_dir: Path, listen: str = "127.0.0.1:0", fraud_mode: str = "observe"):
-    """Settings as the CLI would build them for this data dir. Fraud scoring observes
+# The --gateways file of the session's simulators (see the `simulators` fixture).
+GATEWAYS: dict[str, Path] = {}
+
+
+def settings_for(
+    data_dir: Path,
+    listen: str = "127.0.0.1:0",
+    fraud_mode: str = "observe",
+    gateways: Path | None = None,
+):
+    """Settings as the CLI would build them for this data dir, talking to the session's
+    gateway simulators unless ``gateways`` names another file. Fraud scoring observes
     by default here: these suites pay the same few accounts many times a second, which
     the shipped model rightly finds suspicious; tests/test_fraud_settlement.py enforces."""
     args = argparse.Namespace(
         listen=listen,
         data_dir=str(data_dir),
         database_url=None,
-        gateways=None,
+        gateways=str(gateways or GATEWAYS["session"]),
         fraud_mode=fraud_mode,
     )
     return settings_from(args)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def simulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorSet]:
+    """Three quiet gateway simulators (two card acquirers, one wallet provider), real
+    processes on loopback, shared by the session's servers."""
+    sims = SimulatorSet(tmp_path_factory.mktemp("gateways")).start()
+    GATEWAYS["session"] = sims.gateways_file
+    try:
+        yield sims
+    finally:
+        sims.stop()
 
 
 def seed_store(data_dir: Path, rows: list[SubscriberRow] = SUBSCRIBERS) -> None:

@@ -7,10 +7,12 @@ real server in process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from quickpay_engine._engine import ConfigInvalid, FraudScorer
+from quickpay_engine._engine import ConfigInvalid, FraudScorer, Ledger
 from quickpay_engine.api.convert import event_msg
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
@@ -27,6 +29,9 @@ from quickpay_engine.config import Settings
 from quickpay_engine.errors import ConfigError
 from quickpay_engine.events.jetstream import JetStreamPublisher
 from quickpay_engine.events.relay import OutboxRelay
+from quickpay_engine.gateways.router import GatewayRouter
+from quickpay_engine.gateways.supervisor import open_gateways
+from quickpay_engine.settlement.ledger_book import LedgerBook
 from quickpay_engine.settlement.service import BatchSettings, SettlementService
 from quickpay_engine.store import SqliteStore
 
@@ -82,6 +87,7 @@ class RunningServer:
     service: SettlementService
     health: health.aio.HealthServicer
     store: SqliteStore
+    stop_gateways: Callable[[], Awaitable[None]]
     relay: EventRelayTask | None = None
 
     async def stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
@@ -93,6 +99,9 @@ class RunningServer:
         if self.relay is not None:
             await self.relay.stop()
         await self.service.close()
+        await self.service.router.close()
+        await self.stop_gateways()
+        self.service.book.close()
         self.store.close()
 
 
@@ -150,12 +159,26 @@ async def create_server(
             engine_config = settings.engine_config.read_text()
         except OSError as err:
             raise ConfigError(f"--engine-config: {err}") from None
-    try:
-        service = SettlementService(store, key, batching, fraud_scorer, enforce, engine_config)
-    except ConfigInvalid as err:
-        store.close()
-        raise ConfigError(f"--engine-config {settings.engine_config}: {err}") from None
-    await service.start()
+    async with contextlib.AsyncExitStack() as undo:
+        # Everything opened is closed again, in reverse, should a later step fail.
+        undo.callback(store.close)
+        book = LedgerBook(Ledger.open(settings.data_dir / "ledger"))
+        undo.callback(book.close)
+        gateways, stop_gateways = await open_gateways(settings.gateways, settings.data_dir)
+        undo.push_async_callback(stop_gateways)
+        router = GatewayRouter(gateways)
+        await router.start()
+        undo.push_async_callback(router.close)
+        try:
+            service = SettlementService(
+                store, book, router, key, batching, fraud_scorer, enforce, engine_config
+            )
+        except ConfigInvalid as err:
+            raise ConfigError(f"--engine-config {settings.engine_config}: {err}") from None
+        actions = await service.start()
+        if actions:
+            log.info("recovery finished %d unfinished payments and refunds", len(actions))
+        undo.pop_all()
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
@@ -178,7 +201,7 @@ async def create_server(
     await server.start()
     for name in ("", SETTLEMENT_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, service, health_servicer, store, relay)
+    return RunningServer(server, port, service, health_servicer, store, stop_gateways, relay)
 
 
 async def serve(settings: Settings) -> int:

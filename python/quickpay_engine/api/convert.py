@@ -26,6 +26,7 @@ from quickpay_engine.domain import (
 from quickpay_engine.errors import InvalidArgument
 from quickpay_engine.reconcile.report import ColumnMapping
 from quickpay_engine.settlement.reconciliation import DEFAULT_TOLERANCE_S, ReconcileRun
+from quickpay_engine.settlement.refunds import RefundOutcome
 
 _METHOD_KINDS = {
     "card": MethodKind.CARD,
@@ -67,7 +68,9 @@ def detail_of(request: pb.PayRequest) -> MethodDetail:
     )
 
 
-def intent_of(request: pb.PayRequest, fingerprint_key: bytes) -> PaymentIntent:
+def intent_of(
+    request: pb.PayRequest, fingerprint_key: bytes, deadline: float | None = None
+) -> PaymentIntent:
     """Decodes a PayRequest. The payload fingerprint is keyed (HMAC-SHA256), because the
     request holds a card number and an unkeyed hash of one can be reversed by search."""
     payload = request.SerializeToString(deterministic=True)
@@ -85,6 +88,7 @@ def intent_of(request: pb.PayRequest, fingerprint_key: bytes) -> PaymentIntent:
         device_id=request.device_id,
         ip=request.ip,
         detail=detail_of(request),
+        deadline=deadline,
     )
 
 
@@ -121,6 +125,21 @@ def pay_response(outcome: Outcome) -> pb.PayResponse:
     if outcome.fraud is not None:
         response.fraud.CopyFrom(fraud_msg(outcome.fraud))
     return response
+
+
+def refund_response(o: RefundOutcome) -> pb.RefundResponse:
+    """A refund's outcome as the contract's RefundResponse."""
+    return pb.RefundResponse(
+        refund_id=o.refund_id,
+        payment_id=o.payment_id,
+        idempotency_key=o.idempotency_key,
+        status=int(o.status),  # type: ignore[arg-type]
+        refunded_total=pb.Money(amount_minor=o.refunded_total_minor, currency=o.currency),
+        gateway_reference=o.gateway_reference,
+        replayed=o.replayed,
+        decline_reason=o.decline_reason,
+        decline_detail=o.decline_detail,
+    )
 
 
 def fraud_msg(f: FraudAssessment) -> pb.FraudAssessment:
