@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -40,8 +41,10 @@ SUBSCRIBERS = [
 ]
 
 
-# The --gateways file of the session's simulators (see the `simulators` fixture).
-GATEWAYS: dict[str, Path] = {}
+# Names the --gateways file of the session's simulators (see the `simulators` fixture).
+# An environment variable, not a module global: test modules import this file as
+# `tests.conftest`, a second copy of the module pytest loaded as `conftest`.
+GATEWAYS_VAR = "QUICKPAY_TEST_SESSION_GATEWAYS"
 
 
 def settings_for(
@@ -58,7 +61,7 @@ def settings_for(
         listen=listen,
         data_dir=str(data_dir),
         database_url=None,
-        gateways=str(gateways or GATEWAYS["session"]),
+        gateways=str(gateways or os.environ[GATEWAYS_VAR]),
         fraud_mode=fraud_mode,
     )
     return settings_from(args)
@@ -69,7 +72,7 @@ def simulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorSe
     """Three quiet gateway simulators (two card acquirers, one wallet provider), real
     processes on loopback, shared by the session's servers."""
     sims = SimulatorSet(tmp_path_factory.mktemp("gateways")).start()
-    GATEWAYS["session"] = sims.gateways_file
+    os.environ[GATEWAYS_VAR] = str(sims.gateways_file)
     try:
         yield sims
     finally:

@@ -144,7 +144,8 @@ class SettlementService:
     def _apply_states(self, states: list[SettledState]) -> None:
         """Brings the engine's subscriber table up to what recovery or a refund wrote."""
         states = [s for s in states if s is not None]
-        if states:
+        # At start recovery runs before the table is loaded; the load reads its result.
+        if states and self.engine.subscriber_count():
             self.engine.set_states(
                 [s.account_id for s in states],
                 np.fromiter((s.balance_minor for s in states), np.int64, len(states)),
