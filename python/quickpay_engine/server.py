@@ -215,12 +215,13 @@ async def serve(settings: Settings) -> int:
         settings.database_url,
         running.service.engine.subscriber_count(),
     )
-    # Scripts read this line to learn the port when --listen asked for port 0.
-    print(f"listening on {host}:{running.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Scripts read this line to learn the port when --listen asked for port 0; it comes
+    # after the signal handlers, so a SIGTERM sent on reading it drains.
+    print(f"listening on {host}:{running.port}", flush=True)
     await stop.wait()
     log.info("draining: no new calls, up to %.0f s for calls in flight", DRAIN_GRACE_S)
     await running.stop(DRAIN_GRACE_S)

@@ -365,6 +365,13 @@ class SqliteStore:
                 taken.append(cursor.rowcount == 1)
         return taken
 
+    def settled_or_declined_ids(self) -> list[tuple[str, int]]:
+        """(payment_id, status) of every payment that went to a gateway (it has a
+        gateway name), for checks against the ledger."""
+        return self._db.execute(
+            "SELECT payment_id, status FROM payments WHERE gateway != '' ORDER BY seq"
+        ).fetchall()
+
     def attempts(self) -> dict[str, PaymentIntent]:
         """Every journalled payment not yet finished, by payment id."""
         cursor = self._db.execute("SELECT payment_id, intent FROM settlement_attempts")
