@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from tests.gateway_procs import SimulatorSet
 
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
@@ -16,7 +17,6 @@ from quickpay_engine.config import settings_from
 from quickpay_engine.domain import LineStatus, Plan, SubscriberRow
 from quickpay_engine.server import RunningServer, create_server
 from quickpay_engine.store import SqliteStore
-from tests.gateway_procs import SimulatorSet
 
 CREATED = 1_700_000_000
 

@@ -27,13 +27,13 @@ import sys
 from pathlib import Path
 
 import grpc
+from tests.conftest import seed_store
+from tests.gateway_procs import SimulatorSet
 
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.domain import LineStatus, Plan, SubscriberRow
 from quickpay_engine.store import SqliteStore
-from tests.conftest import seed_store
-from tests.gateway_procs import SimulatorSet
 
 FULL = os.environ.get("QUICKPAY_FULL") == "1"
 PAYMENTS = 10_000 if FULL else 3_000
@@ -47,12 +47,13 @@ def _lines() -> list[SubscriberRow]:
     rows = []
     for n in range(LINES):
         prepaid = n % 2 == 0
+        plan = Plan.PREPAID if prepaid else Plan.POSTPAID
+        status = LineStatus.BARRED if n % 5 == 0 else LineStatus.ACTIVE
+        balance = 0 if prepaid else 5_000_000
         rows.append(
             SubscriberRow(
-                f"acc-{n:04d}", f"+2547{n:08d}", Plan.PREPAID if prepaid else Plan.POSTPAID,
-                LineStatus.BARRED if n % 5 == 0 else LineStatus.ACTIVE, "KES",
-                0 if prepaid else 5_000_000, "KE", None, 1_700_000_000,
-            )  # fmt: skip
+                f"acc-{n:04d}", f"+2547{n:08d}", plan, status, "KES", balance, "KE", None, 0
+            )
         )
     return rows
 
@@ -189,7 +190,8 @@ async def test_sigkill_at_random_moments_loses_nothing_and_settles_once(tmp_path
     recovered = (data_dir / "serve.log").read_text().count("recovery: pay_")
     assert recovered > 0
 
-    verify = subprocess.run(
+    verify = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "quickpay_engine.cli", "verify", "--data-dir", str(data_dir)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip

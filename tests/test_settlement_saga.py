@@ -8,6 +8,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from tests.conftest import bill, settings_for, topup
+from tests.gateway_procs import SimulatorSet
 
 from quickpay_engine._engine import Ledger
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
@@ -20,8 +22,6 @@ from quickpay_engine.settlement.ledger_book import (
     LedgerBook,
 )
 from quickpay_engine.store import SqliteStore
-from tests.conftest import bill, settings_for, topup
-from tests.gateway_procs import SimulatorSet
 
 
 async def _served(data_dir: Path, gateways: Path | None = None) -> RunningServer:
@@ -92,9 +92,7 @@ async def test_gateway_decline_is_recorded_and_the_hold_voided(data_dir, own_sim
         await running.stop(grace_s=1)
 
 
-async def test_failover_to_the_second_acquirer_when_the_first_is_down(
-    data_dir, own_sims
-) -> None:
+async def test_failover_to_the_second_acquirer_when_the_first_is_down(data_dir, own_sims) -> None:
     own_sims.stop("acq-a")
     running = await _served(data_dir, own_sims.gateways_file)
     channel, stub = _stub(running)
