@@ -21,6 +21,7 @@ from quickpay_engine.domain import (
     Outcome,
     PaymentIntent,
     PaymentRecord,
+    PaymentStatus,
     Purpose,
 )
 from quickpay_engine.errors import InvalidArgument
@@ -213,6 +214,18 @@ def event_msg(event: OutboxEvent) -> pb.SettlementEvent:
                 amount=pb.Money(amount_minor=int(p["amount_minor"]), currency=str(p["currency"])),
                 decline_reason=str(p["decline_reason"]),
                 decline_detail=str(p["decline_detail"]),
+            )
+        )
+    elif event.kind == "refund":
+        currency = str(p["currency"])
+        message.refunded.CopyFrom(
+            pb.PaymentRefunded(
+                refund_id=str(p["refund_id"]),
+                amount=pb.Money(amount_minor=int(p["amount_minor"]), currency=currency),
+                refunded_total=pb.Money(
+                    amount_minor=int(p["refunded_total_minor"]), currency=currency
+                ),
+                status=PaymentStatus[str(p["payment_status"])].value,  # type: ignore[arg-type]
             )
         )
     elif event.kind == "service_state":

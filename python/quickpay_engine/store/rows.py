@@ -370,6 +370,11 @@ def build_refund(
             (r.refund_id, r.payment_id, r.account_id, account.msisdn, int(before), int(after),
              rule_id, now_us)
         )  # fmt: skip
+        state = {"msisdn": account.msisdn, "state_before": before.name, "state_after": after.name}
+        rows.outbox.append(
+            (f"evt_service_state_{r.refund_id}", "service_state", r.payment_id, r.account_id,
+             canonical(state), now_us)
+        )  # fmt: skip
     payload = {
         "refund_id": r.refund_id,
         "amount_minor": r.amount_minor,
