@@ -291,3 +291,20 @@ def test_store_keeps_no_card_number_in_the_journal(tmp_path: Path) -> None:
         assert store.attempts()["pay_" + "1" * 32].amount_minor == 3_000
     finally:
         store.close()
+
+
+async def test_a_capture_billing_refuses_is_given_back_and_marked_failed(
+    stub, server, simulators
+) -> None:
+    # The account disappears from billing after the engine loaded it: validation passes,
+    # the gateway captures, and the commit can never succeed.
+    server.store._db.execute("DELETE FROM subscribers WHERE account_id = 'acc-post'")
+    reply = await stub.Pay(bill("saga-gone", account_id="acc-post", msisdn="+306900000002"))
+    assert reply.status == pb.FAILED
+    assert reply.decline_reason == "ACCOUNT_GONE"
+    assert simulators.payment("acq-a", reply.payment_id)["state"] == "VOIDED"
+    assert _ledger_states(server, [reply.payment_id]) == [ROLLED_BACK]
+    stored = await stub.GetPayment(pb.GetPaymentRequest(payment_id=reply.payment_id))
+    assert stored.status == pb.FAILED
+    assert server.store.attempts() == {}
+    assert server.store.verify() == []

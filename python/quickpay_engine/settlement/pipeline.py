@@ -47,6 +47,7 @@ from quickpay_engine.gateways.types import (
 )
 from quickpay_engine.settlement.fraud_gate import FRAUD_REVIEW, FraudGate
 from quickpay_engine.settlement.ledger_book import LedgerBook, Movement
+from quickpay_engine.settlement.recovery import give_back
 from quickpay_engine.settlement.validation import record_settled, validate_batch, wall_clock_s
 from quickpay_engine.store import Decision, SqliteStore
 from quickpay_engine.store.executor import StoreThread
@@ -358,25 +359,10 @@ class Pipeline:
         return result
 
     async def _unwind(self, unwound: list[tuple[Decision, Outcome]]) -> None:
-        """Gives back money a gateway captured for a payment billing would not record
-        (its account is gone, or its key was settled by another writer meanwhile)."""
-        loop = asyncio.get_running_loop()
+        """Gives back what a gateway captured for payments billing refused."""
         for d, outcome in unwound:
-            log.error(
-                "payment %s was captured at %s but billing refused it (%s): voiding it",
-                d.payment_id, d.gateway, outcome.decline_reason,
-            )  # fmt: skip
-            deadline = loop.time() + GATEWAY_DEADLINE_S
-            result = await self._router.void(d.payment_id, d.gateway, deadline)
-            if result.outcome is GatewayOutcome.FAILED:
-                result = await self._router.refund(
-                    d.payment_id, d.gateway, "rf_" + d.payment_id.removeprefix("pay_"),
-                    d.intent.amount_minor, d.intent.currency, deadline,
-                )  # fmt: skip
-            if result.outcome is GatewayOutcome.UNKNOWN:
-                continue  # left RESERVED/CAPTURED and journalled: recovery retries
-            await self._book.roll_back([movement_of(d)])
-            await self._thread.run(self._store.forget_attempts, [d.payment_id])
+            why = outcome.decline_reason or "replayed"
+            await give_back(self._store, self._thread, self._book, self._router, d, why)
 
 
 def _gateway_detail(result: GatewayResult) -> str:

@@ -22,6 +22,7 @@ on it) and recorded.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Collection
@@ -44,6 +45,8 @@ from quickpay_engine.store.sqlite import RefundRow, SettledState
 
 log = logging.getLogger(__name__)
 
+# The decline reason of a payment captured and then given back because billing refused it.
+BILLING_REFUSED = "BILLING_REFUSED"
 # Each gateway lookup or void recovery makes gets this long.
 LOOKUP_S = 5.0
 # Payments finished at once (each needs a gateway round trip or two).
@@ -181,18 +184,12 @@ class Recovery:
     async def _give_back(
         self, payment_id: str, name: str, intent: PaymentIntent, found: GatewayResult, why: str
     ) -> Action:
-        """Captured, but billing can never take it: voided (or refunded) at the gateway."""
-        deadline = self._router.deadline(LOOKUP_S)
-        result = await self._router.void(payment_id, found.gateway, deadline)
-        if result.outcome is GatewayOutcome.FAILED:
-            result = await self._router.refund(
-                payment_id, found.gateway, "rf_" + payment_id.removeprefix("pay_"),
-                intent.amount_minor, intent.currency, deadline,
-            )  # fmt: skip
-        if result.outcome is GatewayOutcome.UNKNOWN:
+        done = await give_back(
+            self._store, self._thread, self._book, self._router,
+            Decision(payment_id, intent, gateway=found.gateway), why,
+        )  # fmt: skip
+        if not done:
             return Action(payment_id, name, "waiting", "billing refused; give-back unanswered")
-        await self._book.roll_back([_movement(payment_id, intent)])
-        await self._thread.run(self._store.forget_attempts, [payment_id])
         return Action(payment_id, name, "given back", f"billing refused it ({why})")
 
     async def _refund(self, refund: RefundRow, dry_run: bool) -> Action:
@@ -212,6 +209,40 @@ class Recovery:
             return Action(refund.payment_id, "refund", "declined", result.reason)
         self._on_states([result])
         return Action(refund.payment_id, "refund", "finished", refund.refund_id)
+
+
+async def give_back(
+    store: SqliteStore,
+    thread: StoreThread,
+    book: LedgerBook,
+    router: GatewayRouter,
+    d: Decision,
+    why: str,
+) -> bool:
+    """A payment ``d.gateway`` captured but billing can never record (its account is
+    gone, or its key was settled by another writer meanwhile): the capture is voided
+    (or, past the same day, refunded) at the gateway, the hold rolled back, and the
+    payment recorded as FAILED. False when the gateway did not answer: it stays
+    unfinished, for the next sweep."""
+    log.error("payment %s was captured at %s but billing refused it (%s): giving it back",
+              d.payment_id, d.gateway, why)  # fmt: skip
+    deadline = router.deadline(LOOKUP_S)
+    result = await router.void(d.payment_id, d.gateway, deadline)
+    if result.outcome is GatewayOutcome.FAILED:
+        result = await router.refund(
+            d.payment_id, d.gateway, "rf_" + d.payment_id.removeprefix("pay_"),
+            d.intent.amount_minor, d.intent.currency, deadline,
+        )  # fmt: skip
+    if result.outcome is GatewayOutcome.UNKNOWN:
+        return False
+    await book.roll_back([_movement(d.payment_id, d.intent)])
+    failed = dataclasses.replace(
+        d, decline_reason=BILLING_REFUSED, decline_detail=why, gateway_reference="", failed=True
+    )
+    # Recorded as FAILED where the store can (a key another payment holds cannot be).
+    await thread.run(store.commit_batch, [failed])
+    await thread.run(store.forget_attempts, [d.payment_id])
+    return True
 
 
 class RefundFinisher:
