@@ -372,6 +372,16 @@ class SqliteStore:
             "SELECT payment_id, status FROM payments WHERE gateway != '' ORDER BY seq"
         ).fetchall()
 
+    def gateway_payments(self, gateway: str) -> dict[str, tuple[int, str, int]]:
+        """payment_id -> (status, gateway_reference, refunded_minor) of every payment
+        that went to ``gateway``, for checks against its books."""
+        rows = self._db.execute(
+            "SELECT payment_id, status, gateway_reference, refunded_minor FROM payments"
+            " WHERE gateway = ?",
+            (gateway,),
+        )
+        return {p: (s, r, f) for p, s, r, f in rows}
+
     def attempts(self) -> dict[str, PaymentIntent]:
         """Every journalled payment not yet finished, by payment id."""
         cursor = self._db.execute("SELECT payment_id, intent FROM settlement_attempts")
