@@ -125,6 +125,8 @@ class _Batch:
     scored: list[int]  # indexes into decisions of the payments fraud scoring saw
     held: list[Decision]  # carrier-balance payments holding credit in the engine
     now_s: int
+    # Payments committed whose holds are being posted after the reply (see _complete).
+    posting: set[str] = dataclasses.field(default_factory=set)
 
 
 class Pipeline:
@@ -137,6 +139,7 @@ class Pipeline:
         thread: StoreThread,
         book: LedgerBook,
         router: GatewayRouter,
+        reader: tuple[SqliteStore, StoreThread] | None = None,
         payment_ids: Callable[[], str] = new_payment_id,
         on_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
@@ -145,6 +148,9 @@ class Pipeline:
         self._engine = engine
         self._store = store
         self._thread = thread
+        # Replay lookups read through their own connection and thread, so they do not
+        # queue behind the commits of batches at stage 2.
+        self._reader = reader or (store, thread)
         self._book = book
         self._router = router
         self._payment_ids = payment_ids
@@ -156,15 +162,26 @@ class Pipeline:
         self._order = asyncio.Lock()
         # Payments between stage 1 and their end, which recovery's sweep must leave be.
         self.in_flight: set[str] = set()
+        self._posting: set[asyncio.Future[None]] = set()
 
     async def process(self, intents: Sequence[PaymentIntent]) -> list[Outcome | BaseException]:
         """Settles a batch; each result is an outcome or that payment's own error."""
+        return await self.complete(await self.prepare(intents))
+
+    async def prepare(self, intents: Sequence[PaymentIntent]) -> _Batch:
+        """Stage 1 (see the module docstring); batches go through it one at a time."""
         async with self._order:
-            batch = await self._prepare(intents)
+            return await self._prepare(intents)
+
+    async def complete(self, batch: _Batch) -> list[Outcome | BaseException]:
+        """Stage 2: gateways, commit, post; many batches may be here at once."""
         try:
             await self._complete(batch)
         finally:
-            self.in_flight.difference_update(batch.decisions[k].payment_id for k in batch.reserved)
+            self.in_flight.difference_update(
+                p for k in batch.reserved
+                if (p := batch.decisions[k].payment_id) not in batch.posting
+            )  # fmt: skip
             if batch.held:
                 self._release_holds(batch.held)
         assert all(r is not None for r in batch.results)
@@ -174,9 +191,8 @@ class Pipeline:
 
     async def _prepare(self, intents: Sequence[PaymentIntent]) -> _Batch:
         results: list[Outcome | BaseException | None] = [None] * len(intents)
-        stored = await self._thread.run(
-            self._store.find_by_keys, [i.idempotency_key for i in intents]
-        )
+        reader, reading = self._reader
+        stored = await reading.run(reader.find_by_keys, [i.idempotency_key for i in intents])
         fresh: list[int] = []
         for index, intent in enumerate(intents):
             record = stored.get(intent.idempotency_key)
@@ -202,23 +218,33 @@ class Pipeline:
         approved = [k for k, d in enumerate(batch.decisions) if not d.decline_reason]
         if not approved:
             return batch
-        # Journal first (the request, for recovery), then the hold: a payment is sent to
-        # a gateway only once both are durable.
-        taken = await self._thread.run(
-            self._store.journal_attempts,
-            [(batch.decisions[k].payment_id, batch.decisions[k].intent) for k in approved],
+        # The journal (the request, for recovery) and the hold are written side by side,
+        # and a payment goes to a gateway only once both are durable. A hold whose
+        # journal entry is missing after a crash was therefore never sent anywhere, and
+        # recovery simply voids it.
+        wanted = [batch.decisions[k] for k in approved]
+        self.in_flight.update(d.payment_id for d in wanted)
+        taken, _ = await asyncio.gather(
+            self._thread.run(
+                self._store.journal_attempts, [(d.payment_id, d.intent) for d in wanted]
+            ),
+            self._book.reserve([movement_of(d) for d in wanted]),
         )
+        refused: list[Decision] = []
         for k, ok in zip(approved, taken, strict=True):
             if ok:
                 batch.reserved.append(k)
             else:
+                refused.append(batch.decisions[k])
                 batch.results[positions[k]] = OutcomePending(
                     f"an earlier attempt with idempotency_key"
                     f" {batch.decisions[k].intent.idempotency_key!r} is being finished"
                 )
+        if refused:
+            # Held, but its key is another attempt's: the hold goes, nothing else moved.
+            await self._book.roll_back([d.payment_id for d in refused])
+            self.in_flight.difference_update(d.payment_id for d in refused)
         reserved = [batch.decisions[k] for k in batch.reserved]
-        self.in_flight.update(d.payment_id for d in reserved)
-        await self._book.reserve([movement_of(d) for d in reserved])
         batch.held = [d for d in reserved if d.intent.method.kind is MethodKind.CARRIER_BALANCE]
         if batch.held:
             self._engine.reserve_holds(
@@ -292,7 +318,7 @@ class Pipeline:
                 voided.append(k)
         await asyncio.gather(
             self._book.capture([decisions[k].payment_id for k in captured]),
-            self._book.roll_back([movement_of(decisions[k]) for k in voided]),
+            self._book.roll_back([decisions[k].payment_id for k in voided]),
         )
         reserved = set(batch.reserved)
         # Declines, and what the gateways answered; not what is still unknown, nor what
@@ -320,7 +346,13 @@ class Pipeline:
                     settled.append(d)
                 else:
                     unwound.append((d, outcome))  # captured, but billing refused it
-        await self._book.settle([movement_of(d) for d in settled])
+        if settled:
+            # The commit is the answer: posting the holds (two log writes) happens after
+            # the reply, and should the process die first, recovery posts them.
+            batch.posting = {d.payment_id for d in settled}
+            task = asyncio.ensure_future(self._post([d.payment_id for d in settled]))
+            self._posting.add(task)
+            task.add_done_callback(self._posting.discard)
         if unwound:
             await self._unwind(unwound)
         if states:
@@ -337,6 +369,19 @@ class Pipeline:
                 [decisions[k].payment_id in done for k in batch.scored],
                 batch.now_s,
             )
+
+    async def _post(self, payment_ids: list[str]) -> None:
+        try:
+            await self._book.settle(payment_ids)
+        except Exception:
+            log.exception("posting %d holds failed; the recovery sweep retries", len(payment_ids))
+        finally:
+            self.in_flight.difference_update(payment_ids)
+
+    async def drain(self) -> None:
+        """Waits for the holds still being posted after their replies."""
+        while self._posting:
+            await asyncio.gather(*self._posting)
 
     async def _sale(self, d: Decision) -> GatewayResult:
         """One sale, then (for an unknown outcome) a lookup at the gateway that may hold

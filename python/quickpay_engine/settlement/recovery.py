@@ -112,10 +112,16 @@ class Recovery:
         )
         if record is not None:
             return await self._after_commit(payment_id, state, name, record, dry_run)
+        if intent is None and state == RESERVED:
+            # Held, but the journal entry written beside the hold never landed: the
+            # payment was never sent to a gateway (that waits for both), so the hold goes.
+            if not dry_run:
+                await self._book.roll_back([payment_id])
+            return Action(payment_id, name, "rolled back", "never sent to a gateway")
         if state in (0, ROLLED_BACK, SETTLED) or intent is None:
-            if state in (RESERVED, CAPTURED):
-                # A hold with no request journalled: the saga journals before it holds,
-                # so this cannot be ours to finish; report it rather than guess.
+            if state == CAPTURED:
+                # Captured with no request journalled: the journal is written before any
+                # gateway call, so this is not the saga's doing; report it, do not guess.
                 return Action(payment_id, name, "left alone", "no journalled request")
             if not dry_run:
                 await self._thread.run(self._store.forget_attempts, [payment_id])
@@ -125,7 +131,7 @@ class Recovery:
             return Action(payment_id, name, "waiting", "a gateway did not answer")
         if found.outcome is not GatewayOutcome.CAPTURED:
             if not dry_run:
-                await self._book.roll_back([_movement(payment_id, intent)])
+                await self._book.roll_back([payment_id])
                 await self._thread.run(self._store.forget_attempts, [payment_id])
             return Action(payment_id, name, "rolled back", f"not captured ({found.outcome.name})")
         if dry_run:
@@ -137,7 +143,7 @@ class Recovery:
         )
         outcomes, states = await self._thread.run(self._store.commit_batch, [decision])
         if outcomes[0].status is PaymentStatus.SETTLED and not outcomes[0].replayed:
-            await self._book.settle([_movement(payment_id, intent)])
+            await self._book.settle([payment_id])
             self._on_states(states)
             return Action(payment_id, name, "committed and settled", f"captured at {found.gateway}")
         return await self._give_back(payment_id, name, intent, found, outcomes[0].decline_reason)
@@ -146,15 +152,14 @@ class Recovery:
         self, payment_id: str, state: int, name: str, record: PaymentRecord, dry_run: bool
     ) -> Action:
         """The database decided; the ledger follows it."""
-        move = _movement(payment_id, record.intent)
         if record.outcome.status in _SETTLED:
             if state in (RESERVED, CAPTURED) and not dry_run:
                 if state == RESERVED:
                     await self._book.capture([payment_id])
-                await self._book.settle([move])
+                await self._book.settle([payment_id])
             return Action(payment_id, name, "settled", "billing had committed it")
         if state in (RESERVED, CAPTURED) and not dry_run:
-            await self._book.roll_back([move])
+            await self._book.roll_back([payment_id])
         return Action(payment_id, name, "rolled back", "billing had declined it")
 
     async def _find(
@@ -235,7 +240,7 @@ async def give_back(
         )  # fmt: skip
     if result.outcome is GatewayOutcome.UNKNOWN:
         return False
-    await book.roll_back([_movement(d.payment_id, d.intent)])
+    await book.roll_back([d.payment_id])
     failed = dataclasses.replace(
         d, decline_reason=BILLING_REFUSED, decline_detail=why, gateway_reference="", failed=True
     )

@@ -82,18 +82,23 @@ class SettlementService:
         # The billing system's subscribers, for the fraud features only a carrier has
         # (SIM swap, account age, plan, country); filled at start.
         self._subscribers: dict[str, SubscriberRow] = {}
+        # A second connection for the replay lookups, where the store offers one.
+        self._reader = store.open_reader()
+        self._reader_thread = StoreThread("store-reader")
         self._pipeline = Pipeline(
             self.engine,
             store,
             self._thread,
             book,
             router,
+            (self._reader, self._reader_thread),
             on_commit=self._committed_batch,
             fraud=FraudGate(self._subscribers, card_key, fraud_scorer, fraud_enforce),
         )
         self._commit_listeners: list[Callable[[], None]] = [self._wake_watchers]
         self._batcher: MicroBatcher[PaymentIntent, Outcome] = MicroBatcher(
-            self._pipeline.process,
+            self._pipeline.prepare,
+            complete=self._pipeline.complete,
             batch_max=batching.batch_max,
             linger_ms=batching.linger_ms,
             queue_max=batching.queue_max,
@@ -161,6 +166,10 @@ class SettlementService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self._batcher.close()
+        await self._pipeline.drain()
+        self._reader_thread.close()
+        if self._reader is not self._store:
+            self._reader.close()
         self._thread.close()
 
     async def refund(
@@ -215,8 +224,8 @@ class SettlementService:
         cursor = from_cursor
         while not self._watch_closed.is_set():
             committed = self._committed  # taken before reading: no commit slips between
-            page = await self._thread.run(
-                self._store.outbox_after, cursor, kinds, account_id, WATCH_PAGE_MAX
+            page = await self._reader_thread.run(
+                self._reader.outbox_after, cursor, kinds, account_id, WATCH_PAGE_MAX
             )
             for event in page:
                 yield event
@@ -274,8 +283,8 @@ class SettlementService:
         self, *, payment_id: str = "", idempotency_key: str = ""
     ) -> PaymentRecord:
         """A stored payment by id or key; NotFound when there is none."""
-        record = await self._thread.run(
-            self._store.get_payment, payment_id=payment_id, idempotency_key=idempotency_key
+        record = await self._reader_thread.run(
+            self._reader.get_payment, payment_id=payment_id, idempotency_key=idempotency_key
         )
         if record is None:
             raise NotFound(

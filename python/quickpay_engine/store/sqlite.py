@@ -97,6 +97,7 @@ class SqliteStore:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), never implied.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -145,6 +146,11 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def open_reader(self) -> SqliteStore:
+        """Another connection to the same file, for reads on another thread: in WAL mode
+        a reader sees every committed transaction and never waits for the writer."""
+        return SqliteStore(self._path)
 
     # -- subscribers -----------------------------------------------------------------
 
