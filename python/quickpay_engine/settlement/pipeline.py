@@ -4,11 +4,14 @@ Per batch, in two stages:
 
 1. in arrival order, one batch at a time: replays looked up, validation (one engine
    call), fraud scoring, the payments journalled in the store and their holds reserved
-   in the ledger (RESERVED, durable before any gateway is called);
+   in the ledger (RESERVED), both durable before any gateway is called;
 2. concurrently with later batches (so gateway latency is hidden, not added): a sale
-   per payment at its gateway, CAPTURED logged for those captured and the holds of the
-   others voided, one database transaction for the whole batch, then the holds posted
-   (SETTLED) and the engine's tables brought up to date.
+   per payment at its gateway; then, side by side, CAPTURED logged for those captured,
+   the holds of the others voided, and one database transaction for the whole batch;
+   the reply; then the holds posted (SETTLED) and the engine's tables brought up to date.
+
+Writes that are independent for recovery go out together, so a batch waits for one
+disk flush where it would otherwise wait for several in a row.
 
 A payment whose gateway answer cannot be learned before its deadline stays RESERVED
 and journalled; ``Recovery`` finishes it, and its caller is told to retry with the same
@@ -316,10 +319,6 @@ class Pipeline:
                     failed=result.outcome is not GatewayOutcome.DECLINED,
                 )
                 voided.append(k)
-        await asyncio.gather(
-            self._book.capture([decisions[k].payment_id for k in captured]),
-            self._book.roll_back([decisions[k].payment_id for k in voided]),
-        )
         reserved = set(batch.reserved)
         # Declines, and what the gateways answered; not what is still unknown, nor what
         # never went out because an earlier attempt holds the key.
@@ -327,10 +326,18 @@ class Pipeline:
             k for k, d in enumerate(decisions)
             if k not in pending and (d.decline_reason or k in reserved)
         ]  # fmt: skip
+        committing = [decisions[k] for k in to_commit]
+        # The ledger's CAPTURED (and the voids of declined holds) and the database commit
+        # are written side by side: recovery finishes either order after a crash (a
+        # committed payment is posted whatever the ledger says; a captured one is
+        # committed), and the reply waits for both.
+        _, _, (outcomes, states) = await asyncio.gather(
+            self._book.capture([decisions[k].payment_id for k in captured]),
+            self._book.roll_back([decisions[k].payment_id for k in voided]),
+            self._thread.run(self._store.commit_batch, committing),
+        )
         if not to_commit:
             return
-        committing = [decisions[k] for k in to_commit]
-        outcomes, states = await self._thread.run(self._store.commit_batch, committing)
         self._on_commit()
         settled: list[Decision] = []
         unwound: list[tuple[Decision, Outcome]] = []

@@ -250,6 +250,8 @@ class SqliteStore:
         redone one payment per savepoint, so the one bad payment is reported as FAILED, or
         as the stored outcome when its key is already settled, and does not sink the others.
         """
+        if not decisions:
+            return [], []
         now_us = now_us if now_us is not None else time.time_ns() // 1_000
         with self._transaction():
             self._db.execute("SAVEPOINT batch")
