@@ -9,8 +9,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tests.gateway_procs import SimulatorSet
 
+from gateway_procs import SimulatorSet
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.config import settings_from

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import grpc
 
+from conftest import bill, settings_for, topup
+from gateway_procs import SimulatorSet
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.server import create_server
-from tests.conftest import bill, settings_for, topup
-from tests.gateway_procs import SimulatorSet
 
 CATEGORY_OF = {
     "missing_in_billing": "MISSING_IN_BILLING",
@@ -50,8 +50,7 @@ async def test_gateway_reports_reconcile_clean_and_injected_ones_exactly(
     stub = pb_grpc.SettlementStub(channel)
     try:
         cards = [
-            bill(f"rc-{n}", amount=pb.Money(amount_minor=10 + n, currency="EUR"))
-            for n in range(40)
+            bill(f"rc-{n}", amount=pb.Money(amount_minor=10 + n, currency="EUR")) for n in range(40)
         ]
         wallets = [
             topup(f"rcw-{n}", amount=pb.Money(amount_minor=100 + n, currency="KES"))

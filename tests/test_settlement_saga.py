@@ -8,9 +8,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tests.conftest import bill, settings_for, topup
-from tests.gateway_procs import SimulatorSet
 
+from conftest import bill, settings_for, topup
+from gateway_procs import SimulatorSet
 from quickpay_engine._engine import Ledger
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
@@ -308,3 +308,45 @@ async def test_a_capture_billing_refuses_is_given_back_and_marked_failed(
     assert stored.status == pb.FAILED
     assert server.store.attempts() == {}
     assert server.store.verify() == []
+
+
+async def test_the_sweep_finishes_what_the_pipeline_let_go_and_spares_what_it_holds(
+    data_dir: Path, simulators, monkeypatch
+) -> None:
+    from quickpay_engine.api.convert import intent_of
+    from quickpay_engine.server import fingerprint_key
+    from quickpay_engine.settlement import service as service_module
+
+    monkeypatch.setattr(service_module, "SWEEP_S", 0.1)
+    running = await _served(data_dir)
+    try:
+        key = fingerprint_key(data_dir)
+        pipeline = running.service._pipeline
+        batch = await pipeline.prepare(
+            [intent_of(bill("sweep-captured"), key), intent_of(topup("sweep-held"), key)]
+        )
+        captured, held = (batch.decisions[k] for k in batch.reserved)
+        assert (await pipeline._sale(captured)).gateway == "acq-a"
+        # The pipeline lets go of the captured one (as after an unanswered gateway) and
+        # keeps the other: the sweep must finish the first and leave the second alone.
+        pipeline.in_flight.discard(captured.payment_id)
+        for _ in range(100):
+            if running.store.get_payment(payment_id=captured.payment_id) is not None:
+                break
+            await asyncio.sleep(0.05)
+        record = running.store.get_payment(payment_id=captured.payment_id)
+        assert record is not None and record.outcome.status == pb.SETTLED
+        await asyncio.sleep(0.3)  # a few more sweeps
+        assert _ledger_states(running, [captured.payment_id, held.payment_id]) == [
+            SETTLED,
+            RESERVED,
+        ]
+        pipeline.in_flight.discard(held.payment_id)
+        for _ in range(100):
+            if _ledger_states(running, [held.payment_id]) == [ROLLED_BACK]:
+                break
+            await asyncio.sleep(0.05)
+        assert _ledger_states(running, [held.payment_id]) == [ROLLED_BACK]
+        assert running.store.attempts() == {}
+    finally:
+        await running.stop(grace_s=1)

@@ -83,20 +83,24 @@ class Recovery:
 
     async def run(self, exclude: Collection[str] = (), dry_run: bool = False) -> list[Action]:
         """Finishes (or, with ``dry_run``, only describes) every unfinished payment not
-        in ``exclude`` (those the pipeline is working on right now)."""
+        in ``exclude``: the live set of payments the pipeline is working on, which it
+        fills before it writes anything for a payment and empties once it is done."""
         journal = await self._thread.run(self._store.attempts)
         unfinished = self._book.unfinished()
-        ids = sorted((set(journal) | set(unfinished)) - set(exclude))
-        states = dict(zip(ids, self._book.states(ids), strict=True))
         limit = asyncio.Semaphore(CONCURRENCY_MAX)
 
-        async def one(payment_id: str) -> Action:
+        async def one(payment_id: str) -> Action | None:
             async with limit:
-                return await self._payment(
-                    payment_id, states[payment_id], journal.get(payment_id), dry_run
-                )
+                # Looked at only now, with no await between the two: a payment the
+                # pipeline still holds is left to it, and one it has finished since the
+                # reads above is seen in the state it finished in.
+                if payment_id in exclude:
+                    return None
+                (state,) = self._book.states([payment_id])
+                return await self._payment(payment_id, state, journal.get(payment_id), dry_run)
 
-        actions = list(await asyncio.gather(*(one(p) for p in ids)))
+        ids = sorted(set(journal) | set(unfinished))
+        actions = [a for a in await asyncio.gather(*(one(p) for p in ids)) if a is not None]
         refunds = await self._thread.run(self._store.pending_refunds)
         actions.extend([await self._refund(r, dry_run) for r in refunds])
         for a in actions:

@@ -116,7 +116,7 @@ class SettlementService:
         self._committed = asyncio.Event()
         self._watch_closed = asyncio.Event()
 
-    async def start(self, sweep_s: float = SWEEP_S) -> list[Action]:
+    async def start(self, sweep_s: float | None = None) -> list[Action]:
         """Opens the subscribers' ledger accounts, finishes what an earlier run left
         unfinished (recovery, before serving), loads the subscriber table into the
         engine and starts batching and the periodic sweep. Returns recovery's actions."""
@@ -129,7 +129,7 @@ class SettlementService:
         self._subscribers.update((row.account_id, row) for row in rows)
         self._batcher.start()
         self._sweeper = asyncio.get_running_loop().create_task(
-            self._sweep(sweep_s), name="recovery-sweep"
+            self._sweep(sweep_s or SWEEP_S), name="recovery-sweep"
         )
         return actions
 
@@ -139,7 +139,7 @@ class SettlementService:
         while True:
             await asyncio.sleep(every_s)
             try:
-                done = await self.recovery.run(exclude=set(self._pipeline.in_flight))
+                done = await self.recovery.run(exclude=self._pipeline.in_flight)
             except Exception:
                 log.exception("recovery sweep failed; trying again in %.0f s", every_s)
                 continue
