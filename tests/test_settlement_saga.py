@@ -350,3 +350,29 @@ async def test_the_sweep_finishes_what_the_pipeline_let_go_and_spares_what_it_ho
         assert running.store.attempts() == {}
     finally:
         await running.stop(grace_s=1)
+
+
+@pytest.mark.parametrize(
+    ("method", "gateway"),
+    [
+        (
+            pb.PaymentMethod(bank_account=pb.BankAccount(iban="GR1601101250000000012300695")),
+            "acq-a",
+        ),
+        (
+            pb.PaymentMethod(wallet=pb.Wallet(provider="mpesa", wallet_id="306900000002")),
+            "wallet-x",
+        ),
+    ],
+)
+async def test_each_method_settles_at_the_gateway_that_takes_it(
+    stub, simulators, method, gateway
+) -> None:
+    key = f"saga-method-{gateway}-{method.WhichOneof('kind')}"
+    reply = await stub.Pay(
+        bill(key, account_id="acc-post", msisdn="+306900000002", method=method,
+             amount=pb.Money(amount_minor=500, currency="EUR"))
+    )  # fmt: skip
+    assert reply.status == pb.SETTLED, reply
+    assert reply.confirmation.gateway == gateway
+    assert simulators.payment(gateway, reply.payment_id)["state"] == "CAPTURED"
