@@ -37,6 +37,12 @@ def _ledger_states(running: RunningServer, payment_ids: list[str]) -> list[int]:
     return running.service.book.states(payment_ids)
 
 
+async def _posted_states(running: RunningServer, payment_ids: list[str]) -> list[int]:
+    """The states once the holds of answered payments are posted (after the reply)."""
+    await running.service._pipeline.drain()
+    return _ledger_states(running, payment_ids)
+
+
 @pytest.fixture
 def own_sims(tmp_path: Path):
     """Simulators for this test alone, so their faults can be changed."""
@@ -60,7 +66,7 @@ async def test_card_bill_is_captured_at_the_first_acquirer_and_settled(
     assert at_gateway["state"] == "CAPTURED"
     assert at_gateway["gateway_reference"] == c.gateway_reference
     assert at_gateway["captured_minor"] == 3_000
-    assert _ledger_states(server, [reply.payment_id]) == [SETTLED]
+    assert await _posted_states(server, [reply.payment_id]) == [SETTLED]
     assert server.service.book.unfinished() == {}
 
 
