@@ -85,31 +85,37 @@ impl SettlementReport {
     fn from_rows(rows: Vec<RowTuple>) -> PyResult<SettlementReport> {
         let rows = rows
             .into_iter()
-            .map(|(line, reference, merchant, amount, currency, kind, status, at)| {
-                let kind = match kind.as_str() {
-                    "CAPTURE" => RowKind::Capture,
-                    "REFUND" => RowKind::Refund,
-                    _ => return Err(InvalidBatch::new_err(format!("line {line}: type {kind:?}"))),
-                };
-                let status = match status.as_str() {
-                    "SETTLED" => RowStatus::Settled,
-                    "VOIDED" => RowStatus::Voided,
-                    _ => {
-                        let message = format!("line {line}: status {status:?}");
-                        return Err(InvalidBatch::new_err(message));
-                    }
-                };
-                Ok(Row {
-                    line,
-                    gateway_reference: reference,
-                    merchant_reference: merchant,
-                    amount_minor: amount,
-                    currency,
-                    kind,
-                    status,
-                    captured_at_us: at,
-                })
-            })
+            .map(
+                |(line, reference, merchant, amount, currency, kind, status, at)| {
+                    let kind = match kind.as_str() {
+                        "CAPTURE" => RowKind::Capture,
+                        "REFUND" => RowKind::Refund,
+                        _ => {
+                            return Err(InvalidBatch::new_err(format!(
+                                "line {line}: type {kind:?}"
+                            )))
+                        }
+                    };
+                    let status = match status.as_str() {
+                        "SETTLED" => RowStatus::Settled,
+                        "VOIDED" => RowStatus::Voided,
+                        _ => {
+                            let message = format!("line {line}: status {status:?}");
+                            return Err(InvalidBatch::new_err(message));
+                        }
+                    };
+                    Ok(Row {
+                        line,
+                        gateway_reference: reference,
+                        merchant_reference: merchant,
+                        amount_minor: amount,
+                        currency,
+                        kind,
+                        status,
+                        captured_at_us: at,
+                    })
+                },
+            )
             .collect::<PyResult<_>>()?;
         Ok(SettlementReport { rows })
     }
@@ -143,7 +149,9 @@ impl SettlementReport {
     fn business_day(&self) -> Option<i64> {
         let mut days: HashMap<i64, u64> = HashMap::new();
         for row in &self.rows {
-            *days.entry(row.captured_at_us.div_euclid(DAY_US)).or_default() += 1;
+            *days
+                .entry(row.captured_at_us.div_euclid(DAY_US))
+                .or_default() += 1;
         }
         days.into_iter()
             .max_by_key(|&(day, count)| (count, day))

@@ -185,7 +185,14 @@ pub fn reconcile(window: &Window, rows: &[Row], captures: &[Capture]) -> Outcome
         if !seen.insert(reference) {
             let capture = by_reference.get(reference).map(|&k| &captures[k]);
             let detail = format!("gateway reference reported again at line {}", row.line);
-            flag(window, &mut out, Category::DuplicateAtGateway, capture, Some(row), detail);
+            flag(
+                window,
+                &mut out,
+                Category::DuplicateAtGateway,
+                capture,
+                Some(row),
+                detail,
+            );
             continue;
         }
         let capture = by_reference
@@ -194,16 +201,27 @@ pub fn reconcile(window: &Window, rows: &[Row], captures: &[Capture]) -> Outcome
             .map(|&k| &captures[k]);
         let Some(capture) = capture else {
             let detail = "the gateway captured a payment billing never settled".to_string();
-            flag(window, &mut out, Category::MissingInBilling, None, Some(row), detail);
+            flag(
+                window,
+                &mut out,
+                Category::MissingInBilling,
+                None,
+                Some(row),
+                detail,
+            );
             continue;
         };
         if !found.insert(capture.payment_id.as_str()) {
             // One payment captured again under another reference: a double charge.
-            let detail = format!(
-                "payment captured again as {reference} at line {}",
-                row.line
+            let detail = format!("payment captured again as {reference} at line {}", row.line);
+            flag(
+                window,
+                &mut out,
+                Category::DuplicateAtGateway,
+                Some(capture),
+                Some(row),
+                detail,
             );
-            flag(window, &mut out, Category::DuplicateAtGateway, Some(capture), Some(row), detail);
             continue;
         }
         let within_day = window.start_us.saturating_sub(tolerance_us) <= row.captured_at_us
@@ -242,7 +260,14 @@ pub fn reconcile(window: &Window, rows: &[Row], captures: &[Capture]) -> Outcome
             && capture.settled_at_us < window.end_us.saturating_sub(tolerance_us)
         {
             let detail = "billing settled it; the gateway's report lacks it".to_string();
-            flag(window, &mut out, Category::MissingAtGateway, Some(capture), None, detail);
+            flag(
+                window,
+                &mut out,
+                Category::MissingAtGateway,
+                Some(capture),
+                None,
+                detail,
+            );
         }
     }
     out

@@ -266,11 +266,16 @@ fn amount(text: &str, currency: &str, unit: AmountUnit, line: u64) -> Result<i64
         });
     }
     let Some(exponent) = Currency::from_code(currency).map(|c| c.exponent()) else {
-        return fail(line, format!("currency {} is not ISO 4217", py_repr(currency)));
+        return fail(
+            line,
+            format!("currency {} is not ISO 4217", py_repr(currency)),
+        );
     };
     match major_to_minor(text, exponent) {
         Ok(minor) => Ok(minor),
-        Err(Decimals::NotANumber) => fail(line, format!("amount {} is not a number", py_repr(text))),
+        Err(Decimals::NotANumber) => {
+            fail(line, format!("amount {} is not a number", py_repr(text)))
+        }
         Err(Decimals::TooMany) => fail(
             line,
             format!("amount {} has more decimals than {currency}", py_repr(text)),

@@ -138,13 +138,21 @@ fn another_gateways_columns_words_and_major_amounts() {
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .into(),
     };
-    let text = "captured_at,Record Type,gateway_reference,merchant_reference,Gross,currency,status\n\
+    let text =
+        "captured_at,Record Type,gateway_reference,merchant_reference,Gross,currency,status\n\
         2026-11-24T10:00:00Z,Settled,X1,pay_1,12.50,EUR,Settled\n\
         2026-11-24T10:00:00Z,Settled,\"X,2\",pay_2,100,JPY,Cancelled\n";
     let rows = read_rows(text, &mapping).unwrap();
     let summary: Vec<_> = rows
         .iter()
-        .map(|r| (r.gateway_reference.as_str(), r.amount_minor, r.kind, r.status))
+        .map(|r| {
+            (
+                r.gateway_reference.as_str(),
+                r.amount_minor,
+                r.kind,
+                r.status,
+            )
+        })
         .collect();
     assert_eq!(
         summary,
@@ -303,7 +311,10 @@ fn line_numbers_count_blank_lines_crlf_and_quoted_newlines_as_pythons_csv_does()
     for (text, line) in [
         (format!("{header}\r\n{good}\r\n\r\n{bad}\r\n"), 4),
         (format!("{header}\r{good}\r{bad}"), 3),
-        (format!("{header}\n\"gw\n-1\",pay_1,1,EUR,CAPTURE,SETTLED,2026-11-24T10:00:00Z\n{bad}"), 4),
+        (
+            format!("{header}\n\"gw\n-1\",pay_1,1,EUR,CAPTURE,SETTLED,2026-11-24T10:00:00Z\n{bad}"),
+            4,
+        ),
         (format!("{header}\n{bad}\n{good}\n"), 2),
     ] {
         let err = read_rows(&text, &Mapping::default()).unwrap_err();
