@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from quickpay_engine._engine import Engine, reject_codes
+from quickpay_engine._engine import Engine, EngineError, reject_codes
 from quickpay_engine.domain import (
     MethodKind,
     Outcome,
@@ -54,7 +54,7 @@ from quickpay_engine.settlement.recovery import give_back
 from quickpay_engine.settlement.validation import record_settled, validate_batch, wall_clock_s
 from quickpay_engine.store import Decision, SqliteStore
 from quickpay_engine.store.executor import StoreThread
-from quickpay_engine.store.sqlite import IDEMPOTENCY_CONFLICT
+from quickpay_engine.store.sqlite import IDEMPOTENCY_CONFLICT, SettledState
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +362,23 @@ class Pipeline:
             task.add_done_callback(self._posting.discard)
         if unwound:
             await self._unwind(unwound)
+        try:
+            self._learn(batch, committing, outcomes, states)
+        except EngineError:
+            # The batch is committed and its callers get their answers; only the
+            # engine's copy of the accounts is behind. It is read again from the store.
+            log.exception("engine tables not updated after a commit; reloading subscribers")
+            load_engine(self._engine, await self._thread.run(self._store.load_subscribers))
+
+    def _learn(
+        self,
+        batch: _Batch,
+        committing: list[Decision],
+        outcomes: list[Outcome],
+        states: list[SettledState],
+    ) -> None:
+        """Brings the engine's tables (balances, line states, limits, fraud velocity)
+        up to what the batch committed."""
         if states:
             self._engine.set_states(
                 [s.account_id for s in states],
@@ -370,6 +387,7 @@ class Pipeline:
             )
         record_settled(self._engine, committing, outcomes)
         if self._fraud is not None and batch.scored:
+            decisions = batch.decisions
             done = {o.payment_id for o in outcomes if o.status is PaymentStatus.SETTLED}
             self._fraud.observe(
                 [decisions[k].intent for k in batch.scored],
