@@ -104,6 +104,7 @@ class SettlementService:
             queue_max=batching.queue_max,
             inflight_max=batching.inflight_max,
         )
+        self._pipeline.resubmit = self._batcher.submit
         self.recovery = Recovery(store, self._thread, book, router, self._apply_states)
         self.refunds = Refunds(store, self._thread, book, router, self._apply_states)
         self._sweeper: asyncio.Task[None] | None = None
