@@ -402,3 +402,25 @@ async def test_two_payments_of_one_account_in_flight_are_validated_one_after_the
     declined = next(r for r in replies if r.status == pb.DECLINED)
     assert declined.decline_reason == "BILL_OVERPAYMENT"
     assert server.store.subscriber("acc-post").balance_minor == 2_500 - 10_000
+
+
+async def test_a_hanging_gateway_never_leads_to_a_double_capture(data_dir, own_sims) -> None:
+    # acq-a holds every sale far past the adapter's timeout before processing it: each
+    # sale's fate is unknown until looked up, and a late one may still land.
+    own_sims.set_faults("acq-a", {"seed": 6, "timeout_rate": 1.0, "hang_ms": 2500})
+    running = await _served(data_dir, own_sims.gateways_file)
+    channel, stub = _stub(running)
+    try:
+        reply = await stub.Pay(bill("saga-hang"), timeout=30)
+        assert reply.status == pb.SETTLED
+        await asyncio.sleep(3.0)  # every held request has been processed by now
+        states = {
+            name: (own_sims.payment(name, reply.payment_id) or {}).get("captured_minor", 0)
+            for name in ("acq-a", "acq-b")
+        }
+        # Captured once, where the confirmation says, and nowhere else.
+        assert states[reply.confirmation.gateway] == 3_000
+        assert sum(states.values()) == 3_000
+    finally:
+        await channel.close()
+        await running.stop(grace_s=1)
