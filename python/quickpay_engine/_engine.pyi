@@ -34,6 +34,7 @@ class CapacityExceeded(EngineError):
 class ConfigInvalid(EngineError):
     """The engine configuration was refused; the message names the setting."""
 
+@final
 class Engine:
     """The engine: one per process, the single owner of the in-memory state.
 
@@ -63,7 +64,7 @@ class Engine:
     - ``card_expiry_years_ahead_max``: how far past the current year an expiry may lie.
     """
 
-    def __init__(self, config_json: str | None = None) -> None: ...
+    def __new__(cls, config_json: str | None = None) -> Engine: ...
     def configure(self, config_json: str) -> None:
         """Replaces the configuration at once (key rotation without a restart);
         subscribers, holds and counters are kept. On error the old one stays."""
