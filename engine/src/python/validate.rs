@@ -19,8 +19,8 @@ use pyo3::prelude::*;
 use super::{BatchTooLarge, CapacityExceeded, Engine, EngineError, InvalidBatch, NO_TIME};
 use crate::money::Currency;
 use crate::validate::{
-    assertion, card, formats, ConfigError, EngineConfig, MethodKind, PaymentView, Plan, Purpose,
-    RejectCode, StateError, Status, Subscriber, TableError, Validator, BATCH_MAX,
+    assertion, card, cell, formats, ConfigError, EngineConfig, MethodKind, PaymentView, Plan,
+    Purpose, RejectCode, StateError, Status, Subscriber, TableError, Validator, BATCH_MAX,
 };
 
 create_exception!(
@@ -193,9 +193,8 @@ impl<'a> StrColumn<'a> {
     /// `text_column` never produces (it maps NUL to DEL, also refused everywhere).
     #[inline]
     fn get(&self, i: usize) -> &'a [u8] {
-        let cell = &self.data[i * self.width..(i + 1) * self.width];
-        let end = cell.iter().position(|&b| b == 0).unwrap_or(cell.len());
-        &cell[..end]
+        let bytes = &self.data[i * self.width..(i + 1) * self.width];
+        &bytes[..cell::first_nul(bytes)]
     }
 }
 
