@@ -283,9 +283,18 @@ pub fn is_ip(ip: &[u8]) -> bool {
 
 /// Four decimal octets 0 to 255 separated by dots, each 1 to 3 digits without a
 /// leading zero (as `std::net::Ipv4Addr` parses them: "01.2.3.4" is refused).
+#[inline]
 pub fn is_ipv4(ip: &[u8]) -> bool {
+    ipv4_octets(ip).is_some()
+}
+
+/// The octets of an IPv4 address in the form `is_ipv4` accepts, or None. The fraud
+/// scorer keys velocity by the /24 with it, at a fraction of the standard parser's cost.
+#[inline]
+pub fn ipv4_octets(ip: &[u8]) -> Option<[u8; 4]> {
     // One pass: `digits` counts the current octet's digits, `value` accumulates it.
-    let (mut dots, mut digits, mut value, mut leading_zero) = (0u32, 0u32, 0u32, false);
+    let mut octets = [0u8; 4];
+    let (mut dots, mut digits, mut value, mut leading_zero) = (0usize, 0u32, 0u32, false);
     for &b in ip {
         match b {
             b'0'..=b'9' => {
@@ -295,16 +304,18 @@ pub fn is_ipv4(ip: &[u8]) -> bool {
                 value = value * 10 + u32::from(b - b'0');
                 digits += 1;
                 if digits > 3 || value > 255 || leading_zero {
-                    return false;
+                    return None;
                 }
             }
             b'.' if digits > 0 && dots < 3 => {
+                octets[dots] = value as u8;
                 (dots, digits, value) = (dots + 1, 0, 0);
             }
-            _ => return false,
+            _ => return None,
         }
     }
-    dots == 3 && digits > 0
+    octets[3] = value as u8;
+    (dots == 3 && digits > 0).then_some(octets)
 }
 
 #[cfg(test)]
@@ -462,8 +473,9 @@ mod tests {
             let dotted = format!("{}.{}.{}.{}", octets[0], octets[1], octets[2], octets[3]);
             let padded = format!("{:02}.{}.{:03}.{}", octets[0], octets[1], octets[2], octets[3]);
             for candidate in [text.as_str(), dotted.as_str(), padded.as_str()] {
-                let std_ok = candidate.parse::<std::net::Ipv4Addr>().is_ok();
-                proptest::prop_assert_eq!(is_ipv4(candidate.as_bytes()), std_ok, "{}", candidate);
+                let parsed = candidate.parse::<std::net::Ipv4Addr>().ok().map(|a| a.octets());
+                proptest::prop_assert_eq!(is_ipv4(candidate.as_bytes()), parsed.is_some(), "{}", candidate);
+                proptest::prop_assert_eq!(ipv4_octets(candidate.as_bytes()), parsed, "{}", candidate);
             }
         }
 
