@@ -98,7 +98,11 @@ impl FromPyObject<'_, '_> for TextColumn {
     }
 }
 
-/// The scorer's per-payment columns, held for the length of one call.
+/// The scorer's per-payment columns, held for the length of one call: one mapping
+/// (a dict) from column name to column, the same for `score`, `observe` and `replay`,
+/// so the fourteen columns are named once here and once in the stub's `FraudColumns`.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
 struct Columns<'py> {
     account_ids: TextColumn,
     msisdns: TextColumn,
@@ -200,11 +204,6 @@ impl Columns<'_> {
     }
 }
 
-/// Builds `Columns` from a method's arguments (the same 14 columns in every method).
-macro_rules! columns {
-    ($($name:ident),* $(,)?) => { Columns { $($name),* } };
-}
-
 type Verdicts<'py> = (
     Bound<'py, PyArray1<u16>>,
     Bound<'py, PyArray1<u8>>,
@@ -300,43 +299,14 @@ impl FraudScorer {
     }
 
     /// Scores a batch at `now_s`, in order, recording each payment as an attempt.
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (columns, *, now_s))]
     fn score<'py>(
         &self,
         py: Python<'py>,
-        account_ids: TextColumn,
-        msisdns: TextColumn,
-        amounts_minor: PyReadonlyArray1<'py, i64>,
-        purposes: PyReadonlyArray1<'py, u8>,
-        methods: PyReadonlyArray1<'py, u8>,
-        card_fingerprints: PyReadonlyArray1<'py, u64>,
-        card_bins: TextColumn,
-        device_ids: TextColumn,
-        ips: TextColumn,
-        channels: TextColumn,
-        plans: PyReadonlyArray1<'py, u8>,
-        countries: TextColumn,
-        sim_swapped_at_s: PyReadonlyArray1<'py, i64>,
-        created_at_s: PyReadonlyArray1<'py, i64>,
+        columns: Columns<'py>,
         now_s: i64,
     ) -> PyResult<Verdicts<'py>> {
-        let cols = columns!(
-            account_ids,
-            msisdns,
-            amounts_minor,
-            purposes,
-            methods,
-            card_fingerprints,
-            card_bins,
-            device_ids,
-            ips,
-            channels,
-            plans,
-            countries,
-            sim_swapped_at_s,
-            created_at_s,
-        );
-        let inputs = cols.inputs()?;
+        let inputs = columns.inputs()?;
         let out = py.detach(|| {
             let mut out = vec![Assessment::default(); inputs.len()];
             self.lock().score_batch(&inputs, now_s, &mut out);
@@ -346,44 +316,15 @@ impl FraudScorer {
     }
 
     /// Records the outcomes (0 not attempted, 1 settled, 2 failed) of scored payments.
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (columns, outcomes, *, now_s))]
     fn observe<'py>(
         &self,
         py: Python<'py>,
-        account_ids: TextColumn,
-        msisdns: TextColumn,
-        amounts_minor: PyReadonlyArray1<'py, i64>,
-        purposes: PyReadonlyArray1<'py, u8>,
-        methods: PyReadonlyArray1<'py, u8>,
-        card_fingerprints: PyReadonlyArray1<'py, u64>,
-        card_bins: TextColumn,
-        device_ids: TextColumn,
-        ips: TextColumn,
-        channels: TextColumn,
-        plans: PyReadonlyArray1<'py, u8>,
-        countries: TextColumn,
-        sim_swapped_at_s: PyReadonlyArray1<'py, i64>,
-        created_at_s: PyReadonlyArray1<'py, i64>,
+        columns: Columns<'py>,
         outcomes: PyReadonlyArray1<'py, u8>,
         now_s: i64,
     ) -> PyResult<()> {
-        let cols = columns!(
-            account_ids,
-            msisdns,
-            amounts_minor,
-            purposes,
-            methods,
-            card_fingerprints,
-            card_bins,
-            device_ids,
-            ips,
-            channels,
-            plans,
-            countries,
-            sim_swapped_at_s,
-            created_at_s,
-        );
-        let inputs = cols.inputs()?;
+        let inputs = columns.inputs()?;
         let outcomes = self::outcomes(&outcomes, inputs.len())?;
         py.detach(|| self.lock().observe_batch(&inputs, &outcomes, now_s));
         Ok(())
@@ -392,46 +333,16 @@ impl FraudScorer {
     /// Replays recorded traffic: each payment scored at its own `at_s` and its outcome
     /// observed before the next. With `with_features`, also returns the feature rows
     /// as a float64 array of shape (n, FEATURE_COUNT); otherwise that item is None.
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (account_ids, msisdns, amounts_minor, purposes, methods, card_fingerprints, card_bins, device_ids, ips, channels, plans, countries, sim_swapped_at_s, created_at_s, at_s, outcomes, with_features = false))]
+    #[pyo3(signature = (columns, at_s, outcomes, with_features = false))]
     fn replay<'py>(
         &self,
         py: Python<'py>,
-        account_ids: TextColumn,
-        msisdns: TextColumn,
-        amounts_minor: PyReadonlyArray1<'py, i64>,
-        purposes: PyReadonlyArray1<'py, u8>,
-        methods: PyReadonlyArray1<'py, u8>,
-        card_fingerprints: PyReadonlyArray1<'py, u64>,
-        card_bins: TextColumn,
-        device_ids: TextColumn,
-        ips: TextColumn,
-        channels: TextColumn,
-        plans: PyReadonlyArray1<'py, u8>,
-        countries: TextColumn,
-        sim_swapped_at_s: PyReadonlyArray1<'py, i64>,
-        created_at_s: PyReadonlyArray1<'py, i64>,
+        columns: Columns<'py>,
         at_s: PyReadonlyArray1<'py, i64>,
         outcomes: PyReadonlyArray1<'py, u8>,
         with_features: bool,
     ) -> PyResult<Replayed<'py>> {
-        let cols = columns!(
-            account_ids,
-            msisdns,
-            amounts_minor,
-            purposes,
-            methods,
-            card_fingerprints,
-            card_bins,
-            device_ids,
-            ips,
-            channels,
-            plans,
-            countries,
-            sim_swapped_at_s,
-            created_at_s,
-        );
-        let inputs = cols.inputs()?;
+        let inputs = columns.inputs()?;
         let n = inputs.len();
         let outcomes = self::outcomes(&outcomes, n)?;
         let at = slice("at_s", &at_s)?;
