@@ -433,7 +433,8 @@ mod tests {
     /// and inside an otherwise valid value.
     #[test]
     fn byte_classes_are_the_documented_charsets() {
-        let rules: [(u8, fn(u8) -> bool); 7] = [
+        type ClassRule = (u8, fn(u8) -> bool);
+        let rules: [ClassRule; 7] = [
             (PRINTABLE, |b| (0x20..=0x7e).contains(&b)),
             (DEVICE_ID, |b| (0x21..=0x7e).contains(&b)),
             (ACCOUNT_ID, |b| {
