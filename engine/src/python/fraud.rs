@@ -1,7 +1,8 @@
 //! Bindings of the fraud scorer: `FraudScorer`, its codes and feature names.
 //!
-//! A batch crosses as columns (lists of str borrowed without copying, numpy arrays of
-//! the documented dtypes); the work runs with the GIL released.
+//! A batch crosses as one dict of columns (lists of str, copied into one buffer per
+//! column; numpy arrays of the documented dtypes, borrowed); the work runs with the
+//! GIL released.
 
 use std::sync::Mutex;
 
