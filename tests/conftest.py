@@ -1,20 +1,27 @@
-"""Shared fixtures: a real server on port 0 over a real SQLite file, and its clients."""
+"""Shared fixtures: a real server on port 0 over a real store, and its clients.
+
+The store is the embedded SQLite file unless a module asks for both backends with
+``BOTH_BACKENDS`` (``pytestmark = BOTH_BACKENDS``): then each of its tests runs once on
+SQLite and once on a fresh PostgreSQL database of its own (tests/pg_support.py).
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 
+from pg_support import create_database, drop_database, require
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.config import settings_from
 from quickpay_engine.domain import LineStatus, Plan, SubscriberRow
 from quickpay_engine.server import RunningServer, create_server
-from quickpay_engine.store import SqliteStore
+from quickpay_engine.storage import open_store
 
 CREATED = 1_700_000_000
 
@@ -39,37 +46,86 @@ SUBSCRIBERS = [
 ]
 
 
-def settings_for(data_dir: Path, listen: str = "127.0.0.1:0", fraud_mode: str = "observe"):
-    """Settings as the CLI would build them for this data dir. Fraud scoring observes
-    by default here: these suites pay the same few accounts many times a second, which
-    the shipped model rightly finds suspicious; tests/test_fraud_settlement.py enforces."""
+def settings_for(
+    data_dir: Path,
+    listen: str = "127.0.0.1:0",
+    fraud_mode: str = "observe",
+    database_url: str | None = None,
+):
+    """Settings as the CLI would build them for this data dir (and database: None is the
+    SQLite file in the data dir). Fraud scoring observes by default here: these suites
+    pay the same few accounts many times a second, which the shipped model rightly finds
+    suspicious; tests/test_fraud_settlement.py enforces."""
     args = argparse.Namespace(
         listen=listen,
         data_dir=str(data_dir),
-        database_url=None,
+        database_url=database_url,
         gateways=None,
         fraud_mode=fraud_mode,
     )
     return settings_from(args)
 
 
-def seed_store(data_dir: Path, rows: list[SubscriberRow] = SUBSCRIBERS) -> None:
-    store = SqliteStore(settings_for(data_dir).sqlite_path)
+def seed_store(
+    data_dir: Path, rows: list[SubscriberRow] = SUBSCRIBERS, database_url: str | None = None
+) -> None:
+    store = open_store(settings_for(data_dir, database_url=database_url))
     try:
         store.import_subscribers(rows)
     finally:
         store.close()
 
 
+BACKENDS = ("sqlite", "postgres")
+# Marks a module (pytestmark = BOTH_BACKENDS) to run every test on each store.
+BOTH_BACKENDS = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    seed_store(tmp_path)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store under test: "sqlite" unless the module parametrizes it."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database_url(backend: str) -> Iterator[str | None]:
+    """None for the SQLite file in the data dir; for PostgreSQL a fresh, migrated
+    database, dropped after the test."""
+    if backend == "sqlite":
+        yield None
+        return
+    require()
+    url = create_database()
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+def database_dump(url: str) -> bytes:
+    """Every table of a PostgreSQL database as COPY text, to search for what must never
+    be stored."""
+    out = bytearray()
+    with psycopg.connect(url) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+        for (table,) in tables:
+            with conn.cursor().copy(f"COPY {table} TO STDOUT") as copy:
+                for chunk in copy:
+                    out += chunk
+    return bytes(out)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, database_url: str | None) -> Path:
+    seed_store(tmp_path, database_url=database_url)
     return tmp_path
 
 
 @pytest.fixture
-async def server(data_dir: Path) -> AsyncIterator[RunningServer]:
-    running = await create_server(settings_for(data_dir))
+async def server(data_dir: Path, database_url: str | None) -> AsyncIterator[RunningServer]:
+    running = await create_server(settings_for(data_dir, database_url=database_url))
     try:
         yield running
     finally:

@@ -28,7 +28,7 @@ from quickpay_engine.errors import ConfigError
 from quickpay_engine.events.jetstream import JetStreamPublisher
 from quickpay_engine.events.relay import OutboxRelay
 from quickpay_engine.settlement.service import BatchSettings, SettlementService
-from quickpay_engine.store import SqliteStore
+from quickpay_engine.storage import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class RunningServer:
     port: int
     service: SettlementService
     health: health.aio.HealthServicer
-    store: SqliteStore
+    store: Store
     relay: EventRelayTask | None = None
 
     async def stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
@@ -137,9 +137,7 @@ async def create_server(
     fraud_scorer: FraudScorer | None = None,
 ) -> RunningServer:
     """Builds and starts the server on ``settings.listen`` (port 0 picks a free one)."""
-    if not settings.database_url.startswith("sqlite:///"):
-        raise ConfigError("only the embedded SQLite store is available in this build")
-    store = SqliteStore(settings.sqlite_path)
+    store = open_store(settings)
     key = fingerprint_key(settings.data_dir)
     enforce = settings.fraud_mode == "enforce"
     if not enforce:

@@ -6,7 +6,7 @@ import argparse
 
 from quickpay_engine.commands import add_command
 from quickpay_engine.config import settings_from
-from quickpay_engine.store import SqliteStore
+from quickpay_engine.storage import open_store
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,10 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    if not settings.sqlite_path.exists():
+    if not settings.postgres and not settings.sqlite_path.exists():
         print(f"quickpay verify: no database at {settings.sqlite_path}")
         return 2
-    store = SqliteStore(settings.sqlite_path)
+    store = open_store(settings)
     try:
         problems = store.verify()
     finally:

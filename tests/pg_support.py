@@ -1,0 +1,74 @@
+"""Fresh PostgreSQL databases for the suites that run against the real server.
+
+scripts/services.sh (run by CI before the tests) starts PostgreSQL and creates role
+``quickpay`` (CREATEDB) and database ``quickpay_test``; each test gets databases of its
+own, made from a migrated template so making one is a file copy, not a migration.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import psycopg
+import pytest
+
+from quickpay_engine.store.pg_migrations import migrate
+
+ADMIN_URL = os.environ.get("QUICKPAY_TEST_PG", "postgresql://quickpay@127.0.0.1:5432/quickpay_test")
+_TEMPLATE = "qp_template"
+
+
+def url_of(dbname: str) -> str:
+    """A postgresql:// URL for a database on the test server."""
+    info = psycopg.conninfo.conninfo_to_dict(ADMIN_URL)
+    return f"postgresql://{info.get('user', 'quickpay')}@{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}/{dbname}"
+
+
+def unavailable() -> str:
+    """Why the PostgreSQL suites cannot run here ("" when they can)."""
+    try:
+        with psycopg.connect(ADMIN_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError as err:
+        return f"PostgreSQL not reachable at {ADMIN_URL} (run scripts/services.sh): {err}"
+    return ""
+
+
+def require() -> None:
+    """Skips the calling test when PostgreSQL is missing; CI always has it."""
+    reason = unavailable()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def _ensure_template() -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (_TEMPLATE,))
+        if row.fetchone() is None:
+            conn.execute(f"CREATE DATABASE {_TEMPLATE}")
+    # Idempotent: a template made by an older build gets the newer migrations.
+    migrate(url_of(_TEMPLATE))
+
+
+def create_database(prefix: str = "qp_t") -> str:
+    """A new, migrated database; returns its URL. Drop it with ``drop_database``."""
+    _ensure_template()
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {_TEMPLATE}")
+    return url_of(name)
+
+
+def drop_database(url: str) -> None:
+    """Drops a test database, ending its sessions and prepared transactions first."""
+    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        for (gid,) in conn.execute(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
+        ).fetchall():
+            conn.execute(f"ROLLBACK PREPARED '{gid}'")
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
