@@ -15,7 +15,7 @@ import grpc
 import psycopg
 import pytest
 
-from pg_support import create_database, drop_database, require
+from pg_support import create_database, drop_database, require, reset_database
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.config import settings_from
@@ -87,19 +87,26 @@ def backend(request: pytest.FixtureRequest) -> str:
     return getattr(request, "param", "sqlite")
 
 
-@pytest.fixture
-def database_url(backend: str) -> Iterator[str | None]:
-    """None for the SQLite file in the data dir; for PostgreSQL a fresh, migrated
-    database, dropped after the test."""
-    if backend == "sqlite":
-        yield None
-        return
+@pytest.fixture(scope="module")
+def module_database() -> Iterator[str]:
+    """A PostgreSQL database of the test module's own, dropped after the module."""
     require()
     url = create_database()
     try:
         yield url
     finally:
         drop_database(url)
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest) -> str | None:
+    """None for the SQLite file in the data dir; for PostgreSQL the module's database,
+    emptied for this test."""
+    if backend == "sqlite":
+        return None
+    url = request.getfixturevalue("module_database")
+    reset_database(url)
+    return url
 
 
 def database_dump(url: str) -> bytes:

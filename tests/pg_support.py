@@ -62,6 +62,28 @@ def create_database(prefix: str = "qp_t") -> str:
     return url_of(name)
 
 
+def reset_database(url: str) -> None:
+    """Empties every table of a test database (its schema stays), as if freshly made.
+
+    Much cheaper than a new database: DROP DATABASE forces a checkpoint, which on a busy
+    machine costs a second or more, so a module makes its databases once and each test
+    starts from empty ones.
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        for (gid,) in conn.execute(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
+        ).fetchall():
+            conn.execute(f"ROLLBACK PREPARED '{gid}'")
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                " AND tablename != 'schema_migrations'"
+            )
+        ]
+        conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+
+
 def drop_database(url: str) -> None:
     """Drops a test database, ending its sessions and prepared transactions first."""
     name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
