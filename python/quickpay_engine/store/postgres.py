@@ -364,53 +364,34 @@ class PostgresStore:
         return build(decisions, accounts, self.rules, head or (0, GENESIS), last_seq + 1, now_us)
 
     def _write(self, rows: BatchRows) -> None:
-        # executemany runs in pipeline mode: one round trip per statement batch, not per
-        # row (see benches/bench_store.py).
+        # COPY, not INSERT: a batch's rows stream in one COPY per table, which measured
+        # 2.4 times faster than executemany in pipeline mode and 1.35 times faster than
+        # asyncpg's executemany (benches/RESULTS.md). A duplicate key still fails the COPY
+        # with the same IntegrityError, so the per-payment fallback is unchanged.
         billing = self._billing.cursor()
-        billing.executemany(
-            "INSERT INTO payments (seq, payment_id, idempotency_key, fingerprint, account_id,"
-            " msisdn, amount_minor, currency, purpose, method_kind, method_display, channel,"
-            " device_id, ip, status, decline_reason, decline_detail, confirmation_id,"
-            " settled_at_us, balance_after_minor, service_state_after, gateway,"
-            " gateway_reference, fraud_score, fraud_decision, fraud_reasons, created_at_us)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            rows.payments,
-        )
-        billing.executemany(
-            "INSERT INTO review_queue (payment_id, account_id, score, reasons, created_at_us)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            rows.reviews,
-        )
-        billing.executemany(
-            "INSERT INTO billing_records (payment_id, account_id, kind, amount_minor, currency,"
-            " balance_delta_minor, balance_after_minor, created_at_us)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            rows.billing,
-        )
-        self._ar.cursor().executemany(
-            "INSERT INTO ar_entries (payment_id, leg, ar_account, debit_minor, credit_minor,"
-            " currency, created_at_us) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            rows.ar,
-        )
-        self._prov.cursor().executemany(
-            "INSERT INTO provisioning_changes (payment_id, account_id, msisdn, state_before,"
-            " state_after, rule_id, changed_at_us) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            rows.provisioning,
-        )
-        billing.executemany(
-            "INSERT INTO audit_log (seq, prev_hash, content, row_hash) VALUES (%s, %s, %s, %s)",
-            rows.audit,
-        )
-        billing.executemany(
-            "INSERT INTO outbox (event_id, kind, payment_id, account_id, payload, created_at_us)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            rows.outbox,
-        )
-        billing.executemany(
-            "UPDATE subscribers SET balance_minor = %s, status = %s WHERE account_id = %s",
-            [(a.balance_minor, int(a.status), a.account_id) for a in rows.touched.values()],
-        )
+        for table, batch in (
+            ("payments", rows.payments),
+            ("review_queue", rows.reviews),
+            ("billing_records", rows.billing),
+            ("audit_log", rows.audit),
+            ("outbox", rows.outbox),
+        ):
+            _copy_rows(billing, table, batch)
+        _copy_rows(self._ar.cursor(), "ar_entries", rows.ar)
+        _copy_rows(self._prov.cursor(), "provisioning_changes", rows.provisioning)
+        touched = list(rows.touched.values())
+        if touched:
+            billing.execute(
+                "UPDATE subscribers s SET balance_minor = u.balance_minor, status = u.status"
+                " FROM unnest(%s::text[], %s::bigint[], %s::smallint[])"
+                "   AS u (account_id, balance_minor, status)"
+                " WHERE s.account_id = u.account_id",
+                (
+                    [a.account_id for a in touched],
+                    [a.balance_minor for a in touched],
+                    [int(a.status) for a in touched],
+                ),
+            )
 
     def _replay_or_fail(self, decision: Decision, reason: str, error: str) -> Outcome:
         stored = self.find_by_keys([decision.intent.idempotency_key]).get(
@@ -580,6 +561,33 @@ class PostgresStore:
             _rollback(conn)
             raise
         conn.execute("COMMIT")
+
+
+# The columns of each table a batch writes, in the order of `rows.BatchRows`' tuples.
+WRITE_COLUMNS = {
+    "payments": "seq, payment_id, idempotency_key, fingerprint, account_id, msisdn,"
+    " amount_minor, currency, purpose, method_kind, method_display, channel, device_id, ip,"
+    " status, decline_reason, decline_detail, confirmation_id, settled_at_us,"
+    " balance_after_minor, service_state_after, gateway, gateway_reference, fraud_score,"
+    " fraud_decision, fraud_reasons, created_at_us",
+    "review_queue": "payment_id, account_id, score, reasons, created_at_us",
+    "billing_records": "payment_id, account_id, kind, amount_minor, currency,"
+    " balance_delta_minor, balance_after_minor, created_at_us",
+    "ar_entries": "payment_id, leg, ar_account, debit_minor, credit_minor, currency, created_at_us",
+    "provisioning_changes": "payment_id, account_id, msisdn, state_before, state_after,"
+    " rule_id, changed_at_us",
+    "audit_log": "seq, prev_hash, content, row_hash",
+    "outbox": "event_id, kind, payment_id, account_id, payload, created_at_us",
+}
+
+
+def _copy_rows(cursor: psycopg.Cursor, table: str, rows: Sequence[tuple[object, ...]]) -> None:
+    if not rows:
+        return
+    # `table` is one of WRITE_COLUMNS' keys, never input.
+    with cursor.copy(f"COPY {table} ({WRITE_COLUMNS[table]}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 _SUBSCRIBER_COLUMNS = (
