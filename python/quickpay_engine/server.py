@@ -7,6 +7,7 @@ real server in process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -28,6 +29,7 @@ from quickpay_engine.errors import ConfigError
 from quickpay_engine.events.jetstream import JetStreamPublisher
 from quickpay_engine.events.relay import OutboxRelay
 from quickpay_engine.settlement.service import BatchSettings, SettlementService
+from quickpay_engine.settlement.twophase import SWEEP_INTERVAL_S, TwoPhaseStore
 from quickpay_engine.storage import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     store: Store
     relay: EventRelayTask | None = None
+    sweeper: asyncio.Task[None] | None = None
 
     async def stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
         """Drains: NOT_SERVING, no new calls, in-flight calls finish within the grace."""
@@ -90,6 +93,10 @@ class RunningServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.service.end_watches()  # event streams end now; they would only wait out the grace
         await self.server.stop(grace_s)
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.sweeper
         if self.relay is not None:
             await self.relay.stop()
         await self.service.close()
@@ -176,7 +183,25 @@ async def create_server(
     await server.start()
     for name in ("", SETTLEMENT_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, service, health_servicer, store, relay)
+    sweeper = None
+    if isinstance(store, TwoPhaseStore):
+        sweeper = asyncio.get_running_loop().create_task(
+            sweep_prepared(service, store), name="two-phase-sweep"
+        )
+    return RunningServer(server, port, service, health_servicer, store, relay, sweeper)
+
+
+async def sweep_prepared(
+    service: SettlementService, store: TwoPhaseStore, interval_s: float = SWEEP_INTERVAL_S
+) -> None:
+    """Resolves orphaned prepared transactions every ``interval_s`` until cancelled; a
+    failed pass (a participant down) is logged and tried again next time."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await service.on_store_thread(store.sweep)
+        except Exception as err:
+            log.warning("two-phase sweep failed, retrying in %.0f s: %s", interval_s, err)
 
 
 async def serve(settings: Settings) -> int:

@@ -8,16 +8,26 @@ PostgreSQL store, on one database or, when ``--billing-url``, ``--ar-url`` and
 from __future__ import annotations
 
 from quickpay_engine.config import Settings
+from quickpay_engine.settlement.twophase import TwoPhaseStore, open_two_phase
 from quickpay_engine.store import SqliteStore
 from quickpay_engine.store.postgres import PostgresStore, PostgresUrls
 
 # Every store has the same public methods (see store/sqlite.py); the wiring holds one.
-Store = SqliteStore | PostgresStore
+Store = SqliteStore | PostgresStore | TwoPhaseStore
+
+# Where the two-phase coordinator keeps its decision log and instance id.
+TWO_PHASE_DIR = "twophase"
 
 
 def open_store(settings: Settings) -> Store:
     """Opens the store ``settings`` name; a PostgreSQL database behind on migrations is
-    refused with the command that fixes it."""
+    refused with the command that fixes it, and two-phase mode without prepared
+    transactions with the setting that enables them."""
     if not settings.postgres:
         return SqliteStore(settings.sqlite_path)
-    return PostgresStore(PostgresUrls(*settings.domain_urls))
+    store = PostgresStore(PostgresUrls(*settings.domain_urls))
+    if not store.urls.split:
+        return store
+    # Several databases: recovery resolves what a previous run left prepared before the
+    # caller sees the store.
+    return open_two_phase(store, settings.data_dir / TWO_PHASE_DIR)

@@ -13,6 +13,7 @@ import functools
 import io
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import date
+from typing import TypeVar
 
 from quickpay_engine._engine import Engine, FraudScorer
 from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord, SubscriberRow
@@ -25,6 +26,8 @@ from quickpay_engine.settlement.pipeline import Pipeline, load_engine
 from quickpay_engine.settlement.reconciliation import ReconcileRun
 from quickpay_engine.store import SqliteStore
 from quickpay_engine.store.executor import StoreThread
+
+R = TypeVar("R")
 
 # A watcher reads at most this many events at a time from the outbox.
 WATCH_PAGE_MAX = 256
@@ -111,6 +114,10 @@ class SettlementService:
     def _committed_batch(self) -> None:
         for listener in self._commit_listeners:
             listener()
+
+    async def on_store_thread(self, fn: Callable[[], R]) -> R:
+        """Runs ``fn`` on the store's one thread, between batches (the two-phase sweep)."""
+        return await self._thread.run(fn)
 
     async def outbox_unpublished(self, limit: int) -> list[OutboxEvent]:
         """For the event relay: the oldest events the broker has not acknowledged."""

@@ -100,25 +100,21 @@ class PostgresStore:
     def __init__(self, urls: PostgresUrls | str) -> None:
         self.urls = PostgresUrls.single(urls) if isinstance(urls, str) else urls
         # One connection per distinct database; a participant is named by the first
-        # domain it holds. autocommit: transactions are explicit (BEGIN ... COMMIT or
-        # PREPARE TRANSACTION), never implied.
+        # domain it holds.
         self._conns: dict[str, psycopg.Connection] = {}
         by_url: dict[str, str] = {}
         try:
             for domain in DOMAINS:
                 url = self.urls.of(domain)
                 if url not in by_url:
-                    conn = psycopg.connect(url, autocommit=True)
-                    self._conns[domain] = conn
+                    self._conns[domain] = _connect(url)
                     by_url[url] = domain
-                    conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
-                    require_current(conn, f"the {domain} database ({_safe(url)})")
+                    require_current(self._conns[domain], f"the {domain} database ({_safe(url)})")
         except BaseException:
             self.close()
             raise
-        self._billing = self._conns[by_url[self.urls.billing]]
-        self._ar = self._conns[by_url[self.urls.ar]]
-        self._prov = self._conns[by_url[self.urls.provisioning]]
+        # Which participant holds each domain.
+        self._holder = {domain: by_url[self.urls.of(domain)] for domain in DOMAINS}
         with self._transaction(self._prov):
             self._prov.cursor().executemany(
                 "INSERT INTO provisioning_rules (rule_id, priority, plan, from_status,"
@@ -131,6 +127,26 @@ class PostgresStore:
                 ],
             )  # fmt: skip
         self.rules = self._load_rules()
+
+    @property
+    def _billing(self) -> psycopg.Connection:
+        return self._conns[self._holder["billing"]]
+
+    @property
+    def _ar(self) -> psycopg.Connection:
+        return self._conns[self._holder["ar"]]
+
+    @property
+    def _prov(self) -> psycopg.Connection:
+        return self._conns[self._holder["provisioning"]]
+
+    def _reconnect_broken(self) -> None:
+        """Replaces a connection the server dropped (a restart, a failover, a killed
+        backend) before a batch starts; the batch it broke was rolled back with it."""
+        for name, conn in self._conns.items():
+            if conn.closed or conn.broken:
+                conn.close()
+                self._conns[name] = _connect(self.urls.of(name))
 
     @property
     def participants(self) -> list[str]:
@@ -220,6 +236,7 @@ class PostgresStore:
                 "the billing, AR and provisioning databases differ: a batch commits"
                 " through the two-phase coordinator (settlement/twophase.py)"
             )
+        self._reconnect_broken()
         conn = self._billing
         conn.execute("BEGIN")
         try:
@@ -243,10 +260,11 @@ class PostgresStore:
         error is raised.
         """
         _check_gid(gid)
-        for conn in self._conns.values():
-            conn.execute("BEGIN")
+        self._reconnect_broken()
         prepared: list[str] = []
         try:
+            for conn in self._conns.values():
+                conn.execute("BEGIN")
             result = self._do_batch(decisions, now_us)
             for name, conn in self._conns.items():
                 conn.execute(
@@ -256,7 +274,10 @@ class PostgresStore:
         except BaseException:
             for name, conn in self._conns.items():
                 if name in prepared:
-                    self._finish_prepared(name, gid, "ROLLBACK PREPARED")
+                    # Unreachable now: the transaction stays prepared with no decision
+                    # logged, and the coordinator's sweep rolls it back (presumed abort).
+                    with contextlib.suppress(psycopg.OperationalError):
+                        self._finish_prepared(name, gid, "ROLLBACK PREPARED")
                 else:
                     _rollback(conn)
             raise
@@ -265,17 +286,20 @@ class PostgresStore:
     def commit_prepared(self, gid: str, participants: Sequence[str] | None = None) -> None:
         """COMMIT PREPARED in each participant (all by default); one already committed
         (a redo after a crash) is skipped."""
+        self._reconnect_broken()
         for name in participants if participants is not None else self._conns:
             self._finish_prepared(name, gid, "COMMIT PREPARED")
 
     def rollback_prepared(self, gid: str, participants: Sequence[str] | None = None) -> None:
         """ROLLBACK PREPARED in each participant (all by default); one already gone is
         skipped."""
+        self._reconnect_broken()
         for name in participants if participants is not None else self._conns:
             self._finish_prepared(name, gid, "ROLLBACK PREPARED")
 
     def prepared(self) -> list[Prepared]:
         """Every prepared transaction of ours (``GID_PREFIX``) in every participant."""
+        self._reconnect_broken()
         found: list[Prepared] = []
         for name, conn in self._conns.items():
             suffix = ":" + name
@@ -608,6 +632,13 @@ def _event(row: tuple) -> OutboxEvent:  # type: ignore[type-arg]
 
 def _states(rows: BatchRows) -> list[SettledState]:
     return [SettledState(a.account_id, a.balance_minor, a.status) for a in rows.touched.values()]
+
+
+def _connect(url: str) -> psycopg.Connection:
+    # autocommit: transactions are explicit (BEGIN ... COMMIT or PREPARE TRANSACTION).
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+    return conn
 
 
 def _rollback(conn: psycopg.Connection) -> None:
