@@ -15,7 +15,13 @@ import grpc
 import psycopg
 import pytest
 
-from pg_support import create_database, drop_database, require, reset_database
+from pg_support import (
+    create_database,
+    drop_database,
+    prepared_transactions,
+    require,
+    reset_database,
+)
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.config import settings_from
@@ -51,32 +57,39 @@ def settings_for(
     listen: str = "127.0.0.1:0",
     fraud_mode: str = "observe",
     database_url: str | None = None,
+    database_urls: list[str] | None = None,
 ):
-    """Settings as the CLI would build them for this data dir (and database: None is the
-    SQLite file in the data dir). Fraud scoring observes by default here: these suites
+    """Settings as the CLI would build them for this data dir and database (None: the
+    SQLite file in the data dir; ``database_urls``: billing, AR and provisioning). Fraud scoring observes by default here: these suites
     pay the same few accounts many times a second, which the shipped model rightly finds
     suspicious; tests/test_fraud_settlement.py enforces."""
     args = argparse.Namespace(
         listen=listen,
         data_dir=str(data_dir),
-        database_url=database_url,
+        database_url=database_urls[0] if database_urls else database_url,
         gateways=None,
         fraud_mode=fraud_mode,
     )
+    if database_urls:
+        args.billing_url, args.ar_url, args.provisioning_url = database_urls
     return settings_from(args)
 
 
 def seed_store(
-    data_dir: Path, rows: list[SubscriberRow] = SUBSCRIBERS, database_url: str | None = None
+    data_dir: Path,
+    rows: list[SubscriberRow] = SUBSCRIBERS,
+    database_urls: list[str] | None = None,
 ) -> None:
-    store = open_store(settings_for(data_dir, database_url=database_url))
+    store = open_store(settings_for(data_dir, database_urls=database_urls))
     try:
         store.import_subscribers(rows)
     finally:
         store.close()
 
 
-BACKENDS = ("sqlite", "postgres")
+# "postgres-2pc": billing, AR and provisioning in three databases, committed together by
+# two-phase commit.
+BACKENDS = ("sqlite", "postgres", "postgres-2pc")
 # Marks a module (pytestmark = BOTH_BACKENDS) to run every test on each store.
 BOTH_BACKENDS = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
@@ -88,25 +101,38 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def module_database() -> Iterator[str]:
-    """A PostgreSQL database of the test module's own, dropped after the module."""
+def module_databases() -> Iterator[list[str]]:
+    """Three PostgreSQL databases of the test module's own, dropped after the module."""
     require()
-    url = create_database()
+    urls = [create_database() for _ in range(3)]
     try:
-        yield url
+        yield urls
     finally:
-        drop_database(url)
+        for url in urls:
+            drop_database(url)
 
 
 @pytest.fixture
-def database_url(backend: str, request: pytest.FixtureRequest) -> str | None:
-    """None for the SQLite file in the data dir; for PostgreSQL the module's database,
-    emptied for this test."""
+def database_urls(backend: str, request: pytest.FixtureRequest) -> Iterator[list[str] | None]:
+    """None for the SQLite file in the data dir; else the (billing, AR, provisioning)
+    URLs, emptied for this test: one database, or three for "postgres-2pc". After the
+    test no prepared transaction may be left in any of them."""
     if backend == "sqlite":
-        return None
-    url = request.getfixturevalue("module_database")
-    reset_database(url)
-    return url
+        yield None
+        return
+    made = request.getfixturevalue("module_databases")
+    used = made[:1] if backend == "postgres" else made
+    for url in used:
+        reset_database(url)
+    yield [used[0], used[-1], used[1 % len(used)]]
+    left = prepared_transactions(used)
+    assert not left, f"prepared transactions left behind: {left}"
+
+
+@pytest.fixture
+def database_url(database_urls: list[str] | None) -> str | None:
+    """The billing database's URL (the one --database-url names), None for SQLite."""
+    return None if database_urls is None else database_urls[0]
 
 
 def database_dump(url: str) -> bytes:
@@ -125,14 +151,14 @@ def database_dump(url: str) -> bytes:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path, database_url: str | None) -> Path:
-    seed_store(tmp_path, database_url=database_url)
+def data_dir(tmp_path: Path, database_urls: list[str] | None) -> Path:
+    seed_store(tmp_path, database_urls=database_urls)
     return tmp_path
 
 
 @pytest.fixture
-async def server(data_dir: Path, database_url: str | None) -> AsyncIterator[RunningServer]:
-    running = await create_server(settings_for(data_dir, database_url=database_url))
+async def server(data_dir: Path, database_urls: list[str] | None) -> AsyncIterator[RunningServer]:
+    running = await create_server(settings_for(data_dir, database_urls=database_urls))
     try:
         yield running
     finally:

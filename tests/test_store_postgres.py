@@ -13,7 +13,13 @@ import psycopg
 import pytest
 
 from conftest import SUBSCRIBERS
-from pg_support import create_database, drop_database, require, reset_database
+from pg_support import (
+    create_database,
+    drop_database,
+    prepared_transactions,
+    require,
+    reset_database,
+)
 from quickpay_engine.domain import (
     Discrepancy,
     LineStatus,
@@ -85,6 +91,8 @@ def databases(made: list[str], count: int) -> Iterator[Databases]:
         yield dbs
     finally:
         dbs.store.close()
+    left = prepared_transactions(used)
+    assert not left, f"prepared transactions left behind: {left}"
 
 
 @pytest.fixture(params=[1, 3], ids=["one", "three"])
