@@ -98,6 +98,8 @@ class TwoPhaseCoordinator:
         # across restarts and stay far below 200 bytes ("qp:" + 16 + ":" + 16 + ":" + n).
         self._start = f"{clock_ns():x}"
         self._numbers = itertools.count(1)
+        # Set when a decided batch could not be committed everywhere; cleared by recover.
+        self._unresolved = False
 
     def require_enabled(self) -> None:
         """Refuses two-phase mode where a participant cannot prepare transactions."""
@@ -117,6 +119,10 @@ class TwoPhaseCoordinator:
         self, decisions: Sequence[Decision], now_us: int | None = None
     ) -> tuple[list[Outcome], list[SettledState]]:
         """The store's ``commit_batch``, atomic across every participant."""
+        if self._unresolved:
+            # A batch decided but not committed everywhere still holds its locks (and the
+            # next payment sequence numbers): resolve it first, or fail this batch too.
+            self.recover()
         gid = self.next_gid()
         # A failure here rolls back whatever was prepared (the store does) and raises.
         result = self._store.prepare_batch(decisions, gid, now_us)
@@ -141,6 +147,7 @@ class TwoPhaseCoordinator:
                     _fault("after_first_commit")
         except Exception as err:
             log.warning("two-phase commit %s: decided, left for the sweep: %s", gid, err)
+            self._unresolved = True
             return result
         self._ledger.forget_decisions(self._clock_ns(), [gid])
         return result
@@ -167,6 +174,7 @@ class TwoPhaseCoordinator:
         forgotten = sorted(decided)
         if forgotten:
             self._ledger.forget_decisions(self._clock_ns(), forgotten)
+        self._unresolved = False
         if committed or rolled_back:
             log.warning(
                 "two-phase recovery: committed %d and rolled back %d prepared transactions (%s)",
