@@ -289,8 +289,8 @@ def render(info, args, version, sync, rate, p99, tps, lat, driver_rows, log, ela
         )
     lines += [
         "",
-        "Chosen: psycopg 3 with `COPY` for a batch's rows. asyncpg's executemany beats"
-        " psycopg's executemany, but psycopg's COPY beats both, and psycopg's synchronous"
+        "Chosen: psycopg 3 with `COPY` for a batch's rows. Between the two executemany"
+        " forms the table decides; psycopg's COPY beats both, and psycopg's synchronous"
         " connection fits the store's shape (synchronous calls on one store thread, as"
         " for SQLite) without an event loop of its own inside that thread; it also has"
         " the parts two-phase commit needs (`sql.Literal` for PREPARE TRANSACTION ids)"
