@@ -8,12 +8,14 @@ SQLite and once on a fresh PostgreSQL database of its own (tests/pg_support.py).
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
 import psycopg
 import pytest
+from tests.gateway_procs import SimulatorSet
 
 from pg_support import (
     create_database,
@@ -52,27 +54,48 @@ SUBSCRIBERS = [
 ]
 
 
+# Names the --gateways file of the session's simulators (see the `simulators` fixture).
+# An environment variable, not a module global: test modules import this file as
+# `tests.conftest`, a second copy of the module pytest loaded as `conftest`.
+GATEWAYS_VAR = "QUICKPAY_TEST_SESSION_GATEWAYS"
+
+
 def settings_for(
     data_dir: Path,
     listen: str = "127.0.0.1:0",
     fraud_mode: str = "observe",
+    gateways: Path | None = None,
     database_url: str | None = None,
     database_urls: list[str] | None = None,
 ):
-    """Settings as the CLI would build them for this data dir and database (None: the
-    SQLite file in the data dir; ``database_urls``: billing, AR and provisioning). Fraud scoring observes by default here: these suites
-    pay the same few accounts many times a second, which the shipped model rightly finds
-    suspicious; tests/test_fraud_settlement.py enforces."""
+    """Settings as the CLI would build them for this data dir, talking to the session's
+    gateway simulators unless ``gateways`` names another file, on the SQLite file in the
+    data dir unless ``database_url`` (one PostgreSQL database) or ``database_urls``
+    (billing, AR and provisioning) say otherwise. Fraud scoring observes by default here:
+    these suites pay the same few accounts many times a second, which the shipped model
+    rightly finds suspicious; tests/test_fraud_settlement.py enforces."""
     args = argparse.Namespace(
         listen=listen,
         data_dir=str(data_dir),
         database_url=database_urls[0] if database_urls else database_url,
-        gateways=None,
+        gateways=str(gateways or os.environ[GATEWAYS_VAR]),
         fraud_mode=fraud_mode,
     )
     if database_urls:
         args.billing_url, args.ar_url, args.provisioning_url = database_urls
     return settings_from(args)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def simulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorSet]:
+    """Three quiet gateway simulators (two card acquirers, one wallet provider), real
+    processes on loopback, shared by the session's servers."""
+    sims = SimulatorSet(tmp_path_factory.mktemp("gateways")).start()
+    os.environ[GATEWAYS_VAR] = str(sims.gateways_file)
+    try:
+        yield sims
+    finally:
+        sims.stop()
 
 
 def seed_store(

@@ -7,16 +7,21 @@ own, made from a migrated template so making one is a file copy, not a migration
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 
 import psycopg
 import pytest
 
-from quickpay_engine.store.pg_migrations import migrate
+from quickpay_engine.store.pg_migrations import migrate, shipped
 
 ADMIN_URL = os.environ.get("QUICKPAY_TEST_PG", "postgresql://quickpay@127.0.0.1:5432/quickpay_test")
-_TEMPLATE = "qp_template"
+# The template is named after the migrations it holds, so a build with other migrations
+# makes a template of its own instead of reusing a stale one.
+_TEMPLATE = (
+    "qp_template_" + hashlib.sha256("".join(m.sql for m in shipped()).encode()).hexdigest()[:12]
+)
 
 
 def url_of(dbname: str) -> str:

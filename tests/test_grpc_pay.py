@@ -228,10 +228,10 @@ async def test_card_number_is_never_stored(stub, server, data_dir, database_urls
         assert pan[-4:].encode() in dump, "the last four digits are kept for display"
 
 
-async def test_unfinished_rpcs_answer_unimplemented(stub) -> None:
+async def test_refund_of_an_unknown_payment_is_not_found(stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Refund(pb.RefundRequest(idempotency_key="r", payment_id="pay_x"))
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_pay_stream_replies_for_every_request_by_key(stub, server) -> None:

@@ -67,7 +67,9 @@ async def test_sigterm_drains_in_flight_calls_and_exits_zero(data_dir: Path) -> 
         assert stored == settled
         subscriber = store.subscriber("acc-pre-barred")
         assert subscriber is not None
-        assert subscriber.balance_minor == 100 * len(settled)
+        # The bundled simulators decline a few per cent, as real acquirers do.
+        paid = [r for r in results if isinstance(r, pb.PayResponse) and r.status == pb.SETTLED]
+        assert subscriber.balance_minor == 100 * len(paid)
     finally:
         store.close()
 

@@ -36,7 +36,7 @@ from quickpay_engine.store import Decision, SqliteStore
 from quickpay_engine.store.audit import verify
 from quickpay_engine.store.pg_migrations import latest, migrate
 from quickpay_engine.store.postgres import PostgresStore, PostgresUrls
-from quickpay_engine.store.sqlite import IDEMPOTENCY_CONFLICT
+from quickpay_engine.store.sqlite import IDEMPOTENCY_CONFLICT, RefundRow
 
 
 @dataclasses.dataclass
@@ -53,6 +53,15 @@ class Databases:
     def execute(self, domain: str, sql: str) -> None:
         with psycopg.connect(self.urls.of(domain), autocommit=True) as conn:
             conn.execute(sql)
+
+    def finish_refund(self, refund_id: str, reference: str, now_us: int):
+        """``finish_refund`` through the path the layout calls for."""
+        if not self.urls.split:
+            return self.store.finish_refund(refund_id, reference, now_us)
+        gid = f"qp:test:refund:{refund_id}:{now_us}"
+        result = self.store.prepare_refund(refund_id, reference, gid, now_us)
+        self.store.commit_prepared(gid)
+        return result
 
     def commit(self, decisions: list[Decision], now_us: int):
         """One batch through the path the layout calls for: a local commit on one
@@ -212,8 +221,9 @@ def test_an_ar_row_clash_in_its_own_database_fails_that_payment_alone(dbs: Datab
     # split layout is a different database from the one the payment row went to.
     dbs.execute(
         "ar",
-        "INSERT INTO ar_entries (payment_id, leg, ar_account, debit_minor, credit_minor,"
-        " currency, created_at_us) VALUES ('pay_c2', 1, 'x', 1, 0, 'EUR', 0)",
+        "INSERT INTO ar_entries (document_id, payment_id, leg, ar_account, debit_minor,"
+        " credit_minor, currency, created_at_us) VALUES ('pay_c2', 'pay_c2', 1, 'x', 1, 0,"
+        " 'EUR', 0)",
     )
     outcomes, _ = dbs.commit([settle("c1"), settle("c2"), settle("c3")], now_us=1)
     assert [o.status for o in outcomes] == [
@@ -257,8 +267,9 @@ def test_ledgers_balance_balances_equal_history_and_verify_is_clean(dbs: Databas
     # it in whichever database holds the AR ledger.
     dbs.execute(
         "ar",
-        "INSERT INTO ar_entries (payment_id, leg, ar_account, debit_minor, credit_minor,"
-        " currency, created_at_us) VALUES ('pay_p0-0', 3, 'x', 5, 0, 'EUR', 0)",
+        "INSERT INTO ar_entries (document_id, payment_id, leg, ar_account, debit_minor,"
+        " credit_minor, currency, created_at_us) VALUES ('pay_p0-0', 'pay_p0-0', 3, 'x', 5, 0,"
+        " 'EUR', 0)",
     )
     problems = dbs.store.verify()
     assert any(p.startswith("AR ledger out of balance") for p in problems), problems
@@ -419,6 +430,64 @@ def test_provisioning_rules_are_data_read_at_start(dbs: Databases) -> None:
     dbs.store = PostgresStore(dbs.urls)
     dbs.commit([settle("t2", amount=3_000)], now_us=2)
     assert dbs.store.subscriber("acc-post-barred").status is LineStatus.ACTIVE
+
+
+def test_the_saga_journal_lives_until_the_payment_ends(dbs: Databases) -> None:
+    store = dbs.store
+    assert store.journal_attempts([("pay_j1", intent("j1")), ("pay_j2", intent("j2"))], 1) == [
+        True,
+        True,
+    ]
+    # The same key again (a concurrent attempt) is refused; another key is taken.
+    assert store.journal_attempts([("pay_jx", intent("j1")), ("pay_j3", intent("j3"))], 2) == [
+        False,
+        True,
+    ]
+    assert store.attempts() == {
+        "pay_j1": intent("j1"),
+        "pay_j2": intent("j2"),
+        "pay_j3": intent("j3"),
+    }
+    # Settling a payment removes its journal entry in the same transaction.
+    dbs.commit([Decision("pay_j1", intent("j1"), gateway="acq-a", gateway_reference="r")], 3)
+    assert set(store.attempts()) == {"pay_j2", "pay_j3"}
+    store.forget_attempts(["pay_j2", "pay_j3"])
+    assert store.attempts() == {}
+    assert store.settled_or_declined_ids() == [("pay_j1", int(PaymentStatus.SETTLED))]
+
+
+def test_refunds_pending_declined_and_finished(dbs: Databases) -> None:
+    store = dbs.store
+    dbs.commit([settle("r1")], now_us=1)  # owes 50.00 after paying 30.00
+    first = RefundRow("ref_1", "rk-1", "pay_r1", 1_000, "EUR", "customer", created_at_us=5)
+    assert store.begin_refund(first).status == "PENDING"
+    # A retry under the same key gets the stored refund, not a second one.
+    retry = dataclasses.replace(first, refund_id="ref_other")
+    assert store.begin_refund(retry).refund_id == "ref_1"
+    assert [r.refund_id for r in store.pending_refunds()] == ["ref_1"]
+    status, refunded, state = dbs.finish_refund("ref_1", "gref-1", now_us=6)
+    assert (status, refunded) == (PaymentStatus.PARTIALLY_REFUNDED, 1_000)
+    assert state.balance_minor == 6_000, "a refunded bill payment is owed again"
+    before = counts(dbs)
+    assert dbs.finish_refund("ref_1", "gref-1", now_us=7) == (status, refunded, None)
+    assert counts(dbs) == before, "doing it again changes nothing"
+    assert dbs.rows(
+        "ar",
+        "SELECT document_id, payment_id, debit_minor, credit_minor FROM ar_entries"
+        " WHERE document_id = 'ref_1' ORDER BY leg",
+    ) == [("ref_1", "pay_r1", 1_000, 0), ("ref_1", "pay_r1", 0, 1_000)]
+    assert store.refund_by_key("rk-1").status == "DONE"
+    # A refund the gateway refused changes no money.
+    store.begin_refund(RefundRow("ref_2", "rk-2", "pay_r1", 500, "EUR", "x", created_at_us=8))
+    store.decline_refund("ref_2", "GATEWAY_DECLINED", "no", now_us=9)
+    assert store.refund_by_key("rk-2").status == "DECLINED"
+    assert store.pending_refunds() == []
+    # The rest of it: the payment is refunded in full.
+    store.begin_refund(RefundRow("ref_3", "rk-3", "pay_r1", 2_000, "EUR", "x", created_at_us=10))
+    assert dbs.finish_refund("ref_3", "gref-3", now_us=11)[:2] == (PaymentStatus.REFUNDED, 3_000)
+    assert store.get_payment(payment_id="pay_r1").outcome.status is PaymentStatus.REFUNDED
+    assert store.subscriber("acc-post-barred").balance_minor == 8_000
+    assert store.verify() == []
 
 
 # -- the two-phase participant ---------------------------------------------------------

@@ -64,12 +64,12 @@ def payments_everywhere(urls: list[str]) -> tuple[int, int, int]:
 CHILD = textwrap.dedent(
     """
     import sys
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = [{tests!r}, {root!r}]
     from conftest import SUBSCRIBERS, settings_for
     from test_twophase import settle
     from quickpay_engine.storage import open_store
 
-    store = open_store(settings_for({data_dir!r}, database_urls={urls!r}))
+    store = open_store(settings_for({data_dir!r}, database_urls={urls!r}), coordinate=True)
     outcomes, _ = store.commit_batch([settle("crash-1", 8_000), settle("crash-2", 500)])
     print("committed", [o.status.name for o in outcomes], flush=True)
     store.close()
@@ -103,7 +103,9 @@ def run_child(data_dir: Path, urls: list[str], fault: str | None) -> subprocess.
     env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
     if fault:
         env[FAULT_ENV] = fault
-    code = CHILD.format(tests=str(ROOT / "tests"), data_dir=str(data_dir), urls=urls)
+    code = CHILD.format(
+        tests=str(ROOT / "tests"), root=str(ROOT), data_dir=str(data_dir), urls=urls
+    )
     return subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
@@ -163,7 +165,7 @@ def test_killed_mid_commit_every_participant_agrees_after_restart(
     logged = decisions(tmp_path)
     assert len(logged) == (0 if fault == "after_prepare" else 1)
     # The restart: opening the store resolves what is prepared, before any batch.
-    store = open_store(settings_for(tmp_path, database_urls=urls))
+    store = open_store(settings_for(tmp_path, database_urls=urls), coordinate=True)
     try:
         assert prepared_transactions(urls) == []
         assert payments_everywhere(urls) == landed
@@ -185,7 +187,7 @@ def test_a_participant_lost_mid_batch_rolls_back_everywhere(
     tmp_path: Path, urls: list[str]
 ) -> None:
     seed_store(tmp_path, database_urls=urls)
-    store = open_store(settings_for(tmp_path, database_urls=urls))
+    store = open_store(settings_for(tmp_path, database_urls=urls), coordinate=True)
     assert isinstance(store, TwoPhaseStore)
     try:
         # The AR database's server ends our session, as a restart or failover would.
@@ -214,7 +216,7 @@ def test_the_sweep_resolves_an_orphan_of_this_instance_only(
     tmp_path: Path, urls: list[str]
 ) -> None:
     seed_store(tmp_path, database_urls=urls)
-    store = open_store(settings_for(tmp_path, database_urls=urls))
+    store = open_store(settings_for(tmp_path, database_urls=urls), coordinate=True)
     assert isinstance(store, TwoPhaseStore)
     try:
         coordinator = store.coordinator

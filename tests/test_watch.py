@@ -91,3 +91,20 @@ async def test_draining_server_ends_watch_streams_promptly(server, stub) -> None
     await server.stop(grace_s=10)
     assert await asyncio.wait_for(reader, 5) == [], "the stream ends cleanly, with no error"
     assert asyncio.get_running_loop().time() - started < 5, "a watch must not hold the drain"
+
+
+async def test_a_refund_is_an_event_with_its_totals(stub) -> None:
+    paid = await stub.Pay(bill("w-rf"))
+    await stub.Refund(
+        pb.RefundRequest(
+            idempotency_key="w-rf-1",
+            payment_id=paid.payment_id,
+            amount=pb.Money(amount_minor=1_200, currency=EUR),
+        )
+    )
+    (event,) = await take(stub.WatchSettlements(pb.WatchRequest(kinds=["refund"])), 1)
+    assert event.payment_id == paid.payment_id
+    assert event.refunded.amount == pb.Money(amount_minor=1_200, currency=EUR)
+    assert event.refunded.refunded_total == pb.Money(amount_minor=1_200, currency=EUR)
+    assert event.refunded.status == pb.PARTIALLY_REFUNDED
+    assert event.refunded.refund_id.startswith("rf_")

@@ -157,6 +157,9 @@ def reject_codes() -> list[tuple[int, str, str, str]]:
 def currency_exponent(code: str) -> int | None:
     """The ISO 4217 minor-unit exponent of a currency, or None when it is not one."""
 
+def currency_numeric(code: str) -> int | None:
+    """The ISO 4217 numeric code of a currency (978 for EUR), or None when it is not one."""
+
 def default_engine_config() -> str:
     """The default engine configuration, as JSON."""
 

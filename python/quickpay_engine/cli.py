@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "subscribers",
     "bench",
     "verify",
+    "recover",
     "db",
     "audit",
     "reconcile",

@@ -101,6 +101,9 @@ class PaymentIntent:
     ip: str
     # Only on a freshly decoded request; a stored intent has NO_DETAIL.
     detail: MethodDetail = field(default=NO_DETAIL, repr=False, compare=False)
+    # When the caller stops waiting, on the event loop's clock (time.monotonic); None
+    # when it set no deadline. Gateway calls get what is left of it.
+    deadline: float | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,11 @@ class ShuttingDown(QuickpayError):
     """The server is draining and takes no new payments (UNAVAILABLE)."""
 
 
+class OutcomePending(QuickpayError):
+    """The gateway's answer is not known yet (UNAVAILABLE): the engine finishes the
+    payment by itself (settled or voided); retry with the same key to learn which."""
+
+
 class StoreError(QuickpayError):
     """The database refused: wrong schema version, a constraint the input breaks."""
 

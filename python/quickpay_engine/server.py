@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from quickpay_engine._engine import ConfigInvalid, FraudScorer
+from quickpay_engine._engine import ConfigInvalid, FraudScorer, Ledger
 from quickpay_engine.api.convert import event_msg
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
@@ -28,6 +29,9 @@ from quickpay_engine.config import Settings
 from quickpay_engine.errors import ConfigError
 from quickpay_engine.events.jetstream import JetStreamPublisher
 from quickpay_engine.events.relay import OutboxRelay
+from quickpay_engine.gateways.router import GatewayRouter
+from quickpay_engine.gateways.supervisor import open_gateways
+from quickpay_engine.settlement.ledger_book import LedgerBook
 from quickpay_engine.settlement.service import BatchSettings, SettlementService
 from quickpay_engine.settlement.twophase import SWEEP_INTERVAL_S, TwoPhaseStore
 from quickpay_engine.storage import Store, open_store
@@ -84,6 +88,7 @@ class RunningServer:
     service: SettlementService
     health: health.aio.HealthServicer
     store: Store
+    stop_gateways: Callable[[], Awaitable[None]]
     relay: EventRelayTask | None = None
     sweeper: asyncio.Task[None] | None = None
 
@@ -100,6 +105,9 @@ class RunningServer:
         if self.relay is not None:
             await self.relay.stop()
         await self.service.close()
+        await self.service.router.close()
+        await self.stop_gateways()
+        self.service.book.close()
         self.store.close()
 
 
@@ -144,7 +152,7 @@ async def create_server(
     fraud_scorer: FraudScorer | None = None,
 ) -> RunningServer:
     """Builds and starts the server on ``settings.listen`` (port 0 picks a free one)."""
-    store = open_store(settings)
+    store = open_store(settings, coordinate=True)
     key = fingerprint_key(settings.data_dir)
     enforce = settings.fraud_mode == "enforce"
     if not enforce:
@@ -155,12 +163,26 @@ async def create_server(
             engine_config = settings.engine_config.read_text()
         except OSError as err:
             raise ConfigError(f"--engine-config: {err}") from None
-    try:
-        service = SettlementService(store, key, batching, fraud_scorer, enforce, engine_config)
-    except ConfigInvalid as err:
-        store.close()
-        raise ConfigError(f"--engine-config {settings.engine_config}: {err}") from None
-    await service.start()
+    async with contextlib.AsyncExitStack() as undo:
+        # Everything opened is closed again, in reverse, should a later step fail.
+        undo.callback(store.close)
+        book = LedgerBook(Ledger.open(settings.data_dir / "ledger"))
+        undo.callback(book.close)
+        gateways, stop_gateways = await open_gateways(settings.gateways, settings.data_dir)
+        undo.push_async_callback(stop_gateways)
+        router = GatewayRouter(gateways)
+        await router.start()
+        undo.push_async_callback(router.close)
+        try:
+            service = SettlementService(
+                store, book, router, key, batching, fraud_scorer, enforce, engine_config
+            )
+        except ConfigInvalid as err:
+            raise ConfigError(f"--engine-config {settings.engine_config}: {err}") from None
+        actions = await service.start()
+        if actions:
+            log.info("recovery finished %d unfinished payments and refunds", len(actions))
+        undo.pop_all()
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
@@ -188,7 +210,9 @@ async def create_server(
         sweeper = asyncio.get_running_loop().create_task(
             sweep_prepared(service, store), name="two-phase-sweep"
         )
-    return RunningServer(server, port, service, health_servicer, store, relay, sweeper)
+    return RunningServer(
+        server, port, service, health_servicer, store, stop_gateways, relay, sweeper
+    )
 
 
 async def sweep_prepared(
@@ -215,12 +239,13 @@ async def serve(settings: Settings) -> int:
         settings.database_url,
         running.service.engine.subscriber_count(),
     )
-    # Scripts read this line to learn the port when --listen asked for port 0.
-    print(f"listening on {host}:{running.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Scripts read this line to learn the port when --listen asked for port 0; it comes
+    # after the signal handlers, so a SIGTERM sent on reading it drains.
+    print(f"listening on {host}:{running.port}", flush=True)
     await stop.wait()
     log.info("draining: no new calls, up to %.0f s for calls in flight", DRAIN_GRACE_S)
     await running.stop(DRAIN_GRACE_S)

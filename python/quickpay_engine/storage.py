@@ -19,15 +19,21 @@ Store = SqliteStore | PostgresStore | TwoPhaseStore
 TWO_PHASE_DIR = "twophase"
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(settings: Settings, *, coordinate: bool = False) -> Store:
     """Opens the store ``settings`` name; a PostgreSQL database behind on migrations is
     refused with the command that fixes it, and two-phase mode without prepared
-    transactions with the setting that enables them."""
+    transactions with the setting that enables them.
+
+    ``coordinate``: the caller commits batches (the server, `quickpay recover`), so with
+    several databases the store comes with the two-phase coordinator, whose recovery
+    resolves what a previous run left prepared before the caller sees the store. Only
+    one process per data dir may coordinate. Without it (the other commands: import,
+    verify, audit, reconcile write one database at most) the plain store is returned,
+    and leaves prepared transactions alone.
+    """
     if not settings.postgres:
         return SqliteStore(settings.sqlite_path)
     store = PostgresStore(PostgresUrls(*settings.domain_urls))
-    if not store.urls.split:
+    if not store.urls.split or not coordinate:
         return store
-    # Several databases: recovery resolves what a previous run left prepared before the
-    # caller sees the store.
     return open_two_phase(store, settings.data_dir / TWO_PHASE_DIR)

@@ -629,6 +629,12 @@ fn currency_exponent(code: &str) -> Option<u8> {
     Currency::from_code(code).map(|c| c.exponent())
 }
 
+/// The ISO 4217 numeric code of a currency (978 for EUR), or None when it is not one.
+#[pyfunction]
+fn currency_numeric(code: &str) -> Option<u16> {
+    Currency::from_code(code).map(|c| c.numeric())
+}
+
 /// The default engine configuration, as JSON.
 #[pyfunction]
 fn default_engine_config() -> String {
@@ -652,6 +658,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_function(wrap_pyfunction!(reject_codes, m)?)?;
     m.add_function(wrap_pyfunction!(currency_exponent, m)?)?;
+    m.add_function(wrap_pyfunction!(currency_numeric, m)?)?;
     m.add_function(wrap_pyfunction!(default_engine_config, m)?)?;
     m.add_function(wrap_pyfunction!(sign_assertion, m)?)?;
     m.add_function(wrap_pyfunction!(check_msisdns, m)?)?;

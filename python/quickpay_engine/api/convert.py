@@ -21,11 +21,13 @@ from quickpay_engine.domain import (
     Outcome,
     PaymentIntent,
     PaymentRecord,
+    PaymentStatus,
     Purpose,
 )
 from quickpay_engine.errors import InvalidArgument
 from quickpay_engine.reconcile.report import ColumnMapping
 from quickpay_engine.settlement.reconciliation import DEFAULT_TOLERANCE_S, ReconcileRun
+from quickpay_engine.settlement.refunds import RefundOutcome
 
 _METHOD_KINDS = {
     "card": MethodKind.CARD,
@@ -67,7 +69,9 @@ def detail_of(request: pb.PayRequest) -> MethodDetail:
     )
 
 
-def intent_of(request: pb.PayRequest, fingerprint_key: bytes) -> PaymentIntent:
+def intent_of(
+    request: pb.PayRequest, fingerprint_key: bytes, deadline: float | None = None
+) -> PaymentIntent:
     """Decodes a PayRequest. The payload fingerprint is keyed (HMAC-SHA256), because the
     request holds a card number and an unkeyed hash of one can be reversed by search."""
     payload = request.SerializeToString(deterministic=True)
@@ -85,6 +89,7 @@ def intent_of(request: pb.PayRequest, fingerprint_key: bytes) -> PaymentIntent:
         device_id=request.device_id,
         ip=request.ip,
         detail=detail_of(request),
+        deadline=deadline,
     )
 
 
@@ -121,6 +126,21 @@ def pay_response(outcome: Outcome) -> pb.PayResponse:
     if outcome.fraud is not None:
         response.fraud.CopyFrom(fraud_msg(outcome.fraud))
     return response
+
+
+def refund_response(o: RefundOutcome) -> pb.RefundResponse:
+    """A refund's outcome as the contract's RefundResponse."""
+    return pb.RefundResponse(
+        refund_id=o.refund_id,
+        payment_id=o.payment_id,
+        idempotency_key=o.idempotency_key,
+        status=int(o.status),  # type: ignore[arg-type]
+        refunded_total=pb.Money(amount_minor=o.refunded_total_minor, currency=o.currency),
+        gateway_reference=o.gateway_reference,
+        replayed=o.replayed,
+        decline_reason=o.decline_reason,
+        decline_detail=o.decline_detail,
+    )
 
 
 def fraud_msg(f: FraudAssessment) -> pb.FraudAssessment:
@@ -194,6 +214,18 @@ def event_msg(event: OutboxEvent) -> pb.SettlementEvent:
                 amount=pb.Money(amount_minor=int(p["amount_minor"]), currency=str(p["currency"])),
                 decline_reason=str(p["decline_reason"]),
                 decline_detail=str(p["decline_detail"]),
+            )
+        )
+    elif event.kind == "refund":
+        currency = str(p["currency"])
+        message.refunded.CopyFrom(
+            pb.PaymentRefunded(
+                refund_id=str(p["refund_id"]),
+                amount=pb.Money(amount_minor=int(p["amount_minor"]), currency=currency),
+                refunded_total=pb.Money(
+                    amount_minor=int(p["refunded_total_minor"]), currency=currency
+                ),
+                status=PaymentStatus[str(p["payment_status"])].value,  # type: ignore[arg-type]
             )
         )
     elif event.kind == "service_state":

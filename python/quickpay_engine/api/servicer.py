@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from quickpay_engine.errors import (
     IdempotencyConflict,
     InvalidArgument,
     NotFound,
+    OutcomePending,
     Overloaded,
     QuickpayError,
     ShuttingDown,
@@ -38,6 +40,7 @@ _STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (ReportError, grpc.StatusCode.INVALID_ARGUMENT),
+    (OutcomePending, grpc.StatusCode.UNAVAILABLE),
 ]
 
 
@@ -49,10 +52,6 @@ def status_of(err: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(err, EngineError | QuickpayError):
         return grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}"
     return grpc.StatusCode.INTERNAL, "internal error"
-
-
-def _unimplemented(what: str, issue: str) -> str:
-    return f"{what} is not available yet in this build (tracked as {issue})"
 
 
 class SettlementServicer(pb_grpc.SettlementServicer):
@@ -73,8 +72,9 @@ class SettlementServicer(pb_grpc.SettlementServicer):
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before any work"
             )
+        deadline = None if remaining is None else time.monotonic() + remaining
         try:
-            outcome = await self._service.pay(convert.intent_of(request, self._key))
+            outcome = await self._service.pay(convert.intent_of(request, self._key, deadline))
         except Exception as err:
             code, message = status_of(err)
             if code is grpc.StatusCode.INTERNAL:
@@ -145,7 +145,24 @@ class SettlementServicer(pb_grpc.SettlementServicer):
     async def Refund(
         self, request: pb.RefundRequest, context: grpc.aio.ServicerContext
     ) -> pb.RefundResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _unimplemented("Refund", "issue 6"))
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        amount = request.amount if request.HasField("amount") else None
+        try:
+            outcome = await self._service.refund(
+                request.idempotency_key,
+                request.payment_id,
+                amount.amount_minor if amount is not None else None,
+                amount.currency if amount is not None else "",
+                request.reason,
+                deadline,
+            )
+        except Exception as err:
+            code, message = status_of(err)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("Refund failed")
+            await context.abort(code, message)
+        return convert.refund_response(outcome)
 
     async def WatchSettlements(
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from quickpay_engine._engine import EngineError, Ledger
 from quickpay_engine.commands import add_command
 from quickpay_engine.config import settings_from
-from quickpay_engine.storage import open_store
+from quickpay_engine.domain import PaymentStatus
+from quickpay_engine.settlement.ledger_book import ROLLED_BACK, SETTLED, LedgerBook
+from quickpay_engine.storage import Store, open_store
+
+# At most this many examples of each broken saga invariant are listed.
+EXAMPLES_MAX = 20
+_SETTLED = (PaymentStatus.SETTLED, PaymentStatus.REFUNDED, PaymentStatus.PARTIALLY_REFUNDED)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     store = open_store(settings)
     try:
-        problems = store.verify()
+        problems = store.verify() + _saga_problems(store, settings.data_dir / "ledger")
     finally:
         store.close()
     if not problems:
@@ -32,3 +40,39 @@ def run(args: argparse.Namespace) -> int:
     for line in problems:
         print(f"  {line}")
     return 1
+
+
+def _saga_problems(store: Store, ledger_dir: Path) -> list[str]:
+    """Where the ledger and the store disagree, or a payment is left half done."""
+    problems: list[str] = []
+    journal = store.attempts()
+    problems += [
+        f"payment journalled but not finished (run `quickpay recover`): {p}"
+        for p in sorted(journal)[:EXAMPLES_MAX]
+    ]
+    if not ledger_dir.exists():
+        return problems
+    try:
+        book = LedgerBook(Ledger.open(ledger_dir))
+    except EngineError as err:
+        return [*problems, f"ledger at {ledger_dir} could not be opened: {err}"]
+    try:
+        unfinished = book.unfinished()
+        problems += [
+            f"payment left unfinished in the ledger (run `quickpay recover`): {p}"
+            for p in sorted(unfinished)[:EXAMPLES_MAX]
+        ]
+        rows = store.settled_or_declined_ids()
+        states = book.states([p for p, _ in rows])
+        broken = []
+        for (payment_id, status), state in zip(rows, states, strict=True):
+            if state == 0:
+                continue  # aged out of the ledger's retention window
+            if PaymentStatus(status) in _SETTLED and state != SETTLED:
+                broken.append(f"settled in billing, not in the ledger: {payment_id}")
+            elif PaymentStatus(status) not in _SETTLED and state not in (ROLLED_BACK,):
+                broken.append(f"declined in billing, hold not voided in the ledger: {payment_id}")
+        problems += broken[:EXAMPLES_MAX]
+    finally:
+        book.close()
+    return problems

@@ -3,7 +3,9 @@
 A single consumer task takes what is queued, up to ``batch_max`` items, waiting at most
 ``linger_ms`` after the first for more to arrive, and hands the batch to ``process``.
 While one batch is processed the next accumulates, so under load batches fill up by
-themselves and at low load a payment waits at most ``linger_ms``.
+themselves and at low load a payment waits at most ``linger_ms``. Up to
+``inflight_max`` batches are processed at once (the process function orders what must
+be ordered), so a slow step such as a gateway round trip is overlapped, not queued.
 """
 
 from __future__ import annotations
@@ -40,8 +42,14 @@ class MicroBatcher(Generic[T, R]):
         batch_max: int = 512,
         linger_ms: float = 1.0,
         queue_max: int = 20_000,
+        inflight_max: int = 1,
     ) -> None:
         assert batch_max >= 1 and queue_max >= batch_max and linger_ms >= 0
+        assert inflight_max >= 1
+        # At most this many batches are being processed at once; the next one is
+        # gathered meanwhile and waits for a slot.
+        self._slots = asyncio.Semaphore(inflight_max)
+        self._running: set[asyncio.Task[None]] = set()
         self._process = process
         self._batch_max = batch_max
         self._linger_s = linger_ms / 1_000
@@ -98,7 +106,16 @@ class MicroBatcher(Generic[T, R]):
                         break
                 else:
                     batch.append(self._queue.get_nowait())
+            await self._slots.acquire()
+            task = loop.create_task(self._settle_and_free(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _settle_and_free(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
             await self._settle(batch)
+        finally:
+            self._slots.release()
             for _ in batch:
                 self._queue.task_done()
 

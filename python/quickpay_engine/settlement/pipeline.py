@@ -1,12 +1,25 @@
-"""The settlement pipeline: one batch of payment intents in, one outcome each out.
+"""The settlement pipeline (the saga): one batch of payment intents in, one outcome each out.
 
-Per batch: one store read for replays, one engine call (validation, GIL released), one
-database transaction, one engine call to record the settled states.
+Per batch, in two stages:
+
+1. in arrival order, one batch at a time: replays looked up, validation (one engine
+   call), fraud scoring, the payments journalled in the store and their holds reserved
+   in the ledger (RESERVED, durable before any gateway is called);
+2. concurrently with later batches (so gateway latency is hidden, not added): a sale
+   per payment at its gateway, CAPTURED logged for those captured and the holds of the
+   others voided, one database transaction for the whole batch, then the holds posted
+   (SETTLED) and the engine's tables brought up to date.
+
+A payment whose gateway answer cannot be learned before its deadline stays RESERVED
+and journalled; ``Recovery`` finishes it, and its caller is told to retry with the same
+key (``OutcomePending``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -14,18 +27,44 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from quickpay_engine._engine import Engine, reject_codes
-from quickpay_engine.domain import Outcome, PaymentIntent, PaymentStatus, SubscriberRow
-from quickpay_engine.errors import IdempotencyConflict, InvalidArgument
+from quickpay_engine.domain import (
+    MethodKind,
+    Outcome,
+    PaymentIntent,
+    PaymentStatus,
+    SubscriberRow,
+)
+from quickpay_engine.errors import IdempotencyConflict, InvalidArgument, OutcomePending
+from quickpay_engine.gateways.router import GatewayRouter
+from quickpay_engine.gateways.types import (
+    BankAccount,
+    Card,
+    CarrierBalance,
+    GatewayOutcome,
+    GatewayResult,
+    Instrument,
+    Wallet,
+)
 from quickpay_engine.settlement.fraud_gate import FRAUD_REVIEW, FraudGate
+from quickpay_engine.settlement.ledger_book import LedgerBook, Movement
 from quickpay_engine.settlement.validation import record_settled, validate_batch, wall_clock_s
 from quickpay_engine.store import Decision, SqliteStore
 from quickpay_engine.store.executor import StoreThread
 from quickpay_engine.store.sqlite import IDEMPOTENCY_CONFLICT
 
+log = logging.getLogger(__name__)
+
 # The engine's reject codes by number: (name, field, text). Field empty: a decline.
 REJECTS: dict[int, tuple[str, str, str]] = {
     number: (name, field, text) for number, name, field, text in reject_codes()
 }
+# A payment whose caller set no gRPC deadline gets this long at the gateways.
+GATEWAY_DEADLINE_S = 10.0
+# An unknown gateway outcome is looked up (and, if never seen, voided) for this long
+# after the sale's own deadline before the payment is left to recovery.
+RESOLVE_S = 5.0
+# The decline reason of a payment whose key an unfinished earlier attempt still holds.
+PAYMENT_IN_PROGRESS = "PAYMENT_IN_PROGRESS"
 
 
 def new_payment_id() -> str:
@@ -53,14 +92,50 @@ def load_engine(engine: Engine, rows: Sequence[SubscriberRow]) -> None:
     )
 
 
+def instrument_of(intent: PaymentIntent) -> Instrument:
+    """What the gateway is asked to charge: built from the request's method detail,
+    which only a freshly decoded request carries (a card number is never stored)."""
+    d = intent.detail
+    match intent.method.kind:
+        case MethodKind.CARD:
+            return Card(d.card_pan, d.card_expiry_month, d.card_expiry_year)
+        case MethodKind.WALLET:
+            return Wallet(d.wallet_provider, d.wallet_id)
+        case MethodKind.BANK_ACCOUNT:
+            return BankAccount(d.iban)
+        case _:
+            return CarrierBalance()
+
+
+def movement_of(d: Decision) -> Movement:
+    """The ledger movement of a decided payment."""
+    i = d.intent
+    return Movement(d.payment_id, i.account_id, i.amount_minor, i.currency)
+
+
+@dataclasses.dataclass
+class _Batch:
+    """What stage 1 hands stage 2."""
+
+    results: list[Outcome | BaseException | None]
+    decisions: list[Decision]  # validation and fraud declines, and the reserved payments
+    positions: list[int]  # each decision's place in the batch
+    reserved: list[int]  # indexes into decisions of the payments sent to a gateway
+    scored: list[int]  # indexes into decisions of the payments fraud scoring saw
+    held: list[Decision]  # carrier-balance payments holding credit in the engine
+    now_s: int
+
+
 class Pipeline:
-    """Validates, decides and commits batches of payments."""
+    """Validates, reserves, captures and commits batches of payments."""
 
     def __init__(
         self,
         engine: Engine,
         store: SqliteStore,
         thread: StoreThread,
+        book: LedgerBook,
+        router: GatewayRouter,
         payment_ids: Callable[[], str] = new_payment_id,
         on_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
@@ -69,13 +144,34 @@ class Pipeline:
         self._engine = engine
         self._store = store
         self._thread = thread
+        self._book = book
+        self._router = router
         self._payment_ids = payment_ids
         self._on_commit = on_commit
         self._clock = clock
         self._fraud = fraud
+        # Stage 1 runs one batch at a time, in arrival order (asyncio.Lock is FIFO), so
+        # validation and fraud state see payments in the order they came.
+        self._order = asyncio.Lock()
+        # Payments between stage 1 and their end, which recovery's sweep must leave be.
+        self.in_flight: set[str] = set()
 
     async def process(self, intents: Sequence[PaymentIntent]) -> list[Outcome | BaseException]:
         """Settles a batch; each result is an outcome or that payment's own error."""
+        async with self._order:
+            batch = await self._prepare(intents)
+        try:
+            await self._complete(batch)
+        finally:
+            self.in_flight.difference_update(batch.decisions[k].payment_id for k in batch.reserved)
+            if batch.held:
+                self._release_holds(batch.held)
+        assert all(r is not None for r in batch.results)
+        return batch.results  # type: ignore[return-value]
+
+    # -- stage 1 ------------------------------------------------------------------------
+
+    async def _prepare(self, intents: Sequence[PaymentIntent]) -> _Batch:
         results: list[Outcome | BaseException | None] = [None] * len(intents)
         stored = await self._thread.run(
             self._store.find_by_keys, [i.idempotency_key for i in intents]
@@ -89,41 +185,52 @@ class Pipeline:
                 results[index] = replay(record.outcome, record.intent, intent)
         decisions: list[Decision] = []
         positions: list[int] = []
-        if fresh:
-            now_s = wall_clock_s(self._clock)
-            codes = validate_batch(self._engine, [intents[i] for i in fresh], now_s)
-            for index, code in zip(fresh, codes.tolist(), strict=True):
-                decision = self._decide(intents[index], code)
-                if isinstance(decision, BaseException):
-                    results[index] = decision
-                else:
-                    decisions.append(decision)
-                    positions.append(index)
-            decisions, scored = self._score(decisions, now_s)
-        if decisions:
-            outcomes, states = await self._thread.run(self._store.commit_batch, decisions)
-            self._on_commit()
-            for index, outcome in zip(positions, outcomes, strict=True):
-                if outcome.decline_reason == IDEMPOTENCY_CONFLICT:
-                    results[index] = IdempotencyConflict(outcome.decline_detail)
-                else:
-                    results[index] = outcome
-            if states:
-                self._engine.set_states(
-                    [s.account_id for s in states],
-                    np.fromiter((s.balance_minor for s in states), np.int64, len(states)),
-                    np.fromiter((s.status for s in states), np.uint8, len(states)),
+        now_s = wall_clock_s(self._clock)
+        batch = _Batch(results, decisions, positions, [], [], [], now_s)
+        if not fresh:
+            return batch
+        codes = validate_batch(self._engine, [intents[i] for i in fresh], now_s)
+        for index, code in zip(fresh, codes.tolist(), strict=True):
+            decision = self._decide(intents[index], code)
+            if isinstance(decision, BaseException):
+                results[index] = decision
+            else:
+                decisions.append(decision)
+                positions.append(index)
+        batch.decisions, batch.scored = self._score(decisions, now_s)
+        approved = [k for k, d in enumerate(batch.decisions) if not d.decline_reason]
+        if not approved:
+            return batch
+        # Journal first (the request, for recovery), then the hold: a payment is sent to
+        # a gateway only once both are durable.
+        taken = await self._thread.run(
+            self._store.journal_attempts,
+            [(batch.decisions[k].payment_id, batch.decisions[k].intent) for k in approved],
+        )
+        for k, ok in zip(approved, taken, strict=True):
+            if ok:
+                batch.reserved.append(k)
+            else:
+                batch.results[positions[k]] = OutcomePending(
+                    f"an earlier attempt with idempotency_key"
+                    f" {batch.decisions[k].intent.idempotency_key!r} is being finished"
                 )
-            record_settled(self._engine, decisions, outcomes)
-            if self._fraud is not None and scored:
-                settled = {o.payment_id for o in outcomes if o.status is PaymentStatus.SETTLED}
-                self._fraud.observe(
-                    [decisions[k].intent for k in scored],
-                    [decisions[k].payment_id in settled for k in scored],
-                    now_s,
-                )
-        assert all(r is not None for r in results)
-        return results  # type: ignore[return-value]
+        reserved = [batch.decisions[k] for k in batch.reserved]
+        self.in_flight.update(d.payment_id for d in reserved)
+        await self._book.reserve([movement_of(d) for d in reserved])
+        batch.held = [d for d in reserved if d.intent.method.kind is MethodKind.CARRIER_BALANCE]
+        if batch.held:
+            self._engine.reserve_holds(
+                [d.intent.account_id for d in batch.held],
+                np.fromiter((d.intent.amount_minor for d in batch.held), np.int64),
+            )
+        return batch
+
+    def _release_holds(self, held: list[Decision]) -> None:
+        self._engine.release_holds(
+            [d.intent.account_id for d in held],
+            np.fromiter((d.intent.amount_minor for d in held), np.int64),
+        )
 
     def _score(self, decisions: list[Decision], now_s: int) -> tuple[list[Decision], list[int]]:
         """Fraud-scores the payments validation passed; returns the decisions with their
@@ -151,6 +258,131 @@ class Pipeline:
         if field:
             return InvalidArgument(field, text)
         return Decision(payment_id, intent, decline_reason=name, decline_detail=text)
+
+    # -- stage 2 ------------------------------------------------------------------------
+
+    async def _complete(self, batch: _Batch) -> None:
+        decisions = batch.decisions
+        gateway = await asyncio.gather(*(self._sale(decisions[k]) for k in batch.reserved))
+        captured: list[int] = []
+        voided: list[int] = []
+        pending: set[int] = set()
+        for k, result in zip(batch.reserved, gateway, strict=True):
+            d = decisions[k]
+            if result.outcome is GatewayOutcome.CAPTURED:
+                decisions[k] = dataclasses.replace(
+                    d, gateway=result.gateway, gateway_reference=result.gateway_reference
+                )
+                captured.append(k)
+            elif result.outcome is GatewayOutcome.UNKNOWN:
+                pending.add(k)
+                batch.results[batch.positions[k]] = OutcomePending(
+                    f"gateway {result.gateway} has not said whether payment {d.payment_id}"
+                    " was captured; the engine settles or voids it once it knows"
+                )
+            else:
+                decisions[k] = dataclasses.replace(
+                    d,
+                    decline_reason=result.reason or result.outcome.name,
+                    decline_detail=_gateway_detail(result),
+                    gateway=result.gateway,
+                    failed=result.outcome is not GatewayOutcome.DECLINED,
+                )
+                voided.append(k)
+        await asyncio.gather(
+            self._book.capture([decisions[k].payment_id for k in captured]),
+            self._book.roll_back([movement_of(decisions[k]) for k in voided]),
+        )
+        reserved = set(batch.reserved)
+        # Declines, and what the gateways answered; not what is still unknown, nor what
+        # never went out because an earlier attempt holds the key.
+        to_commit = [
+            k for k, d in enumerate(decisions)
+            if k not in pending and (d.decline_reason or k in reserved)
+        ]  # fmt: skip
+        if not to_commit:
+            return
+        committing = [decisions[k] for k in to_commit]
+        outcomes, states = await self._thread.run(self._store.commit_batch, committing)
+        self._on_commit()
+        settled: list[Decision] = []
+        unwound: list[tuple[Decision, Outcome]] = []
+        for k, outcome in zip(to_commit, outcomes, strict=True):
+            d = decisions[k]
+            index = batch.positions[k]
+            if outcome.decline_reason == IDEMPOTENCY_CONFLICT:
+                batch.results[index] = IdempotencyConflict(outcome.decline_detail)
+            else:
+                batch.results[index] = outcome
+            if k in reserved and d.gateway_reference:
+                if outcome.status is PaymentStatus.SETTLED and not outcome.replayed:
+                    settled.append(d)
+                else:
+                    unwound.append((d, outcome))  # captured, but billing refused it
+        await self._book.settle([movement_of(d) for d in settled])
+        if unwound:
+            await self._unwind(unwound)
+        if states:
+            self._engine.set_states(
+                [s.account_id for s in states],
+                np.fromiter((s.balance_minor for s in states), np.int64, len(states)),
+                np.fromiter((s.status for s in states), np.uint8, len(states)),
+            )
+        record_settled(self._engine, committing, outcomes)
+        if self._fraud is not None and batch.scored:
+            done = {o.payment_id for o in outcomes if o.status is PaymentStatus.SETTLED}
+            self._fraud.observe(
+                [decisions[k].intent for k in batch.scored],
+                [decisions[k].payment_id in done for k in batch.scored],
+                batch.now_s,
+            )
+
+    async def _sale(self, d: Decision) -> GatewayResult:
+        """One sale, then (for an unknown outcome) a lookup at the gateway that may hold
+        it, until RESOLVE_S past the sale's deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = d.intent.deadline or loop.time() + GATEWAY_DEADLINE_S
+        result = await self._router.sale(
+            d.payment_id, d.intent.amount_minor, d.intent.currency, instrument_of(d.intent),
+            deadline,
+        )  # fmt: skip
+        if result.outcome is GatewayOutcome.UNKNOWN and result.gateway:
+            result = await self._router.resolve(
+                d.payment_id, result.gateway, max(deadline, loop.time()) + RESOLVE_S
+            )
+            if result.outcome is GatewayOutcome.VOIDED:
+                # Proven not captured, and voided so that a late request cannot land.
+                result = dataclasses.replace(
+                    result, outcome=GatewayOutcome.FAILED, reason="GATEWAY_TIMEOUT"
+                )
+        return result
+
+    async def _unwind(self, unwound: list[tuple[Decision, Outcome]]) -> None:
+        """Gives back money a gateway captured for a payment billing would not record
+        (its account is gone, or its key was settled by another writer meanwhile)."""
+        loop = asyncio.get_running_loop()
+        for d, outcome in unwound:
+            log.error(
+                "payment %s was captured at %s but billing refused it (%s): voiding it",
+                d.payment_id, d.gateway, outcome.decline_reason,
+            )  # fmt: skip
+            deadline = loop.time() + GATEWAY_DEADLINE_S
+            result = await self._router.void(d.payment_id, d.gateway, deadline)
+            if result.outcome is GatewayOutcome.FAILED:
+                result = await self._router.refund(
+                    d.payment_id, d.gateway, "rf_" + d.payment_id.removeprefix("pay_"),
+                    d.intent.amount_minor, d.intent.currency, deadline,
+                )  # fmt: skip
+            if result.outcome is GatewayOutcome.UNKNOWN:
+                continue  # left RESERVED/CAPTURED and journalled: recovery retries
+            await self._book.roll_back([movement_of(d)])
+            await self._thread.run(self._store.forget_attempts, [d.payment_id])
+
+
+def _gateway_detail(result: GatewayResult) -> str:
+    if result.outcome is GatewayOutcome.DECLINED:
+        return f"declined by gateway {result.gateway}"
+    return f"no gateway could take the payment ({result.reason or result.outcome.name})"
 
 
 def replay(

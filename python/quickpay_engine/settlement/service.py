@@ -11,21 +11,34 @@ import contextlib
 import dataclasses
 import functools
 import io
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import date
 from typing import TypeVar
 
+import numpy as np
+
 from quickpay_engine._engine import Engine, FraudScorer
 from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord, SubscriberRow
 from quickpay_engine.errors import IdempotencyConflict, NotFound
+from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.reconcile.report import ColumnMapping, ReportError
 from quickpay_engine.settlement import reconciliation
 from quickpay_engine.settlement.batcher import MicroBatcher
 from quickpay_engine.settlement.fraud_gate import FraudGate
+from quickpay_engine.settlement.ledger_book import LedgerBook
 from quickpay_engine.settlement.pipeline import Pipeline, load_engine
 from quickpay_engine.settlement.reconciliation import ReconcileRun
+from quickpay_engine.settlement.recovery import Action, Recovery
+from quickpay_engine.settlement.refunds import RefundOutcome, Refunds
 from quickpay_engine.store import SqliteStore
 from quickpay_engine.store.executor import StoreThread
+from quickpay_engine.store.sqlite import SettledState
+
+log = logging.getLogger(__name__)
+
+# Unfinished payments not in flight are looked at this often while serving.
+SWEEP_S = 5.0
 
 R = TypeVar("R")
 
@@ -42,6 +55,9 @@ class BatchSettings:
     batch_max: int = 512
     linger_ms: float = 1.0
     queue_max: int = 20_000
+    # Batches past stage 1 (at the gateways or committing) at once: what hides gateway
+    # latency. At the bound the next batch waits before it starts.
+    inflight_max: int = 8
 
 
 class SettlementService:
@@ -50,17 +66,22 @@ class SettlementService:
     def __init__(
         self,
         store: SqliteStore,
+        book: LedgerBook,
+        router: GatewayRouter,
         card_key: bytes,
         batching: BatchSettings | None = None,
         fraud_scorer: FraudScorer | None = None,
         fraud_enforce: bool = True,
         engine_config_json: str | None = None,
     ) -> None:
-        """``card_key`` keys the card fingerprints fraud scoring tracks; ``fraud_scorer``
-        replaces the shipped model and rules (tests, a carrier's own model)."""
+        """``book`` is the open ledger, ``router`` the started gateways; ``card_key``
+        keys the card fingerprints fraud scoring tracks; ``fraud_scorer`` replaces the
+        shipped model and rules (tests, a carrier's own model)."""
         batching = batching or BatchSettings()
         self._store = store
         self._thread = StoreThread()
+        self.book = book
+        self.router = router
         self.engine = Engine(engine_config_json)
         # The billing system's subscribers, for the fraud features only a carrier has
         # (SIM swap, account age, plan, country); filled at start.
@@ -69,6 +90,8 @@ class SettlementService:
             self.engine,
             store,
             self._thread,
+            book,
+            router,
             on_commit=self._committed_batch,
             fraud=FraudGate(self._subscribers, card_key, fraud_scorer, fraud_enforce),
         )
@@ -78,7 +101,11 @@ class SettlementService:
             batch_max=batching.batch_max,
             linger_ms=batching.linger_ms,
             queue_max=batching.queue_max,
+            inflight_max=batching.inflight_max,
         )
+        self.recovery = Recovery(store, self._thread, book, router, self._apply_states)
+        self._refunds = Refunds(store, self._thread, book, router, self._apply_states)
+        self._sweeper: asyncio.Task[None] | None = None
         # One entry per idempotency key being settled right now: a concurrent retry
         # waits for the first attempt instead of racing it. Bounded by the batcher's
         # queue, since every entry is a queued or running payment.
@@ -88,18 +115,71 @@ class SettlementService:
         self._committed = asyncio.Event()
         self._watch_closed = asyncio.Event()
 
-    async def start(self) -> None:
-        """Loads the subscriber table into the engine and starts batching."""
+    async def start(self, sweep_s: float = SWEEP_S) -> list[Action]:
+        """Opens the subscribers' ledger accounts, finishes what an earlier run left
+        unfinished (recovery, before serving), loads the subscriber table into the
+        engine and starts batching and the periodic sweep. Returns recovery's actions."""
         rows = await self._thread.run(self._store.load_subscribers)
+        self.book.open_accounts(rows)
+        actions = await self.recovery.run()
+        if actions:
+            rows = await self._thread.run(self._store.load_subscribers)
         load_engine(self.engine, rows)
         self._subscribers.update((row.account_id, row) for row in rows)
         self._batcher.start()
+        self._sweeper = asyncio.get_running_loop().create_task(
+            self._sweep(sweep_s), name="recovery-sweep"
+        )
+        return actions
+
+    async def _sweep(self, every_s: float) -> None:
+        """Finishes, now and then, payments left unfinished while serving (a gateway that
+        did not answer, a database commit that failed)."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                done = await self.recovery.run(exclude=set(self._pipeline.in_flight))
+            except Exception:
+                log.exception("recovery sweep failed; trying again in %.0f s", every_s)
+                continue
+            if done:
+                self._committed_batch()
+
+    def _apply_states(self, states: list[SettledState]) -> None:
+        """Brings the engine's subscriber table up to what recovery or a refund wrote."""
+        states = [s for s in states if s is not None]
+        # At start recovery runs before the table is loaded; the load reads its result.
+        if states and self.engine.subscriber_count():
+            self.engine.set_states(
+                [s.account_id for s in states],
+                np.fromiter((s.balance_minor for s in states), np.int64, len(states)),
+                np.fromiter((s.status for s in states), np.uint8, len(states)),
+            )
+            self._committed_batch()
 
     async def close(self) -> None:
         """Finishes every queued payment, then releases the store thread."""
         self.end_watches()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         await self._batcher.close()
         self._thread.close()
+
+    async def refund(
+        self,
+        idempotency_key: str,
+        payment_id: str,
+        amount_minor: int | None,
+        currency: str,
+        reason: str,
+        deadline: float | None = None,
+    ) -> RefundOutcome:
+        """Refunds a settled payment, in full or in part; see ``Refunds``."""
+        return await self._refunds.refund(
+            idempotency_key, payment_id, amount_minor, currency, reason, deadline
+        )
 
     def end_watches(self) -> None:
         """Ends every WatchSettlements stream cleanly (the server is draining); a client

@@ -24,18 +24,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from quickpay_engine._engine import Ledger
-from quickpay_engine.domain import Outcome
+from quickpay_engine.domain import Outcome, PaymentStatus
 from quickpay_engine.errors import ConfigError, StoreError
 from quickpay_engine.store.postgres import GID_PREFIX, PostgresStore
 from quickpay_engine.store.rows import Decision
 from quickpay_engine.store.sqlite import SettledState
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 # Decision values in the engine's log (Ledger.record_decisions).
 COMMIT = 1
@@ -119,13 +121,25 @@ class TwoPhaseCoordinator:
         self, decisions: Sequence[Decision], now_us: int | None = None
     ) -> tuple[list[Outcome], list[SettledState]]:
         """The store's ``commit_batch``, atomic across every participant."""
+        return self._commit(lambda gid: self._store.prepare_batch(decisions, gid, now_us))
+
+    def finish_refund(
+        self, refund_id: str, gateway_reference: str, now_us: int | None = None
+    ) -> tuple[PaymentStatus, int, SettledState | None]:
+        """The store's ``finish_refund``, atomic across every participant."""
+        return self._commit(
+            lambda gid: self._store.prepare_refund(refund_id, gateway_reference, gid, now_us)
+        )
+
+    def _commit(self, prepare: Callable[[str], R]) -> R:
+        """Prepare everywhere, log COMMIT, COMMIT PREPARED everywhere, forget."""
         if self._unresolved:
             # A batch decided but not committed everywhere still holds its locks (and the
             # next payment sequence numbers): resolve it first, or fail this batch too.
             self.recover()
         gid = self.next_gid()
         # A failure here rolls back whatever was prepared (the store does) and raises.
-        result = self._store.prepare_batch(decisions, gid, now_us)
+        result = prepare(gid)
         _fault("after_prepare")
         try:
             codes, _ = self._ledger.record_decisions(
@@ -199,6 +213,12 @@ class TwoPhaseStore:
     ) -> tuple[list[Outcome], list[SettledState]]:
         """Commits a batch atomically across the billing, AR and provisioning databases."""
         return self.coordinator.commit_batch(decisions, now_us)
+
+    def finish_refund(
+        self, refund_id: str, gateway_reference: str, now_us: int | None = None
+    ) -> tuple[PaymentStatus, int, SettledState | None]:
+        """Records a refund atomically across the billing, AR and provisioning databases."""
+        return self.coordinator.finish_refund(refund_id, gateway_reference, now_us)
 
     def sweep(self) -> Resolution:
         """Resolves orphaned prepared transactions (call on the store's thread)."""

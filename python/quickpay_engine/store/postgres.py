@@ -20,8 +20,9 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import psycopg
 from psycopg import errors, sql
@@ -32,6 +33,7 @@ from quickpay_engine.domain import (
     LineStatus,
     OutboxEvent,
     Outcome,
+    PaymentIntent,
     PaymentRecord,
     PaymentStatus,
     Plan,
@@ -44,12 +46,25 @@ from quickpay_engine.store.checks import CHECKS
 from quickpay_engine.store.pg_migrations import require_current
 from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule
 from quickpay_engine.store.records import PAYMENT_COLUMNS, payment_record
-from quickpay_engine.store.rows import Account, BatchRows, Decision, MissingAccount, build
+from quickpay_engine.store.rows import (
+    Account,
+    BatchRows,
+    Decision,
+    MissingAccount,
+    RefundRequest,
+    build,
+    build_refund,
+    intent_from_json,
+    intent_json,
+)
 from quickpay_engine.store.sqlite import (
     IDEMPOTENCY_CONFLICT,
     VERIFY_EXAMPLES_MAX,
+    RefundRow,
     SettledState,
 )
+
+R = TypeVar("R")
 
 # The three domains, in the order participants prepare and commit.
 DOMAINS = ("billing", "ar", "provisioning")
@@ -231,16 +246,28 @@ class PostgresStore:
         first. Failure handling is ``SqliteStore.commit_batch``'s: the whole batch at
         once, else one payment per savepoint so one bad payment sinks no other.
         """
+        return self._local(lambda: self._do_batch(decisions, now_us))
+
+    def finish_refund(
+        self, refund_id: str, gateway_reference: str, now_us: int | None = None
+    ) -> tuple[PaymentStatus, int, SettledState | None]:
+        """Records a refund the gateway made, in one transaction: billing, AR, history,
+        provisioning, audit and outbox. Doing it again changes nothing. Returns the
+        payment's status, its refunded total, and the account's state after. Several
+        databases: through the two-phase coordinator (``prepare_refund``)."""
+        return self._local(lambda: self._do_refund(refund_id, gateway_reference, now_us))
+
+    def _local(self, work: Callable[[], R]) -> R:
         if self.urls.split:
             raise StoreError(
-                "the billing, AR and provisioning databases differ: a batch commits"
+                "the billing, AR and provisioning databases differ: this write commits"
                 " through the two-phase coordinator (settlement/twophase.py)"
             )
         self._reconnect_broken()
         conn = self._billing
         conn.execute("BEGIN")
         try:
-            result = self._do_batch(decisions, now_us)
+            result = work()
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
@@ -259,13 +286,22 @@ class PostgresStore:
         nothing stays prepared: what was prepared is rolled back (presumed abort) and the
         error is raised.
         """
+        return self._prepare(gid, lambda: self._do_batch(decisions, now_us))
+
+    def prepare_refund(
+        self, refund_id: str, gateway_reference: str, gid: str, now_us: int | None = None
+    ) -> tuple[PaymentStatus, int, SettledState | None]:
+        """``finish_refund``'s work in every database, prepared under ``gid``."""
+        return self._prepare(gid, lambda: self._do_refund(refund_id, gateway_reference, now_us))
+
+    def _prepare(self, gid: str, work: Callable[[], R]) -> R:
         _check_gid(gid)
         self._reconnect_broken()
         prepared: list[str] = []
         try:
             for conn in self._conns.values():
                 conn.execute("BEGIN")
-            result = self._do_batch(decisions, now_us)
+            result = work()
             for name, conn in self._conns.items():
                 conn.execute(
                     sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(_local_gid(gid, name)))
@@ -416,6 +452,137 @@ class PostgresStore:
                     [int(a.status) for a in touched],
                 ),
             )
+        if rows.payments:
+            # The payment has ended here: its journal entry goes in the same transaction.
+            billing.execute(
+                "DELETE FROM settlement_attempts WHERE payment_id = ANY(%s)",
+                ([row[1] for row in rows.payments],),
+            )
+
+    # -- the saga's journal --------------------------------------------------------------
+
+    def journal_attempts(
+        self, attempts: Sequence[tuple[str, PaymentIntent]], now_us: int | None = None
+    ) -> list[bool]:
+        """Records payments about to go to a gateway, in one transaction. False for a
+        payment whose key is already journalled by an attempt not yet finished (a
+        concurrent attempt in another process, or one recovery has still to finish)."""
+        now_us = now_us if now_us is not None else time.time_ns() // 1_000
+        taken: list[bool] = []
+        with self._transaction(self._billing):
+            for payment_id, intent in attempts:
+                cursor = self._billing.execute(
+                    "INSERT INTO settlement_attempts (payment_id, idempotency_key, intent,"
+                    " created_at_us) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    (payment_id, intent.idempotency_key, intent_json(intent), now_us),
+                )
+                taken.append(cursor.rowcount == 1)
+        return taken
+
+    def settled_or_declined_ids(self) -> list[tuple[str, int]]:
+        """(payment_id, status) of every payment that went to a gateway (it has a
+        gateway name), for checks against the ledger."""
+        return self._billing.execute(
+            "SELECT payment_id, status FROM payments WHERE gateway != '' ORDER BY seq"
+        ).fetchall()
+
+    def attempts(self) -> dict[str, PaymentIntent]:
+        """Every journalled payment not yet finished, by payment id."""
+        cursor = self._billing.execute("SELECT payment_id, intent FROM settlement_attempts")
+        return {payment_id: intent_from_json(text) for payment_id, text in cursor}
+
+    def forget_attempts(self, payment_ids: Sequence[str]) -> None:
+        """Removes journal entries of payments that ended without a history row (rolled
+        back before any money moved: the caller never had an answer and may retry)."""
+        self._billing.execute(
+            "DELETE FROM settlement_attempts WHERE payment_id = ANY(%s)", (list(payment_ids),)
+        )
+
+    # -- refunds ---------------------------------------------------------------------------
+
+    def refund_by_key(self, idempotency_key: str) -> RefundRow | None:
+        """The refund recorded under this key, if any."""
+        rows = self._refunds("idempotency_key = %s", (idempotency_key,))
+        return rows[0] if rows else None
+
+    def pending_refunds(self) -> list[RefundRow]:
+        """Refunds sent (or about to be sent) to a gateway with no answer recorded."""
+        return self._refunds("status = 'PENDING'", ())
+
+    def begin_refund(self, row: RefundRow) -> RefundRow:
+        """Records a refund as PENDING before the gateway is called; returns the row
+        stored under its key (this one, or an earlier one for a replay)."""
+        self._billing.execute(
+            "INSERT INTO refunds (refund_id, idempotency_key, payment_id, amount_minor,"
+            " currency, reason, status, created_at_us)"
+            " VALUES (%s, %s, %s, %s, %s, %s, 'PENDING', %s) ON CONFLICT DO NOTHING",
+            (row.refund_id, row.idempotency_key, row.payment_id, row.amount_minor,
+             row.currency, row.reason, row.created_at_us),
+        )  # fmt: skip
+        stored = self.refund_by_key(row.idempotency_key)
+        assert stored is not None
+        return stored
+
+    def decline_refund(self, refund_id: str, reason: str, detail: str, now_us: int) -> None:
+        """Records the gateway's refusal of a PENDING refund."""
+        self._billing.execute(
+            "UPDATE refunds SET status = 'DECLINED', decline_reason = %s, decline_detail = %s,"
+            " finished_at_us = %s WHERE refund_id = %s AND status = 'PENDING'",
+            (reason, detail, now_us, refund_id),
+        )
+
+    def _do_refund(
+        self, refund_id: str, gateway_reference: str, now_us: int | None
+    ) -> tuple[PaymentStatus, int, SettledState | None]:
+        """Writes one refund inside the open transactions (see ``finish_refund``)."""
+        now_us = now_us if now_us is not None else time.time_ns() // 1_000
+        (refund,) = self._refunds("refund_id = %s", (refund_id,))
+        payment = self._records("payment_id = %s", [refund.payment_id])[0]
+        if refund.status == "DONE":
+            return payment.outcome.status, payment.refunded_minor, None
+        i = payment.intent
+        row = self._billing.execute(
+            "SELECT msisdn, plan, status, balance_minor FROM subscribers"
+            " WHERE account_id = %s FOR UPDATE",
+            (i.account_id,),
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"refund {refund_id}: account {i.account_id} is gone")
+        msisdn, plan, status, balance = row
+        account = Account(i.account_id, msisdn, Plan(plan), LineStatus(status), balance)
+        head = self._billing.execute(
+            "SELECT seq, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        gateway = payment.outcome.confirmation.gateway if payment.outcome.confirmation else ""
+        request = RefundRequest(
+            refund_id, refund.payment_id, i.account_id, i.purpose, refund.amount_minor,
+            refund.currency, gateway, gateway_reference,
+        )  # fmt: skip
+        rows, after, refunded = build_refund(
+            request, account, i.amount_minor, payment.refunded_minor, self.rules,
+            head or (0, GENESIS), now_us,
+        )  # fmt: skip
+        self._write(rows)
+        self._billing.execute(
+            "UPDATE payments SET status = %s, refunded_minor = %s WHERE payment_id = %s",
+            (int(after), refunded, refund.payment_id),
+        )
+        self._billing.execute(
+            "UPDATE refunds SET status = 'DONE', gateway_reference = %s, finished_at_us = %s"
+            " WHERE refund_id = %s",
+            (gateway_reference, now_us, refund_id),
+        )
+        return after, refunded, _states(rows)[0]
+
+    def _refunds(self, where: str, params: Sequence[object]) -> list[RefundRow]:
+        # `where` is one of this module's literals; values always go in `params`.
+        cursor = self._billing.execute(
+            "SELECT refund_id, idempotency_key, payment_id, amount_minor, currency, reason,"  # noqa: S608
+            " status, gateway_reference, decline_reason, decline_detail, created_at_us"
+            f" FROM refunds WHERE {where} ORDER BY created_at_us, refund_id",
+            params,
+        )
+        return [RefundRow(*row) for row in cursor]
 
     def _replay_or_fail(self, decision: Decision, reason: str, error: str) -> Outcome:
         stored = self.find_by_keys([decision.intent.idempotency_key]).get(
@@ -595,11 +762,12 @@ WRITE_COLUMNS = {
     " balance_after_minor, service_state_after, gateway, gateway_reference, fraud_score,"
     " fraud_decision, fraud_reasons, created_at_us",
     "review_queue": "payment_id, account_id, score, reasons, created_at_us",
-    "billing_records": "payment_id, account_id, kind, amount_minor, currency,"
+    "billing_records": "record_id, payment_id, account_id, kind, amount_minor, currency,"
     " balance_delta_minor, balance_after_minor, created_at_us",
-    "ar_entries": "payment_id, leg, ar_account, debit_minor, credit_minor, currency, created_at_us",
-    "provisioning_changes": "payment_id, account_id, msisdn, state_before, state_after,"
-    " rule_id, changed_at_us",
+    "ar_entries": "document_id, payment_id, leg, ar_account, debit_minor, credit_minor,"
+    " currency, created_at_us",
+    "provisioning_changes": "document_id, payment_id, account_id, msisdn, state_before,"
+    " state_after, rule_id, changed_at_us",
     "audit_log": "seq, prev_hash, content, row_hash",
     "outbox": "event_id, kind, payment_id, account_id, payload, created_at_us",
 }
@@ -661,11 +829,11 @@ def _check_gid(gid: str) -> None:
 
 def _copy_ar_entries(source: psycopg.Connection, target: psycopg.Connection) -> None:
     target.execute(
-        "CREATE TEMPORARY TABLE ar_entries (payment_id TEXT NOT NULL, leg SMALLINT NOT NULL,"
-        " debit_minor BIGINT NOT NULL, credit_minor BIGINT NOT NULL, currency TEXT NOT NULL)"
-        " ON COMMIT DROP"
+        "CREATE TEMPORARY TABLE ar_entries (document_id TEXT NOT NULL, payment_id TEXT NOT NULL,"
+        " leg SMALLINT NOT NULL, debit_minor BIGINT NOT NULL, credit_minor BIGINT NOT NULL,"
+        " currency TEXT NOT NULL) ON COMMIT DROP"
     )
-    columns = "payment_id, leg, debit_minor, credit_minor, currency"
+    columns = "document_id, payment_id, leg, debit_minor, credit_minor, currency"
     with (
         source.cursor().copy(f"COPY (SELECT {columns} FROM ar_entries) TO STDOUT") as out,  # noqa: S608
         target.cursor().copy(f"COPY ar_entries ({columns}) FROM STDIN") as into,

@@ -9,6 +9,7 @@ id, which is what makes a redo of the same batch change nothing.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +17,8 @@ from quickpay_engine.domain import (
     Confirmation,
     FraudAssessment,
     LineStatus,
+    Method,
+    MethodKind,
     Outcome,
     PaymentIntent,
     PaymentStatus,
@@ -42,6 +45,7 @@ class Decision:
     gateway_reference: str = ""
     fraud: FraudAssessment | None = None
     review: bool = False  # held for fraud review: queued for an analyst
+    failed: bool = False  # a technical failure (no gateway answered): FAILED, not DECLINED
 
 
 @dataclass(slots=True)
@@ -94,7 +98,7 @@ def build(
             outcome = Outcome(
                 d.payment_id,
                 i.idempotency_key,
-                PaymentStatus.DECLINED,
+                PaymentStatus.FAILED if d.failed else PaymentStatus.DECLINED,
                 d.decline_reason,
                 d.decline_detail,
             )
@@ -145,6 +149,7 @@ def build(
             rows.billing.append(
                 (
                     d.payment_id,
+                    d.payment_id,
                     i.account_id,
                     "PAYMENT",
                     i.amount_minor,
@@ -158,11 +163,13 @@ def build(
             # subscriber owes (a bill) or becomes credit the carrier owes them (a top-up).
             clearing = f"gateway_clearing:{d.gateway or 'direct'}"
             credited = f"{'receivable' if bill else 'prepaid_liability'}:{i.account_id}"
-            rows.ar.append((d.payment_id, 1, clearing, i.amount_minor, 0, i.currency, now_us))
-            rows.ar.append((d.payment_id, 2, credited, 0, i.amount_minor, i.currency, now_us))
+            pid = d.payment_id
+            rows.ar.append((pid, pid, 1, clearing, i.amount_minor, 0, i.currency, now_us))
+            rows.ar.append((pid, pid, 2, credited, 0, i.amount_minor, i.currency, now_us))
             if after is not before:
                 rows.provisioning.append(
                     (
+                        d.payment_id,
                         d.payment_id,
                         i.account_id,
                         account.msisdn,
@@ -269,3 +276,122 @@ def _payment_row(seq: int, d: Decision, o: Outcome, now_us: int) -> tuple[object
         ",".join(d.fraud.reasons) if d.fraud else "",
         now_us,
     )
+
+
+def intent_json(intent: PaymentIntent) -> str:
+    """The request as the saga's journal keeps it: every field but the method detail,
+    so no card number is ever written (invariant 7)."""
+    return canonical(
+        {
+            "idempotency_key": intent.idempotency_key,
+            "fingerprint": intent.fingerprint,
+            "account_id": intent.account_id,
+            "msisdn": intent.msisdn,
+            "amount_minor": intent.amount_minor,
+            "currency": intent.currency,
+            "purpose": int(intent.purpose),
+            "method_kind": int(intent.method.kind),
+            "method_display": intent.method.display,
+            "channel": intent.channel,
+            "device_id": intent.device_id,
+            "ip": intent.ip,
+        }
+    )
+
+
+def intent_from_json(text: str) -> PaymentIntent:
+    """The inverse of ``intent_json``."""
+    data = json.loads(text)
+    return PaymentIntent(
+        idempotency_key=data["idempotency_key"],
+        fingerprint=data["fingerprint"],
+        account_id=data["account_id"],
+        msisdn=data["msisdn"],
+        amount_minor=data["amount_minor"],
+        currency=data["currency"],
+        purpose=Purpose(data["purpose"]),
+        method=Method(MethodKind(data["method_kind"]), data["method_display"]),
+        channel=data["channel"],
+        device_id=data["device_id"],
+        ip=data["ip"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRequest:
+    """A refund the gateway has accepted, to be recorded in billing, AR and history."""
+
+    refund_id: str
+    payment_id: str
+    account_id: str
+    purpose: Purpose
+    amount_minor: int
+    currency: str
+    gateway: str
+    gateway_reference: str
+
+
+def build_refund(
+    r: RefundRequest,
+    account: Account,
+    amount_captured_minor: int,
+    refunded_before_minor: int,
+    rules: Sequence[ProvisioningRule],
+    audit_head: tuple[int, str],
+    now_us: int,
+) -> tuple[BatchRows, PaymentStatus, int]:
+    """The rows that record one refund, the payment's status after it and the total
+    refunded. ``account`` is updated in place. The caller has checked the amount."""
+    refunded = refunded_before_minor + r.amount_minor
+    assert 0 < refunded <= amount_captured_minor, "refund above the captured amount"
+    status = (
+        PaymentStatus.REFUNDED if refunded == amount_captured_minor
+        else PaymentStatus.PARTIALLY_REFUNDED
+    )  # fmt: skip
+    rows = BatchRows()
+    # A refunded bill payment is owed again; a refunded top-up takes the credit back.
+    bill = r.purpose is Purpose.BILL_PAYMENT
+    delta = r.amount_minor if bill else -r.amount_minor
+    account.balance_minor += delta
+    before = account.status
+    after, rule_id = state_after(rules, account.plan, before, account.balance_minor)
+    account.status = after
+    rows.touched[account.account_id] = account
+    rows.billing.append(
+        (r.refund_id, r.payment_id, r.account_id, "REFUND", r.amount_minor, r.currency, delta,
+         account.balance_minor, now_us)
+    )  # fmt: skip
+    clearing = f"gateway_clearing:{r.gateway or 'direct'}"
+    debited = f"{'receivable' if bill else 'prepaid_liability'}:{r.account_id}"
+    rows.ar.append((r.refund_id, r.payment_id, 1, debited, r.amount_minor, 0, r.currency, now_us))
+    rows.ar.append((r.refund_id, r.payment_id, 2, clearing, 0, r.amount_minor, r.currency, now_us))
+    if after is not before:
+        rows.provisioning.append(
+            (r.refund_id, r.payment_id, r.account_id, account.msisdn, int(before), int(after),
+             rule_id, now_us)
+        )  # fmt: skip
+        state = {"msisdn": account.msisdn, "state_before": before.name, "state_after": after.name}
+        rows.outbox.append(
+            (f"evt_service_state_{r.refund_id}", "service_state", r.payment_id, r.account_id,
+             canonical(state), now_us)
+        )  # fmt: skip
+    payload = {
+        "refund_id": r.refund_id,
+        "amount_minor": r.amount_minor,
+        "currency": r.currency,
+        "refunded_total_minor": refunded,
+        "payment_status": status.name,
+        "gateway": r.gateway,
+        "gateway_reference": r.gateway_reference,
+        "balance_after_minor": account.balance_minor,
+        "service_state_after": after.name,
+    }
+    rows.outbox.append(
+        (f"evt_refund_{r.refund_id}", "refund", r.payment_id, r.account_id, canonical(payload),
+         now_us)
+    )  # fmt: skip
+    seq, head = audit_head
+    encoded = canonical({"kind": "payment.refunded", "payment_id": r.payment_id, **payload})
+    row_hash = chain_hash(head, seq + 1, encoded)
+    rows.audit.append((seq + 1, head, encoded, row_hash))
+    return rows, status, refunded

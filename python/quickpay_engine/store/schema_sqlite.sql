@@ -1,4 +1,4 @@
--- The embedded store's schema, version 1 (PRAGMA user_version). Every table is STRICT:
+-- The embedded store's schema, version 2 (PRAGMA user_version). Every table is STRICT:
 -- a wrong type is an error, never a silent coercion of an amount.
 CREATE TABLE IF NOT EXISTS subscribers (
     account_id       TEXT PRIMARY KEY,
@@ -50,23 +50,30 @@ CREATE TABLE IF NOT EXISTS payments (
 
 CREATE INDEX IF NOT EXISTS payments_by_account ON payments (account_id, seq);
 
--- Billing: one record per settled payment (and, later, per refund), keyed by payment id.
+-- Billing: one record per settled payment and one per refund, keyed by the payment or
+-- refund id (record_id), so a redo changes nothing.
 CREATE TABLE IF NOT EXISTS billing_records (
-    payment_id          TEXT PRIMARY KEY,
+    record_id           TEXT PRIMARY KEY,
+    payment_id          TEXT NOT NULL,
     account_id          TEXT NOT NULL REFERENCES subscribers (account_id),
     kind                TEXT NOT NULL CHECK (kind IN ('PAYMENT', 'REFUND')),
     amount_minor        INTEGER NOT NULL CHECK (amount_minor > 0),
     currency            TEXT NOT NULL,
     -- What the record did to the account's balance: a bill payment lowers what is owed
-    -- (negative), a top-up raises the credit (positive).
+    -- (negative), a top-up raises the credit (positive); a refund undoes its share.
     balance_delta_minor INTEGER NOT NULL,
     balance_after_minor INTEGER NOT NULL,
     created_at_us       INTEGER NOT NULL
 ) STRICT;
 
--- Accounts-receivable ledger: double entry, every payment's legs balance per currency.
+CREATE INDEX IF NOT EXISTS billing_by_payment ON billing_records (payment_id);
+
+-- Accounts-receivable ledger: double entry, every document's legs balance per currency.
+-- A document is a payment (document_id = payment_id) or one of its refunds
+-- (document_id = the refund id).
 CREATE TABLE IF NOT EXISTS ar_entries (
     entry_id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    document_id   TEXT NOT NULL,
     payment_id    TEXT NOT NULL,
     leg           INTEGER NOT NULL,
     ar_account    TEXT NOT NULL,
@@ -74,7 +81,7 @@ CREATE TABLE IF NOT EXISTS ar_entries (
     credit_minor  INTEGER NOT NULL CHECK (credit_minor >= 0),
     currency      TEXT NOT NULL,
     created_at_us INTEGER NOT NULL,
-    UNIQUE (payment_id, leg)
+    UNIQUE (document_id, leg)
 ) STRICT;
 
 -- Provisioning: the rules that restore a line, and every change they made.
@@ -88,8 +95,10 @@ CREATE TABLE IF NOT EXISTS provisioning_rules (
     credit_min_minor INTEGER NOT NULL
 ) STRICT;
 
+-- One change per document (a payment, or a refund: document_id is its id).
 CREATE TABLE IF NOT EXISTS provisioning_changes (
-    payment_id    TEXT PRIMARY KEY,
+    document_id   TEXT PRIMARY KEY,
+    payment_id    TEXT NOT NULL,
     account_id    TEXT NOT NULL,
     msisdn        TEXT NOT NULL,
     state_before  INTEGER NOT NULL,
@@ -154,3 +163,34 @@ CREATE TABLE IF NOT EXISTS review_queue (
     status        TEXT NOT NULL DEFAULT 'OPEN' CHECK (status IN ('OPEN', 'CLEARED', 'CONFIRMED')),
     created_at_us INTEGER NOT NULL
 ) STRICT;
+
+-- The saga's journal: a payment about to be sent to a gateway, written (with its
+-- request, never a card number) before the gateway is called and removed in the
+-- transaction that records how it ended. After a crash, recovery reads what it needs
+-- to finish each unfinished payment from here.
+CREATE TABLE IF NOT EXISTS settlement_attempts (
+    payment_id      TEXT PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    intent          TEXT NOT NULL,
+    created_at_us   INTEGER NOT NULL
+) STRICT;
+
+-- Refunds: one row per refund request, PENDING from before the gateway is called until
+-- the gateway's answer is recorded, so recovery can finish it (the gateway is
+-- idempotent on refund_id).
+CREATE TABLE IF NOT EXISTS refunds (
+    refund_id         TEXT PRIMARY KEY,
+    idempotency_key   TEXT NOT NULL UNIQUE,
+    payment_id        TEXT NOT NULL REFERENCES payments (payment_id),
+    amount_minor      INTEGER NOT NULL CHECK (amount_minor > 0),
+    currency          TEXT NOT NULL,
+    reason            TEXT NOT NULL,
+    status            TEXT NOT NULL CHECK (status IN ('PENDING', 'DONE', 'DECLINED')),
+    gateway_reference TEXT NOT NULL DEFAULT '',
+    decline_reason    TEXT NOT NULL DEFAULT '',
+    decline_detail    TEXT NOT NULL DEFAULT '',
+    created_at_us     INTEGER NOT NULL,
+    finished_at_us    INTEGER
+) STRICT;
+
+CREATE INDEX IF NOT EXISTS refunds_by_payment ON refunds (payment_id);

@@ -22,6 +22,7 @@ from quickpay_engine.domain import (
     LineStatus,
     OutboxEvent,
     Outcome,
+    PaymentIntent,
     PaymentRecord,
     PaymentStatus,
     Plan,
@@ -33,13 +34,23 @@ from quickpay_engine.store.audit import verify as verify_chain
 from quickpay_engine.store.checks import CHECKS
 from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule
 from quickpay_engine.store.records import PAYMENT_COLUMNS, payment_record
-from quickpay_engine.store.rows import Account, BatchRows, Decision, MissingAccount, build
+from quickpay_engine.store.rows import (
+    Account,
+    BatchRows,
+    Decision,
+    MissingAccount,
+    RefundRequest,
+    build,
+    build_refund,
+    intent_from_json,
+    intent_json,
+)
 
 # The decline reason of a payment whose key another writer took for another payload.
 IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
 
 # The schema this build writes (PRAGMA user_version); see schema_sqlite.sql.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # `verify` lists at most this many examples of each broken invariant.
 VERIFY_EXAMPLES_MAX = 20
@@ -50,6 +61,23 @@ IN_LIST_MAX = 500
 
 # SQLite waits this long for a lock held by another process before failing the call.
 BUSY_TIMEOUT_MS = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRow:
+    """One refund as the store keeps it."""
+
+    refund_id: str
+    idempotency_key: str
+    payment_id: str
+    amount_minor: int
+    currency: str
+    reason: str
+    status: str = "PENDING"  # PENDING, DONE or DECLINED
+    gateway_reference: str = ""
+    decline_reason: str = ""
+    decline_detail: str = ""
+    created_at_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,19 +308,19 @@ class SqliteStore:
             rows.reviews,
         )
         db.executemany(
-            "INSERT INTO billing_records (payment_id, account_id, kind, amount_minor, currency,"
-            " balance_delta_minor, balance_after_minor, created_at_us)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO billing_records (record_id, payment_id, account_id, kind, amount_minor,"
+            " currency, balance_delta_minor, balance_after_minor, created_at_us)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows.billing,
         )
         db.executemany(
-            "INSERT INTO ar_entries (payment_id, leg, ar_account, debit_minor, credit_minor,"
-            " currency, created_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO ar_entries (document_id, payment_id, leg, ar_account, debit_minor,"
+            " credit_minor, currency, created_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             rows.ar,
         )
         db.executemany(
-            "INSERT INTO provisioning_changes (payment_id, account_id, msisdn, state_before,"
-            " state_after, rule_id, changed_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO provisioning_changes (document_id, payment_id, account_id, msisdn,"
+            " state_before, state_after, rule_id, changed_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             rows.provisioning,
         )
         db.executemany(
@@ -308,6 +336,142 @@ class SqliteStore:
             "UPDATE subscribers SET balance_minor = ?, status = ? WHERE account_id = ?",
             [(a.balance_minor, int(a.status), a.account_id) for a in rows.touched.values()],
         )
+        # The payment has ended here: its journal entry goes in the same transaction.
+        db.executemany(
+            "DELETE FROM settlement_attempts WHERE payment_id = ?",
+            [(row[1],) for row in rows.payments],
+        )
+
+    # -- the saga's journal --------------------------------------------------------------
+
+    def journal_attempts(
+        self, attempts: Sequence[tuple[str, PaymentIntent]], now_us: int | None = None
+    ) -> list[bool]:
+        """Records payments about to go to a gateway, in one transaction. False for a
+        payment whose key is already journalled by an attempt not yet finished (a
+        concurrent attempt in another process, or one recovery has still to finish)."""
+        now_us = now_us if now_us is not None else time.time_ns() // 1_000
+        taken: list[bool] = []
+        with self._transaction():
+            for payment_id, intent in attempts:
+                cursor = self._db.execute(
+                    "INSERT OR IGNORE INTO settlement_attempts (payment_id, idempotency_key,"
+                    " intent, created_at_us) VALUES (?, ?, ?, ?)",
+                    (payment_id, intent.idempotency_key, intent_json(intent), now_us),
+                )
+                taken.append(cursor.rowcount == 1)
+        return taken
+
+    def settled_or_declined_ids(self) -> list[tuple[str, int]]:
+        """(payment_id, status) of every payment that went to a gateway (it has a
+        gateway name), for checks against the ledger."""
+        return self._db.execute(
+            "SELECT payment_id, status FROM payments WHERE gateway != '' ORDER BY seq"
+        ).fetchall()
+
+    def attempts(self) -> dict[str, PaymentIntent]:
+        """Every journalled payment not yet finished, by payment id."""
+        cursor = self._db.execute("SELECT payment_id, intent FROM settlement_attempts")
+        return {payment_id: intent_from_json(text) for payment_id, text in cursor}
+
+    def forget_attempts(self, payment_ids: Sequence[str]) -> None:
+        """Removes journal entries of payments that ended without a history row (rolled
+        back before any money moved: the caller never had an answer and may retry)."""
+        with self._transaction():
+            self._db.executemany(
+                "DELETE FROM settlement_attempts WHERE payment_id = ?",
+                [(p,) for p in payment_ids],
+            )
+
+    # -- refunds ---------------------------------------------------------------------------
+
+    def refund_by_key(self, idempotency_key: str) -> RefundRow | None:
+        """The refund recorded under this key, if any."""
+        rows = self._refunds("idempotency_key = ?", (idempotency_key,))
+        return rows[0] if rows else None
+
+    def pending_refunds(self) -> list[RefundRow]:
+        """Refunds sent (or about to be sent) to a gateway with no answer recorded."""
+        return self._refunds("status = 'PENDING'", ())
+
+    def begin_refund(self, row: RefundRow) -> RefundRow:
+        """Records a refund as PENDING before the gateway is called; returns the row
+        stored under its key (this one, or an earlier one for a replay)."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO refunds (refund_id, idempotency_key, payment_id,"
+                " amount_minor, currency, reason, status, created_at_us)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'PENDING', ?)",
+                (row.refund_id, row.idempotency_key, row.payment_id, row.amount_minor,
+                 row.currency, row.reason, row.created_at_us),
+            )  # fmt: skip
+        stored = self.refund_by_key(row.idempotency_key)
+        assert stored is not None
+        return stored
+
+    def decline_refund(self, refund_id: str, reason: str, detail: str, now_us: int) -> None:
+        """Records the gateway's refusal of a PENDING refund."""
+        with self._transaction():
+            self._db.execute(
+                "UPDATE refunds SET status = 'DECLINED', decline_reason = ?, decline_detail = ?,"
+                " finished_at_us = ? WHERE refund_id = ? AND status = 'PENDING'",
+                (reason, detail, now_us, refund_id),
+            )
+
+    def finish_refund(
+        self, refund_id: str, gateway_reference: str, now_us: int | None = None
+    ) -> tuple[PaymentStatus, int, SettledState | None]:
+        """Records a refund the gateway made, in one transaction: billing, AR, history,
+        provisioning, audit and outbox. Doing it again changes nothing. Returns the
+        payment's status, its refunded total, and the account's state after."""
+        now_us = now_us if now_us is not None else time.time_ns() // 1_000
+        with self._transaction():
+            (refund,) = self._refunds("refund_id = ?", (refund_id,))
+            payment = self._records("payment_id = ?", [refund.payment_id])[0]
+            if refund.status == "DONE":
+                return payment.outcome.status, payment.refunded_minor, None
+            i = payment.intent
+            row = self._db.execute(
+                "SELECT msisdn, plan, status, balance_minor FROM subscribers WHERE account_id = ?",
+                (i.account_id,),
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"refund {refund_id}: account {i.account_id} is gone")
+            msisdn, plan, status, balance = row
+            account = Account(i.account_id, msisdn, Plan(plan), LineStatus(status), balance)
+            head = self._db.execute(
+                "SELECT seq, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            gateway = payment.outcome.confirmation.gateway if payment.outcome.confirmation else ""
+            request = RefundRequest(
+                refund_id, refund.payment_id, i.account_id, i.purpose, refund.amount_minor,
+                refund.currency, gateway, gateway_reference,
+            )  # fmt: skip
+            rows, after, refunded = build_refund(
+                request, account, i.amount_minor, payment.refunded_minor, self.rules,
+                head or (0, GENESIS), now_us,
+            )  # fmt: skip
+            self._write(rows)
+            self._db.execute(
+                "UPDATE payments SET status = ?, refunded_minor = ? WHERE payment_id = ?",
+                (int(after), refunded, refund.payment_id),
+            )
+            self._db.execute(
+                "UPDATE refunds SET status = 'DONE', gateway_reference = ?, finished_at_us = ?"
+                " WHERE refund_id = ?",
+                (gateway_reference, now_us, refund_id),
+            )
+        return after, refunded, _states(rows)[0]
+
+    def _refunds(self, where: str, params: Sequence[object]) -> list[RefundRow]:
+        # `where` is one of this module's literals; values always go in `params`.
+        cursor = self._db.execute(
+            "SELECT refund_id, idempotency_key, payment_id, amount_minor, currency, reason,"  # noqa: S608
+            " status, gateway_reference, decline_reason, decline_detail, created_at_us"
+            f" FROM refunds WHERE {where} ORDER BY created_at_us, refund_id",
+            params,
+        )
+        return [RefundRow(*row) for row in cursor]
 
     def _replay_or_fail(self, decision: Decision, reason: str, error: str) -> Outcome:
         stored = self.find_by_keys([decision.intent.idempotency_key]).get(

@@ -55,23 +55,31 @@ CREATE TABLE payments (
 CREATE INDEX payments_by_account ON payments (account_id, seq);
 CREATE INDEX payments_by_gateway ON payments (gateway, settled_at_us);
 
--- Billing: one record per settled payment (and, later, per refund), keyed by payment id.
+-- Billing: one record per settled payment and one per refund, keyed by the payment or
+-- refund id (record_id), so a redo changes nothing.
 CREATE TABLE billing_records (
-    payment_id          TEXT PRIMARY KEY,
+    record_id           TEXT PRIMARY KEY,
+    payment_id          TEXT NOT NULL,
     account_id          TEXT NOT NULL REFERENCES subscribers (account_id),
     kind                TEXT NOT NULL CHECK (kind IN ('PAYMENT', 'REFUND')),
     amount_minor        BIGINT NOT NULL CHECK (amount_minor > 0),
     currency            TEXT NOT NULL,
+    -- What the record did to the account's balance: a bill payment lowers what is owed
+    -- (negative), a top-up raises the credit (positive); a refund undoes its share.
     balance_delta_minor BIGINT NOT NULL,
     balance_after_minor BIGINT NOT NULL,
     created_at_us       BIGINT NOT NULL
 );
 
 CREATE INDEX billing_by_account ON billing_records (account_id);
+CREATE INDEX billing_by_payment ON billing_records (payment_id);
 
--- Accounts-receivable ledger: double entry, every payment's legs balance per currency.
+-- Accounts-receivable ledger: double entry, every document's legs balance per currency.
+-- A document is a payment (document_id = payment_id) or one of its refunds
+-- (document_id = the refund id).
 CREATE TABLE ar_entries (
     entry_id      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    document_id   TEXT NOT NULL,
     payment_id    TEXT NOT NULL,
     leg           SMALLINT NOT NULL,
     ar_account    TEXT NOT NULL,
@@ -79,8 +87,10 @@ CREATE TABLE ar_entries (
     credit_minor  BIGINT NOT NULL CHECK (credit_minor >= 0),
     currency      TEXT NOT NULL,
     created_at_us BIGINT NOT NULL,
-    UNIQUE (payment_id, leg)
+    UNIQUE (document_id, leg)
 );
+
+CREATE INDEX ar_by_payment ON ar_entries (payment_id);
 
 -- Provisioning: the rules that restore a line, and every change they made.
 CREATE TABLE provisioning_rules (
@@ -93,8 +103,10 @@ CREATE TABLE provisioning_rules (
     credit_min_minor BIGINT NOT NULL
 );
 
+-- One change per document (a payment, or a refund: document_id is its id).
 CREATE TABLE provisioning_changes (
-    payment_id    TEXT PRIMARY KEY,
+    document_id   TEXT PRIMARY KEY,
+    payment_id    TEXT NOT NULL,
     account_id    TEXT NOT NULL,
     msisdn        TEXT NOT NULL,
     state_before  SMALLINT NOT NULL,
@@ -156,3 +168,34 @@ CREATE TABLE review_queue (
     status        TEXT NOT NULL DEFAULT 'OPEN' CHECK (status IN ('OPEN', 'CLEARED', 'CONFIRMED')),
     created_at_us BIGINT NOT NULL
 );
+
+-- The saga's journal: a payment about to be sent to a gateway, written (with its
+-- request, never a card number) before the gateway is called and removed in the
+-- transaction that records how it ended. After a crash, recovery reads what it needs
+-- to finish each unfinished payment from here.
+CREATE TABLE settlement_attempts (
+    payment_id      TEXT PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    intent          TEXT NOT NULL,
+    created_at_us   BIGINT NOT NULL
+);
+
+-- Refunds: one row per refund request, PENDING from before the gateway is called until
+-- the gateway's answer is recorded, so recovery can finish it (the gateway is
+-- idempotent on refund_id).
+CREATE TABLE refunds (
+    refund_id         TEXT PRIMARY KEY,
+    idempotency_key   TEXT NOT NULL UNIQUE,
+    payment_id        TEXT NOT NULL REFERENCES payments (payment_id),
+    amount_minor      BIGINT NOT NULL CHECK (amount_minor > 0),
+    currency          TEXT NOT NULL,
+    reason            TEXT NOT NULL,
+    status            TEXT NOT NULL CHECK (status IN ('PENDING', 'DONE', 'DECLINED')),
+    gateway_reference TEXT NOT NULL DEFAULT '',
+    decline_reason    TEXT NOT NULL DEFAULT '',
+    decline_detail    TEXT NOT NULL DEFAULT '',
+    created_at_us     BIGINT NOT NULL,
+    finished_at_us    BIGINT
+);
+
+CREATE INDEX refunds_by_payment ON refunds (payment_id);

@@ -1,0 +1,67 @@
+"""`quickpay recover [--dry-run]`: finish what a crash left unfinished, without serving.
+
+The server does the same at every start, before it serves; this command lets an
+operator see (``--dry-run``: looks at the ledger, the store and the gateways, changes
+nothing) or do it by hand. The server must not be running on the same data dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from quickpay_engine._engine import Ledger
+from quickpay_engine.commands import add_command
+from quickpay_engine.config import Settings, settings_from
+from quickpay_engine.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = add_command(
+        subparsers, "recover", "finish payments and refunds a crash left unfinished"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="show what would be done; change nothing"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    if not settings.postgres and not settings.sqlite_path.exists():
+        raise ConfigError(f"no database at {settings.sqlite_path}")
+    return asyncio.run(_recover(settings, args.dry_run))
+
+
+async def _recover(settings: Settings, dry_run: bool) -> int:
+    from quickpay_engine.gateways.router import GatewayRouter
+    from quickpay_engine.gateways.supervisor import open_gateways
+    from quickpay_engine.settlement.ledger_book import LedgerBook
+    from quickpay_engine.settlement.recovery import Recovery
+    from quickpay_engine.storage import open_store
+    from quickpay_engine.store.executor import StoreThread
+
+    # Two-phase mode: opening resolves what a crash left prepared, first of all.
+    store = open_store(settings, coordinate=True)
+    thread = StoreThread()
+    book = LedgerBook(Ledger.open(settings.data_dir / "ledger"))
+    gateways, stop_gateways = await open_gateways(settings.gateways, settings.data_dir)
+    router = GatewayRouter(gateways)
+    try:
+        await router.start()
+        actions = await Recovery(store, thread, book, router).run(dry_run=dry_run)
+    finally:
+        await router.close()
+        await stop_gateways()
+        book.close()
+        thread.close()
+        store.close()
+    verb = "would do" if dry_run else "did"
+    if not actions:
+        print("recover: nothing unfinished")
+        return 0
+    print(f"recover {verb}:")
+    for a in actions:
+        print(f"  {a.payment_id}  {a.ledger_state:<11}  {a.action}  {a.detail}")
+    waiting = sum(a.action == "waiting" for a in actions)
+    return 1 if waiting and not dry_run else 0

@@ -1,0 +1,283 @@
+"""The saga's use of the engine's durable ledger: accounts, holds and settlement states.
+
+Every payment moves money from the gateway clearing account of its currency to the
+subscriber's ledger account (what they owe, or their prepaid credit):
+
+- reserve: a pending transfer (the hold) and the RESERVED state, durable before any
+  gateway is called;
+- capture: the CAPTURED state, logged as soon as the gateway took the money (the
+  decision recovery rolls forward);
+- settle: the hold posted and the SETTLED state, after the database commit;
+- roll back: the hold voided and the ROLLED_BACK state;
+- refund: a plain transfer back, from the subscriber's account to clearing.
+
+Ids are derived, never stored: a payment's pending transfer has the payment's own id,
+its post and void transfers and every account id are hashes of a name. So a redo after
+a crash addresses the same transfers, and the ledger's EXISTS code makes it a no-op.
+
+Ledger calls block on the log's fdatasync with the GIL released; they run on a small
+thread pool of their own so that concurrent batches share group commits and the event
+loop never waits on a disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from quickpay_engine._engine import (
+    LEDGER_BATCH_MAX,
+    TRANSFER_PENDING,
+    TRANSFER_POST_PENDING,
+    TRANSFER_VOID_PENDING,
+    Ledger,
+    currency_numeric,
+    ids_array,
+    ids_list,
+    ledger_result_codes,
+)
+from quickpay_engine.domain import Plan, SubscriberRow
+
+T = TypeVar("T")
+
+# Settlement states, as the ledger numbers them.
+RESERVED, CAPTURED, SETTLED, ROLLED_BACK = 1, 2, 3, 4
+# Account kinds, as the ledger numbers them.
+KIND_RECEIVABLE, KIND_PREPAID, KIND_CLEARING = 1, 2, 3
+# Result codes that mean "already done": a redo after a crash, harmless.
+_CODES = {kind: dict(codes) for kind, codes in ledger_result_codes()}
+ACCOUNT_OK = {0, 10}  # OK, EXISTS
+TRANSFER_OK = {0, 19}  # OK, EXISTS
+STATE_OK = {0, 4}  # OK, EXISTS
+# Calls that can wait on the log at once; more queue for a thread. Group commit makes
+# a few concurrent callers share each fdatasync.
+LEDGER_THREADS = 4
+
+
+class LedgerRefused(Exception):
+    """The ledger refused an operation the saga relies on (a bug or a capacity limit):
+    the payment cannot go on and its batch fails."""
+
+
+def payment_number(payment_id: str) -> int:
+    """The ledger's 128-bit id of a payment: its 32 hex digits."""
+    return int(payment_id.removeprefix("pay_"), 16)
+
+
+def payment_name(number: int) -> str:
+    """The inverse of ``payment_number``."""
+    return f"pay_{number:032x}"
+
+
+def derived_id(*parts: str) -> int:
+    """A stable nonzero 128-bit id for a name (an account, a post or a void)."""
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).digest()
+    return int.from_bytes(digest, "big") or 1
+
+
+def subscriber_account(account_id: str) -> int:
+    """The ledger account of a subscriber."""
+    return derived_id("subscriber", account_id)
+
+
+def clearing_account(currency: str) -> int:
+    """The gateway clearing account of a currency."""
+    return derived_id("clearing", currency)
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    """One payment's money movement: ``amount_minor`` into the subscriber's account."""
+
+    payment_id: str
+    account_id: str
+    amount_minor: int
+    currency: str
+
+
+class LedgerBook:
+    """Batches of holds, posts, voids and states on one open ``Ledger``."""
+
+    def __init__(self, ledger: Ledger, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.ledger = ledger
+        self._clock_ns = clock_ns
+        self._pool = ThreadPoolExecutor(LEDGER_THREADS, thread_name_prefix="ledger")
+
+    def close(self) -> None:
+        """Waits for calls in flight, then closes the ledger."""
+        self._pool.shutdown(wait=True)
+        self.ledger.close()
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    # -- accounts --------------------------------------------------------------------
+
+    def open_accounts(self, subscribers: Sequence[SubscriberRow]) -> None:
+        """Creates (or finds) every subscriber's account and every currency's clearing
+        account. Called at start, before serving."""
+        wanted: dict[int, tuple[int, int]] = {}
+        for row in subscribers:
+            kind = KIND_RECEIVABLE if row.plan is Plan.POSTPAID else KIND_PREPAID
+            wanted[subscriber_account(row.account_id)] = (_numeric(row.currency), kind)
+            wanted[clearing_account(row.currency)] = (_numeric(row.currency), KIND_CLEARING)
+        items = list(wanted.items())
+        for start in range(0, len(items), LEDGER_BATCH_MAX):
+            chunk = items[start : start + LEDGER_BATCH_MAX]
+            n = len(chunk)
+            codes, _ = self.ledger.create_accounts(
+                self._clock_ns(),
+                ids_array([i for i, _ in chunk]),
+                np.fromiter((c for _, (c, _) in chunk), np.uint16, n),
+                np.fromiter((k for _, (_, k) in chunk), np.uint16, n),
+                np.zeros(n, np.uint16),
+            )
+            _check("account", codes, ACCOUNT_OK)
+
+    # -- the saga's steps ------------------------------------------------------------
+
+    async def reserve(self, moves: Sequence[Movement]) -> None:
+        """Holds each payment's amount and logs RESERVED; returns once durable."""
+        if moves:
+            await self._run(self._reserve, list(moves))
+
+    def _reserve(self, moves: list[Movement]) -> None:
+        for chunk in _chunks(moves):
+            n = len(chunk)
+            codes, _ = self.ledger.create_transfers(
+                self._clock_ns(),
+                ids_array([payment_number(m.payment_id) for m in chunk]),
+                ids_array([clearing_account(m.currency) for m in chunk]),
+                ids_array([subscriber_account(m.account_id) for m in chunk]),
+                np.fromiter((m.amount_minor for m in chunk), np.int64, n),
+                np.fromiter((_numeric(m.currency) for m in chunk), np.uint16, n),
+                np.full(n, TRANSFER_PENDING, np.uint16),
+                ids_array([0] * n),
+                np.zeros(n, np.uint32),  # no timeout: only the saga ends a hold
+                ids_array([payment_number(m.payment_id) for m in chunk]),
+            )
+            _check("transfer", codes, TRANSFER_OK)
+        self._states_now([m.payment_id for m in moves], RESERVED)
+
+    async def capture(self, payment_ids: Sequence[str]) -> None:
+        """Logs CAPTURED (the gateway took the money); returns once durable."""
+        if payment_ids:
+            await self._run(self._states_now, list(payment_ids), CAPTURED)
+
+    async def settle(self, moves: Sequence[Movement]) -> None:
+        """Posts each hold and logs SETTLED."""
+        if moves:
+            await self._run(self._finish, list(moves), TRANSFER_POST_PENDING, "post", SETTLED)
+
+    async def roll_back(self, moves: Sequence[Movement]) -> None:
+        """Voids each hold and logs ROLLED_BACK."""
+        if moves:
+            await self._run(self._finish, list(moves), TRANSFER_VOID_PENDING, "void", ROLLED_BACK)
+
+    def settle_now(self, moves: Sequence[Movement]) -> None:
+        """``settle`` on the calling thread (recovery, before the loop serves)."""
+        if moves:
+            self._finish(list(moves), TRANSFER_POST_PENDING, "post", SETTLED)
+
+    def roll_back_now(self, moves: Sequence[Movement]) -> None:
+        """``roll_back`` on the calling thread."""
+        if moves:
+            self._finish(list(moves), TRANSFER_VOID_PENDING, "void", ROLLED_BACK)
+
+    def capture_now(self, payment_ids: Sequence[str]) -> None:
+        """``capture`` on the calling thread."""
+        if payment_ids:
+            self._states_now(list(payment_ids), CAPTURED)
+
+    def _finish(self, moves: list[Movement], flag: int, name: str, state: int) -> None:
+        for chunk in _chunks(moves):
+            n = len(chunk)
+            codes, _ = self.ledger.create_transfers(
+                self._clock_ns(),
+                ids_array([derived_id(name, m.payment_id) for m in chunk]),
+                ids_array([clearing_account(m.currency) for m in chunk]),
+                ids_array([subscriber_account(m.account_id) for m in chunk]),
+                np.zeros(n, np.int64),  # the whole hold
+                np.fromiter((_numeric(m.currency) for m in chunk), np.uint16, n),
+                np.full(n, flag, np.uint16),
+                ids_array([payment_number(m.payment_id) for m in chunk]),
+                np.zeros(n, np.uint32),
+                ids_array([payment_number(m.payment_id) for m in chunk]),
+            )
+            _check("transfer", codes, TRANSFER_OK)
+        self._states_now([m.payment_id for m in moves], state)
+
+    async def refund(self, refund_id: str, move: Movement) -> None:
+        """Moves a refunded amount back from the subscriber's account to clearing."""
+        await self._run(self._refund, refund_id, move)
+
+    def _refund(self, refund_id: str, move: Movement) -> None:
+        codes, _ = self.ledger.create_transfers(
+            self._clock_ns(),
+            ids_array([derived_id("refund", refund_id)]),
+            ids_array([subscriber_account(move.account_id)]),
+            ids_array([clearing_account(move.currency)]),
+            np.array([move.amount_minor], np.int64),
+            np.array([_numeric(move.currency)], np.uint16),
+            np.zeros(1, np.uint16),
+            ids_array([0]),
+            np.zeros(1, np.uint32),
+            ids_array([payment_number(move.payment_id)]),
+        )
+        _check("transfer", codes, TRANSFER_OK)
+
+    def _states_now(self, payment_ids: list[str], state: int) -> None:
+        for chunk in _chunks(payment_ids):
+            codes, _ = self.ledger.record_payment_states(
+                self._clock_ns(),
+                ids_array([payment_number(p) for p in chunk]),
+                np.full(len(chunk), state, np.uint8),
+            )
+            _check("payment", codes, STATE_OK)
+
+    # -- recovery ----------------------------------------------------------------------
+
+    def unfinished(self) -> dict[str, int]:
+        """Payments RESERVED or CAPTURED and not yet finished, with their state."""
+        ids, states = self.ledger.unfinished_payments()
+        return {
+            payment_name(n): int(s) for n, s in zip(ids_list(ids), states.tolist(), strict=True)
+        }
+
+    def states(self, payment_ids: Sequence[str]) -> list[int]:
+        """Each payment's recorded state (0 when the ledger does not know it)."""
+        if not payment_ids:
+            return []
+        found = self.ledger.payment_states(ids_array([payment_number(p) for p in payment_ids]))
+        return [int(s) for s in found.tolist()]
+
+    def balance_minor(self, account: int) -> tuple[int, int, int, int]:
+        """(debits_pending, debits_posted, credits_pending, credits_posted) of one account."""
+        _, dp, dpo, cp, cpo = self.ledger.balances(ids_array([account]))
+        return int(dp[0]), int(dpo[0]), int(cp[0]), int(cpo[0])
+
+
+def _numeric(currency: str) -> int:
+    number = currency_numeric(currency)
+    if number is None:
+        raise LedgerRefused(f"{currency!r} is not an ISO 4217 currency")
+    return number
+
+
+def _chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), LEDGER_BATCH_MAX):
+        yield items[start : start + LEDGER_BATCH_MAX]
+
+
+def _check(kind: str, codes: np.ndarray, ok: set[int]) -> None:
+    bad = [int(c) for c in codes.tolist() if int(c) not in ok]
+    if bad:
+        names = sorted({_CODES[kind].get(c, str(c)) for c in bad})
+        raise LedgerRefused(f"ledger refused {len(bad)} {kind} events: {', '.join(names)}")

@@ -1,0 +1,92 @@
+"""Reconciliation end to end: payments settled through the saga at real gateway
+processes, then each gateway's own settlement report (its CSV export) reconciled against
+billing. A clean report after a run with declines, refunds and failover has no
+discrepancy (invariant 6); a report the gateway was told to corrupt yields exactly the
+discrepancies it injected, each in its category."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import urllib.request
+from pathlib import Path
+
+import grpc
+from tests.conftest import bill, settings_for, topup
+from tests.gateway_procs import SimulatorSet
+
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
+from quickpay_engine.server import create_server
+
+CATEGORY_OF = {
+    "missing_in_billing": "MISSING_IN_BILLING",
+    "missing_at_gateway": "MISSING_AT_GATEWAY",
+    "amount_mismatch": "AMOUNT_MISMATCH",
+    "currency_mismatch": "CURRENCY_MISMATCH",
+    "status_mismatch": "STATUS_MISMATCH",
+    "duplicate": "DUPLICATE_AT_GATEWAY",
+    "outside_window": "OUTSIDE_WINDOW",
+}
+
+
+def _report(sims: SimulatorSet, name: str, day: str, inject: str = "") -> tuple[bytes, list]:
+    url = f"{sims.urls[name]}/v1/reports/settlement?business_day={day}"
+    if inject:
+        url += f"&inject={inject}&inject_seed=7"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        injected = json.loads(response.headers.get("X-Quickpay-Injected") or "[]")
+        return response.read(), injected
+
+
+async def test_gateway_reports_reconcile_clean_and_injected_ones_exactly(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    (tmp_path / "gw").mkdir()
+    sims = SimulatorSet(tmp_path / "gw").start()
+    running = await create_server(settings_for(data_dir, gateways=sims.gateways_file))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    stub = pb_grpc.SettlementStub(channel)
+    try:
+        cards = [
+            bill(f"rc-{n}", amount=pb.Money(amount_minor=10 + n, currency="EUR")) for n in range(40)
+        ]
+        wallets = [
+            topup(f"rcw-{n}", amount=pb.Money(amount_minor=100 + n, currency="KES"))
+            for n in range(20)
+        ]
+        paid = await asyncio.gather(*(stub.Pay(r) for r in cards + wallets))
+        assert all(p.status == pb.SETTLED for p in paid)
+        # Some declines and a refund, so the clean report is not trivially clean.
+        sims.set_faults("acq-a", {"seed": 2, "declines": {"DO_NOT_HONOUR": 1.0}})
+        sims.set_faults("acq-b", {"seed": 2, "declines": {"DO_NOT_HONOUR": 1.0}})
+        declined = await stub.Pay(bill("rc-declined"))
+        assert declined.status == pb.DECLINED
+        refund = await stub.Refund(
+            pb.RefundRequest(idempotency_key="rc-rf", payment_id=paid[0].payment_id)
+        )
+        assert refund.status == pb.REFUNDED
+
+        day = dt.datetime.now(dt.UTC).date().isoformat()
+        for name in ("acq-a", "wallet-x"):
+            csv_bytes, _ = _report(sims, name, day)
+            clean = await stub.Reconcile(
+                pb.ReconcileRequest(gateway=name, report_csv=csv_bytes, business_day=day)
+            )
+            assert clean.matched > 0
+            assert list(clean.discrepancies) == [], (name, clean.discrepancies)
+
+        inject = ",".join(f"{kind}:1" for kind in CATEGORY_OF)
+        csv_bytes, injected = _report(sims, "acq-a", day, inject)
+        assert len(injected) == len(CATEGORY_OF)
+        report = await stub.Reconcile(
+            pb.ReconcileRequest(gateway="acq-a", report_csv=csv_bytes, business_day=day)
+        )
+        found = {(d.category, d.payment_id) for d in report.discrepancies}
+        expected = {(CATEGORY_OF[i["kind"]], i["merchant_reference"]) for i in injected}
+        assert found == expected
+    finally:
+        await channel.close()
+        await running.stop(grace_s=1)
+        sims.stop()

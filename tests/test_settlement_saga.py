@@ -1,0 +1,293 @@
+"""The settlement saga against real gateway processes: captures, declines, failover,
+lost responses, refunds and recovery after an interrupted batch (invariants 3 and 4)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+from tests.conftest import bill, settings_for, topup
+from tests.gateway_procs import SimulatorSet
+
+from quickpay_engine._engine import Ledger
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
+from quickpay_engine.server import RunningServer, create_server
+from quickpay_engine.settlement.ledger_book import (
+    RESERVED,
+    ROLLED_BACK,
+    SETTLED,
+    LedgerBook,
+)
+from quickpay_engine.store import SqliteStore
+
+
+async def _served(data_dir: Path, gateways: Path | None = None) -> RunningServer:
+    return await create_server(settings_for(data_dir, gateways=gateways))
+
+
+def _stub(running: RunningServer) -> tuple[grpc.aio.Channel, pb_grpc.SettlementStub]:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    return channel, pb_grpc.SettlementStub(channel)
+
+
+def _ledger_states(running: RunningServer, payment_ids: list[str]) -> list[int]:
+    return running.service.book.states(payment_ids)
+
+
+@pytest.fixture
+def own_sims(tmp_path: Path):
+    """Simulators for this test alone, so their faults can be changed."""
+    (tmp_path / "own").mkdir()
+    sims = SimulatorSet(tmp_path / "own").start()
+    try:
+        yield sims
+    finally:
+        sims.stop()
+
+
+async def test_card_bill_is_captured_at_the_first_acquirer_and_settled(
+    stub, server, simulators
+) -> None:
+    reply = await stub.Pay(bill("saga-1"))
+    assert reply.status == pb.SETTLED
+    c = reply.confirmation
+    assert c.gateway == "acq-a" and c.gateway_reference
+    at_gateway = simulators.payment("acq-a", reply.payment_id)
+    assert at_gateway is not None
+    assert at_gateway["state"] == "CAPTURED"
+    assert at_gateway["gateway_reference"] == c.gateway_reference
+    assert at_gateway["captured_minor"] == 3_000
+    assert _ledger_states(server, [reply.payment_id]) == [SETTLED]
+    assert server.service.book.unfinished() == {}
+
+
+async def test_wallet_topup_goes_to_the_wallet_provider(stub, server, simulators) -> None:
+    reply = await stub.Pay(topup("saga-2"))
+    assert reply.status == pb.SETTLED
+    assert reply.confirmation.gateway == "wallet-x"
+    assert simulators.payment("wallet-x", reply.payment_id)["state"] == "CAPTURED"
+    assert simulators.payment("acq-a", reply.payment_id) is None
+
+
+async def test_gateway_decline_is_recorded_and_the_hold_voided(data_dir, own_sims) -> None:
+    for name in ("acq-a", "acq-b"):
+        own_sims.set_faults(name, {"seed": 3, "declines": {"DO_NOT_HONOUR": 1.0}})
+    running = await _served(data_dir, own_sims.gateways_file)
+    channel, stub = _stub(running)
+    try:
+        reply = await stub.Pay(bill("saga-decline"))
+        assert reply.status == pb.DECLINED
+        assert reply.decline_reason == "DO_NOT_HONOUR"
+        assert _ledger_states(running, [reply.payment_id]) == [ROLLED_BACK]
+        stored = await stub.GetPayment(pb.GetPaymentRequest(payment_id=reply.payment_id))
+        assert stored.status == pb.DECLINED
+        # Nothing moved: the line stays barred and owes what it owed.
+        assert running.store.subscriber("acc-post-barred").balance_minor == 8_000
+        assert running.store.verify() == []
+    finally:
+        await channel.close()
+        await running.stop(grace_s=1)
+
+
+async def test_failover_to_the_second_acquirer_when_the_first_is_down(data_dir, own_sims) -> None:
+    own_sims.stop("acq-a")
+    running = await _served(data_dir, own_sims.gateways_file)
+    channel, stub = _stub(running)
+    try:
+        reply = await stub.Pay(bill("saga-failover"))
+        assert reply.status == pb.SETTLED
+        assert reply.confirmation.gateway == "acq-b"
+    finally:
+        await channel.close()
+        await running.stop(grace_s=1)
+
+
+async def test_a_lost_response_is_looked_up_and_captured_once(data_dir, own_sims) -> None:
+    # acq-a processes every sale and then withholds the answer.
+    own_sims.set_faults("acq-a", {"seed": 4, "lost_response_rate": 1.0})
+    running = await _served(data_dir, own_sims.gateways_file)
+    channel, stub = _stub(running)
+    try:
+        reply = await stub.Pay(bill("saga-lost"), timeout=30)
+        assert reply.status == pb.SETTLED
+        assert reply.confirmation.gateway == "acq-a"
+        # Captured once, at acq-a only: the lookup found it, nothing failed over.
+        assert own_sims.payment("acq-a", reply.payment_id)["state"] == "CAPTURED"
+        assert own_sims.payment("acq-b", reply.payment_id) is None
+        again = await stub.Pay(bill("saga-lost"))
+        assert again.replayed and again.payment_id == reply.payment_id
+    finally:
+        await channel.close()
+        await running.stop(grace_s=1)
+
+
+async def test_no_gateway_answering_fails_the_payment_and_voids_the_hold(
+    data_dir, own_sims
+) -> None:
+    own_sims.stop("acq-a")
+    own_sims.stop("acq-b")
+    running = await _served(data_dir, own_sims.gateways_file)
+    channel, stub = _stub(running)
+    try:
+        reply = await stub.Pay(bill("saga-down"), timeout=30)
+        assert reply.status == pb.FAILED
+        assert reply.decline_reason == "GATEWAY_UNAVAILABLE"
+        assert _ledger_states(running, [reply.payment_id]) == [ROLLED_BACK]
+        assert running.store.verify() == []
+    finally:
+        await channel.close()
+        await running.stop(grace_s=1)
+
+
+async def test_a_hundred_concurrent_identical_requests_settle_once(
+    stub, server, simulators
+) -> None:
+    replies = await asyncio.gather(*(stub.Pay(bill("saga-same")) for _ in range(100)))
+    assert {r.payment_id for r in replies} == {replies[0].payment_id}
+    assert sum(not r.replayed for r in replies) == 1
+    assert simulators.payment("acq-a", replies[0].payment_id)["captured_minor"] == 3_000
+    assert server.store.subscriber("acc-post-barred").balance_minor == 8_000 - 3_000
+
+
+# -- refunds -----------------------------------------------------------------------------
+
+
+async def test_partial_then_full_refund_and_over_refund_refused(stub, server, simulators) -> None:
+    paid = await stub.Pay(bill("saga-refund"))
+    assert paid.status == pb.SETTLED
+
+    part = await stub.Refund(
+        pb.RefundRequest(
+            idempotency_key="rf-1",
+            payment_id=paid.payment_id,
+            amount=pb.Money(amount_minor=1_000, currency="EUR"),
+            reason="customer asked",
+        )
+    )
+    assert part.status == pb.PARTIALLY_REFUNDED
+    assert part.refunded_total.amount_minor == 1_000 and part.gateway_reference
+    assert server.store.subscriber("acc-post-barred").balance_minor == 8_000 - 3_000 + 1_000
+
+    replay = await stub.Refund(
+        pb.RefundRequest(
+            idempotency_key="rf-1",
+            payment_id=paid.payment_id,
+            amount=pb.Money(amount_minor=1_000, currency="EUR"),
+        )
+    )
+    assert replay.replayed and replay.refund_id == part.refund_id
+    assert replay.refunded_total.amount_minor == 1_000
+
+    over = await stub.Refund(
+        pb.RefundRequest(
+            idempotency_key="rf-2",
+            payment_id=paid.payment_id,
+            amount=pb.Money(amount_minor=2_001, currency="EUR"),
+        )
+    )
+    assert over.decline_reason == "REFUND_EXCEEDS_CAPTURED"
+    assert over.status == pb.PARTIALLY_REFUNDED
+    assert over.refunded_total.amount_minor == 1_000
+
+    rest = await stub.Refund(pb.RefundRequest(idempotency_key="rf-3", payment_id=paid.payment_id))
+    assert rest.status == pb.REFUNDED
+    assert rest.refunded_total.amount_minor == 3_000
+    at_gateway = simulators.payment("acq-a", paid.payment_id)
+    assert at_gateway["state"] == "REFUNDED" and at_gateway["refunded_minor"] == 3_000
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Refund(
+            pb.RefundRequest(
+                idempotency_key="rf-1",
+                payment_id=paid.payment_id,
+                amount=pb.Money(amount_minor=500, currency="EUR"),
+            )
+        )  # the same key, another amount
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    stored = await stub.GetPayment(pb.GetPaymentRequest(payment_id=paid.payment_id))
+    assert stored.status == pb.REFUNDED
+    assert server.store.subscriber("acc-post-barred").balance_minor == 8_000
+    assert server.store.verify() == []
+    events = server.store.outbox_after(0, kinds=["refund"])
+    assert len(events) == 2
+
+
+async def test_a_declined_payment_cannot_be_refunded(stub) -> None:
+    declined = await stub.Pay(bill("saga-closed", account_id="acc-closed", msisdn="+306900000005"))
+    assert declined.status == pb.DECLINED
+    refused = await stub.Refund(
+        pb.RefundRequest(idempotency_key="rf-x", payment_id=declined.payment_id)
+    )
+    assert refused.decline_reason == "NOT_REFUNDABLE"
+
+
+# -- recovery ----------------------------------------------------------------------------
+
+
+async def test_recovery_settles_a_captured_payment_and_forgets_an_unsent_one(
+    data_dir: Path, simulators
+) -> None:
+    """A batch interrupted after the gateway captured one payment and before the other
+    was sent: at the next start the captured one is committed and posted, the other is
+    voided at the gateways and rolled back, and nothing is journalled any more."""
+    from quickpay_engine.api.convert import intent_of
+    from quickpay_engine.server import fingerprint_key
+
+    running = await _served(data_dir)
+    key = fingerprint_key(data_dir)
+    pipeline = running.service._pipeline  # the saga's stage 1, run by hand
+    captured_intent = intent_of(bill("rec-captured"), key)
+    unsent_intent = intent_of(topup("rec-unsent"), key)
+    batch = await pipeline._prepare([captured_intent, unsent_intent])
+    captured, unsent = (batch.decisions[k] for k in batch.reserved)
+    result = await pipeline._sale(captured)
+    assert result.gateway == "acq-a"
+    # The process dies here: no CAPTURED record, no commit, no post.
+    pipeline.in_flight.clear()
+    await running.service.router.close()
+    await running.stop_gateways()
+    running.service.book.close()
+    running.store.close()
+    await running.server.stop(0)
+
+    book = LedgerBook(Ledger.open(data_dir / "ledger"))
+    assert book.states([captured.payment_id, unsent.payment_id]) == [RESERVED, RESERVED]
+    book.close()
+
+    again = await _served(data_dir)
+    try:
+        states = again.service.book.states([captured.payment_id, unsent.payment_id])
+        assert states == [SETTLED, ROLLED_BACK]
+        record = again.store.get_payment(payment_id=captured.payment_id)
+        assert record is not None and record.outcome.status == pb.SETTLED
+        assert record.outcome.confirmation.gateway_reference == result.gateway_reference
+        assert again.store.get_payment(payment_id=unsent.payment_id) is None
+        assert again.store.attempts() == {}
+        # The unsent one was voided where it could have landed.
+        assert simulators.payment("wallet-x", unsent.payment_id)["state"] == "VOIDED"
+        assert again.store.verify() == []
+        # Its caller never had an answer; a retry with the same key now settles.
+        channel, stub = _stub(again)
+        retry = await stub.Pay(topup("rec-unsent"))
+        assert retry.status == pb.SETTLED and retry.payment_id != unsent.payment_id
+        await channel.close()
+    finally:
+        await again.stop(grace_s=1)
+
+
+def test_store_keeps_no_card_number_in_the_journal(tmp_path: Path) -> None:
+    from quickpay_engine.api.convert import intent_of
+
+    store = SqliteStore(tmp_path / "q.sqlite3")
+    try:
+        intent = intent_of(bill("journal"), b"k" * 32)
+        assert store.journal_attempts([("pay_" + "1" * 32, intent)]) == [True]
+        assert store.journal_attempts([("pay_" + "2" * 32, intent)]) == [False]  # key held
+        (text,) = store._db.execute("SELECT intent FROM settlement_attempts").fetchone()
+        assert "4242424242424242" not in text and "4242" in text
+        assert store.attempts()["pay_" + "1" * 32].amount_minor == 3_000
+    finally:
+        store.close()
