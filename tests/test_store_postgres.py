@@ -448,6 +448,12 @@ def test_the_saga_journal_lives_until_the_payment_ends(dbs: Databases) -> None:
         "pay_j2": intent("j2"),
         "pay_j3": intent("j3"),
     }
+    # Two attempts with one key in the same call: the first is taken.
+    assert store.journal_attempts([("pay_d1", intent("dup")), ("pay_d2", intent("dup"))], 2) == [
+        True,
+        False,
+    ]
+    store.forget_attempts(["pay_d1"])
     # Settling a payment removes its journal entry in the same transaction.
     dbs.commit([Decision("pay_j1", intent("j1"), gateway="acq-a", gateway_reference="r")], 3)
     assert set(store.attempts()) == {"pay_j2", "pay_j3"}
