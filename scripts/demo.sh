@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: seed subscribers into a fresh SQLite database in ./var/demo, start the
-# server, send a few thousand Pay calls over gRPC with a progress bar, print the summary,
-# stop the server, and check the invariants and the audit trail of what it wrote.
+# server (which starts the three bundled gateway simulators as child processes), send a
+# few thousand Pay calls over gRPC with a progress bar, print the summary and what the
+# gateways captured, stop the server, and check the invariants and the audit trail.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -37,6 +38,23 @@ kill -TERM $server
 wait $server || { echo "demo: server did not stop cleanly" >&2; exit 1; }
 trap - EXIT
 echo "server drained and stopped"
+# What the run did to the lines and at the gateways, read from the files it left.
+"$(dirname "$quickpay")/python" - "$data_dir" <<'PY'
+import sqlite3, sys
+from pathlib import Path
+
+data = Path(sys.argv[1])
+db = sqlite3.connect(data / "quickpay.sqlite3")
+restored = db.execute(
+    "SELECT count(*) FROM provisioning_changes WHERE state_after = 1"
+).fetchone()[0]
+print(f"lines restored  {restored} (barred or suspended lines made ACTIVE by a payment)")
+for books in sorted((data / "gateways").glob("*/ledger.sqlite3")):
+    g = sqlite3.connect(books)
+    rows = dict(g.execute("SELECT state, count(*) FROM payments GROUP BY state").fetchall())
+    states = ", ".join(f"{k} {v}" for k, v in sorted(rows.items())) or "no payments (failover only)"
+    print(f"gateway {books.parent.name:<8} {states}")
+PY
 "$quickpay" verify --data-dir "$data_dir"
 "$quickpay" audit verify --data-dir "$data_dir"
 exit $status

@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
-from tests.gateway_procs import SimulatorSet
 
+from gateway_procs import SimulatorSet
 from pg_support import (
     create_database,
     drop_database,

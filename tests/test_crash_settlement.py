@@ -27,9 +27,9 @@ import sys
 from pathlib import Path
 
 import grpc
-from tests.conftest import seed_store
-from tests.gateway_procs import SimulatorSet
 
+from conftest import seed_store
+from gateway_procs import SimulatorSet
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.domain import LineStatus, Plan, SubscriberRow

@@ -13,9 +13,9 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-from tests.conftest import bill, settings_for, topup
-from tests.gateway_procs import SimulatorSet
 
+from conftest import bill, settings_for, topup
+from gateway_procs import SimulatorSet
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.server import create_server

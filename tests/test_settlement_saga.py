@@ -8,9 +8,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tests.conftest import bill, settings_for, topup
-from tests.gateway_procs import SimulatorSet
 
+from conftest import bill, settings_for, topup
+from gateway_procs import SimulatorSet
 from quickpay_engine._engine import Ledger
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
@@ -37,6 +37,12 @@ def _ledger_states(running: RunningServer, payment_ids: list[str]) -> list[int]:
     return running.service.book.states(payment_ids)
 
 
+async def _posted_states(running: RunningServer, payment_ids: list[str]) -> list[int]:
+    """The states once the holds of answered payments are posted (after the reply)."""
+    await running.service._pipeline.drain()
+    return _ledger_states(running, payment_ids)
+
+
 @pytest.fixture
 def own_sims(tmp_path: Path):
     """Simulators for this test alone, so their faults can be changed."""
@@ -60,7 +66,7 @@ async def test_card_bill_is_captured_at_the_first_acquirer_and_settled(
     assert at_gateway["state"] == "CAPTURED"
     assert at_gateway["gateway_reference"] == c.gateway_reference
     assert at_gateway["captured_minor"] == 3_000
-    assert _ledger_states(server, [reply.payment_id]) == [SETTLED]
+    assert await _posted_states(server, [reply.payment_id]) == [SETTLED]
     assert server.service.book.unfinished() == {}
 
 
@@ -291,3 +297,88 @@ def test_store_keeps_no_card_number_in_the_journal(tmp_path: Path) -> None:
         assert store.attempts()["pay_" + "1" * 32].amount_minor == 3_000
     finally:
         store.close()
+
+
+async def test_a_capture_billing_refuses_is_given_back_and_marked_failed(
+    stub, server, simulators
+) -> None:
+    # The account disappears from billing after the engine loaded it: validation passes,
+    # the gateway captures, and the commit can never succeed.
+    server.store._db.execute("DELETE FROM subscribers WHERE account_id = 'acc-post'")
+    reply = await stub.Pay(bill("saga-gone", account_id="acc-post", msisdn="+306900000002"))
+    assert reply.status == pb.FAILED
+    assert reply.decline_reason == "ACCOUNT_GONE"
+    assert simulators.payment("acq-a", reply.payment_id)["state"] == "VOIDED"
+    assert _ledger_states(server, [reply.payment_id]) == [ROLLED_BACK]
+    stored = await stub.GetPayment(pb.GetPaymentRequest(payment_id=reply.payment_id))
+    assert stored.status == pb.FAILED
+    assert server.store.attempts() == {}
+    assert server.store.verify() == []
+
+
+async def test_the_sweep_finishes_what_the_pipeline_let_go_and_spares_what_it_holds(
+    data_dir: Path, simulators, monkeypatch
+) -> None:
+    from quickpay_engine.api.convert import intent_of
+    from quickpay_engine.server import fingerprint_key
+    from quickpay_engine.settlement import service as service_module
+
+    monkeypatch.setattr(service_module, "SWEEP_S", 0.1)
+    running = await _served(data_dir)
+    try:
+        key = fingerprint_key(data_dir)
+        pipeline = running.service._pipeline
+        batch = await pipeline.prepare(
+            [intent_of(bill("sweep-captured"), key), intent_of(topup("sweep-held"), key)]
+        )
+        captured, held = (batch.decisions[k] for k in batch.reserved)
+        assert (await pipeline._sale(captured)).gateway == "acq-a"
+        # The pipeline lets go of the captured one (as after an unanswered gateway) and
+        # keeps the other: the sweep must finish the first and leave the second alone.
+        pipeline.in_flight.discard(captured.payment_id)
+        for _ in range(100):
+            if running.store.get_payment(payment_id=captured.payment_id) is not None:
+                break
+            await asyncio.sleep(0.05)
+        record = running.store.get_payment(payment_id=captured.payment_id)
+        assert record is not None and record.outcome.status == pb.SETTLED
+        await asyncio.sleep(0.3)  # a few more sweeps
+        assert _ledger_states(running, [captured.payment_id, held.payment_id]) == [
+            SETTLED,
+            RESERVED,
+        ]
+        pipeline.in_flight.discard(held.payment_id)
+        for _ in range(100):
+            if _ledger_states(running, [held.payment_id]) == [ROLLED_BACK]:
+                break
+            await asyncio.sleep(0.05)
+        assert _ledger_states(running, [held.payment_id]) == [ROLLED_BACK]
+        assert running.store.attempts() == {}
+    finally:
+        await running.stop(grace_s=1)
+
+
+@pytest.mark.parametrize(
+    ("method", "gateway"),
+    [
+        (
+            pb.PaymentMethod(bank_account=pb.BankAccount(iban="GR1601101250000000012300695")),
+            "acq-a",
+        ),
+        (
+            pb.PaymentMethod(wallet=pb.Wallet(provider="mpesa", wallet_id="306900000002")),
+            "wallet-x",
+        ),
+    ],
+)
+async def test_each_method_settles_at_the_gateway_that_takes_it(
+    stub, simulators, method, gateway
+) -> None:
+    key = f"saga-method-{gateway}-{method.WhichOneof('kind')}"
+    reply = await stub.Pay(
+        bill(key, account_id="acc-post", msisdn="+306900000002", method=method,
+             amount=pb.Money(amount_minor=500, currency="EUR"))
+    )  # fmt: skip
+    assert reply.status == pb.SETTLED, reply
+    assert reply.confirmation.gateway == gateway
+    assert simulators.payment(gateway, reply.payment_id)["state"] == "CAPTURED"

@@ -85,3 +85,42 @@ async def test_verify_names_each_broken_invariant(traffic: Path, sql: str, named
     done = verify_cli(traffic)
     assert done.returncode == 1
     assert named in done.stdout, done.stdout
+
+
+async def test_verify_checks_billing_against_the_bundled_gateways_books(data_dir: Path) -> None:
+    """With no --gateways file, serve starts the bundled simulators with their books in
+    the data dir; verify reads those books and finds a capture billing lost."""
+    import argparse
+
+    import grpc
+
+    from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
+    from quickpay_engine.config import settings_from
+    from quickpay_engine.server import create_server
+
+    settings = settings_from(
+        argparse.Namespace(
+            listen="127.0.0.1:0", data_dir=str(data_dir), database_url=None, gateways=None,
+            fraud_mode="observe",
+        )
+    )  # fmt: skip
+    running = await create_server(settings)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.SettlementStub(channel)
+            paid = [await stub.Pay(topup(f"bg{n}")) for n in range(5)]
+    finally:
+        await running.stop(grace_s=1)
+    assert (data_dir / "gateways" / "wallet-x" / "ledger.sqlite3").exists()
+    done = verify_cli(data_dir)
+    assert done.returncode == 0, done.stdout
+
+    settled = next(p for p in paid if p.status == pb.SETTLED)
+    with sqlite3.connect(data_dir / "quickpay.sqlite3") as db:
+        db.execute(
+            "UPDATE payments SET gateway_reference = 'forged' WHERE payment_id = ?",
+            (settled.payment_id,),
+        )
+    done = verify_cli(data_dir)
+    assert done.returncode == 1
+    assert f"wallet-x holds {settled.payment_id} as" in done.stdout

@@ -6,6 +6,7 @@
 
 mod fraud;
 mod ledger;
+mod reconcile;
 mod validate;
 
 use pyo3::create_exception;
@@ -153,6 +154,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CapacityExceeded", py.get_type::<CapacityExceeded>())?;
     validate::register(m)?;
     ledger::register(m)?;
+    reconcile::register(m)?;
     fraud::register(m)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 """Type stubs of the compiled core (engine/src/python.rs and engine/src/python/*.rs)."""
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, final
 
@@ -335,6 +336,55 @@ def ids_list(array: npt.NDArray[np.uint64]) -> list[int]:
 
 def ledger_result_codes() -> list[tuple[str, list[tuple[int, str]]]]:
     """Every ledger result code by family: account, transfer, payment, claim, entry."""
+
+# Reconciliation (engine/src/python/reconcile.rs).
+
+_RowTuple = tuple[int, str, str, int, str, str, str, int]
+_DiscrepancyTuple = tuple[str, str, str, str, int | None, int | None, str, str]
+
+class ReportInvalid(EngineError):
+    """A settlement report row cannot be read; the message names its line."""
+
+@final
+class SettlementReport:
+    """A gateway settlement report, parsed and held by the engine."""
+
+    @staticmethod
+    def parse(
+        text: str, columns: list[str], amount_unit: str, values: dict[str, str]
+    ) -> SettlementReport:
+        """Parses report text; `columns` names the CSV column of each field in the order
+        of `report_fields()`, `amount_unit` is "minor" or "major", `values` maps the
+        gateway's words to ours. Raises `ReportInvalid` naming the first bad line."""
+    @staticmethod
+    def from_rows(rows: list[_RowTuple]) -> SettlementReport:
+        """A report from rows already in our terms (tuples as `rows()` returns them)."""
+    def __len__(self) -> int: ...
+    def rows(self) -> list[_RowTuple]:
+        """The rows as tuples (line, gateway_reference, merchant_reference, amount_minor,
+        currency, type, status, captured_at_us)."""
+    def business_day(self) -> int | None:
+        """The UTC day (days since 1970-01-01) most captures fall on, the later day on a
+        tie; None for a report without rows."""
+    def reconcile(
+        self,
+        gateway: str,
+        business_day: str,
+        start_us: int,
+        end_us: int,
+        tolerance_s: int,
+        billed: Iterable[Any],
+    ) -> tuple[int, int, list[_DiscrepancyTuple]]:
+        """Matches the rows against `billed` (objects with payment_id, gateway_reference,
+        amount_minor, currency, settled_at_us, refunded); returns (records, matched,
+        discrepancies as tuples in the order found)."""
+
+def report_fields() -> list[str]:
+    """The report fields a column mapping names, in the order `SettlementReport.parse`
+    takes them."""
+
+def discrepancy_categories() -> list[str]:
+    """The discrepancy categories, in the order reports list them."""
 
 # Fraud scoring (engine/src/python/fraud.rs).
 

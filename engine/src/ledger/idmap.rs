@@ -17,10 +17,26 @@ use rustc_hash::FxHashMap;
 /// per-map overhead (64 empty tables) stays a few kilobytes.
 const SHARDS: usize = 64;
 
+/// An id as the tables store it: two u64 halves, so a bucket is aligned to 8 bytes
+/// rather than the 16 of a `u128`. A bucket of an `IdMap<u64>` is 24 bytes instead of
+/// 32: growing a table of millions then copies, and the kernel zeroes, a quarter less.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct Key(u64, u64);
+
+impl Key {
+    fn of(id: u128) -> Key {
+        Key((id >> 64) as u64, id as u64)
+    }
+
+    fn id(self) -> u128 {
+        (u128::from(self.0) << 64) | u128::from(self.1)
+    }
+}
+
 /// A map from ids, sharded by a mix of all 128 bits.
 #[derive(Clone, Debug)]
 pub struct IdMap<V> {
-    shards: Vec<FxHashMap<u128, V>>,
+    shards: Vec<FxHashMap<Key, V>>,
     len: usize,
 }
 
@@ -76,31 +92,33 @@ impl<V> IdMap<V> {
 
     /// The value for `id`.
     pub fn get(&self, id: &u128) -> Option<&V> {
-        self.shards[shard_of(*id)].get(id)
+        self.shards[shard_of(*id)].get(&Key::of(*id))
     }
 
     /// The value for `id`, to change it in place.
     pub fn get_mut(&mut self, id: &u128) -> Option<&mut V> {
-        self.shards[shard_of(*id)].get_mut(id)
+        self.shards[shard_of(*id)].get_mut(&Key::of(*id))
     }
 
     /// Sets the value for `id`; returns the old one.
     pub fn insert(&mut self, id: u128, value: V) -> Option<V> {
-        let old = self.shards[shard_of(id)].insert(id, value);
+        let old = self.shards[shard_of(id)].insert(Key::of(id), value);
         self.len += usize::from(old.is_none());
         old
     }
 
     /// Removes `id`; returns its value.
     pub fn remove(&mut self, id: &u128) -> Option<V> {
-        let old = self.shards[shard_of(*id)].remove(id);
+        let old = self.shards[shard_of(*id)].remove(&Key::of(*id));
         self.len -= usize::from(old.is_some());
         old
     }
 
     /// Every entry, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&u128, &V)> {
-        self.shards.iter().flat_map(|shard| shard.iter())
+    pub fn iter(&self) -> impl Iterator<Item = (u128, &V)> {
+        self.shards
+            .iter()
+            .flat_map(|shard| shard.iter().map(|(key, value)| (key.id(), value)))
     }
 
     /// Every value, in no particular order.

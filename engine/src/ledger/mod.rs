@@ -11,6 +11,7 @@ mod codes;
 mod durable;
 mod idmap;
 mod payments;
+mod transfer_table;
 mod transfers;
 mod types;
 
@@ -23,6 +24,7 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use rustc_hash::FxHashMap;
 
 use idmap::IdMap;
+use transfer_table::TransferTable;
 
 pub use codes::{AccountResult, ClaimResult, EntryResult, PaymentResult, TransferResult};
 pub use durable::{
@@ -193,7 +195,7 @@ pub struct Ledger {
     // Ids are 128-bit values the orchestrator derives (UUIDs, hashes), so a fast
     // non-keyed hash is safe here; the string-keyed tables below keep SipHash.
     accounts: IdMap<Account>,
-    transfers: IdMap<Transfer>,
+    transfers: TransferTable,
     pending: IdMap<PendingState>,
     /// Pending transfers with a deadline, by deadline: the expiry sweep's queue.
     expiry: BTreeSet<(u64, u128)>,
@@ -391,7 +393,7 @@ impl Ledger {
         accounts.sort_unstable_by_key(|a| a.input.id);
         let mut transfers: Vec<_> = self.transfers.values().copied().collect();
         transfers.sort_unstable_by_key(|t| t.input.id);
-        let mut pending: Vec<_> = self.pending.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut pending: Vec<_> = self.pending.iter().map(|(k, v)| (k, *v)).collect();
         pending.sort_unstable_by_key(|(id, _)| *id);
         let mut payments: Vec<_> = self.payments.iter().map(|(k, v)| (*k, v.0, v.1)).collect();
         payments.sort_unstable_by_key(|(id, _, _)| *id);
@@ -420,7 +422,7 @@ impl Ledger {
         let expiry = pending
             .iter()
             .filter(|(_, p)| p.status == PendingStatus::Pending && p.expires_at_ns != 0)
-            .map(|(id, p)| (p.expires_at_ns, *id))
+            .map(|(id, p)| (p.expires_at_ns, id))
             .collect();
         Ledger {
             limits,
@@ -430,11 +432,7 @@ impl Ledger {
                 .into_iter()
                 .map(|a| (a.input.id, a))
                 .collect(),
-            transfers: image
-                .transfers
-                .into_iter()
-                .map(|t| (t.input.id, t))
-                .collect(),
+            transfers: image.transfers.into_iter().collect(),
             pending,
             expiry,
             payments: image

@@ -99,9 +99,7 @@ impl Ledger {
                         .expect("undo of a known account")
                         .balances = balances;
                 }
-                Undo::TransferInserted(id) => {
-                    self.transfers.remove(&id);
-                }
+                Undo::TransferInserted(id) => self.transfers.remove_last(&id),
                 Undo::Pending(id, Some(state)) => {
                     self.pending.insert(id, state);
                 }
@@ -396,7 +394,7 @@ impl Ledger {
 
     fn insert_transfer(&mut self, transfer: Transfer) {
         let id = transfer.input.id;
-        self.transfers.insert(id, transfer);
+        self.transfers.insert(transfer);
         self.undo.push(Undo::TransferInserted(id));
     }
 }

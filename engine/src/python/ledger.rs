@@ -46,12 +46,13 @@ fn to_py(err: DurableError) -> PyErr {
     }
 }
 
-/// Reads an (n, 2) uint64 id column into u128s.
-fn ids(
+/// An (n, 2) uint64 id column as its flat C-order slice (high, low, high, low, ...);
+/// `n` checks the row count when given.
+fn id_pairs<'a>(
     column: &'static str,
-    array: &PyReadonlyArray2<'_, u64>,
+    array: &'a PyReadonlyArray2<'_, u64>,
     n: Option<usize>,
-) -> PyResult<Vec<u128>> {
+) -> PyResult<&'a [u64]> {
     let shape = array.shape();
     if shape[1] != 2 {
         let message = format!("column {column} must have shape (n, 2), got {shape:?}");
@@ -60,15 +61,26 @@ fn ids(
     if let Some(n) = n {
         check_len(column, shape[0], n)?;
     }
-    let flat = array.as_slice().map_err(|_| {
+    array.as_slice().map_err(|_| {
         InvalidBatch::new_err(format!(
             "column {column} must be a C-contiguous (n, 2) uint64 array"
         ))
-    })?;
-    Ok(flat
-        .chunks_exact(2)
-        .map(|p| (u128::from(p[0]) << 64) | u128::from(p[1]))
-        .collect())
+    })
+}
+
+/// Row `i` of a flat id column from `id_pairs`.
+fn id_at(flat: &[u64], i: usize) -> u128 {
+    (u128::from(flat[2 * i]) << 64) | u128::from(flat[2 * i + 1])
+}
+
+/// Reads an (n, 2) uint64 id column into u128s.
+fn ids(
+    column: &'static str,
+    array: &PyReadonlyArray2<'_, u64>,
+    n: Option<usize>,
+) -> PyResult<Vec<u128>> {
+    let flat = id_pairs(column, array, n)?;
+    Ok((0..flat.len() / 2).map(|i| id_at(flat, i)).collect())
 }
 
 fn ids_out(
@@ -222,25 +234,27 @@ impl Ledger {
         timeouts_s: PyReadonlyArray1<'py, u32>,
         payment_ids: PyReadonlyArray2<'py, u64>,
     ) -> PyResult<Codes<'py>> {
-        let id_values = self::ids("ids", &ids, None)?;
-        let n = id_values.len();
+        // Straight from the numpy buffers into the command, with no column copied on
+        // the way: this runs with the GIL held, once per micro-batch.
+        let id_values = id_pairs("ids", &ids, None)?;
+        let n = id_values.len() / 2;
         check_ledger_batch(n)?;
-        let debits = self::ids("debit_account_ids", &debit_account_ids, Some(n))?;
-        let credits = self::ids("credit_account_ids", &credit_account_ids, Some(n))?;
-        let pendings = self::ids("pending_ids", &pending_ids, Some(n))?;
-        let payments = self::ids("payment_ids", &payment_ids, Some(n))?;
+        let debits = id_pairs("debit_account_ids", &debit_account_ids, Some(n))?;
+        let credits = id_pairs("credit_account_ids", &credit_account_ids, Some(n))?;
+        let pendings = id_pairs("pending_ids", &pending_ids, Some(n))?;
+        let payments = id_pairs("payment_ids", &payment_ids, Some(n))?;
         let amounts = column("amounts_minor", &amounts_minor, n)?;
         let currencies = column("currencies", &currencies, n)?;
         let flags = column("flags", &flags, n)?;
         let timeouts = column("timeouts_s", &timeouts_s, n)?;
         let transfers = (0..n)
             .map(|i| TransferInput {
-                id: id_values[i],
-                debit_account_id: debits[i],
-                credit_account_id: credits[i],
+                id: id_at(id_values, i),
+                debit_account_id: id_at(debits, i),
+                credit_account_id: id_at(credits, i),
                 amount_minor: amounts[i],
-                pending_id: pendings[i],
-                payment_id: payments[i],
+                pending_id: id_at(pendings, i),
+                payment_id: id_at(payments, i),
                 timeout_s: timeouts[i],
                 currency: currencies[i],
                 flags: flags[i],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 from pathlib import Path
 
 from quickpay_engine._engine import EngineError, Ledger
@@ -30,7 +31,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     store = open_store(settings)
     try:
-        problems = store.verify() + _saga_problems(store, settings.data_dir / "ledger")
+        problems = (
+            store.verify()
+            + _saga_problems(store, settings.data_dir / "ledger")
+            + _gateway_problems(store, settings.data_dir)
+        )
     finally:
         store.close()
     if not problems:
@@ -75,4 +80,51 @@ def _saga_problems(store: Store, ledger_dir: Path) -> list[str]:
         problems += broken[:EXAMPLES_MAX]
     finally:
         book.close()
+    return problems
+
+
+# Gateway states in which the gateway holds (or held, then refunded) the money.
+_MONEY_MOVED = ("CAPTURED", "REFUNDED", "PARTIALLY_REFUNDED")
+
+
+def _gateway_problems(store: Store, data_dir: Path) -> list[str]:
+    """Billing against the books of the bundled gateway simulators kept in this data
+    dir: every capture credited exactly once with its reference and refunds, and every
+    settled payment captured. (External gateways: `quickpay reconcile` their reports.)"""
+    from quickpay_engine.gateways.supervisor import sim_data_dir
+
+    problems: list[str] = []
+    for books in sorted((data_dir / "gateways").glob("*/ledger.sqlite3")):
+        name = books.parent.name
+        assert sim_data_dir(data_dir, name) == books.parent
+        db = sqlite3.connect(f"file:{books}?mode=ro", uri=True)
+        try:
+            at_gateway = {
+                ref: (gref, state, refunded)
+                for ref, gref, state, refunded in db.execute(
+                    "SELECT merchant_reference, gateway_reference, state, refunded_minor"
+                    " FROM payments"
+                )
+            }
+        finally:
+            db.close()
+        billed = store.gateway_payments(name)
+        broken: list[str] = []
+        for payment_id, (gref, state, refunded) in at_gateway.items():
+            if state not in _MONEY_MOVED:
+                continue
+            mine = billed.get(payment_id)
+            if mine is None or PaymentStatus(mine[0]) not in _SETTLED:
+                broken.append(f"{name} captured {payment_id}, billing did not credit it")
+            elif mine[1] != gref or mine[2] != refunded:
+                broken.append(
+                    f"{name} holds {payment_id} as {gref} refunded {refunded}, billing as"
+                    f" {mine[1]} refunded {mine[2]}"
+                )
+        for payment_id, (status, _, _) in billed.items():
+            if PaymentStatus(status) in _SETTLED and (
+                at_gateway.get(payment_id, ("", "", 0))[1] not in _MONEY_MOVED
+            ):
+                broken.append(f"billing settled {payment_id}, {name} holds no capture of it")
+        problems += broken[:EXAMPLES_MAX]
     return problems

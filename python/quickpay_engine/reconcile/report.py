@@ -19,20 +19,20 @@ captured_at). Another gateway's CSV is read by a mapping file, without code:
     CAPTURE = ["Settled", "Captured"]   # the gateway's words for our values
     REFUND = ["Refunded"]
     VOIDED = ["Cancelled"]
+
+The parsing itself runs in the engine (engine/src/reconcile, the csv crate) with the
+GIL released; this module keeps the mapping file, the Python types and the one error.
 """
 
 from __future__ import annotations
 
-import csv
+import io
 import tomllib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
 
-from quickpay_engine._engine import currency_exponent
+from quickpay_engine._engine import ReportInvalid, SettlementReport
 from quickpay_engine.errors import QuickpayError
 
 FIELDS = (
@@ -94,90 +94,44 @@ class ReportRow:
     captured_at_us: int
 
 
-def read_rows(lines: Iterable[str], mapping: ColumnMapping | None = None) -> Iterator[ReportRow]:
-    """Parses a report; raises ReportError naming the first bad line."""
+class ReportRows:
+    """A parsed report: iterable (and re-iterable) as ReportRow, held by the engine so
+    that matching it never builds a Python object per row."""
+
+    __slots__ = ("parsed",)
+
+    def __init__(self, parsed: SettlementReport) -> None:
+        self.parsed = parsed
+
+    def __iter__(self) -> Iterator[ReportRow]:
+        return (ReportRow(*row) for row in self.parsed.rows())
+
+    def __len__(self) -> int:
+        return len(self.parsed)
+
+
+def read_rows(lines: Iterable[str], mapping: ColumnMapping | None = None) -> ReportRows:
+    """Parses a report (in the engine); raises ReportError naming the first bad line."""
     mapping = mapping or ColumnMapping()
-    reader = csv.reader(lines, strict=True)
+    text = _text(lines)
     try:
-        yield from _rows(reader, mapping)
-    except csv.Error as err:
-        raise ReportError(f"line {reader.line_num}: malformed CSV ({err})") from None
-    except UnicodeDecodeError as err:
-        raise ReportError(f"line {reader.line_num}: not UTF-8 ({err.reason})") from None
-
-
-def _rows(reader: Any, mapping: ColumnMapping) -> Iterator[ReportRow]:
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise ReportError("line 1: empty report, expected a header row") from None
-    try:
-        index = {f: header.index(mapping.columns[f]) for f in FIELDS}
-    except ValueError as err:
-        raise ReportError(f"line 1: header lacks a column the mapping names ({err})") from None
-    words = mapping.values
-    major = mapping.amount_unit == "major"
-    i_ref, i_merchant, i_amount, i_currency, i_type, i_status, i_time = (index[f] for f in FIELDS)
-    width = max(index.values()) + 1
-    # The loop is the hot path of a 100,000-row report: plain locals, no per-row dicts.
-    for cells in reader:
-        if not cells:
-            continue
-        if len(cells) < width:
-            raise ReportError(f"line {reader.line_num}: expected {len(header)} fields")
-        kind = cells[i_type].strip()
-        kind = words.get(kind, kind)
-        status = cells[i_status].strip()
-        status = words.get(status, status)
-        if kind not in TYPES:
-            raise ReportError(
-                f"line {reader.line_num}: type {cells[i_type]!r} is not one of {TYPES}"
-            )
-        if status not in STATUSES and status not in TYPES:
-            raise ReportError(
-                f"line {reader.line_num}: status {cells[i_status]!r} is not one of {STATUSES}"
-            )
-        currency = cells[i_currency].strip()
-        yield ReportRow(
-            reader.line_num,
-            cells[i_ref].strip(),
-            cells[i_merchant].strip(),
-            _amount(cells[i_amount].strip(), currency, major, reader.line_num),
-            currency,
-            kind,
-            "SETTLED" if status in TYPES else status,
-            _time(cells[i_time].strip(), reader.line_num),
+        parsed = SettlementReport.parse(
+            text, [mapping.columns[f] for f in FIELDS], mapping.amount_unit, mapping.values
         )
+    except ReportInvalid as err:
+        raise ReportError(str(err)) from None
+    return ReportRows(parsed)
 
 
-def _amount(text: str, currency: str, major: bool, line: int) -> int:
-    if not major:
-        try:
-            return int(text)
-        except ValueError:
-            raise ReportError(
-                f"line {line}: amount {text!r} is not a whole number of minor units"
-            ) from None
-    exponent = currency_exponent(currency)
-    if exponent is None:
-        raise ReportError(f"line {line}: currency {currency!r} is not ISO 4217")
+def _text(lines: Iterable[str]) -> str:
+    """The report as one string. Lines given without their ending (a list of rows) get
+    one, as the csv module would read them."""
+    if isinstance(lines, io.StringIO):
+        return lines.read()
+    parts: list[str] = []
     try:
-        minor = Decimal(text).scaleb(exponent)
-        if not minor.is_finite():
-            raise InvalidOperation
-    except InvalidOperation:
-        raise ReportError(f"line {line}: amount {text!r} is not a number") from None
-    if minor != minor.to_integral_value():
-        raise ReportError(f"line {line}: amount {text!r} has more decimals than {currency}")
-    return int(minor)
-
-
-def _time(text: str, line: int) -> int:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise ReportError(f"line {line}: captured_at {text!r} must be RFC 3339 with a time zone")
-    # Whole seconds are exact in a float; the microseconds are added as an integer.
-    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+        for line in lines:
+            parts.append(line if line.endswith(("\n", "\r")) else line + "\n")
+    except UnicodeDecodeError as err:
+        raise ReportError(f"line {len(parts) + 1}: not UTF-8 ({err.reason})") from None
+    return "".join(parts)

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from quickpay_engine.errors import Overloaded, ShuttingDown
 
@@ -26,6 +26,10 @@ R = TypeVar("R")
 # Processes one batch; returns one result per item, in order: a value, or an exception
 # for that item alone.
 Process = Callable[[Sequence[T]], Awaitable[Sequence["R | BaseException"]]]
+# A two-stage batch: the first stage returns what the second needs, and the second
+# returns the results (see MicroBatcher).
+Prepare = Callable[[Sequence[T]], Awaitable[Any]]
+Complete = Callable[[Any], Awaitable[Sequence["R | BaseException"]]]
 
 
 class MicroBatcher(Generic[T, R]):
@@ -37,13 +41,19 @@ class MicroBatcher(Generic[T, R]):
 
     def __init__(
         self,
-        process: Process[T, R],
+        process: Process[T, R] | Prepare[T],
         *,
         batch_max: int = 512,
         linger_ms: float = 1.0,
         queue_max: int = 20_000,
         inflight_max: int = 1,
+        complete: Complete[R] | None = None,
     ) -> None:
+        """With ``complete``, ``process`` is the first of two stages: it runs one batch
+        at a time, in order, and the next batch gathers while it runs (so under load
+        batches grow instead of queueing small); ``complete`` then finishes the batch
+        while later batches go through the first stage, at most ``inflight_max`` at once.
+        Without it, ``process`` does the whole batch, ``inflight_max`` batches at once."""
         assert batch_max >= 1 and queue_max >= batch_max and linger_ms >= 0
         assert inflight_max >= 1
         # At most this many batches are being processed at once; the next one is
@@ -51,6 +61,7 @@ class MicroBatcher(Generic[T, R]):
         self._slots = asyncio.Semaphore(inflight_max)
         self._running: set[asyncio.Task[None]] = set()
         self._process = process
+        self._complete = complete
         self._batch_max = batch_max
         self._linger_s = linger_ms / 1_000
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue(queue_max)
@@ -107,29 +118,53 @@ class MicroBatcher(Generic[T, R]):
                 else:
                     batch.append(self._queue.get_nowait())
             await self._slots.acquire()
-            task = loop.create_task(self._settle_and_free(batch))
+            self.batches += 1
+            self.items += len(batch)
+            items = [item for item, _ in batch]
+            if self._complete is None:
+                work = self._process(items)
+            else:
+                try:
+                    prepared = await self._process(items)
+                except Exception as err:
+                    self._fail(batch, err)
+                    self._free(batch)
+                    continue
+                work = self._complete(prepared)
+            task = loop.create_task(self._settle_and_free(batch, work))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _settle_and_free(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
-        try:
-            await self._settle(batch)
-        finally:
-            self._slots.release()
-            for _ in batch:
-                self._queue.task_done()
+    def _free(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        self._slots.release()
+        for _ in batch:
+            self._queue.task_done()
 
-    async def _settle(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
-        self.batches += 1
-        self.items += len(batch)
+    async def _settle_and_free(
+        self,
+        batch: list[tuple[T, asyncio.Future[R]]],
+        work: Awaitable[Sequence[R | BaseException]],
+    ) -> None:
         try:
-            results = await self._process([item for item, _ in batch])
-            assert len(results) == len(batch), "process must return one result per item"
-        except Exception as err:
-            # A failure of the whole batch (the database went away) fails each caller
-            # with that error; the items are not retried behind their backs.
-            log.exception("settlement batch of %d failed", len(batch))
-            results = [err] * len(batch)
+            try:
+                results = await work
+                assert len(results) == len(batch), "process must return one result per item"
+            except Exception as err:
+                self._fail(batch, err)
+            else:
+                self._deliver(batch, results)
+        finally:
+            self._free(batch)
+
+    def _fail(self, batch: list[tuple[T, asyncio.Future[R]]], err: Exception) -> None:
+        # A failure of the whole batch (the database went away) fails each caller with
+        # that error; the items are not retried behind their backs.
+        log.error("settlement batch of %d failed", len(batch), exc_info=err)
+        self._deliver(batch, [err] * len(batch))
+
+    def _deliver(
+        self, batch: list[tuple[T, asyncio.Future[R]]], results: Sequence[R | BaseException]
+    ) -> None:
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue

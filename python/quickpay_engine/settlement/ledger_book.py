@@ -55,6 +55,7 @@ KIND_RECEIVABLE, KIND_PREPAID, KIND_CLEARING = 1, 2, 3
 _CODES = {kind: dict(codes) for kind, codes in ledger_result_codes()}
 ACCOUNT_OK = {0, 10}  # OK, EXISTS
 TRANSFER_OK = {0, 19}  # OK, EXISTS
+PENDING_TRANSFER_NOT_FOUND = 23
 STATE_OK = {0, 4}  # OK, EXISTS
 # Calls that can wait on the log at once; more queue for a thread. Group commit makes
 # a few concurrent callers share each fdatasync.
@@ -171,48 +172,41 @@ class LedgerBook:
         if payment_ids:
             await self._run(self._states_now, list(payment_ids), CAPTURED)
 
-    async def settle(self, moves: Sequence[Movement]) -> None:
-        """Posts each hold and logs SETTLED."""
-        if moves:
-            await self._run(self._finish, list(moves), TRANSFER_POST_PENDING, "post", SETTLED)
-
-    async def roll_back(self, moves: Sequence[Movement]) -> None:
-        """Voids each hold and logs ROLLED_BACK."""
-        if moves:
-            await self._run(self._finish, list(moves), TRANSFER_VOID_PENDING, "void", ROLLED_BACK)
-
-    def settle_now(self, moves: Sequence[Movement]) -> None:
-        """``settle`` on the calling thread (recovery, before the loop serves)."""
-        if moves:
-            self._finish(list(moves), TRANSFER_POST_PENDING, "post", SETTLED)
-
-    def roll_back_now(self, moves: Sequence[Movement]) -> None:
-        """``roll_back`` on the calling thread."""
-        if moves:
-            self._finish(list(moves), TRANSFER_VOID_PENDING, "void", ROLLED_BACK)
-
-    def capture_now(self, payment_ids: Sequence[str]) -> None:
-        """``capture`` on the calling thread."""
+    async def settle(self, payment_ids: Sequence[str]) -> None:
+        """Posts each payment's hold and logs SETTLED."""
         if payment_ids:
-            self._states_now(list(payment_ids), CAPTURED)
+            await self._run(self._finish, list(payment_ids), TRANSFER_POST_PENDING, "post", SETTLED)
 
-    def _finish(self, moves: list[Movement], flag: int, name: str, state: int) -> None:
-        for chunk in _chunks(moves):
+    async def roll_back(self, payment_ids: Sequence[str]) -> None:
+        """Voids each payment's hold (where there is one) and logs ROLLED_BACK."""
+        if payment_ids:
+            await self._run(
+                self._finish, list(payment_ids), TRANSFER_VOID_PENDING, "void", ROLLED_BACK
+            )
+
+    def _finish(self, payment_ids: list[str], flag: int, name: str, state: int) -> None:
+        # A post or void names only the hold: its accounts, amount and currency come from
+        # the pending transfer, so recovery can end a hold it knows by payment id alone.
+        for chunk in _chunks(payment_ids):
             n = len(chunk)
+            holds = ids_array([payment_number(p) for p in chunk])
             codes, _ = self.ledger.create_transfers(
                 self._clock_ns(),
-                ids_array([derived_id(name, m.payment_id) for m in chunk]),
-                ids_array([clearing_account(m.currency) for m in chunk]),
-                ids_array([subscriber_account(m.account_id) for m in chunk]),
+                ids_array([derived_id(name, p) for p in chunk]),
+                ids_array([0] * n),
+                ids_array([0] * n),
                 np.zeros(n, np.int64),  # the whole hold
-                np.fromiter((_numeric(m.currency) for m in chunk), np.uint16, n),
+                np.zeros(n, np.uint16),
                 np.full(n, flag, np.uint16),
-                ids_array([payment_number(m.payment_id) for m in chunk]),
+                holds,
                 np.zeros(n, np.uint32),
-                ids_array([payment_number(m.payment_id) for m in chunk]),
+                holds,
             )
-            _check("transfer", codes, TRANSFER_OK)
-        self._states_now([m.payment_id for m in moves], state)
+            # A payment journalled but never held (a crash between the two) has no hold
+            # to void: that is the end state wanted.
+            allowed = TRANSFER_OK | ({PENDING_TRANSFER_NOT_FOUND} if name == "void" else set())
+            _check("transfer", codes, allowed)
+        self._states_now(payment_ids, state)
 
     async def refund(self, refund_id: str, move: Movement) -> None:
         """Moves a refunded amount back from the subscriber's account to clearing."""

@@ -37,7 +37,7 @@ def run(
     business_day: date | None = None,
 ) -> ReconcileRun:
     """Reconciles one gateway report against the store; synchronous (the store's thread)."""
-    rows = list(read_rows(lines, mapping))
+    rows = read_rows(lines, mapping)  # held in the engine: no Python object per row
     day = business_day or business_day_of(rows)
     start_us, end_us = day_bounds_us(day)
     margin_us = tolerance_s * 1_000_000

@@ -22,6 +22,7 @@ on it) and recorded.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Collection
@@ -44,6 +45,8 @@ from quickpay_engine.store.sqlite import RefundRow, SettledState
 
 log = logging.getLogger(__name__)
 
+# The decline reason of a payment captured and then given back because billing refused it.
+BILLING_REFUSED = "BILLING_REFUSED"
 # Each gateway lookup or void recovery makes gets this long.
 LOOKUP_S = 5.0
 # Payments finished at once (each needs a gateway round trip or two).
@@ -80,20 +83,24 @@ class Recovery:
 
     async def run(self, exclude: Collection[str] = (), dry_run: bool = False) -> list[Action]:
         """Finishes (or, with ``dry_run``, only describes) every unfinished payment not
-        in ``exclude`` (those the pipeline is working on right now)."""
+        in ``exclude``: the live set of payments the pipeline is working on, which it
+        fills before it writes anything for a payment and empties once it is done."""
         journal = await self._thread.run(self._store.attempts)
         unfinished = self._book.unfinished()
-        ids = sorted((set(journal) | set(unfinished)) - set(exclude))
-        states = dict(zip(ids, self._book.states(ids), strict=True))
         limit = asyncio.Semaphore(CONCURRENCY_MAX)
 
-        async def one(payment_id: str) -> Action:
+        async def one(payment_id: str) -> Action | None:
             async with limit:
-                return await self._payment(
-                    payment_id, states[payment_id], journal.get(payment_id), dry_run
-                )
+                # Looked at only now, with no await between the two: a payment the
+                # pipeline still holds is left to it, and one it has finished since the
+                # reads above is seen in the state it finished in.
+                if payment_id in exclude:
+                    return None
+                (state,) = self._book.states([payment_id])
+                return await self._payment(payment_id, state, journal.get(payment_id), dry_run)
 
-        actions = list(await asyncio.gather(*(one(p) for p in ids)))
+        ids = sorted(set(journal) | set(unfinished))
+        actions = [a for a in await asyncio.gather(*(one(p) for p in ids)) if a is not None]
         refunds = await self._thread.run(self._store.pending_refunds)
         actions.extend([await self._refund(r, dry_run) for r in refunds])
         for a in actions:
@@ -109,10 +116,16 @@ class Recovery:
         )
         if record is not None:
             return await self._after_commit(payment_id, state, name, record, dry_run)
+        if intent is None and state == RESERVED:
+            # Held, but the journal entry written beside the hold never landed: the
+            # payment was never sent to a gateway (that waits for both), so the hold goes.
+            if not dry_run:
+                await self._book.roll_back([payment_id])
+            return Action(payment_id, name, "rolled back", "never sent to a gateway")
         if state in (0, ROLLED_BACK, SETTLED) or intent is None:
-            if state in (RESERVED, CAPTURED):
-                # A hold with no request journalled: the saga journals before it holds,
-                # so this cannot be ours to finish; report it rather than guess.
+            if state == CAPTURED:
+                # Captured with no request journalled: the journal is written before any
+                # gateway call, so this is not the saga's doing; report it, do not guess.
                 return Action(payment_id, name, "left alone", "no journalled request")
             if not dry_run:
                 await self._thread.run(self._store.forget_attempts, [payment_id])
@@ -122,7 +135,7 @@ class Recovery:
             return Action(payment_id, name, "waiting", "a gateway did not answer")
         if found.outcome is not GatewayOutcome.CAPTURED:
             if not dry_run:
-                await self._book.roll_back([_movement(payment_id, intent)])
+                await self._book.roll_back([payment_id])
                 await self._thread.run(self._store.forget_attempts, [payment_id])
             return Action(payment_id, name, "rolled back", f"not captured ({found.outcome.name})")
         if dry_run:
@@ -134,7 +147,7 @@ class Recovery:
         )
         outcomes, states = await self._thread.run(self._store.commit_batch, [decision])
         if outcomes[0].status is PaymentStatus.SETTLED and not outcomes[0].replayed:
-            await self._book.settle([_movement(payment_id, intent)])
+            await self._book.settle([payment_id])
             self._on_states(states)
             return Action(payment_id, name, "committed and settled", f"captured at {found.gateway}")
         return await self._give_back(payment_id, name, intent, found, outcomes[0].decline_reason)
@@ -143,15 +156,14 @@ class Recovery:
         self, payment_id: str, state: int, name: str, record: PaymentRecord, dry_run: bool
     ) -> Action:
         """The database decided; the ledger follows it."""
-        move = _movement(payment_id, record.intent)
         if record.outcome.status in _SETTLED:
             if state in (RESERVED, CAPTURED) and not dry_run:
                 if state == RESERVED:
                     await self._book.capture([payment_id])
-                await self._book.settle([move])
+                await self._book.settle([payment_id])
             return Action(payment_id, name, "settled", "billing had committed it")
         if state in (RESERVED, CAPTURED) and not dry_run:
-            await self._book.roll_back([move])
+            await self._book.roll_back([payment_id])
         return Action(payment_id, name, "rolled back", "billing had declined it")
 
     async def _find(
@@ -181,18 +193,12 @@ class Recovery:
     async def _give_back(
         self, payment_id: str, name: str, intent: PaymentIntent, found: GatewayResult, why: str
     ) -> Action:
-        """Captured, but billing can never take it: voided (or refunded) at the gateway."""
-        deadline = self._router.deadline(LOOKUP_S)
-        result = await self._router.void(payment_id, found.gateway, deadline)
-        if result.outcome is GatewayOutcome.FAILED:
-            result = await self._router.refund(
-                payment_id, found.gateway, "rf_" + payment_id.removeprefix("pay_"),
-                intent.amount_minor, intent.currency, deadline,
-            )  # fmt: skip
-        if result.outcome is GatewayOutcome.UNKNOWN:
+        done = await give_back(
+            self._store, self._thread, self._book, self._router,
+            Decision(payment_id, intent, gateway=found.gateway), why,
+        )  # fmt: skip
+        if not done:
             return Action(payment_id, name, "waiting", "billing refused; give-back unanswered")
-        await self._book.roll_back([_movement(payment_id, intent)])
-        await self._thread.run(self._store.forget_attempts, [payment_id])
         return Action(payment_id, name, "given back", f"billing refused it ({why})")
 
     async def _refund(self, refund: RefundRow, dry_run: bool) -> Action:
@@ -212,6 +218,40 @@ class Recovery:
             return Action(refund.payment_id, "refund", "declined", result.reason)
         self._on_states([result])
         return Action(refund.payment_id, "refund", "finished", refund.refund_id)
+
+
+async def give_back(
+    store: SqliteStore,
+    thread: StoreThread,
+    book: LedgerBook,
+    router: GatewayRouter,
+    d: Decision,
+    why: str,
+) -> bool:
+    """A payment ``d.gateway`` captured but billing can never record (its account is
+    gone, or its key was settled by another writer meanwhile): the capture is voided
+    (or, past the same day, refunded) at the gateway, the hold rolled back, and the
+    payment recorded as FAILED. False when the gateway did not answer: it stays
+    unfinished, for the next sweep."""
+    log.error("payment %s was captured at %s but billing refused it (%s): giving it back",
+              d.payment_id, d.gateway, why)  # fmt: skip
+    deadline = router.deadline(LOOKUP_S)
+    result = await router.void(d.payment_id, d.gateway, deadline)
+    if result.outcome is GatewayOutcome.FAILED:
+        result = await router.refund(
+            d.payment_id, d.gateway, "rf_" + d.payment_id.removeprefix("pay_"),
+            d.intent.amount_minor, d.intent.currency, deadline,
+        )  # fmt: skip
+    if result.outcome is GatewayOutcome.UNKNOWN:
+        return False
+    await book.roll_back([d.payment_id])
+    failed = dataclasses.replace(
+        d, decline_reason=BILLING_REFUSED, decline_detail=why, gateway_reference="", failed=True
+    )
+    # Recorded as FAILED where the store can (a key another payment holds cannot be).
+    await thread.run(store.commit_batch, [failed])
+    await thread.run(store.forget_attempts, [d.payment_id])
+    return True
 
 
 class RefundFinisher:

@@ -86,18 +86,23 @@ class SettlementService:
         # The billing system's subscribers, for the fraud features only a carrier has
         # (SIM swap, account age, plan, country); filled at start.
         self._subscribers: dict[str, SubscriberRow] = {}
+        # A second connection for the replay lookups, where the store offers one.
+        self._reader = store.open_reader()
+        self._reader_thread = StoreThread("store-reader")
         self._pipeline = Pipeline(
             self.engine,
             store,
             self._thread,
             book,
             router,
+            (self._reader, self._reader_thread),
             on_commit=self._committed_batch,
             fraud=FraudGate(self._subscribers, card_key, fraud_scorer, fraud_enforce),
         )
         self._commit_listeners: list[Callable[[], None]] = [self._wake_watchers]
         self._batcher: MicroBatcher[PaymentIntent, Outcome] = MicroBatcher(
-            self._pipeline.process,
+            self._pipeline.prepare,
+            complete=self._pipeline.complete,
             batch_max=batching.batch_max,
             linger_ms=batching.linger_ms,
             queue_max=batching.queue_max,
@@ -115,7 +120,7 @@ class SettlementService:
         self._committed = asyncio.Event()
         self._watch_closed = asyncio.Event()
 
-    async def start(self, sweep_s: float = SWEEP_S) -> list[Action]:
+    async def start(self, sweep_s: float | None = None) -> list[Action]:
         """Opens the subscribers' ledger accounts, finishes what an earlier run left
         unfinished (recovery, before serving), loads the subscriber table into the
         engine and starts batching and the periodic sweep. Returns recovery's actions."""
@@ -128,7 +133,7 @@ class SettlementService:
         self._subscribers.update((row.account_id, row) for row in rows)
         self._batcher.start()
         self._sweeper = asyncio.get_running_loop().create_task(
-            self._sweep(sweep_s), name="recovery-sweep"
+            self._sweep(sweep_s or SWEEP_S), name="recovery-sweep"
         )
         return actions
 
@@ -138,7 +143,7 @@ class SettlementService:
         while True:
             await asyncio.sleep(every_s)
             try:
-                done = await self.recovery.run(exclude=set(self._pipeline.in_flight))
+                done = await self.recovery.run(exclude=self._pipeline.in_flight)
             except Exception:
                 log.exception("recovery sweep failed; trying again in %.0f s", every_s)
                 continue
@@ -165,6 +170,10 @@ class SettlementService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self._batcher.close()
+        await self._pipeline.drain()
+        self._reader_thread.close()
+        if self._reader is not self._store:
+            self._reader.close()
         self._thread.close()
 
     async def refund(
@@ -223,8 +232,8 @@ class SettlementService:
         cursor = from_cursor
         while not self._watch_closed.is_set():
             committed = self._committed  # taken before reading: no commit slips between
-            page = await self._thread.run(
-                self._store.outbox_after, cursor, kinds, account_id, WATCH_PAGE_MAX
+            page = await self._reader_thread.run(
+                self._reader.outbox_after, cursor, kinds, account_id, WATCH_PAGE_MAX
             )
             for event in page:
                 yield event
@@ -282,8 +291,8 @@ class SettlementService:
         self, *, payment_id: str = "", idempotency_key: str = ""
     ) -> PaymentRecord:
         """A stored payment by id or key; NotFound when there is none."""
-        record = await self._thread.run(
-            self._store.get_payment, payment_id=payment_id, idempotency_key=idempotency_key
+        record = await self._reader_thread.run(
+            self._reader.get_payment, payment_id=payment_id, idempotency_key=idempotency_key
         )
         if record is None:
             raise NotFound(

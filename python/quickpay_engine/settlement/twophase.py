@@ -121,6 +121,8 @@ class TwoPhaseCoordinator:
         self, decisions: Sequence[Decision], now_us: int | None = None
     ) -> tuple[list[Outcome], list[SettledState]]:
         """The store's ``commit_batch``, atomic across every participant."""
+        if not decisions:
+            return [], []
         return self._commit(lambda gid: self._store.prepare_batch(decisions, gid, now_us))
 
     def finish_refund(

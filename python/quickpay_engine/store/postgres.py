@@ -163,6 +163,12 @@ class PostgresStore:
                 conn.close()
                 self._conns[name] = _connect(self.urls.of(name))
 
+    def open_reader(self) -> PostgresStore:
+        """Other connections to the same databases, for reads on another thread: each
+        statement sees every transaction committed before it and never waits for the
+        writer (MVCC)."""
+        return PostgresStore(self.urls)
+
     @property
     def participants(self) -> list[str]:
         """The names of the distinct databases a batch writes to."""
@@ -246,6 +252,8 @@ class PostgresStore:
         first. Failure handling is ``SqliteStore.commit_batch``'s: the whole batch at
         once, else one payment per savepoint so one bad payment sinks no other.
         """
+        if not decisions:
+            return [], []
         return self._local(lambda: self._do_batch(decisions, now_us))
 
     def finish_refund(
@@ -496,6 +504,16 @@ class PostgresStore:
         return self._billing.execute(
             "SELECT payment_id, status FROM payments WHERE gateway != '' ORDER BY seq"
         ).fetchall()
+
+    def gateway_payments(self, gateway: str) -> dict[str, tuple[int, str, int]]:
+        """payment_id -> (status, gateway_reference, refunded_minor) of every payment
+        that went to ``gateway``, for checks against its books."""
+        rows = self._billing.execute(
+            "SELECT payment_id, status, gateway_reference, refunded_minor FROM payments"
+            " WHERE gateway = %s",
+            (gateway,),
+        )
+        return {p: (s, r, f) for p, s, r, f in rows}
 
     def attempts(self) -> dict[str, PaymentIntent]:
         """Every journalled payment not yet finished, by payment id."""

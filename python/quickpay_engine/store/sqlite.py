@@ -94,6 +94,7 @@ class SqliteStore:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), never implied.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -142,6 +143,11 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def open_reader(self) -> SqliteStore:
+        """Another connection to the same file, for reads on another thread: in WAL mode
+        a reader sees every committed transaction and never waits for the writer."""
+        return SqliteStore(self._path)
 
     # -- subscribers -----------------------------------------------------------------
 
@@ -241,6 +247,8 @@ class SqliteStore:
         redone one payment per savepoint, so the one bad payment is reported as FAILED, or
         as the stored outcome when its key is already settled, and does not sink the others.
         """
+        if not decisions:
+            return [], []
         now_us = now_us if now_us is not None else time.time_ns() // 1_000
         with self._transaction():
             self._db.execute("SAVEPOINT batch")
@@ -368,6 +376,16 @@ class SqliteStore:
         return self._db.execute(
             "SELECT payment_id, status FROM payments WHERE gateway != '' ORDER BY seq"
         ).fetchall()
+
+    def gateway_payments(self, gateway: str) -> dict[str, tuple[int, str, int]]:
+        """payment_id -> (status, gateway_reference, refunded_minor) of every payment
+        that went to ``gateway``, for checks against its books."""
+        rows = self._db.execute(
+            "SELECT payment_id, status, gateway_reference, refunded_minor FROM payments"
+            " WHERE gateway = ?",
+            (gateway,),
+        )
+        return {p: (s, r, f) for p, s, r, f in rows}
 
     def attempts(self) -> dict[str, PaymentIntent]:
         """Every journalled payment not yet finished, by payment id."""
