@@ -41,6 +41,7 @@ lint: venv
 	scripts/gen_protos.sh --check
 
 test-py: build
+	$(PY) -m mypy.stubtest quickpay_engine._engine --allowlist scripts/stubtest-allowlist.txt
 	$(PY) -m pytest
 
 test: build test-rust lint test-py

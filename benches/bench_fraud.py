@@ -46,7 +46,7 @@ def batch_columns(traffic: dict[str, np.ndarray], rows: slice) -> dict[str, obje
 def test_score_batch_10k(benchmark, scorer, traffic) -> None:
     cols = batch_columns(traffic, slice(0, BATCH))
     now_s = int(traffic["at_s"][-1])
-    scores, _, _ = benchmark(lambda: scorer.score(**cols, now_s=now_s))
+    scores, _, _ = benchmark(lambda: scorer.score(cols, now_s=now_s))
     assert len(scores) == BATCH
     if not benchmark.disabled:  # a smoke run (--benchmark-disable) measures nothing
         benchmark.extra_info["per_payment_ns"] = benchmark.stats.stats.median / BATCH * 1e9
@@ -55,7 +55,7 @@ def test_score_batch_10k(benchmark, scorer, traffic) -> None:
 def test_score_single(benchmark, scorer, traffic) -> None:
     cols = batch_columns(traffic, slice(0, 1))
     now_s = int(traffic["at_s"][-1])
-    benchmark(lambda: scorer.score(**cols, now_s=now_s))
+    benchmark(lambda: scorer.score(cols, now_s=now_s))
 
 
 def test_baseline_validate_batch_10k(benchmark, traffic) -> None:

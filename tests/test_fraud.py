@@ -44,12 +44,12 @@ def settle_history(scorer: fraud.FraudScorer, days: int = 6) -> None:
     """One settled bill a day for `days` days before T0."""
     cols = columns(days)
     at = T0 - 86_400 * np.arange(days, 0, -1, dtype=np.int64)
-    scorer.replay(**cols, at_s=at, outcomes=np.ones(days, dtype=np.uint8))
+    scorer.replay(cols, at_s=at, outcomes=np.ones(days, dtype=np.uint8))
 
 
 def test_score_returns_documented_dtypes_shapes_and_names() -> None:
     scorer = default_scorer()
-    scores, decisions, reasons = scorer.score(**columns(5), now_s=T0)
+    scores, decisions, reasons = scorer.score(columns(5), now_s=T0)
     assert scores.dtype == np.uint16 and scores.shape == (5,)
     assert decisions.dtype == np.uint8 and decisions.shape == (5,)
     assert reasons.dtype == np.uint16 and reasons.shape == (5, FRAUD_REASONS_MAX)
@@ -66,7 +66,7 @@ def test_score_returns_documented_dtypes_shapes_and_names() -> None:
 def test_an_established_habit_is_approved_and_a_card_testing_burst_declined() -> None:
     scorer = default_scorer()
     settle_history(scorer)
-    _, decisions, reasons = scorer.score(**columns(1), now_s=T0)
+    _, decisions, reasons = scorer.score(columns(1), now_s=T0)
     assert decisions[0] == fraud.APPROVE, reasons
     n = 30
     burst = columns(
@@ -81,7 +81,7 @@ def test_an_established_habit_is_approved_and_a_card_testing_burst_declined() ->
         purposes=np.full(n, 2, dtype=np.uint8),
         created_at_s=np.full(n, T0 - 86_400, dtype=np.int64),
     )
-    _, decisions, reasons = scorer.score(**burst, now_s=T0 + 60)
+    _, decisions, reasons = scorer.score(burst, now_s=T0 + 60)
     assert decisions[-1] == fraud.DECLINE
     named = {fraud.REASON_CODES[int(r)] for r in reasons[-1]}
     assert named & {"ACCOUNT_MANY_CARDS", "ACCOUNT_VELOCITY", "DEVICE_VELOCITY"}, named
@@ -104,7 +104,7 @@ def test_the_sim_swap_rule_declines_and_its_near_misses_do_not() -> None:
             device_ids=[device],
             sim_swapped_at_s=swap,
         )
-        _, decisions, reasons = scorer.score(**cols, now_s=T0)
+        _, decisions, reasons = scorer.score(cols, now_s=T0)
         assert decisions[0] == expected, (amount, device, swap)
         if expected == fraud.DECLINE:
             assert reasons[0, 0] == REASON_NUMBERS["SIM_SWAP_RECENT"]
@@ -118,8 +118,8 @@ def test_a_settled_payment_makes_its_device_known_and_a_failed_one_does_not() ->
 
     def new_device_after(device: str, outcome: int) -> float:
         cols = columns(1, device_ids=[device])
-        scorer.observe(**cols, outcomes=np.array([outcome], dtype=np.uint8), now_s=T0)
-        feats = scorer.replay(**cols, at_s=np.array([T0 + 60]), outcomes=one, with_features=True)
+        scorer.observe(cols, outcomes=np.array([outcome], dtype=np.uint8), now_s=T0)
+        feats = scorer.replay(cols, at_s=np.array([T0 + 60]), outcomes=one, with_features=True)
         assert feats[3] is not None
         return float(feats[3][0, names.index("new_device")])
 
@@ -139,10 +139,10 @@ def test_replay_is_deterministic_and_score_records_each_attempt() -> None:
     )
     at = T0 + np.arange(n, dtype=np.int64) * 41
     outcomes = rng.integers(0, 3, n).astype(np.uint8)
-    a = default_scorer().replay(**cols, at_s=at, outcomes=outcomes, with_features=True)
+    a = default_scorer().replay(cols, at_s=at, outcomes=outcomes, with_features=True)
     second = default_scorer()
     halves = [
-        second.replay(**{k: v[s] for k, v in cols.items()}, at_s=at[s], outcomes=outcomes[s])
+        second.replay({k: v[s] for k, v in cols.items()}, at_s=at[s], outcomes=outcomes[s])
         for s in (slice(0, 77), slice(77, n))
     ]
     assert (a[0] == np.concatenate([h[0] for h in halves])).all()
@@ -162,7 +162,7 @@ def test_every_map_stays_at_its_bound_under_a_flood() -> None:
         ips=[f"10.{i // 256 % 256}.{i % 256}.1" for i in range(n)],
         card_fingerprints=np.arange(1, n + 1, dtype=np.uint64),
     )
-    scorer.score(**cols, now_s=T0)
+    scorer.score(cols, now_s=T0)
     assert scorer.tracked() == (50, 50, 50, 50, 50)
 
 
@@ -183,21 +183,41 @@ def test_bad_files_raise_fraud_config_error() -> None:
 def test_bad_columns_raise_typed_errors() -> None:
     scorer = default_scorer()
     with pytest.raises(InvalidBatch, match="msisdns"):
-        scorer.score(**columns(3, msisdns=["+1"] * 2), now_s=T0)
+        scorer.score(columns(3, msisdns=["+1"] * 2), now_s=T0)
     with pytest.raises(InvalidBatch, match="plans row 1"):
-        scorer.score(**columns(2, plans=np.array([2, 3], dtype=np.uint8)), now_s=T0)
+        scorer.score(columns(2, plans=np.array([2, 3], dtype=np.uint8)), now_s=T0)
     with pytest.raises(InvalidBatch, match="methods"):
-        scorer.score(**columns(1, methods=np.array([5], dtype=np.uint8)), now_s=T0)
+        scorer.score(columns(1, methods=np.array([5], dtype=np.uint8)), now_s=T0)
     with pytest.raises(InvalidBatch, match="country"):
-        scorer.score(**columns(1, countries=["gb"]), now_s=T0)
+        scorer.score(columns(1, countries=["gb"]), now_s=T0)
     strided = np.zeros(4, dtype=np.int64)[::2]
     with pytest.raises(InvalidBatch, match="contiguous"):
-        scorer.score(**columns(2, amounts_minor=strided), now_s=T0)
+        scorer.score(columns(2, amounts_minor=strided), now_s=T0)
     with pytest.raises(TypeError):
-        scorer.score(**columns(1, amounts_minor=np.array([1.5])), now_s=T0)
+        scorer.score(columns(1, amounts_minor=np.array([1.5])), now_s=T0)
     with pytest.raises(InvalidBatch, match="outcomes"):
-        scorer.observe(**columns(1), outcomes=np.array([3], dtype=np.uint8), now_s=T0)
+        scorer.observe(columns(1), outcomes=np.array([3], dtype=np.uint8), now_s=T0)
+    missing = columns(1)
+    del missing["device_ids"]
+    with pytest.raises(KeyError, match="device_ids"):
+        scorer.score(missing, now_s=T0)
+    with pytest.raises(TypeError, match="ips"):
+        scorer.score(columns(1, ips="81.2.69.1"), now_s=T0)
+    with pytest.raises(TypeError, match="channels"):
+        scorer.score(columns(2, channels=["app", 7]), now_s=T0)
     n = BATCH_MAX + 1
     with pytest.raises(BatchTooLarge):
-        scorer.score(**columns(n), now_s=T0)
+        scorer.score(columns(n), now_s=T0)
     assert scorer.tracked()[0] == 0, "a refused batch changes nothing"
+
+
+def test_text_columns_read_alike_from_lists_tuples_and_other_sequences() -> None:
+    cols = columns(3, device_ids=["a", "bb", ""], ips=["81.2.69.1", "2001:db8::1", "junk"])
+    as_tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in cols.items()}
+    as_arrays = {
+        k: np.array(v, dtype=object) if isinstance(v, list) else v for k, v in cols.items()
+    }
+    results = [default_scorer().score(c, now_s=T0) for c in (cols, as_tuples, as_arrays)]
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -382,3 +382,45 @@ async def test_each_method_settles_at_the_gateway_that_takes_it(
     assert reply.status == pb.SETTLED, reply
     assert reply.confirmation.gateway == gateway
     assert simulators.payment(gateway, reply.payment_id)["state"] == "CAPTURED"
+
+
+async def test_two_payments_of_one_account_in_flight_are_validated_one_after_the_other(
+    stub, server
+) -> None:
+    """acc-post owes 25.00 EUR and may overpay by 100.00: one payment of 100.00 passes,
+    but not two. Sent together they would be validated against the same balance; the
+    second is held back until the first has committed, and is then declined."""
+    amount = pb.Money(amount_minor=10_000, currency="EUR")
+    replies = await asyncio.gather(
+        *(
+            stub.Pay(bill(f"saga-twice-{n}", account_id="acc-post", msisdn="+306900000002",
+                          amount=amount))
+            for n in range(2)
+        )
+    )  # fmt: skip
+    assert sorted(r.status for r in replies) == [pb.SETTLED, pb.DECLINED]
+    declined = next(r for r in replies if r.status == pb.DECLINED)
+    assert declined.decline_reason == "BILL_OVERPAYMENT"
+    assert server.store.subscriber("acc-post").balance_minor == 2_500 - 10_000
+
+
+async def test_a_hanging_gateway_never_leads_to_a_double_capture(data_dir, own_sims) -> None:
+    # acq-a holds every sale far past the adapter's timeout before processing it: each
+    # sale's fate is unknown until looked up, and a late one may still land.
+    own_sims.set_faults("acq-a", {"seed": 6, "timeout_rate": 1.0, "hang_ms": 2500})
+    running = await _served(data_dir, own_sims.gateways_file)
+    channel, stub = _stub(running)
+    try:
+        reply = await stub.Pay(bill("saga-hang"), timeout=30)
+        assert reply.status == pb.SETTLED
+        await asyncio.sleep(3.0)  # every held request has been processed by now
+        states = {
+            name: (own_sims.payment(name, reply.payment_id) or {}).get("captured_minor", 0)
+            for name in ("acq-a", "acq-b")
+        }
+        # Captured once, where the confirmation says, and nowhere else.
+        assert states[reply.confirmation.gateway] == 3_000
+        assert sum(states.values()) == 3_000
+    finally:
+        await channel.close()
+        await running.stop(grace_s=1)

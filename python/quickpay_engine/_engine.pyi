@@ -3,7 +3,7 @@
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, final
+from typing import Any, TypedDict, final
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +34,7 @@ class CapacityExceeded(EngineError):
 class ConfigInvalid(EngineError):
     """The engine configuration was refused; the message names the setting."""
 
+@final
 class Engine:
     """The engine: one per process, the single owner of the in-memory state.
 
@@ -63,7 +64,7 @@ class Engine:
     - ``card_expiry_years_ahead_max``: how far past the current year an expiry may lie.
     """
 
-    def __init__(self, config_json: str | None = None) -> None: ...
+    def __new__(cls, config_json: str | None = None) -> Engine: ...
     def configure(self, config_json: str) -> None:
         """Replaces the configuration at once (key rotation without a restart);
         subscribers, holds and counters are kept. On error the old one stays."""
@@ -395,17 +396,37 @@ FRAUD_KEYS_MAX_DEFAULT: int
 class FraudConfigError(EngineError):
     """A fraud model, rules or BIN file cannot be used; the message names the place."""
 
+class FraudColumns(TypedDict):
+    """A batch for FraudScorer.score, observe and replay: 14 columns of equal length.
+
+    For type checkers only: at run time the batch is a plain dict with these keys.
+
+    Text columns are lists (or tuples) of str; the others numpy arrays of exactly the
+    dtype shown, C-contiguous. Numbers are the contract's (purposes, methods) and the
+    subscriber table's (plans: 1 prepaid, 2 postpaid).
+    """
+
+    account_ids: list[str]
+    msisdns: list[str]  # the line paid for; "" if unknown
+    amounts_minor: npt.NDArray[np.int64]
+    purposes: npt.NDArray[np.uint8]
+    methods: npt.NDArray[np.uint8]
+    card_fingerprints: npt.NDArray[np.uint64]  # keyed hash of the card, 0 if not a card
+    card_bins: list[str]  # first 6 to 8 digits, "" if none
+    device_ids: list[str]
+    ips: list[str]
+    channels: list[str]
+    plans: npt.NDArray[np.uint8]
+    countries: list[str]  # ISO 3166 alpha-2 of the subscriber
+    sim_swapped_at_s: npt.NDArray[np.int64]  # NO_TIME if never
+    created_at_s: npt.NDArray[np.int64]
+
 @final
 class FraudScorer:
     """The fraud scorer: one per engine, the single owner of the fraud state.
 
-    Every scoring method takes the same 14 columns of equal length: account_ids,
-    msisdns (the line paid for; "" if unknown), amounts_minor (int64), purposes and
-    methods (uint8, the contract's numbers), card_fingerprints (uint64 keyed hash of
-    the card, 0 when not a card), card_bins (first 6 to 8 digits, "" if none),
-    device_ids, ips, channels, plans (uint8: 1 prepaid, 2 postpaid), countries (ISO
-    3166 alpha-2 of the subscriber), sim_swapped_at_s (int64, NO_TIME if never) and
-    created_at_s (int64). Batches are at most BATCH_MAX rows.
+    Every scoring method takes the batch as one FraudColumns dict (14 columns of equal
+    length, at most BATCH_MAX rows).
 
     Settlement semantics (wired by the pipeline): DECLINE is status DECLINED with
     decline_reason FRAUD_DECLINED; REVIEW is declined with FRAUD_REVIEW and queued for
@@ -439,20 +460,8 @@ class FraudScorer:
         """Tracked keys per map: (accounts, msisdns, cards, devices, IP prefixes)."""
     def score(
         self,
-        account_ids: list[str],
-        msisdns: list[str],
-        amounts_minor: npt.NDArray[np.int64],
-        purposes: npt.NDArray[np.uint8],
-        methods: npt.NDArray[np.uint8],
-        card_fingerprints: npt.NDArray[np.uint64],
-        card_bins: list[str],
-        device_ids: list[str],
-        ips: list[str],
-        channels: list[str],
-        plans: npt.NDArray[np.uint8],
-        countries: list[str],
-        sim_swapped_at_s: npt.NDArray[np.int64],
-        created_at_s: npt.NDArray[np.int64],
+        columns: FraudColumns,
+        *,
         now_s: int,
     ) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint8], npt.NDArray[np.uint16]]:
         """Scores a batch in order, recording each payment as an attempt.
@@ -462,40 +471,15 @@ class FraudScorer:
         """
     def observe(
         self,
-        account_ids: list[str],
-        msisdns: list[str],
-        amounts_minor: npt.NDArray[np.int64],
-        purposes: npt.NDArray[np.uint8],
-        methods: npt.NDArray[np.uint8],
-        card_fingerprints: npt.NDArray[np.uint64],
-        card_bins: list[str],
-        device_ids: list[str],
-        ips: list[str],
-        channels: list[str],
-        plans: npt.NDArray[np.uint8],
-        countries: list[str],
-        sim_swapped_at_s: npt.NDArray[np.int64],
-        created_at_s: npt.NDArray[np.int64],
+        columns: FraudColumns,
         outcomes: npt.NDArray[np.uint8],
+        *,
         now_s: int,
     ) -> None:
         """Records outcomes of scored payments: 0 not attempted, 1 settled, 2 failed."""
     def replay(
         self,
-        account_ids: list[str],
-        msisdns: list[str],
-        amounts_minor: npt.NDArray[np.int64],
-        purposes: npt.NDArray[np.uint8],
-        methods: npt.NDArray[np.uint8],
-        card_fingerprints: npt.NDArray[np.uint64],
-        card_bins: list[str],
-        device_ids: list[str],
-        ips: list[str],
-        channels: list[str],
-        plans: npt.NDArray[np.uint8],
-        countries: list[str],
-        sim_swapped_at_s: npt.NDArray[np.int64],
-        created_at_s: npt.NDArray[np.int64],
+        columns: FraudColumns,
         at_s: npt.NDArray[np.int64],
         outcomes: npt.NDArray[np.uint8],
         with_features: bool = False,

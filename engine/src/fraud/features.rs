@@ -204,9 +204,12 @@ pub struct Context<'a> {
     pub bin: BinLookup,
 }
 
-/// `ln(1 + n)` for the small counts windows and sets hold, precomputed: a payment
-/// needs about fifteen of them, and a table read costs a fraction of a logarithm.
-const COUNT_TABLE_LEN: usize = 256;
+/// `ln(1 + n)` for the counts windows and sets hold, precomputed: a payment needs
+/// about fifteen of them, and a table read costs a fraction of a logarithm. 4,096
+/// entries (32 KiB, filled once) cover the busiest keys too, such as a mobile carrier's
+/// NAT prefix in an hour; only the lines of the counts in use are ever loaded. Larger
+/// counts compute the logarithm.
+const COUNT_TABLE_LEN: usize = 4_096;
 static LN_1P: std::sync::LazyLock<[f64; COUNT_TABLE_LEN]> =
     std::sync::LazyLock::new(|| std::array::from_fn(|n| (n as f64).ln_1p()));
 
@@ -232,21 +235,23 @@ pub fn compute(ctx: &Context<'_>, row: &mut [f64; FEATURE_COUNT]) {
     let at_s = ctx.at_s;
     // Saturating: times come from callers, and a corrupt one must not panic the engine.
     let day_ago_s = at_s.saturating_sub(DAY_S);
-    let link = |state: Option<&LinkState>| {
-        state.map(|s| {
-            (
-                s.velocity.totals(at_s.max(s.last_seen_s)),
-                s.accounts.count_since(day_ago_s),
-            )
-        })
-    };
+    // A link key's windows at its own clock (which out-of-order input cannot rewind);
+    // only the windows a feature reads are summed. An unseen key counts nothing.
+    let minute =
+        |s: Option<&LinkState>| s.map_or(0, |s| s.velocity.minute(at_s.max(s.last_seen_s)).count);
+    let hour =
+        |s: Option<&LinkState>| s.map_or(0, |s| s.velocity.hour(at_s.max(s.last_seen_s)).count);
+    let day =
+        |s: Option<&LinkState>| s.map_or(0, |s| s.velocity.day(at_s.max(s.last_seen_s)).count);
+    let accounts = |s: Option<&LinkState>| s.map_or(0, |s| s.accounts.count_since(day_ago_s));
     let mut set = |f: Feature, v: f64| row[f as usize] = v;
 
-    set(LogAmount, log_amount(input.amount_minor));
+    let log_amount_now = log_amount(input.amount_minor);
+    set(LogAmount, log_amount_now);
     let (history, known_device, known_method) = match ctx.account {
         Some(acct) => {
             let v = acct.velocity.totals(at_s.max(acct.last_seen_s));
-            set(AmountZ, acct.amounts.z(input.amount_minor));
+            set(AmountZ, acct.amounts.z(log_amount_now));
             set(AccountCount1m, count(v.minute.count));
             set(AccountCount1h, count(v.hour.count));
             set(AccountCount24h, count(v.day.count));
@@ -284,26 +289,17 @@ pub fn compute(ctx: &Context<'_>, row: &mut [f64; FEATURE_COUNT]) {
     set(NewDevice, flag(new_device));
     set(NewMethod, flag(history && !known_method));
 
-    let (m, c, d, ip) = (
-        link(ctx.msisdn),
-        link(ctx.card),
-        link(ctx.device),
-        link(ctx.ip),
-    );
-    let m = m.unwrap_or_default();
-    set(MsisdnCount1h, count(m.0.hour.count));
-    set(MsisdnCount24h, count(m.0.day.count));
-    let c = c.unwrap_or_default();
-    set(CardCount1m, count(c.0.minute.count));
-    set(CardCount1h, count(c.0.hour.count));
-    set(CardCount24h, count(c.0.day.count));
-    set(CardAccounts24h, count(c.1));
-    let d = d.unwrap_or_default();
-    set(DeviceCount1h, count(d.0.hour.count));
-    set(DeviceAccounts24h, count(d.1));
-    let ip = ip.unwrap_or_default();
-    set(IpCount1h, count(ip.0.hour.count));
-    set(IpAccounts24h, count(ip.1));
+    let (m, c, d, ip) = (ctx.msisdn, ctx.card, ctx.device, ctx.ip);
+    set(MsisdnCount1h, count(hour(m)));
+    set(MsisdnCount24h, count(day(m)));
+    set(CardCount1m, count(minute(c)));
+    set(CardCount1h, count(hour(c)));
+    set(CardCount24h, count(day(c)));
+    set(CardAccounts24h, count(accounts(c)));
+    set(DeviceCount1h, count(hour(d)));
+    set(DeviceAccounts24h, count(accounts(d)));
+    set(IpCount1h, count(hour(ip)));
+    set(IpAccounts24h, count(accounts(ip)));
 
     let swap_age_s = input.sim_swapped_at_s.map(|t| at_s.saturating_sub(t));
     let swap_24h = matches!(swap_age_s, Some(age) if (0..DAY_S).contains(&age));

@@ -25,6 +25,7 @@ use std::net::IpAddr;
 use rustc_hash::{FxBuildHasher, FxHasher};
 
 use super::window::{AmountStats, DistinctSet, Totals, Window};
+use crate::validate::formats::ipv4_octets;
 
 /// Velocity windows of one key: 1 minute (4 x 15 s), 1 hour (4 x 15 min) and 24 hours
 /// (8 x 3 h). Coarse buckets keep a key at 256 bytes; the model sees counts, where an
@@ -49,6 +50,22 @@ impl Velocity {
         self.minute.add(at_s, amount_minor);
         self.hour.add(at_s, amount_minor);
         self.day.add(at_s, amount_minor);
+    }
+
+    /// The 1-minute window's totals alone (a feature row reads some windows of a
+    /// key and not others; each window summed costs a loop over its buckets).
+    pub fn minute(&self, at_s: i64) -> Totals {
+        self.minute.totals(at_s)
+    }
+
+    /// The 1-hour window's totals alone.
+    pub fn hour(&self, at_s: i64) -> Totals {
+        self.hour.totals(at_s)
+    }
+
+    /// The 24-hour window's totals alone.
+    pub fn day(&self, at_s: i64) -> Totals {
+        self.day.totals(at_s)
     }
 
     pub fn totals(&self, at_s: i64) -> VelocityTotals {
@@ -292,6 +309,11 @@ pub fn key_of(kind: KeyKind, id: &[u8]) -> u64 {
 pub fn ip_prefix_key(ip: &str) -> u64 {
     if ip.is_empty() {
         return 0;
+    }
+    // Nearly every payment's address is IPv4: the validation layer's one-pass parser
+    // takes exactly the texts the standard library's does, far faster.
+    if let Some(o) = ipv4_octets(ip.as_bytes()) {
+        return key_of(KeyKind::IpPrefix, &[4, o[0], o[1], o[2]]);
     }
     match ip.parse::<IpAddr>() {
         Ok(IpAddr::V4(v4)) => {

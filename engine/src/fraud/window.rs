@@ -175,14 +175,15 @@ impl AmountStats {
         self.settled = self.settled.saturating_add(1);
     }
 
-    /// How unusual `amount_minor` is for this account, in standard deviations, clamped
-    /// to +-10; 0 without enough history.
-    pub fn z(&self, amount_minor: i64) -> f64 {
+    /// How unusual an amount is for this account, in standard deviations, clamped to
+    /// +-10; 0 without enough history. Takes the amount as `log_amount(amount_minor)`,
+    /// which the caller has at hand: a logarithm is among the dearest steps of scoring.
+    pub fn z(&self, log_amount: f64) -> f64 {
         if self.settled < AMOUNT_HISTORY_MIN {
             return 0.0;
         }
         let stddev = self.variance.sqrt().max(STDDEV_MIN);
-        ((log_amount(amount_minor) - self.mean) / stddev).clamp(-10.0, 10.0)
+        ((log_amount - self.mean) / stddev).clamp(-10.0, 10.0)
     }
 
     /// Number of settled payments folded in (saturating).

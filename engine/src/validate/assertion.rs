@@ -136,9 +136,21 @@ pub fn verify(
     msisdn: &[u8],
     now_s: i64,
 ) -> Option<RejectCode> {
-    let Some(assertion) = parse(token) else {
-        return Some(RejectCode::AssertionMalformed);
-    };
+    match parse(token) {
+        Some(assertion) => verify_parsed(rules, &assertion, account_id, msisdn, now_s),
+        None => Some(RejectCode::AssertionMalformed),
+    }
+}
+
+/// `verify` for a token already split by `parse` (the format layer parses every
+/// token; the pipeline hands its result on rather than parsing twice).
+pub fn verify_parsed(
+    rules: &Rules,
+    assertion: &Assertion<'_>,
+    account_id: &[u8],
+    msisdn: &[u8],
+    now_s: i64,
+) -> Option<RejectCode> {
     let Some(key) = rules
         .assertion_keys
         .iter()

@@ -2,18 +2,23 @@
 //! to it, its state allows the purpose, and a subscriber assertion, when present,
 //! verifies.
 
-use super::assertion;
+use super::assertion::{self, Assertion};
 use super::clock::Now;
 use super::config::Rules;
 use super::subscribers::{Entry, Plan, Status};
 use super::{PaymentView, Purpose, RejectCode};
+use crate::money::Currency;
 
 /// The account's entry when the payment authenticates, else the first failure.
 /// `entry` is the table's entry for `p.account_id`, looked up by the batch driver.
+/// `currency` and `assertion` are the payment's currency and subscriber assertion as
+/// the format layer parsed them.
 pub fn check<'t>(
     rules: &Rules,
     entry: Option<&'t Entry>,
     p: &PaymentView<'_>,
+    currency: Currency,
+    assertion: Option<&Assertion<'_>>,
     now: &Now,
 ) -> Result<&'t Entry, RejectCode> {
     let Some(entry) = entry else {
@@ -26,7 +31,7 @@ pub fn check<'t>(
     if subscriber.status == Status::Closed {
         return Err(RejectCode::AccountClosed);
     }
-    if subscriber.currency.code().as_bytes() != p.currency {
+    if subscriber.currency != currency {
         return Err(RejectCode::CurrencyMismatch);
     }
     let plan_fits = match p.purpose {
@@ -45,9 +50,9 @@ pub fn check<'t>(
     if subscriber.status == Status::Suspended && p.purpose != Purpose::BillPayment {
         return Err(RejectCode::AccountStatusForbidsPurpose);
     }
-    if !p.assertion.is_empty() {
+    if let Some(assertion) = assertion {
         if let Some(code) =
-            assertion::verify(rules, p.assertion, p.account_id, p.msisdn, now.unix_s)
+            assertion::verify_parsed(rules, assertion, p.account_id, p.msisdn, now.unix_s)
         {
             return Err(code);
         }

@@ -4,6 +4,7 @@
 //! bounds). Fields arrive as raw bytes from numpy columns, so nothing assumes UTF-8:
 //! every rule accepts only ASCII, which makes non-ASCII input a plain rejection.
 
+use super::assertion::{self, Assertion};
 use super::calling_codes::CALLING_CODES;
 use super::card;
 use super::clock::Now;
@@ -48,37 +49,105 @@ static CALLING_CODE_MASKS: [[u32; 1000]; 3] = {
     table
 };
 
-/// The first format failure of a payment, if any. Order: the fields every payment
+/// Byte classes of the free-text fields, one bit per field rule: a charset check is
+/// one table load and AND per byte, without a branch, instead of a chain of range
+/// comparisons with an early exit. Valid input, the common case, is read whole
+/// either way.
+const PRINTABLE: u8 = 1 << 0; // space through tilde: idempotency keys
+const DEVICE_ID: u8 = 1 << 1; // printable without space
+const ACCOUNT_ID: u8 = 1 << 2; // [A-Za-z0-9_-]
+const WALLET_PROVIDER: u8 = 1 << 3; // [a-z0-9_]
+const WALLET_ID: u8 = 1 << 4; // [A-Za-z0-9._@+-]
+const CHANNEL: u8 = 1 << 5; // [a-z0-9_-]
+const IBAN: u8 = 1 << 6; // [A-Z0-9]
+
+static BYTE_CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0x20;
+    while b <= 0x7e {
+        let c = b as u8;
+        let (digit, upper, lower) = (
+            c.is_ascii_digit(),
+            c.is_ascii_uppercase(),
+            c.is_ascii_lowercase(),
+        );
+        let mut class = PRINTABLE;
+        if c != b' ' {
+            class |= DEVICE_ID;
+        }
+        if digit || upper || lower || c == b'_' || c == b'-' {
+            class |= ACCOUNT_ID;
+        }
+        if digit || lower || c == b'_' {
+            class |= WALLET_PROVIDER;
+        }
+        if digit || upper || lower || matches!(c, b'.' | b'_' | b'@' | b'+' | b'-') {
+            class |= WALLET_ID;
+        }
+        if digit || lower || c == b'_' || c == b'-' {
+            class |= CHANNEL;
+        }
+        if digit || upper {
+            class |= IBAN;
+        }
+        table[b] = class;
+        b += 1;
+    }
+    table
+};
+
+/// Whether every byte of `bytes` is in `class`.
+#[inline]
+fn all_in(bytes: &[u8], class: u8) -> bool {
+    bytes
+        .iter()
+        .fold(class, |acc, &b| acc & BYTE_CLASSES[usize::from(b)])
+        != 0
+}
+
+/// What the format layer learnt from a well-formed payment, for the layers after it:
+/// they use these instead of looking the currency up or parsing the token again.
+pub struct WellFormed<'a> {
+    pub currency: Currency,
+    /// The subscriber assertion, split but not yet verified; None when not given.
+    pub assertion: Option<Assertion<'a>>,
+}
+
+/// The first format failure of a payment, as `Err`. Order: the fields every payment
 /// has, then the amount (whose bounds need currency and purpose), then the method's
 /// own fields, then the optional context fields.
-pub fn check(rules: &Rules, p: &PaymentView<'_>, now: &Now) -> Option<RejectCode> {
+pub fn check<'a>(
+    rules: &Rules,
+    p: &PaymentView<'a>,
+    now: &Now,
+) -> Result<WellFormed<'a>, RejectCode> {
     if !is_idempotency_key(p.idempotency_key) {
-        return Some(RejectCode::IdempotencyKeyInvalid);
+        return Err(RejectCode::IdempotencyKeyInvalid);
     }
     if !is_account_id(p.account_id) {
-        return Some(RejectCode::AccountIdInvalid);
+        return Err(RejectCode::AccountIdInvalid);
     }
     if let Some(code) = check_msisdn(p.msisdn) {
-        return Some(code);
+        return Err(code);
     }
     if p.amount_minor <= 0 {
-        return Some(RejectCode::AmountNotPositive);
+        return Err(RejectCode::AmountNotPositive);
     }
     if p.amount_minor > AMOUNT_MINOR_MAX {
-        return Some(RejectCode::AmountTooLarge);
+        return Err(RejectCode::AmountTooLarge);
     }
     let Some(currency) = Currency::from_bytes(p.currency) else {
-        return Some(RejectCode::CurrencyUnknown);
+        return Err(RejectCode::CurrencyUnknown);
     };
     if p.purpose == Purpose::Unspecified {
-        return Some(RejectCode::PurposeInvalid);
+        return Err(RejectCode::PurposeInvalid);
     }
     let (min, max) = rules.purpose_bounds(p.purpose, currency);
     if p.amount_minor < min {
-        return Some(RejectCode::AmountBelowPurposeMin);
+        return Err(RejectCode::AmountBelowPurposeMin);
     }
     if p.amount_minor > max {
-        return Some(RejectCode::AmountAbovePurposeMax);
+        return Err(RejectCode::AmountAbovePurposeMax);
     }
     let method = match p.method {
         MethodKind::Missing => Some(RejectCode::MethodMissing),
@@ -93,36 +162,37 @@ pub fn check(rules: &Rules, p: &PaymentView<'_>, now: &Now) -> Option<RejectCode
         MethodKind::BankAccount => check_iban(p.iban),
         MethodKind::CarrierBalance => None,
     };
-    if method.is_some() {
-        return method;
+    if let Some(code) = method {
+        return Err(code);
     }
     if !is_channel(p.channel) {
-        return Some(RejectCode::ChannelInvalid);
+        return Err(RejectCode::ChannelInvalid);
     }
     if !is_device_id(p.device_id) {
-        return Some(RejectCode::DeviceIdInvalid);
+        return Err(RejectCode::DeviceIdInvalid);
     }
     if !p.ip.is_empty() && !is_ip(p.ip) {
-        return Some(RejectCode::IpInvalid);
+        return Err(RejectCode::IpInvalid);
     }
-    if !p.assertion.is_empty() && super::assertion::parse(p.assertion).is_none() {
-        return Some(RejectCode::AssertionMalformed);
-    }
-    None
+    let assertion = if p.assertion.is_empty() {
+        None
+    } else {
+        Some(assertion::parse(p.assertion).ok_or(RejectCode::AssertionMalformed)?)
+    };
+    Ok(WellFormed {
+        currency,
+        assertion,
+    })
 }
 
 /// 1 to 255 printable ASCII characters (space through tilde).
 pub fn is_idempotency_key(key: &[u8]) -> bool {
-    (1..=IDEMPOTENCY_KEY_LEN_MAX).contains(&key.len())
-        && key.iter().all(|&b| (0x20..=0x7e).contains(&b))
+    (1..=IDEMPOTENCY_KEY_LEN_MAX).contains(&key.len()) && all_in(key, PRINTABLE)
 }
 
 /// 1 to 64 characters of `[A-Za-z0-9_-]`.
 pub fn is_account_id(id: &[u8]) -> bool {
-    (1..=ACCOUNT_ID_LEN_MAX).contains(&id.len())
-        && id
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (1..=ACCOUNT_ID_LEN_MAX).contains(&id.len()) && all_in(id, ACCOUNT_ID)
 }
 
 /// E.164: '+', a non-zero first digit, digits only, at most 15 of them; a country
@@ -161,11 +231,7 @@ pub fn is_e164(msisdn: &[u8]) -> bool {
 /// spaced paper format; the wire format is the electronic one, so we refuse those
 /// first.
 pub fn check_iban(iban: &[u8]) -> Option<RejectCode> {
-    if !(IBAN_LEN_MIN..=IBAN_LEN_MAX).contains(&iban.len())
-        || !iban
-            .iter()
-            .all(|&b| b.is_ascii_uppercase() || b.is_ascii_digit())
-    {
+    if !(IBAN_LEN_MIN..=IBAN_LEN_MAX).contains(&iban.len()) || !all_in(iban, IBAN) {
         return Some(RejectCode::IbanInvalid);
     }
     let text = std::str::from_utf8(iban).expect("checked ASCII");
@@ -181,31 +247,22 @@ pub fn check_iban(iban: &[u8]) -> Option<RejectCode> {
 
 /// 1 to 32 characters of `[a-z0-9_]`.
 pub fn is_wallet_provider(provider: &[u8]) -> bool {
-    (1..=WALLET_PROVIDER_LEN_MAX).contains(&provider.len())
-        && provider
-            .iter()
-            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    (1..=WALLET_PROVIDER_LEN_MAX).contains(&provider.len()) && all_in(provider, WALLET_PROVIDER)
 }
 
 /// 1 to 64 characters of `[A-Za-z0-9._@+-]` (phone numbers, e-mail-like handles, ids).
 pub fn is_wallet_id(id: &[u8]) -> bool {
-    (1..=WALLET_ID_LEN_MAX).contains(&id.len())
-        && id
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'-'))
+    (1..=WALLET_ID_LEN_MAX).contains(&id.len()) && all_in(id, WALLET_ID)
 }
 
 /// At most 32 characters of `[a-z0-9_-]`; empty means "not given".
 pub fn is_channel(channel: &[u8]) -> bool {
-    channel.len() <= CHANNEL_LEN_MAX
-        && channel
-            .iter()
-            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    channel.len() <= CHANNEL_LEN_MAX && all_in(channel, CHANNEL)
 }
 
 /// At most 128 printable ASCII characters without spaces; empty means "not given".
 pub fn is_device_id(device_id: &[u8]) -> bool {
-    device_id.len() <= DEVICE_ID_LEN_MAX && device_id.iter().all(|&b| (0x21..=0x7e).contains(&b))
+    device_id.len() <= DEVICE_ID_LEN_MAX && all_in(device_id, DEVICE_ID)
 }
 
 /// An IPv4 address in dotted-quad form or an IPv6 address (RFC 4291 text forms, no
@@ -216,37 +273,48 @@ pub fn is_ip(ip: &[u8]) -> bool {
     if ip.len() > IP_LEN_MAX {
         return false;
     }
-    if ip.contains(&b':') {
-        return std::str::from_utf8(ip)
-            .is_ok_and(|text| text.parse::<std::net::Ipv6Addr>().is_ok());
-    }
+    // IPv4 first, in one pass: it refuses a ':' at once, and a text without one is
+    // never IPv6, so only those go on to the IPv6 parser. Scanning for ':' up front
+    // cost nearly as much as the IPv4 check itself.
     is_ipv4(ip)
+        || (ip.contains(&b':')
+            && std::str::from_utf8(ip).is_ok_and(|text| text.parse::<std::net::Ipv6Addr>().is_ok()))
 }
 
 /// Four decimal octets 0 to 255 separated by dots, each 1 to 3 digits without a
 /// leading zero (as `std::net::Ipv4Addr` parses them: "01.2.3.4" is refused).
+#[inline]
 pub fn is_ipv4(ip: &[u8]) -> bool {
-    // One pass: `digits` counts the current octet's digits, `value` accumulates it.
-    let (mut dots, mut digits, mut value, mut leading_zero) = (0u32, 0u32, 0u32, false);
-    for &b in ip {
-        match b {
-            b'0'..=b'9' => {
-                if digits == 1 && value == 0 {
-                    leading_zero = true;
-                }
-                value = value * 10 + u32::from(b - b'0');
-                digits += 1;
-                if digits > 3 || value > 255 || leading_zero {
-                    return false;
-                }
-            }
-            b'.' if digits > 0 && dots < 3 => {
-                (dots, digits, value) = (dots + 1, 0, 0);
-            }
-            _ => return false,
+    ipv4_octets(ip).is_some()
+}
+
+/// The octets of an IPv4 address in the form `is_ipv4` accepts, or None. The fraud
+/// scorer keys velocity by the /24 with it, at a fraction of the standard parser's cost.
+#[inline]
+pub fn ipv4_octets(ip: &[u8]) -> Option<[u8; 4]> {
+    // Octet by octet: up to three digits, then a dot between octets. A fourth digit
+    // is left over and refused where the dot (or the end) should be.
+    let mut octets = [0u8; 4];
+    let mut rest = ip;
+    for (k, octet) in octets.iter_mut().enumerate() {
+        let digits = rest
+            .iter()
+            .take(3)
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if digits == 0 || (digits > 1 && rest[0] == b'0') {
+            return None;
+        }
+        let value = rest[..digits]
+            .iter()
+            .fold(0u32, |acc, &d| acc * 10 + u32::from(d - b'0'));
+        *octet = u8::try_from(value).ok()?;
+        rest = &rest[digits..];
+        if k < 3 {
+            rest = rest.strip_prefix(b".")?;
         }
     }
-    dots == 3 && digits > 0
+    rest.is_empty().then_some(octets)
 }
 
 #[cfg(test)]
@@ -360,14 +428,54 @@ mod tests {
         );
     }
 
+    /// The byte-class table against the rules as written out, for every byte, alone
+    /// and inside an otherwise valid value.
+    #[test]
+    fn byte_classes_are_the_documented_charsets() {
+        type ClassRule = (u8, fn(u8) -> bool);
+        let rules: [ClassRule; 7] = [
+            (PRINTABLE, |b| (0x20..=0x7e).contains(&b)),
+            (DEVICE_ID, |b| (0x21..=0x7e).contains(&b)),
+            (ACCOUNT_ID, |b| {
+                b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+            }),
+            (WALLET_PROVIDER, |b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'
+            }),
+            (WALLET_ID, |b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'-')
+            }),
+            (CHANNEL, |b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+            }),
+            (IBAN, |b| b.is_ascii_uppercase() || b.is_ascii_digit()),
+        ];
+        for (class, rule) in rules {
+            for b in 0..=255u8 {
+                assert_eq!(
+                    all_in(&[b], class),
+                    rule(b),
+                    "class {class:#x}, byte {b:#x}"
+                );
+                assert_eq!(
+                    all_in(&[b'1', b, b'2'], class),
+                    rule(b),
+                    "class {class:#x}, byte {b:#x}"
+                );
+            }
+            assert!(all_in(b"", class));
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn ipv4_agrees_with_the_standard_library(text in "[0-9.]{0,17}", octets in proptest::array::uniform4(0u32..300)) {
             let dotted = format!("{}.{}.{}.{}", octets[0], octets[1], octets[2], octets[3]);
             let padded = format!("{:02}.{}.{:03}.{}", octets[0], octets[1], octets[2], octets[3]);
             for candidate in [text.as_str(), dotted.as_str(), padded.as_str()] {
-                let std_ok = candidate.parse::<std::net::Ipv4Addr>().is_ok();
-                proptest::prop_assert_eq!(is_ipv4(candidate.as_bytes()), std_ok, "{}", candidate);
+                let parsed = candidate.parse::<std::net::Ipv4Addr>().ok().map(|a| a.octets());
+                proptest::prop_assert_eq!(is_ipv4(candidate.as_bytes()), parsed.is_some(), "{}", candidate);
+                proptest::prop_assert_eq!(ipv4_octets(candidate.as_bytes()), parsed, "{}", candidate);
             }
         }
 

@@ -10,6 +10,7 @@ mod auth;
 mod balance;
 mod calling_codes;
 pub mod card;
+pub mod cell;
 pub mod clock;
 mod codes;
 pub mod config;
@@ -25,7 +26,6 @@ pub use subscribers::{
     HELD_MINOR_MAX, SUBSCRIBERS_MAX,
 };
 
-use crate::money::Currency;
 pub use clock::Now;
 
 /// Payments per lookahead group in `Validator::validate_rows`: their views (about
@@ -203,12 +203,14 @@ impl Validator {
         entry: Option<&Entry>,
         now: &Now,
     ) -> RejectCode {
-        if let Some(code) = formats::check(&self.rules, p, now) {
-            return code;
-        }
-        let currency =
-            Currency::from_bytes(p.currency).expect("the format layer checked the currency");
-        let entry = match auth::check(&self.rules, entry, p, now) {
+        let formats::WellFormed {
+            currency,
+            assertion,
+        } = match formats::check(&self.rules, p, now) {
+            Ok(well_formed) => well_formed,
+            Err(code) => return code,
+        };
+        let entry = match auth::check(&self.rules, entry, p, currency, assertion.as_ref(), now) {
             Ok(entry) => entry,
             Err(code) => return code,
         };

@@ -3,6 +3,7 @@
 
 use super::config::{AssertionKey, CurrencyAmounts};
 use super::*;
+use crate::money::Currency;
 
 /// 2026-11-25T18:00:00Z.
 const NOW: i64 = 1_795_629_600;

@@ -44,6 +44,14 @@ _STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
 ]
 
 
+async def _abort(context: grpc.aio.ServicerContext, err: BaseException, rpc: str) -> None:
+    """Ends the call with the status ``err`` maps to; an unexpected error is logged."""
+    code, message = status_of(err)
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("%s failed", rpc, exc_info=err)
+    await context.abort(code, message)
+
+
 def status_of(err: BaseException) -> tuple[grpc.StatusCode, str]:
     """The one mapping from our exceptions to gRPC status codes."""
     for kind, code in _STATUS:
@@ -76,10 +84,7 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         try:
             outcome = await self._service.pay(convert.intent_of(request, self._key, deadline))
         except Exception as err:
-            code, message = status_of(err)
-            if code is grpc.StatusCode.INTERNAL:
-                log.exception("Pay failed")
-            await context.abort(code, message)
+            await _abort(context, err, "Pay")
         return convert.pay_response(outcome)
 
     async def PayStream(
@@ -149,7 +154,7 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         deadline = None if remaining is None else time.monotonic() + remaining
         amount = request.amount if request.HasField("amount") else None
         try:
-            outcome = await self._service.refund(
+            outcome = await self._service.refunds.refund(
                 request.idempotency_key,
                 request.payment_id,
                 amount.amount_minor if amount is not None else None,
@@ -158,10 +163,7 @@ class SettlementServicer(pb_grpc.SettlementServicer):
                 deadline,
             )
         except Exception as err:
-            code, message = status_of(err)
-            if code is grpc.StatusCode.INTERNAL:
-                log.exception("Refund failed")
-            await context.abort(code, message)
+            await _abort(context, err, "Refund")
         return convert.refund_response(outcome)
 
     async def WatchSettlements(

@@ -55,15 +55,15 @@ def replay(
     parts = []
     for start in range(0, n, BATCH_MAX):
         end = min(n, start + BATCH_MAX)
-        cols = [
-            traffic[c][start:end].tolist() if c in STRING_COLUMNS else traffic[c][start:end]
+        cols = {
+            c: traffic[c][start:end].tolist() if c in STRING_COLUMNS else traffic[c][start:end]
             for c in COLUMNS
-        ]
-        # The columns are checked by the engine (dtype, length); the stub cannot see
-        # through the star-expansion, hence the cast.
+        }
+        # The columns are checked by the engine (names, dtype, length); the stub's
+        # FraudColumns cannot see that a comprehension fills every key, hence the cast.
         parts.append(
-            cast(Any, scorer).replay(
-                *cols,
+            scorer.replay(
+                cast(Any, cols),
                 traffic["at_s"][start:end],
                 traffic["outcomes"][start:end],
                 with_features=with_features,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
@@ -23,8 +24,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-# Processes one batch; returns one result per item, in order: a value, or an exception
-# for that item alone.
+# Processes one batch; returns one result per item, in order: a value, an exception for
+# that item alone, or a future that will hold its result (the item was handed on).
 Process = Callable[[Sequence[T]], Awaitable[Sequence["R | BaseException"]]]
 # A two-stage batch: the first stage returns what the second needs, and the second
 # returns the results (see MicroBatcher).
@@ -168,7 +169,21 @@ class MicroBatcher(Generic[T, R]):
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
-            if isinstance(result, BaseException):
+            if isinstance(result, asyncio.Future):
+                # The item was handed on (resubmitted later): its caller gets that answer.
+                result.add_done_callback(functools.partial(_copy_outcome, future))
+            elif isinstance(result, BaseException):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+
+def _copy_outcome(into: asyncio.Future[R], source: asyncio.Future[R]) -> None:
+    if into.done():
+        return
+    if source.cancelled():
+        into.cancel()
+    elif (err := source.exception()) is not None:
+        into.set_exception(err)
+    else:
+        into.set_result(source.result())

@@ -13,12 +13,16 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from quickpay_engine._engine import NO_TIME, FraudScorer
 from quickpay_engine.domain import FraudAssessment, PaymentIntent, SubscriberRow
 from quickpay_engine.fraud import DECISIONS, REASON_CODES, REVIEW, default_model_json, default_rules
+
+if TYPE_CHECKING:
+    from quickpay_engine._engine import FraudColumns
 
 FRAUD_DECLINED = "FRAUD_DECLINED"
 FRAUD_REVIEW = "FRAUD_REVIEW"
@@ -65,7 +69,7 @@ class FraudGate:
         """One verdict per intent, in order; each payment counts as an attempt."""
         if not intents:
             return []
-        scores, decisions, reasons = self._scorer.score(*self._columns(intents), now_s=now_s)
+        scores, decisions, reasons = self._scorer.score(self._columns(intents), now_s=now_s)
         verdicts = []
         for intent, score, decision, codes in zip(
             intents, scores.tolist(), decisions.tolist(), reasons.tolist(), strict=True
@@ -95,32 +99,33 @@ class FraudGate:
         outcomes = np.fromiter(
             (OBSERVE_SETTLED if ok else OBSERVE_FAILED for ok in settled), np.uint8, len(intents)
         )
-        self._scorer.observe(*self._columns(intents), outcomes=outcomes, now_s=now_s)
+        self._scorer.observe(self._columns(intents), outcomes, now_s=now_s)
 
-    def _columns(self, intents: Sequence[PaymentIntent]) -> list[object]:
+    def _columns(self, intents: Sequence[PaymentIntent]) -> FraudColumns:
         n = len(intents)
         profiles = [self._subscribers.get(i.account_id) for i in intents]
         pans = [i.detail.card_pan for i in intents]
-        return [
-            [i.account_id for i in intents],
-            [i.msisdn for i in intents],
-            np.fromiter((i.amount_minor for i in intents), np.int64, n),
-            np.fromiter((i.purpose for i in intents), np.uint8, n),
-            np.fromiter((i.method.kind for i in intents), np.uint8, n),
-            np.fromiter((card_fingerprint(self._card_key, p) for p in pans), np.uint64, n),
-            [p[:6] if len(p) >= 12 and p.isdigit() else "" for p in pans],
-            [i.device_id for i in intents],
-            [i.ip for i in intents],
-            [i.channel for i in intents],
-            np.fromiter((p.plan if p else 0 for p in profiles), np.uint8, n),
-            [p.country if p else "" for p in profiles],
-            np.fromiter(
-                (
-                    p.sim_swapped_at_s if p and p.sim_swapped_at_s is not None else NO_TIME
-                    for p in profiles
-                ),
-                np.int64,
-                n,
+        swapped = (
+            p.sim_swapped_at_s if p and p.sim_swapped_at_s is not None else NO_TIME
+            for p in profiles
+        )
+        return {
+            "account_ids": [i.account_id for i in intents],
+            "msisdns": [i.msisdn for i in intents],
+            "amounts_minor": np.fromiter((i.amount_minor for i in intents), np.int64, n),
+            "purposes": np.fromiter((i.purpose for i in intents), np.uint8, n),
+            "methods": np.fromiter((i.method.kind for i in intents), np.uint8, n),
+            "card_fingerprints": np.fromiter(
+                (card_fingerprint(self._card_key, p) for p in pans), np.uint64, n
             ),
-            np.fromiter((p.created_at_s if p else 0 for p in profiles), np.int64, n),
-        ]
+            "card_bins": [p[:6] if len(p) >= 12 and p.isdigit() else "" for p in pans],
+            "device_ids": [i.device_id for i in intents],
+            "ips": [i.ip for i in intents],
+            "channels": [i.channel for i in intents],
+            "plans": np.fromiter((p.plan if p else 0 for p in profiles), np.uint8, n),
+            "countries": [p.country if p else "" for p in profiles],
+            "sim_swapped_at_s": np.fromiter(swapped, np.int64, n),
+            "created_at_s": np.fromiter(
+                (p.created_at_s if p else 0 for p in profiles), np.int64, n
+            ),
+        }

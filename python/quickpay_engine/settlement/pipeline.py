@@ -21,11 +21,12 @@ key (``OutcomePending``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
 
@@ -130,6 +131,8 @@ class _Batch:
     now_s: int
     # Payments committed whose holds are being posted after the reply (see _complete).
     posting: set[str] = dataclasses.field(default_factory=set)
+    # The accounts this batch keeps busy (one payment each) until it ends.
+    accounts: list[str] = dataclasses.field(default_factory=list)
 
 
 class Pipeline:
@@ -166,6 +169,15 @@ class Pipeline:
         # Payments between stage 1 and their end, which recovery's sweep must leave be.
         self.in_flight: set[str] = set()
         self._posting: set[asyncio.Future[None]] = set()
+        # Accounts with a payment between validation and the end of its batch, and the
+        # events that wake payments deferred until an account is free. A payment for a
+        # busy account is validated in a later batch, against the balance and limits
+        # its predecessor left, so two in flight can never both spend the same credit.
+        self._busy: collections.Counter[str] = collections.Counter()
+        self._freed: dict[str, asyncio.Event] = {}
+        # How a deferred payment re-enters the queue (the service sets the batcher's
+        # submit); None: no deferral, payments of one account are validated together.
+        self.resubmit: Callable[[PaymentIntent], Awaitable[Outcome]] | None = None
 
     async def process(self, intents: Sequence[PaymentIntent]) -> list[Outcome | BaseException]:
         """Settles a batch; each result is an outcome or that payment's own error."""
@@ -181,6 +193,7 @@ class Pipeline:
         try:
             await self._complete(batch)
         finally:
+            self._free(batch.accounts)
             self.in_flight.difference_update(
                 p for k in batch.reserved
                 if (p := batch.decisions[k].payment_id) not in batch.posting
@@ -197,16 +210,42 @@ class Pipeline:
         reader, reading = self._reader
         stored = await reading.run(reader.find_by_keys, [i.idempotency_key for i in intents])
         fresh: list[int] = []
+        accounts: list[str] = []
         for index, intent in enumerate(intents):
             record = stored.get(intent.idempotency_key)
-            if record is None:
-                fresh.append(index)
-            else:
+            if record is not None:
                 results[index] = replay(record.outcome, record.intent, intent)
+            elif self.resubmit is not None and (
+                self._busy[intent.account_id] or intent.account_id in accounts
+            ):
+                # The account has a payment not yet committed: validating this one now
+                # would check its balance and limits as they were before that one.
+                results[index] = self._defer(intent)  # type: ignore[assignment]
+            else:
+                fresh.append(index)
+                accounts.append(intent.account_id)
+        # Held from here (no await since the check above) until the batch has ended.
+        self._busy.update(accounts)
+        try:
+            return await self._validate_and_reserve(intents, results, fresh, accounts)
+        except BaseException:
+            self._free(accounts)
+            for r in results:  # the whole batch fails: nothing of it goes on later
+                if isinstance(r, asyncio.Future):
+                    r.cancel()
+            raise
+
+    async def _validate_and_reserve(
+        self,
+        intents: Sequence[PaymentIntent],
+        results: list[Outcome | BaseException | None],
+        fresh: list[int],
+        accounts: list[str],
+    ) -> _Batch:
         decisions: list[Decision] = []
         positions: list[int] = []
         now_s = wall_clock_s(self._clock)
-        batch = _Batch(results, decisions, positions, [], [], [], now_s)
+        batch = _Batch(results, decisions, positions, [], [], [], now_s, accounts=accounts)
         if not fresh:
             return batch
         codes = validate_batch(self._engine, [intents[i] for i in fresh], now_s)
@@ -255,6 +294,28 @@ class Pipeline:
                 np.fromiter((d.intent.amount_minor for d in batch.held), np.int64),
             )
         return batch
+
+    def _defer(self, intent: PaymentIntent) -> asyncio.Future[Outcome]:
+        """Settles ``intent`` in a later batch, once its account has no payment in flight."""
+        assert self.resubmit is not None
+        resubmit = self.resubmit
+
+        async def later() -> Outcome:
+            while self._busy[intent.account_id]:
+                freed = self._freed.setdefault(intent.account_id, asyncio.Event())
+                await freed.wait()
+            return await resubmit(intent)
+
+        return asyncio.ensure_future(later())
+
+    def _free(self, accounts: list[str]) -> None:
+        """Ends a batch's hold on its accounts; wakes payments deferred for them."""
+        self._busy.subtract(accounts)
+        for account in accounts:
+            if self._busy[account] <= 0:
+                del self._busy[account]
+                if (freed := self._freed.pop(account, None)) is not None:
+                    freed.set()
 
     def _release_holds(self, held: list[Decision]) -> None:
         self._engine.release_holds(

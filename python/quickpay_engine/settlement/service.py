@@ -30,7 +30,7 @@ from quickpay_engine.settlement.ledger_book import LedgerBook
 from quickpay_engine.settlement.pipeline import Pipeline, load_engine
 from quickpay_engine.settlement.reconciliation import ReconcileRun
 from quickpay_engine.settlement.recovery import Action, Recovery
-from quickpay_engine.settlement.refunds import RefundOutcome, Refunds
+from quickpay_engine.settlement.refunds import Refunds
 from quickpay_engine.store import SqliteStore
 from quickpay_engine.store.executor import StoreThread
 from quickpay_engine.store.sqlite import SettledState
@@ -108,8 +108,9 @@ class SettlementService:
             queue_max=batching.queue_max,
             inflight_max=batching.inflight_max,
         )
+        self._pipeline.resubmit = self._batcher.submit
         self.recovery = Recovery(store, self._thread, book, router, self._apply_states)
-        self._refunds = Refunds(store, self._thread, book, router, self._apply_states)
+        self.refunds = Refunds(store, self._thread, book, router, self._apply_states)
         self._sweeper: asyncio.Task[None] | None = None
         # One entry per idempotency key being settled right now: a concurrent retry
         # waits for the first attempt instead of racing it. Bounded by the batcher's
@@ -175,20 +176,6 @@ class SettlementService:
         if self._reader is not self._store:
             self._reader.close()
         self._thread.close()
-
-    async def refund(
-        self,
-        idempotency_key: str,
-        payment_id: str,
-        amount_minor: int | None,
-        currency: str,
-        reason: str,
-        deadline: float | None = None,
-    ) -> RefundOutcome:
-        """Refunds a settled payment, in full or in part; see ``Refunds``."""
-        return await self._refunds.refund(
-            idempotency_key, payment_id, amount_minor, currency, reason, deadline
-        )
 
     def end_watches(self) -> None:
         """Ends every WatchSettlements stream cleanly (the server is draining); a client
