@@ -1,4 +1,9 @@
-"""Shared fixtures: a real server on port 0 over a real SQLite file, and its clients."""
+"""Shared fixtures: a real server on port 0 over a real store, and its clients.
+
+The store is the embedded SQLite file unless a module asks for both backends with
+``BOTH_BACKENDS`` (``pytestmark = BOTH_BACKENDS``): then each of its tests runs once on
+SQLite and once on a fresh PostgreSQL database of its own (tests/pg_support.py).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,23 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 
 from gateway_procs import SimulatorSet
+from pg_support import (
+    create_database,
+    drop_database,
+    prepared_transactions,
+    require,
+    reset_database,
+)
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.config import settings_from
 from quickpay_engine.domain import LineStatus, Plan, SubscriberRow
 from quickpay_engine.server import RunningServer, create_server
-from quickpay_engine.store import SqliteStore
+from quickpay_engine.storage import open_store
 
 CREATED = 1_700_000_000
 
@@ -52,18 +65,24 @@ def settings_for(
     listen: str = "127.0.0.1:0",
     fraud_mode: str = "observe",
     gateways: Path | None = None,
+    database_url: str | None = None,
+    database_urls: list[str] | None = None,
 ):
     """Settings as the CLI would build them for this data dir, talking to the session's
-    gateway simulators unless ``gateways`` names another file. Fraud scoring observes
-    by default here: these suites pay the same few accounts many times a second, which
-    the shipped model rightly finds suspicious; tests/test_fraud_settlement.py enforces."""
+    gateway simulators unless ``gateways`` names another file, on the SQLite file in the
+    data dir unless ``database_url`` (one PostgreSQL database) or ``database_urls``
+    (billing, AR and provisioning) say otherwise. Fraud scoring observes by default here:
+    these suites pay the same few accounts many times a second, which the shipped model
+    rightly finds suspicious; tests/test_fraud_settlement.py enforces."""
     args = argparse.Namespace(
         listen=listen,
         data_dir=str(data_dir),
-        database_url=None,
+        database_url=database_urls[0] if database_urls else database_url,
         gateways=str(gateways or os.environ[GATEWAYS_VAR]),
         fraud_mode=fraud_mode,
     )
+    if database_urls:
+        args.billing_url, args.ar_url, args.provisioning_url = database_urls
     return settings_from(args)
 
 
@@ -79,23 +98,90 @@ def simulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorSe
         sims.stop()
 
 
-def seed_store(data_dir: Path, rows: list[SubscriberRow] = SUBSCRIBERS) -> None:
-    store = SqliteStore(settings_for(data_dir).sqlite_path)
+def seed_store(
+    data_dir: Path,
+    rows: list[SubscriberRow] = SUBSCRIBERS,
+    database_urls: list[str] | None = None,
+) -> None:
+    store = open_store(settings_for(data_dir, database_urls=database_urls))
     try:
         store.import_subscribers(rows)
     finally:
         store.close()
 
 
+# "postgres-2pc": billing, AR and provisioning in three databases, committed together by
+# two-phase commit.
+BACKENDS = ("sqlite", "postgres", "postgres-2pc")
+# Marks a module (pytestmark = BOTH_BACKENDS) to run every test on each store.
+BOTH_BACKENDS = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    seed_store(tmp_path)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store under test: "sqlite" unless the module parametrizes it."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="module")
+def module_databases() -> Iterator[list[str]]:
+    """Three PostgreSQL databases of the test module's own, dropped after the module."""
+    require()
+    urls = [create_database() for _ in range(3)]
+    try:
+        yield urls
+    finally:
+        for url in urls:
+            drop_database(url)
+
+
+@pytest.fixture
+def database_urls(backend: str, request: pytest.FixtureRequest) -> Iterator[list[str] | None]:
+    """None for the SQLite file in the data dir; else the (billing, AR, provisioning)
+    URLs, emptied for this test: one database, or three for "postgres-2pc". After the
+    test no prepared transaction may be left in any of them."""
+    if backend == "sqlite":
+        yield None
+        return
+    made = request.getfixturevalue("module_databases")
+    used = made[:1] if backend == "postgres" else made
+    for url in used:
+        reset_database(url)
+    yield [used[0], used[-1], used[1 % len(used)]]
+    left = prepared_transactions(used)
+    assert not left, f"prepared transactions left behind: {left}"
+
+
+@pytest.fixture
+def database_url(database_urls: list[str] | None) -> str | None:
+    """The billing database's URL (the one --database-url names), None for SQLite."""
+    return None if database_urls is None else database_urls[0]
+
+
+def database_dump(url: str) -> bytes:
+    """Every table of a PostgreSQL database as COPY text, to search for what must never
+    be stored."""
+    out = bytearray()
+    with psycopg.connect(url) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+        for (table,) in tables:
+            with conn.cursor().copy(f"COPY {table} TO STDOUT") as copy:
+                for chunk in copy:
+                    out += chunk
+    return bytes(out)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, database_urls: list[str] | None) -> Path:
+    seed_store(tmp_path, database_urls=database_urls)
     return tmp_path
 
 
 @pytest.fixture
-async def server(data_dir: Path) -> AsyncIterator[RunningServer]:
-    running = await create_server(settings_for(data_dir))
+async def server(data_dir: Path, database_urls: list[str] | None) -> AsyncIterator[RunningServer]:
+    running = await create_server(settings_for(data_dir, database_urls=database_urls))
     try:
         yield running
     finally:

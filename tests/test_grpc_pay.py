@@ -1,4 +1,4 @@
-"""Pay and GetPayment through a real gRPC server on a real SQLite file."""
+"""Pay and GetPayment through a real gRPC server, on each store (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from conftest import bill, card, topup
+from conftest import BOTH_BACKENDS, bill, card, database_dump, topup
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.server import RunningServer
+
+pytestmark = BOTH_BACKENDS
 
 
 async def balance_of(server: RunningServer, account_id: str) -> tuple[int, str]:
@@ -211,7 +213,7 @@ async def test_business_decline_is_declined_with_history_row(stub, server, reaso
     )
 
 
-async def test_card_number_is_never_stored(stub, server, data_dir) -> None:
+async def test_card_number_is_never_stored(stub, server, data_dir, database_urls) -> None:
     pan = "4000056655665556"
     await stub.Pay(bill("pan-1", method=card(pan)))
     await stub.Pay(bill("pan-2", account_id="acc-nobody", method=card(pan)))
@@ -219,6 +221,11 @@ async def test_card_number_is_never_stored(stub, server, data_dir) -> None:
     for path in data_dir.rglob("*"):
         if path.is_file():
             assert pan.encode() not in path.read_bytes(), path
+    if database_urls is not None:
+        dump = b"".join(database_dump(url) for url in set(database_urls))
+        assert b"pan-1" in dump, "the dump holds the payments"
+        assert pan.encode() not in dump
+        assert pan[-4:].encode() in dump, "the last four digits are kept for display"
 
 
 async def test_refund_of_an_unknown_payment_is_not_found(stub) -> None:

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "bench",
     "verify",
     "recover",
+    "db",
     "audit",
     "reconcile",
     "wal",

@@ -16,6 +16,13 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 FRAUD_MODES = ("enforce", "observe")
 DEFAULT_DATA_DIR = "./var"
 SQLITE_FILE = "quickpay.sqlite3"
+PG_SCHEMES = ("postgresql://", "postgres://")
+# The per-domain database flags: (flag, variable, domain as the help text says it).
+DOMAIN_URL_FLAGS = (
+    ("--billing-url", "QUICKPAY_BILLING_URL", "billing, payment history, audit and outbox"),
+    ("--ar-url", "QUICKPAY_AR_URL", "the accounts-receivable ledger"),
+    ("--provisioning-url", "QUICKPAY_PROVISIONING_URL", "provisioning rules and changes"),
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,25 @@ class Settings:
     # The engine's validation rules (limits, method matrix, assertion keys) as JSON;
     # None: the defaults of `quickpay_engine.default_engine_config()`.
     engine_config: Path | None = None
+    # Where each domain lives (PostgreSQL only); empty: ``database_url``. When they name
+    # different databases a batch commits across them with two-phase commit.
+    billing_url: str = ""
+    ar_url: str = ""
+    provisioning_url: str = ""
+
+    @property
+    def postgres(self) -> bool:
+        """True when the store is PostgreSQL rather than the embedded SQLite file."""
+        return self.database_url.startswith(PG_SCHEMES)
+
+    @property
+    def domain_urls(self) -> tuple[str, str, str]:
+        """(billing, AR, provisioning) URLs, each defaulting to ``database_url``."""
+        return (
+            self.billing_url or self.database_url,
+            self.ar_url or self.database_url,
+            self.provisioning_url or self.database_url,
+        )
 
     @property
     def sqlite_path(self) -> Path:
@@ -62,6 +88,13 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
         help="sqlite:///PATH or postgresql://... (QUICKPAY_DATABASE_URL, "
         "default the SQLite file in the data dir)",
     )
+    for flag, variable, domain in DOMAIN_URL_FLAGS:
+        parser.add_argument(
+            flag,
+            default=env.get(variable),
+            help=f"postgresql://... for {domain} ({variable}, default --database-url);"
+            " databases that differ commit together by two-phase commit",
+        )
     parser.add_argument(
         "--nats-url",
         default=env.get("QUICKPAY_NATS_URL"),
@@ -95,8 +128,20 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise ConfigError(f"--listen {args.listen!r} must be HOST:PORT")
     data_dir = Path(args.data_dir)
     url = args.database_url or f"sqlite:///{data_dir / SQLITE_FILE}"
-    if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+    if not url.startswith(("sqlite:///", *PG_SCHEMES)):
         raise ConfigError(f"--database-url {url!r}: expected sqlite:///PATH or postgresql://...")
+    domain_urls = {
+        flag: getattr(args, flag.removeprefix("--").replace("-", "_"), None) or ""
+        for flag, _, _ in DOMAIN_URL_FLAGS
+    }
+    for flag, domain_url in domain_urls.items():
+        if domain_url and not domain_url.startswith(PG_SCHEMES):
+            raise ConfigError(f"{flag} {domain_url!r}: expected postgresql://...")
+        if domain_url and not url.startswith(PG_SCHEMES):
+            raise ConfigError(
+                f"{flag} needs --database-url postgresql://... (the embedded SQLite file"
+                " holds every domain)"
+            )
     gateways = Path(args.gateways) if args.gateways else None
     nats_url = getattr(args, "nats_url", None) or None
     if nats_url and not nats_url.startswith(("nats://", "tls://")):
@@ -113,4 +158,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         database_url=url,
         gateways=gateways,
         nats_url=nats_url,
+        billing_url=domain_urls["--billing-url"],
+        ar_url=domain_urls["--ar-url"],
+        provisioning_url=domain_urls["--provisioning-url"],
     )

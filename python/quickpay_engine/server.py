@@ -33,7 +33,8 @@ from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.gateways.supervisor import open_gateways
 from quickpay_engine.settlement.ledger_book import LedgerBook
 from quickpay_engine.settlement.service import BatchSettings, SettlementService
-from quickpay_engine.store import SqliteStore
+from quickpay_engine.settlement.twophase import SWEEP_INTERVAL_S, TwoPhaseStore
+from quickpay_engine.storage import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,10 @@ class RunningServer:
     port: int
     service: SettlementService
     health: health.aio.HealthServicer
-    store: SqliteStore
+    store: Store
     stop_gateways: Callable[[], Awaitable[None]]
     relay: EventRelayTask | None = None
+    sweeper: asyncio.Task[None] | None = None
 
     async def stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
         """Drains: NOT_SERVING, no new calls, in-flight calls finish within the grace."""
@@ -96,6 +98,10 @@ class RunningServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.service.end_watches()  # event streams end now; they would only wait out the grace
         await self.server.stop(grace_s)
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.sweeper
         if self.relay is not None:
             await self.relay.stop()
         await self.service.close()
@@ -146,9 +152,7 @@ async def create_server(
     fraud_scorer: FraudScorer | None = None,
 ) -> RunningServer:
     """Builds and starts the server on ``settings.listen`` (port 0 picks a free one)."""
-    if not settings.database_url.startswith("sqlite:///"):
-        raise ConfigError("only the embedded SQLite store is available in this build")
-    store = SqliteStore(settings.sqlite_path)
+    store = open_store(settings, coordinate=True)
     key = fingerprint_key(settings.data_dir)
     enforce = settings.fraud_mode == "enforce"
     if not enforce:
@@ -201,7 +205,27 @@ async def create_server(
     await server.start()
     for name in ("", SETTLEMENT_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, service, health_servicer, store, stop_gateways, relay)
+    sweeper = None
+    if isinstance(store, TwoPhaseStore):
+        sweeper = asyncio.get_running_loop().create_task(
+            sweep_prepared(service, store), name="two-phase-sweep"
+        )
+    return RunningServer(
+        server, port, service, health_servicer, store, stop_gateways, relay, sweeper
+    )
+
+
+async def sweep_prepared(
+    service: SettlementService, store: TwoPhaseStore, interval_s: float = SWEEP_INTERVAL_S
+) -> None:
+    """Resolves orphaned prepared transactions every ``interval_s`` until cancelled; a
+    failed pass (a participant down) is logged and tried again next time."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await service.on_store_thread(store.sweep)
+        except Exception as err:
+            log.warning("two-phase sweep failed, retrying in %.0f s: %s", interval_s, err)
 
 
 async def serve(settings: Settings) -> int:

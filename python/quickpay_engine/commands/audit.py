@@ -6,7 +6,7 @@ import argparse
 
 from quickpay_engine.commands import add_command, add_group
 from quickpay_engine.config import settings_from
-from quickpay_engine.store import SqliteStore
+from quickpay_engine.storage import open_store
 from quickpay_engine.store.audit import verify
 
 
@@ -19,10 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_verify(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    if not settings.sqlite_path.exists():
+    if not settings.postgres and not settings.sqlite_path.exists():
         print(f"quickpay audit verify: no database at {settings.sqlite_path}")
         return 2
-    store = SqliteStore(settings.sqlite_path)
+    store = open_store(settings)
     try:
         good, broken = verify(store.audit_rows())
     finally:

@@ -14,7 +14,7 @@ from quickpay_engine.config import settings_from
 from quickpay_engine.reconcile.matcher import CATEGORIES
 from quickpay_engine.reconcile.report import ColumnMapping
 from quickpay_engine.settlement.reconciliation import DEFAULT_TOLERANCE_S, ReconcileRun, run
-from quickpay_engine.store import SqliteStore
+from quickpay_engine.storage import open_store
 
 FIELDS = (
     "discrepancy_id",
@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     mapping = ColumnMapping.load(args.mapping) if args.mapping else None
-    store = SqliteStore(settings.sqlite_path)
+    store = open_store(settings)
     try:
         with args.report.open(newline="") as lines:
             outcome = run(store, args.gateway, lines, mapping, args.tolerance_s, args.business_day)

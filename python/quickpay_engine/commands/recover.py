@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    if not settings.sqlite_path.exists():
+    if not settings.postgres and not settings.sqlite_path.exists():
         raise ConfigError(f"no database at {settings.sqlite_path}")
     return asyncio.run(_recover(settings, args.dry_run))
 
@@ -38,10 +38,11 @@ async def _recover(settings: Settings, dry_run: bool) -> int:
     from quickpay_engine.gateways.supervisor import open_gateways
     from quickpay_engine.settlement.ledger_book import LedgerBook
     from quickpay_engine.settlement.recovery import Recovery
-    from quickpay_engine.store import SqliteStore
+    from quickpay_engine.storage import open_store
     from quickpay_engine.store.executor import StoreThread
 
-    store = SqliteStore(settings.sqlite_path)
+    # Two-phase mode: opening resolves what a crash left prepared, first of all.
+    store = open_store(settings, coordinate=True)
     thread = StoreThread()
     book = LedgerBook(Ledger.open(settings.data_dir / "ledger"))
     gateways, stop_gateways = await open_gateways(settings.gateways, settings.data_dir)

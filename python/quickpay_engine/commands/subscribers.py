@@ -9,7 +9,7 @@ from pathlib import Path
 from quickpay_engine.commands import add_command, add_group
 from quickpay_engine.config import settings_from
 from quickpay_engine.errors import ImportRowError
-from quickpay_engine.store import SqliteStore
+from quickpay_engine.storage import open_store
 from quickpay_engine.subscribers import parse_csv
 
 
@@ -33,7 +33,7 @@ def run_import(args: argparse.Namespace) -> int:
             f"quickpay subscribers import: {args.file}: {err}; nothing was loaded", file=sys.stderr
         )
         return 1
-    store = SqliteStore(settings.sqlite_path)
+    store = open_store(settings)
     try:
         n = store.import_subscribers(rows)
     finally:

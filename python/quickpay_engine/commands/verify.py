@@ -11,7 +11,7 @@ from quickpay_engine.commands import add_command
 from quickpay_engine.config import settings_from
 from quickpay_engine.domain import PaymentStatus
 from quickpay_engine.settlement.ledger_book import ROLLED_BACK, SETTLED, LedgerBook
-from quickpay_engine.store import SqliteStore
+from quickpay_engine.storage import Store, open_store
 
 # At most this many examples of each broken saga invariant are listed.
 EXAMPLES_MAX = 20
@@ -26,10 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    if not settings.sqlite_path.exists():
+    if not settings.postgres and not settings.sqlite_path.exists():
         print(f"quickpay verify: no database at {settings.sqlite_path}")
         return 2
-    store = SqliteStore(settings.sqlite_path)
+    store = open_store(settings)
     try:
         problems = (
             store.verify()
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     return 1
 
 
-def _saga_problems(store: SqliteStore, ledger_dir: Path) -> list[str]:
+def _saga_problems(store: Store, ledger_dir: Path) -> list[str]:
     """Where the ledger and the store disagree, or a payment is left half done."""
     problems: list[str] = []
     journal = store.attempts()
@@ -87,7 +87,7 @@ def _saga_problems(store: SqliteStore, ledger_dir: Path) -> list[str]:
 _MONEY_MOVED = ("CAPTURED", "REFUNDED", "PARTIALLY_REFUNDED")
 
 
-def _gateway_problems(store: SqliteStore, data_dir: Path) -> list[str]:
+def _gateway_problems(store: Store, data_dir: Path) -> list[str]:
     """Billing against the books of the bundled gateway simulators kept in this data
     dir: every capture credited exactly once with its reference and refunds, and every
     settled payment captured. (External gateways: `quickpay reconcile` their reports.)"""

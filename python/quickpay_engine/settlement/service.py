@@ -14,6 +14,7 @@ import io
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import date
+from typing import TypeVar
 
 import numpy as np
 
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 # Unfinished payments not in flight are looked at this often while serving.
 SWEEP_S = 5.0
+
+R = TypeVar("R")
+
 # A watcher reads at most this many events at a time from the outbox.
 WATCH_PAGE_MAX = 256
 # A watcher with nothing new looks again after this long even without a commit here.
@@ -186,6 +190,10 @@ class SettlementService:
     def _committed_batch(self) -> None:
         for listener in self._commit_listeners:
             listener()
+
+    async def on_store_thread(self, fn: Callable[[], R]) -> R:
+        """Runs ``fn`` on the store's one thread, between batches (the two-phase sweep)."""
+        return await self._thread.run(fn)
 
     async def outbox_unpublished(self, limit: int) -> list[OutboxEvent]:
         """For the event relay: the oldest events the broker has not acknowledged."""

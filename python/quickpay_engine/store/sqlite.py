@@ -18,25 +18,22 @@ from pathlib import Path
 
 from quickpay_engine.domain import (
     BilledCapture,
-    Confirmation,
     Discrepancy,
-    FraudAssessment,
     LineStatus,
-    Method,
-    MethodKind,
     OutboxEvent,
     Outcome,
     PaymentIntent,
     PaymentRecord,
     PaymentStatus,
     Plan,
-    Purpose,
     SubscriberRow,
 )
 from quickpay_engine.errors import StoreError
 from quickpay_engine.store.audit import GENESIS, AuditRow
 from quickpay_engine.store.audit import verify as verify_chain
+from quickpay_engine.store.checks import CHECKS
 from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule
+from quickpay_engine.store.records import PAYMENT_COLUMNS, payment_record
 from quickpay_engine.store.rows import (
     Account,
     BatchRows,
@@ -516,15 +513,10 @@ class SqliteStore:
     def _records(self, where: str, params: Sequence[object]) -> list[PaymentRecord]:
         # `where` is one of this module's literals; values always go in `params`.
         cursor = self._db.execute(
-            "SELECT seq, payment_id, idempotency_key, fingerprint, account_id, msisdn,"  # noqa: S608
-            " amount_minor, currency, purpose, method_kind, method_display, channel, device_id,"
-            " ip, status, decline_reason, decline_detail, confirmation_id, settled_at_us,"
-            " balance_after_minor, service_state_after, gateway, gateway_reference,"
-            " fraud_score, fraud_decision, fraud_reasons,"
-            f" refunded_minor, created_at_us FROM payments WHERE {where}",
+            f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE {where}",  # noqa: S608
             params,
         )
-        return [_record(row) for row in cursor]
+        return [payment_record(row) for row in cursor]
 
     # -- events -------------------------------------------------------------------------
 
@@ -628,7 +620,7 @@ class SqliteStore:
         """Checks the database's own invariants; returns one line per violation (at most
         ``VERIFY_EXAMPLES_MAX`` examples per check), empty when everything holds."""
         problems: list[str] = []
-        for what, sql in _CHECKS:
+        for what, sql in CHECKS:
             found = self._db.execute(sql + f" LIMIT {VERIFY_EXAMPLES_MAX}").fetchall()
             problems.extend(f"{what}: {', '.join(map(str, row))}" for row in found)
         _, broken = verify_chain(self.audit_rows())
@@ -659,73 +651,6 @@ class SqliteStore:
         return _Transaction(self._db)
 
 
-# Each check selects the rows that break one invariant; `verify` reports them.
-_CHECKS = [
-    (
-        "AR ledger out of balance (currency, debits, credits)",
-        "SELECT currency, sum(debit_minor), sum(credit_minor) FROM ar_entries"
-        " GROUP BY currency HAVING sum(debit_minor) != sum(credit_minor)",
-    ),
-    (
-        "settled payment without a billing record",
-        "SELECT p.payment_id FROM payments p LEFT JOIN billing_records b"
-        " ON b.record_id = p.payment_id AND b.kind = 'PAYMENT'"
-        " WHERE p.status IN (1, 4, 5) AND b.record_id IS NULL",
-    ),
-    (
-        "billing record without a settled payment",
-        "SELECT b.record_id FROM billing_records b LEFT JOIN payments p"
-        " ON p.payment_id = b.payment_id AND p.status IN (1, 4, 5) WHERE p.payment_id IS NULL",
-    ),
-    (
-        "settled payment whose AR legs do not carry its amount (payment, debits, credits)",
-        "SELECT p.payment_id, coalesce(sum(a.debit_minor), 0), coalesce(sum(a.credit_minor), 0)"
-        " FROM payments p LEFT JOIN ar_entries a ON a.document_id = p.payment_id"
-        " WHERE p.status IN (1, 4, 5) GROUP BY p.payment_id"
-        " HAVING coalesce(sum(a.debit_minor), 0) != max(p.amount_minor)"
-        " OR coalesce(sum(a.credit_minor), 0) != max(p.amount_minor)",
-    ),
-    (
-        "refunded amount is not the sum of finished refunds (payment, refunded, refunds)",
-        "SELECT p.payment_id, p.refunded_minor, coalesce(r.total, 0) FROM payments p"
-        " LEFT JOIN (SELECT payment_id, sum(amount_minor) AS total FROM refunds"
-        " WHERE status = 'DONE' GROUP BY payment_id) r USING (payment_id)"
-        " WHERE p.refunded_minor != coalesce(r.total, 0)",
-    ),
-    (
-        "refunded more than was captured, or status not matching refunds (payment)",
-        "SELECT payment_id FROM payments WHERE refunded_minor > amount_minor"
-        " OR (status = 4 AND refunded_minor != amount_minor)"
-        " OR (status = 5 AND NOT (refunded_minor BETWEEN 1 AND amount_minor - 1))"
-        " OR (status = 1 AND refunded_minor != 0)",
-    ),
-    (
-        "finished refund without its billing record (refund)",
-        "SELECT r.refund_id FROM refunds r LEFT JOIN billing_records b"
-        " ON b.record_id = r.refund_id AND b.kind = 'REFUND'"
-        " WHERE r.status = 'DONE' AND b.record_id IS NULL",
-    ),
-    (
-        "balance is not opening balance plus billing history (account, balance, expected)",
-        "SELECT s.account_id, s.balance_minor, s.opening_balance_minor + coalesce(b.delta, 0)"
-        " FROM subscribers s LEFT JOIN (SELECT account_id, sum(balance_delta_minor) AS delta"
-        " FROM billing_records GROUP BY account_id) b USING (account_id)"
-        " WHERE s.balance_minor != s.opening_balance_minor + coalesce(b.delta, 0)",
-    ),
-    (
-        "declined payment that moved money",
-        "SELECT p.payment_id FROM payments p JOIN ar_entries a USING (payment_id)"
-        " WHERE p.status IN (2, 3)",
-    ),
-    (
-        "settled payment without its settlement event",
-        "SELECT p.payment_id FROM payments p LEFT JOIN outbox o"
-        " ON o.payment_id = p.payment_id AND o.kind = 'settlement'"
-        " WHERE p.status IN (1, 4, 5) AND o.event_id IS NULL",
-    ),
-]
-
-
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
 
@@ -748,45 +673,3 @@ def _in_lists(values: Sequence[str]) -> Iterator[tuple[Sequence[str], str]]:
 
 def _states(rows: BatchRows) -> list[SettledState]:
     return [SettledState(a.account_id, a.balance_minor, a.status) for a in rows.touched.values()]
-
-
-def _record(row: tuple) -> PaymentRecord:  # type: ignore[type-arg]
-    (
-        seq, payment_id, key, fingerprint, account_id, msisdn, amount, currency, purpose,
-        method_kind, method_display, channel, device_id, ip, status, reason, detail,
-        confirmation_id, settled_at_us, balance_after, state_after, gateway, gateway_ref,
-        fraud_score, fraud_decision, fraud_reasons, refunded, created_at_us,
-    ) = row  # fmt: skip
-    intent = PaymentIntent(
-        idempotency_key=key,
-        fingerprint=fingerprint,
-        account_id=account_id,
-        msisdn=msisdn,
-        amount_minor=amount,
-        currency=currency,
-        purpose=Purpose(purpose),
-        method=Method(MethodKind(method_kind), method_display),
-        channel=channel,
-        device_id=device_id,
-        ip=ip,
-    )
-    confirmation = None
-    if confirmation_id is not None:
-        confirmation = Confirmation(
-            confirmation_id,
-            seq,
-            settled_at_us,
-            gateway,
-            gateway_ref,
-            balance_after,
-            currency,
-            LineStatus(state_after),
-        )
-    fraud = None
-    if fraud_score is not None:
-        reasons = tuple(fraud_reasons.split(",")) if fraud_reasons else ()
-        fraud = FraudAssessment(fraud_score, fraud_decision, reasons)
-    outcome = Outcome(
-        payment_id, key, PaymentStatus(status), reason, detail, confirmation, fraud=fraud
-    )
-    return PaymentRecord(intent, outcome, created_at_us, refunded)

@@ -1,0 +1,1 @@
+"""Schema migrations shipped as package data, one folder per database kind."""

@@ -1,0 +1,1 @@
+"""PostgreSQL schema versions: NNNN_name.sql, applied in order by `quickpay db migrate`."""
