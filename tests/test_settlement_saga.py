@@ -424,3 +424,30 @@ async def test_a_hanging_gateway_never_leads_to_a_double_capture(data_dir, own_s
     finally:
         await channel.close()
         await running.stop(grace_s=1)
+
+
+async def test_a_batch_the_database_cannot_commit_settles_nowhere(
+    stub, server, simulators, monkeypatch
+) -> None:
+    """The database fails the batch's transaction after the gateway captured: the capture
+    is voided, the hold rolled back, the caller told FAILED, and a retry settles."""
+    import sqlite3
+
+    commit = server.store.commit_batch
+    failures = iter([True])
+
+    def failing(decisions, *args):
+        if next(failures, False):
+            raise sqlite3.OperationalError("disk I/O error")
+        return commit(decisions, *args)
+
+    monkeypatch.setattr(server.store, "commit_batch", failing)
+    reply = await stub.Pay(bill("saga-db-down"))
+    assert reply.status == pb.FAILED
+    assert reply.decline_reason == "BILLING_UNAVAILABLE"
+    assert simulators.payment("acq-a", reply.payment_id)["state"] == "VOIDED"
+    assert _ledger_states(server, [reply.payment_id]) == [ROLLED_BACK]
+    assert server.store.subscriber("acc-post-barred").balance_minor == 8_000
+    retry = await stub.Pay(bill("saga-db-down"))
+    assert retry.status == pb.SETTLED and retry.payment_id != reply.payment_id
+    assert server.store.verify() == []

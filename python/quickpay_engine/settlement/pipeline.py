@@ -68,8 +68,8 @@ GATEWAY_DEADLINE_S = 10.0
 # An unknown gateway outcome is looked up (and, if never seen, voided) for this long
 # after the sale's own deadline before the payment is left to recovery.
 RESOLVE_S = 5.0
-# The decline reason of a payment whose key an unfinished earlier attempt still holds.
-PAYMENT_IN_PROGRESS = "PAYMENT_IN_PROGRESS"
+# The reason of a payment whose batch the database could not commit (given back).
+BILLING_UNAVAILABLE = "BILLING_UNAVAILABLE"
 
 
 def new_payment_id() -> str:
@@ -392,11 +392,19 @@ class Pipeline:
         # are written side by side: recovery finishes either order after a crash (a
         # committed payment is posted whatever the ledger says; a captured one is
         # committed), and the reply waits for both.
-        _, _, (outcomes, states) = await asyncio.gather(
+        captured_ok, voided_ok, committed = await asyncio.gather(
             self._book.capture([decisions[k].payment_id for k in captured]),
             self._book.roll_back([decisions[k].payment_id for k in voided]),
             self._thread.run(self._store.commit_batch, committing),
+            return_exceptions=True,
         )
+        for ledger_error in (captured_ok, voided_ok):
+            if isinstance(ledger_error, BaseException):
+                raise ledger_error
+        if isinstance(committed, BaseException):
+            await self._billing_down(batch, to_commit, set(captured), committed)
+            return
+        outcomes, states = committed
         if not to_commit:
             return
         self._on_commit()
@@ -430,6 +438,43 @@ class Pipeline:
             # engine's copy of the accounts is behind. It is read again from the store.
             log.exception("engine tables not updated after a commit; reloading subscribers")
             load_engine(self._engine, await self._thread.run(self._store.load_subscribers))
+
+    async def _billing_down(
+        self, batch: _Batch, to_commit: list[int], captured: set[int], err: BaseException
+    ) -> None:
+        """The batch's database transaction failed as a whole (the database, or one of
+        the two-phase participants, is gone): nothing of it was written anywhere. What
+        the gateways captured is given back, so the batch settles nowhere, and every
+        caller is told. Nothing is recorded under their keys, so a retry with the same
+        key is a new attempt."""
+        log.error("settlement batch of %d not committed: %s", len(to_commit), err)
+        detail = (
+            f"billing could not record the payment ({type(err).__name__}); nothing was"
+            " charged: retry with the same idempotency_key"
+        )
+        for k in to_commit:
+            d = batch.decisions[k]
+            index = batch.positions[k]
+            if k in captured:
+                why = f"{BILLING_UNAVAILABLE}: {err}"
+                given = await give_back(
+                    self._store, self._thread, self._book, self._router, d, why,
+                    record_failed=False,
+                )  # fmt: skip
+                if not given:
+                    batch.results[index] = OutcomePending(
+                        f"payment {d.payment_id} was captured and billing is down; the engine"
+                        " gives it back once the gateway answers"
+                    )
+                    continue
+                reason, text, status = BILLING_UNAVAILABLE, detail, PaymentStatus.FAILED
+            else:
+                # A decline stands whether or not history could record it.
+                status = PaymentStatus.FAILED if d.failed else PaymentStatus.DECLINED
+                reason, text = d.decline_reason, d.decline_detail
+            batch.results[index] = Outcome(
+                d.payment_id, d.intent.idempotency_key, status, reason, text, fraud=d.fraud
+            )
 
     def _learn(
         self,

@@ -227,12 +227,14 @@ async def give_back(
     router: GatewayRouter,
     d: Decision,
     why: str,
+    record_failed: bool = True,
 ) -> bool:
     """A payment ``d.gateway`` captured but billing can never record (its account is
     gone, or its key was settled by another writer meanwhile): the capture is voided
     (or, past the same day, refunded) at the gateway, the hold rolled back, and the
-    payment recorded as FAILED. False when the gateway did not answer: it stays
-    unfinished, for the next sweep."""
+    payment recorded as FAILED (unless ``record_failed`` is False: then nothing is
+    recorded and its key stays free for a retry). False when the gateway did not
+    answer: it stays unfinished, for the next sweep."""
     log.error("payment %s was captured at %s but billing refused it (%s): giving it back",
               d.payment_id, d.gateway, why)  # fmt: skip
     deadline = router.deadline(LOOKUP_S)
@@ -248,9 +250,15 @@ async def give_back(
     failed = dataclasses.replace(
         d, decline_reason=BILLING_REFUSED, decline_detail=why, gateway_reference="", failed=True
     )
-    # Recorded as FAILED where the store can (a key another payment holds cannot be).
-    await thread.run(store.commit_batch, [failed])
-    await thread.run(store.forget_attempts, [d.payment_id])
+    try:
+        # Recorded as FAILED where the store can (a key another payment holds cannot be,
+        # nor anything while the database is down: then the journal entry stays, and a
+        # later sweep, finding the payment rolled back, forgets it).
+        if record_failed:
+            await thread.run(store.commit_batch, [failed])
+        await thread.run(store.forget_attempts, [d.payment_id])
+    except Exception as err:
+        log.warning("payment %s given back; billing could not record it (%s)", d.payment_id, err)
     return True
 
 
