@@ -557,3 +557,34 @@ async def test_report_exported_offline_matches_the_served_one(tmp_path: Path) ->
     assert main(["gateway-sim", "--name", "acq-z", "--data-dir", str(tmp_path),
                  "--export-report", day]) == 2  # fmt: skip
     assert main([*argv, "--export-report", day, "--inject", "typo:1"]) == 2
+
+
+async def test_an_answer_with_a_fractional_amount_is_unreadable_not_a_float(
+    tmp_path: Path,
+) -> None:
+    """A gateway that answers 3000.0 where minor units belong: the answer is treated as
+    garbled (its fate unknown, so it is looked up again), never taken as money."""
+    from aiohttp import web
+
+    from quickpay_engine.gateways.client import GatewayAmbiguous
+
+    async def lookup(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"merchant_reference": "pay_1", "state": "CAPTURED", "captured_minor": 3000.0}
+        )
+
+    app = web.Application()
+    app.router.add_get("/v1/payments/{ref}", lookup)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    client = GatewayClient(gateway_config("odd", f"http://127.0.0.1:{port}"))
+    await client.start()
+    try:
+        with pytest.raises(GatewayAmbiguous, match="ValueError"):
+            await client.lookup("pay_1", 2.0)
+    finally:
+        await client.close()
+        await runner.cleanup()

@@ -165,7 +165,7 @@ class GatewayClient:
                     raise GatewayAmbiguous(f"{name}: HTTP {response.status}")
                 if response.status >= 400:
                     raise _refusal(response.status, text)
-                return json.loads(text)
+                return json.loads(text, parse_float=_no_fractions)
         except aiohttp.ClientConnectorError as err:
             # Raised only while connecting: nothing was sent.
             raise GatewayUnreachable(f"{name}: {err.strerror or type(err).__name__}") from None
@@ -179,6 +179,12 @@ class GatewayClient:
         if self._session is None:
             raise RuntimeError(f"gateway client {self.config.name!r} is not started")
         return self._session
+
+
+def _no_fractions(text: str) -> None:
+    """Every number a gateway sends is an integer (amounts are minor units): a fraction
+    makes the answer unreadable (its fate unknown), never a float amount."""
+    raise ValueError(f"a gateway answer holds the non-integer number {text}")
 
 
 def _quote(reference: str) -> str:
