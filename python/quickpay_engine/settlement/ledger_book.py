@@ -252,11 +252,6 @@ class LedgerBook:
         found = self.ledger.payment_states(ids_array([payment_number(p) for p in payment_ids]))
         return [int(s) for s in found.tolist()]
 
-    def balance_minor(self, account: int) -> tuple[int, int, int, int]:
-        """(debits_pending, debits_posted, credits_pending, credits_posted) of one account."""
-        _, dp, dpo, cp, cpo = self.ledger.balances(ids_array([account]))
-        return int(dp[0]), int(dpo[0]), int(cp[0]), int(cpo[0])
-
 
 def _numeric(currency: str) -> int:
     number = currency_numeric(currency)

@@ -179,10 +179,6 @@ class Pipeline:
         # submit); None: no deferral, payments of one account are validated together.
         self.resubmit: Callable[[PaymentIntent], Awaitable[Outcome]] | None = None
 
-    async def process(self, intents: Sequence[PaymentIntent]) -> list[Outcome | BaseException]:
-        """Settles a batch; each result is an outcome or that payment's own error."""
-        return await self.complete(await self.prepare(intents))
-
     async def prepare(self, intents: Sequence[PaymentIntent]) -> _Batch:
         """Stage 1 (see the module docstring); batches go through it one at a time."""
         async with self._order:

@@ -80,6 +80,7 @@ class Recovery:
         self._book = book
         self._router = router
         self._on_states = on_states
+        self._finisher = RefundFinisher(store, thread, book, router)
 
     async def run(self, exclude: Collection[str] = (), dry_run: bool = False) -> list[Action]:
         """Finishes (or, with ``dry_run``, only describes) every unfinished payment not
@@ -208,8 +209,7 @@ class Recovery:
         gateway = confirmation.gateway if confirmation else ""
         if dry_run:
             return Action(refund.payment_id, "refund", "send again", refund.refund_id)
-        finisher = RefundFinisher(self._store, self._thread, self._book, self._router)
-        result = await finisher.send(
+        result = await self._finisher.send(
             refund, gateway, record.intent, self._router.deadline(LOOKUP_S)
         )
         if result is None:
