@@ -451,3 +451,26 @@ async def test_a_batch_the_database_cannot_commit_settles_nowhere(
     retry = await stub.Pay(bill("saga-db-down"))
     assert retry.status == pb.SETTLED and retry.payment_id != reply.payment_id
     assert server.store.verify() == []
+
+
+async def test_a_key_held_by_an_unfinished_attempt_is_unavailable_and_charges_nothing(
+    stub, server
+) -> None:
+    """An attempt journalled before a crash and not yet finished holds its key: a retry
+    meanwhile is told UNAVAILABLE (retry later), its hold is voided, nothing is sent to
+    a gateway, and once the attempt is finished the retry settles."""
+    from quickpay_engine.api.convert import intent_of
+    from quickpay_engine.server import fingerprint_key
+
+    earlier = "pay_" + "e" * 32
+    intent = intent_of(bill("saga-held"), fingerprint_key(server.service.book.ledger.dir.parent))
+    assert server.store.journal_attempts([(earlier, intent)]) == [True]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Pay(bill("saga-held"))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "being finished" in (err.value.details() or "")
+    assert server.service.book.unfinished() == {}  # the retry's hold was voided
+    assert server.store.subscriber("acc-post-barred").balance_minor == 8_000
+    server.store.forget_attempts([earlier])
+    retry = await stub.Pay(bill("saga-held"))
+    assert retry.status == pb.SETTLED
