@@ -19,10 +19,11 @@ from quickpay_engine.store import SqliteStore
 STARTUP_TIMEOUT_S = 30
 
 
-async def start_server(data_dir: Path) -> tuple[asyncio.subprocess.Process, int]:
+async def start_server(data_dir: Path, *flags: str) -> tuple[asyncio.subprocess.Process, int]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "quickpay_engine.cli", "serve",
         "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--fraud-mode", "observe",
+        *flags,
         stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
@@ -98,3 +99,57 @@ def test_the_fingerprint_key_is_made_once_whole_and_kept(tmp_path: Path) -> None
     assert fingerprint_key(tmp_path) == first
     assert [p.name for p in tmp_path.iterdir()] == ["fingerprint.key"]
     assert (tmp_path / "fingerprint.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_batching_flags_and_variables_set_the_batcher(monkeypatch) -> None:
+    from quickpay_engine.cli import build_parser
+    from quickpay_engine.commands.serve import SALE_BATCH_MAX, batching_from
+    from quickpay_engine.gateways import router
+    from quickpay_engine.settlement.batcher import BatchSettings
+
+    assert SALE_BATCH_MAX == router.SALE_BATCH_MAX
+    args = ["serve", "--batch-max", "64", "--batch-linger-ms", "2.5", "--batches-in-flight", "3"]
+    assert batching_from(build_parser().parse_args(args)) == BatchSettings(
+        batch_max=64, linger_ms=2.5, inflight_max=3
+    )
+    monkeypatch.setenv("QUICKPAY_BATCH_MAX", "4096")
+    monkeypatch.setenv("QUICKPAY_BATCHES_IN_FLIGHT", "1")
+    settings = batching_from(build_parser().parse_args(["serve"]))
+    assert (settings.batch_max, settings.inflight_max, settings.linger_ms) == (4096, 1, 1.0)
+    assert settings.queue_max >= settings.batch_max
+    assert batching_from(build_parser().parse_args(["serve", "--batch-max", "7"])).batch_max == 7
+
+
+def test_batching_flags_out_of_bounds_are_refused_by_name(tmp_path: Path, capsys) -> None:
+    from quickpay_engine.cli import main
+
+    for flag, value in (
+        ("--batch-max", "0"),
+        ("--batch-max", "4097"),
+        ("--batch-linger-ms", "-1"),
+        ("--batch-linger-ms", "1001"),
+        ("--batches-in-flight", "0"),
+        ("--batches-in-flight", "65"),
+    ):
+        code = main(["serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0", flag, value])
+        assert code == 2
+        assert f"{flag} {value}: expected" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir()), "nothing is opened before the flags are checked"
+
+
+async def test_a_server_batching_one_payment_at_a_time_settles(data_dir: Path) -> None:
+    process, port = await start_server(
+        data_dir, "--batch-max", "1", "--batches-in-flight", "1", "--batch-linger-ms", "0"
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.SettlementStub(channel)
+            one_kes = pb.Money(amount_minor=100, currency="KES")
+            replies = await asyncio.gather(
+                *(stub.Pay(topup(f"one-{n}", amount=one_kes), timeout=30) for n in range(20))
+            )
+        assert {r.idempotency_key for r in replies} == {f"one-{n}" for n in range(20)}
+        assert all(r.status in (pb.SETTLED, pb.DECLINED) for r in replies)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0

@@ -228,9 +228,9 @@ async def sweep_prepared(
             log.warning("two-phase sweep failed, retrying in %.0f s: %s", interval_s, err)
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, batching: BatchSettings | None = None) -> int:
     """Runs until SIGTERM or SIGINT, then drains and returns 0."""
-    running = await create_server(settings)
+    running = await create_server(settings, batching)
     host = settings.listen.rpartition(":")[0]
     log.info(
         "serving quickpay.v1.Settlement on %s:%d (store %s, %d subscribers)",

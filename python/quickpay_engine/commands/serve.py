@@ -3,19 +3,75 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import uvloop
 
 from quickpay_engine.commands import add_command
 from quickpay_engine.config import settings_from
+from quickpay_engine.errors import ConfigError
+from quickpay_engine.settlement.batcher import BatchSettings
+
+# Bounds of the batching flags: a batch goes to the gateways in one sale_many call, so
+# it is at most what that takes (the router's SALE_BATCH_MAX, not imported here to keep
+# the command line light); lingering longer than a second would only add latency.
+SALE_BATCH_MAX = 4_096
+LINGER_MS_MAX = 1_000.0
+BATCHES_IN_FLIGHT_MAX = 64
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "serve", "serve quickpay.v1.Settlement over gRPC")
+    env = os.environ
+    # Defaults are strings so that argparse converts (and refuses) a variable's value
+    # the way it does a flag's.
+    defaults = BatchSettings()
+    parser.add_argument(
+        "--batch-max",
+        type=int,
+        default=env.get("QUICKPAY_BATCH_MAX", str(defaults.batch_max)),
+        help="payments per micro-batch at most (QUICKPAY_BATCH_MAX, default"
+        f" {defaults.batch_max}, at most {SALE_BATCH_MAX})",
+    )
+    parser.add_argument(
+        "--batch-linger-ms",
+        type=float,
+        default=env.get("QUICKPAY_BATCH_LINGER_MS", str(defaults.linger_ms)),
+        help="how long a batch waits after its first payment for more"
+        f" (QUICKPAY_BATCH_LINGER_MS, default {defaults.linger_ms:g})",
+    )
+    parser.add_argument(
+        "--batches-in-flight",
+        type=int,
+        default=env.get("QUICKPAY_BATCHES_IN_FLIGHT", str(defaults.inflight_max)),
+        help="batches at the gateways or committing at once, which hides gateway latency"
+        f" (QUICKPAY_BATCHES_IN_FLIGHT, default {defaults.inflight_max})",
+    )
     parser.set_defaults(run=run)
+
+
+def batching_from(args: argparse.Namespace) -> BatchSettings:
+    """The batching flags, checked against their bounds."""
+    if not 1 <= args.batch_max <= SALE_BATCH_MAX:
+        raise ConfigError(f"--batch-max {args.batch_max}: expected 1 to {SALE_BATCH_MAX}")
+    if not 0 <= args.batch_linger_ms <= LINGER_MS_MAX:
+        raise ConfigError(
+            f"--batch-linger-ms {args.batch_linger_ms:g}: expected 0 to {LINGER_MS_MAX:g}"
+        )
+    if not 1 <= args.batches_in_flight <= BATCHES_IN_FLIGHT_MAX:
+        raise ConfigError(
+            f"--batches-in-flight {args.batches_in_flight}: expected 1 to"
+            f" {BATCHES_IN_FLIGHT_MAX}"
+        )
+    return BatchSettings(
+        batch_max=args.batch_max,
+        linger_ms=args.batch_linger_ms,
+        inflight_max=args.batches_in_flight,
+        queue_max=max(BatchSettings().queue_max, args.batch_max),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from quickpay_engine.server import serve
 
-    return uvloop.run(serve(settings_from(args)))
+    return uvloop.run(serve(settings_from(args), batching_from(args)))

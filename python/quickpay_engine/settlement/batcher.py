@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,6 +32,19 @@ Process = Callable[[Sequence[T]], Awaitable[Sequence["R | BaseException"]]]
 # returns the results (see MicroBatcher).
 Prepare = Callable[[Sequence[T]], Awaitable[Any]]
 Complete = Callable[[Any], Awaitable[Sequence["R | BaseException"]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSettings:
+    """How payments are gathered into batches (see MicroBatcher); `quickpay serve` sets them
+    from its flags."""
+
+    batch_max: int = 512
+    linger_ms: float = 1.0
+    queue_max: int = 20_000
+    # Batches past stage 1 (at the gateways or committing) at once: what hides gateway
+    # latency. At the bound the next batch waits before it starts.
+    inflight_max: int = 8
 
 
 class MicroBatcher(Generic[T, R]):

@@ -24,7 +24,7 @@ from quickpay_engine.errors import IdempotencyConflict, NotFound
 from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.reconcile.report import ColumnMapping, ReportError
 from quickpay_engine.settlement import reconciliation
-from quickpay_engine.settlement.batcher import MicroBatcher
+from quickpay_engine.settlement.batcher import BatchSettings, MicroBatcher
 from quickpay_engine.settlement.fraud_gate import FraudGate
 from quickpay_engine.settlement.ledger_book import LedgerBook
 from quickpay_engine.settlement.pipeline import Pipeline, load_engine
@@ -46,18 +46,6 @@ R = TypeVar("R")
 WATCH_PAGE_MAX = 256
 # A watcher with nothing new looks again after this long even without a commit here.
 WATCH_POLL_S = 0.5
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchSettings:
-    """How payments are gathered into batches (see MicroBatcher)."""
-
-    batch_max: int = 512
-    linger_ms: float = 1.0
-    queue_max: int = 20_000
-    # Batches past stage 1 (at the gateways or committing) at once: what hides gateway
-    # latency. At the bound the next batch waits before it starts.
-    inflight_max: int = 8
 
 
 class SettlementService:
