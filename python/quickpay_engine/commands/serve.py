@@ -60,8 +60,7 @@ def batching_from(args: argparse.Namespace) -> BatchSettings:
         )
     if not 1 <= args.batches_in_flight <= BATCHES_IN_FLIGHT_MAX:
         raise ConfigError(
-            f"--batches-in-flight {args.batches_in_flight}: expected 1 to"
-            f" {BATCHES_IN_FLIGHT_MAX}"
+            f"--batches-in-flight {args.batches_in_flight}: expected 1 to {BATCHES_IN_FLIGHT_MAX}"
         )
     return BatchSettings(
         batch_max=args.batch_max,
