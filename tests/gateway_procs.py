@@ -55,11 +55,11 @@ class SimulatorSet:
         self.gateways_file.write_text("\n".join(lines))
         return self
 
-    def _spawn(self, name: str, faults: dict) -> str:
+    def _spawn(self, name: str, faults: dict, listen: str = "127.0.0.1:0") -> str:
         with (self.data_dir / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "quickpay_engine.cli", "gateway-sim", "--name", name,
-                 "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir / "sims"),
+                 "--listen", listen, "--data-dir", str(self.data_dir / "sims"),
                  "--faults-json", json.dumps(faults), "--exit-on-stdin-eof"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
             )  # fmt: skip
@@ -70,6 +70,20 @@ class SimulatorSet:
             raise RuntimeError(f"simulator {name} did not start: {line!r}")
         self.processes[name] = process
         return "http://" + line.split()[-1]
+
+    def kill(self, name: str) -> None:
+        """Ends a simulator at once (SIGKILL), as a crashed gateway host would."""
+        process = self.processes.pop(name)
+        process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout):
+            if stream is not None:
+                stream.close()
+
+    def restart(self, name: str, faults: dict = QUIET) -> None:
+        """Starts a stopped simulator again at its old address, with its books."""
+        assert name not in self.processes, f"{name} is still running"
+        self.urls[name] = self._spawn(name, faults, self.urls[name].removeprefix("http://"))
 
     def set_faults(self, name: str, faults: dict) -> None:
         """Changes a running simulator's fault model (its PUT /sim/faults)."""

@@ -474,3 +474,55 @@ async def test_a_key_held_by_an_unfinished_attempt_is_unavailable_and_charges_no
     server.store.forget_attempts([earlier])
     retry = await stub.Pay(bill("saga-held"))
     assert retry.status == pb.SETTLED
+
+
+async def test_a_gateway_lost_after_taking_a_sale_is_unavailable_then_finished(
+    data_dir, own_sims, monkeypatch
+) -> None:
+    """acq-a takes the sale and dies before answering, and cannot be asked again before
+    the deadline: a caller that set no gRPC deadline is told UNAVAILABLE (retry with the
+    same key; one with a deadline sees DEADLINE_EXCEEDED, as gRPC does), the payment
+    stays held and journalled, and a retry meanwhile is refused, never sent elsewhere.
+    Once acq-a is back, the sweep learns it never captured the sale, voids it, and the
+    retry settles."""
+    from quickpay_engine.settlement import pipeline as pipeline_module
+    from quickpay_engine.settlement import service as service_module
+
+    monkeypatch.setattr(pipeline_module, "GATEWAY_DEADLINE_S", 1.5)
+    monkeypatch.setattr(pipeline_module, "RESOLVE_S", 0.5)
+    monkeypatch.setattr(service_module, "SWEEP_S", 0.2)
+    # acq-a holds every sale before processing it: long enough to die with it in hand.
+    own_sims.set_faults("acq-a", {"seed": 7, "timeout_rate": 1.0, "hang_ms": 5_000})
+    running = await _served(data_dir, own_sims.gateways_file)
+    channel, stub = _stub(running)
+    try:
+        call = asyncio.ensure_future(stub.Pay(bill("saga-gone")))
+        await asyncio.sleep(0.5)
+        own_sims.kill("acq-a")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "retry" in (err.value.details() or "").lower()
+        (payment_id,) = running.store.attempts()
+        assert _ledger_states(running, [payment_id]) == [RESERVED]
+        assert own_sims.payment("acq-b", payment_id) is None, "never failed over blind"
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await stub.Pay(bill("saga-gone"))
+        assert again.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "being finished" in (again.value.details() or "")
+
+        own_sims.restart("acq-a")
+        for _ in range(100):
+            if not running.store.attempts():
+                break
+            await asyncio.sleep(0.1)
+        assert running.store.attempts() == {}
+        assert _ledger_states(running, [payment_id]) == [ROLLED_BACK]
+        assert own_sims.payment("acq-a", payment_id)["state"] == "VOIDED"
+        retry = await stub.Pay(bill("saga-gone"), timeout=30)
+        assert retry.status == pb.SETTLED and retry.payment_id != payment_id
+        assert running.store.subscriber("acc-post-barred").balance_minor == 5_000
+        assert running.store.verify() == []
+    finally:
+        await channel.close()
+        await running.stop(grace_s=1)

@@ -307,3 +307,48 @@ async def test_the_running_server_sweeps_orphans(tmp_path: Path, urls: list[str]
         assert prepared_transactions(urls) == []
     finally:
         await running.stop(grace_s=1)
+
+
+async def test_a_participant_lost_during_a_grpc_batch_voids_the_capture(
+    tmp_path: Path, urls: list[str], simulators
+) -> None:
+    """Through the real server: the AR database drops the engine's session while a Pay
+    is being settled (after the gateway captured it). The batch rolls back in every
+    database, the capture is voided at the gateway, the hold rolled back, the caller is
+    told FAILED (BILLING_UNAVAILABLE), and a retry with the same key settles."""
+    import grpc
+
+    from conftest import bill
+    from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
+    from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
+    from quickpay_engine.server import create_server
+    from quickpay_engine.settlement.ledger_book import ROLLED_BACK
+
+    seed_store(tmp_path, database_urls=urls)
+    running = await create_server(settings_for(tmp_path, database_urls=urls))
+    try:
+        ar_name = psycopg.conninfo.conninfo_to_dict(urls[1])["dbname"]
+        with psycopg.connect(urls[0], autocommit=True) as admin:
+            (ended,) = admin.execute(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))"
+                " FROM pg_stat_activity WHERE datname = %s",
+                (ar_name,),
+            ).fetchone()
+        assert ended >= 1, "the server holds a session in the AR database"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.SettlementStub(channel)
+            reply = await stub.Pay(bill("2pc-lost"), timeout=30)
+            assert (reply.status, reply.decline_reason) == (pb.FAILED, "BILLING_UNAVAILABLE")
+            gateway_record = simulators.payment("acq-a", reply.payment_id)
+            assert gateway_record is not None and gateway_record["state"] == "VOIDED"
+            assert running.service.book.states([reply.payment_id]) == [ROLLED_BACK]
+            assert prepared_transactions(urls) == []
+            assert payments_everywhere(urls) == (0, 0, 0)
+
+            retry = await stub.Pay(bill("2pc-lost"), timeout=30)
+            assert retry.status == pb.SETTLED and retry.payment_id != reply.payment_id
+            assert payments_everywhere(urls) == (1, 2, 0)  # 30.00 of 80.00 owed: still barred
+    finally:
+        await running.stop(grace_s=1)
+    done = verify_cli(tmp_path, urls)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -365,7 +365,8 @@ class Pipeline:
                 pending.add(k)
                 batch.results[batch.positions[k]] = OutcomePending(
                     f"gateway {result.gateway} has not said whether payment {d.payment_id}"
-                    " was captured; the engine settles or voids it once it knows"
+                    " was captured; the engine settles or voids it once it knows: retry"
+                    " with the same idempotency_key for the outcome"
                 )
             else:
                 decisions[k] = dataclasses.replace(
