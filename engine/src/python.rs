@@ -5,6 +5,7 @@
 //! keeps its bindings, including its `Engine` methods, in `python/<area>.rs`.
 
 mod fraud;
+mod http;
 mod ledger;
 mod reconcile;
 mod validate;
@@ -156,5 +157,6 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ledger::register(m)?;
     reconcile::register(m)?;
     fraud::register(m)?;
+    http::register(m)?;
     Ok(())
 }

@@ -503,3 +503,38 @@ def fraud_reason_codes() -> list[tuple[int, str]]:
 
 def fraud_decisions() -> list[tuple[int, str]]:
     """Every decision as (number, name): APPROVE 0, REVIEW 1, DECLINE 2."""
+
+# -- gateway HTTP transport (src/python/http.rs) -----------------------------------------
+
+SEND_MANY_MAX: int
+
+class HttpSetupError(EngineError):
+    """A gateway URL or HTTP client setting that cannot be used."""
+
+@final
+class HttpPool:
+    """A keep-alive connection pool to one gateway (reqwest on a tokio runtime)."""
+
+    def __new__(
+        cls,
+        base_url: str,
+        *,
+        idle_per_host_max: int,
+        keepalive_s: float,
+        connect_timeout_s: float = 5.0,
+    ) -> HttpPool:
+        """A pool for the gateway at ``base_url`` (http:// or https://): at most
+        ``idle_per_host_max`` idle connections kept, each closed after ``keepalive_s``
+        idle. ``HttpSetupError`` for a URL or setting that cannot be used."""
+
+    def send_many(
+        self, requests: list[tuple[str, str, bytes | None, float, str | None]]
+    ) -> list[tuple[int, int, bytes, str | None, str]]:
+        """Sends every request at once and waits, without the GIL, until each has ended.
+
+        Each request is (method, path and query, JSON body or None, timeout in seconds,
+        a response header's name or None). Returns, per request, (outcome, status, body,
+        header, error): outcome 0 answered (status and body are the gateway's), 1
+        unreachable (nothing was sent), 2 ambiguous (it may have been processed); error
+        names what went wrong, for logs. More than ``SEND_MANY_MAX`` requests:
+        ``BatchTooLarge``, before any is sent."""

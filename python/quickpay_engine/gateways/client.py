@@ -1,4 +1,4 @@
-"""The HTTP adapter for one gateway: an aiohttp session with a keep-alive pool.
+"""The HTTP adapter for one gateway: a keep-alive pool driven off the GIL.
 
 Every call says how it ended in one of three ways, because the router's safety rests
 on telling them apart:
@@ -8,20 +8,22 @@ on telling them apart:
 - ``GatewayAmbiguous``: it may have arrived (timeout, dropped connection, 5xx), so
   the payment's state is unknown until it is looked up.
 
-aiohttp rather than httpx: one library serves both the simulator and this client, its
-HTTP parser is compiled, and against the simulator with 32 concurrent callers over a
-32-connection keep-alive pool, httpx's AsyncClient carried a fifth to a half of
-aiohttp's sales per second (benches/gateway_clients.py; figures in benches/RESULTS.md).
+The transport is the engine's ``HttpPool`` (reqwest on a tokio runtime, in Rust): the
+requests a batch of payments makes in one turn of the event loop are handed over in one
+call, on a worker thread that releases the GIL while they run, so the event loop only
+builds bodies and reads answers. Before it, aiohttp's client took about a third of the
+event loop's time per payment (benches/RESULTS.md, "Gateway transport").
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import urllib.parse
 from typing import Any
 
-import aiohttp
-
+from quickpay_engine._engine import HttpPool
 from quickpay_engine.gateways.config import GatewayConfig
 
 # Connections beyond pool_max, so that lookups and voids resolving an unknown outcome
@@ -29,6 +31,17 @@ from quickpay_engine.gateways.config import GatewayConfig
 RESOLVE_CONNECTIONS = 8
 # Idle keep-alive connections are closed after this long (the simulator keeps them 75 s).
 KEEPALIVE_S = 30.0
+# Worker threads waiting on the transport per gateway: each carries the requests of one
+# turn of the event loop until the slowest of them ends (at most its timeout), so this
+# many such groups can be out at once; a further group waits for a free thread.
+SENDERS_MAX = 32
+# How a request ended, as HttpPool.send_many reports it.
+_ANSWERED, _UNREACHABLE, _AMBIGUOUS = 0, 1, 2
+# The settlement report names the discrepancies it injected in this header.
+INJECTED_HEADER = "X-Quickpay-Injected"
+
+_Request = tuple[str, str, bytes | None, float, str | None]
+_Answer = tuple[int, int, bytes, str | None, str]
 
 
 class GatewayUnreachable(Exception):
@@ -55,24 +68,31 @@ class GatewayClient:
         if not config.url:
             raise ValueError(f"gateway {config.name!r} has no url (simulator not started?)")
         self.config = config
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: HttpPool | None = None
+        self._senders: concurrent.futures.ThreadPoolExecutor | None = None
+        # Requests made in this turn of the event loop, sent together at its end.
+        self._queued: list[tuple[_Request, asyncio.Future[_Answer]]] = []
+        self._sending: set[asyncio.Future[list[_Answer]]] = set()
 
     async def start(self) -> None:
-        """Opens the connection pool (needs a running event loop)."""
-        connector = aiohttp.TCPConnector(
-            limit=self.config.pool_max + RESOLVE_CONNECTIONS,
-            keepalive_timeout=KEEPALIVE_S,
-            enable_cleanup_closed=True,
+        """Opens the connection pool."""
+        self._pool = HttpPool(
+            self.config.url,
+            idle_per_host_max=self.config.pool_max + RESOLVE_CONNECTIONS,
+            keepalive_s=KEEPALIVE_S,
         )
-        self._session = aiohttp.ClientSession(
-            base_url=self.config.url, connector=connector, json_serialize=json.dumps
+        self._senders = concurrent.futures.ThreadPoolExecutor(
+            SENDERS_MAX, thread_name_prefix=f"gateway-{self.config.name}"
         )
 
     async def close(self) -> None:
-        """Closes every pooled connection."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Waits for the requests under way (each ends by its timeout), then closes
+        every pooled connection."""
+        while self._queued or self._sending:
+            await asyncio.gather(*self._sending, asyncio.sleep(0), return_exceptions=True)
+        if self._senders is not None:
+            self._senders.shutdown(wait=False)
+        self._pool = self._senders = None
 
     async def sale(
         self, reference: str, amount_minor: int, currency: str, method: dict[str, object],
@@ -128,20 +148,22 @@ class GatewayClient:
         self, business_day: str, timeout_s: float, inject: str = "", inject_seed: int = 0
     ) -> tuple[str, list[dict[str, str]]]:
         """The day's settlement CSV and the discrepancies injected into it (if asked)."""
-        params = {"business_day": business_day, "inject": inject, "inject_seed": str(inject_seed)}
-        session = self._require()
+        query = urllib.parse.urlencode(
+            {"business_day": business_day, "inject": inject, "inject_seed": str(inject_seed)}
+        )
+        path = f"/v1/reports/settlement?{query}"
+        outcome, status, body, injected, error = await self._send(
+            ("GET", path, None, timeout_s, INJECTED_HEADER)
+        )
+        if outcome != _ANSWERED:
+            raise GatewayAmbiguous(f"{self.config.name}: {error}")
         try:
-            async with session.get(
-                "/v1/reports/settlement",
-                params=params,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-            ) as response:
-                if response.status != 200:
-                    raise _refusal(response.status, await response.text())
-                injected = json.loads(response.headers.get("X-Quickpay-Injected", "[]"))
-                return await response.text(), injected
-        except (aiohttp.ClientError, TimeoutError) as err:
-            raise GatewayAmbiguous(f"{self.config.name}: {type(err).__name__}") from None
+            text = body.decode()
+        except UnicodeDecodeError:
+            raise GatewayAmbiguous(f"{self.config.name}: report is not UTF-8") from None
+        if status != 200:
+            raise _refusal(status, text)
+        return text, json.loads(injected or "[]")
 
     async def health(self, timeout_s: float) -> bool:
         """Whether the gateway answers its health endpoint."""
@@ -154,31 +176,60 @@ class GatewayClient:
     async def _call(
         self, method: str, path: str, body: dict[str, Any] | None, timeout_s: float
     ) -> dict[str, Any]:
-        session = self._require()
+        payload = None if body is None else json.dumps(body).encode()
+        outcome, status, text, _, error = await self._send((method, path, payload, timeout_s, None))
         name = self.config.name
+        if outcome == _UNREACHABLE:
+            raise GatewayUnreachable(f"{name}: {error}")
+        if outcome != _ANSWERED:
+            # Timeouts and dropped connections leave the request's fate unknown. Only
+            # what went wrong is kept: a message could quote the request.
+            raise GatewayAmbiguous(f"{name}: {error}")
+        if status >= 500:
+            raise GatewayAmbiguous(f"{name}: HTTP {status}")
+        if status >= 400:
+            raise _refusal(status, text.decode(errors="replace"))
         try:
-            async with session.request(
-                method, path, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as response:
-                text = await response.text()
-                if response.status >= 500:
-                    raise GatewayAmbiguous(f"{name}: HTTP {response.status}")
-                if response.status >= 400:
-                    raise _refusal(response.status, text)
-                return json.loads(text, parse_float=_no_fractions)
-        except aiohttp.ClientConnectorError as err:
-            # Raised only while connecting: nothing was sent.
-            raise GatewayUnreachable(f"{name}: {err.strerror or type(err).__name__}") from None
-        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
-            # Timeouts, dropped connections and garbled bodies all leave the request's
-            # fate unknown. Only the exception type is kept: the message could quote
-            # the request.
+            return json.loads(text, parse_float=_no_fractions)
+        except ValueError as err:  # not JSON, not UTF-8, or a fraction: unreadable
             raise GatewayAmbiguous(f"{name}: {type(err).__name__}") from None
 
-    def _require(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def _send(self, request: _Request) -> asyncio.Future[_Answer]:
+        """Queues one request for the end of this turn of the event loop; its answer."""
+        if self._pool is None:
             raise RuntimeError(f"gateway client {self.config.name!r} is not started")
-        return self._session
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[_Answer] = loop.create_future()
+        self._queued.append((request, answer))
+        if len(self._queued) == 1:
+            loop.call_soon(self._flush)
+        return answer
+
+    def _flush(self) -> None:
+        """Hands every queued request to the transport in one call, on a sender thread."""
+        queued, self._queued = self._queued, []
+        assert self._pool is not None and self._senders is not None
+        loop = asyncio.get_running_loop()
+        sent = loop.run_in_executor(
+            self._senders, self._pool.send_many, [request for request, _ in queued]
+        )
+        self._sending.add(sent)
+        sent.add_done_callback(self._sending.discard)
+        sent.add_done_callback(lambda done: _deliver(queued, done))
+
+
+def _deliver(
+    queued: list[tuple[_Request, asyncio.Future[_Answer]]], sent: asyncio.Future[list[_Answer]]
+) -> None:
+    """Gives each caller its answer; a transport failure leaves every fate unknown."""
+    failed = asyncio.CancelledError() if sent.cancelled() else sent.exception()
+    if failed is None:
+        answers = sent.result()
+    else:
+        answers = [(_AMBIGUOUS, 0, b"", None, type(failed).__name__)] * len(queued)
+    for (_, answer), result in zip(queued, answers, strict=True):
+        if not answer.done():  # a caller that gave up has cancelled its future
+            answer.set_result(result)
 
 
 def _no_fractions(text: str) -> None:
