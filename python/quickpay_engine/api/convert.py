@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from datetime import date
@@ -75,7 +74,7 @@ def intent_of(
     """Decodes a PayRequest. The payload fingerprint is keyed (HMAC-SHA256), because the
     request holds a card number and an unkeyed hash of one can be reversed by search."""
     payload = request.SerializeToString(deterministic=True)
-    fingerprint = hmac.new(fingerprint_key, payload, hashlib.sha256).hexdigest()
+    fingerprint = hmac.digest(fingerprint_key, payload, "sha256").hex()
     return PaymentIntent(
         idempotency_key=request.idempotency_key,
         fingerprint=fingerprint,

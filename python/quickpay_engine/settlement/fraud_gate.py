@@ -9,7 +9,6 @@ decline threshold: step-up authentication lets it proceed.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ def card_fingerprint(key: bytes, pan: str) -> int:
     cards by it, and it cannot be turned back into the number without the key."""
     if not pan:
         return 0
-    digest = hmac.new(key, pan.encode(), hashlib.sha256).digest()
+    digest = hmac.digest(key, pan.encode(), "sha256")
     return int.from_bytes(digest[:8], "big") or 1
 
 
