@@ -11,8 +11,9 @@ test below with its example:
   prefix written after the country code (phonenumbers does, to be lenient).
 - Card: we require 12 to 19 digits (ISO/IEC 7812); Luhn alone accepts any length.
 - IBAN: we take only the electronic form (uppercase, no spaces; stdnum compacts
-  first); and the crate's SWIFT registry edition may differ from stdnum's for a few
-  countries (listed in ``IBAN_REGISTRY_DIFFERENCES``).
+  first); and our registry table, generated from the iban_validate crate's edition
+  (``scripts/gen_iban_formats.py``), may differ from stdnum's for a few countries
+  (listed in ``IBAN_REGISTRY_DIFFERENCES``).
 """
 
 from __future__ import annotations
@@ -179,10 +180,12 @@ def test_documented_card_difference() -> None:
 # ---------------------------------------------------------------- IBAN
 
 _STRUCTURE = re.compile(r"(\d+)!([nac])")
-# Countries whose entry differs between the iban_validate crate's SWIFT registry and
+# Countries whose entry differs between the engine's registry table (generated from
+# the iban_validate crate's SWIFT registry by scripts/gen_iban_formats.py) and
 # python-stdnum's iban.dat (registry v101); found by this test. iban_validate 5.0.1,
 # the newest release, has no Honduras (HN) and no Pakistan (PK): their IBANs are
-# declined as IBAN_COUNTRY_UNKNOWN until the crate's registry catches up.
+# declined as IBAN_COUNTRY_UNKNOWN until the crate's registry catches up and the
+# table is generated again.
 IBAN_REGISTRY_DIFFERENCES = {"HN", "PK"}
 
 

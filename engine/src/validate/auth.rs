@@ -25,7 +25,7 @@ pub fn check<'t>(
         return Err(RejectCode::AccountNotFound);
     };
     let subscriber = &entry.subscriber;
-    if entry.msisdn.as_bytes() != p.msisdn {
+    if !entry.msisdn.eq_bytes(p.msisdn) {
         return Err(RejectCode::MsisdnMismatch);
     }
     if subscriber.status == Status::Closed {

@@ -15,6 +15,8 @@ pub mod clock;
 mod codes;
 pub mod config;
 pub mod formats;
+mod iban;
+mod iban_formats;
 mod method;
 mod subscribers;
 

@@ -119,6 +119,25 @@ impl<const N: usize> InlineBytes<N> {
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
+
+    /// Whether the stored bytes are `other`, the same as `as_bytes() == other`.
+    /// Values of 8 to 16 bytes (every MSISDN) are compared as their first and last
+    /// eight bytes, overlapping, with no call: `==` on slices calls `memcmp`, whose
+    /// call and length dispatch cost more than the comparison itself here.
+    #[inline]
+    pub fn eq_bytes(&self, other: &[u8]) -> bool {
+        let len = other.len();
+        if len != usize::from(self.len) {
+            return false;
+        }
+        if !(8..=16).contains(&len) || N < len {
+            return self.as_bytes() == other;
+        }
+        let word = |bytes: &[u8], at: usize| {
+            u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"))
+        };
+        word(&self.bytes, 0) == word(other, 0) && word(&self.bytes, len - 8) == word(other, len - 8)
+    }
 }
 
 // Hash and equality are those of the byte slice, so a `&[u8]` from a batch column
@@ -399,5 +418,32 @@ impl SubscriberTable {
 
     pub fn is_empty(&self) -> bool {
         self.by_account.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `eq_bytes` against slice equality: every stored length, equal values, values
+    /// one byte longer or shorter, and a difference at every position.
+    #[test]
+    fn eq_bytes_is_slice_equality() {
+        for len in 0..=MSISDN_BYTES_MAX {
+            let value: Vec<u8> = (0..len as u8).map(|i| b'0' + i % 10).collect();
+            let stored = InlineBytes::<MSISDN_BYTES_MAX>::new(&value).unwrap();
+            assert!(stored.eq_bytes(&value), "len {len}");
+            let mut longer = value.clone();
+            longer.push(0);
+            assert!(!stored.eq_bytes(&longer), "len {len}, NUL appended");
+            if len > 0 {
+                assert!(!stored.eq_bytes(&value[..len - 1]), "len {len}, one short");
+            }
+            for at in 0..len {
+                let mut other = value.clone();
+                other[at] ^= 0x40;
+                assert!(!stored.eq_bytes(&other), "len {len}, byte {at} differs");
+            }
+        }
     }
 }

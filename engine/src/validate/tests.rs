@@ -811,6 +811,11 @@ fn check_timings() {
     time("check_iban", n, |_| {
         assert!(formats::check_iban(black_box(b"DE89370400440532013000")).is_none())
     });
+    time("iban_validate (reference)", n, |_| {
+        assert!(black_box("DE89370400440532013000")
+            .parse::<::iban::Iban>()
+            .is_ok())
+    });
     time("currency", n, |_| {
         assert!(Currency::from_bytes(black_box(b"EUR")).is_some())
     });
