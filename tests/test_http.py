@@ -1,6 +1,7 @@
-"""The gateway adapters' HTTP transport (engine/src/python/http.rs) against a real
-local HTTP server: each request ends answered, unreachable or ambiguous, never in
-between; the requests of one call run at once; bad settings are refused by name."""
+"""The gateway adapters' HTTP transport (engine/src/python/http.rs) and the client's
+use of it, against a real local HTTP server: each request ends answered, unreachable or
+ambiguous, never in between; requests run at once and each answer comes when its own
+request ends; bad settings are refused by name."""
 
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from quickpay_engine._engine import SEND_MANY_MAX, BatchTooLarge, HttpPool, HttpSetupError
+from quickpay_engine._engine import SUBMIT_MAX, BatchTooLarge, HttpPool, HttpSetupError
+from quickpay_engine.domain import MethodKind
+from quickpay_engine.gateways.client import GatewayAmbiguous, GatewayClient, GatewayRefused
+from quickpay_engine.gateways.config import GatewayConfig
 
 ANSWERED, UNREACHABLE, AMBIGUOUS = 0, 1, 2
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -41,6 +46,17 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(2)
         elif self.path == "/drop":
             self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        elif self.path == "/cut":  # promises 100 bytes, sends 10, hangs up
+            self.send_response(200)
+            self.send_header("content-length", "100")
+            self.end_headers()
+            self.wfile.write(b'{"state": ')
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        elif self.path == "/moved":
+            self._reply(302, b'{"state": "CAPTURED"}')
             return
         elif self.path == "/gate":
             with self.server.lock:
@@ -78,8 +94,20 @@ def server() -> Iterator[tuple[_Server, str]]:
         httpd.server_close()
 
 
-def pool(url: str) -> HttpPool:
-    return HttpPool(url, idle_per_host_max=8, keepalive_s=5.0)
+def pool(url: str, connections_max: int = 16) -> HttpPool:
+    return HttpPool(url, connections_max=connections_max, keepalive_s=5.0)
+
+
+def send(http: HttpPool, requests: list[tuple], wait_s: float = 15.0) -> list[tuple]:
+    """Submits ``requests`` (numbered in order) and collects their answers by number."""
+    http.submit([(n, *r) for n, r in enumerate(requests)])
+    got: dict[int, tuple] = {}
+    deadline = time.monotonic() + wait_s
+    while len(got) < len(requests) and time.monotonic() < deadline:
+        for n, *answer in http.answers(0.5):
+            assert n not in got, "an answer is given once"
+            got[n] = tuple(answer)
+    return [got.get(n) for n in range(len(requests))]
 
 
 def free_port() -> int:
@@ -90,12 +118,13 @@ def free_port() -> int:
 
 def test_answers_carry_status_body_and_the_asked_header(server) -> None:
     _, url = server
-    answers = pool(url).send_many(
+    answers = send(
+        pool(url),
         [
             ("POST", "/v1/payments/sale", b'{"amount_minor": 100}', 5.0, "X-Note"),
             ("POST", "/missing", b"{}", 5.0, None),
             ("GET", "/health?x=1", None, 5.0, "x-absent"),
-        ]
+        ],
     )
     assert answers == [
         (ANSWERED, 201, b'{"amount_minor": 100}', "hello", ""),
@@ -106,39 +135,73 @@ def test_answers_carry_status_body_and_the_asked_header(server) -> None:
 
 def test_a_closed_port_is_unreachable_and_a_near_miss_answers(server) -> None:
     _, url = server
-    ((outcome, status, body, _, error),) = pool(f"http://127.0.0.1:{free_port()}").send_many(
-        [("GET", "/health", None, 5.0, None)]
+    ((outcome, status, body, _, error),) = send(
+        pool(f"http://127.0.0.1:{free_port()}"), [("GET", "/health", None, 5.0, None)]
     )
     assert (outcome, status, body, error) == (UNREACHABLE, 0, b"", "connect")
-    assert pool(url).send_many([("GET", "/health", None, 5.0, None)])[0][0] == ANSWERED
+    assert send(pool(url), [("GET", "/health", None, 5.0, None)])[0][0] == ANSWERED
 
 
-def test_a_timeout_and_a_dropped_connection_are_ambiguous(server) -> None:
+def test_a_timeout_a_drop_and_a_cut_body_are_ambiguous(server) -> None:
     _, url = server
-    answers = pool(url).send_many(
-        [("GET", "/hang", None, 0.2, None), ("GET", "/drop", None, 5.0, None)]
+    answers = send(
+        pool(url),
+        [
+            ("GET", "/hang", None, 0.2, None),
+            ("GET", "/drop", None, 5.0, None),
+            ("GET", "/cut", None, 5.0, None),
+        ],
     )
-    assert [(a[0], a[4]) for a in answers] == [(AMBIGUOUS, "timeout"), (AMBIGUOUS, "request")]
+    assert [(a[0], a[4]) for a in answers] == [
+        (AMBIGUOUS, "timeout"),
+        (AMBIGUOUS, "request"),
+        (AMBIGUOUS, "body"),
+    ]
     # The same server answers a request given the time it needs.
-    assert pool(url).send_many([("GET", "/hang", None, 5.0, None)])[0][:2] == (ANSWERED, 200)
+    assert send(pool(url), [("GET", "/hang", None, 5.0, None)])[0][:2] == (ANSWERED, 200)
 
 
-def test_the_requests_of_one_call_are_in_flight_at_once(server) -> None:
+def test_requests_run_at_once_and_each_answer_comes_when_it_ends(server) -> None:
     httpd, url = server
     http = pool(url)
-    done: list[list] = []
-    caller = threading.Thread(
-        target=lambda: done.append(http.send_many([("GET", "/gate", None, 10.0, None)] * 12))
-    )
-    caller.start()
+    http.submit([(n, "GET", "/gate", None, 10.0, None) for n in range(12)])
+    http.submit([(99, "GET", "/health", None, 10.0, None)])
+    # The quick one is answered while the twelve are still held at the server.
+    first = http.answers(5.0)
+    assert [a[:3] for a in first] == [(99, ANSWERED, 200)]
     for _ in range(500):
         if httpd.in_flight == 12:
             break
         time.sleep(0.01)
-    httpd.release.set()
-    caller.join(15)
     assert httpd.in_flight_max == 12
-    assert [a[:2] for a in done[0]] == [(ANSWERED, 200)] * 12
+    httpd.release.set()
+    got: list[tuple] = []
+    while len(got) < 12:
+        got += http.answers(5.0)
+    assert sorted(a[:3] for a in got) == [(n, ANSWERED, 200) for n in range(12)]
+    assert http.answers(0.05) == [], "each answer is given once"
+
+
+def test_past_the_connection_bound_requests_wait_and_never_leave_unsent(server) -> None:
+    httpd, url = server
+    http = pool(url, connections_max=2)
+    held = [(n, "GET", "/gate", None, 10.0, None) for n in range(2)]
+    waiting = [(n, "GET", "/health", None, 0.5, None) for n in range(2, 4)]
+    http.submit(held + waiting)
+    # The two held at the server keep both connections: the others wait, and their
+    # time runs out before any was sent.
+    answers = http.answers(5.0)
+    while len(answers) < 2:
+        answers += http.answers(5.0)
+    assert sorted((a[0], a[1], a[5]) for a in answers) == [
+        (2, UNREACHABLE, "busy"),
+        (3, UNREACHABLE, "busy"),
+    ]
+    httpd.release.set()
+    while len(answers) < 4:
+        answers += http.answers(5.0)
+    assert sorted(a[:3] for a in answers[2:]) == [(0, ANSWERED, 200), (1, ANSWERED, 200)]
+    assert httpd.in_flight_max == 2
 
 
 def test_bad_settings_and_oversized_calls_are_refused(server) -> None:
@@ -147,8 +210,75 @@ def test_bad_settings_and_oversized_calls_are_refused(server) -> None:
         with pytest.raises(HttpSetupError, match="gateway url"):
             pool(bad)
     with pytest.raises(HttpSetupError, match="keepalive_s"):
-        HttpPool(url, idle_per_host_max=1, keepalive_s=-1.0)
+        HttpPool(url, connections_max=1, keepalive_s=-1.0)
+    with pytest.raises(HttpSetupError, match="connections_max"):
+        HttpPool(url, connections_max=0, keepalive_s=1.0)
+    http = pool(url)
     with pytest.raises(HttpSetupError, match="HTTP method"):
-        pool(url).send_many([("GE T", "/health", None, 1.0, None)])
+        http.submit([(1, "GE T", "/health", None, 1.0, None)])
+    for timeout_s in (-1.0, float("inf"), float("nan"), 1e9):
+        with pytest.raises(HttpSetupError, match="timeout_s"):
+            http.submit([(1, "GET", "/health", None, timeout_s, None)])
     with pytest.raises(BatchTooLarge):
-        pool(url).send_many([("GET", "/health", None, 1.0, None)] * (SEND_MANY_MAX + 1))
+        http.submit([(n, "GET", "/health", None, 1.0, None) for n in range(SUBMIT_MAX + 1)])
+    assert http.answers(0.05) == [], "nothing refused was started"
+
+
+# -- GatewayClient on the transport ------------------------------------------------------
+
+
+def client_for(url: str) -> GatewayClient:
+    return GatewayClient(
+        GatewayConfig("local", url, frozenset({MethodKind.CARD}), frozenset({"EUR"}), pool_max=16)
+    )
+
+
+async def test_a_slow_request_holds_back_no_other_and_close_waits_for_it(server) -> None:
+    import asyncio
+
+    httpd, url = server
+    client = client_for(url)
+    await client.start()
+    slow = asyncio.ensure_future(client._call("GET", "/gate", None, 10.0))
+    quick = asyncio.ensure_future(client._call("GET", "/health", None, 10.0))
+    assert await asyncio.wait_for(quick, 5) == {"ok": True}
+    assert not slow.done()
+    closing = asyncio.ensure_future(client.close())
+    await asyncio.sleep(0.2)
+    assert not closing.done(), "close waits for the request under way"
+    httpd.release.set()
+    assert await asyncio.wait_for(slow, 5) == {"ok": True}
+    await asyncio.wait_for(closing, 5)
+
+
+async def test_the_client_maps_outcomes_and_a_cancelled_caller_harms_none(server) -> None:
+    import asyncio
+
+    from quickpay_engine.gateways.client import GatewayUnreachable
+
+    httpd, url = server
+    client = client_for(url)
+    await client.start()
+    try:
+        with pytest.raises(GatewayRefused) as refused:
+            await client._call("POST", "/missing", {}, 5.0)
+        assert refused.value.status == 404
+        with pytest.raises(GatewayAmbiguous, match="HTTP 302"):
+            await client._call("GET", "/moved", None, 5.0)
+        with pytest.raises(GatewayAmbiguous, match="timeout"):
+            await client._call("GET", "/hang", None, 0.2)
+        gone = client_for(f"http://127.0.0.1:{free_port()}")
+        await gone.start()
+        with pytest.raises(GatewayUnreachable):
+            await gone._call("GET", "/health", None, 5.0)
+        await gone.close()
+        # A caller that gives up does not disturb the answers of the others.
+        given_up = asyncio.ensure_future(client._call("GET", "/gate", None, 10.0))
+        kept = asyncio.ensure_future(client._call("GET", "/gate", None, 10.0))
+        await asyncio.sleep(0.2)
+        given_up.cancel()
+        httpd.release.set()
+        assert await asyncio.wait_for(kept, 5) == {"ok": True}
+        assert given_up.cancelled()
+    finally:
+        await client.close()

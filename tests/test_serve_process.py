@@ -107,6 +107,12 @@ def test_batching_flags_and_variables_set_the_batcher(monkeypatch) -> None:
     from quickpay_engine.gateways import router
     from quickpay_engine.settlement.batcher import BatchSettings
 
+    for variable in (
+        "QUICKPAY_BATCH_MAX",
+        "QUICKPAY_BATCH_LINGER_MS",
+        "QUICKPAY_BATCHES_IN_FLIGHT",
+    ):
+        monkeypatch.delenv(variable, raising=False)
     assert SALE_BATCH_MAX == router.SALE_BATCH_MAX
     args = ["serve", "--batch-max", "64", "--batch-linger-ms", "2.5", "--batches-in-flight", "3"]
     assert batching_from(build_parser().parse_args(args)) == BatchSettings(

@@ -497,7 +497,11 @@ async def test_a_gateway_lost_after_taking_a_sale_is_unavailable_then_finished(
     channel, stub = _stub(running)
     try:
         call = asyncio.ensure_future(stub.Pay(bill("saga-gone")))
-        await asyncio.sleep(0.5)
+        log = own_sims.data_dir / "acq-a.log"
+        for _ in range(300):  # until acq-a holds the sale in hand
+            if "injected timeout on /v1/payments/sale" in log.read_text():
+                break
+            await asyncio.sleep(0.05)
         own_sims.kill("acq-a")
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call

@@ -341,6 +341,9 @@ async def test_a_participant_lost_during_a_grpc_batch_voids_the_capture(
             assert (reply.status, reply.decline_reason) == (pb.FAILED, "BILLING_UNAVAILABLE")
             gateway_record = simulators.payment("acq-a", reply.payment_id)
             assert gateway_record is not None and gateway_record["state"] == "VOIDED"
+            # A capture voided, not a reference merely barred: it carried the amount.
+            assert gateway_record["amount_minor"] == 3_000
+            assert gateway_record["captured_at_us"] is not None
             assert running.service.book.states([reply.payment_id]) == [ROLLED_BACK]
             assert prepared_transactions(urls) == []
             assert payments_everywhere(urls) == (0, 0, 0)

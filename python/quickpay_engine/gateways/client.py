@@ -9,21 +9,28 @@ on telling them apart:
   the payment's state is unknown until it is looked up.
 
 The transport is the engine's ``HttpPool`` (reqwest on a tokio runtime, in Rust): the
-requests a batch of payments makes in one turn of the event loop are handed over in one
-call, on a worker thread that releases the GIL while they run, so the event loop only
-builds bodies and reads answers. Before it, aiohttp's client took about a third of the
-event loop's time per payment (benches/RESULTS.md, "Gateway transport").
+requests a batch of payments makes in one turn of the event loop are started in one
+call, and one thread per gateway waits (without the GIL) for answers as they come and
+hands them to the event loop, so the event loop only builds bodies and reads answers,
+and a slow request holds back no other. Before it, aiohttp's client took about a third
+of the event loop's time per payment (benches/RESULTS.md, "Gateway transport").
+
+A request whose caller gave up (a cancelled call) still runs to its end: it may have
+been sent already, and the router never leaves a reference whose fate is unknown
+without looking it up or voiding it there, which also refuses a late sale.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import itertools
 import json
+import logging
+import threading
 import urllib.parse
 from typing import Any
 
-from quickpay_engine._engine import HttpPool
+from quickpay_engine._engine import SUBMIT_MAX, HttpPool
 from quickpay_engine.gateways.config import GatewayConfig
 
 # Connections beyond pool_max, so that lookups and voids resolving an unknown outcome
@@ -31,17 +38,17 @@ from quickpay_engine.gateways.config import GatewayConfig
 RESOLVE_CONNECTIONS = 8
 # Idle keep-alive connections are closed after this long (the simulator keeps them 75 s).
 KEEPALIVE_S = 30.0
-# Worker threads waiting on the transport per gateway: each carries the requests of one
-# turn of the event loop until the slowest of them ends (at most its timeout), so this
-# many such groups can be out at once; a further group waits for a free thread.
-SENDERS_MAX = 32
+# The receiving thread looks at least this often whether the client is closing.
+RECEIVE_WAIT_S = 0.1
 # How a request ended, as HttpPool.send_many reports it.
-_ANSWERED, _UNREACHABLE, _AMBIGUOUS = 0, 1, 2
+_ANSWERED, _UNREACHABLE = 0, 1
 # The settlement report names the discrepancies it injected in this header.
 INJECTED_HEADER = "X-Quickpay-Injected"
 
 _Request = tuple[str, str, bytes | None, float, str | None]
 _Answer = tuple[int, int, bytes, str | None, str]
+
+log = logging.getLogger(__name__)
 
 
 class GatewayUnreachable(Exception):
@@ -69,30 +76,41 @@ class GatewayClient:
             raise ValueError(f"gateway {config.name!r} has no url (simulator not started?)")
         self.config = config
         self._pool: HttpPool | None = None
-        self._senders: concurrent.futures.ThreadPoolExecutor | None = None
-        # Requests made in this turn of the event loop, sent together at its end.
-        self._queued: list[tuple[_Request, asyncio.Future[_Answer]]] = []
-        self._sending: set[asyncio.Future[list[_Answer]]] = set()
+        self._ids = itertools.count()
+        # Requests made in this turn of the event loop, started together at its end.
+        self._queued: list[tuple[int, _Request]] = []
+        # Every request started and not yet answered, by id: bounded by the router's
+        # slots and the transport's timeouts (each ends by its own).
+        self._waiting: dict[int, asyncio.Future[_Answer]] = {}
+        self._receiver: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._idle = asyncio.Event()  # set while nothing is waiting for an answer
+        self._idle.set()
 
     async def start(self) -> None:
-        """Opens the connection pool."""
+        """Opens the connection pool and starts the thread that receives answers."""
         self._pool = HttpPool(
             self.config.url,
-            idle_per_host_max=self.config.pool_max + RESOLVE_CONNECTIONS,
+            connections_max=self.config.pool_max + RESOLVE_CONNECTIONS,
             keepalive_s=KEEPALIVE_S,
         )
-        self._senders = concurrent.futures.ThreadPoolExecutor(
-            SENDERS_MAX, thread_name_prefix=f"gateway-{self.config.name}"
+        self._closing.clear()
+        self._receiver = threading.Thread(
+            target=self._receive,
+            args=(self._pool, asyncio.get_running_loop()),
+            name=f"gateway-{self.config.name}",
+            daemon=True,
         )
+        self._receiver.start()
 
     async def close(self) -> None:
-        """Waits for the requests under way (each ends by its timeout), then closes
-        every pooled connection."""
-        while self._queued or self._sending:
-            await asyncio.gather(*self._sending, asyncio.sleep(0), return_exceptions=True)
-        if self._senders is not None:
-            self._senders.shutdown(wait=False)
-        self._pool = self._senders = None
+        """Waits for the requests under way (each ends by its timeout), then stops
+        receiving and closes every pooled connection."""
+        await self._idle.wait()
+        self._closing.set()
+        if self._receiver is not None:
+            await asyncio.to_thread(self._receiver.join)
+        self._pool = self._receiver = None
 
     async def sale(
         self, reference: str, amount_minor: int, currency: str, method: dict[str, object],
@@ -185,10 +203,11 @@ class GatewayClient:
             # Timeouts and dropped connections leave the request's fate unknown. Only
             # what went wrong is kept: a message could quote the request.
             raise GatewayAmbiguous(f"{name}: {error}")
-        if status >= 500:
-            raise GatewayAmbiguous(f"{name}: HTTP {status}")
-        if status >= 400:
+        if 400 <= status < 500:
             raise _refusal(status, text.decode(errors="replace"))
+        if not 200 <= status < 300:
+            # A 5xx, or a redirect this client does not follow: it may have been done.
+            raise GatewayAmbiguous(f"{name}: HTTP {status}")
         try:
             return json.loads(text, parse_float=_no_fractions)
         except ValueError as err:  # not JSON, not UTF-8, or a fraction: unreadable
@@ -200,36 +219,47 @@ class GatewayClient:
             raise RuntimeError(f"gateway client {self.config.name!r} is not started")
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[_Answer] = loop.create_future()
-        self._queued.append((request, answer))
+        request_id = next(self._ids)
+        self._waiting[request_id] = answer
+        self._idle.clear()
+        self._queued.append((request_id, request))
         if len(self._queued) == 1:
             loop.call_soon(self._flush)
         return answer
 
     def _flush(self) -> None:
-        """Hands every queued request to the transport in one call, on a sender thread."""
+        """Starts every queued request, in one transport call per SUBMIT_MAX."""
         queued, self._queued = self._queued, []
-        assert self._pool is not None and self._senders is not None
-        loop = asyncio.get_running_loop()
-        sent = loop.run_in_executor(
-            self._senders, self._pool.send_many, [request for request, _ in queued]
-        )
-        self._sending.add(sent)
-        sent.add_done_callback(self._sending.discard)
-        sent.add_done_callback(lambda done: _deliver(queued, done))
+        for start in range(0, len(queued), SUBMIT_MAX):
+            chunk = queued[start : start + SUBMIT_MAX]
+            try:
+                assert self._pool is not None, "closed with requests queued"
+                self._pool.submit([(i, *request) for i, request in chunk])
+            except Exception as err:  # every caller must hear of it
+                # Refused before any of them started; nothing was sent.
+                log.error("gateway %s: requests not started: %s", self.config.name, err)
+                self._deliver(
+                    [(i, _UNREACHABLE, 0, b"", None, type(err).__name__) for i, _ in chunk]
+                )
 
+    def _receive(self, pool: HttpPool, loop: asyncio.AbstractEventLoop) -> None:
+        """The receiving thread: hands answers to the event loop as they come."""
+        while not self._closing.is_set():
+            answers = pool.answers(RECEIVE_WAIT_S)
+            if answers:
+                try:
+                    loop.call_soon_threadsafe(self._deliver, answers)
+                except RuntimeError:  # the loop is closed: nobody is waiting
+                    return
 
-def _deliver(
-    queued: list[tuple[_Request, asyncio.Future[_Answer]]], sent: asyncio.Future[list[_Answer]]
-) -> None:
-    """Gives each caller its answer; a transport failure leaves every fate unknown."""
-    failed = asyncio.CancelledError() if sent.cancelled() else sent.exception()
-    if failed is None:
-        answers = sent.result()
-    else:
-        answers = [(_AMBIGUOUS, 0, b"", None, type(failed).__name__)] * len(queued)
-    for (_, answer), result in zip(queued, answers, strict=True):
-        if not answer.done():  # a caller that gave up has cancelled its future
-            answer.set_result(result)
+    def _deliver(self, answers: list[tuple[int, int, int, bytes, str | None, str]]) -> None:
+        """Gives each caller its answer (a caller that gave up has cancelled its future)."""
+        for request_id, *answer in answers:
+            future = self._waiting.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_result(tuple(answer))  # type: ignore[arg-type]
+        if not self._waiting:
+            self._idle.set()
 
 
 def _no_fractions(text: str) -> None:
