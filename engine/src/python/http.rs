@@ -73,7 +73,14 @@ fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
 type Request = (u64, String, String, Option<Vec<u8>>, f64, Option<String>);
 
 /// One request's answer as Python sees it: (id, outcome, status, body, header, error).
-type Answer<'py> = (u64, u8, u16, Bound<'py, PyBytes>, Option<String>, &'static str);
+type Answer<'py> = (
+    u64,
+    u8,
+    u16,
+    Bound<'py, PyBytes>,
+    Option<String>,
+    &'static str,
+);
 
 /// How a request ended, before conversion to Python.
 struct Reply {
@@ -122,7 +129,9 @@ impl HttpPool {
         connect_timeout_s: f64,
     ) -> PyResult<HttpPool> {
         if connections_max == 0 {
-            return Err(HttpSetupError::new_err("connections_max must be at least 1"));
+            return Err(HttpSetupError::new_err(
+                "connections_max must be at least 1",
+            ));
         }
         let base = reqwest::Url::parse(base_url)
             .map_err(|err| HttpSetupError::new_err(format!("gateway url {base_url:?}: {err}")))?;
