@@ -34,8 +34,10 @@ test-rust:
 	cargo test --workspace
 
 lint: venv
+	cargo fmt --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --workspace --all-targets --features python -- -D warnings
+	$(PY) scripts/gen_iban_formats.py --check
 	$(VENV)/bin/ruff check python tests benches scripts
 	$(VENV)/bin/ruff format --check python tests benches scripts
 	scripts/gen_protos.sh --check
