@@ -528,9 +528,7 @@ class HttpPool:
         their own timeout), idle connections closed after ``keepalive_s``.
         ``HttpSetupError`` for a URL or setting that cannot be used."""
 
-    def submit(
-        self, requests: list[tuple[int, str, str, bytes | None, float, str | None]]
-    ) -> None:
+    def submit(self, requests: list[tuple[int, str, str, bytes | None, float, str | None]]) -> None:
         """Starts every request and returns at once; each answer is queued for
         ``answers`` when its request ends. Each request is (id, method, path and query,
         JSON body or None, timeout in seconds, a response header's name or None). A
