@@ -1,7 +1,8 @@
 """The gateway adapters' HTTP transport (engine/src/python/http.rs) and the client's
 use of it, against a real local HTTP server: each request ends answered, unreachable or
-ambiguous, never in between; requests run at once and each answer comes when its own
-request ends; bad settings are refused by name."""
+ambiguous, never in between; the requests of one call run at once, within a bound on
+connections; requests of different event-loop turns never wait for each other; bad
+settings are refused by name."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from quickpay_engine._engine import SUBMIT_MAX, BatchTooLarge, HttpPool, HttpSetupError
+from quickpay_engine._engine import SEND_MANY_MAX, BatchTooLarge, HttpPool, HttpSetupError
 from quickpay_engine.domain import MethodKind
 from quickpay_engine.gateways.client import GatewayAmbiguous, GatewayClient, GatewayRefused
 from quickpay_engine.gateways.config import GatewayConfig
@@ -30,6 +31,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.in_flight = 0
         self.in_flight_max = 0
+        self.requests = 0
         self.lock = threading.Lock()
         self.release = threading.Event()
 
@@ -42,6 +44,8 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        with self.server.lock:
+            self.server.requests += 1
         if self.path == "/hang":
             time.sleep(2)
         elif self.path == "/drop":
@@ -98,16 +102,22 @@ def pool(url: str, connections_max: int = 16) -> HttpPool:
     return HttpPool(url, connections_max=connections_max, keepalive_s=5.0)
 
 
-def send(http: HttpPool, requests: list[tuple], wait_s: float = 15.0) -> list[tuple]:
-    """Submits ``requests`` (numbered in order) and collects their answers by number."""
-    http.submit([(n, *r) for n, r in enumerate(requests)])
-    got: dict[int, tuple] = {}
-    deadline = time.monotonic() + wait_s
-    while len(got) < len(requests) and time.monotonic() < deadline:
-        for n, *answer in http.answers(0.5):
-            assert n not in got, "an answer is given once"
-            got[n] = tuple(answer)
-    return [got.get(n) for n in range(len(requests))]
+def send(http: HttpPool, requests: list[tuple]) -> list[tuple]:
+    return http.send_many(requests)
+
+
+def in_background(http: HttpPool, requests: list[tuple]) -> tuple[threading.Thread, list]:
+    """send_many on a thread of its own (it blocks until every request has ended)."""
+    done: list[list[tuple]] = []
+    thread = threading.Thread(target=lambda: done.append(http.send_many(requests)))
+    thread.start()
+    return thread, done
+
+
+def wait_for(condition, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def free_port() -> int:
@@ -161,51 +171,39 @@ def test_a_timeout_a_drop_and_a_cut_body_are_ambiguous(server) -> None:
     assert send(pool(url), [("GET", "/hang", None, 5.0, None)])[0][:2] == (ANSWERED, 200)
 
 
-def test_requests_run_at_once_and_each_answer_comes_when_it_ends(server) -> None:
+def test_the_requests_of_one_call_are_in_flight_at_once(server) -> None:
     httpd, url = server
-    http = pool(url)
-    http.submit([(n, "GET", "/gate", None, 10.0, None) for n in range(12)])
-    http.submit([(99, "GET", "/health", None, 10.0, None)])
-    # The quick one is answered while the twelve are still held at the server.
-    first = http.answers(5.0)
-    assert [a[:3] for a in first] == [(99, ANSWERED, 200)]
-    for _ in range(500):
-        if httpd.in_flight == 12:
-            break
-        time.sleep(0.01)
-    assert httpd.in_flight_max == 12
+    thread, done = in_background(pool(url), [("GET", "/gate", None, 10.0, None)] * 12)
+    wait_for(lambda: httpd.in_flight == 12)
     httpd.release.set()
-    got: list[tuple] = []
-    while len(got) < 12:
-        got += http.answers(5.0)
-    assert sorted(a[:3] for a in got) == [(n, ANSWERED, 200) for n in range(12)]
-    assert http.answers(0.05) == [], "each answer is given once"
+    thread.join(15)
+    assert httpd.in_flight_max == 12
+    assert [a[:2] for a in done[0]] == [(ANSWERED, 200)] * 12
 
 
 def test_past_the_connection_bound_requests_wait_and_never_leave_unsent(server) -> None:
     httpd, url = server
-    http = pool(url, connections_max=2)
-    held = [(n, "GET", "/gate", None, 10.0, None) for n in range(2)]
-    waiting = [(n, "GET", "/health", None, 0.5, None) for n in range(2, 4)]
-    http.submit(held + waiting)
-    # The two held at the server keep both connections: the others wait, and their
-    # time runs out before any was sent.
-    answers = http.answers(5.0)
-    while len(answers) < 2:
-        answers += http.answers(5.0)
-    assert sorted((a[0], a[1], a[5]) for a in answers) == [
-        (2, UNREACHABLE, "busy"),
-        (3, UNREACHABLE, "busy"),
-    ]
+    held = [("GET", "/gate", None, 10.0, None)] * 2
+    waiting = [("GET", "/health", None, 0.5, None)] * 2
+    thread, done = in_background(pool(url, connections_max=2), held + waiting)
+    # The two held at the server keep both connections; the others wait, and their
+    # time runs out before either was sent.
+    wait_for(lambda: httpd.in_flight == 2)
+    time.sleep(0.8)
     httpd.release.set()
-    while len(answers) < 4:
-        answers += http.answers(5.0)
-    assert sorted(a[:3] for a in answers[2:]) == [(0, ANSWERED, 200), (1, ANSWERED, 200)]
+    thread.join(15)
+    assert [(a[0], a[1], a[4]) for a in done[0]] == [
+        (ANSWERED, 200, ""),
+        (ANSWERED, 200, ""),
+        (UNREACHABLE, 0, "busy"),
+        (UNREACHABLE, 0, "busy"),
+    ]
     assert httpd.in_flight_max == 2
+    assert httpd.requests == 2, "the two that waited were never sent"
 
 
 def test_bad_settings_and_oversized_calls_are_refused(server) -> None:
-    _, url = server
+    httpd, url = server
     for bad in ("ftp://127.0.0.1/", "not a url", ""):
         with pytest.raises(HttpSetupError, match="gateway url"):
             pool(bad)
@@ -214,14 +212,15 @@ def test_bad_settings_and_oversized_calls_are_refused(server) -> None:
     with pytest.raises(HttpSetupError, match="connections_max"):
         HttpPool(url, connections_max=0, keepalive_s=1.0)
     http = pool(url)
+    good = ("GET", "/health", None, 1.0, None)
     with pytest.raises(HttpSetupError, match="HTTP method"):
-        http.submit([(1, "GE T", "/health", None, 1.0, None)])
+        http.send_many([good, ("GE T", "/health", None, 1.0, None)])
     for timeout_s in (-1.0, float("inf"), float("nan"), 1e9):
         with pytest.raises(HttpSetupError, match="timeout_s"):
-            http.submit([(1, "GET", "/health", None, timeout_s, None)])
+            http.send_many([good, ("GET", "/health", None, timeout_s, None)])
     with pytest.raises(BatchTooLarge):
-        http.submit([(n, "GET", "/health", None, 1.0, None) for n in range(SUBMIT_MAX + 1)])
-    assert http.answers(0.05) == [], "nothing refused was started"
+        http.send_many([good] * (SEND_MANY_MAX + 1))
+    assert httpd.requests == 0, "nothing of a refused call was sent"
 
 
 # -- GatewayClient on the transport ------------------------------------------------------
@@ -233,13 +232,14 @@ def client_for(url: str) -> GatewayClient:
     )
 
 
-async def test_a_slow_request_holds_back_no_other_and_close_waits_for_it(server) -> None:
+async def test_a_slow_request_holds_back_no_later_one_and_close_waits_for_it(server) -> None:
     import asyncio
 
     httpd, url = server
     client = client_for(url)
     await client.start()
     slow = asyncio.ensure_future(client._call("GET", "/gate", None, 10.0))
+    await asyncio.sleep(0.1)  # a later turn of the event loop: sent on its own
     quick = asyncio.ensure_future(client._call("GET", "/health", None, 10.0))
     assert await asyncio.wait_for(quick, 5) == {"ok": True}
     assert not slow.done()

@@ -506,7 +506,7 @@ def fraud_decisions() -> list[tuple[int, str]]:
 
 # -- gateway HTTP transport (src/python/http.rs) -----------------------------------------
 
-SUBMIT_MAX: int
+SEND_MANY_MAX: int
 
 class HttpSetupError(EngineError):
     """A gateway URL or HTTP client setting that cannot be used."""
@@ -528,19 +528,16 @@ class HttpPool:
         their own timeout), idle connections closed after ``keepalive_s``.
         ``HttpSetupError`` for a URL or setting that cannot be used."""
 
-    def submit(self, requests: list[tuple[int, str, str, bytes | None, float, str | None]]) -> None:
-        """Starts every request and returns at once; each answer is queued for
-        ``answers`` when its request ends. Each request is (id, method, path and query,
-        JSON body or None, timeout in seconds, a response header's name or None). A
-        method, path or timeout that cannot be used: ``HttpSetupError``; more than
-        ``SUBMIT_MAX`` requests: ``BatchTooLarge``; either before any request starts."""
+    def send_many(
+        self, requests: list[tuple[str, str, bytes | None, float, str | None]]
+    ) -> list[tuple[int, int, bytes, str | None, str]]:
+        """Sends every request at once and waits, without the GIL, until each has ended.
 
-    def answers(self, wait_s: float) -> list[tuple[int, int, int, bytes, str | None, str]]:
-        """The answers of requests that have ended, each once: waits without the GIL up
-        to ``wait_s`` for the first, then takes what else is ready (at most 4,096).
-
-        Each is (id, outcome, status, body, header, error): outcome 0 answered (status
-        and body are the gateway's), 1 unreachable (nothing was sent: no connection,
-        or no free connection before the timeout, error "busy"), 2 ambiguous (it may
-        have been processed); error names what went wrong, for logs. Empty when none
-        ended in time."""
+        Each request is (method, path and query, JSON body or None, timeout in seconds,
+        a response header's name or None). Returns, per request, (outcome, status, body,
+        header, error): outcome 0 answered (status and body are the gateway's), 1
+        unreachable (nothing was sent: no connection, or no free one before the timeout,
+        error "busy"), 2 ambiguous (it may have been processed); error names what went
+        wrong, for logs. A method, path or timeout that cannot be used:
+        ``HttpSetupError``; more than ``SEND_MANY_MAX`` requests: ``BatchTooLarge``;
+        either before any request is sent."""

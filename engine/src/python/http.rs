@@ -4,21 +4,18 @@
 //! Why it is here and not in Python: with aiohttp, building, writing, reading and
 //! parsing each gateway request held the GIL on the event loop's thread, a third of
 //! that thread's time per payment, in the same lock the gRPC server and the store need.
-//! Here the event loop hands over a turn's requests in one `submit` call that only
-//! starts them; they run on the runtime's threads, and each answer is queued the moment
-//! its request ends. One thread per pool waits on that queue with the GIL released
-//! (`answers`) and hands what it finds to the event loop, so a slow request never holds
-//! back the answers of the others.
+//! Here a turn's requests are one `send_many` call that releases the GIL while they
+//! run concurrently on the runtime's threads; Python sees one answer per request.
 //!
 //! Every request ends in exactly one of three ways, because the router's safety rests
 //! on telling them apart (see `quickpay_engine.gateways.client`): answered (a status and
 //! a body), unreachable (the connection could not be made, so nothing was sent), or
 //! ambiguous (it may have arrived: timeout, dropped connection, unreadable answer).
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
 use pyo3::create_exception;
 use pyo3::prelude::*;
@@ -33,11 +30,9 @@ create_exception!(
     "A gateway URL or HTTP client setting that cannot be used."
 );
 
-/// `submit` takes at most this many requests; more is refused before any is sent (the
-/// router sends at most 4,096 sales in one batch, plus a few lookups).
-const SUBMIT_MAX: usize = 8_192;
-/// `answers` returns at most this many at once; the rest wait for the next call.
-const ANSWERS_MAX: usize = 4_096;
+/// `send_many` takes at most this many requests; more is refused before any is sent
+/// (the router sends at most 4,096 sales in one batch, plus a few lookups).
+const SEND_MANY_MAX: usize = 8_192;
 /// A gateway's answer is read up to this size; a longer one leaves the request's fate
 /// unknown (a day's settlement report of 100,000 captures is about 20 MB).
 const BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -68,19 +63,12 @@ fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
     Ok(RUNTIME.get_or_init(|| runtime))
 }
 
-/// One request: (id, method, path and query, JSON body or None, timeout in seconds,
-/// the name of a response header to return or None).
-type Request = (u64, String, String, Option<Vec<u8>>, f64, Option<String>);
+/// One request: (method, path and query, JSON body or None, timeout in seconds, the
+/// name of a response header to return or None).
+type Request = (String, String, Option<Vec<u8>>, f64, Option<String>);
 
-/// One request's answer as Python sees it: (id, outcome, status, body, header, error).
-type Answer<'py> = (
-    u64,
-    u8,
-    u16,
-    Bound<'py, PyBytes>,
-    Option<String>,
-    &'static str,
-);
+/// One request's answer as Python sees it: (outcome, status, body, header, error).
+type Answer<'py> = (u8, u16, Bound<'py, PyBytes>, Option<String>, &'static str);
 
 /// How a request ended, before conversion to Python.
 struct Reply {
@@ -110,9 +98,6 @@ pub(crate) struct HttpPool {
     base: reqwest::Url,
     // Requests past this many in flight wait for a permit, inside their timeout.
     permits: Arc<Semaphore>,
-    done: mpsc::UnboundedSender<(u64, Reply)>,
-    // The one receiver; `answers` holds it while it waits (one waiting thread per pool).
-    answered: Mutex<mpsc::UnboundedReceiver<(u64, Reply)>>,
 }
 
 #[pymethods]
@@ -150,29 +135,34 @@ impl HttpPool {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|err| HttpSetupError::new_err(format!("HTTP client: {err}")))?;
-        let (done, answered) = mpsc::unbounded_channel();
         Ok(HttpPool {
             client,
             base,
             permits: Arc::new(Semaphore::new(connections_max)),
-            done,
-            answered: Mutex::new(answered),
         })
     }
 
-    /// Starts every request and returns at once; each answer is queued for `answers`
-    /// when its request ends. A method, path or timeout that cannot be used is refused
-    /// (`HttpSetupError`) before any request starts.
-    fn submit(&self, requests: Vec<Request>) -> PyResult<()> {
-        if requests.len() > SUBMIT_MAX {
+    /// Sends every request at once and waits, without the GIL, until each has ended.
+    ///
+    /// Returns, per request, (outcome, status, body, header, error): outcome 0 answered
+    /// (status and body are the gateway's), 1 unreachable (nothing was sent: no
+    /// connection, or no free one before the timeout, error "busy"), 2 ambiguous (it
+    /// may have been processed); error names what went wrong, for logs. A method, path
+    /// or timeout that cannot be used is refused (`HttpSetupError`) before any is sent.
+    fn send_many<'py>(
+        &self,
+        py: Python<'py>,
+        requests: Vec<Request>,
+    ) -> PyResult<Vec<Answer<'py>>> {
+        if requests.len() > SEND_MANY_MAX {
             return Err(BatchTooLarge::new_err(format!(
-                "submit of {} requests is over the bound of {SUBMIT_MAX}",
+                "send_many of {} requests is over the bound of {SEND_MANY_MAX}",
                 requests.len()
             )));
         }
         let runtime = runtime()?;
         let mut prepared = Vec::with_capacity(requests.len());
-        for (id, method, path, body, timeout_s, header) in requests {
+        for (method, path, body, timeout_s, header) in requests {
             let method = reqwest::Method::from_bytes(method.as_bytes())
                 .map_err(|_| HttpSetupError::new_err(format!("HTTP method {method:?}")))?;
             let url = self
@@ -191,61 +181,56 @@ impl HttpPool {
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(body);
             }
-            prepared.push((id, builder, timeout, header));
+            prepared.push((builder, timeout, header));
         }
-        for (id, builder, timeout, header) in prepared {
-            let permits = Arc::clone(&self.permits);
-            let done = self.done.clone();
-            runtime.spawn(async move {
-                let start = tokio::time::Instant::now();
-                // Nothing is sent until a permit is held: a request that found none in
-                // its time never left (unreachable, "busy"), so no lookup is needed.
-                let permit = tokio::time::timeout(timeout, permits.acquire_owned()).await;
-                let reply = match permit {
-                    Ok(Ok(_permit)) => {
-                        let left = timeout.saturating_sub(start.elapsed());
-                        tokio::time::timeout(left, send(builder, header))
-                            .await
-                            .unwrap_or_else(|_| Reply::failed(AMBIGUOUS, "timeout"))
-                    }
-                    _ => Reply::failed(UNREACHABLE, "busy"),
-                };
-                // The receiver is gone only when the pool is: nobody is waiting.
-                let _ = done.send((id, reply));
-            });
-        }
-        Ok(())
-    }
-
-    /// The answers of requests that have ended, each once: waits without the GIL up to
-    /// `wait_s` for the first, then takes what else is ready (at most 4,096). Empty
-    /// when none ended in time. One thread at a time waits; another waits behind it.
-    fn answers<'py>(&self, py: Python<'py>, wait_s: f64) -> PyResult<Vec<Answer<'py>>> {
-        let wait = seconds("wait_s", wait_s)?;
-        let runtime = runtime()?;
         let replies = py.detach(|| {
-            let mut answered = self.answered.lock().expect("answers lock");
-            let mut replies = Vec::new();
-            if let Ok(Some(first)) =
-                runtime.block_on(async { tokio::time::timeout(wait, answered.recv()).await })
-            {
-                replies.push(first);
-                while replies.len() < ANSWERS_MAX {
-                    match answered.try_recv() {
-                        Ok(reply) => replies.push(reply),
-                        Err(_) => break,
-                    }
+            runtime.block_on(async {
+                let handles: Vec<_> = prepared
+                    .into_iter()
+                    .map(|(builder, timeout, header)| {
+                        let permits = Arc::clone(&self.permits);
+                        runtime.spawn(bounded(permits, builder, timeout, header))
+                    })
+                    .collect();
+                let mut replies = Vec::with_capacity(handles.len());
+                for handle in handles {
+                    // A task that panicked leaves its request's fate unknown.
+                    replies.push(
+                        handle
+                            .await
+                            .unwrap_or_else(|_| Reply::failed(AMBIGUOUS, "panic")),
+                    );
                 }
-            }
-            replies
+                replies
+            })
         });
         Ok(replies
             .into_iter()
-            .map(|(id, r)| {
+            .map(|r| {
                 let body = PyBytes::new(py, &r.body);
-                (id, r.outcome, r.status, body, r.header, r.error)
+                (r.outcome, r.status, body, r.header, r.error)
             })
             .collect())
+    }
+}
+
+/// One request within its timeout, once a connection permit is held: nothing is sent
+/// before that, so one that found no permit in its time never left (unreachable, busy).
+async fn bounded(
+    permits: Arc<Semaphore>,
+    builder: reqwest::RequestBuilder,
+    timeout: Duration,
+    header: Option<String>,
+) -> Reply {
+    let start = tokio::time::Instant::now();
+    match tokio::time::timeout(timeout, permits.acquire_owned()).await {
+        Ok(Ok(_permit)) => {
+            let left = timeout.saturating_sub(start.elapsed());
+            tokio::time::timeout(left, send(builder, header))
+                .await
+                .unwrap_or_else(|_| Reply::failed(AMBIGUOUS, "timeout"))
+        }
+        _ => Reply::failed(UNREACHABLE, "busy"),
     }
 }
 
@@ -296,6 +281,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<HttpPool>()?;
     m.add("HttpSetupError", py.get_type::<HttpSetupError>())?;
-    m.add("SUBMIT_MAX", SUBMIT_MAX)?;
+    m.add("SEND_MANY_MAX", SEND_MANY_MAX)?;
     Ok(())
 }

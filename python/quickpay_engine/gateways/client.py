@@ -9,11 +9,14 @@ on telling them apart:
   the payment's state is unknown until it is looked up.
 
 The transport is the engine's ``HttpPool`` (reqwest on a tokio runtime, in Rust): the
-requests a batch of payments makes in one turn of the event loop are started in one
-call, and one thread per gateway waits (without the GIL) for answers as they come and
-hands them to the event loop, so the event loop only builds bodies and reads answers,
-and a slow request holds back no other. Before it, aiohttp's client took about a third
-of the event loop's time per payment (benches/RESULTS.md, "Gateway transport").
+requests made in one turn of the event loop (a batch's sales, typically) go in one
+``send_many`` call on a sender thread, which releases the GIL while they run, so the
+event loop only builds bodies and reads answers. Before it, aiohttp's client took about
+a third of the event loop's time per payment (benches/RESULTS.md, "Gateway transport").
+The answers of one turn come back together, when its slowest request has ended (at
+most its timeout): the pipeline waits for a whole batch's sales anyway, and requests of
+different turns never wait for each other. Handing back each answer as it came was
+measured too, and cost the event loop more wake-ups than it saved (RESULTS.md).
 
 A request whose caller gave up (a cancelled call) still runs to its end: it may have
 been sent already, and the router never leaves a reference whose fate is unknown
@@ -23,14 +26,13 @@ without looking it up or voiding it there, which also refuses a late sale.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import concurrent.futures
 import json
 import logging
-import threading
 import urllib.parse
 from typing import Any
 
-from quickpay_engine._engine import SUBMIT_MAX, HttpPool
+from quickpay_engine._engine import SEND_MANY_MAX, BatchTooLarge, HttpPool, HttpSetupError
 from quickpay_engine.gateways.config import GatewayConfig
 
 # Connections beyond pool_max, so that lookups and voids resolving an unknown outcome
@@ -38,10 +40,12 @@ from quickpay_engine.gateways.config import GatewayConfig
 RESOLVE_CONNECTIONS = 8
 # Idle keep-alive connections are closed after this long (the simulator keeps them 75 s).
 KEEPALIVE_S = 30.0
-# The receiving thread looks at least this often whether the client is closing.
-RECEIVE_WAIT_S = 0.1
+# Sender threads per gateway: each carries one turn's requests until they have all
+# ended (each by its timeout at the latest). The pipeline has at most 8 batches in
+# flight; further turns wait for a free thread, their requests not yet started.
+SENDERS_MAX = 32
 # How a request ended, as HttpPool.send_many reports it.
-_ANSWERED, _UNREACHABLE = 0, 1
+_ANSWERED, _UNREACHABLE, _AMBIGUOUS = 0, 1, 2
 # The settlement report names the discrepancies it injected in this header.
 INJECTED_HEADER = "X-Quickpay-Injected"
 
@@ -76,41 +80,30 @@ class GatewayClient:
             raise ValueError(f"gateway {config.name!r} has no url (simulator not started?)")
         self.config = config
         self._pool: HttpPool | None = None
-        self._ids = itertools.count()
-        # Requests made in this turn of the event loop, started together at its end.
-        self._queued: list[tuple[int, _Request]] = []
-        # Every request started and not yet answered, by id: bounded by the router's
-        # slots and the transport's timeouts (each ends by its own).
-        self._waiting: dict[int, asyncio.Future[_Answer]] = {}
-        self._receiver: threading.Thread | None = None
-        self._closing = threading.Event()
-        self._idle = asyncio.Event()  # set while nothing is waiting for an answer
-        self._idle.set()
+        self._senders: concurrent.futures.ThreadPoolExecutor | None = None
+        # Requests made in this turn of the event loop, sent together at its end.
+        self._queued: list[tuple[_Request, asyncio.Future[_Answer]]] = []
+        self._sending: set[asyncio.Future[list[_Answer]]] = set()
 
     async def start(self) -> None:
-        """Opens the connection pool and starts the thread that receives answers."""
+        """Opens the connection pool."""
         self._pool = HttpPool(
             self.config.url,
             connections_max=self.config.pool_max + RESOLVE_CONNECTIONS,
             keepalive_s=KEEPALIVE_S,
         )
-        self._closing.clear()
-        self._receiver = threading.Thread(
-            target=self._receive,
-            args=(self._pool, asyncio.get_running_loop()),
-            name=f"gateway-{self.config.name}",
-            daemon=True,
+        self._senders = concurrent.futures.ThreadPoolExecutor(
+            SENDERS_MAX, thread_name_prefix=f"gateway-{self.config.name}"
         )
-        self._receiver.start()
 
     async def close(self) -> None:
-        """Waits for the requests under way (each ends by its timeout), then stops
-        receiving and closes every pooled connection."""
-        await self._idle.wait()
-        self._closing.set()
-        if self._receiver is not None:
-            await asyncio.to_thread(self._receiver.join)
-        self._pool = self._receiver = None
+        """Waits for the requests under way (each ends by its timeout), then closes
+        every pooled connection."""
+        while self._queued or self._sending:
+            await asyncio.gather(*self._sending, asyncio.sleep(0), return_exceptions=True)
+        if self._senders is not None:
+            self._senders.shutdown(wait=False)
+        self._pool = self._senders = None
 
     async def sale(
         self, reference: str, amount_minor: int, currency: str, method: dict[str, object],
@@ -219,47 +212,55 @@ class GatewayClient:
             raise RuntimeError(f"gateway client {self.config.name!r} is not started")
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[_Answer] = loop.create_future()
-        request_id = next(self._ids)
-        self._waiting[request_id] = answer
-        self._idle.clear()
-        self._queued.append((request_id, request))
+        self._queued.append((request, answer))
         if len(self._queued) == 1:
             loop.call_soon(self._flush)
         return answer
 
     def _flush(self) -> None:
-        """Starts every queued request, in one transport call per SUBMIT_MAX."""
+        """Hands the turn's requests to the transport, SEND_MANY_MAX per sender thread."""
         queued, self._queued = self._queued, []
-        for start in range(0, len(queued), SUBMIT_MAX):
-            chunk = queued[start : start + SUBMIT_MAX]
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(queued), SEND_MANY_MAX):
+            chunk = queued[start : start + SEND_MANY_MAX]
             try:
-                assert self._pool is not None, "closed with requests queued"
-                self._pool.submit([(i, *request) for i, request in chunk])
-            except Exception as err:  # every caller must hear of it
-                # Refused before any of them started; nothing was sent.
-                log.error("gateway %s: requests not started: %s", self.config.name, err)
-                self._deliver(
-                    [(i, _UNREACHABLE, 0, b"", None, type(err).__name__) for i, _ in chunk]
+                assert self._pool is not None and self._senders is not None, "closed"
+                sent = loop.run_in_executor(
+                    self._senders, self._pool.send_many, [request for request, _ in chunk]
                 )
+            except Exception as err:  # every caller must hear of it
+                log.error("gateway %s: requests not sent: %s", self.config.name, err)
+                _answer_all(chunk, _UNREACHABLE, type(err).__name__)  # nothing left
+                continue
+            self._sending.add(sent)
+            sent.add_done_callback(self._sending.discard)
+            sent.add_done_callback(lambda done, chunk=chunk: _deliver(chunk, done))
 
-    def _receive(self, pool: HttpPool, loop: asyncio.AbstractEventLoop) -> None:
-        """The receiving thread: hands answers to the event loop as they come."""
-        while not self._closing.is_set():
-            answers = pool.answers(RECEIVE_WAIT_S)
-            if answers:
-                try:
-                    loop.call_soon_threadsafe(self._deliver, answers)
-                except RuntimeError:  # the loop is closed: nobody is waiting
-                    return
 
-    def _deliver(self, answers: list[tuple[int, int, int, bytes, str | None, str]]) -> None:
-        """Gives each caller its answer (a caller that gave up has cancelled its future)."""
-        for request_id, *answer in answers:
-            future = self._waiting.pop(request_id, None)
-            if future is not None and not future.done():
-                future.set_result(tuple(answer))  # type: ignore[arg-type]
-        if not self._waiting:
-            self._idle.set()
+def _deliver(
+    chunk: list[tuple[_Request, asyncio.Future[_Answer]]], sent: asyncio.Future[list[_Answer]]
+) -> None:
+    """Gives each caller its answer; a transport that failed leaves every fate unknown,
+    except a setting it refused before sending anything."""
+    failed = asyncio.CancelledError() if sent.cancelled() else sent.exception()
+    if failed is None:
+        answers = sent.result()
+    else:
+        log.error("gateway transport failed: %r", failed)
+        refused = isinstance(failed, HttpSetupError | BatchTooLarge)
+        _answer_all(chunk, _UNREACHABLE if refused else _AMBIGUOUS, type(failed).__name__)
+        return
+    for (_, answer), result in zip(chunk, answers, strict=True):
+        if not answer.done():  # a caller that gave up has cancelled its future
+            answer.set_result(result)
+
+
+def _answer_all(
+    chunk: list[tuple[_Request, asyncio.Future[_Answer]]], outcome: int, error: str
+) -> None:
+    for _, answer in chunk:
+        if not answer.done():
+            answer.set_result((outcome, 0, b"", None, error))
 
 
 def _no_fractions(text: str) -> None:
