@@ -183,23 +183,21 @@ def test_the_requests_of_one_call_are_in_flight_at_once(server) -> None:
 
 def test_past_the_connection_bound_requests_wait_and_never_leave_unsent(server) -> None:
     httpd, url = server
-    held = [("GET", "/gate", None, 10.0, None)] * 2
-    waiting = [("GET", "/health", None, 0.5, None)] * 2
-    thread, done = in_background(pool(url, connections_max=2), held + waiting)
-    # The two held at the server keep both connections; the others wait, and their
-    # time runs out before either was sent.
-    wait_for(lambda: httpd.in_flight == 2)
-    time.sleep(0.8)
-    httpd.release.set()
-    thread.join(15)
-    assert [(a[0], a[1], a[4]) for a in done[0]] == [
-        (ANSWERED, 200, ""),
-        (ANSWERED, 200, ""),
-        (UNREACHABLE, 0, "busy"),
-        (UNREACHABLE, 0, "busy"),
+    http = pool(url, connections_max=2)
+    holding, held = in_background(http, [("GET", "/gate", None, 10.0, None)] * 2)
+    wait_for(lambda: httpd.in_flight == 2, 15.0)
+    assert httpd.in_flight == 2
+    # Both connections are held at the server: these wait, and their time runs out
+    # before either is sent.
+    assert http.send_many([("GET", "/health", None, 0.5, None)] * 2) == [
+        (UNREACHABLE, 0, b"", None, "busy"),
+        (UNREACHABLE, 0, b"", None, "busy"),
     ]
-    assert httpd.in_flight_max == 2
+    httpd.release.set()
+    holding.join(15)
+    assert [a[:2] for a in held[0]] == [(ANSWERED, 200)] * 2
     assert httpd.requests == 2, "the two that waited were never sent"
+    assert httpd.in_flight_max == 2
 
 
 def test_bad_settings_and_oversized_calls_are_refused(server) -> None:
