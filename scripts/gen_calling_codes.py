@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import phonenumbers
+from generated import write_or_check
 from phonenumbers import PhoneMetadata, region_code_for_country_code
 
 TARGET = Path(__file__).resolve().parent.parent / "engine/src/validate/calling_codes.rs"
@@ -61,15 +62,7 @@ pub(super) const CALLING_CODES: &[(u16, u32)] = &[
 
 def main() -> int:
     """Rewrites the table, or with --check reports whether it is current."""
-    text = render()
-    if "--check" in sys.argv[1:]:
-        if TARGET.read_text() != text:
-            print(f"{TARGET} is stale: rerun scripts/gen_calling_codes.py", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(text)
-    print(f"wrote {TARGET}")
-    return 0
+    return write_or_check(TARGET, render(), "gen_calling_codes.py")
 
 
 if __name__ == "__main__":

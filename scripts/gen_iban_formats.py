@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from generated import write_or_check
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "engine/src/validate/iban_formats.rs"
 CRATE = "iban_validate"
@@ -108,15 +110,7 @@ pub(super) const IBAN_FORMATS: &[([u8; 2], u8, u32, u32)] = &[
 
 def main() -> int:
     """Rewrites the table, or with --check reports whether it is current."""
-    text = render()
-    if "--check" in sys.argv[1:]:
-        if TARGET.read_text() != text:
-            print(f"{TARGET} is stale: rerun scripts/gen_iban_formats.py", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(text)
-    print(f"wrote {TARGET}")
-    return 0
+    return write_or_check(TARGET, render(), "gen_iban_formats.py")
 
 
 if __name__ == "__main__":

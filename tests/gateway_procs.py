@@ -75,10 +75,7 @@ class SimulatorSet:
         """Ends a simulator at once (SIGKILL), as a crashed gateway host would."""
         process = self.processes.pop(name)
         process.kill()
-        process.wait()
-        for stream in (process.stdin, process.stdout):
-            if stream is not None:
-                stream.close()
+        _reap(process)
 
     def restart(self, name: str, faults: dict = QUIET) -> None:
         """Starts a stopped simulator again at its old address, with its books."""
@@ -112,7 +109,12 @@ class SimulatorSet:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
-                process.wait()
-            for stream in (process.stdin, process.stdout):
-                if stream is not None:
-                    stream.close()
+            _reap(process)
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    """Waits for an ended simulator and closes its pipes."""
+    process.wait()
+    for stream in (process.stdin, process.stdout):
+        if stream is not None:
+            stream.close()

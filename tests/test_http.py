@@ -280,3 +280,29 @@ async def test_the_client_maps_outcomes_and_a_cancelled_caller_harms_none(server
         assert given_up.cancelled()
     finally:
         await client.close()
+
+
+async def test_a_call_the_transport_refuses_fails_every_caller_of_its_turn(server) -> None:
+    """A request the transport refuses (here a timeout out of range) sinks its turn's
+    call before anything is sent: every caller of that turn hears "unreachable" at
+    once, none waits for ever, and the server saw nothing."""
+    import asyncio
+
+    from quickpay_engine.gateways.client import GatewayUnreachable
+
+    httpd, url = server
+    client = client_for(url)
+    await client.start()
+    try:
+        calls = [
+            asyncio.ensure_future(client._call("GET", "/health", None, 5.0)),
+            asyncio.ensure_future(client._call("GET", "/health", None, float("inf"))),
+        ]
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+        assert all(isinstance(r, GatewayUnreachable) for r in results), results
+        assert "HttpSetupError" in str(results[0])
+        assert httpd.requests == 0
+        # The next turn is sent as usual.
+        assert await client._call("GET", "/health", None, 5.0) == {"ok": True}
+    finally:
+        await client.close()

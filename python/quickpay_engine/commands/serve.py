@@ -22,31 +22,24 @@ BATCHES_IN_FLIGHT_MAX = 64
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "serve", "serve quickpay.v1.Settlement over gRPC")
-    env = os.environ
-    # Defaults are strings so that argparse converts (and refuses) a variable's value
-    # the way it does a flag's.
     defaults = BatchSettings()
-    parser.add_argument(
-        "--batch-max",
-        type=int,
-        default=env.get("QUICKPAY_BATCH_MAX", str(defaults.batch_max)),
-        help="payments per micro-batch at most (QUICKPAY_BATCH_MAX, default"
-        f" {defaults.batch_max}, at most {SALE_BATCH_MAX})",
-    )
-    parser.add_argument(
-        "--batch-linger-ms",
-        type=float,
-        default=env.get("QUICKPAY_BATCH_LINGER_MS", str(defaults.linger_ms)),
-        help="how long a batch waits after its first payment for more"
-        f" (QUICKPAY_BATCH_LINGER_MS, default {defaults.linger_ms:g})",
-    )
-    parser.add_argument(
-        "--batches-in-flight",
-        type=int,
-        default=env.get("QUICKPAY_BATCHES_IN_FLIGHT", str(defaults.inflight_max)),
-        help="batches at the gateways or committing at once, which hides gateway latency"
-        f" (QUICKPAY_BATCHES_IN_FLIGHT, default {defaults.inflight_max})",
-    )
+    flags = (
+        ("--batch-max", "QUICKPAY_BATCH_MAX", int, defaults.batch_max,
+         f"payments per micro-batch at most, 1 to {SALE_BATCH_MAX}"),
+        ("--batch-linger-ms", "QUICKPAY_BATCH_LINGER_MS", float, defaults.linger_ms,
+         "how long a batch waits after its first payment for more"),
+        ("--batches-in-flight", "QUICKPAY_BATCHES_IN_FLIGHT", int, defaults.inflight_max,
+         "batches at the gateways or committing at once, which hides gateway latency"),
+    )  # fmt: skip
+    for flag, variable, kind, default, what in flags:
+        parser.add_argument(
+            flag,
+            type=kind,
+            # A string default: argparse converts (and refuses) a variable's value the
+            # way it does a flag's.
+            default=os.environ.get(variable, str(default)),
+            help=f"{what} ({variable}, default {default:g})",
+        )
     parser.set_defaults(run=run)
 
 

@@ -230,7 +230,7 @@ class GatewayClient:
                 )
             except Exception as err:  # every caller must hear of it
                 log.error("gateway %s: requests not sent: %s", self.config.name, err)
-                _answer_all(chunk, _UNREACHABLE, type(err).__name__)  # nothing left
+                _answer_all(chunk, _UNREACHABLE, type(err).__name__)  # none was sent
                 continue
             self._sending.add(sent)
             sent.add_done_callback(self._sending.discard)
