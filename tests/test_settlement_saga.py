@@ -426,6 +426,45 @@ async def test_a_hanging_gateway_never_leads_to_a_double_capture(data_dir, own_s
         await running.stop(grace_s=1)
 
 
+async def test_a_caller_whose_deadline_comes_first_is_told_to_retry_and_the_retry_gets_it(
+    data_dir, own_sims
+) -> None:
+    """Both acquirers hold sales past the caller's 1 s deadline: the caller hears UNAVAILABLE
+    with a retry hint just before its deadline (not DEADLINE_EXCEEDED, which would not
+    say whether anything happened); the payment goes on, a retry with the same key gets
+    its one outcome, and nothing is captured twice."""
+    for name in ("acq-a", "acq-b"):
+        own_sims.set_faults(name, {"seed": 8, "timeout_rate": 1.0, "hang_ms": 2500})
+    running = await _served(data_dir, own_sims.gateways_file)
+    channel, stub = _stub(running)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Pay(bill("saga-late"), timeout=1.0)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+        assert "retry with the same idempotency_key" in (err.value.details() or "")
+        assert 0.5 < loop.time() - started < 1.0
+        retry = await stub.Pay(bill("saga-late"), timeout=30)
+        assert retry.status in (pb.SETTLED, pb.FAILED)
+        await asyncio.sleep(3.0)  # every held request has been processed by now
+        captured = [
+            (own_sims.payment(name, retry.payment_id) or {}).get("captured_minor", 0)
+            for name in ("acq-a", "acq-b")
+        ]
+        assert sum(captured) == (3_000 if retry.status == pb.SETTLED else 0)
+        again = await stub.Pay(bill("saga-late"))
+        assert (again.payment_id, again.status, again.replayed) == (
+            retry.payment_id,
+            retry.status,
+            True,
+        )
+        assert running.store.verify() == []
+    finally:
+        await channel.close()
+        await running.stop(grace_s=1)
+
+
 async def test_a_batch_the_database_cannot_commit_settles_nowhere(
     stub, server, simulators, monkeypatch
 ) -> None:
@@ -480,8 +519,7 @@ async def test_a_gateway_lost_after_taking_a_sale_is_unavailable_then_finished(
     data_dir, own_sims, monkeypatch
 ) -> None:
     """acq-a takes the sale and dies before answering, and cannot be asked again before
-    the deadline: a caller that set no gRPC deadline is told UNAVAILABLE (retry with the
-    same key; one with a deadline sees DEADLINE_EXCEEDED, as gRPC does), the payment
+    the deadline: the caller is told UNAVAILABLE (retry with the same key), the payment
     stays held and journalled, and a retry meanwhile is refused, never sent elsewhere.
     Once acq-a is back, the sweep learns it never captured the sale, voids it, and the
     retry settles."""

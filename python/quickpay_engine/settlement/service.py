@@ -20,7 +20,7 @@ import numpy as np
 
 from quickpay_engine._engine import Engine, FraudScorer
 from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord, SubscriberRow
-from quickpay_engine.errors import IdempotencyConflict, NotFound
+from quickpay_engine.errors import IdempotencyConflict, NotFound, OutcomePending
 from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.reconcile.report import ColumnMapping, ReportError
 from quickpay_engine.settlement import reconciliation
@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 # Unfinished payments not in flight are looked at this often while serving.
 SWEEP_S = 5.0
+# A caller whose deadline comes before its payment's outcome is told OutcomePending this
+# long before the deadline (at most half of what it has left), so the reply still
+# reaches it.
+REPLY_MARGIN_S = 0.05
 
 R = TypeVar("R")
 
@@ -229,9 +233,9 @@ class SettlementService:
             task = asyncio.ensure_future(self._batcher.submit(intent))
             self._inflight[key] = (intent.fingerprint, task)
             task.add_done_callback(functools.partial(self._finished, key))
-            return await asyncio.shield(task)
+            return await _by_deadline(task, intent)
         fingerprint, task = running
-        outcome = await asyncio.shield(task)
+        outcome = await _by_deadline(task, intent)
         if fingerprint != intent.fingerprint:
             raise IdempotencyConflict(
                 f"idempotency_key {key!r} was used for another payment ({outcome.payment_id})"
@@ -275,3 +279,22 @@ class SettlementService:
                 f" {payment_id or idempotency_key!r}"
             )
         return record
+
+
+async def _by_deadline(task: asyncio.Task[Outcome], intent: PaymentIntent) -> Outcome:
+    """The settlement's outcome, or, when the caller's deadline comes first, OutcomePending
+    just before it: the payment goes on (the task is shielded) and a retry with the same
+    key gets its outcome, where a reply after the deadline would reach nobody and the
+    caller would see only DEADLINE_EXCEEDED, not knowing whether to retry."""
+    if intent.deadline is None:
+        return await asyncio.shield(task)
+    left = intent.deadline - asyncio.get_running_loop().time()
+    try:
+        return await asyncio.wait_for(
+            asyncio.shield(task), max(0.0, left - min(REPLY_MARGIN_S, left / 2))
+        )
+    except TimeoutError:
+        raise OutcomePending(
+            f"payment with idempotency_key {intent.idempotency_key!r} is not finished at the"
+            " call's deadline and goes on: retry with the same idempotency_key for its outcome"
+        ) from None
