@@ -40,6 +40,14 @@ async def test_concurrent_submissions_share_batches_and_get_their_own_results() 
     assert sorted(i for batch in recorder.batches for i in batch) == list(range(40))
     assert max(len(b) for b in recorder.batches) == 16
     assert len(recorder.batches) <= 4
+    # What the server logs of batch sizes counts the same batches.
+    window = batcher.take_window()
+    assert (window.batches, window.items, window.largest) == (len(recorder.batches), 40, 16)
+    assert batcher.take_window().batches == 0, "a new window begins empty"
+    assert batcher.total == window
+    assert window.describe() == f"40 payments in {window.batches} batches" + (
+        f" (mean {40 / window.batches:.1f}, largest 16)"
+    )
 
 
 async def test_full_queue_is_refused_before_any_work() -> None:

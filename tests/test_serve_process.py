@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -19,12 +20,15 @@ from quickpay_engine.store import SqliteStore
 STARTUP_TIMEOUT_S = 30
 
 
-async def start_server(data_dir: Path, *flags: str) -> tuple[asyncio.subprocess.Process, int]:
+async def start_server(
+    data_dir: Path, *flags: str, stderr: int | None = None
+) -> tuple[asyncio.subprocess.Process, int]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "quickpay_engine.cli", "serve",
         "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--fraud-mode", "observe",
         *flags,
         stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     assert process.stdout is not None
@@ -144,9 +148,12 @@ def test_batching_flags_out_of_bounds_are_refused_by_name(tmp_path: Path, capsys
 
 
 async def test_a_server_batching_one_payment_at_a_time_settles(data_dir: Path) -> None:
+    """--batch-max 1 takes effect: the server settles, and its log of batch sizes at exit
+    says every batch held one payment."""
     process, port = await start_server(
-        data_dir, "--batch-max", "1", "--batches-in-flight", "1", "--batch-linger-ms", "0"
-    )
+        data_dir, "--batch-max", "1", "--batches-in-flight", "1", "--batch-linger-ms", "0",
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.SettlementStub(channel)
@@ -158,4 +165,10 @@ async def test_a_server_batching_one_payment_at_a_time_settles(data_dir: Path) -
         assert all(r.status in (pb.SETTLED, pb.DECLINED) for r in replies)
     finally:
         process.send_signal(signal.SIGTERM)
+        assert process.stderr is not None
+        log = (await asyncio.wait_for(process.stderr.read(), 30)).decode()
         assert await asyncio.wait_for(process.wait(), 30) == 0
+    m = re.search(r"batches since start: (\d+) payments in (\d+) batches .*largest (\d+)\)", log)
+    assert m, log
+    items, batches, largest = map(int, m.groups())
+    assert items >= 20 and batches == items and largest == 1

@@ -47,6 +47,27 @@ class BatchSettings:
     inflight_max: int = 8
 
 
+@dataclasses.dataclass
+class BatchStats:
+    """How big the batches were: what an SRE looks at to see the batching flags work."""
+
+    batches: int = 0
+    items: int = 0
+    largest: int = 0
+
+    def add(self, size: int) -> None:
+        self.batches += 1
+        self.items += size
+        self.largest = max(self.largest, size)
+
+    def describe(self) -> str:
+        mean = self.items / self.batches if self.batches else 0.0
+        return (
+            f"{self.items} payments in {self.batches} batches"
+            f" (mean {mean:.1f}, largest {self.largest})"
+        )
+
+
 class MicroBatcher(Generic[T, R]):
     """Gathers submissions into batches for ``process``.
 
@@ -82,8 +103,9 @@ class MicroBatcher(Generic[T, R]):
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue(queue_max)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self.batches = 0
-        self.items = 0
+        # Since start, and since the last ``take_window``.
+        self.total = BatchStats()
+        self._window = BatchStats()
 
     def start(self) -> None:
         """Starts the consumer task on the running loop."""
@@ -106,6 +128,15 @@ class MicroBatcher(Generic[T, R]):
                 f"settlement queue is full ({self._queue.maxsize} payments waiting)"
             ) from None
         return await asyncio.shield(future)
+
+    def take_window(self) -> BatchStats:
+        """The batches since the last call (or start), and a new window begun."""
+        window, self._window = self._window, BatchStats()
+        return window
+
+    def waiting(self) -> int:
+        """Submissions queued and not yet in a batch."""
+        return self._queue.qsize()
 
     async def close(self) -> None:
         """Refuses new items, lets everything queued finish, then stops the consumer."""
@@ -133,8 +164,8 @@ class MicroBatcher(Generic[T, R]):
                 else:
                     batch.append(self._queue.get_nowait())
             await self._slots.acquire()
-            self.batches += 1
-            self.items += len(batch)
+            self.total.add(len(batch))
+            self._window.add(len(batch))
             items = [item for item, _ in batch]
             if self._complete is None:
                 work = self._process(items)

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # Unfinished payments not in flight are looked at this often while serving.
 SWEEP_S = 5.0
+# The batch sizes of the last this many seconds are logged (when there were batches).
+BATCH_REPORT_S = 60.0
 # A caller whose deadline comes before its payment's outcome is told OutcomePending this
 # long before the deadline (at most half of what it has left), so the reply still
 # reaches it.
@@ -104,6 +106,7 @@ class SettlementService:
         self.recovery = Recovery(store, self._thread, book, router, self._apply_states)
         self.refunds = Refunds(store, self._thread, book, router, self._apply_states)
         self._sweeper: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
         # One entry per idempotency key being settled right now: a concurrent retry
         # waits for the first attempt instead of racing it. Bounded by the batcher's
         # queue, since every entry is a queued or running payment.
@@ -113,7 +116,9 @@ class SettlementService:
         self._committed = asyncio.Event()
         self._watch_closed = asyncio.Event()
 
-    async def start(self, sweep_s: float | None = None) -> list[Action]:
+    async def start(
+        self, sweep_s: float | None = None, report_s: float | None = None
+    ) -> list[Action]:
         """Opens the subscribers' ledger accounts, finishes what an earlier run left
         unfinished (recovery, before serving), loads the subscriber table into the
         engine and starts batching and the periodic sweep. Returns recovery's actions."""
@@ -125,10 +130,23 @@ class SettlementService:
         load_engine(self.engine, rows)
         self._subscribers.update((row.account_id, row) for row in rows)
         self._batcher.start()
-        self._sweeper = asyncio.get_running_loop().create_task(
-            self._sweep(sweep_s or SWEEP_S), name="recovery-sweep"
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.create_task(self._sweep(sweep_s or SWEEP_S), name="recovery-sweep")
+        self._reporter = loop.create_task(
+            self._report_batches(report_s or BATCH_REPORT_S), name="batch-report"
         )
         return actions
+
+    async def _report_batches(self, every_s: float) -> None:
+        """Logs how big the batches were, so the batching flags' effect can be seen."""
+        while True:
+            await asyncio.sleep(every_s)
+            window = self._batcher.take_window()
+            if window.batches:
+                log.info(
+                    "batches in the last %.0f s: %s; %d waiting",
+                    every_s, window.describe(), self._batcher.waiting(),
+                )  # fmt: skip
 
     async def _sweep(self, every_s: float) -> None:
         """Finishes, now and then, payments left unfinished while serving (a gateway that
@@ -158,11 +176,13 @@ class SettlementService:
     async def close(self) -> None:
         """Finishes every queued payment, then releases the store thread."""
         self.end_watches()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._reporter):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._batcher.close()
+        log.info("batches since start: %s", self._batcher.total.describe())
         await self._pipeline.drain()
         self._reader_thread.close()
         if self._reader is not self._store:
