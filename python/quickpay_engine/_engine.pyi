@@ -227,7 +227,8 @@ class Ledger:
         """Opens (creating when absent) the ledger in `dir`: loads the newest snapshot,
         replays the log, truncates a torn tail (see `recovery()`), and raises
         `WalCorruption` naming file and offset for corruption anywhere else. Finished
-        payments and idempotency keys are forgotten after `retention_s`."""
+        payments, idempotency keys and transfers (but not holds still pending) are
+        forgotten after `retention_s`; balances keep what they moved."""
     @property
     def dir(self) -> Path:
         """The directory the ledger lives in."""

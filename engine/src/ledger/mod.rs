@@ -51,12 +51,14 @@ pub const GTID_BYTES_MAX: usize = 200;
 
 /// Bounds of the in-memory tables. At a bound, a batch that could cross it is
 /// refused whole with `LedgerError::CapacityExceeded` (nothing applied, nothing
-/// logged); the operator raises the bound or snapshots and archives.
+/// logged); the operator raises the bound. Finished payments, idempotency keys and
+/// transfers age out after the retention window, so the bounds cap one window's traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Accounts held in memory (about 100 bytes each).
     pub accounts_max: usize,
-    /// Transfers held in memory, posted and pending (about 200 bytes each).
+    /// Transfers held in memory (about 200 bytes each); those older than the retention
+    /// window are forgotten, except holds still pending.
     pub transfers_max: usize,
     /// Payments whose settlement state is tracked (finished ones age out after the
     /// retention window given with each batch).

@@ -10,10 +10,13 @@ fn key_valid(key: &str, max: usize) -> bool {
 }
 
 impl Ledger {
-    /// Forgets finished payments and idempotency keys older than the retention window.
+    /// Forgets finished payments, idempotency keys and transfers older than the
+    /// retention window (holds still pending stay until they end), so memory is bounded
+    /// by the traffic of one window, not by everything since the ledger began.
     /// Deterministic: the window travels in the logged command, the clock in the record.
     fn sweep_retention(&mut self, retention_ns: u64) {
         let horizon = self.now_ns.saturating_sub(retention_ns);
+        self.transfers.retire_before(horizon, &mut self.pending);
         while let Some(&(at, id)) = self.payments_finished.front() {
             if at >= horizon {
                 break;

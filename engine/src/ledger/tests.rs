@@ -884,3 +884,148 @@ fn after_an_fsync_error_the_durable_ledger_refuses_reads_and_writes() {
     );
     ledger.read(|l| l.check_balanced()).unwrap().unwrap();
 }
+
+fn sweep(ledger: &mut Ledger, now_ns: u64, retention_ns: u64) {
+    let command = Command::PaymentStates {
+        retention_ns,
+        entries: Vec::new(),
+    };
+    ledger.apply(now_ns, &command).unwrap();
+}
+
+fn hold(id: u128, dr: u128, cr: u128, amount: i64) -> TransferInput {
+    TransferInput {
+        flags: transfer_flags::PENDING,
+        ..transfer(id, dr, cr, amount)
+    }
+}
+
+#[test]
+fn transfers_older_than_the_window_are_forgotten_and_pending_holds_stay_until_they_end() {
+    let mut ledger = ledger_with_accounts();
+    let codes = run(
+        &mut ledger,
+        S,
+        vec![
+            transfer(10, 2, 3, 5),
+            hold(11, 2, 3, 7),
+            hold(12, 2, 3, 9),
+            void(13, 12),
+        ],
+    );
+    assert_eq!(codes, vec![TransferResult::Ok; 4]);
+    let before: Vec<_> = (1..=3).map(|a| balances(&ledger, a)).collect();
+    sweep(&mut ledger, 50 * S, 100 * S);
+    assert_eq!(ledger.counts().1, 4, "nothing is older than the window yet");
+
+    sweep(&mut ledger, 150 * S, 100 * S);
+    assert_eq!(ledger.counts().1, 1, "only the hold still pending is left");
+    for id in [10, 12, 13] {
+        assert!(ledger.transfer(id).is_none(), "transfer {id} forgotten");
+    }
+    assert!(
+        ledger.pending_status(12).is_none(),
+        "with its pending state"
+    );
+    assert_eq!(ledger.pending_status(11), Some(PendingStatus::Pending));
+    let after: Vec<_> = (1..=3).map(|a| balances(&ledger, a)).collect();
+    assert_eq!(before, after, "balances never change by forgetting");
+    ledger.check_balanced().unwrap();
+
+    // The hold kept aside can still be posted, and goes once it is older than the window.
+    assert_eq!(
+        run(&mut ledger, 151 * S, vec![post(14, 11, 7)]),
+        vec![TransferResult::Ok]
+    );
+    assert_eq!(balances(&ledger, 2).1, 5 + 7, "posted debits of account 2");
+    sweep(&mut ledger, 200 * S, 100 * S);
+    assert!(ledger.transfer(11).is_none() && ledger.pending_status(11).is_none());
+    assert!(
+        ledger.transfer(14).is_some(),
+        "the post is younger than the window"
+    );
+    sweep(&mut ledger, 252 * S, 100 * S);
+    assert_eq!(ledger.counts().1, 0);
+    ledger.check_balanced().unwrap();
+}
+
+#[test]
+fn forgetting_makes_room_under_the_transfer_bound() {
+    let limits = Limits {
+        transfers_max: 2,
+        ..Limits::default()
+    };
+    let mut ledger = Ledger::new(limits);
+    let accounts = vec![account(2, EUR, 0), account(3, EUR, 0)];
+    ledger
+        .apply(0, &Command::CreateAccounts { accounts })
+        .unwrap();
+    run(
+        &mut ledger,
+        S,
+        vec![transfer(1, 2, 3, 1), transfer(2, 2, 3, 1)],
+    );
+    let more = Command::CreateTransfers {
+        transfers: vec![transfer(3, 2, 3, 1)],
+    };
+    assert!(matches!(
+        ledger.apply(2 * S, &more),
+        Err(LedgerError::CapacityExceeded { .. })
+    ));
+    sweep(&mut ledger, 20 * S, 10 * S);
+    assert_eq!(ledger.apply(21 * S, &more).unwrap(), vec![0]);
+}
+
+#[test]
+fn a_restored_ledger_forgets_exactly_what_the_live_one_does() {
+    // Enough transfers to cross a chunk, at several times, with holds that end at
+    // different times: the live ledger and one restored from its image midway must
+    // keep the same transfers after every sweep.
+    let mut live = ledger_with_accounts();
+    let mut id = 100u128;
+    for step in 0..8u64 {
+        let mut batch = Vec::new();
+        for _ in 0..10_000 {
+            id += 1;
+            batch.push(if id % 997 == 0 {
+                hold(id, 2, 3, 1)
+            } else {
+                transfer(id, 2, 3, 1)
+            });
+        }
+        for chunk in batch.chunks(BATCH_MAX) {
+            run(&mut live, (step + 1) * 10 * S, chunk.to_vec());
+        }
+    }
+    let holds: Vec<u128> = (101..=id).filter(|i| i % 997 == 0).collect();
+    let mut restored = Ledger::from_image(Limits::default(), live.image());
+    for (round, now) in [45u64, 70, 95, 140].into_iter().enumerate() {
+        // Some holds end between sweeps, the same ones in both ledgers.
+        let ending: Vec<TransferInput> = holds
+            .iter()
+            .skip(round)
+            .step_by(5)
+            .map(|&h| post(h + (1 << 100), h, 1))
+            .collect();
+        for ledger in [&mut live, &mut restored] {
+            run(ledger, now * S, ending.clone());
+            sweep(ledger, now * S + 1, 30 * S);
+        }
+        assert_eq!(live.image(), restored.image(), "after the sweep at {now} s");
+        live.check_balanced().unwrap();
+    }
+    assert!(live.counts().1 < 80_000, "the sweeps forgot something");
+    let pending_left = holds
+        .iter()
+        .filter(|&&h| live.pending_status(h) == Some(PendingStatus::Pending))
+        .count();
+    assert!(pending_left > 0, "some holds are still pending and kept");
+    for &h in &holds {
+        if live.pending_status(h) == Some(PendingStatus::Pending) {
+            assert!(
+                live.transfer(h).is_some(),
+                "a pending hold is never forgotten"
+            );
+        }
+    }
+}

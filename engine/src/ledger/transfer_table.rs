@@ -8,69 +8,143 @@
 //! transfer is written once, to the end of the last chunk: a chunk never moves, so
 //! growing costs one allocation per chunk and the index's doublings are six times
 //! smaller.
+//!
+//! Retention: the ledger's clock never runs backwards, so creation order is timestamp
+//! order, and the transfers older than the retention horizon are a prefix of the
+//! table. `retire_before` drops that prefix (a chunk's memory goes once the prefix has
+//! passed it), except the holds still pending, which move to a small side table until
+//! they are posted, voided or expired. Which transfers are held depends only on the
+//! timestamps and the pending states, never on the order they are stored in, so a
+//! ledger restored from a snapshot holds exactly what the live one does.
 
 use super::idmap::IdMap;
-use super::types::Transfer;
+use super::types::{PendingState, PendingStatus, Transfer};
 
 /// Transfers per chunk: 65,536 x 144 bytes, about 9.4 MB, allocated when the previous
 /// chunk is full (its pages are touched as it fills, not zeroed up front).
 const CHUNK: usize = 1 << 16;
+
+/// The index's mark for a transfer kept in the side table of holds still pending.
+const HELD_OVER: u64 = u64::MAX;
 
 /// The transfers, by id, in creation order.
 #[derive(Clone, Debug, Default)]
 pub struct TransferTable {
     index: IdMap<u64>,
     chunks: Vec<Vec<Transfer>>,
-    len: usize,
+    /// Positions below `front` are retired; the next transfer goes to `end`.
+    front: usize,
+    end: usize,
+    /// Holds older than the horizon, still pending when their chunk was retired.
+    held_over: IdMap<Transfer>,
 }
 
 impl TransferTable {
     /// Transfers held.
     pub fn len(&self) -> usize {
-        self.len
+        self.end - self.front + self.held_over.len()
     }
 
     /// The transfer with this id.
     pub fn get(&self, id: &u128) -> Option<&Transfer> {
-        let at = *self.index.get(id)? as usize;
-        Some(&self.chunks[at / CHUNK][at % CHUNK])
+        match *self.index.get(id)? {
+            HELD_OVER => self.held_over.get(id),
+            at => Some(&self.chunks[at as usize / CHUNK][at as usize % CHUNK]),
+        }
     }
 
     /// Adds a transfer whose id is not held yet (the caller checked).
     pub fn insert(&mut self, transfer: Transfer) {
-        let at = self.len;
+        let at = self.end;
         let old = self.index.insert(transfer.input.id, at as u64);
         assert!(old.is_none(), "a transfer id is inserted once");
         if at % CHUNK == 0 {
             self.chunks.push(Vec::with_capacity(CHUNK));
         }
         self.chunks.last_mut().expect("a chunk").push(transfer);
-        self.len += 1;
+        self.end += 1;
     }
 
     /// Removes the transfer created last, which must be `id`: the undo of a linked
     /// chain runs backwards, so it only ever takes back the newest transfer.
     pub fn remove_last(&mut self, id: &u128) {
         let at = self.index.remove(id).expect("undo of a known transfer") as usize;
-        assert_eq!(at + 1, self.len, "undo takes back the newest transfer only");
+        assert_eq!(at + 1, self.end, "undo takes back the newest transfer only");
+        assert!(at >= self.front, "undo of a retired transfer");
         let chunk = self.chunks.last_mut().expect("a chunk");
         chunk.pop();
         if chunk.is_empty() {
             self.chunks.pop();
         }
-        self.len -= 1;
+        self.end -= 1;
     }
 
-    /// Every transfer, in creation order.
+    /// Forgets every transfer created before `horizon_ns` except the holds still
+    /// pending, which are kept aside until they are not; the pending states of the
+    /// holds forgotten go with them. Returns how many transfers were forgotten.
+    pub fn retire_before(&mut self, horizon_ns: u64, pending: &mut IdMap<PendingState>) -> usize {
+        let mut retired = 0;
+        while self.front < self.end {
+            let at = self.front;
+            let transfer = self.chunks[at / CHUNK][at % CHUNK];
+            if transfer.timestamp_ns >= horizon_ns {
+                break;
+            }
+            let id = transfer.input.id;
+            if pending.get(&id).map(|p| p.status) == Some(PendingStatus::Pending) {
+                self.index.insert(id, HELD_OVER);
+                self.held_over.insert(id, transfer);
+            } else {
+                self.index.remove(&id);
+                pending.remove(&id);
+                retired += 1;
+            }
+            self.front += 1;
+            if self.front % CHUNK == 0 {
+                // Every position of that chunk is retired: its memory goes now.
+                self.chunks[self.front / CHUNK - 1] = Vec::new();
+            }
+        }
+        if self.held_over.len() > 0 {
+            let ended: Vec<u128> = self
+                .held_over
+                .iter()
+                .filter(|(id, _)| pending.get(id).map(|p| p.status) != Some(PendingStatus::Pending))
+                .map(|(id, _)| id)
+                .collect();
+            for id in &ended {
+                self.held_over.remove(id);
+                self.index.remove(id);
+                pending.remove(id);
+            }
+            retired += ended.len();
+        }
+        retired
+    }
+
+    /// Every transfer held: the retained ones in creation order, then those kept aside.
     pub fn values(&self) -> impl Iterator<Item = &Transfer> {
-        self.chunks.iter().flatten()
+        let (front, end) = (self.front, self.end);
+        self.chunks
+            .iter()
+            .enumerate()
+            .flat_map(move |(c, chunk)| {
+                let from = front.saturating_sub(c * CHUNK).min(chunk.len());
+                let to = end.saturating_sub(c * CHUNK).min(chunk.len());
+                chunk[from..to.max(from)].iter()
+            })
+            .chain(self.held_over.values())
     }
 }
 
 impl FromIterator<Transfer> for TransferTable {
+    /// A table of these transfers, stored in timestamp order (then by id), which is
+    /// the order the live ledger created them in as far as retention can tell.
     fn from_iter<I: IntoIterator<Item = Transfer>>(iter: I) -> Self {
+        let mut transfers: Vec<Transfer> = iter.into_iter().collect();
+        transfers.sort_unstable_by_key(|t| (t.timestamp_ns, t.input.id));
         let mut table = TransferTable::default();
-        for transfer in iter {
+        for transfer in transfers {
             table.insert(transfer);
         }
         table
@@ -114,6 +188,70 @@ mod tests {
         table.insert(transfer(7));
         assert_eq!(table.get(&7).unwrap().amount_minor, 7);
         assert_eq!(table.values().count(), CHUNK);
+    }
+
+    #[test]
+    fn retiring_past_a_chunk_frees_it_and_keeps_pending_holds_aside() {
+        let n = CHUNK as u128 + 10;
+        // Transfer k is created at time k; transfer 5 is a hold still pending.
+        let mut table: TransferTable = (1..=n)
+            .map(|id| Transfer {
+                timestamp_ns: id as u64,
+                ..transfer(id)
+            })
+            .collect();
+        let mut pending: IdMap<PendingState> = IdMap::default();
+        let still = PendingState {
+            status: PendingStatus::Pending,
+            expires_at_ns: 0,
+        };
+        pending.insert(5, still);
+        pending.insert(
+            6,
+            PendingState {
+                status: PendingStatus::Posted,
+                ..still
+            },
+        );
+        let horizon = CHUNK as u64 + 3; // transfers 1..=CHUNK+2 are older
+        assert_eq!(table.retire_before(horizon, &mut pending), CHUNK + 1);
+        assert_eq!(table.len(), 8 + 1, "the eight younger ones and the hold");
+        assert!(
+            table.chunks[0].capacity() == 0,
+            "the first chunk's memory is gone"
+        );
+        assert!(table.get(&4).is_none() && table.get(&6).is_none());
+        assert!(
+            pending.get(&6).is_none(),
+            "an ended hold's state goes with it"
+        );
+        assert_eq!(
+            table.get(&5).unwrap().amount_minor,
+            5,
+            "the pending hold is kept"
+        );
+        let mut held: Vec<u128> = table.values().map(|t| t.input.id).collect();
+        held.sort_unstable();
+        assert_eq!(
+            held,
+            [5].into_iter()
+                .chain(CHUNK as u128 + 3..=n)
+                .collect::<Vec<_>>()
+        );
+        // The newest can still be taken back, and new ones added.
+        table.remove_last(&n);
+        table.insert(transfer(n + 1));
+        assert_eq!(table.len(), 9);
+        // The hold ends: the next sweep forgets it, whatever the horizon.
+        pending.insert(
+            5,
+            PendingState {
+                status: PendingStatus::Voided,
+                ..still
+            },
+        );
+        assert_eq!(table.retire_before(0, &mut pending), 1);
+        assert!(table.get(&5).is_none() && pending.get(&5).is_none());
     }
 
     #[test]
