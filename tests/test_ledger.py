@@ -269,3 +269,54 @@ def test_concurrent_callers_are_all_acknowledged_and_replayed(tmp_path):
     ledger.close()
     ledger = open_ledger(tmp_path)
     assert balances(ledger, 2, 3) == [(0, 80, 0, 0), (0, 0, 0, 80)]
+
+
+async def test_the_book_forgets_old_transfers_and_snapshots_so_memory_and_log_stay_bounded(
+    tmp_path,
+):
+    """Transfers of payments older than the retention window are forgotten (holds still
+    pending are kept), and once enough records are logged the book snapshots the ledger,
+    which removes the log segments it covers; a restart finds the same state."""
+    from quickpay_engine.domain import LineStatus, Plan, SubscriberRow
+    from quickpay_engine.settlement.ledger_book import RESERVED, LedgerBook, Movement
+
+    now = [S]
+    book = LedgerBook(open_ledger(tmp_path, retention_s=60), clock_ns=lambda: now[0])
+    row = SubscriberRow("acc-1", "+254700000001", Plan.PREPAID, LineStatus.ACTIVE, "KES", 0,
+                        "KE", None, 0)  # fmt: skip
+    book.open_accounts([row])
+    for batch in range(40):
+        moves = [Movement(f"pay_{batch + 1:04x}{n + 1:028x}", "acc-1", 100, "KES") for n in range(50)]
+        await book.reserve(moves)
+        await book.capture([m.payment_id for m in moves])
+        await book.settle([m.payment_id for m in moves])
+    assert book.ledger.counts()[1] == 40 * 50 * 2, "a hold and its post per payment"
+    stuck = Movement("pay_" + "d" * 32, "acc-1", 7, "KES")
+    await book.reserve([stuck])
+    segments = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("wal-"))
+    assert len(segments) > 2
+
+    now[0] = 200 * S  # the window has passed: the next batch sweeps
+    fresh = Movement("pay_" + "e" * 32, "acc-1", 5, "KES")
+    await book.reserve([fresh])
+    assert book.ledger.counts()[1] == 2, "the hold left pending and the new one"
+    assert book.unfinished() == {stuck.payment_id: RESERVED, fresh.payment_id: RESERVED}
+
+    assert await book.snapshot_if_due(every_records=1_000_000) is None, "not due yet"
+    seq = await book.snapshot_if_due(every_records=10)
+    assert seq == book.ledger.last_seq()
+    assert await book.snapshot_if_due(every_records=10) is None, "nothing new since"
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("wal-"))
+    assert len(left) == 1 and left[0] not in segments[:-1], left
+    book.close()
+
+    book = LedgerBook(open_ledger(tmp_path, retention_s=60), clock_ns=lambda: now[0])
+    try:
+        assert book.ledger.recovery()["snapshot_seq"] == seq
+        assert book.ledger.counts()[1] == 2
+        assert book.unfinished() == {stuck.payment_id: RESERVED, fresh.payment_id: RESERVED}
+        await book.capture([stuck.payment_id])
+        await book.settle([stuck.payment_id])  # the kept hold still posts after a restart
+        assert stuck.payment_id not in book.unfinished()
+    finally:
+        book.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,8 @@ from quickpay_engine.domain import Plan, SubscriberRow
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 # Settlement states, as the ledger numbers them.
 RESERVED, CAPTURED, SETTLED, ROLLED_BACK = 1, 2, 3, 4
 # Account kinds, as the ledger numbers them.
@@ -60,6 +63,10 @@ STATE_OK = {0, 4}  # OK, EXISTS
 # Calls that can wait on the log at once; more queue for a thread. Group commit makes
 # a few concurrent callers share each fdatasync.
 LEDGER_THREADS = 4
+# The ledger is snapshotted (and the log it covers removed) once this many records have
+# been logged since the last snapshot: at a few records per batch, every hour or so
+# under load, and the replay at start never reads more than this.
+SNAPSHOT_RECORDS = 200_000
 
 
 class LedgerRefused(Exception):
@@ -110,6 +117,20 @@ class LedgerBook:
         self.ledger = ledger
         self._clock_ns = clock_ns
         self._pool = ThreadPoolExecutor(LEDGER_THREADS, thread_name_prefix="ledger")
+        # The last record the newest snapshot holds.
+        self._snapshot_seq = int(ledger.recovery()["snapshot_seq"])
+
+    async def snapshot_if_due(self, every_records: int = SNAPSHOT_RECORDS) -> int | None:
+        """Snapshots the ledger once ``every_records`` records have been logged since the
+        last snapshot, which also removes the log segments it covers: the log on disk,
+        and the replay at the next start, stay bounded. Returns the snapshot's last
+        record, or None when none was due. Appends go on while it is written."""
+        if self.ledger.last_seq() - self._snapshot_seq < every_records:
+            return None
+        seq = await self._run(self.ledger.snapshot)
+        log.info("ledger snapshot at record %d (previous at %d)", seq, self._snapshot_seq)
+        self._snapshot_seq = seq
+        return seq
 
     def close(self) -> None:
         """Waits for calls in flight, then closes the ledger."""

@@ -160,6 +160,10 @@ class SettlementService:
                 continue
             if done:
                 self._committed_batch()
+            try:
+                await self.book.snapshot_if_due()
+            except Exception:
+                log.exception("ledger snapshot failed; trying again in %.0f s", every_s)
 
     def _apply_states(self, states: list[SettledState]) -> None:
         """Brings the engine's subscriber table up to what recovery or a refund wrote."""
