@@ -326,16 +326,17 @@ impl DurableLedger {
     /// and the segments it covers. Returns the last record it includes (0: nothing yet).
     pub fn snapshot(&self) -> Result<u64, DurableError> {
         let _one_at_a_time = self.snapshotting.lock().expect("snapshot lock");
-        let (image, seq, checksum) = {
+        let (mut image, seq, checksum) = {
             let ledger = self.lock()?;
             let (seq, checksum) = self.wal.last();
             // The next record opens a new segment, so the next snapshot can remove this one.
             self.wal.rotate_next();
-            (ledger.image(), seq, checksum)
+            (ledger.image_unsorted(), seq, checksum)
         };
         if seq == 0 {
             return Ok(0);
         }
+        image.sort();
         // A snapshot must never hold a record the log could lose.
         self.wal.wait_durable(seq)?;
         let body = borsh::to_vec(&image).expect("in-memory encoding");

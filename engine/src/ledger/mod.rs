@@ -226,6 +226,17 @@ pub struct LedgerImage {
     pub decisions: Vec<(String, u8)>,
 }
 
+impl LedgerImage {
+    /// Puts every table in id order, so equal ledgers have equal images and bytes.
+    pub fn sort(&mut self) {
+        self.accounts.sort_unstable_by_key(|a| a.input.id);
+        self.transfers.sort_unstable_by_key(|t| t.input.id);
+        self.pending.sort_unstable_by_key(|(id, _)| *id);
+        self.payments.sort_unstable_by_key(|(id, _, _)| *id);
+        self.idempotency.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    }
+}
+
 impl Ledger {
     /// An empty ledger with these bounds.
     pub fn new(limits: Limits) -> Ledger {
@@ -391,28 +402,27 @@ impl Ledger {
 
     /// The whole state as a snapshot image.
     pub fn image(&self) -> LedgerImage {
-        let mut accounts: Vec<_> = self.accounts.values().copied().collect();
-        accounts.sort_unstable_by_key(|a| a.input.id);
-        let mut transfers: Vec<_> = self.transfers.values().copied().collect();
-        transfers.sort_unstable_by_key(|t| t.input.id);
-        let mut pending: Vec<_> = self.pending.iter().map(|(k, v)| (k, *v)).collect();
-        pending.sort_unstable_by_key(|(id, _)| *id);
-        let mut payments: Vec<_> = self.payments.iter().map(|(k, v)| (*k, v.0, v.1)).collect();
-        payments.sort_unstable_by_key(|(id, _, _)| *id);
-        let mut idempotency: Vec<_> = self
-            .idempotency
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        idempotency.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut image = self.image_unsorted();
+        image.sort();
+        image
+    }
+
+    /// The state copied as it lies in memory: what a snapshot takes under the ledger's
+    /// lock, sorting it (`LedgerImage::sort`) after the lock is let go, so appends wait
+    /// for the copy only.
+    pub fn image_unsorted(&self) -> LedgerImage {
         LedgerImage {
             now_ns: self.now_ns,
-            accounts,
-            transfers,
-            pending,
-            payments,
+            accounts: self.accounts.values().copied().collect(),
+            transfers: self.transfers.values().copied().collect(),
+            pending: self.pending.iter().map(|(k, v)| (k, *v)).collect(),
+            payments: self.payments.iter().map(|(k, v)| (*k, v.0, v.1)).collect(),
             payments_finished: self.payments_finished.iter().copied().collect(),
-            idempotency,
+            idempotency: self
+                .idempotency
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             idempotency_order: self.idempotency_order.iter().cloned().collect(),
             decisions: self.decisions(),
         }
