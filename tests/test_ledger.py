@@ -286,7 +286,9 @@ async def test_the_book_forgets_old_transfers_and_snapshots_so_memory_and_log_st
                         "KE", None, 0)  # fmt: skip
     book.open_accounts([row])
     for batch in range(40):
-        moves = [Movement(f"pay_{batch + 1:04x}{n + 1:028x}", "acc-1", 100, "KES") for n in range(50)]
+        moves = [
+            Movement(f"pay_{batch + 1:04x}{n + 1:028x}", "acc-1", 100, "KES") for n in range(50)
+        ]
         await book.reserve(moves)
         await book.capture([m.payment_id for m in moves])
         await book.settle([m.payment_id for m in moves])

@@ -465,6 +465,36 @@ async def test_a_caller_whose_deadline_comes_first_is_told_to_retry_and_the_retr
         await running.stop(grace_s=1)
 
 
+async def test_a_full_ledger_is_resource_exhausted_and_charges_nothing(
+    data_dir, simulators, monkeypatch
+) -> None:
+    """The ledger holds one retention window of payments: full, it refuses the next
+    batch before any gateway is called, and the caller hears RESOURCE_EXHAUSTED."""
+    from quickpay_engine import server as server_module
+
+    class SmallLedger:
+        @staticmethod
+        def open(path: Path) -> Ledger:
+            return Ledger.open(path, transfers_max=2)  # one payment: its hold and post
+
+    monkeypatch.setattr(server_module, "Ledger", SmallLedger)
+    running = await _served(data_dir, simulators.gateways_file)
+    channel, stub = _stub(running)
+    try:
+        first = await stub.Pay(bill("saga-full-1"))
+        assert first.status == pb.SETTLED
+        await running.service._pipeline.drain()  # its hold is posted: the ledger is full
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Pay(bill("saga-full-2"))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "transfers" in (err.value.details() or "")
+        assert running.store.get_payment(idempotency_key="saga-full-2") is None
+        assert running.store.subscriber("acc-post-barred").balance_minor == 8_000 - 3_000
+    finally:
+        await channel.close()
+        await running.stop(grace_s=1)
+
+
 async def test_a_batch_the_database_cannot_commit_settles_nowhere(
     stub, server, simulators, monkeypatch
 ) -> None:

@@ -15,6 +15,7 @@ from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.domain import EVENT_KINDS, Outcome, PaymentStatus
 from quickpay_engine.errors import (
+    CapacityExceeded,
     EngineError,
     IdempotencyConflict,
     InvalidArgument,
@@ -37,6 +38,9 @@ _STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (IdempotencyConflict, grpc.StatusCode.FAILED_PRECONDITION),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    # The ledger holds one retention window's payments; full, it refuses the batch
+    # before any gateway is called.
+    (CapacityExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (ReportError, grpc.StatusCode.INVALID_ARGUMENT),
