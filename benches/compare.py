@@ -71,8 +71,12 @@ class Log:
     def __init__(self) -> None:
         self.commands: list[str] = []
 
-    def run(self, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    def note(self, argv: list[str]) -> None:
+        """Records a command started some other way (in the background)."""
         self.commands.append(_short(shlex.join(argv)))
+
+    def run(self, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        self.note(argv)
         return subprocess.run(argv, text=True, capture_output=True, check=False, **kwargs)  # type: ignore[call-overload]
 
 
@@ -545,12 +549,13 @@ def _unique(commands: list[str]) -> list[str]:
     return out
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replaces this area's section of RESULTS.md, or appends it; others stay as they are."""
+def write_section(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replaces one area's section of RESULTS.md (between ``begin`` and ``end``), or
+    appends it; the others stay as they are."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
+    if begin in text and end in text:
+        before, rest = text.split(begin, 1)
+        after = rest.split(end, 1)[1]
         text = before + section.rstrip("\n") + after
     else:
         text = text.rstrip("\n") + "\n\n" + section

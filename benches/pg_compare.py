@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import Figures, Log, Server, gateways_file, machine
+from compare import Figures, Log, Server, gateways_file, machine, write_section
 
 from quickpay_engine.store.pg_migrations import migrate
 
@@ -237,7 +237,7 @@ def main() -> int:
     )  # fmt: skip
     print(text)
     if args.out:
-        write_section(args.out, text)
+        write_section(args.out, text, BEGIN, END)
     return 0
 
 
@@ -330,17 +330,6 @@ def render(info, args, version, sync, rate, p99, tps, lat, driver_rows, log, ela
         END,
     ]
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        new = head + text + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
 
 
 if __name__ == "__main__":

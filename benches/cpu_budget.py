@@ -1,0 +1,206 @@
+"""Where the CPU goes per payment, end to end, on this machine.
+
+    .venv/bin/python benches/cpu_budget.py [--runs 2] [--seconds 8] [--out benches/RESULTS.md]
+
+The same `quickpay bench` load (unary Pay, 64 callers; then PayStream, 256 in flight)
+against `quickpay serve` on SQLite with the bundled gateway simulators at zero added
+latency, and against the bare grpc.aio echo server, runs alternating. While each run is
+in its measured window, the CPU time of every process in the play is read from /proc:
+the server, the simulators it started (its child processes), the load client, and the
+whole machine. Dividing by the payments answered in that window gives the CPU each
+component spends per payment, and how busy the machine was.
+
+What it is for: a throughput target stated as a ratio to the echo server (issue 6) or
+to pgbench (issue 7) is only reachable if the CPU per payment of everything on the
+machine fits in its cores at that rate. The last column says what rate the machine
+could carry at 100 % busy with these costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compare import ROOT, Log, Server, gateways_file, machine, seeded_data, write_section
+
+BEGIN = "<!-- section: cpu budget (benches/cpu_budget.py) -->"
+END = "<!-- end section: cpu budget -->"
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+LOADS = {
+    "unary": ["--rpc", "unary", "--concurrency", "64"],
+    "stream": ["--rpc", "stream", "--concurrency", "256"],
+}
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) * TICK_S  # utime, stime (fields 14, 15)
+
+
+def children(pid: int) -> list[int]:
+    """The direct child processes of ``pid``."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return (sum(values) - idle) * TICK_S, sum(values) * TICK_S
+
+
+@dataclass
+class Sample:
+    """CPU seconds per component at one instant."""
+
+    server: float
+    simulators: float
+    client: float
+    busy: float
+    total: float
+    at: float = field(default_factory=time.monotonic)
+
+
+def sample(server: int, client: int) -> Sample:
+    client_pids = [client, *children(client)]
+    busy, total = machine_busy_s()
+    return Sample(
+        server=cpu_s(server),
+        simulators=sum(cpu_s(c) for c in children(server)),
+        client=sum(cpu_s(c) for c in client_pids),
+        busy=busy,
+        total=total,
+    )
+
+
+def measure(
+    log: Log, work: Path, common: list[str], server: Server, load: list[str], seconds: float
+) -> dict[str, float]:
+    """One load run against ``server``; CPU ms per payment of each component in the
+    middle of its measured window, the machine's busy share and the rate."""
+    quickpay = str(Path(sys.executable).parent / "quickpay")
+    out = work / "cpu-run.json"
+    out.unlink(missing_ok=True)
+    warmup = 1.0
+    argv = [quickpay, "bench", *common, "--target", server.target, "--no-progress", *load,
+            "--duration", str(seconds), "--warmup", str(warmup), "--json", str(out)]  # fmt: skip
+    log.note(argv)
+    client = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The window: from a second into the measured part to a second before its end, so
+    # start-up and drain are outside it.
+    time.sleep(warmup + 1.5)
+    first = sample(server.proc.pid, client.pid)
+    time.sleep(max(1.0, seconds - 3.0))
+    last = sample(server.proc.pid, client.pid)
+    _, err = client.communicate(timeout=seconds + 120)
+    if not out.exists():
+        raise RuntimeError(f"quickpay bench failed: {err.decode()[-2000:]}")
+    rate = json.loads(out.read_text())["throughput_per_s"]
+    paid = rate * (last.at - first.at)
+    per = {
+        part: 1e3 * (getattr(last, part) - getattr(first, part)) / paid
+        for part in ("server", "simulators", "client")
+    }
+    per["busy"] = (last.busy - first.busy) / (last.total - first.total)
+    per["rate"] = rate
+    return per
+
+
+def run_all(log: Log, work: Path, runs: int, seconds: float) -> dict[tuple[str, str], list[dict]]:
+    quickpay = str(Path(sys.executable).parent / "quickpay")
+    common = seeded_data(log, work, 20_000)
+    gateways = ["--gateways", str(gateways_file(work, 0))]
+    figures: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(runs):
+        for who in ("engine", "echo"):
+            argv = (
+                [quickpay, "serve", "--listen", "127.0.0.1:0", *common, *gateways]
+                if who == "engine"
+                else [sys.executable, "-m", "quickpay_engine.bench.echo", "--listen", "127.0.0.1:0"]
+            )
+            server = Server(log, argv, work / f"cpu-{who}.log")
+            try:
+                for name, load in LOADS.items():
+                    figures.setdefault((who, name), []).append(
+                        measure(log, work, common, server, load, seconds)
+                    )
+            finally:
+                server.stop()
+    return figures
+
+
+def render(
+    figures: dict[tuple[str, str], list[dict]], args: argparse.Namespace, info: dict, log: Log
+) -> str:
+    cores = os.cpu_count() or 1
+    lines = [
+        BEGIN,
+        "## Where the CPU goes per payment (`benches/cpu_budget.py`)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by"
+        f" `benches/cpu_budget.py --runs {args.runs} --seconds {args.seconds:g}` on commit"
+        f" {info['commit']}; {info['cpu']}, {info['cores']}, Python {info['python']}.",
+        "",
+        "CPU milliseconds per answered call, read from /proc in the middle of each run's"
+        " measured window: the server process (all its threads), the gateway simulators it"
+        " started (the engine only), the load client, and how busy the whole machine was."
+        f" Median of {args.runs} runs. Ceiling: the rate {cores} cores could carry at 100 %"
+        " busy with these costs (cores / total CPU per call).",
+        "",
+        "| server | load | calls/s | server ms | simulators ms | client ms | total ms |"
+        " machine busy | ceiling/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (who, load), runs in figures.items():
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        total = med["server"] + med["simulators"] + med["client"]
+        lines.append(
+            f"| {who} | {' '.join(LOADS[load])} | {med['rate']:,.0f} | {med['server']:.3f}"
+            f" | {med['simulators']:.3f} | {med['client']:.3f} | {total:.3f}"
+            f" | {100 * med['busy']:.0f} % | {1e3 * cores / total:,.0f} |"
+        )
+    lines += ["", "<details><summary>Exact commands</summary>", "", "```"]
+    lines += list(dict.fromkeys(log.commands))
+    lines += ["```", "", "</details>", END, ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured s per run (8)")
+    parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench-cpu")
+    parser.add_argument("--out", type=Path, help="write the section into this RESULTS.md")
+    args = parser.parse_args()
+    if args.seconds < 5:
+        parser.error("--seconds must be at least 5 (the window skips the first and last)")
+    args.work.mkdir(parents=True, exist_ok=True)
+    log = Log()
+    info = machine()
+    figures = run_all(log, args.work, args.runs, args.seconds)
+    text = render(figures, args, info, log)
+    print(text)
+    if args.out:
+        write_section(args.out, text, BEGIN, END)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
