@@ -63,6 +63,7 @@ fuzz:
 # server with the same client, and pgbench; figures into benches/RESULTS.md (< 10 min).
 bench: build
 	$(PY) benches/compare.py --out benches/RESULTS.md
+	$(PY) benches/cpu_budget.py --out benches/RESULTS.md
 
 # The same at tiny sizes, to check that it runs; writes var/bench/RESULTS-smoke.md.
 bench-smoke: build

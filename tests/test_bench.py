@@ -340,3 +340,29 @@ def test_shipped_scenarios_load(path: Path) -> None:
     mix = Mix.from_file(path)
     assert 0 <= mix.invalid + mix.declined + mix.fraud + mix.duplicate <= 1
     assert RequestSource(SUBSCRIBERS, 1, mix, "s").take(20)
+
+
+def test_cpu_budget_reads_every_process_and_writes_its_section(tmp_path: Path) -> None:
+    # benches/cpu_budget.py at its smallest: a row per server and load, with CPU read
+    # for the server, the engine's simulators and the client, written in place.
+    results = tmp_path / "RESULTS.md"
+    results.write_text(
+        "# Benchmark results\n\n<!-- section: cpu budget (benches/cpu_budget.py) -->\nstale\n"
+        "<!-- end section: cpu budget -->\n\n## Fraud\n\nfraud figures stay\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "benches/cpu_budget.py", "--runs", "1", "--seconds", "5",
+         "--out", str(results), "--work", str(tmp_path / "work")],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = results.read_text()
+    assert "stale" not in text and "fraud figures stay" in text
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| e")]
+    assert [(r[0].strip(), r[1].split()[1]) for r in rows] == [
+        ("engine", "unary"), ("engine", "stream"), ("echo", "unary"), ("echo", "stream")
+    ]  # fmt: skip
+    for who, _, rate, server, simulators, client, *_ in rows:
+        assert float(rate.replace(",", "")) > 0 and float(server) > 0 and float(client) > 0
+        # Only the engine starts gateway simulators, and they do work for every sale.
+        assert (float(simulators) > 0) == (who.strip() == "engine")
