@@ -227,8 +227,9 @@ class Ledger:
         """Opens (creating when absent) the ledger in `dir`: loads the newest snapshot,
         replays the log, truncates a torn tail (see `recovery()`), and raises
         `WalCorruption` naming file and offset for corruption anywhere else. Finished
-        payments, idempotency keys and transfers (but not holds still pending) are
-        forgotten after `retention_s`; balances keep what they moved."""
+        payments, idempotency keys and transfers are forgotten after `retention_s`,
+        except plain transfers (kept for good), holds still pending and the transfers of
+        payments not finished; balances keep what they moved."""
     @property
     def dir(self) -> Path:
         """The directory the ledger lives in."""

@@ -303,9 +303,15 @@ impl Ledger {
                 self.transfers.len() + transfers.len(),
                 self.limits.transfers_max,
             ),
+            // Only a payment not tracked yet takes room: a later state of one held
+            // (CAPTURED after the gateway took the money) is never refused for space.
             Command::PaymentStates { entries, .. } => (
                 "payments",
-                self.payments.len() + entries.len(),
+                self.payments.len()
+                    + entries
+                        .iter()
+                        .filter(|(id, _)| !self.payments.contains_key(id))
+                        .count(),
                 self.limits.payments_max,
             ),
             Command::ClaimKeys { claims, .. } => (

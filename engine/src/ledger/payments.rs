@@ -1,9 +1,48 @@
 //! Payment settlement states, the idempotency index and two-phase-commit decisions:
 //! the small tables that let the orchestrator pick up where it stopped after a crash.
 
+use rustc_hash::FxHashMap;
+
 use super::codes::{ClaimResult, EntryResult, PaymentResult};
-use super::types::{ClaimInput, Decision, IdempotencyEntry, PaymentState};
+use super::idmap::IdMap;
+use super::transfer_table::Keep;
+use super::types::{
+    transfer_flags, ClaimInput, Decision, IdempotencyEntry, PaymentState, PendingState,
+    PendingStatus, Transfer,
+};
 use super::{Ledger, GTID_BYTES_MAX, IDEMPOTENCY_KEY_BYTES_MAX};
+
+/// Whether a transfer older than the retention window stays:
+/// - a plain transfer (no hold, no post or void; the saga's refunds) for good, since a
+///   redo of it after any delay must find its id and not move the money again;
+/// - a hold still pending, until it is posted, voided or expired;
+/// - a hold, post or void of a payment not finished, until it is (recovery may redo
+///   its post or void, which must find the hold);
+/// - anything else goes.
+fn keep(
+    t: &Transfer,
+    pending: &IdMap<PendingState>,
+    payments: &FxHashMap<u128, (PaymentState, u64)>,
+) -> Keep {
+    let flags = t.input.flags;
+    let two_phase =
+        transfer_flags::PENDING | transfer_flags::POST_PENDING | transfer_flags::VOID_PENDING;
+    if flags & two_phase == 0 {
+        return Keep::Always;
+    }
+    if pending.get(&t.input.id).map(|p| p.status) == Some(PendingStatus::Pending) {
+        return Keep::ForNow;
+    }
+    let payment = t.input.payment_id;
+    if payment != 0
+        && payments
+            .get(&payment)
+            .is_some_and(|(s, _)| !s.is_finished())
+    {
+        return Keep::ForNow;
+    }
+    Keep::No
+}
 
 fn key_valid(key: &str, max: usize) -> bool {
     !key.is_empty() && key.len() <= max
@@ -11,12 +50,18 @@ fn key_valid(key: &str, max: usize) -> bool {
 
 impl Ledger {
     /// Forgets finished payments, idempotency keys and transfers older than the
-    /// retention window (holds still pending stay until they end), so memory is bounded
-    /// by the traffic of one window, not by everything since the ledger began.
+    /// retention window, so memory is bounded by the traffic of one window, not by
+    /// everything since the ledger began (see `keep` for the transfers that stay).
     /// Deterministic: the window travels in the logged command, the clock in the record.
     fn sweep_retention(&mut self, retention_ns: u64) {
         let horizon = self.now_ns.saturating_sub(retention_ns);
-        self.transfers.retire_before(horizon, &mut self.pending);
+        let (pending, payments) = (&self.pending, &self.payments);
+        let retired = self
+            .transfers
+            .retire_before(horizon, |t| keep(t, pending, payments));
+        for id in &retired {
+            self.pending.remove(id);
+        }
         while let Some(&(at, id)) = self.payments_finished.front() {
             if at >= horizon {
                 break;

@@ -901,27 +901,43 @@ fn hold(id: u128, dr: u128, cr: u128, amount: i64) -> TransferInput {
 }
 
 #[test]
-fn transfers_older_than_the_window_are_forgotten_and_pending_holds_stay_until_they_end() {
+fn transfers_older_than_the_window_are_forgotten_unless_something_may_still_need_them() {
     let mut ledger = ledger_with_accounts();
+    let of_payment = |t: TransferInput, payment: u128| TransferInput {
+        payment_id: payment,
+        ..t
+    };
     let codes = run(
         &mut ledger,
         S,
         vec![
-            transfer(10, 2, 3, 5),
-            hold(11, 2, 3, 7),
-            hold(12, 2, 3, 9),
+            transfer(10, 2, 3, 5), // plain (a refund): kept for good
+            hold(11, 2, 3, 7),     // still pending: kept until it ends
+            hold(12, 2, 3, 9),     // voided at once: forgotten
             void(13, 12),
+            of_payment(hold(20, 2, 3, 4), 7), // payment 7's hold and post, while
+            of_payment(post(21, 20, 4), 7),   // payment 7 is not finished: kept
         ],
     );
-    assert_eq!(codes, vec![TransferResult::Ok; 4]);
+    assert_eq!(codes, vec![TransferResult::Ok; 6]);
+    let states = |ledger: &mut Ledger, now: u64, entries: Vec<(u128, u8)>| {
+        let command = Command::PaymentStates {
+            retention_ns: 100 * S,
+            entries,
+        };
+        ledger.apply(now, &command).unwrap()
+    };
+    states(&mut ledger, S, vec![(7, 1), (7, 2)]); // RESERVED, CAPTURED
     let before: Vec<_> = (1..=3).map(|a| balances(&ledger, a)).collect();
     sweep(&mut ledger, 50 * S, 100 * S);
-    assert_eq!(ledger.counts().1, 4, "nothing is older than the window yet");
+    assert_eq!(ledger.counts().1, 6, "nothing is older than the window yet");
 
     sweep(&mut ledger, 150 * S, 100 * S);
-    assert_eq!(ledger.counts().1, 1, "only the hold still pending is left");
-    for id in [10, 12, 13] {
+    for id in [12, 13] {
         assert!(ledger.transfer(id).is_none(), "transfer {id} forgotten");
+    }
+    for id in [10, 11, 20, 21] {
+        assert!(ledger.transfer(id).is_some(), "transfer {id} kept");
     }
     assert!(
         ledger.pending_status(12).is_none(),
@@ -931,21 +947,37 @@ fn transfers_older_than_the_window_are_forgotten_and_pending_holds_stay_until_th
     let after: Vec<_> = (1..=3).map(|a| balances(&ledger, a)).collect();
     assert_eq!(before, after, "balances never change by forgetting");
     ledger.check_balanced().unwrap();
+    // A redo of the plain transfer finds it, however late.
+    assert_eq!(
+        run(&mut ledger, 151 * S, vec![transfer(10, 2, 3, 5)]),
+        vec![TransferResult::Exists]
+    );
 
-    // The hold kept aside can still be posted, and goes once it is older than the window.
+    // The kept hold can still be posted; once ended, and payment 7 finished, they go.
     assert_eq!(
         run(&mut ledger, 151 * S, vec![post(14, 11, 7)]),
         vec![TransferResult::Ok]
     );
-    assert_eq!(balances(&ledger, 2).1, 5 + 7, "posted debits of account 2");
+    assert_eq!(
+        balances(&ledger, 2).1,
+        5 + 4 + 7,
+        "posted debits of account 2"
+    );
+    states(&mut ledger, 152 * S, vec![(7, 3)]); // SETTLED
     sweep(&mut ledger, 200 * S, 100 * S);
-    assert!(ledger.transfer(11).is_none() && ledger.pending_status(11).is_none());
+    for id in [11, 20, 21] {
+        assert!(
+            ledger.transfer(id).is_none(),
+            "transfer {id} forgotten once ended"
+        );
+    }
+    assert!(ledger.pending_status(11).is_none() && ledger.pending_status(20).is_none());
     assert!(
         ledger.transfer(14).is_some(),
         "the post is younger than the window"
     );
     sweep(&mut ledger, 252 * S, 100 * S);
-    assert_eq!(ledger.counts().1, 0);
+    assert_eq!(ledger.counts().1, 1, "only the plain transfer is left");
     ledger.check_balanced().unwrap();
 }
 
@@ -960,13 +992,9 @@ fn forgetting_makes_room_under_the_transfer_bound() {
     ledger
         .apply(0, &Command::CreateAccounts { accounts })
         .unwrap();
-    run(
-        &mut ledger,
-        S,
-        vec![transfer(1, 2, 3, 1), transfer(2, 2, 3, 1)],
-    );
+    run(&mut ledger, S, vec![hold(1, 2, 3, 1), void(2, 1)]);
     let more = Command::CreateTransfers {
-        transfers: vec![transfer(3, 2, 3, 1)],
+        transfers: vec![hold(3, 2, 3, 1)],
     };
     assert!(matches!(
         ledger.apply(2 * S, &more),
@@ -977,44 +1005,74 @@ fn forgetting_makes_room_under_the_transfer_bound() {
 }
 
 #[test]
+fn a_later_state_of_a_tracked_payment_is_never_refused_for_room() {
+    let limits = Limits {
+        payments_max: 1,
+        ..Limits::default()
+    };
+    let mut ledger = Ledger::new(limits);
+    let states = |entries: Vec<(u128, u8)>| Command::PaymentStates {
+        retention_ns: 100 * S,
+        entries,
+    };
+    assert_eq!(ledger.apply(S, &states(vec![(7, 1)])).unwrap(), vec![0]);
+    // CAPTURED comes after the gateway took the money: it must always be recorded.
+    assert_eq!(ledger.apply(S, &states(vec![(7, 2)])).unwrap(), vec![0]);
+    assert!(matches!(
+        ledger.apply(S, &states(vec![(8, 1)])),
+        Err(LedgerError::CapacityExceeded { .. })
+    ));
+}
+
+#[test]
 fn a_restored_ledger_forgets_exactly_what_the_live_one_does() {
-    // Enough transfers to cross a chunk, at several times, with holds that end at
-    // different times: the live ledger and one restored from its image midway must
-    // keep the same transfers after every sweep.
+    // Enough transfers to cross a chunk, at several times: holds voided at once, holds
+    // that end at different times, and plain transfers kept for good. The live ledger
+    // and one restored from its image midway keep the same transfers after each sweep,
+    // also when the window grows between sweeps.
     let mut live = ledger_with_accounts();
     let mut id = 100u128;
+    let mut holds = Vec::new();
     for step in 0..8u64 {
         let mut batch = Vec::new();
-        for _ in 0..10_000 {
+        for _ in 0..5_000 {
             id += 1;
-            batch.push(if id % 997 == 0 {
-                hold(id, 2, 3, 1)
+            batch.push(hold(id, 2, 3, 1));
+            if id % 997 == 0 {
+                holds.push(id);
+            } else if id % 101 == 0 {
+                batch.push(transfer(id + (1 << 90), 2, 3, 1));
             } else {
-                transfer(id, 2, 3, 1)
-            });
+                batch.push(void(id + (1 << 100), id));
+            }
         }
         for chunk in batch.chunks(BATCH_MAX) {
             run(&mut live, (step + 1) * 10 * S, chunk.to_vec());
         }
     }
-    let holds: Vec<u128> = (101..=id).filter(|i| i % 997 == 0).collect();
     let mut restored = Ledger::from_image(Limits::default(), live.image());
-    for (round, now) in [45u64, 70, 95, 140].into_iter().enumerate() {
+    for (round, (now, window)) in [(45u64, 30u64), (70, 30), (95, 60), (140, 30)]
+        .into_iter()
+        .enumerate()
+    {
         // Some holds end between sweeps, the same ones in both ledgers.
         let ending: Vec<TransferInput> = holds
             .iter()
             .skip(round)
             .step_by(5)
-            .map(|&h| post(h + (1 << 100), h, 1))
+            .map(|&h| post(h + (1 << 110), h, 1))
             .collect();
         for ledger in [&mut live, &mut restored] {
             run(ledger, now * S, ending.clone());
-            sweep(ledger, now * S + 1, 30 * S);
+            sweep(ledger, now * S + 1, window * S);
         }
         assert_eq!(live.image(), restored.image(), "after the sweep at {now} s");
         live.check_balanced().unwrap();
+        if round == 1 {
+            restored = Ledger::from_image(Limits::default(), restored.image());
+        }
     }
-    assert!(live.counts().1 < 80_000, "the sweeps forgot something");
+    assert!(live.counts().1 < 40_000, "the sweeps forgot something");
     let pending_left = holds
         .iter()
         .filter(|&&h| live.pending_status(h) == Some(PendingStatus::Pending))

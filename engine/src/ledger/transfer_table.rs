@@ -12,20 +12,34 @@
 //! Retention: the ledger's clock never runs backwards, so creation order is timestamp
 //! order, and the transfers older than the retention horizon are a prefix of the
 //! table. `retire_before` drops that prefix (a chunk's memory goes once the prefix has
-//! passed it), except the holds still pending, which move to a small side table until
-//! they are posted, voided or expired. Which transfers are held depends only on the
-//! timestamps and the pending states, never on the order they are stored in, so a
-//! ledger restored from a snapshot holds exactly what the live one does.
+//! passed it), except what the ledger says must stay (`Keep`): for a while (a hold
+//! still pending, a transfer of a payment not finished) in a small side table looked
+//! at again at each sweep, or for good in another that no sweep reads. Which transfers
+//! are held depends only on their timestamps and the ledger's state, never on the
+//! order they are stored in, so a ledger restored from a snapshot holds exactly what
+//! the live one does.
 
 use super::idmap::IdMap;
-use super::types::{PendingState, PendingStatus, Transfer};
+use super::types::Transfer;
 
 /// Transfers per chunk: 65,536 x 144 bytes, about 9.4 MB, allocated when the previous
 /// chunk is full (its pages are touched as it fills, not zeroed up front).
 const CHUNK: usize = 1 << 16;
 
-/// The index's mark for a transfer kept in the side table of holds still pending.
+/// The index's marks for a transfer kept past the horizon: for a while, or for good.
 const HELD_OVER: u64 = u64::MAX;
+const KEPT: u64 = u64::MAX - 1;
+
+/// What becomes of a transfer older than the retention horizon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Forgotten now.
+    No,
+    /// Kept aside and asked again at the next sweep.
+    ForNow,
+    /// Kept for good (its id is its only guard against being applied twice).
+    Always,
+}
 
 /// The transfers, by id, in creation order.
 #[derive(Clone, Debug, Default)]
@@ -35,20 +49,23 @@ pub struct TransferTable {
     /// Positions below `front` are retired; the next transfer goes to `end`.
     front: usize,
     end: usize,
-    /// Holds older than the horizon, still pending when their chunk was retired.
+    /// Transfers older than the horizon kept for now, asked again at every sweep.
     held_over: IdMap<Transfer>,
+    /// Transfers older than the horizon kept for good; no sweep reads them.
+    kept: IdMap<Transfer>,
 }
 
 impl TransferTable {
     /// Transfers held.
     pub fn len(&self) -> usize {
-        self.end - self.front + self.held_over.len()
+        self.end - self.front + self.held_over.len() + self.kept.len()
     }
 
     /// The transfer with this id.
     pub fn get(&self, id: &u128) -> Option<&Transfer> {
         match *self.index.get(id)? {
             HELD_OVER => self.held_over.get(id),
+            KEPT => self.kept.get(id),
             at => Some(&self.chunks[at as usize / CHUNK][at as usize % CHUNK]),
         }
     }
@@ -79,11 +96,15 @@ impl TransferTable {
         self.end -= 1;
     }
 
-    /// Forgets every transfer created before `horizon_ns` except the holds still
-    /// pending, which are kept aside until they are not; the pending states of the
-    /// holds forgotten go with them. Returns how many transfers were forgotten.
-    pub fn retire_before(&mut self, horizon_ns: u64, pending: &mut IdMap<PendingState>) -> usize {
-        let mut retired = 0;
+    /// Forgets every transfer created before `horizon_ns` that `keep` lets go (asking
+    /// again about those it kept for now). Returns the ids forgotten, so the ledger can
+    /// drop what it keeps about them.
+    pub fn retire_before(
+        &mut self,
+        horizon_ns: u64,
+        mut keep: impl FnMut(&Transfer) -> Keep,
+    ) -> Vec<u128> {
+        let mut retired = Vec::new();
         while self.front < self.end {
             let at = self.front;
             let transfer = self.chunks[at / CHUNK][at % CHUNK];
@@ -91,13 +112,19 @@ impl TransferTable {
                 break;
             }
             let id = transfer.input.id;
-            if pending.get(&id).map(|p| p.status) == Some(PendingStatus::Pending) {
-                self.index.insert(id, HELD_OVER);
-                self.held_over.insert(id, transfer);
-            } else {
-                self.index.remove(&id);
-                pending.remove(&id);
-                retired += 1;
+            match keep(&transfer) {
+                Keep::No => {
+                    self.index.remove(&id);
+                    retired.push(id);
+                }
+                Keep::ForNow => {
+                    self.index.insert(id, HELD_OVER);
+                    self.held_over.insert(id, transfer);
+                }
+                Keep::Always => {
+                    self.index.insert(id, KEPT);
+                    self.kept.insert(id, transfer);
+                }
             }
             self.front += 1;
             if self.front % CHUNK == 0 {
@@ -106,18 +133,19 @@ impl TransferTable {
             }
         }
         if self.held_over.len() > 0 {
+            // Only those older than this horizon: should the window have grown since
+            // they were set aside, the rest stays, as in a ledger restored meanwhile.
             let ended: Vec<u128> = self
                 .held_over
-                .iter()
-                .filter(|(id, _)| pending.get(id).map(|p| p.status) != Some(PendingStatus::Pending))
-                .map(|(id, _)| id)
+                .values()
+                .filter(|t| t.timestamp_ns < horizon_ns && keep(t) == Keep::No)
+                .map(|t| t.input.id)
                 .collect();
             for id in &ended {
                 self.held_over.remove(id);
                 self.index.remove(id);
-                pending.remove(id);
             }
-            retired += ended.len();
+            retired.extend(ended);
         }
         retired
     }
@@ -134,6 +162,7 @@ impl TransferTable {
                 chunk[from..to.max(from)].iter()
             })
             .chain(self.held_over.values())
+            .chain(self.kept.values())
     }
 }
 
@@ -191,67 +220,50 @@ mod tests {
     }
 
     #[test]
-    fn retiring_past_a_chunk_frees_it_and_keeps_pending_holds_aside() {
+    fn retiring_past_a_chunk_frees_it_and_keeps_what_is_asked_for() {
         let n = CHUNK as u128 + 10;
-        // Transfer k is created at time k; transfer 5 is a hold still pending.
+        // Transfer k is created at time k; 5 is kept for now, 6 for good.
         let mut table: TransferTable = (1..=n)
             .map(|id| Transfer {
                 timestamp_ns: id as u64,
                 ..transfer(id)
             })
             .collect();
-        let mut pending: IdMap<PendingState> = IdMap::default();
-        let still = PendingState {
-            status: PendingStatus::Pending,
-            expires_at_ns: 0,
+        let policy = |t: &Transfer| match t.input.id {
+            5 => Keep::ForNow,
+            6 => Keep::Always,
+            _ => Keep::No,
         };
-        pending.insert(5, still);
-        pending.insert(
-            6,
-            PendingState {
-                status: PendingStatus::Posted,
-                ..still
-            },
-        );
         let horizon = CHUNK as u64 + 3; // transfers 1..=CHUNK+2 are older
-        assert_eq!(table.retire_before(horizon, &mut pending), CHUNK + 1);
-        assert_eq!(table.len(), 8 + 1, "the eight younger ones and the hold");
+        assert_eq!(table.retire_before(horizon, policy).len(), CHUNK);
+        assert_eq!(
+            table.len(),
+            8 + 2,
+            "the eight younger ones and the two kept"
+        );
         assert!(
             table.chunks[0].capacity() == 0,
             "the first chunk's memory is gone"
         );
-        assert!(table.get(&4).is_none() && table.get(&6).is_none());
-        assert!(
-            pending.get(&6).is_none(),
-            "an ended hold's state goes with it"
-        );
-        assert_eq!(
-            table.get(&5).unwrap().amount_minor,
-            5,
-            "the pending hold is kept"
-        );
+        assert!(table.get(&4).is_none() && table.get(&7).is_none());
+        assert_eq!(table.get(&5).unwrap().amount_minor, 5);
+        assert_eq!(table.get(&6).unwrap().amount_minor, 6);
         let mut held: Vec<u128> = table.values().map(|t| t.input.id).collect();
         held.sort_unstable();
-        assert_eq!(
-            held,
-            [5].into_iter()
-                .chain(CHUNK as u128 + 3..=n)
-                .collect::<Vec<_>>()
-        );
+        let expected: Vec<u128> = [5, 6].into_iter().chain(CHUNK as u128 + 3..=n).collect();
+        assert_eq!(held, expected);
         // The newest can still be taken back, and new ones added.
         table.remove_last(&n);
         table.insert(transfer(n + 1));
-        assert_eq!(table.len(), 9);
-        // The hold ends: the next sweep forgets it, whatever the horizon.
-        pending.insert(
-            5,
-            PendingState {
-                status: PendingStatus::Voided,
-                ..still
-            },
+        assert_eq!(table.len(), 10);
+        // Asked again: 5 goes once let go, but only past the horizon of that sweep; 6
+        // is never asked again.
+        assert!(
+            table.retire_before(5, |_| Keep::No).is_empty(),
+            "5 is not older than 5"
         );
-        assert_eq!(table.retire_before(0, &mut pending), 1);
-        assert!(table.get(&5).is_none() && pending.get(&5).is_none());
+        assert_eq!(table.retire_before(6, |_| Keep::No), vec![5]);
+        assert!(table.get(&5).is_none() && table.get(&6).is_some());
     }
 
     #[test]
