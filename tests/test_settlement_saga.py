@@ -495,6 +495,35 @@ async def test_a_full_ledger_is_resource_exhausted_and_charges_nothing(
         await running.stop(grace_s=1)
 
 
+async def test_a_ledger_refusal_after_the_gateway_is_pending_and_recovery_finishes_it(
+    stub, server, monkeypatch
+) -> None:
+    """The ledger refuses to record CAPTURED after the gateway took the money: the caller
+    is told to retry with the same key (never "not done", which invites a new key and a
+    second charge); the commit stands, the retry replays it, and recovery posts the
+    hold."""
+    from quickpay_engine.errors import CapacityExceeded
+
+    capture = server.service.book.capture
+    failures = iter([True])
+
+    async def refusing(payment_ids):
+        if next(failures, False):
+            raise CapacityExceeded("payments: 1 above the bound")
+        return await capture(payment_ids)
+
+    monkeypatch.setattr(server.service.book, "capture", refusing)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Pay(bill("saga-ledger-late"))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "retry with the same idempotency_key" in (err.value.details() or "")
+    retry = await stub.Pay(bill("saga-ledger-late"))
+    assert retry.status == pb.SETTLED and retry.replayed
+    await server.service.recovery.run()
+    assert _ledger_states(server, [retry.payment_id]) == [SETTLED]
+    assert server.store.verify() == []
+
+
 async def test_a_batch_the_database_cannot_commit_settles_nowhere(
     stub, server, simulators, monkeypatch
 ) -> None:
@@ -598,3 +627,25 @@ async def test_a_gateway_lost_after_taking_a_sale_is_unavailable_then_finished(
     finally:
         await channel.close()
         await running.stop(grace_s=1)
+
+
+async def test_by_deadline_tells_its_own_timeout_from_the_payments_failure() -> None:
+    """A settlement that fails with a TimeoutError of its own is that failure, not
+    OutcomePending; one still running at the deadline is OutcomePending, and goes on."""
+    from quickpay_engine.api.convert import intent_of
+    from quickpay_engine.errors import OutcomePending
+    from quickpay_engine.settlement.service import _by_deadline
+
+    loop = asyncio.get_running_loop()
+    intent = intent_of(bill("deadline-unit"), b"k" * 32, loop.time() + 5.0)
+
+    async def fails():
+        raise TimeoutError("the settlement's own")
+
+    with pytest.raises(TimeoutError, match="own"):
+        await _by_deadline(asyncio.ensure_future(fails()), intent)
+    slow = asyncio.ensure_future(asyncio.sleep(0.3, result="late"))
+    soon = intent_of(bill("deadline-unit"), b"k" * 32, loop.time() + 0.1)
+    with pytest.raises(OutcomePending):
+        await _by_deadline(slow, soon)
+    assert await slow == "late", "the payment went on"

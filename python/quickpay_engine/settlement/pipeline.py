@@ -397,7 +397,15 @@ class Pipeline:
         )
         for ledger_error in (captured_ok, voided_ok):
             if isinstance(ledger_error, BaseException):
-                raise ledger_error
+                # After the gateways: the money may have moved and the commit may have
+                # landed, so "not done" (RESOURCE_EXHAUSTED, INTERNAL) would be false.
+                # The journal keeps every payment; recovery finishes them.
+                log.error("ledger refused a batch after its gateways: %s", ledger_error)
+                raise OutcomePending(
+                    f"the ledger could not record the batch ({type(ledger_error).__name__});"
+                    " the engine finishes it: retry with the same idempotency_key for the"
+                    " outcome"
+                ) from ledger_error
         if isinstance(committed, BaseException):
             await self._billing_down(batch, to_commit, set(captured), committed)
             return

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # Unfinished payments not in flight are looked at this often while serving.
 SWEEP_S = 5.0
+# A ledger snapshot that failed is tried again after this long, not at every sweep.
+SNAPSHOT_RETRY_S = 300.0
 # The batch sizes of the last this many seconds are logged (when there were batches).
 BATCH_REPORT_S = 60.0
 # A caller whose deadline comes before its payment's outcome is told OutcomePending this
@@ -151,19 +153,25 @@ class SettlementService:
     async def _sweep(self, every_s: float) -> None:
         """Finishes, now and then, payments left unfinished while serving (a gateway that
         did not answer, a database commit that failed)."""
+        loop = asyncio.get_running_loop()
+        snapshot_after = 0.0
         while True:
             await asyncio.sleep(every_s)
             try:
-                done = await self.recovery.run(exclude=self._pipeline.in_flight)
+                if await self.recovery.run(exclude=self._pipeline.in_flight):
+                    self._committed_batch()
             except Exception:
                 log.exception("recovery sweep failed; trying again in %.0f s", every_s)
-                continue
-            if done:
-                self._committed_batch()
-            try:
-                await self.book.snapshot_if_due()
-            except Exception:
-                log.exception("ledger snapshot failed; trying again in %.0f s", every_s)
+            # Apart from recovery, which fails while a database is down: the log grows
+            # all the more then. A failed snapshot (a full copy) waits before another.
+            if loop.time() >= snapshot_after:
+                try:
+                    await self.book.snapshot_if_due()
+                except Exception:
+                    log.exception(
+                        "ledger snapshot failed; trying again in %.0f s", SNAPSHOT_RETRY_S
+                    )
+                    snapshot_after = loop.time() + SNAPSHOT_RETRY_S
 
     def _apply_states(self, states: list[SettledState]) -> None:
         """Brings the engine's subscriber table up to what recovery or a refund wrote."""
@@ -259,11 +267,11 @@ class SettlementService:
             task.add_done_callback(functools.partial(self._finished, key))
             return await _by_deadline(task, intent)
         fingerprint, task = running
-        outcome = await _by_deadline(task, intent)
         if fingerprint != intent.fingerprint:
             raise IdempotencyConflict(
-                f"idempotency_key {key!r} was used for another payment ({outcome.payment_id})"
+                f"idempotency_key {key!r} is being used for another payment, still settling"
             )
+        outcome = await _by_deadline(task, intent)
         return dataclasses.replace(outcome, replayed=True)
 
     def _finished(self, key: str, task: asyncio.Task[Outcome]) -> None:
@@ -313,12 +321,11 @@ async def _by_deadline(task: asyncio.Task[Outcome], intent: PaymentIntent) -> Ou
     if intent.deadline is None:
         return await asyncio.shield(task)
     left = intent.deadline - asyncio.get_running_loop().time()
-    try:
-        return await asyncio.wait_for(
-            asyncio.shield(task), max(0.0, left - min(REPLY_MARGIN_S, left / 2))
-        )
-    except TimeoutError:
-        raise OutcomePending(
-            f"payment with idempotency_key {intent.idempotency_key!r} is not finished at the"
-            " call's deadline and goes on: retry with the same idempotency_key for its outcome"
-        ) from None
+    # asyncio.wait neither cancels the task nor mistakes its own TimeoutError for ours.
+    done, _ = await asyncio.wait({task}, timeout=max(0.0, left - min(REPLY_MARGIN_S, left / 2)))
+    if task in done:
+        return task.result()
+    raise OutcomePending(
+        f"payment with idempotency_key {intent.idempotency_key!r} is not finished at the"
+        " call's deadline and goes on: retry with the same idempotency_key for its outcome"
+    )
