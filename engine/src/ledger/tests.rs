@@ -885,12 +885,17 @@ fn after_an_fsync_error_the_durable_ledger_refuses_reads_and_writes() {
     ledger.read(|l| l.check_balanced()).unwrap().unwrap();
 }
 
-fn sweep(ledger: &mut Ledger, now_ns: u64, retention_ns: u64) {
-    let command = Command::PaymentStates {
+fn payment_states(retention_ns: u64, entries: Vec<(u128, u8)>) -> Command {
+    Command::PaymentStates {
         retention_ns,
-        entries: Vec::new(),
-    };
-    ledger.apply(now_ns, &command).unwrap();
+        entries,
+    }
+}
+
+fn sweep(ledger: &mut Ledger, now_ns: u64, retention_ns: u64) {
+    ledger
+        .apply(now_ns, &payment_states(retention_ns, Vec::new()))
+        .unwrap();
 }
 
 fn hold(id: u128, dr: u128, cr: u128, amount: i64) -> TransferInput {
@@ -921,11 +926,9 @@ fn transfers_older_than_the_window_are_forgotten_unless_something_may_still_need
     );
     assert_eq!(codes, vec![TransferResult::Ok; 6]);
     let states = |ledger: &mut Ledger, now: u64, entries: Vec<(u128, u8)>| {
-        let command = Command::PaymentStates {
-            retention_ns: 100 * S,
-            entries,
-        };
-        ledger.apply(now, &command).unwrap()
+        ledger
+            .apply(now, &payment_states(100 * S, entries))
+            .unwrap()
     };
     states(&mut ledger, S, vec![(7, 1), (7, 2)]); // RESERVED, CAPTURED
     let before: Vec<_> = (1..=3).map(|a| balances(&ledger, a)).collect();
@@ -1011,10 +1014,7 @@ fn a_later_state_of_a_tracked_payment_is_never_refused_for_room() {
         ..Limits::default()
     };
     let mut ledger = Ledger::new(limits);
-    let states = |entries: Vec<(u128, u8)>| Command::PaymentStates {
-        retention_ns: 100 * S,
-        entries,
-    };
+    let states = |entries: Vec<(u128, u8)>| payment_states(100 * S, entries);
     assert_eq!(ledger.apply(S, &states(vec![(7, 1)])).unwrap(), vec![0]);
     // CAPTURED comes after the gateway took the money: it must always be recorded.
     assert_eq!(ledger.apply(S, &states(vec![(7, 2)])).unwrap(), vec![0]);

@@ -118,9 +118,7 @@ class SettlementService:
         self._committed = asyncio.Event()
         self._watch_closed = asyncio.Event()
 
-    async def start(
-        self, sweep_s: float | None = None, report_s: float | None = None
-    ) -> list[Action]:
+    async def start(self, sweep_s: float | None = None) -> list[Action]:
         """Opens the subscribers' ledger accounts, finishes what an earlier run left
         unfinished (recovery, before serving), loads the subscriber table into the
         engine and starts batching and the periodic sweep. Returns recovery's actions."""
@@ -134,13 +132,12 @@ class SettlementService:
         self._batcher.start()
         loop = asyncio.get_running_loop()
         self._sweeper = loop.create_task(self._sweep(sweep_s or SWEEP_S), name="recovery-sweep")
-        self._reporter = loop.create_task(
-            self._report_batches(report_s or BATCH_REPORT_S), name="batch-report"
-        )
+        self._reporter = loop.create_task(self._report_batches(), name="batch-report")
         return actions
 
-    async def _report_batches(self, every_s: float) -> None:
+    async def _report_batches(self) -> None:
         """Logs how big the batches were, so the batching flags' effect can be seen."""
+        every_s = BATCH_REPORT_S
         while True:
             await asyncio.sleep(every_s)
             window = self._batcher.take_window()
