@@ -429,12 +429,16 @@ async def test_a_hanging_gateway_never_leads_to_a_double_capture(data_dir, own_s
 async def test_a_caller_whose_deadline_comes_first_is_told_to_retry_and_the_retry_gets_it(
     data_dir, own_sims
 ) -> None:
-    """Both acquirers hold sales past the caller's 1 s deadline: the caller hears UNAVAILABLE
-    with a retry hint just before its deadline (not DEADLINE_EXCEEDED, which would not
-    say whether anything happened); the payment goes on, a retry with the same key gets
-    its one outcome, and nothing is captured twice."""
+    """Every answer of both acquirers, lookups included, takes 0.9 s, and the sales are
+    held past their 0.5 s timeout: the payment cannot end before about 1.4 s (sale
+    timeout, then a lookup), whatever the machine's speed, so the caller's 1 s deadline
+    always comes first. The caller hears UNAVAILABLE with a retry hint just before its
+    deadline (not DEADLINE_EXCEEDED, which would not say whether anything happened); the
+    payment goes on, a retry with the same key gets its one outcome, and nothing is
+    captured twice."""
+    slow = {"seed": 8, "latency_ms_median": 900, "latency_ms_p99": 900}
     for name in ("acq-a", "acq-b"):
-        own_sims.set_faults(name, {"seed": 8, "timeout_rate": 1.0, "hang_ms": 2500})
+        own_sims.set_faults(name, {**slow, "timeout_rate": 1.0, "hang_ms": 100})
     running = await _served(data_dir, own_sims.gateways_file)
     channel, stub = _stub(running)
     try:
@@ -447,12 +451,7 @@ async def test_a_caller_whose_deadline_comes_first_is_told_to_retry_and_the_retr
         assert 0.5 < loop.time() - started < 1.0
         retry = await stub.Pay(bill("saga-late"), timeout=30)
         assert retry.status in (pb.SETTLED, pb.FAILED)
-        await asyncio.sleep(3.0)  # every held request has been processed by now
-        captured = [
-            (own_sims.payment(name, retry.payment_id) or {}).get("captured_minor", 0)
-            for name in ("acq-a", "acq-b")
-        ]
-        assert sum(captured) == (3_000 if retry.status == pb.SETTLED else 0)
+        await _captured_once(own_sims, retry)
         again = await stub.Pay(bill("saga-late"))
         assert (again.payment_id, again.status, again.replayed) == (
             retry.payment_id,
@@ -463,6 +462,51 @@ async def test_a_caller_whose_deadline_comes_first_is_told_to_retry_and_the_retr
     finally:
         await channel.close()
         await running.stop(grace_s=1)
+
+
+async def test_sales_that_time_out_and_are_voided_fail_before_the_deadline(
+    data_dir, own_sims
+) -> None:
+    """Both acquirers hold their sales far past the sale timeout (2 s) while lookups and
+    voids answer at once, and the caller's deadline is far off: each sale is looked up,
+    found not taken and, once its retry times out too, voided, so the payment ends FAILED
+    before the deadline and the caller hears that outcome (not UNAVAILABLE). The void
+    leaves a tombstone, so the held sales can never capture."""
+    for name in ("acq-a", "acq-b"):
+        own_sims.set_faults(name, {"seed": 8, "timeout_rate": 1.0, "hang_ms": 60_000})
+    running = await _served(data_dir, own_sims.gateways_file)
+    channel, stub = _stub(running)
+    try:
+        reply = await stub.Pay(bill("saga-voided"), timeout=20.0)
+        assert reply.status == pb.FAILED, reply
+        assert reply.decline_reason in ("GATEWAY_UNAVAILABLE", "GATEWAY_TIMEOUT"), reply
+        for name in ("acq-a", "acq-b"):
+            at_gateway = own_sims.payment(name, reply.payment_id)
+            assert at_gateway["state"] == "VOIDED", at_gateway
+            assert at_gateway.get("captured_minor", 0) == 0, at_gateway
+        again = await stub.Pay(bill("saga-voided"))
+        assert (again.payment_id, again.status, again.replayed) == (
+            reply.payment_id,
+            pb.FAILED,
+            True,
+        )
+        assert running.store.subscriber("acc-post-barred").balance_minor == 8_000
+        assert running.store.verify() == []
+    finally:
+        await channel.close()
+        await running.stop(grace_s=1)
+
+
+async def _captured_once(sims: SimulatorSet, reply: pb.PayResponse) -> None:
+    """Waits until every held sale has been processed (the simulators' hang ends), then
+    checks that the acquirers together captured the amount once if the payment settled,
+    and nothing otherwise."""
+    await asyncio.sleep(3.5)
+    captured = [
+        (sims.payment(name, reply.payment_id) or {}).get("captured_minor", 0)
+        for name in ("acq-a", "acq-b")
+    ]
+    assert sum(captured) == (3_000 if reply.status == pb.SETTLED else 0), captured
 
 
 async def test_a_full_ledger_is_resource_exhausted_and_charges_nothing(
