@@ -121,10 +121,31 @@ async def test_open_loop_stream_in_two_processes_merges_their_counts(
     assert set(report["service_ms"]) == PERCENTILES
 
 
+async def test_batch_rpc_sends_paybatch_calls_and_counts_each_payment(
+    server: RunningServer, data_dir: Path, csv_file: Path
+) -> None:
+    """PayBatch calls of 8: every payment counted once, with its own outcome (a malformed
+    one an INVALID_ARGUMENT error, a wrong line a decline), as in the unary report."""
+    code, report = await bench(
+        data_dir, f"127.0.0.1:{server.port}", "--rpc", "batch", "--batch-size", "8",
+        "--count", "64", "--concurrency", "16", "--invalid-share", "0.2",
+        "--declined-share", "0.2",
+    )  # fmt: skip
+    assert code == 0
+    assert_counts_add_up(report, 64)
+    assert report["plan"]["rpc"] == "batch" and report["plan"]["batch_size"] == 8
+    assert report["errors"] == {"INVALID_ARGUMENT": report["kinds"]["invalid"]}
+    assert report["statuses"]["DECLINED"] == report["kinds"]["declined"] > 0
+    assert report["statuses"]["SETTLED"] == report["kinds"]["good"] > 0
+    stored = server.store._db.execute("SELECT count(*) FROM payments WHERE status = 1")
+    assert stored.fetchone()[0] == report["statuses"]["SETTLED"]
+
+
 @pytest.mark.parametrize(
     "flags",
     [
         ["--count", "0"],
+        ["--rpc", "batch", "--batch-size", "1001"],
         ["--count", "5", "--duration", "1"],
         ["--rate", "-3"],
         ["--invalid-share", "0.9", "--declined-share", "0.2"],

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 # Payments one PayStream may have in flight; at the bound the stream stops reading
 # requests until replies go out (back-pressure through HTTP/2 flow control).
 STREAM_INFLIGHT_MAX = 1_024
+# Payments one PayBatch call may carry; a larger call is refused whole (INVALID_ARGUMENT)
+# before any of it is settled. One call's payments all wait in the settlement queue at
+# once, so the bound is also what one caller can put there.
+PAY_BATCH_MAX = 1_000
 
 _STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -64,6 +68,17 @@ def status_of(err: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(err, EngineError | QuickpayError):
         return grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}"
     return grpc.StatusCode.INTERNAL, "internal error"
+
+
+def _failed_reply(idempotency_key: str, err: BaseException) -> pb.PayResponse:
+    """The reply of one payment of a stream or a batch that failed on its own: FAILED,
+    with its gRPC code's name as the reason, where a unary call would end with it."""
+    code, message = status_of(err)
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("a payment failed", exc_info=err)
+    return convert.pay_response(
+        Outcome("", idempotency_key, PaymentStatus.FAILED, code.name, message)
+    )
 
 
 class SettlementServicer(pb_grpc.SettlementServicer):
@@ -106,10 +121,7 @@ class SettlementServicer(pb_grpc.SettlementServicer):
                 outcome = await self._service.pay(convert.intent_of(request, self._key))
                 reply = convert.pay_response(outcome)
             except Exception as err:
-                code, message = status_of(err)
-                reply = convert.pay_response(
-                    Outcome("", request.idempotency_key, PaymentStatus.FAILED, code.name, message)
-                )
+                reply = _failed_reply(request.idempotency_key, err)
             # The slot is freed only once the reply is written (below), so a client that
             # sends without reading holds at most STREAM_INFLIGHT_MAX payments here.
             await replies.put(reply)
@@ -134,6 +146,34 @@ class SettlementServicer(pb_grpc.SettlementServicer):
             await reader
         finally:
             reader.cancel()
+
+    async def PayBatch(
+        self, request: pb.PayBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PayBatchResponse:
+        """Settles each payment on its own and answers them in request order; a payment
+        that fails on its own is a FAILED result named by its gRPC code, as in PayStream."""
+        count = len(request.payments)
+        if count > PAY_BATCH_MAX:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"payments: {count} in one call; at most {PAY_BATCH_MAX}",
+            )
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before any work"
+            )
+        deadline = None if remaining is None else time.monotonic() + remaining
+        intents = [convert.intent_of(p, self._key, deadline) for p in request.payments]
+        outcomes = await self._service.pay_many(intents)
+        return pb.PayBatchResponse(
+            results=[
+                _failed_reply(p.idempotency_key, o)
+                if isinstance(o, BaseException)
+                else convert.pay_response(o)
+                for p, o in zip(request.payments, outcomes, strict=True)
+            ]
+        )
 
     async def GetPayment(
         self, request: pb.GetPaymentRequest, context: grpc.aio.ServicerContext

@@ -40,6 +40,10 @@ INFLIGHT_MAX = 10_000
 BURST_MAX = 64
 # How long the channels get to connect before the run is abandoned.
 CONNECT_TIMEOUT_S = 10.0
+# --rpc batch: payments per PayBatch call, and how long a call that is not full waits
+# for more before it goes out.
+BATCH_SIZE = 100
+BATCH_LINGER_S = 0.002
 # gRPC status names a PayStream reply carries in decline_reason when one request failed
 # on its own (the servicer's convention); such a reply counts as an error by that code.
 _GRPC_CODES = frozenset(code.name for code in grpc.StatusCode)
@@ -59,7 +63,10 @@ class LoadPlan:
     """
 
     target: str
-    rpc: str = "unary"  # "unary" (Pay) or "stream" (PayStream, one stream per channel)
+    # "unary" (Pay), "stream" (PayStream, one stream per channel) or "batch" (PayBatch
+    # calls of ``batch_size`` payments)
+    rpc: str = "unary"
+    batch_size: int = BATCH_SIZE
     concurrency: int = 64
     rate_per_s: float | None = None
     arrival: str = "constant"  # "constant" or "poisson"
@@ -78,8 +85,10 @@ class LoadPlan:
     def __post_init__(self) -> None:
         if (self.count is None) == (self.duration_s is None):
             raise ValueError("exactly one of count and duration_s must be set")
-        if self.rpc not in ("unary", "stream"):
-            raise ValueError(f"rpc must be unary or stream, not {self.rpc!r}")
+        if self.rpc not in ("unary", "stream", "batch"):
+            raise ValueError(f"rpc must be unary, stream or batch, not {self.rpc!r}")
+        if not 1 <= self.batch_size <= 1_000:
+            raise ValueError("batch_size must be between 1 and 1000")
         if self.arrival not in ("constant", "poisson"):
             raise ValueError(f"arrival must be constant or poisson, not {self.arrival!r}")
         positive = [
@@ -295,6 +304,71 @@ class StreamSender:
             await stream.reader
 
 
+class BatchSender:
+    """Gathers calls into PayBatch calls of ``batch_size`` payments, round-robin over the
+    channels. A call goes out once full, or ``linger_s`` after its first payment with
+    what it has (a closed loop with fewer callers than ``batch_size`` never fills one).
+    Each payment's latency is its call's."""
+
+    def __init__(
+        self,
+        channels: list[grpc.aio.Channel],
+        timeout_s: float,
+        batch_size: int,
+        linger_s: float = BATCH_LINGER_S,
+    ) -> None:
+        self._stubs = [pb_grpc.SettlementStub(c) for c in channels]
+        self._timeout_s = timeout_s
+        self._batch_size = batch_size
+        self._linger_s = linger_s
+        self._next = 0
+        # Bounded by batch_size: a full batch is sent at once.
+        self._waiting: list[tuple[pb.PayRequest, asyncio.Future[Answer]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._calls: set[asyncio.Task[None]] = set()
+
+    async def call(self, request: pb.PayRequest) -> Answer:
+        """Adds the request to the next PayBatch call and waits for its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Answer] = loop.create_future()
+        self._waiting.append((request, future))
+        if len(self._waiting) >= self._batch_size:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self._linger_s, self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._waiting = self._waiting, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+
+    async def _send(self, batch: list[tuple[pb.PayRequest, asyncio.Future[Answer]]]) -> None:
+        stub = self._stubs[self._next % len(self._stubs)]
+        self._next += 1
+        request = pb.PayBatchRequest(payments=[r for r, _ in batch])
+        try:
+            reply = await stub.PayBatch(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as err:
+            answers = [Answer(error=err.code().name)] * len(batch)
+        else:
+            answers = [answer_of(r) for r in reply.results]
+        for (_, future), answer in zip(batch, answers, strict=True):
+            if not future.done():
+                future.set_result(answer)
+
+    async def close(self) -> None:
+        """Sends what is gathered and waits for every call."""
+        self._flush()
+        while self._calls:
+            await asyncio.gather(*list(self._calls))
+
+
 class Sender(Protocol):
     """Sends one request and waits for its answer; ``close`` finishes what is open."""
 
@@ -338,15 +412,18 @@ class Worker:
                 ) from None
             if ready is not None:
                 await asyncio.get_running_loop().run_in_executor(None, ready)
-            sender: Sender = (
-                StreamSender(channels, self.plan.timeout_s)
-                if self.plan.rpc == "stream"
-                else UnarySender(channels, self.plan.timeout_s)
-            )
-            return await self.drive(sender)
+            return await self.drive(self._sender(channels))
         finally:
             for channel in channels:
                 await channel.close()
+
+    def _sender(self, channels: list[grpc.aio.Channel]) -> Sender:
+        plan = self.plan
+        if plan.rpc == "stream":
+            return StreamSender(channels, plan.timeout_s)
+        if plan.rpc == "batch":
+            return BatchSender(channels, plan.timeout_s, plan.batch_size)
+        return UnarySender(channels, plan.timeout_s)
 
     async def drive(self, sender: Sender) -> Tally:
         """Runs the load through ``sender`` (anything with ``call`` and ``close``)."""

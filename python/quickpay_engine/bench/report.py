@@ -35,7 +35,9 @@ def table(tally: Tally, plan: LoadPlan) -> str:
     declined = tally.statuses.get("DECLINED", 0)
     errors = sum(tally.errors.values())
     lines = [
-        f"load            {plan.rpc} {loop}, {plan.channels} channel(s) per process",
+        f"load            {plan.rpc}"
+        + (f" ({plan.batch_size} per call)" if plan.rpc == "batch" else "")
+        + f" {loop}, {plan.channels} channel(s) per process",
         f"payments sent   {tally.sent}  ({_counts(tally.kinds)};"
         f" warm-up {tally.warmup} not counted)",
         f"settled         {settled}",

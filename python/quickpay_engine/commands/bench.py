@@ -12,7 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from quickpay_engine.bench.load import CALL_TIMEOUT_S, CONNECT_TIMEOUT_S, ConnectFailed, LoadPlan
+from quickpay_engine.bench.load import (
+    BATCH_SIZE,
+    CALL_TIMEOUT_S,
+    CONNECT_TIMEOUT_S,
+    ConnectFailed,
+    LoadPlan,
+)
 from quickpay_engine.bench.report import plot, table, to_json, write_json
 from quickpay_engine.bench.runner import WorkerFailed, run_load
 from quickpay_engine.bench.scenario import Mix, RequestSource, parse_methods
@@ -35,7 +41,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     target.add_argument("--tls-server-name", help="name to check in the server certificate")
     load = parser.add_argument_group("load")
     load.add_argument(
-        "--rpc", choices=["unary", "stream"], default="unary", help="Pay or PayStream"
+        "--rpc",
+        choices=["unary", "stream", "batch"],
+        default="unary",
+        help="Pay, PayStream or PayBatch",
+    )
+    load.add_argument(
+        "--batch-size",
+        type=int,
+        default=BATCH_SIZE,
+        help=f"--rpc batch: payments per PayBatch call, at most 1000 ({BATCH_SIZE});"
+        " a call goes out full, or after 2 ms with what the callers gave it",
     )
     load.add_argument("--count", type=int, help="measured payments to send (default 5000)")
     load.add_argument("--duration", type=float, help="measured seconds, instead of --count")
@@ -101,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         plan = LoadPlan(
             target=args.target or settings.listen,
             rpc=args.rpc,
+            batch_size=args.batch_size,
             concurrency=args.concurrency,
             rate_per_s=args.rate,
             arrival=args.arrival,

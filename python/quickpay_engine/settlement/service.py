@@ -271,6 +271,11 @@ class SettlementService:
         outcome = await _by_deadline(task, intent)
         return dataclasses.replace(outcome, replayed=True)
 
+    async def pay_many(self, intents: Sequence[PaymentIntent]) -> list[Outcome | BaseException]:
+        """Settles each payment as ``pay`` does, all at once; each gets its outcome or
+        the exception that ended it alone, in order."""
+        return await asyncio.gather(*(self.pay(i) for i in intents), return_exceptions=True)
+
     def _finished(self, key: str, task: asyncio.Task[Outcome]) -> None:
         if self._inflight.get(key, (None, None))[1] is task:
             del self._inflight[key]

@@ -154,6 +154,18 @@ class PayResponse(_message.Message):
     replayed: bool
     def __init__(self, payment_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., status: _Optional[_Union[PaymentStatus, str]] = ..., decline_reason: _Optional[str] = ..., decline_detail: _Optional[str] = ..., fraud: _Optional[_Union[FraudAssessment, _Mapping]] = ..., confirmation: _Optional[_Union[SettlementConfirmation, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
+class PayBatchRequest(_message.Message):
+    __slots__ = ("payments",)
+    PAYMENTS_FIELD_NUMBER: _ClassVar[int]
+    payments: _containers.RepeatedCompositeFieldContainer[PayRequest]
+    def __init__(self, payments: _Optional[_Iterable[_Union[PayRequest, _Mapping]]] = ...) -> None: ...
+
+class PayBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[PayResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[PayResponse, _Mapping]]] = ...) -> None: ...
+
 class GetPaymentRequest(_message.Message):
     __slots__ = ("payment_id", "idempotency_key")
     PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]

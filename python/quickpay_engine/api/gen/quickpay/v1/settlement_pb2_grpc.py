@@ -44,6 +44,11 @@ class SettlementStub:
                 request_serializer=quickpay_dot_v1_dot_settlement__pb2.PayRequest.SerializeToString,
                 response_deserializer=quickpay_dot_v1_dot_settlement__pb2.PayResponse.FromString,
                 _registered_method=True)
+        self.PayBatch = channel.unary_unary(
+                '/quickpay.v1.Settlement/PayBatch',
+                request_serializer=quickpay_dot_v1_dot_settlement__pb2.PayBatchRequest.SerializeToString,
+                response_deserializer=quickpay_dot_v1_dot_settlement__pb2.PayBatchResponse.FromString,
+                _registered_method=True)
         self.GetPayment = channel.unary_unary(
                 '/quickpay.v1.Settlement/GetPayment',
                 request_serializer=quickpay_dot_v1_dot_settlement__pb2.GetPaymentRequest.SerializeToString,
@@ -79,6 +84,15 @@ class SettlementServicer:
     def PayStream(self, request_iterator, context):
         """The same for high-volume gateway nodes; replies carry the request's
         idempotency_key and may come out of order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PayBatch(self, request, context):
+        """Up to 1,000 payments gathered by a gateway node, each settled on its own (its own
+        key, outcome and validation error); results come back in request order. A larger
+        call is INVALID_ARGUMENT and nothing of it is settled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,6 +138,11 @@ def add_SettlementServicer_to_server(servicer, server):
                     servicer.PayStream,
                     request_deserializer=quickpay_dot_v1_dot_settlement__pb2.PayRequest.FromString,
                     response_serializer=quickpay_dot_v1_dot_settlement__pb2.PayResponse.SerializeToString,
+            ),
+            'PayBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.PayBatch,
+                    request_deserializer=quickpay_dot_v1_dot_settlement__pb2.PayBatchRequest.FromString,
+                    response_serializer=quickpay_dot_v1_dot_settlement__pb2.PayBatchResponse.SerializeToString,
             ),
             'GetPayment': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPayment,
@@ -200,6 +219,33 @@ class Settlement:
             '/quickpay.v1.Settlement/PayStream',
             quickpay_dot_v1_dot_settlement__pb2.PayRequest.SerializeToString,
             quickpay_dot_v1_dot_settlement__pb2.PayResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PayBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quickpay.v1.Settlement/PayBatch',
+            quickpay_dot_v1_dot_settlement__pb2.PayBatchRequest.SerializeToString,
+            quickpay_dot_v1_dot_settlement__pb2.PayBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
