@@ -57,8 +57,13 @@ async def test_an_empty_call_answers_nothing_and_a_full_one_answers_each_in_orde
 ) -> None:
     empty = await stub.PayBatch(pb.PayBatchRequest())
     assert list(empty.results) == []
-    # The bound itself is taken: 1,000 payments, every one malformed in its own way.
-    payments = [bill(f"batch-full-{i}", msisdn=f"+{i}") for i in range(PAY_BATCH_MAX)]
+    # The bound itself is taken: 1,000 payments, every one malformed in its own way. Each
+    # names an account of its own: payments of one account settle one batch after
+    # another, so 1,000 of one account would take 1,000 batches.
+    payments = [
+        bill(f"batch-full-{i}", account_id=f"acc-{i}", msisdn=f"+{i}")
+        for i in range(PAY_BATCH_MAX)
+    ]
     reply = await stub.PayBatch(pb.PayBatchRequest(payments=payments), timeout=60)
     assert [r.idempotency_key for r in reply.results] == [p.idempotency_key for p in payments]
     assert {(r.status, r.decline_reason) for r in reply.results} == {
