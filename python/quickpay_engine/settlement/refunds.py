@@ -10,10 +10,11 @@ together pass the captured amount.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 from quickpay_engine.domain import PaymentRecord, PaymentStatus, Purpose
 from quickpay_engine.errors import IdempotencyConflict, InvalidArgument, NotFound, OutcomePending
@@ -49,6 +50,38 @@ class RefundOutcome:
     decline_detail: str = ""
 
 
+@dataclass(slots=True)
+class _Held:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # holding or waiting
+
+
+class KeyedLocks:
+    """One ``asyncio.Lock`` per name, kept while any caller holds or waits for it and
+    removed after the last one: a lock dropped while a caller still waits on it would
+    let the next caller take a fresh lock and run beside that waiter."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, _Held] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        held = self._held.get(name)
+        if held is None:
+            held = self._held[name] = _Held()
+        held.users += 1
+        try:
+            async with held.lock:
+                yield
+        finally:
+            held.users -= 1
+            if held.users == 0:
+                del self._held[name]
+
+
 class Refunds:
     """The Refund RPC's logic."""
 
@@ -65,8 +98,8 @@ class Refunds:
         self._router = router
         self._finisher = RefundFinisher(store, thread, book, router)
         self._on_states = on_states
-        # One lock per payment being refunded right now; removed when free.
-        self._locks: dict[str, asyncio.Lock] = {}
+        # One lock per payment being refunded right now.
+        self._locks = KeyedLocks()
 
     async def refund(
         self,
@@ -84,15 +117,10 @@ class Refunds:
             raise InvalidArgument("payment_id", "is required")
         if amount_minor is not None and amount_minor <= 0:
             raise InvalidArgument("amount.amount_minor", "must be positive")
-        lock = self._locks.setdefault(payment_id, asyncio.Lock())
-        try:
-            async with lock:
-                return await self._refund(
-                    idempotency_key, payment_id, amount_minor, currency, reason, deadline
-                )
-        finally:
-            if not lock.locked() and self._locks.get(payment_id) is lock:
-                del self._locks[payment_id]
+        async with self._locks.hold(payment_id):
+            return await self._refund(
+                idempotency_key, payment_id, amount_minor, currency, reason, deadline
+            )
 
     async def _refund(
         self,
