@@ -496,6 +496,28 @@ def test_refunds_pending_declined_and_finished(dbs: Databases) -> None:
     assert store.verify() == []
 
 
+def test_a_refund_key_is_bound_to_its_payment_and_amount(dbs: Databases) -> None:
+    """As on SQLite: a key holding one payment's refund is refused for another payment
+    or amount, naming nothing of the refund it holds."""
+    from quickpay_engine.errors import IdempotencyConflict
+
+    store = dbs.store
+    dbs.commit([settle("ra"), settle("rb", account="acc-post", amount=2_000)], now_us=1)
+    first = RefundRow("rf_held", "rk", "pay_ra", 100, "EUR", "x", created_at_us=2)
+    assert store.begin_refund(first) == first
+    retry = dataclasses.replace(first, refund_id="rf_retry", created_at_us=3)
+    assert store.begin_refund(retry).refund_id == "rf_held"
+    for other in (
+        dataclasses.replace(retry, payment_id="pay_rb"),
+        dataclasses.replace(retry, amount_minor=101),
+        dataclasses.replace(retry, currency="KES"),
+    ):
+        with pytest.raises(IdempotencyConflict) as err:
+            store.begin_refund(other)
+        assert "pay_ra" not in str(err.value) and "rf_held" not in str(err.value)
+    assert [r.refund_id for r in store.pending_refunds()] == ["rf_held"]
+
+
 # -- the two-phase participant ---------------------------------------------------------
 
 

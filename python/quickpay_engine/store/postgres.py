@@ -62,6 +62,7 @@ from quickpay_engine.store.sqlite import (
     VERIFY_EXAMPLES_MAX,
     RefundRow,
     SettledState,
+    bound_refund,
 )
 
 R = TypeVar("R")
@@ -540,7 +541,8 @@ class PostgresStore:
 
     def begin_refund(self, row: RefundRow) -> RefundRow:
         """Records a refund as PENDING before the gateway is called; returns the row
-        stored under its key (this one, or an earlier one for a replay)."""
+        stored under its key (this one, or an earlier one for a replay). A key that holds
+        a refund of another payment or amount raises ``IdempotencyConflict``."""
         self._billing.execute(
             "INSERT INTO refunds (refund_id, idempotency_key, payment_id, amount_minor,"
             " currency, reason, status, created_at_us)"
@@ -550,7 +552,7 @@ class PostgresStore:
         )  # fmt: skip
         stored = self.refund_by_key(row.idempotency_key)
         assert stored is not None
-        return stored
+        return bound_refund(stored, row)
 
     def decline_refund(self, refund_id: str, reason: str, detail: str, now_us: int) -> None:
         """Records the gateway's refusal of a PENDING refund."""
