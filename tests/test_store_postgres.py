@@ -276,6 +276,38 @@ def test_ledgers_balance_balances_equal_history_and_verify_is_clean(dbs: Databas
     assert any("AR legs do not carry its amount" in p and "pay_p0-0" in p for p in problems)
 
 
+def test_ar_and_refunds_are_checked_against_billing_account_by_account(dbs: Databases) -> None:
+    """AR per subscriber account against billing's movements, and refunds against their
+    payments, in whichever database holds AR; ``account_nets`` is billing's side of
+    the ledger check."""
+    store = dbs.store
+    dbs.commit([settle("n1"), settle("n2", account="acc-pre", amount=700)], now_us=1)
+    store.begin_refund(RefundRow("ref_n1", "rk-n1", "pay_n1", 1_000, "EUR", "x", created_at_us=2))
+    dbs.finish_refund("ref_n1", "gref", now_us=3)
+    assert store.verify() == []
+    nets = {a: (c, n) for a, c, n in store.account_nets()}
+    assert nets["acc-post-barred"] == ("EUR", 2_000) and nets["acc-pre"] == ("KES", 700)
+    assert nets["acc-post"] == ("EUR", 0)
+    # The refund's AR debit moved to another subscriber: AR still balances.
+    dbs.execute(
+        "ar",
+        "UPDATE ar_entries SET ar_account = 'receivable:acc-post'"
+        " WHERE document_id = 'ref_n1' AND leg = 1",
+    )
+    problems = store.verify()
+    assert (
+        "AR account does not sum to billing's movements (AR account, AR net, billing net):"
+        " receivable:acc-post, -1000, 0"
+    ) in problems, problems
+    assert not any(p.startswith("AR ledger out of balance") for p in problems)
+    dbs.execute(
+        "billing", "UPDATE billing_records SET amount_minor = 999 WHERE record_id = 'ref_n1'"
+    )
+    assert any(
+        p.startswith("refund not matching its payment") and "ref_n1" in p for p in store.verify()
+    )
+
+
 def test_declines_are_history_audit_and_events_but_move_no_money(dbs: Databases) -> None:
     decline = Decision("pay_d1", intent("d1"), decline_reason="MSISDN_MISMATCH", decline_detail="x")
     (outcome,), states = dbs.commit([decline], now_us=1)

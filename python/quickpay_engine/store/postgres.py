@@ -42,7 +42,7 @@ from quickpay_engine.domain import (
 from quickpay_engine.errors import StoreError
 from quickpay_engine.store.audit import GENESIS, AuditRow
 from quickpay_engine.store.audit import verify as verify_chain
-from quickpay_engine.store.checks import CHECKS
+from quickpay_engine.store.checks import ACCOUNT_NETS, CHECKS
 from quickpay_engine.store.pg_migrations import require_current
 from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule
 from quickpay_engine.store.records import PAYMENT_COLUMNS, payment_record
@@ -727,6 +727,11 @@ class PostgresStore:
 
     # -- invariants -----------------------------------------------------------------------
 
+    def account_nets(self) -> list[tuple[str, str, int]]:
+        """(account_id, currency, billing's net movement) of every subscriber: payments
+        in less refunds out, what the engine's ledger must hold for the account."""
+        return [(a, c, int(n)) for a, c, n in self._billing.execute(ACCOUNT_NETS).fetchall()]
+
     def verify(self) -> list[str]:
         """Checks the databases' invariants; returns one line per violation (at most
         ``VERIFY_EXAMPLES_MAX`` examples per check), empty when everything holds.
@@ -861,10 +866,10 @@ def _check_gid(gid: str) -> None:
 def _copy_ar_entries(source: psycopg.Connection, target: psycopg.Connection) -> None:
     target.execute(
         "CREATE TEMPORARY TABLE ar_entries (document_id TEXT NOT NULL, payment_id TEXT NOT NULL,"
-        " leg SMALLINT NOT NULL, debit_minor BIGINT NOT NULL, credit_minor BIGINT NOT NULL,"
-        " currency TEXT NOT NULL) ON COMMIT DROP"
+        " leg SMALLINT NOT NULL, ar_account TEXT NOT NULL, debit_minor BIGINT NOT NULL,"
+        " credit_minor BIGINT NOT NULL, currency TEXT NOT NULL) ON COMMIT DROP"
     )
-    columns = "document_id, payment_id, leg, debit_minor, credit_minor, currency"
+    columns = "document_id, payment_id, leg, ar_account, debit_minor, credit_minor, currency"
     with (
         source.cursor().copy(f"COPY (SELECT {columns} FROM ar_entries) TO STDOUT") as out,  # noqa: S608
         target.cursor().copy(f"COPY ar_entries ({columns}) FROM STDIN") as into,

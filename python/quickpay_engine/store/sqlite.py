@@ -31,7 +31,7 @@ from quickpay_engine.domain import (
 from quickpay_engine.errors import IdempotencyConflict, StoreError
 from quickpay_engine.store.audit import GENESIS, AuditRow
 from quickpay_engine.store.audit import verify as verify_chain
-from quickpay_engine.store.checks import CHECKS
+from quickpay_engine.store.checks import ACCOUNT_NETS, CHECKS
 from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule
 from quickpay_engine.store.records import PAYMENT_COLUMNS, payment_record
 from quickpay_engine.store.rows import (
@@ -635,6 +635,11 @@ class SqliteStore:
         return cursor.rowcount == 1
 
     # -- invariants -----------------------------------------------------------------------
+
+    def account_nets(self) -> list[tuple[str, str, int]]:
+        """(account_id, currency, billing's net movement) of every subscriber: payments
+        in less refunds out, what the engine's ledger must hold for the account."""
+        return [(a, c, int(n)) for a, c, n in self._db.execute(ACCOUNT_NETS).fetchall()]
 
     def verify(self) -> list[str]:
         """Checks the database's own invariants; returns one line per violation (at most
