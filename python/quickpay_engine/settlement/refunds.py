@@ -21,7 +21,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from quickpay_engine.domain import PaymentRecord, PaymentStatus, Purpose
-from quickpay_engine.errors import IdempotencyConflict, InvalidArgument, NotFound, OutcomePending
+from quickpay_engine.errors import (
+    IdempotencyConflict,
+    InvalidArgument,
+    NotFound,
+    OutcomePending,
+    echo,
+)
 from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.gateways.types import GatewayResult
 from quickpay_engine.settlement.ledger_book import LedgerBook
@@ -139,7 +145,7 @@ class Refunds:
     ) -> RefundOutcome:
         record = await self._thread.run(self._store.get_payment, payment_id=payment_id)
         if record is None:
-            raise NotFound(f"no payment with payment_id {payment_id!r}")
+            raise NotFound(f"no payment with payment_id {echo(payment_id)}")
         intent = record.intent
         if currency and currency != intent.currency:
             raise InvalidArgument(

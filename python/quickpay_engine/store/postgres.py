@@ -625,7 +625,7 @@ class PostgresStore:
             # Another writer settled this key for another payload since the replay
             # check: the caller is refused, never told the other payment is theirs.
             reason = IDEMPOTENCY_CONFLICT
-            error = f"idempotency_key was used for another payment ({stored.outcome.payment_id})"
+            error = "idempotency_key was used for another payment"
         return Outcome(
             payment_id=decision.payment_id,
             idempotency_key=decision.intent.idempotency_key,
