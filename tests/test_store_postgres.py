@@ -276,6 +276,38 @@ def test_ledgers_balance_balances_equal_history_and_verify_is_clean(dbs: Databas
     assert any("AR legs do not carry its amount" in p and "pay_p0-0" in p for p in problems)
 
 
+def test_ar_and_refunds_are_checked_against_billing_account_by_account(dbs: Databases) -> None:
+    """AR per subscriber account against billing's movements, and refunds against their
+    payments, in whichever database holds AR; ``account_nets`` is billing's side of
+    the ledger check."""
+    store = dbs.store
+    dbs.commit([settle("n1"), settle("n2", account="acc-pre", amount=700)], now_us=1)
+    store.begin_refund(RefundRow("ref_n1", "rk-n1", "pay_n1", 1_000, "EUR", "x", created_at_us=2))
+    dbs.finish_refund("ref_n1", "gref", now_us=3)
+    assert store.verify() == []
+    nets = {a: (c, n) for a, c, n in store.account_nets()}
+    assert nets["acc-post-barred"] == ("EUR", 2_000) and nets["acc-pre"] == ("KES", 700)
+    assert nets["acc-post"] == ("EUR", 0)
+    # The refund's AR debit moved to another subscriber: AR still balances.
+    dbs.execute(
+        "ar",
+        "UPDATE ar_entries SET ar_account = 'receivable:acc-post'"
+        " WHERE document_id = 'ref_n1' AND leg = 1",
+    )
+    problems = store.verify()
+    assert (
+        "AR account does not sum to billing's movements (AR account, AR net, billing net):"
+        " receivable:acc-post, -1000, 0"
+    ) in problems, problems
+    assert not any(p.startswith("AR ledger out of balance") for p in problems)
+    dbs.execute(
+        "billing", "UPDATE billing_records SET amount_minor = 999 WHERE record_id = 'ref_n1'"
+    )
+    assert any(
+        p.startswith("refund not matching its payment") and "ref_n1" in p for p in store.verify()
+    )
+
+
 def test_declines_are_history_audit_and_events_but_move_no_money(dbs: Databases) -> None:
     decline = Decision("pay_d1", intent("d1"), decline_reason="MSISDN_MISMATCH", decline_detail="x")
     (outcome,), states = dbs.commit([decline], now_us=1)
@@ -494,6 +526,28 @@ def test_refunds_pending_declined_and_finished(dbs: Databases) -> None:
     assert store.get_payment(payment_id="pay_r1").outcome.status is PaymentStatus.REFUNDED
     assert store.subscriber("acc-post-barred").balance_minor == 8_000
     assert store.verify() == []
+
+
+def test_a_refund_key_is_bound_to_its_payment_and_amount(dbs: Databases) -> None:
+    """As on SQLite: a key holding one payment's refund is refused for another payment
+    or amount, naming nothing of the refund it holds."""
+    from quickpay_engine.errors import IdempotencyConflict
+
+    store = dbs.store
+    dbs.commit([settle("ra"), settle("rb", account="acc-post", amount=2_000)], now_us=1)
+    first = RefundRow("rf_held", "rk", "pay_ra", 100, "EUR", "x", created_at_us=2)
+    assert store.begin_refund(first) == first
+    retry = dataclasses.replace(first, refund_id="rf_retry", created_at_us=3)
+    assert store.begin_refund(retry).refund_id == "rf_held"
+    for other in (
+        dataclasses.replace(retry, payment_id="pay_rb"),
+        dataclasses.replace(retry, amount_minor=101),
+        dataclasses.replace(retry, currency="KES"),
+    ):
+        with pytest.raises(IdempotencyConflict) as err:
+            store.begin_refund(other)
+        assert "pay_ra" not in str(err.value) and "rf_held" not in str(err.value)
+    assert [r.refund_id for r in store.pending_refunds()] == ["rf_held"]
 
 
 # -- the two-phase participant ---------------------------------------------------------

@@ -293,3 +293,25 @@ def test_a_key_taken_for_another_payload_is_a_conflict_not_a_replay(store: Sqlit
     assert outcomes[1].status is PaymentStatus.FAILED
     assert outcomes[1].decline_reason == IDEMPOTENCY_CONFLICT and not outcomes[1].replayed
     assert store.get_payment(payment_id="pay_other") is None
+
+
+def test_a_refund_key_is_bound_to_its_payment_and_amount(store: SqliteStore) -> None:
+    """A key that holds one payment's refund is refused for another payment or amount,
+    with a message naming nothing of the refund it holds; a retry gets the stored row."""
+    from quickpay_engine.errors import IdempotencyConflict
+    from quickpay_engine.store.sqlite import RefundRow
+
+    store.commit_batch([settle("ra"), settle("rb", account="acc-post", amount=2_000)], now_us=1)
+    first = RefundRow("rf_held", "rk", "pay_ra", 100, "EUR", "x", created_at_us=2)
+    assert store.begin_refund(first) == first
+    retry = dataclasses.replace(first, refund_id="rf_retry", created_at_us=3)
+    assert store.begin_refund(retry).refund_id == "rf_held"
+    for other in (
+        dataclasses.replace(retry, payment_id="pay_rb"),
+        dataclasses.replace(retry, amount_minor=101),
+        dataclasses.replace(retry, currency="KES"),
+    ):
+        with pytest.raises(IdempotencyConflict) as err:
+            store.begin_refund(other)
+        assert "pay_ra" not in str(err.value) and "rf_held" not in str(err.value)
+    assert [r.refund_id for r in store.pending_refunds()] == ["rf_held"]

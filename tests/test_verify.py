@@ -8,10 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
 from conftest import bill, settings_for, topup
+from quickpay_engine._engine import Ledger
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
+from quickpay_engine.server import create_server
+from quickpay_engine.settlement.ledger_book import LedgerBook, Movement
 from quickpay_engine.store import SqliteStore
 
 
@@ -26,11 +31,28 @@ def verify_cli(data_dir: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 async def traffic(stub, server, data_dir: Path) -> Path:
+    await make_traffic(stub, server)
+    return data_dir
+
+
+async def make_traffic(stub, server) -> None:
+    """Settled bill payments and top-ups, a decline, and two partial refunds."""
     for n in range(10):
         await stub.Pay(bill(f"b{n}", amount=pb.Money(amount_minor=700 + n, currency="EUR")))
         await stub.Pay(topup(f"t{n}"))
     await stub.Pay(bill("declined", msisdn="+306900000002"))
-    return data_dir
+    # A refund of a bill payment and one of a top-up, so the refund checks see both.
+    for key in ("b2", "t2"):
+        record = await stub.GetPayment(pb.GetPaymentRequest(idempotency_key=key))
+        refund = await stub.Refund(
+            pb.RefundRequest(
+                idempotency_key=f"rf-{key}",
+                payment_id=record.payment_id,
+                amount=pb.Money(amount_minor=100, currency=record.amount.currency),
+            )
+        )
+        assert refund.status == pb.PARTIALLY_REFUNDED
+    await server.service._pipeline.drain()  # every hold posted before the server stops
 
 
 async def test_verify_is_clean_after_traffic_and_a_reimport(traffic: Path) -> None:
@@ -73,6 +95,34 @@ BREAKS = [
         "UPDATE payments SET status = 2 WHERE idempotency_key = 'b1'",
         "declined payment that moved money",
     ),
+    # A payment's AR legs moved to another subscriber's account: AR still balances and
+    # carries every payment's amount, but not billing's movements, account by account.
+    (
+        "UPDATE ar_entries SET ar_account = 'receivable:acc-post' WHERE leg = 2"
+        " AND document_id = (SELECT payment_id FROM payments WHERE idempotency_key = 'b4')",
+        "AR account does not sum to billing's movements (AR account, AR net, billing net):"
+        " receivable:acc-post, 704, 0",
+    ),
+    # A refund recorded in billing against another account than its payment's.
+    (
+        "UPDATE billing_records SET account_id = 'acc-post' WHERE kind = 'REFUND'"
+        " AND record_id = (SELECT refund_id FROM refunds WHERE idempotency_key = 'rf-b2')",
+        "refund not matching its payment (refund, payment, account, amount, currency):",
+    ),
+    (
+        "UPDATE billing_records SET amount_minor = 99 WHERE kind = 'REFUND'"
+        " AND record_id = (SELECT refund_id FROM refunds WHERE idempotency_key = 'rf-t2')",
+        "refund not matching its payment (refund, payment, account, amount, currency):",
+    ),
+    (
+        "UPDATE refunds SET currency = 'EUR' WHERE idempotency_key = 'rf-t2'",
+        "refund not matching its payment (refund, payment, account, amount, currency):",
+    ),
+    (
+        "UPDATE ar_entries SET credit_minor = 50 WHERE leg = 2"
+        " AND document_id = (SELECT refund_id FROM refunds WHERE idempotency_key = 'rf-b2')",
+        "refund whose AR legs do not carry its amount (refund, debits, credits):",
+    ),
 ]
 
 
@@ -85,6 +135,33 @@ async def test_verify_names_each_broken_invariant(traffic: Path, sql: str, named
     done = verify_cli(traffic)
     assert done.returncode == 1
     assert named in done.stdout, done.stdout
+
+
+async def test_verify_finds_a_refund_debited_from_another_subscribers_ledger_account(
+    data_dir: Path,
+) -> None:
+    """What issue #20 saw: billing and the gateway agree, the engine's ledger moved a
+    refund out of the wrong subscriber's account. Verify names the account and the
+    amounts. (The server is stopped first: the ledger has one writer.)"""
+    running = await create_server(settings_for(data_dir))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            await make_traffic(pb_grpc.SettlementStub(channel), running)
+        paid = running.store.get_payment(idempotency_key="b5")
+    finally:
+        await running.stop(grace_s=1)
+    before = verify_cli(data_dir)
+    assert before.returncode == 0, before.stdout
+    book = LedgerBook(Ledger.open(data_dir / "ledger"))
+    try:
+        # 2.00 EUR taken from acc-post's ledger account for a refund of acc-post-barred's.
+        await book.refund("rf_misposted", Movement(paid.outcome.payment_id, "acc-post", 200, "EUR"))
+    finally:
+        book.close()
+    done = verify_cli(data_dir)
+    assert done.returncode == 1
+    line = "ledger balance not billing's movements (account, ledger, billing): acc-post, -200, 0"
+    assert line in done.stdout, done.stdout
 
 
 async def test_verify_checks_billing_against_the_bundled_gateways_books(data_dir: Path) -> None:

@@ -20,6 +20,18 @@ from quickpay_engine._engine import (
     WalFailure,
 )
 
+# At most this many characters of a caller's value are echoed in an error message: a
+# message goes into gRPC metadata, and a 16 KB id must not make NOT_FOUND an error of
+# its own (nor the engine a mirror for whatever a caller sends).
+ECHO_MAX = 64
+
+
+def echo(value: str) -> str:
+    """``value`` quoted for an error message, cut to ``ECHO_MAX`` characters."""
+    if len(value) <= ECHO_MAX:
+        return repr(value)
+    return f"{value[:ECHO_MAX]!r}... ({len(value)} characters)"
+
 
 class QuickpayError(Exception):
     """Base class of the front end's errors."""
@@ -71,6 +83,7 @@ class ImportRowError(QuickpayError):
 
 
 __all__ = [
+    "ECHO_MAX",
     "BatchTooLarge",
     "CapacityExceeded",
     "ColumnError",
@@ -92,4 +105,5 @@ __all__ = [
     "StoreError",
     "WalCorruption",
     "WalFailure",
+    "echo",
 ]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from quickpay_engine.api import convert
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
@@ -81,6 +83,15 @@ def _failed_reply(idempotency_key: str, err: BaseException) -> pb.PayResponse:
     )
 
 
+def _undecodable(n: int) -> pb.PayResponse:
+    """The reply to the ``n``th frame of a stream, which is not a PayRequest."""
+    return pb.PayResponse(
+        status=pb.FAILED,
+        decline_reason=grpc.StatusCode.INVALID_ARGUMENT.name,
+        decline_detail=f"request {n}: not a PayRequest",
+    )
+
+
 class SettlementServicer(pb_grpc.SettlementServicer):
     """quickpay.v1.Settlement over a SettlementService."""
 
@@ -111,7 +122,9 @@ class SettlementServicer(pb_grpc.SettlementServicer):
     ) -> AsyncIterator[pb.PayResponse]:
         """Replies as payments finish, possibly out of order. A request that fails on its
         own (malformed, key conflict) gets a FAILED reply with the gRPC code's name as
-        ``decline_reason``; the stream goes on."""
+        ``decline_reason``; the stream goes on. A frame that is not a PayRequest at all
+        gets one with no key and "request N: not a PayRequest" (N counts from 0). However
+        the stream ends, every payment started is answered first."""
         replies: asyncio.Queue[pb.PayResponse | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_INFLIGHT_MAX)
         tasks: set[asyncio.Task[None]] = set()
@@ -128,15 +141,28 @@ class SettlementServicer(pb_grpc.SettlementServicer):
 
         async def read() -> None:
             try:
-                async for request in request_iterator:
+                # context.read, not the iterator: a frame that does not decode raises
+                # here and the next read gets the next frame, where the iterator would
+                # be finished by the first.
+                for n in itertools.count():
+                    try:
+                        request = await context.read()
+                    except DecodeError:
+                        await slots.acquire()
+                        await replies.put(_undecodable(n))
+                        continue
+                    if request is grpc.aio.EOF:
+                        break
                     await slots.acquire()
                     task = asyncio.create_task(settle(request))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-                while tasks:
-                    await asyncio.gather(*list(tasks))
             finally:
-                await replies.put(None)  # the writer below ends even if reading failed
+                # Replies of payments already started go out before the stream ends,
+                # even when reading failed: they may have settled.
+                while tasks:
+                    await asyncio.gather(*list(tasks), return_exceptions=True)
+                await replies.put(None)
 
         reader = asyncio.create_task(read())
         try:

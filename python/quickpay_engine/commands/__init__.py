@@ -2,12 +2,19 @@
 
 import argparse
 
+from quickpay_engine.config import add_common_flags
+
 
 def add_command(
     subparsers: argparse._SubParsersAction, name: str, help_text: str
 ) -> argparse.ArgumentParser:
-    """Adds a subcommand that takes the common flags (--listen, --data-dir, ...)."""
-    common = subparsers.common_parent  # type: ignore[attr-defined]
+    """Adds a subcommand that takes the common flags (--listen, --data-dir, ...).
+
+    Each subcommand gets flags of its own: a parent parser's actions are shared by every
+    child, and ``set_defaults`` changes the shared action's default, so one command's
+    ``set_defaults(listen=...)`` (gateway-sim's) would become every command's."""
+    common = argparse.ArgumentParser(add_help=False)
+    add_common_flags(common)
     return subparsers.add_parser(name, help=help_text, description=help_text, parents=[common])
 
 

@@ -108,4 +108,17 @@ def _json(outcome: ReconcileRun) -> None:
 def _csv(outcome: ReconcileRun) -> None:
     writer = csv.DictWriter(sys.stdout, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(_rows(outcome))
+    writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in _rows(outcome))
+
+
+# A cell a spreadsheet reads as a formula begins with one of these (OWASP, "CSV
+# Injection"); reports carry text a gateway (or whoever wrote its report) chose.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A text cell that would start a formula, prefixed with ' so it stays text (the
+    csv module quotes it where needed); numbers and other cells unchanged."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value

@@ -6,11 +6,16 @@ import argparse
 import sqlite3
 from pathlib import Path
 
-from quickpay_engine._engine import EngineError, Ledger
+from quickpay_engine._engine import LEDGER_BATCH_MAX, EngineError, Ledger, ids_array
 from quickpay_engine.commands import add_command
 from quickpay_engine.config import settings_from
 from quickpay_engine.domain import PaymentStatus
-from quickpay_engine.settlement.ledger_book import ROLLED_BACK, SETTLED, LedgerBook
+from quickpay_engine.settlement.ledger_book import (
+    ROLLED_BACK,
+    SETTLED,
+    LedgerBook,
+    subscriber_account,
+)
 from quickpay_engine.storage import Store, open_store
 
 # At most this many examples of each broken saga invariant are listed.
@@ -78,9 +83,34 @@ def _saga_problems(store: Store, ledger_dir: Path) -> list[str]:
             elif PaymentStatus(status) not in _SETTLED and state not in (ROLLED_BACK,):
                 broken.append(f"declined in billing, hold not voided in the ledger: {payment_id}")
         problems += broken[:EXAMPLES_MAX]
+        problems += _balance_problems(store, book)
     finally:
         book.close()
     return problems
+
+
+def _balance_problems(store: Store, book: LedgerBook) -> list[str]:
+    """Account by account, what the ledger holds (posted: payments in less refunds
+    out) against billing's records of the same. A refund debited from another
+    subscriber's ledger account breaks two of these while billing and the gateway
+    agree."""
+    nets = store.account_nets()
+    broken: list[str] = []
+    for start in range(0, len(nets), LEDGER_BATCH_MAX):
+        chunk = nets[start : start + LEDGER_BATCH_MAX]
+        found, _, debits, _, credits = book.ledger.balances(
+            ids_array([subscriber_account(account_id) for account_id, _, _ in chunk])
+        )
+        for (account_id, currency, billed), has, d, c in zip(
+            chunk, found.tolist(), debits.tolist(), credits.tolist(), strict=True
+        ):
+            held = int(c) - int(d) if has else 0
+            if held != billed:
+                broken.append(
+                    f"ledger balance not billing's movements (account, ledger, billing):"
+                    f" {account_id}, {held}, {billed} {currency}"
+                )
+    return broken[:EXAMPLES_MAX]
 
 
 # Gateway states in which the gateway holds (or held, then refunded) the money.

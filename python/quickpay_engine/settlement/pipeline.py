@@ -38,7 +38,7 @@ from quickpay_engine.domain import (
     PaymentStatus,
     SubscriberRow,
 )
-from quickpay_engine.errors import IdempotencyConflict, InvalidArgument, OutcomePending
+from quickpay_engine.errors import IdempotencyConflict, InvalidArgument, OutcomePending, echo
 from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.gateways.types import (
     BankAccount,
@@ -557,8 +557,8 @@ def replay(
 ) -> Outcome | IdempotencyConflict:
     """The stored outcome for a retried key, or a conflict when the payload differs."""
     if stored_intent.fingerprint != intent.fingerprint:
+        # Names nothing of the payment the key belongs to.
         return IdempotencyConflict(
-            f"idempotency_key {intent.idempotency_key!r} was used for another payment"
-            f" ({stored.payment_id})"
+            f"idempotency_key {echo(intent.idempotency_key)} was used for another payment"
         )
     return dataclasses.replace(stored, replayed=True)

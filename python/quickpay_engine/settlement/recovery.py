@@ -203,15 +203,9 @@ class Recovery:
         return Action(payment_id, name, "given back", f"billing refused it ({why})")
 
     async def _refund(self, refund: RefundRow, dry_run: bool) -> Action:
-        record = await self._thread.run(self._store.get_payment, payment_id=refund.payment_id)
-        assert record is not None, "a refund row references its payment"
-        confirmation = record.outcome.confirmation
-        gateway = confirmation.gateway if confirmation else ""
         if dry_run:
             return Action(refund.payment_id, "refund", "send again", refund.refund_id)
-        result = await self._finisher.send(
-            refund, gateway, record.intent, self._router.deadline(LOOKUP_S)
-        )
+        result = await self._finisher.send(refund, self._router.deadline(LOOKUP_S))
         if result is None:
             return Action(refund.payment_id, "refund", "waiting", refund.refund_id)
         if isinstance(result, GatewayResult):
@@ -274,12 +268,18 @@ class RefundFinisher:
         self._book = book
         self._router = router
 
-    async def send(
-        self, refund: RefundRow, gateway: str, intent: PaymentIntent, deadline: float
-    ) -> SettledState | GatewayResult | None:
+    async def send(self, refund: RefundRow, deadline: float) -> SettledState | GatewayResult | None:
         """The account's state after a refund made; the gateway's refusal (recorded as
         DECLINED); None when the gateway did not answer (still PENDING) or the refund was
-        recorded already."""
+        recorded already. The gateway, account and currency are those of the refund's
+        own payment, read here, never a caller's: a refund moves only its payment's
+        money."""
+        record = await self._thread.run(self._store.get_payment, payment_id=refund.payment_id)
+        assert record is not None, "a refund row references its payment"
+        confirmation = record.outcome.confirmation
+        gateway = confirmation.gateway if confirmation else ""
+        intent = record.intent
+        assert refund.currency == intent.currency, "a refund is in its payment's currency"
         result = await self._router.refund(
             refund.payment_id, gateway, refund.refund_id, refund.amount_minor, refund.currency,
             deadline,

@@ -3,27 +3,38 @@ the payment, never more than was captured.
 
 A refund is journalled (PENDING) before the gateway is asked, so a crash between the
 two is finished by recovery with the same refund id, which the gateway is idempotent on.
-Refunds of one payment run one at a time, so two concurrent partial refunds cannot
-together pass the captured amount.
+
+A refund key is bound to its payment and payload (amount, currency) the way a Pay key
+is: reused for anything else it is refused (FAILED_PRECONDITION) and nothing moves.
+Calls with one key run one at a time, so the second finds the first's row and is
+answered from it or refused; refunds of one payment run one at a time, so two
+concurrent partial refunds cannot together pass the captured amount.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 from quickpay_engine.domain import PaymentRecord, PaymentStatus, Purpose
-from quickpay_engine.errors import IdempotencyConflict, InvalidArgument, NotFound, OutcomePending
+from quickpay_engine.errors import (
+    IdempotencyConflict,
+    InvalidArgument,
+    NotFound,
+    OutcomePending,
+    echo,
+)
 from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.gateways.types import GatewayResult
 from quickpay_engine.settlement.ledger_book import LedgerBook
 from quickpay_engine.settlement.recovery import RefundFinisher
 from quickpay_engine.store import SqliteStore
 from quickpay_engine.store.executor import StoreThread
-from quickpay_engine.store.sqlite import RefundRow, SettledState
+from quickpay_engine.store.sqlite import REFUND_KEY_CONFLICT, RefundRow, SettledState
 
 # A refund's gateway call gets this long when the caller set no deadline.
 REFUND_DEADLINE_S = 10.0
@@ -49,6 +60,38 @@ class RefundOutcome:
     decline_detail: str = ""
 
 
+@dataclass(slots=True)
+class _Held:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # holding or waiting
+
+
+class KeyedLocks:
+    """One ``asyncio.Lock`` per name, kept while any caller holds or waits for it and
+    removed after the last one: a lock dropped while a caller still waits on it would
+    let the next caller take a fresh lock and run beside that waiter."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, _Held] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        held = self._held.get(name)
+        if held is None:
+            held = self._held[name] = _Held()
+        held.users += 1
+        try:
+            async with held.lock:
+                yield
+        finally:
+            held.users -= 1
+            if held.users == 0:
+                del self._held[name]
+
+
 class Refunds:
     """The Refund RPC's logic."""
 
@@ -65,8 +108,10 @@ class Refunds:
         self._router = router
         self._finisher = RefundFinisher(store, thread, book, router)
         self._on_states = on_states
-        # One lock per payment being refunded right now; removed when free.
-        self._locks: dict[str, asyncio.Lock] = {}
+        # Taken in this order, key then payment: one lock per refund key and one per
+        # payment being refunded right now.
+        self._key_locks = KeyedLocks()
+        self._locks = KeyedLocks()
 
     async def refund(
         self,
@@ -84,15 +129,10 @@ class Refunds:
             raise InvalidArgument("payment_id", "is required")
         if amount_minor is not None and amount_minor <= 0:
             raise InvalidArgument("amount.amount_minor", "must be positive")
-        lock = self._locks.setdefault(payment_id, asyncio.Lock())
-        try:
-            async with lock:
-                return await self._refund(
-                    idempotency_key, payment_id, amount_minor, currency, reason, deadline
-                )
-        finally:
-            if not lock.locked() and self._locks.get(payment_id) is lock:
-                del self._locks[payment_id]
+        async with self._key_locks.hold(idempotency_key), self._locks.hold(payment_id):
+            return await self._refund(
+                idempotency_key, payment_id, amount_minor, currency, reason, deadline
+            )
 
     async def _refund(
         self,
@@ -105,7 +145,7 @@ class Refunds:
     ) -> RefundOutcome:
         record = await self._thread.run(self._store.get_payment, payment_id=payment_id)
         if record is None:
-            raise NotFound(f"no payment with payment_id {payment_id!r}")
+            raise NotFound(f"no payment with payment_id {echo(payment_id)}")
         intent = record.intent
         if currency and currency != intent.currency:
             raise InvalidArgument(
@@ -113,13 +153,10 @@ class Refunds:
             )
         existing = await self._thread.run(self._store.refund_by_key, key)
         if existing is not None:
-            same = existing.payment_id == payment_id and amount_minor in (
+            if existing.payment_id != payment_id or amount_minor not in (
                 None, existing.amount_minor,
-            )  # fmt: skip
-            if not same:
-                raise IdempotencyConflict(
-                    f"idempotency_key {key!r} was used for another refund ({existing.refund_id})"
-                )
+            ):  # fmt: skip
+                raise IdempotencyConflict(REFUND_KEY_CONFLICT)
             if existing.status != "PENDING":
                 return await self._answer(existing, replayed=True)
             refund = existing
@@ -131,22 +168,21 @@ class Refunds:
                 reason, created_at_us=time.time_ns() // 1_000,
             )  # fmt: skip
             refusal = await self._refusal(record.outcome.status, amount, remaining, record)
+            # The store refuses a key that holds another payment's refund (or another
+            # amount's) rather than hand that row back.
             refund = await self._thread.run(self._store.begin_refund, refund)
             if refusal is not None:
                 await self._thread.run(
                     self._store.decline_refund, refund.refund_id, *refusal, time.time_ns() // 1000
                 )
                 return await self._answer(refund)
-        gateway = record.outcome.confirmation.gateway if record.outcome.confirmation else ""
         loop = asyncio.get_running_loop()
-        result = await self._finisher.send(
-            refund, gateway, intent, deadline or loop.time() + REFUND_DEADLINE_S
-        )
+        result = await self._finisher.send(refund, deadline or loop.time() + REFUND_DEADLINE_S)
         if result is None:
             stored = await self._thread.run(self._store.refund_by_key, key)
             if stored is None or stored.status == "PENDING":
                 raise OutcomePending(
-                    f"gateway {gateway} has not answered refund {refund.refund_id}; the engine"
+                    f"the gateway has not answered refund {refund.refund_id}; the engine"
                     " finishes it by itself: retry with the same key to learn the result"
                 )
         elif not isinstance(result, GatewayResult):

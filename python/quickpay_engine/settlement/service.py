@@ -20,7 +20,7 @@ import numpy as np
 
 from quickpay_engine._engine import Engine, FraudScorer
 from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord, SubscriberRow
-from quickpay_engine.errors import IdempotencyConflict, NotFound, OutcomePending
+from quickpay_engine.errors import IdempotencyConflict, NotFound, OutcomePending, echo
 from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.reconcile.report import ColumnMapping, ReportError
 from quickpay_engine.settlement import reconciliation
@@ -266,7 +266,7 @@ class SettlementService:
         fingerprint, task = running
         if fingerprint != intent.fingerprint:
             raise IdempotencyConflict(
-                f"idempotency_key {key!r} is being used for another payment, still settling"
+                f"idempotency_key {echo(key)} is being used for another payment, still settling"
             )
         outcome = await _by_deadline(task, intent)
         return dataclasses.replace(outcome, replayed=True)
@@ -310,7 +310,7 @@ class SettlementService:
         if record is None:
             raise NotFound(
                 f"no payment with {'payment_id' if payment_id else 'idempotency_key'}"
-                f" {payment_id or idempotency_key!r}"
+                f" {echo(payment_id or idempotency_key)}"
             )
         return record
 
@@ -328,6 +328,6 @@ async def _by_deadline(task: asyncio.Task[Outcome], intent: PaymentIntent) -> Ou
     if task in done:
         return task.result()
     raise OutcomePending(
-        f"payment with idempotency_key {intent.idempotency_key!r} is not finished at the"
+        f"payment with idempotency_key {echo(intent.idempotency_key)} is not finished at the"
         " call's deadline and goes on: retry with the same idempotency_key for its outcome"
     )

@@ -6,6 +6,30 @@ SQLite and PostgreSQL); a store appends its LIMIT and reports what comes back.
 
 from __future__ import annotations
 
+# AR rows that are not a gateway clearing account (those are the other leg of each
+# document); substr, not LIKE, since "_" is a LIKE wildcard.
+_NOT_CLEARING = "substr(ar_account, 1, 17) != 'gateway_clearing:'"
+
+# Billing's movements per subscriber AR account: the account a payment's purpose posts
+# to (rows.build), payments in less refunds out.
+_BILLING_BY_AR_ACCOUNT = (
+    "SELECT CASE p.purpose WHEN 1 THEN 'receivable:' ELSE 'prepaid_liability:' END"
+    " || b.account_id AS ar_account,"
+    " sum(CASE b.kind WHEN 'PAYMENT' THEN b.amount_minor ELSE -b.amount_minor END) AS net"
+    " FROM billing_records b JOIN payments p ON p.payment_id = b.payment_id"
+    " GROUP BY CASE p.purpose WHEN 1 THEN 'receivable:' ELSE 'prepaid_liability:' END"
+    " || b.account_id"
+)
+
+# Per account: billing's movements, payments in less refunds out, with the account's
+# currency; what the engine's ledger account of the subscriber must hold (posted).
+ACCOUNT_NETS = (
+    "SELECT s.account_id, s.currency, coalesce(b.net, 0) FROM subscribers s LEFT JOIN"
+    " (SELECT account_id, sum(CASE kind WHEN 'PAYMENT' THEN amount_minor"
+    " ELSE -amount_minor END) AS net FROM billing_records GROUP BY account_id) b"
+    " USING (account_id) ORDER BY s.account_id"
+)
+
 CHECKS = [
     (
         "AR ledger out of balance (currency, debits, credits)",
@@ -57,6 +81,42 @@ CHECKS = [
         " FROM subscribers s LEFT JOIN (SELECT account_id, sum(balance_delta_minor) AS delta"
         " FROM billing_records GROUP BY account_id) b USING (account_id)"
         " WHERE s.balance_minor != s.opening_balance_minor + coalesce(b.delta, 0)",
+    ),
+    (
+        # Per subscriber AR account (receivable:ACCOUNT for bill payments,
+        # prepaid_liability:ACCOUNT for top-ups): credits less debits, against billing's
+        # records of the same payments, payments in less refunds out. AR can balance and
+        # carry every payment's amount with a leg on the wrong subscriber; this sees it.
+        "AR account does not sum to billing's movements (AR account, AR net, billing net)",
+        # Every part is one of this module's literals.
+        "SELECT n.ar_account, coalesce(a.net, 0), coalesce(b.net, 0) FROM ("  # noqa: S608
+        f"SELECT ar_account FROM ar_entries WHERE {_NOT_CLEARING}"
+        f" UNION SELECT ar_account FROM ({_BILLING_BY_AR_ACCOUNT}) names) n"
+        " LEFT JOIN (SELECT ar_account, sum(credit_minor) - sum(debit_minor) AS net"
+        f" FROM ar_entries WHERE {_NOT_CLEARING} GROUP BY ar_account) a"
+        " ON a.ar_account = n.ar_account"
+        f" LEFT JOIN ({_BILLING_BY_AR_ACCOUNT}) b ON b.ar_account = n.ar_account"
+        " WHERE coalesce(a.net, 0) != coalesce(b.net, 0)",
+    ),
+    (
+        # A refund's billing record is of its own payment, on that payment's account, for
+        # the refund's amount, in the payment's currency; a REFUND record has its refund.
+        "refund not matching its payment (refund, payment, account, amount, currency)",
+        "SELECT b.record_id, b.payment_id, b.account_id, b.amount_minor, b.currency"
+        " FROM billing_records b LEFT JOIN refunds r ON r.refund_id = b.record_id"
+        " AND r.status = 'DONE' LEFT JOIN payments p ON p.payment_id = r.payment_id"
+        " WHERE b.kind = 'REFUND' AND (r.refund_id IS NULL OR p.payment_id IS NULL"
+        " OR b.payment_id != r.payment_id OR b.account_id != p.account_id"
+        " OR b.amount_minor != r.amount_minor OR b.currency != r.currency"
+        " OR r.currency != p.currency)",
+    ),
+    (
+        "refund whose AR legs do not carry its amount (refund, debits, credits)",
+        "SELECT r.refund_id, coalesce(sum(a.debit_minor), 0), coalesce(sum(a.credit_minor), 0)"
+        " FROM refunds r LEFT JOIN ar_entries a ON a.document_id = r.refund_id"
+        " AND a.payment_id = r.payment_id WHERE r.status = 'DONE' GROUP BY r.refund_id"
+        " HAVING coalesce(sum(a.debit_minor), 0) != max(r.amount_minor)"
+        " OR coalesce(sum(a.credit_minor), 0) != max(r.amount_minor)",
     ),
     (
         "declined payment that moved money",

@@ -42,7 +42,7 @@ from quickpay_engine.domain import (
 from quickpay_engine.errors import StoreError
 from quickpay_engine.store.audit import GENESIS, AuditRow
 from quickpay_engine.store.audit import verify as verify_chain
-from quickpay_engine.store.checks import CHECKS
+from quickpay_engine.store.checks import ACCOUNT_NETS, CHECKS
 from quickpay_engine.store.pg_migrations import require_current
 from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule
 from quickpay_engine.store.records import PAYMENT_COLUMNS, payment_record
@@ -62,6 +62,7 @@ from quickpay_engine.store.sqlite import (
     VERIFY_EXAMPLES_MAX,
     RefundRow,
     SettledState,
+    bound_refund,
 )
 
 R = TypeVar("R")
@@ -540,7 +541,8 @@ class PostgresStore:
 
     def begin_refund(self, row: RefundRow) -> RefundRow:
         """Records a refund as PENDING before the gateway is called; returns the row
-        stored under its key (this one, or an earlier one for a replay)."""
+        stored under its key (this one, or an earlier one for a replay). A key that holds
+        a refund of another payment or amount raises ``IdempotencyConflict``."""
         self._billing.execute(
             "INSERT INTO refunds (refund_id, idempotency_key, payment_id, amount_minor,"
             " currency, reason, status, created_at_us)"
@@ -550,7 +552,7 @@ class PostgresStore:
         )  # fmt: skip
         stored = self.refund_by_key(row.idempotency_key)
         assert stored is not None
-        return stored
+        return bound_refund(stored, row)
 
     def decline_refund(self, refund_id: str, reason: str, detail: str, now_us: int) -> None:
         """Records the gateway's refusal of a PENDING refund."""
@@ -623,7 +625,7 @@ class PostgresStore:
             # Another writer settled this key for another payload since the replay
             # check: the caller is refused, never told the other payment is theirs.
             reason = IDEMPOTENCY_CONFLICT
-            error = f"idempotency_key was used for another payment ({stored.outcome.payment_id})"
+            error = "idempotency_key was used for another payment"
         return Outcome(
             payment_id=decision.payment_id,
             idempotency_key=decision.intent.idempotency_key,
@@ -724,6 +726,11 @@ class PostgresStore:
         return cursor.rowcount == 1
 
     # -- invariants -----------------------------------------------------------------------
+
+    def account_nets(self) -> list[tuple[str, str, int]]:
+        """(account_id, currency, billing's net movement) of every subscriber: payments
+        in less refunds out, what the engine's ledger must hold for the account."""
+        return [(a, c, int(n)) for a, c, n in self._billing.execute(ACCOUNT_NETS).fetchall()]
 
     def verify(self) -> list[str]:
         """Checks the databases' invariants; returns one line per violation (at most
@@ -859,10 +866,10 @@ def _check_gid(gid: str) -> None:
 def _copy_ar_entries(source: psycopg.Connection, target: psycopg.Connection) -> None:
     target.execute(
         "CREATE TEMPORARY TABLE ar_entries (document_id TEXT NOT NULL, payment_id TEXT NOT NULL,"
-        " leg SMALLINT NOT NULL, debit_minor BIGINT NOT NULL, credit_minor BIGINT NOT NULL,"
-        " currency TEXT NOT NULL) ON COMMIT DROP"
+        " leg SMALLINT NOT NULL, ar_account TEXT NOT NULL, debit_minor BIGINT NOT NULL,"
+        " credit_minor BIGINT NOT NULL, currency TEXT NOT NULL) ON COMMIT DROP"
     )
-    columns = "document_id, payment_id, leg, debit_minor, credit_minor, currency"
+    columns = "document_id, payment_id, leg, ar_account, debit_minor, credit_minor, currency"
     with (
         source.cursor().copy(f"COPY (SELECT {columns} FROM ar_entries) TO STDOUT") as out,  # noqa: S608
         target.cursor().copy(f"COPY ar_entries ({columns}) FROM STDIN") as into,

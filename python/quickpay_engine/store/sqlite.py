@@ -28,10 +28,10 @@ from quickpay_engine.domain import (
     Plan,
     SubscriberRow,
 )
-from quickpay_engine.errors import StoreError
+from quickpay_engine.errors import IdempotencyConflict, StoreError
 from quickpay_engine.store.audit import GENESIS, AuditRow
 from quickpay_engine.store.audit import verify as verify_chain
-from quickpay_engine.store.checks import CHECKS
+from quickpay_engine.store.checks import ACCOUNT_NETS, CHECKS
 from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule
 from quickpay_engine.store.records import PAYMENT_COLUMNS, payment_record
 from quickpay_engine.store.rows import (
@@ -78,6 +78,25 @@ class RefundRow:
     decline_reason: str = ""
     decline_detail: str = ""
     created_at_us: int = 0
+
+
+# What a caller is told when a refund key is reused for another payment or amount: it
+# names nothing of the refund (or the payment) the key belongs to.
+REFUND_KEY_CONFLICT = (
+    "idempotency_key was used for another refund (another payment or amount);"
+    " a new refund needs a new key"
+)
+
+
+def bound_refund(stored: RefundRow, row: RefundRow) -> RefundRow:
+    """``stored``, the refund a key already holds, when ``row`` asks for the same one (a
+    retry); a key reused for another payment, amount or currency is a conflict, so no
+    refund is ever made from another payment's row."""
+    if (stored.payment_id, stored.amount_minor, stored.currency) != (
+        row.payment_id, row.amount_minor, row.currency,
+    ):  # fmt: skip
+        raise IdempotencyConflict(REFUND_KEY_CONFLICT)
+    return stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +433,8 @@ class SqliteStore:
 
     def begin_refund(self, row: RefundRow) -> RefundRow:
         """Records a refund as PENDING before the gateway is called; returns the row
-        stored under its key (this one, or an earlier one for a replay)."""
+        stored under its key (this one, or an earlier one for a replay). A key that holds
+        a refund of another payment or amount raises ``IdempotencyConflict``."""
         with self._transaction():
             self._db.execute(
                 "INSERT OR IGNORE INTO refunds (refund_id, idempotency_key, payment_id,"
@@ -425,7 +445,7 @@ class SqliteStore:
             )  # fmt: skip
         stored = self.refund_by_key(row.idempotency_key)
         assert stored is not None
-        return stored
+        return bound_refund(stored, row)
 
     def decline_refund(self, refund_id: str, reason: str, detail: str, now_us: int) -> None:
         """Records the gateway's refusal of a PENDING refund."""
@@ -501,7 +521,7 @@ class SqliteStore:
             # Another writer settled this key for another payload since the replay
             # check: the caller is refused, never told the other payment is theirs.
             reason = IDEMPOTENCY_CONFLICT
-            error = f"idempotency_key was used for another payment ({stored.outcome.payment_id})"
+            error = "idempotency_key was used for another payment"
         return Outcome(
             payment_id=decision.payment_id,
             idempotency_key=decision.intent.idempotency_key,
@@ -615,6 +635,11 @@ class SqliteStore:
         return cursor.rowcount == 1
 
     # -- invariants -----------------------------------------------------------------------
+
+    def account_nets(self) -> list[tuple[str, str, int]]:
+        """(account_id, currency, billing's net movement) of every subscriber: payments
+        in less refunds out, what the engine's ledger must hold for the account."""
+        return [(a, c, int(n)) for a, c, n in self._db.execute(ACCOUNT_NETS).fetchall()]
 
     def verify(self) -> list[str]:
         """Checks the database's own invariants; returns one line per violation (at most
