@@ -61,8 +61,7 @@ async def test_an_empty_call_answers_nothing_and_a_full_one_answers_each_in_orde
     # names an account of its own: payments of one account settle one batch after
     # another, so 1,000 of one account would take 1,000 batches.
     payments = [
-        bill(f"batch-full-{i}", account_id=f"acc-{i}", msisdn=f"+{i}")
-        for i in range(PAY_BATCH_MAX)
+        bill(f"batch-full-{i}", account_id=f"acc-{i}", msisdn=f"+{i}") for i in range(PAY_BATCH_MAX)
     ]
     reply = await stub.PayBatch(pb.PayBatchRequest(payments=payments), timeout=60)
     assert [r.idempotency_key for r in reply.results] == [p.idempotency_key for p in payments]

@@ -46,9 +46,10 @@ async def test_an_undecodable_frame_gets_a_failed_reply_and_the_stream_goes_on(
     assert {r.status for r in failed} == {pb.FAILED}
     assert {r.decline_reason for r in failed} == {"INVALID_ARGUMENT"}
     # Each names the frame it answers (by its place in the stream), and nothing else.
-    assert sorted(r.decline_detail for r in failed) == sorted(
-        f"request {n}: not a PayRequest" for n in bad
+    assert sorted(r.decline_detail.split(":")[0] for r in failed) == sorted(
+        f"request {n}" for n in bad
     )
+    assert all(": not a PayRequest: " in r.decline_detail for r in failed)
     assert not any(r.payment_id for r in failed)
 
 

@@ -7,6 +7,7 @@
 pub mod fraud;
 pub mod ledger;
 pub mod money;
+pub mod proto;
 pub mod reconcile;
 pub mod validate;
 pub mod wal;

@@ -7,6 +7,7 @@
 mod fraud;
 mod http;
 mod ledger;
+mod proto;
 mod reconcile;
 mod validate;
 
@@ -31,6 +32,12 @@ create_exception!(
     InvalidBatch,
     EngineError,
     "Columns of unequal length or an unknown enum number."
+);
+create_exception!(
+    _engine,
+    RequestUndecodable,
+    EngineError,
+    "The request bytes are not the contract's message; the message names the field."
 );
 create_exception!(
     _engine,
@@ -153,10 +160,12 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BatchTooLarge", py.get_type::<BatchTooLarge>())?;
     m.add("InvalidBatch", py.get_type::<InvalidBatch>())?;
     m.add("CapacityExceeded", py.get_type::<CapacityExceeded>())?;
+    m.add("RequestUndecodable", py.get_type::<RequestUndecodable>())?;
     validate::register(m)?;
     ledger::register(m)?;
     reconcile::register(m)?;
     fraud::register(m)?;
     http::register(m)?;
+    proto::register(m)?;
     Ok(())
 }

@@ -31,6 +31,9 @@ class StateRefused(InvalidBatch):
 class CapacityExceeded(EngineError):
     """An engine table is at its bound."""
 
+class RequestUndecodable(EngineError):
+    """The request bytes are not the contract's message; the message names the field."""
+
 class ConfigInvalid(EngineError):
     """The engine configuration was refused; the message names the setting."""
 
@@ -543,3 +546,28 @@ class HttpPool:
         wrong, for logs. A method, path or timeout that cannot be used:
         ``HttpSetupError``; more than ``SEND_MANY_MAX`` requests: ``BatchTooLarge``;
         either before any request is sent."""
+
+PAY_REQUEST_BYTES_MAX: int
+"""The largest PayRequest frame the core decodes; a larger one is refused unread."""
+
+DecodedPay = tuple[
+    tuple[str, str, str, str, int, str, int, int, str, str, str, str],
+    tuple[str, int, int, str, str, str, str],
+]
+"""A decoded PayRequest: (idempotency_key, fingerprint hex, account_id, msisdn,
+amount_minor, currency, purpose, method kind, method display, channel, device_id, ip),
+then the method detail (card_pan, card_expiry_month, card_expiry_year, wallet_provider,
+wallet_id, iban, subscriber_assertion)."""
+
+def decode_pay_requests(frames: list[bytes], fingerprint_key: bytes) -> list[DecodedPay | str]:
+    """Decodes PayRequest frames with the GIL released. Each frame gives its fields or,
+    when it is not a PayRequest, a message that names the field (the caller answers
+    INVALID_ARGUMENT). ``fingerprint_key`` keys the payload fingerprint (HMAC-SHA256 of
+    the canonical encoding). At most 10,000 frames (else ``BatchTooLarge``)."""
+
+def decode_pay_batch(
+    request: bytes, fingerprint_key: bytes, payments_max: int
+) -> list[DecodedPay | str]:
+    """Decodes a PayBatchRequest's payments, each on its own, as ``decode_pay_requests``
+    does. A call of more than ``payments_max`` payments, or whose own framing is broken,
+    is refused whole with ``RequestUndecodable`` before any payment is decoded."""

@@ -23,8 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from quickpay_engine._engine import ConfigInvalid, FraudScorer, Ledger
 from quickpay_engine.api.convert import event_msg
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
-from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
-from quickpay_engine.api.servicer import SettlementServicer
+from quickpay_engine.api.servicer import SettlementServicer, add_to_server
 from quickpay_engine.config import Settings
 from quickpay_engine.errors import ConfigError
 from quickpay_engine.events.jetstream import JetStreamPublisher
@@ -189,10 +188,7 @@ async def create_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    pb_grpc.add_SettlementServicer_to_server(
-        SettlementServicer(service, key, settings.data_dir / "mappings"),
-        server,
-    )
+    add_to_server(SettlementServicer(service, key, settings.data_dir / "mappings"), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -6,9 +6,11 @@ import hmac
 import re
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from quickpay_engine._engine import decode_pay_batch, decode_pay_requests
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.domain import (
     Confirmation,
@@ -27,6 +29,9 @@ from quickpay_engine.errors import InvalidArgument
 from quickpay_engine.reconcile.report import ColumnMapping
 from quickpay_engine.settlement.reconciliation import DEFAULT_TOLERANCE_S, ReconcileRun
 from quickpay_engine.settlement.refunds import RefundOutcome
+
+if TYPE_CHECKING:
+    from quickpay_engine._engine import DecodedPay
 
 _METHOD_KINDS = {
     "card": MethodKind.CARD,
@@ -90,6 +95,57 @@ def intent_of(
         detail=detail_of(request),
         deadline=deadline,
     )
+
+
+def intents_of_frames(
+    frames: list[bytes],
+    fingerprint_key: bytes,
+    deadline: float | None = None,
+    field: str = "request",
+) -> list[PaymentIntent | InvalidArgument]:
+    """PayRequest frames decoded by the core, in one call: each an intent, or the
+    InvalidArgument (on ``field``) of a frame that is not a PayRequest."""
+    decoded = decode_pay_requests(frames, fingerprint_key)
+    return [_intent(d, deadline, field) for d in decoded]
+
+
+def intents_of_batch(
+    request: bytes, fingerprint_key: bytes, payments_max: int, deadline: float | None = None
+) -> list[PaymentIntent | InvalidArgument]:
+    """A PayBatchRequest's payments decoded by the core, each on its own; a call over
+    ``payments_max`` or with broken framing raises ``RequestUndecodable``."""
+    decoded = decode_pay_batch(request, fingerprint_key, payments_max)
+    return [_intent(d, deadline) for d in decoded]
+
+
+def _intent(
+    decoded: DecodedPay | str, deadline: float | None, field: str = "request"
+) -> PaymentIntent | InvalidArgument:
+    if isinstance(decoded, str):
+        return InvalidArgument(field, decoded)
+    (key, fingerprint, account, msisdn, amount, currency, purpose, kind, shown, channel,
+     device, ip), detail = decoded  # fmt: skip
+    return PaymentIntent(
+        idempotency_key=key,
+        fingerprint=fingerprint,
+        account_id=account,
+        msisdn=msisdn,
+        amount_minor=amount,
+        currency=currency,
+        purpose=_PURPOSES.get(purpose, Purpose.UNSPECIFIED),
+        method=Method(MethodKind(kind), shown),
+        channel=channel,
+        device_id=device,
+        ip=ip,
+        detail=MethodDetail(*detail),
+        deadline=deadline,
+    )
+
+
+_PURPOSES = {
+    Purpose.BILL_PAYMENT.value: Purpose.BILL_PAYMENT,
+    Purpose.PREPAID_TOPUP.value: Purpose.PREPAID_TOPUP,
+}
 
 
 def _timestamp(us: int) -> Timestamp:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from quickpay_engine.api import convert
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
@@ -25,12 +24,15 @@ from quickpay_engine.errors import (
     OutcomePending,
     Overloaded,
     QuickpayError,
+    RequestUndecodable,
     ShuttingDown,
 )
 from quickpay_engine.reconcile.report import ReportError
 from quickpay_engine.settlement.service import SettlementService
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Payments one PayStream may have in flight; at the bound the stream stops reading
 # requests until replies go out (back-pressure through HTTP/2 flow control).
@@ -42,6 +44,7 @@ PAY_BATCH_MAX = 1_000
 
 _STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (RequestUndecodable, grpc.StatusCode.INVALID_ARGUMENT),
     (IdempotencyConflict, grpc.StatusCode.FAILED_PRECONDITION),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     # The ledger holds one retention window's payments; full, it refuses the batch
@@ -83,13 +86,46 @@ def _failed_reply(idempotency_key: str, err: BaseException) -> pb.PayResponse:
     )
 
 
-def _undecodable(n: int) -> pb.PayResponse:
-    """The reply to the ``n``th frame of a stream, which is not a PayRequest."""
-    return pb.PayResponse(
-        status=pb.FAILED,
-        decline_reason=grpc.StatusCode.INVALID_ARGUMENT.name,
-        decline_detail=f"request {n}: not a PayRequest",
-    )
+SERVICE_NAME = "quickpay.v1.Settlement"
+# The payment RPCs take and answer bytes: the core decodes the requests, in one call per
+# request or batch, so no Python protobuf message is built for them on the way in.
+RAW_RPCS = {
+    "Pay": grpc.unary_unary_rpc_method_handler,
+    "PayStream": grpc.stream_stream_rpc_method_handler,
+    "PayBatch": grpc.unary_unary_rpc_method_handler,
+}
+# The others keep the generated messages: (handler kind, request, response).
+TYPED_RPCS = {
+    "GetPayment": (grpc.unary_unary_rpc_method_handler, pb.GetPaymentRequest, pb.Payment),
+    "Refund": (grpc.unary_unary_rpc_method_handler, pb.RefundRequest, pb.RefundResponse),
+    "WatchSettlements": (
+        grpc.unary_stream_rpc_method_handler, pb.WatchRequest, pb.SettlementEvent
+    ),
+    "Reconcile": (grpc.unary_unary_rpc_method_handler, pb.ReconcileRequest, pb.ReconcileReport),
+}  # fmt: skip
+
+
+def add_to_server(servicer: SettlementServicer, server: grpc.aio.Server) -> None:
+    """Registers ``servicer`` as quickpay.v1.Settlement on ``server``."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {
+        name: make(getattr(servicer, name)) for name, make in RAW_RPCS.items()
+    }
+    for name, (make, request, response) in TYPED_RPCS.items():
+        handlers[name] = make(
+            getattr(servicer, name),
+            request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+async def aenumerate(items: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
+    """``enumerate`` for an async iterator."""
+    n = 0
+    async for item in items:
+        yield n, item
+        n += 1
 
 
 class SettlementServicer(pb_grpc.SettlementServicer):
@@ -102,59 +138,54 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         self._key = fingerprint_key
         self._mappings_dir = mappings_dir
 
-    async def Pay(
-        self, request: pb.PayRequest, context: grpc.aio.ServicerContext
-    ) -> pb.PayResponse:
+    async def Pay(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Takes the request's bytes unparsed (the core decodes them) and answers bytes."""
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before any work"
             )
         deadline = None if remaining is None else time.monotonic() + remaining
+        (intent,) = convert.intents_of_frames([request], self._key, deadline)
         try:
-            outcome = await self._service.pay(convert.intent_of(request, self._key, deadline))
+            if isinstance(intent, InvalidArgument):
+                raise intent
+            outcome = await self._service.pay(intent)
         except Exception as err:
             await _abort(context, err, "Pay")
-        return convert.pay_response(outcome)
+        return convert.pay_response(outcome).SerializeToString()
 
     async def PayStream(
-        self, request_iterator: AsyncIterator[pb.PayRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.PayResponse]:
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         """Replies as payments finish, possibly out of order. A request that fails on its
-        own (malformed, key conflict) gets a FAILED reply with the gRPC code's name as
-        ``decline_reason``; the stream goes on. A frame that is not a PayRequest at all
-        gets one with no key and "request N: not a PayRequest" (N counts from 0). However
-        the stream ends, every payment started is answered first."""
-        replies: asyncio.Queue[pb.PayResponse | None] = asyncio.Queue()
+        own (undecodable, malformed, key conflict) gets a FAILED reply with the gRPC
+        code's name as ``decline_reason``; the stream goes on. A frame that is not a
+        PayRequest gets one with no key and "request N: not a PayRequest: ..." (N counts
+        from 0) naming what is wrong. However the stream ends, every payment started is
+        answered first."""
+        replies: asyncio.Queue[bytes | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_INFLIGHT_MAX)
         tasks: set[asyncio.Task[None]] = set()
 
-        async def settle(request: pb.PayRequest) -> None:
+        async def settle(n: int, frame: bytes) -> None:
+            (intent,) = convert.intents_of_frames([frame], self._key, field=f"request {n}")
+            key = "" if isinstance(intent, InvalidArgument) else intent.idempotency_key
             try:
-                outcome = await self._service.pay(convert.intent_of(request, self._key))
-                reply = convert.pay_response(outcome)
+                if isinstance(intent, InvalidArgument):
+                    raise intent
+                reply = convert.pay_response(await self._service.pay(intent))
             except Exception as err:
-                reply = _failed_reply(request.idempotency_key, err)
+                reply = _failed_reply(key, err)
             # The slot is freed only once the reply is written (below), so a client that
             # sends without reading holds at most STREAM_INFLIGHT_MAX payments here.
-            await replies.put(reply)
+            await replies.put(reply.SerializeToString())
 
         async def read() -> None:
             try:
-                # context.read, not the iterator: a frame that does not decode raises
-                # here and the next read gets the next frame, where the iterator would
-                # be finished by the first.
-                for n in itertools.count():
-                    try:
-                        request = await context.read()
-                    except DecodeError:
-                        await slots.acquire()
-                        await replies.put(_undecodable(n))
-                        continue
-                    if request is grpc.aio.EOF:
-                        break
+                async for n, frame in aenumerate(request_iterator):
                     await slots.acquire()
-                    task = asyncio.create_task(settle(request))
+                    task = asyncio.create_task(settle(n, frame))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
             finally:
@@ -173,33 +204,34 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         finally:
             reader.cancel()
 
-    async def PayBatch(
-        self, request: pb.PayBatchRequest, context: grpc.aio.ServicerContext
-    ) -> pb.PayBatchResponse:
+    async def PayBatch(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Settles each payment on its own and answers them in request order; a payment
-        that fails on its own is a FAILED result named by its gRPC code, as in PayStream."""
-        count = len(request.payments)
-        if count > PAY_BATCH_MAX:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"payments: {count} in one call; at most {PAY_BATCH_MAX}",
-            )
+        that fails on its own is a FAILED result named by its gRPC code, as in PayStream.
+        The core splits and decodes the call's payments, each on its own."""
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before any work"
             )
         deadline = None if remaining is None else time.monotonic() + remaining
-        intents = [convert.intent_of(p, self._key, deadline) for p in request.payments]
-        outcomes = await self._service.pay_many(intents)
-        return pb.PayBatchResponse(
-            results=[
-                _failed_reply(p.idempotency_key, o)
-                if isinstance(o, BaseException)
-                else convert.pay_response(o)
-                for p, o in zip(request.payments, outcomes, strict=True)
-            ]
-        )
+        try:
+            items = convert.intents_of_batch(request, self._key, PAY_BATCH_MAX, deadline)
+        except RequestUndecodable as err:
+            await _abort(context, err, "PayBatch")
+        decoded = [i for i in items if not isinstance(i, InvalidArgument)]
+        outcomes = iter(await self._service.pay_many(decoded))
+        results = []
+        for item in items:
+            if isinstance(item, InvalidArgument):
+                results.append(_failed_reply("", item))
+                continue
+            outcome = next(outcomes)
+            results.append(
+                _failed_reply(item.idempotency_key, outcome)
+                if isinstance(outcome, BaseException)
+                else convert.pay_response(outcome)
+            )
+        return pb.PayBatchResponse(results=results).SerializeToString()
 
     async def GetPayment(
         self, request: pb.GetPaymentRequest, context: grpc.aio.ServicerContext

@@ -1,0 +1,225 @@
+"""The contract decoded by the core (engine/src/proto, prost) against the Python view
+(the generated protobuf stubs): field by field, the same intent and the same keyed
+fingerprint, and bytes that are not the contract's message are INVALID_ARGUMENT on
+every payment RPC."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import grpc
+import pytest
+
+from conftest import bill, topup
+from quickpay_engine._engine import PAY_REQUEST_BYTES_MAX, decode_pay_batch, decode_pay_requests
+from quickpay_engine.api import convert
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
+from quickpay_engine.domain import PaymentIntent
+from quickpay_engine.errors import InvalidArgument, RequestUndecodable
+
+KEY = b"k" * 32
+SAMPLES = 3_000
+# Text with what clients send in practice and what they should not: empty, ASCII,
+# non-ASCII letters, emoji, control characters and NUL.
+ALPHABET = "abcXYZ019+-_ .:/@éßΩ漢🙂\x00\x07\x7f"
+
+
+def _text(rng: random.Random, longest: int = 40) -> str:
+    return "".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, longest)))
+
+
+def _method(rng: random.Random) -> pb.PaymentMethod | None:
+    arm = rng.randrange(5)
+    if arm == 0:
+        return None
+    if arm == 1:
+        pan = "".join(rng.choice("0123456789") for _ in range(rng.randint(0, 20)))
+        if rng.random() < 0.2:
+            pan += rng.choice("x ")  # not all digits: shown as "card" alone
+        return pb.PaymentMethod(
+            card=pb.Card(
+                pan=pan,
+                expiry_month=rng.choice([0, 1, 12, 13, 2**32 - 1]),
+                expiry_year=rng.choice([0, 2031, 2**32 - 1]),
+            )
+        )
+    if arm == 2:
+        return pb.PaymentMethod(wallet=pb.Wallet(provider=_text(rng, 60), wallet_id=_text(rng)))
+    if arm == 3:
+        return pb.PaymentMethod(bank_account=pb.BankAccount(iban=_text(rng, 34)))
+    return pb.PaymentMethod(carrier_balance=pb.CarrierBalance())
+
+
+def random_request(rng: random.Random) -> pb.PayRequest:
+    """A PayRequest with every field drawn, each sometimes left at its default."""
+    request = pb.PayRequest(
+        idempotency_key=_text(rng),
+        account_id=_text(rng),
+        msisdn=_text(rng, 16),
+        purpose=rng.choice([0, 1, 2, 3, 99]),  # unknown numbers are kept by proto3
+        channel=_text(rng, 12),
+        device_id=_text(rng),
+        ip=_text(rng, 20),
+        subscriber_assertion=_text(rng, 80),
+    )
+    if rng.random() < 0.9:
+        request.amount.CopyFrom(
+            pb.Money(
+                amount_minor=rng.choice([0, 1, -1, 3_000, 2**63 - 1, -(2**63)]),
+                currency=_text(rng, 4),
+            )
+        )
+    method = _method(rng)
+    if method is not None:
+        request.method.CopyFrom(method)
+    return request
+
+
+def _view(intent: PaymentIntent) -> tuple[PaymentIntent, tuple[object, ...]]:
+    """Everything an intent carries: its fields, and its method detail (which equality
+    leaves out)."""
+    return intent, dataclasses.astuple(intent.detail)
+
+
+def test_the_core_decodes_every_field_as_the_python_stubs_do() -> None:
+    rng = random.Random(20261206)
+    requests = [random_request(rng) for _ in range(SAMPLES)]
+    decoded = convert.intents_of_frames([r.SerializeToString() for r in requests], KEY)
+    for request, intent in zip(requests, decoded, strict=True):
+        assert not isinstance(intent, InvalidArgument), (request, intent)
+        # intent_of is the Python view: the stubs' fields, and the fingerprint as every
+        # stored payment has it (HMAC of the deterministic serialization), so a retry of
+        # a payment stored before the core decoded requests still matches its key.
+        assert _view(intent) == _view(convert.intent_of(request, KEY)), request
+
+
+def test_every_field_of_the_request_reaches_the_intent() -> None:
+    """Changing any one field changes what the core decodes (the fingerprint at least),
+    so no field of the contract is dropped on the way in."""
+    base = bill("every-field", subscriber_assertion="token", device_id="d", ip="192.0.2.1")
+    (reference,) = decode_pay_requests([base.SerializeToString()], KEY)
+    changed: set[str] = set()
+    for field in pb.PayRequest.DESCRIPTOR.fields:
+        request = pb.PayRequest()
+        request.CopyFrom(base)
+        if field.message_type is None:
+            value = getattr(request, field.name)
+            setattr(request, field.name, value + 1 if isinstance(value, int) else value + "x")
+        elif field.name == "amount":
+            request.amount.amount_minor += 1
+        else:
+            request.method.card.expiry_month += 1
+        (other,) = decode_pay_requests([request.SerializeToString()], KEY)
+        if other != reference:
+            changed.add(field.name)
+    assert changed == {f.name for f in pb.PayRequest.DESCRIPTOR.fields}
+
+
+def test_the_fingerprint_ignores_field_order_and_is_keyed() -> None:
+    request = bill("fp-order")
+    forward = request.SerializeToString(deterministic=True)
+    # The same fields, written last to first: still the same payload.
+    fields = [(f, v) for f, v in request.ListFields()]
+    backward = b"".join(
+        pb.PayRequest(**{f.name: v}).SerializeToString() for f, v in reversed(fields)
+    )
+    assert backward != forward
+    a, b = decode_pay_requests([forward, backward], KEY)
+    assert a == b
+    (c,) = decode_pay_requests([forward], b"another key")
+    assert c[0][1] != a[0][1]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"\xff\xff\xff",  # a key cut short
+        b"\x0a\x05ab",  # a string running past the end
+        b"\x22\x04\x12\x02\xff\xfe",  # amount.currency not UTF-8
+        b"\x0b",  # a group start (wire type 3)
+        bytes(range(256)),
+    ],
+)
+def test_bytes_that_are_not_a_request_name_the_problem(frame: bytes) -> None:
+    (item,) = convert.intents_of_frames([frame], KEY)
+    assert isinstance(item, InvalidArgument)
+    assert str(item).startswith("request: not a PayRequest"), item
+
+
+def test_truncations_and_mutations_never_crash_the_decoder() -> None:
+    """Every prefix and thousands of single-byte mutations of real requests: each is a
+    request or a named refusal, never an exception."""
+    rng = random.Random(7)
+    frames = []
+    for _ in range(50):
+        good = random_request(rng).SerializeToString()
+        frames += [good[:n] for n in range(len(good))]
+        for _ in range(40):
+            mutated = bytearray(good or b"\x00")
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+            frames.append(bytes(mutated))
+    for start in range(0, len(frames), 5_000):
+        for item in decode_pay_requests(frames[start : start + 5_000], KEY):
+            assert isinstance(item, (tuple, str))
+
+
+def test_an_oversized_request_is_refused_unread() -> None:
+    (item,) = decode_pay_requests([b"\x00" * (PAY_REQUEST_BYTES_MAX + 1)], KEY)
+    assert isinstance(item, str) and "over the bound" in item
+
+
+def test_a_batch_decodes_each_payment_alone_and_refuses_broken_framing() -> None:
+    good = bill("b-1").SerializeToString()
+    bad = b"\x22\x04\x12\x02\xff\xfe"
+    call = b"".join(b"\x0a" + bytes([len(f)]) + f for f in (good, bad, good))
+    first, second, third = decode_pay_batch(call, KEY, 1_000)
+    assert first == third and isinstance(second, str)
+    with pytest.raises(RequestUndecodable, match="payments: 3 in one call; at most 2"):
+        decode_pay_batch(call, KEY, 2)
+    with pytest.raises(RequestUndecodable, match="not a PayBatchRequest"):
+        decode_pay_batch(call[:-1], KEY, 1_000)
+
+
+# -- through a real server ---------------------------------------------------------------
+
+
+def _raw(channel: grpc.aio.Channel, method: str, response: type) -> object:
+    return channel.unary_unary(
+        f"/quickpay.v1.Settlement/{method}",
+        request_serializer=None,
+        response_deserializer=response.FromString,
+    )
+
+
+@pytest.mark.parametrize("frame", [b"\xff\xff\xff", b"\x22\x04\x12\x02\xff\xfe", b"\x0b"])
+async def test_pay_answers_undecodable_bytes_with_invalid_argument(channel, frame) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _raw(channel, "Pay", pb.PayResponse)(frame)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("request: not a PayRequest")
+
+
+async def test_pay_batch_fails_an_undecodable_payment_alone(channel, server) -> None:
+    good = topup("raw-batch-1").SerializeToString()
+    bad = b"\x22\x04\x12\x02\xff\xfe"
+    call = b"".join(b"\x0a" + bytes([len(f)]) + f for f in (good, bad))
+    reply = await _raw(channel, "PayBatch", pb.PayBatchResponse)(call)
+    settled, refused = reply.results
+    assert settled.status == pb.SETTLED and settled.idempotency_key == "raw-batch-1"
+    assert (refused.status, refused.decline_reason) == (pb.FAILED, "INVALID_ARGUMENT")
+    assert "Money.currency" in refused.decline_detail
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _raw(channel, "PayBatch", pb.PayBatchResponse)(call[:-1])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "PayBatchRequest" in (err.value.details() or "")
+    assert server.store.verify() == []
+
+
+def test_every_rpc_of_the_contract_is_served() -> None:
+    """The servicer registers each RPC the proto declares, raw or typed, none twice."""
+    from quickpay_engine.api.servicer import RAW_RPCS, TYPED_RPCS
+
+    declared = {m.name for m in pb.DESCRIPTOR.services_by_name["Settlement"].methods}
+    assert set(RAW_RPCS) | set(TYPED_RPCS) == declared
+    assert not set(RAW_RPCS) & set(TYPED_RPCS)
