@@ -464,6 +464,33 @@ async def test_a_caller_whose_deadline_comes_first_is_told_to_retry_and_the_retr
         await running.stop(grace_s=1)
 
 
+async def test_a_pay_batch_whose_deadline_comes_first_answers_each_payment_to_retry(
+    data_dir, own_sims
+) -> None:
+    """The PayBatch form of the test above: the call's deadline comes before its card
+    payment's outcome. Each payment's result is FAILED with UNAVAILABLE and a retry hint
+    (the wallet top-up beside it too: the payments of one engine batch commit together,
+    after the slowest sale), and a retry of the call gets each payment's one outcome."""
+    slow = {"seed": 8, "latency_ms_median": 900, "latency_ms_p99": 900}
+    for name in ("acq-a", "acq-b"):
+        own_sims.set_faults(name, {**slow, "timeout_rate": 1.0, "hang_ms": 100})
+    running = await _served(data_dir, own_sims.gateways_file)
+    channel, stub = _stub(running)
+    try:
+        call = pb.PayBatchRequest(payments=[bill("batch-late"), topup("batch-fast")])
+        for result in (await stub.PayBatch(call, timeout=1.0)).results:
+            assert (result.status, result.decline_reason) == (pb.FAILED, "UNAVAILABLE")
+            assert "retry with the same idempotency_key" in result.decline_detail
+        retried_late, retried_fast = (await stub.PayBatch(call, timeout=30)).results
+        assert retried_late.status in (pb.SETTLED, pb.FAILED) and retried_late.payment_id
+        assert retried_fast.status == pb.SETTLED and retried_fast.replayed
+        await _captured_once(own_sims, retried_late)
+        assert running.store.verify() == []
+    finally:
+        await channel.close()
+        await running.stop(grace_s=1)
+
+
 async def test_sales_that_time_out_and_are_voided_fail_before_the_deadline(
     data_dir, own_sims
 ) -> None:

@@ -112,11 +112,13 @@ class MicroBatcher(Generic[T, R]):
         assert self._task is None
         self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
 
-    async def submit(self, item: T) -> R:
-        """Queues one item and waits for its result.
+    def submit_nowait(self, item: T) -> asyncio.Future[R]:
+        """Queues one item; its result arrives in the returned future.
 
-        The result future is shielded: a caller that gives up (a cancelled RPC) does not
-        pull its item out of a batch already under way, so nothing is half done.
+        Nothing cancels that future when a caller stops waiting: a caller waits through
+        ``asyncio.wait`` or ``asyncio.shield``, so a cancelled RPC does not pull its item
+        out of a batch already under way and nothing is half done. Refuses with
+        ``Overloaded`` (the queue is full) or ``ShuttingDown`` before any work.
         """
         if self._closing:
             raise ShuttingDown("the engine is shutting down")
@@ -127,7 +129,11 @@ class MicroBatcher(Generic[T, R]):
             raise Overloaded(
                 f"settlement queue is full ({self._queue.maxsize} payments waiting)"
             ) from None
-        return await asyncio.shield(future)
+        return future
+
+    async def submit(self, item: T) -> R:
+        """Queues one item and waits for its result (see ``submit_nowait``)."""
+        return await asyncio.shield(self.submit_nowait(item))
 
     def take_window(self) -> BatchStats:
         """The batches since the last call (or start), and a new window begun."""

@@ -20,7 +20,14 @@ import numpy as np
 
 from quickpay_engine._engine import Engine, FraudScorer
 from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord, SubscriberRow
-from quickpay_engine.errors import IdempotencyConflict, NotFound, OutcomePending, echo
+from quickpay_engine.errors import (
+    IdempotencyConflict,
+    NotFound,
+    OutcomePending,
+    QuickpayError,
+    ShuttingDown,
+    echo,
+)
 from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.reconcile.report import ColumnMapping, ReportError
 from quickpay_engine.settlement import reconciliation
@@ -253,34 +260,67 @@ class SettlementService:
     async def pay(self, intent: PaymentIntent) -> Outcome:
         """Settles one payment, or replays the outcome already stored for its key.
 
-        The settlement runs as its own task: a caller that goes away (a cancelled RPC)
-        does not cancel a payment already queued, and a retry joins it.
+        The settlement goes on whatever the caller does: a caller that goes away (a
+        cancelled RPC) does not cancel a payment already queued, and a retry joins it.
         """
+        future, joined = self._start(intent)
+        outcome = await _by_deadline(future, intent)
+        return dataclasses.replace(outcome, replayed=True) if joined else outcome
+
+    async def pay_many(self, intents: Sequence[PaymentIntent]) -> list[Outcome | BaseException]:
+        """Settles each payment as ``pay`` does, all at once; each gets its outcome or
+        the exception that ended it alone, in order. The payments of one call share its
+        deadline, so the call waits once for all of them, not once for each."""
+        started: list[tuple[asyncio.Future[Outcome], bool] | QuickpayError] = []
+        for intent in intents:
+            try:
+                started.append(self._start(intent))
+            except QuickpayError as err:
+                started.append(err)
+        waiting = {s[0] for s in started if isinstance(s, tuple)}
+        if waiting:
+            deadline = min((i.deadline for i in intents if i.deadline is not None), default=None)
+            await asyncio.wait(waiting, timeout=_wait_s(deadline))
+        results: list[Outcome | BaseException] = []
+        for intent, start in zip(intents, started, strict=True):
+            if isinstance(start, QuickpayError):
+                results.append(start)
+                continue
+            future, joined = start
+            if not future.done():
+                results.append(_pending(intent))
+            elif future.cancelled():
+                results.append(ShuttingDown("the engine stopped before this payment ended"))
+            elif (err := future.exception()) is not None:
+                results.append(err)
+            else:
+                outcome = future.result()
+                results.append(dataclasses.replace(outcome, replayed=True) if joined else outcome)
+        return results
+
+    def _start(self, intent: PaymentIntent) -> tuple[asyncio.Future[Outcome], bool]:
+        """The settlement of ``intent``: newly queued, or the one of its key already
+        running (joined: the caller gets its outcome as a replay). Refuses the key used
+        for another payload still settling, a full queue and a draining server."""
         key = intent.idempotency_key
         running = self._inflight.get(key)
         if running is None:
-            task = asyncio.ensure_future(self._batcher.submit(intent))
-            self._inflight[key] = (intent.fingerprint, task)
-            task.add_done_callback(functools.partial(self._finished, key))
-            return await _by_deadline(task, intent)
-        fingerprint, task = running
+            future = self._batcher.submit_nowait(intent)
+            self._inflight[key] = (intent.fingerprint, future)
+            future.add_done_callback(functools.partial(self._finished, key))
+            return future, False
+        fingerprint, future = running
         if fingerprint != intent.fingerprint:
             raise IdempotencyConflict(
                 f"idempotency_key {echo(key)} is being used for another payment, still settling"
             )
-        outcome = await _by_deadline(task, intent)
-        return dataclasses.replace(outcome, replayed=True)
+        return future, True
 
-    async def pay_many(self, intents: Sequence[PaymentIntent]) -> list[Outcome | BaseException]:
-        """Settles each payment as ``pay`` does, all at once; each gets its outcome or
-        the exception that ended it alone, in order."""
-        return await asyncio.gather(*(self.pay(i) for i in intents), return_exceptions=True)
-
-    def _finished(self, key: str, task: asyncio.Task[Outcome]) -> None:
-        if self._inflight.get(key, (None, None))[1] is task:
+    def _finished(self, key: str, future: asyncio.Future[Outcome]) -> None:
+        if self._inflight.get(key, (None, None))[1] is future:
             del self._inflight[key]
-        if not task.cancelled():
-            task.exception()  # retrieved here, so a caller that left does not warn
+        if not future.cancelled():
+            future.exception()  # retrieved here, so a caller that left does not warn
 
     async def reconcile(
         self,
@@ -315,19 +355,31 @@ class SettlementService:
         return record
 
 
-async def _by_deadline(task: asyncio.Task[Outcome], intent: PaymentIntent) -> Outcome:
+async def _by_deadline(future: asyncio.Future[Outcome], intent: PaymentIntent) -> Outcome:
     """The settlement's outcome, or, when the caller's deadline comes first, OutcomePending
-    just before it: the payment goes on (the task is shielded) and a retry with the same
-    key gets its outcome, where a reply after the deadline would reach nobody and the
-    caller would see only DEADLINE_EXCEEDED, not knowing whether to retry."""
+    just before it: the payment goes on (nothing here cancels it) and a retry with the
+    same key gets its outcome, where a reply after the deadline would reach nobody and
+    the caller would see only DEADLINE_EXCEEDED, not knowing whether to retry."""
     if intent.deadline is None:
-        return await asyncio.shield(task)
-    left = intent.deadline - asyncio.get_running_loop().time()
-    # asyncio.wait neither cancels the task nor mistakes its own TimeoutError for ours.
-    done, _ = await asyncio.wait({task}, timeout=max(0.0, left - min(REPLY_MARGIN_S, left / 2)))
-    if task in done:
-        return task.result()
-    raise OutcomePending(
+        return await asyncio.shield(future)
+    # asyncio.wait neither cancels the future nor mistakes its own TimeoutError for ours.
+    done, _ = await asyncio.wait({future}, timeout=_wait_s(intent.deadline))
+    if future in done:
+        return future.result()
+    raise _pending(intent)
+
+
+def _wait_s(deadline: float | None) -> float | None:
+    """How long to wait for an outcome: until REPLY_MARGIN_S before the caller's
+    deadline (at most half of what it has left), so the reply still reaches it."""
+    if deadline is None:
+        return None
+    left = deadline - asyncio.get_running_loop().time()
+    return max(0.0, left - min(REPLY_MARGIN_S, left / 2))
+
+
+def _pending(intent: PaymentIntent) -> OutcomePending:
+    return OutcomePending(
         f"payment with idempotency_key {echo(intent.idempotency_key)} is not finished at the"
         " call's deadline and goes on: retry with the same idempotency_key for its outcome"
     )
