@@ -192,6 +192,11 @@ class Server:
         self._out.close()
 
 
+# PayBatch: calls of 500 from 2,000 callers in 2 client processes (one process's event
+# loop would otherwise be the limit).
+BATCH_LOAD = ["--rpc", "batch", "--batch-size", "500", "--concurrency", "2000", "--processes", "2"]
+
+
 def scenarios(seconds: float, warmup: float) -> list[Scenario]:
     """The comparisons: the closed loops give capacity, the open loop the latency at a
     rate both servers can carry."""
@@ -212,6 +217,11 @@ def scenarios(seconds: float, warmup: float) -> list[Scenario]:
             "stream closed 256",
             ["--rpc", "stream", "--concurrency", "256", *timed],
             "PayStream, 256 in flight on 4 streams, 1 client process",
+        ),
+        Scenario(
+            "batch closed 2000, 500 per call",
+            [*BATCH_LOAD, *timed],
+            "PayBatch, calls of 500 payments from 2,000 callers in 2 client processes",
         ),
         Scenario(
             "unary open 300/s",

@@ -36,6 +36,8 @@ TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 LOADS = {
     "unary": ["--rpc", "unary", "--concurrency", "64"],
     "stream": ["--rpc", "stream", "--concurrency", "256"],
+    # One client process, so that its CPU is read whole (it starts no workers).
+    "batch": ["--rpc", "batch", "--batch-size", "500", "--concurrency", "1000"],
 }
 
 

@@ -314,7 +314,12 @@ def test_make_bench_driver_writes_its_section_and_keeps_the_others(tmp_path: Pat
     assert text.count("<!-- section: load benchmarking") == 1
     assert "ledger figures stay" in text and "fraud figures stay" in text
     assert text.index("## Ledger") < text.index("## Load benchmarking") < text.index("## Fraud")
-    for scenario in ("unary closed 64", "unary closed 64, 2 procs", "stream closed 256"):
+    for scenario in (
+        "unary closed 64",
+        "unary closed 64, 2 procs",
+        "stream closed 256",
+        "batch closed 2000, 500 per call",
+    ):
         assert f"| {scenario} | payments/s |" in text
     assert "| benches/bench_store.py | test_store_commit_batch[batch] |" in text
     assert "kernel " in text and "quickpay bench --data-dir" in text
@@ -381,7 +386,8 @@ def test_cpu_budget_reads_every_process_and_writes_its_section(tmp_path: Path) -
     assert "stale" not in text and "fraud figures stay" in text
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| e")]
     assert [(r[0].strip(), r[1].split()[1]) for r in rows] == [
-        ("engine", "unary"), ("engine", "stream"), ("echo", "unary"), ("echo", "stream")
+        ("engine", "unary"), ("engine", "stream"), ("engine", "batch"),
+        ("echo", "unary"), ("echo", "stream"), ("echo", "batch"),
     ]  # fmt: skip
     for who, _, rate, server, simulators, client, *_ in rows:
         assert float(rate.replace(",", "")) > 0 and float(server) > 0 and float(client) > 0

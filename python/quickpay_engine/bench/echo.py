@@ -1,6 +1,6 @@
 """The baseline server: a bare grpc.aio Settlement that settles nothing.
 
-It answers Pay and PayStream at once with a canned PayResponse of about the size of a
+It answers Pay, PayStream and PayBatch at once with a canned PayResponse of about the size of a
 real settled reply, so the same ``quickpay bench`` client driving it measures what gRPC,
 protobuf and asyncio cost on this machine, and the engine's figures can be read as a
 ratio to that floor. It is a measuring instrument, not a product path: it validates
@@ -43,7 +43,8 @@ def canned_reply(request: pb.PayRequest) -> pb.PayResponse:
 
 
 class EchoSettlement(pb_grpc.SettlementServicer):
-    """Pay and PayStream answered with ``canned_reply``; the other RPCs unimplemented."""
+    """Pay, PayStream and PayBatch answered with ``canned_reply``; the other RPCs
+    unimplemented."""
 
     async def Pay(
         self, request: pb.PayRequest, context: grpc.aio.ServicerContext
@@ -55,6 +56,11 @@ class EchoSettlement(pb_grpc.SettlementServicer):
     ) -> AsyncIterator[pb.PayResponse]:
         async for request in request_iterator:
             yield canned_reply(request)
+
+    async def PayBatch(
+        self, request: pb.PayBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PayBatchResponse:
+        return pb.PayBatchResponse(results=[canned_reply(p) for p in request.payments])
 
 
 async def create_echo_server(
