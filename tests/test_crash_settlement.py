@@ -12,6 +12,9 @@ had no answer with the same key, as a gateway node would. At the end:
   ledger, and `quickpay verify` exits 0;
 - each gateway's settlement report reconciles with billing with no discrepancy (6).
 
+The load is unary Pay calls, or PayBatch calls of BATCH payments (a kill then lands
+with whole calls in flight, their payments spread over several engine batches).
+
 Size: 20 kills over 3,000 payments here; QUICKPAY_FULL=1 (make test-full) runs 50 kills
 over 10,000.
 """
@@ -31,6 +34,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 
 from conftest import seed_store
 from gateway_procs import SimulatorSet
@@ -45,6 +49,10 @@ PAYMENTS = 10_000 if FULL else 3_000
 KILLS = 50 if FULL else 20
 LINES = 300
 CONCURRENCY = 48
+# PayBatch: payments per call. A result FAILED with a gRPC code's name (UNAVAILABLE, ...)
+# is no outcome: that payment is retried with the same key, as a gateway node would.
+BATCH = 40
+_GRPC_CODES = frozenset(code.name for code in grpc.StatusCode)
 START_TIMEOUT_S = 60
 
 
@@ -121,6 +129,34 @@ async def _load(
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
+async def _load_batches(
+    port: int, todo: list[int], acked: dict[int, pb.PayResponse], stop: asyncio.Event
+) -> None:
+    """``_load`` with PayBatch calls of BATCH payments."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.SettlementStub(channel)
+        queue = list(todo)
+
+        async def worker() -> None:
+            while queue and not stop.is_set():
+                call = [queue.pop() for _ in range(min(BATCH, len(queue)))]
+                request = pb.PayBatchRequest(payments=[_request(n) for n in call])
+                try:
+                    reply = await stub.PayBatch(request, timeout=20)
+                except grpc.aio.AioRpcError:
+                    queue[:0] = call  # no answer: every payment retried later
+                    await asyncio.sleep(0.01)
+                    continue
+                for n, result in zip(call, reply.results, strict=True):
+                    assert result.idempotency_key == f"crash-{n}"
+                    if result.status == pb.FAILED and result.decline_reason in _GRPC_CODES:
+                        queue.insert(0, n)
+                    else:
+                        acked[n] = result
+
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY // 8)))
+
+
 def _report(url: str, day: dt.date) -> str:
     with urllib.request.urlopen(f"{url}/v1/reports/settlement?business_day={day}") as r:
         return r.read().decode()
@@ -131,8 +167,12 @@ def _close(process: subprocess.Popen[bytes]) -> None:
         process.stdout.close()
 
 
-async def test_sigkill_at_random_moments_loses_nothing_and_settles_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rpc", ["unary", "batch"])
+async def test_sigkill_at_random_moments_loses_nothing_and_settles_once(
+    tmp_path: Path, rpc: str
+) -> None:
     rng = random.Random(20261125)
+    send = _load_batches if rpc == "batch" else _load
     (tmp_path / "gw").mkdir()
     sims = SimulatorSet(tmp_path / "gw").start(
         faults={"seed": 5, "latency_ms_median": 2, "latency_ms_p99": 15}
@@ -145,7 +185,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_settles_once(tmp_path
             process, port = _start(data_dir, sims.gateways_file)
             todo = [n for n in range(PAYMENTS) if n not in acked]
             stop = asyncio.Event()
-            load = asyncio.ensure_future(_load(port, todo, acked, stop))
+            load = asyncio.ensure_future(send(port, todo, acked, stop))
             await asyncio.sleep(rng.uniform(0.1, 1.0))
             process.send_signal(signal.SIGKILL)
             process.wait()
@@ -156,7 +196,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_settles_once(tmp_path
         process, port = _start(data_dir, sims.gateways_file)
         while len(acked) < PAYMENTS:
             todo = [n for n in range(PAYMENTS) if n not in acked]
-            await _load(port, todo, acked, asyncio.Event())
+            await send(port, todo, acked, asyncio.Event())
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
         _close(process)
