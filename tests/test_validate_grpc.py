@@ -84,7 +84,7 @@ CASES: dict[str, tuple[dict[str, object], Build]] = {
         wallet=pb.Wallet(provider="M-Pesa", wallet_id="w1")))),
     "WALLET_ID_INVALID": ({}, lambda k: bill(k, method=_method(
         wallet=pb.Wallet(provider="mpesa", wallet_id="")))),
-    "CHANNEL_INVALID": ({}, lambda k: bill(k, channel="App")),
+    "CHANNEL_INVALID": ({}, lambda k: bill(k, channel="app store")),
     "DEVICE_ID_INVALID": ({}, lambda k: bill(k, device_id="dev 1")),
     "IP_INVALID": ({}, lambda k: bill(k, ip="300.1.1.1")),
     "ASSERTION_MALFORMED": ({}, lambda k: bill(k, subscriber_assertion="v1.k1")),
