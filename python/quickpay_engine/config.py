@@ -16,6 +16,10 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 FRAUD_MODES = ("enforce", "observe")
 DEFAULT_DATA_DIR = "./var"
 SQLITE_FILE = "quickpay.sqlite3"
+# The subdirectory of the data dir holding the engine's write-ahead ledger (its log
+# segments and snapshots). Named once: `serve` writes it and every offline command
+# (verify, recover, wal verify, wal inspect) reads it from --data-dir alone.
+LEDGER_SUBDIR = "ledger"
 PG_SCHEMES = ("postgresql://", "postgres://")
 # The per-domain database flags: (flag, variable, domain as the help text says it).
 DOMAIN_URL_FLAGS = (
@@ -60,6 +64,11 @@ class Settings:
             self.ar_url or self.database_url,
             self.provisioning_url or self.database_url,
         )
+
+    @property
+    def ledger_dir(self) -> Path:
+        """The write-ahead ledger's directory: log segments and snapshots."""
+        return self.data_dir / LEDGER_SUBDIR
 
     @property
     def sqlite_path(self) -> Path:
