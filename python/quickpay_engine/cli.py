@@ -2,7 +2,8 @@
 
 Each subcommand lives in ``quickpay_engine.commands.<name>`` and exposes
 ``register(subparsers)``, which adds its parser(s) with ``set_defaults(run=...)``;
-``run(args) -> int`` is the exit code. Every subcommand takes the common flags.
+``run(args) -> int`` is the exit code. Each subcommand takes the shared flags it reads,
+as ``config.COMMAND_FLAGS`` lists them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import importlib
 import logging
 import sys
 
-from quickpay_engine.config import add_common_flags
 from quickpay_engine.errors import QuickpayError
 
 # The subcommand modules, in the order `quickpay --help` lists them.
@@ -37,9 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quickpay", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = argparse.ArgumentParser(add_help=False)
-    add_common_flags(common)
-    subparsers.common_parent = common  # type: ignore[attr-defined]
     for name in COMMAND_MODULES:
         importlib.import_module(f"quickpay_engine.commands.{name}").register(subparsers)
     return parser
