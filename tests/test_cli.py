@@ -71,3 +71,20 @@ def test_variables_set_the_flags_a_command_reads_and_no_others(monkeypatch, tmp_
     # serve reads QUICKPAY_LISTEN and refuses this one by name.
     with pytest.raises(Exception, match="--listen 'not an address'"):
         settings_from(build_parser().parse_args(["serve"]))
+
+
+def test_version_names_the_package_the_engine_and_the_contract(capsys) -> None:
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    package = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    engine = tomllib.loads((root / "engine" / "Cargo.toml").read_text())["package"]["version"]
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"quickpay-engine {package}",
+        f"engine {engine}",
+        "contract quickpay.v1",
+    ]
