@@ -80,6 +80,9 @@ CASES: dict[str, tuple[dict[str, object], Build]] = {
         bank_account=pb.BankAccount(iban="GR1601101250000000012300696")))),
     "IBAN_COUNTRY_UNKNOWN": ({}, lambda k: bill(k, method=_method(
         bank_account=pb.BankAccount(iban="US64SVBKUS6S3300958879")))),
+    # A Spanish account with one digit mistyped; its IBAN check digits made over it.
+    "IBAN_NATIONAL_CHECK_FAILED": ({}, lambda k: bill(k, method=_method(
+        bank_account=pb.BankAccount(iban="ES2921000418460200051332")))),
     "WALLET_PROVIDER_INVALID": ({}, lambda k: bill(k, method=_method(
         wallet=pb.Wallet(provider="M-Pesa", wallet_id="w1")))),
     "WALLET_ID_INVALID": ({}, lambda k: bill(k, method=_method(

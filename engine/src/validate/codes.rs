@@ -80,6 +80,7 @@ reject_codes! {
     DeviceIdInvalid = 25, "DEVICE_ID_INVALID", "device_id", "device_id must be at most 128 printable ASCII characters without spaces";
     IpInvalid = 26, "IP_INVALID", "ip", "ip must be an IPv4 or IPv6 address";
     AssertionMalformed = 27, "ASSERTION_MALFORMED", "subscriber_assertion", "subscriber_assertion must be v1.<key id>.<account id>.<msisdn>.<expiry s>.<64 hex digits>";
+    IbanNationalCheckFailed = 28, "IBAN_NATIONAL_CHECK_FAILED", "method.bank_account.iban", "iban passes mod 97-10 but fails its country's national check digits (such as Spain's DC, France's RIB key or Italy's CIN): the account number is mistyped";
     // Business declines (DECLINED), 100 and up.
     AccountNotFound = 100, "ACCOUNT_NOT_FOUND", "", "no account with this account_id";
     MsisdnMismatch = 101, "MSISDN_MISMATCH", "", "the msisdn is not the one bound to this account";
