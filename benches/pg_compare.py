@@ -89,7 +89,16 @@ def prepare(log: Log, work: Path, subscribers: int) -> None:
         data.mkdir(parents=True)
         common = ["--data-dir", str(data), *engine_flags(layout)]
         for argv in (
-            [quickpay, "seed", "--subscribers", str(subscribers), "--seed", "1", *common],
+            [
+                quickpay,
+                "seed",
+                "--subscribers",
+                str(subscribers),
+                "--seed",
+                "1",
+                "--data-dir",
+                str(data),
+            ],
             [quickpay, "subscribers", "import", str(data / "subscribers.csv"), *common],
         ):
             done = log.run(argv, cwd=ROOT)

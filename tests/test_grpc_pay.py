@@ -184,6 +184,32 @@ async def test_near_misses_of_the_malformed_cases_settle(stub) -> None:
         assert reply.status == pb.SETTLED, (overrides, reply.decline_reason)
 
 
+# Operators and gateway nodes write channels in upper case; the contract takes them in
+# any case and keeps one spelling, the lower-case one.
+async def test_channel_names_are_case_insensitive(stub, server) -> None:
+    first = await stub.Pay(bill("channel-1", channel="USSD"))
+    assert first.status == pb.SETTLED, first.decline_reason
+    stored = await stub.GetPayment(pb.GetPaymentRequest(idempotency_key="channel-1"))
+    assert stored.channel == "ussd"
+    # The same payment spelled another way is the same payload: a replay, not a conflict.
+    for spelling in ("ussd", "Ussd"):
+        again = await stub.Pay(bill("channel-1", channel=spelling))
+        assert again.replayed and again.payment_id == first.payment_id
+    assert (await stub.Pay(bill("channel-2", channel="APP"))).status == pb.SETTLED
+    assert await balance_of(server, "acc-post-barred") == (2_000, "BARRED"), "charged twice"
+
+
+# The near misses: only ASCII letters fold. A look-alike that Unicode lower-casing would
+# turn into ASCII (the Kelvin sign becomes "k") and other characters stay refused.
+@pytest.mark.parametrize("name", ["\u212aIOSK", "ÜSSD", "US SD", "U" * 33])
+async def test_channel_near_misses_stay_invalid(stub, server, name) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Pay(bill("channel-bad", channel=name))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("channel:")
+    assert server.store.get_payment(idempotency_key="channel-bad") is None
+
+
 DECLINES = [
     ("ACCOUNT_NOT_FOUND", {"account_id": "acc-nobody"}),
     ("MSISDN_MISMATCH", {"msisdn": "+306900000002"}),

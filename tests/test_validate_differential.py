@@ -13,7 +13,13 @@ test below with its example:
 - IBAN: we take only the electronic form (uppercase, no spaces; stdnum compacts
   first); and our registry table, generated from the iban_validate crate's edition
   (``scripts/gen_iban_formats.py``), may differ from stdnum's for a few countries
-  (listed in ``IBAN_REGISTRY_DIFFERENCES``).
+  (listed in ``IBAN_REGISTRY_DIFFERENCES``). National check digits: stdnum checks
+  them for BE, ES, ME and NO, and so do we, verdict for verdict; we also check
+  France and Monaco (RIB key), Italy and San Marino (CIN) and Portugal (NIB), which
+  stdnum does not, so there the reference is stdnum plus the textbook check written
+  here (``_national_ok``); and stdnum refuses a Belgian bank code missing from its
+  copy of the bank directory, which we do not keep (the one place we accept what
+  stdnum refuses).
 """
 
 from __future__ import annotations
@@ -26,9 +32,12 @@ from pathlib import Path
 import numpy as np
 import phonenumbers
 import pytest
+import stdnum.be.iban
 import stdnum.iban
 from phonenumbers import NumberParseException, ValidationResult
 from stdnum import luhn
+from stdnum.es import ccc
+from stdnum.no import kontonr
 
 from quickpay_engine._engine import check_ibans, check_msisdns, check_pans, reject_codes
 from quickpay_engine.settlement.validation import text_column
@@ -207,13 +216,110 @@ def _random_bban(rng: random.Random, structure: str) -> str:
     return "".join(out)
 
 
+# The countries whose national check digits the engine checks; stdnum checks those of
+# the first set itself (stdnum/<cc>/iban.py), those of the second are checked here.
+NATIONAL_IN_STDNUM = {"BE", "ES", "ME", "NO"}
+NATIONAL_BEYOND_STDNUM = {"FR", "MC", "IT", "SM", "PT"}
+# France's RIB reads a letter in the account as a digit: A-I 1-9, J-R 1-9, S-Z 2-9.
+_RIB_LETTERS = dict(zip(ALNUM[10:], "123456789123456789" + "23456789", strict=True))
+_CIN_ODD = [
+    1,
+    0,
+    5,
+    7,
+    9,
+    13,
+    15,
+    17,
+    19,
+    21,
+    2,
+    4,
+    18,
+    20,
+    11,
+    3,
+    6,
+    8,
+    12,
+    14,
+    16,
+    10,
+    22,
+    25,
+    24,
+    23,
+]
+
+
+def _rib_key(bban: str) -> str:
+    digits = "".join(_RIB_LETTERS.get(c, c) for c in bban)
+    rest = 89 * int(digits[:5]) + 15 * int(digits[5:10]) + 3 * int(digits[10:21])
+    return f"{97 - rest % 97:02d}"
+
+
+def _cin(bban: str) -> str:
+    """Italy's CIN over the 22 characters after it (a digit counts as the letter of the
+    same index: 0 as A)."""
+    total = 0
+    for k, c in enumerate(bban[1:23]):
+        index = int(c) if c.isdigit() else ord(c) - ord("A")
+        total += _CIN_ODD[index] if k % 2 == 0 else index
+    return chr(ord("A") + total % 26)
+
+
+def _mod97_check(body: str) -> str:
+    """ISO 7064 mod 97-10 check digits that make ``body + digits`` 1 modulo 97."""
+    return f"{98 - int(body) * 100 % 97:02d}"
+
+
+def _national_ok(iban: str) -> bool:
+    """The national check of the countries stdnum does not check (True elsewhere)."""
+    country, bban = iban[:2], iban[4:]
+    if country in ("FR", "MC"):
+        return bban[21:23] == _rib_key(bban)
+    if country in ("IT", "SM"):
+        return bban[0] == _cin(bban)
+    if country == "PT":
+        return int(bban) % 97 == 1
+    return True
+
+
+def _with_national(country: str, bban: str) -> str:
+    """``bban`` with the national check digits its country expects, where we know them."""
+    if country == "BE":
+        return bban[:10] + f"{int(bban[:10]) % 97 or 97:02d}"
+    if country == "ES":
+        return bban[:8] + ccc.calc_check_digits(bban) + bban[10:]
+    if country in ("ME", "PT"):
+        return bban[:-2] + _mod97_check(bban[:-2])
+    if country == "NO":
+        if bban.startswith("0000"):
+            return bban[:10] + luhn.calc_check_digit(bban[4:10])
+        return bban[:10] + kontonr._calc_check_digit(bban)[-1]  # "10" can't be made right
+    if country in ("FR", "MC"):
+        return bban[:21] + _rib_key(bban)
+    if country in ("IT", "SM"):
+        return _cin(bban) + bban[1:]
+    return bban
+
+
 def _iban_inputs(rng: random.Random, n: int) -> list[str]:
     formats = _iban_formats()
+    national = sorted(NATIONAL_IN_STDNUM | NATIONAL_BEYOND_STDNUM)
     countries = sorted(formats)
     out: list[str] = []
     while len(out) < n:
-        country = rng.choice(countries) if rng.random() < 0.95 else rng.choice(["US", "JP", "ZZ"])
+        draw = rng.random()
+        if draw < 0.05:
+            country = rng.choice(["US", "JP", "ZZ"])
+        elif draw < 0.45:
+            country = rng.choice(national)  # enough of each to meet every branch
+        else:
+            country = rng.choice(countries)
         bban = _random_bban(rng, formats.get(country, "16!n"))
+        if rng.random() < 0.8:
+            bban = _with_national(country, bban)  # else national digits at random
         iban = country + stdnum.iban.calc_check_digits(country + "00" + bban) + bban
         corruption = rng.random()
         if corruption < 0.25:
@@ -237,21 +343,86 @@ def _iban_difference(iban: str) -> str | None:
         return "not electronic format"
     if iban[:2] in IBAN_REGISTRY_DIFFERENCES:
         return "registry edition"
+    valid_but_for_country = stdnum.iban.is_valid(iban, check_country=False)
+    if iban[:2] == "BE" and valid_but_for_country and not stdnum.be.iban.info(iban):
+        return "bank directory"
+    if iban[:2] in NATIONAL_BEYOND_STDNUM and not _national_ok(iban):
+        return "national check stdnum lacks"
     return None
+
+
+# The only difference in which we accept what stdnum refuses.
+ACCEPTED_DIFFERENCES = {"bank directory"}
 
 
 def test_iban_agrees_with_stdnum() -> None:
     rng = random.Random(13616)
     inputs = _iban_inputs(rng, N)
-    ours = (check_ibans(text_column(inputs)) == 0).tolist()
+    codes = check_ibans(text_column(inputs)).tolist()
     unexplained = []
-    for iban, accepted in zip(inputs, ours, strict=True):
-        reference = stdnum.iban.is_valid(iban, check_country=False)
-        if accepted != reference and (accepted or _iban_difference(iban) is None):
-            unexplained.append((iban, accepted, reference))
+    national_refusals: dict[str, int] = {}
+    for iban, code in zip(inputs, codes, strict=True):
+        accepted = code == 0
+        reference = stdnum.iban.is_valid(iban)  # with its national checks
+        if code == CODES["IBAN_NATIONAL_CHECK_FAILED"]:
+            national_refusals[iban[:2]] = national_refusals.get(iban[:2], 0) + 1
+        if accepted == reference:
+            continue
+        category = _iban_difference(iban)
+        if category is None or (accepted and category not in ACCEPTED_DIFFERENCES):
+            unexplained.append((iban, accepted, reference, category))
     assert not unexplained, unexplained[:20]
-    valid = sum(ours)
+    valid = codes.count(0)
     assert N // 10 < valid < N - N // 10, valid
+    # Every country's national check refused some of the inputs made to fail it.
+    national = NATIONAL_IN_STDNUM | NATIONAL_BEYOND_STDNUM
+    assert set(national_refusals) == national, national_refusals
+    assert min(national_refusals.values()) > N // 2_000, national_refusals
+
+
+# Each country's national check, one published IBAN each, and the same IBAN with its
+# national digits changed and the IBAN's own check digits made again, so only the
+# national check can refuse it: stdnum agrees where it checks, ``_national_ok`` where
+# it does not.
+PUBLISHED_IBANS = [
+    # The registry's Belgian example (BE68 5390 ...) has a bank code missing from
+    # stdnum's directory; this one's bank (096) is in it.
+    "BE71096123456769",
+    "ES9121000418450200051332",
+    "ME25505000012345678951",
+    "NO9386011117947",
+    "FR1420041010050500013M02606",
+    "MC5811222000010123456789030",
+    "IT60X0542811101000000123456",
+    "SM86U0322509800000000270100",
+    "PT50000201231234567890154",
+]
+
+
+@pytest.mark.parametrize("iban", PUBLISHED_IBANS)
+def test_national_check_digits_refuse_a_mistyped_account(iban: str) -> None:
+    assert check_ibans(text_column([iban]))[0] == 0
+    assert stdnum.iban.is_valid(iban) and _national_ok(iban)
+    country, bban = iban[:2], iban[4:]
+    at = {"ES": 8, "IT": 0, "SM": 0}.get(country, len(bban) - 1)
+    swap = "A" if bban[at] == "Z" else ("0" if bban[at] == "9" else chr(ord(bban[at]) + 1))
+    bban = bban[:at] + swap + bban[at + 1 :]
+    wrong = country + stdnum.iban.calc_check_digits(country + "00" + bban) + bban
+    assert stdnum.iban.is_valid(wrong, check_country=False), "mod 97 passes"
+    assert check_ibans(text_column([wrong]))[0] == CODES["IBAN_NATIONAL_CHECK_FAILED"]
+    if country in NATIONAL_IN_STDNUM:
+        assert not stdnum.iban.is_valid(wrong)
+    else:
+        assert not _national_ok(wrong)
+
+
+def test_documented_iban_bank_directory_difference() -> None:
+    """Belgian bank code 112 is missing from stdnum's directory; its IBAN's checks pass."""
+    bban = _with_national("BE", "1121234567" + "00")
+    iban = "BE" + stdnum.iban.calc_check_digits("BE00" + bban) + bban
+    assert stdnum.iban.is_valid(iban, check_country=False) and not stdnum.iban.is_valid(iban)
+    assert check_ibans(text_column([iban]))[0] == 0
+    assert _iban_difference(iban) == "bank directory"
 
 
 def test_documented_iban_differences() -> None:

@@ -80,11 +80,14 @@ CASES: dict[str, tuple[dict[str, object], Build]] = {
         bank_account=pb.BankAccount(iban="GR1601101250000000012300696")))),
     "IBAN_COUNTRY_UNKNOWN": ({}, lambda k: bill(k, method=_method(
         bank_account=pb.BankAccount(iban="US64SVBKUS6S3300958879")))),
+    # A Spanish account with one digit mistyped; its IBAN check digits made over it.
+    "IBAN_NATIONAL_CHECK_FAILED": ({}, lambda k: bill(k, method=_method(
+        bank_account=pb.BankAccount(iban="ES2921000418460200051332")))),
     "WALLET_PROVIDER_INVALID": ({}, lambda k: bill(k, method=_method(
         wallet=pb.Wallet(provider="M-Pesa", wallet_id="w1")))),
     "WALLET_ID_INVALID": ({}, lambda k: bill(k, method=_method(
         wallet=pb.Wallet(provider="mpesa", wallet_id="")))),
-    "CHANNEL_INVALID": ({}, lambda k: bill(k, channel="App")),
+    "CHANNEL_INVALID": ({}, lambda k: bill(k, channel="app store")),
     "DEVICE_ID_INVALID": ({}, lambda k: bill(k, device_id="dev 1")),
     "IP_INVALID": ({}, lambda k: bill(k, ip="300.1.1.1")),
     "ASSERTION_MALFORMED": ({}, lambda k: bill(k, subscriber_assertion="v1.k1")),

@@ -34,7 +34,7 @@ def flip(path: Path, offset: int) -> None:
 
 
 def test_verify_and_inspect_a_good_log(tmp_path, capsys):
-    make_log(tmp_path / "wal")
+    make_log(tmp_path / "ledger")
     assert main(["wal", "verify", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "log intact: 30 records" in out
@@ -42,7 +42,7 @@ def test_verify_and_inspect_a_good_log(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
     assert lines[1].split("\t")[0] == "29" and lines[1].split("\t")[5] == "payment_states"
-    rows = _engine.wal_inspect(str(tmp_path / "wal"))
+    rows = _engine.wal_inspect(str(tmp_path / "ledger"))
     assert [r[0] for r in rows] == list(range(1, 31))
     assert all(r[6] == 16 and r[7] == 16 for r in rows)
 

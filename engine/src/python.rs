@@ -155,6 +155,9 @@ impl Engine {
 #[pymodule]
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    // The core's own version (engine/Cargo.toml), for `quickpay --version`: the wheel's
+    // version says which package is installed, this one which core it was built from.
+    m.add("ENGINE_VERSION", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Engine>()?;
     m.add("EngineError", py.get_type::<EngineError>())?;
     m.add("BatchTooLarge", py.get_type::<BatchTooLarge>())?;

@@ -8,6 +8,8 @@ from typing import Any, TypedDict, final
 import numpy as np
 import numpy.typing as npt
 
+ENGINE_VERSION: str
+"""The Rust crate's version (engine/Cargo.toml) this core was built from."""
 BATCH_MAX: int
 """At most this many payments in one ``Engine.validate`` call (else ``BatchTooLarge``)."""
 NO_TIME: int

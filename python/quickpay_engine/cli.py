@@ -2,7 +2,8 @@
 
 Each subcommand lives in ``quickpay_engine.commands.<name>`` and exposes
 ``register(subparsers)``, which adds its parser(s) with ``set_defaults(run=...)``;
-``run(args) -> int`` is the exit code. Every subcommand takes the common flags.
+``run(args) -> int`` is the exit code. Each subcommand takes the shared flags it reads,
+as ``config.COMMAND_FLAGS`` lists them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import importlib
 import logging
 import sys
 
-from quickpay_engine.config import add_common_flags
 from quickpay_engine.errors import QuickpayError
 
 # The subcommand modules, in the order `quickpay --help` lists them.
@@ -32,14 +32,38 @@ COMMAND_MODULES = [
 ]
 
 
+def versions() -> str:
+    """What `quickpay --version` prints: the package, the engine (the Rust core it was
+    built from) and the gRPC contract it speaks, one per line."""
+    from quickpay_engine import __version__
+    from quickpay_engine._engine import ENGINE_VERSION
+    from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2
+
+    return (
+        f"quickpay-engine {__version__}\n"
+        f"engine {ENGINE_VERSION}\n"
+        f"contract {settlement_pb2.DESCRIPTOR.package}"
+    )
+
+
+class _VersionAction(argparse.Action):
+    """--version: the versions are read only when asked for (the contract's module is
+    not imported by every command)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the versions and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(versions())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, every subcommand registered."""
     parser = argparse.ArgumentParser(prog="quickpay", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action=_VersionAction)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = argparse.ArgumentParser(add_help=False)
-    add_common_flags(common)
-    subparsers.common_parent = common  # type: ignore[attr-defined]
     for name in COMMAND_MODULES:
         importlib.import_module(f"quickpay_engine.commands.{name}").register(subparsers)
     return parser

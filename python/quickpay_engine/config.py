@@ -1,6 +1,8 @@
-"""Settings shared by every subcommand: flags with QUICKPAY_* environment fallbacks.
+"""Settings shared between subcommands: flags with QUICKPAY_* environment fallbacks.
 
-The flag names and their variables are fixed by DESIGN.md; scripts rely on them.
+``FLAGS`` describes each shared flag once and ``COMMAND_FLAGS`` says which commands
+take it, so a command's --help lists only what it reads. The flag names and their
+variables are fixed; scripts rely on them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 FRAUD_MODES = ("enforce", "observe")
 DEFAULT_DATA_DIR = "./var"
 SQLITE_FILE = "quickpay.sqlite3"
+# The subdirectory of the data dir holding the engine's write-ahead ledger (its log
+# segments and snapshots). Named once: `serve` writes it and every offline command
+# (verify, recover, wal verify, wal inspect) reads it from --data-dir alone.
+LEDGER_SUBDIR = "ledger"
 PG_SCHEMES = ("postgresql://", "postgres://")
 # The per-domain database flags: (flag, variable, domain as the help text says it).
 DOMAIN_URL_FLAGS = (
@@ -62,6 +68,11 @@ class Settings:
         )
 
     @property
+    def ledger_dir(self) -> Path:
+        """The write-ahead ledger's directory: log segments and snapshots."""
+        return self.data_dir / LEDGER_SUBDIR
+
+    @property
     def sqlite_path(self) -> Path:
         """The SQLite file named by ``database_url`` (only for sqlite URLs)."""
         if not self.database_url.startswith("sqlite:///"):
@@ -69,69 +80,150 @@ class Settings:
         return Path(self.database_url.removeprefix("sqlite:///"))
 
 
-def add_common_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds --listen, --data-dir, --database-url and --gateways, each with its variable."""
-    env = os.environ
-    parser.add_argument(
-        "--listen",
-        default=env.get("QUICKPAY_LISTEN", DEFAULT_LISTEN),
-        help=f"HOST:PORT to serve gRPC on (QUICKPAY_LISTEN, default {DEFAULT_LISTEN})",
-    )
-    parser.add_argument(
+@dataclass(frozen=True)
+class Flag:
+    """One setting on the command line: its flag, its QUICKPAY_* variable (read when
+    the flag is not given) and its default, said in the help the way scripts see it."""
+
+    flag: str
+    variable: str
+    default: str | None
+    what: str
+    # How the help states the default when it is not a plain value (None: `default`).
+    default_text: str | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        """The attribute argparse stores the value in."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def help(self) -> str:
+        """The help line: what the flag sets, its variable and its default."""
+        return f"{self.what} ({self.variable}, default {self.default_text or self.default})"
+
+
+# Every setting shared between commands. Flag and variable names are fixed: scripts
+# rely on them.
+FLAGS: dict[str, Flag] = {
+    "listen": Flag(
+        "--listen", "QUICKPAY_LISTEN", DEFAULT_LISTEN, "HOST:PORT of the engine's gRPC server"
+    ),
+    "data_dir": Flag(
         "--data-dir",
-        default=env.get("QUICKPAY_DATA_DIR", DEFAULT_DATA_DIR),
-        help="write-ahead log and SQLite file (QUICKPAY_DATA_DIR, default ./var)",
-    )
-    parser.add_argument(
+        "QUICKPAY_DATA_DIR",
+        DEFAULT_DATA_DIR,
+        "the engine's state: write-ahead ledger, SQLite file, gateway simulators' books",
+    ),
+    "database_url": Flag(
         "--database-url",
-        default=env.get("QUICKPAY_DATABASE_URL"),
-        help="sqlite:///PATH or postgresql://... (QUICKPAY_DATABASE_URL, "
-        "default the SQLite file in the data dir)",
-    )
-    for flag, variable, domain in DOMAIN_URL_FLAGS:
-        parser.add_argument(
+        "QUICKPAY_DATABASE_URL",
+        None,
+        "sqlite:///PATH or postgresql://...",
+        default_text=f"sqlite:///DATA_DIR/{SQLITE_FILE}",
+    ),
+    **{
+        flag.removeprefix("--").replace("-", "_"): Flag(
             flag,
-            default=env.get(variable),
-            help=f"postgresql://... for {domain} ({variable}, default --database-url);"
-            " databases that differ commit together by two-phase commit",
+            variable,
+            None,
+            f"postgresql://... for {domain}; databases that differ commit together by"
+            " two-phase commit",
+            default_text="--database-url",
         )
-    parser.add_argument(
+        for flag, variable, domain in DOMAIN_URL_FLAGS
+    },
+    "nats_url": Flag(
         "--nats-url",
-        default=env.get("QUICKPAY_NATS_URL"),
-        help="nats://HOST:PORT to publish settlement events to JetStream (QUICKPAY_NATS_URL;"
-        " none: events stay in the outbox for WatchSettlements)",
-    )
-    parser.add_argument(
+        "QUICKPAY_NATS_URL",
+        None,
+        "nats://HOST:PORT to publish settlement events to JetStream",
+        default_text="none: events stay in the outbox for WatchSettlements",
+    ),
+    "fraud_mode": Flag(
         "--fraud-mode",
+        "QUICKPAY_FRAUD_MODE",
+        "enforce",
+        "enforce: fraud decisions decline payments; observe: score and report only",
         choices=FRAUD_MODES,
-        default=env.get("QUICKPAY_FRAUD_MODE", "enforce"),
-        help="enforce: fraud decisions decline payments; observe: score and report only"
-        " (QUICKPAY_FRAUD_MODE, default enforce)",
-    )
-    parser.add_argument(
+    ),
+    "engine_config": Flag(
         "--engine-config",
-        default=env.get("QUICKPAY_ENGINE_CONFIG"),
-        help="JSON file of validation rules: limits, method matrix, subscriber-assertion"
-        " keys (QUICKPAY_ENGINE_CONFIG; none: the built-in defaults)",
-    )
-    parser.add_argument(
+        "QUICKPAY_ENGINE_CONFIG",
+        None,
+        "JSON file of validation rules: limits, method matrix, subscriber-assertion keys",
+        default_text="the built-in rules",
+    ),
+    "gateways": Flag(
         "--gateways",
-        default=env.get("QUICKPAY_GATEWAYS"),
-        help="gateway configuration file (QUICKPAY_GATEWAYS; none: bundled simulators)",
-    )
+        "QUICKPAY_GATEWAYS",
+        None,
+        "gateway configuration file (TOML)",
+        default_text="none: the bundled simulators, started as child processes",
+    ),
+}
+
+# The settings of a store: where the SQLite file (and the two-phase log) is, or the
+# PostgreSQL databases.
+_STORE = ("data_dir", "database_url", "billing_url", "ar_url", "provisioning_url")
+
+# Which shared settings each command reads, by its words after `quickpay`: its --help
+# lists these and no others. A command missing here fails `quickpay --help` at once
+# (KeyError), and tests/test_cli.py checks the table against what is registered.
+COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
+    "serve": ("listen", *_STORE, "gateways", "engine_config", "fraud_mode", "nats_url"),
+    "seed": ("data_dir",),
+    "subscribers import": _STORE,
+    "bench": ("listen", "data_dir"),
+    "verify": _STORE,
+    "recover": (*_STORE, "gateways"),
+    "db migrate": _STORE[1:],
+    "audit verify": _STORE,
+    "reconcile": _STORE,
+    "wal verify": ("data_dir",),
+    "wal inspect": ("data_dir",),
+    "fraud simulate": (),
+    "fraud train": (),
+    "fraud eval": (),
+    # The simulator's --listen is its own (no variable: QUICKPAY_LISTEN is the engine's).
+    "gateway-sim": ("data_dir",),
+}
+
+
+def add_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """Adds the shared flags ``command`` reads (``COMMAND_FLAGS``), each defaulting to
+    its variable, then to its built-in default."""
+    env = os.environ
+    group = parser.add_argument_group("settings")
+    for name in COMMAND_FLAGS[command]:
+        flag = FLAGS[name]
+        group.add_argument(
+            flag.flag,
+            default=env.get(flag.variable, flag.default),
+            choices=flag.choices,
+            help=flag.help,
+        )
+
+
+def _value(args: argparse.Namespace, name: str) -> str | None:
+    """A setting's value; the built-in default for a command that does not take it (its
+    variable is not read: it may be set for another command)."""
+    return getattr(args, name, FLAGS[name].default)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    """Validates the common flags and fills in derived defaults."""
-    host, sep, port = args.listen.rpartition(":")
+    """Validates the shared flags and fills in derived defaults."""
+    listen = _value(args, "listen") or DEFAULT_LISTEN
+    host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--listen {args.listen!r} must be HOST:PORT")
-    data_dir = Path(args.data_dir)
-    url = args.database_url or f"sqlite:///{data_dir / SQLITE_FILE}"
+        raise ConfigError(f"--listen {listen!r} must be HOST:PORT")
+    data_dir = Path(_value(args, "data_dir") or DEFAULT_DATA_DIR)
+    url = _value(args, "database_url") or f"sqlite:///{data_dir / SQLITE_FILE}"
     if not url.startswith(("sqlite:///", *PG_SCHEMES)):
         raise ConfigError(f"--database-url {url!r}: expected sqlite:///PATH or postgresql://...")
     domain_urls = {
-        flag: getattr(args, flag.removeprefix("--").replace("-", "_"), None) or ""
+        flag: _value(args, flag.removeprefix("--").replace("-", "_")) or ""
         for flag, _, _ in DOMAIN_URL_FLAGS
     }
     for flag, domain_url in domain_urls.items():
@@ -142,21 +234,21 @@ def settings_from(args: argparse.Namespace) -> Settings:
                 f"{flag} needs --database-url postgresql://... (the embedded SQLite file"
                 " holds every domain)"
             )
-    gateways = Path(args.gateways) if args.gateways else None
-    nats_url = getattr(args, "nats_url", None) or None
+    gateways = _value(args, "gateways")
+    nats_url = _value(args, "nats_url") or None
     if nats_url and not nats_url.startswith(("nats://", "tls://")):
         raise ConfigError(f"--nats-url {nats_url!r}: expected nats://HOST:PORT")
-    fraud_mode = getattr(args, "fraud_mode", None) or "enforce"
+    fraud_mode = _value(args, "fraud_mode") or "enforce"
     if fraud_mode not in FRAUD_MODES:
         raise ConfigError(f"--fraud-mode {fraud_mode!r}: expected one of {', '.join(FRAUD_MODES)}")
-    engine_config = getattr(args, "engine_config", None)
+    engine_config = _value(args, "engine_config")
     return Settings(
         engine_config=Path(engine_config) if engine_config else None,
         fraud_mode=fraud_mode,
-        listen=args.listen,
+        listen=listen,
         data_dir=data_dir,
         database_url=url,
-        gateways=gateways,
+        gateways=Path(gateways) if gateways else None,
         nats_url=nats_url,
         billing_url=domain_urls["--billing-url"],
         ar_url=domain_urls["--ar-url"],

@@ -165,7 +165,7 @@ async def create_server(
     async with contextlib.AsyncExitStack() as undo:
         # Everything opened is closed again, in reverse, should a later step fail.
         undo.callback(store.close)
-        book = LedgerBook(Ledger.open(settings.data_dir / "ledger"))
+        book = LedgerBook(Ledger.open(settings.ledger_dir))
         undo.callback(book.close)
         gateways, stop_gateways = await open_gateways(settings.gateways, settings.data_dir)
         undo.push_async_callback(stop_gateways)

@@ -30,7 +30,11 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
-/// Decodes one PayRequest frame.
+/// Decodes one PayRequest frame, and normalizes it: channel names are taken in any
+/// case (gateway nodes and operators write "USSD", "APP"), so the ASCII letters of
+/// `channel` are lower-cased before anything reads the request, the fingerprint
+/// included; a retry that differs only in the channel's case is the same payment. ASCII
+/// only: a non-ASCII look-alike is left for validation to refuse.
 pub fn decode_pay_request(frame: &[u8]) -> Result<PayRequest, DecodeError> {
     if frame.len() > PAY_REQUEST_BYTES_MAX {
         return Err(DecodeError(format!(
@@ -38,7 +42,9 @@ pub fn decode_pay_request(frame: &[u8]) -> Result<PayRequest, DecodeError> {
             frame.len()
         )));
     }
-    PayRequest::decode(frame).map_err(|err| DecodeError(describe(&err)))
+    let mut request = PayRequest::decode(frame).map_err(|err| DecodeError(describe(&err)))?;
+    request.channel.make_ascii_lowercase();
+    Ok(request)
 }
 
 /// The PayRequest frames of a PayBatchRequest (`repeated PayRequest payments = 1`),
@@ -65,7 +71,9 @@ pub fn split_pay_batch(bytes: &[u8], payments_max: usize) -> Result<Vec<&[u8]>, 
         };
         let len = usize::try_from(len).map_err(|_| broken("a length is over the message"))?;
         if len > rest.len() {
-            return Err(broken(&format!("field {field} runs past the message's end")));
+            return Err(broken(&format!(
+                "field {field} runs past the message's end"
+            )));
         }
         let (value, after) = rest.split_at(len);
         if field == 1 && wire == 2 {
@@ -153,6 +161,19 @@ mod tests {
     }
 
     #[test]
+    fn the_channel_is_taken_in_any_case_and_fingerprinted_lower_cased() {
+        let mut upper = request();
+        upper.channel = "APP".into();
+        let decoded = decode_pay_request(&upper.encode_to_vec()).unwrap();
+        assert_eq!(decoded, request());
+        assert_eq!(fingerprint(b"k", &decoded), fingerprint(b"k", &request()));
+        // The Kelvin sign is not a K: left as it is, for validation to refuse.
+        upper.channel = "\u{212A}ELVIN".into();
+        let decoded = decode_pay_request(&upper.encode_to_vec()).unwrap();
+        assert_eq!(decoded.channel, "\u{212A}elvin");
+    }
+
+    #[test]
     fn a_truncated_or_mangled_frame_is_refused_naming_the_field() {
         let bytes = request().encode_to_vec();
         let err = decode_pay_request(&bytes[..bytes.len() - 3]).unwrap_err();
@@ -167,7 +188,10 @@ mod tests {
     #[test]
     fn an_oversized_frame_is_refused_unread() {
         let big = vec![0u8; PAY_REQUEST_BYTES_MAX + 1];
-        assert!(decode_pay_request(&big).unwrap_err().0.contains("over the bound"));
+        assert!(decode_pay_request(&big)
+            .unwrap_err()
+            .0
+            .contains("over the bound"));
     }
 
     #[test]
@@ -180,7 +204,10 @@ mod tests {
         let frames = split_pay_batch(&batch, 3).unwrap();
         assert_eq!(frames.len(), 3);
         assert_eq!(frames[0], &good[..]);
-        assert_eq!(decode_pay_request(frames[1]).unwrap(), PayRequest::default());
+        assert_eq!(
+            decode_pay_request(frames[1]).unwrap(),
+            PayRequest::default()
+        );
         // One payment whose bytes are broken inside: the others still split out.
         let mut mixed = Vec::new();
         for frame in [&good[..], &[0x22, 0x02, 0x12, 0x05][..], &good[..]] {
@@ -205,7 +232,10 @@ mod tests {
         let err = split_pay_batch(&batch[..batch.len() - 1], 10).unwrap_err();
         assert!(err.0.contains("runs past the message's end"), "{err}");
         assert!(split_pay_batch(&[0x0a], 10).is_err());
-        assert!(split_pay_batch(&[0x08, 0x96, 0x01], 10).unwrap_err().0.contains("payments"));
+        assert!(split_pay_batch(&[0x08, 0x96, 0x01], 10)
+            .unwrap_err()
+            .0
+            .contains("payments"));
         assert_eq!(split_pay_batch(&[], 10).unwrap(), Vec::<&[u8]>::new());
         // An unknown field is skipped, as any decoder would.
         assert_eq!(split_pay_batch(&[0x10, 0x01], 10).unwrap().len(), 0);

@@ -76,10 +76,11 @@ reject_codes! {
     IbanCountryUnknown = 21, "IBAN_COUNTRY_UNKNOWN", "method.bank_account.iban", "iban starts with a country that has no IBAN format";
     WalletProviderInvalid = 22, "WALLET_PROVIDER_INVALID", "method.wallet.provider", "provider must be 1 to 32 characters of [a-z0-9_]";
     WalletIdInvalid = 23, "WALLET_ID_INVALID", "method.wallet.wallet_id", "wallet_id must be 1 to 64 characters of [A-Za-z0-9._@+-]";
-    ChannelInvalid = 24, "CHANNEL_INVALID", "channel", "channel must be at most 32 characters of [a-z0-9_-]";
+    ChannelInvalid = 24, "CHANNEL_INVALID", "channel", "channel must be at most 32 characters of [a-z0-9_-] once lower-cased (channel names are case-insensitive)";
     DeviceIdInvalid = 25, "DEVICE_ID_INVALID", "device_id", "device_id must be at most 128 printable ASCII characters without spaces";
     IpInvalid = 26, "IP_INVALID", "ip", "ip must be an IPv4 or IPv6 address";
     AssertionMalformed = 27, "ASSERTION_MALFORMED", "subscriber_assertion", "subscriber_assertion must be v1.<key id>.<account id>.<msisdn>.<expiry s>.<64 hex digits>";
+    IbanNationalCheckFailed = 28, "IBAN_NATIONAL_CHECK_FAILED", "method.bank_account.iban", "iban passes mod 97-10 but fails its country's national check digits (such as Spain's DC, France's RIB key or Italy's CIN): the account number is mistyped";
     // Business declines (DECLINED), 100 and up.
     AccountNotFound = 100, "ACCOUNT_NOT_FOUND", "", "no account with this account_id";
     MsisdnMismatch = 101, "MSISDN_MISMATCH", "", "the msisdn is not the one bound to this account";

@@ -389,11 +389,23 @@ impl Rules {
                 })?;
                 mask |= 1 << method as u8;
             }
-            if channel == "*" {
+            // Channel names are case-insensitive, as in requests: a "USSD" row is the
+            // "ussd" channel, and naming one channel twice is refused, not merged.
+            let name = channel.to_ascii_lowercase();
+            if name == "*" {
                 row.any_other = Some(MethodMask(mask));
-            } else if super::formats::is_channel(channel.as_bytes()) && !channel.is_empty() {
+            } else if super::formats::is_channel(name.as_bytes()) && !name.is_empty() {
+                if row
+                    .channels
+                    .iter()
+                    .any(|(known, _)| **known == *name.as_bytes())
+                {
+                    return Err(ConfigError(format!(
+                        "method_matrix.{purpose}: channel {channel:?} is named twice (case does not count)"
+                    )));
+                }
                 row.channels
-                    .push((channel.as_bytes().into(), MethodMask(mask)));
+                    .push((name.as_bytes().into(), MethodMask(mask)));
             } else {
                 return Err(ConfigError(format!(
                     "method_matrix.{purpose}: {channel:?} is not a channel name"

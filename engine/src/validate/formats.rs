@@ -239,7 +239,9 @@ pub fn is_wallet_id(id: &[u8]) -> bool {
     (1..=WALLET_ID_LEN_MAX).contains(&id.len()) && all_in(id, WALLET_ID)
 }
 
-/// At most 32 characters of `[a-z0-9_-]`; empty means "not given".
+/// At most 32 characters of `[a-z0-9_-]`; empty means "not given". Channel names are
+/// case-insensitive: the API lower-cases ASCII letters before validation, so the core
+/// sees (and stores) one spelling and refuses upper case as not normalized.
 pub fn is_channel(channel: &[u8]) -> bool {
     channel.len() <= CHANNEL_LEN_MAX && all_in(channel, CHANNEL)
 }

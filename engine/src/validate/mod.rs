@@ -17,6 +17,7 @@ pub mod config;
 pub mod formats;
 mod iban;
 mod iban_formats;
+mod iban_national;
 mod method;
 mod subscribers;
 

@@ -521,6 +521,31 @@ fn method_matrix() {
     );
 }
 
+/// Operators write channels in upper case too: a "USSD" row is the "ussd" channel
+/// that requests arrive as (the API lower-cases theirs), and one channel named twice
+/// in two spellings is refused rather than silently merged.
+#[test]
+fn method_matrix_channels_are_case_insensitive() {
+    let mut config = config();
+    let bill = config.method_matrix.get_mut("BILL_PAYMENT").unwrap();
+    bill.insert("USSD".into(), vec!["CARRIER_BALANCE".into()]);
+    let v = with_config(&config);
+    assert_eq!(
+        check_with(&v, |p| p.channel = b"ussd"),
+        RejectCode::MethodNotAllowed,
+        "the USSD row applies to ussd"
+    );
+    config
+        .method_matrix
+        .get_mut("BILL_PAYMENT")
+        .unwrap()
+        .insert("ussd".into(), vec!["CARD".into()]);
+    let Err(err) = Validator::new(&config) else {
+        panic!("one channel named twice must be refused")
+    };
+    assert!(err.0.contains("named twice"), "{}", err.0);
+}
+
 #[test]
 fn method_amount_limits() {
     let mut config = config();

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import re
+import string
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +33,12 @@ from quickpay_engine.settlement.refunds import RefundOutcome
 
 if TYPE_CHECKING:
     from quickpay_engine._engine import DecodedPay
+
+# Channel names are case-insensitive (gateway nodes and operators write "USSD", "APP"):
+# ASCII letters are lower-cased before anything else reads the request. ASCII only,
+# not str.lower(), which would turn the Kelvin sign into "k" and let a look-alike
+# through; any non-ASCII character is left for the engine to refuse.
+_CHANNEL_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 _METHOD_KINDS = {
     "card": MethodKind.CARD,
@@ -77,7 +84,12 @@ def intent_of(
     request: pb.PayRequest, fingerprint_key: bytes, deadline: float | None = None
 ) -> PaymentIntent:
     """Decodes a PayRequest. The payload fingerprint is keyed (HMAC-SHA256), because the
-    request holds a card number and an unkeyed hash of one can be reversed by search."""
+    request holds a card number and an unkeyed hash of one can be reversed by search.
+
+    The channel is normalized in ``request`` itself first (see ``normalize_channel``),
+    so the fingerprint, validation, fraud scoring and the stored payment all see one
+    spelling, and a retry that differs only in the channel's case replays."""
+    normalize_channel(request)
     payload = request.SerializeToString(deterministic=True)
     fingerprint = hmac.digest(fingerprint_key, payload, "sha256").hex()
     return PaymentIntent(
@@ -146,6 +158,13 @@ _PURPOSES = {
     Purpose.BILL_PAYMENT.value: Purpose.BILL_PAYMENT,
     Purpose.PREPAID_TOPUP.value: Purpose.PREPAID_TOPUP,
 }
+
+
+def normalize_channel(request: pb.PayRequest) -> None:
+    """Lower-cases the ASCII letters of ``request.channel`` in place ("USSD" -> "ussd")."""
+    channel = request.channel.translate(_CHANNEL_LOWER)
+    if channel != request.channel:
+        request.channel = channel
 
 
 def _timestamp(us: int) -> Timestamp:

@@ -2,29 +2,26 @@
 
 import argparse
 
-from quickpay_engine.config import add_common_flags
+from quickpay_engine.config import add_flags
 
 
 def add_command(
     subparsers: argparse._SubParsersAction, name: str, help_text: str
 ) -> argparse.ArgumentParser:
-    """Adds a subcommand that takes the common flags (--listen, --data-dir, ...).
-
-    Each subcommand gets flags of its own: a parent parser's actions are shared by every
-    child, and ``set_defaults`` changes the shared action's default, so one command's
-    ``set_defaults(listen=...)`` (gateway-sim's) would become every command's."""
-    common = argparse.ArgumentParser(add_help=False)
-    add_common_flags(common)
-    return subparsers.add_parser(name, help=help_text, description=help_text, parents=[common])
+    """Adds a subcommand with the shared flags it reads (config.COMMAND_FLAGS)."""
+    command = getattr(subparsers, "command_prefix", "") + name
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    add_flags(parser, command)
+    return parser
 
 
 def add_group(
     subparsers: argparse._SubParsersAction, name: str, help_text: str
 ) -> argparse._SubParsersAction:
     """Adds a subcommand with actions of its own (`quickpay wal verify`); returns the
-    actions' subparsers, to fill with `add_command`. The common flags go on the actions,
+    actions' subparsers, to fill with `add_command`. The shared flags go on the actions,
     since argparse lets a nested parser's defaults overwrite its parent's values."""
     group = subparsers.add_parser(name, help=help_text, description=help_text)
     actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.common_parent = subparsers.common_parent  # type: ignore[attr-defined]
+    actions.command_prefix = f"{name} "  # type: ignore[attr-defined]
     return actions

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from quickpay_engine.commands import add_command
+from quickpay_engine.commands import add_command, add_group
 from quickpay_engine.errors import ConfigError, FraudConfigError
 
 
@@ -23,22 +23,21 @@ def _traffic_flags(parser: argparse.ArgumentParser, default_seed: int) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds `fraud` and its three subcommands."""
-    fraud = add_command(subparsers, "fraud", "fraud model: simulate traffic, train, evaluate")
-    sub = fraud.add_subparsers(dest="fraud_command", required=True, metavar="ACTION")
+    sub = add_group(subparsers, "fraud", "fraud model: simulate traffic, train, evaluate")
 
-    sim = sub.add_parser("simulate", help="write labelled synthetic traffic (.npz)")
+    sim = add_command(sub, "simulate", "write labelled synthetic traffic (.npz)")
     _traffic_flags(sim, default_seed=1)
     sim.add_argument("--out", type=Path, required=True, help="traffic file to write (.npz)")
     sim.set_defaults(run=run_simulate)
 
-    train = sub.add_parser("train", help="fit a model to labelled traffic")
+    train = add_command(sub, "train", "fit a model to labelled traffic")
     train.add_argument("--traffic", type=Path, help="traffic file (default: simulate)")
     _traffic_flags(train, default_seed=1)
     train.add_argument("--out", type=Path, required=True, help="model file to write (.json)")
     train.add_argument("--model-id", default=None, help="model_id (default: from the seed)")
     train.set_defaults(run=run_train)
 
-    ev = sub.add_parser("eval", help="metrics and a ROC plot on held-out traffic")
+    ev = add_command(sub, "eval", "metrics and a ROC plot on held-out traffic")
     ev.add_argument("--traffic", type=Path, help="traffic file (default: simulate)")
     _traffic_flags(ev, default_seed=2)
     ev.add_argument("--model", type=Path, help="model file (default: the shipped model)")

@@ -32,6 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers, "gateway-sim", "serve a simulated payment gateway (HTTP/JSON) on loopback"
     )
+    # The engine's QUICKPAY_LISTEN is not the simulator's address: a flag of its own,
+    # with no variable, on a free port unless told.
+    parser.add_argument(
+        "--listen",
+        default="127.0.0.1:0",
+        help="loopback HOST:PORT to serve on (default 127.0.0.1:0: a free port, printed as"
+        " 'listening on HOST:PORT')",
+    )
     parser.add_argument("--name", default="sim", help="gateway name (default sim)")
     parser.add_argument(
         "--faults", type=Path, help="fault model file (TOML or JSON; see gateways/sim/faults.py)"
@@ -49,13 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="stop when stdin closes (the supervisor's children never outlive it)",
     )
-    # The engine's QUICKPAY_LISTEN is not the simulator's address: a fixed default here.
-    # The shared --listen help describes the engine's, so the description says it.
-    parser.set_defaults(run=run, listen="127.0.0.1:0")
+    parser.set_defaults(run=run)
     parser.description = (
-        "Serve a simulated payment gateway (HTTP/JSON) on loopback. Here --listen takes a "
-        "loopback HOST:PORT and defaults to 127.0.0.1:0 (a free port, printed as "
-        "'listening on HOST:PORT'); the books live in DATA_DIR/gateways/NAME/."
+        "Serve a simulated payment gateway (HTTP/JSON) on loopback; its books live in"
+        " DATA_DIR/gateways/NAME/."
     )
 
 

@@ -44,7 +44,7 @@ async def _recover(settings: Settings, dry_run: bool) -> int:
     # Two-phase mode: opening resolves what a crash left prepared, first of all.
     store = open_store(settings, coordinate=True)
     thread = StoreThread()
-    book = LedgerBook(Ledger.open(settings.data_dir / "ledger"))
+    book = LedgerBook(Ledger.open(settings.ledger_dir))
     gateways, stop_gateways = await open_gateways(settings.gateways, settings.data_dir)
     router = GatewayRouter(gateways)
     try:

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         problems = (
             store.verify()
-            + _saga_problems(store, settings.data_dir / "ledger")
+            + _saga_problems(store, settings.ledger_dir)
             + _gateway_problems(store, settings.data_dir)
         )
     finally:

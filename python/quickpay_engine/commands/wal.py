@@ -1,7 +1,8 @@
 """`quickpay wal verify` and `quickpay wal inspect`: read the ledger's write-ahead log
 offline, through the engine's own decoder, without changing a byte.
 
-The log lives in ``<data-dir>/wal`` unless ``--wal-dir`` names another directory.
+The log is where ``quickpay serve`` writes it, ``<data-dir>/ledger``
+(``Settings.ledger_dir``), unless ``--wal-dir`` names another directory.
 `verify` exits 0 when the log is intact, 1 when it is corrupt (naming the file and
 offset) and 2 when there is no log; a torn tail is reported but is not corruption,
 since recovery truncates it.
@@ -18,8 +19,7 @@ from quickpay_engine.commands import add_command, add_group
 from quickpay_engine.config import settings_from
 from quickpay_engine.errors import WalCorruption, WalFailure
 
-# The subdirectory of --data-dir that holds the ledger's log and snapshots.
-WAL_SUBDIR = "wal"
+WAL_DIR_HELP = "log directory (default: DATA_DIR/ledger, where serve writes it)"
 
 # At most this many records are listed by one `inspect` (use --from-seq to page on).
 INSPECT_LIMIT_MAX = 100_000
@@ -29,16 +29,16 @@ def wal_dir(args: argparse.Namespace) -> Path:
     """The log directory the command reads."""
     if args.wal_dir:
         return Path(args.wal_dir)
-    return settings_from(args).data_dir / WAL_SUBDIR
+    return settings_from(args).ledger_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     actions = add_group(subparsers, "wal", "read the ledger's write-ahead log offline")
     verify = add_command(actions, "verify", "check every checksum, the chain, and a replay")
-    verify.add_argument("--wal-dir", help="log directory (default: <data-dir>/wal)")
+    verify.add_argument("--wal-dir", help=WAL_DIR_HELP)
     verify.set_defaults(run=run_verify)
     inspect = add_command(actions, "inspect", "list the log's records")
-    inspect.add_argument("--wal-dir", help="log directory (default: <data-dir>/wal)")
+    inspect.add_argument("--wal-dir", help=WAL_DIR_HELP)
     inspect.add_argument("--from-seq", type=int, default=0, help="first record to list")
     inspect.add_argument(
         "--limit", type=int, default=1000, help=f"records to list (at most {INSPECT_LIMIT_MAX})"
