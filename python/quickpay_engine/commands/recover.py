@@ -11,7 +11,7 @@ import argparse
 import asyncio
 
 from quickpay_engine._engine import Ledger
-from quickpay_engine.commands import add_command
+from quickpay_engine.commands import WRITES, add_command
 from quickpay_engine.config import Settings, settings_from
 from quickpay_engine.errors import ConfigError
 
@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="show what would be done; change nothing"
     )
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, data_dir_access=WRITES)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from quickpay_engine.commands import add_command, add_group
+from quickpay_engine.commands import WRITES, add_command, add_group
 from quickpay_engine.config import settings_from
 from quickpay_engine.errors import ImportRowError
 from quickpay_engine.storage import open_store
@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = add_group(subparsers, "subscribers", "manage the subscriber table")
     load = add_command(actions, "import", "load a subscriber CSV (all rows or none)")
     load.add_argument("file", type=Path, help="CSV with the columns DESIGN.md fixes")
-    load.set_defaults(run=run_import)
+    load.set_defaults(run=run_import, data_dir_access=WRITES)
 
 
 def run_import(args: argparse.Namespace) -> int:
