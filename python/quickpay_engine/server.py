@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +78,48 @@ def fingerprint_key(data_dir: Path) -> bytes:
     if len(key) != 32:
         raise ConfigError(f"{path} must hold 32 bytes; it holds {len(key)}")
     return key
+
+
+def listen_on(server: grpc.aio.Server, listen: str) -> int:
+    """Binds ``listen`` (HOST:PORT; port 0 picks a free one) and returns the port. A
+    refusal is one line that names the address and why: grpc says only "Failed to bind",
+    so the reason is asked of the OS with a plain bind of the same address."""
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        why = _bind_refusal(listen) or "grpc could not bind it"
+        raise ConfigError(f"cannot listen on {listen}: {why}")
+    return port
+
+
+def check_listen(listen: str) -> None:
+    """Refuses, before anything is opened or started, an address another process already
+    listens on (the bind itself, later, is the check that counts)."""
+    if listen.rpartition(":")[2] != "0" and (why := _bind_refusal(listen)):
+        raise ConfigError(f"cannot listen on {listen}: {why}")
+
+
+def _bind_refusal(listen: str) -> str:
+    """Why the OS refuses to bind ``listen``, or "" when it does not."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as err:
+        return f"the address does not resolve ({err})"
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            # As grpc binds: SO_REUSEADDR, so a port in TIME_WAIT is not "in use".
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    return "the address is already in use (another process listens there)"
+                return err.strerror or str(err)
+    return ""
 
 
 @dataclass
@@ -151,6 +195,7 @@ async def create_server(
     fraud_scorer: FraudScorer | None = None,
 ) -> RunningServer:
     """Builds and starts the server on ``settings.listen`` (port 0 picks a free one)."""
+    check_listen(settings.listen)
     store = open_store(settings, coordinate=True)
     key = fingerprint_key(settings.data_dir)
     enforce = settings.fraud_mode == "enforce"
@@ -179,26 +224,25 @@ async def create_server(
         except ConfigInvalid as err:
             raise ConfigError(f"--engine-config {settings.engine_config}: {err}") from None
         actions = await service.start()
+        undo.push_async_callback(service.close)
         if actions:
             log.info("recovery finished %d unfinished payments and refunds", len(actions))
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        add_to_server(SettlementServicer(service, key, settings.data_dir / "mappings"), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            [SETTLEMENT_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
+        )
+        port = listen_on(server, settings.listen)
+        relay = EventRelayTask.start(service, settings.nats_url) if settings.nats_url else None
+        await server.start()
         undo.pop_all()
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
-    add_to_server(SettlementServicer(service, key, settings.data_dir / "mappings"), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [SETTLEMENT_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
-    )
-    relay = EventRelayTask.start(service, settings.nats_url) if settings.nats_url else None
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        raise ConfigError(f"could not listen on {settings.listen}")
-    await server.start()
     for name in ("", SETTLEMENT_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     sweeper = None
