@@ -35,7 +35,8 @@ from quickpay_engine.gateways.supervisor import open_gateways
 from quickpay_engine.settlement.ledger_book import LedgerBook
 from quickpay_engine.settlement.service import BatchSettings, SettlementService
 from quickpay_engine.settlement.twophase import SWEEP_INTERVAL_S, TwoPhaseStore
-from quickpay_engine.storage import Store, open_store
+from quickpay_engine.storage import Store, claim_databases, open_store
+from quickpay_engine.store.pg_owner import PgOwner
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class RunningServer:
     stop_gateways: Callable[[], Awaitable[None]]
     relay: EventRelayTask | None = None
     sweeper: asyncio.Task[None] | None = None
+    owner: PgOwner | None = None
 
     async def stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
         """Drains: NOT_SERVING, no new calls, in-flight calls finish within the grace."""
@@ -152,6 +154,8 @@ class RunningServer:
         await self.stop_gateways()
         self.service.book.close()
         self.store.close()
+        if self.owner is not None:
+            self.owner.close()
 
 
 @dataclass
@@ -196,8 +200,6 @@ async def create_server(
 ) -> RunningServer:
     """Builds and starts the server on ``settings.listen`` (port 0 picks a free one)."""
     check_listen(settings.listen)
-    store = open_store(settings, coordinate=True)
-    key = fingerprint_key(settings.data_dir)
     enforce = settings.fraud_mode == "enforce"
     if not enforce:
         log.warning("fraud scoring in observe mode: assessed and reported, never declined")
@@ -209,7 +211,14 @@ async def create_server(
             raise ConfigError(f"--engine-config: {err}") from None
     async with contextlib.AsyncExitStack() as undo:
         # Everything opened is closed again, in reverse, should a later step fail.
+        # The databases' ownership before the store opens: with several databases,
+        # opening it resolves what an earlier run left prepared, which only the owner may.
+        owner = claim_databases(settings, "quickpay serve")
+        if owner is not None:
+            undo.callback(owner.close)
+        store = open_store(settings, coordinate=True, owner=owner)
         undo.callback(store.close)
+        key = fingerprint_key(settings.data_dir)
         book = LedgerBook(Ledger.open(settings.data_dir / "ledger"))
         undo.callback(book.close)
         gateways, stop_gateways = await open_gateways(settings.gateways, settings.data_dir)
@@ -219,7 +228,15 @@ async def create_server(
         undo.push_async_callback(router.close)
         try:
             service = SettlementService(
-                store, book, router, key, batching, fraud_scorer, enforce, engine_config
+                store,
+                book,
+                router,
+                key,
+                batching,
+                fraud_scorer,
+                enforce,
+                engine_config,
+                fence=owner.check if owner is not None else lambda: None,
             )
         except ConfigInvalid as err:
             raise ConfigError(f"--engine-config {settings.engine_config}: {err}") from None
@@ -250,8 +267,10 @@ async def create_server(
         sweeper = asyncio.get_running_loop().create_task(
             sweep_prepared(service, store), name="two-phase-sweep"
         )
+    if owner is not None:
+        owner.watch()  # from here a lost lock fences the engine until it is retaken
     return RunningServer(
-        server, port, service, health_servicer, store, stop_gateways, relay, sweeper
+        server, port, service, health_servicer, store, stop_gateways, relay, sweeper, owner
     )
 
 
