@@ -79,17 +79,22 @@ async def test_sigterm_drains_in_flight_calls_and_exits_zero(data_dir: Path) -> 
         store.close()
 
 
-async def test_server_refuses_to_start_on_a_taken_port(data_dir: Path) -> None:
+async def test_server_refuses_to_start_on_a_taken_port(data_dir: Path, tmp_path: Path) -> None:
+    """One line naming the address, exit status 2, and nothing left running: not grpc's
+    traceback. (Another data dir: the same one would be refused for its lock first.)"""
     process, port = await start_server(data_dir)
     try:
         second = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "quickpay_engine.cli", "serve",
-            "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
+            "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "other"),
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         _, stderr = await asyncio.wait_for(second.communicate(), 60)
-        assert second.returncode != 0
-        assert f"127.0.0.1:{port}" in stderr.decode()
+        assert second.returncode == 2
+        assert stderr.decode() == (
+            f"quickpay serve: cannot listen on 127.0.0.1:{port}: the address is already in"
+            " use (another process listens there)\n"
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0

@@ -9,11 +9,16 @@ as ``config.COMMAND_FLAGS`` lists them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
-from quickpay_engine.errors import QuickpayError
+from quickpay_engine.commands import READS, WRITES
+from quickpay_engine.config import settings_from
+from quickpay_engine.errors import ConfigError, QuickpayError
 
 # The subcommand modules, in the order `quickpay --help` lists them.
 COMMAND_MODULES = [
@@ -76,11 +81,41 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    name = " ".join(["quickpay", args.command, *([args.action] if "action" in args else [])])
     try:
-        return int(args.run(args))
+        with owning(args, name):
+            return int(args.run(args))
     except QuickpayError as err:
-        print(f"quickpay {args.command}: {err}", file=sys.stderr)
+        print(f"{name}: {err}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def owning(args: argparse.Namespace, name: str) -> Iterator[None]:
+    """Holds the data dir (and a SQLite file outside it) for a command that declared
+    ``set_defaults(data_dir_access=WRITES or READS)``, or a callable of ``(args,
+    settings)`` answering the data dir a reader reads (None: none); see commands/.
+    Refused (ownership.InUse, exit 2) while another process holds either."""
+    from quickpay_engine.store.ownership import hold
+
+    declared = getattr(args, "data_dir_access", None)
+    if declared is None:
+        yield
+        return
+    settings = settings_from(args)
+    if (check := getattr(args, "check", None)) is not None:
+        check(args)  # the command's own flags, refused before anything is opened
+    directory: Path | None = settings.data_dir
+    if callable(declared):
+        directory, declared = declared(args, settings), READS
+    if declared not in (READS, WRITES):
+        raise ConfigError(f"{name}: unknown data dir access {declared!r}")  # a bug of ours
+    if directory is None or (declared == READS and not directory.is_dir()):
+        yield  # nothing there to read, and a reader creates nothing
+        return
+    sqlite_file = None if settings.postgres else settings.sqlite_path
+    with hold(directory, sqlite_file, name):
+        yield
 
 
 if __name__ == "__main__":

@@ -66,6 +66,12 @@ class ShuttingDown(QuickpayError):
     """The server is draining and takes no new payments (UNAVAILABLE)."""
 
 
+class NotOwner(QuickpayError):
+    """The engine cannot prove it still owns its databases (the connection holding the
+    ownership lock was lost): it settles nothing until it does (UNAVAILABLE, retry with
+    the same key)."""
+
+
 class OutcomePending(QuickpayError):
     """The gateway's answer is not known yet (UNAVAILABLE): the engine finishes the
     payment by itself (settled or voided); retry with the same key to learn which."""
@@ -99,6 +105,7 @@ __all__ = [
     "InvalidBatch",
     "LedgerClosed",
     "NotFound",
+    "NotOwner",
     "Overloaded",
     "QuickpayError",
     "RequestUndecodable",

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,8 @@ from quickpay_engine.gateways.supervisor import open_gateways
 from quickpay_engine.settlement.ledger_book import LedgerBook
 from quickpay_engine.settlement.service import BatchSettings, SettlementService
 from quickpay_engine.settlement.twophase import SWEEP_INTERVAL_S, TwoPhaseStore
-from quickpay_engine.storage import Store, open_store
+from quickpay_engine.storage import Store, claim_databases, open_store
+from quickpay_engine.store.pg_owner import PgOwner
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,48 @@ def fingerprint_key(data_dir: Path) -> bytes:
     return key
 
 
+def listen_on(server: grpc.aio.Server, listen: str) -> int:
+    """Binds ``listen`` (HOST:PORT; port 0 picks a free one) and returns the port. A
+    refusal is one line that names the address and why: grpc says only "Failed to bind",
+    so the reason is asked of the OS with a plain bind of the same address."""
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        why = _bind_refusal(listen) or "grpc could not bind it"
+        raise ConfigError(f"cannot listen on {listen}: {why}")
+    return port
+
+
+def check_listen(listen: str) -> None:
+    """Refuses, before anything is opened or started, an address another process already
+    listens on (the bind itself, later, is the check that counts)."""
+    if listen.rpartition(":")[2] != "0" and (why := _bind_refusal(listen)):
+        raise ConfigError(f"cannot listen on {listen}: {why}")
+
+
+def _bind_refusal(listen: str) -> str:
+    """Why the OS refuses to bind ``listen``, or "" when it does not."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as err:
+        return f"the address does not resolve ({err})"
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            # As grpc binds: SO_REUSEADDR, so a port in TIME_WAIT is not "in use".
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    return "the address is already in use (another process listens there)"
+                return err.strerror or str(err)
+    return ""
+
+
 @dataclass
 class RunningServer:
     """A started server and the parts it stops on shutdown."""
@@ -90,6 +135,7 @@ class RunningServer:
     stop_gateways: Callable[[], Awaitable[None]]
     relay: EventRelayTask | None = None
     sweeper: asyncio.Task[None] | None = None
+    owner: PgOwner | None = None
 
     async def stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
         """Drains: NOT_SERVING, no new calls, in-flight calls finish within the grace."""
@@ -108,6 +154,8 @@ class RunningServer:
         await self.stop_gateways()
         self.service.book.close()
         self.store.close()
+        if self.owner is not None:
+            self.owner.close()
 
 
 @dataclass
@@ -151,8 +199,7 @@ async def create_server(
     fraud_scorer: FraudScorer | None = None,
 ) -> RunningServer:
     """Builds and starts the server on ``settings.listen`` (port 0 picks a free one)."""
-    store = open_store(settings, coordinate=True)
-    key = fingerprint_key(settings.data_dir)
+    check_listen(settings.listen)
     enforce = settings.fraud_mode == "enforce"
     if not enforce:
         log.warning("fraud scoring in observe mode: assessed and reported, never declined")
@@ -164,7 +211,14 @@ async def create_server(
             raise ConfigError(f"--engine-config: {err}") from None
     async with contextlib.AsyncExitStack() as undo:
         # Everything opened is closed again, in reverse, should a later step fail.
+        # The databases' ownership before the store opens: with several databases,
+        # opening it resolves what an earlier run left prepared, which only the owner may.
+        owner = claim_databases(settings, "quickpay serve")
+        if owner is not None:
+            undo.callback(owner.close)
+        store = open_store(settings, coordinate=True, owner=owner)
         undo.callback(store.close)
+        key = fingerprint_key(settings.data_dir)
         book = LedgerBook(Ledger.open(settings.ledger_dir))
         undo.callback(book.close)
         gateways, stop_gateways = await open_gateways(settings.gateways, settings.data_dir)
@@ -174,31 +228,38 @@ async def create_server(
         undo.push_async_callback(router.close)
         try:
             service = SettlementService(
-                store, book, router, key, batching, fraud_scorer, enforce, engine_config
+                store,
+                book,
+                router,
+                key,
+                batching,
+                fraud_scorer,
+                enforce,
+                engine_config,
+                fence=owner.check if owner is not None else lambda: None,
             )
         except ConfigInvalid as err:
             raise ConfigError(f"--engine-config {settings.engine_config}: {err}") from None
         actions = await service.start()
+        undo.push_async_callback(service.close)
         if actions:
             log.info("recovery finished %d unfinished payments and refunds", len(actions))
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        add_to_server(SettlementServicer(service, key, settings.data_dir / "mappings"), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            [SETTLEMENT_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
+        )
+        port = listen_on(server, settings.listen)
+        relay = EventRelayTask.start(service, settings.nats_url) if settings.nats_url else None
+        await server.start()
         undo.pop_all()
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
-    add_to_server(SettlementServicer(service, key, settings.data_dir / "mappings"), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [SETTLEMENT_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
-    )
-    relay = EventRelayTask.start(service, settings.nats_url) if settings.nats_url else None
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        raise ConfigError(f"could not listen on {settings.listen}")
-    await server.start()
     for name in ("", SETTLEMENT_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     sweeper = None
@@ -206,8 +267,10 @@ async def create_server(
         sweeper = asyncio.get_running_loop().create_task(
             sweep_prepared(service, store), name="two-phase-sweep"
         )
+    if owner is not None:
+        owner.watch()  # from here a lost lock fences the engine until it is retaken
     return RunningServer(
-        server, port, service, health_servicer, store, stop_gateways, relay, sweeper
+        server, port, service, health_servicer, store, stop_gateways, relay, sweeper, owner
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from quickpay_engine.config import Settings
 from quickpay_engine.settlement.twophase import TwoPhaseStore, open_two_phase
 from quickpay_engine.store import SqliteStore
+from quickpay_engine.store.pg_owner import PgOwner
 from quickpay_engine.store.postgres import PostgresStore, PostgresUrls
 
 # Every store has the same public methods (see store/sqlite.py); the wiring holds one.
@@ -19,7 +20,21 @@ Store = SqliteStore | PostgresStore | TwoPhaseStore
 TWO_PHASE_DIR = "twophase"
 
 
-def open_store(settings: Settings, *, coordinate: bool = False) -> Store:
+def claim_databases(settings: Settings, command: str) -> PgOwner | None:
+    """Takes the ownership lock of every PostgreSQL database the settings name, for a
+    command that writes their accounts (serve, recover, subscribers import, db migrate);
+    refused (``InUse``, naming the holder) while another engine holds one. None on the
+    SQLite file, which the data dir's lock guards (cli.owning)."""
+    if not settings.postgres:
+        return None
+    owner = PgOwner(settings.domain_urls, command)
+    owner.acquire()
+    return owner
+
+
+def open_store(
+    settings: Settings, *, coordinate: bool = False, owner: PgOwner | None = None
+) -> Store:
     """Opens the store ``settings`` name; a PostgreSQL database behind on migrations is
     refused with the command that fixes it, and two-phase mode without prepared
     transactions with the setting that enables them.
@@ -30,10 +45,15 @@ def open_store(settings: Settings, *, coordinate: bool = False) -> Store:
     one process per data dir may coordinate. Without it (the other commands: import,
     verify, audit, reconcile write one database at most) the plain store is returned,
     and leaves prepared transactions alone.
+
+    ``owner`` (from ``claim_databases``): every batch and refund the store writes first
+    proves, in its own transaction, that the owner's lock is still held.
     """
     if not settings.postgres:
         return SqliteStore(settings.sqlite_path)
     store = PostgresStore(PostgresUrls(*settings.domain_urls))
+    if owner is not None:
+        store.fence = owner.prove
     if not store.urls.split or not coordinate:
         return store
     return open_two_phase(store, settings.data_dir / TWO_PHASE_DIR)

@@ -21,6 +21,7 @@ from quickpay_engine.errors import (
     IdempotencyConflict,
     InvalidArgument,
     NotFound,
+    NotOwner,
     OutcomePending,
     Overloaded,
     QuickpayError,
@@ -54,6 +55,8 @@ _STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (ReportError, grpc.StatusCode.INVALID_ARGUMENT),
     (OutcomePending, grpc.StatusCode.UNAVAILABLE),
+    # Fenced: the ownership lock of a database was lost and is being retaken.
+    (NotOwner, grpc.StatusCode.UNAVAILABLE),
 ]
 
 

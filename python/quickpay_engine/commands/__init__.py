@@ -4,6 +4,16 @@ import argparse
 
 from quickpay_engine.config import add_flags
 
+# How a command uses the data dir, as ``set_defaults(data_dir_access=...)`` declares it; the CLI
+# takes the data dir's lock for both (quickpay_engine.store.ownership), in one place.
+# WRITES: creates it if absent and holds it for the whole run. READS: holds it only when
+# it exists, so that the command neither reads a log or a database a running writer is
+# changing nor leaves a data dir where there was none. Neither: the lock is not taken.
+# A command whose own flags must be refused before the lock creates anything also sets
+# ``check=fn(args)``.
+WRITES = "writes"
+READS = "reads"
+
 
 def add_command(
     subparsers: argparse._SubParsersAction, name: str, help_text: str

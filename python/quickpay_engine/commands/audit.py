@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from quickpay_engine.commands import add_command, add_group
+from quickpay_engine.commands import READS, add_command, add_group
 from quickpay_engine.config import settings_from
 from quickpay_engine.storage import open_store
 from quickpay_engine.store.audit import verify
@@ -13,7 +13,7 @@ from quickpay_engine.store.audit import verify
 def register(subparsers: argparse._SubParsersAction) -> None:
     actions = add_group(subparsers, "audit", "check the audit trail")
     add_command(actions, "verify", "verify the audit trail's hash chain").set_defaults(
-        run=run_verify
+        run=run_verify, data_dir_access=READS
     )
 
 

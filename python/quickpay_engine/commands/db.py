@@ -7,6 +7,7 @@ import argparse
 from quickpay_engine.commands import add_command, add_group
 from quickpay_engine.config import settings_from
 from quickpay_engine.errors import ConfigError
+from quickpay_engine.storage import claim_databases
 from quickpay_engine.store.pg_migrations import latest, migrate
 
 
@@ -27,10 +28,16 @@ def run_migrate(args: argparse.Namespace) -> int:
             "db migrate is for PostgreSQL (--database-url postgresql://...); the embedded"
             " SQLite file creates its schema itself"
         )
-    for url in dict.fromkeys(settings.domain_urls):  # each database once, in order
-        applied = migrate(url)
-        done = ", ".join(map(str, applied)) if applied else "none (already current)"
-        print(f"db migrate: {_redacted(url)}: applied {done}; at version {latest()}")
+    # Not under a running engine: it checked the schema at start and relies on it.
+    owner = claim_databases(settings, "quickpay db migrate")
+    try:
+        for url in dict.fromkeys(settings.domain_urls):  # each database once, in order
+            applied = migrate(url)
+            done = ", ".join(map(str, applied)) if applied else "none (already current)"
+            print(f"db migrate: {_redacted(url)}: applied {done}; at version {latest()}")
+    finally:
+        if owner is not None:
+            owner.close()
     return 0
 
 

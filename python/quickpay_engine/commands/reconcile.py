@@ -9,7 +9,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from quickpay_engine.commands import add_command
+from quickpay_engine.commands import WRITES, add_command
 from quickpay_engine.config import settings_from
 from quickpay_engine.reconcile.matcher import CATEGORIES
 from quickpay_engine.reconcile.report import ColumnMapping
@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--mapping", type=Path, help="column mapping file for another gateway's CSV"
     )
     parser.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    parser.set_defaults(run=run_command)
+    parser.set_defaults(run=run_command, data_dir_access=WRITES)
 
 
 def run_command(args: argparse.Namespace) -> int:

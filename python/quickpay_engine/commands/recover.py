@@ -11,7 +11,7 @@ import argparse
 import asyncio
 
 from quickpay_engine._engine import Ledger
-from quickpay_engine.commands import add_command
+from quickpay_engine.commands import WRITES, add_command
 from quickpay_engine.config import Settings, settings_from
 from quickpay_engine.errors import ConfigError
 
@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="show what would be done; change nothing"
     )
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, data_dir_access=WRITES)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,11 +38,18 @@ async def _recover(settings: Settings, dry_run: bool) -> int:
     from quickpay_engine.gateways.supervisor import open_gateways
     from quickpay_engine.settlement.ledger_book import LedgerBook
     from quickpay_engine.settlement.recovery import Recovery
-    from quickpay_engine.storage import open_store
+    from quickpay_engine.storage import claim_databases, open_store
     from quickpay_engine.store.executor import StoreThread
 
-    # Two-phase mode: opening resolves what a crash left prepared, first of all.
-    store = open_store(settings, coordinate=True)
+    # The databases' owner (refused beside a running engine), then the store: in
+    # two-phase mode opening it resolves what a crash left prepared, first of all.
+    owner = claim_databases(settings, "quickpay recover")
+    try:
+        store = open_store(settings, coordinate=True, owner=owner)
+    except BaseException:
+        if owner is not None:
+            owner.close()
+        raise
     thread = StoreThread()
     book = LedgerBook(Ledger.open(settings.ledger_dir))
     gateways, stop_gateways = await open_gateways(settings.gateways, settings.data_dir)
@@ -56,6 +63,8 @@ async def _recover(settings: Settings, dry_run: bool) -> int:
         book.close()
         thread.close()
         store.close()
+        if owner is not None:
+            owner.close()
     verb = "would do" if dry_run else "did"
     if not actions:
         print("recover: nothing unfinished")

@@ -7,7 +7,7 @@ import os
 
 import uvloop
 
-from quickpay_engine.commands import add_command
+from quickpay_engine.commands import WRITES, add_command
 from quickpay_engine.config import settings_from
 from quickpay_engine.errors import ConfigError
 from quickpay_engine.settlement.batcher import BatchSettings
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             default=os.environ.get(variable, str(default)),
             help=f"{what} ({variable}, default {default:g})",
         )
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, data_dir_access=WRITES, check=batching_from)
 
 
 def batching_from(args: argparse.Namespace) -> BatchSettings:

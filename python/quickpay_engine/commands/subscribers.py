@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from quickpay_engine.commands import add_command, add_group
+from quickpay_engine.commands import WRITES, add_command, add_group
 from quickpay_engine.config import settings_from
 from quickpay_engine.errors import ImportRowError
-from quickpay_engine.storage import open_store
+from quickpay_engine.storage import claim_databases, open_store
 from quickpay_engine.subscribers import parse_csv
 
 
@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = add_group(subparsers, "subscribers", "manage the subscriber table")
     load = add_command(actions, "import", "load a subscriber CSV (all rows or none)")
     load.add_argument("file", type=Path, help="CSV with the columns DESIGN.md fixes")
-    load.set_defaults(run=run_import)
+    load.set_defaults(run=run_import, data_dir_access=WRITES)
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -33,10 +33,17 @@ def run_import(args: argparse.Namespace) -> int:
             f"quickpay subscribers import: {args.file}: {err}; nothing was loaded", file=sys.stderr
         )
         return 1
-    store = open_store(settings)
+    # On PostgreSQL, refused while an engine owns the database: it keeps the subscribers'
+    # balances in memory, and would go on from the ones this import replaces.
+    owner = claim_databases(settings, "quickpay subscribers import")
     try:
-        n = store.import_subscribers(rows)
+        store = open_store(settings)
+        try:
+            n = store.import_subscribers(rows)
+        finally:
+            store.close()
     finally:
-        store.close()
+        if owner is not None:
+            owner.close()
     print(f"imported {n} subscribers from {args.file} into {settings.database_url}")
     return 0

@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from quickpay_engine._engine import LEDGER_BATCH_MAX, EngineError, Ledger, ids_array
-from quickpay_engine.commands import add_command
+from quickpay_engine.commands import READS, add_command
 from quickpay_engine.config import settings_from
 from quickpay_engine.domain import PaymentStatus
 from quickpay_engine.settlement.ledger_book import (
@@ -26,7 +26,7 @@ _SETTLED = (PaymentStatus.SETTLED, PaymentStatus.REFUNDED, PaymentStatus.PARTIAL
 def register(subparsers: argparse._SubParsersAction) -> None:
     add_command(
         subparsers, "verify", "check the settlement invariants; non-zero exit on any break"
-    ).set_defaults(run=run)
+    ).set_defaults(run=run, data_dir_access=READS)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from quickpay_engine import _engine
 from quickpay_engine.commands import add_command, add_group
-from quickpay_engine.config import settings_from
+from quickpay_engine.config import Settings, settings_from
 from quickpay_engine.errors import WalCorruption, WalFailure
 
 WAL_DIR_HELP = "log directory (default: DATA_DIR/ledger, where serve writes it)"
@@ -32,18 +32,26 @@ def wal_dir(args: argparse.Namespace) -> Path:
     return settings_from(args).ledger_dir
 
 
+def guarded_dir(args: argparse.Namespace, settings: Settings) -> Path | None:
+    """The data dir whose lock the command holds while it reads: the one its log is in,
+    or none for a --wal-dir outside --data-dir (a copy, or another engine's log)."""
+    directory = wal_dir(args)
+    inside = directory.resolve().is_relative_to(settings.data_dir.resolve())
+    return settings.data_dir if inside else None
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     actions = add_group(subparsers, "wal", "read the ledger's write-ahead log offline")
     verify = add_command(actions, "verify", "check every checksum, the chain, and a replay")
     verify.add_argument("--wal-dir", help=WAL_DIR_HELP)
-    verify.set_defaults(run=run_verify)
+    verify.set_defaults(run=run_verify, data_dir_access=guarded_dir)
     inspect = add_command(actions, "inspect", "list the log's records")
     inspect.add_argument("--wal-dir", help=WAL_DIR_HELP)
     inspect.add_argument("--from-seq", type=int, default=0, help="first record to list")
     inspect.add_argument(
         "--limit", type=int, default=1000, help=f"records to list (at most {INSPECT_LIMIT_MAX})"
     )
-    inspect.set_defaults(run=run_inspect)
+    inspect.set_defaults(run=run_inspect, data_dir_access=guarded_dir)
 
 
 def _missing(command: str, directory: Path) -> int | None:

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from quickpay_engine.errors import Overloaded, ShuttingDown
+from quickpay_engine.errors import NotOwner, Overloaded, ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,13 @@ class MicroBatcher(Generic[T, R]):
 
     def _fail(self, batch: list[tuple[T, asyncio.Future[R]]], err: Exception) -> None:
         # A failure of the whole batch (the database went away) fails each caller with
-        # that error; the items are not retried behind their backs.
-        log.error("settlement batch of %d failed", len(batch), exc_info=err)
+        # that error; the items are not retried behind their backs. A fenced engine
+        # refuses every batch until it owns its databases again: one line each, which
+        # the ownership watcher's log explains.
+        if isinstance(err, NotOwner):
+            log.warning("settlement batch of %d refused: %s", len(batch), err)
+        else:
+            log.error("settlement batch of %d failed", len(batch), exc_info=err)
         self._deliver(batch, [err] * len(batch))
 
     def _deliver(

@@ -150,6 +150,7 @@ class Pipeline:
         on_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         fraud: FraudGate | None = None,
+        fence: Callable[[], None] = lambda: None,
     ) -> None:
         self._engine = engine
         self._store = store
@@ -163,6 +164,9 @@ class Pipeline:
         self._on_commit = on_commit
         self._clock = clock
         self._fraud = fraud
+        # Raises (NotOwner) while the engine cannot prove it owns its databases: checked
+        # once per batch, before anything of it is journalled, held or sent.
+        self._fence = fence
         # Stage 1 runs one batch at a time, in arrival order (asyncio.Lock is FIFO), so
         # validation and fraud state see payments in the order they came.
         self._order = asyncio.Lock()
@@ -181,7 +185,9 @@ class Pipeline:
 
     async def prepare(self, intents: Sequence[PaymentIntent]) -> _Batch:
         """Stage 1 (see the module docstring); batches go through it one at a time."""
+        self._fence()
         async with self._order:
+            self._fence()  # again: the batch may have waited for the one before it
             return await self._prepare(intents)
 
     async def complete(self, batch: _Batch) -> list[Outcome | BaseException]:

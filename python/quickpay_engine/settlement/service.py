@@ -76,10 +76,12 @@ class SettlementService:
         fraud_scorer: FraudScorer | None = None,
         fraud_enforce: bool = True,
         engine_config_json: str | None = None,
+        fence: Callable[[], None] = lambda: None,
     ) -> None:
         """``book`` is the open ledger, ``router`` the started gateways; ``card_key``
         keys the card fingerprints fraud scoring tracks; ``fraud_scorer`` replaces the
-        shipped model and rules (tests, a carrier's own model)."""
+        shipped model and rules (tests, a carrier's own model); ``fence`` raises while
+        the engine may not settle (store/pg_owner.py), checked once per batch."""
         batching = batching or BatchSettings()
         self._store = store
         self._thread = StoreThread()
@@ -101,6 +103,7 @@ class SettlementService:
             (self._reader, self._reader_thread),
             on_commit=self._committed_batch,
             fraud=FraudGate(self._subscribers, card_key, fraud_scorer, fraud_enforce),
+            fence=fence,
         )
         self._commit_listeners: list[Callable[[], None]] = [self._wake_watchers]
         self._batcher: MicroBatcher[PaymentIntent, Outcome] = MicroBatcher(

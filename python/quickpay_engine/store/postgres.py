@@ -131,6 +131,10 @@ class PostgresStore:
             raise
         # Which participant holds each domain.
         self._holder = {domain: by_url[self.urls.of(domain)] for domain in DOMAINS}
+        # Called as fence(url, conn) in every participant's transaction before a batch or
+        # a refund is written; raises to write nothing (the server's ownership proof,
+        # store/pg_owner.py). None: no check (tools, tests of the store alone).
+        self.fence: Callable[[str, psycopg.Connection], None] | None = None
         with self._transaction(self._prov):
             self._prov.cursor().executemany(
                 "INSERT INTO provisioning_rules (rule_id, priority, plan, from_status,"
@@ -158,7 +162,10 @@ class PostgresStore:
 
     def _reconnect_broken(self) -> None:
         """Replaces a connection the server dropped (a restart, a failover, a killed
-        backend) before a batch starts; the batch it broke was rolled back with it."""
+        backend) before a batch starts; the batch it broke was rolled back with it.
+        Called first thing by the public methods (the store thread runs one at a time),
+        so the store recovers from a restart of its database by itself; never inside a
+        transaction, where a new connection would commit what follows on its own."""
         for name, conn in self._conns.items():
             if conn.closed or conn.broken:
                 conn.close()
@@ -215,11 +222,13 @@ class PostgresStore:
 
     def load_subscribers(self) -> list[SubscriberRow]:
         """Every subscriber, for the engine's table at start."""
+        self._reconnect_broken()
         cursor = self._billing.execute(f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers")  # noqa: S608
         return [_subscriber(row) for row in cursor]
 
     def subscriber(self, account_id: str) -> SubscriberRow | None:
         """One subscriber by account id."""
+        self._reconnect_broken()
         row = self._billing.execute(
             f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers WHERE account_id = %s",  # noqa: S608
             (account_id,),
@@ -230,6 +239,7 @@ class PostgresStore:
 
     def find_by_keys(self, keys: Iterable[str]) -> dict[str, PaymentRecord]:
         """Stored payments by idempotency key, for replays."""
+        self._reconnect_broken()
         records = self._records("idempotency_key = ANY(%s)", [list(keys)])
         return {r.intent.idempotency_key: r for r in records}
 
@@ -237,6 +247,7 @@ class PostgresStore:
         self, *, payment_id: str = "", idempotency_key: str = ""
     ) -> PaymentRecord | None:
         """One payment by id or by idempotency key."""
+        self._reconnect_broken()
         if payment_id:
             records = self._records("payment_id = %s", [payment_id])
         else:
@@ -380,6 +391,7 @@ class PostgresStore:
     ) -> tuple[list[Outcome], list[SettledState]]:
         """Writes the batch inside the open transactions: at once, else per payment."""
         now_us = now_us if now_us is not None else time.time_ns() // 1_000
+        self._prove_owner()
         self._savepoint("SAVEPOINT batch")
         try:
             rows = self._build(decisions, now_us)
@@ -408,6 +420,11 @@ class PostgresStore:
                 touched.update((s.account_id, s) for s in _states(rows))
             self._savepoint("RELEASE SAVEPOINT payment")
         return outcomes, list(touched.values())
+
+    def _prove_owner(self) -> None:
+        if self.fence is not None:
+            for name, conn in self._conns.items():
+                self.fence(self.urls.of(name), conn)
 
     def _savepoint(self, statement: str) -> None:
         for conn in self._conns.values():
@@ -476,6 +493,7 @@ class PostgresStore:
         """Records payments about to go to a gateway, in one transaction. False for a
         payment whose key is already journalled by an attempt not yet finished (a
         concurrent attempt in another process, or one recovery has still to finish)."""
+        self._reconnect_broken()
         now_us = now_us if now_us is not None else time.time_ns() // 1_000
         if not attempts:
             return []
@@ -518,12 +536,14 @@ class PostgresStore:
 
     def attempts(self) -> dict[str, PaymentIntent]:
         """Every journalled payment not yet finished, by payment id."""
+        self._reconnect_broken()
         cursor = self._billing.execute("SELECT payment_id, intent FROM settlement_attempts")
         return {payment_id: intent_from_json(text) for payment_id, text in cursor}
 
     def forget_attempts(self, payment_ids: Sequence[str]) -> None:
         """Removes journal entries of payments that ended without a history row (rolled
         back before any money moved: the caller never had an answer and may retry)."""
+        self._reconnect_broken()
         self._billing.execute(
             "DELETE FROM settlement_attempts WHERE payment_id = ANY(%s)", (list(payment_ids),)
         )
@@ -532,17 +552,20 @@ class PostgresStore:
 
     def refund_by_key(self, idempotency_key: str) -> RefundRow | None:
         """The refund recorded under this key, if any."""
+        self._reconnect_broken()
         rows = self._refunds("idempotency_key = %s", (idempotency_key,))
         return rows[0] if rows else None
 
     def pending_refunds(self) -> list[RefundRow]:
         """Refunds sent (or about to be sent) to a gateway with no answer recorded."""
+        self._reconnect_broken()
         return self._refunds("status = 'PENDING'", ())
 
     def begin_refund(self, row: RefundRow) -> RefundRow:
         """Records a refund as PENDING before the gateway is called; returns the row
         stored under its key (this one, or an earlier one for a replay). A key that holds
         a refund of another payment or amount raises ``IdempotencyConflict``."""
+        self._reconnect_broken()
         self._billing.execute(
             "INSERT INTO refunds (refund_id, idempotency_key, payment_id, amount_minor,"
             " currency, reason, status, created_at_us)"
@@ -556,6 +579,7 @@ class PostgresStore:
 
     def decline_refund(self, refund_id: str, reason: str, detail: str, now_us: int) -> None:
         """Records the gateway's refusal of a PENDING refund."""
+        self._reconnect_broken()
         self._billing.execute(
             "UPDATE refunds SET status = 'DECLINED', decline_reason = %s, decline_detail = %s,"
             " finished_at_us = %s WHERE refund_id = %s AND status = 'PENDING'",
@@ -567,6 +591,7 @@ class PostgresStore:
     ) -> tuple[PaymentStatus, int, SettledState | None]:
         """Writes one refund inside the open transactions (see ``finish_refund``)."""
         now_us = now_us if now_us is not None else time.time_ns() // 1_000
+        self._prove_owner()
         (refund,) = self._refunds("refund_id = %s", (refund_id,))
         payment = self._records("payment_id = %s", [refund.payment_id])[0]
         if refund.status == "DONE":
@@ -616,9 +641,10 @@ class PostgresStore:
         return [RefundRow(*row) for row in cursor]
 
     def _replay_or_fail(self, decision: Decision, reason: str, error: str) -> Outcome:
-        stored = self.find_by_keys([decision.intent.idempotency_key]).get(
-            decision.intent.idempotency_key
-        )
+        # Inside the batch's transaction: straight to the query, never through a public
+        # method, which may replace a broken connection (see _reconnect_broken).
+        key = decision.intent.idempotency_key
+        stored = next(iter(self._records("idempotency_key = %s", [key])), None)
         if stored is not None and stored.intent.fingerprint == decision.intent.fingerprint:
             return dataclasses.replace(stored.outcome, replayed=True)
         if stored is not None:
@@ -648,6 +674,7 @@ class PostgresStore:
         self, cursor: int, kinds: Sequence[str] = (), account_id: str = "", limit: int = 256
     ) -> list[OutboxEvent]:
         """Events after ``cursor`` in cursor order, at most ``limit``, optionally filtered."""
+        self._reconnect_broken()
         where, params = ["cursor > %s"], [cursor]
         if kinds:
             where.append("kind = ANY(%s)")
@@ -664,6 +691,7 @@ class PostgresStore:
 
     def outbox_unpublished(self, limit: int) -> list[OutboxEvent]:
         """The oldest events not yet acknowledged by the broker, in cursor order."""
+        self._reconnect_broken()
         rows = self._billing.execute(
             "SELECT cursor, event_id, kind, payment_id, account_id, payload, created_at_us"
             " FROM outbox WHERE published_at_us IS NULL ORDER BY cursor LIMIT %s",
@@ -673,6 +701,7 @@ class PostgresStore:
 
     def mark_published(self, cursors: Sequence[int], now_us: int | None = None) -> None:
         """Records the broker's acknowledgement of these events."""
+        self._reconnect_broken()
         now_us = now_us if now_us is not None else time.time_ns() // 1_000
         self._billing.execute(
             "UPDATE outbox SET published_at_us = %s WHERE cursor = ANY(%s)",

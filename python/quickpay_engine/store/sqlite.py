@@ -45,6 +45,7 @@ from quickpay_engine.store.rows import (
     intent_from_json,
     intent_json,
 )
+from quickpay_engine.store.sqlite_library import require_one_library
 
 # The decline reason of a payment whose key another writer took for another payload.
 IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
@@ -112,6 +113,8 @@ class SqliteStore:
     """Billing, payment history and provisioning state in one SQLite file."""
 
     def __init__(self, path: Path) -> None:
+        # Before the file is touched: no second copy of SQLite in this process.
+        require_one_library()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), never implied.
