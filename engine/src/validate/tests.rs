@@ -390,6 +390,21 @@ fn wallet_and_bank_account_fields() {
         }),
         RejectCode::IbanCountryUnknown
     );
+    // Spain: mod 97-10 holds, but the national DC digits (46 where 45 is due) do not.
+    assert_eq!(
+        check(|p| {
+            bank(p);
+            p.iban = b"ES9121000418450200051332"
+        }),
+        RejectCode::Ok
+    );
+    assert_eq!(
+        check(|p| {
+            bank(p);
+            p.iban = b"ES2921000418460200051332"
+        }),
+        RejectCode::IbanNationalCheckFailed
+    );
 }
 
 #[test]
