@@ -223,3 +223,29 @@ def test_every_rpc_of_the_contract_is_served() -> None:
     declared = {m.name for m in pb.DESCRIPTOR.services_by_name["Settlement"].methods}
     assert set(RAW_RPCS) | set(TYPED_RPCS) == declared
     assert not set(RAW_RPCS) & set(TYPED_RPCS)
+
+
+async def test_one_over_long_field_fails_its_payment_alone_and_costs_the_batch_nothing(
+    channel, server
+) -> None:
+    """A 1 MB msisdn is refused when its request is decoded, naming the field, before
+    it is batched: the other payments of the call settle, and no batch's validation
+    columns are ever a megabyte wide."""
+    from quickpay_engine._engine import PAY_REQUEST_FIELD_BYTES_MAX
+
+    payments = [
+        topup("long-0"),
+        bill("long-1", msisdn="+" + "3" * 1_000_000),
+        topup("long-2", amount=pb.Money(amount_minor=100, currency="KES")),
+    ]
+    call = pb.PayBatchRequest(payments=payments).SerializeToString()
+    first, refused, last = (await _raw(channel, "PayBatch", pb.PayBatchResponse)(call)).results
+    assert (refused.status, refused.decline_reason) == (pb.FAILED, "INVALID_ARGUMENT")
+    assert refused.decline_detail.startswith(
+        f"request: msisdn: 1000001 bytes, over the bound of {PAY_REQUEST_FIELD_BYTES_MAX}"
+    )
+    assert first.status == pb.SETTLED and last.status == pb.SETTLED
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _raw(channel, "Pay", pb.PayResponse)(payments[1].SerializeToString())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "msisdn" in (err.value.details() or "")

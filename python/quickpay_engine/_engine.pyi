@@ -551,6 +551,9 @@ class HttpPool:
 
 PAY_REQUEST_BYTES_MAX: int
 """The largest PayRequest frame the core decodes; a larger one is refused unread."""
+PAY_REQUEST_FIELD_BYTES_MAX: int
+"""The longest text field of a PayRequest, in bytes; a longer one is refused at decoding,
+naming the field, before the payment is batched."""
 
 DecodedPay = tuple[
     tuple[str, str, str, str, int, str, int, int, str, str, str, str],

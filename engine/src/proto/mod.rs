@@ -20,6 +20,12 @@ pub use v1::{PayRequest, PayResponse};
 /// message bound (4 MiB by default) comes first; this is the core's.
 pub const PAY_REQUEST_BYTES_MAX: usize = 4 << 20;
 
+/// The longest text field a PayRequest may carry, in bytes. Every field's own rule is
+/// tighter (the longest, a subscriber assertion, is 512); this bound refuses an absurd
+/// value before it is batched, so one caller's 4 MB msisdn costs nobody else anything
+/// (a batch's validation columns are as wide as its widest value).
+pub const FIELD_BYTES_MAX: usize = 1_024;
+
 /// Why a frame is not a PayRequest, in words that name the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError(pub String);
@@ -43,8 +49,47 @@ pub fn decode_pay_request(frame: &[u8]) -> Result<PayRequest, DecodeError> {
         )));
     }
     let mut request = PayRequest::decode(frame).map_err(|err| DecodeError(describe(&err)))?;
+    check_lengths(&request)?;
     request.channel.make_ascii_lowercase();
     Ok(request)
+}
+
+/// Refuses a text field over FIELD_BYTES_MAX, naming it as the contract does.
+fn check_lengths(request: &PayRequest) -> Result<(), DecodeError> {
+    use v1::payment_method::Kind;
+    let mut fields: Vec<(&str, &str)> = vec![
+        ("idempotency_key", &request.idempotency_key),
+        ("account_id", &request.account_id),
+        ("msisdn", &request.msisdn),
+        ("channel", &request.channel),
+        ("device_id", &request.device_id),
+        ("ip", &request.ip),
+        ("subscriber_assertion", &request.subscriber_assertion),
+    ];
+    if let Some(amount) = &request.amount {
+        fields.push(("amount.currency", &amount.currency));
+    }
+    match request.method.as_ref().and_then(|m| m.kind.as_ref()) {
+        Some(Kind::Card(card)) => fields.push(("method.card.pan", &card.pan)),
+        Some(Kind::Wallet(wallet)) => {
+            fields.push(("method.wallet.provider", &wallet.provider));
+            fields.push(("method.wallet.wallet_id", &wallet.wallet_id));
+        }
+        Some(Kind::BankAccount(account)) => {
+            fields.push(("method.bank_account.iban", &account.iban));
+        }
+        Some(Kind::CarrierBalance(_)) | None => {}
+    }
+    match fields
+        .iter()
+        .find(|(_, value)| value.len() > FIELD_BYTES_MAX)
+    {
+        Some((name, value)) => Err(DecodeError(format!(
+            "{name}: {} bytes, over the bound of {FIELD_BYTES_MAX}",
+            value.len()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The PayRequest frames of a PayBatchRequest (`repeated PayRequest payments = 1`),
@@ -183,6 +228,27 @@ mod tests {
         let err = decode_pay_request(&bad).unwrap_err();
         assert!(err.0.contains("PayRequest.amount"), "{err}");
         assert!(err.0.contains("Money.currency"), "{err}");
+    }
+
+    #[test]
+    fn an_over_long_field_is_refused_naming_it() {
+        let mut long = request();
+        long.msisdn = "+".repeat(FIELD_BYTES_MAX + 1);
+        let err = decode_pay_request(&long.encode_to_vec()).unwrap_err();
+        assert_eq!(err.0, "msisdn: 1025 bytes, over the bound of 1024");
+        long.msisdn = "+".repeat(FIELD_BYTES_MAX);
+        assert!(
+            decode_pay_request(&long.encode_to_vec()).is_ok(),
+            "the bound is taken"
+        );
+        let mut pan = request();
+        if let Some(v1::payment_method::Kind::Card(card)) =
+            pan.method.as_mut().and_then(|m| m.kind.as_mut())
+        {
+            card.pan = "4".repeat(4_000_000);
+        }
+        let err = decode_pay_request(&pan.encode_to_vec()).unwrap_err();
+        assert!(err.0.starts_with("method.card.pan: 4000000 bytes"), "{err}");
     }
 
     #[test]

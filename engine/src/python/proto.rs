@@ -176,5 +176,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_pay_requests, m)?)?;
     m.add_function(wrap_pyfunction!(decode_pay_batch, m)?)?;
     m.add("PAY_REQUEST_BYTES_MAX", proto::PAY_REQUEST_BYTES_MAX)?;
+    m.add("PAY_REQUEST_FIELD_BYTES_MAX", proto::FIELD_BYTES_MAX)?;
     Ok(())
 }
