@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import stat
 import sys
 from pathlib import Path
 
@@ -228,3 +229,36 @@ async def test_every_offline_command_finds_what_serve_wrote(data_dir: Path) -> N
 
     code, out = await quickpay("recover", "--dry-run", *at)
     assert code == 0 and "recover: nothing unfinished" in out, out
+
+
+async def test_what_serve_writes_is_for_its_owner_alone(data_dir: Path) -> None:
+    """The data dir holds MSISDNs and payment history: serve closes it to others (0700)
+    and every file it creates there, the write-ahead log included, is 0600, whatever
+    the umask it was started with (here 022)."""
+    os.chmod(data_dir, 0o755)
+    old = os.umask(0o022)
+    try:
+        process, port = await start_server(data_dir)
+    finally:
+        os.umask(old)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.SettlementStub(channel)
+            reply = await stub.Pay(topup("owner-only"), timeout=30)
+            assert reply.status == pb.SETTLED
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    directory, files = _modes(data_dir)
+    assert directory == 0o700
+    assert files and all(mode & 0o077 == 0 for mode in files.values()), files
+
+
+def _modes(data_dir: Path) -> tuple[int, dict[str, int]]:
+    """The data dir's mode, and those of the files serve made in it (its ledger's log
+    and snapshots, its fingerprint key)."""
+    made = [p for p in (data_dir / "ledger").rglob("*") if p.is_file()]
+    made.append(data_dir / "fingerprint.key")
+    return stat.S_IMODE(data_dir.stat().st_mode), {
+        str(p): stat.S_IMODE(p.stat().st_mode) for p in made
+    }

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,8 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the engine writes (the data dir, the SQLite file, the write-ahead log, the gateway
+# simulators' books) holds MSISDNs and payment history: owner-only, whatever the
+# caller's umask (directories 0700, files 0600).
+UMASK = 0o077
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs one subcommand; returns its exit code (2 for a usage or config error)."""
+    os.umask(UMASK)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -115,6 +123,10 @@ def owning(args: argparse.Namespace, name: str) -> Iterator[None]:
         return
     sqlite_file = None if settings.postgres else settings.sqlite_path
     with hold(directory, sqlite_file, name):
+        if declared == WRITES:
+            # A data dir made before (or by another tool) is closed to others too: what
+            # is inside is then out of their reach, whatever each file's own mode.
+            directory.chmod(0o700)
         yield
 
 
