@@ -18,6 +18,9 @@ from quickpay_engine.settlement.pipeline import new_payment_id
 from quickpay_engine.store import Decision, SqliteStore
 from quickpay_engine.store.postgres import WRITE_COLUMNS
 
+# The audit chain's key of the benchmarks' stores.
+AUDIT_KEY = b"a" * 32
+
 SUBSCRIBERS = size(5_000, 100)
 BATCH = size(512, 16)
 ROUNDS = size(30, 1)
@@ -134,8 +137,10 @@ class PgBatches:
         self._seq = first_seq
 
     def __call__(self):
-        from quickpay_engine.store.audit import GENESIS
+        from quickpay_engine.store.audit import GENESIS, AuditRow, chain_hash
 
+        # A keyed head, so that the rows continue it with no marker row.
+        head = AuditRow(self._seq, GENESIS, "", chain_hash(AUDIT_KEY, GENESIS, self._seq, ""))
         decisions = [
             Decision(new_payment_id(), intent_of(r, FINGERPRINT_KEY))
             for r in self._source.take(self._count)
@@ -144,7 +149,7 @@ class PgBatches:
             r.account_id: self._account(r.account_id, r.msisdn, r.plan, r.status, r.balance_minor)
             for r in self._rows
         }
-        rows = self._build(decisions, accounts, self._rules, (self._seq, GENESIS), self._seq + 1, 1)
+        rows = self._build(decisions, accounts, self._rules, head, self._seq + 1, 1, AUDIT_KEY)
         self._seq += self._count
         return {
             "payments": rows.payments,
@@ -234,7 +239,7 @@ def test_pg_rows_asyncpg(benchmark, pg_database) -> None:
 def test_pg_store_commit_batch(benchmark, pg_database) -> None:
     from quickpay_engine.store.postgres import PostgresStore
 
-    with contextlib.closing(PostgresStore(pg_database)) as db:
+    with contextlib.closing(PostgresStore(pg_database, AUDIT_KEY)) as db:
         rows = subscribers(SUBSCRIBERS)
         db.import_subscribers(rows)
         source = RequestSource(rows, seed=5, mix=Mix(invalid=0, declined=0), run_id="pgstore")

@@ -203,6 +203,26 @@ def test_two_phase_commit_decisions_are_logged_once(tmp_path):
     assert ledger.decisions() == []
 
 
+def test_the_audit_anchor_is_kept_furthest_first_across_restarts_and_snapshots(tmp_path):
+    A = CODES["anchor"]
+    ledger = open_ledger(tmp_path)
+    assert ledger.audit_anchor() is None
+    codes, _ = ledger.anchor_audit(S, 5, b"\x01" * 32)
+    assert codes.tolist() == [A["OK"]]
+    codes, _ = ledger.anchor_audit(S, 4, b"\x02" * 32)
+    assert codes.tolist() == [A["BEHIND"]]
+    with pytest.raises(InvalidBatch, match="32 bytes"):
+        ledger.anchor_audit(S, 6, b"short")
+    ledger.close()
+    ledger = open_ledger(tmp_path)
+    assert ledger.audit_anchor() == (5, b"\x01" * 32)
+    ledger.snapshot()
+    ledger.close()
+    ledger = open_ledger(tmp_path)
+    assert ledger.audit_anchor() == (5, b"\x01" * 32)
+    ledger.close()
+
+
 def test_bad_columns_and_bounds_raise_typed_errors_before_any_work(tmp_path):
     ledger = with_accounts(tmp_path, transfers_max=2)
     row = (40, 2, 3, 1, EUR, 0, 0, 0, 0)

@@ -90,7 +90,7 @@ def test_a_write_proves_the_lock_in_its_own_transaction(url: str, tmp_path: Path
     seed_store(tmp_path, database_urls=[url] * 3)
     owner = PgOwner([url], "quickpay serve")
     owner.acquire()
-    store = PostgresStore(url)
+    store = PostgresStore(url, b"o" * 32)
     store.fence = owner.prove
     try:
         outcomes, _ = store.commit_batch([settle("owned-1", 100)])

@@ -38,6 +38,9 @@ from quickpay_engine.store.pg_migrations import latest, migrate
 from quickpay_engine.store.postgres import PostgresStore, PostgresUrls
 from quickpay_engine.store.sqlite import IDEMPOTENCY_CONFLICT, RefundRow
 
+# The audit chain's key of these stores (the data dir's audit.key in a real one).
+AUDIT_KEY = b"q" * 32
+
 
 @dataclasses.dataclass
 class Databases:
@@ -86,6 +89,12 @@ def made() -> Iterator[list[str]]:
             drop_database(url)
 
 
+def chain(store: PostgresStore) -> tuple[int, object]:
+    """(rows that verify, the first break) of the store's audit trail under its key."""
+    report = verify(store.audit_rows(), store.audit_key)
+    return report.good, report.broken
+
+
 @contextlib.contextmanager
 def databases(made: list[str], count: int) -> Iterator[Databases]:
     """A store over ``count`` empty databases (1: every domain in one; 3: billing, AR
@@ -94,7 +103,7 @@ def databases(made: list[str], count: int) -> Iterator[Databases]:
     for url in used:
         reset_database(url)
     urls = PostgresUrls(used[0], used[-1], used[1 % count])
-    dbs = Databases(PostgresStore(urls), urls)
+    dbs = Databases(PostgresStore(urls, AUDIT_KEY), urls)
     try:
         dbs.store.import_subscribers(SUBSCRIBERS)
         yield dbs
@@ -188,7 +197,7 @@ def test_one_settlement_writes_every_domain_in_its_database(dbs: Databases) -> N
         assert dbs.rows("ar", "SELECT count(*) FROM payments") == [(0,)]
         assert dbs.rows("billing", "SELECT count(*) FROM ar_entries") == [(0,)]
         assert dbs.rows("billing", "SELECT count(*) FROM provisioning_changes") == [(0,)]
-    assert verify(dbs.store.audit_rows()) == (1, None)
+    assert chain(dbs.store) == (1, None)
     assert dbs.store.verify() == []
 
 
@@ -212,7 +221,7 @@ def test_one_bad_payment_does_not_sink_the_batch(dbs: Databases) -> None:
     assert [o.status for o in outcomes] == [PaymentStatus.SETTLED] * 3
     assert outcomes[1].replayed and outcomes[1].payment_id == "pay_b0"
     assert dbs.store.subscriber("acc-post-barred").balance_minor == 8_000 - 3 * 3_000
-    assert verify(dbs.store.audit_rows()) == (3, None)
+    assert chain(dbs.store) == (3, None)
     assert dbs.store.verify() == []
 
 
@@ -332,7 +341,7 @@ def test_an_account_gone_since_validation_fails_alone(dbs: Databases) -> None:
     ]
     assert outcomes[1].decline_reason == "ACCOUNT_GONE"
     assert dbs.store.get_payment(idempotency_key="g2") is None
-    assert verify(dbs.store.audit_rows()) == (2, None)
+    assert chain(dbs.store) == (2, None)
 
 
 def test_a_key_taken_for_another_payload_is_a_conflict_not_a_replay(one: Databases) -> None:
@@ -351,7 +360,7 @@ def test_a_key_taken_for_another_payload_is_a_conflict_not_a_replay(one: Databas
 
 
 def test_same_rows_as_the_sqlite_store(one: Databases, tmp_path: Path) -> None:
-    lite = SqliteStore(tmp_path / "same.sqlite3")
+    lite = SqliteStore(tmp_path / "same.sqlite3", AUDIT_KEY)
     lite.import_subscribers(SUBSCRIBERS)
     try:
         batches = [
@@ -441,11 +450,11 @@ def test_reconciliation_reads_and_keeps_discrepancies(one: Databases) -> None:
 
 def test_audit_tampering_is_found(one: Databases) -> None:
     one.commit([settle(f"v{n}", account="acc-pre", amount=3_000) for n in range(4)], now_us=1)
-    assert verify(one.store.audit_rows()) == (4, None)
+    assert chain(one.store) == (4, None)
     one.execute(
         "billing", "UPDATE audit_log SET content = replace(content, '3000', '300') WHERE seq = 3"
     )
-    good, broken = verify(one.store.audit_rows())
+    good, broken = chain(one.store)
     assert good == 2 and broken.seq == 3 and "altered" in broken.problem
     assert any("audit trail broken at row 3" in p for p in one.store.verify())
 
@@ -459,7 +468,7 @@ def test_provisioning_rules_are_data_read_at_start(dbs: Databases) -> None:
         " WHERE rule_id = 'postpaid-barred-paid-up'",
     )
     dbs.store.close()
-    dbs.store = PostgresStore(dbs.urls)
+    dbs.store = PostgresStore(dbs.urls, AUDIT_KEY)
     dbs.commit([settle("t2", amount=3_000)], now_us=2)
     assert dbs.store.subscriber("acc-post-barred").status is LineStatus.ACTIVE
 

@@ -49,6 +49,12 @@ def settle(key: str, **kw: object) -> Decision:
     )
 
 
+def chain(store: SqliteStore) -> tuple[int, object]:
+    """(rows that verify, the first break) of the store's audit trail under its key."""
+    report = verify(store.audit_rows(), store.audit_key)
+    return report.good, report.broken
+
+
 def rows(store: SqliteStore, sql: str) -> list[tuple]:
     return store._db.execute(sql).fetchall()
 
@@ -77,7 +83,7 @@ def test_one_settlement_writes_every_domain(store: SqliteStore) -> None:
         "service_state",
         "settlement",
     ]
-    assert verify(store.audit_rows()) == (1, None)
+    assert chain(store) == (1, None)
 
 
 def test_redo_of_a_batch_changes_nothing(store: SqliteStore) -> None:
@@ -110,7 +116,7 @@ def test_one_bad_payment_does_not_sink_the_batch(store: SqliteStore) -> None:
     assert [o.status for o in outcomes] == [PaymentStatus.SETTLED] * 3
     assert outcomes[1].replayed and outcomes[1].payment_id == "pay_b0"
     assert store.subscriber("acc-post-barred").balance_minor == 8_000 - 3 * 3_000
-    assert verify(store.audit_rows()) == (3, None)
+    assert chain(store) == (3, None)
 
 
 def test_ledgers_balance_and_balances_equal_history(store: SqliteStore) -> None:
@@ -224,15 +230,16 @@ def test_a_forged_row_with_a_recomputed_hash_still_breaks_the_next_link(data_dir
     store = SqliteStore(path)
     store.commit_batch([settle(f"f{n}", account="acc-pre", amount=100) for n in range(3)], now_us=1)
     prev_hash, content = rows(store, "SELECT prev_hash, content FROM audit_log WHERE seq = 2")[0]
+    key = store.audit_key  # even whoever holds the key cannot alter one row alone
     store.close()
     forged = content.replace('"amount_minor":100', '"amount_minor":1')
     tamper(
         path,
-        f"UPDATE audit_log SET content = '{forged}', row_hash = '{chain_hash(prev_hash, 2, forged)}' WHERE seq = 2",
+        f"UPDATE audit_log SET content = '{forged}', row_hash = '{chain_hash(key, prev_hash, 2, forged)}' WHERE seq = 2",
     )
     store = SqliteStore(path)
     try:
-        good, broken = verify(store.audit_rows())
+        good, broken = chain(store)
     finally:
         store.close()
     assert good == 2 and broken.seq == 3 and "inserted or deleted" in broken.problem
@@ -254,13 +261,13 @@ def test_an_inserted_row_with_a_valid_hash_breaks_the_row_after_it(data_dir: Pat
     db.execute("UPDATE audit_log SET seq = seq - 99 WHERE seq >= 100")
     db.execute(
         "INSERT INTO audit_log VALUES (3, ?, ?, ?)",
-        (row2_hash, forged, chain_hash(row2_hash, 3, forged)),
+        (row2_hash, forged, chain_hash(store.audit_key, row2_hash, 3, forged)),
     )
     db.commit()
     db.close()
     store = SqliteStore(path)
     try:
-        good, broken = verify(store.audit_rows())
+        good, broken = chain(store)
     finally:
         store.close()
     assert good == 3 and broken.seq == 4 and "inserted or deleted" in broken.problem
@@ -278,7 +285,7 @@ def test_an_account_gone_since_validation_fails_alone(store: SqliteStore) -> Non
     ]
     assert outcomes[1].decline_reason == "ACCOUNT_GONE"
     assert store.get_payment(idempotency_key="g2") is None
-    assert verify(store.audit_rows()) == (2, None)
+    assert chain(store) == (2, None)
 
 
 def test_a_key_taken_for_another_payload_is_a_conflict_not_a_replay(store: SqliteStore) -> None:
@@ -315,3 +322,96 @@ def test_a_refund_key_is_bound_to_its_payment_and_amount(store: SqliteStore) -> 
             store.begin_refund(other)
         assert "pay_ra" not in str(err.value) and "rf_held" not in str(err.value)
     assert [r.refund_id for r in store.pending_refunds()] == ["rf_held"]
+
+
+def plain_trail(path: Path, contents: list[str]) -> None:
+    """Audit rows as builds before the keyed chain wrote them: plain SHA-256."""
+    from quickpay_engine.store.audit import GENESIS, plain_hash
+
+    db = sqlite3.connect(path)
+    prev = GENESIS
+    for seq, content in enumerate(contents, start=1):
+        row_hash = plain_hash(prev, seq, content)
+        db.execute("INSERT INTO audit_log VALUES (?, ?, ?, ?)", (seq, prev, content, row_hash))
+        prev = row_hash
+    db.commit()
+    db.close()
+
+
+def test_a_trail_from_before_the_key_goes_on_keyed_behind_a_marker(data_dir: Path) -> None:
+    """An upgraded data dir: its plain rows still verify, the first commit writes the
+    marker, every row after it is keyed, and the plain rows cannot be re-hashed since."""
+    from quickpay_engine.store.audit import key_id, plain_hash
+
+    path = settings_for(data_dir).sqlite_path
+    SqliteStore(path).close()
+    plain_trail(path, ['{"n":1}', '{"n":2}', '{"n":3}'])
+    store = SqliteStore(path)
+    report = verify(store.audit_rows(), store.audit_key)
+    assert (report.good, report.broken, report.keyed_from) == (3, None, 0)
+    store.commit_batch([settle("u1"), settle("u2")], now_us=1)
+    report = verify(store.audit_rows(), store.audit_key)
+    assert (report.good, report.broken, report.keyed_from) == (6, None, 4)
+    (marker,) = rows(store, "SELECT content FROM audit_log WHERE seq = 4")[0]
+    assert f'"key_id":"{key_id(store.audit_key)}"' in marker and '"audit.keyed"' in marker
+    # Later commits continue the keyed chain: no second marker.
+    store.commit_batch([settle("u3")], now_us=2)
+    assert rows(store, "SELECT count(*) FROM audit_log WHERE content LIKE '%audit.keyed%'") == [
+        (1,)
+    ]
+    store.close()
+    # A plain row edited and the plain rows after it re-hashed, up to the marker.
+    db = sqlite3.connect(path)
+    h2 = plain_hash(rows_of(db, 1), 2, '{"n":20}')
+    h3 = plain_hash(h2, 3, '{"n":3}')
+    db.execute("UPDATE audit_log SET content = '{\"n\":20}', row_hash = ? WHERE seq = 2", (h2,))
+    db.execute("UPDATE audit_log SET prev_hash = ?, row_hash = ? WHERE seq = 3", (h2, h3))
+    db.execute("UPDATE audit_log SET prev_hash = ? WHERE seq = 4", (h3,))
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    try:
+        good, broken = chain(store)
+    finally:
+        store.close()
+    assert good == 3 and broken.seq == 4 and "keyed hash does not match" in broken.problem
+
+
+def rows_of(db: sqlite3.Connection, seq: int) -> str:
+    return db.execute("SELECT row_hash FROM audit_log WHERE seq = ?", (seq,)).fetchone()[0]
+
+
+def test_a_trail_verified_under_another_key_says_so(data_dir: Path) -> None:
+    path = settings_for(data_dir).sqlite_path
+    SqliteStore(path).close()
+    plain_trail(path, ['{"n":1}'])
+    store = SqliteStore(path)
+    store.commit_batch([settle("w1")], now_us=1)
+    store.close()
+    other = SqliteStore(path, b"\x07" * 32)
+    try:
+        good, broken = chain(other)
+    finally:
+        other.close()
+    assert good == 1 and broken.seq == 2
+    assert "the chain was keyed with another key" in broken.problem
+
+
+def test_the_ledgers_anchor_finds_a_cut_or_rewritten_trail(store: SqliteStore) -> None:
+    store.commit_batch([settle(f"a{n}") for n in range(4)], now_us=1)
+    assert store.audit_head == (
+        4,
+        rows(store, "SELECT row_hash FROM audit_log WHERE seq = 4")[0][0],
+    )
+    head = store.audit_head
+    assert verify(store.audit_rows(), store.audit_key, head).broken is None
+    report = verify(store.audit_rows(), store.audit_key, (4, "0" * 64))
+    assert report.broken.seq == 4 and "rewritten" in report.broken.problem
+    store._db.execute("DELETE FROM audit_log WHERE seq = 4")
+    report = verify(store.audit_rows(), store.audit_key, head)
+    assert report.broken.seq == 4 and "cut from the end" in report.broken.problem
+    # A commit whose transaction rolls back leaves the anchored head where it was.
+    store._db.execute("DROP TABLE outbox")
+    with pytest.raises(sqlite3.OperationalError):
+        store.commit_batch([settle("a9")], now_us=2)
+    assert store.audit_head == head

@@ -315,6 +315,13 @@ class Ledger:
         """Forgets decisions whose transactions are resolved. Returns (entry codes, seq)."""
     def decisions(self) -> list[tuple[str, int]]:
         """Every decision not yet forgotten, as (gtid, decision), sorted by gtid."""
+    def anchor_audit(
+        self, now_ns: int, audit_seq: int, audit_hash: bytes
+    ) -> tuple[npt.NDArray[np.uint16], int]:
+        """Anchors the audit trail's head (last row's seq and 32-byte hash) after a
+        database commit; the ledger keeps the furthest. Returns (anchor codes, seq)."""
+    def audit_anchor(self) -> tuple[int, bytes] | None:
+        """The furthest audit-trail head anchored: (seq, 32-byte hash), or None."""
     def snapshot(self) -> int:
         """Writes a snapshot atomically and removes the log it covers; returns its last
         record's seq (0 when nothing was logged yet)."""
@@ -343,7 +350,8 @@ def ids_list(array: npt.NDArray[np.uint64]) -> list[int]:
     """An (n, 2) uint64 id array as Python ints."""
 
 def ledger_result_codes() -> list[tuple[str, list[tuple[int, str]]]]:
-    """Every ledger result code by family: account, transfer, payment, claim, entry."""
+    """Every ledger result code by family: account, transfer, payment, claim, entry,
+    anchor."""
 
 # Reconciliation (engine/src/python/reconcile.rs).
 

@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
-import secrets
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -32,6 +30,7 @@ from quickpay_engine.events.jetstream import JetStreamPublisher
 from quickpay_engine.events.relay import OutboxRelay
 from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.gateways.supervisor import open_gateways
+from quickpay_engine.keyfile import secret_key
 from quickpay_engine.settlement.ledger_book import LedgerBook
 from quickpay_engine.settlement.service import BatchSettings, SettlementService
 from quickpay_engine.settlement.twophase import SWEEP_INTERVAL_S, TwoPhaseStore
@@ -53,32 +52,7 @@ MESSAGE_BYTES_MAX = 4 * 1024 * 1024
 
 def fingerprint_key(data_dir: Path) -> bytes:
     """The installation's secret for request fingerprints, created on first use (0600)."""
-    path = data_dir / "fingerprint.key"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        # Written whole to a temporary name, fsynced, then linked into place: a crash
-        # leaves no file or a whole one, never an empty key that blocks every start.
-        tmp = data_dir / f".fingerprint.key.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # fails if another process won the race: theirs stands
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-        dir_fd = os.open(data_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    key = path.read_bytes()
-    if len(key) != 32:
-        raise ConfigError(f"{path} must hold 32 bytes; it holds {len(key)}")
-    return key
+    return secret_key(data_dir / "fingerprint.key")
 
 
 def listen_on(server: grpc.aio.Server, listen: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from quickpay_engine.config import Settings
 from quickpay_engine.settlement.twophase import TwoPhaseStore, open_two_phase
 from quickpay_engine.store import SqliteStore
+from quickpay_engine.store.audit import audit_key
 from quickpay_engine.store.pg_owner import PgOwner
 from quickpay_engine.store.postgres import PostgresStore, PostgresUrls
 
@@ -49,9 +50,11 @@ def open_store(
     ``owner`` (from ``claim_databases``): every batch and refund the store writes first
     proves, in its own transaction, that the owner's lock is still held.
     """
+    # The audit chain's key is the data dir's, whichever database the rows go to.
+    key = audit_key(settings.data_dir)
     if not settings.postgres:
-        return SqliteStore(settings.sqlite_path)
-    store = PostgresStore(PostgresUrls(*settings.domain_urls))
+        return SqliteStore(settings.sqlite_path, key)
+    store = PostgresStore(PostgresUrls(*settings.domain_urls), key)
     if owner is not None:
         store.fence = owner.prove
     if not store.urls.split or not coordinate:

@@ -125,6 +125,17 @@ result_codes! {
     }
 }
 
+result_codes! {
+    /// The outcome of anchoring the audit trail's head (one event per record).
+    AnchorResult {
+        Ok = 0, "OK";
+        Behind = 1, "BEHIND";
+        Exists = 2, "EXISTS";
+        ExistsWithDifferentHash = 3, "EXISTS_WITH_DIFFERENT_HASH";
+        SeqMustNotBeZero = 4, "SEQ_MUST_NOT_BE_ZERO";
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,7 +111,7 @@ pub fn recover(
     let mut start = ChainStart::default();
     for snapshot in listing.snapshots.iter().rev() {
         let loaded = read_snapshot(&snapshot.path).and_then(|(header, body)| {
-            LedgerImage::try_from_slice(&body)
+            LedgerImage::decode(&body)
                 .map(|image| (header, image))
                 .map_err(|err| {
                     undecodable(
@@ -339,7 +339,7 @@ impl DurableLedger {
         image.sort();
         // A snapshot must never hold a record the log could lose.
         self.wal.wait_durable(seq)?;
-        let body = borsh::to_vec(&image).expect("in-memory encoding");
+        let body = image.encode();
         let path = write_snapshot(&self.dir, SnapshotHeader { seq, checksum }, &body)?;
         let listing = list_dir(&self.dir)?;
         let mut removed = false;

@@ -26,7 +26,9 @@ use rustc_hash::FxHashMap;
 use idmap::IdMap;
 use transfer_table::TransferTable;
 
-pub use codes::{AccountResult, ClaimResult, EntryResult, PaymentResult, TransferResult};
+pub use codes::{
+    AccountResult, AnchorResult, ClaimResult, EntryResult, PaymentResult, TransferResult,
+};
 pub use durable::{
     inspect, recover, verify, DurableConfig, DurableError, DurableLedger, RecordInfo,
     RecoveryReport,
@@ -134,6 +136,21 @@ pub enum Command {
     ForgetDecisions {
         gtids: Vec<String>,
     },
+    /// The audit trail's head (its last row's sequence number and hash) after a
+    /// database commit, so that a trail cut back behind it is found
+    /// (`quickpay audit verify`). The ledger keeps the furthest one.
+    AnchorAudit {
+        seq: u64,
+        hash: [u8; 32],
+    },
+}
+
+/// The furthest audit-trail head anchored in the log: (row sequence number, row hash);
+/// sequence 0 when none was.
+#[derive(BorshSerialize, BorshDeserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuditAnchor {
+    pub seq: u64,
+    pub hash: [u8; 32],
 }
 
 impl Command {
@@ -147,6 +164,7 @@ impl Command {
             Command::SetOutcomes { .. } => "set_outcomes",
             Command::RecordDecisions { .. } => "record_decisions",
             Command::ForgetDecisions { .. } => "forget_decisions",
+            Command::AnchorAudit { .. } => "anchor_audit",
         }
     }
 
@@ -160,6 +178,7 @@ impl Command {
             Command::SetOutcomes { entries } => entries.len(),
             Command::RecordDecisions { entries } => entries.len(),
             Command::ForgetDecisions { gtids } => gtids.len(),
+            Command::AnchorAudit { .. } => 1,
         }
     }
 
@@ -208,6 +227,7 @@ pub struct Ledger {
     /// Keys in the order they were claimed: the retention sweep's queue.
     idempotency_order: VecDeque<(u64, String)>,
     decisions: HashMap<String, u8>,
+    audit_anchor: AuditAnchor,
     undo: Vec<Undo>,
 }
 
@@ -224,9 +244,31 @@ pub struct LedgerImage {
     pub idempotency: Vec<(String, IdempotencyEntry)>,
     pub idempotency_order: Vec<(u64, String)>,
     pub decisions: Vec<(String, u8)>,
+    /// Not in the derived encoding: snapshots written before anchors existed end
+    /// after `decisions`, so it is a trailer (`encode` / `decode`).
+    #[borsh(skip)]
+    pub audit_anchor: AuditAnchor,
 }
 
 impl LedgerImage {
+    /// The snapshot body: the image, then the audit anchor.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = borsh::to_vec(self).expect("in-memory encoding");
+        borsh::to_writer(&mut out, &self.audit_anchor).expect("in-memory encoding");
+        out
+    }
+
+    /// The inverse of `encode`; also reads a body written before the anchor existed
+    /// (it ends after the image: no anchor).
+    pub fn decode(body: &[u8]) -> std::io::Result<LedgerImage> {
+        let mut rest = body;
+        let mut image = LedgerImage::deserialize(&mut rest)?;
+        if !rest.is_empty() {
+            image.audit_anchor = AuditAnchor::try_from_slice(rest)?;
+        }
+        Ok(image)
+    }
+
     /// Puts every table in id order, so equal ledgers have equal images and bytes.
     pub fn sort(&mut self) {
         self.accounts.sort_unstable_by_key(|a| a.input.id);
@@ -287,6 +329,7 @@ impl Ledger {
             Command::SetOutcomes { entries } => self.set_outcomes(entries),
             Command::RecordDecisions { entries } => self.record_decisions(entries),
             Command::ForgetDecisions { gtids } => self.forget_decisions(gtids),
+            Command::AnchorAudit { seq, hash } => vec![self.anchor_audit(*seq, *hash) as u16],
         };
         Ok(codes)
     }
@@ -324,7 +367,9 @@ impl Ledger {
                 self.decisions.len() + entries.len(),
                 self.limits.decisions_max,
             ),
-            Command::SetOutcomes { .. } | Command::ForgetDecisions { .. } => return Ok(()),
+            Command::SetOutcomes { .. }
+            | Command::ForgetDecisions { .. }
+            | Command::AnchorAudit { .. } => return Ok(()),
         };
         // Conservative: counts every event as new, before retention sweeps, so a
         // batch is never half-applied at the bound.
@@ -388,6 +433,29 @@ impl Ledger {
         out
     }
 
+    /// Keeps the furthest audit-trail head: a later one replaces it, an earlier or
+    /// equal one changes nothing.
+    fn anchor_audit(&mut self, seq: u64, hash: [u8; 32]) -> AnchorResult {
+        let held = self.audit_anchor;
+        if seq == 0 {
+            AnchorResult::SeqMustNotBeZero
+        } else if seq < held.seq {
+            AnchorResult::Behind
+        } else if seq == held.seq && hash == held.hash {
+            AnchorResult::Exists
+        } else if seq == held.seq {
+            AnchorResult::ExistsWithDifferentHash
+        } else {
+            self.audit_anchor = AuditAnchor { seq, hash };
+            AnchorResult::Ok
+        }
+    }
+
+    /// The furthest audit-trail head anchored (sequence 0: none).
+    pub fn audit_anchor(&self) -> AuditAnchor {
+        self.audit_anchor
+    }
+
     /// Checks the double-entry invariant: per currency, total debits equal total
     /// credits, posted and pending separately. Returns the first currency that fails.
     pub fn check_balanced(&self) -> Result<(), u16> {
@@ -431,6 +499,7 @@ impl Ledger {
                 .collect(),
             idempotency_order: self.idempotency_order.iter().cloned().collect(),
             decisions: self.decisions(),
+            audit_anchor: self.audit_anchor,
         }
     }
 
@@ -462,6 +531,7 @@ impl Ledger {
             idempotency: image.idempotency.into_iter().collect(),
             idempotency_order: image.idempotency_order.into_iter().collect(),
             decisions: image.decisions.into_iter().collect(),
+            audit_anchor: image.audit_anchor,
             undo: Vec::new(),
         }
     }

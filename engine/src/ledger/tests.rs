@@ -831,7 +831,7 @@ proptest! {
         }
         // A snapshot image restores the same ledger.
         let image = ledger.image();
-        let restored = Ledger::from_image(Limits::default(), borsh::from_slice(&borsh::to_vec(&image).unwrap()).unwrap());
+        let restored = Ledger::from_image(Limits::default(), LedgerImage::decode(&image.encode()).unwrap());
         prop_assert_eq!(restored.image(), image);
     }
 }
@@ -1086,4 +1086,111 @@ fn a_restored_ledger_forgets_exactly_what_the_live_one_does() {
             );
         }
     }
+}
+
+fn anchor(seq: u64, byte: u8) -> Command {
+    Command::AnchorAudit {
+        seq,
+        hash: [byte; 32],
+    }
+}
+
+#[test]
+fn the_audit_anchor_keeps_the_furthest_head() {
+    let mut ledger = Ledger::new(Limits::default());
+    assert_eq!(ledger.audit_anchor(), AuditAnchor::default());
+    let code = |ledger: &mut Ledger, command: Command| ledger.apply(1, &command).unwrap();
+    assert_eq!(
+        code(&mut ledger, anchor(0, 1)),
+        vec![AnchorResult::SeqMustNotBeZero as u16]
+    );
+    assert_eq!(
+        code(&mut ledger, anchor(5, 1)),
+        vec![AnchorResult::Ok as u16]
+    );
+    assert_eq!(
+        code(&mut ledger, anchor(5, 1)),
+        vec![AnchorResult::Exists as u16]
+    );
+    assert_eq!(
+        code(&mut ledger, anchor(5, 2)),
+        vec![AnchorResult::ExistsWithDifferentHash as u16]
+    );
+    // Commits anchor from several threads: an older head arriving late changes nothing.
+    assert_eq!(
+        code(&mut ledger, anchor(9, 3)),
+        vec![AnchorResult::Ok as u16]
+    );
+    assert_eq!(
+        code(&mut ledger, anchor(7, 4)),
+        vec![AnchorResult::Behind as u16]
+    );
+    assert_eq!(
+        ledger.audit_anchor(),
+        AuditAnchor {
+            seq: 9,
+            hash: [3; 32]
+        }
+    );
+}
+
+#[test]
+fn the_audit_anchor_survives_replay_and_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, _) = DurableLedger::open(dir.path(), DurableConfig::default()).unwrap();
+    ledger.execute(1, anchor(3, 7)).unwrap();
+    drop(ledger);
+    let (ledger, report) = DurableLedger::open(dir.path(), DurableConfig::default()).unwrap();
+    assert_eq!(report.records_replayed, 1);
+    let held = ledger.read(|l| l.audit_anchor()).unwrap();
+    assert_eq!(
+        held,
+        AuditAnchor {
+            seq: 3,
+            hash: [7; 32]
+        }
+    );
+    // The snapshot removes the record; the anchor must live on in the snapshot.
+    ledger.execute(2, anchor(4, 8)).unwrap();
+    ledger.snapshot().unwrap();
+    drop(ledger);
+    let (ledger, report) = DurableLedger::open(dir.path(), DurableConfig::default()).unwrap();
+    assert_eq!(report.records_replayed, 0);
+    let held = ledger.read(|l| l.audit_anchor()).unwrap();
+    assert_eq!(
+        held,
+        AuditAnchor {
+            seq: 4,
+            hash: [8; 32]
+        }
+    );
+}
+
+#[test]
+fn a_snapshot_body_from_before_audit_anchors_still_loads() {
+    let mut ledger = Ledger::new(Limits::default());
+    let accounts = vec![account(1, EUR, 0), account(2, EUR, 0)];
+    ledger
+        .apply(1, &Command::CreateAccounts { accounts })
+        .unwrap();
+    let image = ledger.image();
+    // What earlier builds wrote: the derived encoding, with no anchor after it.
+    let old_body = borsh::to_vec(&image).unwrap();
+    let loaded = LedgerImage::decode(&old_body).unwrap();
+    assert_eq!(loaded.audit_anchor, AuditAnchor::default());
+    assert_eq!(loaded, image);
+    // Trailing bytes that are not a whole anchor are refused, not ignored.
+    let mut torn = image.encode();
+    torn.pop();
+    assert!(LedgerImage::decode(&torn).is_err());
+}
+
+#[test]
+fn the_anchor_record_layout_is_pinned() {
+    // Log records outlive builds: variant 7, then seq and hash.
+    let bytes = borsh::to_vec(&anchor(2, 0xAB)).unwrap();
+    let mut expected = vec![7u8];
+    expected.extend_from_slice(&2u64.to_le_bytes());
+    expected.extend_from_slice(&[0xAB; 32]);
+    assert_eq!(bytes, expected);
 }

@@ -20,9 +20,9 @@ use pyo3::types::PyDict;
 
 use super::{check_len, slice, BatchTooLarge, CapacityExceeded, EngineError, InvalidBatch};
 use crate::ledger::{
-    self as core, account_flags, transfer_flags, AccountInput, AccountResult, ClaimInput,
-    ClaimResult, Command, DurableConfig, DurableError, DurableLedger, EntryResult, LedgerError,
-    Limits, PaymentResult, RecoveryReport, TransferInput, TransferResult,
+    self as core, account_flags, transfer_flags, AccountInput, AccountResult, AnchorResult,
+    ClaimInput, ClaimResult, Command, DurableConfig, DurableError, DurableLedger, EntryResult,
+    LedgerError, Limits, PaymentResult, RecoveryReport, TransferInput, TransferResult,
 };
 use crate::wal::{WalConfig, WalError};
 
@@ -470,6 +470,36 @@ impl Ledger {
         self.run(py, now_ns, Command::ForgetDecisions { gtids })
     }
 
+    /// Anchors the audit trail's head (its last row's sequence number and 32-byte
+    /// hash) after a database commit; returns (AnchorResult codes, seq). The ledger
+    /// keeps the furthest head, through snapshots.
+    fn anchor_audit<'py>(
+        &self,
+        py: Python<'py>,
+        now_ns: u64,
+        audit_seq: u64,
+        audit_hash: &[u8],
+    ) -> PyResult<Codes<'py>> {
+        let hash: [u8; 32] = audit_hash.try_into().map_err(|_| {
+            InvalidBatch::new_err(format!(
+                "audit_hash must be 32 bytes, got {}",
+                audit_hash.len()
+            ))
+        })?;
+        let command = Command::AnchorAudit {
+            seq: audit_seq,
+            hash,
+        };
+        self.run(py, now_ns, command)
+    }
+
+    /// The furthest audit-trail head anchored: (sequence number, 32-byte hash), or
+    /// None when none was.
+    fn audit_anchor(&self) -> PyResult<Option<(u64, Vec<u8>)>> {
+        let anchor = self.get()?.read(|l| l.audit_anchor()).map_err(to_py)?;
+        Ok((anchor.seq != 0).then(|| (anchor.seq, anchor.hash.to_vec())))
+    }
+
     /// Every decision not yet forgotten, as (gtid, decision), sorted by gtid.
     fn decisions(&self) -> PyResult<Vec<(String, u8)>> {
         self.get()?.read(|l| l.decisions()).map_err(to_py)
@@ -631,6 +661,10 @@ fn ledger_result_codes() -> Vec<(&'static str, CodeTable)> {
         (
             "entry",
             table(EntryResult::ALL, |c| c as u16, EntryResult::name),
+        ),
+        (
+            "anchor",
+            table(AnchorResult::ALL, |c| c as u16, AnchorResult::name),
         ),
     ]
 }

@@ -1,20 +1,37 @@
-"""`quickpay audit verify`: walks the hash-chained audit trail and names the first bad row."""
+"""`quickpay audit verify`: walks the keyed, hash-chained audit trail, checks that it
+still reaches the head the ledger's log anchored, and checks every row against the
+payments, refunds and AR legs it speaks of; names the first bad row."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from quickpay_engine._engine import EngineError, Ledger
 from quickpay_engine.commands import READS, add_command, add_group
 from quickpay_engine.config import settings_from
 from quickpay_engine.storage import open_store
-from quickpay_engine.store.audit import verify
+from quickpay_engine.store.audit_check import check_trail
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     actions = add_group(subparsers, "audit", "check the audit trail")
-    add_command(actions, "verify", "verify the audit trail's hash chain").set_defaults(
-        run=run_verify, data_dir_access=READS
-    )
+    add_command(
+        actions, "verify", "verify the audit trail's keyed chain, its anchor and its rows"
+    ).set_defaults(run=run_verify, data_dir_access=READS)
+
+
+def anchored_head(ledger_dir: Path) -> tuple[int, str] | None:
+    """The audit head the ledger's log anchored last: (seq, hex hash); None without one.
+    Raises ``EngineError`` when the log cannot be read."""
+    if not ledger_dir.is_dir():
+        return None
+    ledger = Ledger.open(ledger_dir)
+    try:
+        anchor = ledger.audit_anchor()
+    finally:
+        ledger.close()
+    return None if anchor is None else (anchor[0], anchor[1].hex())
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -22,15 +39,30 @@ def run_verify(args: argparse.Namespace) -> int:
     if not settings.postgres and not settings.sqlite_path.exists():
         print(f"quickpay audit verify: no database at {settings.sqlite_path}")
         return 2
+    try:
+        anchor = anchored_head(settings.ledger_dir)
+    except EngineError as err:
+        print(f"quickpay audit verify: the ledger at {settings.ledger_dir} cannot be read: {err}")
+        return 2
     store = open_store(settings)
     try:
-        good, broken = verify(store.audit_rows())
+        report, mismatches = check_trail(store, store.audit_key, anchor)
     finally:
         store.close()
-    if broken is None:
-        print(f"audit trail intact: {good} rows")
-        return 0
-    print(
-        f"audit trail BROKEN at row {broken.seq}: {broken.problem} ({good} rows before it verify)"
-    )
-    return 1
+    status = 0
+    if report.broken is None:
+        keyed = f"keyed from row {report.keyed_from}" if report.keyed_from else "no keyed row yet"
+        anchored = f"reaches the ledger's anchor at row {anchor[0]}" if anchor else "no anchor"
+        print(f"audit trail intact: {report.good} rows ({keyed}; {anchored})")
+    else:
+        b = report.broken
+        print(
+            f"audit trail BROKEN at row {b.seq}: {b.problem} ({report.good} rows before it verify)"
+        )
+        status = 1
+    if mismatches:
+        print(f"audit rows that disagree with the store: {len(mismatches)}")
+        for line in mismatches:
+            print(f"  {line}")
+        status = 1
+    return status

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from quickpay_engine._engine import LEDGER_BATCH_MAX, EngineError, Ledger, ids_array
 from quickpay_engine.commands import READS, add_command
+from quickpay_engine.commands.audit import anchored_head
 from quickpay_engine.config import settings_from
 from quickpay_engine.domain import PaymentStatus
 from quickpay_engine.settlement.ledger_book import (
@@ -34,10 +35,14 @@ def run(args: argparse.Namespace) -> int:
     if not settings.postgres and not settings.sqlite_path.exists():
         print(f"quickpay verify: no database at {settings.sqlite_path}")
         return 2
+    try:
+        anchor = anchored_head(settings.ledger_dir)
+    except EngineError:
+        anchor = None  # the ledger's own check below says why it cannot be opened
     store = open_store(settings)
     try:
         problems = (
-            store.verify()
+            store.verify(anchor)
             + _saga_problems(store, settings.ledger_dir)
             + _gateway_problems(store, settings.data_dir)
         )

@@ -9,7 +9,9 @@ subscriber's ledger account (what they owe, or their prepaid credit):
   decision recovery rolls forward);
 - settle: the hold posted and the SETTLED state, after the database commit;
 - roll back: the hold voided and the ROLLED_BACK state;
-- refund: a plain transfer back, from the subscriber's account to clearing.
+- refund: a plain transfer back, from the subscriber's account to clearing;
+- anchor: after a database commit, the audit trail's head (its last row's seq and hash),
+  one record per batch, so that `quickpay audit verify` finds a trail cut back behind it.
 
 Ids are derived, never stored: a payment's pending transfer has the payment's own id,
 its post and void transfers and every account id are hashes of a name. So a redo after
@@ -60,6 +62,7 @@ ACCOUNT_OK = {0, 10}  # OK, EXISTS
 TRANSFER_OK = {0, 19}  # OK, EXISTS
 PENDING_TRANSFER_NOT_FOUND = 23
 STATE_OK = {0, 4}  # OK, EXISTS
+ANCHOR_OK = {0, 1, 2}  # OK, BEHIND (a later head is held), EXISTS
 # Calls that can wait on the log at once; more queue for a thread. Group commit makes
 # a few concurrent callers share each fdatasync.
 LEDGER_THREADS = 4
@@ -247,6 +250,17 @@ class LedgerBook:
             ids_array([payment_number(move.payment_id)]),
         )
         _check("transfer", codes, TRANSFER_OK)
+
+    async def anchor(self, head: tuple[int, str] | None) -> None:
+        """Anchors the audit trail's head (seq, hex hash) as of a commit; returns once
+        durable. A head already passed changes nothing."""
+        if head is not None:
+            await self._run(self._anchor, head)
+
+    def _anchor(self, head: tuple[int, str]) -> None:
+        seq, row_hash = head
+        codes, _ = self.ledger.anchor_audit(self._clock_ns(), seq, bytes.fromhex(row_hash))
+        _check("anchor", codes, ANCHOR_OK)
 
     def _states_now(self, payment_ids: list[str], state: int) -> None:
         for chunk in _chunks(payment_ids):

@@ -418,6 +418,9 @@ class Pipeline:
         outcomes, states = committed
         if not to_commit:
             return
+        # The trail's head as of this commit (or a later one): anchored in the ledger's
+        # log with the posts, once per batch.
+        audit_head = self._store.audit_head
         self._on_commit()
         settled: list[Decision] = []
         unwound: list[tuple[Decision, Outcome]] = []
@@ -433,11 +436,12 @@ class Pipeline:
                     settled.append(d)
                 else:
                     unwound.append((d, outcome))  # captured, but billing refused it
-        if settled:
-            # The commit is the answer: posting the holds (two log writes) happens after
-            # the reply, and should the process die first, recovery posts them.
+        if settled or audit_head is not None:
+            # The commit is the answer: posting the holds (two log writes) and the audit
+            # anchor happen after the reply, and should the process die first, recovery
+            # posts the holds (and the next commit anchors a later head).
             batch.posting = {d.payment_id for d in settled}
-            task = asyncio.ensure_future(self._post([d.payment_id for d in settled]))
+            task = asyncio.ensure_future(self._post([d.payment_id for d in settled], audit_head))
             self._posting.add(task)
             task.add_done_callback(self._posting.discard)
         if unwound:
@@ -512,11 +516,15 @@ class Pipeline:
                 batch.now_s,
             )
 
-    async def _post(self, payment_ids: list[str]) -> None:
+    async def _post(self, payment_ids: list[str], audit_head: tuple[int, str] | None) -> None:
         try:
-            await self._book.settle(payment_ids)
+            await asyncio.gather(self._book.settle(payment_ids), self._book.anchor(audit_head))
         except Exception:
-            log.exception("posting %d holds failed; the recovery sweep retries", len(payment_ids))
+            log.exception(
+                "posting %d holds or anchoring the audit head failed; the recovery sweep"
+                " retries the holds",
+                len(payment_ids),
+            )
         finally:
             self.in_flight.difference_update(payment_ids)
 

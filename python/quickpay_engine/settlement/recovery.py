@@ -147,6 +147,7 @@ class Recovery:
             payment_id, intent, gateway=found.gateway, gateway_reference=found.gateway_reference
         )
         outcomes, states = await self._thread.run(self._store.commit_batch, [decision])
+        await self._book.anchor(self._store.audit_head)
         if outcomes[0].status is PaymentStatus.SETTLED and not outcomes[0].replayed:
             await self._book.settle([payment_id])
             self._on_states(states)
@@ -299,6 +300,7 @@ class RefundFinisher:
         _, _, state = await self._thread.run(
             self._store.finish_refund, refund.refund_id, result.gateway_reference
         )
+        await self._book.anchor(self._store.audit_head)
         return state
 
 

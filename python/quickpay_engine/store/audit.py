@@ -1,17 +1,46 @@
 """The audit trail's hash chain: each row covers the previous row's hash and a canonical
 encoding of its own content, so an altered, inserted or deleted row breaks the chain at
 a row that `quickpay audit verify` can name.
+
+The chain is keyed: a row's hash is HMAC-SHA256 under the installation's audit key
+(``audit.key`` in the data dir, 32 random bytes made at first start, 0600), so whoever
+can write the database but not read that file cannot re-hash the rows after one they
+altered. A trail begun with a key is keyed from row 1. A trail begun before the key
+existed hashes with plain SHA-256 up to a marker row (``audit.keyed``, naming the key),
+written by the first commit after the upgrade; every row from the marker on is keyed.
+The marker's own hash covers the plain rows before it, so they cannot be rewritten
+either once it is written.
+
+What a key cannot show is a trail cut short: the rows that remain still verify. So the
+head (last row) is anchored in the ledger's write-ahead log after each commit, and
+verification checks that the trail still reaches that row with that hash.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+from quickpay_engine.keyfile import secret_key
 
 # The hash before the first row.
 GENESIS = "0" * 64
+
+# The key's file in the data dir.
+KEY_FILE = "audit.key"
+
+# The marker row's kind: from this row on, rows are keyed.
+KEYED = "audit.keyed"
+ALGORITHM = "hmac-sha256"
+
+
+def audit_key(data_dir: Path) -> bytes:
+    """The installation's audit key, made on first use (32 bytes, 0600)."""
+    return secret_key(data_dir / KEY_FILE)
 
 
 def canonical(content: Mapping[str, object]) -> str:
@@ -19,9 +48,25 @@ def canonical(content: Mapping[str, object]) -> str:
     return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def chain_hash(prev_hash: str, seq: int, encoded: str) -> str:
-    """The row's hash: SHA-256 over its sequence number, the previous hash and its content."""
+def plain_hash(prev_hash: str, seq: int, encoded: str) -> str:
+    """A row's hash before the chain was keyed: SHA-256 over its sequence number, the
+    previous hash and its content. Verification only: nothing is written with it."""
     return hashlib.sha256(f"{seq}|{prev_hash}|{encoded}".encode()).hexdigest()
+
+
+def chain_hash(key: bytes, prev_hash: str, seq: int, encoded: str) -> str:
+    """A row's hash: HMAC-SHA256 under the audit key over the same message."""
+    return hmac.digest(key, f"{seq}|{prev_hash}|{encoded}".encode(), "sha256").hex()
+
+
+def key_id(key: bytes) -> str:
+    """Names a key without revealing it, so a wrong key is told apart from tampering."""
+    return hashlib.sha256(b"quickpay audit key id\x00" + key).hexdigest()[:16]
+
+
+def marker(key: bytes) -> str:
+    """The content of the row where the keyed chain starts."""
+    return canonical({"kind": KEYED, "algorithm": ALGORITHM, "key_id": key_id(key)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +77,22 @@ class AuditRow:
     row_hash: str
 
 
+def continue_from(
+    head: AuditRow | None, key: bytes
+) -> tuple[list[tuple[int, str, str, str]], tuple[int, str]]:
+    """Where a writer's next rows go: the rows to write first (the marker, when the
+    trail has rows and its last is not keyed under ``key``: a trail from before the key)
+    and the (seq, hash) they then follow. One HMAC per batch."""
+    if head is None:
+        return [], (0, GENESIS)  # a new trail is keyed from row 1
+    seq, prev = head.seq, head.row_hash
+    if chain_hash(key, head.prev_hash, head.seq, head.content) == head.row_hash:
+        return [], (seq, prev)
+    encoded = marker(key)
+    row_hash = chain_hash(key, prev, seq + 1, encoded)
+    return [(seq + 1, prev, encoded, row_hash)], (seq + 1, row_hash)
+
+
 @dataclass(frozen=True, slots=True)
 class ChainBreak:
     """Where the chain first fails and why."""
@@ -40,22 +101,97 @@ class ChainBreak:
     problem: str
 
 
-def verify(rows: Iterable[AuditRow]) -> tuple[int, ChainBreak | None]:
-    """Checks rows in sequence order; returns how many were good and the first break."""
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """What a walk of the trail found."""
+
+    good: int  # rows that verify, before the break if any
+    broken: ChainBreak | None
+    keyed_from: int  # the marker's seq; 0 when no row is keyed
+    last_seq: int  # the last row that verified
+
+
+def _is_marker(content: str) -> bool:
+    if f'"kind":"{KEYED}"' not in content:
+        return False
+    try:
+        return json.loads(content).get("kind") == KEYED
+    except ValueError:
+        return False
+
+
+def verify(
+    rows: Iterable[AuditRow], key: bytes, anchor: tuple[int, str] | None = None
+) -> ChainReport:
+    """Checks rows in sequence order: keyed rows from row 1, or plain rows up to the
+    marker and keyed rows from it;
+    and, given the ledger's ``anchor`` (seq, hash), that the trail reaches that row and
+    that it is the row anchored. Returns how many were good and the first break."""
     expected_seq = 1
     prev = GENESIS
     good = 0
+    keyed_from = 0
+
+    def report(broken: ChainBreak | None) -> ChainReport:
+        return ChainReport(good, broken, keyed_from, expected_seq - 1)
+
     for row in rows:
         if row.seq != expected_seq:
             what = "missing" if row.seq > expected_seq else "repeated"
-            return good, ChainBreak(expected_seq, f"row {expected_seq} is {what} (found {row.seq})")
-        if row.prev_hash != prev:
-            return good, ChainBreak(
-                row.seq, "does not follow the row before it (a row was inserted or deleted)"
+            return report(
+                ChainBreak(expected_seq, f"row {expected_seq} is {what} (found {row.seq})")
             )
-        if chain_hash(row.prev_hash, row.seq, row.content) != row.row_hash:
-            return good, ChainBreak(row.seq, "content does not match its hash (altered)")
+        if row.prev_hash != prev:
+            return report(
+                ChainBreak(
+                    row.seq, "does not follow the row before it (a row was inserted or deleted)"
+                )
+            )
+        if keyed_from:
+            if chain_hash(key, row.prev_hash, row.seq, row.content) != row.row_hash:
+                return report(
+                    ChainBreak(
+                        row.seq, "content does not match its keyed hash (altered or re-hashed)"
+                    )
+                )
+        elif row.seq == 1 and chain_hash(key, row.prev_hash, 1, row.content) == row.row_hash:
+            keyed_from = 1
+        elif _is_marker(row.content):
+            if chain_hash(key, row.prev_hash, row.seq, row.content) != row.row_hash:
+                named = json.loads(row.content).get("key_id")
+                why = (
+                    f"the chain was keyed with another key ({named}; {KEY_FILE} holds"
+                    f" {key_id(key)})"
+                    if named != key_id(key)
+                    else "its keyed hash does not match (altered or forged)"
+                )
+                return report(ChainBreak(row.seq, f"the keyed chain's first row: {why}"))
+            keyed_from = row.seq
+        elif plain_hash(row.prev_hash, row.seq, row.content) != row.row_hash:
+            if chain_hash(key, row.prev_hash, row.seq, row.content) == row.row_hash:
+                problem = "keyed, but no marker row starts the keyed chain before it (deleted)"
+            elif row.seq == 1:
+                problem = "content does not match its hash (altered, or another audit key)"
+            else:
+                problem = "content does not match its hash (altered)"
+            return report(ChainBreak(row.seq, problem))
+        if anchor is not None and row.seq == anchor[0] and row.row_hash != anchor[1]:
+            return report(
+                ChainBreak(
+                    row.seq,
+                    "is not the row the ledger's log anchored at this position (the trail"
+                    " was rewritten from here)",
+                )
+            )
         prev = row.row_hash
         expected_seq += 1
         good += 1
-    return good, None
+    if anchor is not None and expected_seq - 1 < anchor[0]:
+        return report(
+            ChainBreak(
+                expected_seq,
+                f"the trail ends at row {expected_seq - 1}, but the ledger's log anchored row"
+                f" {anchor[0]} at a commit (rows were cut from the end)",
+            )
+        )
+    return report(None)

@@ -40,8 +40,8 @@ from quickpay_engine.domain import (
     SubscriberRow,
 )
 from quickpay_engine.errors import StoreError
-from quickpay_engine.store.audit import GENESIS, AuditRow
-from quickpay_engine.store.audit import verify as verify_chain
+from quickpay_engine.store.audit import AuditRow
+from quickpay_engine.store.audit_check import audit_problems
 from quickpay_engine.store.checks import ACCOUNT_NETS, CHECKS
 from quickpay_engine.store.pg_migrations import require_current
 from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule
@@ -113,8 +113,16 @@ class Prepared:
 class PostgresStore:
     """Billing, AR ledger and provisioning in PostgreSQL: one database or several."""
 
-    def __init__(self, urls: PostgresUrls | str) -> None:
+    def __init__(self, urls: PostgresUrls | str, audit_key: bytes | None = None) -> None:
+        """``audit_key``: the audit chain's key (``store.audit.audit_key`` of the data
+        dir); without it the store writes no audit row (and so no batch) and cannot
+        verify the trail."""
         self.urls = PostgresUrls.single(urls) if isinstance(urls, str) else urls
+        self._audit_key = audit_key
+        # The trail's last (seq, hash) as of this store's last commit that wrote to it,
+        # for the ledger's anchor; None until then, and always under two-phase commit.
+        self.audit_head: tuple[int, str] | None = None
+        self._written_head: tuple[int, str] | None = None
         # One connection per distinct database; a participant is named by the first
         # domain it holds.
         self._conns: dict[str, psycopg.Connection] = {}
@@ -175,7 +183,13 @@ class PostgresStore:
         """Other connections to the same databases, for reads on another thread: each
         statement sees every transaction committed before it and never waits for the
         writer (MVCC)."""
-        return PostgresStore(self.urls)
+        return PostgresStore(self.urls, self._audit_key)
+
+    @property
+    def audit_key(self) -> bytes:
+        if self._audit_key is None:
+            raise StoreError("no audit key: open the store with the data dir's (open_store)")
+        return self._audit_key
 
     @property
     def participants(self) -> list[str]:
@@ -285,6 +299,7 @@ class PostgresStore:
             )
         self._reconnect_broken()
         conn = self._billing
+        self._written_head = None
         conn.execute("BEGIN")
         try:
             result = work()
@@ -292,6 +307,9 @@ class PostgresStore:
         except BaseException:
             _rollback(conn)
             raise
+        # After COMMIT only: the ledger must never anchor a head that was rolled back.
+        if self._written_head is not None:
+            self.audit_head = self._written_head
         return result
 
     # -- two-phase commit participant -------------------------------------------------
@@ -442,12 +460,18 @@ class PostgresStore:
             accounts[account_id] = Account(
                 account_id, msisdn, Plan(plan), LineStatus(status), balance
             )
-        head = self._billing.execute(
-            "SELECT seq, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
         row = self._billing.execute("SELECT coalesce(max(seq), 0) FROM payments").fetchone()
         last_seq = row[0] if row else 0
-        return build(decisions, accounts, self.rules, head or (0, GENESIS), last_seq + 1, now_us)
+        return build(
+            decisions, accounts, self.rules, self._audit_tail(), last_seq + 1, now_us,
+            self.audit_key,
+        )  # fmt: skip
+
+    def _audit_tail(self) -> AuditRow | None:
+        row = self._billing.execute(
+            "SELECT seq, prev_hash, content, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        return AuditRow(*row) if row else None
 
     def _write(self, rows: BatchRows) -> None:
         # COPY, not INSERT: a batch's rows stream in one COPY per table, which measured
@@ -484,6 +508,9 @@ class PostgresStore:
                 "DELETE FROM settlement_attempts WHERE payment_id = ANY(%s)",
                 ([row[1] for row in rows.payments],),
             )
+        if rows.audit:
+            seq, _, _, row_hash = rows.audit[-1]
+            self._written_head = (seq, row_hash)
 
     # -- the saga's journal --------------------------------------------------------------
 
@@ -606,9 +633,6 @@ class PostgresStore:
             raise StoreError(f"refund {refund_id}: account {i.account_id} is gone")
         msisdn, plan, status, balance = row
         account = Account(i.account_id, msisdn, Plan(plan), LineStatus(status), balance)
-        head = self._billing.execute(
-            "SELECT seq, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
         gateway = payment.outcome.confirmation.gateway if payment.outcome.confirmation else ""
         request = RefundRequest(
             refund_id, refund.payment_id, i.account_id, i.purpose, refund.amount_minor,
@@ -616,7 +640,7 @@ class PostgresStore:
         )  # fmt: skip
         rows, after, refunded = build_refund(
             request, account, i.amount_minor, payment.refunded_minor, self.rules,
-            head or (0, GENESIS), now_us,
+            self._audit_tail(), now_us, self.audit_key,
         )  # fmt: skip
         self._write(rows)
         self._billing.execute(
@@ -761,7 +785,7 @@ class PostgresStore:
         in less refunds out, what the engine's ledger must hold for the account."""
         return [(a, c, int(n)) for a, c, n in self._billing.execute(ACCOUNT_NETS).fetchall()]
 
-    def verify(self) -> list[str]:
+    def verify(self, audit_anchor: tuple[int, str] | None = None) -> list[str]:
         """Checks the databases' invariants; returns one line per violation (at most
         ``VERIFY_EXAMPLES_MAX`` examples per check), empty when everything holds.
 
@@ -780,9 +804,7 @@ class PostgresStore:
                 problems.extend(f"{what}: {', '.join(map(str, row))}" for row in found)
         finally:
             _rollback(conn)  # drops the temporary copy
-        _, broken = verify_chain(self.audit_rows())
-        if broken is not None:
-            problems.append(f"audit trail broken at row {broken.seq}: {broken.problem}")
+        problems.extend(audit_problems(self, self.audit_key, audit_anchor))
         problems.extend(
             f"prepared transaction left unresolved in {p.participant}: {p.gid}"
             for p in self.prepared()
@@ -807,6 +829,44 @@ class PostgresStore:
             "SELECT seq, prev_hash, content, row_hash FROM audit_log ORDER BY seq"
         )
         return (AuditRow(*row) for row in cursor)
+
+    # What the audit rows are checked against (store/audit_check.py).
+
+    def audit_payments(self, payment_ids: Sequence[str]) -> dict[str, tuple[str, int, str, int]]:
+        """payment_id -> (account_id, amount_minor, currency, status) of these payments."""
+        rows = self._billing.execute(
+            "SELECT payment_id, account_id, amount_minor, currency, status FROM payments"
+            " WHERE payment_id = ANY(%s)",
+            (list(payment_ids),),
+        )
+        return {p: (a, amount, c, status) for p, a, amount, c, status in rows}
+
+    def audit_refunds(self, refund_ids: Sequence[str]) -> dict[str, tuple[str, int, str, str]]:
+        """refund_id -> (payment_id, amount_minor, currency, status) of these refunds."""
+        rows = self._billing.execute(
+            "SELECT refund_id, payment_id, amount_minor, currency, status FROM refunds"
+            " WHERE refund_id = ANY(%s)",
+            (list(refund_ids),),
+        )
+        return {r: (p, amount, c, status) for r, p, amount, c, status in rows}
+
+    def audit_ar_legs(
+        self, document_ids: Sequence[str]
+    ) -> dict[str, list[tuple[int, str, int, int, str]]]:
+        """document_id -> its AR legs (leg, ar_account, debit, credit, currency), by leg."""
+        found: dict[str, list[tuple[int, str, int, int, str]]] = {}
+        for d, leg, account, debit, credit, c in self._ar.execute(
+            "SELECT document_id, leg, ar_account, debit_minor, credit_minor, currency"
+            " FROM ar_entries WHERE document_id = ANY(%s) ORDER BY document_id, leg",
+            (list(document_ids),),
+        ):
+            found.setdefault(d, []).append((leg, account, debit, credit, c))
+        return found
+
+    def payment_count(self) -> int:
+        """Payments in history."""
+        row = self._billing.execute("SELECT count(*) FROM payments").fetchone()
+        return int(row[0]) if row else 0
 
     @contextlib.contextmanager
     def _transaction(self, conn: psycopg.Connection) -> Iterator[None]:

@@ -25,7 +25,7 @@ from quickpay_engine.domain import (
     Plan,
     Purpose,
 )
-from quickpay_engine.store.audit import canonical, chain_hash
+from quickpay_engine.store.audit import AuditRow, canonical, chain_hash, continue_from
 from quickpay_engine.store.provisioning import ProvisioningRule, state_after
 
 
@@ -82,15 +82,17 @@ def build(
     decisions: Sequence[Decision],
     accounts: dict[str, Account],
     rules: Sequence[ProvisioningRule],
-    audit_head: tuple[int, str],
+    audit_head: AuditRow | None,
     first_payment_seq: int,
     now_us: int,
+    audit_key: bytes,
 ) -> BatchRows:
     """The rows for a batch. ``accounts`` is updated in place as payments apply, in order;
-    ``audit_head`` is the last (seq, hash) of the trail; payment rows are numbered from
-    ``first_payment_seq`` (the confirmation's ledger sequence)."""
+    ``audit_head`` is the last row of the trail (None: none yet), continued with rows
+    keyed by ``audit_key``; payment rows are numbered from ``first_payment_seq`` (the
+    confirmation's ledger sequence)."""
     rows = BatchRows()
-    audit_seq, audit_hash = audit_head
+    rows.audit, (audit_seq, audit_hash) = continue_from(audit_head, audit_key)
     for offset, d in enumerate(decisions):
         seq = first_payment_seq + offset
         i = d.intent
@@ -226,7 +228,7 @@ def build(
         rows.payments.append(_payment_row(seq, d, outcome, now_us))
         audit_seq += 1
         encoded = canonical(content)
-        row_hash = chain_hash(audit_hash, audit_seq, encoded)
+        row_hash = chain_hash(audit_key, audit_hash, audit_seq, encoded)
         rows.audit.append((audit_seq, audit_hash, encoded, row_hash))
         audit_hash = row_hash
         rows.outcomes.append(outcome)
@@ -337,8 +339,9 @@ def build_refund(
     amount_captured_minor: int,
     refunded_before_minor: int,
     rules: Sequence[ProvisioningRule],
-    audit_head: tuple[int, str],
+    audit_head: AuditRow | None,
     now_us: int,
+    audit_key: bytes,
 ) -> tuple[BatchRows, PaymentStatus, int]:
     """The rows that record one refund, the payment's status after it and the total
     refunded. ``account`` is updated in place. The caller has checked the amount."""
@@ -390,8 +393,8 @@ def build_refund(
         (f"evt_refund_{r.refund_id}", "refund", r.payment_id, r.account_id, canonical(payload),
          now_us)
     )  # fmt: skip
-    seq, head = audit_head
+    rows.audit, (seq, head) = continue_from(audit_head, audit_key)
     encoded = canonical({"kind": "payment.refunded", "payment_id": r.payment_id, **payload})
-    row_hash = chain_hash(head, seq + 1, encoded)
+    row_hash = chain_hash(audit_key, head, seq + 1, encoded)
     rows.audit.append((seq + 1, head, encoded, row_hash))
     return rows, status, refunded

@@ -29,8 +29,8 @@ from quickpay_engine.domain import (
     SubscriberRow,
 )
 from quickpay_engine.errors import IdempotencyConflict, StoreError
-from quickpay_engine.store.audit import GENESIS, AuditRow
-from quickpay_engine.store.audit import verify as verify_chain
+from quickpay_engine.store.audit import AuditRow, audit_key
+from quickpay_engine.store.audit_check import audit_problems
 from quickpay_engine.store.checks import ACCOUNT_NETS, CHECKS
 from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule
 from quickpay_engine.store.records import PAYMENT_COLUMNS, payment_record
@@ -112,11 +112,19 @@ class SettledState:
 class SqliteStore:
     """Billing, payment history and provisioning state in one SQLite file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, audit_key_bytes: bytes | None = None) -> None:
+        """``audit_key_bytes``: the key of the audit chain (``store.audit.audit_key`` of
+        the data dir); by default the one beside the file, which is the data dir's in
+        the default layout."""
         # Before the file is touched: no second copy of SQLite in this process.
         require_one_library()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
+        self.audit_key = audit_key_bytes if audit_key_bytes is not None else audit_key(path.parent)
+        # The trail's last (seq, hash) as of this store's last commit that wrote to it,
+        # for the ledger's anchor (see store/audit.py); None until then.
+        self.audit_head: tuple[int, str] | None = None
+        self._written_head: tuple[int, str] | None = None
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), never implied.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -169,7 +177,7 @@ class SqliteStore:
     def open_reader(self) -> SqliteStore:
         """Another connection to the same file, for reads on another thread: in WAL mode
         a reader sees every committed transaction and never waits for the writer."""
-        return SqliteStore(self._path)
+        return SqliteStore(self._path, self.audit_key)
 
     # -- subscribers -----------------------------------------------------------------
 
@@ -262,6 +270,21 @@ class SqliteStore:
     def commit_batch(
         self, decisions: Sequence[Decision], now_us: int | None = None
     ) -> tuple[list[Outcome], list[SettledState]]:
+        """Makes a batch of decisions durable in one transaction (see ``_commit_batch``);
+        ``audit_head`` is the trail's head after it."""
+        self._written_head = None
+        done = self._commit_batch(decisions, now_us)
+        self._publish_head()
+        return done
+
+    def _publish_head(self) -> None:
+        # After COMMIT only: the ledger must never anchor a head that was rolled back.
+        if self._written_head is not None:
+            self.audit_head = self._written_head
+
+    def _commit_batch(
+        self, decisions: Sequence[Decision], now_us: int | None = None
+    ) -> tuple[list[Outcome], list[SettledState]]:
         """Makes a batch of decisions durable in one transaction.
 
         The whole batch is written with one statement per table. Should that fail (a key
@@ -314,11 +337,17 @@ class SqliteStore:
                 accounts[account_id] = Account(
                     account_id, msisdn, Plan(plan), LineStatus(status), balance
                 )
-        head = self._db.execute(
-            "SELECT seq, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
         (last_seq,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM payments").fetchone()
-        return build(decisions, accounts, self.rules, head or (0, GENESIS), last_seq + 1, now_us)
+        return build(
+            decisions, accounts, self.rules, self._audit_tail(), last_seq + 1, now_us,
+            self.audit_key,
+        )  # fmt: skip
+
+    def _audit_tail(self) -> AuditRow | None:
+        row = self._db.execute(
+            "SELECT seq, prev_hash, content, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        return AuditRow(*row) if row else None
 
     def _write(self, rows: BatchRows) -> None:
         db = self._db
@@ -357,6 +386,7 @@ class SqliteStore:
             "INSERT INTO audit_log (seq, prev_hash, content, row_hash) VALUES (?, ?, ?, ?)",
             rows.audit,
         )
+
         db.executemany(
             "INSERT INTO outbox (event_id, kind, payment_id, account_id, payload, created_at_us)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -371,6 +401,9 @@ class SqliteStore:
             "DELETE FROM settlement_attempts WHERE payment_id = ?",
             [(row[1],) for row in rows.payments],
         )
+        if rows.audit:
+            seq, _, _, row_hash = rows.audit[-1]
+            self._written_head = (seq, row_hash)
 
     # -- the saga's journal --------------------------------------------------------------
 
@@ -462,6 +495,16 @@ class SqliteStore:
     def finish_refund(
         self, refund_id: str, gateway_reference: str, now_us: int | None = None
     ) -> tuple[PaymentStatus, int, SettledState | None]:
+        """Records a refund the gateway made (see ``_finish_refund``); ``audit_head`` is
+        the trail's head after it."""
+        self._written_head = None
+        done = self._finish_refund(refund_id, gateway_reference, now_us)
+        self._publish_head()
+        return done
+
+    def _finish_refund(
+        self, refund_id: str, gateway_reference: str, now_us: int | None = None
+    ) -> tuple[PaymentStatus, int, SettledState | None]:
         """Records a refund the gateway made, in one transaction: billing, AR, history,
         provisioning, audit and outbox. Doing it again changes nothing. Returns the
         payment's status, its refunded total, and the account's state after."""
@@ -480,9 +523,6 @@ class SqliteStore:
                 raise StoreError(f"refund {refund_id}: account {i.account_id} is gone")
             msisdn, plan, status, balance = row
             account = Account(i.account_id, msisdn, Plan(plan), LineStatus(status), balance)
-            head = self._db.execute(
-                "SELECT seq, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
             gateway = payment.outcome.confirmation.gateway if payment.outcome.confirmation else ""
             request = RefundRequest(
                 refund_id, refund.payment_id, i.account_id, i.purpose, refund.amount_minor,
@@ -490,7 +530,7 @@ class SqliteStore:
             )  # fmt: skip
             rows, after, refunded = build_refund(
                 request, account, i.amount_minor, payment.refunded_minor, self.rules,
-                head or (0, GENESIS), now_us,
+                self._audit_tail(), now_us, self.audit_key,
             )  # fmt: skip
             self._write(rows)
             self._db.execute(
@@ -644,16 +684,14 @@ class SqliteStore:
         in less refunds out, what the engine's ledger must hold for the account."""
         return [(a, c, int(n)) for a, c, n in self._db.execute(ACCOUNT_NETS).fetchall()]
 
-    def verify(self) -> list[str]:
+    def verify(self, audit_anchor: tuple[int, str] | None = None) -> list[str]:
         """Checks the database's own invariants; returns one line per violation (at most
         ``VERIFY_EXAMPLES_MAX`` examples per check), empty when everything holds."""
         problems: list[str] = []
         for what, sql in CHECKS:
             found = self._db.execute(sql + f" LIMIT {VERIFY_EXAMPLES_MAX}").fetchall()
             problems.extend(f"{what}: {', '.join(map(str, row))}" for row in found)
-        _, broken = verify_chain(self.audit_rows())
-        if broken is not None:
-            problems.append(f"audit trail broken at row {broken.seq}: {broken.problem}")
+        problems.extend(audit_problems(self, self.audit_key, audit_anchor))
         return problems
 
     # -- provisioning and audit ---------------------------------------------------------
@@ -674,6 +712,51 @@ class SqliteStore:
             "SELECT seq, prev_hash, content, row_hash FROM audit_log ORDER BY seq"
         )
         return (AuditRow(*row) for row in cursor)
+
+    # What the audit rows are checked against (store/audit_check.py).
+
+    def audit_payments(self, payment_ids: Sequence[str]) -> dict[str, tuple[str, int, str, int]]:
+        """payment_id -> (account_id, amount_minor, currency, status) of these payments."""
+        found: dict[str, tuple[str, int, str, int]] = {}
+        for chunk, marks in _in_lists(payment_ids):
+            for p, a, amount, c, status in self._db.execute(
+                "SELECT payment_id, account_id, amount_minor, currency, status FROM payments"  # noqa: S608
+                f" WHERE payment_id IN ({marks})",
+                chunk,
+            ):
+                found[p] = (a, amount, c, status)
+        return found
+
+    def audit_refunds(self, refund_ids: Sequence[str]) -> dict[str, tuple[str, int, str, str]]:
+        """refund_id -> (payment_id, amount_minor, currency, status) of these refunds."""
+        found: dict[str, tuple[str, int, str, str]] = {}
+        for chunk, marks in _in_lists(refund_ids):
+            for r, p, amount, c, status in self._db.execute(
+                "SELECT refund_id, payment_id, amount_minor, currency, status FROM refunds"  # noqa: S608
+                f" WHERE refund_id IN ({marks})",
+                chunk,
+            ):
+                found[r] = (p, amount, c, status)
+        return found
+
+    def audit_ar_legs(
+        self, document_ids: Sequence[str]
+    ) -> dict[str, list[tuple[int, str, int, int, str]]]:
+        """document_id -> its AR legs (leg, ar_account, debit, credit, currency), by leg."""
+        found: dict[str, list[tuple[int, str, int, int, str]]] = {}
+        for chunk, marks in _in_lists(document_ids):
+            for d, leg, account, debit, credit, c in self._db.execute(
+                "SELECT document_id, leg, ar_account, debit_minor, credit_minor, currency"  # noqa: S608
+                f" FROM ar_entries WHERE document_id IN ({marks}) ORDER BY document_id, leg",
+                chunk,
+            ):
+                found.setdefault(d, []).append((leg, account, debit, credit, c))
+        return found
+
+    def payment_count(self) -> int:
+        """Payments in history."""
+        (n,) = self._db.execute("SELECT count(*) FROM payments").fetchone()
+        return int(n)
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)

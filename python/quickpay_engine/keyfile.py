@@ -1,0 +1,42 @@
+"""Secrets the installation keeps in its data dir (the request fingerprint key, the
+audit trail's key): 32 random bytes each, made once, readable by the owner only."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from quickpay_engine.errors import ConfigError
+
+KEY_BYTES = 32
+
+
+def secret_key(path: Path) -> bytes:
+    """The key in ``path``, created on first use (0600)."""
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        # Written whole to a temporary name, fsynced, then linked into place: a crash
+        # leaves no file or a whole one, never an empty key that blocks every start.
+        tmp = directory / f".{path.name}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(KEY_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if another process won the race: theirs stands
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    key = path.read_bytes()
+    if len(key) != KEY_BYTES:
+        raise ConfigError(f"{path} must hold {KEY_BYTES} bytes; it holds {len(key)}")
+    return key
