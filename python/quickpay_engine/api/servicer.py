@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from quickpay_engine.api import convert
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
@@ -34,6 +35,7 @@ from quickpay_engine.settlement.service import SettlementService
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 # Payments one PayStream may have in flight; at the bound the stream stops reading
 # requests until replies go out (back-pressure through HTTP/2 flow control).
@@ -97,7 +99,10 @@ RAW_RPCS = {
     "PayStream": grpc.stream_stream_rpc_method_handler,
     "PayBatch": grpc.unary_unary_rpc_method_handler,
 }
-# The others keep the generated messages: (handler kind, request, response).
+# The others are parsed in the handler by their generated class: (handler kind,
+# request, response). They too are registered raw, so bytes that are not the request
+# are INVALID_ARGUMENT naming the message; a deserializer's exception would reach the
+# caller as UNKNOWN "Unexpected <class DecodeError>", with grpc's internal text.
 TYPED_RPCS = {
     "GetPayment": (grpc.unary_unary_rpc_method_handler, pb.GetPaymentRequest, pb.Payment),
     "Refund": (grpc.unary_unary_rpc_method_handler, pb.RefundRequest, pb.RefundResponse),
@@ -107,6 +112,8 @@ TYPED_RPCS = {
     "Reconcile": (grpc.unary_unary_rpc_method_handler, pb.ReconcileRequest, pb.ReconcileReport),
 }  # fmt: skip
 
+Handler = Callable[[Any, grpc.aio.ServicerContext], Any]
+
 
 def add_to_server(servicer: SettlementServicer, server: grpc.aio.Server) -> None:
     """Registers ``servicer`` as quickpay.v1.Settlement on ``server``."""
@@ -114,13 +121,42 @@ def add_to_server(servicer: SettlementServicer, server: grpc.aio.Server) -> None
         name: make(getattr(servicer, name)) for name, make in RAW_RPCS.items()
     }
     for name, (make, request, response) in TYPED_RPCS.items():
+        method = getattr(servicer, name)
+        streams = make is grpc.unary_stream_rpc_method_handler
         handlers[name] = make(
-            getattr(servicer, name),
-            request_deserializer=request.FromString,
+            (_parsed_stream if streams else _parsed)(method, request),
             response_serializer=response.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+async def parse_request(request: type[M], data: bytes, context: grpc.aio.ServicerContext) -> M:
+    """``data`` parsed as ``request``; else the call ends INVALID_ARGUMENT naming it."""
+    try:
+        return request.FromString(data)
+    except DecodeError:
+        name = request.DESCRIPTOR.name
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"request: not a {name}: its bytes do not parse as quickpay.v1.{name}",
+        )
+        raise  # abort raises; this line is for the type checker
+
+
+def _parsed(method: Handler, request: type[Message]) -> Handler:
+    async def handler(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        return await method(await parse_request(request, data, context), context)
+
+    return handler
+
+
+def _parsed_stream(method: Handler, request: type[Message]) -> Handler:
+    async def handler(data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for reply in method(await parse_request(request, data, context), context):
+            yield reply
+
+    return handler
 
 
 async def aenumerate(items: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
