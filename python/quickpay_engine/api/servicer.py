@@ -275,17 +275,11 @@ class SettlementServicer(pb_grpc.SettlementServicer):
     async def GetPayment(
         self, request: pb.GetPaymentRequest, context: grpc.aio.ServicerContext
     ) -> pb.Payment:
-        which = request.WhichOneof("key")
-        if which is None:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "payment_id or idempotency_key is required"
-            )
         try:
-            record = await self._service.get_payment(
-                payment_id=request.payment_id, idempotency_key=request.idempotency_key
-            )
+            payment_id, key = convert.get_payment_arguments(request)
+            record = await self._service.get_payment(payment_id=payment_id, idempotency_key=key)
         except Exception as err:
-            await context.abort(*status_of(err))
+            await _abort(context, err, "GetPayment")
         return convert.payment_msg(record)
 
     async def Refund(
@@ -293,15 +287,10 @@ class SettlementServicer(pb_grpc.SettlementServicer):
     ) -> pb.RefundResponse:
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        amount = request.amount if request.HasField("amount") else None
         try:
+            key, payment_id, amount_minor, currency, reason = convert.refund_arguments(request)
             outcome = await self._service.refunds.refund(
-                request.idempotency_key,
-                request.payment_id,
-                amount.amount_minor if amount is not None else None,
-                amount.currency if amount is not None else "",
-                request.reason,
-                deadline,
+                key, payment_id, amount_minor, currency, reason, deadline
             )
         except Exception as err:
             await _abort(context, err, "Refund")
@@ -312,13 +301,11 @@ class SettlementServicer(pb_grpc.SettlementServicer):
     ) -> AsyncIterator[pb.SettlementEvent]:
         """Events after ``from_cursor`` in order, then live ones; at least once (resume
         from the last cursor received). Ends cleanly when the server drains."""
-        unknown = sorted(set(request.kinds) - set(EVENT_KINDS))
-        if unknown:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"kinds: unknown {unknown}; expected any of {list(EVENT_KINDS)}",
-            )
-        events = self._service.watch(request.from_cursor, list(request.kinds), request.account_id)
+        try:
+            cursor, kinds, account_id = convert.watch_arguments(request, EVENT_KINDS)
+        except InvalidArgument as err:
+            await _abort(context, err, "WatchSettlements")
+        events = self._service.watch(cursor, kinds, account_id)
         async for event in events:
             yield convert.event_msg(event)
 
@@ -329,5 +316,5 @@ class SettlementServicer(pb_grpc.SettlementServicer):
             arguments = convert.reconcile_arguments(request, self._mappings_dir)
             run = await self._service.reconcile(*arguments)
         except Exception as err:
-            await context.abort(*status_of(err))
+            await _abort(context, err, "Reconcile")
         return convert.reconcile_report(run)
