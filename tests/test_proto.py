@@ -249,3 +249,32 @@ async def test_one_over_long_field_fails_its_payment_alone_and_costs_the_batch_n
         await _raw(channel, "Pay", pb.PayResponse)(payments[1].SerializeToString())
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "msisdn" in (err.value.details() or "")
+
+
+# Each RPC the generated stubs used to decode, with a frame its request type refuses: a
+# string running past the end, and a string field that is not UTF-8.
+_TYPED = {
+    "GetPayment": (pb.Payment, "GetPaymentRequest", b"\x0a\x05ab"),
+    "Refund": (pb.RefundResponse, "RefundRequest", b"\x12\x02\xff\xfe"),
+    "WatchSettlements": (pb.SettlementEvent, "WatchRequest", b"\x1a\x02\xff\xfe"),
+    "Reconcile": (pb.ReconcileReport, "ReconcileRequest", b"\xff\xff\xff"),
+}
+
+
+@pytest.mark.parametrize("method", sorted(_TYPED))
+async def test_every_other_rpc_answers_undecodable_bytes_with_invalid_argument(
+    channel, method
+) -> None:
+    """Not UNKNOWN with grpc's "Unexpected <class DecodeError>": the message is named."""
+    response, name, frame = _TYPED[method]
+    path = f"/quickpay.v1.Settlement/{method}"
+    if method == "WatchSettlements":
+        call = channel.unary_stream(path, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in call(frame):
+                pass
+    else:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _raw(channel, method, response)(frame)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert (err.value.details() or "").startswith(f"request: not a {name}"), err.value.details()

@@ -331,3 +331,31 @@ async def test_unreadable_reports_are_invalid_argument_not_internal(server, stub
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Reconcile(pb.ReconcileRequest(gateway="acq-a", report_csv=report))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, report
+
+
+_HEADER = b"gateway_reference,merchant_reference,amount_minor,currency,type,status,captured_at\n"
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        # A capture dated in year 0 or past 9999 (RFC 3339 allows both, a Python date
+        # neither): its business day cannot be named, and was INTERNAL.
+        ({"report_csv": _HEADER + b"gw-1,pay_1,100,EUR,CAPTURE,SETTLED,0000-06-01T00:00:00Z\n"},
+         "captured_at"),
+        ({"report_csv": _HEADER + b"gw-1,pay_1,100,EUR,CAPTURE,SETTLED,9999-12-31T23:00:00-23:59\n"},
+         "captured_at"),
+        ({"cutoff_tolerance_s": 2**32 - 1}, "cutoff_tolerance_s"),
+        ({"gateway": "g" * 65}, "gateway"),
+        ({"gateway": "acq-a\x00"}, "gateway"),
+    ],
+)  # fmt: skip
+async def test_out_of_range_reconcile_requests_are_invalid_argument(
+    server, stub, request_fields, field
+) -> None:
+    row = b"gw-1,pay_1,100,EUR,CAPTURE,SETTLED,2026-01-02T10:00:00Z\n"
+    fields = {"gateway": "acq-a", "report_csv": _HEADER + row, **request_fields}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Reconcile(pb.ReconcileRequest(**fields))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert field in err.value.details(), err.value.details()

@@ -108,3 +108,23 @@ async def test_a_refund_is_an_event_with_its_totals(stub) -> None:
     assert event.refunded.refunded_total == pb.Money(amount_minor=1_200, currency=EUR)
     assert event.refunded.status == pb.PARTIALLY_REFUNDED
     assert event.refunded.refund_id.startswith("rf_")
+
+
+@pytest.mark.parametrize("cursor", [2**63, 2**64 - 1])
+async def test_a_cursor_past_the_signed_64_bit_range_is_invalid_argument(stub, cursor) -> None:
+    """Cursors are signed 64-bit in every store, so no event has one past 2^63-1: such a
+    cursor is a caller's mistake, named, not UNKNOWN from SQLite's integer binding."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in stub.WatchSettlements(pb.WatchRequest(from_cursor=cursor)):
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("from_cursor: "), err.value.details()
+
+
+@pytest.mark.parametrize("account", ["a" * 65, "acc-pre\x00"])
+async def test_an_account_no_payment_can_have_is_invalid_argument(stub, account) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in stub.WatchSettlements(pb.WatchRequest(account_id=account)):
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("account_id: "), err.value.details()

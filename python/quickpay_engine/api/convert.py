@@ -315,6 +315,73 @@ def event_msg(event: OutboxEvent) -> pb.SettlementEvent:
     return message
 
 
+# Cursors, like every integer the stores keep, are signed 64-bit: none is past this.
+CURSOR_MAX = 2**63 - 1
+# The longest account id a payment can have (the core's account_id rule).
+ACCOUNT_ID_MAX = 64
+# The longest idempotency key a payment or a refund can have, and the longest payment id
+# looked up: a longer one names nothing the engine stores.
+KEY_MAX = 255
+# The longest refund reason kept, and the longest gateway name a report may give.
+REASON_MAX = 1_024
+GATEWAY_MAX = 64
+# The widest cutoff tolerance of a reconciliation: a day either side (seconds).
+TOLERANCE_MAX_S = 86_400
+
+
+def text(field: str, value: str, longest: int) -> str:
+    """``value`` if it has at most ``longest`` characters and no NUL (which PostgreSQL
+    cannot store in text), else InvalidArgument on ``field``."""
+    if len(value) > longest:
+        raise InvalidArgument(field, f"at most {longest} characters, not {len(value)}")
+    if "\x00" in value:
+        raise InvalidArgument(field, "must not contain NUL")
+    return value
+
+
+def get_payment_arguments(request: pb.GetPaymentRequest) -> tuple[str, str]:
+    """A GetPaymentRequest checked: (payment_id, idempotency_key), one of them set."""
+    which = request.WhichOneof("key")
+    if which is None:
+        raise InvalidArgument("key", "payment_id or idempotency_key is required")
+    return (
+        text("payment_id", request.payment_id, KEY_MAX),
+        text("idempotency_key", request.idempotency_key, KEY_MAX),
+    )
+
+
+def refund_arguments(
+    request: pb.RefundRequest,
+) -> tuple[str, str, int | None, str, str]:
+    """A RefundRequest's bounds checked: key, payment id, amount (None: what is left),
+    currency, reason. The refund itself checks the rest (positive amount, its currency)."""
+    amount = request.amount if request.HasField("amount") else None
+    return (
+        text("idempotency_key", request.idempotency_key, KEY_MAX),
+        text("payment_id", request.payment_id, KEY_MAX),
+        amount.amount_minor if amount is not None else None,
+        text("amount.currency", amount.currency, 3) if amount is not None else "",
+        text("reason", request.reason, REASON_MAX),
+    )
+
+
+def watch_arguments(
+    request: pb.WatchRequest, kinds_known: tuple[str, ...]
+) -> tuple[int, list[str], str]:
+    """A WatchRequest checked: cursor, kinds (each once, in order), account."""
+    if request.from_cursor > CURSOR_MAX:
+        raise InvalidArgument(
+            "from_cursor", f"at most {CURSOR_MAX} (2^63-1), not {request.from_cursor}"
+        )
+    unknown = sorted(set(request.kinds) - set(kinds_known))
+    if unknown:
+        raise InvalidArgument(
+            "kinds", f"unknown {[k[:40] for k in unknown[:8]]}; expected any of {list(kinds_known)}"
+        )
+    kinds = list(dict.fromkeys(request.kinds))
+    return request.from_cursor, kinds, text("account_id", request.account_id, ACCOUNT_ID_MAX)
+
+
 _MAPPING_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -324,6 +391,7 @@ def reconcile_arguments(
     """A ReconcileRequest checked and decoded: gateway, report, mapping, tolerance, day."""
     if not request.gateway:
         raise InvalidArgument("gateway", "the gateway that sent the report is required")
+    text("gateway", request.gateway, GATEWAY_MAX)
     if not request.report_csv:
         raise InvalidArgument("report_csv", "the report is empty")
     mapping = None
@@ -340,6 +408,11 @@ def reconcile_arguments(
             day = date.fromisoformat(request.business_day)
         except ValueError:
             raise InvalidArgument("business_day", "must be YYYY-MM-DD") from None
+    if request.cutoff_tolerance_s > TOLERANCE_MAX_S:
+        raise InvalidArgument(
+            "cutoff_tolerance_s",
+            f"at most {TOLERANCE_MAX_S} (a day), not {request.cutoff_tolerance_s}",
+        )
     tolerance_s = request.cutoff_tolerance_s or DEFAULT_TOLERANCE_S
     return request.gateway, request.report_csv, mapping, tolerance_s, day
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from quickpay_engine.api import convert
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
@@ -34,6 +35,7 @@ from quickpay_engine.settlement.service import SettlementService
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 # Payments one PayStream may have in flight; at the bound the stream stops reading
 # requests until replies go out (back-pressure through HTTP/2 flow control).
@@ -97,7 +99,10 @@ RAW_RPCS = {
     "PayStream": grpc.stream_stream_rpc_method_handler,
     "PayBatch": grpc.unary_unary_rpc_method_handler,
 }
-# The others keep the generated messages: (handler kind, request, response).
+# The others are parsed in the handler by their generated class: (handler kind,
+# request, response). They too are registered raw, so bytes that are not the request
+# are INVALID_ARGUMENT naming the message; a deserializer's exception would reach the
+# caller as UNKNOWN "Unexpected <class DecodeError>", with grpc's internal text.
 TYPED_RPCS = {
     "GetPayment": (grpc.unary_unary_rpc_method_handler, pb.GetPaymentRequest, pb.Payment),
     "Refund": (grpc.unary_unary_rpc_method_handler, pb.RefundRequest, pb.RefundResponse),
@@ -107,6 +112,8 @@ TYPED_RPCS = {
     "Reconcile": (grpc.unary_unary_rpc_method_handler, pb.ReconcileRequest, pb.ReconcileReport),
 }  # fmt: skip
 
+Handler = Callable[[Any, grpc.aio.ServicerContext], Any]
+
 
 def add_to_server(servicer: SettlementServicer, server: grpc.aio.Server) -> None:
     """Registers ``servicer`` as quickpay.v1.Settlement on ``server``."""
@@ -114,13 +121,42 @@ def add_to_server(servicer: SettlementServicer, server: grpc.aio.Server) -> None
         name: make(getattr(servicer, name)) for name, make in RAW_RPCS.items()
     }
     for name, (make, request, response) in TYPED_RPCS.items():
+        method = getattr(servicer, name)
+        streams = make is grpc.unary_stream_rpc_method_handler
         handlers[name] = make(
-            getattr(servicer, name),
-            request_deserializer=request.FromString,
+            (_parsed_stream if streams else _parsed)(method, request),
             response_serializer=response.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+async def parse_request(request: type[M], data: bytes, context: grpc.aio.ServicerContext) -> M:
+    """``data`` parsed as ``request``; else the call ends INVALID_ARGUMENT naming it."""
+    try:
+        return request.FromString(data)
+    except DecodeError:
+        name = request.DESCRIPTOR.name
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"request: not a {name}: its bytes do not parse as quickpay.v1.{name}",
+        )
+        raise  # abort raises; this line is for the type checker
+
+
+def _parsed(method: Handler, request: type[Message]) -> Handler:
+    async def handler(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        return await method(await parse_request(request, data, context), context)
+
+    return handler
+
+
+def _parsed_stream(method: Handler, request: type[Message]) -> Handler:
+    async def handler(data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for reply in method(await parse_request(request, data, context), context):
+            yield reply
+
+    return handler
 
 
 async def aenumerate(items: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
@@ -239,17 +275,11 @@ class SettlementServicer(pb_grpc.SettlementServicer):
     async def GetPayment(
         self, request: pb.GetPaymentRequest, context: grpc.aio.ServicerContext
     ) -> pb.Payment:
-        which = request.WhichOneof("key")
-        if which is None:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "payment_id or idempotency_key is required"
-            )
         try:
-            record = await self._service.get_payment(
-                payment_id=request.payment_id, idempotency_key=request.idempotency_key
-            )
+            payment_id, key = convert.get_payment_arguments(request)
+            record = await self._service.get_payment(payment_id=payment_id, idempotency_key=key)
         except Exception as err:
-            await context.abort(*status_of(err))
+            await _abort(context, err, "GetPayment")
         return convert.payment_msg(record)
 
     async def Refund(
@@ -257,15 +287,10 @@ class SettlementServicer(pb_grpc.SettlementServicer):
     ) -> pb.RefundResponse:
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        amount = request.amount if request.HasField("amount") else None
         try:
+            key, payment_id, amount_minor, currency, reason = convert.refund_arguments(request)
             outcome = await self._service.refunds.refund(
-                request.idempotency_key,
-                request.payment_id,
-                amount.amount_minor if amount is not None else None,
-                amount.currency if amount is not None else "",
-                request.reason,
-                deadline,
+                key, payment_id, amount_minor, currency, reason, deadline
             )
         except Exception as err:
             await _abort(context, err, "Refund")
@@ -276,13 +301,11 @@ class SettlementServicer(pb_grpc.SettlementServicer):
     ) -> AsyncIterator[pb.SettlementEvent]:
         """Events after ``from_cursor`` in order, then live ones; at least once (resume
         from the last cursor received). Ends cleanly when the server drains."""
-        unknown = sorted(set(request.kinds) - set(EVENT_KINDS))
-        if unknown:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"kinds: unknown {unknown}; expected any of {list(EVENT_KINDS)}",
-            )
-        events = self._service.watch(request.from_cursor, list(request.kinds), request.account_id)
+        try:
+            cursor, kinds, account_id = convert.watch_arguments(request, EVENT_KINDS)
+        except InvalidArgument as err:
+            await _abort(context, err, "WatchSettlements")
+        events = self._service.watch(cursor, kinds, account_id)
         async for event in events:
             yield convert.event_msg(event)
 
@@ -293,5 +316,5 @@ class SettlementServicer(pb_grpc.SettlementServicer):
             arguments = convert.reconcile_arguments(request, self._mappings_dir)
             run = await self._service.reconcile(*arguments)
         except Exception as err:
-            await context.abort(*status_of(err))
+            await _abort(context, err, "Reconcile")
         return convert.reconcile_report(run)

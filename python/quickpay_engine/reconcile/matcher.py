@@ -58,16 +58,29 @@ def day_bounds_us(day: date) -> tuple[int, int]:
     return start_us, start_us + DAY_US
 
 
+# RFC 3339 dates run from year 0 to 9999 and an offset can push one past either end;
+# Python's dates run from year 1 to 9999.
+_DAY_OUT_OF_RANGE = (
+    "captured_at: the report's business day is outside years 1 to 9999; give business_day"
+)
+
+
 def business_day_of(rows: Iterable[ReportRow]) -> date:
     """The day most of the report's captures fall on (a report covers one business day)."""
     if isinstance(rows, ReportRows):
         day = rows.parsed.business_day()
         if day is None:
             raise ReportError("an empty report has no business day; give it explicitly")
-        return EPOCH + timedelta(days=day)
+        try:
+            return EPOCH + timedelta(days=day)
+        except OverflowError:
+            raise ReportError(_DAY_OUT_OF_RANGE) from None
     days: dict[date, int] = {}
     for row in rows:
-        day_of = datetime.fromtimestamp(row.captured_at_us / 1_000_000, UTC).date()
+        try:
+            day_of = datetime.fromtimestamp(row.captured_at_us / 1_000_000, UTC).date()
+        except (OverflowError, ValueError, OSError):
+            raise ReportError(_DAY_OUT_OF_RANGE) from None
         days[day_of] = days.get(day_of, 0) + 1
     if not days:
         raise ReportError("an empty report has no business day; give it explicitly")
