@@ -22,8 +22,10 @@ from quickpay_engine._engine import Engine, FraudScorer
 from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord, SubscriberRow
 from quickpay_engine.errors import (
     IdempotencyConflict,
+    InvalidArgument,
     NotFound,
     OutcomePending,
+    Overloaded,
     QuickpayError,
     ShuttingDown,
     echo,
@@ -61,6 +63,14 @@ R = TypeVar("R")
 WATCH_PAGE_MAX = 256
 # A watcher with nothing new looks again after this long even without a commit here.
 WATCH_POLL_S = 0.5
+# Reconcile runs one at a time, on a thread and store connection of its own (never the
+# payment writer's); at most this many more wait for it, and one past them is refused
+# with RESOURCE_EXHAUSTED at once rather than queued: each holds its report (up to
+# REPORT_BYTES_MAX) while it waits.
+RECONCILE_WAITING_MAX = 3
+# A report larger than this is refused (INVALID_ARGUMENT) before it is parsed; the gRPC
+# transport refuses larger messages anyway (server.MESSAGE_BYTES_MAX).
+REPORT_BYTES_MAX = 4 * 1024 * 1024
 
 
 class SettlementService:
@@ -105,6 +115,11 @@ class SettlementService:
             fraud=FraudGate(self._subscribers, card_key, fraud_scorer, fraud_enforce),
             fence=fence,
         )
+        # Reconciliation's own connection and thread: its reads, matching and
+        # discrepancy writes never wait in, nor hold, the payment writer's queue.
+        self._reconciler = store.open_reader()
+        self._reconcile_thread = StoreThread("store-reconcile")
+        self._reconciles = 0  # running or waiting
         self._commit_listeners: list[Callable[[], None]] = [self._wake_watchers]
         self._batcher: MicroBatcher[PaymentIntent, Outcome] = MicroBatcher(
             self._pipeline.prepare,
@@ -206,6 +221,9 @@ class SettlementService:
         self._reader_thread.close()
         if self._reader is not self._store:
             self._reader.close()
+        self._reconcile_thread.close()
+        if self._reconciler is not self._store:
+            self._reconciler.close()
         self._thread.close()
 
     def end_watches(self) -> None:
@@ -333,15 +351,46 @@ class SettlementService:
         tolerance_s: int,
         business_day: date | None,
     ) -> ReconcileRun:
-        """Reconciles a gateway report against this store (on the store's thread)."""
+        """Reconciles a gateway report against this store, on the reconciliation's own
+        thread and connection, one run at a time (``RECONCILE_WAITING_MAX``)."""
+        known = [g.name for g in self.router.config.gateways]
+        if gateway not in known:
+            raise InvalidArgument(
+                "gateway", f"no gateway {echo(gateway)} here; the gateways are {known}"
+            )
+        if len(report_csv) > REPORT_BYTES_MAX:
+            raise InvalidArgument(
+                "report_csv",
+                f"{len(report_csv)} bytes; a report may have at most {REPORT_BYTES_MAX}",
+            )
+        if self._reconciles >= 1 + RECONCILE_WAITING_MAX:
+            raise Overloaded(
+                f"{self._reconciles} reconciliations are running or waiting, the most"
+                " this server takes; retry when one has finished"
+            )
+        self._reconciles += 1
+        try:
+            return await self._reconcile(gateway, report_csv, mapping, tolerance_s, business_day)
+        finally:
+            self._reconciles -= 1
+
+    async def _reconcile(
+        self,
+        gateway: str,
+        report_csv: bytes,
+        mapping: ColumnMapping | None,
+        tolerance_s: int,
+        business_day: date | None,
+    ) -> ReconcileRun:
         try:
             text = report_csv.decode("utf-8")
         except UnicodeDecodeError as err:
             raise ReportError(f"report_csv is not UTF-8 ({err.reason})") from None
         lines = io.StringIO(text, newline="")
-        return await self._thread.run(
-            reconciliation.run, self._store, gateway, lines, mapping, tolerance_s, business_day
-        )
+        return await self._reconcile_thread.run(
+            reconciliation.run, self._reconciler, gateway, lines, mapping, tolerance_s,
+            business_day,
+        )  # fmt: skip
 
     async def get_payment(
         self, *, payment_id: str = "", idempotency_key: str = ""
