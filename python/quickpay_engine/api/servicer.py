@@ -306,8 +306,11 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         except InvalidArgument as err:
             await _abort(context, err, "WatchSettlements")
         events = self._service.watch(cursor, kinds, account_id)
-        async for event in events:
-            yield convert.event_msg(event)
+        try:
+            async for event in events:
+                yield convert.event_msg(event)
+        except Exception as err:  # Overloaded past the bound on open streams, a store error
+            await _abort(context, err, "WatchSettlements")
 
     async def Reconcile(
         self, request: pb.ReconcileRequest, context: grpc.aio.ServicerContext

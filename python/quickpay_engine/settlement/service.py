@@ -40,6 +40,7 @@ from quickpay_engine.settlement.pipeline import Pipeline, load_engine
 from quickpay_engine.settlement.reconciliation import ReconcileRun
 from quickpay_engine.settlement.recovery import Action, Recovery
 from quickpay_engine.settlement.refunds import Refunds
+from quickpay_engine.settlement.watch import WatchHub
 from quickpay_engine.store import SqliteStore
 from quickpay_engine.store.executor import StoreThread
 from quickpay_engine.store.sqlite import SettledState
@@ -59,10 +60,6 @@ REPLY_MARGIN_S = 0.05
 
 R = TypeVar("R")
 
-# A watcher reads at most this many events at a time from the outbox.
-WATCH_PAGE_MAX = 256
-# A watcher with nothing new looks again after this long even without a commit here.
-WATCH_POLL_S = 0.5
 # Reconcile runs one at a time, on a thread and store connection of its own (never the
 # payment writer's); at most this many more wait for it, and one past them is refused
 # with RESOURCE_EXHAUSTED at once rather than queued: each holds its report (up to
@@ -115,12 +112,14 @@ class SettlementService:
             fraud=FraudGate(self._subscribers, card_key, fraud_scorer, fraud_enforce),
             fence=fence,
         )
+        # Watchers are woken from one shared poll of the outbox's head (settlement/watch.py).
+        self._watch = WatchHub(self._reader, self._reader_thread)
         # Reconciliation's own connection and thread: its reads, matching and
         # discrepancy writes never wait in, nor hold, the payment writer's queue.
         self._reconciler = store.open_reader()
         self._reconcile_thread = StoreThread("store-reconcile")
         self._reconciles = 0  # running or waiting
-        self._commit_listeners: list[Callable[[], None]] = [self._wake_watchers]
+        self._commit_listeners: list[Callable[[], None]] = [self._watch.committed]
         self._batcher: MicroBatcher[PaymentIntent, Outcome] = MicroBatcher(
             self._pipeline.prepare,
             complete=self._pipeline.complete,
@@ -138,10 +137,6 @@ class SettlementService:
         # waits for the first attempt instead of racing it. Bounded by the batcher's
         # queue, since every entry is a queued or running payment.
         self._inflight: dict[str, tuple[str, asyncio.Task[Outcome]]] = {}
-        # Set (and replaced) after every commit, so watchers wake for new events at once;
-        # they also poll, for events another process wrote.
-        self._committed = asyncio.Event()
-        self._watch_closed = asyncio.Event()
 
     async def start(self, sweep_s: float | None = None) -> list[Action]:
         """Opens the subscribers' ledger accounts, finishes what an earlier run left
@@ -229,8 +224,7 @@ class SettlementService:
     def end_watches(self) -> None:
         """Ends every WatchSettlements stream cleanly (the server is draining); a client
         resumes from the last cursor it saw, on this server or another."""
-        self._watch_closed.set()
-        self._wake_watchers()
+        self._watch.close()
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         """Calls ``listener`` after every committed batch (the event relay wakes on it)."""
@@ -252,31 +246,13 @@ class SettlementService:
         """For the event relay: the broker acknowledged these events."""
         await self._thread.run(self._store.mark_published, cursors)
 
-    def _wake_watchers(self) -> None:
-        committed, self._committed = self._committed, asyncio.Event()
-        committed.set()
-
-    async def watch(
+    def watch(
         self, from_cursor: int, kinds: Sequence[str] = (), account_id: str = ""
     ) -> AsyncIterator[OutboxEvent]:
-        """Events after ``from_cursor``, in order, then new ones as they commit.
-
-        Memory stays bounded whatever the consumer's speed: at most one page of
-        ``WATCH_PAGE_MAX`` events is held, and the next page is read only once the
-        consumer has taken this one (the gRPC write waits on flow control).
-        """
-        cursor = from_cursor
-        while not self._watch_closed.is_set():
-            committed = self._committed  # taken before reading: no commit slips between
-            page = await self._reader_thread.run(
-                self._reader.outbox_after, cursor, kinds, account_id, WATCH_PAGE_MAX
-            )
-            for event in page:
-                yield event
-                cursor = event.cursor
-            if len(page) < WATCH_PAGE_MAX:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(committed.wait(), WATCH_POLL_S)
+        """Events after ``from_cursor``, in order, then new ones as they commit; raises
+        ``Overloaded`` at the first step past ``watch.WATCH_STREAMS_MAX`` open streams
+        (settlement/watch.py)."""
+        return self._watch.watch(from_cursor, kinds, account_id)
 
     async def pay(self, intent: PaymentIntent) -> Outcome:
         """Settles one payment, or replays the outcome already stored for its key.

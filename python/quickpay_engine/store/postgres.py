@@ -713,6 +713,13 @@ class PostgresStore:
         )
         return [_event(row) for row in rows]
 
+    def outbox_head(self) -> int:
+        """The newest event's cursor (0 for none): one index lookup, so that watchers
+        learn whether there is anything new without each reading a page."""
+        self._reconnect_broken()
+        row = self._billing.execute("SELECT coalesce(max(cursor), 0) FROM outbox").fetchone()
+        return int(row[0]) if row else 0
+
     def outbox_unpublished(self, limit: int) -> list[OutboxEvent]:
         """The oldest events not yet acknowledged by the broker, in cursor order."""
         self._reconnect_broken()
