@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from conftest import BOTH_BACKENDS, SUBSCRIBERS
+from quickpay_engine.api import convert
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.domain import Discrepancy, Method, MethodKind, PaymentIntent, Purpose
@@ -49,11 +50,21 @@ async def test_reconcile_runs_on_its_own_thread_and_connection(
         seen.append((threading.current_thread().name, store))
         return real(store, *args, **kwargs)
 
+    replied_on: list[str] = []
+    reply = convert.reconcile_report
+
+    def reply_spy(run):
+        replied_on.append(threading.current_thread().name)
+        return reply(run)
+
     monkeypatch.setattr(reconciliation, "run", spy)
+    monkeypatch.setattr(convert, "reconcile_report", reply_spy)
     report = await stub.Reconcile(pb.ReconcileRequest(gateway="acq-a", report_csv=big_report(3)))
     assert len(report.discrepancies) == 3
     ((thread, store),) = seen
     assert thread.startswith("store-reconcile"), thread
+    # The reply (0.4 s for 50,000 discrepancies) is built there too, not on the loop.
+    assert replied_on == [thread]
     assert store is not server.service._store, "not the payment writer's connection"
     # The payment writer's thread is another one: it never ran the reconciliation.
     writer = await server.service.on_store_thread(lambda: threading.current_thread().name)

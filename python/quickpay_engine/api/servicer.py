@@ -317,7 +317,8 @@ class SettlementServicer(pb_grpc.SettlementServicer):
     ) -> pb.ReconcileReport:
         try:
             arguments = convert.reconcile_arguments(request, self._mappings_dir)
-            run = await self._service.reconcile(*arguments)
+            # The reply is built on the reconciliation's thread, not the event loop.
+            reply = await self._service.reconcile_into(convert.reconcile_report, *arguments)
         except Exception as err:
             await _abort(context, err, "Reconcile")
-        return convert.reconcile_report(run)
+        return reply
