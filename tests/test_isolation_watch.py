@@ -13,8 +13,10 @@ import pytest
 
 from conftest import BOTH_BACKENDS, topup
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
+from quickpay_engine.domain import OutboxEvent
 from quickpay_engine.server import RunningServer
 from quickpay_engine.settlement import watch
+from quickpay_engine.store.executor import StoreThread
 from rates import RATE_KEPT_MIN, rates, until
 
 
@@ -118,3 +120,80 @@ async def test_pay_keeps_its_rate_beside_hundreds_of_idle_watchers(
     alone, beside = await rates(stub, start_load)
     assert hub.page_reads == pages, "a waiting watcher reads nothing of its own"
     assert beside >= RATE_KEPT_MIN * alone, (alone, beside)
+
+
+# -- The hub alone, over a store of a few events ------------------------------------------
+
+
+class _Outbox:
+    """An outbox in memory; ``fail`` head lookups raise first (a database restarting)."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.events: list[OutboxEvent] = []
+        self.fail = fail
+
+    def add(self, kind: str, account_id: str) -> None:
+        n = len(self.events) + 1
+        self.events.append(OutboxEvent(n, f"e{n}", kind, f"p{n}", account_id, {}, 0))
+
+    def outbox_head(self) -> int:
+        if self.fail:
+            self.fail -= 1
+            raise OSError("database restarting")
+        return self.events[-1].cursor if self.events else 0
+
+    def outbox_after(self, cursor, kinds=(), account_id="", limit=256) -> list[OutboxEvent]:
+        found = [
+            e
+            for e in self.events
+            if e.cursor > cursor
+            and (not kinds or e.kind in kinds)
+            and (not account_id or e.account_id == account_id)
+        ]
+        return found[:limit]
+
+
+async def test_waiting_watchers_get_what_they_want_from_the_one_shared_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(watch, "WATCH_POLL_S", 0.01)
+    outbox, thread = _Outbox(), StoreThread("test-reader")
+    hub = watch.WatchHub(outbox, thread)
+    everything = hub.watch(0)
+    refunds = hub.watch(0, kinds=["refund"])
+    of_b = hub.watch(0, account_id="b")
+    nexts = [asyncio.ensure_future(anext(w)) for w in (everything, refunds, of_b)]
+    await until(lambda: len(hub._waiting) == 3, "three watchers waiting")
+    outbox.add("settlement", "a")
+    outbox.add("settlement", "a")
+    hub.committed()
+    assert (await asyncio.wait_for(nexts[0], 5)).event_id == "e1"
+    assert (await anext(everything)).event_id == "e2"
+    third = asyncio.ensure_future(anext(everything))
+    await until(lambda: len(hub._waiting) == 3, "all three waiting again")
+    assert not nexts[1].done() and not nexts[2].done(), "nothing they want yet"
+    outbox.add("refund", "b")
+    hub.committed()
+    for waiting in (nexts[1], nexts[2], third):
+        assert (await asyncio.wait_for(waiting, 5)).event_id == "e3"
+    assert hub.page_reads == 0, "no watcher read a page of its own"
+    assert hub.shared_reads == 2
+    hub.close()
+    for w in (everything, refunds, of_b):
+        await w.aclose()
+    thread.close()
+
+
+async def test_a_failed_poll_is_tried_again_and_the_watchers_wait_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(watch, "WATCH_POLL_S", 0.01)
+    outbox, thread = _Outbox(fail=3), StoreThread("test-reader")
+    outbox.add("settlement", "a")
+    hub = watch.WatchHub(outbox, thread)
+    stream = hub.watch(0)
+    assert (await asyncio.wait_for(anext(stream), 5)).event_id == "e1"
+    assert outbox.fail == 0 and hub.polls >= 4
+    hub.close()
+    await stream.aclose()
+    thread.close()

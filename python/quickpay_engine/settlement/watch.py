@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,6 +21,8 @@ from typing import Protocol
 from quickpay_engine.domain import OutboxEvent
 from quickpay_engine.errors import Overloaded
 from quickpay_engine.store.executor import StoreThread
+
+log = logging.getLogger(__name__)
 
 # A watcher reads at most this many events at a time from the outbox.
 WATCH_PAGE_MAX = 256
@@ -149,22 +152,32 @@ class WatchHub:
         when it moved, the new events, read once for every waiting watcher."""
         while self.watchers and not self._closed:
             self._committed.clear()  # before the read: a commit during it reads again
-            self.polls += 1
-            head = await self._thread.run(self._reader.outbox_head)
-            if head > self.head:
-                events = None
-                if self._waiting:
-                    self.shared_reads += 1
-                    page = await self._thread.run(
-                        self._reader.outbox_after, self.head, (), "", WATCH_PAGE_MAX
-                    )
-                    if len(page) < WATCH_PAGE_MAX:  # everything after the old head
-                        events = page
-                        head = max(head, page[-1].cursor if page else 0)
-                self.head = head
-                self._deliver(events, head)
+            try:
+                await self._look()
+            except Exception:
+                # The watchers wait on; the next tick looks again (a database restart).
+                log.warning("watch poll failed; again in %.1f s", WATCH_POLL_S, exc_info=True)
+                await asyncio.sleep(WATCH_POLL_S)
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._committed.wait(), WATCH_POLL_S)
+
+    async def _look(self) -> None:
+        self.polls += 1
+        head = await self._thread.run(self._reader.outbox_head)
+        if head <= self.head:
+            return
+        events = None
+        if self._waiting:
+            self.shared_reads += 1
+            page = await self._thread.run(
+                self._reader.outbox_after, self.head, (), "", WATCH_PAGE_MAX
+            )
+            if len(page) < WATCH_PAGE_MAX:  # everything after the old head
+                events = page
+                head = max(head, page[-1].cursor if page else 0)
+        self.head = head
+        self._deliver(events, head)
 
     def _deliver(self, events: list[OutboxEvent] | None, head: int) -> None:
         """Hands each waiting watcher the ``events`` (every one up to ``head``) it
