@@ -20,10 +20,11 @@ async def until(condition: Callable[[], bool], what: str, timeout_s: float = 10)
 
 
 # Pay's rate beside the load, as a share of its rate alone. The issue asks for 0.8,
-# which benches/isolation.py measures (benches/RESULTS.md); the tests' bound is looser
-# because two shared cores swing more than that from one second to the next, and what
-# they must catch is a collapse (the issue saw 0.01 and 0.14).
-RATE_KEPT_MIN = 0.5
+# which benches/isolation.py measures (benches/RESULTS.md). Here the server, its load and
+# the Pay callers share one process and event loop on two shared cores, where a run
+# measured 0.67 to 0.88; the bound catches the collapse the issue saw (0.01 and 0.14,
+# and 0.00 here before the fix) without failing on that noise.
+RATE_KEPT_MIN = 0.4
 
 
 async def pays_in(stub, seconds: float, tag: str, workers: int = 8) -> int:
@@ -45,7 +46,7 @@ async def pays_in(stub, seconds: float, tag: str, workers: int = 8) -> int:
 
 
 async def rates(
-    stub, start_load: Callable[[], Awaitable[Callable[[], Awaitable[None]]]], rounds: int = 3
+    stub, start_load: Callable[[], Awaitable[Callable[[], Awaitable[None]]]], rounds: int = 5
 ) -> tuple[int, int]:
     """Pay calls finished alone and beside the load, in alternating windows of equal
     length, so both see the same machine."""
