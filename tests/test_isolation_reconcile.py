@@ -8,12 +8,14 @@ a generous bound (tests/rates.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 
 from conftest import BOTH_BACKENDS, SUBSCRIBERS
@@ -69,6 +71,30 @@ async def test_reconcile_runs_on_its_own_thread_and_connection(
     # The payment writer's thread is another one: it never ran the reconciliation.
     writer = await server.service.on_store_thread(lambda: threading.current_thread().name)
     assert writer != thread
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_reconcile_gets_a_new_session_after_postgres_ended_its_own(
+    server: RunningServer, stub, database_url: str
+) -> None:
+    """Reconcile's connection is its own: after the database ended its session (a
+    restart, a failover) a run fails at most once, and the next one reconnects."""
+    request = pb.ReconcileRequest(gateway="acq-a", report_csv=big_report(2))
+    assert len((await stub.Reconcile(request)).discrepancies) == 2
+    pid = server.service._reconciler._billing.info.backend_pid
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        await until(
+            lambda: (
+                not admin.execute(
+                    "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)", (pid,)
+                ).fetchone()[0]
+            ),
+            "the session's end",
+        )
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await stub.Reconcile(request)  # may find the connection broken
+    assert len((await stub.Reconcile(request)).discrepancies) == 2
 
 
 async def test_a_reconcile_past_the_waiting_bound_is_resource_exhausted(

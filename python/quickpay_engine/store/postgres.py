@@ -743,6 +743,9 @@ class PostgresStore:
 
     def billed_captures(self, gateway: str, from_us: int, to_us: int) -> list[BilledCapture]:
         """Payments settled through ``gateway`` with settled_at in [from_us, to_us)."""
+        # A reconciliation's first call: on its own connection (settlement/service.py),
+        # which nothing else would replace after a database restart.
+        self._reconnect_broken()
         rows = self._billing.execute(
             "SELECT payment_id, gateway_reference, amount_minor, currency, settled_at_us,"
             " status IN (4, 5) FROM payments WHERE gateway = %s AND status IN (1, 4, 5)"
