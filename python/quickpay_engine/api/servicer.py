@@ -306,15 +306,19 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         except InvalidArgument as err:
             await _abort(context, err, "WatchSettlements")
         events = self._service.watch(cursor, kinds, account_id)
-        async for event in events:
-            yield convert.event_msg(event)
+        try:
+            async for event in events:
+                yield convert.event_msg(event)
+        except Exception as err:  # Overloaded past the bound on open streams, a store error
+            await _abort(context, err, "WatchSettlements")
 
     async def Reconcile(
         self, request: pb.ReconcileRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReconcileReport:
         try:
             arguments = convert.reconcile_arguments(request, self._mappings_dir)
-            run = await self._service.reconcile(*arguments)
+            # The reply is built on the reconciliation's thread, not the event loop.
+            reply = await self._service.reconcile_into(convert.reconcile_report, *arguments)
         except Exception as err:
             await _abort(context, err, "Reconcile")
-        return convert.reconcile_report(run)
+        return reply

@@ -22,8 +22,10 @@ from quickpay_engine._engine import Engine, FraudScorer
 from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord, SubscriberRow
 from quickpay_engine.errors import (
     IdempotencyConflict,
+    InvalidArgument,
     NotFound,
     OutcomePending,
+    Overloaded,
     QuickpayError,
     ShuttingDown,
     echo,
@@ -38,6 +40,7 @@ from quickpay_engine.settlement.pipeline import Pipeline, load_engine
 from quickpay_engine.settlement.reconciliation import ReconcileRun
 from quickpay_engine.settlement.recovery import Action, Recovery
 from quickpay_engine.settlement.refunds import Refunds
+from quickpay_engine.settlement.watch import WatchHub
 from quickpay_engine.store import SqliteStore
 from quickpay_engine.store.executor import StoreThread
 from quickpay_engine.store.sqlite import SettledState
@@ -57,10 +60,14 @@ REPLY_MARGIN_S = 0.05
 
 R = TypeVar("R")
 
-# A watcher reads at most this many events at a time from the outbox.
-WATCH_PAGE_MAX = 256
-# A watcher with nothing new looks again after this long even without a commit here.
-WATCH_POLL_S = 0.5
+# Reconcile runs one at a time, on a thread and store connection of its own (never the
+# payment writer's); at most this many more wait for it, and one past them is refused
+# with RESOURCE_EXHAUSTED at once rather than queued: each holds its report (up to
+# REPORT_BYTES_MAX) while it waits.
+RECONCILE_WAITING_MAX = 3
+# A report larger than this is refused (INVALID_ARGUMENT) before it is parsed; the gRPC
+# transport refuses larger messages anyway (server.MESSAGE_BYTES_MAX).
+REPORT_BYTES_MAX = 4 * 1024 * 1024
 
 
 class SettlementService:
@@ -105,7 +112,14 @@ class SettlementService:
             fraud=FraudGate(self._subscribers, card_key, fraud_scorer, fraud_enforce),
             fence=fence,
         )
-        self._commit_listeners: list[Callable[[], None]] = [self._wake_watchers]
+        # Watchers are woken from one shared poll of the outbox's head (settlement/watch.py).
+        self._watch = WatchHub(self._reader, self._reader_thread)
+        # Reconciliation's own connection and thread: its reads, matching and
+        # discrepancy writes never wait in, nor hold, the payment writer's queue.
+        self._reconciler = store.open_reader()
+        self._reconcile_thread = StoreThread("store-reconcile")
+        self._reconciles = 0  # running or waiting
+        self._commit_listeners: list[Callable[[], None]] = [self._watch.committed]
         self._batcher: MicroBatcher[PaymentIntent, Outcome] = MicroBatcher(
             self._pipeline.prepare,
             complete=self._pipeline.complete,
@@ -123,10 +137,6 @@ class SettlementService:
         # waits for the first attempt instead of racing it. Bounded by the batcher's
         # queue, since every entry is a queued or running payment.
         self._inflight: dict[str, tuple[str, asyncio.Task[Outcome]]] = {}
-        # Set (and replaced) after every commit, so watchers wake for new events at once;
-        # they also poll, for events another process wrote.
-        self._committed = asyncio.Event()
-        self._watch_closed = asyncio.Event()
 
     async def start(self, sweep_s: float | None = None) -> list[Action]:
         """Opens the subscribers' ledger accounts, finishes what an earlier run left
@@ -206,13 +216,15 @@ class SettlementService:
         self._reader_thread.close()
         if self._reader is not self._store:
             self._reader.close()
+        self._reconcile_thread.close()
+        if self._reconciler is not self._store:
+            self._reconciler.close()
         self._thread.close()
 
     def end_watches(self) -> None:
         """Ends every WatchSettlements stream cleanly (the server is draining); a client
         resumes from the last cursor it saw, on this server or another."""
-        self._watch_closed.set()
-        self._wake_watchers()
+        self._watch.close()
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         """Calls ``listener`` after every committed batch (the event relay wakes on it)."""
@@ -234,31 +246,13 @@ class SettlementService:
         """For the event relay: the broker acknowledged these events."""
         await self._thread.run(self._store.mark_published, cursors)
 
-    def _wake_watchers(self) -> None:
-        committed, self._committed = self._committed, asyncio.Event()
-        committed.set()
-
-    async def watch(
+    def watch(
         self, from_cursor: int, kinds: Sequence[str] = (), account_id: str = ""
     ) -> AsyncIterator[OutboxEvent]:
-        """Events after ``from_cursor``, in order, then new ones as they commit.
-
-        Memory stays bounded whatever the consumer's speed: at most one page of
-        ``WATCH_PAGE_MAX`` events is held, and the next page is read only once the
-        consumer has taken this one (the gRPC write waits on flow control).
-        """
-        cursor = from_cursor
-        while not self._watch_closed.is_set():
-            committed = self._committed  # taken before reading: no commit slips between
-            page = await self._reader_thread.run(
-                self._reader.outbox_after, cursor, kinds, account_id, WATCH_PAGE_MAX
-            )
-            for event in page:
-                yield event
-                cursor = event.cursor
-            if len(page) < WATCH_PAGE_MAX:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(committed.wait(), WATCH_POLL_S)
+        """Events after ``from_cursor``, in order, then new ones as they commit; raises
+        ``Overloaded`` at the first step past ``watch.WATCH_STREAMS_MAX`` open streams
+        (settlement/watch.py)."""
+        return self._watch.watch(from_cursor, kinds, account_id)
 
     async def pay(self, intent: PaymentIntent) -> Outcome:
         """Settles one payment, or replays the outcome already stored for its key.
@@ -333,15 +327,69 @@ class SettlementService:
         tolerance_s: int,
         business_day: date | None,
     ) -> ReconcileRun:
-        """Reconciles a gateway report against this store (on the store's thread)."""
+        """Reconciles a gateway report against this store, on the reconciliation's own
+        thread and connection, one run at a time (``RECONCILE_WAITING_MAX``)."""
+        return await self.reconcile_into(
+            _same, gateway, report_csv, mapping, tolerance_s, business_day
+        )
+
+    async def reconcile_into(
+        self,
+        answer: Callable[[ReconcileRun], R],
+        gateway: str,
+        report_csv: bytes,
+        mapping: ColumnMapping | None,
+        tolerance_s: int,
+        business_day: date | None,
+    ) -> R:
+        """``reconcile``, then ``answer`` of its run, on the same thread: a reply of
+        50,000 discrepancies takes 0.4 s to build, which would hold the event loop."""
+        known = [g.name for g in self.router.config.gateways]
+        if gateway not in known:
+            raise InvalidArgument(
+                "gateway", f"no gateway {echo(gateway)} here; the gateways are {known}"
+            )
+        if len(report_csv) > REPORT_BYTES_MAX:
+            raise InvalidArgument(
+                "report_csv",
+                f"{len(report_csv)} bytes; a report may have at most {REPORT_BYTES_MAX}",
+            )
+        if self._reconciles >= 1 + RECONCILE_WAITING_MAX:
+            raise Overloaded(
+                f"{self._reconciles} reconciliations are running or waiting, the most"
+                " this server takes; retry when one has finished"
+            )
+        self._reconciles += 1
+        try:
+            return await self._reconcile(
+                answer, gateway, report_csv, mapping, tolerance_s, business_day
+            )
+        finally:
+            self._reconciles -= 1
+
+    async def _reconcile(
+        self,
+        answer: Callable[[ReconcileRun], R],
+        gateway: str,
+        report_csv: bytes,
+        mapping: ColumnMapping | None,
+        tolerance_s: int,
+        business_day: date | None,
+    ) -> R:
         try:
             text = report_csv.decode("utf-8")
         except UnicodeDecodeError as err:
             raise ReportError(f"report_csv is not UTF-8 ({err.reason})") from None
         lines = io.StringIO(text, newline="")
-        return await self._thread.run(
-            reconciliation.run, self._store, gateway, lines, mapping, tolerance_s, business_day
-        )
+
+        def run_and_answer() -> R:
+            return answer(
+                reconciliation.run(
+                    self._reconciler, gateway, lines, mapping, tolerance_s, business_day
+                )
+            )
+
+        return await self._reconcile_thread.run(run_and_answer)
 
     async def get_payment(
         self, *, payment_id: str = "", idempotency_key: str = ""
@@ -386,3 +434,7 @@ def _pending(intent: PaymentIntent) -> OutcomePending:
         f"payment with idempotency_key {echo(intent.idempotency_key)} is not finished at the"
         " call's deadline and goes on: retry with the same idempotency_key for its outcome"
     )
+
+
+def _same(run: ReconcileRun) -> ReconcileRun:
+    return run

@@ -713,6 +713,13 @@ class PostgresStore:
         )
         return [_event(row) for row in rows]
 
+    def outbox_head(self) -> int:
+        """The newest event's cursor (0 for none): one index lookup, so that watchers
+        learn whether there is anything new without each reading a page."""
+        self._reconnect_broken()
+        row = self._billing.execute("SELECT coalesce(max(cursor), 0) FROM outbox").fetchone()
+        return int(row[0]) if row else 0
+
     def outbox_unpublished(self, limit: int) -> list[OutboxEvent]:
         """The oldest events not yet acknowledged by the broker, in cursor order."""
         self._reconnect_broken()
@@ -736,6 +743,9 @@ class PostgresStore:
 
     def billed_captures(self, gateway: str, from_us: int, to_us: int) -> list[BilledCapture]:
         """Payments settled through ``gateway`` with settled_at in [from_us, to_us)."""
+        # A reconciliation's first call: on its own connection (settlement/service.py),
+        # which nothing else would replace after a database restart.
+        self._reconnect_broken()
         rows = self._billing.execute(
             "SELECT payment_id, gateway_reference, amount_minor, currency, settled_at_us,"
             " status IN (4, 5) FROM payments WHERE gateway = %s AND status IN (1, 4, 5)"

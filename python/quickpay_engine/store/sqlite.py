@@ -604,6 +604,12 @@ class SqliteStore:
             for c, e, k, p, a, payload, at in cursor_rows
         ]
 
+    def outbox_head(self) -> int:
+        """The newest event's cursor (0 for none): one index lookup, so that watchers
+        learn whether there is anything new without each reading a page."""
+        (head,) = self._db.execute("SELECT coalesce(max(cursor), 0) FROM outbox").fetchone()
+        return int(head)
+
     def outbox_unpublished(self, limit: int) -> list[OutboxEvent]:
         """The oldest events not yet acknowledged by the broker, in cursor order."""
         rows = self._db.execute(
