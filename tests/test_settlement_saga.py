@@ -622,6 +622,51 @@ async def test_a_batch_the_database_cannot_commit_settles_nowhere(
     assert server.store.verify() == []
 
 
+@pytest.mark.parametrize("step", ["find_by_keys", "journal_attempts"])
+async def test_a_store_out_of_reach_before_the_gateways_is_unavailable_and_charges_nothing(
+    stub, server, simulators, monkeypatch, step
+) -> None:
+    """The database is out of reach (restarting, disk full) when the batch is looked up
+    or journalled: nothing has left the process, so the caller hears UNAVAILABLE (retry
+    with the same key), never INTERNAL; nothing is charged, and the retry settles."""
+    import sqlite3
+
+    store = server.service._pipeline._reader[0] if step == "find_by_keys" else server.store
+    real = getattr(store, step)
+    failures = iter([True])
+
+    def unreachable(*args):
+        if next(failures, False):
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(*args)
+
+    monkeypatch.setattr(store, step, unreachable)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Pay(bill(f"saga-unreachable-{step}"))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+    assert "retry with the same idempotency_key" in (err.value.details() or "")
+    assert server.service.book.unfinished() == {}
+    assert server.store.subscriber("acc-post-barred").balance_minor == 8_000
+    retry = await stub.Pay(bill(f"saga-unreachable-{step}"))
+    assert retry.status == pb.SETTLED and not retry.replayed
+    assert simulators.payment("acq-a", retry.payment_id)["captured_minor"] == 3_000
+    assert server.store.verify() == []
+
+
+async def test_a_lookup_that_meets_the_store_out_of_reach_is_unavailable(
+    stub, server, monkeypatch
+) -> None:
+    import sqlite3
+
+    def unreachable(**_: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(server.service._reader, "get_payment", unreachable)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetPayment(pb.GetPaymentRequest(idempotency_key="anything"))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+
+
 async def test_a_key_held_by_an_unfinished_attempt_is_unavailable_and_charges_nothing(
     stub, server
 ) -> None:

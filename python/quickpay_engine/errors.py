@@ -77,6 +77,11 @@ class OutcomePending(QuickpayError):
     payment by itself (settled or voided); retry with the same key to learn which."""
 
 
+class StoreUnavailable(QuickpayError):
+    """The database was out of reach before any gateway was called: nothing was done
+    (UNAVAILABLE; retry with the same key)."""
+
+
 class StoreError(QuickpayError):
     """The database refused: wrong schema version, a constraint the input breaks."""
 
@@ -112,6 +117,7 @@ __all__ = [
     "ShuttingDown",
     "StateRefused",
     "StoreError",
+    "StoreUnavailable",
     "WalCorruption",
     "WalFailure",
     "echo",

@@ -28,9 +28,11 @@ from quickpay_engine.errors import (
     QuickpayError,
     RequestUndecodable,
     ShuttingDown,
+    StoreUnavailable,
 )
 from quickpay_engine.reconcile.report import ReportError
 from quickpay_engine.settlement.service import SettlementService
+from quickpay_engine.store import UNREACHABLE
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ _STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (ReportError, grpc.StatusCode.INVALID_ARGUMENT),
     (OutcomePending, grpc.StatusCode.UNAVAILABLE),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     # Fenced: the ownership lock of a database was lost and is being retaken.
     (NotOwner, grpc.StatusCode.UNAVAILABLE),
 ]
@@ -77,6 +80,10 @@ def status_of(err: BaseException) -> tuple[grpc.StatusCode, str]:
             return code, str(err)
     if isinstance(err, EngineError | QuickpayError):
         return grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}"
+    if isinstance(err, UNREACHABLE):
+        # A read or a refund's first step that met the database restarting: nothing was
+        # done, and it passes.
+        return grpc.StatusCode.UNAVAILABLE, "the database is out of reach for now: retry"
     return grpc.StatusCode.INTERNAL, "internal error"
 
 

@@ -38,7 +38,13 @@ from quickpay_engine.domain import (
     PaymentStatus,
     SubscriberRow,
 )
-from quickpay_engine.errors import IdempotencyConflict, InvalidArgument, OutcomePending, echo
+from quickpay_engine.errors import (
+    IdempotencyConflict,
+    InvalidArgument,
+    OutcomePending,
+    StoreUnavailable,
+    echo,
+)
 from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.gateways.types import (
     BankAccount,
@@ -53,7 +59,7 @@ from quickpay_engine.settlement.fraud_gate import FRAUD_REVIEW, FraudGate
 from quickpay_engine.settlement.ledger_book import LedgerBook, Movement
 from quickpay_engine.settlement.recovery import give_back
 from quickpay_engine.settlement.validation import record_settled, validate_batch, wall_clock_s
-from quickpay_engine.store import Decision, SqliteStore
+from quickpay_engine.store import UNREACHABLE, Decision, SqliteStore
 from quickpay_engine.store.executor import StoreThread
 from quickpay_engine.store.sqlite import IDEMPOTENCY_CONFLICT, SettledState
 
@@ -188,7 +194,16 @@ class Pipeline:
         self._fence()
         async with self._order:
             self._fence()  # again: the batch may have waited for the one before it
-            return await self._prepare(intents)
+            try:
+                return await self._prepare(intents)
+            except UNREACHABLE as err:
+                # Before any gateway: nothing left the process, so the caller may simply
+                # retry (never INTERNAL, which says nothing of whether to).
+                log.error("batch of %d refused, the store is out of reach: %s", len(intents), err)
+                raise StoreUnavailable(
+                    f"the store is out of reach ({type(err).__name__}); nothing was charged:"
+                    " retry with the same idempotency_key"
+                ) from err
 
     async def complete(self, batch: _Batch) -> list[Outcome | BaseException]:
         """Stage 2: gateways, commit, post; many batches may be here at once."""
