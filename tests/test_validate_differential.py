@@ -15,11 +15,13 @@ test below with its example:
   (``scripts/gen_iban_formats.py``), may differ from stdnum's for a few countries
   (listed in ``IBAN_REGISTRY_DIFFERENCES``). National check digits: stdnum checks
   them for BE, ES, ME and NO, and so do we, verdict for verdict; we also check
-  France and Monaco (RIB key), Italy and San Marino (CIN) and Portugal (NIB), which
-  stdnum does not, so there the reference is stdnum plus the textbook check written
-  here (``_national_ok``); and stdnum refuses a Belgian bank code missing from its
-  copy of the bank directory, which we do not keep (the one place we accept what
-  stdnum refuses).
+  France and Monaco (RIB key), Italy and San Marino (CIN), Portugal (NIB), Finland,
+  Croatia, Serbia, Slovenia, Bosnia and Herzegovina, Estonia, Czechia, Slovakia,
+  Poland and Hungary, which stdnum does not, so there the reference is stdnum plus
+  the textbook check written here (``_national_ok``, which skips the banks the
+  engine skips: Slovenia's 01, Serbia's 908); and stdnum refuses a Belgian bank code
+  missing from its copy of the bank directory, which we do not keep (the one place
+  we accept what stdnum refuses).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import stdnum.iban
 from phonenumbers import NumberParseException, ValidationResult
 from stdnum import luhn
 from stdnum.es import ccc
+from stdnum.iso7064 import mod_11_10
 from stdnum.no import kontonr
 
 from quickpay_engine._engine import check_ibans, check_msisdns, check_pans, reject_codes
@@ -219,7 +222,20 @@ def _random_bban(rng: random.Random, structure: str) -> str:
 # The countries whose national check digits the engine checks; stdnum checks those of
 # the first set itself (stdnum/<cc>/iban.py), those of the second are checked here.
 NATIONAL_IN_STDNUM = {"BE", "ES", "ME", "NO"}
-NATIONAL_BEYOND_STDNUM = {"FR", "MC", "IT", "SM", "PT"}
+NATIONAL_BEYOND_STDNUM = {"FR", "MC", "IT", "SM", "PT"} | {
+    "FI",
+    "HR",
+    "RS",
+    "SI",
+    "BA",
+    "EE",
+    "CZ",
+    "SK",
+    "PL",
+    "HU",
+}
+# Banks outside their country's check (documented exceptions): not checked.
+NATIONAL_EXEMPT_BANKS = {"SI": "01", "RS": "908"}
 # France's RIB reads a letter in the account as a digit: A-I 1-9, J-R 1-9, S-Z 2-9.
 _RIB_LETTERS = dict(zip(ALNUM[10:], "123456789123456789" + "23456789", strict=True))
 _CIN_ODD = [
@@ -273,16 +289,59 @@ def _mod97_check(body: str) -> str:
     return f"{98 - int(body) * 100 % 97:02d}"
 
 
+def _weighted(digits: str, weights: tuple[int, ...]) -> int:
+    """The digits weighted by ``weights``, repeated from the left."""
+    return sum(int(d) * weights[k % len(weights)] for k, d in enumerate(digits))
+
+
+_CZ_WEIGHTS = (6, 3, 7, 9, 10, 5, 8, 4, 2, 1)
+
+
+def _cz_ok(part: str) -> bool:
+    """Czech and Slovak prefix or account: weighted right-aligned, 0 modulo 11."""
+    return _weighted(part.zfill(10), _CZ_WEIGHTS) % 11 == 0
+
+
+def _ee_digit(account: str) -> str:
+    """Estonia's 7-3-1 check digit over the account (weights from the right)."""
+    return str(-_weighted(account[::-1], (7, 3, 1)) % 10)
+
+
 def _national_ok(iban: str) -> bool:
     """The national check of the countries stdnum does not check (True elsewhere)."""
     country, bban = iban[:2], iban[4:]
+    exempt = NATIONAL_EXEMPT_BANKS.get(country)
+    if exempt and bban.startswith(exempt):
+        return True
     if country in ("FR", "MC"):
         return bban[21:23] == _rib_key(bban)
     if country in ("IT", "SM"):
         return bban[0] == _cin(bban)
-    if country == "PT":
+    if country in ("PT", "RS", "SI", "BA"):
         return int(bban) % 97 == 1
+    if country == "FI":
+        return luhn.is_valid(bban)
+    if country == "HR":
+        return mod_11_10.is_valid(bban[:7]) and mod_11_10.is_valid(bban[7:])
+    if country == "EE":
+        return bban[15] == _ee_digit(bban[2:15])
+    if country in ("CZ", "SK"):
+        return _cz_ok(bban[4:10]) and _cz_ok(bban[10:])
+    if country == "PL":
+        return _weighted(bban[:8], (3, 9, 7, 1)) % 10 == 0
+    if country == "HU":
+        return all(_weighted(part, (9, 7, 3, 1)) % 10 == 0 for part in (bban[:8], bban[8:]))
     return True
+
+
+def _weighted_digit(body: str, weights: tuple[int, ...], modulus: int) -> str | None:
+    """The last digit (weight ``weights[len(body) % len(weights)]``) that makes the
+    weighted sum 0 modulo ``modulus``; None if no digit does."""
+    weight = weights[len(body) % len(weights)]
+    for digit in DIGITS:
+        if (_weighted(body, weights) + int(digit) * weight) % modulus == 0:
+            return digit
+    return None
 
 
 def _with_national(country: str, bban: str) -> str:
@@ -291,7 +350,7 @@ def _with_national(country: str, bban: str) -> str:
         return bban[:10] + f"{int(bban[:10]) % 97 or 97:02d}"
     if country == "ES":
         return bban[:8] + ccc.calc_check_digits(bban) + bban[10:]
-    if country in ("ME", "PT"):
+    if country in ("ME", "PT", "RS", "SI", "BA"):
         return bban[:-2] + _mod97_check(bban[:-2])
     if country == "NO":
         if bban.startswith("0000"):
@@ -301,6 +360,27 @@ def _with_national(country: str, bban: str) -> str:
         return bban[:21] + _rib_key(bban)
     if country in ("IT", "SM"):
         return _cin(bban) + bban[1:]
+    if country == "FI":
+        return bban[:13] + luhn.calc_check_digit(bban[:13])
+    if country == "HR":
+        bank, account = bban[:6], bban[7:16]
+        return (
+            bank + mod_11_10.calc_check_digit(bank) + account + mod_11_10.calc_check_digit(account)
+        )
+    if country == "EE":
+        return bban[:15] + _ee_digit(bban[2:15])
+    if country in ("CZ", "SK"):
+        # Right-aligned weights: the prefix's are the last six of the ten.
+        prefix = _weighted_digit(bban[4:9], _CZ_WEIGHTS[4:], 11)
+        account = _weighted_digit(bban[10:19], _CZ_WEIGHTS, 11)
+        prefix = bban[4:9] + prefix if prefix else bban[4:10]  # some can't be made right
+        account = bban[10:19] + account if account else bban[10:20]
+        return bban[:4] + prefix + account
+    if country == "PL":
+        return bban[:7] + (_weighted_digit(bban[:7], (3, 9, 7, 1), 10) or "") + bban[8:]
+    if country == "HU":
+        bank = bban[:7] + (_weighted_digit(bban[:7], (9, 7, 3, 1), 10) or "")
+        return bank + bban[8:23] + (_weighted_digit(bban[8:23], (9, 7, 3, 1), 10) or "")
     return bban
 
 
@@ -396,6 +476,28 @@ PUBLISHED_IBANS = [
     "IT60X0542811101000000123456",
     "SM86U0322509800000000270100",
     "PT50000201231234567890154",
+    # Registry examples and accounts their holders publish (more in
+    # engine/src/validate/iban_national.rs).
+    "FI2112345600000785",
+    "FI5542345670000081",
+    "HR1210010051863000160",
+    "HR4923400093201191601",
+    "RS35260005601001611379",
+    "RS35840000000009279051",
+    "SI56263300012039086",
+    "SI56610000007293874",
+    "BA391290079401028494",
+    "BA395551000030627330",
+    "EE382200221020145685",
+    "EE132200221095400384",
+    "CZ6508000000192000145399",
+    "CZ7908000000000055660022",
+    "SK3112000000198742637541",
+    "SK6911000000002620852641",
+    "PL61109010140000071219812874",
+    "PL47116022020000000298691864",
+    "HU42117730161111101800000000",
+    "HU78100320000142527900000000",
 ]
 
 
@@ -404,7 +506,7 @@ def test_national_check_digits_refuse_a_mistyped_account(iban: str) -> None:
     assert check_ibans(text_column([iban]))[0] == 0
     assert stdnum.iban.is_valid(iban) and _national_ok(iban)
     country, bban = iban[:2], iban[4:]
-    at = {"ES": 8, "IT": 0, "SM": 0}.get(country, len(bban) - 1)
+    at = {"ES": 8, "IT": 0, "SM": 0, "PL": 7}.get(country, len(bban) - 1)
     swap = "A" if bban[at] == "Z" else ("0" if bban[at] == "9" else chr(ord(bban[at]) + 1))
     bban = bban[:at] + swap + bban[at + 1 :]
     wrong = country + stdnum.iban.calc_check_digits(country + "00" + bban) + bban
@@ -414,6 +516,21 @@ def test_national_check_digits_refuse_a_mistyped_account(iban: str) -> None:
         assert not stdnum.iban.is_valid(wrong)
     else:
         assert not _national_ok(wrong)
+
+
+@pytest.mark.parametrize(
+    "iban",
+    # Slovenia's central bank (the state budget's donation account) and the National
+    # Bank of Serbia (a university's account), and each off by one: all accepted.
+    ["SI56011006300109972", "RS35908500101000152158"],
+)
+def test_banks_outside_their_countrys_check_are_accepted(iban: str) -> None:
+    country, bban = iban[:2], iban[4:]
+    near = bban[:-1] + str((int(bban[-1]) + 1) % 10)
+    for body in (bban, near):
+        text = country + stdnum.iban.calc_check_digits(country + "00" + body) + body
+        assert check_ibans(text_column([text]))[0] == 0, text
+        assert _national_ok(text)
 
 
 def test_documented_iban_bank_directory_difference() -> None:
