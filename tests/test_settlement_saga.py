@@ -622,7 +622,7 @@ async def test_a_batch_the_database_cannot_commit_settles_nowhere(
     assert server.store.verify() == []
 
 
-@pytest.mark.parametrize("step", ["find_by_keys", "journal_attempts"])
+@pytest.mark.parametrize("step", ["find_by_keys", "journal_attempts", "reserve"])
 async def test_a_store_out_of_reach_before_the_gateways_is_unavailable_and_charges_nothing(
     stub, server, simulators, monkeypatch, step
 ) -> None:
@@ -631,8 +631,9 @@ async def test_a_store_out_of_reach_before_the_gateways_is_unavailable_and_charg
     with the same key), never INTERNAL; nothing is charged, and the retry settles."""
     import sqlite3
 
-    store = server.service._pipeline._reader[0] if step == "find_by_keys" else server.store
-    real = getattr(store, step)
+    owner = {"find_by_keys": server.service._pipeline._reader[0], "reserve": server.service.book}
+    target = owner.get(step, server.store)
+    real = getattr(target, step)
     failures = iter([True])
 
     def unreachable(*args):
@@ -640,12 +641,21 @@ async def test_a_store_out_of_reach_before_the_gateways_is_unavailable_and_charg
             raise sqlite3.OperationalError("disk I/O error")
         return real(*args)
 
-    monkeypatch.setattr(store, step, unreachable)
+    async def unreachable_async(*args):
+        if next(failures, False):
+            raise sqlite3.OperationalError("disk I/O error")
+        return await real(*args)
+
+    monkeypatch.setattr(target, step, unreachable_async if step == "reserve" else unreachable)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Pay(bill(f"saga-unreachable-{step}"))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
     assert "retry with the same idempotency_key" in (err.value.details() or "")
+    # What one half of the journal-and-hold wrote is taken back at once, and nothing is
+    # left in flight (the sweep would never look at it there).
     assert server.service.book.unfinished() == {}
+    assert server.store.attempts() == {}
+    assert server.service._pipeline.in_flight == set()
     assert server.store.subscriber("acc-post-barred").balance_minor == 8_000
     retry = await stub.Pay(bill(f"saga-unreachable-{step}"))
     assert retry.status == pb.SETTLED and not retry.replayed

@@ -87,6 +87,15 @@ def status_of(err: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
+async def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline on the event loop's clock (None: the caller set none); a call
+    whose deadline has already passed ends DEADLINE_EXCEEDED before any work."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before any work")
+    return None if remaining is None else time.monotonic() + remaining
+
+
 def _failed_reply(idempotency_key: str, err: BaseException) -> pb.PayResponse:
     """The reply of one payment of a stream or a batch that failed on its own: FAILED,
     with its gRPC code's name as the reason, where a unary call would end with it."""
@@ -186,12 +195,7 @@ class SettlementServicer(pb_grpc.SettlementServicer):
 
     async def Pay(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Takes the request's bytes unparsed (the core decodes them) and answers bytes."""
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before any work"
-            )
-        deadline = None if remaining is None else time.monotonic() + remaining
+        deadline = await _deadline(context)
         (intent,) = convert.intents_of_frames([request], self._key, deadline)
         try:
             if isinstance(intent, InvalidArgument):
@@ -254,12 +258,7 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         """Settles each payment on its own and answers them in request order; a payment
         that fails on its own is a FAILED result named by its gRPC code, as in PayStream.
         The core splits and decodes the call's payments, each on its own."""
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before any work"
-            )
-        deadline = None if remaining is None else time.monotonic() + remaining
+        deadline = await _deadline(context)
         try:
             items = convert.intents_of_batch(request, self._key, PAY_BATCH_MAX, deadline)
         except RequestUndecodable as err:

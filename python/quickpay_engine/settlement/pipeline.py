@@ -27,6 +27,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from typing import NoReturn
 
 import numpy as np
 
@@ -283,12 +284,15 @@ class Pipeline:
         # recovery simply voids it.
         wanted = [batch.decisions[k] for k in approved]
         self.in_flight.update(d.payment_id for d in wanted)
-        taken, _ = await asyncio.gather(
+        taken, held = await asyncio.gather(
             self._thread.run(
                 self._store.journal_attempts, [(d.payment_id, d.intent) for d in wanted]
             ),
             self._book.reserve([movement_of(d) for d in wanted]),
+            return_exceptions=True,
         )
+        if isinstance(taken, BaseException) or isinstance(held, BaseException):
+            await self._undo_half_reserved(wanted, taken, held)
         refused: list[Decision] = []
         for k, ok in zip(approved, taken, strict=True):
             if ok:
@@ -311,6 +315,25 @@ class Pipeline:
                 np.fromiter((d.intent.amount_minor for d in batch.held), np.int64),
             )
         return batch
+
+    async def _undo_half_reserved(
+        self, wanted: list[Decision], taken: object, held: object
+    ) -> NoReturn:
+        """The journal or the hold of a batch failed (the store or the ledger out of
+        reach): nothing was sent anywhere, so what the other one wrote is taken back now
+        and the payments leave the in-flight set (where recovery would not look at them),
+        then the batch fails with the first error."""
+        ids = [d.payment_id for d in wanted]
+        try:
+            if not isinstance(held, BaseException):
+                await self._book.roll_back(ids)
+            if not isinstance(taken, BaseException):
+                await self._thread.run(self._store.forget_attempts, ids)
+        except Exception:
+            log.exception("could not take back a half-reserved batch; the sweep finishes it")
+        finally:
+            self.in_flight.difference_update(ids)
+        raise taken if isinstance(taken, BaseException) else held  # type: ignore[misc]
 
     def _defer(self, intent: PaymentIntent) -> asyncio.Future[Outcome]:
         """Settles ``intent`` in a later batch, once its account has no payment in flight."""
