@@ -19,16 +19,26 @@ from quickpay_engine.store import SqliteStore
 
 
 @pytest.mark.parametrize("rpc", ["GetPayment", "Refund"])
-async def test_a_huge_unknown_id_is_not_found_with_a_short_message(stub, rpc: str) -> None:
-    huge = "pay_" + "x" * 16_000
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        if rpc == "GetPayment":
-            await stub.GetPayment(pb.GetPaymentRequest(payment_id=huge))
-        else:
-            await stub.Refund(pb.RefundRequest(idempotency_key="r", payment_id=huge))
-    assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    assert len(err.value.details()) < ECHO_MAX + 100, len(err.value.details())
-    assert "pay_xxx" in err.value.details()
+async def test_a_long_or_huge_unknown_id_gets_a_short_message(stub, rpc: str) -> None:
+    """An unknown id within the field's bound is NOT_FOUND, echoed cut to ECHO_MAX; a
+    16 KB one is over the bound (INVALID_ARGUMENT) and echoed not at all. Either way
+    the message stays short (a long one would end as a metadata-size error)."""
+
+    async def call(payment_id: str) -> grpc.aio.AioRpcError:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            if rpc == "GetPayment":
+                await stub.GetPayment(pb.GetPaymentRequest(payment_id=payment_id))
+            else:
+                await stub.Refund(pb.RefundRequest(idempotency_key="r", payment_id=payment_id))
+        return err.value
+
+    long = await call("pay_" + "x" * 200)
+    assert long.code() == grpc.StatusCode.NOT_FOUND
+    assert len(long.details()) < ECHO_MAX + 100, len(long.details())
+    assert "pay_xxx" in long.details()
+    huge = await call("pay_" + "x" * 16_000)
+    assert huge.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(huge.details()) < 100 and "xxx" not in huge.details(), huge.details()
 
 
 async def test_a_pay_key_conflict_names_nothing_of_the_other_payment(stub) -> None:
