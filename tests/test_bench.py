@@ -389,7 +389,14 @@ def test_cpu_budget_reads_every_process_and_writes_its_section(tmp_path: Path) -
         ("engine", "unary"), ("engine", "stream"), ("engine", "batch"),
         ("echo", "unary"), ("echo", "stream"), ("echo", "batch"),
     ]  # fmt: skip
+    simulated = 0.0
     for who, _, rate, server, simulators, client, *_ in rows:
         assert float(rate.replace(",", "")) > 0 and float(server) > 0 and float(client) > 0
-        # Only the engine starts gateway simulators, and they do work for every sale.
-        assert (float(simulators) > 0) == (who.strip() == "engine")
+        # Only the engine starts gateway simulators. Their CPU is read in clock ticks
+        # (10 ms), which one short run on a loaded machine may not reach, so the rows
+        # are summed: thousands of sales cost more than a tick over three runs.
+        if who.strip() == "engine":
+            simulated += float(simulators)
+        else:
+            assert float(simulators) == 0
+    assert simulated > 0

@@ -9,6 +9,7 @@ pub mod ledger;
 pub mod money;
 pub mod proto;
 pub mod reconcile;
+pub mod store;
 pub mod validate;
 pub mod wal;
 

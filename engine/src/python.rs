@@ -9,6 +9,7 @@ mod http;
 mod ledger;
 mod proto;
 mod reconcile;
+mod store;
 mod validate;
 
 use pyo3::create_exception;
@@ -170,5 +171,6 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fraud::register(m)?;
     http::register(m)?;
     proto::register(m)?;
+    store::register(m)?;
     Ok(())
 }

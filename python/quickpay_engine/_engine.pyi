@@ -557,6 +557,35 @@ class HttpPool:
         ``HttpSetupError``; more than ``SEND_MANY_MAX`` requests: ``BatchTooLarge``;
         either before any request is sent."""
 
+class SqliteWriter:
+    """The core's own connection to the engine's SQLite file (the system libsqlite3, the
+    one Python's sqlite3 module loads), opened on the first commit."""
+
+    def __new__(cls, path: os.PathLike[str] | str) -> SqliteWriter: ...
+    def commit(
+        self, columns: Any, now_us: int, audit_key: bytes
+    ) -> tuple[
+        list[tuple[int, int, int, int, int, str]],
+        list[tuple[str, int, int]],
+        tuple[int, str] | None,
+    ]:
+        """Writes a batch of decisions (``store.rows.CommitColumns``) in one transaction,
+        without the GIL: every table's rows, the accounts' balances and line states, and
+        the payments' journal entries removed. Returns, per payment, (how it ended: 0
+        written, 1 a constraint refused it, 2 its account is gone; status; ledger
+        sequence; balance after; line state after; the failure's text), each touched
+        account's (id, balance, status), and the audit trail's head after the batch.
+        An error of SQLite's that is not about one payment raises the sqlite3 module's
+        exception for it, and nothing of the batch is written."""
+
+    def journal(self, columns: Any, now_us: int) -> list[bool]:
+        """Journals payments about to go to a gateway (``store.rows.CommitColumns``; only
+        the request's fields are read), in one transaction, without the GIL: per
+        payment, False when its key is already journalled by an unfinished attempt."""
+
+    def close(self) -> None:
+        """Closes the connection; the next commit opens it again."""
+
 PAY_REQUEST_BYTES_MAX: int
 """The largest PayRequest frame the core decodes; a larger one is refused unread."""
 PAY_REQUEST_FIELD_BYTES_MAX: int

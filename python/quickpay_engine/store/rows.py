@@ -235,6 +235,92 @@ def build(
     return rows
 
 
+@dataclass(frozen=True, slots=True)
+class CommitColumns:
+    """A batch of decisions as one list per field: what the core's SQLite writer reads
+    (engine/src/store/), so that no Python step per row builds or writes anything."""
+
+    payment_id: list[str]
+    idempotency_key: list[str]
+    fingerprint: list[str]
+    account_id: list[str]
+    msisdn: list[str]
+    amount_minor: list[int]
+    currency: list[str]
+    purpose: list[int]
+    method_kind: list[int]
+    method_display: list[str]
+    channel: list[str]
+    device_id: list[str]
+    ip: list[str]
+    decline_reason: list[str]
+    decline_detail: list[str]
+    gateway: list[str]
+    gateway_reference: list[str]
+    fraud_score: list[int | None]
+    fraud_decision: list[str]
+    fraud_reasons: list[str]
+    review: list[bool]
+    failed: list[bool]
+
+
+def commit_columns(decisions: Sequence[Decision]) -> CommitColumns:
+    """The columns of ``decisions``, in order."""
+    intents = [d.intent for d in decisions]
+    frauds = [d.fraud for d in decisions]
+    return CommitColumns(
+        payment_id=[d.payment_id for d in decisions],
+        idempotency_key=[i.idempotency_key for i in intents],
+        fingerprint=[i.fingerprint for i in intents],
+        account_id=[i.account_id for i in intents],
+        msisdn=[i.msisdn for i in intents],
+        amount_minor=[i.amount_minor for i in intents],
+        currency=[i.currency for i in intents],
+        purpose=[int(i.purpose) for i in intents],
+        method_kind=[int(i.method.kind) for i in intents],
+        method_display=[i.method.display for i in intents],
+        channel=[i.channel for i in intents],
+        device_id=[i.device_id for i in intents],
+        ip=[i.ip for i in intents],
+        decline_reason=[d.decline_reason for d in decisions],
+        decline_detail=[d.decline_detail for d in decisions],
+        gateway=[d.gateway for d in decisions],
+        gateway_reference=[d.gateway_reference for d in decisions],
+        fraud_score=[f.score if f else None for f in frauds],
+        fraud_decision=[f.decision if f else "" for f in frauds],
+        fraud_reasons=[",".join(f.reasons) if f else "" for f in frauds],
+        review=[d.review for d in decisions],
+        failed=[d.failed for d in decisions],
+    )
+
+
+def outcome_of(
+    d: Decision, status: int, ledger_sequence: int, balance_after_minor: int, state_after: int,
+    now_us: int,
+) -> Outcome:  # fmt: skip
+    """The outcome ``build`` gives ``d``, from what the core's writer returned for it."""
+    i = d.intent
+    if status != PaymentStatus.SETTLED:
+        return Outcome(
+            d.payment_id, i.idempotency_key, PaymentStatus(status), d.decline_reason,
+            d.decline_detail, fraud=d.fraud,
+        )  # fmt: skip
+    confirmation = Confirmation(
+        confirmation_id="cnf_" + d.payment_id.removeprefix("pay_"),
+        ledger_sequence=ledger_sequence,
+        settled_at_us=now_us,
+        gateway=d.gateway,
+        gateway_reference=d.gateway_reference,
+        balance_after_minor=balance_after_minor,
+        currency=i.currency,
+        service_state_after=LineStatus(state_after),
+    )
+    return Outcome(
+        d.payment_id, i.idempotency_key, PaymentStatus.SETTLED, confirmation=confirmation,
+        fraud=d.fraud,
+    )  # fmt: skip
+
+
 def _event(kind: str, d: Decision, now_us: int, **payload: object) -> tuple[object, ...]:
     # The id derives from the payment, so a redo of the batch adds no duplicate event.
     return (

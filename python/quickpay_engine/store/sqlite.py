@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from quickpay_engine._engine import SqliteWriter
 from quickpay_engine.domain import (
     BilledCapture,
     Discrepancy,
@@ -38,14 +39,16 @@ from quickpay_engine.store.rows import (
     Account,
     BatchRows,
     Decision,
-    MissingAccount,
     RefundRequest,
-    build,
     build_refund,
+    commit_columns,
     intent_from_json,
-    intent_json,
+    outcome_of,
 )
 from quickpay_engine.store.sqlite_library import require_one_library
+
+# How a payment of a batch ended in the core's writer (SqliteWriter.commit).
+WRITTEN, REJECTED = 0, 1
 
 # The decline reason of a payment whose key another writer took for another payload.
 IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
@@ -127,6 +130,9 @@ class SqliteStore:
         self._written_head: tuple[int, str] | None = None
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), never implied.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # The core's connection, which writes the settlement batches (opened on the
+        # first commit, so readers and offline commands never open it).
+        self._writer = SqliteWriter(path)
         self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":
@@ -172,6 +178,7 @@ class SqliteStore:
         )
 
     def close(self) -> None:
+        self._writer.close()
         self._db.close()
 
     def open_reader(self) -> SqliteStore:
@@ -285,63 +292,31 @@ class SqliteStore:
     def _commit_batch(
         self, decisions: Sequence[Decision], now_us: int | None = None
     ) -> tuple[list[Outcome], list[SettledState]]:
-        """Makes a batch of decisions durable in one transaction.
+        """Makes a batch of decisions durable in one transaction, written by the core
+        (engine/src/store/sqlite.rs) on its own connection with the GIL released: the
+        rows are built and inserted there, none in Python.
 
-        The whole batch is written with one statement per table. Should that fail (a key
-        taken by another writer since the replay check, an account gone), the batch is
-        redone one payment per savepoint, so the one bad payment is reported as FAILED, or
-        as the stored outcome when its key is already settled, and does not sink the others.
+        Should the batch fail on a constraint (a key taken by another writer since the
+        replay check) or an account gone, the core redoes it one payment per savepoint,
+        so the one bad payment is reported here as FAILED, or as the stored outcome when
+        its key is already settled, and does not sink the others.
         """
         if not decisions:
             return [], []
         now_us = now_us if now_us is not None else time.time_ns() // 1_000
-        with self._transaction():
-            self._db.execute("SAVEPOINT batch")
-            try:
-                rows = self._build(decisions, now_us)
-                self._write(rows)
-            except (sqlite3.IntegrityError, MissingAccount):
-                self._db.execute("ROLLBACK TO batch")
+        results, states, head = self._writer.commit(
+            commit_columns(decisions), now_us, self.audit_key
+        )
+        if head is not None:
+            self._written_head = head
+        outcomes: list[Outcome] = []
+        for d, (ended, status, seq, balance, state, error) in zip(decisions, results, strict=True):
+            if ended == WRITTEN:
+                outcomes.append(outcome_of(d, status, seq, balance, state, now_us))
             else:
-                self._db.execute("RELEASE batch")
-                return rows.outcomes, _states(rows)
-            self._db.execute("RELEASE batch")
-            outcomes: list[Outcome] = []
-            touched: dict[str, SettledState] = {}
-            for decision in decisions:
-                self._db.execute("SAVEPOINT payment")
-                try:
-                    rows = self._build([decision], now_us)
-                    self._write(rows)
-                except sqlite3.IntegrityError as err:
-                    self._db.execute("ROLLBACK TO payment")
-                    outcomes.append(self._replay_or_fail(decision, "STORE_REJECTED", str(err)))
-                except MissingAccount as err:
-                    self._db.execute("ROLLBACK TO payment")
-                    outcomes.append(self._replay_or_fail(decision, "ACCOUNT_GONE", str(err)))
-                else:
-                    outcomes.extend(rows.outcomes)
-                    touched.update((s.account_id, s) for s in _states(rows))
-                self._db.execute("RELEASE payment")
-        return outcomes, list(touched.values())
-
-    def _build(self, decisions: Sequence[Decision], now_us: int) -> BatchRows:
-        wanted = sorted({d.intent.account_id for d in decisions if not d.decline_reason})
-        accounts: dict[str, Account] = {}
-        for chunk, marks in _in_lists(wanted):
-            for account_id, msisdn, plan, status, balance in self._db.execute(
-                "SELECT account_id, msisdn, plan, status, balance_minor FROM subscribers"  # noqa: S608
-                f" WHERE account_id IN ({marks})",
-                chunk,
-            ):
-                accounts[account_id] = Account(
-                    account_id, msisdn, Plan(plan), LineStatus(status), balance
-                )
-        (last_seq,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM payments").fetchone()
-        return build(
-            decisions, accounts, self.rules, self._audit_tail(), last_seq + 1, now_us,
-            self.audit_key,
-        )  # fmt: skip
+                reason = "STORE_REJECTED" if ended == REJECTED else "ACCOUNT_GONE"
+                outcomes.append(self._replay_or_fail(d, reason, error))
+        return outcomes, [SettledState(a, b, LineStatus(s)) for a, b, s in states]
 
     def _audit_tail(self) -> AuditRow | None:
         row = self._db.execute(
@@ -414,16 +389,8 @@ class SqliteStore:
         payment whose key is already journalled by an attempt not yet finished (a
         concurrent attempt in another process, or one recovery has still to finish)."""
         now_us = now_us if now_us is not None else time.time_ns() // 1_000
-        taken: list[bool] = []
-        with self._transaction():
-            for payment_id, intent in attempts:
-                cursor = self._db.execute(
-                    "INSERT OR IGNORE INTO settlement_attempts (payment_id, idempotency_key,"
-                    " intent, created_at_us) VALUES (?, ?, ?, ?)",
-                    (payment_id, intent.idempotency_key, intent_json(intent), now_us),
-                )
-                taken.append(cursor.rowcount == 1)
-        return taken
+        # Written by the core (the request as `intent_json` encodes it), GIL released.
+        return self._writer.journal(commit_columns([Decision(p, i) for p, i in attempts]), now_us)
 
     def settled_or_declined_ids(self) -> list[tuple[str, int]]:
         """(payment_id, status) of every payment that went to a gateway (it has a

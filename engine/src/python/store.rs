@@ -1,0 +1,237 @@
+//! The SQLite batch writer's bindings: a batch's decisions arrive as columns (one list
+//! per field), the rows are built and written with the GIL released, and each payment's
+//! outcome comes back as a tuple of numbers.
+//!
+//! SQLite's errors keep the classes Python's sqlite3 module would raise, so the store's
+//! callers tell "the store is out of reach" (OperationalError: the disk, a lock) from
+//! other failures exactly as before.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use pyo3::prelude::*;
+
+use super::check_len;
+use crate::store::rows::{Decision, Fraud};
+use crate::store::sqlite::{message, Failure, Writer};
+
+/// A decision's columns, read by attribute from `quickpay_engine.store.rows.CommitColumns`.
+#[derive(FromPyObject)]
+struct Columns {
+    payment_id: Vec<String>,
+    idempotency_key: Vec<String>,
+    fingerprint: Vec<String>,
+    account_id: Vec<String>,
+    msisdn: Vec<String>,
+    amount_minor: Vec<i64>,
+    currency: Vec<String>,
+    purpose: Vec<u8>,
+    method_kind: Vec<u8>,
+    method_display: Vec<String>,
+    channel: Vec<String>,
+    device_id: Vec<String>,
+    ip: Vec<String>,
+    decline_reason: Vec<String>,
+    decline_detail: Vec<String>,
+    gateway: Vec<String>,
+    gateway_reference: Vec<String>,
+    fraud_score: Vec<Option<i64>>,
+    fraud_decision: Vec<String>,
+    fraud_reasons: Vec<String>,
+    review: Vec<bool>,
+    failed: Vec<bool>,
+}
+
+impl Columns {
+    fn decisions(&self) -> PyResult<Vec<Decision<'_>>> {
+        let n = self.payment_id.len();
+        for (column, len) in [
+            ("idempotency_key", self.idempotency_key.len()),
+            ("fingerprint", self.fingerprint.len()),
+            ("account_id", self.account_id.len()),
+            ("msisdn", self.msisdn.len()),
+            ("amount_minor", self.amount_minor.len()),
+            ("currency", self.currency.len()),
+            ("purpose", self.purpose.len()),
+            ("method_kind", self.method_kind.len()),
+            ("method_display", self.method_display.len()),
+            ("channel", self.channel.len()),
+            ("device_id", self.device_id.len()),
+            ("ip", self.ip.len()),
+            ("decline_reason", self.decline_reason.len()),
+            ("decline_detail", self.decline_detail.len()),
+            ("gateway", self.gateway.len()),
+            ("gateway_reference", self.gateway_reference.len()),
+            ("fraud_score", self.fraud_score.len()),
+            ("fraud_decision", self.fraud_decision.len()),
+            ("fraud_reasons", self.fraud_reasons.len()),
+            ("review", self.review.len()),
+            ("failed", self.failed.len()),
+        ] {
+            check_len(column, len, n)?;
+        }
+        Ok((0..n)
+            .map(|k| Decision {
+                payment_id: &self.payment_id[k],
+                idempotency_key: &self.idempotency_key[k],
+                fingerprint: &self.fingerprint[k],
+                account_id: &self.account_id[k],
+                msisdn: &self.msisdn[k],
+                amount_minor: self.amount_minor[k],
+                currency: &self.currency[k],
+                purpose: self.purpose[k],
+                method_kind: self.method_kind[k],
+                method_display: &self.method_display[k],
+                channel: &self.channel[k],
+                device_id: &self.device_id[k],
+                ip: &self.ip[k],
+                decline_reason: &self.decline_reason[k],
+                decline_detail: &self.decline_detail[k],
+                gateway: &self.gateway[k],
+                gateway_reference: &self.gateway_reference[k],
+                fraud: self.fraud_score[k].map(|score| Fraud {
+                    score,
+                    decision: &self.fraud_decision[k],
+                    reasons: &self.fraud_reasons[k],
+                }),
+                review: self.review[k],
+                failed: self.failed[k],
+            })
+            .collect())
+    }
+}
+
+/// How a payment of a committed batch ended, as its tuple's first element.
+const WRITTEN: u8 = 0;
+const REJECTED: u8 = 1;
+const ACCOUNT_GONE: u8 = 2;
+
+/// Per payment: (how it ended, status, ledger sequence, balance after, line state after,
+/// the failure's text); the accounts' (id, balance, status) after; the audit head.
+type CommitResult = (
+    Vec<(u8, u8, i64, i64, u8, String)>,
+    Vec<(String, i64, u8)>,
+    Option<(i64, String)>,
+);
+
+/// SQLite's error as the exception Python's sqlite3 module raises for the same code
+/// (its `_pysqlite_seterror`); an error of rusqlite's own is a DatabaseError.
+fn sqlite_error(py: Python<'_>, err: &rusqlite::Error) -> PyErr {
+    use rusqlite::ErrorCode::*;
+    let class = match err {
+        rusqlite::Error::SqliteFailure(failure, _) => match failure.code {
+            InternalMalfunction | NotFound => "InternalError",
+            OutOfMemory => return pyo3::exceptions::PyMemoryError::new_err(message(err)),
+            Unknown
+            | PermissionDenied
+            | OperationAborted
+            | DatabaseBusy
+            | DatabaseLocked
+            | ReadOnly
+            | OperationInterrupted
+            | SystemIoFailure
+            | DiskFull
+            | CannotOpen
+            | FileLockingProtocolFailed
+            | SchemaChanged => "OperationalError",
+            TooBig => "DataError",
+            ConstraintViolation | TypeMismatch => "IntegrityError",
+            ApiMisuse | ParameterOutOfRange => "InterfaceError",
+            _ => "DatabaseError",
+        },
+        _ => "DatabaseError",
+    };
+    match py
+        .import("sqlite3")
+        .and_then(|module| module.getattr(class))
+        .and_then(|class| class.call1((message(err),)))
+    {
+        Ok(exception) => PyErr::from_value(exception),
+        Err(import_failed) => import_failed,
+    }
+}
+
+/// One connection of the core's to the engine's SQLite file, opened on first use by
+/// the store's writer thread.
+#[pyclass(frozen)]
+struct SqliteWriter {
+    path: PathBuf,
+    writer: Mutex<Option<Writer>>,
+}
+
+impl SqliteWriter {
+    /// Runs `work` on the connection (opened first if need be) without the GIL.
+    fn with_writer<T: Send>(
+        &self,
+        py: Python<'_>,
+        work: impl FnOnce(&mut Writer) -> rusqlite::Result<T> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| {
+            let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            if guard.is_none() {
+                *guard = Some(Writer::open(&self.path)?);
+            }
+            work(guard.as_mut().expect("opened above"))
+        })
+        .map_err(|err| sqlite_error(py, &err))
+    }
+}
+
+#[pymethods]
+impl SqliteWriter {
+    #[new]
+    fn new(path: PathBuf) -> Self {
+        SqliteWriter {
+            path,
+            writer: Mutex::new(None),
+        }
+    }
+
+    /// Makes a batch of decisions durable in one transaction; see store/sqlite.rs.
+    fn commit(
+        &self,
+        py: Python<'_>,
+        columns: Columns,
+        now_us: i64,
+        audit_key: Vec<u8>,
+    ) -> PyResult<CommitResult> {
+        let decisions = columns.decisions()?;
+        let done = self.with_writer(py, |writer| writer.commit(&decisions, now_us, &audit_key))?;
+        let outcomes = done
+            .outcomes
+            .into_iter()
+            .map(|o| match o {
+                Ok(o) => (
+                    WRITTEN,
+                    o.status,
+                    o.ledger_sequence,
+                    o.balance_after_minor,
+                    o.service_state_after,
+                    String::new(),
+                ),
+                Err(Failure::Rejected(text)) => (REJECTED, 0, 0, 0, 0, text),
+                Err(Failure::AccountGone(text)) => (ACCOUNT_GONE, 0, 0, 0, 0, text),
+            })
+            .collect();
+        Ok((outcomes, done.states, done.head))
+    }
+
+    /// Journals payments about to go to a gateway (only their request's columns are
+    /// read: the decision fields may be empty); see store/sqlite.rs.
+    fn journal(&self, py: Python<'_>, columns: Columns, now_us: i64) -> PyResult<Vec<bool>> {
+        let decisions = columns.decisions()?;
+        self.with_writer(py, |writer| writer.journal(&decisions, now_us))
+    }
+
+    /// Closes the connection (the next commit opens it again).
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| {
+            self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        });
+    }
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<SqliteWriter>()?;
+    Ok(())
+}

@@ -1,0 +1,192 @@
+use std::collections::HashMap;
+
+use super::audit::{chain_hash, AuditRow, GENESIS};
+use super::rows::*;
+use super::sqlite::{Failure, Writer};
+
+const KEY: [u8; 32] = [3; 32];
+
+fn rules() -> Vec<Rule> {
+    vec![Rule {
+        rule_id: "prepaid-barred-has-credit".into(),
+        plan: PREPAID,
+        from_status: BARRED,
+        to_status: ACTIVE,
+        owed_max_minor: 0,
+        credit_min_minor: 1,
+    }]
+}
+
+fn decision<'a>(payment_id: &'a str, key: &'a str, account_id: &'a str) -> Decision<'a> {
+    Decision {
+        payment_id,
+        idempotency_key: key,
+        fingerprint: "f",
+        account_id,
+        msisdn: "+306900000001",
+        amount_minor: 1500,
+        currency: "EUR",
+        purpose: 2,
+        method_kind: 1,
+        method_display: "card ****4242",
+        channel: "app",
+        device_id: "",
+        ip: "",
+        decline_reason: "",
+        decline_detail: "",
+        gateway: "alpha",
+        gateway_reference: "ref-1",
+        fraud: None,
+        review: false,
+        failed: false,
+    }
+}
+
+fn barred_prepaid(balance_minor: i64) -> Account {
+    Account {
+        msisdn: "+306900000001".into(),
+        plan: PREPAID,
+        status: BARRED,
+        balance_minor,
+    }
+}
+
+#[test]
+fn a_top_up_restores_a_barred_line_and_chains_the_audit_rows() {
+    let mut accounts = HashMap::from([("acc-1".to_string(), barred_prepaid(-100))]);
+    let mut declined = decision("pay_2", "k-2", "acc-1");
+    declined.decline_reason = "FRAUD_DECLINED";
+    declined.decline_detail = "score 990";
+    declined.failed = false;
+    let batch = [decision("pay_1", "k-1", "acc-1"), declined];
+    let rows = build(&batch, &mut accounts, &rules(), None, 7, 1_000, &KEY).unwrap();
+
+    assert_eq!(accounts["acc-1"].balance_minor, 1400);
+    assert_eq!(accounts["acc-1"].status, ACTIVE);
+    assert_eq!(rows.touched, vec!["acc-1"]);
+    assert_eq!(
+        rows.outcomes,
+        vec![
+            Outcome {
+                status: SETTLED,
+                ledger_sequence: 7,
+                balance_after_minor: 1400,
+                service_state_after: ACTIVE
+            },
+            Outcome {
+                status: DECLINED,
+                ledger_sequence: 8,
+                balance_after_minor: 0,
+                service_state_after: 0
+            },
+        ]
+    );
+    assert_eq!(rows.provisioning.len(), 1);
+    assert_eq!(rows.provisioning[0].rule_id, "prepaid-barred-has-credit");
+    let kinds: Vec<_> = rows.outbox.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["service_state", "settlement", "decline"]);
+    assert_eq!(
+        rows.outbox[0].payload,
+        r#"{"msisdn":"+306900000001","state_after":"ACTIVE","state_before":"BARRED"}"#
+    );
+    assert_eq!(rows.ar[0].ar_account, "gateway_clearing:alpha");
+    assert_eq!(rows.ar[1].ar_account, "prepaid_liability:acc-1");
+    assert_eq!(rows.payments[0].confirmation_id.as_deref(), Some("cnf_1"));
+    // The chain: row 1 follows the genesis hash, row 2 follows row 1.
+    assert_eq!(rows.audit.len(), 2);
+    assert_eq!(rows.audit[0].prev_hash, GENESIS);
+    assert_eq!(
+        rows.audit[0].row_hash,
+        chain_hash(&KEY, GENESIS, 1, &rows.audit[0].content)
+    );
+    assert_eq!(rows.audit[1].prev_hash, rows.audit[0].row_hash);
+}
+
+#[test]
+fn a_trail_from_before_the_key_gets_a_marker_first() {
+    let head = AuditRow {
+        seq: 4,
+        prev_hash: GENESIS.into(),
+        content: "{}".into(),
+        row_hash: "not keyed".into(),
+    };
+    let mut accounts = HashMap::from([("acc-1".to_string(), barred_prepaid(0))]);
+    let batch = [decision("pay_1", "k-1", "acc-1")];
+    let rows = build(&batch, &mut accounts, &rules(), Some(&head), 1, 1, &KEY).unwrap();
+    assert_eq!(rows.audit.len(), 2);
+    assert!(rows.audit[0].content.contains("audit.keyed"));
+    assert_eq!(rows.audit[0].seq, 5);
+    assert_eq!(rows.audit[1].seq, 6);
+}
+
+#[test]
+fn a_missing_account_or_an_overflow_is_an_error_not_a_row() {
+    let mut accounts = HashMap::new();
+    let batch = [decision("pay_1", "k-1", "gone")];
+    let err = build(&batch, &mut accounts, &[], None, 1, 1, &KEY).unwrap_err();
+    assert_eq!(err, BuildError::MissingAccount("gone".into()));
+
+    let mut accounts = HashMap::from([("acc-1".to_string(), barred_prepaid(i64::MAX))]);
+    let batch = [decision("pay_1", "k-1", "acc-1")];
+    let err = build(&batch, &mut accounts, &[], None, 1, 1, &KEY).unwrap_err();
+    assert_eq!(err, BuildError::BalanceOverflow("acc-1".into()));
+}
+
+const SCHEMA: &str = include_str!("../../../python/quickpay_engine/store/schema_sqlite.sql");
+
+fn database() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("quickpay.sqlite3");
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(SCHEMA).unwrap();
+    db.execute_batch(
+        "INSERT INTO provisioning_rules (rule_id, priority, plan, from_status, to_status, \
+         owed_max_minor, credit_min_minor) VALUES ('prepaid-barred-has-credit', 0, 1, 3, 1, 0, 1);",
+    )
+    .unwrap();
+    for (account, msisdn) in [("acc-1", "+306900000001"), ("acc-2", "+306900000002")] {
+        db.execute(
+            "INSERT INTO subscribers (account_id, msisdn, plan, status, currency, \
+             balance_minor, opening_balance_minor, country, created_at_s) VALUES (?1, ?2, 1, 3, 'EUR', 0, 0, 'GR', 0)",
+            [account, msisdn],
+        )
+        .unwrap();
+    }
+    (dir, path)
+}
+
+fn count(path: &std::path::Path, table: &str) -> i64 {
+    let db = rusqlite::Connection::open(path).unwrap();
+    db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_batch_commits_whole_and_a_bad_payment_is_redone_alone() {
+    let (_dir, path) = database();
+    let mut writer = Writer::open(&path).unwrap();
+    let first = [decision("pay_1", "k-1", "acc-1")];
+    let done = writer.commit(&first, 10, &KEY).unwrap();
+    assert!(done.outcomes[0].is_ok());
+    assert_eq!(done.states, vec![("acc-1".to_string(), 1500, ACTIVE)]);
+    assert_eq!(done.head.as_ref().map(|h| h.0), Some(1));
+
+    // k-1 again (another payment id): a UNIQUE constraint; "gone" has no account. Both
+    // fail alone and the good payment between them commits.
+    let batch = [
+        decision("pay_2", "k-1", "acc-2"),
+        decision("pay_3", "k-3", "acc-2"),
+        decision("pay_4", "k-4", "gone"),
+    ];
+    let done = writer.commit(&batch, 20, &KEY).unwrap();
+    match &done.outcomes[0] {
+        Err(Failure::Rejected(text)) => assert!(text.contains("UNIQUE"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(done.outcomes[1].as_ref().unwrap().balance_after_minor, 1500);
+    assert_eq!(done.outcomes[2], Err(Failure::AccountGone("gone".into())));
+    assert_eq!(done.states, vec![("acc-2".to_string(), 1500, ACTIVE)]);
+    assert_eq!(count(&path, "payments"), 2);
+    assert_eq!(count(&path, "audit_log"), 2);
+    assert_eq!(count(&path, "outbox"), 4); // two settlements, two lines restored
+}
