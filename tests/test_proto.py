@@ -12,10 +12,23 @@ import grpc
 import pytest
 
 from conftest import bill, topup
-from quickpay_engine._engine import PAY_REQUEST_BYTES_MAX, decode_pay_batch, decode_pay_requests
+from quickpay_engine._engine import (
+    PAY_REQUEST_BYTES_MAX,
+    decode_pay_batch,
+    decode_pay_requests,
+    encode_pay_batch_response,
+    encode_pay_responses,
+)
 from quickpay_engine.api import convert
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
-from quickpay_engine.domain import PaymentIntent
+from quickpay_engine.domain import (
+    Confirmation,
+    FraudAssessment,
+    LineStatus,
+    Outcome,
+    PaymentIntent,
+    PaymentStatus,
+)
 from quickpay_engine.errors import InvalidArgument, RequestUndecodable
 
 KEY = b"k" * 32
@@ -278,3 +291,44 @@ async def test_every_other_rpc_answers_undecodable_bytes_with_invalid_argument(
             await _raw(channel, method, response)(frame)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
     assert (err.value.details() or "").startswith(f"request: not a {name}"), err.value.details()
+
+
+def _outcome(rng: random.Random) -> Outcome:
+    confirmation = None
+    if rng.random() < 0.6:
+        confirmation = Confirmation(
+            confirmation_id=_text(rng),
+            ledger_sequence=rng.randint(0, 2**63),
+            settled_at_us=rng.randint(0, 4_000_000_000_000_000),
+            gateway=_text(rng),
+            gateway_reference=_text(rng),
+            balance_after_minor=rng.randint(-(2**63), 2**63 - 1),
+            currency=rng.choice(["EUR", "KES", ""]),
+            service_state_after=rng.choice(list(LineStatus)),
+        )
+    fraud = None
+    if rng.random() < 0.6:
+        reasons = tuple(_text(rng, 12) for _ in range(rng.randint(0, 4)))
+        fraud = FraudAssessment(rng.randint(0, 1000), rng.choice(["APPROVE", "REVIEW"]), reasons)
+    return Outcome(
+        payment_id=_text(rng),
+        idempotency_key=_text(rng),
+        status=rng.choice(list(PaymentStatus)),
+        decline_reason=_text(rng),
+        decline_detail=_text(rng, 200),
+        confirmation=confirmation,
+        replayed=rng.random() < 0.3,
+        fraud=fraud,
+    )
+
+
+def test_the_core_encodes_each_reply_as_the_python_view_does() -> None:
+    # The replies of Pay, PayStream and PayBatch are encoded in the core; the generated
+    # stubs' message (convert.pay_response) is the reference, field by field.
+    rng = random.Random(11)
+    outcomes = [_outcome(rng) for _ in range(SAMPLES)]
+    for outcome, encoded in zip(outcomes, encode_pay_responses(outcomes), strict=True):
+        assert pb.PayResponse.FromString(encoded) == convert.pay_response(outcome)
+    batch = pb.PayBatchResponse.FromString(encode_pay_batch_response(outcomes))
+    assert list(batch.results) == [convert.pay_response(o) for o in outcomes]
+    assert pb.PayBatchResponse.FromString(encode_pay_batch_response([])) == pb.PayBatchResponse()

@@ -586,6 +586,12 @@ class SqliteWriter:
     def close(self) -> None:
         """Closes the connection; the next commit opens it again."""
 
+def encode_pay_responses(outcomes: list[Any]) -> list[bytes]:
+    """Each ``domain.Outcome`` as the bytes of its PayResponse (read by attribute)."""
+
+def encode_pay_batch_response(outcomes: list[Any]) -> bytes:
+    """The outcomes, in order, as the bytes of one PayBatchResponse."""
+
 PAY_REQUEST_BYTES_MAX: int
 """The largest PayRequest frame the core decodes; a larger one is refused unread."""
 PAY_REQUEST_FIELD_BYTES_MAX: int

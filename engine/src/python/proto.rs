@@ -1,6 +1,7 @@
 //! PayRequest frames decoded in the core, a call's or a batch's frames in one crossing:
 //! the gRPC handlers hand over the request bytes unparsed.
 
+use prost::Message;
 use pyo3::prelude::*;
 
 use crate::proto::{self, v1};
@@ -172,7 +173,102 @@ fn decode_pay_batch<'py>(
     }
 }
 
+/// A confirmation as `quickpay_engine.domain.Confirmation` holds it (read by attribute).
+#[derive(FromPyObject)]
+struct ConfirmationView {
+    confirmation_id: String,
+    ledger_sequence: u64,
+    settled_at_us: i64,
+    gateway: String,
+    gateway_reference: String,
+    balance_after_minor: i64,
+    currency: String,
+    service_state_after: u8,
+}
+
+/// A fraud verdict as `quickpay_engine.domain.FraudAssessment` holds it.
+#[derive(FromPyObject)]
+struct FraudView {
+    score: u32,
+    decision: String,
+    reasons: Vec<String>,
+}
+
+/// An outcome as `quickpay_engine.domain.Outcome` holds it: what a PayResponse says.
+#[derive(FromPyObject)]
+struct OutcomeView {
+    payment_id: String,
+    idempotency_key: String,
+    status: i32,
+    decline_reason: String,
+    decline_detail: String,
+    confirmation: Option<ConfirmationView>,
+    replayed: bool,
+    fraud: Option<FraudView>,
+}
+
+impl From<OutcomeView> for v1::PayResponse {
+    fn from(o: OutcomeView) -> Self {
+        v1::PayResponse {
+            payment_id: o.payment_id,
+            idempotency_key: o.idempotency_key,
+            status: o.status,
+            decline_reason: o.decline_reason,
+            decline_detail: o.decline_detail,
+            fraud: o.fraud.map(|f| v1::FraudAssessment {
+                score: f.score,
+                decision: f.decision,
+                reasons: f.reasons,
+            }),
+            confirmation: o.confirmation.map(|c| v1::SettlementConfirmation {
+                confirmation_id: c.confirmation_id,
+                ledger_sequence: c.ledger_sequence,
+                settled_at: Some(prost_types::Timestamp {
+                    seconds: c.settled_at_us.div_euclid(1_000_000),
+                    nanos: (c.settled_at_us.rem_euclid(1_000_000) * 1_000) as i32,
+                }),
+                gateway: c.gateway,
+                gateway_reference: c.gateway_reference,
+                balance_after: Some(v1::Money {
+                    amount_minor: c.balance_after_minor,
+                    currency: c.currency,
+                }),
+                service_state_after: crate::store::rows::status_name(c.service_state_after)
+                    .to_string(),
+            }),
+            replayed: o.replayed,
+        }
+    }
+}
+
+/// Each outcome as the bytes of its PayResponse (Pay, PayStream): the reply is encoded
+/// here, so no Python protobuf message is built for it.
+#[pyfunction]
+fn encode_pay_responses<'py>(
+    py: Python<'py>,
+    outcomes: Vec<OutcomeView>,
+) -> Vec<Bound<'py, pyo3::types::PyBytes>> {
+    outcomes
+        .into_iter()
+        .map(|o| pyo3::types::PyBytes::new(py, &v1::PayResponse::from(o).encode_to_vec()))
+        .collect()
+}
+
+/// The outcomes, in order, as the bytes of one PayBatchResponse.
+#[pyfunction]
+fn encode_pay_batch_response<'py>(
+    py: Python<'py>,
+    outcomes: Vec<OutcomeView>,
+) -> Bound<'py, pyo3::types::PyBytes> {
+    let response = v1::PayBatchResponse {
+        results: outcomes.into_iter().map(v1::PayResponse::from).collect(),
+    };
+    pyo3::types::PyBytes::new(py, &response.encode_to_vec())
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(encode_pay_responses, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_pay_batch_response, m)?)?;
     m.add_function(wrap_pyfunction!(decode_pay_requests, m)?)?;
     m.add_function(wrap_pyfunction!(decode_pay_batch, m)?)?;
     m.add("PAY_REQUEST_BYTES_MAX", proto::PAY_REQUEST_BYTES_MAX)?;

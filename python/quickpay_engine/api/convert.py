@@ -186,7 +186,8 @@ def confirmation_msg(c: Confirmation) -> pb.SettlementConfirmation:
 
 
 def pay_response(outcome: Outcome) -> pb.PayResponse:
-    """The reply to Pay and PayStream."""
+    """A reply as the generated stubs build it: the reference the core's encoder
+    (`encode_pay_responses`) is tested against; the servicer encodes in the core."""
     response = pb.PayResponse(
         payment_id=outcome.payment_id,
         idempotency_key=outcome.idempotency_key,

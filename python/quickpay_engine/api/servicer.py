@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from quickpay_engine._engine import encode_pay_batch_response, encode_pay_responses
 from quickpay_engine.api import convert
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
@@ -96,15 +97,13 @@ async def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-def _failed_reply(idempotency_key: str, err: BaseException) -> pb.PayResponse:
-    """The reply of one payment of a stream or a batch that failed on its own: FAILED,
+def _failed_outcome(idempotency_key: str, err: BaseException) -> Outcome:
+    """The outcome of one payment of a stream or a batch that failed on its own: FAILED,
     with its gRPC code's name as the reason, where a unary call would end with it."""
     code, message = status_of(err)
     if code is grpc.StatusCode.INTERNAL:
         log.error("a payment failed", exc_info=err)
-    return convert.pay_response(
-        Outcome("", idempotency_key, PaymentStatus.FAILED, code.name, message)
-    )
+    return Outcome("", idempotency_key, PaymentStatus.FAILED, code.name, message)
 
 
 SERVICE_NAME = "quickpay.v1.Settlement"
@@ -203,7 +202,7 @@ class SettlementServicer(pb_grpc.SettlementServicer):
             outcome = await self._service.pay(intent)
         except Exception as err:
             await _abort(context, err, "Pay")
-        return convert.pay_response(outcome).SerializeToString()
+        return encode_pay_responses([outcome])[0]
 
     async def PayStream(
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -224,12 +223,12 @@ class SettlementServicer(pb_grpc.SettlementServicer):
             try:
                 if isinstance(intent, InvalidArgument):
                     raise intent
-                reply = convert.pay_response(await self._service.pay(intent))
+                outcome = await self._service.pay(intent)
             except Exception as err:
-                reply = _failed_reply(key, err)
+                outcome = _failed_outcome(key, err)
             # The slot is freed only once the reply is written (below), so a client that
             # sends without reading holds at most STREAM_INFLIGHT_MAX payments here.
-            await replies.put(reply.SerializeToString())
+            await replies.put(encode_pay_responses([outcome])[0])
 
         async def read() -> None:
             try:
@@ -265,18 +264,19 @@ class SettlementServicer(pb_grpc.SettlementServicer):
             await _abort(context, err, "PayBatch")
         decoded = [i for i in items if not isinstance(i, InvalidArgument)]
         outcomes = iter(await self._service.pay_many(decoded))
-        results = []
+        results: list[Outcome] = []
         for item in items:
             if isinstance(item, InvalidArgument):
-                results.append(_failed_reply("", item))
+                results.append(_failed_outcome("", item))
                 continue
             outcome = next(outcomes)
             results.append(
-                _failed_reply(item.idempotency_key, outcome)
+                _failed_outcome(item.idempotency_key, outcome)
                 if isinstance(outcome, BaseException)
-                else convert.pay_response(outcome)
+                else outcome
             )
-        return pb.PayBatchResponse(results=results).SerializeToString()
+        # The reply is encoded in the core: no protobuf message per payment here.
+        return encode_pay_batch_response(results)
 
     async def GetPayment(
         self, request: pb.GetPaymentRequest, context: grpc.aio.ServicerContext

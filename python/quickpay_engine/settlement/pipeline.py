@@ -24,8 +24,8 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn
 
@@ -79,9 +79,11 @@ RESOLVE_S = 5.0
 BILLING_UNAVAILABLE = "BILLING_UNAVAILABLE"
 
 
-def new_payment_id() -> str:
-    """A fresh payment id: "pay_" and 32 hex digits."""
-    return "pay_" + uuid.uuid4().hex
+def new_payment_ids(n: int) -> list[str]:
+    """``n`` fresh payment ids, each "pay_" and 32 random hex digits (128 bits), from
+    one read of the system's random source for the whole batch."""
+    digits = os.urandom(16 * n).hex()
+    return ["pay_" + digits[32 * k : 32 * k + 32] for k in range(n)]
 
 
 def load_engine(engine: Engine, rows: Sequence[SubscriberRow]) -> None:
@@ -153,7 +155,7 @@ class Pipeline:
         book: LedgerBook,
         router: GatewayRouter,
         reader: tuple[SqliteStore, StoreThread] | None = None,
-        payment_ids: Callable[[], str] = new_payment_id,
+        payment_ids: Callable[[int], list[str]] = new_payment_ids,
         on_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         fraud: FraudGate | None = None,
@@ -267,8 +269,9 @@ class Pipeline:
         if not fresh:
             return batch
         codes = validate_batch(self._engine, [intents[i] for i in fresh], now_s)
-        for index, code in zip(fresh, codes.tolist(), strict=True):
-            decision = self._decide(intents[index], code)
+        ids = self._payment_ids(len(fresh))
+        for index, code, payment_id in zip(fresh, codes.tolist(), ids, strict=True):
+            decision = self._decide(payment_id, intents[index], code)
             if isinstance(decision, BaseException):
                 results[index] = decision
             else:
@@ -381,8 +384,9 @@ class Pipeline:
             )
         return out, scored
 
-    def _decide(self, intent: PaymentIntent, code: int) -> Decision | InvalidArgument:
-        payment_id = self._payment_ids()
+    def _decide(
+        self, payment_id: str, intent: PaymentIntent, code: int
+    ) -> Decision | InvalidArgument:
         if code == 0:
             return Decision(payment_id, intent)
         name, field, text = REJECTS[code]
