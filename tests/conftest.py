@@ -59,6 +59,13 @@ SUBSCRIBERS = [
 # `tests.conftest`, a second copy of the module pytest loaded as `conftest`.
 GATEWAYS_VAR = "QUICKPAY_TEST_SESSION_GATEWAYS"
 
+# The suites' servers admit by count only: admission by time refuses what the measured
+# speed of this machine says would wait too long, and a test's verdict must not depend
+# on that speed. Servers started as processes read the variable; settings_for (below)
+# says the same to servers in process. tests/test_admission.py and
+# tests/test_overload.py turn it on where that is what they test.
+os.environ["QUICKPAY_QUEUE_WAIT_MAX_MS"] = "0"
+
 
 def settings_for(
     data_dir: Path,
@@ -67,14 +74,18 @@ def settings_for(
     gateways: Path | None = None,
     database_url: str | None = None,
     database_urls: list[str] | None = None,
+    queue_wait_max_ms: float = 0,
 ):
     """Settings as the CLI would build them for this data dir, talking to the session's
     gateway simulators unless ``gateways`` names another file, on the SQLite file in the
     data dir unless ``database_url`` (one PostgreSQL database) or ``database_urls``
     (billing, AR and provisioning) say otherwise. Fraud scoring observes by default here:
     these suites pay the same few accounts many times a second, which the shipped model
-    rightly finds suspicious; tests/test_fraud_settlement.py enforces."""
+    rightly finds suspicious; tests/test_fraud_settlement.py enforces. Admission by time
+    is off unless ``queue_wait_max_ms`` says otherwise (see QUICKPAY_QUEUE_WAIT_MAX_MS
+    above)."""
     args = argparse.Namespace(
+        queue_wait_max_ms=str(queue_wait_max_ms),
         listen=listen,
         data_dir=str(data_dir),
         database_url=database_urls[0] if database_urls else database_url,

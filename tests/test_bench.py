@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REPORT_KEYS = {
     "schema_version", "plan", "processes", "mix", "client", "sent", "warmup", "kinds",
     "statuses", "declines", "errors", "replayed", "fraud_decisions", "elapsed_s",
-    "throughput_per_s", "latency_ms", "service_ms", "timeline",
+    "throughput_per_s", "latency_ms", "service_ms", "answered_ms", "timeline",
 }  # fmt: skip
 PERCENTILES = {"p50", "p90", "p99", "p99.9", "max"}
 

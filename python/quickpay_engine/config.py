@@ -8,11 +8,13 @@ variables are fixed; scripts rely on them.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from quickpay_engine.errors import ConfigError
+from quickpay_engine.settlement.admission import QUEUE_WAIT_MAX_MS, QUEUE_WAIT_MAX_MS_LIMIT
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 FRAUD_MODES = ("enforce", "observe")
@@ -52,6 +54,10 @@ class Settings:
     billing_url: str = ""
     ar_url: str = ""
     provisioning_url: str = ""
+    # A payment expected to wait longer than this in the settlement queue, or past its
+    # caller's deadline, is refused before any work (settlement/admission.py); 0: only
+    # a full queue refuses.
+    queue_wait_max_ms: float = QUEUE_WAIT_MAX_MS
 
     @property
     def postgres(self) -> bool:
@@ -155,6 +161,14 @@ FLAGS: dict[str, Flag] = {
         "JSON file of validation rules: limits, method matrix, subscriber-assertion keys",
         default_text="the built-in rules",
     ),
+    "queue_wait_max_ms": Flag(
+        "--queue-wait-max-ms",
+        "QUICKPAY_QUEUE_WAIT_MAX_MS",
+        f"{QUEUE_WAIT_MAX_MS:g}",
+        "a payment expected to wait longer than this in the settlement queue, or past its"
+        " deadline, is refused RESOURCE_EXHAUSTED before any work; 0: refused only when"
+        " the queue is full",
+    ),
     "gateways": Flag(
         "--gateways",
         "QUICKPAY_GATEWAYS",
@@ -172,7 +186,15 @@ _STORE = ("data_dir", "database_url", "billing_url", "ar_url", "provisioning_url
 # lists these and no others. A command missing here fails `quickpay --help` at once
 # (KeyError), and tests/test_cli.py checks the table against what is registered.
 COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
-    "serve": ("listen", *_STORE, "gateways", "engine_config", "fraud_mode", "nats_url"),
+    "serve": (
+        "listen",
+        *_STORE,
+        "gateways",
+        "engine_config",
+        "fraud_mode",
+        "nats_url",
+        "queue_wait_max_ms",
+    ),
     "seed": ("data_dir",),
     "subscribers import": _STORE,
     "bench": ("listen", "data_dir"),
@@ -242,6 +264,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if fraud_mode not in FRAUD_MODES:
         raise ConfigError(f"--fraud-mode {fraud_mode!r}: expected one of {', '.join(FRAUD_MODES)}")
     engine_config = _value(args, "engine_config")
+    wait = _value(args, "queue_wait_max_ms")
+    try:
+        queue_wait_max_ms = float(wait or "")
+    except ValueError:
+        queue_wait_max_ms = math.nan
+    if not 0 <= queue_wait_max_ms <= QUEUE_WAIT_MAX_MS_LIMIT:
+        raise ConfigError(
+            f"--queue-wait-max-ms {wait!r}: expected milliseconds, 0 to {QUEUE_WAIT_MAX_MS_LIMIT:g}"
+        )
     return Settings(
         engine_config=Path(engine_config) if engine_config else None,
         fraud_mode=fraud_mode,
@@ -253,4 +284,5 @@ def settings_from(args: argparse.Namespace) -> Settings:
         billing_url=domain_urls["--billing-url"],
         ar_url=domain_urls["--ar-url"],
         provisioning_url=domain_urls["--provisioning-url"],
+        queue_wait_max_ms=queue_wait_max_ms,
     )

@@ -55,7 +55,14 @@ class IdempotencyConflict(QuickpayError):
 
 
 class Overloaded(QuickpayError):
-    """The engine is at a bound and refused the call before any work (RESOURCE_EXHAUSTED)."""
+    """The engine is at a bound and refused the call before any work (RESOURCE_EXHAUSTED).
+
+    ``retry_after_s``, when known, is how long the engine expects to need before the
+    same call would be admitted (the servicer sends it as a retry hint)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class NotFound(QuickpayError):

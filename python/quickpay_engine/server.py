@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import signal
@@ -174,6 +175,9 @@ async def create_server(
 ) -> RunningServer:
     """Builds and starts the server on ``settings.listen`` (port 0 picks a free one)."""
     check_listen(settings.listen)
+    batching = dataclasses.replace(
+        batching or BatchSettings(), queue_wait_max_ms=settings.queue_wait_max_ms
+    )
     enforce = settings.fraud_mode == "enforce"
     if not enforce:
         log.warning("fraud scoring in observe mode: assessed and reported, never declined")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -47,6 +48,9 @@ STREAM_INFLIGHT_MAX = 1_024
 # before any of it is settled. One call's payments all wait in the settlement queue at
 # once, so the bound is also what one caller can put there.
 PAY_BATCH_MAX = 1_000
+# The trailing metadata key of a refusal's retry hint, in milliseconds: gRPC's own
+# server pushback (its retry design, A6), which a client's retry policy obeys.
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 _STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -71,7 +75,15 @@ async def _abort(context: grpc.aio.ServicerContext, err: BaseException, rpc: str
     code, message = status_of(err)
     if code is grpc.StatusCode.INTERNAL:
         log.error("%s failed", rpc, exc_info=err)
-    await context.abort(code, message)
+    await context.abort(code, message, trailing_metadata=retry_hint(err))
+
+
+def retry_hint(err: BaseException) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata of a refusal that knows when a retry would be admitted."""
+    retry_after_s = getattr(err, "retry_after_s", None) if isinstance(err, Overloaded) else None
+    if retry_after_s is None:
+        return ()
+    return ((RETRY_PUSHBACK_KEY, str(math.ceil(retry_after_s * 1_000))),)
 
 
 def status_of(err: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -263,7 +275,12 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         except RequestUndecodable as err:
             await _abort(context, err, "PayBatch")
         decoded = [i for i in items if not isinstance(i, InvalidArgument)]
-        outcomes = iter(await self._service.pay_many(decoded))
+        try:
+            # Admitted or refused whole, before any of it is queued.
+            settled = await self._service.pay_many(decoded)
+        except Overloaded as err:
+            await _abort(context, err, "PayBatch")
+        outcomes = iter(settled)
         results: list[Outcome] = []
         for item in items:
             if isinstance(item, InvalidArgument):

@@ -127,6 +127,10 @@ class Tally:
     fraud_decisions: Counter[str] = field(default_factory=Counter)
     latency: Latency = field(default_factory=Latency)  # from the intended send time
     service: Latency = field(default_factory=Latency)  # from the actual send time
+    # Of the calls answered without a gRPC error (the ones the server admitted), from
+    # the intended send time: under overload the refusals are quick and would hide
+    # what the admitted calls waited.
+    answered: Latency = field(default_factory=Latency)
     elapsed_s: float = 0.0  # from the end of the warm-up to the last measured answer
 
     def merge(self, other: Tally) -> None:
@@ -144,6 +148,7 @@ class Tally:
         self.replayed += other.replayed
         self.latency.add(other.latency)
         self.service.add(other.service)
+        self.answered.add(other.answered)
         self.elapsed_s = max(self.elapsed_s, other.elapsed_s)
 
 
@@ -519,6 +524,7 @@ class Worker:
         if answer.error:
             t.errors[answer.error] += 1
         else:
+            t.answered.record_s(done - due)
             t.statuses[answer.status] += 1
             if answer.reason:
                 t.declines[answer.reason] += 1

@@ -61,6 +61,12 @@ def table(tally: Tally, plan: LoadPlan) -> str:
         f"latency p99.9   {lat['p99.9']:.2f} ms",
         f"latency max     {lat['max']:.2f} ms",
     ]
+    if tally.errors and tally.answered.count:
+        answered = tally.answered.summary_ms()
+        lines.append(
+            f"                (answered without an error: p50 {answered['p50']:.2f},"
+            f" p99 {answered['p99']:.2f} ms)"
+        )
     if plan.open_loop:
         service = tally.service.summary_ms()
         lines.append(
@@ -98,6 +104,7 @@ def to_json(
         "elapsed_s": tally.elapsed_s,
         "throughput_per_s": tally.sent / tally.elapsed_s if tally.elapsed_s else 0.0,
         "latency_ms": tally.latency.summary_ms(),
+        "answered_ms": tally.answered.summary_ms(),
         "service_ms": tally.service.summary_ms() if plan.open_loop else tally.latency.summary_ms(),
         "timeline": timeline.points(),
     }

@@ -6,6 +6,11 @@ While one batch is processed the next accumulates, so under load batches fill up
 themselves and at low load a payment waits at most ``linger_ms``. Up to
 ``inflight_max`` batches are processed at once (the process function orders what must
 be ordered), so a slow step such as a gateway round trip is overlapped, not queued.
+
+Callers are admitted by count (``queue_max``) and by time: ``admit`` refuses work that
+would wait in the queue longer than the ``Admission`` bound, measured from the rate at
+which busy batches are taken (settlement/admission.py). Work the engine hands back to
+itself (a payment deferred behind another of its account) is not admitted again.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from quickpay_engine.errors import NotOwner, Overloaded, ShuttingDown
+from quickpay_engine.settlement.admission import QUEUE_WAIT_MAX_MS, Admission
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,9 @@ class BatchSettings:
     # Batches past stage 1 (at the gateways or committing) at once: what hides gateway
     # latency. At the bound the next batch waits before it starts.
     inflight_max: int = 8
+    # A payment expected to wait longer than this in the queue is refused at once
+    # (RESOURCE_EXHAUSTED); 0: refused by count only (settlement/admission.py).
+    queue_wait_max_ms: float = QUEUE_WAIT_MAX_MS
 
 
 @dataclasses.dataclass
@@ -73,6 +82,8 @@ class MicroBatcher(Generic[T, R]):
 
     Bounds: at most ``queue_max`` submissions wait; one more is refused with
     ``Overloaded`` before any work is done (back-pressure the caller sees at once).
+    Callers ask ``admit`` first, which also refuses by expected wait (``admission``;
+    None: by count only).
     """
 
     def __init__(
@@ -84,6 +95,7 @@ class MicroBatcher(Generic[T, R]):
         queue_max: int = 20_000,
         inflight_max: int = 1,
         complete: Complete[R] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         """With ``complete``, ``process`` is the first of two stages: it runs one batch
         at a time, in order, and the next batch gathers while it runs (so under load
@@ -103,6 +115,7 @@ class MicroBatcher(Generic[T, R]):
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue(queue_max)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self.admission = admission or Admission(wait_max_s=0)
         # Since start, and since the last ``take_window``.
         self.total = BatchStats()
         self._window = BatchStats()
@@ -111,6 +124,19 @@ class MicroBatcher(Generic[T, R]):
         """Starts the consumer task on the running loop."""
         assert self._task is None
         self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
+
+    def admit(self, count: int = 1, deadline_s: float | None = None) -> None:
+        """Raises ``Overloaded`` unless ``count`` more items may be queued now: there is
+        room for all of them, and the wait they can expect is within the admission bound
+        and before ``deadline_s`` (monotonic seconds; None: no deadline). A call's
+        payments are admitted or refused together, before any of them is queued."""
+        waiting = self._queue.qsize()
+        if waiting + count > self._queue.maxsize:
+            raise Overloaded(
+                f"settlement queue is full ({waiting} payments waiting, {count} more asked,"
+                f" at most {self._queue.maxsize})"
+            )
+        self.admission.check(waiting, deadline_s)
 
     def submit_nowait(self, item: T) -> asyncio.Future[R]:
         """Queues one item; its result arrives in the returned future.
@@ -155,8 +181,12 @@ class MicroBatcher(Generic[T, R]):
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        clock = self.admission.clock
         while True:
+            # Payments already waiting: the time since the last take was all work.
+            backlogged = not self._queue.empty()
             batch = [await self._queue.get()]
+            taken_s = clock()
             deadline = loop.time() + self._linger_s
             while len(batch) < self._batch_max:
                 if self._queue.empty():
@@ -169,6 +199,7 @@ class MicroBatcher(Generic[T, R]):
                         break
                 else:
                     batch.append(self._queue.get_nowait())
+            self.admission.taken(len(batch), taken_s, backlogged)
             await self._slots.acquire()
             self.total.add(len(batch))
             self._window.add(len(batch))

@@ -33,6 +33,7 @@ from quickpay_engine.errors import (
 from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.reconcile.report import ColumnMapping, ReportError
 from quickpay_engine.settlement import reconciliation
+from quickpay_engine.settlement.admission import Admission
 from quickpay_engine.settlement.batcher import BatchSettings, MicroBatcher
 from quickpay_engine.settlement.fraud_gate import FraudGate
 from quickpay_engine.settlement.ledger_book import LedgerBook
@@ -127,6 +128,7 @@ class SettlementService:
             linger_ms=batching.linger_ms,
             queue_max=batching.queue_max,
             inflight_max=batching.inflight_max,
+            admission=Admission(batching.queue_wait_max_ms / 1_000),
         )
         self._pipeline.resubmit = self._batcher.submit
         self.recovery = Recovery(store, self._thread, book, router, self._apply_states)
@@ -259,6 +261,8 @@ class SettlementService:
 
         The settlement goes on whatever the caller does: a caller that goes away (a
         cancelled RPC) does not cancel a payment already queued, and a retry joins it.
+        Refuses with ``Overloaded`` before any work when the engine is past its queue's
+        bounds (count, or the wait the payment could expect: settlement/admission.py).
         """
         future, joined = self._start(intent)
         outcome = await _by_deadline(future, intent)
@@ -267,16 +271,20 @@ class SettlementService:
     async def pay_many(self, intents: Sequence[PaymentIntent]) -> list[Outcome | BaseException]:
         """Settles each payment as ``pay`` does, all at once; each gets its outcome or
         the exception that ended it alone, in order. The payments of one call share its
-        deadline, so the call waits once for all of them, not once for each."""
+        deadline, so the call waits once for all of them, not once for each. They are
+        admitted together: past the queue's bounds the call is refused whole with
+        ``Overloaded``, before any of them is queued."""
+        deadline = min((i.deadline for i in intents if i.deadline is not None), default=None)
+        if intents:
+            self._batcher.admit(len(intents), deadline)
         started: list[tuple[asyncio.Future[Outcome], bool] | QuickpayError] = []
         for intent in intents:
             try:
-                started.append(self._start(intent))
+                started.append(self._start(intent, admitted=True))
             except QuickpayError as err:
                 started.append(err)
         waiting = {s[0] for s in started if isinstance(s, tuple)}
         if waiting:
-            deadline = min((i.deadline for i in intents if i.deadline is not None), default=None)
             await asyncio.wait(waiting, timeout=_wait_s(deadline))
         results: list[Outcome | BaseException] = []
         for intent, start in zip(intents, started, strict=True):
@@ -295,13 +303,19 @@ class SettlementService:
                 results.append(dataclasses.replace(outcome, replayed=True) if joined else outcome)
         return results
 
-    def _start(self, intent: PaymentIntent) -> tuple[asyncio.Future[Outcome], bool]:
+    def _start(
+        self, intent: PaymentIntent, admitted: bool = False
+    ) -> tuple[asyncio.Future[Outcome], bool]:
         """The settlement of ``intent``: newly queued, or the one of its key already
-        running (joined: the caller gets its outcome as a replay). Refuses the key used
-        for another payload still settling, a full queue and a draining server."""
+        running (joined: the caller gets its outcome as a replay; it adds no work, so it
+        is never refused for load). Refuses the key used for another payload still
+        settling, an engine past its queue's bounds (unless the caller ``admitted`` it
+        already) and a draining server."""
         key = intent.idempotency_key
         running = self._inflight.get(key)
         if running is None:
+            if not admitted:
+                self._batcher.admit(1, intent.deadline)
             future = self._batcher.submit_nowait(intent)
             self._inflight[key] = (intent.fingerprint, future)
             future.add_done_callback(functools.partial(self._finished, key))
