@@ -14,7 +14,7 @@ from _support import FINGERPRINT_KEY, size, subscribers
 
 from quickpay_engine.api.convert import intent_of
 from quickpay_engine.bench.scenario import Mix, RequestSource
-from quickpay_engine.settlement.pipeline import new_payment_id
+from quickpay_engine.settlement.pipeline import new_payment_ids
 from quickpay_engine.store import Decision, SqliteStore
 from quickpay_engine.store.postgres import WRITE_COLUMNS
 
@@ -46,7 +46,8 @@ def test_store_commit_batch(benchmark, store, batch) -> None:
         # New keys every round: a key already stored would be a replay, not a commit.
         next(runs)
         decisions = [
-            Decision(new_payment_id(), intent_of(r, FINGERPRINT_KEY)) for r in source.take(batch)
+            Decision(new_payment_ids(1)[0], intent_of(r, FINGERPRINT_KEY))
+            for r in source.take(batch)
         ]
         return (decisions,), {}
 
@@ -142,7 +143,7 @@ class PgBatches:
         # A keyed head, so that the rows continue it with no marker row.
         head = AuditRow(self._seq, GENESIS, "", chain_hash(AUDIT_KEY, GENESIS, self._seq, ""))
         decisions = [
-            Decision(new_payment_id(), intent_of(r, FINGERPRINT_KEY))
+            Decision(new_payment_ids(1)[0], intent_of(r, FINGERPRINT_KEY))
             for r in self._source.take(self._count)
         ]
         accounts = {
@@ -246,7 +247,7 @@ def test_pg_store_commit_batch(benchmark, pg_database) -> None:
 
         def fresh():
             decisions = [
-                Decision(new_payment_id(), intent_of(r, FINGERPRINT_KEY))
+                Decision(new_payment_ids(1)[0], intent_of(r, FINGERPRINT_KEY))
                 for r in source.take(BATCH)
             ]
             return (decisions,), {}
