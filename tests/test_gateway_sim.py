@@ -403,6 +403,23 @@ async def test_fault_model_is_validated(sim: SimulatorProcess) -> None:
     assert status == 200 and body["server_error_rate"] == 0.5
 
 
+async def test_unknown_paths_wrong_methods_and_huge_bodies_get_json_errors(
+    sim: SimulatorProcess,
+) -> None:
+    for method, path, body, status, code in [
+        ("GET", "/v1/nothing", None, 404, "NOT_FOUND"),
+        ("DELETE", "/v1/payments/pay_1", None, 405, "METHOD_NOT_ALLOWED"),
+        ("POST", "/v1/payments/sale", {"pad": "x" * 20_000}, 413, "BODY_TOO_LARGE"),
+        ("POST", "/v1/payments/sale", [1, 2], 400, "INVALID_REQUEST"),
+        ("POST", "/v1/payments/%FF/capture", {}, 400, "INVALID_REQUEST"),
+    ]:
+        got, answer = await raw(method, f"{sim.url}{path}", body)
+        assert (got, answer["error"]["code"]) == (status, code), path
+    # The near miss: a body just under the bound is read (and refused for its fields).
+    got, answer = await raw("POST", f"{sim.url}/v1/payments/sale", {"pad": "x" * 16_000})
+    assert (got, answer["error"]["message"]) == (400, "merchant_reference must be a str")
+
+
 # Invariant 7
 
 

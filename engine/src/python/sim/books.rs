@@ -12,10 +12,10 @@
 //! acquirer stand-in may. A request is answered only once its transaction committed.
 //!
 //! Group commit: the thread takes every request waiting (up to `BATCH_MAX`) into one
-//! transaction, each in a savepoint of its own, so one request's failure rolls back
-//! only that request; under load that writes each b-tree page once per batch instead of
-//! once per sale. The result is the same as applying the requests one by one in their
-//! order of arrival.
+//! transaction; under load that writes each b-tree page once per batch instead of once
+//! per sale. The result is the same as applying the requests one by one in their order
+//! of arrival (a store error in one of them redoes the batch one by one, see
+//! `apply_batch`).
 //!
 //! SQLite is the system's shared libsqlite3 (rusqlite without its "bundled" feature),
 //! the one Python's sqlite3 module loads in the same process: two copies of SQLite in
@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -214,50 +214,59 @@ fn run(mut db: Connection, prefix: &str, jobs: &Receiver<Message>) {
     }
 }
 
-/// One transaction for the whole batch, a savepoint per job; replies after COMMIT.
+/// One transaction for the whole batch; replies after COMMIT.
+///
+/// A refusal writes nothing (every rule is checked before the first write), so only a
+/// store error can leave a job half done: then the batch is rolled back and each job
+/// applied again in a transaction of its own, so that the error stays that job's.
 fn apply_batch(db: &mut Connection, prefix: &str, batch: &mut Vec<(Job, i64, Reply)>) {
     if batch.is_empty() {
         return;
     }
-    let mut tx = match db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(err) => {
-            for (_, _, reply) in batch.drain(..) {
-                let _ = reply.send(Err(Refusal::store(&err)));
-            }
-            return;
+    let results = match in_transaction(db, prefix, batch) {
+        Ok(results)
+            if results
+                .iter()
+                .all(|r| !matches!(r, Err(e) if e.status == 500)) =>
+        {
+            results
         }
+        // Either the whole batch failed to commit, or one job hit a store error.
+        _ => batch
+            .iter()
+            .map(
+                |job| match in_transaction(db, prefix, std::slice::from_ref(job)) {
+                    Ok(mut one) => one.pop().expect("one result per job"),
+                    Err(err) => Err(Refusal::store(&err)),
+                },
+            )
+            .collect(),
     };
-    let mut results = Vec::with_capacity(batch.len());
-    for (job, now_us, _) in batch.iter() {
-        results.push(in_savepoint(&mut tx, prefix, job, *now_us));
-    }
-    if let Err(err) = tx.commit() {
-        for (_, _, reply) in batch.drain(..) {
-            let _ = reply.send(Err(Refusal::store(&err)));
-        }
-        return;
-    }
     for ((_, _, reply), result) in batch.drain(..).zip(results) {
         // A caller that went away (its connection closed) no longer listens.
         let _ = reply.send(result);
     }
 }
 
-fn in_savepoint(
-    tx: &mut Transaction<'_>,
+/// Applies the jobs in one transaction; commits unless one hit a store error.
+fn in_transaction(
+    db: &mut Connection,
     prefix: &str,
-    job: &Job,
-    now_us: i64,
-) -> Result<Booked, Refusal> {
-    let savepoint = tx.savepoint().map_err(|err| Refusal::store(&err))?;
-    let result = apply(&savepoint, prefix, job, now_us);
-    match &result {
-        Ok(_) => savepoint.commit().map_err(|err| Refusal::store(&err))?,
-        // Dropping an uncommitted savepoint rolls it back.
-        Err(_) => drop(savepoint),
+    jobs: &[(Job, i64, Reply)],
+) -> rusqlite::Result<Vec<Result<Booked, Refusal>>> {
+    let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(jobs.len());
+    for (job, now_us, _) in jobs {
+        let result = apply(&tx, prefix, job, *now_us);
+        let failed = matches!(&result, Err(e) if e.status == 500);
+        results.push(result);
+        if failed {
+            // Dropping the transaction rolls it back.
+            return Ok(results);
+        }
     }
-    result
+    tx.commit()?;
+    Ok(results)
 }
 
 fn apply(db: &Connection, prefix: &str, job: &Job, now_us: i64) -> Result<Booked, Refusal> {

@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use hmac::Hmac;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -45,6 +46,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use serde_json::{Map, Value};
+use sha2::Sha256;
 
 use super::books::{year_month, Books, Job, Refusal, SaleIn};
 use super::faults::{Draw, Fault, FaultModel, Op, Roller};
@@ -82,7 +84,8 @@ pub(super) struct Simulator {
     pub(super) roller: Mutex<Roller>,
     /// The model as JSON, as GET /sim/faults answers it.
     pub(super) faults_json: Mutex<Bytes>,
-    pub(super) key: Vec<u8>,
+    /// HMAC-SHA256 keyed with the fingerprint secret, cloned per use.
+    pub(super) fingerprint: Hmac<Sha256>,
     pub(super) hooks: Py<PyAny>,
 }
 
@@ -155,13 +158,7 @@ pub(super) async fn handle(
         }
         _ => return Ok(error(404, "NOT_FOUND", "no such endpoint")),
     };
-    // The work runs as a task of its own: a request held by the timeout fault is still
-    // processed after the client hangs up, as at a real acquirer.
-    let worker = tokio::spawn(respond(sim, route, body, query, path));
-    match worker.await {
-        Ok(result) => result,
-        Err(_) => Ok(error(500, "INTERNAL", "the request's task failed")),
-    }
+    respond(sim, route, body, query, path).await
 }
 
 enum Route {
@@ -220,7 +217,12 @@ impl From<Refusal> for Failure {
     }
 }
 
-async fn sale(sim: &Simulator, body: &[u8], capture: bool, path: &str) -> Result<Answer, Failure> {
+async fn sale(
+    sim: &Arc<Simulator>,
+    body: &[u8],
+    capture: bool,
+    path: &str,
+) -> Result<Answer, Failure> {
     let body = object(body)?;
     let reference = reference(text(&body, "merchant_reference")?)?;
     let amount_minor = integer(&body, "amount_minor")?;
@@ -234,7 +236,7 @@ async fn sale(sim: &Simulator, body: &[u8], capture: bool, path: &str) -> Result
     let Some(method) = body.get("method").and_then(Value::as_object) else {
         return Err(BadRequest("method must be an object".into()).into());
     };
-    let (summary, forced) = summarize(method, &sim.key, year_month(now_us()))?;
+    let (summary, forced) = summarize(method, &sim.fingerprint, year_month(now_us()))?;
     let op = if capture { Op::Sale } else { Op::Authorize };
     let draw = sim.draw(op, &reference);
     let decline = forced
@@ -249,11 +251,11 @@ async fn sale(sim: &Simulator, body: &[u8], capture: bool, path: &str) -> Result
         decline,
         capture,
     });
-    with_faults(sim, &draw, job, path).await
+    with_faults(sim, draw, job, path).await
 }
 
 async fn capture(
-    sim: &Simulator,
+    sim: &Arc<Simulator>,
     reference: Result<String, BadRequest>,
     body: &[u8],
     path: &str,
@@ -277,11 +279,11 @@ async fn capture(
         reference,
         amount_minor,
     };
-    with_faults(sim, &draw, job, path).await
+    with_faults(sim, draw, job, path).await
 }
 
 async fn refund(
-    sim: &Simulator,
+    sim: &Arc<Simulator>,
     reference: Result<String, BadRequest>,
     body: &[u8],
     path: &str,
@@ -298,34 +300,69 @@ async fn refund(
         amount_minor,
         currency,
     };
-    with_faults(sim, &draw, job, path).await
+    with_faults(sim, draw, job, path).await
 }
 
 /// Void and lookup: latency only, never a transport fault, so an unknown outcome can
 /// always be resolved.
 async fn read_only(
-    sim: &Simulator,
+    sim: &Arc<Simulator>,
     reference: Result<String, BadRequest>,
     op: Op,
 ) -> Result<Answer, Failure> {
     let reference = reference?;
     let draw = sim.draw(op, &reference);
-    sleep(draw.latency).await;
     let job = match op {
         Op::Void => Job::Void { reference },
         _ => Job::Lookup { reference },
     };
+    if draw.latency.is_zero() {
+        return book(sim, job).await;
+    }
+    detached(sim, draw, job, String::new()).await
+}
+
+/// Books the request and applies its drawn fault. With no latency and no fault it runs
+/// here: once the job is queued the books apply it, whether or not the client waits.
+/// Otherwise it runs as a task of its own, so that a request held by the timeout fault
+/// is still processed after the client hangs up, as at a real acquirer.
+async fn with_faults(
+    sim: &Arc<Simulator>,
+    draw: Draw,
+    job: Job,
+    path: &str,
+) -> Result<Answer, Failure> {
+    if draw.latency.is_zero() && draw.fault == Fault::None {
+        return book(sim, job).await;
+    }
+    detached(sim, draw, job, path.to_owned()).await
+}
+
+async fn detached(
+    sim: &Arc<Simulator>,
+    draw: Draw,
+    job: Job,
+    path: String,
+) -> Result<Answer, Failure> {
+    let sim = Arc::clone(sim);
+    let worker = tokio::spawn(async move { faulted(&sim, &draw, job, &path).await });
+    match worker.await {
+        Ok(answer) => answer,
+        Err(_) => Ok(Answer::Reply(error(
+            500,
+            "INTERNAL",
+            "the request's task failed",
+        ))),
+    }
+}
+
+async fn book(sim: &Simulator, job: Job) -> Result<Answer, Failure> {
     let booked = sim.books.submit(job, now_us()).await?;
     Ok(Answer::Reply(json(200, booked.body)))
 }
 
 /// Applies the drawn latency and transport fault around booking the request.
-async fn with_faults(
-    sim: &Simulator,
-    draw: &Draw,
-    job: Job,
-    path: &str,
-) -> Result<Answer, Failure> {
+async fn faulted(sim: &Simulator, draw: &Draw, job: Job, path: &str) -> Result<Answer, Failure> {
     sleep(draw.latency).await;
     match draw.fault {
         Fault::ServerError => {

@@ -4,7 +4,7 @@
 //! A card is kept as its last four digits and a keyed fingerprint, never the number
 //! (invariant 7); no error message repeats a request value.
 
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::Sha256;
 
@@ -29,15 +29,15 @@ pub(super) struct MethodSummary {
 
 /// The method's summary and a decline it forces (None if it forces none).
 ///
-/// `key` is the simulator's fingerprint secret; `year_month` the current UTC
-/// (year, month), against which a card's expiry is checked.
+/// `keyed` is HMAC-SHA256 keyed with the simulator's fingerprint secret; `year_month`
+/// the current UTC (year, month), against which a card's expiry is checked.
 pub(super) fn summarize(
     method: &Map<String, Value>,
-    key: &[u8],
+    keyed: &Hmac<Sha256>,
     year_month: (i64, i64),
 ) -> Result<(MethodSummary, Option<&'static str>), BadRequest> {
     let fingerprint = |secret: &str| {
-        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+        let mut mac = keyed.clone();
         mac.update(secret.as_bytes());
         let digest = mac.finalize().into_bytes();
         digest[..16].iter().map(|b| format!("{b:02x}")).collect()
@@ -145,6 +145,11 @@ fn luhn_ok(digits: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hmac::KeyInit;
+
+    fn key() -> Hmac<Sha256> {
+        Hmac::new_from_slice(b"k").unwrap()
+    }
 
     fn card(pan: &str, month: i64, year: i64) -> Map<String, Value> {
         serde_json::json!({"kind": "card", "pan": pan, "expiry_month": month,
@@ -165,16 +170,16 @@ mod tests {
             ("4242424242424242", 11, 2026, Some("EXPIRED_CARD")),
             ("4242424242424242", 12, 2026, None),
         ] {
-            let (summary, decline) = summarize(&card(pan, month, year), b"k", now).unwrap();
+            let (summary, decline) = summarize(&card(pan, month, year), &key(), now).unwrap();
             assert_eq!(decline, reason, "{pan} {month}/{year}");
             assert_eq!(summary.last4, &pan[12..]);
             assert_eq!(summary.fingerprint.len(), 32);
             assert!(!summary.fingerprint.contains(pan));
         }
-        assert!(summarize(&card("4242", 12, 2031), b"k", now).is_err());
+        assert!(summarize(&card("4242", 12, 2031), &key(), now).is_err());
         let mut month_text = card("4242424242424242", 12, 2031);
         month_text.insert("expiry_month".into(), "12".into());
-        let err = summarize(&month_text, b"k", now).err().unwrap();
+        let err = summarize(&month_text, &key(), now).err().unwrap();
         assert!(!err.0.contains("4242"), "no value in the message");
     }
 }

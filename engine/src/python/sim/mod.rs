@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
+use hmac::{Hmac, KeyInit};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -87,7 +88,8 @@ impl GatewaySim {
             books,
             roller: Mutex::new(Roller::new(model)),
             faults_json: Mutex::new(Bytes::from(faults_json)),
-            key,
+            fingerprint: Hmac::new_from_slice(&key)
+                .map_err(|err| PyValueError::new_err(format!("fingerprint key: {err}")))?,
             hooks,
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
