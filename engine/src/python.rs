@@ -9,6 +9,7 @@ mod http;
 mod ledger;
 mod proto;
 mod reconcile;
+mod sim;
 mod store;
 mod validate;
 
@@ -160,6 +161,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // version says which package is installed, this one which core it was built from.
     m.add("ENGINE_VERSION", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Engine>()?;
+    m.add_class::<sim::GatewaySim>()?;
     m.add("EngineError", py.get_type::<EngineError>())?;
     m.add("BatchTooLarge", py.get_type::<BatchTooLarge>())?;
     m.add("InvalidBatch", py.get_type::<InvalidBatch>())?;

@@ -527,6 +527,35 @@ class HttpSetupError(EngineError):
     """A gateway URL or HTTP client setting that cannot be used."""
 
 @final
+class GatewaySim:
+    """A running gateway simulator (``quickpay gateway-sim``): hyper on a tokio runtime
+    answers the acquirer API, a thread of its own keeps the SQLite books."""
+
+    def __new__(
+        cls,
+        name: str,
+        ledger_path: str | os.PathLike[str],
+        key: bytes,
+        faults_json: str,
+        host: str,
+        port: int,
+        hooks: object,
+    ) -> GatewaySim:
+        """Opens the books at ``ledger_path`` and serves gateway ``name`` on
+        ``host``:``port`` (port 0 picks a free one, see ``port``). ``faults_json`` is
+        ``FaultModel.to_dict()`` as JSON, ``key`` the fingerprint secret, ``hooks`` the
+        Python side (``gateways.sim.hooks.Hooks``). A port that cannot be bound or
+        books that cannot be opened raise OSError."""
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+
+    def stop(self) -> None:
+        """Stops accepting, gives requests in flight a second, then closes the books.
+        Idempotent."""
+
+@final
 class HttpPool:
     """A keep-alive connection pool to one gateway (reqwest on a tokio runtime)."""
 

@@ -1,5 +1,10 @@
 """`quickpay gateway-sim`: one simulated payment gateway, served on loopback.
 
+The server is Rust (engine/src/python/sim/: hyper on a tokio runtime, SQLite books,
+the fault dice), so a load benchmark of the engine measures the engine and not the
+simulator; this command parses the flags, checks the fault model, starts it, and waits
+for a signal (or stdin's end) to stop it.
+
 It prints "listening on HOST:PORT" once ready (so --listen 127.0.0.1:0 can pick a free
 port) and keeps its books in DATA_DIR/gateways/NAME/, so it survives its own restart.
 
@@ -26,6 +31,7 @@ from quickpay_engine.commands import add_command
 from quickpay_engine.errors import ConfigError
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+PORT_MAX = 65_535
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -65,15 +71,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from quickpay_engine.gateways.sim.app import Simulator, serve
+    from quickpay_engine._engine import GatewaySim
     from quickpay_engine.gateways.sim.faults import FaultModel
+    from quickpay_engine.gateways.sim.hooks import Hooks, fingerprint_key
+    from quickpay_engine.gateways.sim.ledger import LEDGER_FILE
     from quickpay_engine.gateways.supervisor import sim_data_dir
 
     if args.export_report:
         return export_report(args)
     host, _, port = args.listen.rpartition(":")
     host = host.strip("[]")
-    if host not in LOOPBACK or not port.isdigit():
+    if host not in LOOPBACK or not port.isdigit() or int(port) > PORT_MAX:
         raise ConfigError(f"--listen {args.listen!r}: the simulator serves loopback only")
     table: dict = {}
     try:
@@ -87,29 +95,39 @@ def run(args: argparse.Namespace) -> int:
         model = FaultModel.from_dict(table)
     except (OSError, ValueError, TypeError) as err:
         raise ConfigError(f"fault model: {err}") from None
-    simulator = Simulator(args.name, sim_data_dir(Path(args.data_dir), args.name), model)
-
-    def ready(bound: int) -> None:
-        print(f"listening on {host}:{bound}", flush=True)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        if args.exit_on_stdin_eof:
-            loop.add_reader(sys.stdin.fileno(), _stop_on_eof, sys.stdin.fileno(), stop)
-        await serve(simulator, host, int(port), ready, stop)
-
-    uvloop.run(main())
+    data_dir = sim_data_dir(Path(args.data_dir), args.name)
+    books = data_dir / LEDGER_FILE
+    try:
+        # The server runs on threads of its own (Rust); this thread waits for the end.
+        sim = GatewaySim(
+            args.name, books, fingerprint_key(data_dir), json.dumps(model.to_dict()),
+            host, int(port), Hooks(args.name, books),
+        )  # fmt: skip
+    except OSError as err:
+        raise ConfigError(f"gateway-sim {args.name}: {err}") from None
+    try:
+        uvloop.run(_wait(f"listening on {host}:{sim.port}", args.exit_on_stdin_eof))
+    finally:
+        sim.stop()
     print(f"gateway-sim {args.name}: stopped", file=sys.stderr)
     return 0
 
 
+async def _wait(ready: str, exit_on_stdin_eof: bool) -> None:
+    """Says it is ready, then waits for SIGTERM, SIGINT or (if asked) stdin's end."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if exit_on_stdin_eof:
+        loop.add_reader(sys.stdin.fileno(), _stop_on_eof, sys.stdin.fileno(), stop)
+    print(ready, flush=True)
+    await stop.wait()
+
+
 def export_report(args: argparse.Namespace) -> int:
     """Writes one business day's settlement report from the books, offline."""
-    from quickpay_engine.gateways.sim.app import LEDGER_FILE
-    from quickpay_engine.gateways.sim.ledger import Ledger
+    from quickpay_engine.gateways.sim.ledger import LEDGER_FILE, report_rows
     from quickpay_engine.gateways.sim.report import inject_discrepancies, parse_inject, to_csv
     from quickpay_engine.gateways.supervisor import sim_data_dir
 
@@ -120,13 +138,9 @@ def export_report(args: argparse.Namespace) -> int:
         counts = parse_inject(args.inject)
     except ValueError as err:
         raise ConfigError(f"--inject: {err}") from None
-    ledger = Ledger(books, args.name)
-    try:
-        rows, injected = inject_discrepancies(
-            ledger.report_rows(args.export_report), counts, args.inject_seed
-        )
-    finally:
-        ledger.close()
+    rows, injected = inject_discrepancies(
+        report_rows(books, args.export_report), counts, args.inject_seed
+    )
     notes = "".join(json.dumps(dataclasses.asdict(i)) + "\n" for i in injected)
     if args.out:
         args.out.write_text(to_csv(rows))

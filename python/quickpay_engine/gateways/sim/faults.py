@@ -1,38 +1,31 @@
 """The simulator's seeded fault model: latency, declines by reason and transport faults.
 
-Every draw is derived from (seed, operation, merchant reference, attempt number), not
-from one shared random stream, so a run's faults do not depend on the order in which
-concurrent requests happen to arrive: the same seed and the same requests give the
-same declines and the same lost responses.
+This is the model and its checks (for the gateways file's [gateway.simulator] tables,
+`quickpay gateway-sim --faults`, and PUT /sim/faults). The dice are rolled by the
+simulator's server in Rust (engine/src/python/sim/faults.rs): every draw is derived
+from (seed, operation, merchant reference, attempt number), not from one shared random
+stream, so a run's faults do not depend on the order in which concurrent requests
+happen to arrive: the same seed and the same requests give the same declines and the
+same lost responses.
+
+The transport faults: a server error (503 at once; nothing was processed), a timeout
+(the request held for hang_ms, then processed: the caller times out first), a lost
+response (processed and recorded, held for hang_ms, then the connection closed without
+an answer; a replayed request is always answered).
 """
 
 from __future__ import annotations
 
-import enum
-import hashlib
 import math
-import random
-from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from quickpay_engine.gateways.types import DECLINE_REASONS
 
-# Attempt counters are kept per (operation, reference) for this many recent keys; at
-# the bound the oldest is forgotten, and a later retry of it counts from zero again,
-# which only changes which fault it draws.
-ATTEMPTS_TRACKED_MAX = 100_000
-# The standard normal quantile of 0.99: turns a p99 latency into a log-normal sigma.
-Z_P99 = 2.3263478740408408
-
-
-class Fault(enum.Enum):
-    """What goes wrong with one request, if anything."""
-
-    NONE = "none"
-    SERVER_ERROR = "server_error"  # 503 at once; nothing was processed
-    TIMEOUT = "timeout"  # held for hang_ms before processing: the caller times out first
-    LOST_RESPONSE = "lost_response"  # processed and recorded, then the response withheld
+# The server keeps seeds and times as 64-bit integers; a hang above an hour is a typo.
+SEED_MAX = 2**63 - 1
+HANG_MS_MAX = 3_600_000
+RATES = ("server_error_rate", "timeout_rate", "lost_response_rate")
 
 
 @dataclass(frozen=True)
@@ -54,7 +47,16 @@ class FaultModel:
     declines: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("server_error_rate", "timeout_rate", "lost_response_rate"):
+        for name in ("seed", "hang_ms"):
+            if type(getattr(self, name)) is not int:
+                raise ValueError(f"{name} must be an integer")
+        if not -SEED_MAX <= self.seed <= SEED_MAX:
+            raise ValueError("seed must fit in 64 bits")
+        for name in (*RATES, "latency_ms_median", "latency_ms_p99"):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number")
+        for name in RATES:
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} {rate} is not a probability")
@@ -69,8 +71,8 @@ class FaultModel:
             raise ValueError("decline rates add up to more than one")
         if self.latency_ms_median < 0 or self.latency_ms_p99 < self.latency_ms_median:
             raise ValueError("latency needs 0 <= latency_ms_median <= latency_ms_p99")
-        if self.hang_ms <= 0:
-            raise ValueError("hang_ms must be positive")
+        if not 0 < self.hang_ms <= HANG_MS_MAX:
+            raise ValueError(f"hang_ms must be 1 to {HANG_MS_MAX}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FaultModel:
@@ -87,69 +89,3 @@ class FaultModel:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, as from_dict reads it."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-@dataclass(frozen=True, slots=True)
-class Draw:
-    """The fate of one request."""
-
-    latency_s: float
-    fault: Fault
-    decline: str  # a reason from DECLINE_REASONS, or "" to approve
-
-
-class FaultRoller:
-    """Draws each request's fate from the model, deterministically per request."""
-
-    def __init__(self, model: FaultModel) -> None:
-        self.model = model
-        self._attempts: OrderedDict[tuple[str, str], int] = OrderedDict()
-
-    def draw(self, op: str, reference: str, *, transport: bool) -> Draw:
-        """The fate of the next ``op`` request for ``reference``.
-
-        ``transport`` says whether transport faults apply to this operation.
-        """
-        key = (op, reference)
-        attempt = self._attempts.pop(key, 0)
-        self._attempts[key] = attempt + 1
-        if len(self._attempts) > ATTEMPTS_TRACKED_MAX:
-            self._attempts.popitem(last=False)
-        m = self.model
-        # The decline draw ignores the attempt: a retried sale meets the same issuer
-        # answer, as it would in life (and the ledger replays it anyway).
-        decline = _pick(_rng(m.seed, "decline", reference, 0).random(), m.declines)
-        rng = _rng(m.seed, op, reference, attempt)
-        latency_s = self._latency_s(rng)
-        fault = Fault.NONE
-        if transport:
-            u = rng.random()
-            if u < m.server_error_rate:
-                fault = Fault.SERVER_ERROR
-            elif u < m.server_error_rate + m.timeout_rate:
-                fault = Fault.TIMEOUT
-            elif u < m.server_error_rate + m.timeout_rate + m.lost_response_rate:
-                fault = Fault.LOST_RESPONSE
-        return Draw(latency_s, fault, decline)
-
-    def _latency_s(self, rng: random.Random) -> float:
-        median, p99 = self.model.latency_ms_median, self.model.latency_ms_p99
-        if median <= 0:
-            return 0.0
-        sigma = math.log(p99 / median) / Z_P99 if p99 > median else 0.0
-        return rng.lognormvariate(math.log(median), sigma) / 1000.0
-
-
-def _rng(seed: int, op: str, reference: str, attempt: int) -> random.Random:
-    digest = hashlib.blake2b(f"{seed}|{op}|{reference}|{attempt}".encode(), digest_size=8)
-    return random.Random(int.from_bytes(digest.digest(), "big"))
-
-
-def _pick(u: float, rates: dict[str, float]) -> str:
-    """The reason whose slice of [0, 1) holds ``u``, or "" past all of them."""
-    edge = 0.0
-    for reason in sorted(rates):
-        edge += rates[reason]
-        if u < edge:
-            return reason
-    return ""
