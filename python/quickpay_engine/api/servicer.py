@@ -31,6 +31,7 @@ from quickpay_engine.errors import (
     StoreUnavailable,
 )
 from quickpay_engine.reconcile.report import ReportError
+from quickpay_engine.security.guard import Guard
 from quickpay_engine.settlement.service import SettlementService
 from quickpay_engine.store import UNREACHABLE
 
@@ -131,20 +132,45 @@ TYPED_RPCS = {
 Handler = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
-def add_to_server(servicer: SettlementServicer, server: grpc.aio.Server) -> None:
-    """Registers ``servicer`` as quickpay.v1.Settlement on ``server``."""
+def add_to_server(
+    servicer: SettlementServicer, server: grpc.aio.Server, guard: Guard | None = None
+) -> None:
+    """Registers ``servicer`` as quickpay.v1.Settlement on ``server``; every call first
+    passes ``guard`` (identity, role, rate limit), before its request is even parsed."""
+    guard = guard or Guard(None)
     handlers: dict[str, grpc.RpcMethodHandler] = {
-        name: make(getattr(servicer, name)) for name, make in RAW_RPCS.items()
+        name: make(_guarded(guard, name, getattr(servicer, name), make))
+        for name, make in RAW_RPCS.items()
     }
     for name, (make, request, response) in TYPED_RPCS.items():
         method = getattr(servicer, name)
         streams = make is grpc.unary_stream_rpc_method_handler
         handlers[name] = make(
-            (_parsed_stream if streams else _parsed)(method, request),
+            _guarded(guard, name, (_parsed_stream if streams else _parsed)(method, request), make),
             response_serializer=response.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def _guarded(guard: Guard, rpc: str, method: Handler, make: Any) -> Handler:
+    """``method`` behind ``guard.admit``; with no access file the check is skipped."""
+    if guard.access is None:  # no access file: nothing to check, nothing added per call
+        return method
+    if make is grpc.unary_unary_rpc_method_handler:
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await guard.admit(rpc, context)
+            return await method(request, context)
+
+        return unary
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await guard.admit(rpc, context)
+        async for reply in method(request, context):
+            yield reply
+
+    return streaming
 
 
 async def parse_request(request: type[M], data: bytes, context: grpc.aio.ServicerContext) -> M:
