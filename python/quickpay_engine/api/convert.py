@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import string
+import time
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +32,7 @@ from quickpay_engine.errors import InvalidArgument
 from quickpay_engine.reconcile.report import ColumnMapping
 from quickpay_engine.settlement.reconciliation import DEFAULT_TOLERANCE_S, ReconcileRun
 from quickpay_engine.settlement.refunds import RefundOutcome
+from quickpay_engine.store.audit import ACCESS_RECONCILE, ACCESS_REFUND
 
 if TYPE_CHECKING:
     from quickpay_engine._engine import DecodedPay
@@ -114,24 +117,30 @@ def intents_of_frames(
     fingerprint_key: bytes,
     deadline: float | None = None,
     field: str = "request",
+    sender: str = "",
 ) -> list[PaymentIntent | InvalidArgument]:
-    """PayRequest frames decoded by the core, in one call: each an intent, or the
-    InvalidArgument (on ``field``) of a frame that is not a PayRequest."""
+    """PayRequest frames decoded by the core, in one call: each an intent (sent by
+    ``sender``), or the InvalidArgument (on ``field``) of a frame that is not a
+    PayRequest."""
     decoded = decode_pay_requests(frames, fingerprint_key)
-    return [_intent(d, deadline, field) for d in decoded]
+    return [_intent(d, deadline, field, sender) for d in decoded]
 
 
 def intents_of_batch(
-    request: bytes, fingerprint_key: bytes, payments_max: int, deadline: float | None = None
+    request: bytes,
+    fingerprint_key: bytes,
+    payments_max: int,
+    deadline: float | None = None,
+    sender: str = "",
 ) -> list[PaymentIntent | InvalidArgument]:
     """A PayBatchRequest's payments decoded by the core, each on its own; a call over
     ``payments_max`` or with broken framing raises ``RequestUndecodable``."""
     decoded = decode_pay_batch(request, fingerprint_key, payments_max)
-    return [_intent(d, deadline) for d in decoded]
+    return [_intent(d, deadline, sender=sender) for d in decoded]
 
 
 def _intent(
-    decoded: DecodedPay | str, deadline: float | None, field: str = "request"
+    decoded: DecodedPay | str, deadline: float | None, field: str = "request", sender: str = ""
 ) -> PaymentIntent | InvalidArgument:
     if isinstance(decoded, str):
         return InvalidArgument(field, decoded)
@@ -151,6 +160,7 @@ def _intent(
         ip=ip,
         detail=MethodDetail(*detail),
         deadline=deadline,
+        sender=sender,
     )
 
 
@@ -383,6 +393,35 @@ def watch_arguments(
 
 
 _MAPPING_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def refund_access(
+    caller: str, key: str, payment_id: str, amount_minor: int | None, currency: str
+) -> dict[str, object]:
+    """The audit row of a refund asked for by ``caller``: before the work, so a refund
+    the gateway then declines or that fails is on record too."""
+    return {
+        "kind": ACCESS_REFUND,
+        "caller": caller,
+        "refund_key": key,
+        "payment_id": payment_id,
+        "amount_minor": amount_minor,  # None: what is left
+        "currency": currency,
+        "at_us": time.time_ns() // 1_000,
+    }
+
+
+def reconcile_access(caller: str, gateway: str, report_csv: bytes) -> dict[str, object]:
+    """The audit row of a reconciliation run asked for by ``caller``: the report itself
+    is not kept, its SHA-256 and size are."""
+    return {
+        "kind": ACCESS_RECONCILE,
+        "caller": caller,
+        "gateway": gateway,
+        "report_sha256": hashlib.sha256(report_csv).hexdigest(),
+        "report_bytes": len(report_csv),
+        "at_us": time.time_ns() // 1_000,
+    }
 
 
 def reconcile_arguments(

@@ -29,9 +29,10 @@ from quickpay_engine.errors import (
     RequestUndecodable,
     ShuttingDown,
     StoreUnavailable,
+    echo,
 )
 from quickpay_engine.reconcile.report import ReportError
-from quickpay_engine.security.guard import Guard
+from quickpay_engine.security.guard import Guard, current_caller
 from quickpay_engine.settlement.service import SettlementService
 from quickpay_engine.store import UNREACHABLE
 
@@ -222,7 +223,8 @@ class SettlementServicer(pb_grpc.SettlementServicer):
     async def Pay(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Takes the request's bytes unparsed (the core decodes them) and answers bytes."""
         deadline = await _deadline(context)
-        (intent,) = convert.intents_of_frames([request], self._key, deadline)
+        sender = current_caller().name
+        (intent,) = convert.intents_of_frames([request], self._key, deadline, sender=sender)
         try:
             if isinstance(intent, InvalidArgument):
                 raise intent
@@ -243,9 +245,12 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         replies: asyncio.Queue[bytes | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_INFLIGHT_MAX)
         tasks: set[asyncio.Task[None]] = set()
+        sender = current_caller().name
 
         async def settle(n: int, frame: bytes) -> None:
-            (intent,) = convert.intents_of_frames([frame], self._key, field=f"request {n}")
+            (intent,) = convert.intents_of_frames(
+                [frame], self._key, field=f"request {n}", sender=sender
+            )
             key = "" if isinstance(intent, InvalidArgument) else intent.idempotency_key
             try:
                 if isinstance(intent, InvalidArgument):
@@ -286,7 +291,9 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         The core splits and decodes the call's payments, each on its own."""
         deadline = await _deadline(context)
         try:
-            items = convert.intents_of_batch(request, self._key, PAY_BATCH_MAX, deadline)
+            items = convert.intents_of_batch(
+                request, self._key, PAY_BATCH_MAX, deadline, current_caller().name
+            )
         except RequestUndecodable as err:
             await _abort(context, err, "PayBatch")
         decoded = [i for i in items if not isinstance(i, InvalidArgument)]
@@ -310,6 +317,12 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         try:
             payment_id, key = convert.get_payment_arguments(request)
             record = await self._service.get_payment(payment_id=payment_id, idempotency_key=key)
+            caller = current_caller()
+            if not caller.sees_every_payment and record.intent.sender != caller.name:
+                # Answered word for word as an unknown payment: another caller's payments
+                # are not this one's to learn of, not even that they exist.
+                name, value = ("payment_id", payment_id) if payment_id else ("idempotency_key", key)
+                raise NotFound(f"no payment with {name} {echo(value)}")
         except Exception as err:
             await _abort(context, err, "GetPayment")
         return convert.payment_msg(record)
@@ -321,6 +334,10 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         deadline = None if remaining is None else time.monotonic() + remaining
         try:
             key, payment_id, amount_minor, currency, reason = convert.refund_arguments(request)
+            if caller := current_caller().name:
+                await self._service.record_access(
+                    convert.refund_access(caller, key, payment_id, amount_minor, currency)
+                )
             outcome = await self._service.refunds.refund(
                 key, payment_id, amount_minor, currency, reason, deadline
             )
@@ -349,6 +366,10 @@ class SettlementServicer(pb_grpc.SettlementServicer):
     ) -> pb.ReconcileReport:
         try:
             arguments = convert.reconcile_arguments(request, self._mappings_dir)
+            if caller := current_caller().name:
+                await self._service.record_access(
+                    convert.reconcile_access(caller, request.gateway, request.report_csv)
+                )
             # The reply is built on the reconciliation's thread, not the event loop.
             reply = await self._service.reconcile_into(convert.reconcile_report, *arguments)
         except Exception as err:

@@ -277,6 +277,7 @@ def _payment_row(seq: int, d: Decision, o: Outcome, now_us: int) -> tuple[object
         d.fraud.decision if d.fraud else "",
         ",".join(d.fraud.reasons) if d.fraud else "",
         now_us,
+        i.sender,
     )
 
 
@@ -297,6 +298,7 @@ def intent_json(intent: PaymentIntent) -> str:
             "channel": intent.channel,
             "device_id": intent.device_id,
             "ip": intent.ip,
+            "sender": intent.sender,
         }
     )
 
@@ -316,6 +318,7 @@ def intent_from_json(text: str) -> PaymentIntent:
         channel=data["channel"],
         device_id=data["device_id"],
         ip=data["ip"],
+        sender=data.get("sender", ""),  # journalled before senders were recorded: none
     )
 
 
