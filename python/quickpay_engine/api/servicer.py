@@ -146,8 +146,10 @@ def add_to_server(
     for name, (make, request, response) in TYPED_RPCS.items():
         method = getattr(servicer, name)
         streams = make is grpc.unary_stream_rpc_method_handler
+        bytes_max = convert.REQUEST_BYTES_MAX.get(name)
+        parsed = (_parsed_stream if streams else _parsed)(method, request, bytes_max)
         handlers[name] = make(
-            _guarded(guard, name, (_parsed_stream if streams else _parsed)(method, request), make),
+            _guarded(guard, name, parsed, make),
             response_serializer=response.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
@@ -174,8 +176,18 @@ def _guarded(guard: Guard, rpc: str, method: Handler, make: Any) -> Handler:
     return streaming
 
 
-async def parse_request(request: type[M], data: bytes, context: grpc.aio.ServicerContext) -> M:
-    """``data`` parsed as ``request``; else the call ends INVALID_ARGUMENT naming it."""
+async def parse_request(
+    request: type[M], data: bytes, context: grpc.aio.ServicerContext, bytes_max: int | None = None
+) -> M:
+    """``data`` parsed as ``request``; else the call ends INVALID_ARGUMENT naming it. Over
+    ``bytes_max`` it is refused unparsed: some field is past its bound."""
+    if bytes_max is not None and len(data) > bytes_max:
+        name = request.DESCRIPTOR.name
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{convert.largest_field(request, data)}: over its bound (the request is"
+            f" {len(data)} bytes, of the {bytes_max} a {name} can take)",
+        )
     try:
         return request.FromString(data)
     except DecodeError:
@@ -187,16 +199,17 @@ async def parse_request(request: type[M], data: bytes, context: grpc.aio.Service
         raise  # abort raises; this line is for the type checker
 
 
-def _parsed(method: Handler, request: type[Message]) -> Handler:
+def _parsed(method: Handler, request: type[Message], bytes_max: int | None) -> Handler:
     async def handler(data: bytes, context: grpc.aio.ServicerContext) -> Any:
-        return await method(await parse_request(request, data, context), context)
+        return await method(await parse_request(request, data, context, bytes_max), context)
 
     return handler
 
 
-def _parsed_stream(method: Handler, request: type[Message]) -> Handler:
+def _parsed_stream(method: Handler, request: type[Message], bytes_max: int | None) -> Handler:
     async def handler(data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for reply in method(await parse_request(request, data, context), context):
+        parsed = await parse_request(request, data, context, bytes_max)
+        async for reply in method(parsed, context):
             yield reply
 
     return handler
