@@ -412,3 +412,65 @@ def test_a_store_of_the_previous_schema_gains_the_sender_column(tmp_path: Path) 
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         columns = [row[1] for row in db.execute("PRAGMA table_info(payments)")]
     assert columns[-1] == "sender"
+
+
+async def test_quickpay_bench_calls_with_a_client_certificate_or_a_token(
+    data_dir: Path, access_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import SUBSCRIBERS
+    from quickpay_engine import cli
+    from quickpay_engine.subscribers import write_csv
+
+    with (data_dir / "subscribers.csv").open("w", newline="") as out:
+        write_csv(SUBSCRIBERS, out)
+    ca = Authority()
+    cert, key = ca.server().write(tmp_path, "server")
+    (tmp_path / "ca.pem").write_bytes(ca.pem)
+    client_cert, client_key = ca.issue("gw-b", dns=("gw-b.carrier.test",)).write(tmp_path, "gw-b")
+    security = SecuritySettings(TlsFiles(cert, key, tmp_path / "ca.pem"), access_file)
+    running = await create_server(settings_for(data_dir), security=security)
+    try:
+        base = ["bench", "--data-dir", str(data_dir), "--target", f"127.0.0.1:{running.port}",
+                "--no-progress", "--count", "20", "--concurrency", "2", "--tls-ca", str(tmp_path / "ca.pem"),
+                "--tls-cert", str(client_cert), "--tls-key", str(client_key)]  # fmt: skip
+        reports = {}
+        for how, extra in (("certificate", ["--rpc", "unary"]), ("token", ["--rpc", "stream"])):
+            if how == "token":
+                # gw-a's token on gw-b's connection: the certificate names the caller
+                # first, so this is still gw-b; a token alone is tested on loopback.
+                monkeypatch.setenv("QUICKPAY_TOKEN", TOKENS["gw-a"])
+            out = tmp_path / f"{how}.json"
+            code = await asyncio.to_thread(cli.main, [*base, *extra, "--json", str(out)])
+            assert code == 0, how
+            reports[how] = json.loads(out.read_text())
+        for report in reports.values():
+            assert report["errors"] == {}
+            assert report["statuses"].get("SETTLED", 0) > 0
+        senders = {
+            row[0] for row in running.store._db.execute("SELECT DISTINCT sender FROM payments")
+        }
+        assert senders == {"gw-b"}
+    finally:
+        await running.stop(grace_s=1)
+
+
+async def test_quickpay_bench_sends_the_token_of_quickpay_token(
+    guarded: RunningServer, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import SUBSCRIBERS
+    from quickpay_engine import cli
+    from quickpay_engine.subscribers import write_csv
+
+    with (data_dir / "subscribers.csv").open("w", newline="") as out:
+        write_csv(SUBSCRIBERS, out)
+    base = ["bench", "--data-dir", str(data_dir), "--target", f"127.0.0.1:{guarded.port}",
+            "--no-progress", "--count", "20", "--concurrency", "2", "--rpc", "batch"]  # fmt: skip
+    out = tmp_path / "anonymous.json"
+    monkeypatch.delenv("QUICKPAY_TOKEN", raising=False)
+    await asyncio.to_thread(cli.main, [*base, "--json", str(out)])
+    assert json.loads(out.read_text())["errors"] == {"UNAUTHENTICATED": 20}
+    monkeypatch.setenv("QUICKPAY_TOKEN", TOKENS["gw-b"])
+    out = tmp_path / "gw-b.json"
+    assert await asyncio.to_thread(cli.main, [*base, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["errors"] == {} and report["statuses"]["SETTLED"] > 0
