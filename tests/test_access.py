@@ -474,3 +474,45 @@ async def test_quickpay_bench_sends_the_token_of_quickpay_token(
     assert await asyncio.to_thread(cli.main, [*base, "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["errors"] == {} and report["statuses"]["SETTLED"] > 0
+
+
+async def test_a_real_sighup_reloads_the_access_file(
+    data_dir: Path, access_file: Path, tmp_path: Path
+) -> None:
+    import signal
+
+    from test_serve_process import start_server
+
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process, port = await start_server(
+            data_dir, "--auth-file", str(access_file), stderr=log.fileno()
+        )
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.SettlementStub(channel)
+                reply = await stub.Pay(topup("hup-0"), metadata=bearer("gw-b"), timeout=TIMEOUT_S)
+                assert reply.status == pb.SETTLED
+                rotated = "a-token-made-for-the-sighup-test-0123456789"
+                _write(access_file, ACCESS.replace(token_hash(TOKENS["gw-b"]), token_hash(rotated)))
+                process.send_signal(signal.SIGHUP)
+                new = (("authorization", f"Bearer {rotated}"),)
+                # The signal is handled on the server's loop; wait for it, however long.
+                for attempt in range(600):
+                    try:
+                        await stub.Pay(topup(f"hup-{attempt + 1}"), metadata=new, timeout=TIMEOUT_S)
+                        break
+                    except grpc.aio.AioRpcError as err:
+                        assert err.code() is grpc.StatusCode.UNAUTHENTICATED
+                        await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the new token was never accepted")
+                with pytest.raises(grpc.aio.AioRpcError) as old:
+                    await stub.Pay(topup("hup-old"), metadata=bearer("gw-b"), timeout=TIMEOUT_S)
+                assert old.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(process.wait(), TIMEOUT_S) == 0
+    text = log_path.read_text()
+    assert "access file" in text and "reloaded" in text
+    assert "every caller may call every RPC" not in text
