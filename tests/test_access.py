@@ -516,3 +516,27 @@ async def test_a_real_sighup_reloads_the_access_file(
     text = log_path.read_text()
     assert "access file" in text and "reloaded" in text
     assert "every caller may call every RPC" not in text
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "postgres-2pc"], indirect=True)
+async def test_access_rows_on_every_store(
+    data_dir: Path, access_file: Path, database_urls: list[str] | None
+) -> None:
+    running = await create_server(
+        settings_for(data_dir, database_urls=database_urls),
+        security=SecuritySettings(auth_file=access_file),
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.SettlementStub(channel)
+            paid = await stub.Pay(topup("pg-pay"), metadata=bearer("gw-b"), timeout=TIMEOUT_S)
+            refund = pb.RefundRequest(idempotency_key="pg-rf", payment_id=paid.payment_id)
+            await stub.Refund(refund, metadata=bearer("ops"), timeout=TIMEOUT_S)
+        rows = [json.loads(r.content) for r in running.store.audit_rows()]
+        assert [(r["kind"], r["caller"]) for r in rows if r["kind"].startswith("access.")] == [
+            ("access.refund", "ops")
+        ]
+        assert running.store.get_payment(idempotency_key="pg-pay").intent.sender == "gw-b"
+        assert running.store.verify(running.store.audit_head) == []
+    finally:
+        await running.stop(grace_s=1)
