@@ -24,6 +24,14 @@ $(STAMP): requirements.lock
 
 venv: $(STAMP)
 
+# The dependency auditor, in a venv of its own (see requirements-audit.lock).
+AUDIT_VENV  := .venv-audit
+AUDIT_STAMP := $(AUDIT_VENV)/.deps-stamp
+$(AUDIT_STAMP): requirements-audit.lock
+	test -x $(AUDIT_VENV)/bin/python || python3 -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/pip install -q -r requirements-audit.lock
+	touch $@
+
 build: venv
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet
 
@@ -33,7 +41,7 @@ demo: build
 test-rust:
 	cargo test --workspace
 
-lint: venv
+lint: venv $(AUDIT_STAMP)
 	cargo fmt --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --workspace --all-targets --features python -- -D warnings
@@ -41,6 +49,7 @@ lint: venv
 	$(VENV)/bin/ruff check python tests benches scripts
 	$(VENV)/bin/ruff format --check python tests benches scripts
 	scripts/gen_protos.sh --check
+	$(PY) scripts/audit_deps.py
 
 test-py: build
 	$(PY) -m mypy.stubtest quickpay_engine._engine --allowlist scripts/stubtest-allowlist.txt

@@ -84,8 +84,9 @@ def reset_database(url: str) -> None:
             for (name,) in conn.execute(
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
                 " AND tablename != 'schema_migrations'"
-                # Children before the tables they reference.
-                " ORDER BY tablename = 'subscribers'"
+                # Children before the tables they reference (refunds -> payments ->
+                # subscribers): pg_tables' own order changes when a migration alters one.
+                " ORDER BY tablename = 'subscribers', tablename = 'payments'"
             )
         ]
         # DELETE, not TRUNCATE: a test leaves a few rows, and TRUNCATE makes new files

@@ -349,7 +349,10 @@ async def test_the_sweep_finishes_what_the_pipeline_let_go_and_spares_what_it_ho
         ]
         pipeline.in_flight.discard(held.payment_id)
         for _ in range(100):
-            if _ledger_states(running, [held.payment_id]) == [ROLLED_BACK]:
+            # The sweep rolls the hold back, then forgets the journal entry: wait for both,
+            # or the check below races the second.
+            rolled_back = _ledger_states(running, [held.payment_id]) == [ROLLED_BACK]
+            if rolled_back and not running.store.attempts():
                 break
             await asyncio.sleep(0.05)
         assert _ledger_states(running, [held.payment_id]) == [ROLLED_BACK]

@@ -35,7 +35,7 @@ TABLES = {
     " amount_minor, currency, purpose, method_kind, method_display, channel, device_id, ip,"
     " status, decline_reason, decline_detail, confirmation_id, settled_at_us,"
     " balance_after_minor, service_state_after, gateway, gateway_reference, fraud_score,"
-    " fraud_decision, fraud_reasons, created_at_us",
+    " fraud_decision, fraud_reasons, created_at_us, sender",
     "review_queue": "payment_id, account_id, score, reasons, created_at_us",
     "billing_records": "record_id, payment_id, account_id, kind, amount_minor, currency,"
     " balance_delta_minor, balance_after_minor, created_at_us",
@@ -95,6 +95,7 @@ def decisions(rng: random.Random, subs: list[SubscriberRow], n: int, tag: str) -
             channel=rng.choice(["app", "USSD", "kiosk ☎"]),
             device_id=rng.choice(ODD),
             ip=rng.choice(["192.0.2.1", "", "2001:db8::1"]),
+            sender=rng.choice(["", "gateway-node-1", "node ☎ 2"]),
         )
         fraud = None
         if rng.random() < 0.7:

@@ -104,6 +104,9 @@ class PaymentIntent:
     # When the caller stops waiting, on the event loop's clock (time.monotonic); None
     # when it set no deadline. Gateway calls get what is left of it.
     deadline: float | None = field(default=None, repr=False, compare=False)
+    # The caller that sent it, as the access file names it ("" without one): a gateway
+    # may read back only the payments it sent.
+    sender: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)

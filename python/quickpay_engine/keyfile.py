@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from quickpay_engine.errors import ConfigError
@@ -13,7 +14,8 @@ KEY_BYTES = 32
 
 
 def secret_key(path: Path) -> bytes:
-    """The key in ``path``, created on first use (0600)."""
+    """The key in ``path``, created on first use (0600); ConfigError when the file is
+    open to group or others."""
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     if not path.exists():
@@ -36,6 +38,14 @@ def secret_key(path: Path) -> bytes:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        # A key others can read lets them forge what it protects (fingerprints, the
+        # audit chain): refuse to start rather than go on with it.
+        raise ConfigError(
+            f"{path} is readable or writable by group or others (mode {mode:04o}): the key"
+            f" must be the owner's alone; run chmod 600 {path}"
+        )
     key = path.read_bytes()
     if len(key) != KEY_BYTES:
         raise ConfigError(f"{path} must hold {KEY_BYTES} bytes; it holds {len(key)}")

@@ -32,6 +32,9 @@ from quickpay_engine.events.relay import OutboxRelay
 from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.gateways.supervisor import open_gateways
 from quickpay_engine.keyfile import secret_key
+from quickpay_engine.security.guard import Guard
+from quickpay_engine.security.settings import SecuritySettings, check_exposure
+from quickpay_engine.security.tls import CertificateReloader
 from quickpay_engine.settlement.ledger_book import LedgerBook
 from quickpay_engine.settlement.service import BatchSettings, SettlementService
 from quickpay_engine.settlement.twophase import SWEEP_INTERVAL_S, TwoPhaseStore
@@ -56,12 +59,18 @@ def fingerprint_key(data_dir: Path) -> bytes:
     return secret_key(data_dir / "fingerprint.key")
 
 
-def listen_on(server: grpc.aio.Server, listen: str) -> int:
-    """Binds ``listen`` (HOST:PORT; port 0 picks a free one) and returns the port. A
-    refusal is one line that names the address and why: grpc says only "Failed to bind",
-    so the reason is asked of the OS with a plain bind of the same address."""
+def listen_on(
+    server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None = None
+) -> int:
+    """Binds ``listen`` (HOST:PORT; port 0 picks a free one), with TLS when
+    ``credentials`` are given, and returns the port. A refusal is one line that names
+    the address and why: grpc says only "Failed to bind", so the reason is asked of the
+    OS with a plain bind of the same address."""
     try:
-        port = server.add_insecure_port(listen)
+        if credentials is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, credentials)
     except RuntimeError:
         port = 0
     if port == 0:
@@ -111,6 +120,17 @@ class RunningServer:
     relay: EventRelayTask | None = None
     sweeper: asyncio.Task[None] | None = None
     owner: PgOwner | None = None
+    # The port's certificates (None: no TLS) and the per-call check, both reloaded on
+    # SIGHUP.
+    tls: CertificateReloader | None = None
+    guard: Guard | None = None
+
+    def reload(self) -> None:
+        """SIGHUP: reads the TLS files and the access file again; open connections stay."""
+        if self.tls is not None:
+            self.tls.request_reload()
+        if self.guard is not None:
+            self.guard.reload()
 
     async def stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
         """Drains: NOT_SERVING, no new calls, in-flight calls finish within the grace."""
@@ -172,12 +192,24 @@ async def create_server(
     settings: Settings,
     batching: BatchSettings | None = None,
     fraud_scorer: FraudScorer | None = None,
+    security: SecuritySettings | None = None,
+    guard: Guard | None = None,
 ) -> RunningServer:
-    """Builds and starts the server on ``settings.listen`` (port 0 picks a free one)."""
+    """Builds and starts the server on ``settings.listen`` (port 0 picks a free one).
+    ``security``: TLS and the access file (None: neither, loopback only); ``guard``
+    replaces the access file's check (tests pass one with their own clock)."""
+    security = security or SecuritySettings()
+    for warning in check_exposure(settings.listen, security):
+        log.warning("%s", warning)
     check_listen(settings.listen)
     batching = dataclasses.replace(
         batching or BatchSettings(), queue_wait_max_ms=settings.queue_wait_max_ms
     )
+    # Both read and checked before anything is opened: a bad file is one line at start.
+    tls = CertificateReloader(security.tls) if security.tls is not None else None
+    guard = guard or Guard.from_file(security.auth_file)
+    if guard.access is None:
+        log.warning("no --auth-file: every caller may call every RPC (allowed on loopback only)")
     enforce = settings.fraud_mode == "enforce"
     if not enforce:
         log.warning("fraud scoring in observe mode: assessed and reported, never declined")
@@ -228,13 +260,15 @@ async def create_server(
                 ("grpc.so_reuseport", 0),
             ]
         )
-        add_to_server(SettlementServicer(service, key, settings.data_dir / "mappings"), server)
+        add_to_server(
+            SettlementServicer(service, key, settings.data_dir / "mappings"), server, guard
+        )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             [SETTLEMENT_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
         )
-        port = listen_on(server, settings.listen)
+        port = listen_on(server, settings.listen, tls.credentials() if tls else None)
         relay = EventRelayTask.start(service, settings.nats_url) if settings.nats_url else None
         await server.start()
         undo.pop_all()
@@ -248,8 +282,17 @@ async def create_server(
     if owner is not None:
         owner.watch()  # from here a lost lock fences the engine until it is retaken
     return RunningServer(
-        server, port, service, health_servicer, store, stop_gateways, relay, sweeper, owner
-    )
+        server, port, service, health_servicer, store, stop_gateways, relay, sweeper, owner,
+        tls, guard,
+    )  # fmt: skip
+
+
+def _protection(running: RunningServer) -> str:
+    """How the port is protected, as the start line says it."""
+    tls = running.tls
+    said = "no TLS" if tls is None else "mTLS" if tls.files.client_ca is not None else "TLS"
+    access = running.guard.access if running.guard is not None else None
+    return f"{said}, {'access file ' + str(access.path) if access else 'no access file'}"
 
 
 async def sweep_prepared(
@@ -265,14 +308,20 @@ async def sweep_prepared(
             log.warning("two-phase sweep failed, retrying in %.0f s: %s", interval_s, err)
 
 
-async def serve(settings: Settings, batching: BatchSettings | None = None) -> int:
-    """Runs until SIGTERM or SIGINT, then drains and returns 0."""
-    running = await create_server(settings, batching)
+async def serve(
+    settings: Settings,
+    batching: BatchSettings | None = None,
+    security: SecuritySettings | None = None,
+) -> int:
+    """Runs until SIGTERM or SIGINT, then drains and returns 0; SIGHUP reloads the TLS
+    files and the access file."""
+    running = await create_server(settings, batching, security=security)
     host = settings.listen.rpartition(":")[0]
     log.info(
-        "serving quickpay.v1.Settlement on %s:%d (store %s, %d subscribers)",
+        "serving quickpay.v1.Settlement on %s:%d (%s; store %s, %d subscribers)",
         host,
         running.port,
+        _protection(running),
         settings.database_url,
         running.service.engine.subscriber_count(),
     )
@@ -280,6 +329,7 @@ async def serve(settings: Settings, batching: BatchSettings | None = None) -> in
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, running.reload)
     # Scripts read this line to learn the port when --listen asked for port 0; it comes
     # after the signal handlers, so a SIGTERM sent on reading it drains.
     print(f"listening on {host}:{running.port}", flush=True)

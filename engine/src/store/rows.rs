@@ -55,6 +55,8 @@ pub struct Decision<'a> {
     pub channel: &'a str,
     pub device_id: &'a str,
     pub ip: &'a str,
+    /// The caller that sent the payment (the access file's name; "" without one).
+    pub sender: &'a str,
     pub decline_reason: &'a str,
     pub decline_detail: &'a str,
     pub gateway: &'a str,
@@ -437,6 +439,7 @@ pub fn intent_json(d: &Decision<'_>) -> String {
         .int("method_kind", i64::from(d.method_kind))
         .str("msisdn", d.msisdn)
         .int("purpose", i64::from(d.purpose))
+        .str("sender", d.sender)
         .finish()
 }
 

@@ -309,9 +309,10 @@ fn insert(tx: &Transaction<'_>, rows: &BatchRows<'_>, now_us: i64) -> rusqlite::
          msisdn, amount_minor, currency, purpose, method_kind, method_display, channel, \
          device_id, ip, status, decline_reason, decline_detail, confirmation_id, \
          settled_at_us, balance_after_minor, service_state_after, gateway, \
-         gateway_reference, fraud_score, fraud_decision, fraud_reasons, created_at_us) \
+         gateway_reference, fraud_score, fraud_decision, fraud_reasons, created_at_us, \
+         sender) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-         ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
+         ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
     )?;
     for p in &rows.payments {
         let d = &p.d;
@@ -343,6 +344,7 @@ fn insert(tx: &Transaction<'_>, rows: &BatchRows<'_>, now_us: i64) -> rusqlite::
             d.fraud.map_or("", |f| f.decision),
             d.fraud.map_or("", |f| f.reasons),
             now_us,
+            d.sender,
         ])?;
     }
     let mut reviews = tx.prepare_cached(

@@ -32,6 +32,7 @@ fn decision<'a>(payment_id: &'a str, key: &'a str, account_id: &'a str) -> Decis
         channel: "app",
         device_id: "",
         ip: "",
+        sender: "",
         decline_reason: "",
         decline_detail: "",
         gateway: "alpha",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import string
+import time
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from quickpay_engine._engine import decode_pay_batch, decode_pay_requests
@@ -30,6 +33,7 @@ from quickpay_engine.errors import InvalidArgument
 from quickpay_engine.reconcile.report import ColumnMapping
 from quickpay_engine.settlement.reconciliation import DEFAULT_TOLERANCE_S, ReconcileRun
 from quickpay_engine.settlement.refunds import RefundOutcome
+from quickpay_engine.store.audit import ACCESS_RECONCILE, ACCESS_REFUND
 
 if TYPE_CHECKING:
     from quickpay_engine._engine import DecodedPay
@@ -114,24 +118,30 @@ def intents_of_frames(
     fingerprint_key: bytes,
     deadline: float | None = None,
     field: str = "request",
+    sender: str = "",
 ) -> list[PaymentIntent | InvalidArgument]:
-    """PayRequest frames decoded by the core, in one call: each an intent, or the
-    InvalidArgument (on ``field``) of a frame that is not a PayRequest."""
+    """PayRequest frames decoded by the core, in one call: each an intent (sent by
+    ``sender``), or the InvalidArgument (on ``field``) of a frame that is not a
+    PayRequest."""
     decoded = decode_pay_requests(frames, fingerprint_key)
-    return [_intent(d, deadline, field) for d in decoded]
+    return [_intent(d, deadline, field, sender) for d in decoded]
 
 
 def intents_of_batch(
-    request: bytes, fingerprint_key: bytes, payments_max: int, deadline: float | None = None
+    request: bytes,
+    fingerprint_key: bytes,
+    payments_max: int,
+    deadline: float | None = None,
+    sender: str = "",
 ) -> list[PaymentIntent | InvalidArgument]:
     """A PayBatchRequest's payments decoded by the core, each on its own; a call over
     ``payments_max`` or with broken framing raises ``RequestUndecodable``."""
     decoded = decode_pay_batch(request, fingerprint_key, payments_max)
-    return [_intent(d, deadline) for d in decoded]
+    return [_intent(d, deadline, sender=sender) for d in decoded]
 
 
 def _intent(
-    decoded: DecodedPay | str, deadline: float | None, field: str = "request"
+    decoded: DecodedPay | str, deadline: float | None, field: str = "request", sender: str = ""
 ) -> PaymentIntent | InvalidArgument:
     if isinstance(decoded, str):
         return InvalidArgument(field, decoded)
@@ -151,6 +161,7 @@ def _intent(
         ip=ip,
         detail=MethodDetail(*detail),
         deadline=deadline,
+        sender=sender,
     )
 
 
@@ -328,6 +339,67 @@ REASON_MAX = 1_024
 GATEWAY_MAX = 64
 # The widest cutoff tolerance of a reconciliation: a day either side (seconds).
 TOLERANCE_MAX_S = 86_400
+# Kinds one WatchRequest may name: each known kind once, and as many again (repeats are
+# harmless and dropped); more is refused.
+WATCH_KINDS_MAX = 8
+# The most bytes a request of each typed RPC can take with every field within its bound
+# (a character is at most 4 bytes of UTF-8; each field adds a tag and a length of at
+# most 3 bytes): a longer request is refused INVALID_ARGUMENT from its size alone,
+# before it is parsed, so an oversized field is never copied into a message or a string.
+# Reconcile's report is bounded by the transport (server.MESSAGE_BYTES_MAX, the same as
+# the service's REPORT_BYTES_MAX).
+_UTF8_MAX = 4
+_FIELD_OVERHEAD = 4
+REQUEST_BYTES_MAX = {
+    # One of payment_id or idempotency_key.
+    "GetPayment": _UTF8_MAX * KEY_MAX + _FIELD_OVERHEAD,
+    # Key, payment id, reason and the amount (an int64 and a 3-letter currency).
+    "Refund": _UTF8_MAX * (2 * KEY_MAX + REASON_MAX) + 4 * _FIELD_OVERHEAD + 24,
+    # Cursor, account id, and WATCH_KINDS_MAX kinds of at most 32 characters each.
+    "WatchSettlements": 16 + _UTF8_MAX * ACCOUNT_ID_MAX + WATCH_KINDS_MAX * (32 + _FIELD_OVERHEAD),
+}
+
+
+def largest_field(request: type[Message], data: bytes) -> str:
+    """The name of the field taking the most bytes of ``data`` (a serialized ``request``),
+    read from the wire format's top-level tags and lengths alone: nothing is copied, so
+    an oversized request can be refused naming its field. "request" when the bytes do
+    not frame (they are then not the request at all)."""
+    sizes: dict[int, int] = {}
+    at, end = 0, len(data)
+    try:
+        while at < end:
+            tag, at = _varint(data, at)
+            number, wire = tag >> 3, tag & 7
+            start = at
+            if wire == 0:
+                _, at = _varint(data, at)
+            elif wire == 1:
+                at += 8
+            elif wire == 2:
+                length, at = _varint(data, at)
+                at += length
+            elif wire == 5:
+                at += 4
+            else:
+                return "request"
+            sizes[number] = sizes.get(number, 0) + at - start
+    except IndexError:
+        return "request"
+    fields = request.DESCRIPTOR.fields_by_number
+    named = [(size, fields[n].name) for n, size in sizes.items() if n in fields]
+    return max(named)[1] if named else "request"
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80 or shift > 63:
+            return value, at
+        shift += 7
 
 
 def text(field: str, value: str, longest: int) -> str:
@@ -374,6 +446,8 @@ def watch_arguments(
         raise InvalidArgument(
             "from_cursor", f"at most {CURSOR_MAX} (2^63-1), not {request.from_cursor}"
         )
+    if len(request.kinds) > WATCH_KINDS_MAX:
+        raise InvalidArgument("kinds", f"at most {WATCH_KINDS_MAX}, not {len(request.kinds)}")
     unknown = sorted(set(request.kinds) - set(kinds_known))
     if unknown:
         raise InvalidArgument(
@@ -384,6 +458,35 @@ def watch_arguments(
 
 
 _MAPPING_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def refund_access(
+    caller: str, key: str, payment_id: str, amount_minor: int | None, currency: str
+) -> dict[str, object]:
+    """The audit row of a refund asked for by ``caller``: before the work, so a refund
+    the gateway then declines or that fails is on record too."""
+    return {
+        "kind": ACCESS_REFUND,
+        "caller": caller,
+        "refund_key": key,
+        "payment_id": payment_id,
+        "amount_minor": amount_minor,  # None: what is left
+        "currency": currency,
+        "at_us": time.time_ns() // 1_000,
+    }
+
+
+def reconcile_access(caller: str, gateway: str, report_csv: bytes) -> dict[str, object]:
+    """The audit row of a reconciliation run asked for by ``caller``: the report itself
+    is not kept, its SHA-256 and size are."""
+    return {
+        "kind": ACCESS_RECONCILE,
+        "caller": caller,
+        "gateway": gateway,
+        "report_sha256": hashlib.sha256(report_csv).hexdigest(),
+        "report_bytes": len(report_csv),
+        "at_us": time.time_ns() // 1_000,
+    }
 
 
 def reconcile_arguments(

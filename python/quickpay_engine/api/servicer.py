@@ -31,8 +31,10 @@ from quickpay_engine.errors import (
     RequestUndecodable,
     ShuttingDown,
     StoreUnavailable,
+    echo,
 )
 from quickpay_engine.reconcile.report import ReportError
+from quickpay_engine.security.guard import Guard, current_caller
 from quickpay_engine.settlement.service import SettlementService
 from quickpay_engine.store import UNREACHABLE
 
@@ -142,24 +144,61 @@ TYPED_RPCS = {
 Handler = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
-def add_to_server(servicer: SettlementServicer, server: grpc.aio.Server) -> None:
-    """Registers ``servicer`` as quickpay.v1.Settlement on ``server``."""
+def add_to_server(
+    servicer: SettlementServicer, server: grpc.aio.Server, guard: Guard | None = None
+) -> None:
+    """Registers ``servicer`` as quickpay.v1.Settlement on ``server``; every call first
+    passes ``guard`` (identity, role, rate limit), before its request is even parsed."""
+    guard = guard or Guard(None)
     handlers: dict[str, grpc.RpcMethodHandler] = {
-        name: make(getattr(servicer, name)) for name, make in RAW_RPCS.items()
+        name: make(_guarded(guard, name, getattr(servicer, name), make))
+        for name, make in RAW_RPCS.items()
     }
     for name, (make, request, response) in TYPED_RPCS.items():
         method = getattr(servicer, name)
         streams = make is grpc.unary_stream_rpc_method_handler
+        bytes_max = convert.REQUEST_BYTES_MAX.get(name)
+        parsed = (_parsed_stream if streams else _parsed)(method, request, bytes_max)
         handlers[name] = make(
-            (_parsed_stream if streams else _parsed)(method, request),
+            _guarded(guard, name, parsed, make),
             response_serializer=response.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
-async def parse_request(request: type[M], data: bytes, context: grpc.aio.ServicerContext) -> M:
-    """``data`` parsed as ``request``; else the call ends INVALID_ARGUMENT naming it."""
+def _guarded(guard: Guard, rpc: str, method: Handler, make: Any) -> Handler:
+    """``method`` behind ``guard.admit``; with no access file the check is skipped."""
+    if guard.access is None:  # no access file: nothing to check, nothing added per call
+        return method
+    if make is grpc.unary_unary_rpc_method_handler:
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await guard.admit(rpc, context)
+            return await method(request, context)
+
+        return unary
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await guard.admit(rpc, context)
+        async for reply in method(request, context):
+            yield reply
+
+    return streaming
+
+
+async def parse_request(
+    request: type[M], data: bytes, context: grpc.aio.ServicerContext, bytes_max: int | None = None
+) -> M:
+    """``data`` parsed as ``request``; else the call ends INVALID_ARGUMENT naming it. Over
+    ``bytes_max`` it is refused unparsed: some field is past its bound."""
+    if bytes_max is not None and len(data) > bytes_max:
+        name = request.DESCRIPTOR.name
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{convert.largest_field(request, data)}: over its bound (the request is"
+            f" {len(data)} bytes, of the {bytes_max} a {name} can take)",
+        )
     try:
         return request.FromString(data)
     except DecodeError:
@@ -171,16 +210,17 @@ async def parse_request(request: type[M], data: bytes, context: grpc.aio.Service
         raise  # abort raises; this line is for the type checker
 
 
-def _parsed(method: Handler, request: type[Message]) -> Handler:
+def _parsed(method: Handler, request: type[Message], bytes_max: int | None) -> Handler:
     async def handler(data: bytes, context: grpc.aio.ServicerContext) -> Any:
-        return await method(await parse_request(request, data, context), context)
+        return await method(await parse_request(request, data, context, bytes_max), context)
 
     return handler
 
 
-def _parsed_stream(method: Handler, request: type[Message]) -> Handler:
+def _parsed_stream(method: Handler, request: type[Message], bytes_max: int | None) -> Handler:
     async def handler(data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for reply in method(await parse_request(request, data, context), context):
+        parsed = await parse_request(request, data, context, bytes_max)
+        async for reply in method(parsed, context):
             yield reply
 
     return handler
@@ -207,7 +247,8 @@ class SettlementServicer(pb_grpc.SettlementServicer):
     async def Pay(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Takes the request's bytes unparsed (the core decodes them) and answers bytes."""
         deadline = await _deadline(context)
-        (intent,) = convert.intents_of_frames([request], self._key, deadline)
+        sender = current_caller().name
+        (intent,) = convert.intents_of_frames([request], self._key, deadline, sender=sender)
         try:
             if isinstance(intent, InvalidArgument):
                 raise intent
@@ -228,9 +269,12 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         replies: asyncio.Queue[bytes | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_INFLIGHT_MAX)
         tasks: set[asyncio.Task[None]] = set()
+        sender = current_caller().name
 
         async def settle(n: int, frame: bytes) -> None:
-            (intent,) = convert.intents_of_frames([frame], self._key, field=f"request {n}")
+            (intent,) = convert.intents_of_frames(
+                [frame], self._key, field=f"request {n}", sender=sender
+            )
             key = "" if isinstance(intent, InvalidArgument) else intent.idempotency_key
             try:
                 if isinstance(intent, InvalidArgument):
@@ -271,7 +315,9 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         The core splits and decodes the call's payments, each on its own."""
         deadline = await _deadline(context)
         try:
-            items = convert.intents_of_batch(request, self._key, PAY_BATCH_MAX, deadline)
+            items = convert.intents_of_batch(
+                request, self._key, PAY_BATCH_MAX, deadline, current_caller().name
+            )
         except RequestUndecodable as err:
             await _abort(context, err, "PayBatch")
         decoded = [i for i in items if not isinstance(i, InvalidArgument)]
@@ -301,6 +347,12 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         try:
             payment_id, key = convert.get_payment_arguments(request)
             record = await self._service.get_payment(payment_id=payment_id, idempotency_key=key)
+            caller = current_caller()
+            if not caller.sees_every_payment and record.intent.sender != caller.name:
+                # Answered word for word as an unknown payment: another caller's payments
+                # are not this one's to learn of, not even that they exist.
+                name, value = ("payment_id", payment_id) if payment_id else ("idempotency_key", key)
+                raise NotFound(f"no payment with {name} {echo(value)}")
         except Exception as err:
             await _abort(context, err, "GetPayment")
         return convert.payment_msg(record)
@@ -312,6 +364,10 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         deadline = None if remaining is None else time.monotonic() + remaining
         try:
             key, payment_id, amount_minor, currency, reason = convert.refund_arguments(request)
+            if caller := current_caller().name:
+                await self._service.record_access(
+                    convert.refund_access(caller, key, payment_id, amount_minor, currency)
+                )
             outcome = await self._service.refunds.refund(
                 key, payment_id, amount_minor, currency, reason, deadline
             )
@@ -340,6 +396,10 @@ class SettlementServicer(pb_grpc.SettlementServicer):
     ) -> pb.ReconcileReport:
         try:
             arguments = convert.reconcile_arguments(request, self._mappings_dir)
+            if caller := current_caller().name:
+                await self._service.record_access(
+                    convert.reconcile_access(caller, request.gateway, request.report_csv)
+                )
             # The reply is built on the reconciliation's thread, not the event loop.
             reply = await self._service.reconcile_into(convert.reconcile_report, *arguments)
         except Exception as err:

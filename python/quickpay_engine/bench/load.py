@@ -80,6 +80,11 @@ class LoadPlan:
     tls: bool = False
     tls_ca: Path | None = None
     tls_server_name: str | None = None
+    # A client certificate and its key (PEM files) for a server that asks for one.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # A bearer token sent with every call, for a server with an access file.
+    token: str | None = None
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -195,16 +200,44 @@ def open_channels(plan: LoadPlan) -> list[grpc.aio.Channel]:
     options: list[tuple[str, object]] = [("grpc.use_local_subchannel_pool", 1)]
     if plan.tls_server_name:
         options.append(("grpc.ssl_target_name_override", plan.tls_server_name))
+    # Only with a token: an interceptor costs every call a little.
+    interceptors = _bearer(plan.token) if plan.token else None
     if not plan.tls:
         return [
-            grpc.aio.insecure_channel(plan.target, options=options) for _ in range(plan.channels)
+            grpc.aio.insecure_channel(plan.target, options=options, interceptors=interceptors)
+            for _ in range(plan.channels)
         ]
     roots = plan.tls_ca.read_bytes() if plan.tls_ca else None
-    credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+    key = plan.tls_key.read_bytes() if plan.tls_key else None
+    chain = plan.tls_cert.read_bytes() if plan.tls_cert else None
+    credentials = grpc.ssl_channel_credentials(roots, key, chain)
     return [
-        grpc.aio.secure_channel(plan.target, credentials, options=options)
+        grpc.aio.secure_channel(
+            plan.target, credentials, options=options, interceptors=interceptors
+        )
         for _ in range(plan.channels)
     ]
+
+
+def _bearer(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors that send ``authorization: Bearer TOKEN`` with every call."""
+    pair = ("authorization", f"Bearer {token}")
+
+    def with_token(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), pair)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    class Unary(grpc.aio.UnaryUnaryClientInterceptor):
+        async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+            return await continuation(with_token(details), request)
+
+    class Streams(grpc.aio.StreamStreamClientInterceptor):
+        async def intercept_stream_stream(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+            return await continuation(with_token(details), requests)
+
+    return [Unary(), Streams()]
 
 
 class UnarySender:

@@ -8,6 +8,7 @@ and a final table; ``--json`` and ``--plot`` write the figures and their timelin
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,8 @@ from quickpay_engine.subscribers import parse_csv
 # Answers with these codes are what the scenario asked for (its malformed share);
 # any other error makes the run exit 1.
 EXPECTED_ERRORS = frozenset({"INVALID_ARGUMENT"})
+# A bearer token for a server with an access file (docs/operations.md).
+TOKEN_VARIABLE = "QUICKPAY_TOKEN"  # noqa: S105 (the variable's name, not a token)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     target.add_argument("--tls", action="store_true", help="connect with TLS")
     target.add_argument("--tls-ca", type=Path, help="PEM roots for TLS (default: system roots)")
     target.add_argument("--tls-server-name", help="name to check in the server certificate")
+    target.add_argument("--tls-cert", type=Path, help="PEM client certificate, for mTLS")
+    target.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    # The token is read from QUICKPAY_TOKEN only (see run): a flag's value shows in `ps`.
     load = parser.add_argument_group("load")
     load.add_argument(
         "--rpc",
@@ -128,9 +134,13 @@ def run(args: argparse.Namespace) -> int:
             interval_s=args.interval,
             timeout_s=args.timeout,
             connect_timeout_s=args.connect_timeout,
-            tls=args.tls or args.tls_ca is not None,
+            tls=args.tls or args.tls_ca is not None or args.tls_cert is not None,
             tls_ca=args.tls_ca,
             tls_server_name=args.tls_server_name,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            # From the environment, not a flag: a flag's value shows in `ps`.
+            token=os.environ.get(TOKEN_VARIABLE) or None,
             seed=args.seed,
         )
         mix = _mix(args)

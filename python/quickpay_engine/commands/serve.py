@@ -10,6 +10,7 @@ import uvloop
 from quickpay_engine.commands import WRITES, add_command
 from quickpay_engine.config import settings_from
 from quickpay_engine.errors import ConfigError
+from quickpay_engine.security.settings import add_security_flags, check_exposure, security_from
 from quickpay_engine.settlement.batcher import BatchSettings
 
 # Bounds of the batching flags: a batch goes to the gateways in one sale_many call, so
@@ -40,7 +41,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             default=os.environ.get(variable, str(default)),
             help=f"{what} ({variable}, default {default:g})",
         )
-    parser.set_defaults(run=run, data_dir_access=WRITES, check=batching_from)
+    add_security_flags(parser)
+    parser.set_defaults(run=run, data_dir_access=WRITES, check=check)
+
+
+def check(args: argparse.Namespace) -> None:
+    """The serve-only flags checked before anything starts."""
+    batching_from(args)
+    security = security_from(args)
+    check_exposure(settings_from(args).listen, security)
 
 
 def batching_from(args: argparse.Namespace) -> BatchSettings:
@@ -66,4 +75,4 @@ def batching_from(args: argparse.Namespace) -> BatchSettings:
 def run(args: argparse.Namespace) -> int:
     from quickpay_engine.server import serve
 
-    return uvloop.run(serve(settings_from(args), batching_from(args)))
+    return uvloop.run(serve(settings_from(args), batching_from(args), security_from(args)))

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import io
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import date
 from typing import TypeVar
 
@@ -404,6 +404,13 @@ class SettlementService:
             )
 
         return await self._reconcile_thread.run(run_and_answer)
+
+    async def record_access(self, content: Mapping[str, object]) -> None:
+        """Appends who asked for a refund or a reconciliation run to the audit trail (one
+        row, its own transaction, on the store thread) and anchors the new head in the
+        ledger's log, as a batch's commit does."""
+        await self._thread.run(self._store.record_access, content)
+        await self.book.anchor(self._store.audit_head)
 
     async def get_payment(
         self, *, payment_id: str = "", idempotency_key: str = ""

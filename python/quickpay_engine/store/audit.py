@@ -93,6 +93,23 @@ def continue_from(
     return [(seq + 1, prev, encoded, row_hash)], (seq + 1, row_hash)
 
 
+# The kinds of row that say who asked for a refund or a reconciliation run (the caller
+# as the access file names it), written before the work.
+ACCESS_REFUND = "access.refund"
+ACCESS_RECONCILE = "access.reconcile"
+
+
+def entry_rows(
+    head: AuditRow | None, key: bytes, content: Mapping[str, object]
+) -> list[tuple[int, str, str, str]]:
+    """The rows that append one entry of ``content`` after ``head``: the marker first
+    when the trail is from before the key (see ``continue_from``)."""
+    rows, (seq, prev) = continue_from(head, key)
+    encoded = canonical(content)
+    rows.append((seq + 1, prev, encoded, chain_hash(key, prev, seq + 1, encoded)))
+    return rows
+
+
 @dataclass(frozen=True, slots=True)
 class ChainBreak:
     """Where the chain first fails and why."""

@@ -12,7 +12,13 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from quickpay_engine.domain import PaymentStatus
-from quickpay_engine.store.audit import AuditRow, ChainReport, verify
+from quickpay_engine.store.audit import (
+    ACCESS_RECONCILE,
+    ACCESS_REFUND,
+    AuditRow,
+    ChainReport,
+    verify,
+)
 
 # Audit rows checked per round of lookups.
 CHUNK_ROWS = 500
@@ -103,11 +109,27 @@ def _check_chunk(store: AuditedStore, rows: list[AuditRow], found: list[str]) ->
             problem = _payment_problem(c, payments.get(str(c["payment_id"])), legs)
         elif kind == "payment.refunded":
             problem = _refund_problem(c, refunds.get(str(c["refund_id"])), legs)
+        elif kind in ACCESS_FIELDS:
+            problem = _access_problem(c)
         else:
             continue
         if problem:
             found.append(f"row {seq}: {problem}")
     return len(payment_ids)
+
+
+# The fields each access row (who asked for a refund or a reconciliation) must carry.
+ACCESS_FIELDS = {
+    ACCESS_REFUND: ("caller", "refund_key", "payment_id", "at_us"),
+    ACCESS_RECONCILE: ("caller", "gateway", "report_sha256", "report_bytes", "at_us"),
+}
+
+
+def _access_problem(c: dict[str, object]) -> str:
+    """An access row that does not say who asked for what."""
+    kind = str(c["kind"])
+    missing = [f for f in ACCESS_FIELDS[kind] if c.get(f) in (None, "")]
+    return f"{kind} row without {', '.join(missing)}" if missing else ""
 
 
 def _payment_problem(

@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -40,7 +40,7 @@ from quickpay_engine.domain import (
     SubscriberRow,
 )
 from quickpay_engine.errors import StoreError
-from quickpay_engine.store.audit import AuditRow
+from quickpay_engine.store.audit import AuditRow, entry_rows
 from quickpay_engine.store.audit_check import audit_problems
 from quickpay_engine.store.checks import ACCOUNT_NETS, CHECKS
 from quickpay_engine.store.pg_migrations import require_current
@@ -290,6 +290,24 @@ class PostgresStore:
         payment's status, its refunded total, and the account's state after. Several
         databases: through the two-phase coordinator (``prepare_refund``)."""
         return self._local(lambda: self._do_refund(refund_id, gateway_reference, now_us))
+
+    def record_access(self, content: Mapping[str, object]) -> None:
+        """Appends one row to the audit trail in a transaction of its own: who asked for
+        a refund or a reconciliation run (``store.audit.ACCESS_*``). The trail lives in
+        the billing database alone, so this needs no two-phase commit even when the
+        domains are split. ``audit_head`` is the trail's head after it."""
+        self._reconnect_broken()
+        conn = self._billing
+        self._written_head = None
+        conn.execute("BEGIN")
+        try:
+            rows = entry_rows(self._audit_tail(), self.audit_key, content)
+            _copy_rows(conn.cursor(), "audit_log", rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        self.audit_head = (rows[-1][0], rows[-1][3])
 
     def _local(self, work: Callable[[], R]) -> R:
         if self.urls.split:
@@ -895,7 +913,7 @@ WRITE_COLUMNS = {
     " amount_minor, currency, purpose, method_kind, method_display, channel, device_id, ip,"
     " status, decline_reason, decline_detail, confirmation_id, settled_at_us,"
     " balance_after_minor, service_state_after, gateway, gateway_reference, fraud_score,"
-    " fraud_decision, fraud_reasons, created_at_us",
+    " fraud_decision, fraud_reasons, created_at_us, sender",
     "review_queue": "payment_id, account_id, score, reasons, created_at_us",
     "billing_records": "record_id, payment_id, account_id, kind, amount_minor, currency,"
     " balance_delta_minor, balance_after_minor, created_at_us",

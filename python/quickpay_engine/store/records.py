@@ -21,7 +21,7 @@ PAYMENT_COLUMNS = (
     " currency, purpose, method_kind, method_display, channel, device_id, ip, status,"
     " decline_reason, decline_detail, confirmation_id, settled_at_us, balance_after_minor,"
     " service_state_after, gateway, gateway_reference, fraud_score, fraud_decision,"
-    " fraud_reasons, refunded_minor, created_at_us"
+    " fraud_reasons, refunded_minor, created_at_us, sender"
 )
 
 
@@ -31,7 +31,7 @@ def payment_record(row: tuple) -> PaymentRecord:  # type: ignore[type-arg]
         seq, payment_id, key, fingerprint, account_id, msisdn, amount, currency, purpose,
         method_kind, method_display, channel, device_id, ip, status, reason, detail,
         confirmation_id, settled_at_us, balance_after, state_after, gateway, gateway_ref,
-        fraud_score, fraud_decision, fraud_reasons, refunded, created_at_us,
+        fraud_score, fraud_decision, fraud_reasons, refunded, created_at_us, sender,
     ) = row  # fmt: skip
     intent = PaymentIntent(
         idempotency_key=key,
@@ -45,6 +45,7 @@ def payment_record(row: tuple) -> PaymentRecord:  # type: ignore[type-arg]
         channel=channel,
         device_id=device_id,
         ip=ip,
+        sender=sender,
     )
     confirmation = None
     if confirmation_id is not None:

@@ -253,6 +253,7 @@ class CommitColumns:
     channel: list[str]
     device_id: list[str]
     ip: list[str]
+    sender: list[str]
     decline_reason: list[str]
     decline_detail: list[str]
     gateway: list[str]
@@ -282,6 +283,7 @@ def commit_columns(decisions: Sequence[Decision]) -> CommitColumns:
         channel=[i.channel for i in intents],
         device_id=[i.device_id for i in intents],
         ip=[i.ip for i in intents],
+        sender=[i.sender for i in intents],
         decline_reason=[d.decline_reason for d in decisions],
         decline_detail=[d.decline_detail for d in decisions],
         gateway=[d.gateway for d in decisions],
@@ -363,6 +365,7 @@ def _payment_row(seq: int, d: Decision, o: Outcome, now_us: int) -> tuple[object
         d.fraud.decision if d.fraud else "",
         ",".join(d.fraud.reasons) if d.fraud else "",
         now_us,
+        i.sender,
     )
 
 
@@ -383,6 +386,7 @@ def intent_json(intent: PaymentIntent) -> str:
             "channel": intent.channel,
             "device_id": intent.device_id,
             "ip": intent.ip,
+            "sender": intent.sender,
         }
     )
 
@@ -402,6 +406,7 @@ def intent_from_json(text: str) -> PaymentIntent:
         channel=data["channel"],
         device_id=data["device_id"],
         ip=data["ip"],
+        sender=data.get("sender", ""),  # journalled before senders were recorded: none
     )
 
 

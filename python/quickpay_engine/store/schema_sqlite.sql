@@ -45,7 +45,9 @@ CREATE TABLE IF NOT EXISTS payments (
     fraud_score         INTEGER,
     fraud_decision      TEXT NOT NULL DEFAULT '',
     fraud_reasons       TEXT NOT NULL DEFAULT '',
-    created_at_us       INTEGER NOT NULL
+    created_at_us       INTEGER NOT NULL,
+    -- The caller that sent it, as the access file names it ('' without one).
+    sender              TEXT NOT NULL DEFAULT ''
 ) STRICT;
 
 CREATE INDEX IF NOT EXISTS payments_by_account ON payments (account_id, seq);

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -30,7 +30,7 @@ from quickpay_engine.domain import (
     SubscriberRow,
 )
 from quickpay_engine.errors import IdempotencyConflict, StoreError
-from quickpay_engine.store.audit import AuditRow, audit_key
+from quickpay_engine.store.audit import AuditRow, audit_key, entry_rows
 from quickpay_engine.store.audit_check import audit_problems
 from quickpay_engine.store.checks import ACCOUNT_NETS, CHECKS
 from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule
@@ -54,7 +54,13 @@ WRITTEN, REJECTED = 0, 1
 IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
 
 # The schema this build writes (PRAGMA user_version); see schema_sqlite.sql.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Each older version this build brings up to date in place, with the statements that do
+# it (run in one transaction with the version's update).
+UPGRADES = {
+    # 3: payments record the caller that sent them (the access file's name).
+    2: "ALTER TABLE payments ADD COLUMN sender TEXT NOT NULL DEFAULT '';",
+}
 
 # `verify` lists at most this many examples of each broken invariant.
 VERIFY_EXAMPLES_MAX = 20
@@ -165,6 +171,13 @@ class SqliteStore:
         if version == SCHEMA_VERSION:
             return
         (tables,) = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        while version in UPGRADES:
+            self._db.executescript(
+                f"BEGIN;\n{UPGRADES[version]}\nPRAGMA user_version = {version + 1};\nCOMMIT;"
+            )
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return
         if version != 0 or tables:
             self._db.close()
             raise StoreError(
@@ -331,9 +344,10 @@ class SqliteStore:
             " msisdn, amount_minor, currency, purpose, method_kind, method_display, channel,"
             " device_id, ip, status, decline_reason, decline_detail, confirmation_id,"
             " settled_at_us, balance_after_minor, service_state_after, gateway,"
-            " gateway_reference, fraud_score, fraud_decision, fraud_reasons, created_at_us)"
+            " gateway_reference, fraud_score, fraud_decision, fraud_reasons, created_at_us,"
+            " sender)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-            " ?, ?, ?)",
+            " ?, ?, ?, ?)",
             rows.payments,
         )
         db.executemany(
@@ -458,6 +472,20 @@ class SqliteStore:
                 " finished_at_us = ? WHERE refund_id = ? AND status = 'PENDING'",
                 (reason, detail, now_us, refund_id),
             )
+
+    def record_access(self, content: Mapping[str, object]) -> None:
+        """Appends one row to the audit trail in a transaction of its own: who asked for
+        a refund or a reconciliation run (``store.audit.ACCESS_*``). ``audit_head`` is
+        the trail's head after it."""
+        self._written_head = None
+        with self._transaction():
+            rows = entry_rows(self._audit_tail(), self.audit_key, content)
+            self._db.executemany(
+                "INSERT INTO audit_log (seq, prev_hash, content, row_hash) VALUES (?, ?, ?, ?)",
+                rows,
+            )
+            self._written_head = (rows[-1][0], rows[-1][3])
+        self._publish_head()
 
     def finish_refund(
         self, refund_id: str, gateway_reference: str, now_us: int | None = None
