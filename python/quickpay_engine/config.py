@@ -52,6 +52,8 @@ class Settings:
     billing_url: str = ""
     ar_url: str = ""
     provisioning_url: str = ""
+    # HOST:PORT of the Prometheus metrics and the HTTP probes; empty: not served.
+    metrics_listen: str = ""
 
     @property
     def postgres(self) -> bool:
@@ -155,6 +157,13 @@ FLAGS: dict[str, Flag] = {
         "JSON file of validation rules: limits, method matrix, subscriber-assertion keys",
         default_text="the built-in rules",
     ),
+    "metrics_listen": Flag(
+        "--metrics-listen",
+        "QUICKPAY_METRICS_LISTEN",
+        None,
+        "HOST:PORT of the Prometheus /metrics and the /livez and /readyz probes (HTTP)",
+        default_text="none: not served",
+    ),
     "gateways": Flag(
         "--gateways",
         "QUICKPAY_GATEWAYS",
@@ -172,7 +181,15 @@ _STORE = ("data_dir", "database_url", "billing_url", "ar_url", "provisioning_url
 # lists these and no others. A command missing here fails `quickpay --help` at once
 # (KeyError), and tests/test_cli.py checks the table against what is registered.
 COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
-    "serve": ("listen", *_STORE, "gateways", "engine_config", "fraud_mode", "nats_url"),
+    "serve": (
+        "listen",
+        *_STORE,
+        "gateways",
+        "engine_config",
+        "fraud_mode",
+        "nats_url",
+        "metrics_listen",
+    ),
     "seed": ("data_dir",),
     "subscribers import": _STORE,
     "bench": ("listen", "data_dir"),
@@ -215,9 +232,10 @@ def _value(args: argparse.Namespace, name: str) -> str | None:
 def settings_from(args: argparse.Namespace) -> Settings:
     """Validates the shared flags and fills in derived defaults."""
     listen = _value(args, "listen") or DEFAULT_LISTEN
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--listen {listen!r} must be HOST:PORT")
+    check_host_port("--listen", listen)
+    metrics_listen = _value(args, "metrics_listen") or ""
+    if metrics_listen:
+        check_host_port("--metrics-listen", metrics_listen)
     data_dir = Path(_value(args, "data_dir") or DEFAULT_DATA_DIR)
     url = _value(args, "database_url") or f"sqlite:///{data_dir / SQLITE_FILE}"
     if not url.startswith(("sqlite:///", *PG_SCHEMES)):
@@ -253,4 +271,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
         billing_url=domain_urls["--billing-url"],
         ar_url=domain_urls["--ar-url"],
         provisioning_url=domain_urls["--provisioning-url"],
+        metrics_listen=metrics_listen,
     )
+
+
+def check_host_port(flag: str, value: str) -> None:
+    """Refuses ``value`` unless it is HOST:PORT with a port from 0 to 65535."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{flag} {value!r} must be HOST:PORT")

@@ -521,6 +521,25 @@ impl Ledger {
         self.get()?.read(|l| l.counts()).map_err(to_py)
     }
 
+    /// Entries held in each bounded table beside its bound: [(table, held, bound)].
+    fn usage(&self) -> PyResult<Vec<(&'static str, usize, usize)>> {
+        self.get()?.read(|l| l.usage().to_vec()).map_err(to_py)
+    }
+
+    /// What the log has written since open: a dict of flushes, records, bytes,
+    /// flush_ns (summed) and flush_buckets (flushes per `WAL_FLUSH_BUCKETS_NS` bucket,
+    /// then one for slower; not cumulative).
+    fn wal_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = self.get()?.wal_stats();
+        let out = PyDict::new(py);
+        out.set_item("flushes", stats.flushes)?;
+        out.set_item("records", stats.records)?;
+        out.set_item("bytes", stats.bytes)?;
+        out.set_item("flush_ns", stats.flush_ns)?;
+        out.set_item("flush_buckets", stats.buckets)?;
+        Ok(out)
+    }
+
     /// Closes the ledger; later calls raise `LedgerClosed`. Everything acknowledged is
     /// already durable, so there is nothing to flush.
     fn close(&self) {
@@ -681,6 +700,10 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("WalCorruption", py.get_type::<WalCorruption>())?;
     m.add("LedgerClosed", py.get_type::<LedgerClosed>())?;
     m.add("LEDGER_BATCH_MAX", core::BATCH_MAX)?;
+    m.add(
+        "WAL_FLUSH_BUCKETS_NS",
+        crate::wal::FLUSH_BUCKETS_NS.to_vec(),
+    )?;
     m.add("ACCOUNT_LINKED", account_flags::LINKED)?;
     m.add(
         "ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS",

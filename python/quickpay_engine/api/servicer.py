@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +31,7 @@ from quickpay_engine.errors import (
     ShuttingDown,
     StoreUnavailable,
 )
+from quickpay_engine.metrics import Metrics
 from quickpay_engine.reconcile.report import ReportError
 from quickpay_engine.settlement.service import SettlementService
 from quickpay_engine.store import UNREACHABLE
@@ -131,20 +133,70 @@ TYPED_RPCS = {
 Handler = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
-def add_to_server(servicer: SettlementServicer, server: grpc.aio.Server) -> None:
-    """Registers ``servicer`` as quickpay.v1.Settlement on ``server``."""
-    handlers: dict[str, grpc.RpcMethodHandler] = {
-        name: make(getattr(servicer, name)) for name, make in RAW_RPCS.items()
-    }
+def add_to_server(
+    servicer: SettlementServicer, server: grpc.aio.Server, metrics: Metrics | None = None
+) -> None:
+    """Registers ``servicer`` as quickpay.v1.Settlement on ``server``; with ``metrics``,
+    every call is counted once, by method and status, with its latency."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for name, make in RAW_RPCS.items():
+        method = getattr(servicer, name)
+        # PayStream counts itself (grpc takes a raw streaming handler only as an async
+        # generator function, and a wrapping generator would cost a step per message).
+        observed = metrics is None or inspect.isasyncgenfunction(method)
+        handlers[name] = make(method if observed else _observed(method, name, metrics))
     for name, (make, request, response) in TYPED_RPCS.items():
         method = getattr(servicer, name)
         streams = make is grpc.unary_stream_rpc_method_handler
+        if metrics is not None:
+            method = _observed(method, name, metrics)
         handlers[name] = make(
             (_parsed_stream if streams else _parsed)(method, request),
             response_serializer=response.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def _observed(method: Handler, rpc: str, metrics: Metrics) -> Handler:
+    """``method`` with its calls counted as they end. A streaming method (called by
+    ``_parsed_stream``) is handed back its own generator: the count is taken by the
+    call's done callback, once per call, not once per message."""
+    if inspect.isasyncgenfunction(method):
+
+        def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            count_when_done(context, rpc, metrics)
+            return method(request, context)
+
+        return streaming
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            return await method(request, context)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except BaseException:
+            # context.abort raises once it has set the code; anything else is UNKNOWN.
+            code = (context.code() or grpc.StatusCode.UNKNOWN).name
+            raise
+        finally:
+            metrics.rpc(rpc, code, time.perf_counter() - start)
+
+    return unary
+
+
+def count_when_done(context: grpc.aio.ServicerContext, rpc: str, metrics: Metrics) -> None:
+    """Counts the call once it has ended, with the status it ended with."""
+    start = time.perf_counter()
+
+    def done(call: grpc.aio.ServicerContext) -> None:
+        code = call.code()
+        metrics.rpc(rpc, "OK" if code is None else code.name, time.perf_counter() - start)
+
+    context.add_done_callback(done)
 
 
 async def parse_request(request: type[M], data: bytes, context: grpc.aio.ServicerContext) -> M:
@@ -214,6 +266,8 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         PayRequest gets one with no key and "request N: not a PayRequest: ..." (N counts
         from 0) naming what is wrong. However the stream ends, every payment started is
         answered first."""
+        if (metrics := self._service.metrics) is not None:
+            count_when_done(context, "PayStream", metrics)
         replies: asyncio.Queue[bytes | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_INFLIGHT_MAX)
         tasks: set[asyncio.Task[None]] = set()
