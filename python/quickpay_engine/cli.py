@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -20,6 +19,8 @@ from pathlib import Path
 from quickpay_engine.commands import READS, WRITES
 from quickpay_engine.config import settings_from
 from quickpay_engine.errors import ConfigError, QuickpayError
+from quickpay_engine.logs import LOG_FORMATS
+from quickpay_engine.logs import configure as configure_logs
 
 # The subcommand modules, in the order `quickpay --help` lists them.
 COMMAND_MODULES = [
@@ -68,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, every subcommand registered."""
     parser = argparse.ArgumentParser(prog="quickpay", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("QUICKPAY_LOG_FORMAT", "text"),
+        help="text lines, or one JSON object per line with time, level, logger, message,"
+        " payment_id, idempotency_key and caller where known (QUICKPAY_LOG_FORMAT,"
+        " default text)",
+    )
     parser.add_argument("--version", action=_VersionAction)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -85,10 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     """Runs one subcommand; returns its exit code (2 for a usage or config error)."""
     os.umask(UMASK)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logs(args.log_format, args.verbose)
     name = " ".join(["quickpay", args.command, *([args.action] if "action" in args else [])])
     try:
         with owning(args, name):

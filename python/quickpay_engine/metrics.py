@@ -130,6 +130,9 @@ class Metrics:
         )
         self.start_time.set(time.time())
         self._stage_children = {s: self.stage_seconds.labels(s) for s in STAGES}
+        # Each method's label children, looked up once (a labels() call costs more than
+        # the increment).
+        self._rpc_children: dict[str, tuple[Any, Any]] = {}
 
     # -- fed by the settlement path, once per batch ---------------------------------------
 
@@ -167,8 +170,14 @@ class Metrics:
 
     def rpc(self, rpc: str, code: str, seconds: float) -> None:
         """One finished call (``code`` the status name, "OK" for success)."""
-        self.rpc_requests.labels(rpc).inc()
-        self.rpc_seconds.labels(rpc).observe(seconds)
+        children = self._rpc_children.get(rpc)
+        if children is None:
+            children = self._rpc_children[rpc] = (
+                self.rpc_requests.labels(rpc),
+                self.rpc_seconds.labels(rpc),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
         if code != "OK":
             self.rpc_errors.labels(rpc, code).inc()
 

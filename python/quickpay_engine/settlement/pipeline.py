@@ -56,6 +56,7 @@ from quickpay_engine.gateways.types import (
     Instrument,
     Wallet,
 )
+from quickpay_engine.logs import payment_fields
 from quickpay_engine.metrics import Metrics
 from quickpay_engine.settlement.fraud_gate import FRAUD_REVIEW, FraudGate
 from quickpay_engine.settlement.ledger_book import LedgerBook, Movement
@@ -426,6 +427,11 @@ class Pipeline:
                 captured.append(k)
             elif result.outcome is GatewayOutcome.UNKNOWN:
                 pending.add(k)
+                log.warning(
+                    "payment %s: gateway %s has not said whether it captured it; left"
+                    " RESERVED for recovery", d.payment_id, result.gateway,
+                    extra=payment_fields(d.payment_id, d.intent.idempotency_key),
+                )  # fmt: skip
                 batch.results[batch.positions[k]] = OutcomePending(
                     f"gateway {result.gateway} has not said whether payment {d.payment_id}"
                     " was captured; the engine settles or voids it once it knows: retry"
