@@ -339,8 +339,14 @@ class Ledger:
     def close(self) -> None:
         """Closes the ledger; later calls raise `LedgerClosed`."""
 
-def wal_verify(dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Checks a log directory offline without changing it (checksums, chain, full replay).
+def wal_verify(
+    dir: str | os.PathLike[str],
+    *,
+    transfers_max: int | None = None,
+    payments_max: int | None = None,
+) -> dict[str, Any]:
+    """Checks a log directory offline without changing it (checksums, chain, full replay
+    under the bounds the ledger was opened with; the defaults when not given).
     Returns the same report as `Ledger.recovery()` (a torn tail is reported, not
     repaired); raises `WalCorruption` naming file and offset."""
 

@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "wal",
     "fraud",
     "gateway_sim",
+    "doctor",
 ]
 
 

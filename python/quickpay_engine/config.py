@@ -54,6 +54,11 @@ class Settings:
     provisioning_url: str = ""
     # HOST:PORT of the Prometheus metrics and the HTTP probes; empty: not served.
     metrics_listen: str = ""
+    # The ledger's capacity (ledger_limits.py); None: what the data dir keeps, else the
+    # defaults.
+    ledger_payments_max: int | None = None
+    ledger_transfers_max: int | None = None
+    ledger_retention_s: int | None = None
 
     @property
     def postgres(self) -> bool:
@@ -164,6 +169,27 @@ FLAGS: dict[str, Flag] = {
         "HOST:PORT of the Prometheus /metrics and the /livez and /readyz probes (HTTP)",
         default_text="none: not served",
     ),
+    "ledger_payments_max": Flag(
+        "--ledger-payments-max",
+        "QUICKPAY_LEDGER_PAYMENTS_MAX",
+        None,
+        "payments the ledger holds in its retention window; past it, RESOURCE_EXHAUSTED",
+        default_text="what the data dir keeps, else 1,750,000 (a 4 GiB process)",
+    ),
+    "ledger_transfers_max": Flag(
+        "--ledger-transfers-max",
+        "QUICKPAY_LEDGER_TRANSFERS_MAX",
+        None,
+        "transfers the ledger holds (two per payment, one per refund)",
+        default_text="what the data dir keeps, else 2.25 x --ledger-payments-max",
+    ),
+    "ledger_retention_s": Flag(
+        "--ledger-retention-s",
+        "QUICKPAY_LEDGER_RETENTION_S",
+        None,
+        "seconds the ledger keeps a finished payment before it forgets it",
+        default_text="what the data dir keeps, else 86400",
+    ),
     "gateways": Flag(
         "--gateways",
         "QUICKPAY_GATEWAYS",
@@ -182,6 +208,18 @@ _STORE = ("data_dir", "database_url", "billing_url", "ar_url", "provisioning_url
 # (KeyError), and tests/test_cli.py checks the table against what is registered.
 COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "serve": (
+        "listen",
+        *_STORE,
+        "gateways",
+        "engine_config",
+        "fraud_mode",
+        "nats_url",
+        "metrics_listen",
+        "ledger_payments_max",
+        "ledger_transfers_max",
+        "ledger_retention_s",
+    ),
+    "doctor": (
         "listen",
         *_STORE,
         "gateways",
@@ -272,7 +310,25 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ar_url=domain_urls["--ar-url"],
         provisioning_url=domain_urls["--provisioning-url"],
         metrics_listen=metrics_listen,
+        ledger_payments_max=_positive(args, "ledger_payments_max"),
+        ledger_transfers_max=_positive(args, "ledger_transfers_max"),
+        ledger_retention_s=_positive(args, "ledger_retention_s"),
     )
+
+
+def _positive(args: argparse.Namespace, name: str) -> int | None:
+    """A whole-number setting, None when not given; refused by its flag's name."""
+    raw = _value(args, name)
+    if raw is None or raw == "":
+        return None
+    flag = FLAGS[name].flag
+    try:
+        value = int(str(raw).replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"{flag} {raw!r}: expected a whole number") from None
+    if value <= 0:
+        raise ConfigError(f"{flag} {raw!r}: expected a number above 0")
+    return value
 
 
 def check_host_port(flag: str, value: str) -> None:

@@ -103,16 +103,18 @@ def json_formatter() -> logging.Formatter:
 
 
 def configure(log_format: str, verbose: bool = False) -> None:
-    """Sets up the root logger once, for the whole process, on stderr."""
+    """Sets up the root logger for the whole process, on stderr. As logging.basicConfig
+    does, it leaves a root logger that already has handlers alone (a host that embeds
+    the CLI, or pytest's capture)."""
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format {log_format!r}: expected one of {LOG_FORMATS}")
+    root = logging.getLogger()
+    if root.handlers:
+        return
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(CardNumberFilter())
     handler.setFormatter(
         json_formatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from quickpay_engine import ledger_limits
 from quickpay_engine._engine import WAL_FLUSH_BUCKETS_NS, ConfigInvalid, FraudScorer, Ledger
 from quickpay_engine.api.convert import event_msg
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
@@ -214,7 +215,13 @@ async def create_server(
         store = open_store(settings, coordinate=True, owner=owner)
         undo.callback(store.close)
         key = fingerprint_key(settings.data_dir)
-        book = LedgerBook(Ledger.open(settings.ledger_dir))
+        limits = ledger_limits.for_serving(
+            settings.ledger_dir,
+            settings.ledger_payments_max,
+            settings.ledger_transfers_max,
+            settings.ledger_retention_s,
+        )
+        book = LedgerBook(Ledger.open(settings.ledger_dir, **limits.open_kwargs()))
         undo.callback(book.close)
         # The probes answer from before recovery: live, and not ready until it is done.
         readiness = Readiness()

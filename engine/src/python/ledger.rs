@@ -583,19 +583,32 @@ fn report_dict<'py>(py: Python<'py>, report: &RecoveryReport) -> PyResult<Bound<
 }
 
 /// Checks a log directory offline without changing it: snapshot and record checksums,
-/// the chain, and a full replay. Returns the report (a torn tail is reported, not
+/// the chain, and a full replay under the given bounds (those the ledger was opened
+/// with; the defaults when not given). Returns the report (a torn tail is reported, not
 /// repaired); raises `WalCorruption` naming file and offset.
 #[pyfunction]
-fn wal_verify(py: Python<'_>, dir: PathBuf) -> PyResult<Bound<'_, PyDict>> {
+#[pyo3(signature = (dir, *, transfers_max = None, payments_max = None))]
+fn wal_verify(
+    py: Python<'_>,
+    dir: PathBuf,
+    transfers_max: Option<usize>,
+    payments_max: Option<usize>,
+) -> PyResult<Bound<'_, PyDict>> {
     if !dir.is_dir() {
         return Err(WalFailure::new_err(format!(
             "{} is not a directory",
             dir.display()
         )));
     }
-    let report = py
-        .detach(|| core::verify(&dir, Limits::default()))
-        .map_err(to_py)?;
+    // The bounds the live ledger ran with: a replay under smaller ones would refuse
+    // what it took.
+    let d = Limits::default();
+    let limits = Limits {
+        transfers_max: transfers_max.unwrap_or(d.transfers_max),
+        payments_max: payments_max.unwrap_or(d.payments_max),
+        ..d
+    };
+    let report = py.detach(|| core::verify(&dir, limits)).map_err(to_py)?;
     report_dict(py, &report)
 }
 
