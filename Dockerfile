@@ -31,10 +31,10 @@ RUN pip install --no-cache-dir --constraint /tmp/requirements.lock /wheels/*.whl
  && install -d -o quickpay -g quickpay -m 0700 /var/lib/quickpay
 USER 10001:10001
 VOLUME ["/var/lib/quickpay"]
-ENV QUICKPAY_DATA_DIR=/var/lib/quickpay \
-    QUICKPAY_LISTEN=0.0.0.0:50051 \
-    QUICKPAY_METRICS_LISTEN=0.0.0.0:9464 \
-    QUICKPAY_LOG_FORMAT=json \
+# Settings come from one file (a variable or a flag still beats it), so a mounted file
+# can change any of them.
+COPY deploy/docker/quickpay.toml /etc/quickpay/quickpay.toml
+ENV QUICKPAY_CONFIG=/etc/quickpay/quickpay.toml \
     PYTHONUNBUFFERED=1
 EXPOSE 50051 9464
 # Live as long as the event loop answers (/livez on the metrics port); readiness is the

@@ -158,3 +158,36 @@ async def test_probes_live_and_ready_then_not_ready_from_the_start_of_a_drain(
         assert await get(port, "/livez") == (200, "ok\n")
         await requests.put(None)
         await stopping
+
+
+async def test_live_but_not_ready_while_recovery_runs(data_dir: Path, monkeypatch) -> None:
+    """The probes answer from before recovery: /livez 200 and /readyz 503 until
+    recovery has finished and the subscribers are loaded, then 200."""
+    import socket
+
+    from quickpay_engine.settlement.recovery import Recovery
+
+    held = asyncio.Event()
+    release = asyncio.Event()
+    run = Recovery.run
+
+    async def slow_run(self, *args, **kwargs):
+        held.set()
+        await release.wait()
+        return await run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Recovery, "run", slow_run)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = dataclasses.replace(settings_for(data_dir), metrics_listen=f"127.0.0.1:{port}")
+    starting = asyncio.ensure_future(create_server(settings))
+    await asyncio.wait_for(held.wait(), 30)  # recovery has begun: the probes are up
+    assert await get(port, "/livez") == (200, "ok\n")
+    assert (await get(port, "/readyz"))[0] == 503
+    release.set()
+    running = await asyncio.wait_for(starting, 30)
+    try:
+        assert (await get(port, "/readyz"))[0] == 200
+    finally:
+        await running.stop(grace_s=1)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from quickpay_engine.commands import READS, WRITES
 from quickpay_engine.config import settings_from
+from quickpay_engine.config_file import apply as apply_config_file
 from quickpay_engine.errors import ConfigError, QuickpayError
 from quickpay_engine.logs import LOG_FORMATS
 from quickpay_engine.logs import configure as configure_logs
@@ -37,6 +38,7 @@ COMMAND_MODULES = [
     "fraud",
     "gateway_sim",
     "doctor",
+    "config_show",
 ]
 
 
@@ -79,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         " default text)",
     )
     parser.add_argument("--version", action=_VersionAction)
+    parser.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="settings file: every flag's setting by its name (data_dir for --data-dir);"
+        " a flag beats its variable, which beats the file (QUICKPAY_CONFIG)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"quickpay_engine.commands.{name}").register(subparsers)
@@ -94,9 +102,17 @@ UMASK = 0o077
 def main(argv: list[str] | None = None) -> int:
     """Runs one subcommand; returns its exit code (2 for a usage or config error)."""
     os.umask(UMASK)
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    command = " ".join([args.command, *([args.action] if "action" in args else [])])
+    name = f"quickpay {command}"
+    try:
+        # The file's settings are checked, and filled in, before anything is opened.
+        args.sources = apply_config_file(args, argv, command)
+    except QuickpayError as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        return 2
     configure_logs(args.log_format, args.verbose)
-    name = " ".join(["quickpay", args.command, *([args.action] if "action" in args else [])])
     try:
         with owning(args, name):
             return int(args.run(args))

@@ -219,6 +219,19 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
         "ledger_transfers_max",
         "ledger_retention_s",
     ),
+    # What serve would run with: the same settings, shown with where each came from.
+    "config show": (
+        "listen",
+        *_STORE,
+        "gateways",
+        "engine_config",
+        "fraud_mode",
+        "nats_url",
+        "metrics_listen",
+        "ledger_payments_max",
+        "ledger_transfers_max",
+        "ledger_retention_s",
+    ),
     "doctor": (
         "listen",
         *_STORE,
