@@ -143,8 +143,8 @@ def add_to_server(
         method = getattr(servicer, name)
         # PayStream counts itself (grpc takes a raw streaming handler only as an async
         # generator function, and a wrapping generator would cost a step per message).
-        observed = metrics is None or inspect.isasyncgenfunction(method)
-        handlers[name] = make(method if observed else _observed(method, name, metrics))
+        as_is = metrics is None or inspect.isasyncgenfunction(method)
+        handlers[name] = make(method if as_is else _observed(method, name, metrics))
     for name, (make, request, response) in TYPED_RPCS.items():
         method = getattr(servicer, name)
         streams = make is grpc.unary_stream_rpc_method_handler
