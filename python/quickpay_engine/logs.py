@@ -94,7 +94,8 @@ class EngineJsonFormatter(JsonFormatter):
 
     def formatException(self, ei: Any) -> str:
         """The traceback, without card numbers (this formatter does not read exc_text)."""
-        return without_card_numbers(super().formatException(ei))
+        text = super().formatException(ei)  # a list only when asked for one
+        return without_card_numbers(text if isinstance(text, str) else "\n".join(text))
 
 
 def json_formatter() -> logging.Formatter:

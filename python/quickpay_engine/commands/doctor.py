@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import shutil
 import sqlite3
 import time
@@ -134,7 +135,7 @@ def _databases(settings: Settings) -> list[Check]:
     checks = []
     for url in dict.fromkeys(urls.values()):
         domains = "+".join(n for n, u in urls.items() if u == url)
-        checks.append(_guarded(f"database {domains}", lambda u=url: _postgres(u, two_phase)))
+        checks.append(_guarded(f"database {domains}", functools.partial(_postgres, url, two_phase)))
     return checks
 
 
@@ -209,7 +210,7 @@ def _clock(settings: Settings) -> list[Check]:
     checks = [_guarded("clock", _kernel_clock)]
     if settings.postgres:
         for url in dict.fromkeys(settings.domain_urls):
-            checks.append(_guarded("clock vs database", lambda u=url: _database_skew(u)))
+            checks.append(_guarded("clock vs database", functools.partial(_database_skew, url)))
     return checks
 
 
