@@ -50,6 +50,7 @@ lint: venv $(AUDIT_STAMP)
 	$(VENV)/bin/ruff format --check python tests benches scripts
 	scripts/gen_protos.sh --check
 	$(PY) scripts/audit_deps.py
+	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 
 test-py: build
 	$(PY) -m mypy.stubtest quickpay_engine._engine --allowlist scripts/stubtest-allowlist.txt

@@ -14,6 +14,11 @@ What it is for: a throughput target stated as a ratio to the echo server (issue 
 to pgbench (issue 7) is only reachable if the CPU per payment of everything on the
 machine fits in its cores at that rate. The last column says what rate the machine
 could carry at 100 % busy with these costs.
+
+The "engine+metrics" rows run the same server with `--metrics-listen` while a scraper
+reads /metrics once a second (Prometheus' usual interval is 15 s, so this is the
+costlier case): the cost of the metrics is the difference to the "engine" rows of the
+same run. `--servers` picks which of the three kinds run.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,25 +133,70 @@ def measure(
     return per
 
 
-def run_all(log: Log, work: Path, runs: int, seconds: float) -> dict[tuple[str, str], list[dict]]:
+SERVERS = ("engine", "engine+metrics", "echo")
+# How often the "engine+metrics" server is scraped while it is measured.
+SCRAPE_EVERY_S = 1.0
+
+
+class Scraper:
+    """Reads /metrics every SCRAPE_EVERY_S on a thread, as Prometheus would."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.scrapes = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(SCRAPE_EVERY_S):
+            try:
+                with urllib.request.urlopen(self.url, timeout=10) as reply:
+                    reply.read()
+            except OSError as err:  # a slow answer on a loaded host: the next one counts
+                self.failures.append(str(err))
+                continue
+            self.scrapes += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_all(
+    log: Log, work: Path, runs: int, seconds: float, servers: tuple[str, ...] = SERVERS
+) -> dict[tuple[str, str], list[dict]]:
     quickpay = str(Path(sys.executable).parent / "quickpay")
     common = seeded_data(log, work, 20_000)
     gateways = ["--gateways", str(gateways_file(work, 0))]
     figures: dict[tuple[str, str], list[dict]] = {}
     for _ in range(runs):
-        for who in ("engine", "echo"):
-            argv = (
-                [quickpay, "serve", "--listen", "127.0.0.1:0", *common, *gateways]
-                if who == "engine"
-                else [sys.executable, "-m", "quickpay_engine.bench.echo", "--listen", "127.0.0.1:0"]
-            )
-            server = Server(log, argv, work / f"cpu-{who}.log")
+        for who in servers:
+            engine = [quickpay, "serve", "--listen", "127.0.0.1:0", *common, *gateways]
+            argv = {
+                "engine": engine,
+                "engine+metrics": [*engine, "--metrics-listen", "127.0.0.1:0"],
+                "echo": [
+                    sys.executable, "-m", "quickpay_engine.bench.echo", "--listen", "127.0.0.1:0"
+                ],
+            }[who]  # fmt: skip
+            logfile = work / f"cpu-{who}.log"
+            server = Server(log, argv, logfile)
+            scraper = None
+            if who == "engine+metrics":
+                found = re.search(r"metrics and probes on (http://\S+/)", logfile.read_text())
+                assert found, "no metrics address in the server's log"
+                scraper = Scraper(found.group(1) + "metrics")
             try:
                 for name, load in LOADS.items():
                     figures.setdefault((who, name), []).append(
                         measure(log, work, common, server, load, seconds)
                     )
             finally:
+                if scraper is not None:
+                    scraper.stop()
+                    assert scraper.scrapes > 0, f"/metrics never answered: {scraper.failures}"
                 server.stop()
     return figures
 
@@ -190,13 +243,19 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="measured s per run (8)")
     parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench-cpu")
     parser.add_argument("--out", type=Path, help="write the section into this RESULTS.md")
+    parser.add_argument(
+        "--servers", default=",".join(SERVERS), help=f"which of {','.join(SERVERS)} to run"
+    )
     args = parser.parse_args()
+    servers = tuple(args.servers.split(","))
+    if not set(servers) <= set(SERVERS):
+        parser.error(f"--servers: expected some of {','.join(SERVERS)}")
     if args.seconds < 5:
         parser.error("--seconds must be at least 5 (the window skips the first and last)")
     args.work.mkdir(parents=True, exist_ok=True)
     log = Log()
     info = machine()
-    figures = run_all(log, args.work, args.runs, args.seconds)
+    figures = run_all(log, args.work, args.runs, args.seconds, servers)
     text = render(figures, args, info, log)
     print(text)
     if args.out:

@@ -548,7 +548,7 @@ async def test_a_full_ledger_is_resource_exhausted_and_charges_nothing(
 
     class SmallLedger:
         @staticmethod
-        def open(path: Path) -> Ledger:
+        def open(path: Path, **_: object) -> Ledger:
             return Ledger.open(path, transfers_max=2)  # one payment: its hold and post
 
     monkeypatch.setattr(server_module, "Ledger", SmallLedger)

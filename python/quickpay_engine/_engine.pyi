@@ -196,6 +196,7 @@ def check_ibans(ibans: npt.NDArray[np.bytes_]) -> npt.NDArray[np.uint16]:
 # caller's clock (time.time_ns()); the ledger never reads one and never runs backwards.
 
 LEDGER_BATCH_MAX: int
+WAL_FLUSH_BUCKETS_NS: list[int]
 ACCOUNT_LINKED: int
 ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS: int
 ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS: int
@@ -329,11 +330,23 @@ class Ledger:
         """The last log sequence number handed out."""
     def counts(self) -> tuple[int, int]:
         """(accounts, transfers) held in memory."""
+    def usage(self) -> list[tuple[str, int, int]]:
+        """Entries held in each bounded table beside its bound: [(table, held, bound)]."""
+    def wal_stats(self) -> dict[str, Any]:
+        """What the log has written since open: a dict of flushes, records, bytes,
+        flush_ns (summed) and flush_buckets (flushes per `WAL_FLUSH_BUCKETS_NS` bucket,
+        then one for slower; not cumulative)."""
     def close(self) -> None:
         """Closes the ledger; later calls raise `LedgerClosed`."""
 
-def wal_verify(dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Checks a log directory offline without changing it (checksums, chain, full replay).
+def wal_verify(
+    dir: str | os.PathLike[str],
+    *,
+    transfers_max: int | None = None,
+    payments_max: int | None = None,
+) -> dict[str, Any]:
+    """Checks a log directory offline without changing it (checksums, chain, full replay
+    under the bounds the ledger was opened with; the defaults when not given).
     Returns the same report as `Ledger.recovery()` (a torn tail is reported, not
     repaired); raises `WalCorruption` naming file and offset."""
 

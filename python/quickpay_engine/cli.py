@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -19,7 +18,10 @@ from pathlib import Path
 
 from quickpay_engine.commands import READS, WRITES
 from quickpay_engine.config import settings_from
+from quickpay_engine.config_file import apply as apply_config_file
 from quickpay_engine.errors import ConfigError, QuickpayError
+from quickpay_engine.logs import LOG_FORMATS
+from quickpay_engine.logs import configure as configure_logs
 
 # The subcommand modules, in the order `quickpay --help` lists them.
 COMMAND_MODULES = [
@@ -35,6 +37,8 @@ COMMAND_MODULES = [
     "wal",
     "fraud",
     "gateway_sim",
+    "doctor",
+    "config_show",
 ]
 
 
@@ -68,7 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, every subcommand registered."""
     parser = argparse.ArgumentParser(prog="quickpay", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("QUICKPAY_LOG_FORMAT", "text"),
+        help="text lines, or one JSON object per line with time, level, logger, message,"
+        " payment_id, idempotency_key and caller where known (QUICKPAY_LOG_FORMAT,"
+        " default text)",
+    )
     parser.add_argument("--version", action=_VersionAction)
+    parser.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="settings file: every flag's setting by its name (data_dir for --data-dir);"
+        " a flag beats its variable, which beats the file (QUICKPAY_CONFIG)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"quickpay_engine.commands.{name}").register(subparsers)
@@ -84,12 +102,17 @@ UMASK = 0o077
 def main(argv: list[str] | None = None) -> int:
     """Runs one subcommand; returns its exit code (2 for a usage or config error)."""
     os.umask(UMASK)
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    name = " ".join(["quickpay", args.command, *([args.action] if "action" in args else [])])
+    command = " ".join([args.command, *([args.action] if "action" in args else [])])
+    name = f"quickpay {command}"
+    try:
+        # The file's settings are checked, and filled in, before anything is opened.
+        args.sources = apply_config_file(args, argv, command)
+    except QuickpayError as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        return 2
+    configure_logs(args.log_format, args.verbose)
     try:
         with owning(args, name):
             return int(args.run(args))

@@ -58,6 +58,13 @@ class Settings:
     # caller's deadline, is refused before any work (settlement/admission.py); 0: only
     # a full queue refuses.
     queue_wait_max_ms: float = QUEUE_WAIT_MAX_MS
+    # HOST:PORT of the Prometheus metrics and the HTTP probes; empty: not served.
+    metrics_listen: str = ""
+    # The ledger's capacity (ledger_limits.py); None: what the data dir keeps, else the
+    # defaults.
+    ledger_payments_max: int | None = None
+    ledger_transfers_max: int | None = None
+    ledger_retention_s: int | None = None
 
     @property
     def postgres(self) -> bool:
@@ -169,6 +176,34 @@ FLAGS: dict[str, Flag] = {
         " deadline, is refused RESOURCE_EXHAUSTED before any work; 0: refused only when"
         " the queue is full",
     ),
+    "metrics_listen": Flag(
+        "--metrics-listen",
+        "QUICKPAY_METRICS_LISTEN",
+        None,
+        "HOST:PORT of the Prometheus /metrics and the /livez and /readyz probes (HTTP)",
+        default_text="none: not served",
+    ),
+    "ledger_payments_max": Flag(
+        "--ledger-payments-max",
+        "QUICKPAY_LEDGER_PAYMENTS_MAX",
+        None,
+        "payments the ledger holds in its retention window; past it, RESOURCE_EXHAUSTED",
+        default_text="what the data dir keeps, else 1,750,000 (a 4 GiB process)",
+    ),
+    "ledger_transfers_max": Flag(
+        "--ledger-transfers-max",
+        "QUICKPAY_LEDGER_TRANSFERS_MAX",
+        None,
+        "transfers the ledger holds (two per payment, one per refund)",
+        default_text="what the data dir keeps, else 2.25 x --ledger-payments-max",
+    ),
+    "ledger_retention_s": Flag(
+        "--ledger-retention-s",
+        "QUICKPAY_LEDGER_RETENTION_S",
+        None,
+        "seconds the ledger keeps a finished payment before it forgets it",
+        default_text="what the data dir keeps, else 86400",
+    ),
     "gateways": Flag(
         "--gateways",
         "QUICKPAY_GATEWAYS",
@@ -194,6 +229,33 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
         "fraud_mode",
         "nats_url",
         "queue_wait_max_ms",
+        "metrics_listen",
+        "ledger_payments_max",
+        "ledger_transfers_max",
+        "ledger_retention_s",
+    ),
+    # What serve would run with: the same settings, shown with where each came from.
+    "config show": (
+        "listen",
+        *_STORE,
+        "gateways",
+        "engine_config",
+        "fraud_mode",
+        "nats_url",
+        "queue_wait_max_ms",
+        "metrics_listen",
+        "ledger_payments_max",
+        "ledger_transfers_max",
+        "ledger_retention_s",
+    ),
+    "doctor": (
+        "listen",
+        *_STORE,
+        "gateways",
+        "engine_config",
+        "fraud_mode",
+        "nats_url",
+        "metrics_listen",
     ),
     "seed": ("data_dir",),
     "subscribers import": _STORE,
@@ -237,9 +299,10 @@ def _value(args: argparse.Namespace, name: str) -> str | None:
 def settings_from(args: argparse.Namespace) -> Settings:
     """Validates the shared flags and fills in derived defaults."""
     listen = _value(args, "listen") or DEFAULT_LISTEN
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--listen {listen!r} must be HOST:PORT")
+    check_host_port("--listen", listen)
+    metrics_listen = _value(args, "metrics_listen") or ""
+    if metrics_listen:
+        check_host_port("--metrics-listen", metrics_listen)
     data_dir = Path(_value(args, "data_dir") or DEFAULT_DATA_DIR)
     url = _value(args, "database_url") or f"sqlite:///{data_dir / SQLITE_FILE}"
     if not url.startswith(("sqlite:///", *PG_SCHEMES)):
@@ -285,4 +348,30 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ar_url=domain_urls["--ar-url"],
         provisioning_url=domain_urls["--provisioning-url"],
         queue_wait_max_ms=queue_wait_max_ms,
+        metrics_listen=metrics_listen,
+        ledger_payments_max=_positive(args, "ledger_payments_max"),
+        ledger_transfers_max=_positive(args, "ledger_transfers_max"),
+        ledger_retention_s=_positive(args, "ledger_retention_s"),
     )
+
+
+def _positive(args: argparse.Namespace, name: str) -> int | None:
+    """A whole-number setting, None when not given; refused by its flag's name."""
+    raw = _value(args, name)
+    if raw is None or raw == "":
+        return None
+    flag = FLAGS[name].flag
+    try:
+        value = int(str(raw).replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"{flag} {raw!r}: expected a whole number") from None
+    if value <= 0:
+        raise ConfigError(f"{flag} {raw!r}: expected a number above 0")
+    return value
+
+
+def check_host_port(flag: str, value: str) -> None:
+    """Refuses ``value`` unless it is HOST:PORT with a port from 0 to 65535."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{flag} {value!r} must be HOST:PORT")

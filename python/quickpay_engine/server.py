@@ -21,7 +21,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from quickpay_engine._engine import ConfigInvalid, FraudScorer, Ledger
+from quickpay_engine import ledger_limits
+from quickpay_engine._engine import WAL_FLUSH_BUCKETS_NS, ConfigInvalid, FraudScorer, Ledger
 from quickpay_engine.api.convert import event_msg
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.servicer import SettlementServicer, add_to_server
@@ -32,6 +33,8 @@ from quickpay_engine.events.relay import OutboxRelay
 from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.gateways.supervisor import open_gateways
 from quickpay_engine.keyfile import secret_key
+from quickpay_engine.metrics import Metrics
+from quickpay_engine.probes import ProbeServer, Readiness, refresh, start_probes
 from quickpay_engine.security.guard import Guard
 from quickpay_engine.security.settings import SecuritySettings, check_exposure
 from quickpay_engine.security.tls import CertificateReloader
@@ -45,6 +48,9 @@ log = logging.getLogger(__name__)
 
 SETTLEMENT_SERVICE = pb.DESCRIPTOR.services_by_name["Settlement"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# The health service's name for liveness: SERVING as long as the event loop answers,
+# through recovery and drains, where "" (readiness) says NOT_SERVING.
+LIVENESS_SERVICE = "quickpay.liveness"
 
 # In-flight calls get this long to finish after SIGTERM before they are cancelled.
 DRAIN_GRACE_S = 10.0
@@ -125,6 +131,10 @@ class RunningServer:
     tls: CertificateReloader | None = None
     guard: Guard | None = None
 
+    probes: ProbeServer | None = None
+    readiness: Readiness | None = None
+    refresher: asyncio.Task[None] | None = None
+
     def reload(self) -> None:
         """SIGHUP: reads the TLS files and the access file again; open connections stay."""
         if self.tls is not None:
@@ -132,8 +142,15 @@ class RunningServer:
         if self.guard is not None:
             self.guard.reload()
 
+    @property
+    def metrics_port(self) -> int | None:
+        """The port of /metrics, /livez and /readyz (None: --metrics-listen not set)."""
+        return None if self.probes is None else self.probes.port
+
     async def stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
         """Drains: NOT_SERVING, no new calls, in-flight calls finish within the grace."""
+        if self.readiness is not None:
+            self.readiness.set(False)
         for name in ("", SETTLEMENT_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.service.end_watches()  # event streams end now; they would only wait out the grace
@@ -151,6 +168,12 @@ class RunningServer:
         self.store.close()
         if self.owner is not None:
             self.owner.close()
+        if self.refresher is not None:
+            self.refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.refresher
+        if self.probes is not None:
+            await self.probes.stop()
 
 
 @dataclass
@@ -229,13 +252,30 @@ async def create_server(
         store = open_store(settings, coordinate=True, owner=owner)
         undo.callback(store.close)
         key = fingerprint_key(settings.data_dir)
-        book = LedgerBook(Ledger.open(settings.ledger_dir))
+        limits = ledger_limits.for_serving(
+            settings.ledger_dir,
+            settings.ledger_payments_max,
+            settings.ledger_transfers_max,
+            settings.ledger_retention_s,
+        )
+        book = LedgerBook(Ledger.open(settings.ledger_dir, **limits.open_kwargs()))
         undo.callback(book.close)
+        # The probes answer from before recovery: live, and not ready until it is done.
+        readiness = Readiness()
+        metrics = probes = None
+        if settings.metrics_listen:
+            metrics = readiness.metrics = Metrics()
+            metrics.watch_ledger(book.ledger.usage, book.ledger.wal_stats, WAL_FLUSH_BUCKETS_NS)
+            probes = await start_probes(settings.metrics_listen, metrics, readiness)
+            undo.push_async_callback(probes.stop)
         gateways, stop_gateways = await open_gateways(settings.gateways, settings.data_dir)
         undo.push_async_callback(stop_gateways)
         router = GatewayRouter(gateways)
         await router.start()
         undo.push_async_callback(router.close)
+        if metrics is not None:
+            names = [g.name for g in router.config.gateways]
+            metrics.watch_breakers(lambda: {n: int(router.breaker_state(n)) for n in names})
         try:
             service = SettlementService(
                 store,
@@ -247,6 +287,7 @@ async def create_server(
                 enforce,
                 engine_config,
                 fence=owner.check if owner is not None else lambda: None,
+                metrics=metrics,
             )
         except ConfigInvalid as err:
             raise ConfigError(f"--engine-config {settings.engine_config}: {err}") from None
@@ -261,9 +302,17 @@ async def create_server(
             ]
         )
         add_to_server(
-            SettlementServicer(service, key, settings.data_dir / "mappings"), server, guard
+            SettlementServicer(service, key, settings.data_dir / "mappings"),
+            server,
+            guard,
+            metrics,
         )
         health_servicer = health.aio.HealthServicer()
+        # Not ready until every part below has started (the servicer's default for "" is
+        # SERVING), live from the first call it can answer.
+        for name in ("", SETTLEMENT_SERVICE):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             [SETTLEMENT_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
@@ -274,6 +323,11 @@ async def create_server(
         undo.pop_all()
     for name in ("", SETTLEMENT_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    readiness.set(True)
+    refresher = asyncio.get_running_loop().create_task(
+        refresh(metrics, book.ledger.usage, service.backlog, relay is not None),
+        name="metrics-refresh",
+    )
     sweeper = None
     if isinstance(store, TwoPhaseStore):
         sweeper = asyncio.get_running_loop().create_task(
@@ -283,7 +337,7 @@ async def create_server(
         owner.watch()  # from here a lost lock fences the engine until it is retaken
     return RunningServer(
         server, port, service, health_servicer, store, stop_gateways, relay, sweeper, owner,
-        tls, guard,
+        tls, guard, probes, readiness, refresher,
     )  # fmt: skip
 
 

@@ -15,7 +15,8 @@ use borsh::BorshDeserialize;
 use super::{Command, Entry, Ledger, LedgerError, LedgerImage, Limits, BATCH_MAX};
 use crate::wal::{
     self, list_dir, read_snapshot, scan, write_snapshot, ChainStart, Corruption, ScanMode,
-    ScanReport, SnapshotHeader, TornTail, Wal, WalConfig, WalError, RECORD_BYTES_MAX,
+    ScanReport, SnapshotHeader, TornTail, Wal, WalConfig, WalError, WalStatsSnapshot,
+    RECORD_BYTES_MAX,
 };
 
 /// How to open a durable ledger.
@@ -315,6 +316,11 @@ impl DurableLedger {
     pub fn read<T>(&self, f: impl FnOnce(&Ledger) -> T) -> Result<T, DurableError> {
         let ledger = self.lock()?;
         Ok(f(&ledger))
+    }
+
+    /// What the log has written since the ledger was opened.
+    pub fn wal_stats(&self) -> WalStatsSnapshot {
+        self.wal.stats()
     }
 
     /// The last log sequence number handed out.

@@ -399,6 +399,23 @@ impl Ledger {
         (self.accounts.len(), self.transfers.len())
     }
 
+    /// Entries held in each bounded table, beside its bound: (table, held, bound), the
+    /// tables named as `LedgerError::CapacityExceeded` names them.
+    pub fn usage(&self) -> [(&'static str, usize, usize); 5] {
+        let l = &self.limits;
+        [
+            ("accounts", self.accounts.len(), l.accounts_max),
+            ("transfers", self.transfers.len(), l.transfers_max),
+            ("payments", self.payments.len(), l.payments_max),
+            (
+                "idempotency",
+                self.idempotency.len(),
+                l.idempotency_keys_max,
+            ),
+            ("decisions", self.decisions.len(), l.decisions_max),
+        ]
+    }
+
     /// Payments not finished (RESERVED or CAPTURED), sorted by id: what the
     /// orchestrator must resolve after a restart.
     pub fn unfinished_payments(&self) -> Vec<(u128, PaymentState)> {

@@ -521,6 +521,25 @@ impl Ledger {
         self.get()?.read(|l| l.counts()).map_err(to_py)
     }
 
+    /// Entries held in each bounded table beside its bound: [(table, held, bound)].
+    fn usage(&self) -> PyResult<Vec<(&'static str, usize, usize)>> {
+        self.get()?.read(|l| l.usage().to_vec()).map_err(to_py)
+    }
+
+    /// What the log has written since open: a dict of flushes, records, bytes,
+    /// flush_ns (summed) and flush_buckets (flushes per `WAL_FLUSH_BUCKETS_NS` bucket,
+    /// then one for slower; not cumulative).
+    fn wal_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = self.get()?.wal_stats();
+        let out = PyDict::new(py);
+        out.set_item("flushes", stats.flushes)?;
+        out.set_item("records", stats.records)?;
+        out.set_item("bytes", stats.bytes)?;
+        out.set_item("flush_ns", stats.flush_ns)?;
+        out.set_item("flush_buckets", stats.buckets)?;
+        Ok(out)
+    }
+
     /// Closes the ledger; later calls raise `LedgerClosed`. Everything acknowledged is
     /// already durable, so there is nothing to flush.
     fn close(&self) {
@@ -564,19 +583,32 @@ fn report_dict<'py>(py: Python<'py>, report: &RecoveryReport) -> PyResult<Bound<
 }
 
 /// Checks a log directory offline without changing it: snapshot and record checksums,
-/// the chain, and a full replay. Returns the report (a torn tail is reported, not
+/// the chain, and a full replay under the given bounds (those the ledger was opened
+/// with; the defaults when not given). Returns the report (a torn tail is reported, not
 /// repaired); raises `WalCorruption` naming file and offset.
 #[pyfunction]
-fn wal_verify(py: Python<'_>, dir: PathBuf) -> PyResult<Bound<'_, PyDict>> {
+#[pyo3(signature = (dir, *, transfers_max = None, payments_max = None))]
+fn wal_verify(
+    py: Python<'_>,
+    dir: PathBuf,
+    transfers_max: Option<usize>,
+    payments_max: Option<usize>,
+) -> PyResult<Bound<'_, PyDict>> {
     if !dir.is_dir() {
         return Err(WalFailure::new_err(format!(
             "{} is not a directory",
             dir.display()
         )));
     }
-    let report = py
-        .detach(|| core::verify(&dir, Limits::default()))
-        .map_err(to_py)?;
+    // The bounds the live ledger ran with: a replay under smaller ones would refuse
+    // what it took.
+    let d = Limits::default();
+    let limits = Limits {
+        transfers_max: transfers_max.unwrap_or(d.transfers_max),
+        payments_max: payments_max.unwrap_or(d.payments_max),
+        ..d
+    };
+    let report = py.detach(|| core::verify(&dir, limits)).map_err(to_py)?;
     report_dict(py, &report)
 }
 
@@ -681,6 +713,10 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("WalCorruption", py.get_type::<WalCorruption>())?;
     m.add("LedgerClosed", py.get_type::<LedgerClosed>())?;
     m.add("LEDGER_BATCH_MAX", core::BATCH_MAX)?;
+    m.add(
+        "WAL_FLUSH_BUCKETS_NS",
+        crate::wal::FLUSH_BUCKETS_NS.to_vec(),
+    )?;
     m.add("ACCOUNT_LINKED", account_flags::LINKED)?;
     m.add(
         "ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS",

@@ -18,7 +18,9 @@ pub use scan::{
     ScanReport, TornTail,
 };
 pub use snapshot::{read_snapshot, write_snapshot, SnapshotHeader, SNAPSHOT_BYTES_MAX};
-pub use writer::{Wal, WalConfig, PENDING_BYTES_MAX, SEGMENT_BYTES_MIN};
+pub use writer::{
+    Wal, WalConfig, WalStatsSnapshot, FLUSH_BUCKETS_NS, PENDING_BYTES_MAX, SEGMENT_BYTES_MIN,
+};
 
 #[cfg(test)]
 pub(crate) use writer::failpoint;

@@ -9,7 +9,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use super::frame::{self, HEADER_BYTES, RECORD_BYTES_MAX};
 use super::scan::segment_name;
@@ -21,6 +23,77 @@ pub const SEGMENT_BYTES_MIN: u64 = 4096;
 /// Bytes framed but not yet written. At the bound: the appender waits for a flush
 /// (back-pressure), so memory stays bounded however fast appenders are.
 pub const PENDING_BYTES_MAX: usize = 64 << 20;
+
+/// Upper bounds, in nanoseconds, of the flush-latency buckets `WalStats` counts (the
+/// last bucket takes everything slower). Fixed, so a reader (the Prometheus exporter)
+/// names the same buckets every time.
+pub const FLUSH_BUCKETS_NS: [u64; 12] = [
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+];
+
+/// What the log has written since it was opened: counted by the flush leader, once per
+/// group commit (never per record), with relaxed atomics a reader may sample at any time.
+#[derive(Debug, Default)]
+pub struct WalStats {
+    flushes: AtomicU64,
+    records: AtomicU64,
+    bytes: AtomicU64,
+    flush_ns: AtomicU64,
+    /// Flushes per latency bucket (`FLUSH_BUCKETS_NS`, then one for slower).
+    buckets: [AtomicU64; FLUSH_BUCKETS_NS.len() + 1],
+}
+
+/// A copy of `WalStats` at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WalStatsSnapshot {
+    /// Group commits: one write and one fdatasync each.
+    pub flushes: u64,
+    pub records: u64,
+    pub bytes: u64,
+    /// The flushes' write-plus-fdatasync time, summed.
+    pub flush_ns: u64,
+    /// Flushes per latency bucket, not cumulative (`FLUSH_BUCKETS_NS`, then slower).
+    pub buckets: Vec<u64>,
+}
+
+impl WalStats {
+    fn flushed(&self, records: usize, bytes: usize, elapsed_ns: u64) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.records.fetch_add(records as u64, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.flush_ns.fetch_add(elapsed_ns, Ordering::Relaxed);
+        let bucket = FLUSH_BUCKETS_NS
+            .iter()
+            .position(|&bound| elapsed_ns <= bound)
+            .unwrap_or(FLUSH_BUCKETS_NS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> WalStatsSnapshot {
+        WalStatsSnapshot {
+            flushes: self.flushes.load(Ordering::Relaxed),
+            records: self.records.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            flush_ns: self.flush_ns.load(Ordering::Relaxed),
+            buckets: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
+}
 
 /// How the log is laid out on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +151,7 @@ pub struct Wal {
     shared: Mutex<Shared>,
     flushed: Condvar,
     segment: Mutex<Segment>,
+    stats: WalStats,
 }
 
 impl Wal {
@@ -127,6 +201,7 @@ impl Wal {
             }),
             flushed: Condvar::new(),
             segment: Mutex::new(segment),
+            stats: WalStats::default(),
         })
     }
 
@@ -195,11 +270,16 @@ impl Wal {
             let ends = std::mem::take(&mut shared.ends);
             shared.flushing = true;
             drop(shared);
+            let started = Instant::now();
             let result = self
                 .segment
                 .lock()
                 .expect("segment lock")
                 .write(&buf, &ends);
+            if result.is_ok() {
+                let elapsed_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.stats.flushed(ends.len(), buf.len(), elapsed_ns);
+            }
             shared = self.lock();
             shared.flushing = false;
             match result {
@@ -220,6 +300,11 @@ impl Wal {
     pub fn last(&self) -> (u64, u32) {
         let shared = self.lock();
         (shared.next_seq - 1, shared.last_checksum)
+    }
+
+    /// What the log has written since it was opened (see `WalStats`).
+    pub fn stats(&self) -> WalStatsSnapshot {
+        self.stats.snapshot()
     }
 
     /// Whether an earlier failure stopped the log.
@@ -318,6 +403,22 @@ pub(crate) mod failpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_count_each_group_commit_once_with_its_records_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), WalConfig::default(), 1, 0, None).unwrap();
+        assert_eq!(wal.stats().flushes, 0);
+        wal.enqueue(b"first").unwrap();
+        let last = wal.enqueue(b"second").unwrap();
+        wal.wait_durable(last).unwrap();
+        let stats = wal.stats();
+        assert_eq!(stats.flushes, 1, "two records, one group commit");
+        assert_eq!(stats.records, 2);
+        assert_eq!(stats.bytes, 2 * HEADER_BYTES as u64 + 11);
+        assert_eq!(stats.buckets.len(), FLUSH_BUCKETS_NS.len() + 1);
+        assert_eq!(stats.buckets.iter().sum::<u64>(), 1);
+    }
 
     #[test]
     fn an_fsync_error_poisons_the_log_for_good() {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import time
@@ -33,6 +34,7 @@ from quickpay_engine.errors import (
     StoreUnavailable,
     echo,
 )
+from quickpay_engine.metrics import Metrics
 from quickpay_engine.reconcile.report import ReportError
 from quickpay_engine.security.guard import Guard, current_caller
 from quickpay_engine.settlement.service import SettlementService
@@ -145,18 +147,28 @@ Handler = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
 def add_to_server(
-    servicer: SettlementServicer, server: grpc.aio.Server, guard: Guard | None = None
+    servicer: SettlementServicer,
+    server: grpc.aio.Server,
+    guard: Guard | None = None,
+    metrics: Metrics | None = None,
 ) -> None:
     """Registers ``servicer`` as quickpay.v1.Settlement on ``server``; every call first
-    passes ``guard`` (identity, role, rate limit), before its request is even parsed."""
+    passes ``guard`` (identity, role, rate limit), before its request is even parsed;
+    with ``metrics``, every call is counted once, by method and status, with its
+    latency."""
     guard = guard or Guard(None)
-    handlers: dict[str, grpc.RpcMethodHandler] = {
-        name: make(_guarded(guard, name, getattr(servicer, name), make))
-        for name, make in RAW_RPCS.items()
-    }
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for name, make in RAW_RPCS.items():
+        method = _guarded(guard, name, getattr(servicer, name), make)
+        # PayStream counts itself (grpc takes a raw streaming handler only as an async
+        # generator function, and a wrapping generator would cost a step per message).
+        as_is = metrics is None or inspect.isasyncgenfunction(method)
+        handlers[name] = make(method if as_is else _observed(method, name, metrics))
     for name, (make, request, response) in TYPED_RPCS.items():
         method = getattr(servicer, name)
         streams = make is grpc.unary_stream_rpc_method_handler
+        if metrics is not None:
+            method = _observed(method, name, metrics)
         bytes_max = convert.REQUEST_BYTES_MAX.get(name)
         parsed = (_parsed_stream if streams else _parsed)(method, request, bytes_max)
         handlers[name] = make(
@@ -185,6 +197,47 @@ def _guarded(guard: Guard, rpc: str, method: Handler, make: Any) -> Handler:
             yield reply
 
     return streaming
+
+
+def _observed(method: Handler, rpc: str, metrics: Metrics) -> Handler:
+    """``method`` with its calls counted as they end. A streaming method (called by
+    ``_parsed_stream``) is handed back its own generator: the count is taken by the
+    call's done callback, once per call, not once per message."""
+    if inspect.isasyncgenfunction(method):
+
+        def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            count_when_done(context, rpc, metrics)
+            return method(request, context)
+
+        return streaming
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            return await method(request, context)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except BaseException:
+            # context.abort raises once it has set the code; anything else is UNKNOWN.
+            code = (context.code() or grpc.StatusCode.UNKNOWN).name
+            raise
+        finally:
+            metrics.rpc(rpc, code, time.perf_counter() - start)
+
+    return unary
+
+
+def count_when_done(context: grpc.aio.ServicerContext, rpc: str, metrics: Metrics) -> None:
+    """Counts the call once it has ended, with the status it ended with."""
+    start = time.perf_counter()
+
+    def done(call: grpc.aio.ServicerContext) -> None:
+        code = call.code()
+        metrics.rpc(rpc, "OK" if code is None else code.name, time.perf_counter() - start)
+
+    context.add_done_callback(done)
 
 
 async def parse_request(
@@ -266,6 +319,8 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         PayRequest gets one with no key and "request N: not a PayRequest: ..." (N counts
         from 0) naming what is wrong. However the stream ends, every payment started is
         answered first."""
+        if (metrics := self._service.metrics) is not None:
+            count_when_done(context, "PayStream", metrics)
         replies: asyncio.Queue[bytes | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_INFLIGHT_MAX)
         tasks: set[asyncio.Task[None]] = set()

@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from quickpay_engine._engine import EngineError, Ledger
+from quickpay_engine._engine import EngineError
 from quickpay_engine.commands import READS, add_command, add_group
 from quickpay_engine.config import settings_from
+from quickpay_engine.ledger_limits import open_ledger
 from quickpay_engine.storage import open_store
 from quickpay_engine.store.audit_check import check_trail
 
@@ -26,7 +27,7 @@ def anchored_head(ledger_dir: Path) -> tuple[int, str] | None:
     Raises ``EngineError`` when the log cannot be read."""
     if not ledger_dir.is_dir():
         return None
-    ledger = Ledger.open(ledger_dir)
+    ledger = open_ledger(ledger_dir)
     try:
         anchor = ledger.audit_anchor()
     finally:

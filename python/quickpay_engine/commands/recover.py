@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from quickpay_engine._engine import Ledger
 from quickpay_engine.commands import WRITES, add_command
 from quickpay_engine.config import Settings, settings_from
 from quickpay_engine.errors import ConfigError
+from quickpay_engine.ledger_limits import open_ledger
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,7 +51,7 @@ async def _recover(settings: Settings, dry_run: bool) -> int:
             owner.close()
         raise
     thread = StoreThread()
-    book = LedgerBook(Ledger.open(settings.ledger_dir))
+    book = LedgerBook(open_ledger(settings.ledger_dir))
     gateways, stop_gateways = await open_gateways(settings.gateways, settings.data_dir)
     router = GatewayRouter(gateways)
     try:

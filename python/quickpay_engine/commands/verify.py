@@ -6,11 +6,12 @@ import argparse
 import sqlite3
 from pathlib import Path
 
-from quickpay_engine._engine import LEDGER_BATCH_MAX, EngineError, Ledger, ids_array
+from quickpay_engine._engine import LEDGER_BATCH_MAX, EngineError, ids_array
 from quickpay_engine.commands import READS, add_command
 from quickpay_engine.commands.audit import anchored_head
 from quickpay_engine.config import settings_from
 from quickpay_engine.domain import PaymentStatus
+from quickpay_engine.ledger_limits import open_ledger
 from quickpay_engine.settlement.ledger_book import (
     ROLLED_BACK,
     SETTLED,
@@ -68,7 +69,7 @@ def _saga_problems(store: Store, ledger_dir: Path) -> list[str]:
     if not ledger_dir.exists():
         return problems
     try:
-        book = LedgerBook(Ledger.open(ledger_dir))
+        book = LedgerBook(open_ledger(ledger_dir))
     except EngineError as err:
         return [*problems, f"ledger at {ledger_dir} could not be opened: {err}"]
     try:

@@ -18,6 +18,7 @@ from quickpay_engine import _engine
 from quickpay_engine.commands import add_command, add_group
 from quickpay_engine.config import Settings, settings_from
 from quickpay_engine.errors import WalCorruption, WalFailure
+from quickpay_engine.ledger_limits import for_reading
 
 WAL_DIR_HELP = "log directory (default: DATA_DIR/ledger, where serve writes it)"
 
@@ -66,7 +67,10 @@ def run_verify(args: argparse.Namespace) -> int:
     if (code := _missing("verify", directory)) is not None:
         return code
     try:
-        report = _engine.wal_verify(str(directory))
+        limits = for_reading(directory)
+        report = _engine.wal_verify(
+            str(directory), transfers_max=limits.transfers_max, payments_max=limits.payments_max
+        )
     except WalCorruption as err:
         print(f"log CORRUPT: {err}")
         return 1

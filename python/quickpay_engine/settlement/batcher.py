@@ -166,6 +166,11 @@ class MicroBatcher(Generic[T, R]):
         window, self._window = self._window, BatchStats()
         return window
 
+    @property
+    def queue_max(self) -> int:
+        """The queue's bound: one submission past it is refused (``Overloaded``)."""
+        return self._queue.maxsize
+
     def waiting(self) -> int:
         """Submissions queued and not yet in a batch."""
         return self._queue.qsize()

@@ -56,6 +56,8 @@ from quickpay_engine.gateways.types import (
     Instrument,
     Wallet,
 )
+from quickpay_engine.logs import payment_fields
+from quickpay_engine.metrics import Metrics
 from quickpay_engine.settlement.fraud_gate import FRAUD_REVIEW, FraudGate
 from quickpay_engine.settlement.ledger_book import LedgerBook, Movement
 from quickpay_engine.settlement.recovery import give_back
@@ -191,6 +193,15 @@ class Pipeline:
         # How a deferred payment re-enters the queue (the service sets the batcher's
         # submit); None: no deferral, payments of one account are validated together.
         self.resubmit: Callable[[PaymentIntent], Awaitable[Outcome]] | None = None
+        # Where each batch's stage times and gateway answers are counted (None: nowhere).
+        self.metrics: Metrics | None = None
+
+    def _lap(self, stage: str, since: float) -> float:
+        """Counts the batch's time in ``stage`` since ``since``; returns now."""
+        now = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.stage(stage, now - since)
+        return now
 
     async def prepare(self, intents: Sequence[PaymentIntent]) -> _Batch:
         """Stage 1 (see the module docstring); batches go through it one at a time."""
@@ -228,7 +239,9 @@ class Pipeline:
     async def _prepare(self, intents: Sequence[PaymentIntent]) -> _Batch:
         results: list[Outcome | BaseException | None] = [None] * len(intents)
         reader, reading = self._reader
+        lap = time.perf_counter()
         stored = await reading.run(reader.find_by_keys, [i.idempotency_key for i in intents])
+        self._lap("replay_lookup", lap)
         fresh: list[int] = []
         accounts: list[str] = []
         for index, intent in enumerate(intents):
@@ -268,6 +281,7 @@ class Pipeline:
         batch = _Batch(results, decisions, positions, [], [], [], now_s, accounts=accounts)
         if not fresh:
             return batch
+        lap = time.perf_counter()
         codes = validate_batch(self._engine, [intents[i] for i in fresh], now_s)
         ids = self._payment_ids(len(fresh))
         for index, code, payment_id in zip(fresh, codes.tolist(), ids, strict=True):
@@ -278,6 +292,7 @@ class Pipeline:
                 decisions.append(decision)
                 positions.append(index)
         batch.decisions, batch.scored = self._score(decisions, now_s)
+        lap = self._lap("validate_score", lap)
         approved = [k for k, d in enumerate(batch.decisions) if not d.decline_reason]
         if not approved:
             return batch
@@ -294,6 +309,7 @@ class Pipeline:
             self._book.reserve([movement_of(d) for d in wanted]),
             return_exceptions=True,
         )
+        self._lap("reserve", lap)
         if isinstance(taken, BaseException) or isinstance(held, BaseException):
             await self._undo_half_reserved(wanted, taken, held)
         refused: list[Decision] = []
@@ -398,7 +414,11 @@ class Pipeline:
 
     async def _complete(self, batch: _Batch) -> None:
         decisions = batch.decisions
+        lap = time.perf_counter()
         gateway = await asyncio.gather(*(self._sale(decisions[k]) for k in batch.reserved))
+        if self.metrics is not None and gateway:
+            self.metrics.gateway_round(gateway, time.perf_counter() - lap)
+        lap = self._lap("gateways", lap)
         captured: list[int] = []
         voided: list[int] = []
         pending: set[int] = set()
@@ -412,6 +432,11 @@ class Pipeline:
                 captured.append(k)
             elif result.outcome is GatewayOutcome.UNKNOWN:
                 pending.add(k)
+                log.warning(
+                    "payment %s: gateway %s has not said whether it captured it; left"
+                    " RESERVED for recovery", d.payment_id, result.gateway,
+                    extra=payment_fields(d.payment_id, d.intent.idempotency_key),
+                )  # fmt: skip
                 batch.results[batch.positions[k]] = OutcomePending(
                     f"gateway {result.gateway} has not said whether payment {d.payment_id}"
                     " was captured; the engine settles or voids it once it knows: retry"
@@ -442,6 +467,7 @@ class Pipeline:
             self._thread.run(self._store.commit_batch, committing),
             return_exceptions=True,
         )
+        self._lap("capture_commit", lap)
         for ledger_error in (captured_ok, voided_ok):
             if isinstance(ledger_error, BaseException):
                 # After the gateways: the money may have moved and the commit may have
@@ -558,8 +584,10 @@ class Pipeline:
             )
 
     async def _post(self, payment_ids: list[str], audit_head: tuple[int, str] | None) -> None:
+        lap = time.perf_counter()
         try:
             await asyncio.gather(self._book.settle(payment_ids), self._book.anchor(audit_head))
+            self._lap("post", lap)
         except Exception:
             log.exception(
                 "posting %d holds or anchoring the audit head failed; the recovery sweep"

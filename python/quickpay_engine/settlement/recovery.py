@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from quickpay_engine.domain import PaymentIntent, PaymentRecord, PaymentStatus
 from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.gateways.types import GatewayOutcome, GatewayResult
+from quickpay_engine.logs import payment_fields
 from quickpay_engine.settlement.ledger_book import (
     CAPTURED,
     RESERVED,
@@ -105,7 +106,10 @@ class Recovery:
         refunds = await self._thread.run(self._store.pending_refunds)
         actions.extend([await self._refund(r, dry_run) for r in refunds])
         for a in actions:
-            log.info("recovery: %s (%s): %s %s", a.payment_id, a.ledger_state, a.action, a.detail)
+            log.info(
+                "recovery: %s (%s): %s %s", a.payment_id, a.ledger_state, a.action, a.detail,
+                extra=payment_fields(a.payment_id),
+            )  # fmt: skip
         return actions
 
     async def _payment(
@@ -253,7 +257,10 @@ async def give_back(
             await thread.run(store.commit_batch, [failed])
         await thread.run(store.forget_attempts, [d.payment_id])
     except Exception as err:
-        log.warning("payment %s given back; billing could not record it (%s)", d.payment_id, err)
+        log.warning(
+            "payment %s given back; billing could not record it (%s)", d.payment_id, err,
+            extra=payment_fields(d.payment_id, d.intent.idempotency_key),
+        )  # fmt: skip
     return True
 
 

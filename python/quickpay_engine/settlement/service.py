@@ -7,14 +7,15 @@ idempotency key share a single settlement.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
 import io
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import date
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from quickpay_engine.errors import (
     echo,
 )
 from quickpay_engine.gateways.router import GatewayRouter
+from quickpay_engine.metrics import Metrics
 from quickpay_engine.reconcile.report import ColumnMapping, ReportError
 from quickpay_engine.settlement import reconciliation
 from quickpay_engine.settlement.admission import Admission
@@ -85,11 +87,13 @@ class SettlementService:
         fraud_enforce: bool = True,
         engine_config_json: str | None = None,
         fence: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         """``book`` is the open ledger, ``router`` the started gateways; ``card_key``
         keys the card fingerprints fraud scoring tracks; ``fraud_scorer`` replaces the
         shipped model and rules (tests, a carrier's own model); ``fence`` raises while
-        the engine may not settle (store/pg_owner.py), checked once per batch."""
+        the engine may not settle (store/pg_owner.py), checked once per batch;
+        ``metrics`` counts batches, stages and outcomes (once per batch)."""
         batching = batching or BatchSettings()
         self._store = store
         self._thread = StoreThread()
@@ -121,9 +125,14 @@ class SettlementService:
         self._reconcile_thread = StoreThread("store-reconcile")
         self._reconciles = 0  # running or waiting
         self._commit_listeners: list[Callable[[], None]] = [self._watch.committed]
+        self.metrics = metrics
+        self._pipeline.metrics = metrics
+        prepare, complete = self._pipeline.prepare, self._pipeline.complete
+        if metrics is not None:
+            prepare, complete = _counted(prepare, complete, metrics)
         self._batcher: MicroBatcher[PaymentIntent, Outcome] = MicroBatcher(
-            self._pipeline.prepare,
-            complete=self._pipeline.complete,
+            prepare,
+            complete=complete,
             batch_max=batching.batch_max,
             linger_ms=batching.linger_ms,
             queue_max=batching.queue_max,
@@ -147,11 +156,15 @@ class SettlementService:
         rows = await self._thread.run(self._store.load_subscribers)
         self.book.open_accounts(rows)
         actions = await self.recovery.run()
+        if self.metrics is not None:
+            self.metrics.recovered(a.action for a in actions)
         if actions:
             rows = await self._thread.run(self._store.load_subscribers)
         load_engine(self.engine, rows)
         self._subscribers.update((row.account_id, row) for row in rows)
         self._batcher.start()
+        if self.metrics is not None:
+            self.metrics.watch_queue(self._batcher.waiting, self._batcher.queue_max)
         loop = asyncio.get_running_loop()
         self._sweeper = loop.create_task(self._sweep(sweep_s or SWEEP_S), name="recovery-sweep")
         self._reporter = loop.create_task(self._report_batches(), name="batch-report")
@@ -177,7 +190,9 @@ class SettlementService:
         while True:
             await asyncio.sleep(every_s)
             try:
-                if await self.recovery.run(exclude=self._pipeline.in_flight):
+                if actions := await self.recovery.run(exclude=self._pipeline.in_flight):
+                    if self.metrics is not None:
+                        self.metrics.recovered(a.action for a in actions)
                     self._committed_batch()
             except Exception:
                 log.exception("recovery sweep failed; trying again in %.0f s", every_s)
@@ -239,6 +254,17 @@ class SettlementService:
     async def on_store_thread(self, fn: Callable[[], R]) -> R:
         """Runs ``fn`` on the store's one thread, between batches (the two-phase sweep)."""
         return await self._thread.run(fn)
+
+    async def backlog(self) -> tuple[int | None, int]:
+        """For the metrics: (created_at_us of the oldest event the broker has not
+        acknowledged, or None; discrepancies not yet resolved), read on the reader's
+        connection."""
+
+        def read() -> tuple[int | None, int]:
+            oldest = self._reader.outbox_unpublished(1)
+            return (oldest[0].created_at_us if oldest else None), self._reader.open_discrepancies()
+
+        return await self._reader_thread.run(read)
 
     async def outbox_unpublished(self, limit: int) -> list[OutboxEvent]:
         """For the event relay: the oldest events the broker has not acknowledged."""
@@ -459,3 +485,47 @@ def _pending(intent: PaymentIntent) -> OutcomePending:
 
 def _same(run: ReconcileRun) -> ReconcileRun:
     return run
+
+
+def outcome_counts(results: Sequence[object]) -> collections.Counter[tuple[str, str]]:
+    """A batch's results by (status, decline reason): a replay is REPLAYED, a payment
+    that ended with an error ERROR and its error's name; one handed on to a later batch
+    is counted there."""
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    for r in results:
+        if isinstance(r, Outcome):
+            counts["REPLAYED" if r.replayed else r.status.name, r.decline_reason] += 1
+        elif isinstance(r, BaseException):
+            counts["ERROR", type(r).__name__] += 1
+    return counts
+
+
+def _counted(
+    prepare: Callable[[Sequence[PaymentIntent]], Awaitable[Any]],
+    complete: Callable[[Any], Awaitable[list[Outcome | BaseException]]],
+    metrics: Metrics,
+) -> tuple[
+    Callable[[Sequence[PaymentIntent]], Awaitable[Any]],
+    Callable[[Any], Awaitable[list[Outcome | BaseException]]],
+]:
+    """The pipeline's two stages with each batch's size and outcomes counted, once per
+    batch."""
+
+    async def counted_prepare(intents: Sequence[PaymentIntent]) -> Any:
+        metrics.batch(len(intents))
+        try:
+            return await prepare(intents)
+        except Exception as err:
+            metrics.outcomes(collections.Counter({("ERROR", type(err).__name__): len(intents)}))
+            raise
+
+    async def counted_complete(batch: Any) -> list[Outcome | BaseException]:
+        try:
+            results = await complete(batch)
+        except Exception as err:
+            metrics.outcomes(collections.Counter({("ERROR", type(err).__name__): 1}))
+            raise
+        metrics.outcomes(outcome_counts(results))
+        return results
+
+    return counted_prepare, counted_complete

@@ -678,6 +678,13 @@ class SqliteStore:
             )
         return cursor.rowcount == 1
 
+    def open_discrepancies(self) -> int:
+        """Discrepancies not yet RESOLVED (the metrics' gauge)."""
+        (n,) = self._db.execute(
+            "SELECT count(*) FROM discrepancies WHERE status <> 'RESOLVED'"
+        ).fetchone()
+        return int(n)
+
     # -- invariants -----------------------------------------------------------------------
 
     def account_nets(self) -> list[tuple[str, str, int]]:
