@@ -149,7 +149,7 @@ def stage(
         urls = None
         if databases:
             cluster = request.getfixturevalue("pg")
-            stem = name.replace("-", "_")
+            stem = "chaos_" + name.replace("-", "_")
             names = [f"{stem}_billing", f"{stem}_ar", f"{stem}_prov"][:databases]
             made_urls = cluster.create(*names)
             # billing, AR, provisioning: one database for all three, or one each.

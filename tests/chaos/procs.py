@@ -240,7 +240,7 @@ class Engine:
         line = self.process.stdout.readline()
         if not line.startswith("listening on "):
             self.process.wait(STOP_S)
-            self.process = None
+            self._reap()
             raise RuntimeError(f"serve did not start: {line!r}; see {self.log_path}")
         self.port = int(line.rsplit(":", 1)[1])
         return self.port

@@ -8,12 +8,15 @@ count of answers, payments, events or discrepancies.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import Counter
 
 import pytest
 
 from conftest import FULL, Stage
+from procs import RPCS
+from quickpay_engine.settlement.twophase import FAULT_ENV, FAULT_POINTS, FAULT_SKIP_ENV
 
 # A scenario's own bound (pytest-timeout): the full soak alone takes an hour.
 pytestmark = pytest.mark.timeout(7_200 if FULL else 600)
@@ -95,3 +98,49 @@ def test_postgres_stopped_and_started_mid_load(stage, databases: int) -> None:
     st.mark("finished")
     st.finish(problems, f"{rounds} immediate stops of PostgreSQL ({databases} database(s)),"
                         f" settling again after {tries} probe(s) without a restart")  # fmt: skip
+
+
+def test_engine_killed_between_prepare_and_commit_prepared(stage) -> None:
+    """The engine kills itself (SIGKILL) inside a two-phase commit, at each of the
+    coordinator's fault points in turn (after PREPARE, after the logged decision, after
+    the first COMMIT PREPARED), 20 times (100 full); each next start resolves every
+    prepared transaction from the logged decision before it listens."""
+    st = stage("2pc-kill", databases=3)
+    kills = 100 if FULL else 20
+    resolved = in_recovery = 0
+    problems: list[str] = []
+    st.mark("setup")
+    for n in range(kills):
+        point = FAULT_POINTS[n % len(FAULT_POINTS)]
+        before = len(st.pg.prepared())
+        try:
+            # The first pass lives: a restart's recovery commits what the last kill
+            # left, and the kill comes under the load.
+            st.engine.start({FAULT_ENV: point, FAULT_SKIP_ENV: "1"})
+        except RuntimeError:
+            # Killed at the point while recovery rolled forward what the last kill left:
+            # a kill inside a two-phase commit all the same.
+            in_recovery += 1
+            continue
+        left = st.pg.prepared()
+        if left:
+            problems.append(f"start {n + 1}: {len(left)} prepared transactions left after start")
+        resolved += before
+        st.load.start(st.engine.target, 1.5, rpcs=(RPCS[n % len(RPCS)],))
+        code = st.engine.wait_dead()
+        st.load.wait()
+        if code != -signal.SIGKILL:
+            problems.append(f"start {n + 1}: the engine ended with {code}, not SIGKILL at {point}")
+    st.mark("kills")
+    before = len(st.pg.prepared())
+    st.engine.start()
+    resolved += before
+    if st.pg.prepared():
+        problems.append("prepared transactions left after the last start")
+    problems += unexpected(st.load.answers(), RETRY_LATER | {"CANCELLED"}, STORE_LOST)
+    problems += after_load(st, 10.0 if FULL else 2.0)
+    st.wait_finished()
+    st.mark("finished")
+    st.finish(problems, f"{kills} SIGKILLs inside two-phase commits ({in_recovery} during"
+                        f" recovery at start), {resolved} prepared transactions resolved at the"
+                        " next start")  # fmt: skip
