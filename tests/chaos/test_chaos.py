@@ -15,6 +15,7 @@ from collections import Counter
 import pytest
 
 from conftest import FULL, Stage
+from invariants import unfinished, unpublished
 from procs import RPCS
 from quickpay_engine.settlement.twophase import FAULT_ENV, FAULT_POINTS, FAULT_SKIP_ENV
 
@@ -28,6 +29,8 @@ MALFORMED = {"INVALID_ARGUMENT"}
 # A batch already at the gateways when its database went away: its captures are given
 # back and it fails with this reason.
 STORE_LOST = {"BILLING_UNAVAILABLE"}
+# A payment whose gateway failed it outright (nothing captured) ends FAILED with these.
+GATEWAY_FAILED: set[str] = set()
 
 
 def unexpected(answers: list[dict[str, str]], errors: set[str], failed: set[str]) -> list[str]:
@@ -144,3 +147,68 @@ def test_engine_killed_between_prepare_and_commit_prepared(stage) -> None:
     st.finish(problems, f"{kills} SIGKILLs inside two-phase commits ({in_recovery} during"
                         f" recovery at start), {resolved} prepared transactions resolved at the"
                         " next start")  # fmt: skip
+
+
+def test_nats_restarted_mid_load(stage) -> None:
+    """The private nats-server killed (SIGKILL) and started again on its port and store
+    while payments settle: payments never notice, and once it is back the outbox lag
+    drains with every event in the stream once."""
+    st = stage("nats-restart")
+    rounds, load_s = (5, 40.0) if FULL else (1, 5.0)
+    st.engine.start()
+    st.mark("start")
+    st.load.start(st.engine.target, load_s)
+    gap_s = load_s / (rounds + 1)
+    lag = 0
+    for _ in range(rounds):
+        time.sleep(gap_s * 0.5)
+        st.nats.kill()
+        time.sleep(gap_s * 0.5)
+        lag = max(lag, unpublished(st.engine))
+        st.nats.start()
+    st.load.wait()
+    st.mark("load")
+    problems = unexpected(st.load.answers(), set(), set())
+    st.wait_finished()
+    st.mark("drained")
+    st.finish(
+        problems,
+        f"{rounds} kills of NATS, outbox lag up to {lag} events while it was down, 0 after",
+    )
+
+
+# 10 % of gateway requests fail, in equal parts: a 503 with nothing processed, a
+# timeout (held past the engine's 2 s gateway timeout, then processed late) and a lost
+# response (processed, then the connection closed unanswered).
+GATEWAY_FAULTS = {
+    "server_error_rate": 0.033,
+    "timeout_rate": 0.033,
+    "lost_response_rate": 0.034,
+    "hang_ms": 2_500,
+    "latency_ms_median": 2.0,
+    "latency_ms_p99": 40.0,
+}
+
+
+def test_gateway_faults_on_every_gateway(stage) -> None:
+    """Every gateway fails 10 % of its requests (5xx, timeouts, lost responses after
+    capture) under the load: no payment captured twice, none half settled, and every
+    unknown outcome resolved by the engine's own sweep (nothing left journalled)."""
+    st = stage("gateway-faults")
+    load_s = 60.0 if FULL else 10.0
+    for n, name in enumerate(st.sims.urls):
+        st.sims.set_faults(name, {"seed": 19 + n, **GATEWAY_FAULTS})
+    st.engine.start()
+    st.mark("start")
+    st.load.start(st.engine.target, load_s)
+    st.load.wait()
+    st.mark("load")
+    answers = st.load.answers()
+    problems = unexpected(answers, RETRY_LATER, GATEWAY_FAILED)
+    pending = sum(a["error"] == "UNAVAILABLE" for a in answers)
+    left = unfinished(st.engine)
+    st.wait_finished()
+    st.mark("swept")
+    st.finish(problems, f"10 % gateway faults for {load_s:g} s, {pending} answers UNAVAILABLE"
+                        f" (outcome pending), {left} payments unfinished when the load ended,"
+                        " 0 after the sweep")  # fmt: skip
