@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -185,3 +186,44 @@ def stage(
             except Exception:
                 st.pg.start()
     shutil.rmtree(tmp_path / "nats", ignore_errors=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A small filesystem of the test's own to fill: a 32 MiB tmpfs, mounted when the
+    test runs as root; skipped, saying why, where it cannot be mounted."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("filling a disk needs a filesystem of the test's own: mount needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(directory: Path) -> int:
+    """Writes a file into ``directory`` until the filesystem is full; returns its size."""
+    chunk = b"\0" * (1 << 20)
+    written = 0
+    with (directory / "filler").open("wb", buffering=0) as f:
+        try:
+            while True:
+                written += f.write(chunk)
+        except OSError:
+            pass
+    # The last partial chunks: down to the final free bytes.
+    with (directory / "filler").open("ab", buffering=0) as f:
+        for size in (65_536, 4_096, 512, 1):
+            try:
+                while True:
+                    written += f.write(b"\0" * size)
+            except OSError:
+                continue
+    return written

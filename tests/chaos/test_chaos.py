@@ -14,9 +14,9 @@ from collections import Counter
 
 import pytest
 
-from conftest import FULL, Stage
+from conftest import FULL, Stage, fill
 from invariants import unfinished, unpublished
-from procs import RPCS
+from procs import RPCS, quickpay
 from quickpay_engine.settlement.twophase import FAULT_ENV, FAULT_POINTS, FAULT_SKIP_ENV
 
 # A scenario's own bound (pytest-timeout): the full soak alone takes an hour.
@@ -212,3 +212,37 @@ def test_gateway_faults_on_every_gateway(stage) -> None:
     st.finish(problems, f"10 % gateway faults for {load_s:g} s, {pending} answers UNAVAILABLE"
                         f" (outcome pending), {left} payments unfinished when the load ended,"
                         " 0 after the sweep")  # fmt: skip
+
+
+def test_disk_full_under_the_data_dir(small_disk, stage) -> None:
+    """The data dir's filesystem filled to the last byte mid-load: the write-ahead log
+    and the database refuse (callers hear UNAVAILABLE, or FAILED BILLING_UNAVAILABLE for
+    captures given back), nothing is corrupted, and after the space is freed and the
+    engine restarted (SIGKILL, then start) everything acknowledged is there."""
+    st = stage("disk-full", data_dir=small_disk / "engine")
+    full_s = 20.0 if FULL else 3.0
+    st.engine.start()
+    st.mark("start")
+    st.load.start(st.engine.target, full_s + 4.0)
+    time.sleep(2.0)
+    filled = fill(small_disk)
+    time.sleep(full_s)
+    st.load.wait()
+    st.mark("load")
+    answers = st.load.answers()
+    problems = unexpected(answers, RETRY_LATER, STORE_LOST)
+    refused = sum(a["error"] == "UNAVAILABLE" for a in answers)
+    if not refused:
+        problems.append("no caller heard UNAVAILABLE while the disk was full")
+    st.engine.kill()
+    (small_disk / "filler").unlink()
+    st.engine.start()
+    st.mark("restart")
+    problems += after_load(st, 10.0 if FULL else 2.0)
+    st.wait_finished()
+    st.engine.stop()
+    wal = quickpay("wal", "verify", *st.engine.store_flags(), env=st.engine.command_env())
+    if wal.returncode != 0:
+        problems.append(f"quickpay wal verify exited {wal.returncode}: {wal.stdout[-400:]}")
+    st.finish(problems, f"disk filled ({filled >> 20} MiB) for {full_s:g} s, {refused} answers"
+                        " UNAVAILABLE, killed, space freed, restarted")  # fmt: skip
