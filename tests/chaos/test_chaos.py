@@ -8,9 +8,11 @@ count of answers, payments, events or discrepancies.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,7 @@ from conftest import FULL, Stage, fill
 from invariants import unfinished, unpublished
 from procs import RPCS, quickpay
 from quickpay_engine.settlement.twophase import FAULT_ENV, FAULT_POINTS, FAULT_SKIP_ENV
+from soak import Sample, plot, sample, trends
 
 # A scenario's own bound (pytest-timeout): the full soak alone takes an hour.
 pytestmark = pytest.mark.timeout(7_200 if FULL else 600)
@@ -246,3 +249,47 @@ def test_disk_full_under_the_data_dir(small_disk, stage) -> None:
         problems.append(f"quickpay wal verify exited {wal.returncode}: {wal.stdout[-400:]}")
     st.finish(problems, f"disk filled ({filled >> 20} MiB) for {full_s:g} s, {refused} answers"
                         " UNAVAILABLE, killed, space freed, restarted")  # fmt: skip
+
+
+# Where the soak's plot goes: var/chaos/ in the checkout unless QUICKPAY_CHAOS_OUT says.
+CHAOS_OUT = Path(os.environ.get("QUICKPAY_CHAOS_OUT", Path(__file__).parents[2] / "var" / "chaos"))
+
+
+def test_soak_at_half_capacity_with_gateway_faults(stage) -> None:
+    """Half the measured capacity, with 1 % gateway faults, for an hour (full) or a
+    minute: the engine's RSS, open descriptors and write-ahead log, sampled every 10 s
+    (2 s), do not trend up after the first snapshot; drawn in var/chaos/soak-*.png."""
+    st = stage("soak")
+    soak_s, every_s, measure_s = (3_600.0, 10.0, 20.0) if FULL else (60.0, 2.0, 4.0)
+    for n, name in enumerate(st.sims.urls):
+        faults = {k: v / 10 if k.endswith("_rate") else v for k, v in GATEWAY_FAULTS.items()}
+        st.sims.set_faults(name, {"seed": 29 + n, **faults})
+    st.engine.start()
+    st.load.start(st.engine.target, measure_s)
+    st.load.wait()
+    capacity = len(st.load.answers(st.load.runs)) / measure_s
+    st.mark("capacity")
+    st.load.start(st.engine.target, soak_s, rate_per_s=capacity / 2)
+    samples: list[Sample] = []
+    t0 = time.monotonic()
+    assert st.engine.process is not None
+    pid = st.engine.process.pid
+    while any(p.poll() is None for p in st.load.processes):
+        samples.append(sample(pid, st.engine.data_dir / "ledger", time.monotonic() - t0))
+        time.sleep(every_s)
+    st.load.wait()
+    st.mark("soak")
+    problems = unexpected(st.load.answers(st.load.runs), RETRY_LATER, GATEWAY_FAILED)
+    problems += trends(samples)
+    size = "full" if FULL else "small"
+    png = CHAOS_OUT / f"soak-{size}.png"
+    plot(
+        samples,
+        png,
+        f"quickpay serve, {soak_s:g} s at {capacity / 2:.0f} payments/s, 1 % gateway faults",
+    )
+    st.wait_finished()
+    last = samples[-1] if samples else Sample(0, 0, 0, 0)
+    st.finish(problems, f"{soak_s:g} s at {capacity / 2:.0f}/s (half of {capacity:.0f}/s measured),"
+                        f" {len(samples)} samples, RSS {last.rss_bytes >> 20} MiB, {last.fds} fds,"
+                        f" WAL {last.wal_bytes >> 10} KiB at the end; plot {png}")  # fmt: skip
