@@ -157,6 +157,7 @@ def stage(
             urls = made_urls * 3 if databases == 1 else made_urls
         engine = Engine(data_dir or workdir / "engine", sims.gateways_file,
                         broker.url if broker else None, urls)  # fmt: skip
+        engine.log_path = workdir / "engine.serve.log"
         engine.data_dir.mkdir(exist_ok=True)
         env = engine.command_env()
         if urls:

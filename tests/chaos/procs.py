@@ -201,6 +201,9 @@ class Engine:
     nats_url: str | None = None
     database_urls: list[str] | None = None  # billing, AR, provisioning
     env: dict[str, str] = field(default_factory=dict)
+    # The server's log; beside the data dir unless said (a data dir on a disk the test
+    # fills would lose the log of what happened).
+    log_path: Path | None = None
     process: subprocess.Popen[str] | None = None
     port: int = 0
     starts: int = 0
@@ -228,7 +231,9 @@ class Engine:
         if self.nats_url:
             args += ["--nats-url", self.nats_url]
         env = {**self.command_env(), **self.env, **(extra_env or {})}
-        log = (self.data_dir.parent / f"{self.data_dir.name}.serve.log").open("a")
+        if self.log_path is None:
+            self.log_path = self.data_dir.parent / f"{self.data_dir.name}.serve.log"
+        log = self.log_path.open("a")
         self.starts += 1
         log.write(f"--- start {self.starts}\n")
         log.flush()
@@ -244,10 +249,6 @@ class Engine:
             raise RuntimeError(f"serve did not start: {line!r}; see {self.log_path}")
         self.port = int(line.rsplit(":", 1)[1])
         return self.port
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir.parent / f"{self.data_dir.name}.serve.log"
 
     @property
     def target(self) -> str:

@@ -33,7 +33,7 @@ MALFORMED = {"INVALID_ARGUMENT"}
 # back and it fails with this reason.
 STORE_LOST = {"BILLING_UNAVAILABLE"}
 # A payment whose gateway failed it outright (nothing captured) ends FAILED with these.
-GATEWAY_FAILED: set[str] = set()
+GATEWAY_FAILED = {"GATEWAY_UNAVAILABLE"}
 
 
 def unexpected(answers: list[dict[str, str]], errors: set[str], failed: set[str]) -> list[str]:
