@@ -134,6 +134,8 @@ def stage(
     store is the SQLite file unless ``databases`` names PostgreSQL databases on the
     session's private cluster. Everything is stopped afterwards."""
     made: list[Stage] = []
+    # What was started before a stage was whole, stopped even if building it failed.
+    undo: list[Callable[[], object]] = []
 
     def build(name: str, databases: int = 0, nats: bool = True, data_dir: Path | None = None,
               faults: dict = QUIET) -> Stage:  # fmt: skip
@@ -141,11 +143,13 @@ def stage(
         sims = SimulatorSet(workdir / "gateways")
         sims.data_dir.mkdir()
         sims.start(faults=faults)
+        undo.append(sims.stop)
         broker = None
         if nats:
             if not Path(NATS_SERVER).exists():
                 pytest.skip("nats-server is not installed on this machine")
             broker = NatsServer(workdir / "nats").start()
+            undo.append(broker.stop)
         cluster = None
         urls = None
         if databases:
@@ -177,9 +181,9 @@ def stage(
             process.kill()
             process.wait()
         st.engine.kill()
-        st.sims.stop()
-        if st.nats is not None:
-            st.nats.stop()
+    for stop in reversed(undo):
+        stop()
+    for st in made:
         if st.pg is not None:
             # The cluster stays for the next scenario; a stopped one is started again.
             try:
