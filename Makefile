@@ -7,12 +7,14 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: help venv build demo test test-rust lint test-py test-full fuzz clean bench bench-smoke
+.PHONY: help venv build demo test test-rust lint test-py test-full fuzz clean bench bench-smoke chaos
 
 help:
 	@echo "make demo   build, seed SQLite, serve, drive a few thousand Pay calls, summarize"
 	@echo "make test   build, cargo test, clippy, ruff, pytest"
 	@echo "make test-full  the crash, fuzz and differential suites at full size (slow)"
+	@echo "make chaos  PostgreSQL, NATS, the disk, the gateways and the engine broken under"
+	@echo "            load, every invariant checked after each fault (QUICKPAY_FULL=1: full size)"
 	@echo "make bench  every benches/bench_*.py and the end-to-end comparisons with their"
 	@echo "            baselines (echo server, pgbench, raw fsync); writes benches/RESULTS.md"
 
@@ -64,6 +66,14 @@ test-full: build
 	QUICKPAY_FULL=1 cargo test --workspace
 	QUICKPAY_FULL=1 $(PY) -m pytest
 	scripts/fuzz.sh $${FUZZ_SECONDS:-60}
+
+# The chaos suite (tests/chaos): real faults of the real parts (a private PostgreSQL
+# cluster stopped, a private NATS restarted, the engine killed mid two-phase commit, the
+# data dir's disk filled, faulty gateways) under a load of Pay, PayStream and PayBatch,
+# every invariant checked after each; one line per scenario and the total at the end.
+# Small by default (it is also part of `make test`); QUICKPAY_FULL=1 for the full size.
+chaos: build
+	$(PY) -m pytest tests/chaos -q
 
 # The write-ahead log's decoder and replay under cargo-fuzz (nightly), FUZZ_SECONDS each.
 fuzz:

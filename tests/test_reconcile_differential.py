@@ -156,6 +156,9 @@ def ref_reconcile(rows, billed, tolerance_s):  # type: ignore[no-untyped-def]
             again = f"payment captured again as {row.gateway_reference} at line {row.line}"
             flag("DUPLICATE_AT_GATEWAY", capture, row, again)
             continue
+        if capture is None and row.status == "VOIDED":
+            matched += 1  # given back: nothing moved on either side
+            continue
         if capture is None:
             flag(
                 "MISSING_IN_BILLING",

@@ -200,6 +200,12 @@ pub fn reconcile(window: &Window, rows: &[Row], captures: &[Capture]) -> Outcome
             .or_else(|| by_payment.get(row.merchant_reference.as_str()))
             .map(|&k| &captures[k]);
         let Some(capture) = capture else {
+            if row.status == RowStatus::Voided {
+                // A capture the engine gave back (its database commit could not land):
+                // no money moved at the gateway and none in billing, so the two agree.
+                out.matched += 1;
+                continue;
+            }
             let detail = "the gateway captured a payment billing never settled".to_string();
             flag(
                 window,

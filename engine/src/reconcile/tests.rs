@@ -284,6 +284,31 @@ fn a_clean_day_matches_whole_and_each_injected_discrepancy_is_found_once() {
 }
 
 #[test]
+fn a_voided_capture_billing_never_settled_agrees_with_billing() {
+    // The engine gives a capture back when its database commit cannot land (the
+    // payment FAILED, BILLING_UNAVAILABLE): the gateway reports it VOIDED and billing
+    // holds nothing, and nothing moved on either side.
+    let (mut rows, captures) = clean_day(3);
+    rows.push(Row {
+        gateway_reference: "gw-given-back".into(),
+        merchant_reference: "pay_given_back".into(),
+        status: RowStatus::Voided,
+        line: 40,
+        ..rows[0].clone()
+    });
+    let outcome = reconcile(&window(900), &rows, &captures);
+    assert_eq!((outcome.records, outcome.matched), (4, 4));
+    assert!(outcome.discrepancies.is_empty());
+    // The near miss: the same row SETTLED is money billing never saw.
+    rows[3].status = RowStatus::Settled;
+    let outcome = reconcile(&window(900), &rows, &captures);
+    assert_eq!(
+        found(&outcome),
+        vec![("MISSING_IN_BILLING", "pay_given_back")]
+    );
+}
+
+#[test]
 fn the_cut_off_tolerance_decides_who_reports_a_capture_near_midnight() {
     let late = capture(90, DAY_START_US + DAY_US - 60_000_000); // 23:59 on the day
     let eve = capture(91, DAY_START_US - 60_000_000); // 23:59 the day before

@@ -32,6 +32,8 @@ from quickpay_engine.errors import (
     RequestUndecodable,
     ShuttingDown,
     StoreUnavailable,
+    WalCorruption,
+    WalFailure,
     echo,
 )
 from quickpay_engine.metrics import Metrics
@@ -71,6 +73,12 @@ _STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     # Fenced: the ownership lock of a database was lost and is being retaken.
     (NotOwner, grpc.StatusCode.UNAVAILABLE),
+    # The write-ahead log could not write (the disk full or failing) and refuses every
+    # record until a restart: nothing of the call was done, so a retry with the same key
+    # is safe (a batch already captured answers OutcomePending instead). A corrupt log
+    # is a bug, not a passing condition.
+    (WalCorruption, grpc.StatusCode.INTERNAL),
+    (WalFailure, grpc.StatusCode.UNAVAILABLE),
 ]
 
 

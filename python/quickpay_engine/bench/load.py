@@ -14,13 +14,14 @@ separate processes and merges their results.
 from __future__ import annotations
 
 import asyncio
+import csv
 import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Any, Protocol
 
 import grpc
 
@@ -86,6 +87,9 @@ class LoadPlan:
     # A bearer token sent with every call, for a server with an access file.
     token: str | None = None
     seed: int = 1
+    # When set, every answer (warm-up included) is written here as one CSV row (see
+    # ANSWER_COLUMNS), so a caller can check afterwards what was acknowledged.
+    answers: Path | None = None
 
     def __post_init__(self) -> None:
         if (self.count is None) == (self.duration_s is None):
@@ -178,6 +182,11 @@ class Answer:
     error: str = ""  # gRPC status code name; empty for an answer
     replayed: bool = False
     fraud_decision: str = ""
+    payment_id: str = ""  # empty for an error
+
+
+# The columns of the --answers file: one row per answer, in the order they came.
+ANSWER_COLUMNS = ("idempotency_key", "kind", "status", "reason", "error", "payment_id", "replayed")
 
 
 def answer_of(reply: pb.PayResponse) -> Answer:
@@ -190,6 +199,7 @@ def answer_of(reply: pb.PayResponse) -> Answer:
         reason=reply.decline_reason,
         replayed=reply.replayed,
         fraud_decision=reply.fraud.decision if reply.HasField("fraud") else "",
+        payment_id=reply.payment_id,
     )
 
 
@@ -435,6 +445,8 @@ class Worker:
         self._last_done = 0.0
         self._t_start = 0.0
         self._t_measure = 0.0
+        self._answers: IO[str] | None = None
+        self._answer_rows: Any = None  # a csv.writer over _answers
 
     async def run(self, ready: Callable[[], object] | None = None) -> Tally:
         """Connects, calls ``ready`` (a start barrier), runs the load, returns the tally."""
@@ -469,6 +481,10 @@ class Worker:
         self._t_measure = self._t_start + self.plan.warmup_s
         self._last_done = self._t_measure
         ticker = asyncio.create_task(self._ticker())
+        if self.plan.answers is not None:
+            self._answers = self.plan.answers.open("w", newline="")
+            self._answer_rows = csv.writer(self._answers, lineterminator="\n")
+            self._answer_rows.writerow(ANSWER_COLUMNS)
         try:
             if self.plan.open_loop:
                 await self._open_loop(sender)
@@ -477,6 +493,8 @@ class Worker:
             await sender.close()
         finally:
             ticker.cancel()
+            if self._answers is not None:
+                self._answers.close()
         if self._tick_completed:  # the last, partial tick, unless it is empty
             self._flush_tick()
         self.tally.elapsed_s = max(self._last_done - self._t_measure, 1e-9)
@@ -500,7 +518,7 @@ class Worker:
             kind, request, measured = item
             started = time.perf_counter()
             answer = await sender.call(request)
-            self._record(kind, answer, measured, started, started)
+            self._record(kind, answer, measured, started, started, request.idempotency_key)
 
     async def _open_loop(self, sender: Sender) -> None:
         plan = self.plan
@@ -514,7 +532,7 @@ class Worker:
             try:
                 started = time.perf_counter()
                 answer = await sender.call(request)
-                self._record(kind, answer, measured, due, started)
+                self._record(kind, answer, measured, due, started, request.idempotency_key)
             finally:
                 slots.release()
 
@@ -540,9 +558,14 @@ class Worker:
             await asyncio.gather(*list(tasks))
 
     def _record(
-        self, kind: str, answer: Answer, measured: bool, due: float, started: float
+        self, kind: str, answer: Answer, measured: bool, due: float, started: float, key: str = ""
     ) -> None:
         done = time.perf_counter()
+        if self._answer_rows is not None:
+            a = answer
+            self._answer_rows.writerow(
+                (key, kind, a.status, a.reason, a.error, a.payment_id, int(a.replayed))
+            )
         self._tick_completed += 1
         if answer.error:
             self._tick_errors += 1

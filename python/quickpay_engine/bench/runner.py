@@ -113,6 +113,10 @@ def worker_plans(plan: LoadPlan, processes: int) -> list[LoadPlan]:
                 count=count,
                 rate_per_s=None if plan.rate_per_s is None else plan.rate_per_s / processes,
                 seed=plan.seed * 1_000 + i,
+                # One answers file per worker process: FILE.0, FILE.1, ...
+                answers=plan.answers
+                if plan.answers is None or processes == 1
+                else plan.answers.with_name(f"{plan.answers.name}.{i}"),
             )
         )
     return plans

@@ -89,6 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--json", type=Path, help="write the figures and timeline here")
     out.add_argument("--plot", type=Path, help="write a PNG of throughput and latency here")
+    out.add_argument(
+        "--answers",
+        type=Path,
+        help="write every answer here as CSV (key, kind, status, reason, error, payment id,"
+        " replayed); with --processes N, one file per process: FILE.0 ... FILE.N-1",
+    )
     out.add_argument("--interval", type=float, default=1.0, help="timeline tick, seconds (1)")
     out.add_argument("--no-progress", action="store_true", help="no live progress line")
     parser.set_defaults(run=run)
@@ -142,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             # From the environment, not a flag: a flag's value shows in `ps`.
             token=os.environ.get(TOKEN_VARIABLE) or None,
             seed=args.seed,
+            answers=args.answers,
         )
         mix = _mix(args)
         with path.open(newline="") as text:
