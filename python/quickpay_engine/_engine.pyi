@@ -599,6 +599,7 @@ class HttpPool:
         ``HttpSetupError``; more than ``SEND_MANY_MAX`` requests: ``BatchTooLarge``;
         either before any request is sent."""
 
+@final
 class SqliteWriter:
     """The core's own connection to the engine's SQLite file (the system libsqlite3, the
     one Python's sqlite3 module loads), opened on the first commit."""
