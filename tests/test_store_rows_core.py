@@ -23,29 +23,13 @@ from quickpay_engine.domain import (
 )
 from quickpay_engine.store import Decision, SqliteStore
 from quickpay_engine.store.audit import GENESIS, AuditRow, verify
+from quickpay_engine.store.postgres import WRITE_COLUMNS
 from quickpay_engine.store.rows import Account, build, intent_json
 
 # Text a JSON encoder must escape: quotes, backslashes, control characters, DEL,
 # accents, a currency sign outside Latin-1 and a character outside the BMP.
 ODD = ['quote " and \\ backslash', "tab\tnew\nline\r", "\x01\x1f\x7f", "café", "₿ 𝄞", ""]
 
-# The columns the Python store writes (store/sqlite.py _write), in its order.
-TABLES = {
-    "payments": "seq, payment_id, idempotency_key, fingerprint, account_id, msisdn,"
-    " amount_minor, currency, purpose, method_kind, method_display, channel, device_id, ip,"
-    " status, decline_reason, decline_detail, confirmation_id, settled_at_us,"
-    " balance_after_minor, service_state_after, gateway, gateway_reference, fraud_score,"
-    " fraud_decision, fraud_reasons, created_at_us, sender",
-    "review_queue": "payment_id, account_id, score, reasons, created_at_us",
-    "billing_records": "record_id, payment_id, account_id, kind, amount_minor, currency,"
-    " balance_delta_minor, balance_after_minor, created_at_us",
-    "ar_entries": "document_id, payment_id, leg, ar_account, debit_minor, credit_minor,"
-    " currency, created_at_us",
-    "provisioning_changes": "document_id, payment_id, account_id, msisdn, state_before,"
-    " state_after, rule_id, changed_at_us",
-    "audit_log": "seq, prev_hash, content, row_hash",
-    "outbox": "event_id, kind, payment_id, account_id, payload, created_at_us",
-}
 # What orders each table's rows as they were inserted.
 ORDER = {
     "payments": "seq",
@@ -122,7 +106,7 @@ def decisions(rng: random.Random, subs: list[SubscriberRow], n: int, tag: str) -
 def table(store: SqliteStore, name: str, after: dict[str, int]) -> list[tuple]:
     """A table's rows inserted after the mark ``after`` holds for it, in order."""
     key = ORDER[name]
-    sql = f"SELECT {TABLES[name]} FROM {name} WHERE {key} > ? ORDER BY {key}"
+    sql = f"SELECT {WRITE_COLUMNS[name]} FROM {name} WHERE {key} > ? ORDER BY {key}"
     return store._db.execute(sql, (after[name],)).fetchall()
 
 

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway_procs import QUIET, SimulatorSet
-from invariants import CHECKS, World, answer_counts, check_all, unfinished, unpublished
-from procs import (
+from chaos.invariants import CHECKS, World, answer_counts, check_all, unfinished, unpublished
+from chaos.procs import (
     NATS_SERVER,
     Engine,
     Load,
@@ -26,6 +25,7 @@ from procs import (
     quickpay,
     seed_subscribers,
 )
+from gateway_procs import QUIET, SimulatorSet
 
 # QUICKPAY_FULL=1 runs every scenario at its full size (`make chaos` after export).
 FULL = os.environ.get("QUICKPAY_FULL") == "1"

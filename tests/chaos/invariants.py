@@ -32,7 +32,7 @@ import nats
 import psycopg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from procs import Engine, PgCluster, quickpay
+from chaos.procs import Engine, PgCluster, quickpay
 from quickpay_engine.domain import PaymentStatus
 from quickpay_engine.events.jetstream import STREAM
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FULL, Stage, fill
-from invariants import unfinished, unpublished
-from procs import RPCS, quickpay
+from chaos.conftest import FULL, Stage, fill
+from chaos.invariants import unfinished, unpublished
+from chaos.procs import RPCS, quickpay
+from chaos.soak import Sample, plot, sample, trends
 from quickpay_engine.settlement.twophase import FAULT_ENV, FAULT_POINTS, FAULT_SKIP_ENV
-from soak import Sample, plot, sample, trends
 
 # A scenario's own bound (pytest-timeout): the full soak alone takes an hour.
 pytestmark = pytest.mark.timeout(7_200 if FULL else 600)
