@@ -231,8 +231,6 @@ async def create_server(
     # Both read and checked before anything is opened: a bad file is one line at start.
     tls = CertificateReloader(security.tls) if security.tls is not None else None
     guard = guard or Guard.from_file(security.auth_file)
-    if guard.access is None:
-        log.warning("no --auth-file: every caller may call every RPC (allowed on loopback only)")
     enforce = settings.fraud_mode == "enforce"
     if not enforce:
         log.warning("fraud scoring in observe mode: assessed and reported, never declined")
@@ -370,6 +368,9 @@ async def serve(
     """Runs until SIGTERM or SIGINT, then drains and returns 0; SIGHUP reloads the TLS
     files and the access file."""
     running = await create_server(settings, batching, security=security)
+    if running.guard is None or running.guard.access is None:
+        # Said once the port is ours (not before: a refused start is its one line).
+        log.warning("no --auth-file: every caller may call every RPC (allowed on loopback only)")
     host = settings.listen.rpartition(":")[0]
     log.info(
         "serving quickpay.v1.Settlement on %s:%d (%s; store %s, %d subscribers)",
