@@ -492,7 +492,9 @@ async def test_a_real_sighup_reloads_the_access_file(
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = pb_grpc.SettlementStub(channel)
                 reply = await stub.Pay(topup("hup-0"), metadata=bearer("gw-b"), timeout=TIMEOUT_S)
-                assert reply.status == pb.SETTLED
+                # Admitted and answered; the bundled simulators decline a few per cent of
+                # payments (their dice roll on the random payment id), so any outcome.
+                assert reply.payment_id and reply.status in (pb.SETTLED, pb.DECLINED)
                 rotated = "a-token-made-for-the-sighup-test-0123456789"
                 _write(access_file, ACCESS.replace(token_hash(TOKENS["gw-b"]), token_hash(rotated)))
                 process.send_signal(signal.SIGHUP)
