@@ -245,7 +245,9 @@ async def test_what_serve_writes_is_for_its_owner_alone(data_dir: Path) -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.SettlementStub(channel)
             reply = await stub.Pay(topup("owner-only"), timeout=30)
-            assert reply.status == pb.SETTLED
+            # Written either way: the bundled simulators decline a few per cent of
+            # payments (their dice roll on the random payment id).
+            assert reply.status in (pb.SETTLED, pb.DECLINED)
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
