@@ -217,37 +217,27 @@ FLAGS: dict[str, Flag] = {
 # PostgreSQL databases.
 _STORE = ("data_dir", "database_url", "billing_url", "ar_url", "provisioning_url")
 
+# What `serve` reads; `config show` shows the same, with where each came from.
+_SERVE = (
+    "listen",
+    *_STORE,
+    "gateways",
+    "engine_config",
+    "fraud_mode",
+    "nats_url",
+    "queue_wait_max_ms",
+    "metrics_listen",
+    "ledger_payments_max",
+    "ledger_transfers_max",
+    "ledger_retention_s",
+)
+
 # Which shared settings each command reads, by its words after `quickpay`: its --help
 # lists these and no others. A command missing here fails `quickpay --help` at once
 # (KeyError), and tests/test_cli.py checks the table against what is registered.
 COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
-    "serve": (
-        "listen",
-        *_STORE,
-        "gateways",
-        "engine_config",
-        "fraud_mode",
-        "nats_url",
-        "queue_wait_max_ms",
-        "metrics_listen",
-        "ledger_payments_max",
-        "ledger_transfers_max",
-        "ledger_retention_s",
-    ),
-    # What serve would run with: the same settings, shown with where each came from.
-    "config show": (
-        "listen",
-        *_STORE,
-        "gateways",
-        "engine_config",
-        "fraud_mode",
-        "nats_url",
-        "queue_wait_max_ms",
-        "metrics_listen",
-        "ledger_payments_max",
-        "ledger_transfers_max",
-        "ledger_retention_s",
-    ),
+    "serve": _SERVE,
+    "config show": _SERVE,
     "doctor": (
         "listen",
         *_STORE,
