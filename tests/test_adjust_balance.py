@@ -302,6 +302,8 @@ async def test_sigkill_between_journal_and_commit_is_finished_once_at_restart(
     assert status == "PENDING"
     process, port = _serve(tmp_path, {})
     try:
+        # Listening: the start's recovery has finished it, before any retry.
+        assert adjustment_rows(tmp_path) == [(aid, "crash-1", -4_000, "APPLIED")]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.SettlementStub(channel)
             retry = await stub.AdjustBalance(adjust("crash-1", amount=-4_000), timeout=TIMEOUT_S)
