@@ -345,3 +345,40 @@ async def test_the_commit_path_on_every_store(
     assert _balance_problems(store, server.service.book) == []
     assert store.pending_adjustments() == []
     assert store.applied_adjustment_count() == 5
+
+
+async def _adjust_cli(port: int, *words: str) -> tuple[int, str]:
+    """`quickpay adjust` against the in-process server (a subprocess the event loop
+    does not wait on, so the server goes on serving)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "quickpay_engine.cli", "adjust", *words,
+        "--target", f"127.0.0.1:{port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(process.communicate(), TIMEOUT_S * 3)
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+async def test_the_adjust_command_calls_the_rpc(server: RunningServer) -> None:
+    usage = ("acc-pre", "-250", "KES", "--reason", "data bundle", "--source", "ocs")
+    code, out = await _adjust_cli(server.port, *usage, "--key", "cli-1")
+    assert code == 0 and out.startswith("APPLIED adj_") and "balance after 14750 KES" in out
+    code, out = await _adjust_cli(server.port, *usage, "--key", "cli-1")
+    assert code == 0 and "(replayed)" in out
+    code, out = await _adjust_cli(
+        server.port,
+        "acc-pre",
+        "-99999",
+        "KES",
+        "--reason",
+        "r",
+        "--source",
+        "ocs",
+        "--key",
+        "cli-2",
+    )
+    assert code == 1 and "DECLINED" in out and "INSUFFICIENT_CREDIT" in out
+    code, out = await _adjust_cli(server.port, *usage, "--key", "cli-1", "--allow-negative")
+    assert code == 2 and "FAILED_PRECONDITION" in out
+    assert balance_of(server, "acc-pre") == 14_750
