@@ -382,3 +382,67 @@ async def test_the_adjust_command_calls_the_rpc(server: RunningServer) -> None:
     code, out = await _adjust_cli(server.port, *usage, "--key", "cli-1", "--allow-negative")
     assert code == 2 and "FAILED_PRECONDITION" in out
     assert balance_of(server, "acc-pre") == 14_750
+
+
+def test_a_store_of_schema_3_gains_the_adjustments_table(tmp_path: Path) -> None:
+    from quickpay_engine.store import SqliteStore
+    from quickpay_engine.store.sqlite import ADJUSTMENTS_TABLE, SCHEMA_VERSION
+
+    path = tmp_path / "quickpay.sqlite3"
+    store = SqliteStore(path)
+    store.close()
+    with sqlite3.connect(path) as db:  # as the previous build made it
+        db.executescript("DROP TABLE balance_adjustments; PRAGMA user_version = 3;")
+    assert "CREATE TABLE IF NOT EXISTS balance_adjustments" in ADJUSTMENTS_TABLE
+    store = SqliteStore(path)
+    try:
+        assert store.verify() == []
+        assert store.pending_adjustments() == []
+    finally:
+        store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        indexes = [row[1] for row in db.execute("PRAGMA index_list(balance_adjustments)")]
+    assert "adjustments_by_account" in indexes
+
+
+def _recover_cli(data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "quickpay_engine.cli", "recover", "--data-dir", str(data_dir),
+         "--gateways", os.environ[GATEWAYS_VAR], *extra],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+async def test_quickpay_recover_applies_an_adjustment_left_journalled(tmp_path: Path) -> None:
+    seed_store(tmp_path)
+    process, port = _serve(tmp_path, {"QUICKPAY_FAULT_ADJUST": "after_transfer"})
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.SettlementStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.AdjustBalance(adjust("crash-2", amount=2_000), timeout=TIMEOUT_S)
+        assert process.wait(TIMEOUT_S) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+    [(aid, _, _, status)] = adjustment_rows(tmp_path)
+    assert status == "PENDING"
+    # The ledger moved, billing did not: verify says so, and what to do.
+    done = verify_cli(tmp_path)
+    assert done.returncode == 1
+    assert f"balance adjustment journalled but not applied (run `quickpay recover`): {aid}" in (
+        done.stdout
+    )
+    dry = _recover_cli(tmp_path, "--dry-run")
+    assert dry.returncode == 0 and f"{aid}  PENDING      apply adjustment" in dry.stdout
+    assert adjustment_rows(tmp_path)[0][3] == "PENDING"
+    done = _recover_cli(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "adjustment applied" in done.stdout
+    assert adjustment_rows(tmp_path) == [(aid, "crash-2", 2_000, "APPLIED")]
+    done = verify_cli(tmp_path)
+    assert done.returncode == 0, done.stdout
