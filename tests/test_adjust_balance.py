@@ -446,3 +446,37 @@ async def test_quickpay_recover_applies_an_adjustment_left_journalled(tmp_path: 
     assert adjustment_rows(tmp_path) == [(aid, "crash-2", 2_000, "APPLIED")]
     done = verify_cli(tmp_path)
     assert done.returncode == 0, done.stdout
+
+
+async def test_payments_and_adjustments_of_one_account_at_once_stay_consistent(
+    stub: pb_grpc.SettlementStub, server: RunningServer, data_dir: Path
+) -> None:
+    from conftest import topup
+
+    calls = []
+    for n in range(12):
+        calls.append(
+            stub.Pay(topup(f"mix-pay-{n}", amount=pb.Money(amount_minor=500, currency="KES")))
+        )
+        calls.append(
+            stub.AdjustBalance(
+                adjust(f"mix-adj-{n}", account="acc-pre-barred", amount=300 if n % 2 else -200),
+                timeout=TIMEOUT_S,
+            )
+        )
+    replies = await asyncio.gather(*calls)
+    await server.service._pipeline.drain()
+    settled = sum(500 for r in replies if isinstance(r, pb.PayResponse) and r.status == pb.SETTLED)
+    applied = [r for r in replies if isinstance(r, pb.AdjustBalanceResponse)]
+    moved = sum(
+        (300 if int(r.idempotency_key.rsplit("-", 1)[1]) % 2 else -200)
+        for r in applied
+        if r.status == pb.APPLIED
+    )
+    # Every debit was checked against a balance no payment was about to change: none
+    # took the prepaid balance below zero.
+    assert all(r.balance_after.amount_minor >= 0 for r in applied)
+    assert balance_of(server, "acc-pre-barred") == settled + moved
+    assert _balance_problems(server.store, server.service.book) == []
+    done = verify_cli(data_dir)
+    assert done.returncode == 0, done.stdout
