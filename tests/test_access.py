@@ -35,6 +35,7 @@ TOKENS = {
     "gw-b": "token-of-gateway-b-0123456789abcdefghijklmnop",
     "ops": "token-of-the-operator-0123456789abcdefghijklm",
     "care": "token-of-the-care-platform-0123456789abcdefgh",
+    "prov": "token-of-the-provisioning-system-0123456789ab",
 }
 # A limit that refills one call per 1,000 s: no test runs long enough to see a refill,
 # so the verdict does not depend on the machine's speed.
@@ -58,6 +59,10 @@ token_sha256 = ["{token_hash(TOKENS["ops"])}"]
 [callers.care]
 roles = ["platform"]
 token_sha256 = ["{token_hash(TOKENS["care"])}"]
+
+[callers.prov]
+roles = ["provisioning"]
+token_sha256 = ["{token_hash(TOKENS["prov"])}"]
 """
 
 
@@ -108,7 +113,14 @@ def every_rpc(stub: pb_grpc.SettlementStub, key: str) -> dict[str, object]:
         "WatchSettlements": lambda md: _first(
             stub.WatchSettlements(pb.WatchRequest(), metadata=md)
         ),
-    }
+        "AdjustBalance": lambda md: stub.AdjustBalance(
+            pb.AdjustBalanceRequest(
+                idempotency_key=key, account_id="acc-pre", reason="usage", source_system="ocs",
+                amount=pb.Money(amount_minor=-100, currency="KES"),
+            ),
+            metadata=md, timeout=TIMEOUT_S,
+        ),
+    }  # fmt: skip
 
 
 async def _first(call) -> object:
@@ -137,12 +149,16 @@ async def test_a_call_without_an_identity_is_unauthenticated_and_writes_nothing(
     assert audit_contents(data_dir) == before
 
 
+PAYING = ("Pay", "PayBatch", "PayStream")
+
+
 @pytest.mark.parametrize(
     ("caller", "denied"),
     [
-        ("gw-a", ("Refund", "Reconcile", "WatchSettlements")),
-        ("ops", ("Pay", "PayBatch", "PayStream", "WatchSettlements")),
-        ("care", ("Pay", "PayBatch", "PayStream", "GetPayment", "Refund", "Reconcile")),
+        ("gw-a", ("Refund", "Reconcile", "WatchSettlements", "AdjustBalance")),
+        ("ops", ("Pay", "PayBatch", "PayStream", "WatchSettlements", "AdjustBalance")),
+        ("care", (*PAYING, "GetPayment", "Refund", "Reconcile", "AdjustBalance")),
+        ("prov", (*PAYING, "GetPayment", "Refund", "Reconcile", "WatchSettlements")),
     ],
 )
 async def test_a_role_calls_only_its_rpcs(
@@ -161,6 +177,14 @@ async def test_a_role_calls_only_its_rpcs(
         assert f"may not call {rpc}" in (refused.value.details() or "")
     assert guarded.store.get_payment(idempotency_key=f"role-{caller}") is None
     assert audit_contents(data_dir) == before
+
+
+async def test_the_provisioning_role_adjusts_balances(
+    guarded: RunningServer, stub: pb_grpc.SettlementStub
+) -> None:
+    reply = await every_rpc(stub, "prov-adjust-1")["AdjustBalance"](bearer("prov"))
+    assert reply.status == pb.APPLIED
+    assert reply.balance_after == pb.Money(amount_minor=14_900, currency="KES")
 
 
 async def test_health_and_reflection_stay_open(guarded: RunningServer) -> None:

@@ -64,6 +64,15 @@ async def _status(channel: grpc.aio.Channel, method: str, data: bytes) -> grpc.a
         ("WatchSettlements", pb.WatchRequest(kinds=["x" * 100_000]), "kinds"),
         ("Reconcile", pb.ReconcileRequest(gateway="acq-a", report_csv=b"x",
                                           cutoff_tolerance_s=86_401), "cutoff_tolerance_s"),
+        ("AdjustBalance", pb.AdjustBalanceRequest(
+            idempotency_key="a", account_id="acc-pre", reason="r", source_system="s" * 65,
+            amount=pb.Money(amount_minor=1, currency="KES")), "source_system"),
+        ("AdjustBalance", pb.AdjustBalanceRequest(
+            idempotency_key="a", account_id="acc-pre", reason="r", source_system="s",
+            amount=pb.Money(amount_minor=-(2**63), currency="KES")), "amount.amount_minor"),
+        ("AdjustBalance", pb.AdjustBalanceRequest(
+            idempotency_key="a", account_id="acc-pre", reason="r" * 100_000, source_system="s",
+            amount=pb.Money(amount_minor=1, currency="KES")), "reason"),
     ],
 )  # fmt: skip
 async def test_an_out_of_range_field_is_invalid_argument_naming_it(
@@ -93,6 +102,7 @@ WEIGHTS = {
     "Pay": 14,
     "PayStream": 5,
     "PayBatch": 10,
+    "AdjustBalance": 10,
 }
 # A watch the server accepts streams until the caller leaves: it is read this long.
 WATCH_READ_S = 0.2

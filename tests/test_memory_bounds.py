@@ -70,7 +70,12 @@ def memory_kib(pid: int) -> dict[str, int]:
 def test_every_typed_request_has_a_byte_bound_within_the_transport() -> None:
     from quickpay_engine.server import MESSAGE_BYTES_MAX
 
-    assert set(convert.REQUEST_BYTES_MAX) == {"GetPayment", "Refund", "WatchSettlements"}
+    assert set(convert.REQUEST_BYTES_MAX) == {
+        "GetPayment",
+        "Refund",
+        "WatchSettlements",
+        "AdjustBalance",
+    }
     assert all(0 < n < MESSAGE_BYTES_MAX for n in convert.REQUEST_BYTES_MAX.values())
     # A request at every field's bound fits: nothing legal is refused by size.
     most = {
@@ -85,6 +90,15 @@ def test_every_typed_request_has_a_byte_bound_within_the_transport() -> None:
             from_cursor=2**64 - 1,
             kinds=["service_state"] * convert.WATCH_KINDS_MAX,
             account_id="€" * convert.ACCOUNT_ID_MAX,
+        ),
+        # Four-byte characters in every text field, the widest UTF-8 there is.
+        "AdjustBalance": pb.AdjustBalanceRequest(
+            idempotency_key="🙂" * convert.KEY_MAX,
+            account_id="🙂" * convert.ACCOUNT_ID_MAX,
+            amount=pb.Money(amount_minor=-(2**63), currency="🙂" * 3),
+            reason="🙂" * convert.REASON_MAX,
+            source_system="🙂" * convert.SOURCE_SYSTEM_MAX,
+            allow_negative_balance=True,
         ),
     }
     for rpc, request in most.items():

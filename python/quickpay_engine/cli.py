@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "seed",
     "subscribers",
     "bench",
+    "adjust",
     "verify",
     "recover",
     "db",

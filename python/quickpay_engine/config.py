@@ -250,6 +250,7 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "seed": ("data_dir",),
     "subscribers import": _STORE,
     "bench": ("listen", "data_dir"),
+    "adjust": ("listen",),
     "verify": _STORE,
     "recover": (*_STORE, "gateways"),
     "db migrate": _STORE[1:],

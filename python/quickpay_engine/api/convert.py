@@ -31,6 +31,7 @@ from quickpay_engine.domain import (
 )
 from quickpay_engine.errors import InvalidArgument
 from quickpay_engine.reconcile.report import ColumnMapping
+from quickpay_engine.settlement.adjustments import AdjustmentOutcome, AdjustmentRequest
 from quickpay_engine.settlement.reconciliation import DEFAULT_TOLERANCE_S, ReconcileRun
 from quickpay_engine.settlement.refunds import RefundOutcome
 from quickpay_engine.store.audit import ACCESS_RECONCILE, ACCESS_REFUND
@@ -337,6 +338,8 @@ KEY_MAX = 255
 # The longest refund reason kept, and the longest gateway name a report may give.
 REASON_MAX = 1_024
 GATEWAY_MAX = 64
+# The longest source system an adjustment may name.
+SOURCE_SYSTEM_MAX = 64
 # The widest cutoff tolerance of a reconciliation: a day either side (seconds).
 TOLERANCE_MAX_S = 86_400
 # Kinds one WatchRequest may name: each known kind once, and as many again (repeats are
@@ -355,6 +358,10 @@ REQUEST_BYTES_MAX = {
     "GetPayment": _UTF8_MAX * KEY_MAX + _FIELD_OVERHEAD,
     # Key, payment id, reason and the amount (an int64 and a 3-letter currency).
     "Refund": _UTF8_MAX * (2 * KEY_MAX + REASON_MAX) + 4 * _FIELD_OVERHEAD + 24,
+    # Key, account id, reason, source system, the amount and the flag.
+    "AdjustBalance": _UTF8_MAX * (KEY_MAX + ACCOUNT_ID_MAX + REASON_MAX + SOURCE_SYSTEM_MAX + 3)
+    + 7 * _FIELD_OVERHEAD
+    + 24,
     # Cursor, account id, and WATCH_KINDS_MAX kinds of at most 32 characters each.
     "WatchSettlements": 16 + _UTF8_MAX * ACCOUNT_ID_MAX + WATCH_KINDS_MAX * (32 + _FIELD_OVERHEAD),
 }
@@ -435,6 +442,35 @@ def refund_arguments(
         amount.amount_minor if amount is not None else None,
         text("amount.currency", amount.currency, 3) if amount is not None else "",
         text("reason", request.reason, REASON_MAX),
+    )
+
+
+def adjust_arguments(request: pb.AdjustBalanceRequest) -> AdjustmentRequest:
+    """An AdjustBalanceRequest's bounds checked (the adjustment checks the rest: a
+    nonzero amount, the account and its currency)."""
+    if not request.HasField("amount"):
+        raise InvalidArgument("amount", "is required (amount_minor and currency)")
+    return AdjustmentRequest(
+        text("idempotency_key", request.idempotency_key, KEY_MAX),
+        text("account_id", request.account_id, ACCOUNT_ID_MAX),
+        request.amount.amount_minor,
+        text("amount.currency", request.amount.currency, 3),
+        text("reason", request.reason, REASON_MAX),
+        text("source_system", request.source_system, SOURCE_SYSTEM_MAX),
+        request.allow_negative_balance,
+    )
+
+
+def adjust_response(o: AdjustmentOutcome) -> pb.AdjustBalanceResponse:
+    """An adjustment's outcome as the contract's AdjustBalanceResponse."""
+    return pb.AdjustBalanceResponse(
+        adjustment_id=o.adjustment_id,
+        idempotency_key=o.idempotency_key,
+        status=pb.APPLIED if o.applied else pb.ADJUSTMENT_DECLINED,
+        balance_after=pb.Money(amount_minor=o.balance_after_minor, currency=o.currency),
+        decline_reason=o.decline_reason,
+        decline_detail=o.decline_detail,
+        replayed=o.replayed,
     )
 
 

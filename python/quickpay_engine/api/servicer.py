@@ -149,6 +149,9 @@ TYPED_RPCS = {
         grpc.unary_stream_rpc_method_handler, pb.WatchRequest, pb.SettlementEvent
     ),
     "Reconcile": (grpc.unary_unary_rpc_method_handler, pb.ReconcileRequest, pb.ReconcileReport),
+    "AdjustBalance": (
+        grpc.unary_unary_rpc_method_handler, pb.AdjustBalanceRequest, pb.AdjustBalanceResponse
+    ),
 }  # fmt: skip
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Any]
@@ -468,3 +471,14 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         except Exception as err:
             await _abort(context, err, "Reconcile")
         return reply
+
+    async def AdjustBalance(
+        self, request: pb.AdjustBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AdjustBalanceResponse:
+        """Moves a balance by what another system decided; idempotent on its key. The
+        audit row it writes names its source system (settlement/adjustments.py)."""
+        try:
+            outcome = await self._service.adjustments.adjust(convert.adjust_arguments(request))
+        except Exception as err:
+            await _abort(context, err, "AdjustBalance")
+        return convert.adjust_response(outcome)

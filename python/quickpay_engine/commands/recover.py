@@ -36,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
 async def _recover(settings: Settings, dry_run: bool) -> int:
     from quickpay_engine.gateways.router import GatewayRouter
     from quickpay_engine.gateways.supervisor import open_gateways
+    from quickpay_engine.settlement.adjustments import Adjustments, no_sequencing
     from quickpay_engine.settlement.ledger_book import LedgerBook
-    from quickpay_engine.settlement.recovery import Recovery
+    from quickpay_engine.settlement.recovery import Action, Recovery
     from quickpay_engine.storage import claim_databases, open_store
     from quickpay_engine.store.executor import StoreThread
 
@@ -57,6 +58,14 @@ async def _recover(settings: Settings, dry_run: bool) -> int:
     try:
         await router.start()
         actions = await Recovery(store, thread, book, router).run(dry_run=dry_run)
+        # Balance adjustments journalled and not applied (settlement/adjustments.py).
+        if dry_run:
+            pending = await thread.run(store.pending_adjustments)
+            actions += [Action(a.adjustment_id, "PENDING", "apply adjustment") for a in pending]
+        else:
+            adjustments = Adjustments(store, thread, book, no_sequencing, lambda _: None)
+            applied = await adjustments.recover()
+            actions += [Action(a, "PENDING", "adjustment applied") for a in applied]
     finally:
         await router.close()
         await stop_gateways()

@@ -66,6 +66,10 @@ def _saga_problems(store: Store, ledger_dir: Path) -> list[str]:
         f"payment journalled but not finished (run `quickpay recover`): {p}"
         for p in sorted(journal)[:EXAMPLES_MAX]
     ]
+    problems += [
+        f"balance adjustment journalled but not applied (run `quickpay recover`): {a.adjustment_id}"
+        for a in store.pending_adjustments()[:EXAMPLES_MAX]
+    ]
     if not ledger_dir.exists():
         return problems
     try:
@@ -97,9 +101,9 @@ def _saga_problems(store: Store, ledger_dir: Path) -> list[str]:
 
 def _balance_problems(store: Store, book: LedgerBook) -> list[str]:
     """Account by account, what the ledger holds (posted: payments in less refunds
-    out) against billing's records of the same. A refund debited from another
-    subscriber's ledger account breaks two of these while billing and the gateway
-    agree."""
+    out, plus balance adjustments) against billing's records of the same. A refund
+    debited from another subscriber's ledger account breaks two of these while billing
+    and the gateway agree."""
     nets = store.account_nets()
     broken: list[str] = []
     for start in range(0, len(nets), LEDGER_BATCH_MAX):

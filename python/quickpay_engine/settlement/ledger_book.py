@@ -10,6 +10,9 @@ subscriber's ledger account (what they owe, or their prepaid credit):
 - settle: the hold posted and the SETTLED state, after the database commit;
 - roll back: the hold voided and the ROLLED_BACK state;
 - refund: a plain transfer back, from the subscriber's account to clearing;
+- adjust: a plain transfer between the currency's adjustment account and the
+  subscriber's, for a balance adjustment another system decided (AdjustBalance): into the
+  subscriber's account when it is in their favour, out of it otherwise;
 - anchor: after a database commit, the audit trail's head (its last row's seq and hash),
   one record per batch, so that `quickpay audit verify` finds a trail cut back behind it.
 
@@ -103,6 +106,17 @@ def clearing_account(currency: str) -> int:
     return derived_id("clearing", currency)
 
 
+def adjustment_account(currency: str) -> int:
+    """The account balance adjustments of a currency move money to and from (the other
+    systems' side)."""
+    return derived_id("adjustments", currency)
+
+
+def adjustment_transfer(adjustment_id: str) -> int:
+    """The ledger id of an adjustment's transfer: a redo addresses the same one."""
+    return derived_id("adjustment", adjustment_id)
+
+
 @dataclass(frozen=True, slots=True)
 class Movement:
     """One payment's money movement: ``amount_minor`` into the subscriber's account."""
@@ -153,6 +167,7 @@ class LedgerBook:
             kind = KIND_RECEIVABLE if row.plan is Plan.POSTPAID else KIND_PREPAID
             wanted[subscriber_account(row.account_id)] = (_numeric(row.currency), kind)
             wanted[clearing_account(row.currency)] = (_numeric(row.currency), KIND_CLEARING)
+            wanted[adjustment_account(row.currency)] = (_numeric(row.currency), KIND_CLEARING)
         items = list(wanted.items())
         for start in range(0, len(items), LEDGER_BATCH_MAX):
             chunk = items[start : start + LEDGER_BATCH_MAX]
@@ -248,6 +263,42 @@ class LedgerBook:
             ids_array([0]),
             np.zeros(1, np.uint32),
             ids_array([payment_number(move.payment_id)]),
+        )
+        _check("transfer", codes, TRANSFER_OK)
+
+    async def adjust(self, adjustment_id: str, account: SubscriberRow, amount_minor: int) -> None:
+        """Moves a balance adjustment (signed, in the subscriber's favour) between the
+        currency's adjustment account and the subscriber's; returns once durable. A redo
+        (same id) changes nothing."""
+        await self._run(self._adjust, adjustment_id, account, amount_minor)
+
+    def _adjust(self, adjustment_id: str, account: SubscriberRow, amount_minor: int) -> None:
+        currency = account.currency
+        mine, theirs = subscriber_account(account.account_id), adjustment_account(currency)
+        debit, credit = (theirs, mine) if amount_minor > 0 else (mine, theirs)
+        number = _numeric(currency)
+        kind = KIND_RECEIVABLE if account.plan is Plan.POSTPAID else KIND_PREPAID
+        # Both opened here too, for an account added after start (no-op when they exist).
+        codes, _ = self.ledger.create_accounts(
+            self._clock_ns(),
+            ids_array([mine, theirs]),
+            np.array([number, number], np.uint16),
+            np.array([kind, KIND_CLEARING], np.uint16),
+            np.zeros(2, np.uint16),
+        )
+        _check("account", codes, ACCOUNT_OK)
+        transfer = adjustment_transfer(adjustment_id)
+        codes, _ = self.ledger.create_transfers(
+            self._clock_ns(),
+            ids_array([transfer]),
+            ids_array([debit]),
+            ids_array([credit]),
+            np.array([abs(amount_minor)], np.int64),
+            np.array([number], np.uint16),
+            np.zeros(1, np.uint16),
+            ids_array([0]),
+            np.zeros(1, np.uint32),
+            ids_array([0]),  # of no payment: a plain transfer, kept for good
         )
         _check("transfer", codes, TRANSFER_OK)
 

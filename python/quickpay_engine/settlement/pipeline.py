@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import NoReturn
 
 import numpy as np
@@ -366,6 +367,23 @@ class Pipeline:
             return await resubmit(intent)
 
         return asyncio.ensure_future(later())
+
+    @contextlib.asynccontextmanager
+    async def account_held(self, account_id: str) -> AsyncIterator[None]:
+        """Holds ``account_id`` as busy, as a payment in flight does, once no payment of
+        it is between validation and the end of its batch: what runs inside (a balance
+        adjustment) comes after the account's payments in flight, and the payments that
+        arrive meanwhile are deferred until it ends, then validated against the balance
+        it left."""
+        while self._busy[account_id]:
+            freed = self._freed.setdefault(account_id, asyncio.Event())
+            await freed.wait()
+        # Taken with no await since the check above.
+        self._busy[account_id] += 1
+        try:
+            yield
+        finally:
+            self._free([account_id])
 
     def _free(self, accounts: list[str]) -> None:
         """Ends a batch's hold on its accounts; wakes payments deferred for them."""

@@ -35,6 +35,7 @@ from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.metrics import Metrics
 from quickpay_engine.reconcile.report import ColumnMapping, ReportError
 from quickpay_engine.settlement import reconciliation
+from quickpay_engine.settlement.adjustments import Adjustments
 from quickpay_engine.settlement.admission import Admission
 from quickpay_engine.settlement.batcher import BatchSettings, MicroBatcher
 from quickpay_engine.settlement.fraud_gate import FraudGate
@@ -142,6 +143,9 @@ class SettlementService:
         self._pipeline.resubmit = self._batcher.submit
         self.recovery = Recovery(store, self._thread, book, router, self._apply_states)
         self.refunds = Refunds(store, self._thread, book, router, self._apply_states)
+        self.adjustments = Adjustments(
+            store, self._thread, book, self._pipeline.account_held, self._apply_states
+        )
         self._sweeper: asyncio.Task[None] | None = None
         self._reporter: asyncio.Task[None] | None = None
         # One entry per idempotency key being settled right now: a concurrent retry
@@ -158,6 +162,9 @@ class SettlementService:
         actions = await self.recovery.run()
         if self.metrics is not None:
             self.metrics.recovered(a.action for a in actions)
+        # Adjustments journalled and not applied: finished before anything is served.
+        adjusted = await self.adjustments.recover()
+        actions += [Action(a, "PENDING", "adjustment applied") for a in adjusted]
         if actions:
             rows = await self._thread.run(self._store.load_subscribers)
         load_engine(self.engine, rows)

@@ -137,6 +137,12 @@ class TwoPhaseCoordinator:
             lambda gid: self._store.prepare_refund(refund_id, gateway_reference, gid, now_us)
         )
 
+    def finish_adjustment(
+        self, adjustment_id: str, now_us: int | None = None
+    ) -> SettledState | None:
+        """The store's ``finish_adjustment``, atomic across every participant."""
+        return self._commit(lambda gid: self._store.prepare_adjustment(adjustment_id, gid, now_us))
+
     def _commit(self, prepare: Callable[[str], R]) -> R:
         """Prepare everywhere, log COMMIT, COMMIT PREPARED everywhere, forget."""
         if self._unresolved:
@@ -225,6 +231,12 @@ class TwoPhaseStore:
     ) -> tuple[PaymentStatus, int, SettledState | None]:
         """Records a refund atomically across the billing, AR and provisioning databases."""
         return self.coordinator.finish_refund(refund_id, gateway_reference, now_us)
+
+    def finish_adjustment(
+        self, adjustment_id: str, now_us: int | None = None
+    ) -> SettledState | None:
+        """Applies a balance adjustment atomically across the billing and AR databases."""
+        return self.coordinator.finish_adjustment(adjustment_id, now_us)
 
     def sweep(self) -> Resolution:
         """Resolves orphaned prepared transactions (call on the store's thread)."""

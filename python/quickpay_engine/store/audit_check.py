@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from quickpay_engine.domain import PaymentStatus
+from quickpay_engine.store import adjustments
+from quickpay_engine.store.adjustments import AdjustmentRow
 from quickpay_engine.store.audit import (
     ACCESS_RECONCILE,
     ACCESS_REFUND,
@@ -38,7 +40,9 @@ class AuditedStore(Protocol):
     ) -> dict[str, tuple[str, int, str, int]]: ...
     def audit_refunds(self, refund_ids: Sequence[str]) -> dict[str, tuple[str, int, str, str]]: ...
     def audit_ar_legs(self, document_ids: Sequence[str]) -> dict[str, Legs]: ...
+    def audit_adjustments(self, adjustment_ids: Sequence[str]) -> dict[str, AdjustmentRow]: ...
     def payment_count(self) -> int: ...
+    def applied_adjustment_count(self) -> int: ...
 
 
 def check_trail(
@@ -66,28 +70,37 @@ def cross_check(store: AuditedStore) -> list[str]:
     """Every audit row of a payment or refund against what history and AR hold for it,
     and the number of payments against the number of their audit rows."""
     found: list[str] = []
-    audited = 0
+    audited = adjusted = 0
     chunk: list[AuditRow] = []
     for row in store.audit_rows():
         chunk.append(row)
         if len(chunk) == CHUNK_ROWS:
-            audited += _check_chunk(store, chunk, found)
+            counts = _check_chunk(store, chunk, found)
+            audited, adjusted = audited + counts[0], adjusted + counts[1]
             chunk = []
     if chunk:
-        audited += _check_chunk(store, chunk, found)
+        counts = _check_chunk(store, chunk, found)
+        audited, adjusted = audited + counts[0], adjusted + counts[1]
     payments = store.payment_count()
     if payments != audited:
         found.append(
             f"{payments} payments in history, {audited} audit rows of payments (a payment"
             " was added or removed without its audit row)"
         )
+    applied = store.applied_adjustment_count()
+    if applied != adjusted:
+        found.append(
+            f"{applied} balance adjustments applied, {adjusted} audit rows of adjustments (an"
+            " adjustment was added or removed without its audit row)"
+        )
     if len(found) > EXAMPLES_MAX:
         return [*found[:EXAMPLES_MAX], f"... and {len(found) - EXAMPLES_MAX} more"]
     return found
 
 
-def _check_chunk(store: AuditedStore, rows: list[AuditRow], found: list[str]) -> int:
-    """Checks one chunk; appends what disagrees; returns its audit rows of payments."""
+def _check_chunk(store: AuditedStore, rows: list[AuditRow], found: list[str]) -> tuple[int, int]:
+    """Checks one chunk; appends what disagrees; returns its audit rows of payments and
+    of adjustments."""
     contents: list[tuple[int, dict[str, object]]] = []
     for row in rows:
         try:
@@ -100,22 +113,29 @@ def _check_chunk(store: AuditedStore, rows: list[AuditRow], found: list[str]) ->
     kinds = ("payment.settled", "payment.declined")
     payment_ids = [str(c["payment_id"]) for _, c in contents if c.get("kind") in kinds]
     refund_ids = [str(c["refund_id"]) for _, c in contents if c.get("kind") == "payment.refunded"]
+    adjustment_ids = [
+        str(c.get("adjustment_id")) for _, c in contents if c.get("kind") == adjustments.AUDIT_KIND
+    ]
     payments = store.audit_payments(payment_ids)
     refunds = store.audit_refunds(refund_ids)
-    legs = store.audit_ar_legs(payment_ids + refund_ids)
+    adjusted = store.audit_adjustments(adjustment_ids) if adjustment_ids else {}
+    legs = store.audit_ar_legs(payment_ids + refund_ids + adjustment_ids)
     for seq, c in contents:
         kind = c.get("kind")
         if kind in kinds:
             problem = _payment_problem(c, payments.get(str(c["payment_id"])), legs)
         elif kind == "payment.refunded":
             problem = _refund_problem(c, refunds.get(str(c["refund_id"])), legs)
+        elif kind == adjustments.AUDIT_KIND:
+            aid = str(c.get("adjustment_id"))
+            problem = adjustments.audit_problem(c, adjusted.get(aid), legs.get(aid, []))
         elif kind in ACCESS_FIELDS:
             problem = _access_problem(c)
         else:
             continue
         if problem:
             found.append(f"row {seq}: {problem}")
-    return len(payment_ids)
+    return len(payment_ids), len(adjustment_ids)
 
 
 # The fields each access row (who asked for a refund or a reconciliation) must carry.

@@ -6,27 +6,45 @@ SQLite and PostgreSQL); a store appends its LIMIT and reports what comes back.
 
 from __future__ import annotations
 
-# AR rows that are not a gateway clearing account (those are the other leg of each
-# document); substr, not LIKE, since "_" is a LIKE wildcard.
-_NOT_CLEARING = "substr(ar_account, 1, 17) != 'gateway_clearing:'"
-
-# Billing's movements per subscriber AR account: the account a payment's purpose posts
-# to (rows.build), payments in less refunds out.
-_BILLING_BY_AR_ACCOUNT = (
-    "SELECT CASE p.purpose WHEN 1 THEN 'receivable:' ELSE 'prepaid_liability:' END"
-    " || b.account_id AS ar_account,"
-    " sum(CASE b.kind WHEN 'PAYMENT' THEN b.amount_minor ELSE -b.amount_minor END) AS net"
-    " FROM billing_records b JOIN payments p ON p.payment_id = b.payment_id"
-    " GROUP BY CASE p.purpose WHEN 1 THEN 'receivable:' ELSE 'prepaid_liability:' END"
-    " || b.account_id"
+# AR rows that are not a gateway clearing account nor a source system's adjustment
+# account (those are the other leg of each document); substr, not LIKE, since "_" is a
+# LIKE wildcard.
+_NOT_CLEARING = (
+    "substr(ar_account, 1, 17) != 'gateway_clearing:'"
+    " AND substr(ar_account, 1, 12) != 'adjustments:'"
 )
 
-# Per account: billing's movements, payments in less refunds out, with the account's
-# currency; what the engine's ledger account of the subscriber must hold (posted).
+# Applied balance adjustments per subscriber AR account (store/adjustments.py: the
+# account's plan names it), their signed amounts, in the subscriber's favour.
+_ADJUSTED_BY_AR_ACCOUNT = (
+    "SELECT CASE s.plan WHEN 1 THEN 'prepaid_liability:' ELSE 'receivable:' END"
+    " || j.account_id AS ar_account, j.amount_minor AS net"
+    " FROM balance_adjustments j JOIN subscribers s ON s.account_id = j.account_id"
+    " WHERE j.status = 'APPLIED'"
+)
+
+# Billing's movements per subscriber AR account: the account a payment's purpose posts
+# to (rows.build), payments in less refunds out, plus applied adjustments.
+# Every part is one of this module's literals.
+_BILLING_BY_AR_ACCOUNT = (
+    "SELECT ar_account, sum(net) AS net FROM ("  # noqa: S608
+    "SELECT CASE p.purpose WHEN 1 THEN 'receivable:' ELSE 'prepaid_liability:' END"
+    " || b.account_id AS ar_account,"
+    " CASE b.kind WHEN 'PAYMENT' THEN b.amount_minor ELSE -b.amount_minor END AS net"
+    " FROM billing_records b JOIN payments p ON p.payment_id = b.payment_id"
+    f" UNION ALL {_ADJUSTED_BY_AR_ACCOUNT}) moves GROUP BY ar_account"
+)
+
+# Per account: billing's movements, payments in less refunds out, plus applied
+# adjustments (signed, in the subscriber's favour), with the account's currency; what
+# the engine's ledger account of the subscriber must hold (posted).
 ACCOUNT_NETS = (
-    "SELECT s.account_id, s.currency, coalesce(b.net, 0) FROM subscribers s LEFT JOIN"
+    "SELECT s.account_id, s.currency, coalesce(b.net, 0) + coalesce(j.net, 0)"
+    " FROM subscribers s LEFT JOIN"
     " (SELECT account_id, sum(CASE kind WHEN 'PAYMENT' THEN amount_minor"
     " ELSE -amount_minor END) AS net FROM billing_records GROUP BY account_id) b"
+    " USING (account_id) LEFT JOIN (SELECT account_id, sum(amount_minor) AS net"
+    " FROM balance_adjustments WHERE status = 'APPLIED' GROUP BY account_id) j"
     " USING (account_id) ORDER BY s.account_id"
 )
 
@@ -76,11 +94,43 @@ CHECKS = [
         " WHERE r.status = 'DONE' AND b.record_id IS NULL",
     ),
     (
-        "balance is not opening balance plus billing history (account, balance, expected)",
-        "SELECT s.account_id, s.balance_minor, s.opening_balance_minor + coalesce(b.delta, 0)"
+        "balance is not opening balance plus billing history and adjustments"
+        " (account, balance, expected)",
+        "SELECT s.account_id, s.balance_minor,"
+        " s.opening_balance_minor + coalesce(b.delta, 0) + coalesce(j.delta, 0)"
         " FROM subscribers s LEFT JOIN (SELECT account_id, sum(balance_delta_minor) AS delta"
         " FROM billing_records GROUP BY account_id) b USING (account_id)"
-        " WHERE s.balance_minor != s.opening_balance_minor + coalesce(b.delta, 0)",
+        " LEFT JOIN (SELECT account_id, sum(balance_delta_minor) AS delta"
+        " FROM balance_adjustments WHERE status = 'APPLIED' GROUP BY account_id) j"
+        " USING (account_id)"
+        " WHERE s.balance_minor != s.opening_balance_minor + coalesce(b.delta, 0)"
+        " + coalesce(j.delta, 0)",
+    ),
+    (
+        # An applied adjustment moved the balance by its amount, in the direction its
+        # account's plan gives (store/adjustments.balance_delta), and nothing else did.
+        "adjustment whose balance move is not its amount (adjustment, amount, delta)",
+        "SELECT j.adjustment_id, j.amount_minor, j.balance_delta_minor"
+        " FROM balance_adjustments j JOIN subscribers s USING (account_id)"
+        " WHERE (j.status = 'APPLIED' AND j.balance_delta_minor"
+        " != CASE s.plan WHEN 1 THEN j.amount_minor ELSE -j.amount_minor END)"
+        " OR (j.status != 'APPLIED' AND j.balance_delta_minor != 0)",
+    ),
+    (
+        "applied adjustment whose AR legs do not carry its amount (adjustment, debits, credits)",
+        "SELECT j.adjustment_id, coalesce(sum(a.debit_minor), 0),"
+        " coalesce(sum(a.credit_minor), 0) FROM balance_adjustments j"
+        " LEFT JOIN ar_entries a ON a.document_id = j.adjustment_id"
+        " WHERE j.status = 'APPLIED' GROUP BY j.adjustment_id"
+        " HAVING coalesce(sum(a.debit_minor), 0) != max(abs(j.amount_minor))"
+        " OR coalesce(sum(a.credit_minor), 0) != max(abs(j.amount_minor))",
+    ),
+    (
+        "AR entries of an adjustment not applied (document)",
+        "SELECT DISTINCT a.document_id FROM ar_entries a"
+        " WHERE substr(a.document_id, 1, 4) = 'adj_' AND NOT EXISTS (SELECT 1"
+        " FROM balance_adjustments j WHERE j.adjustment_id = a.document_id"
+        " AND j.status = 'APPLIED')",
     ),
     (
         # Per subscriber AR account (receivable:ACCOUNT for bill payments,

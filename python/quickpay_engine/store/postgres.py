@@ -40,6 +40,14 @@ from quickpay_engine.domain import (
     SubscriberRow,
 )
 from quickpay_engine.errors import StoreError
+from quickpay_engine.store.adjustments import (
+    APPLIED,
+    PENDING,
+    AdjustmentRow,
+    adjustment_of,
+    build_adjustment,
+)
+from quickpay_engine.store.adjustments import COLUMNS as ADJUSTMENT_COLUMNS
 from quickpay_engine.store.audit import AuditRow, entry_rows
 from quickpay_engine.store.audit_check import audit_problems
 from quickpay_engine.store.checks import ACCOUNT_NETS, CHECKS
@@ -219,7 +227,9 @@ class PostgresStore:
                     " currency = excluded.currency, balance_minor = excluded.balance_minor,"
                     " opening_balance_minor = excluded.balance_minor - (SELECT"
                     "   coalesce(sum(balance_delta_minor), 0) FROM billing_records"
-                    "   WHERE billing_records.account_id = excluded.account_id),"
+                    "   WHERE billing_records.account_id = excluded.account_id)"
+                    " - (SELECT coalesce(sum(balance_delta_minor), 0) FROM balance_adjustments"
+                    "   WHERE balance_adjustments.account_id = excluded.account_id),"
                     " country = excluded.country,"
                     " sim_swapped_at_s = excluded.sim_swapped_at_s,"
                     " created_at_s = excluded.created_at_s",
@@ -671,6 +681,100 @@ class PostgresStore:
             (gateway_reference, now_us, refund_id),
         )
         return after, refunded, _states(rows)[0]
+
+    # -- balance adjustments (store/adjustments.py) ------------------------------------
+
+    def adjustment_by_key(self, idempotency_key: str) -> AdjustmentRow | None:
+        """The adjustment recorded under this key, if any."""
+        self._reconnect_broken()
+        rows = self._adjustments("idempotency_key = %s", (idempotency_key,))
+        return rows[0] if rows else None
+
+    def pending_adjustments(self) -> list[AdjustmentRow]:
+        """Adjustments journalled and not yet applied (recovery finishes them)."""
+        self._reconnect_broken()
+        return self._adjustments("status = 'PENDING'", ())
+
+    def begin_adjustment(self, row: AdjustmentRow) -> AdjustmentRow:
+        """Records an adjustment, PENDING before its ledger transfer (or DECLINED, which
+        ends it); returns the row stored under its key: this one, or an earlier one the
+        caller compares with its payload."""
+        self._reconnect_broken()
+        marks = ", ".join(["%s"] * len(row.values()))
+        self._billing.execute(
+            f"INSERT INTO balance_adjustments ({ADJUSTMENT_COLUMNS}) VALUES ({marks})"  # noqa: S608
+            " ON CONFLICT DO NOTHING",
+            row.values(),
+        )
+        stored = self.adjustment_by_key(row.idempotency_key)
+        assert stored is not None
+        return stored
+
+    def finish_adjustment(
+        self, adjustment_id: str, now_us: int | None = None
+    ) -> SettledState | None:
+        """Applies a PENDING adjustment in one transaction: its AR legs, its audit row and
+        the balance's move by its delta (never a rewrite of the row). Doing it again
+        changes nothing (None). Several databases: through the two-phase coordinator
+        (``prepare_adjustment``)."""
+        return self._local(lambda: self._do_adjustment(adjustment_id, now_us))
+
+    def prepare_adjustment(
+        self, adjustment_id: str, gid: str, now_us: int | None = None
+    ) -> SettledState | None:
+        """``finish_adjustment``'s work in every database, prepared under ``gid``."""
+        return self._prepare(gid, lambda: self._do_adjustment(adjustment_id, now_us))
+
+    def _do_adjustment(self, adjustment_id: str, now_us: int | None) -> SettledState | None:
+        now_us = now_us if now_us is not None else time.time_ns() // 1_000
+        self._prove_owner()
+        (a,) = self._adjustments("adjustment_id = %s FOR UPDATE", (adjustment_id,))
+        if a.status != PENDING:
+            return None
+        row = self._billing.execute(
+            "SELECT plan, status, balance_minor FROM subscribers WHERE account_id = %s FOR UPDATE",
+            (a.account_id,),
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"adjustment {adjustment_id}: account {a.account_id} is gone")
+        plan, status, balance = row
+        rows, after = build_adjustment(
+            a, Plan(plan), balance, self._audit_tail(), now_us, self.audit_key
+        )
+        self._write(rows)
+        self._billing.execute(
+            "UPDATE subscribers SET balance_minor = balance_minor + %s WHERE account_id = %s",
+            (after - balance, a.account_id),
+        )
+        self._billing.execute(
+            "UPDATE balance_adjustments SET status = %s, balance_delta_minor = %s,"
+            " balance_after_minor = %s, finished_at_us = %s WHERE adjustment_id = %s",
+            (APPLIED, after - balance, after, now_us, adjustment_id),
+        )
+        return SettledState(a.account_id, after, LineStatus(status))
+
+    def audit_adjustments(self, adjustment_ids: Sequence[str]) -> dict[str, AdjustmentRow]:
+        """adjustment_id -> the adjustment, for the audit trail's cross-check."""
+        rows = self._adjustments("adjustment_id = ANY(%s)", (list(adjustment_ids),))
+        return {a.adjustment_id: a for a in rows}
+
+    def applied_adjustment_count(self) -> int:
+        """Adjustments applied (each has one audit row)."""
+        row = self._billing.execute(
+            "SELECT count(*) FROM balance_adjustments WHERE status = 'APPLIED'"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _adjustments(self, where: str, params: Sequence[object]) -> list[AdjustmentRow]:
+        # `where` is one of this module's literals; values always go in `params`. FOR
+        # UPDATE comes last, so no ORDER BY here (one row is asked for by id or key).
+        cursor = self._billing.execute(
+            f"SELECT {ADJUSTMENT_COLUMNS} FROM balance_adjustments WHERE {where}",  # noqa: S608
+            params,
+        )
+        return sorted(
+            (adjustment_of(row) for row in cursor), key=lambda a: (a.created_at_us, a.adjustment_id)
+        )
 
     def _refunds(self, where: str, params: Sequence[object]) -> list[RefundRow]:
         # `where` is one of this module's literals; values always go in `params`.

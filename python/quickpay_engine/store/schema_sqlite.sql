@@ -1,4 +1,4 @@
--- The embedded store's schema, version 2 (PRAGMA user_version). Every table is STRICT:
+-- The embedded store's schema, version 4 (PRAGMA user_version). Every table is STRICT:
 -- a wrong type is an error, never a silent coercion of an amount.
 CREATE TABLE IF NOT EXISTS subscribers (
     account_id       TEXT PRIMARY KEY,
@@ -196,3 +196,28 @@ CREATE TABLE IF NOT EXISTS refunds (
 ) STRICT;
 
 CREATE INDEX IF NOT EXISTS refunds_by_payment ON refunds (payment_id);
+
+-- Balance adjustments decided by other systems (AdjustBalance, store/adjustments.py):
+-- PENDING from before the ledger's transfer (the journal recovery finishes), APPLIED in
+-- the transaction that writes its AR legs, audit row and the balance's move, or
+-- DECLINED. amount_minor is signed, in the subscriber's favour; balance_delta_minor is
+-- what it did to subscribers.balance_minor.
+CREATE TABLE IF NOT EXISTS balance_adjustments (
+    adjustment_id       TEXT PRIMARY KEY,
+    idempotency_key     TEXT NOT NULL UNIQUE,
+    account_id          TEXT NOT NULL REFERENCES subscribers (account_id),
+    amount_minor        INTEGER NOT NULL CHECK (amount_minor != 0),
+    currency            TEXT NOT NULL,
+    reason              TEXT NOT NULL,
+    source_system       TEXT NOT NULL,
+    allow_negative      INTEGER NOT NULL CHECK (allow_negative IN (0, 1)),
+    status              TEXT NOT NULL CHECK (status IN ('PENDING', 'APPLIED', 'DECLINED')),
+    balance_delta_minor INTEGER NOT NULL DEFAULT 0,
+    balance_after_minor INTEGER NOT NULL DEFAULT 0,
+    decline_reason      TEXT NOT NULL DEFAULT '',
+    decline_detail      TEXT NOT NULL DEFAULT '',
+    created_at_us       INTEGER NOT NULL,
+    finished_at_us      INTEGER
+) STRICT;
+
+CREATE INDEX IF NOT EXISTS adjustments_by_account ON balance_adjustments (account_id);

@@ -30,6 +30,16 @@ from quickpay_engine.domain import (
     SubscriberRow,
 )
 from quickpay_engine.errors import IdempotencyConflict, StoreError
+from quickpay_engine.store.adjustments import (
+    APPLIED,
+    PENDING,
+    AdjustmentRow,
+    adjustment_of,
+    build_adjustment,
+)
+from quickpay_engine.store.adjustments import (
+    COLUMNS as ADJUSTMENT_COLUMNS,
+)
 from quickpay_engine.store.audit import AuditRow, audit_key, entry_rows
 from quickpay_engine.store.audit_check import audit_problems
 from quickpay_engine.store.checks import ACCOUNT_NETS, CHECKS
@@ -53,13 +63,29 @@ WRITTEN, REJECTED = 0, 1
 # The decline reason of a payment whose key another writer took for another payload.
 IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
 
+
+def _schema_part(first: str, last: str) -> str:
+    """The statements of schema_sqlite.sql from ``first`` to the end of ``last``, for an
+    upgrade that adds them to an older file (the schema file stays their one source)."""
+    text = resources.files("quickpay_engine.store").joinpath("schema_sqlite.sql").read_text()
+    start = text.index(first)
+    return text[start : text.index(last, start) + len(last)]
+
+
+ADJUSTMENTS_TABLE = _schema_part(
+    "CREATE TABLE IF NOT EXISTS balance_adjustments",
+    "ON balance_adjustments (account_id);",
+)
+
 # The schema this build writes (PRAGMA user_version); see schema_sqlite.sql.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Each older version this build brings up to date in place, with the statements that do
 # it (run in one transaction with the version's update).
 UPGRADES = {
     # 3: payments record the caller that sent them (the access file's name).
     2: "ALTER TABLE payments ADD COLUMN sender TEXT NOT NULL DEFAULT '';",
+    # 4: balance adjustments from other systems (AdjustBalance).
+    3: ADJUSTMENTS_TABLE,
 }
 
 # `verify` lists at most this many examples of each broken invariant.
@@ -224,7 +250,9 @@ class SqliteStore:
                 " balance_minor = excluded.balance_minor,"
                 " opening_balance_minor = excluded.balance_minor - (SELECT"
                 "   coalesce(sum(balance_delta_minor), 0) FROM billing_records"
-                "   WHERE billing_records.account_id = excluded.account_id),"
+                "   WHERE billing_records.account_id = excluded.account_id)"
+                " - (SELECT coalesce(sum(balance_delta_minor), 0) FROM balance_adjustments"
+                "   WHERE balance_adjustments.account_id = excluded.account_id),"
                 " country = excluded.country, sim_swapped_at_s = excluded.sim_swapped_at_s,"
                 " created_at_s = excluded.created_at_s",
                 (
@@ -538,6 +566,90 @@ class SqliteStore:
                 (gateway_reference, now_us, refund_id),
             )
         return after, refunded, _states(rows)[0]
+
+    # -- balance adjustments (store/adjustments.py) ------------------------------------
+
+    def adjustment_by_key(self, idempotency_key: str) -> AdjustmentRow | None:
+        """The adjustment recorded under this key, if any."""
+        rows = self._adjustments("idempotency_key = ?", (idempotency_key,))
+        return rows[0] if rows else None
+
+    def pending_adjustments(self) -> list[AdjustmentRow]:
+        """Adjustments journalled and not yet applied (recovery finishes them)."""
+        return self._adjustments("status = 'PENDING'", ())
+
+    def begin_adjustment(self, row: AdjustmentRow) -> AdjustmentRow:
+        """Records an adjustment, PENDING before its ledger transfer (or DECLINED, which
+        ends it); returns the row stored under its key: this one, or an earlier one the
+        caller compares with its payload."""
+        with self._transaction():
+            self._db.execute(
+                f"INSERT OR IGNORE INTO balance_adjustments ({ADJUSTMENT_COLUMNS})"  # noqa: S608
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row.values(),
+            )
+        stored = self.adjustment_by_key(row.idempotency_key)
+        assert stored is not None
+        return stored
+
+    def finish_adjustment(
+        self, adjustment_id: str, now_us: int | None = None
+    ) -> SettledState | None:
+        """Applies a PENDING adjustment in one transaction: its AR legs, its audit row and
+        the balance's move by its delta (never a rewrite of the row). Doing it again
+        changes nothing (None). ``audit_head`` is the trail's head after it."""
+        self._written_head = None
+        now_us = now_us if now_us is not None else time.time_ns() // 1_000
+        with self._transaction():
+            (a,) = self._adjustments("adjustment_id = ?", (adjustment_id,))
+            if a.status != PENDING:
+                return None
+            row = self._db.execute(
+                "SELECT plan, status, balance_minor FROM subscribers WHERE account_id = ?",
+                (a.account_id,),
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"adjustment {adjustment_id}: account {a.account_id} is gone")
+            plan, status, balance = row
+            rows, after = build_adjustment(
+                a, Plan(plan), balance, self._audit_tail(), now_us, self.audit_key
+            )
+            self._write(rows)
+            self._db.execute(
+                "UPDATE subscribers SET balance_minor = balance_minor + ? WHERE account_id = ?",
+                (after - balance, a.account_id),
+            )
+            self._db.execute(
+                "UPDATE balance_adjustments SET status = ?, balance_delta_minor = ?,"
+                " balance_after_minor = ?, finished_at_us = ? WHERE adjustment_id = ?",
+                (APPLIED, after - balance, after, now_us, adjustment_id),
+            )
+        self._publish_head()
+        return SettledState(a.account_id, after, LineStatus(status))
+
+    def audit_adjustments(self, adjustment_ids: Sequence[str]) -> dict[str, AdjustmentRow]:
+        """adjustment_id -> the adjustment, for the audit trail's cross-check."""
+        found: dict[str, AdjustmentRow] = {}
+        for chunk, marks in _in_lists(adjustment_ids):
+            for a in self._adjustments(f"adjustment_id IN ({marks})", chunk):
+                found[a.adjustment_id] = a
+        return found
+
+    def applied_adjustment_count(self) -> int:
+        """Adjustments applied (each has one audit row)."""
+        (n,) = self._db.execute(
+            "SELECT count(*) FROM balance_adjustments WHERE status = 'APPLIED'"
+        ).fetchone()
+        return int(n)
+
+    def _adjustments(self, where: str, params: Sequence[object]) -> list[AdjustmentRow]:
+        # `where` is one of this module's literals; values always go in `params`.
+        cursor = self._db.execute(
+            f"SELECT {ADJUSTMENT_COLUMNS} FROM balance_adjustments WHERE {where}"  # noqa: S608
+            " ORDER BY created_at_us, adjustment_id",
+            params,
+        )
+        return [adjustment_of(row) for row in cursor]
 
     def _refunds(self, where: str, params: Sequence[object]) -> list[RefundRow]:
         # `where` is one of this module's literals; values always go in `params`.

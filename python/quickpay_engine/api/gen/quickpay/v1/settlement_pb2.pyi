@@ -24,6 +24,12 @@ class PaymentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILED: _ClassVar[PaymentStatus]
     REFUNDED: _ClassVar[PaymentStatus]
     PARTIALLY_REFUNDED: _ClassVar[PaymentStatus]
+
+class AdjustmentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ADJUSTMENT_STATUS_UNSPECIFIED: _ClassVar[AdjustmentStatus]
+    APPLIED: _ClassVar[AdjustmentStatus]
+    ADJUSTMENT_DECLINED: _ClassVar[AdjustmentStatus]
 PURPOSE_UNSPECIFIED: Purpose
 BILL_PAYMENT: Purpose
 PREPAID_TOPUP: Purpose
@@ -33,6 +39,9 @@ DECLINED: PaymentStatus
 FAILED: PaymentStatus
 REFUNDED: PaymentStatus
 PARTIALLY_REFUNDED: PaymentStatus
+ADJUSTMENT_STATUS_UNSPECIFIED: AdjustmentStatus
+APPLIED: AdjustmentStatus
+ADJUSTMENT_DECLINED: AdjustmentStatus
 
 class Money(_message.Message):
     __slots__ = ("amount_minor", "currency")
@@ -380,3 +389,37 @@ class ReconcileReport(_message.Message):
     gateway: str
     business_day: str
     def __init__(self, records: _Optional[int] = ..., matched: _Optional[int] = ..., discrepancies: _Optional[_Iterable[_Union[Discrepancy, _Mapping]]] = ..., counts_by_category: _Optional[_Mapping[str, int]] = ..., gateway: _Optional[str] = ..., business_day: _Optional[str] = ...) -> None: ...
+
+class AdjustBalanceRequest(_message.Message):
+    __slots__ = ("idempotency_key", "account_id", "amount", "reason", "source_system", "allow_negative_balance")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_NEGATIVE_BALANCE_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    account_id: str
+    amount: Money
+    reason: str
+    source_system: str
+    allow_negative_balance: bool
+    def __init__(self, idempotency_key: _Optional[str] = ..., account_id: _Optional[str] = ..., amount: _Optional[_Union[Money, _Mapping]] = ..., reason: _Optional[str] = ..., source_system: _Optional[str] = ..., allow_negative_balance: _Optional[bool] = ...) -> None: ...
+
+class AdjustBalanceResponse(_message.Message):
+    __slots__ = ("adjustment_id", "idempotency_key", "status", "balance_after", "decline_reason", "decline_detail", "replayed")
+    ADJUSTMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    DECLINE_REASON_FIELD_NUMBER: _ClassVar[int]
+    DECLINE_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    adjustment_id: str
+    idempotency_key: str
+    status: AdjustmentStatus
+    balance_after: Money
+    decline_reason: str
+    decline_detail: str
+    replayed: bool
+    def __init__(self, adjustment_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., status: _Optional[_Union[AdjustmentStatus, str]] = ..., balance_after: _Optional[_Union[Money, _Mapping]] = ..., decline_reason: _Optional[str] = ..., decline_detail: _Optional[str] = ..., replayed: _Optional[bool] = ...) -> None: ...

@@ -69,6 +69,11 @@ class SettlementStub:
                 request_serializer=quickpay_dot_v1_dot_settlement__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=quickpay_dot_v1_dot_settlement__pb2.ReconcileReport.FromString,
                 _registered_method=True)
+        self.AdjustBalance = channel.unary_unary(
+                '/quickpay.v1.Settlement/AdjustBalance',
+                request_serializer=quickpay_dot_v1_dot_settlement__pb2.AdjustBalanceRequest.SerializeToString,
+                response_deserializer=quickpay_dot_v1_dot_settlement__pb2.AdjustBalanceResponse.FromString,
+                _registered_method=True)
 
 
 class SettlementServicer:
@@ -126,6 +131,17 @@ class SettlementServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdjustBalance(self, request, context):
+        """Moves a subscriber's balance by an amount another system decided (usage charging,
+        a goodwill credit, a correction); idempotent on idempotency_key. It becomes a
+        transfer in the engine's ledger, an accounts-receivable entry and an audit row in
+        one transaction; the subscriber's billing row is never rewritten. The provisioning
+        role's RPC.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SettlementServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +179,11 @@ def add_SettlementServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=quickpay_dot_v1_dot_settlement__pb2.ReconcileRequest.FromString,
                     response_serializer=quickpay_dot_v1_dot_settlement__pb2.ReconcileReport.SerializeToString,
+            ),
+            'AdjustBalance': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdjustBalance,
+                    request_deserializer=quickpay_dot_v1_dot_settlement__pb2.AdjustBalanceRequest.FromString,
+                    response_serializer=quickpay_dot_v1_dot_settlement__pb2.AdjustBalanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +375,33 @@ class Settlement:
             '/quickpay.v1.Settlement/Reconcile',
             quickpay_dot_v1_dot_settlement__pb2.ReconcileRequest.SerializeToString,
             quickpay_dot_v1_dot_settlement__pb2.ReconcileReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdjustBalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quickpay.v1.Settlement/AdjustBalance',
+            quickpay_dot_v1_dot_settlement__pb2.AdjustBalanceRequest.SerializeToString,
+            quickpay_dot_v1_dot_settlement__pb2.AdjustBalanceResponse.FromString,
             options,
             channel_credentials,
             insecure,
