@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -35,6 +36,7 @@ TOKENS = {
     "gw-b": "token-of-gateway-b-0123456789abcdefghijklmnop",
     "ops": "token-of-the-operator-0123456789abcdefghijklm",
     "care": "token-of-the-care-platform-0123456789abcdefgh",
+    "prov": "token-of-the-provisioning-system-0123456789ab",
 }
 # A limit that refills one call per 1,000 s: no test runs long enough to see a refill,
 # so the verdict does not depend on the machine's speed.
@@ -58,6 +60,10 @@ token_sha256 = ["{token_hash(TOKENS["ops"])}"]
 [callers.care]
 roles = ["platform"]
 token_sha256 = ["{token_hash(TOKENS["care"])}"]
+
+[callers.prov]
+roles = ["provisioning"]
+token_sha256 = ["{token_hash(TOKENS["prov"])}"]
 """
 
 
@@ -108,7 +114,19 @@ def every_rpc(stub: pb_grpc.SettlementStub, key: str) -> dict[str, object]:
         "WatchSettlements": lambda md: _first(
             stub.WatchSettlements(pb.WatchRequest(), metadata=md)
         ),
+        "UpsertSubscribers": lambda md: stub.UpsertSubscribers(
+            iter([activation(f"acc-{key}")]), metadata=md, timeout=TIMEOUT_S
+        ),
     }
+
+
+def activation(account_id: str) -> pb.SubscriberChange:
+    """A new prepaid line (a change every role but provisioning is refused)."""
+    return pb.SubscriberChange(
+        account_id=account_id, version=1, kind=pb.ACTIVATION, msisdn="+254711000999",
+        plan="PREPAID", status="ACTIVE", currency="KES", country="KE",
+        created_at=Timestamp(seconds=1_700_000_000),
+    )  # fmt: skip
 
 
 async def _first(call) -> object:
@@ -137,12 +155,16 @@ async def test_a_call_without_an_identity_is_unauthenticated_and_writes_nothing(
     assert audit_contents(data_dir) == before
 
 
+PAYING = ("Pay", "PayBatch", "PayStream")
+
+
 @pytest.mark.parametrize(
     ("caller", "denied"),
     [
-        ("gw-a", ("Refund", "Reconcile", "WatchSettlements")),
-        ("ops", ("Pay", "PayBatch", "PayStream", "WatchSettlements")),
-        ("care", ("Pay", "PayBatch", "PayStream", "GetPayment", "Refund", "Reconcile")),
+        ("gw-a", ("Refund", "Reconcile", "WatchSettlements", "UpsertSubscribers")),
+        ("ops", (*PAYING, "WatchSettlements", "UpsertSubscribers")),
+        ("care", (*PAYING, "GetPayment", "Refund", "Reconcile", "UpsertSubscribers")),
+        ("prov", (*PAYING, "GetPayment", "Refund", "Reconcile", "WatchSettlements")),
     ],
 )
 async def test_a_role_calls_only_its_rpcs(
@@ -160,7 +182,24 @@ async def test_a_role_calls_only_its_rpcs(
         assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED, rpc
         assert f"may not call {rpc}" in (refused.value.details() or "")
     assert guarded.store.get_payment(idempotency_key=f"role-{caller}") is None
+    assert guarded.store.subscriber(f"acc-role-{caller}") is None
     assert audit_contents(data_dir) == before
+
+
+async def test_the_provisioning_role_changes_subscribers_and_is_named_in_the_audit_rows(
+    guarded: RunningServer, stub: pb_grpc.SettlementStub, data_dir: Path
+) -> None:
+    summary = await stub.UpsertSubscribers(
+        iter([activation("acc-by-prov")]), metadata=bearer("prov"), timeout=TIMEOUT_S
+    )
+    assert (summary.applied, summary.created) == (1, 1)
+    assert guarded.store.subscriber("acc-by-prov") is not None
+    (row,) = [c for c in audit_contents(data_dir) if c["kind"] == "subscriber.changed"]
+    assert (row["account_id"], row["source"], row["change"]) == (
+        "acc-by-prov",
+        "prov",
+        "ACTIVATION",
+    )
 
 
 async def test_health_and_reflection_stay_open(guarded: RunningServer) -> None:

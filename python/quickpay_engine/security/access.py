@@ -27,7 +27,9 @@ from typing import Any
 from quickpay_engine.errors import ConfigError
 
 GATEWAY, OPERATOR, PLATFORM = "gateway", "operator", "platform"
-ROLES = (GATEWAY, OPERATOR, PLATFORM)
+# The carrier's provisioning and billing systems: they change the subscriber base.
+PROVISIONING = "provisioning"
+ROLES = (GATEWAY, OPERATOR, PLATFORM, PROVISIONING)
 
 # Which roles may call each RPC. GetPayment: a gateway sees the payments it sent, an
 # operator any payment. Health and reflection are not here: they stay open.
@@ -39,6 +41,7 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     "Refund": frozenset({OPERATOR}),
     "Reconcile": frozenset({OPERATOR}),
     "WatchSettlements": frozenset({PLATFORM}),
+    "UpsertSubscribers": frozenset({PROVISIONING}),
 }
 
 # Bounds of the file, so a typo cannot make a bucket that never refills or a file that

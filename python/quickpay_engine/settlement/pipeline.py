@@ -367,6 +367,20 @@ class Pipeline:
 
         return asyncio.ensure_future(later())
 
+    async def hold_accounts(self, accounts: Sequence[str]) -> None:
+        """Waits until none of ``accounts`` has a payment between validation and the end
+        of its batch, then keeps them busy (payments that come for them meanwhile are
+        deferred, as behind a payment) until ``release_accounts``: a subscriber change
+        applies after the payments in flight and before the next ones."""
+        while busy := [a for a in accounts if self._busy[a]]:
+            await self._freed.setdefault(busy[0], asyncio.Event()).wait()
+        # No await since the check: taken at once, as _prepare takes its accounts.
+        self._busy.update(accounts)
+
+    def release_accounts(self, accounts: Sequence[str]) -> None:
+        """Ends ``hold_accounts``; wakes the payments deferred meanwhile."""
+        self._free(list(accounts))
+
     def _free(self, accounts: list[str]) -> None:
         """Ends a batch's hold on its accounts; wakes payments deferred for them."""
         self._busy.subtract(accounts)
