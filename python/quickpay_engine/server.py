@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from quickpay_engine import ledger_limits
 from quickpay_engine._engine import WAL_FLUSH_BUCKETS_NS, ConfigInvalid, FraudScorer, Ledger
-from quickpay_engine.api.convert import event_msg
+from quickpay_engine.api.convert import add_subscriber_message, event_msg
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.servicer import SettlementServicer, add_to_server
 from quickpay_engine.config import Settings
@@ -326,7 +326,10 @@ async def create_server(
         if settings.subscriber_events and settings.nats_url:
             feed = SubscriberFeedTask(
                 SubscriberFeed(
-                    settings.nats_url, settings.subscriber_events, service.apply_subscriber_changes
+                    settings.nats_url,
+                    settings.subscriber_events,
+                    service.apply_subscriber_changes,
+                    add_subscriber_message,
                 )
             )
             undo.push_async_callback(feed.stop)

@@ -11,6 +11,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -577,6 +578,24 @@ def add_subscriber_change(batch: SubscriberChanges, data: bytes, label: str) -> 
         raise InvalidArgument(
             label, "not a SubscriberChange: its bytes do not parse as quickpay.v1.SubscriberChange"
         ) from None
+    add_change_message(batch, change, label)
+
+
+def add_subscriber_message(batch: SubscriberChanges, data: bytes, label: str) -> None:
+    """One message of the --subscriber-events feed, a SubscriberChange protobuf-encoded
+    or in protobuf's JSON form (its first character other than white space is "{",
+    which no protobuf encoding of the message starts with), checked and appended to
+    ``batch``; else ``InvalidArgument`` naming ``label`` (and the field)."""
+    if data.lstrip()[:1] != b"{":
+        add_subscriber_change(batch, data, label)
+        return
+    if len(data) > 4 * SUBSCRIBER_CHANGE_BYTES_MAX:
+        raise InvalidArgument(label, f"{len(data)} bytes of JSON, over the bound of a change")
+    change = pb.SubscriberChange()
+    try:
+        json_format.Parse(data, change)
+    except json_format.ParseError as err:
+        raise InvalidArgument(label, f"not a SubscriberChange in JSON: {str(err)[:200]}") from None
     add_change_message(batch, change, label)
 
 

@@ -10,9 +10,11 @@ is acknowledged only once its batch has committed. A crash before the acknowledg
 redelivers the message, and its version makes the redelivery change nothing; so does
 any other duplicate or out-of-order delivery.
 
-A message that is not a valid change (or that the store refuses: a number another line
-keeps, a change of currency) is logged with the field at fault and terminated: it is
-never redelivered, and the rest of its batch is delivered again. While the broker or
+A message that is not a valid change (or that the store refuses: a change of currency)
+is logged with the field at fault and terminated: it is never delivered again, and the
+rest of its batch is applied without it. One that gives its line a number another line
+keeps is delivered again a few times (``PORT_DELIVERIES``) before it is dropped: the
+message that frees the number may come later. While the broker or
 the store is down nothing is acknowledged, and the consumer tries again with back-off.
 
 The stream: the one that already holds the subject (an operator's), else one made for
@@ -30,14 +32,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
-from google.protobuf import json_format
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 
-from quickpay_engine.api import convert
-from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.errors import InvalidArgument
-from quickpay_engine.subscriber_changes import ChangeResult, SubscriberChanges
+from quickpay_engine.subscriber_changes import ChangeResult, NumberTaken, SubscriberChanges
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +50,16 @@ BACKOFF_MAX_S = 5.0
 # A message not acknowledged within this long is delivered again (a batch waits for the
 # payments in flight on its accounts, seconds at most).
 ACK_WAIT_S = 60.0
+# A change that takes a number another line keeps is delivered again after this long,
+# up to this many deliveries in all, before it is dropped: the change that frees the
+# number (the other side of a port) may be a later message.
+PORT_RETRY_S = 1.0
+PORT_DELIVERIES = 5
 
 Apply = Callable[[SubscriberChanges, str], Awaitable[ChangeResult]]
+# Appends one message's change to a batch, or raises InvalidArgument naming the label
+# (api/convert.py's add_subscriber_message: protobuf or JSON).
+Decode = Callable[[SubscriberChanges, bytes, str], None]
 
 
 def names_for(subject: str) -> tuple[str, str]:
@@ -61,33 +68,21 @@ def names_for(subject: str) -> tuple[str, str]:
     return f"QUICKPAY_SUBSCRIBERS_{token}", f"quickpay-subscribers-{token}"
 
 
-def add_message(batch: SubscriberChanges, data: bytes, label: str) -> None:
-    """One message, protobuf or JSON, checked and appended to ``batch``; else
-    ``InvalidArgument`` naming ``label`` (and the field)."""
-    if data.lstrip()[:1] != b"{":
-        convert.add_subscriber_change(batch, data, label)
-        return
-    if len(data) > 4 * convert.SUBSCRIBER_CHANGE_BYTES_MAX:
-        raise InvalidArgument(label, f"{len(data)} bytes of JSON, over the bound of a change")
-    change = pb.SubscriberChange()
-    try:
-        json_format.Parse(data, change)
-    except json_format.ParseError as err:
-        raise InvalidArgument(label, f"not a SubscriberChange in JSON: {str(err)[:200]}") from None
-    convert.add_change_message(batch, change, label)
-
-
 class SubscriberFeed:
     """The durable consumer of one subject, feeding ``apply``."""
 
-    def __init__(self, url: str, subject: str, apply: Apply) -> None:
+    def __init__(self, url: str, subject: str, apply: Apply, decode: Decode) -> None:
         self._url = url
         self.subject = subject
         self._apply = apply
+        self._decode = decode
         self._nc: nats.NATS | None = None
         self._sub: Any = None
         self.applied = 0
         self.stale = 0
+        # Set once the stream and the consumer are there (messages published before the
+        # stream exists are not kept: NATS drops what no stream holds).
+        self.ready = asyncio.Event()
 
     async def connect(self) -> None:
         """Connects, finds (or makes) the subject's stream, and binds the consumer."""
@@ -119,6 +114,7 @@ class SubscriberFeed:
             await nc.close()
             raise
         self._nc = nc
+        self.ready.set()
         log.info(
             "applying subscriber changes from NATS subject %s (stream %s)", self.subject, stream
         )
@@ -139,7 +135,7 @@ class SubscriberFeed:
             for message in messages:
                 label = f"message {message.metadata.sequence.stream}"
                 try:
-                    add_message(batch, message.data, label)
+                    self._decode(batch, message.data, label)
                 except InvalidArgument as err:
                     log.error("subscriber change %s dropped (terminated): %s", label, err)
                     await message.term()
@@ -153,8 +149,13 @@ class SubscriberFeed:
                 bad = taken.pop(label, None)
                 if bad is None:
                     raise
-                log.error("subscriber change %s dropped (terminated): %s", label, err)
-                await bad.term()
+                if isinstance(err, NumberTaken) and bad.metadata.num_delivered < PORT_DELIVERIES:
+                    # A later message may free the number (a port between two lines).
+                    log.warning("subscriber change %s delivered again later: %s", label, err)
+                    await bad.nak(delay=PORT_RETRY_S)
+                else:
+                    log.error("subscriber change %s dropped (terminated): %s", label, err)
+                    await bad.term()
                 messages = list(taken.values())
                 continue
             except BaseException:
