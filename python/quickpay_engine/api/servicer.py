@@ -55,6 +55,8 @@ STREAM_INFLIGHT_MAX = 1_024
 # is what has arrived by the time the one before it committed, up to this many.
 UPSERT_BATCH_MAX = 500
 # Changes read ahead of the commits; past it the stream stops being read (back-pressure).
+# A batch with room waits this long for one more change after the last one came.
+UPSERT_LINGER_S = 0.002
 UPSERT_READ_AHEAD = 2 * UPSERT_BATCH_MAX
 # Payments one PayBatch call may carry; a larger call is refused whole (INVALID_ARGUMENT)
 # before any of it is settled. One call's payments all wait in the settlement queue at
@@ -578,8 +580,16 @@ class ChangeStream:
                 self._ended = err
                 return batch
             self.received += 1
-            if len(batch) >= UPSERT_BATCH_MAX or self._queue.empty():
+            if len(batch) >= UPSERT_BATCH_MAX:
                 return batch
+            if self._queue.empty():
+                # A little company, as the payment batcher waits for (a stream that
+                # outpaces its frames would otherwise commit them one or two at a time).
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), UPSERT_LINGER_S)
+                except TimeoutError:
+                    return batch
+                continue
             item = self._queue.get_nowait()
 
     def check(self) -> None:

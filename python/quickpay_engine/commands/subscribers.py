@@ -8,7 +8,6 @@ the lines without a restart.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import sys
@@ -99,7 +98,7 @@ def run_import(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        return asyncio.run(_send(args, rows, version))
+        return _send(args, rows, version)
     settings = settings_from(args)
     # On PostgreSQL, refused while an engine owns the database: it keeps the subscribers'
     # balances in memory, and would go on from the ones this import replaces.
@@ -120,8 +119,10 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _send(args: argparse.Namespace, rows: Sequence[SubscriberRow], version: int) -> int:
-    """Streams the rows to the server as changes of ``version``; prints its summary."""
+def _send(args: argparse.Namespace, rows: Sequence[SubscriberRow], version: int) -> int:
+    """Streams the rows to the server as changes of ``version``; prints its summary.
+    The blocking client: gRPC's core reads the changes from the iterator on its own
+    thread, several times faster than an asyncio stream sends them."""
     import grpc
 
     from quickpay_engine.api.convert import change_message
@@ -133,10 +134,10 @@ async def _send(args: argparse.Namespace, rows: Sequence[SubscriberRow], version
 
     token = os.environ.get(TOKEN_VARIABLE)
     metadata = (("authorization", f"Bearer {token}"),) if token else None
-    async with _channel(args) as channel:
+    with _channel(args) as channel:
         try:
-            await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
-        except TimeoutError:
+            grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
+        except grpc.FutureTimeoutError:
             print(
                 f"quickpay subscribers import: no server answers at {args.listen}"
                 f" within {CONNECT_TIMEOUT_S:g} s; nothing was sent",
@@ -145,8 +146,8 @@ async def _send(args: argparse.Namespace, rows: Sequence[SubscriberRow], version
             return 1
         stub = pb_grpc.SettlementStub(channel)
         try:
-            summary = await stub.UpsertSubscribers(changes(), metadata=metadata)
-        except grpc.aio.AioRpcError as err:
+            summary = stub.UpsertSubscribers(changes(), metadata=metadata)
+        except grpc.RpcError as err:
             print(
                 f"quickpay subscribers import: {args.listen} answered {err.code().name}:"
                 f" {_with_row(err.details() or '', args.file)}",
@@ -177,10 +178,10 @@ def _channel(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if args.tls_server_name:
         options.append(("grpc.ssl_target_name_override", args.tls_server_name))
     if not (args.tls or args.tls_ca or args.tls_cert):
-        return grpc.aio.insecure_channel(args.listen, options=options)
+        return grpc.insecure_channel(args.listen, options=options)
     credentials = grpc.ssl_channel_credentials(
         args.tls_ca.read_bytes() if args.tls_ca else None,
         args.tls_key.read_bytes() if args.tls_key else None,
         args.tls_cert.read_bytes() if args.tls_cert else None,
     )
-    return grpc.aio.secure_channel(args.listen, credentials, options=options)
+    return grpc.secure_channel(args.listen, credentials, options=options)
