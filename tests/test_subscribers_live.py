@@ -562,3 +562,15 @@ def test_a_store_of_the_previous_schema_gains_the_versions_table(tmp_path: Path)
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         columns = [row[1] for row in db.execute("PRAGMA table_info(subscriber_versions)")]
     assert columns == ["account_id", "version", "kind", "changed_at_us"]
+
+
+def test_the_subscriber_events_flag_needs_nats_and_a_subject(tmp_path: Path) -> None:
+    base = ["serve", "--data-dir", str(tmp_path / "d"), "--listen", "127.0.0.1:0"]
+    for extra, said in (
+        (["--subscriber-events", "carrier.subs"], "--subscriber-events needs --nats-url"),
+        (["--subscriber-events", "a b", "--nats-url", "nats://127.0.0.1:4222"], "NATS subject"),
+        (["--subscriber-events", "a.>.b", "--nats-url", "nats://127.0.0.1:4222"], "NATS subject"),
+    ):
+        done = cli(*base, *extra)
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+    assert not (tmp_path / "d").exists(), "refused before anything was made"
