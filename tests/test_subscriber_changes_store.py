@@ -100,3 +100,21 @@ def test_numbers_swap_between_two_lines_in_one_batch(store) -> None:  # type: ig
     assert pre is not None and barred is not None
     assert (pre.msisdn, barred.msisdn) == ("+254700000003", "+254700000004")
     assert store.verify() == []
+
+
+async def test_a_line_activated_live_settles_on_every_store(server, stub) -> None:  # type: ignore[no-untyped-def]
+    """The RPC end to end on each backend (with three databases the store commits its
+    batches by two-phase commit; the subscriber changes, billing's alone, commit there)."""
+    from conftest import topup
+    from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
+    from test_subscribers_live import change
+
+    summary = await stub.UpsertSubscribers(
+        iter([change("acc-live-pg", 1, msisdn="+254711000400", opening_minor=100)]), timeout=30
+    )
+    assert (summary.applied, summary.created) == (1, 1)
+    paid = await stub.Pay(
+        topup("live-pg-1", account_id="acc-live-pg", msisdn="+254711000400"), timeout=30
+    )
+    assert paid.status == pb.SETTLED and paid.confirmation.balance_after.amount_minor == 5_100
+    assert server.store.verify() == []

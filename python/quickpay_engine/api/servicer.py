@@ -52,11 +52,12 @@ M = TypeVar("M", bound=Message)
 # requests until replies go out (back-pressure through HTTP/2 flow control).
 STREAM_INFLIGHT_MAX = 1_024
 # Subscriber changes committed in one transaction at most (UpsertSubscribers): a batch
-# is what has arrived by the time the one before it committed, up to this many.
+# is what has arrived by the time the one before it committed (and UPSERT_LINGER_S
+# after its last change), up to this many.
 UPSERT_BATCH_MAX = 500
-# Changes read ahead of the commits; past it the stream stops being read (back-pressure).
 # A batch with room waits this long for one more change after the last one came.
 UPSERT_LINGER_S = 0.002
+# Changes read ahead of the commits; past it the stream stops being read (back-pressure).
 UPSERT_READ_AHEAD = 2 * UPSERT_BATCH_MAX
 # Payments one PayBatch call may carry; a larger call is refused whole (INVALID_ARGUMENT)
 # before any of it is settled. One call's payments all wait in the settlement queue at
