@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -120,7 +121,19 @@ def every_rpc(stub: pb_grpc.SettlementStub, key: str) -> dict[str, object]:
             ),
             metadata=md, timeout=TIMEOUT_S,
         ),
+        "UpsertSubscribers": lambda md: stub.UpsertSubscribers(
+            iter([activation(f"acc-{key}")]), metadata=md, timeout=TIMEOUT_S
+        ),
     }  # fmt: skip
+
+
+def activation(account_id: str) -> pb.SubscriberChange:
+    """A new prepaid line (a change every role but provisioning is refused)."""
+    return pb.SubscriberChange(
+        account_id=account_id, version=1, kind=pb.ACTIVATION, msisdn="+254711000999",
+        plan="PREPAID", status="ACTIVE", currency="KES", country="KE",
+        created_at=Timestamp(seconds=1_700_000_000),
+    )  # fmt: skip
 
 
 async def _first(call) -> object:
@@ -155,9 +168,12 @@ PAYING = ("Pay", "PayBatch", "PayStream")
 @pytest.mark.parametrize(
     ("caller", "denied"),
     [
-        ("gw-a", ("Refund", "Reconcile", "WatchSettlements", "AdjustBalance")),
-        ("ops", ("Pay", "PayBatch", "PayStream", "WatchSettlements", "AdjustBalance")),
-        ("care", (*PAYING, "GetPayment", "Refund", "Reconcile", "AdjustBalance")),
+        ("gw-a", ("Refund", "Reconcile", "WatchSettlements", "AdjustBalance", "UpsertSubscribers")),
+        ("ops", (*PAYING, "WatchSettlements", "AdjustBalance", "UpsertSubscribers")),
+        (
+            "care",
+            (*PAYING, "GetPayment", "Refund", "Reconcile", "AdjustBalance", "UpsertSubscribers"),
+        ),
         ("prov", (*PAYING, "GetPayment", "Refund", "Reconcile", "WatchSettlements")),
     ],
 )
@@ -176,6 +192,7 @@ async def test_a_role_calls_only_its_rpcs(
         assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED, rpc
         assert f"may not call {rpc}" in (refused.value.details() or "")
     assert guarded.store.get_payment(idempotency_key=f"role-{caller}") is None
+    assert guarded.store.subscriber(f"acc-role-{caller}") is None
     assert audit_contents(data_dir) == before
 
 
@@ -185,6 +202,22 @@ async def test_the_provisioning_role_adjusts_balances(
     reply = await every_rpc(stub, "prov-adjust-1")["AdjustBalance"](bearer("prov"))
     assert reply.status == pb.APPLIED
     assert reply.balance_after == pb.Money(amount_minor=14_900, currency="KES")
+
+
+async def test_the_provisioning_role_changes_subscribers_and_is_named_in_the_audit_rows(
+    guarded: RunningServer, stub: pb_grpc.SettlementStub, data_dir: Path
+) -> None:
+    summary = await stub.UpsertSubscribers(
+        iter([activation("acc-by-prov")]), metadata=bearer("prov"), timeout=TIMEOUT_S
+    )
+    assert (summary.applied, summary.created) == (1, 1)
+    assert guarded.store.subscriber("acc-by-prov") is not None
+    (row,) = [c for c in audit_contents(data_dir) if c["kind"] == "subscriber.changed"]
+    assert (row["account_id"], row["source"], row["change"]) == (
+        "acc-by-prov",
+        "prov",
+        "ACTIVATION",
+    )
 
 
 async def test_health_and_reflection_stay_open(guarded: RunningServer) -> None:

@@ -103,6 +103,7 @@ WEIGHTS = {
     "PayStream": 5,
     "PayBatch": 10,
     "AdjustBalance": 10,
+    "UpsertSubscribers": 6,
 }
 # A watch the server accepts streams until the caller leaves: it is read this long.
 WATCH_READ_S = 0.2
@@ -178,6 +179,10 @@ HINTS = {
     "device_id": lambda r: "dev-1",
     "ip": lambda r: "192.0.2.10",
     "subscriber_assertion": lambda r: "",
+    "plan": lambda r: r.choice(["PREPAID", "POSTPAID", "prepaid"]),
+    "status": lambda r: r.choice(["ACTIVE", "BARRED", "CLOSED", "GONE"]),
+    "country": lambda r: r.choice(["GR", "KE", "gr"]),
+    "version": lambda r: r.choice([1, 2, 2**63 - 1, 2**63]),
 }  # fmt: skip
 
 T = FieldDescriptor
@@ -299,9 +304,11 @@ async def call_raw(
     method = METHODS[name]
     path = SERVICE + name
     try:
-        if method.client_streaming:
+        if method.client_streaming and method.server_streaming:
             async for _ in channel.stream_stream(path)(iter(frames)):
                 pass
+        elif method.client_streaming:
+            await channel.stream_unary(path)(iter(frames))
         elif method.server_streaming:
             (data,) = frames
             timeout = WATCH_READ_S if _watch_accepted(data) else 60

@@ -26,6 +26,9 @@ from quickpay_engine.store.ownership import LOCK_FILE, DirLock, Holder, InUse, h
 from test_serve_process import start_server
 
 RFC3339_UTC = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+IN_USE_HINT_PATTERN = re.escape(
+    ", or send the file to it: quickpay subscribers import FILE --listen HOST:PORT"
+)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -120,8 +123,10 @@ async def test_a_second_writer_or_reader_beside_serve_is_refused_and_serve_goes_
             name = " ".join(
                 command[:2] if command[0] in ("subscribers", "audit", "wal") else command[:1]
             )
+            # The import says what works beside a running server.
+            hint = IN_USE_HINT_PATTERN if command[0] == "subscribers" else ""
             assert re.fullmatch(
-                f"quickpay {name}: " + refusal(data_dir, process.pid) + "\n", captured.err
+                f"quickpay {name}: " + refusal(data_dir, process.pid) + hint + "\n", captured.err
             ), captured.err
         assert (data_dir / LOCK_FILE).read_text() == record, "the refused wrote nothing"
 
@@ -183,7 +188,10 @@ def test_a_sqlite_file_outside_the_data_dir_is_locked_too(
                      "--database-url", url])  # fmt: skip
         assert code == 2
         assert re.fullmatch(
-            "quickpay subscribers import: " + refusal(db, os.getpid(), "database") + "\n",
+            "quickpay subscribers import: "
+            + refusal(db, os.getpid(), "database")
+            + IN_USE_HINT_PATTERN
+            + "\n",
             capsys.readouterr().err,
         )
         assert not db.exists(), "refused before the database was opened"

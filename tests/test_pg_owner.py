@@ -177,14 +177,16 @@ async def test_two_serves_on_one_database_the_second_is_refused(
             "created_at\nacc-x,+254700000999,PREPAID,ACTIVE,KES,0,KE,,2026-01-01T00:00:00Z\n"
         )
         # db migrate has no data dir: it works on the databases alone.
-        for command, name in (
+        # The import says what works beside a running server.
+        hint = re.escape(", or send the file to it: quickpay subscribers import FILE --listen")
+        for command, name, after in (
             (["subscribers", "import", str(csv), "--data-dir", str(tmp_path / "c")],
-             "subscribers import"),
-            (["db", "migrate"], "db migrate"),
+             "subscribers import", hint + " HOST:PORT"),
+            (["db", "migrate"], "db migrate", ""),
         ):  # fmt: skip
             assert main([*command, "--database-url", url]) == 2
             captured = capsys.readouterr()
-            assert re.fullmatch(rf"quickpay {name}: {holder}\n", captured.err), captured.err
+            assert re.fullmatch(rf"quickpay {name}: {holder}{after}\n", captured.err), captured.err
     finally:
         await stop(first)
 

@@ -128,7 +128,7 @@ def owning(args: argparse.Namespace, name: str) -> Iterator[None]:
     ``set_defaults(data_dir_access=WRITES or READS)``, or a callable of ``(args,
     settings)`` answering the data dir a reader reads (None: none); see commands/.
     Refused (ownership.InUse, exit 2) while another process holds either."""
-    from quickpay_engine.store.ownership import hold
+    from quickpay_engine.store.ownership import InUse, hold
 
     declared = getattr(args, "data_dir_access", None)
     if declared is None:
@@ -146,7 +146,14 @@ def owning(args: argparse.Namespace, name: str) -> Iterator[None]:
         yield  # nothing there to read, and a reader creates nothing
         return
     sqlite_file = None if settings.postgres else settings.sqlite_path
-    with hold(directory, sqlite_file, name):
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(hold(directory, sqlite_file, name))
+        except InUse as err:
+            # A command may say what works instead (``set_defaults(in_use_hint=...)``).
+            if hint := getattr(args, "in_use_hint", ""):
+                raise InUse(f"{err}, {hint}") from None
+            raise
         if declared == WRITES:
             # A data dir made before (or by another tool) is closed to others too: what
             # is inside is then out of their reach, whatever each file's own mode.

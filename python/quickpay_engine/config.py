@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ SQLITE_FILE = "quickpay.sqlite3"
 # (verify, recover, wal verify, wal inspect) reads it from --data-dir alone.
 LEDGER_SUBDIR = "ledger"
 PG_SCHEMES = ("postgresql://", "postgres://")
+# A NATS subject to consume: dot-separated tokens, '*' for one token, '>' for the rest.
+_SUBJECT = re.compile(r"([A-Za-z0-9_-]+|\*)(\.([A-Za-z0-9_-]+|\*))*(\.>)?|>")
 # The per-domain database flags: (flag, variable, domain as the help text says it).
 DOMAIN_URL_FLAGS = (
     ("--billing-url", "QUICKPAY_BILLING_URL", "billing, payment history, audit and outbox"),
@@ -65,6 +68,9 @@ class Settings:
     ledger_payments_max: int | None = None
     ledger_transfers_max: int | None = None
     ledger_retention_s: int | None = None
+    # The NATS JetStream subject of subscriber changes serve consumes (a durable
+    # consumer, settlement/subscriber_feed.py); None: no feed.
+    subscriber_events: str | None = None
 
     @property
     def postgres(self) -> bool:
@@ -154,6 +160,14 @@ FLAGS: dict[str, Flag] = {
         "nats://HOST:PORT to publish settlement events to JetStream",
         default_text="none: events stay in the outbox for WatchSettlements",
     ),
+    "subscriber_events": Flag(
+        "--subscriber-events",
+        "QUICKPAY_SUBSCRIBER_EVENTS",
+        None,
+        "NATS JetStream subject of subscriber changes to apply live (a durable consumer;"
+        " needs --nats-url)",
+        default_text="none: changes come only through UpsertSubscribers",
+    ),
     "fraud_mode": Flag(
         "--fraud-mode",
         "QUICKPAY_FRAUD_MODE",
@@ -225,6 +239,7 @@ _SERVE = (
     "engine_config",
     "fraud_mode",
     "nats_url",
+    "subscriber_events",
     "queue_wait_max_ms",
     "metrics_listen",
     "ledger_payments_max",
@@ -314,6 +329,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
     nats_url = _value(args, "nats_url") or None
     if nats_url and not nats_url.startswith(("nats://", "tls://")):
         raise ConfigError(f"--nats-url {nats_url!r}: expected nats://HOST:PORT")
+    subscriber_events = _value(args, "subscriber_events") or None
+    if subscriber_events is not None:
+        if not _SUBJECT.fullmatch(subscriber_events):
+            raise ConfigError(
+                f"--subscriber-events {subscriber_events!r}: expected a NATS subject such as"
+                " carrier.subscribers.changes (tokens of letters, digits, '_' and '-', '*'"
+                " or a last '>', joined by dots)"
+            )
+        if not nats_url:
+            raise ConfigError("--subscriber-events needs --nats-url: the changes come from NATS")
     fraud_mode = _value(args, "fraud_mode") or "enforce"
     if fraud_mode not in FRAUD_MODES:
         raise ConfigError(f"--fraud-mode {fraud_mode!r}: expected one of {', '.join(FRAUD_MODES)}")
@@ -343,6 +368,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ledger_payments_max=_positive(args, "ledger_payments_max"),
         ledger_transfers_max=_positive(args, "ledger_transfers_max"),
         ledger_retention_s=_positive(args, "ledger_retention_s"),
+        subscriber_events=subscriber_events,
     )
 
 

@@ -48,6 +48,7 @@ class FileSettings(BaseSettings):
     ar_url: str | None = None
     provisioning_url: str | None = None
     nats_url: str | None = None
+    subscriber_events: str | None = None
     fraud_mode: Literal["enforce", "observe"] | None = None
     engine_config: str | None = None
     gateways: str | None = None

@@ -23,13 +23,14 @@ from grpc_reflection.v1alpha import reflection
 
 from quickpay_engine import ledger_limits
 from quickpay_engine._engine import WAL_FLUSH_BUCKETS_NS, ConfigInvalid, FraudScorer, Ledger
-from quickpay_engine.api.convert import event_msg
+from quickpay_engine.api.convert import add_subscriber_message, event_msg
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.servicer import SettlementServicer, add_to_server
 from quickpay_engine.config import Settings
 from quickpay_engine.errors import ConfigError
 from quickpay_engine.events.jetstream import JetStreamPublisher
 from quickpay_engine.events.relay import OutboxRelay
+from quickpay_engine.events.subscriber_feed import SubscriberFeed, SubscriberFeedTask
 from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.gateways.supervisor import open_gateways
 from quickpay_engine.keyfile import secret_key
@@ -134,6 +135,8 @@ class RunningServer:
     probes: ProbeServer | None = None
     readiness: Readiness | None = None
     refresher: asyncio.Task[None] | None = None
+    # The --subscriber-events consumer (None: not asked for).
+    feed: SubscriberFeedTask | None = None
 
     def reload(self) -> None:
         """SIGHUP: reads the TLS files and the access file again; open connections stay."""
@@ -159,6 +162,8 @@ class RunningServer:
             self.sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.sweeper
+        if self.feed is not None:
+            await self.feed.stop()
         if self.relay is not None:
             await self.relay.stop()
         await self.service.close()
@@ -317,6 +322,17 @@ async def create_server(
         )
         port = listen_on(server, settings.listen, tls.credentials() if tls else None)
         relay = EventRelayTask.start(service, settings.nats_url) if settings.nats_url else None
+        feed = None
+        if settings.subscriber_events and settings.nats_url:
+            feed = SubscriberFeedTask(
+                SubscriberFeed(
+                    settings.nats_url,
+                    settings.subscriber_events,
+                    service.apply_subscriber_changes,
+                    add_subscriber_message,
+                )
+            )
+            undo.push_async_callback(feed.stop)
         await server.start()
         undo.pop_all()
     for name in ("", SETTLEMENT_SERVICE):
@@ -333,10 +349,12 @@ async def create_server(
         )
     if owner is not None:
         owner.watch()  # from here a lost lock fences the engine until it is retaken
-    return RunningServer(
+    running = RunningServer(
         server, port, service, health_servicer, store, stop_gateways, relay, sweeper, owner,
         tls, guard, probes, readiness, refresher,
     )  # fmt: skip
+    running.feed = feed
+    return running
 
 
 def _protection(running: RunningServer) -> str:

@@ -11,7 +11,8 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from google.protobuf.message import Message
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from quickpay_engine._engine import decode_pay_batch, decode_pay_requests
@@ -28,6 +29,7 @@ from quickpay_engine.domain import (
     PaymentRecord,
     PaymentStatus,
     Purpose,
+    SubscriberRow,
 )
 from quickpay_engine.errors import InvalidArgument
 from quickpay_engine.reconcile.report import ColumnMapping
@@ -35,6 +37,7 @@ from quickpay_engine.settlement.adjustments import AdjustmentOutcome, Adjustment
 from quickpay_engine.settlement.reconciliation import DEFAULT_TOLERANCE_S, ReconcileRun
 from quickpay_engine.settlement.refunds import RefundOutcome
 from quickpay_engine.store.audit import ACCESS_RECONCILE, ACCESS_REFUND
+from quickpay_engine.subscriber_changes import ChangeKind, SubscriberChanges
 
 if TYPE_CHECKING:
     from quickpay_engine._engine import DecodedPay
@@ -587,3 +590,87 @@ def reconcile_report(run: ReconcileRun) -> pb.ReconcileReport:
 
 def _money(amount_minor: int | None, currency: str) -> pb.Money | None:
     return None if amount_minor is None else pb.Money(amount_minor=amount_minor, currency=currency)
+
+
+# A SubscriberChange at its bounds (an account id of 64 characters, an E.164 number, a
+# plan, a status, a currency, a country, two times and three integers) is well under
+# this; a larger one is refused from its size before it is parsed.
+SUBSCRIBER_CHANGE_BYTES_MAX = 1_024
+
+
+def add_subscriber_change(batch: SubscriberChanges, data: bytes, label: str) -> None:
+    """One frame of an UpsertSubscribers stream, parsed, checked and appended to
+    ``batch``; else ``InvalidArgument`` naming ``label`` and the field."""
+    if len(data) > SUBSCRIBER_CHANGE_BYTES_MAX:
+        field = largest_field(pb.SubscriberChange, data)
+        raise InvalidArgument(
+            f"{label}.{field}",
+            f"over its bound (the change is {len(data)} bytes, of the"
+            f" {SUBSCRIBER_CHANGE_BYTES_MAX} a SubscriberChange can take)",
+        )
+    try:
+        change = pb.SubscriberChange.FromString(data)
+    except DecodeError:
+        raise InvalidArgument(
+            label, "not a SubscriberChange: its bytes do not parse as quickpay.v1.SubscriberChange"
+        ) from None
+    add_change_message(batch, change, label)
+
+
+def add_subscriber_message(batch: SubscriberChanges, data: bytes, label: str) -> None:
+    """One message of the --subscriber-events feed, a SubscriberChange protobuf-encoded
+    or in protobuf's JSON form (its first character other than white space is "{",
+    which no protobuf encoding of the message starts with), checked and appended to
+    ``batch``; else ``InvalidArgument`` naming ``label`` (and the field)."""
+    if data.lstrip()[:1] != b"{":
+        add_subscriber_change(batch, data, label)
+        return
+    if len(data) > 4 * SUBSCRIBER_CHANGE_BYTES_MAX:
+        raise InvalidArgument(label, f"{len(data)} bytes of JSON, over the bound of a change")
+    change = pb.SubscriberChange()
+    try:
+        json_format.Parse(data, change)
+    except json_format.ParseError as err:
+        raise InvalidArgument(label, f"not a SubscriberChange in JSON: {str(err)[:200]}") from None
+    add_change_message(batch, change, label)
+
+
+def add_change_message(batch: SubscriberChanges, change: pb.SubscriberChange, label: str) -> None:
+    """A parsed SubscriberChange checked and appended to ``batch`` (``InvalidArgument``
+    names ``label`` and the field)."""
+    batch.add(
+        label,
+        change.account_id,
+        change.version,
+        change.kind,
+        change.msisdn,
+        change.plan,
+        change.status,
+        change.currency,
+        change.country,
+        change.sim_swapped_at.seconds if change.HasField("sim_swapped_at") else None,
+        change.created_at.seconds if change.HasField("created_at") else None,
+        change.opening_balance_minor,
+    )
+
+
+def change_message(
+    row: SubscriberRow, version: int, kind: ChangeKind = ChangeKind.ACTIVATION
+) -> pb.SubscriberChange:
+    """A line of the subscriber CSV as a change (``quickpay subscribers import
+    --listen``): its balance is the opening balance of a line the engine does not hold."""
+    change = pb.SubscriberChange(
+        account_id=row.account_id,
+        version=version,
+        kind=int(kind),  # type: ignore[arg-type]
+        msisdn=row.msisdn,
+        plan=row.plan.name,
+        status=row.status.name,
+        currency=row.currency,
+        country=row.country,
+        created_at=Timestamp(seconds=row.created_at_s),
+        opening_balance_minor=row.balance_minor,
+    )
+    if row.sim_swapped_at_s is not None:
+        change.sim_swapped_at.seconds = row.sim_swapped_at_s
+    return change

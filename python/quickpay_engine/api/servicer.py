@@ -41,6 +41,7 @@ from quickpay_engine.reconcile.report import ReportError
 from quickpay_engine.security.guard import Guard, current_caller
 from quickpay_engine.settlement.service import SettlementService
 from quickpay_engine.store import UNREACHABLE
+from quickpay_engine.subscriber_changes import NumberTaken, SubscriberChanges
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,14 @@ M = TypeVar("M", bound=Message)
 # Payments one PayStream may have in flight; at the bound the stream stops reading
 # requests until replies go out (back-pressure through HTTP/2 flow control).
 STREAM_INFLIGHT_MAX = 1_024
+# Subscriber changes committed in one transaction at most (UpsertSubscribers): a batch
+# is what has arrived by the time the one before it committed (and UPSERT_LINGER_S
+# after its last change), up to this many.
+UPSERT_BATCH_MAX = 500
+# A batch with room waits this long for one more change after the last one came.
+UPSERT_LINGER_S = 0.002
+# Changes read ahead of the commits; past it the stream stops being read (back-pressure).
+UPSERT_READ_AHEAD = 2 * UPSERT_BATCH_MAX
 # Payments one PayBatch call may carry; a larger call is refused whole (INVALID_ARGUMENT)
 # before any of it is settled. One call's payments all wait in the settlement queue at
 # once, so the bound is also what one caller can put there.
@@ -152,6 +161,11 @@ TYPED_RPCS = {
     "AdjustBalance": (
         grpc.unary_unary_rpc_method_handler, pb.AdjustBalanceRequest, pb.AdjustBalanceResponse
     ),
+    # A stream of changes in: each frame is parsed as it is read (convert.py), so a bad
+    # one is named by its place in the stream.
+    "UpsertSubscribers": (
+        grpc.stream_unary_rpc_method_handler, pb.SubscriberChange, pb.UpsertSummary
+    ),
 }  # fmt: skip
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Any]
@@ -181,7 +195,10 @@ def add_to_server(
         if metrics is not None:
             method = _observed(method, name, metrics)
         bytes_max = convert.REQUEST_BYTES_MAX.get(name)
-        parsed = (_parsed_stream if streams else _parsed)(method, request, bytes_max)
+        if make is grpc.stream_unary_rpc_method_handler:
+            parsed = method  # parses its frames itself, one by one
+        else:
+            parsed = (_parsed_stream if streams else _parsed)(method, request, bytes_max)
         handlers[name] = make(
             _guarded(guard, name, parsed, make),
             response_serializer=response.SerializeToString,
@@ -194,8 +211,8 @@ def _guarded(guard: Guard, rpc: str, method: Handler, make: Any) -> Handler:
     """``method`` behind ``guard.admit``; with no access file the check is skipped."""
     if guard.access is None:  # no access file: nothing to check, nothing added per call
         return method
-    if make is grpc.unary_unary_rpc_method_handler:
-
+    if make in (grpc.unary_unary_rpc_method_handler, grpc.stream_unary_rpc_method_handler):
+        # One answer: for a stream of requests, ``request`` is their iterator.
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await guard.admit(rpc, context)
             return await method(request, context)
@@ -482,3 +499,121 @@ class SettlementServicer(pb_grpc.SettlementServicer):
         except Exception as err:
             await _abort(context, err, "AdjustBalance")
         return convert.adjust_response(outcome)
+
+    async def UpsertSubscribers(
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> pb.UpsertSummary:
+        """Reads changes and commits them in batches (``UPSERT_BATCH_MAX``), each
+        through the service's one entry point; answers once the last has committed. A
+        bad change ends the call INVALID_ARGUMENT "changes[N].FIELD: ...": the changes
+        before it are applied, none from it on. A change that gives its line a number
+        another line keeps waits for the changes after it (up to a batch's worth, or the
+        stream's end): a later one may free the number (a port between two lines)."""
+        caller = current_caller().name
+        summary = pb.UpsertSummary()
+        stream = ChangeStream(request_iterator)
+
+        async def apply(batch: SubscriberChanges) -> None:
+            result = await self._service.apply_subscriber_changes(batch, caller)
+            summary.applied += result.applied
+            summary.stale += result.stale
+            summary.created += len(result.created)
+            summary.batches += 1
+
+        try:
+            carried = SubscriberChanges()
+            while True:
+                batch = await stream.fill(carried)
+                if not batch:
+                    break
+                carried = SubscriberChanges()
+                try:
+                    await apply(batch)
+                except InvalidArgument as err:
+                    # The store refused one change: nothing of its batch was written;
+                    # the changes before it are, now.
+                    bad = batch.index_of(err.field.split(".", 1)[0])
+                    if bad is None:
+                        raise
+                    if bad:
+                        await apply(batch.prefix(bad))
+                    carried = batch.suffix(bad)
+                    if not (
+                        isinstance(err, NumberTaken)
+                        and stream.more()
+                        and len(carried) < UPSERT_BATCH_MAX
+                    ):
+                        raise
+            stream.check()
+        except Exception as err:
+            await _abort(context, err, "UpsertSubscribers")
+        finally:
+            stream.close()
+        summary.received = stream.received
+        return summary
+
+
+class ChangeStream:
+    """The frames of an UpsertSubscribers stream, read ahead (up to
+    ``UPSERT_READ_AHEAD``) while batches commit, handed out as batches."""
+
+    def __init__(self, frames: AsyncIterator[bytes]) -> None:
+        self._queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(UPSERT_READ_AHEAD)
+        self._reader = asyncio.ensure_future(self._read(frames))
+        self.received = 0  # frames parsed into changes
+        # Why the stream ended: None while it goes on; the bad frame's error, the broken
+        # stream's, or _END.
+        self._ended: BaseException | None = None
+
+    async def _read(self, frames: AsyncIterator[bytes]) -> None:
+        try:
+            async for frame in frames:
+                await self._queue.put(frame)
+        except Exception as err:  # the caller's stream broke: what came before stands
+            await self._queue.put(err)
+            return
+        await self._queue.put(None)
+
+    def more(self) -> bool:
+        """Whether changes may still come."""
+        return self._ended is None
+
+    async def fill(self, batch: SubscriberChanges) -> SubscriberChanges:
+        """``batch`` (changes carried over) with what has been read added: at least one
+        change more unless the stream has ended, then what is waiting, up to
+        ``UPSERT_BATCH_MAX``. A bad frame ends the stream (``check`` raises it)."""
+        if self._ended is not None:
+            return batch
+        item = await self._queue.get()
+        while True:
+            if item is None or isinstance(item, BaseException):
+                self._ended = item or _END
+                return batch
+            try:
+                convert.add_subscriber_change(batch, item, f"changes[{self.received}]")
+            except InvalidArgument as err:
+                self._ended = err
+                return batch
+            self.received += 1
+            if len(batch) >= UPSERT_BATCH_MAX:
+                return batch
+            if self._queue.empty():
+                # A little company, as the payment batcher waits for (a stream that
+                # outpaces its frames would otherwise commit them one or two at a time).
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), UPSERT_LINGER_S)
+                except TimeoutError:
+                    return batch
+                continue
+            item = self._queue.get_nowait()
+
+    def check(self) -> None:
+        """Raises what ended the stream, unless it ended as the caller closed it."""
+        if self._ended is not None and self._ended is not _END:
+            raise self._ended
+
+    def close(self) -> None:
+        self._reader.cancel()
+
+
+_END = EOFError("the stream ended")

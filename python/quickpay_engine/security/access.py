@@ -27,7 +27,8 @@ from typing import Any
 from quickpay_engine.errors import ConfigError
 
 GATEWAY, OPERATOR, PLATFORM = "gateway", "operator", "platform"
-# The carrier's systems that change subscribers and their balances (AdjustBalance).
+# The carrier's provisioning and billing systems: they change the subscriber base
+# (UpsertSubscribers) and move balances (AdjustBalance).
 PROVISIONING = "provisioning"
 ROLES = (GATEWAY, OPERATOR, PLATFORM, PROVISIONING)
 
@@ -42,6 +43,7 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     "Reconcile": frozenset({OPERATOR}),
     "WatchSettlements": frozenset({PLATFORM}),
     "AdjustBalance": frozenset({PROVISIONING}),
+    "UpsertSubscribers": frozenset({PROVISIONING}),
 }
 
 # Bounds of the file, so a typo cannot make a bucket that never refills or a file that

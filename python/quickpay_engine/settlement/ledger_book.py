@@ -62,6 +62,9 @@ KIND_RECEIVABLE, KIND_PREPAID, KIND_CLEARING = 1, 2, 3
 # Result codes that mean "already done": a redo after a crash, harmless.
 _CODES = {kind: dict(codes) for kind, codes in ledger_result_codes()}
 ACCOUNT_OK = {0, 10}  # OK, EXISTS
+ACCOUNT_EXISTS_WITH_DIFFERENT_FIELDS = 9
+# A subscriber account's kind under the other plan.
+_OTHER_PLAN_KIND = {KIND_RECEIVABLE: KIND_PREPAID, KIND_PREPAID: KIND_RECEIVABLE}
 TRANSFER_OK = {0, 19}  # OK, EXISTS
 PENDING_TRANSFER_NOT_FOUND = 23
 STATE_OK = {0, 4}  # OK, EXISTS
@@ -161,7 +164,11 @@ class LedgerBook:
 
     def open_accounts(self, subscribers: Sequence[SubscriberRow]) -> None:
         """Creates (or finds) every subscriber's account and every currency's clearing
-        account. Called at start, before serving."""
+        account. Called at start, before serving, and for lines opened live.
+
+        A subscriber account keeps the kind its plan gave it when it was opened: a line
+        whose plan changed since is found under the other kind, and that is its account
+        (a currency never changes; see subscriber_changes.py)."""
         wanted: dict[int, tuple[int, int]] = {}
         for row in subscribers:
             kind = KIND_RECEIVABLE if row.plan is Plan.POSTPAID else KIND_PREPAID
@@ -171,15 +178,30 @@ class LedgerBook:
         items = list(wanted.items())
         for start in range(0, len(items), LEDGER_BATCH_MAX):
             chunk = items[start : start + LEDGER_BATCH_MAX]
-            n = len(chunk)
-            codes, _ = self.ledger.create_accounts(
-                self._clock_ns(),
-                ids_array([i for i, _ in chunk]),
-                np.fromiter((c for _, (c, _) in chunk), np.uint16, n),
-                np.fromiter((k for _, (_, k) in chunk), np.uint16, n),
-                np.zeros(n, np.uint16),
+            codes = self._create_accounts(chunk)
+            kinds = np.fromiter((k for _, (_, k) in chunk), np.uint16, len(chunk))
+            replanned = (codes == ACCOUNT_EXISTS_WITH_DIFFERENT_FIELDS) & np.isin(
+                kinds, list(_OTHER_PLAN_KIND)
             )
+            if replanned.any():  # looked up again under the other plan's kind, checked there
+                other = [
+                    (account, (currency, _OTHER_PLAN_KIND[kind]))
+                    for (account, (currency, kind)), again in zip(chunk, replanned, strict=True)
+                    if again
+                ]
+                codes = np.concatenate([codes[~replanned], self._create_accounts(other)])
             _check("account", codes, ACCOUNT_OK)
+
+    def _create_accounts(self, chunk: Sequence[tuple[int, tuple[int, int]]]) -> np.ndarray:
+        n = len(chunk)
+        codes, _ = self.ledger.create_accounts(
+            self._clock_ns(),
+            ids_array([i for i, _ in chunk]),
+            np.fromiter((c for _, (c, _) in chunk), np.uint16, n),
+            np.fromiter((k for _, (_, k) in chunk), np.uint16, n),
+            np.zeros(n, np.uint16),
+        )
+        return codes
 
     # -- the saga's steps ------------------------------------------------------------
 

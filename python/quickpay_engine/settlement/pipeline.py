@@ -368,22 +368,29 @@ class Pipeline:
 
         return asyncio.ensure_future(later())
 
+    async def hold_accounts(self, accounts: Sequence[str]) -> None:
+        """Waits until none of ``accounts`` has a payment between validation and the end
+        of its batch, then keeps them busy (payments that come for them meanwhile are
+        deferred, as behind a payment) until ``release_accounts``: a subscriber change
+        or a balance adjustment applies after the payments in flight and before the
+        next ones, which are then validated against what it left."""
+        while busy := [a for a in accounts if self._busy[a]]:
+            await self._freed.setdefault(busy[0], asyncio.Event()).wait()
+        # No await since the check: taken at once, as _prepare takes its accounts.
+        self._busy.update(accounts)
+
+    def release_accounts(self, accounts: Sequence[str]) -> None:
+        """Ends ``hold_accounts``; wakes the payments deferred meanwhile."""
+        self._free(list(accounts))
+
     @contextlib.asynccontextmanager
     async def account_held(self, account_id: str) -> AsyncIterator[None]:
-        """Holds ``account_id`` as busy, as a payment in flight does, once no payment of
-        it is between validation and the end of its batch: what runs inside (a balance
-        adjustment) comes after the account's payments in flight, and the payments that
-        arrive meanwhile are deferred until it ends, then validated against the balance
-        it left."""
-        while self._busy[account_id]:
-            freed = self._freed.setdefault(account_id, asyncio.Event())
-            await freed.wait()
-        # Taken with no await since the check above.
-        self._busy[account_id] += 1
+        """``hold_accounts`` of one account for the time of a ``with`` block."""
+        await self.hold_accounts([account_id])
         try:
             yield
         finally:
-            self._free([account_id])
+            self.release_accounts([account_id])
 
     def _free(self, accounts: list[str]) -> None:
         """Ends a batch's hold on its accounts; wakes payments deferred for them."""

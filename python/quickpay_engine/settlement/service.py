@@ -48,6 +48,7 @@ from quickpay_engine.settlement.watch import WatchHub
 from quickpay_engine.store import SqliteStore
 from quickpay_engine.store.executor import StoreThread
 from quickpay_engine.store.sqlite import SettledState
+from quickpay_engine.subscriber_changes import ChangeResult, SubscriberChanges
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,8 @@ class SettlementService:
         # waits for the first attempt instead of racing it. Bounded by the batcher's
         # queue, since every entry is a queued or running payment.
         self._inflight: dict[str, tuple[str, asyncio.Task[Outcome]]] = {}
+        # Batches of subscriber changes apply one at a time, in the order they came.
+        self._changing = asyncio.Lock()
 
     async def start(self, sweep_s: float | None = None) -> list[Action]:
         """Opens the subscribers' ledger accounts, finishes what an earlier run left
@@ -365,6 +368,47 @@ class SettlementService:
             del self._inflight[key]
         if not future.cancelled():
             future.exception()  # retrieved here, so a caller that left does not warn
+
+    async def apply_subscriber_changes(
+        self, changes: SubscriberChanges, source: str = ""
+    ) -> ChangeResult:
+        """The one way a live subscriber change reaches the engine (UpsertSubscribers,
+        the --subscriber-events feed), a batch at a time.
+
+        Once no payment of the batch's accounts is in flight (and until the batch is
+        done, their payments wait), the batch commits in the store, all or nothing, with
+        its versions and an audit row per change (``store.apply_subscriber_changes``);
+        then the ledger opens the new lines' accounts, and the engine's table and the
+        fraud gate's subscriber profiles take every changed line, without a restart.
+        What the store committed is the truth: a crash after it leaves the rest to the
+        next start, which reads the store. The work goes on if the caller goes away (a
+        cancelled call), so a committed batch always reaches the engine. Raises
+        ``InvalidArgument`` naming the change that the store refused (then nothing of
+        the batch is applied)."""
+        if not changes:
+            return ChangeResult(0, 0, frozenset(), [])
+        return await asyncio.shield(asyncio.ensure_future(self._apply_changes(changes, source)))
+
+    async def _apply_changes(self, changes: SubscriberChanges, source: str) -> ChangeResult:
+        accounts = sorted(set(changes.account_ids))
+        async with self._changing:
+            await self._pipeline.hold_accounts(accounts)
+            try:
+                result = await self._thread.run(
+                    self._store.apply_subscriber_changes, changes, source
+                )
+                if result.rows:
+                    opened = [r for r in result.rows if r.account_id in result.created]
+                    if opened:
+                        await asyncio.get_running_loop().run_in_executor(
+                            None, self.book.open_accounts, opened
+                        )
+                    load_engine(self.engine, result.rows)
+                    self._subscribers.update((r.account_id, r) for r in result.rows)
+                    await self.book.anchor(self._store.audit_head)
+            finally:
+                self._pipeline.release_accounts(accounts)
+        return result
 
     async def reconcile(
         self,

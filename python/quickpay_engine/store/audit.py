@@ -104,9 +104,21 @@ def entry_rows(
 ) -> list[tuple[int, str, str, str]]:
     """The rows that append one entry of ``content`` after ``head``: the marker first
     when the trail is from before the key (see ``continue_from``)."""
+    return entries_rows(head, key, [content])
+
+
+def entries_rows(
+    head: AuditRow | None, key: bytes, contents: Iterable[Mapping[str, object]]
+) -> list[tuple[int, str, str, str]]:
+    """The rows that append one entry per content after ``head``, chained in order
+    (the marker first, as ``entry_rows``)."""
     rows, (seq, prev) = continue_from(head, key)
-    encoded = canonical(content)
-    rows.append((seq + 1, prev, encoded, chain_hash(key, prev, seq + 1, encoded)))
+    for content in contents:
+        encoded = canonical(content)
+        seq += 1
+        row_hash = chain_hash(key, prev, seq, encoded)
+        rows.append((seq, prev, encoded, row_hash))
+        prev = row_hash
     return rows
 
 

@@ -21,6 +21,7 @@ from quickpay_engine.store.audit import (
     ChainReport,
     verify,
 )
+from quickpay_engine.subscriber_changes import AUDIT_KIND as SUBSCRIBER_CHANGED
 
 # Audit rows checked per round of lookups.
 CHUNK_ROWS = 500
@@ -138,10 +139,12 @@ def _check_chunk(store: AuditedStore, rows: list[AuditRow], found: list[str]) ->
     return len(payment_ids), len(adjustment_ids)
 
 
-# The fields each access row (who asked for a refund or a reconciliation) must carry.
+# The fields each access row (who asked for a refund or a reconciliation) must carry,
+# and each row of a subscriber change (subscriber_changes.py).
 ACCESS_FIELDS = {
     ACCESS_REFUND: ("caller", "refund_key", "payment_id", "at_us"),
     ACCESS_RECONCILE: ("caller", "gateway", "report_sha256", "report_bytes", "at_us"),
+    SUBSCRIBER_CHANGED: ("account_id", "version", "change", "msisdn", "status", "at_us"),
 }
 
 

@@ -48,7 +48,7 @@ from quickpay_engine.store.adjustments import (
     build_adjustment,
 )
 from quickpay_engine.store.adjustments import COLUMNS as ADJUSTMENT_COLUMNS
-from quickpay_engine.store.audit import AuditRow, entry_rows
+from quickpay_engine.store.audit import AuditRow, entries_rows, entry_rows
 from quickpay_engine.store.audit_check import audit_problems
 from quickpay_engine.store.checks import ACCOUNT_NETS, CHECKS
 from quickpay_engine.store.pg_migrations import require_current
@@ -71,6 +71,16 @@ from quickpay_engine.store.sqlite import (
     RefundRow,
     SettledState,
     bound_refund,
+)
+from quickpay_engine.subscriber_changes import (
+    ChangePlan,
+    ChangeResult,
+    HeldLine,
+    NumberTaken,
+    SubscriberChanges,
+    audit_content,
+    placeholder_msisdn,
+    plan_changes,
 )
 
 R = TypeVar("R")
@@ -243,6 +253,100 @@ class PostgresStore:
         except errors.IntegrityError as err:
             raise StoreError(f"the import conflicts with the database: {err}") from None
         return len(rows)
+
+    def apply_subscriber_changes(
+        self, changes: SubscriberChanges, source: str = "", now_us: int | None = None
+    ) -> ChangeResult:
+        """``SqliteStore.apply_subscriber_changes``: one transaction in the billing
+        database, which holds the subscribers and the audit trail (so it is local even
+        when the domains are split), proving ownership first as a batch does."""
+        now_us = now_us if now_us is not None else time.time_ns() // 1_000
+        self._reconnect_broken()
+        conn = self._billing
+        self._written_head = None
+        with self._transaction(conn):
+            if self.fence is not None:
+                self.fence(self.urls.of("billing"), conn)
+            held: dict[str, HeldLine] = {}
+            # FOR UPDATE: the balances read here are the ones the engine is told.
+            for account, currency, balance, version in conn.execute(
+                "SELECT s.account_id, s.currency, s.balance_minor, coalesce(v.version, 0)"
+                " FROM subscribers s LEFT JOIN subscriber_versions v USING (account_id)"
+                " WHERE s.account_id = ANY(%s) ORDER BY s.account_id FOR UPDATE OF s",
+                (sorted(set(changes.account_ids)),),
+            ):
+                held[account] = HeldLine(version, currency, balance)
+            plan = plan_changes(changes, held)
+            if plan.applied:
+                self._write_changes(conn, changes, plan, source, now_us)
+        if self._written_head is not None:
+            self.audit_head = self._written_head
+        return ChangeResult(
+            len(plan.applied), plan.stale, frozenset(plan.created), list(plan.lines.values())
+        )
+
+    def _write_changes(
+        self,
+        conn: psycopg.Connection,
+        changes: SubscriberChanges,
+        plan: ChangePlan,
+        source: str,
+        now_us: int,
+    ) -> None:
+        cursor = conn.cursor()
+        # As in SQLite: the batch's lines give up their numbers first (a port).
+        cursor.executemany(
+            "UPDATE subscribers SET msisdn = %s WHERE account_id = %s",
+            [(placeholder_msisdn(a), a) for a in plan.lines if a not in plan.created],
+        )
+        for account, r in plan.lines.items():
+            try:
+                if account in plan.created:
+                    cursor.execute(
+                        "INSERT INTO subscribers (account_id, msisdn, plan, status,"
+                        " currency, balance_minor, opening_balance_minor, country,"
+                        " sim_swapped_at_s, created_at_s)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                        (account, r.msisdn, int(r.plan), int(r.status), r.currency,
+                         r.balance_minor, r.balance_minor, r.country, r.sim_swapped_at_s,
+                         r.created_at_s),
+                    )  # fmt: skip
+                else:
+                    cursor.execute(
+                        "UPDATE subscribers SET msisdn = %s, plan = %s, status = %s,"
+                        " country = %s, sim_swapped_at_s = %s, created_at_s = %s"
+                        " WHERE account_id = %s",
+                        (r.msisdn, int(r.plan), int(r.status), r.country,
+                         r.sim_swapped_at_s, r.created_at_s, account),
+                    )  # fmt: skip
+            except errors.UniqueViolation:
+                label = changes.labels[plan.last[account]]
+                raise NumberTaken(
+                    f"{label}.msisdn", f"{r.msisdn} is another line's number"
+                ) from None
+        cursor.executemany(
+            "INSERT INTO subscriber_versions (account_id, version, kind, changed_at_us)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT (account_id) DO UPDATE SET"
+            " version = excluded.version, kind = excluded.kind,"
+            " changed_at_us = excluded.changed_at_us",
+            [(a, v, int(k), now_us) for a, (v, k) in plan.versions.items()],
+        )
+        rows = entries_rows(
+            self._audit_tail(),
+            self.audit_key,
+            (audit_content(changes, i, i in plan.opened, source, now_us) for i in plan.applied),
+        )
+        _copy_rows(cursor, "audit_log", rows)
+        self._written_head = (rows[-1][0], rows[-1][3])
+
+    def subscriber_versions(self, account_ids: Sequence[str]) -> dict[str, int]:
+        """The version the last live change left on each of these accounts (absent: none)."""
+        self._reconnect_broken()
+        rows = self._billing.execute(
+            "SELECT account_id, version FROM subscriber_versions WHERE account_id = ANY(%s)",
+            (list(account_ids),),
+        )
+        return dict(rows.fetchall())
 
     def load_subscribers(self) -> list[SubscriberRow]:
         """Every subscriber, for the engine's table at start."""

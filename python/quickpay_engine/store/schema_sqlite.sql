@@ -1,4 +1,4 @@
--- The embedded store's schema, version 4 (PRAGMA user_version). Every table is STRICT:
+-- The embedded store's schema, version 5 (PRAGMA user_version). Every table is STRICT:
 -- a wrong type is an error, never a silent coercion of an amount.
 CREATE TABLE IF NOT EXISTS subscribers (
     account_id       TEXT PRIMARY KEY,
@@ -13,6 +13,16 @@ CREATE TABLE IF NOT EXISTS subscribers (
     country          TEXT NOT NULL,
     sim_swapped_at_s INTEGER,
     created_at_s     INTEGER NOT NULL
+) STRICT;
+
+-- The carrier's version of each subscriber's record as the last live change left it
+-- (UpsertSubscribers, the --subscriber-events feed): a change not newer than this is
+-- ignored. A line only ever imported from a file has no row here.
+CREATE TABLE IF NOT EXISTS subscriber_versions (
+    account_id    TEXT PRIMARY KEY REFERENCES subscribers (account_id),
+    version       INTEGER NOT NULL CHECK (version > 0),
+    kind          INTEGER NOT NULL,
+    changed_at_us INTEGER NOT NULL
 ) STRICT;
 
 -- Payment history: one row per settled or declined payment, keyed by payment id and

@@ -40,7 +40,7 @@ from quickpay_engine.store.adjustments import (
 from quickpay_engine.store.adjustments import (
     COLUMNS as ADJUSTMENT_COLUMNS,
 )
-from quickpay_engine.store.audit import AuditRow, audit_key, entry_rows
+from quickpay_engine.store.audit import AuditRow, audit_key, entries_rows, entry_rows
 from quickpay_engine.store.audit_check import audit_problems
 from quickpay_engine.store.checks import ACCOUNT_NETS, CHECKS
 from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule
@@ -56,6 +56,16 @@ from quickpay_engine.store.rows import (
     outcome_of,
 )
 from quickpay_engine.store.sqlite_library import require_one_library
+from quickpay_engine.subscriber_changes import (
+    ChangePlan,
+    ChangeResult,
+    HeldLine,
+    NumberTaken,
+    SubscriberChanges,
+    audit_content,
+    placeholder_msisdn,
+    plan_changes,
+)
 
 # How a payment of a batch ended in the core's writer (SqliteWriter.commit).
 WRITTEN, REJECTED = 0, 1
@@ -77,8 +87,12 @@ ADJUSTMENTS_TABLE = _schema_part(
     "ON balance_adjustments (account_id);",
 )
 
+SUBSCRIBER_VERSIONS_TABLE = _schema_part(
+    "CREATE TABLE IF NOT EXISTS subscriber_versions", "changed_at_us INTEGER NOT NULL\n) STRICT;"
+)
+
 # The schema this build writes (PRAGMA user_version); see schema_sqlite.sql.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Each older version this build brings up to date in place, with the statements that do
 # it (run in one transaction with the version's update).
 UPGRADES = {
@@ -86,6 +100,8 @@ UPGRADES = {
     2: "ALTER TABLE payments ADD COLUMN sender TEXT NOT NULL DEFAULT '';",
     # 4: balance adjustments from other systems (AdjustBalance).
     3: ADJUSTMENTS_TABLE,
+    # 5: the carrier's version of each subscriber changed live (UpsertSubscribers).
+    4: SUBSCRIBER_VERSIONS_TABLE,
 }
 
 # `verify` lists at most this many examples of each broken invariant.
@@ -270,6 +286,97 @@ class SqliteStore:
                     for r in rows
                 ),
             )
+
+    def apply_subscriber_changes(
+        self, changes: SubscriberChanges, source: str = "", now_us: int | None = None
+    ) -> ChangeResult:
+        """Applies a batch of live changes in one transaction, all or none: each change
+        newer than its account's version (``subscriber_changes.plan_changes``) updates
+        the line (or opens it), its version, and adds an audit row; stale ones change
+        nothing. A number another line keeps, or a change of currency, refuses the whole
+        batch with ``InvalidArgument`` naming the change. ``audit_head`` is the trail's
+        head after it."""
+        now_us = now_us if now_us is not None else time.time_ns() // 1_000
+        self._written_head = None
+        with self._transaction():
+            held: dict[str, HeldLine] = {}
+            for chunk, marks in _in_lists(sorted(set(changes.account_ids))):
+                for account, currency, balance, version in self._db.execute(
+                    "SELECT s.account_id, s.currency, s.balance_minor, coalesce(v.version, 0)"  # noqa: S608
+                    " FROM subscribers s LEFT JOIN subscriber_versions v USING (account_id)"
+                    f" WHERE s.account_id IN ({marks})",
+                    chunk,
+                ):
+                    held[account] = HeldLine(version, currency, balance)
+            plan = plan_changes(changes, held)
+            if plan.applied:
+                self._write_changes(changes, plan, source, now_us)
+        self._publish_head()
+        return ChangeResult(
+            len(plan.applied), plan.stale, frozenset(plan.created), list(plan.lines.values())
+        )
+
+    def _write_changes(
+        self, changes: SubscriberChanges, plan: ChangePlan, source: str, now_us: int
+    ) -> None:
+        db = self._db
+        # Numbers may move between the batch's lines (a port): each line held gives up
+        # its number first, so only a number another line keeps is a conflict.
+        db.executemany(
+            "UPDATE subscribers SET msisdn = ? WHERE account_id = ?",
+            [(placeholder_msisdn(a), a) for a in plan.lines if a not in plan.created],
+        )
+        for account, r in plan.lines.items():
+            try:
+                if account in plan.created:
+                    db.execute(
+                        "INSERT INTO subscribers (account_id, msisdn, plan, status, currency,"
+                        " balance_minor, opening_balance_minor, country, sim_swapped_at_s,"
+                        " created_at_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (account, r.msisdn, int(r.plan), int(r.status), r.currency,
+                         r.balance_minor, r.balance_minor, r.country, r.sim_swapped_at_s,
+                         r.created_at_s),
+                    )  # fmt: skip
+                else:
+                    db.execute(
+                        "UPDATE subscribers SET msisdn = ?, plan = ?, status = ?, country = ?,"
+                        " sim_swapped_at_s = ?, created_at_s = ? WHERE account_id = ?",
+                        (r.msisdn, int(r.plan), int(r.status), r.country, r.sim_swapped_at_s,
+                         r.created_at_s, account),
+                    )  # fmt: skip
+            except sqlite3.IntegrityError:
+                label = changes.labels[plan.last[account]]
+                raise NumberTaken(
+                    f"{label}.msisdn", f"{r.msisdn} is another line's number"
+                ) from None
+        db.executemany(
+            "INSERT INTO subscriber_versions (account_id, version, kind, changed_at_us)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET"
+            " version = excluded.version, kind = excluded.kind,"
+            " changed_at_us = excluded.changed_at_us",
+            [(a, v, int(k), now_us) for a, (v, k) in plan.versions.items()],
+        )
+        rows = entries_rows(
+            self._audit_tail(),
+            self.audit_key,
+            (audit_content(changes, i, i in plan.opened, source, now_us) for i in plan.applied),
+        )
+        db.executemany(
+            "INSERT INTO audit_log (seq, prev_hash, content, row_hash) VALUES (?, ?, ?, ?)", rows
+        )
+        self._written_head = (rows[-1][0], rows[-1][3])
+
+    def subscriber_versions(self, account_ids: Sequence[str]) -> dict[str, int]:
+        """The version the last live change left on each of these accounts (absent: none)."""
+        found: dict[str, int] = {}
+        for chunk, marks in _in_lists(list(account_ids)):
+            for account, version in self._db.execute(
+                "SELECT account_id, version FROM subscriber_versions"  # noqa: S608
+                f" WHERE account_id IN ({marks})",
+                chunk,
+            ):
+                found[account] = version
+        return found
 
     def load_subscribers(self) -> list[SubscriberRow]:
         """Every subscriber, for the engine's table at start."""

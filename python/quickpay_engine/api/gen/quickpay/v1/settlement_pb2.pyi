@@ -30,6 +30,15 @@ class AdjustmentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ADJUSTMENT_STATUS_UNSPECIFIED: _ClassVar[AdjustmentStatus]
     APPLIED: _ClassVar[AdjustmentStatus]
     ADJUSTMENT_DECLINED: _ClassVar[AdjustmentStatus]
+
+class SubscriberChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SUBSCRIBER_CHANGE_KIND_UNSPECIFIED: _ClassVar[SubscriberChangeKind]
+    ACTIVATION: _ClassVar[SubscriberChangeKind]
+    STATUS_CHANGE: _ClassVar[SubscriberChangeKind]
+    SIM_SWAP: _ClassVar[SubscriberChangeKind]
+    MSISDN_CHANGE: _ClassVar[SubscriberChangeKind]
+    PLAN_CHANGE: _ClassVar[SubscriberChangeKind]
 PURPOSE_UNSPECIFIED: Purpose
 BILL_PAYMENT: Purpose
 PREPAID_TOPUP: Purpose
@@ -42,6 +51,12 @@ PARTIALLY_REFUNDED: PaymentStatus
 ADJUSTMENT_STATUS_UNSPECIFIED: AdjustmentStatus
 APPLIED: AdjustmentStatus
 ADJUSTMENT_DECLINED: AdjustmentStatus
+SUBSCRIBER_CHANGE_KIND_UNSPECIFIED: SubscriberChangeKind
+ACTIVATION: SubscriberChangeKind
+STATUS_CHANGE: SubscriberChangeKind
+SIM_SWAP: SubscriberChangeKind
+MSISDN_CHANGE: SubscriberChangeKind
+PLAN_CHANGE: SubscriberChangeKind
 
 class Money(_message.Message):
     __slots__ = ("amount_minor", "currency")
@@ -423,3 +438,43 @@ class AdjustBalanceResponse(_message.Message):
     decline_detail: str
     replayed: bool
     def __init__(self, adjustment_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., status: _Optional[_Union[AdjustmentStatus, str]] = ..., balance_after: _Optional[_Union[Money, _Mapping]] = ..., decline_reason: _Optional[str] = ..., decline_detail: _Optional[str] = ..., replayed: _Optional[bool] = ...) -> None: ...
+
+class SubscriberChange(_message.Message):
+    __slots__ = ("account_id", "version", "kind", "msisdn", "plan", "status", "currency", "country", "sim_swapped_at", "created_at", "opening_balance_minor")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MSISDN_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    COUNTRY_FIELD_NUMBER: _ClassVar[int]
+    SIM_SWAPPED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    OPENING_BALANCE_MINOR_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    version: int
+    kind: SubscriberChangeKind
+    msisdn: str
+    plan: str
+    status: str
+    currency: str
+    country: str
+    sim_swapped_at: _timestamp_pb2.Timestamp
+    created_at: _timestamp_pb2.Timestamp
+    opening_balance_minor: int
+    def __init__(self, account_id: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[_Union[SubscriberChangeKind, str]] = ..., msisdn: _Optional[str] = ..., plan: _Optional[str] = ..., status: _Optional[str] = ..., currency: _Optional[str] = ..., country: _Optional[str] = ..., sim_swapped_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., opening_balance_minor: _Optional[int] = ...) -> None: ...
+
+class UpsertSummary(_message.Message):
+    __slots__ = ("received", "applied", "created", "stale", "batches")
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    received: int
+    applied: int
+    created: int
+    stale: int
+    batches: int
+    def __init__(self, received: _Optional[int] = ..., applied: _Optional[int] = ..., created: _Optional[int] = ..., stale: _Optional[int] = ..., batches: _Optional[int] = ...) -> None: ...

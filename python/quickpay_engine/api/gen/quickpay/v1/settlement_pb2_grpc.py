@@ -74,6 +74,11 @@ class SettlementStub:
                 request_serializer=quickpay_dot_v1_dot_settlement__pb2.AdjustBalanceRequest.SerializeToString,
                 response_deserializer=quickpay_dot_v1_dot_settlement__pb2.AdjustBalanceResponse.FromString,
                 _registered_method=True)
+        self.UpsertSubscribers = channel.stream_unary(
+                '/quickpay.v1.Settlement/UpsertSubscribers',
+                request_serializer=quickpay_dot_v1_dot_settlement__pb2.SubscriberChange.SerializeToString,
+                response_deserializer=quickpay_dot_v1_dot_settlement__pb2.UpsertSummary.FromString,
+                _registered_method=True)
 
 
 class SettlementServicer:
@@ -142,6 +147,21 @@ class SettlementServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpsertSubscribers(self, request_iterator, context):
+        """Changes to the subscriber base (activations, status changes, SIM swaps, ports,
+        plan changes) applied to the running engine, without a restart. Each change
+        carries the carrier's version of its account: one not newer than the version held
+        is ignored and counted, so a replay or an out-of-order delivery changes nothing.
+        The stream is read in batches; each batch commits all or nothing (with an audit
+        row per change) before the engine, the ledger and fraud scoring see it, and a
+        change to an account with a payment in flight applies after that payment. A bad
+        change ends the call INVALID_ARGUMENT "changes[N].FIELD: ..." (N counts from 0):
+        the changes before it are applied, none from it on. The provisioning role's RPC.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SettlementServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +204,11 @@ def add_SettlementServicer_to_server(servicer, server):
                     servicer.AdjustBalance,
                     request_deserializer=quickpay_dot_v1_dot_settlement__pb2.AdjustBalanceRequest.FromString,
                     response_serializer=quickpay_dot_v1_dot_settlement__pb2.AdjustBalanceResponse.SerializeToString,
+            ),
+            'UpsertSubscribers': grpc.stream_unary_rpc_method_handler(
+                    servicer.UpsertSubscribers,
+                    request_deserializer=quickpay_dot_v1_dot_settlement__pb2.SubscriberChange.FromString,
+                    response_serializer=quickpay_dot_v1_dot_settlement__pb2.UpsertSummary.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +427,33 @@ class Settlement:
             '/quickpay.v1.Settlement/AdjustBalance',
             quickpay_dot_v1_dot_settlement__pb2.AdjustBalanceRequest.SerializeToString,
             quickpay_dot_v1_dot_settlement__pb2.AdjustBalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertSubscribers(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/quickpay.v1.Settlement/UpsertSubscribers',
+            quickpay_dot_v1_dot_settlement__pb2.SubscriberChange.SerializeToString,
+            quickpay_dot_v1_dot_settlement__pb2.UpsertSummary.FromString,
             options,
             channel_credentials,
             insecure,
