@@ -40,8 +40,11 @@ build: venv
 demo: build
 	scripts/demo.sh
 
+# The core's own tests, then those of its Python-facing half (the simulators, the proto
+# and store encoders), which only build with the python feature.
 test-rust:
 	cargo test --workspace
+	cargo test -p quickpay-engine --features python --lib
 
 lint: venv $(AUDIT_STAMP)
 	cargo fmt --check

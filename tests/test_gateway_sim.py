@@ -392,6 +392,8 @@ async def test_settlement_report_rows_and_injected_discrepancies(
 async def test_fault_model_is_validated(sim: SimulatorProcess) -> None:
     for bad in [
         {"lost_response_rate": 1.5},
+        {"reset_after_rate": -0.1},
+        {"slow_body_rate": 0.5, "reset_before_rate": 0.3, "timeout_rate": 0.3},
         {"declines": {"NOT_A_REASON": 0.1}},
         {"declines": {"INSUFFICIENT_FUNDS": 0.7, "DO_NOT_HONOUR": 0.4}},
         {"latency_ms_median": 50, "latency_ms_p99": 10},

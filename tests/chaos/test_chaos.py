@@ -185,13 +185,19 @@ def test_nats_restarted_mid_load(stage) -> None:
     )
 
 
-# 10 % of gateway requests fail, in equal parts: a 503 with nothing processed, a
-# timeout (held past the engine's 2 s gateway timeout, then processed late) and a lost
-# response (processed, then the connection closed unanswered).
+# 10 % of gateway requests fail, 2 % each of five kinds: a 503 with nothing processed;
+# a timeout (held past the engine's 2 s gateway timeout, then processed late); a lost
+# response (processed, then the connection closed unanswered); a slow body (processed,
+# then a 200 whose headers come at once and whose body trickles over 2.5 s, past the
+# timeout); and a connection reset (RST), half before the sale is processed and half
+# after. Every one but the 503 leaves the engine not knowing whether it was captured.
 GATEWAY_FAULTS = {
-    "server_error_rate": 0.033,
-    "timeout_rate": 0.033,
-    "lost_response_rate": 0.034,
+    "server_error_rate": 0.02,
+    "timeout_rate": 0.02,
+    "lost_response_rate": 0.02,
+    "slow_body_rate": 0.02,
+    "reset_before_rate": 0.01,
+    "reset_after_rate": 0.01,
     "hang_ms": 2_500,
     "latency_ms_median": 2.0,
     "latency_ms_p99": 40.0,
@@ -200,8 +206,9 @@ GATEWAY_FAULTS = {
 
 def test_gateway_faults_on_every_gateway(stage) -> None:
     """Every gateway fails 10 % of its requests (5xx, timeouts, lost responses after
-    capture) under the load: no payment captured twice, none half settled, and every
-    unknown outcome resolved by the engine's own sweep (nothing left journalled)."""
+    capture, slow bodies, connection resets before and after capture) under the load:
+    no payment captured twice, none half settled, and every unknown outcome resolved by
+    the engine's own sweep (nothing left journalled)."""
     st = stage("gateway-faults")
     load_s = 60.0 if FULL else 10.0
     for n, name in enumerate(st.sims.urls):

@@ -30,9 +30,24 @@ pub(super) struct FaultModel {
     server_error_rate: f64,
     timeout_rate: f64,
     lost_response_rate: f64,
+    slow_body_rate: f64,
+    reset_before_rate: f64,
+    reset_after_rate: f64,
     pub(super) hang_ms: u64,
     // Ordered by reason: a draw walks the reasons in this order.
     declines: BTreeMap<String, f64>,
+}
+
+impl FaultModel {
+    /// The probability that a request draws some transport fault.
+    fn transport_rate(&self) -> f64 {
+        self.server_error_rate
+            + self.timeout_rate
+            + self.lost_response_rate
+            + self.slow_body_rate
+            + self.reset_before_rate
+            + self.reset_after_rate
+    }
 }
 
 /// What goes wrong with one request, if anything.
@@ -45,6 +60,14 @@ pub(super) enum Fault {
     Timeout,
     /// Processed and recorded, then the response withheld and the connection closed.
     LostResponse,
+    /// Processed and recorded, then answered 200 with the status line, the headers and
+    /// half the body at once, the rest trickled a byte at a time over hang_ms: the
+    /// caller's deadline passes mid-body.
+    SlowBody,
+    /// The connection reset (RST) once the request is read, nothing processed.
+    ResetBefore,
+    /// Processed and recorded, then the connection reset (RST) instead of an answer.
+    ResetAfter,
 }
 
 /// The operations that draw, each with its own dice.
@@ -114,8 +137,7 @@ impl Roller {
         } else {
             pick(uniforms(m.seed, "decline", reference, 0)[0], &m.declines)
         };
-        let transport =
-            op.transport() && m.server_error_rate + m.timeout_rate + m.lost_response_rate > 0.0;
+        let transport = op.transport() && m.transport_rate() > 0.0;
         if m.latency_ms_median <= 0.0 && !transport {
             return Draw {
                 latency: Duration::ZERO,
@@ -127,18 +149,24 @@ impl Roller {
         let latency = self.latency(u[0], u[1]);
         let mut fault = Fault::None;
         if transport {
-            let edge_5xx = m.server_error_rate;
-            let edge_timeout = edge_5xx + m.timeout_rate;
-            let edge_lost = edge_timeout + m.lost_response_rate;
-            fault = if u[2] < edge_5xx {
-                Fault::ServerError
-            } else if u[2] < edge_timeout {
-                Fault::Timeout
-            } else if u[2] < edge_lost {
-                Fault::LostResponse
-            } else {
-                Fault::None
-            };
+            // Each fault has its slice of [0, 1), in this order (a kind added later goes
+            // last, so a seed's earlier kinds keep their draws).
+            let slices = [
+                (m.server_error_rate, Fault::ServerError),
+                (m.timeout_rate, Fault::Timeout),
+                (m.lost_response_rate, Fault::LostResponse),
+                (m.slow_body_rate, Fault::SlowBody),
+                (m.reset_before_rate, Fault::ResetBefore),
+                (m.reset_after_rate, Fault::ResetAfter),
+            ];
+            let mut edge = 0.0;
+            for (rate, kind) in slices {
+                edge += rate;
+                if u[2] < edge {
+                    fault = kind;
+                    break;
+                }
+            }
         }
         Draw {
             latency,
@@ -213,6 +241,7 @@ mod tests {
     fn model(json: &str) -> FaultModel {
         let base = r#"{"seed": 7, "latency_ms_median": 0.0, "latency_ms_p99": 0.0,
             "server_error_rate": 0.0, "timeout_rate": 0.0, "lost_response_rate": 0.0,
+            "slow_body_rate": 0.0, "reset_before_rate": 0.0, "reset_after_rate": 0.0,
             "hang_ms": 30000, "declines": {}}"#;
         let mut value: serde_json::Value = serde_json::from_str(base).unwrap();
         let patch: serde_json::Value = serde_json::from_str(json).unwrap();
@@ -254,6 +283,48 @@ mod tests {
         assert!(a_declines.iter().all(|d| d.fault == Fault::ServerError));
         assert_eq!(a.draw(Op::Lookup, "0").fault, Fault::None);
         assert_eq!(a.draw(Op::Void, "0").fault, Fault::None);
+    }
+
+    #[test]
+    fn every_kind_gets_its_share_and_old_draws_keep_theirs() {
+        let kinds = [
+            ("server_error_rate", Fault::ServerError),
+            ("timeout_rate", Fault::Timeout),
+            ("lost_response_rate", Fault::LostResponse),
+            ("slow_body_rate", Fault::SlowBody),
+            ("reset_before_rate", Fault::ResetBefore),
+            ("reset_after_rate", Fault::ResetAfter),
+        ];
+        let all = kinds
+            .iter()
+            .map(|(name, _)| format!("\"{name}\": 0.1"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut r = Roller::new(model(&format!("{{{all}}}")));
+        let fates: Vec<_> = (0..6_000)
+            .map(|n| r.draw(Op::Capture, &n.to_string()).fault)
+            .collect();
+        for (name, kind) in kinds {
+            let n = fates.iter().filter(|f| **f == kind).count();
+            assert!((480..720).contains(&n), "{name}: {n} of 6000");
+        }
+        // Kinds added after the first three take slices past them: a model with only
+        // the first three gives each request the fault it gave before.
+        let mut old = Roller::new(model(
+            r#"{"server_error_rate": 0.1, "timeout_rate": 0.1, "lost_response_rate": 0.1}"#,
+        ));
+        for (n, fate) in fates.iter().enumerate() {
+            let before = old.draw(Op::Capture, &n.to_string()).fault;
+            if before != Fault::None {
+                assert_eq!(before, *fate);
+            }
+        }
+        // Each new kind alone, at one, hits every transport request and no lookup.
+        for (name, kind) in &kinds[3..] {
+            let mut r = Roller::new(model(&format!("{{\"{name}\": 1.0}}")));
+            assert_eq!(r.draw(Op::Sale, "x").fault, *kind);
+            assert_eq!(r.draw(Op::Lookup, "x").fault, Fault::None);
+        }
     }
 
     #[test]

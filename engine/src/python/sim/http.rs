@@ -33,13 +33,17 @@
 //! Python's, called with the GIL on a blocking thread; every other request is answered
 //! here without Python.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hmac::Hmac;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use pyo3::exceptions::PyValueError;
@@ -49,6 +53,7 @@ use serde_json::{Map, Value};
 use sha2::Sha256;
 
 use super::books::{year_month, Books, Job, Refusal, SaleIn};
+use super::conn::Reset;
 use super::faults::{Draw, Fault, FaultModel, Op, Roller};
 use super::method::{integer, summarize, text};
 
@@ -61,7 +66,8 @@ const REFERENCE_CHARS_MAX: usize = 64;
 #[derive(Debug)]
 pub(crate) struct BadRequest(pub(crate) String);
 
-/// The response withheld by the lost-response fault: hyper closes the connection.
+/// The response withheld by the lost-response or a reset fault: hyper closes the
+/// connection (the reset faults have armed its `Reset` first).
 #[derive(Debug)]
 pub(super) struct Withheld;
 
@@ -74,6 +80,8 @@ impl std::fmt::Display for Withheld {
 impl std::error::Error for Withheld {}
 
 type Reply = Response<Full<Bytes>>;
+/// What goes on the wire: a whole body, or the slow-body fault's trickle.
+pub(super) type Served = Response<Either<Full<Bytes>, Trickle>>;
 
 /// One gateway's state: its books, its fault dice, its fingerprint key, its Python
 /// hooks (an object with `faults(body) -> str` and `report(query) -> (csv, injected,
@@ -106,11 +114,31 @@ impl Simulator {
     }
 }
 
-/// Answers one request. An `Err` closes the connection without an answer.
+/// Answers one request. An `Err` closes the connection without an answer, with a
+/// reset (RST) when the request drew one (it has armed `reset`).
 pub(super) async fn handle(
     sim: Arc<Simulator>,
+    reset: Reset,
     request: Request<Incoming>,
-) -> Result<Reply, Withheld> {
+) -> Result<Served, Withheld> {
+    match answer(sim, request).await {
+        Answer::Reply(reply) => Ok(reply.map(Either::Left)),
+        Answer::Slow { body, over } => {
+            let mut reply = Response::new(Either::Right(Trickle::new(Bytes::from(body), over)));
+            reply
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Ok(reply)
+        }
+        Answer::Withheld => Err(Withheld),
+        Answer::Reset => {
+            reset.arm();
+            Err(Withheld)
+        }
+    }
+}
+
+async fn answer(sim: Arc<Simulator>, request: Request<Incoming>) -> Answer {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
@@ -125,15 +153,15 @@ pub(super) async fn handle(
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            return Ok(error(413, "BODY_TOO_LARGE", "the body is over 16 KiB"));
+            return Answer::Reply(error(413, "BODY_TOO_LARGE", "the body is over 16 KiB"));
         }
         // The client went away mid-body: nothing to answer.
-        Err(_) => return Err(Withheld),
+        Err(_) => return Answer::Withheld,
     };
     let route = match (&method, segments.as_slice()) {
         (&Method::GET, ["health"]) => {
             let health = serde_json::json!({"status": "ok", "gateway": sim.name});
-            return Ok(json(
+            return Answer::Reply(json(
                 200,
                 serde_json::to_vec(&health).expect("health serializes"),
             ));
@@ -150,13 +178,13 @@ pub(super) async fn handle(
                 .faults_json
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            return Ok(json(200, model.to_vec()));
+            return Answer::Reply(json(200, model.to_vec()));
         }
         (&Method::PUT, ["sim", "faults"]) => Route::PutFaults,
         (_, ["health" | "v1" | "sim", ..]) if known_path(&segments) => {
-            return Ok(error(405, "METHOD_NOT_ALLOWED", "method not allowed here"));
+            return Answer::Reply(error(405, "METHOD_NOT_ALLOWED", "method not allowed here"));
         }
-        _ => return Ok(error(404, "NOT_FOUND", "no such endpoint")),
+        _ => return Answer::Reply(error(404, "NOT_FOUND", "no such endpoint")),
     };
     respond(sim, route, body, query, path).await
 }
@@ -177,27 +205,37 @@ async fn respond(
     body: Bytes,
     query: String,
     path: String,
-) -> Result<Reply, Withheld> {
+) -> Answer {
     let outcome = match route {
         Route::Sale { capture } => sale(&sim, &body, capture, &path).await,
         Route::Capture(reference) => capture(&sim, reference, &body, &path).await,
         Route::Void(reference) => read_only(&sim, reference, Op::Void).await,
         Route::Refund(reference) => refund(&sim, reference, &body, &path).await,
         Route::Lookup(reference) => read_only(&sim, reference, Op::Lookup).await,
-        Route::Report => return Ok(report(&sim, query).await),
-        Route::PutFaults => return Ok(put_faults(&sim, body).await),
+        Route::Report => return Answer::Reply(report(&sim, query).await),
+        Route::PutFaults => return Answer::Reply(put_faults(&sim, body).await),
     };
     match outcome {
-        Ok(Answer::Reply(reply)) => Ok(reply),
-        Ok(Answer::Withheld) => Err(Withheld),
-        Err(Failure::Bad(BadRequest(message))) => Ok(error(400, "INVALID_REQUEST", &message)),
-        Err(Failure::Refused(r)) => Ok(error(r.status, r.code, &r.message)),
+        Ok(answer) => answer,
+        Err(Failure::Bad(BadRequest(message))) => {
+            Answer::Reply(error(400, "INVALID_REQUEST", &message))
+        }
+        Err(Failure::Refused(r)) => Answer::Reply(error(r.status, r.code, &r.message)),
     }
 }
 
+/// How a request is answered, if it is.
 enum Answer {
     Reply(Reply),
+    /// 200 with this JSON body, trickled so that it takes `over` to arrive.
+    Slow {
+        body: Vec<u8>,
+        over: Duration,
+    },
+    /// No answer: the connection closed (FIN).
     Withheld,
+    /// No answer: the connection reset (RST).
+    Reset,
 }
 
 enum Failure {
@@ -361,10 +399,16 @@ async fn book(sim: &Simulator, job: Job) -> Result<Answer, Failure> {
     Ok(Answer::Reply(json(200, booked.body)))
 }
 
-/// Applies the drawn latency and transport fault around booking the request.
+/// Applies the drawn latency and transport fault around booking the request. The
+/// faults after booking (lost response, slow body, reset after) spare a replayed
+/// request: a request booked before is always answered, so a retry can learn its fate.
 async fn faulted(sim: &Simulator, draw: &Draw, job: Job, path: &str) -> Result<Answer, Failure> {
     sleep(draw.latency).await;
     match draw.fault {
+        Fault::ResetBefore => {
+            eprintln!("{}: injected reset before processing on {path}", sim.name);
+            return Ok(Answer::Reset);
+        }
         Fault::ServerError => {
             eprintln!("{}: injected server error on {path}", sim.name);
             return Ok(Answer::Reply(error(
@@ -379,15 +423,89 @@ async fn faulted(sim: &Simulator, draw: &Draw, job: Job, path: &str) -> Result<A
             eprintln!("{}: injected timeout on {path}", sim.name);
             sleep(sim.hang()).await;
         }
-        Fault::None | Fault::LostResponse => {}
+        Fault::None | Fault::LostResponse | Fault::SlowBody | Fault::ResetAfter => {}
     }
     let booked = sim.books.submit(job, now_us()).await?;
-    if draw.fault == Fault::LostResponse && !booked.replayed {
-        eprintln!("{}: injected lost response on {path}", sim.name);
-        sleep(sim.hang()).await;
-        return Ok(Answer::Withheld);
+    if booked.replayed {
+        return Ok(Answer::Reply(json(200, booked.body)));
     }
-    Ok(Answer::Reply(json(200, booked.body)))
+    match draw.fault {
+        Fault::LostResponse => {
+            eprintln!("{}: injected lost response on {path}", sim.name);
+            sleep(sim.hang()).await;
+            Ok(Answer::Withheld)
+        }
+        Fault::SlowBody => {
+            eprintln!("{}: injected slow body on {path}", sim.name);
+            Ok(Answer::Slow {
+                body: booked.body,
+                over: sim.hang(),
+            })
+        }
+        Fault::ResetAfter => {
+            eprintln!("{}: injected reset after processing on {path}", sim.name);
+            Ok(Answer::Reset)
+        }
+        _ => Ok(Answer::Reply(json(200, booked.body))),
+    }
+}
+
+/// The slow-body fault's body: half of it at once (with the status line and the
+/// headers, Content-Length the whole body's), then the rest a byte at a time, evenly
+/// over the given time. A caller that waits long enough gets the whole answer; one
+/// whose deadline passes first has had bytes arriving all along, so only a deadline on
+/// the whole exchange (not one on each read) ends its wait.
+pub(super) struct Trickle {
+    rest: Bytes,
+    step: Duration,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Trickle {
+    fn new(body: Bytes, over: Duration) -> Trickle {
+        let trickled = u32::try_from(body.len() - body.len() / 2).unwrap_or(u32::MAX);
+        Trickle {
+            step: over / trickled.max(1),
+            rest: body,
+            pause: None,
+        }
+    }
+}
+
+impl Body for Trickle {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let n = match this.pause.as_mut() {
+            None => {
+                this.pause = Some(Box::pin(tokio::time::sleep(this.step)));
+                (this.rest.len() / 2).max(1)
+            }
+            Some(pause) => {
+                ready!(pause.as_mut().poll(cx));
+                let next = pause.deadline() + this.step;
+                pause.as_mut().reset(next);
+                1
+            }
+        };
+        Poll::Ready(Some(Ok(Frame::data(this.rest.split_to(n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.rest.len() as u64)
+    }
 }
 
 /// The settlement report, built by Python from the books (a rare call).

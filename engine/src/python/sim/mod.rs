@@ -9,6 +9,7 @@
 //! it is called back only for the fault model's PUT and the settlement report.
 
 mod books;
+mod conn;
 mod faults;
 mod http;
 mod method;
@@ -29,6 +30,7 @@ use pyo3::prelude::*;
 use tokio::sync::oneshot;
 
 use books::Books;
+use conn::{Conn, Reset};
 use faults::{FaultModel, Roller};
 use http::Simulator;
 
@@ -173,11 +175,17 @@ async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let sim = Arc::clone(&sim);
-                let service = service_fn(move |request| http::handle(Arc::clone(&sim), request));
-                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                // A request drawing a reset fault arms it; the connection then ends in RST.
+                let reset = Reset::default();
+                let io = TokioIo::new(Conn::new(stream, reset.clone()));
+                let service = service_fn(move |request| {
+                    http::handle(Arc::clone(&sim), reset.clone(), request)
+                });
+                let connection = graceful.watch(http.serve_connection(io, service));
                 tokio::spawn(async move {
-                    // A connection ends with an error when a response is withheld or
-                    // the client goes away; neither is the simulator's problem.
+                    // A connection ends with an error when a response is withheld, the
+                    // connection reset or the client goes away; none is the simulator's
+                    // problem.
                     let _ = connection.await;
                 });
             }

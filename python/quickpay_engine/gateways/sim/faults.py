@@ -8,10 +8,26 @@ stream, so a run's faults do not depend on the order in which concurrent request
 happen to arrive: the same seed and the same requests give the same declines and the
 same lost responses.
 
-The transport faults: a server error (503 at once; nothing was processed), a timeout
-(the request held for hang_ms, then processed: the caller times out first), a lost
-response (processed and recorded, held for hang_ms, then the connection closed without
-an answer; a replayed request is always answered).
+The transport faults, each with its rate (the six add up to at most one):
+
+- ``server_error_rate``: a 503 at once; nothing was processed.
+- ``timeout_rate``: the request held for hang_ms, then processed: the caller times out
+  first.
+- ``lost_response_rate``: processed and recorded, held for hang_ms, then the connection
+  closed (FIN) without an answer.
+- ``slow_body_rate``: processed and recorded, then answered 200 with the status line,
+  the headers (Content-Length of the whole body) and half the body at once, the rest
+  trickled a byte at a time over hang_ms: the caller's deadline passes mid-body, with
+  bytes still arriving, so only a deadline on the whole exchange ends its wait.
+- ``reset_before_rate``: the request read, then the connection reset (a TCP RST:
+  SO_LINGER zero, then close) with nothing processed.
+- ``reset_after_rate``: processed and recorded, then the connection reset (RST) instead
+  of an answer.
+
+The faults after processing (lost response, slow body, reset after) spare a replayed
+request: one the books already hold is always answered, so a retry learns its fate.
+Every one of them leaves the caller not knowing whether the request was processed: it
+must look the reference up (lookups and voids never fault) before anything else.
 """
 
 from __future__ import annotations
@@ -25,7 +41,14 @@ from quickpay_engine.gateways.types import DECLINE_REASONS
 # The server keeps seeds and times as 64-bit integers; a hang above an hour is a typo.
 SEED_MAX = 2**63 - 1
 HANG_MS_MAX = 3_600_000
-RATES = ("server_error_rate", "timeout_rate", "lost_response_rate")
+RATES = (
+    "server_error_rate",
+    "timeout_rate",
+    "lost_response_rate",
+    "slow_body_rate",
+    "reset_before_rate",
+    "reset_after_rate",
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +66,9 @@ class FaultModel:
     server_error_rate: float = 0.0
     timeout_rate: float = 0.0
     lost_response_rate: float = 0.0
+    slow_body_rate: float = 0.0
+    reset_before_rate: float = 0.0
+    reset_after_rate: float = 0.0
     hang_ms: int = 30_000
     declines: dict[str, float] = field(default_factory=dict)
 
@@ -60,7 +86,7 @@ class FaultModel:
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} {rate} is not a probability")
-        if self.server_error_rate + self.timeout_rate + self.lost_response_rate > 1.0:
+        if math.fsum(getattr(self, name) for name in RATES) > 1.0:
             raise ValueError("transport fault rates add up to more than one")
         unknown = set(self.declines) - set(DECLINE_REASONS)
         if unknown:
