@@ -130,60 +130,60 @@ impl HttpPool {
             .join(path)
             .map_err(|err| HttpSetupError::new_err(format!("path {path:?}: {err}")))?;
         let runtime = runtime()?;
-        let mut prepared = Vec::with_capacity(n);
-        for i in 0..n {
-            let method = match kinds[i].as_str() {
-                "card" => Instrument::Card {
-                    pan: &pans[i],
-                    expiry_month: expiry_months[i],
-                    expiry_year: expiry_years[i],
-                },
-                "wallet" => Instrument::Wallet {
-                    provider: &providers[i],
-                    wallet_id: &wallet_ids[i],
-                },
-                "bank_account" => Instrument::BankAccount { iban: &ibans[i] },
-                "carrier_balance" => Instrument::CarrierBalance,
-                other => {
-                    return Err(HttpSetupError::new_err(format!(
-                        "sale_many: method kind {other:?}"
-                    )))
+        // The bodies are built and the sales sent without the GIL; a column that cannot
+        // be used is found while building, before any sale is sent.
+        let sold = py
+            .detach(|| -> Result<Vec<Sold>, String> {
+                let mut prepared = Vec::with_capacity(n);
+                for i in 0..n {
+                    let method = match kinds[i].as_str() {
+                        "card" => Instrument::Card {
+                            pan: &pans[i],
+                            expiry_month: expiry_months[i],
+                            expiry_year: expiry_years[i],
+                        },
+                        "wallet" => Instrument::Wallet {
+                            provider: &providers[i],
+                            wallet_id: &wallet_ids[i],
+                        },
+                        "bank_account" => Instrument::BankAccount { iban: &ibans[i] },
+                        "carrier_balance" => Instrument::CarrierBalance,
+                        other => return Err(format!("sale_many: method kind {other:?}")),
+                    };
+                    let timeout = duration("timeouts_s", timeouts_s[i])?;
+                    // An end already passed is a sale that is not sent ("late").
+                    let end = Duration::try_from_secs_f64(ends_s[i].max(0.0))
+                        .map_err(|_| format!("ends_s {}", ends_s[i]))?;
+                    let body = sale_body(&references[i], amounts_minor[i], &currencies[i], method);
+                    let builder = self
+                        .client
+                        .post(url.clone())
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(body);
+                    prepared.push((builder, timeout, end));
                 }
-            };
-            let timeout = duration("timeouts_s", timeouts_s[i])?;
-            // An end already passed is a sale that is not sent ("late").
-            let end = Duration::try_from_secs_f64(ends_s[i].max(0.0))
-                .map_err(|_| HttpSetupError::new_err(format!("ends_s {}", ends_s[i])))?;
-            let body = sale_body(&references[i], amounts_minor[i], &currencies[i], method);
-            let builder = self
-                .client
-                .post(url.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
-            prepared.push((builder, timeout, end));
-        }
-        let sold = py.detach(|| {
-            runtime.block_on(async {
-                let handles: Vec<_> = prepared
-                    .into_iter()
-                    .map(|(builder, timeout, end)| {
-                        let sales = Arc::clone(&self.sales);
-                        let permits = Arc::clone(&self.permits);
-                        runtime.spawn(sell(sales, permits, builder, timeout, end))
-                    })
-                    .collect();
-                let mut sold = Vec::with_capacity(handles.len());
-                for handle in handles {
-                    // A task that panicked leaves its sale's fate unknown.
-                    sold.push(
-                        handle
-                            .await
-                            .unwrap_or_else(|_| Sold::failed(UNKNOWN, "panic")),
-                    );
-                }
-                sold
+                Ok(runtime.block_on(async {
+                    let handles: Vec<_> = prepared
+                        .into_iter()
+                        .map(|(builder, timeout, end)| {
+                            let sales = Arc::clone(&self.sales);
+                            let permits = Arc::clone(&self.permits);
+                            runtime.spawn(sell(sales, permits, builder, timeout, end))
+                        })
+                        .collect();
+                    let mut sold = Vec::with_capacity(handles.len());
+                    for handle in handles {
+                        // A task that panicked leaves its sale's fate unknown.
+                        sold.push(
+                            handle
+                                .await
+                                .unwrap_or_else(|_| Sold::failed(UNKNOWN, "panic")),
+                        );
+                    }
+                    sold
+                }))
             })
-        });
+            .map_err(HttpSetupError::new_err)?;
         let mut columns: Columns = Default::default();
         for s in sold {
             columns.0.push(s.outcome);
@@ -255,12 +255,12 @@ async fn sell(
 }
 
 /// A timeout in seconds, refused when negative, not a number or over the bound.
-fn duration(name: &str, value: f64) -> PyResult<Duration> {
+fn duration(name: &str, value: f64) -> Result<Duration, String> {
     if !(0.0..=super::http::TIMEOUT_MAX_S).contains(&value) {
-        return Err(HttpSetupError::new_err(format!(
+        return Err(format!(
             "{name} {value}: expected 0 to {}",
             super::http::TIMEOUT_MAX_S
-        )));
+        ));
     }
     Ok(Duration::from_secs_f64(value))
 }
