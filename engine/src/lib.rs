@@ -5,6 +5,7 @@
 //! Every entry point has a batch form; single forms call it.
 
 pub mod fraud;
+pub mod gateway;
 pub mod ledger;
 pub mod money;
 pub mod proto;

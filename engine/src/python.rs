@@ -9,6 +9,7 @@ mod http;
 mod ledger;
 mod proto;
 mod reconcile;
+mod sale;
 mod sim;
 mod store;
 mod validate;

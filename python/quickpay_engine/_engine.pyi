@@ -579,10 +579,12 @@ class HttpPool:
         connections_max: int,
         keepalive_s: float,
         connect_timeout_s: float = 5.0,
+        sales_max: int | None = None,
     ) -> HttpPool:
         """A pool for the gateway at ``base_url`` (http:// or https://): at most
         ``connections_max`` requests in flight (the rest wait for one to end, inside
-        their own timeout), idle connections closed after ``keepalive_s``.
+        their own timeout), of which at most ``sales_max`` sales (``sale_many``;
+        default ``connections_max``), idle connections closed after ``keepalive_s``.
         ``HttpSetupError`` for a URL or setting that cannot be used."""
 
     def send_many(
@@ -598,6 +600,44 @@ class HttpPool:
         wrong, for logs. A method, path or timeout that cannot be used:
         ``HttpSetupError``; more than ``SEND_MANY_MAX`` requests: ``BatchTooLarge``;
         either before any request is sent."""
+
+    def sale_many(
+        self,
+        path: str,
+        references: list[str],
+        amounts_minor: list[int],
+        currencies: list[str],
+        kinds: list[str],
+        pans: list[str],
+        expiry_months: list[int],
+        expiry_years: list[int],
+        providers: list[str],
+        wallet_ids: list[str],
+        ibans: list[str],
+        timeouts_s: list[float],
+        ends_s: list[float],
+    ) -> tuple[
+        bytes, list[int], list[str], list[str], list[str], list[int], list[int],
+        list[str], list[str], list[str],
+    ]:  # fmt: skip
+        """Sends a batch's sales to this gateway at once (bodies built and answers read
+        in the core) and waits, without the GIL, until each has ended; at most
+        ``sales_max`` are in flight at a time across every call.
+
+        Columns, one row per sale: references, amounts, currencies, method kinds
+        ("card", "wallet", "bank_account", "carrier_balance") and the instrument's
+        fields (those of another kind ignored), each sale's timeout and its end (how
+        long from now it may still run: it waits for a slot at most min(timeout, end),
+        else not sent "busy"; with under 5 ms left it is not sent, "late").
+
+        Returns columns (outcome, one byte per sale; status, state, gateway_reference,
+        decline_reason, captured_minor, refunded_minor, currency, error, message):
+        outcome 0 a payment,
+        1 not sent (error "connect", "busy" or "late"), 2 ambiguous (a timeout, a
+        dropped connection, a 5xx, an answer that is not JSON or holds a non-integer
+        number), 3 refused by a 4xx (error its code, message its text). Unequal
+        columns, an unknown kind or a bad timeout: ``HttpSetupError``; more than
+        ``SEND_MANY_MAX`` rows: ``BatchTooLarge``; either before any sale is sent."""
 
 @final
 class SqliteWriter:

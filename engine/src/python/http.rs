@@ -32,7 +32,7 @@ create_exception!(
 
 /// `send_many` takes at most this many requests; more is refused before any is sent
 /// (the router sends at most 4,096 sales in one batch, plus a few lookups).
-const SEND_MANY_MAX: usize = 8_192;
+pub(super) const SEND_MANY_MAX: usize = 8_192;
 /// A gateway's answer is read up to this size; a longer one leaves the request's fate
 /// unknown (a day's settlement report of 100,000 captures is about 20 MB).
 const BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -40,15 +40,15 @@ const BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// sized for has two cores shared with the event loop and the store.
 const WORKER_THREADS: usize = 2;
 /// A request's timeout is at most this; more is refused as a setting error.
-const TIMEOUT_MAX_S: f64 = 3_600.0;
+pub(super) const TIMEOUT_MAX_S: f64 = 3_600.0;
 
 /// How one request ended (the first element of each answer).
-const ANSWERED: u8 = 0;
+pub(super) const ANSWERED: u8 = 0;
 const UNREACHABLE: u8 = 1;
-const AMBIGUOUS: u8 = 2;
+pub(super) const AMBIGUOUS: u8 = 2;
 
 /// The runtime all pools share, started on first use and kept for the process.
-fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
+pub(super) fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     if let Some(runtime) = RUNTIME.get() {
         return Ok(runtime);
@@ -71,12 +71,12 @@ type Request = (String, String, Option<Vec<u8>>, f64, Option<String>);
 type Answer<'py> = (u8, u16, Bound<'py, PyBytes>, Option<String>, &'static str);
 
 /// How a request ended, before conversion to Python.
-struct Reply {
-    outcome: u8,
-    status: u16,
-    body: Vec<u8>,
+pub(super) struct Reply {
+    pub(super) outcome: u8,
+    pub(super) status: u16,
+    pub(super) body: Vec<u8>,
     header: Option<String>,
-    error: &'static str,
+    pub(super) error: &'static str,
 }
 
 impl Reply {
@@ -94,29 +94,40 @@ impl Reply {
 /// A keep-alive connection pool to one gateway.
 #[pyclass(frozen, module = "quickpay_engine._engine")]
 pub(crate) struct HttpPool {
-    client: reqwest::Client,
-    base: reqwest::Url,
+    pub(super) client: reqwest::Client,
+    pub(super) base: reqwest::Url,
     // Requests past this many in flight wait for a permit, inside their timeout.
-    permits: Arc<Semaphore>,
+    pub(super) permits: Arc<Semaphore>,
+    // The gateway's sale slots (`sale_many`, src/python/sale.rs): sales past this many
+    // in flight wait for one, whichever call they came in.
+    pub(super) sales: Arc<Semaphore>,
 }
 
 #[pymethods]
 impl HttpPool {
     /// A pool for the gateway at `base_url` (http:// or https://): at most
     /// `connections_max` requests in flight (the rest wait for one to end, inside their
-    /// own timeout), idle connections closed after `keepalive_s`.
+    /// own timeout), of which at most `sales_max` sales (`sale_many`; default
+    /// `connections_max`), idle connections closed after `keepalive_s`.
     #[new]
-    #[pyo3(signature = (base_url, *, connections_max, keepalive_s, connect_timeout_s = 5.0))]
+    #[pyo3(signature = (
+        base_url, *, connections_max, keepalive_s, connect_timeout_s = 5.0, sales_max = None,
+    ))]
     fn new(
         base_url: &str,
         connections_max: usize,
         keepalive_s: f64,
         connect_timeout_s: f64,
+        sales_max: Option<usize>,
     ) -> PyResult<HttpPool> {
         if connections_max == 0 {
             return Err(HttpSetupError::new_err(
                 "connections_max must be at least 1",
             ));
+        }
+        let sales_max = sales_max.unwrap_or(connections_max);
+        if sales_max == 0 {
+            return Err(HttpSetupError::new_err("sales_max must be at least 1"));
         }
         let base = reqwest::Url::parse(base_url)
             .map_err(|err| HttpSetupError::new_err(format!("gateway url {base_url:?}: {err}")))?;
@@ -139,6 +150,7 @@ impl HttpPool {
             client,
             base,
             permits: Arc::new(Semaphore::new(connections_max)),
+            sales: Arc::new(Semaphore::new(sales_max)),
         })
     }
 
@@ -216,7 +228,7 @@ impl HttpPool {
 
 /// One request within its timeout, once a connection permit is held: nothing is sent
 /// before that, so one that found no permit in its time never left (unreachable, busy).
-async fn bounded(
+pub(super) async fn bounded(
     permits: Arc<Semaphore>,
     builder: reqwest::RequestBuilder,
     timeout: Duration,

@@ -9,10 +9,17 @@ on telling them apart:
   the payment's state is unknown until it is looked up.
 
 The transport is the engine's ``HttpPool`` (reqwest on a tokio runtime, in Rust): the
-requests made in one turn of the event loop (a batch's sales, typically) go in one
-``send_many`` call on a sender thread, which releases the GIL while they run, so the
-event loop only builds bodies and reads answers. Before it, aiohttp's client took about
-a third of the event loop's time per payment (benches/RESULTS.md, "Gateway transport").
+requests made in one turn of the event loop go in one ``send_many`` call on a sender
+thread, which releases the GIL while they run, so the event loop only builds bodies and
+reads answers. Before it, aiohttp's client took about a third of the event loop's time
+per payment (benches/RESULTS.md, "Gateway transport").
+
+The router's sales go further: ``sales`` hands a batch's columns to the pool's
+``sale_many``, which builds each body, sends them and reads the answers in the core,
+and hands back columns (one executor hop per batch, no Python object per sale); a
+single ``queue_sale`` is queued for the end of the turn and goes out the same way. The
+pool holds the gateway's sale slots: at most ``pool_max`` of those sales in flight,
+whichever way they came. (``sale`` is the plain JSON call, for tools and tests.)
 The answers of one turn come back together, when its slowest request has ended (at
 most its timeout): the pipeline waits for a whole batch's sales anyway, and requests of
 different turns never wait for each other. Handing back each answer as it came was
@@ -30,10 +37,11 @@ import concurrent.futures
 import json
 import logging
 import urllib.parse
-from typing import Any
+from typing import Any, NamedTuple
 
 from quickpay_engine._engine import SEND_MANY_MAX, BatchTooLarge, HttpPool, HttpSetupError
 from quickpay_engine.gateways.config import GatewayConfig
+from quickpay_engine.gateways.types import BankAccount, Card, SaleRequest, Wallet
 
 # Connections beyond pool_max, so that lookups and voids resolving an unknown outcome
 # never queue behind a full pool of sales (the router runs at most pool_max sales).
@@ -46,6 +54,11 @@ KEEPALIVE_S = 30.0
 SENDERS_MAX = 32
 # How a request ended, as HttpPool.send_many reports it.
 _ANSWERED, _UNREACHABLE, _AMBIGUOUS = 0, 1, 2
+# How a sale ended, as HttpPool.sale_many reports it: a payment in the answer, never
+# sent (error "connect", "busy" or "late"), fate unknown, refused by a 4xx.
+PAID, NOT_SENT, UNKNOWN, REFUSED = 0, 1, 2, 3
+SALE_PATH = "/v1/payments/sale"
+AUTHORIZE_PATH = "/v1/payments/authorize"
 # The settlement report names the discrepancies it injected in this header.
 INJECTED_HEADER = "X-Quickpay-Injected"
 
@@ -57,6 +70,15 @@ log = logging.getLogger(__name__)
 
 class GatewayUnreachable(Exception):
     """The request never reached the gateway (connection refused or reset on connect)."""
+
+
+class GatewayBusy(GatewayUnreachable):
+    """A sale that never left: no free sale slot before its timeout (``reason`` "busy")
+    or too little time left to start it ("late"). Not the gateway's fault."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class GatewayAmbiguous(Exception):
@@ -72,6 +94,94 @@ class GatewayRefused(Exception):
         self.code = code
 
 
+class SaleRows(NamedTuple):
+    """A batch's sales at one gateway, as columns (one row per sale): the instrument's
+    fields of another kind are ignored (empty or 0). ``ends_s`` is, per sale, how long
+    from now it may still be running (the router keeps the rest of the deadline to
+    resolve an unknown outcome)."""
+
+    references: list[str]
+    amounts_minor: list[int]
+    currencies: list[str]
+    kinds: list[str]  # "card", "wallet", "bank_account", "carrier_balance"
+    pans: list[str]
+    expiry_months: list[int]
+    expiry_years: list[int]
+    providers: list[str]
+    wallet_ids: list[str]
+    ibans: list[str]
+    timeouts_s: list[float]
+    ends_s: list[float]
+
+
+class SaleAnswers(NamedTuple):
+    """How each sale of a ``SaleRows`` ended (PAID, NOT_SENT, UNKNOWN, REFUSED), and for
+    PAID the payment's fields; ``errors`` is what went wrong (for REFUSED the gateway's
+    code, ``messages`` its text)."""
+
+    outcomes: bytes  # one byte per sale
+    statuses: list[int]
+    states: list[str]
+    gateway_references: list[str]
+    decline_reasons: list[str]
+    captured_minor: list[int]
+    refunded_minor: list[int]
+    currencies: list[str]
+    errors: list[str]
+    messages: list[str]
+
+
+def sale_rows() -> SaleRows:
+    """Empty columns to append sales to."""
+    return SaleRows([], [], [], [], [], [], [], [], [], [], [], [])
+
+
+def add_sale(
+    rows: SaleRows, reference: str, amount_minor: int, currency: str,
+    method: dict[str, Any], timeout_s: float, end_s: float,
+) -> None:  # fmt: skip
+    """Appends one sale, its instrument given as its wire dict (``Instrument.wire()``)."""
+    rows.references.append(reference)
+    rows.amounts_minor.append(amount_minor)
+    rows.currencies.append(currency)
+    rows.kinds.append(str(method["kind"]))
+    rows.pans.append(str(method.get("pan", "")))
+    rows.expiry_months.append(int(method.get("expiry_month", 0)))  # type: ignore[call-overload]
+    rows.expiry_years.append(int(method.get("expiry_year", 0)))  # type: ignore[call-overload]
+    rows.providers.append(str(method.get("provider", "")))
+    rows.wallet_ids.append(str(method.get("wallet_id", "")))
+    rows.ibans.append(str(method.get("iban", "")))
+    rows.timeouts_s.append(timeout_s)
+    rows.ends_s.append(end_s)
+
+
+def add_sale_request(rows: SaleRows, request: SaleRequest, timeout_s: float, end_s: float) -> None:
+    """Appends one sale from a ``SaleRequest`` (the same body as its ``wire()``)."""
+    rows.references.append(request.payment_id)
+    rows.amounts_minor.append(request.amount_minor)
+    rows.currencies.append(request.currency)
+    method = request.instrument
+    pan = provider = wallet_id = iban = ""
+    month = year = 0
+    if isinstance(method, Card):
+        kind, pan, month, year = "card", method.pan, method.expiry_month, method.expiry_year
+    elif isinstance(method, Wallet):
+        kind, provider, wallet_id = "wallet", method.provider, method.wallet_id
+    elif isinstance(method, BankAccount):
+        kind, iban = "bank_account", method.iban
+    else:
+        kind = "carrier_balance"
+    rows.kinds.append(kind)
+    rows.pans.append(pan)
+    rows.expiry_months.append(month)
+    rows.expiry_years.append(year)
+    rows.providers.append(provider)
+    rows.wallet_ids.append(wallet_id)
+    rows.ibans.append(iban)
+    rows.timeouts_s.append(timeout_s)
+    rows.ends_s.append(end_s)
+
+
 class GatewayClient:
     """Calls one gateway's acquirer API; ``start`` opens the pool, ``close`` drains it."""
 
@@ -83,7 +193,10 @@ class GatewayClient:
         self._senders: concurrent.futures.ThreadPoolExecutor | None = None
         # Requests made in this turn of the event loop, sent together at its end.
         self._queued: list[tuple[_Request, asyncio.Future[_Answer]]] = []
-        self._sending: set[asyncio.Future[list[_Answer]]] = set()
+        self._sending: set[asyncio.Future[Any]] = set()
+        # Single sales made in this turn, by path, sent together at its end.
+        self._queued_sales: dict[str, list[asyncio.Future[SaleAnswers]]] = {}
+        self._sale_rows: dict[str, SaleRows] = {}
 
     async def start(self) -> None:
         """Opens the connection pool."""
@@ -91,6 +204,7 @@ class GatewayClient:
             self.config.url,
             connections_max=self.config.pool_max + RESOLVE_CONNECTIONS,
             keepalive_s=KEEPALIVE_S,
+            sales_max=self.config.pool_max,
         )
         self._senders = concurrent.futures.ThreadPoolExecutor(
             SENDERS_MAX, thread_name_prefix=f"gateway-{self.config.name}"
@@ -99,7 +213,7 @@ class GatewayClient:
     async def close(self) -> None:
         """Waits for the requests under way (each ends by its timeout), then closes
         every pooled connection."""
-        while self._queued or self._sending:
+        while self._queued or self._queued_sales or self._sending:
             await asyncio.gather(*self._sending, asyncio.sleep(0), return_exceptions=True)
         if self._senders is not None:
             self._senders.shutdown(wait=False)
@@ -109,15 +223,108 @@ class GatewayClient:
         self, reference: str, amount_minor: int, currency: str, method: dict[str, object],
         timeout_s: float, *, capture: bool = True,
     ) -> dict[str, Any]:  # fmt: skip
-        """Authorize and capture (or authorize only, with ``capture=False``)."""
+        """Authorize and capture (or authorize only, with ``capture=False``), as a plain
+        JSON call: the gateway's whole answer, whatever the body holds. It takes no
+        sale slot; the router's sales go through ``sales`` and ``queue_sale``."""
         body = {
             "merchant_reference": reference,
             "amount_minor": amount_minor,
             "currency": currency,
             "method": method,
         }
-        path = "/v1/payments/sale" if capture else "/v1/payments/authorize"
+        path = SALE_PATH if capture else AUTHORIZE_PATH
         return await self._call("POST", path, body, timeout_s)
+
+    async def queue_sale(
+        self, reference: str, amount_minor: int, currency: str, method: dict[str, object],
+        timeout_s: float, *, capture: bool = True, end_s: float | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """One sale through the core, holding one of the gateway's sale slots: queued for
+        the end of this turn and sent with the turn's other single sales in one
+        ``sales`` call. It waits for a slot at most ``min(timeout_s, end_s)``
+        (``GatewayBusy`` otherwise) and runs at most ``timeout_s`` and no later than
+        ``end_s`` from now. The payment's fields the router reads, or the exception
+        ``_call`` would raise (an answer that is not a payment is ambiguous)."""
+        if self._pool is None:
+            raise RuntimeError(f"gateway client {self.config.name!r} is not started")
+        path = SALE_PATH if capture else AUTHORIZE_PATH
+        rows = self._sale_rows.get(path)
+        if rows is None:
+            rows = self._sale_rows[path] = sale_rows()
+            self._queued_sales[path] = []
+            asyncio.get_running_loop().call_soon(self._flush_sales, path)
+        end = timeout_s if end_s is None else end_s
+        add_sale(rows, reference, amount_minor, currency, method, timeout_s, end)
+        answer: asyncio.Future[SaleAnswers] = asyncio.get_running_loop().create_future()
+        row = len(rows.references) - 1
+        self._queued_sales[path].append(answer)
+        return self.payment_of(await answer, row)
+
+    def payment_of(self, answers: SaleAnswers, i: int) -> dict[str, Any]:
+        """Row ``i``'s payment, or the exception ``_call`` would raise for it."""
+        name = self.config.name
+        outcome = answers.outcomes[i]
+        if outcome == PAID:
+            return {
+                "state": answers.states[i],
+                "gateway_reference": answers.gateway_references[i],
+                "decline_reason": answers.decline_reasons[i],
+                "captured_minor": answers.captured_minor[i],
+                "refunded_minor": answers.refunded_minor[i],
+                "currency": answers.currencies[i],
+            }
+        error = answers.errors[i]
+        if outcome == NOT_SENT:
+            if error in ("busy", "late"):
+                raise GatewayBusy(f"{name}: {error}", error)
+            raise GatewayUnreachable(f"{name}: {error}")
+        if outcome == REFUSED:
+            raise GatewayRefused(answers.statuses[i], error, answers.messages[i])
+        raise GatewayAmbiguous(f"{name}: {error}")
+
+    def sales(self, rows: SaleRows, *, capture: bool = True) -> asyncio.Future[SaleAnswers]:
+        """Sends a batch's sales in one core call (bodies built, answers read in Rust,
+        the GIL released); the answers' columns, once every sale has ended. A call the
+        transport refused before sending anything answers NOT_SENT for each; one that
+        failed otherwise answers UNKNOWN for each."""
+        if self._pool is None or self._senders is None:
+            raise RuntimeError(f"gateway client {self.config.name!r} is not started")
+        loop = asyncio.get_running_loop()
+        path = SALE_PATH if capture else AUTHORIZE_PATH
+        n = len(rows.references)
+        try:
+            sent = loop.run_in_executor(self._senders, self._pool.sale_many, path, *rows)
+        except Exception as err:  # e.g. the executor shut down: nothing was sent
+            log.error("gateway %s: sales not sent: %s", self.config.name, err)
+            done: asyncio.Future[SaleAnswers] = loop.create_future()
+            done.set_result(_all_sales(n, NOT_SENT, type(err).__name__))
+            return done
+        answers: asyncio.Future[SaleAnswers] = loop.create_future()
+        self._sending.add(sent)
+        sent.add_done_callback(self._sending.discard)
+        sent.add_done_callback(lambda done: _deliver_sales(answers, n, done))
+        return answers
+
+    def _flush_sales(self, path: str) -> None:
+        """Sends the turn's single sales on ``path`` in one ``sales`` call."""
+        rows = self._sale_rows.pop(path)
+        waiting = self._queued_sales.pop(path)
+        try:
+            answers = self.sales(rows, capture=path == SALE_PATH)
+        except Exception as err:  # closed meanwhile: none was sent, every caller hears
+            log.error("gateway %s: sales not sent: %s", self.config.name, err)
+            for answer in waiting:
+                if not answer.done():
+                    answer.set_result(_all_sales(len(rows.references), NOT_SENT, "closed"))
+            return
+
+        def deliver(done: asyncio.Future[SaleAnswers]) -> None:
+            result = done.result()
+            for answer in waiting:
+                if not answer.done():  # a caller that gave up has cancelled its future
+                    answer.set_result(result)
+
+        answers.add_done_callback(deliver)
 
     async def capture(
         self, reference: str, amount_minor: int | None, timeout_s: float
@@ -253,6 +460,27 @@ def _deliver(
     for (_, answer), result in zip(chunk, answers, strict=True):
         if not answer.done():  # a caller that gave up has cancelled its future
             answer.set_result(result)
+
+
+def _deliver_sales(answers: asyncio.Future[SaleAnswers], n: int, sent: asyncio.Future[Any]) -> None:
+    """The core's columns as ``SaleAnswers``; a transport that failed leaves every fate
+    unknown, except a setting it refused before sending anything."""
+    if answers.done():
+        return
+    failed = asyncio.CancelledError() if sent.cancelled() else sent.exception()
+    if failed is None:
+        answers.set_result(SaleAnswers(*sent.result()))
+        return
+    log.error("gateway sales failed: %r", failed)
+    refused = isinstance(failed, HttpSetupError | BatchTooLarge)
+    answers.set_result(_all_sales(n, NOT_SENT if refused else UNKNOWN, type(failed).__name__))
+
+
+def _all_sales(n: int, outcome: int, error: str) -> SaleAnswers:
+    return SaleAnswers(
+        bytes([outcome]) * n, [0] * n, [""] * n, [""] * n, [""] * n, [0] * n, [0] * n, [""] * n,
+        [error] * n, [""] * n,
+    )  # fmt: skip
 
 
 def _answer_all(

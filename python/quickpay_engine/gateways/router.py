@@ -17,6 +17,15 @@ the payment either way.
 Deadlines are absolute times on the router's clock (``time.monotonic`` by default, the
 event loop's clock); each request gets what is left of it, capped by the gateway's
 own timeout.
+
+Batches: ``sale_many`` sends all the payments routed to the same gateway in one core
+call (``GatewayClient.sales``: bodies built, answers read in Rust), consults the
+gateway's breaker for each payment before and records the batch's verdicts after, and
+moves the payments that were not taken there (never sent, or VOIDED by an earlier
+cancel) to their next gateway as another batch. Only a payment whose fate at a gateway
+is unknown leaves the batch: it is looked up (and retried or voided) on its own, with
+the same rules as ever. Each gateway runs at most ``pool_max`` sales at a time, across
+batches and single sales (the slots are the core pool's).
 """
 
 from __future__ import annotations
@@ -30,10 +39,16 @@ from typing import Any, TypeVar
 from quickpay_engine.domain import MethodKind
 from quickpay_engine.gateways.breaker import BreakerState, CircuitBreaker
 from quickpay_engine.gateways.client import (
+    NOT_SENT,
+    PAID,
+    REFUSED,
     GatewayAmbiguous,
+    GatewayBusy,
     GatewayClient,
     GatewayRefused,
     GatewayUnreachable,
+    add_sale_request,
+    sale_rows,
 )
 from quickpay_engine.gateways.config import GatewayConfig, GatewaysConfig
 from quickpay_engine.gateways.types import (
@@ -92,10 +107,8 @@ class GatewayRouter:
         self._gateways: dict[str, GatewayConfig] = {g.name: g for g in config.gateways}
         self._clients = {g.name: GatewayClient(g) for g in config.gateways}
         self._breakers = {g.name: CircuitBreaker(g.breaker, clock) for g in config.gateways}
-        # At most pool_max sales in flight per gateway; the rest queue here, in order.
-        # The queue's bound is sale_many's SALE_BATCH_MAX per caller, and each waiter
-        # leaves it by its own deadline.
-        self._slots = {g.name: asyncio.Semaphore(g.pool_max) for g in config.gateways}
+        # Failover order per (method, currency), computed once.
+        self._routes: dict[tuple[MethodKind, str], list[str]] = {}
 
     async def start(self) -> None:
         """Opens every gateway's connection pool."""
@@ -140,18 +153,162 @@ class GatewayRouter:
         return result
 
     async def sale_many(
-        self, requests: Sequence[SaleRequest], deadline: float
+        self, requests: Sequence[SaleRequest], deadline: float | Sequence[float]
     ) -> list[GatewayResult]:
-        """Authorizes and captures each payment, concurrently; one result per request.
+        """Authorizes and captures each payment, by batches; one result per request.
 
-        CAPTURED and DECLINED are final. FAILED means proven not captured anywhere
-        (reason NO_GATEWAY_ROUTE, GATEWAY_UNAVAILABLE or DEADLINE_EXCEEDED). UNKNOWN
-        (reason UNRESOLVED) means the named gateway may hold a capture: call
-        ``resolve`` before settling the payment either way.
+        ``deadline`` is one for all, or one per request. CAPTURED and DECLINED are
+        final. FAILED means proven not captured anywhere (reason NO_GATEWAY_ROUTE,
+        GATEWAY_UNAVAILABLE or DEADLINE_EXCEEDED). UNKNOWN (reason UNRESOLVED) means
+        the named gateway may hold a capture: call ``resolve`` before settling the
+        payment either way.
         """
-        if len(requests) > SALE_BATCH_MAX:
+        n = len(requests)
+        if n > SALE_BATCH_MAX:
             raise ValueError(f"sale_many takes at most {SALE_BATCH_MAX} payments")
-        return list(await asyncio.gather(*(self._sale(r, deadline) for r in requests)))
+        if isinstance(deadline, int | float):
+            deadlines = [float(deadline)] * n
+        else:
+            deadlines = list(deadline)
+            if len(deadlines) != n:
+                raise ValueError(f"sale_many: {len(deadlines)} deadlines for {n} payments")
+        run = _Run(requests, deadlines)
+        first: dict[str, list[int]] = {}
+        for i, request in enumerate(requests):
+            names = self._route(request.instrument.kind, request.currency)
+            run.names.append(names)
+            if names:
+                first.setdefault(names[0], []).append(i)
+            else:
+                run.results[i] = _failed(request, NO_GATEWAY_ROUTE, [])
+        await self._batches(run, first)
+        return run.results  # type: ignore[return-value]  # every one is set
+
+    def _route(self, method: MethodKind, currency: str) -> list[str]:
+        names = self._routes.get((method, currency))
+        if names is None:
+            names = self._routes[method, currency] = self.candidates(method, currency)
+        return names
+
+    async def _batches(self, run: _Run, groups: dict[str, list[int]]) -> None:
+        await asyncio.gather(*(self._batch_at(run, name, idx) for name, idx in groups.items()))
+
+    def _onward(self, run: _Run, moved: list[int]) -> dict[str, list[int]]:
+        """The next gateway of each payment not taken where it was sent, by gateway;
+        those with none left have FAILED (GATEWAY_UNAVAILABLE)."""
+        groups: dict[str, list[int]] = {}
+        for i in moved:
+            run.at[i] += 1
+            names = run.names[i]
+            if run.at[i] < len(names):
+                groups.setdefault(names[run.at[i]], []).append(i)
+            else:
+                run.results[i] = _failed(run.requests[i], GATEWAY_UNAVAILABLE, run.attempts(i))
+        return groups
+
+    async def _batch_at(self, run: _Run, name: str, idx: list[int]) -> None:
+        """One gateway's share of a batch: those its breaker lets through in one core
+        call; the others (and those not taken there) on to their next gateway."""
+        gw, breaker = self._gateways[name], self._breakers[name]
+        now = self._clock()
+        send: list[int] = []
+        moved: list[int] = []
+        for i in idx:
+            if run.deadlines[i] - now < BUDGET_MIN_S:
+                run.results[i] = _failed(run.requests[i], DEADLINE_EXCEEDED, run.attempts(i))
+            elif breaker.allow():
+                send.append(i)
+            else:
+                run.attempts(i).append(f"{name}:breaker_open")
+                moved.append(i)
+        if not send:
+            await self._batches(run, self._onward(run, moved))
+            return
+        rows = sale_rows()
+        timeout_s = gw.timeout_ms / 1000
+        for i in send:
+            end_s = self._sale_end_s(gw, run.deadlines[i] - now)
+            add_sale_request(rows, run.requests[i], timeout_s, end_s)
+        onward = asyncio.ensure_future(self._batches(run, self._onward(run, moved)))
+        try:
+            answers = await self._clients[name].sales(rows)
+        except asyncio.CancelledError:
+            for _ in send:
+                breaker.release()
+            onward.cancel()
+            raise
+        failures = successes = 0
+        moved = []
+        unknown: list[int] = []
+        tags = {state: f"{name}:{outcome.name.lower()}" for state, outcome in STATES.items()}
+        states, references = answers.states, answers.gateway_references
+        for j, i in enumerate(send):
+            request = run.requests[i]
+            outcome = answers.outcomes[j]
+            if outcome == PAID:
+                successes += 1
+                state = states[j]
+                if state == "VOIDED":
+                    # Cancelled here before (by a void before failover): never captured
+                    # here, and never will be.
+                    run.attempts(i).append(tags[state])
+                    moved.append(i)
+                    continue
+                run.results[i] = GatewayResult(
+                    request.payment_id, STATES[state], name, references[j],
+                    answers.decline_reasons[j], answers.captured_minor[j],
+                    answers.refunded_minor[j], answers.currencies[j], run.tried(i, tags[state]),
+                )  # fmt: skip
+            elif outcome == NOT_SENT:
+                error = answers.errors[j]
+                if error in ("busy", "late"):
+                    breaker.release()  # never sent: no verdict on the gateway
+                    if error == "busy":
+                        run.attempts(i).append(f"{name}:busy")
+                else:
+                    failures += 1
+                    run.attempts(i).append(f"{name}:unreachable")
+                moved.append(i)
+            elif outcome == REFUSED:
+                successes += 1
+                code = answers.errors[j]
+                run.attempts(i).append(f"{name}:refused:{code}")
+                log.error(
+                    "gateway %s refused sale %s: %s %s: %s", name, request.payment_id,
+                    answers.statuses[j], code, answers.messages[j],
+                )  # fmt: skip
+                run.results[i] = _failed(request, INVALID_REQUEST, run.attempts(i), name)
+            else:
+                failures += 1
+                run.attempts(i).append(f"{name}:ambiguous")
+                log.warning(
+                    "sale %s at %s: %s: %s; looking it up", request.payment_id, name, name,
+                    answers.errors[j],
+                )  # fmt: skip
+                unknown.append(i)
+        # The batch's verdicts: every failure counts (so a gateway down for the whole
+        # batch opens its breaker as it would one sale at a time), and any answer means
+        # the gateway is up, which closes it.
+        for _ in range(failures):
+            breaker.record_failure()
+        if successes:
+            breaker.record_success()
+        await asyncio.gather(
+            onward,
+            self._batches(run, self._onward(run, moved)),
+            *(self._after_unknown(run, name, i) for i in unknown),
+        )
+
+    async def _after_unknown(self, run: _Run, name: str, i: int) -> None:
+        """A payment whose sale at ``name`` may have landed: resolved there on its own,
+        then (proven not captured there) on to its next gateways one at a time."""
+        request, deadline, attempts = run.requests[i], run.deadlines[i], run.attempts(i)
+        result = await self._sale_at(name, request, deadline, attempts, unknown=True)
+        if result is None:
+            result = await self._sale_from(
+                request, run.names[i][run.at[i] + 1 :], deadline, attempts
+            )
+        run.results[i] = result
 
     async def resolve(self, payment_id: str, gateway: str, deadline: float) -> GatewayResult:
         """Settles an UNKNOWN sale's fate at ``gateway``: looks it up, and if the gateway
@@ -229,11 +386,10 @@ class GatewayRouter:
             result.captured_minor, result.refunded_minor, result.currency,
         )  # fmt: skip
 
-    async def _sale(self, request: SaleRequest, deadline: float) -> GatewayResult:
-        attempts: list[str] = []
-        names = self.candidates(request.instrument.kind, request.currency)
-        if not names:
-            return _failed(request, NO_GATEWAY_ROUTE, attempts)
+    async def _sale_from(
+        self, request: SaleRequest, names: Sequence[str], deadline: float, attempts: list[str]
+    ) -> GatewayResult:
+        """One payment through ``names`` in failover order (after a batch's attempt)."""
         for name in names:
             if deadline - self._clock() < BUDGET_MIN_S:
                 return _failed(request, DEADLINE_EXCEEDED, attempts)
@@ -243,45 +399,50 @@ class GatewayRouter:
         return _failed(request, GATEWAY_UNAVAILABLE, attempts)
 
     async def _sale_at(
-        self, name: str, request: SaleRequest, deadline: float, attempts: list[str]
-    ) -> GatewayResult | None:
-        """The outcome at one gateway, or None when proven not captured there."""
+        self, name: str, request: SaleRequest, deadline: float, attempts: list[str],
+        *, unknown: bool = False,
+    ) -> GatewayResult | None:  # fmt: skip
+        """The outcome at one gateway, or None when proven not captured there.
+
+        ``unknown``: a sale of this payment was sent there already (by a batch) and its
+        fate is unknown, its breaker verdict recorded: it is looked up first."""
         gw, client, breaker = self._gateways[name], self._clients[name], self._breakers[name]
         ref = request.payment_id
-        sent = False
-        for _ in range(1 + self._retries):
+        sent = unknown
+        tries = 1 + self._retries
+        if unknown:
+            tries -= 1
+            try:
+                found = await self._lookup(name, ref, deadline)
+            except (_Unresolved, GatewayRefused):
+                return _unknown(request, name, attempts)
+            if found is not None:
+                return self._final(request, name, found, attempts)
+            attempts.append(f"{name}:not_found")
+        for _ in range(tries):
             budget = deadline - self._clock()
             if budget < BUDGET_MIN_S:
                 break
             if not breaker.allow():
                 attempts.append(f"{name}:breaker_open")
                 break
-            # Queue for one of the gateway's sale slots first: time spent waiting here
-            # is not the gateway's slowness, and a sale that never got a slot was never
-            # sent, so the next gateway may take it without any lookup.
-            slots = self._slots[name]
+            # The sale waits for one of the gateway's sale slots first (in the core's
+            # pool): time spent waiting there is not the gateway's slowness, and a sale
+            # that never got a slot was never sent, so the next gateway may take it
+            # without any lookup.
             try:
-                async with asyncio.timeout(self._sale_timeout_s(gw, budget)):
-                    await slots.acquire()
-            except TimeoutError:
-                breaker.release()
-                attempts.append(f"{name}:busy")
-                break
-            try:
-                try:
-                    budget = deadline - self._clock()
-                    if budget < BUDGET_MIN_S:
-                        breaker.release()
-                        break
-                    payment = await client.sale(
-                        ref, request.amount_minor, request.currency,
-                        request.instrument.wire(), self._sale_timeout_s(gw, budget),
-                    )  # fmt: skip
-                finally:
-                    slots.release()
+                payment = await client.queue_sale(
+                    ref, request.amount_minor, request.currency, request.instrument.wire(),
+                    gw.timeout_ms / 1000, end_s=self._sale_end_s(gw, budget),
+                )  # fmt: skip
             except asyncio.CancelledError:
                 breaker.release()
                 raise
+            except GatewayBusy as err:
+                breaker.release()
+                if err.reason == "busy":
+                    attempts.append(f"{name}:busy")
+                break
             except GatewayUnreachable:
                 breaker.record_failure()
                 attempts.append(f"{name}:unreachable")
@@ -318,11 +479,11 @@ class GatewayRouter:
         return self._final(request, name, payment, attempts)
 
     @staticmethod
-    def _sale_timeout_s(gw: GatewayConfig, budget: float) -> float:
-        """A sale's share of the budget: time is kept back to resolve an unknown
-        outcome (a lookup and a void) should this sale time out."""
-        reserve = min(2 * gw.lookup_timeout_ms / 1000, budget / 2)
-        return min(gw.timeout_ms / 1000, budget - reserve)
+    def _sale_end_s(gw: GatewayConfig, budget: float) -> float:
+        """How long from now a sale may still run, given ``budget`` to its deadline:
+        time is kept back to resolve an unknown outcome (a lookup and a void) should
+        this sale time out. The sale itself is also capped by the gateway's timeout."""
+        return budget - min(2 * gw.lookup_timeout_ms / 1000, budget / 2)
 
     def _final(
         self, request: SaleRequest, name: str, payment: dict[str, Any], attempts: list[str]
@@ -376,6 +537,32 @@ class GatewayRouter:
             except (GatewayUnreachable, GatewayAmbiguous):
                 pause = min(RESOLVE_PAUSE_S, max(0.0, deadline - self._clock()))
                 await asyncio.sleep(pause)
+
+
+class _Run:
+    """One sale_many call's state: per payment, its gateways in failover order, which
+    of them it is at, what was tried (made on first use) and its result."""
+
+    __slots__ = ("_attempts", "at", "deadlines", "names", "requests", "results")
+
+    def __init__(self, requests: Sequence[SaleRequest], deadlines: list[float]) -> None:
+        self.requests = requests
+        self.deadlines = deadlines
+        self.names: list[list[str]] = []
+        self.at = [0] * len(requests)
+        self.results: list[GatewayResult | None] = [None] * len(requests)
+        self._attempts: dict[int, list[str]] = {}
+
+    def tried(self, i: int, last: str) -> tuple[str, ...]:
+        """What was tried for payment ``i``, ending with ``last``."""
+        found = self._attempts.get(i)
+        return (last,) if found is None else (*found, last)
+
+    def attempts(self, i: int) -> list[str]:
+        found = self._attempts.get(i)
+        if found is None:
+            found = self._attempts[i] = []
+        return found
 
 
 def _result(payment_id: str, gateway: str, payment: dict[str, Any]) -> GatewayResult:

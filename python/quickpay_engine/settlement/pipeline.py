@@ -47,7 +47,7 @@ from quickpay_engine.errors import (
     StoreUnavailable,
     echo,
 )
-from quickpay_engine.gateways.router import GatewayRouter
+from quickpay_engine.gateways.router import SALE_BATCH_MAX, GatewayRouter
 from quickpay_engine.gateways.types import (
     BankAccount,
     Card,
@@ -55,6 +55,7 @@ from quickpay_engine.gateways.types import (
     GatewayOutcome,
     GatewayResult,
     Instrument,
+    SaleRequest,
     Wallet,
 )
 from quickpay_engine.logs import payment_fields
@@ -440,7 +441,7 @@ class Pipeline:
     async def _complete(self, batch: _Batch) -> None:
         decisions = batch.decisions
         lap = time.perf_counter()
-        gateway = await asyncio.gather(*(self._sale(decisions[k]) for k in batch.reserved))
+        gateway = await self._sales([decisions[k] for k in batch.reserved])
         if self.metrics is not None and gateway:
             self.metrics.gateway_round(gateway, time.perf_counter() - lap)
         lap = self._lap("gateways", lap)
@@ -627,24 +628,54 @@ class Pipeline:
         while self._posting:
             await asyncio.gather(*self._posting)
 
-    async def _sale(self, d: Decision) -> GatewayResult:
-        """One sale, then (for an unknown outcome) a lookup at the gateway that may hold
-        it, until RESOLVE_S past the sale's deadline."""
+    async def _sales(self, sold: list[Decision]) -> list[GatewayResult]:
+        """The batch's sales in one router call (batched per gateway), then, for each
+        unknown outcome (rare), a lookup at the gateway that may hold it, until
+        RESOLVE_S past that sale's deadline."""
+        if not sold:
+            return []
         loop = asyncio.get_running_loop()
-        deadline = d.intent.deadline or loop.time() + GATEWAY_DEADLINE_S
-        result = await self._router.sale(
-            d.payment_id, d.intent.amount_minor, d.intent.currency, instrument_of(d.intent),
-            deadline,
-        )  # fmt: skip
-        if result.outcome is GatewayOutcome.UNKNOWN and result.gateway:
-            result = await self._router.resolve(
-                d.payment_id, result.gateway, max(deadline, loop.time()) + RESOLVE_S
+        now = loop.time()
+        deadlines = [d.intent.deadline or now + GATEWAY_DEADLINE_S for d in sold]
+        requests = [
+            SaleRequest(d.payment_id, i.amount_minor, i.currency, instrument_of(i))
+            for d in sold
+            for i in (d.intent,)
+        ]
+        results: list[GatewayResult] = []
+        for start in range(0, len(sold), SALE_BATCH_MAX):
+            end = start + SALE_BATCH_MAX
+            results += await self._router.sale_many(requests[start:end], deadlines[start:end])
+        unknown = [
+            j for j, r in enumerate(results) if r.outcome is GatewayOutcome.UNKNOWN and r.gateway
+        ]  # fmt: skip
+        if unknown:
+            resolved = await asyncio.gather(
+                *(self._resolve(sold[j].payment_id, results[j], deadlines[j]) for j in unknown)
             )
-            if result.outcome is GatewayOutcome.VOIDED:
-                # Proven not captured, and voided so that a late request cannot land.
-                result = dataclasses.replace(
-                    result, outcome=GatewayOutcome.FAILED, reason="GATEWAY_TIMEOUT"
-                )
+            for j, result in zip(unknown, resolved, strict=True):
+                results[j] = result
+        return results
+
+    async def _sale(self, d: Decision) -> GatewayResult:
+        """One payment's sale (the batch path with one payment; for tests and tools)."""
+        (result,) = await self._sales([d])
+        return result
+
+    async def _resolve(
+        self, payment_id: str, result: GatewayResult, deadline: float
+    ) -> GatewayResult:
+        """An unknown sale's fate at its gateway, looked up until RESOLVE_S past its
+        deadline."""
+        loop = asyncio.get_running_loop()
+        result = await self._router.resolve(
+            payment_id, result.gateway, max(deadline, loop.time()) + RESOLVE_S
+        )
+        if result.outcome is GatewayOutcome.VOIDED:
+            # Proven not captured, and voided so that a late request cannot land.
+            result = dataclasses.replace(
+                result, outcome=GatewayOutcome.FAILED, reason="GATEWAY_TIMEOUT"
+            )
         return result
 
     async def _unwind(self, unwound: list[tuple[Decision, Outcome]]) -> None:
