@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from datetime import date
 from pathlib import Path
 
 import grpc
@@ -19,10 +22,13 @@ import psycopg
 import pytest
 
 from conftest import BOTH_BACKENDS, SUBSCRIBERS
+from quickpay_engine._engine import Reconciled
 from quickpay_engine.api import convert
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
-from quickpay_engine.domain import Discrepancy, Method, MethodKind, PaymentIntent, Purpose
+from quickpay_engine.domain import Method, MethodKind, PaymentIntent, Purpose
+from quickpay_engine.reconcile.matcher import reconcile
+from quickpay_engine.reconcile.report import read_rows
 from quickpay_engine.server import RunningServer
 from quickpay_engine.settlement import reconciliation, service
 from quickpay_engine.store import Decision, SqliteStore
@@ -139,28 +145,70 @@ async def test_reconcile_for_a_gateway_that_does_not_exist_is_invalid_argument(
     assert count == 0
 
 
-def _discrepancies(n: int) -> list[Discrepancy]:
-    return [
-        Discrepancy(f"d-{k:06d}", "MISSING_IN_BILLING", f"pay_{k}", f"gw-{k}", 100, None, "EUR", "")
-        for k in range(n)
-    ]
+def _discrepancies(n: int) -> Reconciled:
+    """A reconciliation's outcome with ``n`` discrepancies, held by the engine."""
+    report = read_rows(io.StringIO(big_report(n).decode(), newline=""))
+    return reconcile("acq-a", date.fromisoformat(DAY), report, [], 900).held
 
 
 def test_discrepancies_are_written_in_short_transactions(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "q.sqlite")
     sizes: list[int] = []
-    real = store.record_discrepancies
+    real = store.record_reconciled
 
-    def spy(gateway, day, found, now_us):
-        sizes.append(len(found))
-        return real(gateway, day, found, now_us)
+    def spy(found, gateway, day, start, stop, now_us):
+        sizes.append(stop - start)
+        return real(found, gateway, day, start, stop, now_us)
 
-    store.record_discrepancies = spy  # type: ignore[method-assign]
+    store.record_reconciled = spy  # type: ignore[method-assign]
     found = _discrepancies(3 * reconciliation.DISCREPANCY_CHUNK + 5)
-    states = reconciliation.record_in_chunks(store, "acq-a", DAY, found)
-    assert len(states) == len(found)
+    reconciliation.record_in_chunks(store, "acq-a", DAY, found)
+    assert len(found.states()) == len(found)
     assert max(sizes) == reconciliation.DISCREPANCY_CHUNK and sum(sizes) == len(found)
+    (count,) = store._db.execute("SELECT count(*) FROM discrepancies").fetchone()
+    assert count == len(found)
     store.close()
+
+
+def test_a_chunk_that_found_the_lock_taken_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's "database is locked" after the busy timeout (the payment writer
+    saturated): the chunk is tried again, up to LOCKED_RETRIES times, and written."""
+    store = SqliteStore(tmp_path / "q.sqlite")
+    real = store.record_reconciled
+    failures = [reconciliation.LOCKED_RETRIES]
+
+    def busy(*args):
+        if failures[0]:
+            failures[0] -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return real(*args)
+
+    store.record_reconciled = busy  # type: ignore[method-assign]
+    found = _discrepancies(3)
+    reconciliation.record_in_chunks(store, "acq-a", DAY, found)
+    assert failures == [0] and len(found.states()) == 3
+    failures[0] = reconciliation.LOCKED_RETRIES + 1
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        reconciliation.record_in_chunks(store, "acq-a", DAY, _discrepancies(3))
+    store.close()
+
+
+def test_the_core_writer_reports_a_locked_file_as_python_sqlite3_does(tmp_path: Path) -> None:
+    """The core's chunk write meets another connection's write lock with the sqlite3
+    module's OperationalError "database is locked", which the retry above looks for."""
+    store = SqliteStore(tmp_path / "q.sqlite")
+    other = sqlite3.connect(tmp_path / "q.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    reconciliation_busy = store._writer  # the core's connection, busy timeout 5 s
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            reconciliation_busy.record_discrepancies(_discrepancies(2), "acq-a", DAY, 0, 2, 1)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        store.close()
 
 
 def test_a_payment_commit_waits_for_one_chunk_not_the_whole_run(tmp_path: Path) -> None:

@@ -403,10 +403,38 @@ class SettlementReport:
         end_us: int,
         tolerance_s: int,
         billed: Iterable[Any],
-    ) -> tuple[int, int, list[_DiscrepancyTuple]]:
+    ) -> Reconciled:
         """Matches the rows against `billed` (objects with payment_id, gateway_reference,
-        amount_minor, currency, settled_at_us, refunded); returns (records, matched,
-        discrepancies as tuples in the order found)."""
+        amount_minor, currency, settled_at_us, refunded); the outcome stays in the
+        engine (`Reconciled`), its discrepancies in the order found."""
+
+@final
+class Reconciled:
+    """A reconciliation's outcome held by the engine: its discrepancies are written to the
+    store (`SqliteWriter.record_discrepancies`, or `set_states` after another store wrote
+    them) and encoded as the Reconcile reply without a Python object per row."""
+
+    @property
+    def records(self) -> int:
+        """Report rows read."""
+    @property
+    def matched(self) -> int:
+        """Rows (and voided captures) that agree with billing."""
+    def __len__(self) -> int: ...
+    def counts(self) -> list[int]:
+        """Discrepancies per category, in `discrepancy_categories()` order."""
+    def discrepancies(self, start: int = 0, stop: int | None = None) -> list[_DiscrepancyTuple]:
+        """The discrepancies `start..stop` as tuples (discrepancy_id, category, payment_id,
+        gateway_reference, gateway_amount_minor, billing_amount_minor, currency, detail)."""
+    def set_states(self, start: int, states: list[tuple[str, str]]) -> None:
+        """Records the (status, note) of the discrepancies from `start` on, as a store
+        other than SQLite's core writer read them back."""
+    def states(self) -> list[tuple[str, str]]:
+        """The (status, note) of every discrepancy; ValueError when one was not recorded."""
+    def encode_report(self, gateway: str, business_day: str) -> bytes:
+        """The Reconcile RPC's reply (quickpay.v1.ReconcileReport), encoded without the
+        GIL: the bytes Python's `SerializeToString(deterministic=True)` gives for the
+        same message."""
 
 def report_fields() -> list[str]:
     """The report fields a column mapping names, in the order `SettlementReport.parse`
@@ -665,6 +693,20 @@ class SqliteWriter:
         """Journals payments about to go to a gateway (``store.rows.CommitColumns``; only
         the request's fields are read), in one transaction, without the GIL: per
         payment, False when its key is already journalled by an unfinished attempt."""
+
+    def record_discrepancies(
+        self,
+        reconciled: Reconciled,
+        gateway: str,
+        business_day: str,
+        start: int,
+        stop: int,
+        now_us: int,
+    ) -> None:
+        """Writes the discrepancies `start..stop` of `reconciled` in one transaction
+        without the GIL (a re-run only touches their last_seen) and keeps the state
+        investigators left each one in, in `reconciled`. SQLite's errors raise the
+        sqlite3 module's exception for them, as `commit` does."""
 
     def close(self) -> None:
         """Closes the connection; the next commit opens it again."""

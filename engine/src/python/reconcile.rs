@@ -3,14 +3,18 @@
 //! captures. The GIL is released while the text is parsed and while rows are matched.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use pyo3::create_exception;
+use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 use super::{EngineError, InvalidBatch};
 use crate::reconcile::{
-    self as core, AmountUnit, Capture, Mapping, Row, RowKind, RowStatus, Window, FIELDS,
+    self as core, AmountUnit, Capture, Mapping, Outcome, Row, RowKind, RowStatus, State, Window,
+    FIELDS,
 };
 
 create_exception!(
@@ -159,8 +163,8 @@ impl SettlementReport {
     }
 
     /// Matches the rows against `billed` (objects with payment_id, gateway_reference,
-    /// amount_minor, currency, settled_at_us, refunded); returns (records, matched,
-    /// discrepancies as tuples in the order found).
+    /// amount_minor, currency, settled_at_us, refunded); the outcome stays in the
+    /// engine (`Reconciled`), its discrepancies in the order found.
     #[allow(clippy::too_many_arguments)]
     fn reconcile(
         &self,
@@ -171,7 +175,7 @@ impl SettlementReport {
         end_us: i64,
         tolerance_s: i64,
         billed: &Bound<'_, PyAny>,
-    ) -> PyResult<(u64, u64, Vec<DiscrepancyTuple>)> {
+    ) -> PyResult<Reconciled> {
         let captures = captures(py, billed)?;
         let window = Window {
             gateway,
@@ -181,23 +185,142 @@ impl SettlementReport {
             tolerance_us: tolerance_s.saturating_mul(1_000_000),
         };
         let outcome = py.detach(|| core::reconcile(&window, &self.rows, &captures));
-        let found = outcome
-            .discrepancies
-            .into_iter()
+        let states = Mutex::new(vec![None; outcome.discrepancies.len()]);
+        Ok(Reconciled { outcome, states })
+    }
+}
+
+/// A reconciliation's outcome held by the engine: its discrepancies are written to the
+/// store (`SqliteWriter.record_discrepancies`, or `set_states` after another store
+/// wrote them) and encoded as the Reconcile reply without a Python object per row;
+/// `discrepancies` gives them as tuples where a caller wants them (the CLI).
+#[pyclass(frozen, module = "quickpay_engine._engine")]
+pub(crate) struct Reconciled {
+    pub(crate) outcome: Outcome,
+    /// Each discrepancy's investigation state, once the store has it.
+    pub(crate) states: Mutex<Vec<Option<State>>>,
+}
+
+impl Reconciled {
+    /// `start..stop` checked against the discrepancies (stop None: to the end).
+    pub(crate) fn range(&self, start: usize, stop: Option<usize>) -> PyResult<(usize, usize)> {
+        let len = self.outcome.discrepancies.len();
+        let stop = stop.unwrap_or(len).min(len);
+        if start > stop {
+            let message = format!("start {start} is past stop {stop} ({len} discrepancies)");
+            return Err(PyValueError::new_err(message));
+        }
+        Ok((start, stop))
+    }
+
+    pub(crate) fn put_states(&self, start: usize, found: Vec<State>) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        for (slot, state) in states[start..].iter_mut().zip(found) {
+            *slot = Some(state);
+        }
+    }
+
+    fn all_states(&self) -> PyResult<Vec<State>> {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states
+            .iter()
+            .enumerate()
+            .map(|(k, state)| {
+                state.clone().ok_or_else(|| {
+                    let id = &self.outcome.discrepancies[k].id;
+                    PyValueError::new_err(format!("discrepancy {id} has no state: not recorded"))
+                })
+            })
+            .collect()
+    }
+}
+
+#[pymethods]
+impl Reconciled {
+    /// Report rows read.
+    #[getter]
+    fn records(&self) -> u64 {
+        self.outcome.records
+    }
+
+    /// Rows (and voided captures) that agree with billing.
+    #[getter]
+    fn matched(&self) -> u64 {
+        self.outcome.matched
+    }
+
+    /// How many discrepancies.
+    fn __len__(&self) -> usize {
+        self.outcome.discrepancies.len()
+    }
+
+    /// Discrepancies per category, in `discrepancy_categories()` order.
+    fn counts(&self) -> Vec<u64> {
+        core::counts(&self.outcome).to_vec()
+    }
+
+    /// The discrepancies `start..stop` as tuples (discrepancy_id, category, payment_id,
+    /// gateway_reference, gateway_amount_minor, billing_amount_minor, currency, detail).
+    #[pyo3(signature = (start=0, stop=None))]
+    fn discrepancies(&self, start: usize, stop: Option<usize>) -> PyResult<Vec<DiscrepancyTuple>> {
+        let (start, stop) = self.range(start, stop)?;
+        Ok(self.outcome.discrepancies[start..stop]
+            .iter()
             .map(|d| {
                 (
-                    d.id,
+                    d.id.clone(),
                     d.category.name(),
-                    d.payment_id,
-                    d.gateway_reference,
+                    d.payment_id.clone(),
+                    d.gateway_reference.clone(),
                     d.gateway_amount_minor,
                     d.billing_amount_minor,
-                    d.currency,
-                    d.detail,
+                    d.currency.clone(),
+                    d.detail.clone(),
                 )
             })
+            .collect())
+    }
+
+    /// Records the (status, note) of the discrepancies from `start` on, as a store other
+    /// than SQLite's core writer read them back.
+    fn set_states(&self, start: usize, states: Vec<(String, String)>) -> PyResult<()> {
+        let (start, stop) = self.range(start, None)?;
+        if states.len() > stop - start {
+            let message = format!(
+                "{} states from {start}, past the end ({stop})",
+                states.len()
+            );
+            return Err(PyValueError::new_err(message));
+        }
+        let states = states
+            .into_iter()
+            .map(|(status, note)| State { status, note })
             .collect();
-        Ok((outcome.records, outcome.matched, found))
+        self.put_states(start, states);
+        Ok(())
+    }
+
+    /// The (status, note) of every discrepancy; ValueError when one was not recorded.
+    fn states(&self) -> PyResult<Vec<(String, String)>> {
+        Ok(self
+            .all_states()?
+            .into_iter()
+            .map(|s| (s.status, s.note))
+            .collect())
+    }
+
+    /// The Reconcile RPC's reply (quickpay.v1.ReconcileReport), encoded without the GIL:
+    /// the bytes Python's `SerializeToString(deterministic=True)` gives for the message
+    /// `api.convert` used to build (engine/src/reconcile/reply.rs).
+    fn encode_report<'py>(
+        &self,
+        py: Python<'py>,
+        gateway: &str,
+        business_day: &str,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let states = self.all_states()?;
+        let bytes = py.detach(|| core::encode_reply(&self.outcome, &states, gateway, business_day));
+        Ok(PyBytes::new(py, &bytes))
     }
 }
 
@@ -234,6 +357,7 @@ fn discrepancy_categories() -> Vec<&'static str> {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<SettlementReport>()?;
+    m.add_class::<Reconciled>()?;
     m.add_function(wrap_pyfunction!(report_fields, m)?)?;
     m.add_function(wrap_pyfunction!(discrepancy_categories, m)?)?;
     m.add("ReportInvalid", py.get_type::<ReportInvalid>())?;

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use pyo3::prelude::*;
 
 use super::check_len;
+use super::reconcile::Reconciled;
 use crate::store::rows::{Decision, Fraud};
 use crate::store::sqlite::{message, Failure, Writer};
 
@@ -224,6 +225,32 @@ impl SqliteWriter {
     fn journal(&self, py: Python<'_>, columns: Columns, now_us: i64) -> PyResult<Vec<bool>> {
         let decisions = columns.decisions()?;
         self.with_writer(py, |writer| writer.journal(&decisions, now_us))
+    }
+
+    /// Writes the discrepancies `start..stop` of a reconciliation in one transaction
+    /// (a re-run only touches their last_seen) and keeps the state investigators left
+    /// each in, in `reconciled`; see store/sqlite.rs. The reconciliation's own store
+    /// calls it on its own connection, chunk by chunk (settlement/reconciliation.py).
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (reconciled, gateway, business_day, start, stop, now_us))]
+    fn record_discrepancies(
+        &self,
+        py: Python<'_>,
+        reconciled: &Bound<'_, Reconciled>,
+        gateway: &str,
+        business_day: &str,
+        start: usize,
+        stop: usize,
+        now_us: i64,
+    ) -> PyResult<()> {
+        let reconciled = reconciled.get();
+        let (start, stop) = reconciled.range(start, Some(stop))?;
+        let found = &reconciled.outcome.discrepancies[start..stop];
+        let states = self.with_writer(py, |writer| {
+            writer.record_discrepancies(gateway, business_day, found, now_us)
+        })?;
+        reconciled.put_states(start, states);
+        Ok(())
     }
 
     /// Closes the connection (the next commit opens it again).

@@ -8,10 +8,12 @@
 //! (benches/RESULTS.md, "Reconciliation").
 
 mod matcher;
+mod reply;
 mod report;
 
 #[cfg(test)]
 mod tests;
 
 pub use matcher::{reconcile, Capture, Category, Discrepancy, Outcome, Window};
+pub use reply::{counts, encode as encode_reply, State};
 pub use report::{read_rows, AmountUnit, Mapping, ReportError, Row, RowKind, RowStatus, FIELDS};

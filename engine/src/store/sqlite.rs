@@ -17,6 +17,7 @@ use rusqlite::{
 
 use super::audit::AuditRow;
 use super::rows::{build, intent_json, Account, BatchRows, BuildError, Decision, Outcome, Rule};
+use crate::reconcile::{Discrepancy, State};
 
 /// How long a write waits for another connection's lock before it fails.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -105,6 +106,81 @@ impl Writer {
             rules
         };
         Ok(Writer { db, rules })
+    }
+
+    /// Keeps each discrepancy once (a re-run only touches its last_seen), in one
+    /// transaction; then reads back, in `found`'s order, the state investigators left
+    /// each one in. `record_discrepancies` of quickpay_engine.store.sqlite, row for row:
+    /// the reconciliation's chunks are written here with no Python object per row.
+    pub fn record_discrepancies(
+        &mut self,
+        gateway: &str,
+        business_day: &str,
+        found: &[Discrepancy],
+        now_us: i64,
+    ) -> rusqlite::Result<Vec<State>> {
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO discrepancies (discrepancy_id, gateway, business_day, category, \
+                 payment_id, gateway_reference, gateway_amount_minor, billing_amount_minor, \
+                 currency, detail, first_seen_at_us, last_seen_at_us) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11) \
+                 ON CONFLICT (discrepancy_id) DO UPDATE \
+                 SET last_seen_at_us = excluded.last_seen_at_us",
+            )?;
+            for d in found {
+                insert.execute(params![
+                    d.id,
+                    gateway,
+                    business_day,
+                    d.category.name(),
+                    d.payment_id,
+                    d.gateway_reference,
+                    d.gateway_amount_minor,
+                    d.billing_amount_minor,
+                    d.currency,
+                    d.detail,
+                    now_us,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        let mut states: HashMap<String, State> = HashMap::with_capacity(found.len());
+        for chunk in found.chunks(IN_LIST_MAX) {
+            let marks = vec!["?"; chunk.len()].join(",");
+            let mut select = self.db.prepare_cached(&format!(
+                "SELECT discrepancy_id, status, note FROM discrepancies \
+                 WHERE discrepancy_id IN ({marks})"
+            ))?;
+            let rows = select.query_map(
+                rusqlite::params_from_iter(chunk.iter().map(|d| d.id.as_str())),
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        State {
+                            status: r.get(1)?,
+                            note: r.get(2)?,
+                        },
+                    ))
+                },
+            )?;
+            for row in rows {
+                let (id, state) = row?;
+                states.insert(id, state);
+            }
+        }
+        found
+            .iter()
+            .map(|d| {
+                states
+                    .get(&d.id)
+                    .cloned()
+                    .ok_or(rusqlite::Error::QueryReturnedNoRows)
+            })
+            .collect()
     }
 
     /// Journals payments about to go to a gateway, in one transaction: per payment,

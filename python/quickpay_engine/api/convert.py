@@ -560,8 +560,18 @@ def reconcile_arguments(
     return request.gateway, request.report_csv, mapping, tolerance_s, day
 
 
-def reconcile_report(run: ReconcileRun) -> pb.ReconcileReport:
-    """The reply to Reconcile."""
+def reconcile_report(run: ReconcileRun) -> bytes:
+    """The reply to Reconcile, as the bytes of its ReconcileReport: encoded by the core
+    from the outcome it holds, without the GIL and without a message per discrepancy
+    (engine/src/reconcile/reply.rs; tests/test_reconcile_reply.py compares it with
+    ``reconcile_message``'s encoding)."""
+    r = run.result
+    return r.held.encode_report(r.gateway, r.business_day.isoformat())
+
+
+def reconcile_message(run: ReconcileRun) -> pb.ReconcileReport:
+    """The reply to Reconcile as a Python message: what the core's encoding is compared
+    with, and the reference of its fields."""
     r = run.result
     report = pb.ReconcileReport(
         records=r.records,

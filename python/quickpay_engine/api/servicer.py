@@ -150,14 +150,16 @@ RAW_RPCS = {
 # The others are parsed in the handler by their generated class: (handler kind,
 # request, response). They too are registered raw, so bytes that are not the request
 # are INVALID_ARGUMENT naming the message; a deserializer's exception would reach the
-# caller as UNKNOWN "Unexpected <class DecodeError>", with grpc's internal text.
+# caller as UNKNOWN "Unexpected <class DecodeError>", with grpc's internal text. A
+# response of None: the handler answers bytes already encoded (Reconcile's report,
+# encoded by the core: 50,000 discrepancies would be as many Python messages).
 TYPED_RPCS = {
     "GetPayment": (grpc.unary_unary_rpc_method_handler, pb.GetPaymentRequest, pb.Payment),
     "Refund": (grpc.unary_unary_rpc_method_handler, pb.RefundRequest, pb.RefundResponse),
     "WatchSettlements": (
         grpc.unary_stream_rpc_method_handler, pb.WatchRequest, pb.SettlementEvent
     ),
-    "Reconcile": (grpc.unary_unary_rpc_method_handler, pb.ReconcileRequest, pb.ReconcileReport),
+    "Reconcile": (grpc.unary_unary_rpc_method_handler, pb.ReconcileRequest, None),
     "AdjustBalance": (
         grpc.unary_unary_rpc_method_handler, pb.AdjustBalanceRequest, pb.AdjustBalanceResponse
     ),
@@ -201,7 +203,7 @@ def add_to_server(
             parsed = (_parsed_stream if streams else _parsed)(method, request, bytes_max)
         handlers[name] = make(
             _guarded(guard, name, parsed, make),
-            response_serializer=response.SerializeToString,
+            response_serializer=None if response is None else response.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
@@ -476,7 +478,8 @@ class SettlementServicer(pb_grpc.SettlementServicer):
 
     async def Reconcile(
         self, request: pb.ReconcileRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ReconcileReport:
+    ) -> bytes:
+        """The report as the bytes of a ReconcileReport, encoded by the core."""
         try:
             arguments = convert.reconcile_arguments(request, self._mappings_dir)
             if caller := current_caller().name:

@@ -4,10 +4,10 @@ in exactly one category. Pure: the same inputs give the same report."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
 
-from quickpay_engine._engine import SettlementReport, discrepancy_categories
+from quickpay_engine._engine import Reconciled, SettlementReport, discrepancy_categories
 from quickpay_engine.domain import BilledCapture, Discrepancy
 from quickpay_engine.reconcile.report import ReportError, ReportRow, ReportRows
 
@@ -35,21 +35,30 @@ EPOCH = date(1970, 1, 1)
 assert tuple(discrepancy_categories()) == CATEGORIES, "engine and Python disagree"
 
 
-@dataclass
 class Reconciliation:
-    """The outcome of one report."""
+    """The outcome of one report. Its discrepancies stay in the engine (``held``): the
+    server writes and answers them from there; ``discrepancies`` makes Python objects
+    of them only when read (the CLI, tests)."""
 
-    gateway: str
-    business_day: date
-    records: int = 0
-    matched: int = 0
-    discrepancies: list[Discrepancy] = field(default_factory=list)
+    def __init__(self, gateway: str, business_day: date, held: Reconciled) -> None:
+        self.gateway = gateway
+        self.business_day = business_day
+        self.held = held
+
+    @property
+    def records(self) -> int:
+        return self.held.records
+
+    @property
+    def matched(self) -> int:
+        return self.held.matched
+
+    @cached_property
+    def discrepancies(self) -> list[Discrepancy]:
+        return [Discrepancy(*d) for d in self.held.discrepancies()]
 
     def counts(self) -> dict[str, int]:
-        counts = {c: 0 for c in CATEGORIES}
-        for d in self.discrepancies:
-            counts[d.category] += 1
-        return counts
+        return dict(zip(CATEGORIES, self.held.counts(), strict=True))
 
 
 def day_bounds_us(day: date) -> tuple[int, int]:
@@ -122,7 +131,7 @@ def reconcile(
             ]
         )
     start_us, end_us = day_bounds_us(business_day)
-    records, matched, found = parsed.reconcile(
+    held = parsed.reconcile(
         gateway, business_day.isoformat(), start_us, end_us, tolerance_s, billed
     )
-    return Reconciliation(gateway, business_day, records, matched, [Discrepancy(*d) for d in found])
+    return Reconciliation(gateway, business_day, held)

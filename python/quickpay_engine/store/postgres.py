@@ -27,6 +27,7 @@ from typing import TypeVar
 import psycopg
 from psycopg import errors, sql
 
+from quickpay_engine._engine import Reconciled
 from quickpay_engine.domain import (
     BilledCapture,
     Discrepancy,
@@ -1005,6 +1006,22 @@ class PostgresStore:
             ([d.discrepancy_id for d in found],),
         )
         return {discrepancy_id: (status, note) for discrepancy_id, status, note in rows}
+
+    def record_reconciled(
+        self,
+        found: Reconciled,
+        gateway: str,
+        business_day: str,
+        start: int,
+        stop: int,
+        now_us: int,
+    ) -> None:
+        """``record_discrepancies`` of a reconciliation's discrepancies ``start..stop``
+        (Python objects, a chunk at a time: PostgreSQL is not the embedded default the
+        isolation bench measures), their states kept in ``found``."""
+        chunk = [Discrepancy(*d) for d in found.discrepancies(start, stop)]
+        states = self.record_discrepancies(gateway, business_day, chunk, now_us)
+        found.set_states(start, [states[d.discrepancy_id] for d in chunk])
 
     def set_discrepancy(self, discrepancy_id: str, status: str, note: str) -> bool:
         """Records an investigation's progress; False when there is no such discrepancy."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from quickpay_engine._engine import SqliteWriter
+from quickpay_engine._engine import Reconciled, SqliteWriter
 from quickpay_engine.domain import (
     BilledCapture,
     Discrepancy,
@@ -887,6 +887,20 @@ class SqliteStore:
             ):
                 states[discrepancy_id] = (status, note)
         return states
+
+    def record_reconciled(
+        self,
+        found: Reconciled,
+        gateway: str,
+        business_day: str,
+        start: int,
+        stop: int,
+        now_us: int,
+    ) -> None:
+        """``record_discrepancies`` of a reconciliation's discrepancies ``start..stop``,
+        written by the core on this store's own core connection, without the GIL and
+        without a Python object per row; their states are kept in ``found``."""
+        self._writer.record_discrepancies(found, gateway, business_day, start, stop, now_us)
 
     def set_discrepancy(self, discrepancy_id: str, status: str, note: str) -> bool:
         """Records an investigation's progress; False when there is no such discrepancy."""
