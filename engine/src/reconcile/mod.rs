@@ -8,7 +8,7 @@
 //! (benches/RESULTS.md, "Reconciliation").
 
 mod matcher;
-mod report;
+pub(crate) mod report;
 
 #[cfg(test)]
 mod tests;

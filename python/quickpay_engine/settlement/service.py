@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from quickpay_engine._engine import Engine, FraudScorer
-from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord, SubscriberRow
+from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord
 from quickpay_engine.errors import (
     IdempotencyConflict,
     InvalidArgument,
@@ -100,9 +100,6 @@ class SettlementService:
         self.book = book
         self.router = router
         self.engine = Engine(engine_config_json)
-        # The billing system's subscribers, for the fraud features only a carrier has
-        # (SIM swap, account age, plan, country); filled at start.
-        self._subscribers: dict[str, SubscriberRow] = {}
         # A second connection for the replay lookups, where the store offers one.
         self._reader = store.open_reader()
         self._reader_thread = StoreThread("store-reader")
@@ -114,7 +111,7 @@ class SettlementService:
             router,
             (self._reader, self._reader_thread),
             on_commit=self._committed_batch,
-            fraud=FraudGate(self._subscribers, card_key, fraud_scorer, fraud_enforce),
+            fraud=FraudGate(self.engine.subscriber_profiles, card_key, fraud_scorer, fraud_enforce),
             fence=fence,
         )
         # Watchers are woken from one shared poll of the outbox's head (settlement/watch.py).
@@ -150,18 +147,16 @@ class SettlementService:
         self._inflight: dict[str, tuple[str, asyncio.Task[Outcome]]] = {}
 
     async def start(self, sweep_s: float | None = None) -> list[Action]:
-        """Opens the subscribers' ledger accounts, finishes what an earlier run left
-        unfinished (recovery, before serving), loads the subscriber table into the
-        engine and starts batching and the periodic sweep. Returns recovery's actions."""
-        rows = await self._thread.run(self._store.load_subscribers)
-        self.book.open_accounts(rows)
+        """Finishes what an earlier run left unfinished (recovery, before serving), loads
+        the subscriber table into the engine (the only copy in memory: fraud scoring
+        reads its profiles there) and starts batching and the periodic sweep. A
+        subscriber's ledger account is opened by its first hold. Returns recovery's
+        actions."""
         actions = await self.recovery.run()
         if self.metrics is not None:
             self.metrics.recovered(a.action for a in actions)
-        if actions:
-            rows = await self._thread.run(self._store.load_subscribers)
-        load_engine(self.engine, rows)
-        self._subscribers.update((row.account_id, row) for row in rows)
+        count = await self._thread.run(load_engine, self.engine, self._store)
+        log.info("%d subscribers loaded into the engine", count)
         self._batcher.start()
         if self.metrics is not None:
             self.metrics.watch_queue(self._batcher.waiting, self._batcher.queue_max)
