@@ -361,11 +361,17 @@ pub fn import_sqlite(db: &Path, file: &Path, replace: bool) -> Result<Imported, 
             ]);
             if let Err(err) = done {
                 if err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
-                    let text = err.to_string();
-                    let message = if text.contains(".msisdn") {
-                        format!("msisdn {} appears twice", py_repr(&row.msisdn))
-                    } else {
+                    // SQLite names whichever key it checked first; the account id is
+                    // named first when both repeat, as the Python reader did.
+                    let account_twice: bool = tx.query_row(
+                        &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE account_id = ?1)"),
+                        [&row.account_id],
+                        |r| r.get(0),
+                    )?;
+                    let message = if account_twice {
                         format!("account_id {} appears twice", py_repr(&row.account_id))
+                    } else {
+                        format!("msisdn {} appears twice", py_repr(&row.msisdn))
                     };
                     return Err(ImportError::Row(RowError {
                         line: row.line,
