@@ -328,14 +328,6 @@ impl SubscriberTable {
     /// Inserts or replaces a subscriber (the billing system's copy wins); holds and
     /// usage counters of a known account are kept.
     pub fn upsert(&mut self, subscriber: Subscriber) -> Result<(), TableError> {
-        let malformed = || TableError::Malformed {
-            account_id: subscriber.account_id.clone(),
-        };
-        let account_id = subscriber.account_id.as_bytes();
-        if !is_account_id(account_id) || account_id.len() > ACCOUNT_ID_LEN_MAX {
-            return Err(malformed());
-        }
-        let msisdn = InlineBytes::new(subscriber.msisdn.as_bytes()).ok_or_else(malformed)?;
         let profile = Profile {
             plan: subscriber.plan,
             status: subscriber.status,
@@ -345,8 +337,35 @@ impl SubscriberTable {
             sim_swapped_at_s: subscriber.sim_swapped_at_s.unwrap_or(NEVER),
             created_at_s: subscriber.created_at_s,
         };
-        if let Some(at) = self.position(account_id) {
-            let entry = &mut self.entries[at];
+        self.upsert_parts(
+            subscriber.account_id.as_bytes(),
+            subscriber.msisdn.as_bytes(),
+            profile,
+        )
+    }
+
+    /// `upsert` from borrowed parts (a load reads them straight from the store's rows).
+    pub fn upsert_parts(
+        &mut self,
+        account_id: &[u8],
+        msisdn: &[u8],
+        profile: Profile,
+    ) -> Result<(), TableError> {
+        let malformed = || TableError::Malformed {
+            account_id: String::from_utf8_lossy(account_id).into_owned(),
+        };
+        if !is_account_id(account_id) || account_id.len() > ACCOUNT_ID_LEN_MAX {
+            return Err(malformed());
+        }
+        let msisdn = InlineBytes::new(msisdn).ok_or_else(malformed)?;
+        let hash = hash_of(account_id);
+        let (entries, ids) = (&self.entries, &self.ids);
+        let found = self
+            .index
+            .find(hash, |&i| id_of(ids, &entries[i as usize]) == account_id)
+            .copied();
+        if let Some(at) = found {
+            let entry = &mut self.entries[at as usize];
             entry.subscriber = profile;
             entry.msisdn = msisdn;
             return Ok(());
@@ -369,10 +388,9 @@ impl SubscriberTable {
             usage: Usage::default(),
         });
         let (entries, ids) = (&self.entries, &self.ids);
-        self.index
-            .insert_unique(hash_of(account_id), position, |&i| {
-                hash_of(id_of(ids, &entries[i as usize]))
-            });
+        self.index.insert_unique(hash, position, |&i| {
+            hash_of(id_of(ids, &entries[i as usize]))
+        });
         Ok(())
     }
 
