@@ -9,8 +9,8 @@ import pytest
 from _support import intents, size, subscribers
 
 from quickpay_engine._engine import Engine
-from quickpay_engine.settlement.pipeline import load_engine
 from quickpay_engine.settlement.validation import validate_batch, wall_clock_s
+from quickpay_engine.subscribers import load_rows
 
 SUBSCRIBERS = size(100_000, 200)
 BATCH = size(512, 16)
@@ -24,7 +24,7 @@ def rows():
 @pytest.fixture(scope="module")
 def engine(rows):
     engine = Engine()
-    load_engine(engine, rows)
+    load_rows(engine, rows)
     return engine
 
 
@@ -43,5 +43,5 @@ def test_engine_validate(benchmark, engine, rows, batch) -> None:
 def test_engine_upsert_subscribers(benchmark, rows) -> None:
     engine = Engine()
     benchmark.extra_info["rows_per_call"] = len(rows)
-    benchmark(load_engine, engine, rows)
+    benchmark(load_rows, engine, rows)
     assert engine.subscriber_count() == len(rows)

@@ -12,8 +12,7 @@ import uuid
 from pathlib import Path
 
 from quickpay_engine._engine import Ledger
-from quickpay_engine.domain import Plan, SubscriberRow
-from quickpay_engine.settlement.ledger_book import LedgerBook, Movement
+from quickpay_engine.settlement.ledger_book import KIND_RECEIVABLE, LedgerBook, Movement
 
 
 def status(field: str) -> int:
@@ -32,11 +31,7 @@ async def main(n):
     d = tempfile.mkdtemp(dir="/tmp")
     book = LedgerBook(Ledger.open(Path(d), payments_max=n + 10, transfers_max=2 * n + 10))
     ids = [f"acc-{i}" for i in range(1000)]
-    rows = [
-        SubscriberRow(a, f"+3069{i:08d}", Plan.POSTPAID, 1, "EUR", 0, "GR", None, 0)
-        for i, a in enumerate(ids)
-    ]
-    book.open_accounts(rows)
+    book.open_accounts(ids, [KIND_RECEIVABLE] * len(ids), ["EUR"] * len(ids))
     gc.collect()
     before = rss()
     chunk = 2000

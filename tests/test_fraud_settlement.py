@@ -13,13 +13,14 @@ import grpc
 import pytest
 
 from conftest import bill, settings_for
-from quickpay_engine._engine import FraudScorer, sign_assertion
+from quickpay_engine._engine import Engine, FraudScorer, sign_assertion
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.domain import Method, MethodDetail, MethodKind, PaymentIntent, Purpose
 from quickpay_engine.fraud import default_model_json, default_rules
 from quickpay_engine.server import create_server
 from quickpay_engine.settlement.fraud_gate import FraudGate, card_fingerprint
+from quickpay_engine.subscribers import load_rows
 
 
 def scorer(review: int, decline: int) -> FraudScorer:
@@ -109,7 +110,9 @@ def test_step_up_lets_a_review_through_but_never_a_decline(
 ) -> None:
     from conftest import SUBSCRIBERS
 
-    gate = FraudGate({s.account_id: s for s in SUBSCRIBERS}, b"k" * 32, scorer(review, decline))
+    engine = Engine()
+    load_rows(engine, SUBSCRIBERS)
+    gate = FraudGate(engine.subscriber_profiles, b"k" * 32, scorer(review, decline))
     (verdict,) = gate.score([intent("s1", assertion)], now_s=1_790_000_000)
     assert verdict.decline_reason == reason
 

@@ -297,14 +297,11 @@ async def test_the_book_forgets_old_transfers_and_snapshots_so_memory_and_log_st
     """Transfers of payments older than the retention window are forgotten (holds still
     pending are kept), and once enough records are logged the book snapshots the ledger,
     which removes the log segments it covers; a restart finds the same state."""
-    from quickpay_engine.domain import LineStatus, Plan, SubscriberRow
-    from quickpay_engine.settlement.ledger_book import RESERVED, LedgerBook, Movement
+    from quickpay_engine.settlement.ledger_book import KIND_PREPAID, RESERVED, LedgerBook, Movement
 
     now = [S]
     book = LedgerBook(open_ledger(tmp_path, retention_s=60), clock_ns=lambda: now[0])
-    row = SubscriberRow("acc-1", "+254700000001", Plan.PREPAID, LineStatus.ACTIVE, "KES", 0,
-                        "KE", None, 0)  # fmt: skip
-    book.open_accounts([row])
+    book.open_accounts(["acc-1"], [KIND_PREPAID], ["KES"])
     for batch in range(40):
         moves = [
             Movement(f"pay_{batch + 1:04x}{n + 1:028x}", "acc-1", 100, "KES") for n in range(50)

@@ -648,3 +648,36 @@ def test_migrate_applies_every_version_once() -> None:
         PostgresStore(url).close()
     finally:
         drop_database(url)
+
+
+def test_a_subscriber_file_streams_in_and_loads_into_the_engine(
+    one: Databases, tmp_path: Path
+) -> None:
+    """The PostgreSQL import: COPYed chunks into a staging table, merged; upsert by
+    default, --replace closes what the file lacks; the first bad line in file order is
+    named (a repeat before a malformed line), and nothing lands. The engine's table is
+    then loaded through a server-side cursor."""
+    from quickpay_engine._engine import Engine
+    from quickpay_engine.errors import ImportRowError
+    from quickpay_engine.subscribers import to_csv_text
+
+    store = one.store
+    lines = to_csv_text(SUBSCRIBERS).splitlines()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join([*lines, lines[1], lines[2].replace(",GR,", ",GRC,")]) + "\n")
+    with pytest.raises(ImportRowError, match=r"^line 7: account_id .* appears twice"):
+        store.import_subscriber_file(bad)
+    new = "acc-new,+306900000077,PREPAID,ACTIVE,EUR,500,GR,,2026-01-01T00:00:00Z"
+    part = tmp_path / "part.csv"
+    part.write_text("\n".join([lines[0], lines[1], new]) + "\n")
+    assert store.import_subscriber_file(part) == (2, 0)
+    assert len(store.load_subscribers()) == len(SUBSCRIBERS) + 1
+    rows, closed = store.import_subscriber_file(part, replace=True)
+    still_open = sum(1 for s in SUBSCRIBERS[1:] if s.status.name != "CLOSED")
+    assert (rows, closed) == (2, still_open)
+    kept = {SUBSCRIBERS[0].account_id, "acc-new"}
+    others = {s.status.name for s in store.load_subscribers() if s.account_id not in kept}
+    assert others == {"CLOSED"}
+    engine = Engine()
+    assert store.load_subscribers_into(engine) == len(SUBSCRIBERS) + 1
+    assert engine.subscriber_count() == len(SUBSCRIBERS) + 1

@@ -155,3 +155,65 @@ def test_seed_is_deterministic_and_importable(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     with (tmp_path / "subscribers.csv").open() as text:
         assert len(parse_csv(text)) == 50
+
+
+def _import(path: Path, data_dir: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("subscribers", "import", str(path), "--data-dir", str(data_dir), *flags,
+                   cwd=data_dir)  # fmt: skip
+
+
+def _stored(data_dir: Path) -> dict[str, object]:
+    store = SqliteStore(settings_for(data_dir).sqlite_path)
+    try:
+        return {r.account_id: r for r in store.load_subscribers()}
+    finally:
+        store.close()
+
+
+def test_default_import_upserts_and_replace_closes_the_missing(tmp_path: Path) -> None:
+    """Default: the file's rows are inserted or updated, the others left as they are.
+    --replace: the file is the whole base, and a line missing from it is CLOSED, never
+    deleted."""
+    good = tmp_path / "good.csv"
+    good.write_text(GOOD)
+    assert _import(good, tmp_path).returncode == 0
+    lines = GOOD.splitlines()
+    first = lines[1].split(",")
+    gone = lines[2].split(",")[0]
+    first[COLUMNS.index("balance_minor")] = "1234"
+    new = "acc-new,+306900000077,PREPAID,ACTIVE,EUR,500,GR,,2026-01-01T00:00:00Z"
+    part = tmp_path / "part.csv"
+    part.write_text("\n".join([lines[0], ",".join(first), new]) + "\n")
+    done = _import(part, tmp_path)
+    assert done.returncode == 0, done.stderr
+    stored = _stored(tmp_path)
+    assert len(stored) == len(SUBSCRIBERS) + 1
+    assert stored[first[0]].balance_minor == 1234  # type: ignore[attr-defined]
+    assert stored[gone] == next(s for s in SUBSCRIBERS if s.account_id == gone)
+
+    whole = tmp_path / "whole.csv"
+    whole.write_text("\n".join([lines[0], ",".join(first), new]) + "\n")
+    done = _import(whole, tmp_path, "--replace")
+    assert done.returncode == 0, done.stderr
+    closed = len(SUBSCRIBERS) - 1 - sum(1 for s in SUBSCRIBERS if s.status.name == "CLOSED")
+    assert f"{closed} lines missing from the file closed" in done.stdout
+    stored = _stored(tmp_path)
+    assert len(stored) == len(SUBSCRIBERS) + 1, "closed, never deleted"
+    assert stored[gone].status.name == "CLOSED"  # type: ignore[attr-defined]
+    assert stored["acc-new"].status.name == "ACTIVE"  # type: ignore[attr-defined]
+
+
+def test_a_duplicate_in_an_import_is_named_by_its_line_and_loads_nothing(tmp_path: Path) -> None:
+    """Into an empty table and into a loaded one (the staging path), the same message."""
+    lines = GOOD.splitlines()
+    twice = tmp_path / "twice.csv"
+    twice.write_text("\n".join([*lines, lines[2]]) + "\n")
+    for _ in range(2):
+        done = _import(twice, tmp_path)
+        assert done.returncode == 1
+        assert f"line {len(lines) + 1}: account_id" in done.stderr, done.stderr
+        assert "appears twice" in done.stderr
+        good = tmp_path / "good.csv"
+        good.write_text(GOOD)
+        assert _import(good, tmp_path).returncode == 0
+    assert len(_stored(tmp_path)) == len(SUBSCRIBERS)

@@ -95,6 +95,17 @@ class Engine:
         ``sim_swapped_at_s``: ``NO_TIME`` for never. Holds and counters of a known
         account are kept. A subscriber whose account id is not 1 to 64 of
         ``[A-Za-z0-9_-]`` or whose msisdn is over 16 bytes raises ``InvalidBatch``."""
+    def load_subscribers_sqlite(self, path: str) -> int:
+        """Loads every subscriber of the SQLite store at ``path`` into the table
+        (inserting or replacing, as ``upsert_subscribers``), read by the core with no
+        Python object per subscriber; returns how many rows were read."""
+    def subscriber_profiles(
+        self, account_ids: list[str]
+    ) -> tuple[npt.NDArray[np.uint8], list[str], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """(plans, countries, sim_swapped_at_s, created_at_s) of a batch of accounts, in
+        order; an unknown account has plan 0, country "", ``NO_TIME`` and 0."""
+    def subscriber_table_bytes(self) -> int:
+        """Bytes the subscriber table holds (its allocations)."""
     def set_states(
         self,
         account_ids: list[str],
@@ -744,3 +755,32 @@ def decode_pay_batch(
     """Decodes a PayBatchRequest's payments, each on its own, as ``decode_pay_requests``
     does. A call of more than ``payments_max`` payments, or whose own framing is broken,
     is refused whole with ``RequestUndecodable`` before any payment is decoded."""
+
+# -- subscriber files (store/subscriber_file.rs) ------------------------------------
+
+SUBSCRIBER_ROWS_MAX: int
+
+class SubscriberFileError(ValueError):
+    """A subscriber file's first bad line: ``args`` are (line, message)."""
+
+def import_subscribers_sqlite(db_path: str, file_path: str, replace: bool) -> tuple[int, int]:
+    """Imports a subscriber CSV into the SQLite store at ``db_path``, streamed, in one
+    transaction; returns (rows written, lines closed by ``replace``). A bad line raises
+    ``SubscriberFileError``, a constraint against rows already there
+    ``sqlite3.IntegrityError``, an unreadable file ``OSError``; nothing is written then."""
+
+@final
+class SubscriberFile:
+    """A subscriber file read in chunks of checked rows."""
+
+    @staticmethod
+    def open(path: str) -> SubscriberFile:
+        """Opens a file and checks its header."""
+    @staticmethod
+    def from_bytes(data: bytes) -> SubscriberFile:
+        """Reads a file's text held in memory."""
+    def read(self, n: int) -> list[tuple[int, str, str, int, int, str, int, str, int | None, int]]:
+        """Up to ``n`` more rows, (line, account_id, msisdn, plan, status, currency,
+        balance_minor, country, sim_swapped_at_s or None, created_at_s); an empty list
+        at the end. A bad line raises ``SubscriberFileError`` once the rows before it
+        have been returned."""

@@ -1,8 +1,9 @@
 """Subscribers in: the billing system's CSV export, parsed strictly, and a seeded generator.
 
-The columns keep the names DESIGN.md fixes. A bad row is reported with its line number,
-and since parsing finishes before anything is written, nothing from a bad file is
-half-loaded.
+The columns keep the names DESIGN.md fixes. The file is read by the core as a stream
+(store/subscriber_file.rs), so an import holds one chunk at a time whatever the file's
+size; a bad row is reported with its line number, and since the import is one
+transaction, nothing from a bad file is half-loaded.
 """
 
 from __future__ import annotations
@@ -10,14 +11,26 @@ from __future__ import annotations
 import csv
 import io
 import random
-import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
-from quickpay_engine._engine import currency_exponent
+import numpy as np
+
+from quickpay_engine._engine import (
+    NO_TIME,
+    SUBSCRIBER_ROWS_MAX,
+    Engine,
+    SubscriberFile,
+    SubscriberFileError,
+)
 from quickpay_engine.domain import LineStatus, Plan, SubscriberRow
 from quickpay_engine.errors import ImportRowError
+
+# One checked row as the core's reader gives it: (line, account_id, msisdn, plan, status,
+# currency, balance_minor, country, sim_swapped_at_s or None, created_at_s).
+FileRow = tuple[int, str, str, int, int, str, int, str, int | None, int]
 
 COLUMNS = (
     "account_id",
@@ -31,101 +44,96 @@ COLUMNS = (
     "created_at",
 )
 
-# A file may hold at most this many rows; a larger export is split by the carrier.
-# At the bound the import fails before writing anything.
-ROWS_MAX = 5_000_000
+# A file may hold at most this many rows: the engine's subscriber table holds no more
+# (one partition of a carrier's base, 20 million). At the bound the import fails before
+# writing anything. Files are read as a stream, so the bound is not about memory.
+ROWS_MAX = SUBSCRIBER_ROWS_MAX
 
-_ACCOUNT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
-_COUNTRY = re.compile(r"[A-Z]{2}")
-_INTEGER = re.compile(r"-?[0-9]{1,18}")
+# Rows per chunk read from a file where they cross into Python (PostgreSQL, parse_csv).
+FILE_CHUNK_ROWS = 50_000
+
+
+def read_chunks(source: SubscriberFile) -> Iterator[list[FileRow]]:
+    """A file's checked rows, chunk by chunk; raises ImportRowError at the first bad
+    line, after the chunks before it."""
+    while True:
+        try:
+            chunk = source.read(FILE_CHUNK_ROWS)
+        except SubscriberFileError as err:
+            line, message = err.args
+            raise ImportRowError(line, message) from None
+        if not chunk:
+            return
+        yield chunk
+
+
+def open_file(path: Path) -> SubscriberFile:
+    """Opens a subscriber file and checks its header (ImportRowError, OSError)."""
+    try:
+        return SubscriberFile.open(str(path))
+    except SubscriberFileError as err:
+        line, message = err.args
+        raise ImportRowError(line, message) from None
 
 
 def parse_csv(text: TextIO) -> list[SubscriberRow]:
-    """Parses a whole export; raises ImportRowError naming the first bad line."""
-    reader = csv.reader(text, strict=True)
+    """Parses a whole export held in memory (tests and small tools: an import streams
+    the file instead); raises ImportRowError naming the first bad line. Same reader,
+    checks and messages as an import."""
     try:
-        header = next(reader)
-    except StopIteration:
-        raise ImportRowError(1, "empty file: expected a header row") from None
-    except csv.Error as err:
-        raise ImportRowError(1, f"malformed CSV: {err}") from None
-    header = [name.strip() for name in header]
-    if sorted(header) != sorted(COLUMNS):
-        missing = sorted(set(COLUMNS) - set(header))
-        extra = sorted(set(header) - set(COLUMNS))
-        raise ImportRowError(
-            1, f"header must name {', '.join(COLUMNS)}; missing {missing}, unknown {extra}"
-        )
+        source = SubscriberFile.from_bytes(text.read().encode())
+    except SubscriberFileError as err:
+        line, message = err.args
+        raise ImportRowError(line, message) from None
     rows: list[SubscriberRow] = []
     accounts: set[str] = set()
     msisdns: set[str] = set()
-    try:
-        for fields in reader:
-            line = reader.line_num
-            if not fields:
-                continue
-            if len(rows) >= ROWS_MAX:
-                raise ImportRowError(line, f"more than {ROWS_MAX} rows in one file")
-            if len(fields) != len(header):
-                raise ImportRowError(line, f"expected {len(header)} fields, found {len(fields)}")
-            row = _row(dict(zip(header, fields, strict=True)), line)
-            if row.account_id in accounts:
-                raise ImportRowError(line, f"account_id {row.account_id!r} appears twice")
-            if row.msisdn in msisdns:
-                raise ImportRowError(line, f"msisdn {row.msisdn!r} appears twice")
-            accounts.add(row.account_id)
-            msisdns.add(row.msisdn)
-            rows.append(row)
-    except csv.Error as err:
-        raise ImportRowError(reader.line_num, f"malformed CSV: {err}") from None
+    for chunk in read_chunks(source):
+        for line, a, m, p, s, c, b, co, sw, cr in chunk:
+            if a in accounts:
+                raise ImportRowError(line, f"account_id {a!r} appears twice")
+            if m in msisdns:
+                raise ImportRowError(line, f"msisdn {m!r} appears twice")
+            accounts.add(a)
+            msisdns.add(m)
+            rows.append(SubscriberRow(a, m, Plan(p), LineStatus(s), c, b, co, sw, cr))
     return rows
 
 
-def _row(f: dict[str, str], line: int) -> SubscriberRow:
-    def bad(column: str, why: str) -> ImportRowError:
-        return ImportRowError(line, f"{column} {f[column]!r}: {why}")
+# Subscribers per chunk where rows cross Python on their way to the engine (the
+# PostgreSQL load): memory for one chunk, never the whole base.
+LOAD_CHUNK_ROWS = 100_000
 
-    if not _ACCOUNT_ID.fullmatch(f["account_id"]):
-        raise bad("account_id", "must be 1 to 64 characters of [A-Za-z0-9_-]")
-    if not _E164.fullmatch(f["msisdn"]):
-        raise bad("msisdn", "must be E.164 ('+' then 8 to 15 digits, no leading zero)")
-    try:
-        plan = Plan[f["plan"]]
-    except KeyError:
-        raise bad("plan", "must be PREPAID or POSTPAID") from None
-    try:
-        status = LineStatus[f["status"]]
-    except KeyError:
-        raise bad("status", "must be ACTIVE, SUSPENDED, BARRED or CLOSED") from None
-    if currency_exponent(f["currency"]) is None:
-        raise bad("currency", "must be an ISO 4217 alphabetic code with a minor unit")
-    if not _INTEGER.fullmatch(f["balance_minor"]):
-        raise bad("balance_minor", "must be a whole number of minor units (no decimal point)")
-    if not _COUNTRY.fullmatch(f["country"]):
-        raise bad("country", "must be an ISO 3166 alpha-2 code such as GR")
-    swapped = _time(f, "sim_swapped_at", line) if f["sim_swapped_at"] else None
-    return SubscriberRow(
-        account_id=f["account_id"],
-        msisdn=f["msisdn"],
-        plan=plan,
-        status=status,
-        currency=f["currency"],
-        balance_minor=int(f["balance_minor"]),
-        country=f["country"],
-        sim_swapped_at_s=swapped,
-        created_at_s=_time(f, "created_at", line),
+
+def upsert_rows(engine: Engine, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Upserts database rows (the store's subscriber columns, in COLUMNS' order) into
+    the engine's table as one batch of columns."""
+    if not rows:
+        return
+    a, m, p, s, c, b, co, sw, cr = zip(*rows, strict=True)
+    engine.upsert_subscribers(
+        list(a),
+        list(m),
+        np.array(p, np.uint8),
+        np.array(s, np.uint8),
+        list(c),
+        np.array(b, np.int64),
+        list(co),
+        np.array([NO_TIME if t is None else t for t in sw], np.int64),
+        np.array(cr, np.int64),
     )
 
 
-def _time(f: dict[str, str], column: str, line: int) -> int:
-    try:
-        moment = datetime.fromisoformat(f[column])
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None or "T" not in f[column]:
-        raise ImportRowError(line, f"{column} {f[column]!r}: must be RFC 3339 with a time zone")
-    return int(moment.timestamp())
+def load_rows(engine: Engine, rows: Sequence[SubscriberRow]) -> None:
+    """Upserts SubscriberRows into the engine's table (tests, benches, small tools)."""
+    upsert_rows(
+        engine,
+        [
+            (r.account_id, r.msisdn, int(r.plan), int(r.status), r.currency, r.balance_minor,
+             r.country, r.sim_swapped_at_s, r.created_at_s)
+            for r in rows
+        ],
+    )  # fmt: skip
 
 
 def rfc3339(epoch_s: int) -> str:

@@ -15,6 +15,7 @@ use super::check_len;
 use super::reconcile::Reconciled;
 use crate::store::rows::{Decision, Fraud};
 use crate::store::sqlite::{message, Failure, Writer};
+use crate::store::subscriber_file::{import_sqlite, ImportError, Reader, RowError, ROWS_MAX};
 
 /// A decision's columns, read by attribute from `quickpay_engine.store.rows.CommitColumns`.
 #[derive(FromPyObject)]
@@ -261,7 +262,141 @@ impl SqliteWriter {
     }
 }
 
+pyo3::create_exception!(
+    _engine,
+    SubscriberFileError,
+    pyo3::exceptions::PyValueError,
+    "A subscriber file's first bad line: args are (line, message)."
+);
+
+fn row_error(err: RowError) -> PyErr {
+    SubscriberFileError::new_err((err.line, err.message))
+}
+
+/// Imports a subscriber CSV into the SQLite store at `db_path`, streamed, in one
+/// transaction (see `store::subscriber_file::import_sqlite`); returns (rows written,
+/// lines closed by `replace`). A bad line raises `SubscriberFileError(line, message)`,
+/// a constraint against the rows already there `sqlite3.IntegrityError`, a file that
+/// cannot be read `OSError`; nothing is written then.
+#[pyfunction]
+fn import_subscribers_sqlite(
+    py: Python<'_>,
+    db_path: PathBuf,
+    file_path: PathBuf,
+    replace: bool,
+) -> PyResult<(u64, u64)> {
+    match py.detach(|| import_sqlite(&db_path, &file_path, replace)) {
+        Ok(done) => Ok((done.rows, done.closed)),
+        Err(ImportError::Row(err)) => Err(row_error(err)),
+        Err(ImportError::Io(err)) => Err(err.into()),
+        Err(ImportError::Conflict(text)) => Err(
+            match py
+                .import("sqlite3")
+                .and_then(|m| m.getattr("IntegrityError"))
+                .and_then(|class| class.call1((text,)))
+            {
+                Ok(exception) => PyErr::from_value(exception),
+                Err(import_failed) => import_failed,
+            },
+        ),
+        Err(ImportError::Sqlite(err)) => Err(sqlite_error(py, &err)),
+    }
+}
+
+/// A subscriber file read in chunks of checked rows (the PostgreSQL import, parse_csv).
+#[pyclass]
+struct SubscriberFile {
+    reader: Reader<Box<dyn std::io::Read + Send + Sync>>,
+    /// A bad line found after rows of the same chunk: those are returned first (a
+    /// duplicate among them is an earlier error), it is raised by the next `read`.
+    failed: Option<RowError>,
+}
+
+/// A row as Python gets it: (line, account_id, msisdn, plan, status, currency,
+/// balance_minor, country, sim_swapped_at_s or None, created_at_s).
+type RowTuple = (
+    u64,
+    String,
+    String,
+    u8,
+    u8,
+    String,
+    i64,
+    String,
+    Option<i64>,
+    i64,
+);
+
+#[pymethods]
+impl SubscriberFile {
+    /// Opens a file and checks its header.
+    #[staticmethod]
+    fn open(path: PathBuf) -> PyResult<SubscriberFile> {
+        let file = std::fs::File::open(path)?;
+        let source: Box<dyn std::io::Read + Send + Sync> =
+            Box::new(std::io::BufReader::with_capacity(1 << 20, file));
+        Ok(SubscriberFile {
+            reader: Reader::new(source).map_err(row_error)?,
+            failed: None,
+        })
+    }
+
+    /// Reads a file's text held in memory (tests, small tools).
+    #[staticmethod]
+    fn from_bytes(data: Vec<u8>) -> PyResult<SubscriberFile> {
+        let source: Box<dyn std::io::Read + Send + Sync> = Box::new(std::io::Cursor::new(data));
+        Ok(SubscriberFile {
+            reader: Reader::new(source).map_err(row_error)?,
+            failed: None,
+        })
+    }
+
+    /// Up to `n` more rows; an empty list at the end of the file. A bad line raises
+    /// `SubscriberFileError`, once the rows before it have been returned.
+    fn read(&mut self, py: Python<'_>, n: usize) -> PyResult<Vec<RowTuple>> {
+        if let Some(err) = self.failed.take() {
+            return Err(row_error(err));
+        }
+        let (reader, failed) = (&mut self.reader, &mut self.failed);
+        py.detach(|| {
+            let mut out = Vec::with_capacity(n.min(1 << 16));
+            while out.len() < n {
+                let r = match reader.next() {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(err) if out.is_empty() => return Err(err),
+                    Err(err) => {
+                        *failed = Some(err);
+                        break;
+                    }
+                };
+                out.push((
+                    r.line,
+                    r.account_id,
+                    r.msisdn,
+                    r.plan,
+                    r.status,
+                    r.currency,
+                    r.balance_minor,
+                    r.country,
+                    r.sim_swapped_at_s,
+                    r.created_at_s,
+                ));
+            }
+            Ok(out)
+        })
+        .map_err(row_error)
+    }
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SqliteWriter>()?;
+    m.add_class::<SubscriberFile>()?;
+    m.add_function(wrap_pyfunction!(import_subscribers_sqlite, m)?)?;
+    m.add(
+        "SubscriberFileError",
+        m.py().get_type::<SubscriberFileError>(),
+    )?;
+    m.add("SUBSCRIBER_ROWS_MAX", ROWS_MAX)?;
     Ok(())
 }

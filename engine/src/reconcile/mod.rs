@@ -9,7 +9,7 @@
 
 mod matcher;
 mod reply;
-mod report;
+pub(crate) mod report;
 
 #[cfg(test)]
 mod tests;

@@ -357,7 +357,7 @@ fn captured_at_us(text: &str, line: u64) -> Result<i64, ReportError> {
 }
 
 /// A string as Python's `repr` writes it, since the messages quote cells that way.
-pub(super) fn py_repr(text: &str) -> String {
+pub(crate) fn py_repr(text: &str) -> String {
     let quote = if text.contains('\'') && !text.contains('"') {
         '"'
     } else {

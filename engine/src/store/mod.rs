@@ -9,5 +9,6 @@ pub mod canonical;
 pub mod rows;
 pub mod sqlite;
 
+pub mod subscriber_file;
 #[cfg(test)]
 mod tests;

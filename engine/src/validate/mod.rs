@@ -25,8 +25,8 @@ pub use codes::RejectCode;
 pub use config::{ConfigError, EngineConfig, Rules};
 pub use formats::{is_account_id, is_e164, is_idempotency_key};
 pub use subscribers::{
-    Entry, Plan, StateError, Status, Subscriber, SubscriberTable, TableError, Usage,
-    HELD_MINOR_MAX, SUBSCRIBERS_MAX,
+    Entry, Plan, Profile, StateError, Status, Subscriber, SubscriberTable, TableError, Usage,
+    HELD_MINOR_MAX, NEVER, SUBSCRIBERS_MAX,
 };
 
 pub use clock::Now;

@@ -5,9 +5,9 @@
 //! a hash lookup, not a database round trip.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 
+use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 
 use super::clock::{day_index, month_index, Now};
@@ -162,8 +162,6 @@ impl<const N: usize> Borrow<[u8]> for InlineBytes<N> {
     }
 }
 
-type AccountKey = InlineBytes<ACCOUNT_ID_LEN_MAX>;
-
 /// Why a batch of state changes was refused; nothing of the batch was applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StateError {
@@ -237,26 +235,70 @@ impl Usage {
     }
 }
 
-/// What the engine keeps per account beside the billing system's copy.
+/// What the engine keeps of a subscriber's billing record, fixed size: the account id
+/// and MSISDN are kept apart (see `Entry`), and "never swapped" is `NEVER`, not an
+/// `Option` (which would double the field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Profile {
+    pub plan: Plan,
+    pub status: Status,
+    pub currency: Currency,
+    pub balance_minor: i64,
+    pub country: [u8; 2],
+    /// When the SIM was last swapped, Unix seconds; `NEVER` if never.
+    pub sim_swapped_at_s: i64,
+    pub created_at_s: i64,
+}
+
+/// `Profile::sim_swapped_at_s` of a SIM never swapped (the bindings' `NO_TIME`).
+pub const NEVER: i64 = i64::MIN;
+
+/// What the engine keeps per account beside the billing system's copy: about 120
+/// bytes, plus the account id's bytes in the table's arena and a 4-byte index slot.
 #[derive(Clone, Debug)]
 pub struct Entry {
-    pub subscriber: Subscriber,
-    /// `subscriber.msisdn`, inline (see `InlineBytes`).
+    pub subscriber: Profile,
+    /// The subscriber's MSISDN, inline (see `InlineBytes`).
     pub msisdn: InlineBytes<MSISDN_BYTES_MAX>,
+    /// Where the account id lies in `SubscriberTable::ids`.
+    account_at: u32,
+    account_len: u8,
     /// Pending holds on the line's credit (carrier-balance payments in flight).
     pub held_minor: i64,
     pub usage: Usage,
 }
 
-/// Subscribers by account id.
+/// Subscribers by account id, compact: at ten million subscribers the table is the
+/// engine's largest, so it holds no allocation per subscriber. The entries lie in one
+/// `Vec`, the account ids one after another in one byte arena, and the hash index maps
+/// an id's hash to the entry's position (4 bytes a slot).
 ///
 /// FxHash rather than the default SipHash: the lookup runs once per payment and Fx
 /// is several times cheaper on short ids. SipHash's flooding resistance guards a
 /// table whose keys an attacker chooses; these keys come from the billing system,
 /// and a request's account id is only ever looked up, never inserted.
-#[derive(Default, Debug)]
+#[derive(Default)]
 pub struct SubscriberTable {
-    by_account: HashMap<AccountKey, Entry, FxBuildHasher>,
+    index: HashTable<u32>,
+    entries: Vec<Entry>,
+    ids: Vec<u8>,
+}
+
+impl std::fmt::Debug for SubscriberTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriberTable")
+            .field("len", &self.entries.len())
+            .finish()
+    }
+}
+
+fn hash_of(account_id: &[u8]) -> u64 {
+    FxBuildHasher.hash_one(account_id)
+}
+
+fn id_of<'a>(ids: &'a [u8], entry: &Entry) -> &'a [u8] {
+    let at = entry.account_at as usize;
+    &ids[at..at + usize::from(entry.account_len)]
 }
 
 impl SubscriberTable {
@@ -264,56 +306,137 @@ impl SubscriberTable {
         SubscriberTable::default()
     }
 
+    /// Room for `additional` more subscribers without growing (a load that knows its
+    /// count grows the table once).
+    pub fn reserve(&mut self, additional: usize) {
+        let additional = additional.min(SUBSCRIBERS_MAX.saturating_sub(self.entries.len()));
+        self.entries.reserve_exact(additional);
+        let (entries, ids) = (&self.entries, &self.ids);
+        self.index
+            .reserve(additional, |&i| hash_of(id_of(ids, &entries[i as usize])));
+    }
+
+    fn position(&self, account_id: &[u8]) -> Option<usize> {
+        let (entries, ids) = (&self.entries, &self.ids);
+        self.index
+            .find(hash_of(account_id), |&i| {
+                id_of(ids, &entries[i as usize]) == account_id
+            })
+            .map(|&i| i as usize)
+    }
+
     /// Inserts or replaces a subscriber (the billing system's copy wins); holds and
     /// usage counters of a known account are kept.
     pub fn upsert(&mut self, subscriber: Subscriber) -> Result<(), TableError> {
-        let malformed = || TableError::Malformed {
-            account_id: subscriber.account_id.clone(),
+        let profile = Profile {
+            plan: subscriber.plan,
+            status: subscriber.status,
+            currency: subscriber.currency,
+            balance_minor: subscriber.balance_minor,
+            country: subscriber.country,
+            sim_swapped_at_s: subscriber.sim_swapped_at_s.unwrap_or(NEVER),
+            created_at_s: subscriber.created_at_s,
         };
-        let key = is_account_id(subscriber.account_id.as_bytes())
-            .then(|| AccountKey::new(subscriber.account_id.as_bytes()))
-            .flatten()
-            .ok_or_else(malformed)?;
-        let msisdn = InlineBytes::new(subscriber.msisdn.as_bytes()).ok_or_else(malformed)?;
-        if let Some(entry) = self.by_account.get_mut(&key) {
-            entry.subscriber = subscriber;
+        self.upsert_parts(
+            subscriber.account_id.as_bytes(),
+            subscriber.msisdn.as_bytes(),
+            profile,
+        )
+    }
+
+    /// `upsert` from borrowed parts (a load reads them straight from the store's rows).
+    pub fn upsert_parts(
+        &mut self,
+        account_id: &[u8],
+        msisdn: &[u8],
+        profile: Profile,
+    ) -> Result<(), TableError> {
+        let malformed = || TableError::Malformed {
+            account_id: String::from_utf8_lossy(account_id).into_owned(),
+        };
+        if !is_account_id(account_id) || account_id.len() > ACCOUNT_ID_LEN_MAX {
+            return Err(malformed());
+        }
+        let msisdn = InlineBytes::new(msisdn).ok_or_else(malformed)?;
+        let hash = hash_of(account_id);
+        let (entries, ids) = (&self.entries, &self.ids);
+        let found = self
+            .index
+            .find(hash, |&i| id_of(ids, &entries[i as usize]) == account_id)
+            .copied();
+        if let Some(at) = found {
+            let entry = &mut self.entries[at as usize];
+            entry.subscriber = profile;
             entry.msisdn = msisdn;
             return Ok(());
         }
-        if self.by_account.len() >= SUBSCRIBERS_MAX {
+        if self.entries.len() >= SUBSCRIBERS_MAX {
             return Err(TableError::TableFull {
                 max: SUBSCRIBERS_MAX,
             });
         }
-        let entry = Entry {
-            subscriber,
+        let position = u32::try_from(self.entries.len()).expect("SUBSCRIBERS_MAX fits u32");
+        let account_at =
+            u32::try_from(self.ids.len()).expect("SUBSCRIBERS_MAX ids of 64 bytes fit u32");
+        self.ids.extend_from_slice(account_id);
+        self.entries.push(Entry {
+            subscriber: profile,
             msisdn,
+            account_at,
+            account_len: account_id.len() as u8,
             held_minor: 0,
             usage: Usage::default(),
-        };
-        self.by_account.insert(key, entry);
+        });
+        let (entries, ids) = (&self.entries, &self.ids);
+        self.index.insert_unique(hash, position, |&i| {
+            hash_of(id_of(ids, &entries[i as usize]))
+        });
         Ok(())
     }
 
-    pub fn get(&self, account_id: &str) -> Option<&Subscriber> {
-        self.by_account
-            .get(account_id.as_bytes())
-            .map(|entry| &entry.subscriber)
+    /// A subscriber as the billing system's copy has it (a copy).
+    pub fn get(&self, account_id: &str) -> Option<Subscriber> {
+        let entry = self.entry(account_id.as_bytes())?;
+        let p = entry.subscriber;
+        Some(Subscriber {
+            account_id: account_id.to_string(),
+            msisdn: String::from_utf8_lossy(entry.msisdn.as_bytes()).into_owned(),
+            plan: p.plan,
+            status: p.status,
+            currency: p.currency,
+            balance_minor: p.balance_minor,
+            country: p.country,
+            sim_swapped_at_s: (p.sim_swapped_at_s != NEVER).then_some(p.sim_swapped_at_s),
+            created_at_s: p.created_at_s,
+        })
     }
 
     /// The account's entry, looked up by the raw bytes of a batch column.
     #[inline]
     pub fn entry(&self, account_id: &[u8]) -> Option<&Entry> {
-        self.by_account.get(account_id)
+        self.position(account_id).map(|at| &self.entries[at])
+    }
+
+    /// Bytes the table holds (its allocations' capacities), for the memory budget.
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.ids.capacity()
+            + self.index.capacity() * (std::mem::size_of::<u32>() + 1)
     }
 
     fn entry_mut(&mut self, row: usize, account_id: &str) -> Result<&mut Entry, StateError> {
-        self.by_account
-            .get_mut(account_id.as_bytes())
-            .ok_or_else(|| StateError::UnknownAccount {
+        match self.position(account_id.as_bytes()) {
+            Some(at) => Ok(&mut self.entries[at]),
+            None => Err(StateError::UnknownAccount {
                 row,
                 account_id: account_id.to_string(),
-            })
+            }),
+        }
+    }
+
+    fn known_mut(&mut self, account_id: &str) -> &mut Entry {
+        let at = self.position(account_id.as_bytes()).expect("checked above");
+        &mut self.entries[at]
     }
 
     /// Records settled balances and service states, all or nothing.
@@ -322,10 +445,7 @@ impl SubscriberTable {
             self.entry_mut(row, account_id)?;
         }
         for &(account_id, balance_minor, status) in rows {
-            let entry = self
-                .by_account
-                .get_mut(account_id.as_bytes())
-                .expect("checked above");
+            let entry = self.known_mut(account_id);
             entry.subscriber.balance_minor = balance_minor;
             entry.subscriber.status = status;
         }
@@ -384,10 +504,7 @@ impl SubscriberTable {
             // Undo the rows already applied, newest first, so a refused batch leaves
             // every hold as it was.
             for &(account_id, amount_minor) in rows[..applied].iter().rev() {
-                self.by_account
-                    .get_mut(account_id.as_bytes())
-                    .expect("applied above")
-                    .held_minor -= sign * amount_minor;
+                self.known_mut(account_id).held_minor -= sign * amount_minor;
             }
         }
         result
@@ -403,21 +520,17 @@ impl SubscriberTable {
             self.entry_mut(row, account_id)?;
         }
         for &(account_id, amount_minor, at_s) in rows {
-            self.by_account
-                .get_mut(account_id.as_bytes())
-                .expect("checked above")
-                .usage
-                .record(amount_minor, at_s);
+            self.known_mut(account_id).usage.record(amount_minor, at_s);
         }
         Ok(())
     }
 
     pub fn len(&self) -> usize {
-        self.by_account.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_account.is_empty()
+        self.entries.is_empty()
     }
 }
 

@@ -50,6 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = add_group(subparsers, "subscribers", "manage the subscriber table")
     load = add_command(actions, "import", "load a subscriber CSV (all rows or none)")
     load.add_argument("file", type=Path, help="CSV with the columns DESIGN.md fixes")
+    load.add_argument(
+        "--replace",
+        action="store_true",
+        help="the file is the whole base: lines missing from it are CLOSED (never deleted);"
+        " without it, the file's rows are inserted or updated and the others left as they are"
+        " (not with --listen)",
+    )
     remote = load.add_argument_group("a running server (--listen)")
     remote.add_argument(
         "--listen",
@@ -76,7 +83,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     if args.listen is not None:
-        check_host_port("--listen", args.listen)
+        return _run_remote(args)
+    settings = settings_from(args)
+    # The file is read as a stream inside the import's one transaction: a bad line
+    # rolls it back, so nothing of the file is loaded.
+    try:
+        args.file.stat()
+    except OSError as err:
+        print(f"quickpay subscribers import: {err}", file=sys.stderr)
+        return 1
+    # On PostgreSQL, refused while an engine owns the database: it keeps the subscribers'
+    # balances in memory, and would go on from the ones this import replaces.
+    try:
+        owner = claim_databases(settings, "quickpay subscribers import")
+    except InUse as err:
+        raise InUse(f"{err}, {IN_USE_HINT}") from None
+    try:
+        store = open_store(settings)
+        try:
+            n, closed = store.import_subscriber_file(args.file, replace=args.replace)
+        finally:
+            store.close()
+    except OSError as err:
+        print(f"quickpay subscribers import: {err}", file=sys.stderr)
+        return 1
+    except ImportRowError as err:
+        print(
+            f"quickpay subscribers import: {args.file}: {err}; nothing was loaded", file=sys.stderr
+        )
+        return 1
+    finally:
+        if owner is not None:
+            owner.close()
+    done = f"imported {n} subscribers from {args.file} into {settings.database_url}"
+    if args.replace:
+        done += f"; {closed} lines missing from the file closed"
+    print(done)
+    return 0
+
+
+def _run_remote(args: argparse.Namespace) -> int:
+    """``--listen``: the file's lines go to the running server as changes of one version."""
+    check_host_port("--listen", args.listen)
+    if args.replace:
+        print(
+            "quickpay subscribers import: --replace takes a data dir's whole base and cannot go"
+            " to a running server, which takes changes: send the file without it (lines to"
+            " close as status CLOSED), or stop the server",
+            file=sys.stderr,
+        )
+        return 2
     try:
         with args.file.open(newline="") as text:
             rows = parse_csv(text)
@@ -91,32 +147,13 @@ def run_import(args: argparse.Namespace) -> int:
             f"quickpay subscribers import: {args.file}: {err}; nothing was loaded", file=sys.stderr
         )
         return 1
-    if args.listen is not None:
-        if not 1 <= version <= VERSION_MAX:
-            print(
-                f"quickpay subscribers import: --change-version {version}: expected 1 to 2^63-1",
-                file=sys.stderr,
-            )
-            return 2
-        return _send(args, rows, version)
-    settings = settings_from(args)
-    # On PostgreSQL, refused while an engine owns the database: it keeps the subscribers'
-    # balances in memory, and would go on from the ones this import replaces.
-    try:
-        owner = claim_databases(settings, "quickpay subscribers import")
-    except InUse as err:
-        raise InUse(f"{err}, {IN_USE_HINT}") from None
-    try:
-        store = open_store(settings)
-        try:
-            n = store.import_subscribers(rows)
-        finally:
-            store.close()
-    finally:
-        if owner is not None:
-            owner.close()
-    print(f"imported {n} subscribers from {args.file} into {settings.database_url}")
-    return 0
+    if not 1 <= version <= VERSION_MAX:
+        print(
+            f"quickpay subscribers import: --change-version {version}: expected 1 to 2^63-1",
+            file=sys.stderr,
+        )
+        return 2
+    return _send(args, rows, version)
 
 
 def _send(args: argparse.Namespace, rows: Sequence[SubscriberRow], version: int) -> int:

@@ -10,14 +10,15 @@ decline threshold: step-up authentication lets it proceed.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
-from quickpay_engine._engine import NO_TIME, FraudScorer
-from quickpay_engine.domain import FraudAssessment, PaymentIntent, SubscriberRow
+from quickpay_engine._engine import FraudScorer
+from quickpay_engine.domain import FraudAssessment, PaymentIntent
 from quickpay_engine.fraud import DECISIONS, REASON_CODES, REVIEW, default_model_json, default_rules
 
 if TYPE_CHECKING:
@@ -27,6 +28,9 @@ FRAUD_DECLINED = "FRAUD_DECLINED"
 FRAUD_REVIEW = "FRAUD_REVIEW"
 # What a scored payment's outcome tells the scorer (FraudScorer.observe).
 OBSERVE_SETTLED, OBSERVE_FAILED = 1, 2
+# A batch's subscriber profiles as columns: plans (uint8, 0 unknown), countries,
+# sim_swapped_at_s (int64, NO_TIME for never) and created_at_s (int64).
+Profiles = tuple[npt.NDArray[np.uint8], list[str], npt.NDArray[np.int64], npt.NDArray[np.int64]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,15 +56,17 @@ class FraudGate:
 
     def __init__(
         self,
-        subscribers: Mapping[str, SubscriberRow],
+        profiles: Callable[[list[str]], Profiles],
         card_key: bytes,
         scorer: FraudScorer | None = None,
         enforce: bool = True,
     ) -> None:
-        """``enforce`` False is shadow mode: assessments, never fraud declines."""
+        """``profiles`` gives the carrier's features of a batch of accounts as columns
+        (``Engine.subscriber_profiles``: plans, countries, SIM swap and creation
+        times); ``enforce`` False is shadow mode: assessments, never fraud declines."""
         self._scorer = scorer or FraudScorer(default_model_json(), default_rules())
         self._enforce = enforce
-        self._subscribers = subscribers
+        self._profiles = profiles
         self._card_key = card_key
         self.review_threshold, self.decline_threshold = self._scorer.thresholds
 
@@ -102,14 +108,11 @@ class FraudGate:
 
     def _columns(self, intents: Sequence[PaymentIntent]) -> FraudColumns:
         n = len(intents)
-        profiles = [self._subscribers.get(i.account_id) for i in intents]
+        account_ids = [i.account_id for i in intents]
+        plans, countries, swapped, created = self._profiles(account_ids)
         pans = [i.detail.card_pan for i in intents]
-        swapped = (
-            p.sim_swapped_at_s if p and p.sim_swapped_at_s is not None else NO_TIME
-            for p in profiles
-        )
         return {
-            "account_ids": [i.account_id for i in intents],
+            "account_ids": account_ids,
             "msisdns": [i.msisdn for i in intents],
             "amounts_minor": np.fromiter((i.amount_minor for i in intents), np.int64, n),
             "purposes": np.fromiter((i.purpose for i in intents), np.uint8, n),
@@ -121,10 +124,8 @@ class FraudGate:
             "device_ids": [i.device_id for i in intents],
             "ips": [i.ip for i in intents],
             "channels": [i.channel for i in intents],
-            "plans": np.fromiter((p.plan if p else 0 for p in profiles), np.uint8, n),
-            "countries": [p.country if p else "" for p in profiles],
-            "sim_swapped_at_s": np.fromiter(swapped, np.int64, n),
-            "created_at_s": np.fromiter(
-                (p.created_at_s if p else 0 for p in profiles), np.int64, n
-            ),
+            "plans": plans,
+            "countries": countries,
+            "sim_swapped_at_s": swapped,
+            "created_at_s": created,
         }

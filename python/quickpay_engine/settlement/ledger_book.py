@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from quickpay_engine._engine import (
     LEDGER_BATCH_MAX,
@@ -49,7 +50,7 @@ from quickpay_engine._engine import (
     ids_list,
     ledger_result_codes,
 )
-from quickpay_engine.domain import Plan, SubscriberRow
+from quickpay_engine.domain import Plan, Purpose, SubscriberRow
 
 T = TypeVar("T")
 
@@ -62,9 +63,6 @@ KIND_RECEIVABLE, KIND_PREPAID, KIND_CLEARING = 1, 2, 3
 # Result codes that mean "already done": a redo after a crash, harmless.
 _CODES = {kind: dict(codes) for kind, codes in ledger_result_codes()}
 ACCOUNT_OK = {0, 10}  # OK, EXISTS
-ACCOUNT_EXISTS_WITH_DIFFERENT_FIELDS = 9
-# A subscriber account's kind under the other plan.
-_OTHER_PLAN_KIND = {KIND_RECEIVABLE: KIND_PREPAID, KIND_PREPAID: KIND_RECEIVABLE}
 TRANSFER_OK = {0, 19}  # OK, EXISTS
 PENDING_TRANSFER_NOT_FOUND = 23
 STATE_OK = {0, 4}  # OK, EXISTS
@@ -99,6 +97,13 @@ def derived_id(*parts: str) -> int:
     return int.from_bytes(digest, "big") or 1
 
 
+def account_kind(purpose: int) -> int:
+    """The ledger account kind of the line a payment of this purpose is for: a bill is
+    paid on a postpaid line (receivable), a top-up on a prepaid one (validation checks
+    the plan fits the purpose)."""
+    return KIND_RECEIVABLE if purpose == Purpose.BILL_PAYMENT else KIND_PREPAID
+
+
 def subscriber_account(account_id: str) -> int:
     """The ledger account of a subscriber."""
     return derived_id("subscriber", account_id)
@@ -128,6 +133,9 @@ class Movement:
     account_id: str
     amount_minor: int
     currency: str
+    # The kind the subscriber's account is opened with by its first hold: a bill
+    # payment is a postpaid line's (receivable), a top-up a prepaid line's.
+    kind: int = 2  # KIND_PREPAID
 
 
 class LedgerBook:
@@ -162,46 +170,39 @@ class LedgerBook:
 
     # -- accounts --------------------------------------------------------------------
 
-    def open_accounts(self, subscribers: Sequence[SubscriberRow]) -> None:
-        """Creates (or finds) every subscriber's account and every currency's clearing
-        account. Called at start, before serving, and for lines opened live.
-
-        A subscriber account keeps the kind its plan gave it when it was opened: a line
-        whose plan changed since is found under the other kind, and that is its account
-        (a currency never changes; see subscriber_changes.py)."""
+    def open_accounts(
+        self,
+        account_ids: Sequence[str],
+        kinds: Sequence[int] | npt.NDArray[np.uint16],
+        currencies: Sequence[str],
+    ) -> None:
+        """Opens the ledger accounts of these subscribers (``kinds``: KIND_RECEIVABLE or
+        KIND_PREPAID per subscriber) and the clearing accounts of their currencies, the
+        ones the ledger does not hold yet. A subscriber's account is opened by its first
+        hold (``reserve``), not at start: the ledger holds an account per subscriber who
+        has paid, never one per line of the base. One the ledger holds already is left
+        as it is (a plan change does not retype it: the kind is a label)."""
         wanted: dict[int, tuple[int, int]] = {}
-        for row in subscribers:
-            kind = KIND_RECEIVABLE if row.plan is Plan.POSTPAID else KIND_PREPAID
-            wanted[subscriber_account(row.account_id)] = (_numeric(row.currency), kind)
-            wanted[clearing_account(row.currency)] = (_numeric(row.currency), KIND_CLEARING)
-            wanted[adjustment_account(row.currency)] = (_numeric(row.currency), KIND_CLEARING)
+        for account_id, kind, currency in zip(account_ids, kinds, currencies, strict=True):
+            wanted[subscriber_account(account_id)] = (_numeric(currency), int(kind))
+            wanted[clearing_account(currency)] = (_numeric(currency), KIND_CLEARING)
+            wanted[adjustment_account(currency)] = (_numeric(currency), KIND_CLEARING)
         items = list(wanted.items())
         for start in range(0, len(items), LEDGER_BATCH_MAX):
             chunk = items[start : start + LEDGER_BATCH_MAX]
-            codes = self._create_accounts(chunk)
-            kinds = np.fromiter((k for _, (_, k) in chunk), np.uint16, len(chunk))
-            replanned = (codes == ACCOUNT_EXISTS_WITH_DIFFERENT_FIELDS) & np.isin(
-                kinds, list(_OTHER_PLAN_KIND)
+            found = self.ledger.balances(ids_array([i for i, _ in chunk]))[0]
+            chunk = [item for item, has in zip(chunk, found.tolist(), strict=True) if not has]
+            if not chunk:
+                continue
+            n = len(chunk)
+            codes, _ = self.ledger.create_accounts(
+                self._clock_ns(),
+                ids_array([i for i, _ in chunk]),
+                np.fromiter((c for _, (c, _) in chunk), np.uint16, n),
+                np.fromiter((k for _, (_, k) in chunk), np.uint16, n),
+                np.zeros(n, np.uint16),
             )
-            if replanned.any():  # looked up again under the other plan's kind, checked there
-                other = [
-                    (account, (currency, _OTHER_PLAN_KIND[kind]))
-                    for (account, (currency, kind)), again in zip(chunk, replanned, strict=True)
-                    if again
-                ]
-                codes = np.concatenate([codes[~replanned], self._create_accounts(other)])
             _check("account", codes, ACCOUNT_OK)
-
-    def _create_accounts(self, chunk: Sequence[tuple[int, tuple[int, int]]]) -> np.ndarray:
-        n = len(chunk)
-        codes, _ = self.ledger.create_accounts(
-            self._clock_ns(),
-            ids_array([i for i, _ in chunk]),
-            np.fromiter((c for _, (c, _) in chunk), np.uint16, n),
-            np.fromiter((k for _, (_, k) in chunk), np.uint16, n),
-            np.zeros(n, np.uint16),
-        )
-        return codes
 
     # -- the saga's steps ------------------------------------------------------------
 
@@ -213,6 +214,11 @@ class LedgerBook:
     def _reserve(self, moves: list[Movement]) -> None:
         for chunk in _chunks(moves):
             n = len(chunk)
+            self.open_accounts(
+                [m.account_id for m in chunk],
+                [m.kind for m in chunk],
+                [m.currency for m in chunk],
+            )
             codes, _ = self.ledger.create_transfers(
                 self._clock_ns(),
                 ids_array([payment_number(m.payment_id) for m in chunk]),
@@ -274,6 +280,8 @@ class LedgerBook:
         await self._run(self._refund, refund_id, move)
 
     def _refund(self, refund_id: str, move: Movement) -> None:
+        # Only a paid account is refunded, so its account is open: this is a read then.
+        self.open_accounts([move.account_id], [move.kind], [move.currency])
         codes, _ = self.ledger.create_transfers(
             self._clock_ns(),
             ids_array([derived_id("refund", refund_id)]),
@@ -300,15 +308,9 @@ class LedgerBook:
         debit, credit = (theirs, mine) if amount_minor > 0 else (mine, theirs)
         number = _numeric(currency)
         kind = KIND_RECEIVABLE if account.plan is Plan.POSTPAID else KIND_PREPAID
-        # Both opened here too, for an account added after start (no-op when they exist).
-        codes, _ = self.ledger.create_accounts(
-            self._clock_ns(),
-            ids_array([mine, theirs]),
-            np.array([number, number], np.uint16),
-            np.array([kind, KIND_CLEARING], np.uint16),
-            np.zeros(2, np.uint16),
-        )
-        _check("account", codes, ACCOUNT_OK)
+        # Opened here when missing: a subscriber's account is opened by its first
+        # movement, and one the ledger holds keeps the kind it was opened with.
+        self.open_accounts([account.account_id], [kind], [currency])
         transfer = adjustment_transfer(adjustment_id)
         codes, _ = self.ledger.create_transfers(
             self._clock_ns(),

@@ -38,7 +38,6 @@ from quickpay_engine.domain import (
     Outcome,
     PaymentIntent,
     PaymentStatus,
-    SubscriberRow,
 )
 from quickpay_engine.errors import (
     IdempotencyConflict,
@@ -61,7 +60,7 @@ from quickpay_engine.gateways.types import (
 from quickpay_engine.logs import payment_fields
 from quickpay_engine.metrics import Metrics
 from quickpay_engine.settlement.fraud_gate import FRAUD_REVIEW, FraudGate
-from quickpay_engine.settlement.ledger_book import LedgerBook, Movement
+from quickpay_engine.settlement.ledger_book import LedgerBook, Movement, account_kind
 from quickpay_engine.settlement.recovery import give_back
 from quickpay_engine.settlement.validation import record_settled, validate_batch, wall_clock_s
 from quickpay_engine.store import UNREACHABLE, Decision, SqliteStore
@@ -90,24 +89,11 @@ def new_payment_ids(n: int) -> list[str]:
     return ["pay_" + digits[32 * k : 32 * k + 32] for k in range(n)]
 
 
-def load_engine(engine: Engine, rows: Sequence[SubscriberRow]) -> None:
-    """Loads the billing system's subscribers into the engine's table, in one call."""
-    no_time = np.iinfo(np.int64).min
-    engine.upsert_subscribers(
-        [r.account_id for r in rows],
-        [r.msisdn for r in rows],
-        np.fromiter((r.plan for r in rows), np.uint8, len(rows)),
-        np.fromiter((r.status for r in rows), np.uint8, len(rows)),
-        [r.currency for r in rows],
-        np.fromiter((r.balance_minor for r in rows), np.int64, len(rows)),
-        [r.country for r in rows],
-        np.fromiter(
-            (no_time if r.sim_swapped_at_s is None else r.sim_swapped_at_s for r in rows),
-            np.int64,
-            len(rows),
-        ),
-        np.fromiter((r.created_at_s for r in rows), np.int64, len(rows)),
-    )
+def load_engine(engine: Engine, store: SqliteStore) -> int:
+    """Loads the billing system's subscribers from the store into the engine's table:
+    straight from the file in the core on SQLite, in column chunks on PostgreSQL; no
+    Python object per subscriber either way. Returns how many were read."""
+    return store.load_subscribers_into(engine)
 
 
 def instrument_of(intent: PaymentIntent) -> Instrument:
@@ -128,7 +114,7 @@ def instrument_of(intent: PaymentIntent) -> Instrument:
 def movement_of(d: Decision) -> Movement:
     """The ledger movement of a decided payment."""
     i = d.intent
-    return Movement(d.payment_id, i.account_id, i.amount_minor, i.currency)
+    return Movement(d.payment_id, i.account_id, i.amount_minor, i.currency, account_kind(i.purpose))
 
 
 @dataclasses.dataclass
@@ -545,7 +531,7 @@ class Pipeline:
             # The batch is committed and its callers get their answers; only the
             # engine's copy of the accounts is behind. It is read again from the store.
             log.exception("engine tables not updated after a commit; reloading subscribers")
-            load_engine(self._engine, await self._thread.run(self._store.load_subscribers))
+            await self._thread.run(load_engine, self._engine, self._store)
 
     async def _billing_down(
         self, batch: _Batch, to_commit: list[int], captured: set[int], err: BaseException

@@ -39,6 +39,7 @@ from quickpay_engine.settlement.ledger_book import (
     SETTLED,
     LedgerBook,
     Movement,
+    account_kind,
 )
 from quickpay_engine.store import Decision, SqliteStore
 from quickpay_engine.store.executor import StoreThread
@@ -316,7 +317,13 @@ def _now_us() -> int:
 
 
 def _movement(payment_id: str, intent: PaymentIntent) -> Movement:
-    return Movement(payment_id, intent.account_id, intent.amount_minor, intent.currency)
+    return Movement(
+        payment_id,
+        intent.account_id,
+        intent.amount_minor,
+        intent.currency,
+        account_kind(intent.purpose),
+    )
 
 
 _STATE_NAMES = {0: "UNKNOWN", RESERVED: "RESERVED", CAPTURED: "CAPTURED", SETTLED: "SETTLED",

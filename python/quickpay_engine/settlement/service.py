@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from quickpay_engine._engine import Engine, FraudScorer
-from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord, SubscriberRow
+from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord
 from quickpay_engine.errors import (
     IdempotencyConflict,
     InvalidArgument,
@@ -49,6 +49,7 @@ from quickpay_engine.store import SqliteStore
 from quickpay_engine.store.executor import StoreThread
 from quickpay_engine.store.sqlite import SettledState
 from quickpay_engine.subscriber_changes import ChangeResult, SubscriberChanges
+from quickpay_engine.subscribers import load_rows
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,6 @@ class SettlementService:
         self.book = book
         self.router = router
         self.engine = Engine(engine_config_json)
-        # The billing system's subscribers, for the fraud features only a carrier has
-        # (SIM swap, account age, plan, country); filled at start.
-        self._subscribers: dict[str, SubscriberRow] = {}
         # A second connection for the replay lookups, where the store offers one.
         self._reader = store.open_reader()
         self._reader_thread = StoreThread("store-reader")
@@ -116,7 +114,7 @@ class SettlementService:
             router,
             (self._reader, self._reader_thread),
             on_commit=self._committed_batch,
-            fraud=FraudGate(self._subscribers, card_key, fraud_scorer, fraud_enforce),
+            fraud=FraudGate(self.engine.subscriber_profiles, card_key, fraud_scorer, fraud_enforce),
             fence=fence,
         )
         # Watchers are woken from one shared poll of the outbox's head (settlement/watch.py).
@@ -157,21 +155,19 @@ class SettlementService:
         self._changing = asyncio.Lock()
 
     async def start(self, sweep_s: float | None = None) -> list[Action]:
-        """Opens the subscribers' ledger accounts, finishes what an earlier run left
-        unfinished (recovery, before serving), loads the subscriber table into the
-        engine and starts batching and the periodic sweep. Returns recovery's actions."""
-        rows = await self._thread.run(self._store.load_subscribers)
-        self.book.open_accounts(rows)
+        """Finishes what an earlier run left unfinished (recovery, before serving), loads
+        the subscriber table into the engine (the only copy in memory: fraud scoring
+        reads its profiles there) and starts batching and the periodic sweep. A
+        subscriber's ledger account is opened by its first hold. Returns recovery's
+        actions."""
         actions = await self.recovery.run()
         if self.metrics is not None:
             self.metrics.recovered(a.action for a in actions)
         # Adjustments journalled and not applied: finished before anything is served.
         adjusted = await self.adjustments.recover()
         actions += [Action(a, "PENDING", "adjustment applied") for a in adjusted]
-        if actions:
-            rows = await self._thread.run(self._store.load_subscribers)
-        load_engine(self.engine, rows)
-        self._subscribers.update((row.account_id, row) for row in rows)
+        count = await self._thread.run(load_engine, self.engine, self._store)
+        log.info("%d subscribers loaded into the engine", count)
         self._batcher.start()
         if self.metrics is not None:
             self.metrics.watch_queue(self._batcher.waiting, self._batcher.queue_max)
@@ -378,8 +374,8 @@ class SettlementService:
         Once no payment of the batch's accounts is in flight (and until the batch is
         done, their payments wait), the batch commits in the store, all or nothing, with
         its versions and an audit row per change (``store.apply_subscriber_changes``);
-        then the ledger opens the new lines' accounts, and the engine's table and the
-        fraud gate's subscriber profiles take every changed line, without a restart.
+        then the engine's table (which is also fraud scoring's subscriber profiles)
+        takes every changed line, without a restart.
         What the store committed is the truth: a crash after it leaves the rest to the
         next start, which reads the store. The work goes on if the caller goes away (a
         cancelled call), so a committed batch always reaches the engine. Raises
@@ -398,13 +394,9 @@ class SettlementService:
                     self._store.apply_subscriber_changes, changes, source
                 )
                 if result.rows:
-                    opened = [r for r in result.rows if r.account_id in result.created]
-                    if opened:
-                        await asyncio.get_running_loop().run_in_executor(
-                            None, self.book.open_accounts, opened
-                        )
-                    load_engine(self.engine, result.rows)
-                    self._subscribers.update((r.account_id, r) for r in result.rows)
+                    # The engine's table is fraud scoring's profiles too; a new line's
+                    # ledger account is opened by its first hold, as at start.
+                    load_rows(self.engine, result.rows)
                     await self.book.anchor(self._store.audit_head)
             finally:
                 self._pipeline.release_accounts(accounts)

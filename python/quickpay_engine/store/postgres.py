@@ -22,12 +22,13 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import psycopg
 from psycopg import errors, sql
 
-from quickpay_engine._engine import Reconciled
+from quickpay_engine._engine import Engine, Reconciled
 from quickpay_engine.domain import (
     BilledCapture,
     Discrepancy,
@@ -40,7 +41,7 @@ from quickpay_engine.domain import (
     Plan,
     SubscriberRow,
 )
-from quickpay_engine.errors import StoreError
+from quickpay_engine.errors import ImportRowError, StoreError
 from quickpay_engine.store.adjustments import (
     APPLIED,
     PENDING,
@@ -83,6 +84,7 @@ from quickpay_engine.subscriber_changes import (
     placeholder_msisdn,
     plan_changes,
 )
+from quickpay_engine.subscribers import LOAD_CHUNK_ROWS, open_file, read_chunks, upsert_rows
 
 R = TypeVar("R")
 
@@ -349,8 +351,95 @@ class PostgresStore:
         )
         return dict(rows.fetchall())
 
+    def import_subscriber_file(self, path: Path, replace: bool = False) -> tuple[int, int]:
+        """Imports a subscriber file in one transaction, streamed: the core reads and
+        checks it in chunks, each COPYed into a staging table, then merged. Upsert by
+        default; ``replace``: lines missing from the file are CLOSED (never deleted).
+        Returns (rows written, lines closed). Raises ImportRowError naming the first bad
+        line in file order (a duplicate before a malformed line is the one named)."""
+        source = open_file(path)
+        self._reconnect_broken()
+        rows = 0
+        try:
+            with self._transaction(self._billing):
+                cursor = self._billing.cursor()
+                cursor.execute(
+                    "CREATE TEMP TABLE import_rows (line bigint NOT NULL, account_id text NOT"
+                    " NULL, msisdn text NOT NULL, plan smallint NOT NULL, status smallint NOT"
+                    " NULL, currency text NOT NULL, balance_minor bigint NOT NULL, country"
+                    " text NOT NULL, sim_swapped_at_s bigint, created_at_s bigint NOT NULL)"
+                    " ON COMMIT DROP"
+                )
+                bad: ImportRowError | None = None
+                try:
+                    for chunk in read_chunks(source):
+                        with cursor.copy(
+                            "COPY import_rows (line, account_id, msisdn, plan, status,"
+                            " currency, balance_minor, country, sim_swapped_at_s,"
+                            " created_at_s) FROM STDIN"
+                        ) as copy:
+                            for row in chunk:
+                                copy.write_row(row)
+                        rows += len(chunk)
+                except ImportRowError as err:
+                    bad = err
+                # The first line repeating an earlier one's account or msisdn, before
+                # the malformed line if there is one.
+                twice = cursor.execute(
+                    "SELECT line, what, value FROM (SELECT line, 'account_id' AS what,"
+                    " account_id AS value, row_number() OVER (PARTITION BY account_id ORDER"
+                    " BY line) AS n FROM import_rows UNION ALL SELECT line, 'msisdn',"
+                    " msisdn, row_number() OVER (PARTITION BY msisdn ORDER BY line) FROM"
+                    " import_rows) AS seen WHERE n = 2 ORDER BY line LIMIT 1"
+                ).fetchone()
+                if twice is not None and (bad is None or twice[0] < bad.line):
+                    raise ImportRowError(twice[0], f"{twice[1]} {twice[2]!r} appears twice")
+                if bad is not None:
+                    raise bad
+                closed = 0
+                if replace:
+                    closed = cursor.execute(
+                        "UPDATE subscribers SET status = 4 WHERE status != 4 AND NOT EXISTS"
+                        " (SELECT 1 FROM import_rows i WHERE i.account_id ="
+                        " subscribers.account_id)"
+                    ).rowcount
+                cursor.execute(
+                    "INSERT INTO subscribers (account_id, msisdn, plan, status, currency,"
+                    " balance_minor, opening_balance_minor, country, sim_swapped_at_s,"
+                    " created_at_s) SELECT account_id, msisdn, plan, status, currency,"
+                    " balance_minor, balance_minor, country, sim_swapped_at_s, created_at_s"
+                    " FROM import_rows ON CONFLICT (account_id) DO UPDATE SET msisdn ="
+                    " excluded.msisdn, plan = excluded.plan, status = excluded.status,"
+                    " currency = excluded.currency, balance_minor = excluded.balance_minor,"
+                    " opening_balance_minor = excluded.balance_minor - (SELECT"
+                    "   coalesce(sum(balance_delta_minor), 0) FROM billing_records"
+                    "   WHERE billing_records.account_id = excluded.account_id)"
+                    " - (SELECT coalesce(sum(balance_delta_minor), 0) FROM balance_adjustments"
+                    "   WHERE balance_adjustments.account_id = excluded.account_id),"
+                    " country = excluded.country, sim_swapped_at_s ="
+                    " excluded.sim_swapped_at_s, created_at_s = excluded.created_at_s"
+                )
+        except errors.IntegrityError as err:
+            raise StoreError(f"the import conflicts with the database: {err}") from None
+        return rows, closed
+
+    def load_subscribers_into(self, engine: Engine) -> int:
+        """Loads every subscriber into the engine's table, through a server-side
+        cursor in column chunks: memory for one chunk, never the whole table."""
+        self._reconnect_broken()
+        n = 0
+        with (
+            self._billing.transaction(),
+            self._billing.cursor(name="quickpay_subscribers_load") as cursor,
+        ):
+            cursor.execute(f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers")  # noqa: S608
+            while chunk := cursor.fetchmany(LOAD_CHUNK_ROWS):
+                upsert_rows(engine, chunk)
+                n += len(chunk)
+        return n
+
     def load_subscribers(self) -> list[SubscriberRow]:
-        """Every subscriber, for the engine's table at start."""
+        """Every subscriber, as rows (tests and tools; serving never builds these)."""
         self._reconnect_broken()
         cursor = self._billing.execute(f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers")  # noqa: S608
         return [_subscriber(row) for row in cursor]

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from quickpay_engine._engine import Reconciled, SqliteWriter
+from quickpay_engine._engine import (
+    Engine,
+    Reconciled,
+    SqliteWriter,
+    SubscriberFileError,
+    import_subscribers_sqlite,
+)
 from quickpay_engine.domain import (
     BilledCapture,
     Discrepancy,
@@ -29,7 +35,7 @@ from quickpay_engine.domain import (
     Plan,
     SubscriberRow,
 )
-from quickpay_engine.errors import IdempotencyConflict, StoreError
+from quickpay_engine.errors import IdempotencyConflict, ImportRowError, StoreError
 from quickpay_engine.store.adjustments import (
     APPLIED,
     PENDING,
@@ -255,6 +261,20 @@ class SqliteStore:
             raise StoreError(f"the import conflicts with the database: {err}") from None
         return len(rows)
 
+    def import_subscriber_file(self, path: Path, replace: bool = False) -> tuple[int, int]:
+        """Imports a subscriber file, read as a stream by the core and written in one
+        transaction: all of it or nothing. Upsert by default; ``replace``: the file is
+        the whole base, and lines missing from it are CLOSED (never deleted). Returns
+        (rows written, lines closed). Raises ImportRowError naming the first bad line
+        (duplicates included), StoreError on a conflict with rows already there."""
+        try:
+            return import_subscribers_sqlite(str(self._path), str(path), replace)
+        except SubscriberFileError as err:
+            line, message = err.args
+            raise ImportRowError(line, message) from None
+        except sqlite3.IntegrityError as err:
+            raise StoreError(f"the import conflicts with the database: {err}") from None
+
     def _upsert_subscribers(self, rows: Sequence[SubscriberRow]) -> None:
         with self._transaction():
             self._db.executemany(
@@ -378,8 +398,13 @@ class SqliteStore:
                 found[account] = version
         return found
 
+    def load_subscribers_into(self, engine: Engine) -> int:
+        """Loads every subscriber into the engine's table, read from the file by the
+        core (no Python object per subscriber); returns how many."""
+        return engine.load_subscribers_sqlite(str(self._path))
+
     def load_subscribers(self) -> list[SubscriberRow]:
-        """Every subscriber, for the engine's table at start."""
+        """Every subscriber, as rows (tests and tools; serving never builds these)."""
         cursor = self._db.execute(
             "SELECT account_id, msisdn, plan, status, currency, balance_minor, country,"
             " sim_swapped_at_s, created_at_s FROM subscribers"
