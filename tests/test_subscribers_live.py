@@ -289,19 +289,19 @@ async def test_a_change_waits_for_the_payment_in_flight_on_its_account(
     until the payment has committed and then applies: the payment saw the line ACTIVE,
     the line ends BARRED, and the audit trail has the payment first."""
     pipeline = server.service._pipeline
-    sale, hold = pipeline._sale, pipeline.hold_accounts
+    sales, hold = pipeline._sales, pipeline.hold_accounts
     at_gateway, waiting, gate = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
-    async def held_sale(d):  # type: ignore[no-untyped-def]
+    async def held_sales(sold):  # type: ignore[no-untyped-def]
         at_gateway.set()
         await gate.wait()
-        return await sale(d)
+        return await sales(sold)
 
     async def seen_hold(accounts):  # type: ignore[no-untyped-def]
         waiting.set()
         await hold(accounts)
 
-    pipeline._sale = held_sale  # type: ignore[method-assign]
+    pipeline._sales = held_sales  # type: ignore[method-assign]
     pipeline.hold_accounts = seen_hold  # type: ignore[method-assign]
     acc_pre = server.store.subscriber("acc-pre")
     assert acc_pre is not None
