@@ -5,6 +5,7 @@ and a smoke run of every micro-benchmark in benches/ so none of them can rot."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import os
 import shutil
@@ -125,12 +126,20 @@ async def test_batch_rpc_sends_paybatch_calls_and_counts_each_payment(
     server: RunningServer, data_dir: Path, csv_file: Path
 ) -> None:
     """PayBatch calls of 8: every payment counted once, with its own outcome (a malformed
-    one an INVALID_ARGUMENT error, a wrong line a decline), as in the unary report."""
+    one an INVALID_ARGUMENT error, a wrong line a decline), as in the unary report; the
+    answers file keeps what each error said (its detail names the field)."""
+    answers = data_dir / "answers.csv"
     code, report = await bench(
         data_dir, f"127.0.0.1:{server.port}", "--rpc", "batch", "--batch-size", "8",
         "--count", "64", "--concurrency", "16", "--invalid-share", "0.2",
-        "--declined-share", "0.2",
+        "--declined-share", "0.2", "--answers", str(answers),
     )  # fmt: skip
+    with answers.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    invalid = [r for r in rows if r["error"] == "INVALID_ARGUMENT"]
+    assert len(invalid) == report["kinds"]["invalid"] > 0
+    assert all(r["detail"] and ":" in r["detail"] for r in invalid), invalid
+    assert all(not r["detail"] for r in rows if r["status"] == "SETTLED")
     assert code == 0
     assert_counts_add_up(report, 64)
     assert report["plan"]["rpc"] == "batch" and report["plan"]["batch_size"] == 8
