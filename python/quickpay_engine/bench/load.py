@@ -197,9 +197,29 @@ ANSWER_COLUMNS = (
 DETAIL_MAX = 300
 
 
+# What grpc.aio makes of a stream write that fails because the stream is already gone
+# (its connection broke, as when the server dies): it overwrites the call's status with
+# INTERNAL and these details (grpc/grpc#36066), and the stream's reader then sees that
+# status too, for every reply still owed. The server never said it.
+GRPC_WRITE_FAILED = "Internal error from Core"
+
+
 def error_answer(err: grpc.aio.AioRpcError) -> Answer:
     """The answer of a call that ended with a gRPC error: its code and what it said."""
     return Answer(error=err.code().name, detail=(err.details() or "")[:DETAIL_MAX])
+
+
+def stream_error_answer(err: grpc.aio.AioRpcError) -> Answer:
+    """The answer of a PayStream request whose stream ended with ``err``: a write that
+    failed on a lost stream is UNAVAILABLE (the stream's connection is gone, the reply
+    unknown: retry with the same key), not the INTERNAL grpc.aio makes of it."""
+    if err.code() is grpc.StatusCode.INTERNAL and err.details() == GRPC_WRITE_FAILED:
+        return Answer(
+            error="UNAVAILABLE",
+            detail="the stream was lost under a write (grpc.aio says INTERNAL"
+            f" {GRPC_WRITE_FAILED!r}, grpc/grpc#36066)",
+        )
+    return error_answer(err)
 
 
 def answer_of(reply: pb.PayResponse) -> Answer:
@@ -311,7 +331,7 @@ class _Stream:
             # The server ended the stream with replies still owed.
             failed = Answer(error="ABORTED", detail="the stream ended with replies owed")
         except grpc.aio.AioRpcError as err:
-            failed = error_answer(err)
+            failed = stream_error_answer(err)
         finally:
             # Whatever is still waiting will get no reply on this stream.
             for waiting in self.pending.values():
@@ -348,7 +368,7 @@ class StreamSender:
                 await stream.call.write(request)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as err:
             answer = (
-                error_answer(err)
+                stream_error_answer(err)
                 if isinstance(err, grpc.aio.AioRpcError)
                 else Answer(error="UNAVAILABLE", detail=f"the stream is closed: {err}")
             )
