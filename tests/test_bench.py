@@ -5,6 +5,7 @@ and a smoke run of every micro-benchmark in benches/ so none of them can rot."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import os
 import shutil
@@ -23,7 +24,14 @@ from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.bench.echo import create_echo_server
 from quickpay_engine.bench.histogram import Latency
-from quickpay_engine.bench.load import Answer, LoadPlan, Worker
+from quickpay_engine.bench.load import (
+    GRPC_WRITE_FAILED,
+    Answer,
+    LoadPlan,
+    StreamSender,
+    Worker,
+    stream_error_answer,
+)
 from quickpay_engine.bench.runner import split, worker_plans
 from quickpay_engine.bench.scenario import KINDS, Mix, RequestSource
 from quickpay_engine.server import RunningServer
@@ -125,12 +133,20 @@ async def test_batch_rpc_sends_paybatch_calls_and_counts_each_payment(
     server: RunningServer, data_dir: Path, csv_file: Path
 ) -> None:
     """PayBatch calls of 8: every payment counted once, with its own outcome (a malformed
-    one an INVALID_ARGUMENT error, a wrong line a decline), as in the unary report."""
+    one an INVALID_ARGUMENT error, a wrong line a decline), as in the unary report; the
+    answers file keeps what each error said (its detail names the field)."""
+    answers = data_dir / "answers.csv"
     code, report = await bench(
         data_dir, f"127.0.0.1:{server.port}", "--rpc", "batch", "--batch-size", "8",
         "--count", "64", "--concurrency", "16", "--invalid-share", "0.2",
-        "--declined-share", "0.2",
+        "--declined-share", "0.2", "--answers", str(answers),
     )  # fmt: skip
+    with answers.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    invalid = [r for r in rows if r["error"] == "INVALID_ARGUMENT"]
+    assert len(invalid) == report["kinds"]["invalid"] > 0
+    assert all(r["detail"] and ":" in r["detail"] for r in invalid), invalid
+    assert all(not r["detail"] for r in rows if r["status"] == "SETTLED")
     assert code == 0
     assert_counts_add_up(report, 64)
     assert report["plan"]["rpc"] == "batch" and report["plan"]["batch_size"] == 8
@@ -406,3 +422,66 @@ def test_cpu_budget_reads_every_process_and_writes_its_section(tmp_path: Path) -
         else:
             assert float(simulators) == 0  # only the engine starts gateway simulators
     assert simulated > 0
+
+
+class _LostStream:
+    """A PayStream call as grpc.aio leaves it when its connection breaks under a write
+    (grpc/grpc#36066): the first write is sent, the second fails with INTERNAL
+    "Internal error from Core", and the reader then ends with that same status."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.lost = asyncio.Event()
+
+    def _error(self) -> grpc.aio.AioRpcError:
+        none = grpc.aio.Metadata()
+        return grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, none, none, GRPC_WRITE_FAILED)
+
+    async def write(self, request: pb.PayRequest) -> None:
+        self.writes += 1
+        if self.writes > 1:
+            self.lost.set()
+            raise self._error()
+
+    async def done_writing(self) -> None:
+        pass
+
+    def __aiter__(self) -> _LostStream:
+        return self
+
+    async def __anext__(self) -> pb.PayResponse:
+        await self.lost.wait()
+        raise self._error()
+
+
+class _Channel:
+    """Just enough of a grpc.aio.Channel for SettlementStub: PayStream is the lost
+    stream, every other method is never called."""
+
+    def __init__(self, call: _LostStream) -> None:
+        self.call = call
+
+    def stream_stream(self, *args: object, **kwargs: object) -> object:
+        return lambda *a, **k: self.call
+
+    def __getattr__(self, name: str) -> object:
+        return lambda *args, **kwargs: None
+
+
+async def test_a_stream_lost_under_a_write_is_unavailable_not_internal() -> None:
+    """When the engine dies, a PayStream write can fail before the reader sees the
+    connection go: grpc.aio then reports INTERNAL for the write and for every reply the
+    stream still owed (grpc/grpc#36066). The server said nothing of the kind (issue
+    #19: the 2pc-kill chaos scenario heard 10 INTERNAL): they are UNAVAILABLE."""
+    call = _LostStream()
+    sender = StreamSender([_Channel(call)], timeout_s=5.0)  # type: ignore[list-item]
+    owed = asyncio.ensure_future(sender.call(pb.PayRequest(idempotency_key="k1")))
+    await asyncio.sleep(0)  # k1 is written and waits for its reply
+    lost = await sender.call(pb.PayRequest(idempotency_key="k2"))
+    answers = [await owed, lost]
+    assert [a.error for a in answers] == ["UNAVAILABLE", "UNAVAILABLE"], answers
+    assert all(GRPC_WRITE_FAILED in a.detail for a in answers)
+    # A status the server sent is kept as it is, INTERNAL included.
+    none = grpc.aio.Metadata()
+    said = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, none, none, "boom")
+    assert stream_error_answer(said) == Answer(error="INTERNAL", detail="boom")

@@ -5,6 +5,7 @@ lines printed at the end of the run with the total."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -36,6 +37,53 @@ SETTLE_WAIT_S = 180.0
 
 # One line per scenario, printed after the run with the total (pytest_terminal_summary).
 RESULTS: list[tuple[str, bool, str]] = []
+
+# Where a failed scenario's logs and answers are kept (pytest keeps only its last three
+# base temp dirs, so the work dir of a failure seen once is soon gone): var/chaos/ in
+# the checkout unless QUICKPAY_CHAOS_OUT says.
+CHAOS_OUT = Path(os.environ.get("QUICKPAY_CHAOS_OUT", Path(__file__).parents[2] / "var" / "chaos"))
+# The first line of a record in serve's text log (logs.TEXT_FORMAT): time, then level.
+_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\w+) ")
+# The server log's lines a failure quotes at most.
+EXCERPT_LINES = 60
+
+
+def server_errors(log: Path | None, limit: int = EXCERPT_LINES) -> list[str]:
+    """The ERROR and CRITICAL records of a serve log, each with its traceback, and the
+    "--- start N" line of the life they came from; at most ``limit`` lines, the first.
+    An INTERNAL answer is logged there with the exception that made it."""
+    if log is None or not log.exists():
+        return []
+    out: list[str] = []
+    life = ""
+    keep = False
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("--- start "):
+            life, keep = line, False
+            continue
+        if record := _RECORD.match(line):
+            keep = record.group(1) in ("ERROR", "CRITICAL")
+            if keep and life:
+                out.append(life)
+                life = ""
+        if keep:
+            out.append(line)
+            if len(out) >= limit:
+                out.append(f"... (more in {log})")
+                break
+    return out
+
+
+def keep_logs(workdir: Path, name: str) -> Path:
+    """Copies a failed scenario's logs and answer files (not its data) out of pytest's
+    temp dir, into CHAOS_OUT/failed/NAME-TIME/; returns where."""
+    kept = CHAOS_OUT / "failed" / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}"
+    for pattern in ("*.log", "*.csv", "*.json", "gateways/*.log"):
+        for path in workdir.glob(pattern):
+            target = kept / path.relative_to(workdir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+    return kept
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
@@ -106,6 +154,12 @@ class Stage:
                 f"{sum(counts.values())} answers ({said}); {detail}; {verdict}",
             )
         )
+        if problems:
+            kept = keep_logs(self.workdir, self.name)
+            errors = server_errors(self.engine.log_path)
+            excerpt = "\n".join(errors) if errors else "(none)"
+            problems = [*problems, f"logs and answers kept in {kept}",
+                        f"the server's ERROR records:\n{excerpt}"]  # fmt: skip
         assert not problems, "\n".join(problems)
 
 

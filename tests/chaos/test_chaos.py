@@ -8,15 +8,13 @@ count of answers, payments, events or discrepancies.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from chaos.conftest import FULL, Stage, fill
+from chaos.conftest import CHAOS_OUT, FULL, Stage, fill
 from chaos.invariants import unfinished, unpublished
 from chaos.procs import RPCS, quickpay
 from chaos.soak import Sample, plot, sample, trends
@@ -41,15 +39,31 @@ STORE_LOST = {"BILLING_UNAVAILABLE"}
 GATEWAY_FAILED = {"GATEWAY_UNAVAILABLE"}
 
 
+# How many distinct (answer, RPC, detail) of the unexpected answers a failure quotes.
+QUOTED_MAX = 5
+
+
 def unexpected(answers: list[dict[str, str]], errors: set[str], failed: set[str]) -> list[str]:
-    """Answers outside what the scenario allows: other gRPC codes, other FAILED reasons."""
+    """Answers outside what the scenario allows: other gRPC codes, other FAILED reasons;
+    the message quotes what they said (the status details, bench --answers' detail)."""
     bad: Counter[str] = Counter()
+    said: Counter[tuple[str, str, str]] = Counter()
     for a in answers:
         if a["error"] and a["error"] not in errors | MALFORMED | SHED:
-            bad[a["error"]] += 1
+            what = a["error"]
         elif a["status"] == "FAILED" and a["reason"] not in failed | SHED:
-            bad[f"FAILED {a['reason']}"] += 1
-    return [f"callers heard {dict(bad)}"] if bad else []
+            what = f"FAILED {a['reason']}"
+        else:
+            continue
+        bad[what] += 1
+        said[what, a["rpc"], a.get("detail", "")] += 1
+    if not bad:
+        return []
+    quoted = "; ".join(
+        f"{n} x {what} on {rpc}: {detail or '(no detail)'}"
+        for (what, rpc, detail), n in said.most_common(QUOTED_MAX)
+    )
+    return [f"callers heard {dict(bad)} ({quoted})"]
 
 
 def settles_again(st: Stage, tries: int = 60) -> int:
@@ -261,10 +275,6 @@ def test_disk_full_under_the_data_dir(small_disk, stage) -> None:
         problems.append(f"quickpay wal verify exited {wal.returncode}: {wal.stdout[-400:]}")
     st.finish(problems, f"disk filled ({filled >> 20} MiB) for {full_s:g} s, {refused} answers"
                         " UNAVAILABLE, killed, space freed, restarted")  # fmt: skip
-
-
-# Where the soak's plot goes: var/chaos/ in the checkout unless QUICKPAY_CHAOS_OUT says.
-CHAOS_OUT = Path(os.environ.get("QUICKPAY_CHAOS_OUT", Path(__file__).parents[2] / "var" / "chaos"))
 
 
 def test_soak_at_half_capacity_with_gateway_faults(stage) -> None:

@@ -183,17 +183,50 @@ class Answer:
     replayed: bool = False
     fraud_decision: str = ""
     payment_id: str = ""  # empty for an error
+    # What the server (or the client's transport) said with the error: the status
+    # details of a failed call, the decline_detail of a per-payment failure. Kept in the
+    # answers file so that an unexpected code explains itself afterwards.
+    detail: str = ""
 
 
 # The columns of the --answers file: one row per answer, in the order they came.
-ANSWER_COLUMNS = ("idempotency_key", "kind", "status", "reason", "error", "payment_id", "replayed")
+ANSWER_COLUMNS = (
+    "idempotency_key", "kind", "status", "reason", "error", "payment_id", "replayed", "detail",
+)  # fmt: skip
+# An error's detail is cut to this many characters in the answers file.
+DETAIL_MAX = 300
+
+
+# What grpc.aio makes of a stream write that fails because the stream is already gone
+# (its connection broke, as when the server dies): it overwrites the call's status with
+# INTERNAL and these details (grpc/grpc#36066), and the stream's reader then sees that
+# status too, for every reply still owed. The server never said it.
+GRPC_WRITE_FAILED = "Internal error from Core"
+
+
+def error_answer(err: grpc.aio.AioRpcError) -> Answer:
+    """The answer of a call that ended with a gRPC error: its code and what it said."""
+    return Answer(error=err.code().name, detail=(err.details() or "")[:DETAIL_MAX])
+
+
+def stream_error_answer(err: grpc.aio.AioRpcError) -> Answer:
+    """The answer of a PayStream request whose stream ended with ``err``: a write that
+    failed on a lost stream is UNAVAILABLE (the stream's connection is gone, the reply
+    unknown: retry with the same key), not the INTERNAL grpc.aio makes of it."""
+    if err.code() is grpc.StatusCode.INTERNAL and err.details() == GRPC_WRITE_FAILED:
+        return Answer(
+            error="UNAVAILABLE",
+            detail="the stream was lost under a write (grpc.aio says INTERNAL"
+            f" {GRPC_WRITE_FAILED!r}, grpc/grpc#36066)",
+        )
+    return error_answer(err)
 
 
 def answer_of(reply: pb.PayResponse) -> Answer:
     """The answer a PayResponse carries; a PayStream per-request failure is an error."""
     status = pb.PaymentStatus.Name(reply.status)
     if status == "FAILED" and reply.decline_reason in _GRPC_CODES:
-        return Answer(error=reply.decline_reason)
+        return Answer(error=reply.decline_reason, detail=reply.decline_detail[:DETAIL_MAX])
     return Answer(
         status=status,
         reason=reply.decline_reason,
@@ -265,7 +298,7 @@ class UnarySender:
         try:
             reply = await stub.Pay(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
-            return Answer(error=err.code().name)
+            return error_answer(err)
         return answer_of(reply)
 
     async def close(self) -> None:
@@ -284,7 +317,7 @@ class _Stream:
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
-        code = "UNKNOWN"
+        failed = Answer(error="UNKNOWN")
         try:
             async for reply in self.call:
                 waiting = self.pending.get(reply.idempotency_key)
@@ -295,15 +328,16 @@ class _Stream:
                     del self.pending[reply.idempotency_key]
                 if not future.done():
                     future.set_result(answer_of(reply))
-            code = "ABORTED"  # the server ended the stream with replies still owed
+            # The server ended the stream with replies still owed.
+            failed = Answer(error="ABORTED", detail="the stream ended with replies owed")
         except grpc.aio.AioRpcError as err:
-            code = err.code().name
+            failed = stream_error_answer(err)
         finally:
             # Whatever is still waiting will get no reply on this stream.
             for waiting in self.pending.values():
                 for future in waiting:
                     if not future.done():
-                        future.set_result(Answer(error=code))
+                        future.set_result(failed)
             self.pending.clear()
 
 
@@ -333,9 +367,13 @@ class StreamSender:
             async with stream.write_lock:
                 await stream.call.write(request)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as err:
-            code = err.code().name if isinstance(err, grpc.aio.AioRpcError) else "UNAVAILABLE"
+            answer = (
+                stream_error_answer(err)
+                if isinstance(err, grpc.aio.AioRpcError)
+                else Answer(error="UNAVAILABLE", detail=f"the stream is closed: {err}")
+            )
             if not future.done():
-                future.set_result(Answer(error=code))
+                future.set_result(answer)
         try:
             return await asyncio.wait_for(asyncio.shield(future), self._timeout_s)
         except TimeoutError:
@@ -403,7 +441,7 @@ class BatchSender:
         try:
             reply = await stub.PayBatch(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
-            answers = [Answer(error=err.code().name)] * len(batch)
+            answers = [error_answer(err)] * len(batch)
         else:
             answers = [answer_of(r) for r in reply.results]
         for (_, future), answer in zip(batch, answers, strict=True):
@@ -564,7 +602,7 @@ class Worker:
         if self._answer_rows is not None:
             a = answer
             self._answer_rows.writerow(
-                (key, kind, a.status, a.reason, a.error, a.payment_id, int(a.replayed))
+                (key, kind, a.status, a.reason, a.error, a.payment_id, int(a.replayed), a.detail)
             )
         self._tick_completed += 1
         if answer.error:
