@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
-from conftest import settings_for
+from conftest import BOTH_BACKENDS, settings_for
 from test_verify import make_traffic
 
-# The embedded store and one PostgreSQL database: the same code path (store/audit_check.py
-# and the anchor written by the pipeline) on both. Under two-phase commit no head is
-# anchored (see store/postgres.py), so the cut tail is not looked for there.
-pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+# The embedded store, one PostgreSQL database and three with two-phase commit: the same
+# code path (store/audit_check.py and the anchor written by the pipeline) on each. Under
+# two-phase commit the head is anchored once the billing database (the trail's) has
+# committed the prepared batch.
+pytestmark = BOTH_BACKENDS
 
 
 class Database:
@@ -38,6 +39,10 @@ class Database:
 
             self._conn = psycopg.connect(database_urls[0], autocommit=True)
             self._mark = "%s"
+        # Where the AR ledger lives: its own database under two-phase commit.
+        self._ar = self._conn
+        if database_urls is not None and len(database_urls) > 1:
+            self._ar = psycopg.connect(database_urls[1], autocommit=True)
 
     def rows(self, sql: str, *params: object) -> list[tuple]:
         return list(self._conn.execute(sql.replace("?", self._mark), params).fetchall())
@@ -45,7 +50,13 @@ class Database:
     def execute(self, sql: str, *params: object) -> None:
         self._conn.execute(sql.replace("?", self._mark), params)
 
+    def execute_ar(self, sql: str, *params: object) -> None:
+        """A write to the AR ledger's database."""
+        self._ar.execute(sql.replace("?", self._mark), params)
+
     def close(self) -> None:
+        if self._ar is not self._conn:
+            self._ar.close()
         if self._conn is not None:
             self._conn.commit()
             self._conn.close()
@@ -62,6 +73,9 @@ async def db(stub, server, data_dir: Path, database_urls: list[str] | None) -> I
 
 def cli(data_dir: Path, database_urls: list[str] | None, *command: str):
     url = ["--database-url", database_urls[0]] if database_urls else []
+    if database_urls is not None and len(database_urls) > 1:
+        billing, ar, provisioning = database_urls
+        url += ["--billing-url", billing, "--ar-url", ar, "--provisioning-url", provisioning]
     return subprocess.run(
         [sys.executable, "-m", "quickpay_engine.cli", *command, "--data-dir", str(data_dir), *url],
         capture_output=True,
@@ -134,10 +148,10 @@ def test_an_amount_edited_in_history_and_both_ar_legs_is_found(
         "SELECT payment_id, amount_minor FROM payments WHERE idempotency_key = 'b3'"
     )
     db.execute("UPDATE payments SET amount_minor = 1 WHERE payment_id = ?", payment_id)
-    db.execute(
+    db.execute_ar(
         "UPDATE ar_entries SET debit_minor = 1 WHERE document_id = ? AND leg = 1", payment_id
     )
-    db.execute(
+    db.execute_ar(
         "UPDATE ar_entries SET credit_minor = 1 WHERE document_id = ? AND leg = 2", payment_id
     )
     db.close()

@@ -141,9 +141,12 @@ class PostgresStore:
         self.urls = PostgresUrls.single(urls) if isinstance(urls, str) else urls
         self._audit_key = audit_key
         # The trail's last (seq, hash) as of this store's last commit that wrote to it,
-        # for the ledger's anchor; None until then, and always under two-phase commit.
+        # for the ledger's anchor; None until then. Under two-phase commit, a prepared
+        # batch's head waits in ``_prepared_heads`` until the billing database (which
+        # holds the trail) has committed it.
         self.audit_head: tuple[int, str] | None = None
         self._written_head: tuple[int, str] | None = None
+        self._prepared_heads: dict[str, tuple[int, str]] = {}
         # One connection per distinct database; a participant is named by the first
         # domain it holds.
         self._conns: dict[str, psycopg.Connection] = {}
@@ -558,6 +561,7 @@ class PostgresStore:
         _check_gid(gid)
         self._reconnect_broken()
         prepared: list[str] = []
+        self._written_head = None
         try:
             for conn in self._conns.values():
                 conn.execute("BEGIN")
@@ -577,14 +581,20 @@ class PostgresStore:
                 else:
                     _rollback(conn)
             raise
+        if self._written_head is not None:
+            self._prepared_heads[gid] = self._written_head
         return result
 
     def commit_prepared(self, gid: str, participants: Sequence[str] | None = None) -> None:
         """COMMIT PREPARED in each participant (all by default); one already committed
-        (a redo after a crash) is skipped."""
+        (a redo after a crash) is skipped. Once the billing database has committed, the
+        trail's head the batch wrote becomes ``audit_head`` (for the ledger's anchor)."""
         self._reconnect_broken()
         for name in participants if participants is not None else self._conns:
             self._finish_prepared(name, gid, "COMMIT PREPARED")
+            head = self._prepared_heads.pop(gid, None) if name == self._holder["billing"] else None
+            if head is not None and (self.audit_head is None or head[0] > self.audit_head[0]):
+                self.audit_head = head
 
     def rollback_prepared(self, gid: str, participants: Sequence[str] | None = None) -> None:
         """ROLLBACK PREPARED in each participant (all by default); one already gone is
@@ -592,6 +602,8 @@ class PostgresStore:
         self._reconnect_broken()
         for name in participants if participants is not None else self._conns:
             self._finish_prepared(name, gid, "ROLLBACK PREPARED")
+            if name == self._holder["billing"]:
+                self._prepared_heads.pop(gid, None)
 
     def prepared(self) -> list[Prepared]:
         """Every prepared transaction of ours (``GID_PREFIX``) in every participant."""
