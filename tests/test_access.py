@@ -272,6 +272,33 @@ async def test_a_gateway_reads_back_only_the_payments_it_sent(
     assert guarded.store.get_payment(idempotency_key="stream-by-b").intent.sender == "gw-b"
 
 
+async def test_a_key_replayed_by_another_gateway_is_a_conflict_that_names_nothing(
+    guarded: RunningServer, stub: pb_grpc.SettlementStub
+) -> None:
+    paid = await stub.Pay(topup("replayed-key"), metadata=bearer("gw-a"), timeout=TIMEOUT_S)
+    again = await stub.Pay(topup("replayed-key"), metadata=bearer("gw-a"), timeout=TIMEOUT_S)
+    assert again.payment_id == paid.payment_id  # its own retry replays
+    for call in (
+        lambda: stub.Pay(topup("replayed-key"), metadata=bearer("gw-b"), timeout=TIMEOUT_S),
+        lambda: stub.PayBatch(
+            pb.PayBatchRequest(payments=[topup("replayed-key")]),
+            metadata=bearer("gw-b"),
+            timeout=TIMEOUT_S,
+        ),
+    ):
+        try:
+            answer = await call()
+        except grpc.aio.AioRpcError as err:
+            assert err.code() is grpc.StatusCode.FAILED_PRECONDITION
+            said = err.details() or ""
+        else:  # PayBatch carries each payment's error as a FAILED result
+            (result,) = answer.results
+            assert result.status == pb.FAILED
+            assert result.payment_id != paid.payment_id
+            said = result.decline_reason + " " + result.decline_detail
+        assert paid.payment_id not in said and "another payment" in said, said
+
+
 async def test_refunds_and_reconciliations_name_their_caller_in_the_audit_trail(
     guarded: RunningServer, stub: pb_grpc.SettlementStub, data_dir: Path
 ) -> None:

@@ -680,8 +680,12 @@ def _gateway_detail(result: GatewayResult) -> str:
 def replay(
     stored: Outcome, stored_intent: PaymentIntent, intent: PaymentIntent
 ) -> Outcome | IdempotencyConflict:
-    """The stored outcome for a retried key, or a conflict when the payload differs."""
-    if stored_intent.fingerprint != intent.fingerprint:
+    """The stored outcome for a retried key, or a conflict when the payload differs or
+    another caller sent it: a gateway never learns another's payment by replaying its key
+    (a payment stored without a sender, before callers had identities, replays to any)."""
+    if stored_intent.fingerprint != intent.fingerprint or (
+        stored_intent.sender and stored_intent.sender != intent.sender
+    ):
         # Names nothing of the payment the key belongs to.
         return IdempotencyConflict(
             f"idempotency_key {echo(intent.idempotency_key)} was used for another payment"
