@@ -3,7 +3,9 @@
 One task (the poller) reads the newest cursor, a single index lookup, every
 ``WATCH_POLL_S`` or soon after a commit here. When it moved, the poller reads the new
 events once, for all, and hands each waiting watcher the ones it wants (its kinds, its
-account); a watcher that wants none goes on waiting and costs nothing more. Only a
+account). The waiting watchers are indexed by their account: an event is looked at only
+by its account's watchers and those of every account, so a watcher that none of a
+commit's events concerns is not touched at all (not even to move its position). Only a
 watcher behind the head (from an old cursor, or after a burst larger than one page)
 reads pages of its own. Idle watchers cost no reads at all, however many there are,
 and their number is bounded (``WATCH_STREAMS_MAX``).
@@ -46,7 +48,11 @@ class OutboxReader(Protocol):
 
 @dataclass(eq=False, slots=True)
 class _Waiter:
-    """A watcher that has seen everything up to ``position`` and waits for more."""
+    """A watcher that has seen everything up to ``position`` and waits for more.
+
+    While it waits it has also seen everything up to the hub's head: the hub looks at
+    every new event for it (through its index), so ``position`` is not moved on each
+    commit that brings it nothing, only when it is woken."""
 
     kinds: frozenset[str]
     account_id: str
@@ -55,11 +61,8 @@ class _Waiter:
     woken: asyncio.Future[list[OutboxEvent] | None]
 
     def wants(self, event: OutboxEvent) -> bool:
-        return (
-            event.cursor > self.position
-            and (not self.kinds or event.kind in self.kinds)
-            and (not self.account_id or event.account_id == self.account_id)
-        )
+        """Whether it wants ``event``, one of its account's (the index found it)."""
+        return event.cursor > self.position and (not self.kinds or event.kind in self.kinds)
 
 
 class WatchHub:
@@ -75,7 +78,12 @@ class WatchHub:
         self.shared_reads = 0  # pages the poller read for the waiting watchers
         self.page_reads = 0  # pages watchers read on their own (catching up)
         self._closed = False
-        self._waiting: set[_Waiter] = set()
+        # The waiting watchers, by the account they watch: an event is looked at only
+        # by its account's watchers and by those of every account (``_unfiltered``), so
+        # a watcher costs nothing when a commit brings none of its account's events.
+        self._by_account: dict[str, set[_Waiter]] = {}
+        self._unfiltered: set[_Waiter] = set()
+        self.waiting = 0  # watchers in the index (caught up, waiting for new events)
         # Set after a commit here, so the poller looks at once; cleared by the poller.
         self._committed = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
@@ -88,9 +96,13 @@ class WatchHub:
     def close(self) -> None:
         """Ends every watch cleanly (the server drains) and the poller."""
         self._closed = True
-        self._deliver(None, self.head)
+        self._wake_all(self.head)
         if self._poller is not None:
             self._poller.cancel()
+
+    def indexed_accounts(self) -> int:
+        """Accounts with a waiting watcher in the index (none once every stream ended)."""
+        return len(self._by_account)
 
     async def watch(
         self, from_cursor: int, kinds: Sequence[str] = (), account_id: str = ""
@@ -119,11 +131,11 @@ class WatchHub:
                     waiter = _Waiter(
                         wanted, account_id, position, asyncio.get_running_loop().create_future()
                     )
-                    self._waiting.add(waiter)
+                    self._add(waiter)
                     try:
                         events = await waiter.woken
                     finally:
-                        self._waiting.discard(waiter)
+                        self._remove(waiter)  # woken: already out; cancelled: not yet
                     position = waiter.position
                     for event in events or ():
                         yield event
@@ -143,6 +155,29 @@ class WatchHub:
         finally:
             self.watchers -= 1
 
+    def _add(self, waiter: _Waiter) -> None:
+        if waiter.account_id:
+            self._by_account.setdefault(waiter.account_id, set()).add(waiter)
+        else:
+            self._unfiltered.add(waiter)
+        self.waiting += 1
+
+    def _remove(self, waiter: _Waiter) -> None:
+        """Takes ``waiter`` out of the index, if it is there; an account left with no
+        waiter leaves the index too."""
+        if waiter.account_id:
+            of_account = self._by_account.get(waiter.account_id)
+            if of_account is None or waiter not in of_account:
+                return
+            of_account.remove(waiter)
+            if not of_account:
+                del self._by_account[waiter.account_id]
+        elif waiter in self._unfiltered:
+            self._unfiltered.remove(waiter)
+        else:
+            return
+        self.waiting -= 1
+
     def _start_poller(self) -> None:
         if self._poller is None or self._poller.done():
             self._poller = asyncio.get_running_loop().create_task(self._poll(), name="watch-poll")
@@ -159,38 +194,63 @@ class WatchHub:
                 log.warning("watch poll failed; again in %.1f s", WATCH_POLL_S, exc_info=True)
                 await asyncio.sleep(WATCH_POLL_S)
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._committed.wait(), WATCH_POLL_S)
+            if not self._committed.is_set():
+                # One timer a tick, no task: asyncio.wait_for would start one per look.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(WATCH_POLL_S):
+                        await self._committed.wait()
 
     async def _look(self) -> None:
         self.polls += 1
         head = await self._thread.run(self._reader.outbox_head)
         if head <= self.head:
             return
-        events = None
-        if self._waiting:
-            self.shared_reads += 1
-            page = await self._thread.run(
-                self._reader.outbox_after, self.head, (), "", WATCH_PAGE_MAX
-            )
-            if len(page) < WATCH_PAGE_MAX:  # everything after the old head
-                events = page
-                head = max(head, page[-1].cursor if page else 0)
-        self.head = head
-        self._deliver(events, head)
+        seen = self.head
+        if not self.waiting:
+            self.head = head  # nobody waits: whoever reads next reads for itself
+            return
+        self.shared_reads += 1
+        page = await self._thread.run(self._reader.outbox_after, seen, (), "", WATCH_PAGE_MAX)
+        if len(page) == WATCH_PAGE_MAX:
+            # More than a page since the last look: each waiting watcher reads its own
+            # from where every one of them is (`seen`).
+            self.head = head
+            self._wake_all(seen)
+            return
+        # Everything after `seen` (a commit during the read may have gone past `head`).
+        self.head = max(head, page[-1].cursor if page else 0)
+        self._deliver(page, self.head)
 
-    def _deliver(self, events: list[OutboxEvent] | None, head: int) -> None:
+    def _deliver(self, events: list[OutboxEvent], head: int) -> None:
         """Hands each waiting watcher the ``events`` (every one up to ``head``) it
-        wants; one that wants none stays waiting, now at ``head``. None (more events
-        than one page, or closing): every waiting watcher is woken to read for itself."""
-        for waiter in list(self._waiting):
-            if events is None:
-                mine = None
-            else:
-                mine = [e for e in events if waiter.wants(e)]
-                waiter.position = max(waiter.position, head)
-                if not mine:
-                    continue
-            self._waiting.discard(waiter)
+        wants. Each event is looked at only by the watchers of its account and those of
+        every account; a watcher none of them concerns is not touched, and has now seen
+        everything up to ``head`` (the hub's) without a write of its own."""
+        found: dict[_Waiter, list[OutboxEvent]] = {}
+        by_account, unfiltered = self._by_account, self._unfiltered
+        for event in events:
+            for group in (by_account.get(event.account_id), unfiltered):
+                for waiter in group or ():
+                    if waiter.wants(event):
+                        if (mine := found.get(waiter)) is None:
+                            found[waiter] = [event]
+                        else:
+                            mine.append(event)
+        for waiter, mine in found.items():
+            self._remove(waiter)
+            waiter.position = max(waiter.position, head)
             if not waiter.woken.done():
                 waiter.woken.set_result(mine)
+
+    def _wake_all(self, seen: int) -> None:
+        """Wakes every waiting watcher to read for itself from ``seen`` (or its own
+        position, if ahead): a burst larger than a page, or the hub closing."""
+        waiters = [w for group in self._by_account.values() for w in group]
+        waiters.extend(self._unfiltered)
+        self._by_account.clear()
+        self._unfiltered.clear()
+        self.waiting = 0
+        for waiter in waiters:
+            waiter.position = max(waiter.position, seen)
+            if not waiter.woken.done():
+                waiter.woken.set_result(None)
