@@ -126,7 +126,7 @@ async def test_pay_keeps_its_rate_beside_hundreds_of_idle_watchers(
 
 
 class _Outbox:
-    """An outbox in memory; ``fail`` head lookups raise first (a database restarting)."""
+    """An outbox in memory; the first ``fail`` reads raise (a database restarting)."""
 
     def __init__(self, fail: int = 0) -> None:
         self.events: list[OutboxEvent] = []
@@ -143,6 +143,9 @@ class _Outbox:
         return self.events[-1].cursor if self.events else 0
 
     def outbox_after(self, cursor, kinds=(), account_id="", limit=256) -> list[OutboxEvent]:
+        if self.fail:
+            self.fail -= 1
+            raise OSError("database restarting")
         found = [
             e
             for e in self.events

@@ -1,13 +1,14 @@
 """WatchSettlements' watchers, woken from one shared poll of the outbox's head.
 
-One task (the poller) reads the newest cursor, a single index lookup, every
-``WATCH_POLL_S`` or soon after a commit here. When it moved, the poller reads the new
-events once, for all, and hands each waiting watcher the ones it wants (its kinds, its
+One task (the poller) looks at the outbox every ``WATCH_POLL_S`` or soon after a commit
+here, one job on the reader thread a look: while watchers wait, it reads the page of
+events after the newest cursor it has seen (an index seek; empty when nothing is new),
+once, for all, and hands each waiting watcher the ones it wants (its kinds, its
 account). The waiting watchers are indexed by their account: an event is looked at only
 by its account's watchers and those of every account, so a watcher that none of a
 commit's events concerns is not touched at all (not even to move its position). Only a
 watcher behind the head (from an old cursor, or after a burst larger than one page)
-reads pages of its own. Idle watchers cost no reads at all, however many there are,
+reads pages of its own. Idle watchers read nothing of their own, however many there are,
 and their number is bounded (``WATCH_STREAMS_MAX``).
 """
 
@@ -74,8 +75,8 @@ class WatchHub:
         # The newest cursor the poller has seen committed (0 before its first look).
         self.head = 0
         self.watchers = 0
-        self.polls = 0  # head lookups since start (tests count them)
-        self.shared_reads = 0  # pages the poller read for the waiting watchers
+        self.polls = 0  # looks at the outbox since start, one job each (tests count them)
+        self.shared_reads = 0  # looks that found new events and handed them out
         self.page_reads = 0  # pages watchers read on their own (catching up)
         self._closed = False
         # The waiting watchers, by the account they watch: an event is looked at only
@@ -201,24 +202,30 @@ class WatchHub:
                         await self._committed.wait()
 
     async def _look(self) -> None:
+        """One job on the reader thread a look: with watchers waiting, the page after
+        the head (empty when nothing is new: the same index seek as the head's lookup);
+        with none, the head alone."""
         self.polls += 1
-        head = await self._thread.run(self._reader.outbox_head)
-        if head <= self.head:
-            return
         seen = self.head
         if not self.waiting:
-            self.head = head  # nobody waits: whoever reads next reads for itself
-            return
-        self.shared_reads += 1
+            head = await self._thread.run(self._reader.outbox_head)
+            if not self.waiting:
+                self.head = max(seen, head)
+                return
+            # A watcher began waiting during the lookup, having seen up to `seen` only:
+            # the read below hands it what followed.
         page = await self._thread.run(self._reader.outbox_after, seen, (), "", WATCH_PAGE_MAX)
+        if not page:
+            return
         if len(page) == WATCH_PAGE_MAX:
             # More than a page since the last look: each waiting watcher reads its own
-            # from where every one of them is (`seen`).
-            self.head = head
+            # from where every one of them is (`seen`), up to the head.
+            head = await self._thread.run(self._reader.outbox_head)
+            self.head = max(head, page[-1].cursor)
             self._wake_all(seen)
             return
-        # Everything after `seen` (a commit during the read may have gone past `head`).
-        self.head = max(head, page[-1].cursor if page else 0)
+        self.shared_reads += 1
+        self.head = page[-1].cursor  # everything after `seen` is in the page
         self._deliver(page, self.head)
 
     def _deliver(self, events: list[OutboxEvent], head: int) -> None:
