@@ -85,6 +85,11 @@ class WatchHub:
         self._by_account: dict[str, set[_Waiter]] = {}
         self._unfiltered: set[_Waiter] = set()
         self.waiting = 0  # watchers in the index (caught up, waiting for new events)
+        # The pages being read for watchers behind the head, by (after, kinds, account),
+        # each with the head it reads up to: watchers asking for the same one share it.
+        self._reads: dict[
+            tuple[int, frozenset[str], str], tuple[int, asyncio.Future[list[OutboxEvent]]]
+        ] = {}
         # Set after a commit here, so the poller looks at once; cleared by the poller.
         self._committed = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
@@ -141,11 +146,8 @@ class WatchHub:
                     for event in events or ():
                         yield event
                     continue
-                seen = self.head  # every event up to it is visible to the read below
-                self.page_reads += 1
-                page = await self._thread.run(
-                    self._reader.outbox_after, position, kinds, account_id, WATCH_PAGE_MAX
-                )
+                # Every event up to `seen` was visible to the read.
+                seen, page = await self._page(position, kinds, wanted, account_id)
                 for event in page:
                     yield event
                     position = event.cursor
@@ -155,6 +157,34 @@ class WatchHub:
                     position = max(position, seen)
         finally:
             self.watchers -= 1
+
+    async def _page(
+        self, position: int, kinds: Sequence[str], wanted: frozenset[str], account_id: str
+    ) -> tuple[int, list[OutboxEvent]]:
+        """The page after ``position`` of ``kinds`` and ``account_id``, and the head up
+        to which it looked. Watchers asking for the same page at once share one read:
+        many streams opened together from one cursor (consumers starting from 0, all
+        reconnecting after a restart) read the outbox once, not once each."""
+        key = (position, wanted, account_id)
+        shared = self._reads.get(key)
+        if shared is None:
+            self.page_reads += 1
+            started = asyncio.ensure_future(
+                self._thread.run(
+                    self._reader.outbox_after, position, kinds, account_id, WATCH_PAGE_MAX
+                )
+            )
+            shared = self._reads[key] = (self.head, started)
+            started.add_done_callback(lambda done: self._read_done(key, done))
+        seen, read = shared
+        # One watcher's end (cancelled) does not cancel the read the others wait for.
+        return seen, await asyncio.shield(read)
+
+    def _read_done(self, key: tuple[int, frozenset[str], str], read: asyncio.Future) -> None:
+        if self._reads.get(key, (0, None))[1] is read:
+            del self._reads[key]
+        if not read.cancelled():
+            read.exception()  # retrieved: each waiting watcher has it raised to it
 
     def _add(self, waiter: _Waiter) -> None:
         if waiter.account_id:
