@@ -126,7 +126,7 @@ async def test_pay_keeps_its_rate_beside_hundreds_of_idle_watchers(
 
 
 class _Outbox:
-    """An outbox in memory; ``fail`` head lookups raise first (a database restarting)."""
+    """An outbox in memory; the first ``fail`` reads raise (a database restarting)."""
 
     def __init__(self, fail: int = 0) -> None:
         self.events: list[OutboxEvent] = []
@@ -143,6 +143,9 @@ class _Outbox:
         return self.events[-1].cursor if self.events else 0
 
     def outbox_after(self, cursor, kinds=(), account_id="", limit=256) -> list[OutboxEvent]:
+        if self.fail:
+            self.fail -= 1
+            raise OSError("database restarting")
         found = [
             e
             for e in self.events
@@ -365,4 +368,31 @@ async def test_a_stream_from_a_cursor_past_the_hubs_head_gets_only_what_follows_
     assert (await asyncio.wait_for(anext(ahead), 5)).event_id == "e3"
     hub.close()
     await ahead.aclose()
+    thread.close()
+
+
+async def test_streams_opened_together_from_one_cursor_share_their_catch_up_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Consumers starting from 0 at once (or all reconnecting after a restart) read the
+    outbox once, not once each; one of them ending does not end the read for the rest."""
+    outbox, thread, hub = _hub(monkeypatch)
+    everything = hub.watch(0)
+    first = asyncio.ensure_future(anext(everything))
+    await until(lambda: hub.waiting == 1, "a watcher waiting")
+    await _commit(hub, outbox, ("settlement", "a"), ("settlement", "b"), ("refund", "a"))
+    await asyncio.wait_for(first, 5)
+    pages = hub.page_reads
+    of_a = [hub.watch(0, account_id="a") for _ in range(30)]
+    readers = [asyncio.ensure_future(_collect(w, 2)) for w in of_a]
+    await asyncio.sleep(0)  # each has asked for its page
+    readers[0].cancel()
+    for reader in readers[1:]:
+        assert await asyncio.wait_for(reader, 5) == ["e1", "e3"]
+    assert hub.page_reads - pages == 1, "thirty streams from one cursor read it once"
+    assert not hub._reads, "a finished read is forgotten"
+    hub.close()
+    await asyncio.gather(readers[0], return_exceptions=True)
+    for w in (everything, *of_a):
+        await w.aclose()
     thread.close()

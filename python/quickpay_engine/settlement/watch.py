@@ -1,13 +1,14 @@
 """WatchSettlements' watchers, woken from one shared poll of the outbox's head.
 
-One task (the poller) reads the newest cursor, a single index lookup, every
-``WATCH_POLL_S`` or soon after a commit here. When it moved, the poller reads the new
-events once, for all, and hands each waiting watcher the ones it wants (its kinds, its
+One task (the poller) looks at the outbox every ``WATCH_POLL_S`` or soon after a commit
+here, one job on the reader thread a look: while watchers wait, it reads the page of
+events after the newest cursor it has seen (an index seek; empty when nothing is new),
+once, for all, and hands each waiting watcher the ones it wants (its kinds, its
 account). The waiting watchers are indexed by their account: an event is looked at only
 by its account's watchers and those of every account, so a watcher that none of a
 commit's events concerns is not touched at all (not even to move its position). Only a
 watcher behind the head (from an old cursor, or after a burst larger than one page)
-reads pages of its own. Idle watchers cost no reads at all, however many there are,
+reads pages of its own. Idle watchers read nothing of their own, however many there are,
 and their number is bounded (``WATCH_STREAMS_MAX``).
 """
 
@@ -74,8 +75,8 @@ class WatchHub:
         # The newest cursor the poller has seen committed (0 before its first look).
         self.head = 0
         self.watchers = 0
-        self.polls = 0  # head lookups since start (tests count them)
-        self.shared_reads = 0  # pages the poller read for the waiting watchers
+        self.polls = 0  # looks at the outbox since start, one job each (tests count them)
+        self.shared_reads = 0  # looks that found new events and handed them out
         self.page_reads = 0  # pages watchers read on their own (catching up)
         self._closed = False
         # The waiting watchers, by the account they watch: an event is looked at only
@@ -84,6 +85,11 @@ class WatchHub:
         self._by_account: dict[str, set[_Waiter]] = {}
         self._unfiltered: set[_Waiter] = set()
         self.waiting = 0  # watchers in the index (caught up, waiting for new events)
+        # The pages being read for watchers behind the head, by (after, kinds, account),
+        # each with the head it reads up to: watchers asking for the same one share it.
+        self._reads: dict[
+            tuple[int, frozenset[str], str], tuple[int, asyncio.Future[list[OutboxEvent]]]
+        ] = {}
         # Set after a commit here, so the poller looks at once; cleared by the poller.
         self._committed = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
@@ -140,11 +146,8 @@ class WatchHub:
                     for event in events or ():
                         yield event
                     continue
-                seen = self.head  # every event up to it is visible to the read below
-                self.page_reads += 1
-                page = await self._thread.run(
-                    self._reader.outbox_after, position, kinds, account_id, WATCH_PAGE_MAX
-                )
+                # Every event up to `seen` was visible to the read.
+                seen, page = await self._page(position, kinds, wanted, account_id)
                 for event in page:
                     yield event
                     position = event.cursor
@@ -154,6 +157,34 @@ class WatchHub:
                     position = max(position, seen)
         finally:
             self.watchers -= 1
+
+    async def _page(
+        self, position: int, kinds: Sequence[str], wanted: frozenset[str], account_id: str
+    ) -> tuple[int, list[OutboxEvent]]:
+        """The page after ``position`` of ``kinds`` and ``account_id``, and the head up
+        to which it looked. Watchers asking for the same page at once share one read:
+        many streams opened together from one cursor (consumers starting from 0, all
+        reconnecting after a restart) read the outbox once, not once each."""
+        key = (position, wanted, account_id)
+        shared = self._reads.get(key)
+        if shared is None:
+            self.page_reads += 1
+            started = asyncio.ensure_future(
+                self._thread.run(
+                    self._reader.outbox_after, position, kinds, account_id, WATCH_PAGE_MAX
+                )
+            )
+            shared = self._reads[key] = (self.head, started)
+            started.add_done_callback(lambda done: self._read_done(key, done))
+        seen, read = shared
+        # One watcher's end (cancelled) does not cancel the read the others wait for.
+        return seen, await asyncio.shield(read)
+
+    def _read_done(self, key: tuple[int, frozenset[str], str], read: asyncio.Future) -> None:
+        if self._reads.get(key, (0, None))[1] is read:
+            del self._reads[key]
+        if not read.cancelled():
+            read.exception()  # retrieved: each waiting watcher has it raised to it
 
     def _add(self, waiter: _Waiter) -> None:
         if waiter.account_id:
@@ -201,24 +232,30 @@ class WatchHub:
                         await self._committed.wait()
 
     async def _look(self) -> None:
+        """One job on the reader thread a look: with watchers waiting, the page after
+        the head (empty when nothing is new: the same index seek as the head's lookup);
+        with none, the head alone."""
         self.polls += 1
-        head = await self._thread.run(self._reader.outbox_head)
-        if head <= self.head:
-            return
         seen = self.head
         if not self.waiting:
-            self.head = head  # nobody waits: whoever reads next reads for itself
-            return
-        self.shared_reads += 1
+            head = await self._thread.run(self._reader.outbox_head)
+            if not self.waiting:
+                self.head = max(seen, head)
+                return
+            # A watcher began waiting during the lookup, having seen up to `seen` only:
+            # the read below hands it what followed.
         page = await self._thread.run(self._reader.outbox_after, seen, (), "", WATCH_PAGE_MAX)
+        if not page:
+            return
         if len(page) == WATCH_PAGE_MAX:
             # More than a page since the last look: each waiting watcher reads its own
-            # from where every one of them is (`seen`).
-            self.head = head
+            # from where every one of them is (`seen`), up to the head.
+            head = await self._thread.run(self._reader.outbox_head)
+            self.head = max(head, page[-1].cursor)
             self._wake_all(seen)
             return
-        # Everything after `seen` (a commit during the read may have gone past `head`).
-        self.head = max(head, page[-1].cursor if page else 0)
+        self.shared_reads += 1
+        self.head = page[-1].cursor  # everything after `seen` is in the page
         self._deliver(page, self.head)
 
     def _deliver(self, events: list[OutboxEvent], head: int) -> None:
