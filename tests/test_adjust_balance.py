@@ -21,11 +21,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import BACKENDS, GATEWAYS_VAR, bill, seed_store, settings_for
+from conftest import BACKENDS, GATEWAYS_VAR, bill, seed_store, settings_for, topup
 from quickpay_engine._engine import ids_array
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.commands.verify import _balance_problems
+from quickpay_engine.domain import LineStatus
 from quickpay_engine.ledger_limits import open_ledger
 from quickpay_engine.server import RunningServer
 from quickpay_engine.settlement.ledger_book import (
@@ -33,6 +34,7 @@ from quickpay_engine.settlement.ledger_book import (
     adjustment_account,
     subscriber_account,
 )
+from quickpay_engine.store import SqliteStore
 from test_verify import verify_cli
 
 TIMEOUT_S = 20
@@ -109,6 +111,80 @@ async def test_a_replay_with_the_same_key_makes_one_transfer(
         assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert balance_of(server, "acc-pre") == 16_000
     assert ledger_net(book, subscriber_account("acc-pre")) == 1_000
+
+
+def _provisioning_change(server: RunningServer, document_id: str) -> tuple[object, ...] | None:
+    store = server.store
+    query = "SELECT payment_id, state_before, state_after, rule_id FROM provisioning_changes"
+    if isinstance(store, SqliteStore):
+        return store._db.execute(query + " WHERE document_id = ?", (document_id,)).fetchone()
+    return store._prov.execute(query + " WHERE document_id = %s", (document_id,)).fetchone()
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+async def test_a_credit_that_pays_up_a_barred_line_restores_it_as_a_payment_would(
+    stub: pb_grpc.SettlementStub, server: RunningServer, backend: str
+) -> None:
+    """The provisioning rules a payment applies (store/provisioning.py): a prepaid line
+    barred at zero credit is restored by a credit that leaves credit, a postpaid one by
+    the credit that pays up what it owes; a debit, or a credit that leaves it short,
+    changes no line. The restoring adjustment records the change (its id the document,
+    no payment) and writes a service_state event before its own, as a payment does."""
+    store = server.store
+    debit = await stub.AdjustBalance(
+        adjust("b-1", account="acc-pre-barred", amount=-100, allow_negative_balance=True),
+        timeout=TIMEOUT_S,
+    )
+    credit = await stub.AdjustBalance(
+        adjust("b-2", account="acc-pre-barred", amount=1_000), timeout=TIMEOUT_S
+    )
+    short = await stub.AdjustBalance(
+        adjust("b-3", account="acc-post-barred", amount=5_000, currency="EUR"), timeout=TIMEOUT_S
+    )
+    paid_up = await stub.AdjustBalance(
+        adjust("b-4", account="acc-post-barred", amount=3_000, currency="EUR"), timeout=TIMEOUT_S
+    )
+    assert {r.status for r in (debit, credit, short, paid_up)} == {pb.APPLIED}
+    assert _provisioning_change(server, debit.adjustment_id) is None
+    assert _provisioning_change(server, short.adjustment_id) is None
+    assert _provisioning_change(server, credit.adjustment_id) == (
+        "",
+        LineStatus.BARRED,
+        LineStatus.ACTIVE,
+        "prepaid-barred-has-credit",
+    )
+    assert _provisioning_change(server, paid_up.adjustment_id) == (
+        "",
+        LineStatus.BARRED,
+        LineStatus.ACTIVE,
+        "postpaid-barred-paid-up",
+    )
+    for account, balance in (("acc-pre-barred", 900), ("acc-post-barred", 0)):
+        line = store.subscriber(account)
+        assert line is not None and (line.status, line.balance_minor) == (
+            LineStatus.ACTIVE,
+            balance,
+        )
+    events = store.outbox_after(0, account_id="acc-pre-barred")
+    assert [(e.kind, e.payload.get("service_state_after")) for e in events] == [
+        ("adjustment", "BARRED"),
+        ("service_state", None),
+        ("adjustment", "ACTIVE"),
+    ]
+    assert events[1].payload == {
+        "msisdn": "+254700000003", "state_before": "BARRED", "state_after": "ACTIVE"
+    }  # fmt: skip
+    assert all(e.payment_id == "" for e in events)
+    # The engine's table has the line ACTIVE: a top-up that settles (the simulators
+    # decline a few at random) restores nothing more.
+    paid = await stub.Pay(topup("b-pay"), timeout=TIMEOUT_S)
+    assert paid.status in (pb.SETTLED, pb.DECLINED), paid
+    if paid.status == pb.SETTLED:
+        assert paid.confirmation.service_state_after == "ACTIVE"
+        assert _provisioning_change(server, paid.payment_id) is None
+    await server.service._pipeline.drain()
+    assert store.verify() == []
+    assert _balance_problems(store, server.service.book) == []
 
 
 async def test_a_debit_below_zero_is_declined_unless_allowed(

@@ -151,6 +151,52 @@ async def test_server_publishes_every_event_once_in_order(
     assert cursors == sorted(cursors)
 
 
+async def test_adjustments_and_subscriber_changes_are_published_with_the_payments(
+    data_dir: Path, broker: NatsServer
+) -> None:
+    """Every outbox event reaches NATS once, in cursor order, whatever wrote it: a
+    payment, a balance adjustment (one restoring a barred line: its service_state event
+    too) and a live subscriber change, each on quickpay.settlement.<kind>."""
+    running = await create_server(dataclasses.replace(settings_for(data_dir), nats_url=broker.url))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.SettlementStub(channel)
+            await stub.Pay(topup("nats-pay", account_id="acc-pre", msisdn="+254700000004"))
+            adjusted = await stub.AdjustBalance(
+                pb.AdjustBalanceRequest(
+                    idempotency_key="nats-adj",
+                    account_id="acc-pre-barred",
+                    amount=pb.Money(amount_minor=700, currency="KES"),
+                    reason="goodwill",
+                    source_system="crm",
+                )
+            )
+            assert adjusted.status == pb.APPLIED
+            opened = pb.SubscriberChange(
+                account_id="acc-nats-1", version=3, kind=pb.ACTIVATION, msisdn="+254711000901",
+                plan="PREPAID", status="ACTIVE", currency="KES", country="KE",
+                opening_balance_minor=1_500,
+            )  # fmt: skip
+            opened.created_at.seconds = 1_700_000_000
+            summary = await stub.UpsertSubscribers(iter([opened]))
+            assert summary.applied == 1
+        expected = outbox_ids(running)
+        got = await consume_all(broker.url, len(expected))
+    finally:
+        await running.stop(grace_s=1)
+    assert [message_id for _, message_id, _ in got] == expected
+    by_kind = {event.kind: (subject, event) for subject, _, event in got}
+    assert {"adjustment", "service_state", "subscriber_change"} <= set(by_kind)
+    for kind, (subject, _) in by_kind.items():
+        assert subject == f"quickpay.settlement.{kind}"
+    adj = by_kind["adjustment"][1].adjusted
+    assert adj.adjustment_id == adjusted.adjustment_id
+    assert adj.amount == pb.Money(amount_minor=700, currency="KES")
+    assert (adj.balance_after.amount_minor, adj.service_state_after) == (700, "ACTIVE")
+    sub = by_kind["subscriber_change"][1].subscriber_changed
+    assert sub.change == opened and sub.opened
+
+
 class Flaky:
     """A publisher that fails after ``fail_after`` messages, as a broker that dies would."""
 

@@ -128,3 +128,51 @@ async def test_an_account_no_payment_can_have_is_invalid_argument(stub, account)
             pass
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith("account_id: "), err.value.details()
+
+
+async def test_adjustments_and_subscriber_changes_are_events_with_their_bodies(
+    stub, server
+) -> None:
+    """AdjustBalance and UpsertSubscribers write an outbox event each, as payments do:
+    signed integer minor units for the money, the change as applied for a line, and a
+    stale change (a replay) writes none."""
+    adjusted = await stub.AdjustBalance(
+        pb.AdjustBalanceRequest(
+            idempotency_key="ev-adj-1",
+            account_id="acc-pre",
+            amount=pb.Money(amount_minor=-250, currency="KES"),
+            reason="data bundle",
+            source_system="ocs",
+        )
+    )
+    assert adjusted.status == pb.APPLIED
+    line = server.store.subscriber("acc-pre")
+    assert line is not None
+    sim_swap = pb.SubscriberChange(
+        account_id="acc-pre", version=7, kind=pb.SIM_SWAP, msisdn=line.msisdn, plan="PREPAID",
+        status="ACTIVE", currency="KES", country="KE", opening_balance_minor=99,
+    )  # fmt: skip
+    sim_swap.sim_swapped_at.seconds = 1_790_000_000
+    sim_swap.created_at.seconds = line.created_at_s
+    for _ in range(2):  # the second time stale: applied once, one event
+        await stub.UpsertSubscribers(iter([sim_swap]))
+
+    kinds = ["adjustment", "subscriber_change"]
+    events = await take(stub.WatchSettlements(pb.WatchRequest(kinds=kinds)), 2)
+    assert [e.kind for e in events] == kinds
+    adj, sub = events
+    assert adj.WhichOneof("body") == "adjusted" and adj.account_id == "acc-pre"
+    assert adj.payment_id == ""
+    assert adj.adjusted.adjustment_id == adjusted.adjustment_id
+    assert adj.adjusted.amount == pb.Money(amount_minor=-250, currency="KES")
+    assert adj.adjusted.balance_after == pb.Money(amount_minor=15_000 - 250, currency="KES")
+    assert (adj.adjusted.reason, adj.adjusted.source_system) == ("data bundle", "ocs")
+    assert adj.adjusted.service_state_after == "ACTIVE"
+    assert sub.WhichOneof("body") == "subscriber_changed" and sub.account_id == "acc-pre"
+    held = pb.SubscriberChange()
+    held.CopyFrom(sim_swap)
+    held.opening_balance_minor = 0  # a line held keeps its balance: none was opened
+    assert sub.subscriber_changed.change == held
+    assert not sub.subscriber_changed.opened
+    everything = server.store.outbox_after(0, kinds=kinds, limit=100)
+    assert [e.event_id for e in everything] == [adj.event_id, sub.event_id]

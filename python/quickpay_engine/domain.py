@@ -172,8 +172,11 @@ class SubscriberRow:
     created_at_s: int
 
 
-# The kinds of event the outbox carries; WatchSettlements filters on these names.
-EVENT_KINDS = ("settlement", "decline", "refund", "service_state")
+# The kinds of event the outbox carries; WatchSettlements filters on these names, and
+# the relay publishes each to the NATS subject quickpay.settlement.<kind>.
+EVENT_KINDS = (
+    "settlement", "decline", "refund", "service_state", "adjustment", "subscriber_change"
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,17 +8,26 @@ count of answers, payments, events or discrepancies.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import signal
 import time
 from collections import Counter
 
+import grpc
 import pytest
 
 from chaos.conftest import CHAOS_OUT, FULL, Stage, fill
-from chaos.invariants import unfinished, unpublished
-from chaos.procs import RPCS, quickpay
+from chaos.invariants import _query, unfinished, unpublished
+from chaos.procs import RPCS, Engine, quickpay
 from chaos.soak import Sample, plot, sample, trends
+from quickpay_engine.api.convert import change_message
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
+from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
+from quickpay_engine.domain import SubscriberRow
 from quickpay_engine.settlement.twophase import FAULT_ENV, FAULT_POINTS, FAULT_SKIP_ENV
+from quickpay_engine.subscriber_changes import ChangeKind
+from quickpay_engine.subscribers import parse_csv
 
 # A scenario's own bound (pytest-timeout): the full soak alone takes an hour.
 pytestmark = pytest.mark.timeout(7_200 if FULL else 600)
@@ -316,3 +325,154 @@ def test_soak_at_half_capacity_with_gateway_faults(stage) -> None:
     st.finish(problems, f"{soak_s:g} s at {capacity / 2:.0f}/s (half of {capacity:.0f}/s measured),"
                         f" {len(samples)} samples, RSS {last.rss_bytes >> 20} MiB, {last.fds} fds,"
                         f" WAL {last.wal_bytes >> 10} KiB at the end; plot {png}")  # fmt: skip
+
+
+# Calls of each provisioning RPC made in each phase (before the stop, while PostgreSQL is
+# down, once it is back).
+PROVISIONING_CALLS = 8
+
+
+def test_provisioning_calls_through_a_postgres_restart(stage) -> None:
+    """UpsertSubscribers and AdjustBalance while PostgreSQL is stopped (`-m immediate`)
+    and started again: while it is down callers hear UNAVAILABLE and nothing else; once
+    it is back the same engine process answers again; a retry with the same key (or
+    version) of what failed applies it once; nothing acknowledged is lost (each applied
+    adjustment once in billing, each applied change's version held), and every event
+    of theirs is in NATS once."""
+    st = stage("pg-stop-provisioning", databases=1)
+    with st.load.subscribers.open() as f:
+        lines = parse_csv(f)[:PROVISIONING_CALLS]
+    st.engine.start()
+    pid = st.engine.process.pid
+    problems: list[str] = []
+
+    async def phase(calls: ProvisioningCalls, name: str, expect: set[str]) -> None:
+        heard = await calls.round()
+        if set(heard) - expect:
+            problems.append(f"{name}: callers heard {dict(heard)}, expected only {expect}")
+
+    async def run() -> ProvisioningCalls:
+        calls = ProvisioningCalls(st.engine.target, lines)  # its channel on this loop
+        await phase(calls, "before the stop", {"OK"})
+        st.pg.stop_immediate()
+        await phase(calls, "while PostgreSQL is down", {"UNAVAILABLE"})
+        st.pg.start()
+        # The first calls after the start may still meet connections the stop broke.
+        probed = await calls.until_answered()
+        if set(probed) - {"OK", "UNAVAILABLE"}:
+            problems.append(f"after the start: callers heard {dict(probed)}")
+        await phase(calls, "once PostgreSQL is back", {"OK"})
+        await calls.retry_failed()
+        await calls.close()
+        return calls
+
+    calls = asyncio.run(run())
+    st.mark("calls")
+    if st.engine.process is None or st.engine.process.pid != pid or st.engine.starts != 1:
+        problems.append("the engine was restarted")
+    problems += calls.lost(st.engine)
+    st.wait_finished()
+    st.finish(problems, f"calls heard {dict(calls.heard)} around an immediate stop of"
+                        " PostgreSQL; every acknowledged change and adjustment kept")  # fmt: skip
+
+
+class ProvisioningCalls:
+    """AdjustBalance (a credit) and UpsertSubscribers (a SIM swap) on a few seeded lines,
+    a call of each per line a round; what was acknowledged and what failed."""
+
+    def __init__(self, target: str, lines: list[SubscriberRow]) -> None:
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = pb_grpc.SettlementStub(self._channel)
+        self._lines = lines
+        self._round = 0
+        self.heard: Counter[str] = Counter()
+        self.adjusted: dict[str, str] = {}  # key -> account, acknowledged APPLIED
+        self.versions: dict[str, int] = {}  # account -> newest version acknowledged
+        self._failed: list[tuple[str, SubscriberRow, int]] = []  # (key, line, version)
+
+    def _adjust(self, key: str, line: SubscriberRow) -> pb.AdjustBalanceRequest:
+        return pb.AdjustBalanceRequest(
+            idempotency_key=key, account_id=line.account_id,
+            amount=pb.Money(amount_minor=100, currency=line.currency),
+            reason="chaos credit", source_system="chaos",
+        )  # fmt: skip
+
+    async def _call(self, key: str, line: SubscriberRow, version: int) -> tuple[str, str]:
+        """(AdjustBalance's answer, UpsertSubscribers'), as OK or the gRPC code."""
+        codes = []
+        try:
+            reply = await self._stub.AdjustBalance(self._adjust(key, line), timeout=30)
+            assert reply.status == pb.APPLIED, reply
+            self.adjusted[key] = line.account_id
+            codes.append("OK")
+        except grpc.aio.AioRpcError as err:
+            codes.append(err.code().name)
+        change = change_message(
+            dataclasses.replace(line, sim_swapped_at_s=1_700_000_000 + version),
+            version, ChangeKind.SIM_SWAP,
+        )  # fmt: skip
+        try:
+            await self._stub.UpsertSubscribers(iter([change]), timeout=30)
+            held = self.versions.get(line.account_id, 0)
+            self.versions[line.account_id] = max(held, version)
+            codes.append("OK")
+        except grpc.aio.AioRpcError as err:
+            codes.append(err.code().name)
+        self.heard.update(codes)
+        return codes[0], codes[1]
+
+    async def round(self) -> Counter[str]:
+        """A call of each RPC per line; what they heard."""
+        self._round += 1
+        heard: Counter[str] = Counter()
+        for line in self._lines:
+            key = f"chaos-adj-{self._round}-{line.account_id}"
+            answers = await self._call(key, line, self._round)
+            if answers != ("OK", "OK"):
+                self._failed.append((key, line, self._round))
+            heard.update(answers)
+        return heard
+
+    async def until_answered(self, tries: int = 120) -> Counter[str]:
+        """Calls until one of each is answered (the database being back); what the
+        calls heard."""
+        heard: Counter[str] = Counter()
+        for n in range(tries):
+            self._round += 1
+            key = f"chaos-probe-{n}"
+            answers = await self._call(key, self._lines[0], self._round)
+            heard.update(answers)
+            if answers == ("OK", "OK"):
+                return heard
+            self._failed.append((key, self._lines[0], self._round))
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"not answered after {tries} tries: {dict(heard)}")
+
+    async def retry_failed(self) -> None:
+        """What failed, again with the same key and version: each applies (once)."""
+        for key, line, version in self._failed:
+            answers = await self._call(key, line, version)
+            assert answers == ("OK", "OK"), (key, answers)
+
+    def lost(self, engine: Engine) -> list[str]:
+        """Acknowledged adjustments not applied once in billing; acknowledged changes
+        whose version billing does not hold (or has passed)."""
+        problems = []
+        applied = Counter(
+            key for (key,) in _query(
+                engine, "SELECT idempotency_key FROM balance_adjustments WHERE status = 'APPLIED'"
+            )
+        )  # fmt: skip
+        for key in self.adjusted:
+            if applied[key] != 1:
+                problems.append(f"adjustment {key} acknowledged, applied {applied[key]} times")
+        held = dict(_query(engine, "SELECT account_id, version FROM subscriber_versions"))
+        for account, version in self.versions.items():
+            if held.get(account, 0) < version:
+                problems.append(
+                    f"{account}: version {version} acknowledged, {held.get(account)} held"
+                )
+        return problems
+
+    async def close(self) -> None:
+        await self._channel.close()

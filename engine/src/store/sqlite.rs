@@ -67,6 +67,40 @@ pub fn message(err: &rusqlite::Error) -> String {
     }
 }
 
+/// How long a commit waits for the disk (SQLite's `synchronous` in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// Each commit is on disk before it returns: the engine's books.
+    Full,
+    /// A power loss may undo the last commits, never corrupt the file: the gateway
+    /// simulators' books, which stand for another company's systems.
+    Normal,
+}
+
+/// A connection to the SQLite file at `path` (created if missing) as the core opens
+/// every one: WAL journal (an error if the file cannot take it), `synchronous` as
+/// given, foreign keys enforced, and a wait of up to `BUSY_TIMEOUT` for another
+/// connection's lock.
+pub fn open_wal(path: &Path, synchronous: Synchronous) -> rusqlite::Result<Connection> {
+    let db = Connection::open(path)?;
+    db.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = db.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "{}: could not enable WAL journal (got {mode})",
+            path.display()
+        )));
+    }
+    let level = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    db.execute_batch(&format!(
+        "PRAGMA synchronous = {level}; PRAGMA foreign_keys = ON;"
+    ))?;
+    Ok(db)
+}
+
 /// The batch writer: one connection of its own to the engine's file.
 pub struct Writer {
     db: Connection,
@@ -76,16 +110,7 @@ pub struct Writer {
 impl Writer {
     /// Opens the file the Python store created and migrated.
     pub fn open(path: &Path) -> rusqlite::Result<Writer> {
-        let db = Connection::open(path)?;
-        db.busy_timeout(BUSY_TIMEOUT)?;
-        let mode: String = db.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(rusqlite::Error::InvalidParameterName(format!(
-                "{}: could not enable WAL journal (got {mode})",
-                path.display()
-            )));
-        }
-        db.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        let db = open_wal(path, Synchronous::Full)?;
         let rules = {
             let mut statement = db.prepare(
                 "SELECT rule_id, plan, from_status, to_status, owed_max_minor, credit_min_minor \

@@ -18,8 +18,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from quickpay_engine._engine import decode_pay_batch, decode_pay_requests
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.domain import (
+    EVENT_KINDS,
     Confirmation,
     FraudAssessment,
+    LineStatus,
     Method,
     MethodDetail,
     MethodKind,
@@ -28,6 +30,7 @@ from quickpay_engine.domain import (
     PaymentIntent,
     PaymentRecord,
     PaymentStatus,
+    Plan,
     Purpose,
     SubscriberRow,
 )
@@ -279,11 +282,14 @@ def event_msg(event: OutboxEvent) -> pb.SettlementEvent:
         payment_id=event.payment_id,
         account_id=event.account_id,
     )
+
+    def money(field: str) -> pb.Money:  # an amount of the event's currency
+        return pb.Money(amount_minor=int(p[field]), currency=str(p["currency"]))
+
     if event.kind == "settlement":
-        currency = str(p["currency"])
         message.settled.CopyFrom(
             pb.PaymentSettled(
-                amount=pb.Money(amount_minor=int(p["amount_minor"]), currency=currency),
+                amount=money("amount_minor"),
                 purpose=int(p["purpose"]),
                 confirmation=pb.SettlementConfirmation(
                     confirmation_id=str(p["confirmation_id"]),
@@ -291,9 +297,7 @@ def event_msg(event: OutboxEvent) -> pb.SettlementEvent:
                     settled_at=_timestamp(event.created_at_us),
                     gateway=str(p["gateway"]),
                     gateway_reference=str(p["gateway_reference"]),
-                    balance_after=pb.Money(
-                        amount_minor=int(p["balance_after_minor"]), currency=currency
-                    ),
+                    balance_after=money("balance_after_minor"),
                     service_state_after=str(p["service_state_after"]),
                 ),
             )
@@ -301,20 +305,17 @@ def event_msg(event: OutboxEvent) -> pb.SettlementEvent:
     elif event.kind == "decline":
         message.declined.CopyFrom(
             pb.PaymentDeclined(
-                amount=pb.Money(amount_minor=int(p["amount_minor"]), currency=str(p["currency"])),
+                amount=money("amount_minor"),
                 decline_reason=str(p["decline_reason"]),
                 decline_detail=str(p["decline_detail"]),
             )
         )
     elif event.kind == "refund":
-        currency = str(p["currency"])
         message.refunded.CopyFrom(
             pb.PaymentRefunded(
                 refund_id=str(p["refund_id"]),
-                amount=pb.Money(amount_minor=int(p["amount_minor"]), currency=currency),
-                refunded_total=pb.Money(
-                    amount_minor=int(p["refunded_total_minor"]), currency=currency
-                ),
+                amount=money("amount_minor"),
+                refunded_total=money("refunded_total_minor"),
                 status=PaymentStatus[str(p["payment_status"])].value,  # type: ignore[arg-type]
             )
         )
@@ -325,6 +326,29 @@ def event_msg(event: OutboxEvent) -> pb.SettlementEvent:
                 state_before=str(p["state_before"]),
                 state_after=str(p["state_after"]),
             )
+        )
+    elif event.kind == "adjustment":
+        message.adjusted.CopyFrom(
+            pb.BalanceAdjusted(
+                adjustment_id=str(p["adjustment_id"]),
+                amount=money("amount_minor"),
+                reason=str(p["reason"]),
+                source_system=str(p["source_system"]),
+                balance_after=money("balance_after_minor"),
+                service_state_after=str(p["service_state_after"]),
+            )
+        )
+    elif event.kind == "subscriber_change":
+        swapped = p["sim_swapped_at_s"]
+        line = SubscriberRow(
+            event.account_id, str(p["msisdn"]), Plan[str(p["plan"])],
+            LineStatus[str(p["status"])], str(p["currency"]),
+            int(p["opening_balance_minor"] or 0), str(p["country"]),
+            None if swapped is None else int(swapped), int(p["created_at_s"]),
+        )  # fmt: skip
+        change = change_message(line, int(p["version"]), ChangeKind[str(p["change"])])
+        message.subscriber_changed.CopyFrom(
+            pb.SubscriberChanged(change=change, opened=bool(p["opened"]))
         )
     else:
         raise AssertionError(f"outbox event {event.event_id} has unknown kind {event.kind!r}")
@@ -347,7 +371,7 @@ SOURCE_SYSTEM_MAX = 64
 TOLERANCE_MAX_S = 86_400
 # Kinds one WatchRequest may name: each known kind once, and as many again (repeats are
 # harmless and dropped); more is refused.
-WATCH_KINDS_MAX = 8
+WATCH_KINDS_MAX = 2 * len(EVENT_KINDS)
 # The most bytes a request of each typed RPC can take with every field within its bound
 # (a character is at most 4 bytes of UTF-8; each field adds a tag and a length of at
 # most 3 bytes): a longer request is refused INVALID_ARGUMENT from its size alone,

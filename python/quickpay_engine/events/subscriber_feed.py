@@ -32,10 +32,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 
 from quickpay_engine.errors import InvalidArgument
+from quickpay_engine.events import jetstream
 from quickpay_engine.subscriber_changes import ChangeResult, NumberTaken, SubscriberChanges
 
 log = logging.getLogger(__name__)
@@ -86,34 +88,23 @@ class SubscriberFeed:
 
     async def connect(self) -> None:
         """Connects, finds (or makes) the subject's stream, and binds the consumer."""
-        nc = await nats.connect(
-            self._url,
-            connect_timeout=2,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-        )
-        try:
-            js = nc.jetstream()
+
+        async def bind(js: JetStreamContext) -> tuple[Any, str]:
             stream, durable = names_for(self.subject)
             try:
                 stream = await js.find_stream_name_by_subject(self.subject)
             except NotFoundError:
                 await js.add_stream(StreamConfig(name=stream, subjects=[self.subject]))
-            self._sub = await js.pull_subscribe(
-                self.subject,
-                durable=durable,
-                stream=stream,
-                config=ConsumerConfig(
-                    ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_wait=ACK_WAIT_S,
-                ),
+            config = ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+                ack_wait=ACK_WAIT_S,
+            )  # fmt: skip
+            sub = await js.pull_subscribe(
+                self.subject, durable=durable, stream=stream, config=config
             )
-        except BaseException:
-            await nc.close()
-            raise
-        self._nc = nc
+            return sub, stream
+
+        self._nc, (self._sub, stream) = await jetstream.connect(self._url, bind)
         self.ready.set()
         log.info(
             "applying subscriber changes from NATS subject %s (stream %s)", self.subject, stream

@@ -398,6 +398,7 @@ class SettlementService:
                     # ledger account is opened by its first hold, as at start.
                     load_rows(self.engine, result.rows)
                     await self.book.anchor(self._store.audit_head)
+                    self._committed_batch()  # their events: the relay and watchers wake
             finally:
                 self._pipeline.release_accounts(accounts)
         return result

@@ -43,13 +43,12 @@ from quickpay_engine.domain import (
 )
 from quickpay_engine.errors import ImportRowError, StoreError
 from quickpay_engine.store.adjustments import (
-    APPLIED,
     PENDING,
     AdjustmentRow,
+    Statements,
     adjustment_of,
-    build_adjustment,
+    applied_rows,
 )
-from quickpay_engine.store.adjustments import COLUMNS as ADJUSTMENT_COLUMNS
 from quickpay_engine.store.audit import AuditRow, entries_rows, entry_rows
 from quickpay_engine.store.audit_check import audit_problems
 from quickpay_engine.store.checks import ACCOUNT_NETS, CHECKS
@@ -74,6 +73,7 @@ from quickpay_engine.store.sqlite import (
     SettledState,
     bound_refund,
 )
+from quickpay_engine.store.subscriber_events import event_rows
 from quickpay_engine.subscriber_changes import (
     ChangePlan,
     ChangeResult,
@@ -100,6 +100,9 @@ GID_BYTES_MAX = 200
 # The server waits this long for a lock before failing the statement: a batch blocked
 # behind an orphaned prepared transaction fails (and is retried) instead of hanging.
 LOCK_TIMEOUT_MS = 5_000
+
+# The statements on balance adjustments, with psycopg's parameter mark.
+ADJUSTMENT_SQL = Statements.marked("%s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,8 +345,8 @@ class PostgresStore:
             self.audit_key,
             (audit_content(changes, i, i in plan.opened, source, now_us) for i in plan.applied),
         )
-        _copy_rows(cursor, "audit_log", rows)
-        self._written_head = (rows[-1][0], rows[-1][3])
+        # The audit rows and an event per change (the trail's head is then the batch's).
+        self._write(BatchRows(audit=rows, outbox=event_rows(changes, plan, now_us)))
 
     def subscriber_versions(self, account_ids: Sequence[str]) -> dict[str, int]:
         """The version the last live change left on each of these accounts (absent: none)."""
@@ -906,12 +909,7 @@ class PostgresStore:
         ends it); returns the row stored under its key: this one, or an earlier one the
         caller compares with its payload."""
         self._reconnect_broken()
-        marks = ", ".join(["%s"] * len(row.values()))
-        self._billing.execute(
-            f"INSERT INTO balance_adjustments ({ADJUSTMENT_COLUMNS}) VALUES ({marks})"  # noqa: S608
-            " ON CONFLICT DO NOTHING",
-            row.values(),
-        )
+        self._billing.execute(ADJUSTMENT_SQL.insert, row.values())
         stored = self.adjustment_by_key(row.idempotency_key)
         assert stored is not None
         return stored
@@ -937,27 +935,13 @@ class PostgresStore:
         (a,) = self._adjustments("adjustment_id = %s FOR UPDATE", (adjustment_id,))
         if a.status != PENDING:
             return None
-        row = self._billing.execute(
-            "SELECT plan, status, balance_minor FROM subscribers WHERE account_id = %s FOR UPDATE",
-            (a.account_id,),
-        ).fetchone()
-        if row is None:
-            raise StoreError(f"adjustment {adjustment_id}: account {a.account_id} is gone")
-        plan, status, balance = row
-        rows, after = build_adjustment(
-            a, Plan(plan), balance, self._audit_tail(), now_us, self.audit_key
+        line = self._billing.execute(ADJUSTMENT_SQL.line + " FOR UPDATE", (a.account_id,))
+        rows, applied = applied_rows(
+            a, line.fetchone(), self.rules, self._audit_tail(), now_us, self.audit_key
         )
         self._write(rows)
-        self._billing.execute(
-            "UPDATE subscribers SET balance_minor = balance_minor + %s WHERE account_id = %s",
-            (after - balance, a.account_id),
-        )
-        self._billing.execute(
-            "UPDATE balance_adjustments SET status = %s, balance_delta_minor = %s,"
-            " balance_after_minor = %s, finished_at_us = %s WHERE adjustment_id = %s",
-            (APPLIED, after - balance, after, now_us, adjustment_id),
-        )
-        return SettledState(a.account_id, after, LineStatus(status))
+        self._billing.execute(ADJUSTMENT_SQL.applied, applied)
+        return _states(rows)[0]
 
     def audit_adjustments(self, adjustment_ids: Sequence[str]) -> dict[str, AdjustmentRow]:
         """adjustment_id -> the adjustment, for the audit trail's cross-check."""
@@ -974,10 +958,7 @@ class PostgresStore:
     def _adjustments(self, where: str, params: Sequence[object]) -> list[AdjustmentRow]:
         # `where` is one of this module's literals; values always go in `params`. FOR
         # UPDATE comes last, so no ORDER BY here (one row is asked for by id or key).
-        cursor = self._billing.execute(
-            f"SELECT {ADJUSTMENT_COLUMNS} FROM balance_adjustments WHERE {where}",  # noqa: S608
-            params,
-        )
+        cursor = self._billing.execute(ADJUSTMENT_SQL.select + where, params)
         return sorted(
             (adjustment_of(row) for row in cursor), key=lambda a: (a.created_at_us, a.adjustment_id)
         )

@@ -37,14 +37,11 @@ from quickpay_engine.domain import (
 )
 from quickpay_engine.errors import IdempotencyConflict, ImportRowError, StoreError
 from quickpay_engine.store.adjustments import (
-    APPLIED,
     PENDING,
     AdjustmentRow,
+    Statements,
     adjustment_of,
-    build_adjustment,
-)
-from quickpay_engine.store.adjustments import (
-    COLUMNS as ADJUSTMENT_COLUMNS,
+    applied_rows,
 )
 from quickpay_engine.store.audit import AuditRow, audit_key, entries_rows, entry_rows
 from quickpay_engine.store.audit_check import audit_problems
@@ -62,6 +59,7 @@ from quickpay_engine.store.rows import (
     outcome_of,
 )
 from quickpay_engine.store.sqlite_library import require_one_library
+from quickpay_engine.store.subscriber_events import event_rows
 from quickpay_engine.subscriber_changes import (
     ChangePlan,
     ChangeResult,
@@ -72,6 +70,9 @@ from quickpay_engine.subscriber_changes import (
     placeholder_msisdn,
     plan_changes,
 )
+
+# The statements on balance adjustments, with SQLite's parameter mark.
+ADJUSTMENT_SQL = Statements.marked("?")
 
 # How a payment of a batch ended in the core's writer (SqliteWriter.commit).
 WRITTEN, REJECTED = 0, 1
@@ -381,10 +382,8 @@ class SqliteStore:
             self.audit_key,
             (audit_content(changes, i, i in plan.opened, source, now_us) for i in plan.applied),
         )
-        db.executemany(
-            "INSERT INTO audit_log (seq, prev_hash, content, row_hash) VALUES (?, ?, ?, ?)", rows
-        )
-        self._written_head = (rows[-1][0], rows[-1][3])
+        # The audit rows and an event per change (the trail's head is then the batch's).
+        self._write(BatchRows(audit=rows, outbox=event_rows(changes, plan, now_us)))
 
     def subscriber_versions(self, account_ids: Sequence[str]) -> dict[str, int]:
         """The version the last live change left on each of these accounts (absent: none)."""
@@ -715,11 +714,7 @@ class SqliteStore:
         ends it); returns the row stored under its key: this one, or an earlier one the
         caller compares with its payload."""
         with self._transaction():
-            self._db.execute(
-                f"INSERT OR IGNORE INTO balance_adjustments ({ADJUSTMENT_COLUMNS})"  # noqa: S608
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                row.values(),
-            )
+            self._db.execute(ADJUSTMENT_SQL.insert, row.values())
         stored = self.adjustment_by_key(row.idempotency_key)
         assert stored is not None
         return stored
@@ -727,8 +722,9 @@ class SqliteStore:
     def finish_adjustment(
         self, adjustment_id: str, now_us: int | None = None
     ) -> SettledState | None:
-        """Applies a PENDING adjustment in one transaction: its AR legs, its audit row and
-        the balance's move by its delta (never a rewrite of the row). Doing it again
+        """Applies a PENDING adjustment in one transaction (``adjustments.applied_rows``): its
+        AR legs, audit row and events, the balance's move by its delta (never a rewrite
+        of the row) and the line restored where a credit pays it up. Doing it again
         changes nothing (None). ``audit_head`` is the trail's head after it."""
         self._written_head = None
         now_us = now_us if now_us is not None else time.time_ns() // 1_000
@@ -736,28 +732,14 @@ class SqliteStore:
             (a,) = self._adjustments("adjustment_id = ?", (adjustment_id,))
             if a.status != PENDING:
                 return None
-            row = self._db.execute(
-                "SELECT plan, status, balance_minor FROM subscribers WHERE account_id = ?",
-                (a.account_id,),
-            ).fetchone()
-            if row is None:
-                raise StoreError(f"adjustment {adjustment_id}: account {a.account_id} is gone")
-            plan, status, balance = row
-            rows, after = build_adjustment(
-                a, Plan(plan), balance, self._audit_tail(), now_us, self.audit_key
+            line = self._db.execute(ADJUSTMENT_SQL.line, (a.account_id,)).fetchone()
+            rows, applied = applied_rows(
+                a, line, self.rules, self._audit_tail(), now_us, self.audit_key
             )
             self._write(rows)
-            self._db.execute(
-                "UPDATE subscribers SET balance_minor = balance_minor + ? WHERE account_id = ?",
-                (after - balance, a.account_id),
-            )
-            self._db.execute(
-                "UPDATE balance_adjustments SET status = ?, balance_delta_minor = ?,"
-                " balance_after_minor = ?, finished_at_us = ? WHERE adjustment_id = ?",
-                (APPLIED, after - balance, after, now_us, adjustment_id),
-            )
+            self._db.execute(ADJUSTMENT_SQL.applied, applied)
         self._publish_head()
-        return SettledState(a.account_id, after, LineStatus(status))
+        return _states(rows)[0]
 
     def audit_adjustments(self, adjustment_ids: Sequence[str]) -> dict[str, AdjustmentRow]:
         """adjustment_id -> the adjustment, for the audit trail's cross-check."""
@@ -777,9 +759,7 @@ class SqliteStore:
     def _adjustments(self, where: str, params: Sequence[object]) -> list[AdjustmentRow]:
         # `where` is one of this module's literals; values always go in `params`.
         cursor = self._db.execute(
-            f"SELECT {ADJUSTMENT_COLUMNS} FROM balance_adjustments WHERE {where}"  # noqa: S608
-            " ORDER BY created_at_us, adjustment_id",
-            params,
+            f"{ADJUSTMENT_SQL.select}{where} ORDER BY created_at_us, adjustment_id", params
         )
         return [adjustment_of(row) for row in cursor]
 

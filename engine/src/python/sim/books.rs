@@ -10,6 +10,8 @@
 //! Durability: WAL journal with synchronous=NORMAL, which survives the simulator's own
 //! crash or kill (the case it models); a power cut may lose the last commits, which an
 //! acquirer stand-in may. A request is answered only once its transaction committed.
+//! The file is opened as the core opens its own (`store::sqlite::open_wal`: foreign keys
+//! enforced, a busy wait for another connection's lock).
 //!
 //! Group commit: the thread takes every request waiting (up to `BATCH_MAX`) into one
 //! transaction; under load that writes each b-tree page once per batch instead of once
@@ -30,6 +32,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::method::MethodSummary;
+use crate::store::sqlite::{open_wal, Synchronous};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS payments (
@@ -153,9 +156,7 @@ pub(super) struct Books {
 impl Books {
     /// Opens (creating if needed) the books at `path` and starts their thread.
     pub(super) fn open(path: &Path, gateway: &str) -> rusqlite::Result<(Books, JoinHandle<()>)> {
-        let db = Connection::open(path)?;
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        db.pragma_update(None, "synchronous", "NORMAL")?;
+        let db = open_wal(path, Synchronous::Normal)?;
         db.execute_batch(SCHEMA)?;
         let prefix = gateway.to_uppercase().replace('-', "");
         let (queue, jobs) = std::sync::mpsc::sync_channel(QUEUE_MAX);

@@ -208,9 +208,15 @@ async fn respond(
 ) -> Answer {
     let outcome = match route {
         Route::Sale { capture } => sale(&sim, &body, capture, &path).await,
-        Route::Capture(reference) => capture(&sim, reference, &body, &path).await,
+        Route::Capture(reference) => {
+            let parsed = reference.and_then(|r| capture(r, &body));
+            booked(&sim, Op::Capture, parsed, &path).await
+        }
         Route::Void(reference) => read_only(&sim, reference, Op::Void).await,
-        Route::Refund(reference) => refund(&sim, reference, &body, &path).await,
+        Route::Refund(reference) => {
+            let parsed = reference.and_then(|r| refund(r, &body));
+            booked(&sim, Op::Refund, parsed, &path).await
+        }
         Route::Lookup(reference) => read_only(&sim, reference, Op::Lookup).await,
         Route::Report => return Answer::Reply(report(&sim, query).await),
         Route::PutFaults => return Answer::Reply(put_faults(&sim, body).await),
@@ -292,13 +298,9 @@ async fn sale(
     with_faults(sim, draw, job, path).await
 }
 
-async fn capture(
-    sim: &Arc<Simulator>,
-    reference: Result<String, BadRequest>,
-    body: &[u8],
-    path: &str,
-) -> Result<Answer, Failure> {
-    let reference = reference?;
+/// A capture of the payment `reference`: all it holds unless the body names an amount.
+/// With the key its fault is drawn by (`booked`).
+fn capture(reference: String, body: &[u8]) -> Result<(String, Job), BadRequest> {
     let body = if body.is_empty() {
         Map::new()
     } else {
@@ -312,32 +314,35 @@ async fn capture(
                 .ok_or_else(|| BadRequest("amount_minor must be an integer".into()))?,
         ),
     };
-    let draw = sim.draw(Op::Capture, &reference);
     let job = Job::Capture {
-        reference,
+        reference: reference.clone(),
         amount_minor,
     };
-    with_faults(sim, draw, job, path).await
+    Ok((reference, job))
 }
 
-async fn refund(
-    sim: &Arc<Simulator>,
-    reference: Result<String, BadRequest>,
-    body: &[u8],
-    path: &str,
-) -> Result<Answer, Failure> {
-    let reference = reference?;
+/// A refund of the payment `reference`, keyed by its own reference.
+fn refund(reference: String, body: &[u8]) -> Result<(String, Job), BadRequest> {
     let body = object(body)?;
     let refund_reference = self::reference(text(&body, "refund_reference")?)?;
-    let amount_minor = integer(&body, "amount_minor")?;
-    let currency = text(&body, "currency")?.to_owned();
-    let draw = sim.draw(Op::Refund, &refund_reference);
     let job = Job::Refund {
         reference,
-        refund_reference,
-        amount_minor,
-        currency,
+        refund_reference: refund_reference.clone(),
+        amount_minor: integer(&body, "amount_minor")?,
+        currency: text(&body, "currency")?.to_owned(),
     };
+    Ok((refund_reference, job))
+}
+
+/// Books a parsed request with the latency and fault drawn for `op` and its key.
+async fn booked(
+    sim: &Arc<Simulator>,
+    op: Op,
+    parsed: Result<(String, Job), BadRequest>,
+    path: &str,
+) -> Result<Answer, Failure> {
+    let (key, job) = parsed?;
+    let draw = sim.draw(op, &key);
     with_faults(sim, draw, job, path).await
 }
 
@@ -386,11 +391,7 @@ async fn detached(
     let worker = tokio::spawn(async move { faulted(&sim, &draw, job, &path).await });
     match worker.await {
         Ok(answer) => answer,
-        Err(_) => Ok(Answer::Reply(error(
-            500,
-            "INTERNAL",
-            "the request's task failed",
-        ))),
+        Err(_) => Ok(Answer::Reply(task_failed("request"))),
     }
 }
 
@@ -510,58 +511,45 @@ impl Body for Trickle {
 
 /// The settlement report, built by Python from the books (a rare call).
 async fn report(sim: &Arc<Simulator>, query: String) -> Reply {
-    let sim = Arc::clone(sim);
-    let built = tokio::task::spawn_blocking(move || {
-        Python::attach(|py| {
-            let hooks = sim.hooks.bind(py);
-            hooks
-                .call_method1("report", (query,))
-                .and_then(|out| out.extract::<(String, String, String)>())
-                .map_err(|err| hook_error(py, &err))
-        })
+    let built = call_hook(sim, "report", move |_py, hooks| {
+        hooks
+            .call_method1("report", (query,))
+            .and_then(|out| out.extract::<(String, String, String)>())
     })
     .await;
-    match built {
-        Ok(Ok((csv, injected, filename))) => {
-            let mut reply = Response::new(Full::new(Bytes::from(csv)));
-            let headers = reply.headers_mut();
-            headers.insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/csv; charset=utf-8"),
-            );
-            let disposition = format!("attachment; filename=\"{filename}\"");
-            for (name, value) in [
-                ("x-quickpay-injected", injected),
-                ("content-disposition", disposition),
-            ] {
-                if let Ok(value) = HeaderValue::from_str(&value) {
-                    headers.insert(name, value);
-                }
-            }
-            reply
+    let (csv, injected, filename) = match built {
+        Ok(built) => built,
+        Err(refused) => return refused,
+    };
+    let mut reply = Response::new(Full::new(Bytes::from(csv)));
+    let headers = reply.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    let disposition = format!("attachment; filename=\"{filename}\"");
+    for (name, value) in [
+        ("x-quickpay-injected", injected),
+        ("content-disposition", disposition),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
         }
-        Ok(Err(failed)) => failed.reply(),
-        Err(_) => error(500, "INTERNAL", "the report's task failed"),
     }
+    reply
 }
 
 /// Replaces the fault model, as checked by Python's `FaultModel` (a rare call).
 async fn put_faults(sim: &Arc<Simulator>, body: Bytes) -> Reply {
-    let hooks_sim = Arc::clone(sim);
-    let checked = tokio::task::spawn_blocking(move || {
-        Python::attach(|py| {
-            let hooks = hooks_sim.hooks.bind(py);
-            hooks
-                .call_method1("faults", (PyBytes::new(py, &body),))
-                .and_then(|out| out.extract::<String>())
-                .map_err(|err| hook_error(py, &err))
-        })
+    let checked = call_hook(sim, "fault model", move |py, hooks| {
+        hooks
+            .call_method1("faults", (PyBytes::new(py, &body),))
+            .and_then(|out| out.extract::<String>())
     })
     .await;
     let text = match checked {
-        Ok(Ok(text)) => text,
-        Ok(Err(failed)) => return failed.reply(),
-        Err(_) => return error(500, "INTERNAL", "the fault model's task failed"),
+        Ok(text) => text,
+        Err(refused) => return refused,
     };
     let model: FaultModel = match serde_json::from_str(&text) {
         Ok(model) => model,
@@ -575,6 +563,30 @@ async fn put_faults(sim: &Arc<Simulator>, body: Bytes) -> Reply {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = text.clone();
     json(200, text.to_vec())
+}
+
+/// Runs `call` on the Python hooks, on a blocking thread (the hooks take the GIL); a
+/// failure, the hook's or its task's, comes back as the reply that says it.
+async fn call_hook<T: Send + 'static>(
+    sim: &Arc<Simulator>,
+    what: &str,
+    call: impl FnOnce(Python<'_>, &Bound<'_, PyAny>) -> PyResult<T> + Send + 'static,
+) -> Result<T, Reply> {
+    let sim = Arc::clone(sim);
+    let done = tokio::task::spawn_blocking(move || {
+        Python::attach(|py| call(py, sim.hooks.bind(py)).map_err(|err| hook_error(py, &err)))
+    })
+    .await;
+    match done {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(failed)) => Err(failed.reply()),
+        Err(_) => Err(task_failed(what)),
+    }
+}
+
+/// The answer of a request whose task panicked or was cancelled.
+fn task_failed(what: &str) -> Reply {
+    error(500, "INTERNAL", &format!("the {what}'s task failed"))
 }
 
 /// A Python hook's failure, as its answer will say it.

@@ -320,8 +320,32 @@ class ServiceStateChanged(_message.Message):
     state_after: str
     def __init__(self, msisdn: _Optional[str] = ..., state_before: _Optional[str] = ..., state_after: _Optional[str] = ...) -> None: ...
 
+class BalanceAdjusted(_message.Message):
+    __slots__ = ("adjustment_id", "amount", "reason", "source_system", "balance_after", "service_state_after")
+    ADJUSTMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_STATE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    adjustment_id: str
+    amount: Money
+    reason: str
+    source_system: str
+    balance_after: Money
+    service_state_after: str
+    def __init__(self, adjustment_id: _Optional[str] = ..., amount: _Optional[_Union[Money, _Mapping]] = ..., reason: _Optional[str] = ..., source_system: _Optional[str] = ..., balance_after: _Optional[_Union[Money, _Mapping]] = ..., service_state_after: _Optional[str] = ...) -> None: ...
+
+class SubscriberChanged(_message.Message):
+    __slots__ = ("change", "opened")
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    OPENED_FIELD_NUMBER: _ClassVar[int]
+    change: SubscriberChange
+    opened: bool
+    def __init__(self, change: _Optional[_Union[SubscriberChange, _Mapping]] = ..., opened: _Optional[bool] = ...) -> None: ...
+
 class SettlementEvent(_message.Message):
-    __slots__ = ("schema_version", "event_id", "cursor", "kind", "occurred_at", "payment_id", "account_id", "settled", "declined", "refunded", "service_state_changed")
+    __slots__ = ("schema_version", "event_id", "cursor", "kind", "occurred_at", "payment_id", "account_id", "settled", "declined", "refunded", "service_state_changed", "adjusted", "subscriber_changed")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
@@ -333,6 +357,8 @@ class SettlementEvent(_message.Message):
     DECLINED_FIELD_NUMBER: _ClassVar[int]
     REFUNDED_FIELD_NUMBER: _ClassVar[int]
     SERVICE_STATE_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    ADJUSTED_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBER_CHANGED_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     event_id: str
     cursor: int
@@ -344,7 +370,9 @@ class SettlementEvent(_message.Message):
     declined: PaymentDeclined
     refunded: PaymentRefunded
     service_state_changed: ServiceStateChanged
-    def __init__(self, schema_version: _Optional[int] = ..., event_id: _Optional[str] = ..., cursor: _Optional[int] = ..., kind: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., account_id: _Optional[str] = ..., settled: _Optional[_Union[PaymentSettled, _Mapping]] = ..., declined: _Optional[_Union[PaymentDeclined, _Mapping]] = ..., refunded: _Optional[_Union[PaymentRefunded, _Mapping]] = ..., service_state_changed: _Optional[_Union[ServiceStateChanged, _Mapping]] = ...) -> None: ...
+    adjusted: BalanceAdjusted
+    subscriber_changed: SubscriberChanged
+    def __init__(self, schema_version: _Optional[int] = ..., event_id: _Optional[str] = ..., cursor: _Optional[int] = ..., kind: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., account_id: _Optional[str] = ..., settled: _Optional[_Union[PaymentSettled, _Mapping]] = ..., declined: _Optional[_Union[PaymentDeclined, _Mapping]] = ..., refunded: _Optional[_Union[PaymentRefunded, _Mapping]] = ..., service_state_changed: _Optional[_Union[ServiceStateChanged, _Mapping]] = ..., adjusted: _Optional[_Union[BalanceAdjusted, _Mapping]] = ..., subscriber_changed: _Optional[_Union[SubscriberChanged, _Mapping]] = ...) -> None: ...
 
 class ReconcileRequest(_message.Message):
     __slots__ = ("gateway", "report_csv", "column_mapping", "cutoff_tolerance_s", "business_day")
