@@ -425,17 +425,17 @@ class Pipeline:
         captured: list[int] = []
         voided: list[int] = []
         pending: set[int] = set()
-        outcomes, gateways, references = gateway.outcomes, gateway.gateways, gateway.references
+        answered, gateways, references = gateway.outcomes, gateway.gateways, gateway.references
         for j, k in enumerate(batch.reserved):
             d = decisions[k]
-            outcome = outcomes[j]
-            if outcome is GatewayOutcome.CAPTURED:
+            said = answered[j]
+            if said is GatewayOutcome.CAPTURED:
                 decisions[k] = Decision(
                     d.payment_id, d.intent, gateway=gateways[j], gateway_reference=references[j],
                     fraud=d.fraud,
                 )  # fmt: skip
                 captured.append(k)
-            elif outcome is GatewayOutcome.UNKNOWN:
+            elif said is GatewayOutcome.UNKNOWN:
                 pending.add(k)
                 log.warning(
                     "payment %s: gateway %s has not said whether it captured it; left"
@@ -450,9 +450,9 @@ class Pipeline:
             else:
                 reason = gateway.reasons[j]
                 decisions[k] = Decision(
-                    d.payment_id, d.intent, reason or outcome.name,
-                    _gateway_detail(outcome, gateways[j], reason), gateway=gateways[j],
-                    fraud=d.fraud, failed=outcome is not GatewayOutcome.DECLINED,
+                    d.payment_id, d.intent, reason or said.name,
+                    _gateway_detail(said, gateways[j], reason), gateway=gateways[j],
+                    fraud=d.fraud, failed=said is not GatewayOutcome.DECLINED,
                 )  # fmt: skip
                 voided.append(k)
         reserved = set(batch.reserved)
