@@ -161,6 +161,20 @@ class Metrics:
         for gateway in {gateway for gateway, _ in counts}:
             self.gateway_seconds.labels(gateway).observe(seconds)
 
+    def gateway_round_columns(
+        self, gateways: Sequence[str], outcomes: Sequence[Any], seconds: float
+    ) -> None:
+        """``gateway_round`` of a batch's sales given as columns (each sale's gateway
+        and outcome)."""
+        counts = collections.Counter(zip(gateways, outcomes, strict=True))
+        for (gateway, outcome), n in counts.items():
+            name = gateway or "none"
+            self.gateway_sales.labels(name, outcome.name).inc(n)
+            if outcome.name == "UNKNOWN":
+                self.gateway_unknown.labels(name).inc(n)
+        for gateway in {gateway or "none" for gateway, _ in counts}:
+            self.gateway_seconds.labels(gateway).observe(seconds)
+
     def recovered(self, actions: Iterable[str]) -> None:
         """Recovery's actions, by name."""
         for action, n in collections.Counter(actions).items():

@@ -47,19 +47,21 @@ from quickpay_engine.gateways.client import (
     GatewayClient,
     GatewayRefused,
     GatewayUnreachable,
-    add_sale_request,
-    sale_rows,
+    SaleRows,
 )
 from quickpay_engine.gateways.config import GatewayConfig, GatewaysConfig
 from quickpay_engine.gateways.types import (
     DEADLINE_EXCEEDED,
     GATEWAY_UNAVAILABLE,
     INVALID_REQUEST,
+    METHOD_NAMES,
     NO_GATEWAY_ROUTE,
     UNRESOLVED,
     GatewayOutcome,
     GatewayResult,
     Instrument,
+    SaleColumns,
+    SaleOutcomes,
     SaleRequest,
 )
 
@@ -161,7 +163,7 @@ class GatewayRouter:
         final. FAILED means proven not captured anywhere (reason NO_GATEWAY_ROUTE,
         GATEWAY_UNAVAILABLE or DEADLINE_EXCEEDED). UNKNOWN (reason UNRESOLVED) means
         the named gateway may hold a capture: call ``resolve`` before settling the
-        payment either way.
+        payment either way. The one-object-per-sale form of ``sale_columns``.
         """
         n = len(requests)
         if n > SALE_BATCH_MAX:
@@ -172,17 +174,37 @@ class GatewayRouter:
             deadlines = list(deadline)
             if len(deadlines) != n:
                 raise ValueError(f"sale_many: {len(deadlines)} deadlines for {n} payments")
-        run = _Run(requests, deadlines)
+        out = await self.sale_columns(SaleColumns.of_requests(requests, deadlines))
+        return [out.result(i, r.payment_id) for i, r in enumerate(requests)]
+
+    async def sale_columns(self, sales: SaleColumns) -> SaleOutcomes:
+        """``sale_many`` of a batch given as columns, answered as columns: no object is
+        built per payment but for the rare one that leaves the batch (its fate at a
+        gateway unknown, or refused there)."""
+        n = len(sales)
+        if n > SALE_BATCH_MAX:
+            raise ValueError(f"sale_many takes at most {SALE_BATCH_MAX} payments")
+        run = _Run(sales)
         first: dict[str, list[int]] = {}
-        for i, request in enumerate(requests):
-            names = self._route(request.instrument.kind, request.currency)
-            run.names.append(names)
-            if names:
-                first.setdefault(names[0], []).append(i)
+        # Grouped by method and currency first: the routes are looked up once a group.
+        groups: dict[tuple[MethodKind, str], list[int]] = {}
+        for i, key in enumerate(zip(sales.kinds, sales.currencies, strict=True)):
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [i]
             else:
-                run.results[i] = _failed(request, NO_GATEWAY_ROUTE, [])
+                group.append(i)
+        for (kind, currency), idx in groups.items():
+            names = self._route(kind, currency)
+            for i in idx:
+                run.names[i] = names
+            if names:
+                first.setdefault(names[0], []).extend(idx)
+            else:
+                for i in idx:
+                    run.fail(i, NO_GATEWAY_ROUTE)
         await self._batches(run, first)
-        return run.results  # type: ignore[return-value]  # every one is set
+        return run.out
 
     def _route(self, method: MethodKind, currency: str) -> list[str]:
         names = self._routes.get((method, currency))
@@ -203,7 +225,7 @@ class GatewayRouter:
             if run.at[i] < len(names):
                 groups.setdefault(names[run.at[i]], []).append(i)
             else:
-                run.results[i] = _failed(run.requests[i], GATEWAY_UNAVAILABLE, run.attempts(i))
+                run.fail(i, GATEWAY_UNAVAILABLE)
         return groups
 
     async def _batch_at(self, run: _Run, name: str, idx: list[int]) -> None:
@@ -211,11 +233,13 @@ class GatewayRouter:
         call; the others (and those not taken there) on to their next gateway."""
         gw, breaker = self._gateways[name], self._breakers[name]
         now = self._clock()
+        sales = run.sales
+        deadlines = sales.deadlines
         send: list[int] = []
         moved: list[int] = []
         for i in idx:
-            if run.deadlines[i] - now < BUDGET_MIN_S:
-                run.results[i] = _failed(run.requests[i], DEADLINE_EXCEEDED, run.attempts(i))
+            if deadlines[i] - now < BUDGET_MIN_S:
+                run.fail(i, DEADLINE_EXCEEDED)
             elif breaker.allow():
                 send.append(i)
             else:
@@ -224,11 +248,23 @@ class GatewayRouter:
         if not send:
             await self._batches(run, self._onward(run, moved))
             return
-        rows = sale_rows()
         timeout_s = gw.timeout_ms / 1000
-        for i in send:
-            end_s = self._sale_end_s(gw, run.deadlines[i] - now)
-            add_sale_request(rows, run.requests[i], timeout_s, end_s)
+        keep_s = 2 * gw.lookup_timeout_ms / 1000
+        rows = SaleRows(
+            [sales.payment_ids[i] for i in send],
+            [sales.amounts_minor[i] for i in send],
+            [sales.currencies[i] for i in send],
+            [METHOD_NAMES[sales.kinds[i]] for i in send],
+            [sales.pans[i] for i in send],
+            [sales.expiry_months[i] for i in send],
+            [sales.expiry_years[i] for i in send],
+            [sales.providers[i] for i in send],
+            [sales.wallet_ids[i] for i in send],
+            [sales.ibans[i] for i in send],
+            [timeout_s] * len(send),
+            # _sale_end_s of each sale's budget, inline.
+            [b - min(keep_s, b / 2) for i in send for b in (deadlines[i] - now,)],
+        )
         onward = asyncio.ensure_future(self._batches(run, self._onward(run, moved)))
         try:
             answers = await self._clients[name].sales(rows)
@@ -242,8 +278,8 @@ class GatewayRouter:
         unknown: list[int] = []
         tags = {state: f"{name}:{outcome.name.lower()}" for state, outcome in STATES.items()}
         states, references = answers.states, answers.gateway_references
+        out = run.out
         for j, i in enumerate(send):
-            request = run.requests[i]
             outcome = answers.outcomes[j]
             if outcome == PAID:
                 successes += 1
@@ -254,11 +290,14 @@ class GatewayRouter:
                     run.attempts(i).append(tags[state])
                     moved.append(i)
                     continue
-                run.results[i] = GatewayResult(
-                    request.payment_id, STATES[state], name, references[j],
-                    answers.decline_reasons[j], answers.captured_minor[j],
-                    answers.refunded_minor[j], answers.currencies[j], run.tried(i, tags[state]),
-                )  # fmt: skip
+                out.outcomes[i] = STATES[state]
+                out.gateways[i] = name
+                out.references[i] = references[j]
+                out.reasons[i] = answers.decline_reasons[j]
+                out.captured_minor[i] = answers.captured_minor[j]
+                out.refunded_minor[i] = answers.refunded_minor[j]
+                out.currencies[i] = answers.currencies[j]
+                out.attempts[i] = run.tried(i, tags[state])
             elif outcome == NOT_SENT:
                 error = answers.errors[j]
                 if error in ("busy", "late"):
@@ -274,15 +313,15 @@ class GatewayRouter:
                 code = answers.errors[j]
                 run.attempts(i).append(f"{name}:refused:{code}")
                 log.error(
-                    "gateway %s refused sale %s: %s %s: %s", name, request.payment_id,
+                    "gateway %s refused sale %s: %s %s: %s", name, sales.payment_ids[i],
                     answers.statuses[j], code, answers.messages[j],
                 )  # fmt: skip
-                run.results[i] = _failed(request, INVALID_REQUEST, run.attempts(i), name)
+                run.fail(i, INVALID_REQUEST, name)
             else:
                 failures += 1
                 run.attempts(i).append(f"{name}:ambiguous")
                 log.warning(
-                    "sale %s at %s: %s: %s; looking it up", request.payment_id, name, name,
+                    "sale %s at %s: %s: %s; looking it up", sales.payment_ids[i], name, name,
                     answers.errors[j],
                 )  # fmt: skip
                 unknown.append(i)
@@ -302,13 +341,13 @@ class GatewayRouter:
     async def _after_unknown(self, run: _Run, name: str, i: int) -> None:
         """A payment whose sale at ``name`` may have landed: resolved there on its own,
         then (proven not captured there) on to its next gateways one at a time."""
-        request, deadline, attempts = run.requests[i], run.deadlines[i], run.attempts(i)
+        request, deadline, attempts = run.sales.request(i), run.sales.deadlines[i], run.attempts(i)
         result = await self._sale_at(name, request, deadline, attempts, unknown=True)
         if result is None:
             result = await self._sale_from(
                 request, run.names[i][run.at[i] + 1 :], deadline, attempts
             )
-        run.results[i] = result
+        run.out.set(i, result)
 
     async def resolve(self, payment_id: str, gateway: str, deadline: float) -> GatewayResult:
         """Settles an UNKNOWN sale's fate at ``gateway``: looks it up, and if the gateway
@@ -540,17 +579,17 @@ class GatewayRouter:
 
 
 class _Run:
-    """One sale_many call's state: per payment, its gateways in failover order, which
-    of them it is at, what was tried (made on first use) and its result."""
+    """One sale_columns call's state: per payment, its gateways in failover order, which
+    of them it is at, what was tried (made on first use) and its outcome's columns."""
 
-    __slots__ = ("_attempts", "at", "deadlines", "names", "requests", "results")
+    __slots__ = ("_attempts", "at", "names", "out", "sales")
 
-    def __init__(self, requests: Sequence[SaleRequest], deadlines: list[float]) -> None:
-        self.requests = requests
-        self.deadlines = deadlines
-        self.names: list[list[str]] = []
-        self.at = [0] * len(requests)
-        self.results: list[GatewayResult | None] = [None] * len(requests)
+    def __init__(self, sales: SaleColumns) -> None:
+        n = len(sales)
+        self.sales = sales
+        self.names: list[list[str]] = [[]] * n
+        self.at = [0] * n
+        self.out = SaleOutcomes(n)
         self._attempts: dict[int, list[str]] = {}
 
     def tried(self, i: int, last: str) -> tuple[str, ...]:
@@ -563,6 +602,17 @@ class _Run:
         if found is None:
             found = self._attempts[i] = []
         return found
+
+    def fail(self, i: int, reason: str, gateway: str = "") -> None:
+        """Payment ``i`` FAILED for ``reason`` (proven not captured anywhere)."""
+        out = self.out
+        out.outcomes[i] = GatewayOutcome.FAILED
+        out.gateways[i] = gateway
+        out.reasons[i] = reason
+        out.currencies[i] = self.sales.currencies[i]
+        found = self._attempts.get(i)
+        if found:
+            out.attempts[i] = tuple(found)
 
 
 def _result(payment_id: str, gateway: str, payment: dict[str, Any]) -> GatewayResult:

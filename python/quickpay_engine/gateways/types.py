@@ -9,6 +9,7 @@ a real acquirer would, and keeps only the last four digits and a keyed fingerpri
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from quickpay_engine.domain import MethodKind
@@ -164,3 +165,108 @@ class GatewayResult:
     refunded_minor: int = 0
     currency: str = ""
     attempts: tuple[str, ...] = field(default=())
+
+
+@dataclass(slots=True)
+class SaleColumns:
+    """A batch of sales as columns, one row per payment (``GatewayRouter.sale_columns``):
+    the instrument's fields of another kind are ignored (empty or 0); ``deadlines`` are
+    absolute, on the router's clock. No object is built per payment."""
+
+    payment_ids: list[str]
+    amounts_minor: list[int]
+    currencies: list[str]
+    kinds: list[MethodKind]
+    pans: list[str]
+    expiry_months: list[int]
+    expiry_years: list[int]
+    providers: list[str]
+    wallet_ids: list[str]
+    ibans: list[str]
+    deadlines: list[float]
+
+    def __len__(self) -> int:
+        return len(self.payment_ids)
+
+    @classmethod
+    def of_requests(cls, requests: Sequence[SaleRequest], deadlines: list[float]) -> SaleColumns:
+        """The columns of ``SaleRequest``s (the one-object-per-sale form)."""
+        pans, months, years, providers, wallet_ids, ibans = [], [], [], [], [], []
+        for r in requests:
+            m = r.instrument
+            card, wallet = isinstance(m, Card), isinstance(m, Wallet)
+            pans.append(m.pan if card else "")  # type: ignore[union-attr]
+            months.append(m.expiry_month if card else 0)  # type: ignore[union-attr]
+            years.append(m.expiry_year if card else 0)  # type: ignore[union-attr]
+            providers.append(m.provider if wallet else "")  # type: ignore[union-attr]
+            wallet_ids.append(m.wallet_id if wallet else "")  # type: ignore[union-attr]
+            ibans.append(m.iban if isinstance(m, BankAccount) else "")
+        return cls(
+            [r.payment_id for r in requests], [r.amount_minor for r in requests],
+            [r.currency for r in requests], [r.instrument.kind for r in requests],
+            pans, months, years, providers, wallet_ids, ibans, deadlines,
+        )  # fmt: skip
+
+    def instrument(self, i: int) -> Instrument:
+        """Payment ``i``'s instrument (for the rare sale sent on its own)."""
+        match self.kinds[i]:
+            case MethodKind.CARD:
+                return Card(self.pans[i], self.expiry_months[i], self.expiry_years[i])
+            case MethodKind.WALLET:
+                return Wallet(self.providers[i], self.wallet_ids[i])
+            case MethodKind.BANK_ACCOUNT:
+                return BankAccount(self.ibans[i])
+            case _:
+                return CarrierBalance()
+
+    def request(self, i: int) -> SaleRequest:
+        """Payment ``i`` as a ``SaleRequest``."""
+        return SaleRequest(
+            self.payment_ids[i], self.amounts_minor[i], self.currencies[i], self.instrument(i)
+        )
+
+
+class SaleOutcomes:
+    """What a ``sale_columns`` call established, as columns, one row per payment: the
+    fields of ``GatewayResult`` but the payment id (the request's); ``attempts`` only
+    for the payments that have any."""
+
+    __slots__ = (
+        "attempts", "captured_minor", "currencies", "gateways", "outcomes", "reasons",
+        "references", "refunded_minor",
+    )  # fmt: skip
+
+    def __init__(self, n: int) -> None:
+        self.outcomes: list[GatewayOutcome] = [GatewayOutcome.UNKNOWN] * n
+        self.gateways: list[str] = [""] * n
+        self.references: list[str] = [""] * n
+        self.reasons: list[str] = [""] * n
+        self.captured_minor: list[int] = [0] * n
+        self.refunded_minor: list[int] = [0] * n
+        self.currencies: list[str] = [""] * n
+        self.attempts: dict[int, tuple[str, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self.outcomes)
+
+    def set(self, i: int, result: GatewayResult) -> None:
+        """Row ``i`` from one payment's ``GatewayResult``."""
+        self.outcomes[i] = result.outcome
+        self.gateways[i] = result.gateway
+        self.references[i] = result.gateway_reference
+        self.reasons[i] = result.reason
+        self.captured_minor[i] = result.captured_minor
+        self.refunded_minor[i] = result.refunded_minor
+        self.currencies[i] = result.currency
+        if result.attempts:
+            self.attempts[i] = result.attempts
+        else:
+            self.attempts.pop(i, None)
+
+    def result(self, i: int, payment_id: str) -> GatewayResult:
+        """Row ``i`` as a ``GatewayResult``."""
+        return GatewayResult(
+            payment_id, self.outcomes[i], self.gateways[i], self.references[i],
+            self.reasons[i], self.captured_minor[i], self.refunded_minor[i],
+            self.currencies[i], self.attempts.get(i, ()),
+        )  # fmt: skip

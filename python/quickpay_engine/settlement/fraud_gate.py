@@ -72,9 +72,17 @@ class FraudGate:
 
     def score(self, intents: Sequence[PaymentIntent], now_s: int) -> list[Verdict]:
         """One verdict per intent, in order; each payment counts as an attempt."""
+        return self.score_columns(intents, now_s)[0]
+
+    def score_columns(
+        self, intents: Sequence[PaymentIntent], now_s: int
+    ) -> tuple[list[Verdict], FraudColumns | None]:
+        """``score``, and the columns scored, which ``observe`` takes back for the same
+        payments (their features are built once a batch, card fingerprints included)."""
         if not intents:
-            return []
-        scores, decisions, reasons = self._scorer.score(self._columns(intents), now_s=now_s)
+            return [], None
+        columns = self._columns(intents)
+        scores, decisions, reasons = self._scorer.score(columns, now_s=now_s)
         verdicts = []
         for intent, score, decision, codes in zip(
             intents, scores.tolist(), decisions.tolist(), reasons.tolist(), strict=True
@@ -93,18 +101,26 @@ class FraudGate:
                 verdicts.append(Verdict(assessment, FRAUD_REVIEW, detail))
             else:
                 verdicts.append(Verdict(assessment))
-        return verdicts
+        return verdicts, columns
 
     def observe(
-        self, intents: Sequence[PaymentIntent], settled: Sequence[bool], now_s: int
+        self,
+        intents: Sequence[PaymentIntent],
+        settled: Sequence[bool],
+        now_s: int,
+        columns: FraudColumns | None = None,
     ) -> None:
-        """Feeds back what became of scored payments: settled, or failed."""
+        """Feeds back what became of scored payments: settled, or failed. ``columns``:
+        those ``score_columns`` returned for these same payments, in this order (else
+        they are built again)."""
         if not intents:
             return
         outcomes = np.fromiter(
             (OBSERVE_SETTLED if ok else OBSERVE_FAILED for ok in settled), np.uint8, len(intents)
         )
-        self._scorer.observe(self._columns(intents), outcomes, now_s=now_s)
+        if columns is None:
+            columns = self._columns(intents)
+        self._scorer.observe(columns, outcomes, now_s=now_s)
 
     def _columns(self, intents: Sequence[PaymentIntent]) -> FraudColumns:
         n = len(intents)

@@ -28,6 +28,7 @@ loop never waits on a disk.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -109,11 +110,13 @@ def subscriber_account(account_id: str) -> int:
     return derived_id("subscriber", account_id)
 
 
+@functools.cache  # one per currency: a few ids, hashed once
 def clearing_account(currency: str) -> int:
     """The gateway clearing account of a currency."""
     return derived_id("clearing", currency)
 
 
+@functools.cache
 def adjustment_account(currency: str) -> int:
     """The account balance adjustments of a currency move money to and from (the other
     systems' side)."""
@@ -182,11 +185,23 @@ class LedgerBook:
         hold (``reserve``), not at start: the ledger holds an account per subscriber who
         has paid, never one per line of the base. One the ledger holds already is left
         as it is (a plan change does not retype it: the kind is a label)."""
-        wanted: dict[int, tuple[int, int]] = {}
-        for account_id, kind, currency in zip(account_ids, kinds, currencies, strict=True):
-            wanted[subscriber_account(account_id)] = (_numeric(currency), int(kind))
-            wanted[clearing_account(currency)] = (_numeric(currency), KIND_CLEARING)
-            wanted[adjustment_account(currency)] = (_numeric(currency), KIND_CLEARING)
+        self._open([subscriber_account(a) for a in account_ids], kinds, currencies)
+
+    def _open(
+        self,
+        subscribers: Sequence[int],
+        kinds: Sequence[int] | npt.NDArray[np.uint16],
+        currencies: Sequence[str],
+    ) -> None:
+        """``open_accounts`` of subscribers' ledger account ids."""
+        numbers = map(_numeric, currencies)
+        wanted: dict[int, tuple[int, int]] = dict(
+            zip(subscribers, zip(numbers, map(int, kinds), strict=True), strict=True)
+        )
+        for currency in set(currencies):
+            number = _numeric(currency)
+            wanted[clearing_account(currency)] = (number, KIND_CLEARING)
+            wanted[adjustment_account(currency)] = (number, KIND_CLEARING)
         items = list(wanted.items())
         for start in range(0, len(items), LEDGER_BATCH_MAX):
             chunk = items[start : start + LEDGER_BATCH_MAX]
@@ -214,22 +229,21 @@ class LedgerBook:
     def _reserve(self, moves: list[Movement]) -> None:
         for chunk in _chunks(moves):
             n = len(chunk)
-            self.open_accounts(
-                [m.account_id for m in chunk],
-                [m.kind for m in chunk],
-                [m.currency for m in chunk],
-            )
+            currencies = [m.currency for m in chunk]
+            subscribers = [subscriber_account(m.account_id) for m in chunk]
+            self._open(subscribers, [m.kind for m in chunk], currencies)
+            holds = ids_array([payment_number(m.payment_id) for m in chunk])
             codes, _ = self.ledger.create_transfers(
                 self._clock_ns(),
-                ids_array([payment_number(m.payment_id) for m in chunk]),
-                ids_array([clearing_account(m.currency) for m in chunk]),
-                ids_array([subscriber_account(m.account_id) for m in chunk]),
+                holds,
+                ids_array([clearing_account(c) for c in currencies]),
+                ids_array(subscribers),
                 np.fromiter((m.amount_minor for m in chunk), np.int64, n),
-                np.fromiter((_numeric(m.currency) for m in chunk), np.uint16, n),
+                np.fromiter(map(_numeric, currencies), np.uint16, n),
                 np.full(n, TRANSFER_PENDING, np.uint16),
                 ids_array([0] * n),
                 np.zeros(n, np.uint32),  # no timeout: only the saga ends a hold
-                ids_array([payment_number(m.payment_id) for m in chunk]),
+                holds,
             )
             _check("transfer", codes, TRANSFER_OK)
         self._states_now([m.payment_id for m in moves], RESERVED)
@@ -363,6 +377,7 @@ class LedgerBook:
         return [int(s) for s in found.tolist()]
 
 
+@functools.cache  # a refusal raises, and is not kept
 def _numeric(currency: str) -> int:
     number = currency_numeric(currency)
     if number is None:

@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
@@ -48,14 +48,10 @@ from quickpay_engine.errors import (
 )
 from quickpay_engine.gateways.router import SALE_BATCH_MAX, GatewayRouter
 from quickpay_engine.gateways.types import (
-    BankAccount,
-    Card,
-    CarrierBalance,
     GatewayOutcome,
     GatewayResult,
-    Instrument,
-    SaleRequest,
-    Wallet,
+    SaleColumns,
+    SaleOutcomes,
 )
 from quickpay_engine.logs import payment_fields
 from quickpay_engine.metrics import Metrics
@@ -66,6 +62,9 @@ from quickpay_engine.settlement.validation import record_settled, validate_batch
 from quickpay_engine.store import UNREACHABLE, Decision, SqliteStore
 from quickpay_engine.store.executor import StoreThread
 from quickpay_engine.store.sqlite import IDEMPOTENCY_CONFLICT, SettledState
+
+if TYPE_CHECKING:
+    from quickpay_engine._engine import FraudColumns
 
 log = logging.getLogger(__name__)
 
@@ -96,21 +95,6 @@ def load_engine(engine: Engine, store: SqliteStore) -> int:
     return store.load_subscribers_into(engine)
 
 
-def instrument_of(intent: PaymentIntent) -> Instrument:
-    """What the gateway is asked to charge: built from the request's method detail,
-    which only a freshly decoded request carries (a card number is never stored)."""
-    d = intent.detail
-    match intent.method.kind:
-        case MethodKind.CARD:
-            return Card(d.card_pan, d.card_expiry_month, d.card_expiry_year)
-        case MethodKind.WALLET:
-            return Wallet(d.wallet_provider, d.wallet_id)
-        case MethodKind.BANK_ACCOUNT:
-            return BankAccount(d.iban)
-        case _:
-            return CarrierBalance()
-
-
 def movement_of(d: Decision) -> Movement:
     """The ledger movement of a decided payment."""
     i = d.intent
@@ -132,6 +116,8 @@ class _Batch:
     posting: set[str] = dataclasses.field(default_factory=set)
     # The accounts this batch keeps busy (one payment each) until it ends.
     accounts: list[str] = dataclasses.field(default_factory=list)
+    # The fraud features of the payments at ``scored``, as scored (for observe).
+    fraud_columns: FraudColumns | None = None
 
 
 class Pipeline:
@@ -279,7 +265,7 @@ class Pipeline:
             else:
                 decisions.append(decision)
                 positions.append(index)
-        batch.decisions, batch.scored = self._score(decisions, now_s)
+        batch.decisions, batch.scored, batch.fraud_columns = self._score(decisions, now_s)
         lap = self._lap("validate_score", lap)
         approved = [k for k, d in enumerate(batch.decisions) if not d.decline_reason]
         if not approved:
@@ -394,13 +380,16 @@ class Pipeline:
             np.fromiter((d.intent.amount_minor for d in held), np.int64),
         )
 
-    def _score(self, decisions: list[Decision], now_s: int) -> tuple[list[Decision], list[int]]:
+    def _score(
+        self, decisions: list[Decision], now_s: int
+    ) -> tuple[list[Decision], list[int], FraudColumns | None]:
         """Fraud-scores the payments validation passed; returns the decisions with their
-        assessments (and fraud declines), and the positions of those scored."""
+        assessments (and fraud declines), the positions of those scored and the columns
+        they were scored on (``observe`` takes them back after the commit)."""
         if self._fraud is None:
-            return decisions, []
+            return decisions, [], None
         scored = [k for k, d in enumerate(decisions) if not d.decline_reason]
-        verdicts = self._fraud.score([decisions[k].intent for k in scored], now_s)
+        verdicts, columns = self._fraud.score_columns([decisions[k].intent for k in scored], now_s)
         out = list(decisions)
         for k, verdict in zip(scored, verdicts, strict=True):
             # A new Decision built directly: dataclasses.replace reads the fields' list
@@ -410,7 +399,7 @@ class Pipeline:
                 d.payment_id, d.intent, verdict.decline_reason, verdict.decline_detail,
                 fraud=verdict.assessment, review=verdict.decline_reason == FRAUD_REVIEW,
             )  # fmt: skip
-        return out, scored
+        return out, scored, columns
 
     def _decide(
         self, payment_id: str, intent: PaymentIntent, code: int
@@ -428,37 +417,42 @@ class Pipeline:
         decisions = batch.decisions
         lap = time.perf_counter()
         gateway = await self._sales([decisions[k] for k in batch.reserved])
-        if self.metrics is not None and gateway:
-            self.metrics.gateway_round(gateway, time.perf_counter() - lap)
+        if self.metrics is not None and len(gateway):
+            self.metrics.gateway_round_columns(
+                gateway.gateways, gateway.outcomes, time.perf_counter() - lap
+            )
         lap = self._lap("gateways", lap)
         captured: list[int] = []
         voided: list[int] = []
         pending: set[int] = set()
-        for k, result in zip(batch.reserved, gateway, strict=True):
+        answered, gateways, references = gateway.outcomes, gateway.gateways, gateway.references
+        for j, k in enumerate(batch.reserved):
             d = decisions[k]
-            if result.outcome is GatewayOutcome.CAPTURED:
+            said = answered[j]
+            if said is GatewayOutcome.CAPTURED:
                 decisions[k] = Decision(
-                    d.payment_id, d.intent, gateway=result.gateway,
-                    gateway_reference=result.gateway_reference, fraud=d.fraud,
+                    d.payment_id, d.intent, gateway=gateways[j], gateway_reference=references[j],
+                    fraud=d.fraud,
                 )  # fmt: skip
                 captured.append(k)
-            elif result.outcome is GatewayOutcome.UNKNOWN:
+            elif said is GatewayOutcome.UNKNOWN:
                 pending.add(k)
                 log.warning(
                     "payment %s: gateway %s has not said whether it captured it; left"
-                    " RESERVED for recovery", d.payment_id, result.gateway,
+                    " RESERVED for recovery", d.payment_id, gateways[j],
                     extra=payment_fields(d.payment_id, d.intent.idempotency_key),
                 )  # fmt: skip
                 batch.results[batch.positions[k]] = OutcomePending(
-                    f"gateway {result.gateway} has not said whether payment {d.payment_id}"
+                    f"gateway {gateways[j]} has not said whether payment {d.payment_id}"
                     " was captured; the engine settles or voids it once it knows: retry"
                     " with the same idempotency_key for the outcome"
                 )
             else:
+                reason = gateway.reasons[j]
                 decisions[k] = Decision(
-                    d.payment_id, d.intent, result.reason or result.outcome.name,
-                    _gateway_detail(result), gateway=result.gateway, fraud=d.fraud,
-                    failed=result.outcome is not GatewayOutcome.DECLINED,
+                    d.payment_id, d.intent, reason or said.name,
+                    _gateway_detail(said, gateways[j], reason), gateway=gateways[j],
+                    fraud=d.fraud, failed=said is not GatewayOutcome.DECLINED,
                 )  # fmt: skip
                 voided.append(k)
         reserved = set(batch.reserved)
@@ -593,6 +587,7 @@ class Pipeline:
                 [decisions[k].intent for k in batch.scored],
                 [decisions[k].payment_id in done for k in batch.scored],
                 batch.now_s,
+                batch.fraud_columns,
             )
 
     async def _post(self, payment_ids: list[str], audit_head: tuple[int, str] | None) -> None:
@@ -614,39 +609,58 @@ class Pipeline:
         while self._posting:
             await asyncio.gather(*self._posting)
 
-    async def _sales(self, sold: list[Decision]) -> list[GatewayResult]:
-        """The batch's sales in one router call (batched per gateway), then, for each
-        unknown outcome (rare), a lookup at the gateway that may hold it, until
-        RESOLVE_S past that sale's deadline."""
-        if not sold:
-            return []
+    async def _sales(self, sold: list[Decision]) -> SaleOutcomes:
+        """The batch's sales in one router call (batched per gateway), as columns in and
+        out (no request or result object per payment); then, for each unknown outcome
+        (rare), a lookup at the gateway that may hold it, until RESOLVE_S past that
+        sale's deadline."""
+        n = len(sold)
+        if not n:
+            return SaleOutcomes(0)
         loop = asyncio.get_running_loop()
         now = loop.time()
-        deadlines = [d.intent.deadline or now + GATEWAY_DEADLINE_S for d in sold]
-        requests = [
-            SaleRequest(d.payment_id, i.amount_minor, i.currency, instrument_of(i))
-            for d in sold
-            for i in (d.intent,)
-        ]
-        results: list[GatewayResult] = []
-        for start in range(0, len(sold), SALE_BATCH_MAX):
-            end = start + SALE_BATCH_MAX
-            results += await self._router.sale_many(requests[start:end], deadlines[start:end])
+        intents = [d.intent for d in sold]
+        details = [i.detail for i in intents]
+        sales = SaleColumns(
+            [d.payment_id for d in sold],
+            [i.amount_minor for i in intents],
+            [i.currency for i in intents],
+            [i.method.kind for i in intents],
+            # Each kind's fields as decoded; the core reads only those of the kind.
+            [x.card_pan for x in details],
+            [x.card_expiry_month for x in details],
+            [x.card_expiry_year for x in details],
+            [x.wallet_provider for x in details],
+            [x.wallet_id for x in details],
+            [x.iban for x in details],
+            [i.deadline or now + GATEWAY_DEADLINE_S for i in intents],
+        )  # fmt: skip
+        if n <= SALE_BATCH_MAX:
+            out = await self._router.sale_columns(sales)
+        else:
+            out = SaleOutcomes(0)
+            for start in range(0, n, SALE_BATCH_MAX):
+                part = _slice(sales, start, start + SALE_BATCH_MAX)
+                _extend(out, await self._router.sale_columns(part))
         unknown = [
-            j for j, r in enumerate(results) if r.outcome is GatewayOutcome.UNKNOWN and r.gateway
+            j for j, (o, g) in enumerate(zip(out.outcomes, out.gateways, strict=True))
+            if o is GatewayOutcome.UNKNOWN and g
         ]  # fmt: skip
         if unknown:
             resolved = await asyncio.gather(
-                *(self._resolve(sold[j].payment_id, results[j], deadlines[j]) for j in unknown)
-            )
+                *(
+                    self._resolve(sales.payment_ids[j], out.result(j, sales.payment_ids[j]),
+                                  sales.deadlines[j])
+                    for j in unknown
+                )
+            )  # fmt: skip
             for j, result in zip(unknown, resolved, strict=True):
-                results[j] = result
-        return results
+                out.set(j, result)
+        return out
 
     async def _sale(self, d: Decision) -> GatewayResult:
         """One payment's sale (the batch path with one payment; for tests and tools)."""
-        (result,) = await self._sales([d])
-        return result
+        return (await self._sales([d])).result(0, d.payment_id)
 
     async def _resolve(
         self, payment_id: str, result: GatewayResult, deadline: float
@@ -671,10 +685,24 @@ class Pipeline:
             await give_back(self._store, self._thread, self._book, self._router, d, why)
 
 
-def _gateway_detail(result: GatewayResult) -> str:
-    if result.outcome is GatewayOutcome.DECLINED:
-        return f"declined by gateway {result.gateway}"
-    return f"no gateway could take the payment ({result.reason or result.outcome.name})"
+def _gateway_detail(outcome: GatewayOutcome, gateway: str, reason: str) -> str:
+    if outcome is GatewayOutcome.DECLINED:
+        return f"declined by gateway {gateway}"
+    return f"no gateway could take the payment ({reason or outcome.name})"
+
+
+def _slice(sales: SaleColumns, start: int, end: int) -> SaleColumns:
+    """Rows ``start`` to ``end`` of ``sales``."""
+    return SaleColumns(*(column[start:end] for column in dataclasses.astuple(sales)))
+
+
+def _extend(out: SaleOutcomes, more: SaleOutcomes) -> None:
+    """Appends ``more``'s rows to ``out``."""
+    base = len(out)
+    for name in ("outcomes", "gateways", "references", "reasons", "captured_minor",
+                 "refunded_minor", "currencies"):  # fmt: skip
+        getattr(out, name).extend(getattr(more, name))
+    out.attempts.update({base + i: a for i, a in more.attempts.items()})
 
 
 def replay(
