@@ -217,3 +217,25 @@ def test_a_duplicate_in_an_import_is_named_by_its_line_and_loads_nothing(tmp_pat
         good.write_text(GOOD)
         assert _import(good, tmp_path).returncode == 0
     assert len(_stored(tmp_path)) == len(SUBSCRIBERS)
+
+
+def test_a_number_twice_or_taken_in_a_loaded_base_loads_nothing(tmp_path: Path) -> None:
+    """Into a loaded table: a number the file gives two lines is named by the second's
+    line; a number a line of the base keeps is a conflict with the database. Nothing of
+    either file is loaded."""
+    good = tmp_path / "good.csv"
+    good.write_text(GOOD)
+    assert _import(good, tmp_path).returncode == 0
+    header, first = GOOD.splitlines()[:2]
+    new = "acc-n{},{},PREPAID,ACTIVE,EUR,0,GR,,2026-01-01T00:00:00Z"
+    twice = tmp_path / "twice.csv"
+    twice.write_text("\n".join([header, new.format(1, "+306900000091"), new.format(2, "+306900000091")]) + "\n")  # fmt: skip
+    done = _import(twice, tmp_path)
+    assert done.returncode == 1
+    assert "line 3: msisdn '+306900000091' appears twice" in done.stderr, done.stderr
+    taken = tmp_path / "taken.csv"
+    taken.write_text("\n".join([header, new.format(3, first.split(",")[1])]) + "\n")
+    done = _import(taken, tmp_path)
+    assert done.returncode != 0
+    assert "conflicts with the database" in done.stderr, done.stderr
+    assert {a for a in _stored(tmp_path)} == {s.account_id for s in SUBSCRIBERS}

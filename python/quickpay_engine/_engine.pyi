@@ -759,6 +759,8 @@ def decode_pay_batch(
 # -- subscriber files (store/subscriber_file.rs) ------------------------------------
 
 SUBSCRIBER_ROWS_MAX: int
+# The subscriber file's columns, in the order of its header and of a read row.
+SUBSCRIBER_COLUMNS: tuple[str, ...]
 
 class SubscriberFileError(ValueError):
     """A subscriber file's first bad line: ``args`` are (line, message)."""

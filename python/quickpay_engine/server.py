@@ -23,7 +23,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from quickpay_engine import ledger_limits
-from quickpay_engine._engine import WAL_FLUSH_BUCKETS_NS, ConfigInvalid, FraudScorer, Ledger
+from quickpay_engine._engine import (
+    WAL_FLUSH_BUCKETS_NS,
+    ConfigInvalid,
+    Engine,
+    FraudScorer,
+    Ledger,
+)
 from quickpay_engine.api.convert import add_subscriber_message, event_msg
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.servicer import SettlementServicer, add_to_server
@@ -41,6 +47,7 @@ from quickpay_engine.security.guard import Guard
 from quickpay_engine.security.settings import SecuritySettings, check_exposure
 from quickpay_engine.security.tls import CertificateReloader
 from quickpay_engine.settlement.ledger_book import LedgerBook
+from quickpay_engine.settlement.pipeline import load_engine
 from quickpay_engine.settlement.service import BatchSettings, SettlementService
 from quickpay_engine.settlement.twophase import SWEEP_INTERVAL_S, TwoPhaseStore
 from quickpay_engine.storage import Store, claim_databases, open_store
@@ -272,6 +279,15 @@ async def create_server(
             metrics.watch_ledger(book.ledger.usage, book.ledger.wal_stats, WAL_FLUSH_BUCKETS_NS)
             probes = await start_probes(settings.metrics_listen, metrics, readiness)
             undo.push_async_callback(probes.stop)
+        # The subscriber table loads on a thread of its own while the gateways start
+        # (their simulators are processes of their own): the two longest steps of a
+        # start at carrier scale, overlapped. Nothing else touches the store meanwhile.
+        try:
+            engine = Engine(engine_config)
+        except ConfigInvalid as err:
+            raise ConfigError(f"--engine-config {settings.engine_config}: {err}") from None
+        loading = asyncio.ensure_future(asyncio.to_thread(load_engine, engine, store))
+        undo.push_async_callback(_finished, loading)  # before the store closes
         gateways, stop_gateways = await open_gateways(settings.gateways, settings.data_dir)
         undo.push_async_callback(stop_gateways)
         router = GatewayRouter(gateways)
@@ -280,22 +296,19 @@ async def create_server(
         if metrics is not None:
             names = [g.name for g in router.config.gateways]
             metrics.watch_breakers(lambda: {n: int(router.breaker_state(n)) for n in names})
-        try:
-            service = SettlementService(
-                store,
-                book,
-                router,
-                key,
-                batching,
-                fraud_scorer,
-                enforce,
-                engine_config,
-                fence=owner.check if owner is not None else lambda: None,
-                metrics=metrics,
-            )
-        except ConfigInvalid as err:
-            raise ConfigError(f"--engine-config {settings.engine_config}: {err}") from None
-        actions = await service.start()
+        service = SettlementService(
+            store,
+            book,
+            router,
+            key,
+            batching,
+            fraud_scorer,
+            enforce,
+            fence=owner.check if owner is not None else lambda: None,
+            metrics=metrics,
+            engine=engine,
+        )
+        actions = await service.start(loading=loading)
         undo.push_async_callback(service.close)
         if actions:
             log.info("recovery finished %d unfinished payments and refunds", len(actions))
@@ -356,6 +369,13 @@ async def create_server(
     )  # fmt: skip
     running.feed = feed
     return running
+
+
+async def _finished(task: asyncio.Future[int]) -> None:
+    """Waits for a start step running on a thread (its error is the start's own, raised
+    where it is awaited), so what it reads is not closed under it."""
+    with contextlib.suppress(BaseException):
+        await asyncio.shield(task)
 
 
 def _protection(running: RunningServer) -> str:

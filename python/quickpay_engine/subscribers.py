@@ -20,6 +20,7 @@ import numpy as np
 
 from quickpay_engine._engine import (
     NO_TIME,
+    SUBSCRIBER_COLUMNS,
     SUBSCRIBER_ROWS_MAX,
     Engine,
     SubscriberFile,
@@ -32,17 +33,8 @@ from quickpay_engine.errors import ImportRowError
 # currency, balance_minor, country, sim_swapped_at_s or None, created_at_s).
 FileRow = tuple[int, str, str, int, int, str, int, str, int | None, int]
 
-COLUMNS = (
-    "account_id",
-    "msisdn",
-    "plan",
-    "status",
-    "currency",
-    "balance_minor",
-    "country",
-    "sim_swapped_at",
-    "created_at",
-)
+# The file's header: the core's list (store/subscriber_file.rs), its one source.
+COLUMNS: tuple[str, ...] = SUBSCRIBER_COLUMNS
 
 # A file may hold at most this many rows: the engine's subscriber table holds no more
 # (one partition of a carrier's base, 20 million). At the bound the import fails before

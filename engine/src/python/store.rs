@@ -15,7 +15,9 @@ use super::check_len;
 use super::reconcile::Reconciled;
 use crate::store::rows::{Decision, Fraud};
 use crate::store::sqlite::{message, Failure, Writer};
-use crate::store::subscriber_file::{import_sqlite, ImportError, Reader, RowError, ROWS_MAX};
+use crate::store::subscriber_file::{
+    import_sqlite, ImportError, Reader, Retrying, RowError, COLUMNS, ROWS_MAX,
+};
 
 /// A decision's columns, read by attribute from `quickpay_engine.store.rows.CommitColumns`.
 #[derive(FromPyObject)]
@@ -334,7 +336,7 @@ impl SubscriberFile {
     fn open(path: PathBuf) -> PyResult<SubscriberFile> {
         let file = std::fs::File::open(path)?;
         let source: Box<dyn std::io::Read + Send + Sync> =
-            Box::new(std::io::BufReader::with_capacity(1 << 20, file));
+            Box::new(std::io::BufReader::with_capacity(1 << 20, Retrying(file)));
         Ok(SubscriberFile {
             reader: Reader::new(source).map_err(row_error)?,
             failed: None,
@@ -398,5 +400,10 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.py().get_type::<SubscriberFileError>(),
     )?;
     m.add("SUBSCRIBER_ROWS_MAX", ROWS_MAX)?;
+    // The file's header, the one list of its columns (the Python side writes it too).
+    m.add(
+        "SUBSCRIBER_COLUMNS",
+        pyo3::types::PyTuple::new(m.py(), COLUMNS)?,
+    )?;
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::Path;
 
 use csv::{ByteRecord, ReaderBuilder};
-use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -257,6 +257,21 @@ impl<R: Read> Reader<R> {
     }
 }
 
+/// A source whose reads a signal interrupted are tried again (a file that is a pipe
+/// waits in read(2), where any signal to the process ends the wait with EINTR).
+pub struct Retrying<R>(pub R);
+
+impl<R: Read> Read for Retrying<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                done => return done,
+            }
+        }
+    }
+}
+
 /// Why an import failed; nothing of it was written.
 #[derive(Debug)]
 pub enum ImportError {
@@ -291,31 +306,76 @@ pub struct Imported {
 // The billing system's balance wins; the opening balance is set so that the balance
 // still equals the opening balance plus what settled here and what was adjusted (see
 // `verify`).
-const UPSERT: &str = "INSERT INTO subscribers (account_id, msisdn, plan, status, currency, \
-     balance_minor, opening_balance_minor, country, sim_swapped_at_s, created_at_s) \
-     SELECT account_id, msisdn, plan, status, currency, balance_minor, balance_minor, \
-     country, sim_swapped_at_s, created_at_s FROM temp.import_rows WHERE true \
-     ON CONFLICT (account_id) DO UPDATE SET msisdn = excluded.msisdn, \
-     plan = excluded.plan, status = excluded.status, currency = excluded.currency, \
-     balance_minor = excluded.balance_minor, \
-     opening_balance_minor = excluded.balance_minor - (SELECT \
-       coalesce(sum(balance_delta_minor), 0) FROM billing_records \
-       WHERE billing_records.account_id = excluded.account_id) - (SELECT \
-       coalesce(sum(balance_delta_minor), 0) FROM balance_adjustments \
-       WHERE balance_adjustments.account_id = excluded.account_id), \
-     country = excluded.country, sim_swapped_at_s = excluded.sim_swapped_at_s, \
-     created_at_s = excluded.created_at_s";
+const OPENING: &str = "?6 - (SELECT coalesce(sum(balance_delta_minor), 0) FROM billing_records \
+     WHERE account_id = ?1) - (SELECT coalesce(sum(balance_delta_minor), 0) \
+     FROM balance_adjustments WHERE account_id = ?1)";
+
+/// The store's copy of a line, as a file row compares with it.
+struct Held {
+    rowid: i64,
+    msisdn: String,
+    plan: u8,
+    status: u8,
+    currency: String,
+    balance_minor: i64,
+    country: String,
+    sim_swapped_at_s: Option<i64>,
+    created_at_s: i64,
+}
+
+impl Held {
+    fn same_as(&self, row: &Row) -> bool {
+        self.msisdn == row.msisdn
+            && self.plan == row.plan
+            && self.status == row.status
+            && self.currency == row.currency
+            && self.balance_minor == row.balance_minor
+            && self.country == row.country
+            && self.sim_swapped_at_s == row.sim_swapped_at_s
+            && self.created_at_s == row.created_at_s
+    }
+}
+
+/// The rowids of the store's lines the file named so far: a line named twice is a
+/// duplicate, and `replace` closes the ones never named. A bit per rowid (1.2 MiB for
+/// ten million lines), however long the ids.
+#[derive(Default)]
+struct Seen(Vec<u64>);
+
+impl Seen {
+    /// Marks `rowid`; false if it was marked already.
+    fn mark(&mut self, rowid: i64) -> bool {
+        let at = usize::try_from(rowid).unwrap_or(0);
+        let (word, bit) = (at / 64, 1u64 << (at % 64));
+        if word >= self.0.len() {
+            self.0.resize(word + 1 + word / 8, 0);
+        }
+        let fresh = self.0[word] & bit == 0;
+        self.0[word] |= bit;
+        fresh
+    }
+
+    fn has(&self, rowid: i64) -> bool {
+        let at = usize::try_from(rowid).unwrap_or(0);
+        self.0
+            .get(at / 64)
+            .is_some_and(|w| w & (1u64 << (at % 64)) != 0)
+    }
+}
 
 /// Imports `file` into the SQLite store at `db`, in one transaction. Upsert: rows of
 /// the file are inserted or replace the store's; `replace`: the file is the whole base,
 /// so lines of the store missing from it are CLOSED too (never deleted: their payments
 /// keep pointing at them).
 ///
-/// Into an empty table the rows go straight in (its keys find duplicates); otherwise
-/// through a staging table of the file's rows, merged at the end.
+/// Into an empty table the rows go straight in (its keys find duplicates). Into a
+/// loaded one each row is looked up by its account id and written only where it
+/// differs from the store's copy (a carrier's daily export changes a few lines of its
+/// base), the msisdn's index only touched when the number changed; a bitmap of the
+/// rowids named finds a line named twice and, for `replace`, the lines to close.
 pub fn import_sqlite(db: &Path, file: &Path, replace: bool) -> Result<Imported, ImportError> {
     let source = std::fs::File::open(file).map_err(ImportError::Io)?;
-    let mut reader = Reader::new(std::io::BufReader::with_capacity(1 << 20, source))
+    let mut reader = Reader::new(std::io::BufReader::with_capacity(1 << 20, Retrying(source)))
         .map_err(ImportError::Row)?;
     let mut conn = Connection::open(db)?;
     conn.busy_timeout(super::sqlite::BUSY_TIMEOUT)?;
@@ -328,77 +388,180 @@ pub fn import_sqlite(db: &Path, file: &Path, replace: bool) -> Result<Imported, 
     let empty: bool = tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM subscribers)", [], |r| {
         r.get(0)
     })?;
-    let table = if empty {
-        "main.subscribers"
+    let imported = if empty {
+        insert_all(&tx, &mut reader)?
     } else {
-        "temp.import_rows"
+        merge(&tx, &mut reader, replace)?
     };
-    if !empty {
-        tx.execute_batch(
-            "CREATE TEMP TABLE import_rows (account_id TEXT PRIMARY KEY, \
-             msisdn TEXT NOT NULL UNIQUE, plan INTEGER NOT NULL, status INTEGER NOT NULL, \
-             currency TEXT NOT NULL, balance_minor INTEGER NOT NULL, country TEXT NOT NULL, \
-             sim_swapped_at_s INTEGER, created_at_s INTEGER NOT NULL) WITHOUT ROWID",
-        )?;
-    }
+    tx.commit()?;
+    Ok(imported)
+}
+
+/// The message for a row SQLite refused as a duplicate of a key.
+fn duplicate(row: &Row, account_twice: bool) -> ImportError {
+    let message = if account_twice {
+        format!("account_id {} appears twice", py_repr(&row.account_id))
+    } else {
+        format!("msisdn {} appears twice", py_repr(&row.msisdn))
+    };
+    ImportError::Row(RowError {
+        line: row.line,
+        message,
+    })
+}
+
+/// Every row inserted into an empty table.
+fn insert_all<R: Read>(
+    tx: &rusqlite::Transaction<'_>,
+    reader: &mut Reader<R>,
+) -> Result<Imported, ImportError> {
+    let mut insert = tx.prepare(
+        "INSERT INTO subscribers (account_id, msisdn, plan, status, currency, balance_minor, \
+         opening_balance_minor, country, sim_swapped_at_s, created_at_s) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)",
+    )?;
     let mut rows = 0u64;
-    {
-        let mut insert = tx.prepare(&format!(
-            "INSERT INTO {table} (account_id, msisdn, plan, status, currency, balance_minor, \
-             {}country, sim_swapped_at_s, created_at_s) VALUES (?1, ?2, ?3, ?4, ?5, ?6, \
-             {}?7, ?8, ?9)",
-            if empty { "opening_balance_minor, " } else { "" },
-            if empty { "?6, " } else { "" },
-        ))?;
-        while let Some(row) = reader.next().map_err(ImportError::Row)? {
-            let done = insert.execute(params![
-                row.account_id,
-                row.msisdn,
-                row.plan,
-                row.status,
-                row.currency,
-                row.balance_minor,
-                row.country,
-                row.sim_swapped_at_s,
-                row.created_at_s,
-            ]);
-            if let Err(err) = done {
-                if err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
-                    // SQLite names whichever key it checked first; the account id is
-                    // named first when both repeat, as the Python reader did.
-                    let account_twice: bool = tx.query_row(
-                        &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE account_id = ?1)"),
-                        [&row.account_id],
-                        |r| r.get(0),
-                    )?;
-                    let message = if account_twice {
-                        format!("account_id {} appears twice", py_repr(&row.account_id))
-                    } else {
-                        format!("msisdn {} appears twice", py_repr(&row.msisdn))
-                    };
-                    return Err(ImportError::Row(RowError {
-                        line: row.line,
-                        message,
-                    }));
-                }
-                return Err(err.into());
+    while let Some(row) = reader.next().map_err(ImportError::Row)? {
+        let done = insert.execute(params![
+            row.account_id,
+            row.msisdn,
+            row.plan,
+            row.status,
+            row.currency,
+            row.balance_minor,
+            row.country,
+            row.sim_swapped_at_s,
+            row.created_at_s,
+        ]);
+        if let Err(err) = done {
+            if err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
+                // SQLite names whichever key it checked first; the account id is
+                // named first when both repeat, as the Python reader did.
+                let account_twice: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM subscribers WHERE account_id = ?1)",
+                    [&row.account_id],
+                    |r| r.get(0),
+                )?;
+                return Err(duplicate(&row, account_twice));
             }
-            rows += 1;
+            return Err(err.into());
         }
+        rows += 1;
+    }
+    Ok(Imported { rows, closed: 0 })
+}
+
+/// The file's rows upserted into a loaded table (see `import_sqlite`).
+fn merge<R: Read>(
+    tx: &rusqlite::Transaction<'_>,
+    reader: &mut Reader<R>,
+    replace: bool,
+) -> Result<Imported, ImportError> {
+    let mut find = tx.prepare(
+        "SELECT rowid, msisdn, plan, status, currency, balance_minor, country, \
+         sim_swapped_at_s, created_at_s FROM subscribers WHERE account_id = ?1",
+    )?;
+    let mut insert = tx.prepare(
+        "INSERT INTO subscribers (account_id, msisdn, plan, status, currency, balance_minor, \
+         opening_balance_minor, country, sim_swapped_at_s, created_at_s) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)",
+    )?;
+    // By rowid; ?1 (the account id) is for the opening balance's sums.
+    let mut update = tx.prepare(&format!(
+        "UPDATE subscribers SET plan = ?3, status = ?4, currency = ?5, balance_minor = ?6, \
+         opening_balance_minor = {OPENING}, country = ?7, sim_swapped_at_s = ?8, \
+         created_at_s = ?9 WHERE rowid = ?10"
+    ))?;
+    let mut update_number = tx.prepare(&format!(
+        "UPDATE subscribers SET msisdn = ?2, plan = ?3, status = ?4, currency = ?5, \
+         balance_minor = ?6, opening_balance_minor = {OPENING}, country = ?7, \
+         sim_swapped_at_s = ?8, created_at_s = ?9 WHERE rowid = ?10"
+    ))?;
+    let mut seen = Seen::default();
+    let mut rows = 0u64;
+    while let Some(row) = reader.next().map_err(ImportError::Row)? {
+        let held = find
+            .query_row([&row.account_id], |r| {
+                Ok(Held {
+                    rowid: r.get(0)?,
+                    msisdn: r.get(1)?,
+                    plan: r.get(2)?,
+                    status: r.get(3)?,
+                    currency: r.get(4)?,
+                    balance_minor: r.get(5)?,
+                    country: r.get(6)?,
+                    sim_swapped_at_s: r.get(7)?,
+                    created_at_s: r.get(8)?,
+                })
+            })
+            .optional()?;
+        let values = params![
+            row.account_id,
+            row.msisdn,
+            row.plan,
+            row.status,
+            row.currency,
+            row.balance_minor,
+            row.country,
+            row.sim_swapped_at_s,
+            row.created_at_s,
+        ];
+        let written = match &held {
+            Some(held) if !seen.mark(held.rowid) => return Err(duplicate(&row, true)),
+            Some(held) if held.same_as(&row) => Ok(()),
+            Some(held) => {
+                let mut with_rowid = values.to_vec();
+                with_rowid.push(&held.rowid);
+                let statement = if held.msisdn == row.msisdn {
+                    &mut update
+                } else {
+                    &mut update_number
+                };
+                statement.execute(with_rowid.as_slice()).map(drop)
+            }
+            None => insert.execute(values).map(|_| {
+                seen.mark(tx.last_insert_rowid());
+            }),
+        };
+        if let Err(err) = written {
+            if err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
+                // The number is another line's: one the file named already (a duplicate
+                // in the file) or one of the store's (a conflict with the base).
+                let holder: Option<i64> = tx
+                    .query_row(
+                        "SELECT rowid FROM subscribers WHERE msisdn = ?1",
+                        [&row.msisdn],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if holder.is_some_and(|rowid| seen.has(rowid)) {
+                    return Err(duplicate(&row, false));
+                }
+            }
+            return Err(err.into());
+        }
+        rows += 1;
     }
     let mut closed = 0;
-    if !empty {
-        if replace {
-            closed = tx.execute(
-                "UPDATE subscribers SET status = 4 WHERE status != 4 AND account_id NOT IN \
-                 (SELECT account_id FROM temp.import_rows)",
-                [],
-            )? as u64;
+    if replace {
+        // The lines still open, in rowid order a page at a time (no list of them all).
+        let mut open = tx.prepare(
+            "SELECT rowid FROM subscribers WHERE rowid > ?1 AND status != 4 \
+             ORDER BY rowid LIMIT 65536",
+        )?;
+        let mut close = tx.prepare("UPDATE subscribers SET status = 4 WHERE rowid = ?1")?;
+        let mut after = 0i64;
+        loop {
+            let page: Vec<i64> = open
+                .query_map([after], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let Some(&last) = page.last() else { break };
+            after = last;
+            for rowid in page.into_iter().filter(|rowid| !seen.has(*rowid)) {
+                closed += close.execute([rowid])? as u64;
+            }
         }
-        tx.execute(UPSERT, [])?;
-        tx.execute_batch("DROP TABLE temp.import_rows")?;
     }
-    tx.commit()?;
     Ok(Imported { rows, closed })
 }
 

@@ -11,17 +11,18 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
+from quickpay_engine._engine import SubscriberFile
 from quickpay_engine.commands import WRITES, add_command, add_group
 from quickpay_engine.config import check_host_port, settings_from
-from quickpay_engine.domain import SubscriberRow
+from quickpay_engine.domain import LineStatus, Plan, SubscriberRow
 from quickpay_engine.errors import ImportRowError
 from quickpay_engine.storage import claim_databases, open_store
 from quickpay_engine.store.ownership import InUse
 from quickpay_engine.subscriber_changes import VERSION_MAX
-from quickpay_engine.subscribers import parse_csv
+from quickpay_engine.subscribers import open_file, read_chunks
 
 # A bearer token for a server with an access file, as `quickpay bench` reads it.
 TOKEN_VARIABLE = "QUICKPAY_TOKEN"  # noqa: S105 (the variable's name, not a token)
@@ -90,8 +91,7 @@ def run_import(args: argparse.Namespace) -> int:
     try:
         args.file.stat()
     except OSError as err:
-        print(f"quickpay subscribers import: {err}", file=sys.stderr)
-        return 1
+        return _failed(err)
     # On PostgreSQL, refused while an engine owns the database: it keeps the subscribers'
     # balances in memory, and would go on from the ones this import replaces.
     try:
@@ -105,13 +105,9 @@ def run_import(args: argparse.Namespace) -> int:
         finally:
             store.close()
     except OSError as err:
-        print(f"quickpay subscribers import: {err}", file=sys.stderr)
-        return 1
+        return _failed(err)
     except ImportRowError as err:
-        print(
-            f"quickpay subscribers import: {args.file}: {err}; nothing was loaded", file=sys.stderr
-        )
-        return 1
+        return _failed(f"{args.file}: {err}; nothing was loaded")
     finally:
         if owner is not None:
             owner.close()
@@ -122,52 +118,58 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _failed(message: object, status: int = 1) -> int:
+    """Says why the import failed, on stderr; returns the exit status."""
+    print(f"quickpay subscribers import: {message}", file=sys.stderr)
+    return status
+
+
 def _run_remote(args: argparse.Namespace) -> int:
-    """``--listen``: the file's lines go to the running server as changes of one version."""
+    """``--listen``: the file's lines go to the running server as changes of one version,
+    read and sent a chunk at a time (memory for a chunk, whatever the file's size)."""
     check_host_port("--listen", args.listen)
     if args.replace:
-        print(
-            "quickpay subscribers import: --replace takes a data dir's whole base and cannot go"
-            " to a running server, which takes changes: send the file without it (lines to"
-            " close as status CLOSED), or stop the server",
-            file=sys.stderr,
+        return _failed(
+            "--replace takes a data dir's whole base and cannot go to a running server, which"
+            " takes changes: send the file without it (lines to close as status CLOSED), or"
+            " stop the server",
+            2,
         )
-        return 2
     try:
-        with args.file.open(newline="") as text:
-            rows = parse_csv(text)
+        source = open_file(args.file)
         version = args.change_version
         if version is None:
             version = args.file.stat().st_mtime_ns // 1_000
     except OSError as err:
-        print(f"quickpay subscribers import: {err}", file=sys.stderr)
-        return 1
+        return _failed(err)
     except ImportRowError as err:
-        print(
-            f"quickpay subscribers import: {args.file}: {err}; nothing was loaded", file=sys.stderr
-        )
-        return 1
+        return _failed(f"{args.file}: {err}; nothing was sent")
     if not 1 <= version <= VERSION_MAX:
-        print(
-            f"quickpay subscribers import: --change-version {version}: expected 1 to 2^63-1",
-            file=sys.stderr,
-        )
-        return 2
-    return _send(args, rows, version)
+        return _failed(f"--change-version {version}: expected 1 to 2^63-1", 2)
+    return _send(args, source, version)
 
 
-def _send(args: argparse.Namespace, rows: Sequence[SubscriberRow], version: int) -> int:
-    """Streams the rows to the server as changes of ``version``; prints its summary.
-    The blocking client: gRPC's core reads the changes from the iterator on its own
-    thread, several times faster than an asyncio stream sends them."""
+def _send(args: argparse.Namespace, source: SubscriberFile, version: int) -> int:
+    """Streams the file's rows to the server as changes of ``version``, reading the
+    next chunk as gRPC takes the changes; prints its summary. A bad line ends the stream
+    there: the server applies the lines before it (each of its batches all or nothing)
+    and none from it on. The blocking client: gRPC's core reads the changes from the
+    iterator on its own thread, several times faster than an asyncio stream sends them."""
     import grpc
 
     from quickpay_engine.api.convert import change_message
     from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 
+    stopped: list[ImportRowError | OSError] = []
+
     def changes() -> Iterator[object]:
-        for row in rows:
-            yield change_message(row, version)
+        try:
+            for chunk in read_chunks(source):
+                for _, a, m, p, s, c, b, co, sw, cr in chunk:
+                    row = SubscriberRow(a, m, Plan(p), LineStatus(s), c, b, co, sw, cr)
+                    yield change_message(row, version)
+        except (ImportRowError, OSError) as err:
+            stopped.append(err)  # the stream ends cleanly before the bad line
 
     token = os.environ.get(TOKEN_VARIABLE)
     metadata = (("authorization", f"Bearer {token}"),) if token else None
@@ -175,26 +177,32 @@ def _send(args: argparse.Namespace, rows: Sequence[SubscriberRow], version: int)
         try:
             grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
         except grpc.FutureTimeoutError:
-            print(
-                f"quickpay subscribers import: no server answers at {args.listen}"
-                f" within {CONNECT_TIMEOUT_S:g} s; nothing was sent",
-                file=sys.stderr,
+            return _failed(
+                f"no server answers at {args.listen} within {CONNECT_TIMEOUT_S:g} s;"
+                " nothing was sent"
             )
-            return 1
         stub = pb_grpc.SettlementStub(channel)
         try:
             summary = stub.UpsertSubscribers(changes(), metadata=metadata)
         except grpc.RpcError as err:
-            print(
-                f"quickpay subscribers import: {args.listen} answered {err.code().name}:"
-                f" {_with_row(err.details() or '', args.file)}",
-                file=sys.stderr,
+            return _failed(
+                f"{args.listen} answered {err.code().name}:"
+                f" {_with_row(err.details() or '', args.file)}"
             )
-            return 1
+    did = (
+        f"{summary.applied} applied ({summary.created} new lines), {summary.stale} already at"
+        f" this version or newer, in {summary.batches} batches"
+    )
+    if stopped:
+        err = stopped[0]
+        where = f"{args.file}: " if isinstance(err, ImportRowError) else ""
+        return _failed(
+            f"{where}{err}; sending stopped there, none from it on was sent; the"
+            f" {summary.received} subscribers before it went at version {version}: {did}"
+        )
     print(
         f"sent {summary.received} subscribers from {args.file} to {args.listen} at version"
-        f" {version}: {summary.applied} applied ({summary.created} new lines), {summary.stale}"
-        f" already at this version or newer, in {summary.batches} batches"
+        f" {version}: {did}"
     )
     return 0
 

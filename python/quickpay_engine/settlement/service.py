@@ -91,18 +91,21 @@ class SettlementService:
         engine_config_json: str | None = None,
         fence: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
+        engine: Engine | None = None,
     ) -> None:
         """``book`` is the open ledger, ``router`` the started gateways; ``card_key``
         keys the card fingerprints fraud scoring tracks; ``fraud_scorer`` replaces the
         shipped model and rules (tests, a carrier's own model); ``fence`` raises while
         the engine may not settle (store/pg_owner.py), checked once per batch;
-        ``metrics`` counts batches, stages and outcomes (once per batch)."""
+        ``metrics`` counts batches, stages and outcomes (once per batch); ``engine``: one
+        built already (serve starts loading its subscribers before the gateways), else
+        one is built from ``engine_config_json``."""
         batching = batching or BatchSettings()
         self._store = store
         self._thread = StoreThread()
         self.book = book
         self.router = router
-        self.engine = Engine(engine_config_json)
+        self.engine = engine if engine is not None else Engine(engine_config_json)
         # A second connection for the replay lookups, where the store offers one.
         self._reader = store.open_reader()
         self._reader_thread = StoreThread("store-reader")
@@ -154,20 +157,25 @@ class SettlementService:
         # Batches of subscriber changes apply one at a time, in the order they came.
         self._changing = asyncio.Lock()
 
-    async def start(self, sweep_s: float | None = None) -> list[Action]:
-        """Finishes what an earlier run left unfinished (recovery, before serving), loads
-        the subscriber table into the engine (the only copy in memory: fraud scoring
-        reads its profiles there) and starts batching and the periodic sweep. A
-        subscriber's ledger account is opened by its first hold. Returns recovery's
-        actions."""
+    async def start(
+        self, sweep_s: float | None = None, loading: Awaitable[int] | None = None
+    ) -> list[Action]:
+        """Loads the subscriber table into the engine (the only copy in memory: fraud
+        scoring reads its profiles there), finishes what an earlier run left unfinished
+        (recovery, before serving: what it settles is applied to the loaded table) and
+        starts batching and the periodic sweep. A subscriber's ledger account is opened
+        by its first hold. ``loading``: a load started already (serve runs it while the
+        gateways start), awaited here. Returns recovery's actions."""
+        if loading is None:
+            loading = self._thread.run(load_engine, self.engine, self._store)
+        count = await loading
+        log.info("%d subscribers loaded into the engine", count)
         actions = await self.recovery.run()
         if self.metrics is not None:
             self.metrics.recovered(a.action for a in actions)
         # Adjustments journalled and not applied: finished before anything is served.
         adjusted = await self.adjustments.recover()
         actions += [Action(a, "PENDING", "adjustment applied") for a in adjusted]
-        count = await self._thread.run(load_engine, self.engine, self._store)
-        log.info("%d subscribers loaded into the engine", count)
         self._batcher.start()
         if self.metrics is not None:
             self.metrics.watch_queue(self._batcher.waiting, self._batcher.queue_max)
@@ -216,7 +224,7 @@ class SettlementService:
     def _apply_states(self, states: list[SettledState]) -> None:
         """Brings the engine's subscriber table up to what recovery or a refund wrote."""
         states = [s for s in states if s is not None]
-        # At start recovery runs before the table is loaded; the load reads its result.
+        # At start the table is loaded before recovery runs (an empty one has no line).
         if states and self.engine.subscriber_count():
             self.engine.set_states(
                 [s.account_id for s in states],
