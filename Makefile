@@ -49,10 +49,11 @@ demo: build
 # the engine's own debug assertions on, which the tests rely on.
 CARGO_TEST := cargo test --workspace --release --features python \
 	--config 'profile.release.package.quickpay-engine.debug-assertions=true'
-# pytest's worker processes (pytest-xdist): the suites wait on servers, simulators and
-# subprocesses more than they compute, so two workers on two cores halve the wall time;
-# the chaos scenarios keep to one of them (xdist_group). PYTEST_WORKERS=0: one process.
-PYTEST_WORKERS ?= 2
+# pytest's worker processes (pytest-xdist): the chaos scenarios keep to one of them
+# (xdist_group). 0 (the default) runs one process: on two cores -n 2 was slower than one
+# process on the subsets measured (benches/RESULTS.md, "make test's phases"); whether it
+# pays on the whole suite is still to be measured on a quiet machine.
+PYTEST_WORKERS ?= 0
 
 test-rust:
 	$(CARGO_TEST)

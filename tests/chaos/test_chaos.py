@@ -21,7 +21,7 @@ from chaos.soak import Sample, plot, sample, trends
 from quickpay_engine.settlement.twophase import FAULT_ENV, FAULT_POINTS, FAULT_SKIP_ENV
 
 # A scenario's own bound (pytest-timeout): the full soak alone takes an hour. Under
-# pytest-xdist (`make test` runs -n 2 --dist loadgroup) the scenarios share one worker,
+# pytest-xdist (`PYTEST_WORKERS=2 make test`: -n 2 --dist loadgroup) the scenarios share one worker,
 # so two of them never load the machine at once; the other worker runs the rest of
 # the suite beside them, which no verdict here depends on (they count, never time).
 pytestmark = [pytest.mark.timeout(7_200 if FULL else 600), pytest.mark.xdist_group("chaos")]
