@@ -40,16 +40,28 @@ build: venv
 demo: build
 	scripts/demo.sh
 
-# The core's own tests, then those of its Python-facing half (the simulators, the proto
-# and store encoders), which only build with the python feature.
+# The core's tests and those of its Python-facing half (the simulators, the proto and
+# store encoders), in one run with the python feature (the feature only adds the
+# bindings' module, so every test of the core runs too; `make lint`'s second clippy pass
+# checks that the core builds alone). In release, so that they link against the
+# dependencies `make build` compiled for the extension instead of compiling all of them
+# again in the dev profile (see docs/operations.md, "How long make test takes"); with
+# the engine's own debug assertions on, which the tests rely on.
+CARGO_TEST := cargo test --workspace --release --features python \
+	--config 'profile.release.package.quickpay-engine.debug-assertions=true'
+# pytest's worker processes (pytest-xdist): the chaos scenarios keep to one of them
+# (xdist_group). 0 (the default) runs one process: on two cores -n 2 was slower than one
+# process on the subsets measured (benches/RESULTS.md, "make test's phases"); whether it
+# pays on the whole suite is still to be measured on a quiet machine.
+PYTEST_WORKERS ?= 0
+
 test-rust:
-	cargo test --workspace
-	cargo test -p quickpay-engine --features python --lib
+	$(CARGO_TEST)
 
 lint: venv $(AUDIT_STAMP)
 	cargo fmt --check
-	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --workspace --all-targets --features python -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 	$(PY) scripts/gen_iban_formats.py --check
 	$(VENV)/bin/ruff check python tests benches scripts
 	$(VENV)/bin/ruff format --check python tests benches scripts
@@ -59,14 +71,14 @@ lint: venv $(AUDIT_STAMP)
 
 test-py: build
 	$(PY) -m mypy.stubtest quickpay_engine._engine --allowlist scripts/stubtest-allowlist.txt
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: build test-rust lint test-py
 
 # The crash, soak and differential suites at full size (500 SIGKILLs, 1,000,000
 # differential inputs, 100,000-record reconciliation) and a minute of fuzzing per target.
 test-full: build
-	QUICKPAY_FULL=1 cargo test --workspace
+	QUICKPAY_FULL=1 $(CARGO_TEST)
 	QUICKPAY_FULL=1 $(PY) -m pytest
 	scripts/fuzz.sh $${FUZZ_SECONDS:-60}
 

@@ -49,20 +49,34 @@ def require() -> None:
         pytest.skip(reason)
 
 
-def _ensure_template() -> None:
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (_TEMPLATE,))
-        if row.fetchone() is None:
-            conn.execute(f"CREATE DATABASE {_TEMPLATE}")
-    # Idempotent: a template made by an older build gets the newer migrations.
-    migrate(url_of(_TEMPLATE))
+# Several pytest processes (the -n workers of pytest-xdist, other checkouts' runs) share
+# the server and the template: CREATE DATABASE ... TEMPLATE fails while another session is
+# connected to the template (migrating it), so making or migrating the template and
+# copying it happen under one advisory lock (held on the admin database, released with
+# its session).
+_TEMPLATE_LOCK = int.from_bytes(hashlib.sha256(_TEMPLATE.encode()).digest()[:7], "big")
+_migrated = False
+
+
+def _ensure_template(conn: psycopg.Connection) -> None:
+    """Makes and migrates the template, once per process; ``conn`` holds the lock."""
+    global _migrated
+    row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (_TEMPLATE,))
+    if row.fetchone() is None:
+        conn.execute(f"CREATE DATABASE {_TEMPLATE}")
+        _migrated = False
+    if not _migrated:
+        # Idempotent: a template made by an older build gets the newer migrations.
+        migrate(url_of(_TEMPLATE))
+        _migrated = True
 
 
 def create_database(prefix: str = "qp_t") -> str:
     """A new, migrated database; returns its URL. Drop it with ``drop_database``."""
-    _ensure_template()
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_TEMPLATE_LOCK,))
+        _ensure_template(conn)
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {_TEMPLATE}")
     return url_of(name)
 

@@ -36,7 +36,9 @@ SUBSCRIBERS = 20_000 if FULL else 2_000
 SETTLE_WAIT_S = 180.0
 
 # One line per scenario, printed after the run with the total (pytest_terminal_summary).
-RESULTS: list[tuple[str, bool, str]] = []
+# Each scenario's line travels in its test report's user_properties under this name, so
+# the summary sees them also when pytest-xdist ran the scenarios in a worker process.
+RESULT_PROPERTY = "chaos_result"
 
 # Where a failed scenario's logs and answers are kept (pytest keeps only its last three
 # base temp dirs, so the work dir of a failure seen once is soon gone): var/chaos/ in
@@ -87,14 +89,22 @@ def keep_logs(workdir: Path, name: str) -> Path:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
-    if not RESULTS:
+    results = [
+        tuple(value)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for key, value in getattr(report, "user_properties", ())
+        if key == RESULT_PROPERTY
+    ]
+    if not results:
         return
     write = terminalreporter.write_line
     terminalreporter.section("chaos")
-    for name, ok, line in RESULTS:
+    for name, ok, line in results:
         write(f"{'PASS' if ok else 'FAIL'} {name}: {line}")
-    passed = sum(ok for _, ok, _ in RESULTS)
-    write(f"chaos total: {passed} of {len(RESULTS)} scenarios passed"
+    passed = sum(ok for _, ok, _ in results)
+    write(f"chaos total: {passed} of {len(results)} scenarios passed"
           f" ({'full' if FULL else 'small'} size)")  # fmt: skip
 
 
@@ -111,6 +121,8 @@ class Stage:
     pg: PgCluster | None = None
     notes: list[str] = field(default_factory=list)
     clock: float = field(default_factory=time.monotonic)
+    # The running test's user_properties: where finish() leaves the summary line.
+    properties: list[tuple[str, object]] = field(default_factory=list)
 
     def mark(self, phase: str) -> None:
         """Prints how long the phase since the last mark took (shown with pytest -s)."""
@@ -147,11 +159,14 @@ class Stage:
         counts = answer_counts(self.world().answers)
         said = ", ".join(f"{k} {v}" for k, v in counts.most_common())
         verdict = f"{CHECKS} invariants hold" if not problems else f"{len(problems)} problems"
-        RESULTS.append(
+        self.properties.append(
             (
-                self.name,
-                not problems,
-                f"{sum(counts.values())} answers ({said}); {detail}; {verdict}",
+                RESULT_PROPERTY,
+                [
+                    self.name,
+                    not problems,
+                    f"{sum(counts.values())} answers ({said}); {detail}; {verdict}",
+                ],
             )
         )
         if problems:
@@ -225,7 +240,8 @@ def stage(
             "subscribers", "import", str(subscribers_csv), *engine.store_flags(), env=env
         )
         assert done.returncode == 0, done.stdout + done.stderr
-        st = Stage(name, workdir, sims, engine, Load(workdir, subscribers_csv), broker, cluster)
+        st = Stage(name, workdir, sims, engine, Load(workdir, subscribers_csv), broker, cluster,
+                   properties=request.node.user_properties)  # fmt: skip
         made.append(st)
         return st
 
