@@ -73,15 +73,13 @@ from quickpay_engine.store.sqlite import (
     SettledState,
     bound_refund,
 )
-from quickpay_engine.store.subscriber_events import event_rows
+from quickpay_engine.store.subscriber_events import event_rows, write_lines
 from quickpay_engine.subscriber_changes import (
     ChangePlan,
     ChangeResult,
     HeldLine,
-    NumberTaken,
     SubscriberChanges,
     audit_content,
-    placeholder_msisdn,
     plan_changes,
 )
 from quickpay_engine.subscribers import LOAD_CHUNK_ROWS, open_file, read_chunks, upsert_rows
@@ -302,44 +300,7 @@ class PostgresStore:
         source: str,
         now_us: int,
     ) -> None:
-        cursor = conn.cursor()
-        # As in SQLite: the batch's lines give up their numbers first (a port).
-        cursor.executemany(
-            "UPDATE subscribers SET msisdn = %s WHERE account_id = %s",
-            [(placeholder_msisdn(a), a) for a in plan.lines if a not in plan.created],
-        )
-        for account, r in plan.lines.items():
-            try:
-                if account in plan.created:
-                    cursor.execute(
-                        "INSERT INTO subscribers (account_id, msisdn, plan, status,"
-                        " currency, balance_minor, opening_balance_minor, country,"
-                        " sim_swapped_at_s, created_at_s)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                        (account, r.msisdn, int(r.plan), int(r.status), r.currency,
-                         r.balance_minor, r.balance_minor, r.country, r.sim_swapped_at_s,
-                         r.created_at_s),
-                    )  # fmt: skip
-                else:
-                    cursor.execute(
-                        "UPDATE subscribers SET msisdn = %s, plan = %s, status = %s,"
-                        " country = %s, sim_swapped_at_s = %s, created_at_s = %s"
-                        " WHERE account_id = %s",
-                        (r.msisdn, int(r.plan), int(r.status), r.country,
-                         r.sim_swapped_at_s, r.created_at_s, account),
-                    )  # fmt: skip
-            except errors.UniqueViolation:
-                label = changes.labels[plan.last[account]]
-                raise NumberTaken(
-                    f"{label}.msisdn", f"{r.msisdn} is another line's number"
-                ) from None
-        cursor.executemany(
-            "INSERT INTO subscriber_versions (account_id, version, kind, changed_at_us)"
-            " VALUES (%s, %s, %s, %s) ON CONFLICT (account_id) DO UPDATE SET"
-            " version = excluded.version, kind = excluded.kind,"
-            " changed_at_us = excluded.changed_at_us",
-            [(a, v, int(k), now_us) for a, (v, k) in plan.versions.items()],
-        )
+        write_lines(conn.cursor(), "%s", errors.UniqueViolation, changes, plan, now_us)
         rows = entries_rows(
             self._audit_tail(),
             self.audit_key,

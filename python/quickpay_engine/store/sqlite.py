@@ -59,15 +59,13 @@ from quickpay_engine.store.rows import (
     outcome_of,
 )
 from quickpay_engine.store.sqlite_library import require_one_library
-from quickpay_engine.store.subscriber_events import event_rows
+from quickpay_engine.store.subscriber_events import event_rows, write_lines
 from quickpay_engine.subscriber_changes import (
     ChangePlan,
     ChangeResult,
     HeldLine,
-    NumberTaken,
     SubscriberChanges,
     audit_content,
-    placeholder_msisdn,
     plan_changes,
 )
 
@@ -340,43 +338,7 @@ class SqliteStore:
     def _write_changes(
         self, changes: SubscriberChanges, plan: ChangePlan, source: str, now_us: int
     ) -> None:
-        db = self._db
-        # Numbers may move between the batch's lines (a port): each line held gives up
-        # its number first, so only a number another line keeps is a conflict.
-        db.executemany(
-            "UPDATE subscribers SET msisdn = ? WHERE account_id = ?",
-            [(placeholder_msisdn(a), a) for a in plan.lines if a not in plan.created],
-        )
-        for account, r in plan.lines.items():
-            try:
-                if account in plan.created:
-                    db.execute(
-                        "INSERT INTO subscribers (account_id, msisdn, plan, status, currency,"
-                        " balance_minor, opening_balance_minor, country, sim_swapped_at_s,"
-                        " created_at_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (account, r.msisdn, int(r.plan), int(r.status), r.currency,
-                         r.balance_minor, r.balance_minor, r.country, r.sim_swapped_at_s,
-                         r.created_at_s),
-                    )  # fmt: skip
-                else:
-                    db.execute(
-                        "UPDATE subscribers SET msisdn = ?, plan = ?, status = ?, country = ?,"
-                        " sim_swapped_at_s = ?, created_at_s = ? WHERE account_id = ?",
-                        (r.msisdn, int(r.plan), int(r.status), r.country, r.sim_swapped_at_s,
-                         r.created_at_s, account),
-                    )  # fmt: skip
-            except sqlite3.IntegrityError:
-                label = changes.labels[plan.last[account]]
-                raise NumberTaken(
-                    f"{label}.msisdn", f"{r.msisdn} is another line's number"
-                ) from None
-        db.executemany(
-            "INSERT INTO subscriber_versions (account_id, version, kind, changed_at_us)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET"
-            " version = excluded.version, kind = excluded.kind,"
-            " changed_at_us = excluded.changed_at_us",
-            [(a, v, int(k), now_us) for a, (v, k) in plan.versions.items()],
-        )
+        write_lines(self._db, "?", sqlite3.IntegrityError, changes, plan, now_us)
         rows = entries_rows(
             self._audit_tail(),
             self.audit_key,

@@ -1,10 +1,19 @@
-"""The outbox events of live subscriber changes (UpsertSubscribers, the feed), which both
-stores write in the transaction that applies the changes."""
+"""The rows of live subscriber changes (UpsertSubscribers, the feed): the lines, their
+versions and the outbox events, which both stores write, with their own parameter mark,
+in the transaction that applies the changes."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from quickpay_engine.store.audit import canonical
-from quickpay_engine.subscriber_changes import ChangePlan, SubscriberChanges, audit_content
+from quickpay_engine.subscriber_changes import (
+    ChangePlan,
+    NumberTaken,
+    SubscriberChanges,
+    audit_content,
+    placeholder_msisdn,
+)
 
 # The event kind of one applied change (NATS subject quickpay.settlement.subscriber_change;
 # docs/contract.md, Events).
@@ -29,3 +38,57 @@ def event_rows(
              canonical(payload), now_us)
         )  # fmt: skip
     return events
+
+
+def write_lines(
+    db: Any,
+    mark: str,
+    taken: type[Exception],
+    changes: SubscriberChanges,
+    plan: ChangePlan,
+    now_us: int,
+) -> None:
+    """Writes the planned lines and versions through ``db`` (a sqlite3 connection or a
+    psycopg cursor, in an open transaction; ``mark`` its parameter mark). Numbers may
+    move between the batch's lines (a port): each line held gives up its number first,
+    so only a number another line keeps is a conflict (``taken``, the driver's unique
+    violation), refused as ``NumberTaken`` naming the change."""
+    m = mark
+    db.executemany(
+        f"UPDATE subscribers SET msisdn = {m} WHERE account_id = {m}",  # noqa: S608
+        [(placeholder_msisdn(a), a) for a in plan.lines if a not in plan.created],
+    )
+    insert = (
+        "INSERT INTO subscribers (account_id, msisdn, plan, status, currency, balance_minor,"  # noqa: S608
+        " opening_balance_minor, country, sim_swapped_at_s, created_at_s)"
+        f" VALUES ({', '.join([m] * 10)})"
+    )
+    update = (
+        f"UPDATE subscribers SET msisdn = {m}, plan = {m}, status = {m}, country = {m},"  # noqa: S608
+        f" sim_swapped_at_s = {m}, created_at_s = {m} WHERE account_id = {m}"
+    )
+    for account, r in plan.lines.items():
+        try:
+            if account in plan.created:
+                db.execute(
+                    insert,
+                    (account, r.msisdn, int(r.plan), int(r.status), r.currency,
+                     r.balance_minor, r.balance_minor, r.country, r.sim_swapped_at_s,
+                     r.created_at_s),
+                )  # fmt: skip
+            else:
+                db.execute(
+                    update,
+                    (r.msisdn, int(r.plan), int(r.status), r.country, r.sim_swapped_at_s,
+                     r.created_at_s, account),
+                )  # fmt: skip
+        except taken:
+            label = changes.labels[plan.last[account]]
+            raise NumberTaken(f"{label}.msisdn", f"{r.msisdn} is another line's number") from None
+    db.executemany(
+        "INSERT INTO subscriber_versions (account_id, version, kind, changed_at_us)"  # noqa: S608
+        f" VALUES ({m}, {m}, {m}, {m}) ON CONFLICT (account_id) DO UPDATE SET"
+        " version = excluded.version, kind = excluded.kind,"
+        " changed_at_us = excluded.changed_at_us",
+        [(a, v, int(k), now_us) for a, (v, k) in plan.versions.items()],
+    )
