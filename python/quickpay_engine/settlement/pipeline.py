@@ -25,7 +25,6 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -57,6 +56,7 @@ from quickpay_engine.logs import payment_fields
 from quickpay_engine.metrics import Metrics
 from quickpay_engine.settlement.fraud_gate import FRAUD_REVIEW, FraudGate
 from quickpay_engine.settlement.ledger_book import LedgerBook, Movement, account_kind
+from quickpay_engine.settlement.payment_ids import new_payment_ids
 from quickpay_engine.settlement.recovery import give_back
 from quickpay_engine.settlement.validation import record_settled, validate_batch, wall_clock_s
 from quickpay_engine.store import UNREACHABLE, Decision, SqliteStore
@@ -79,13 +79,6 @@ GATEWAY_DEADLINE_S = 10.0
 RESOLVE_S = 5.0
 # The reason of a payment whose batch the database could not commit (given back).
 BILLING_UNAVAILABLE = "BILLING_UNAVAILABLE"
-
-
-def new_payment_ids(n: int) -> list[str]:
-    """``n`` fresh payment ids, each "pay_" and 32 random hex digits (128 bits), from
-    one read of the system's random source for the whole batch."""
-    digits = os.urandom(16 * n).hex()
-    return ["pay_" + digits[32 * k : 32 * k + 32] for k in range(n)]
 
 
 def load_engine(engine: Engine, store: SqliteStore) -> int:
