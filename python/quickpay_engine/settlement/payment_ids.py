@@ -18,8 +18,10 @@ draws under the current millisecond, and an id that would not be above the last 
 made (two calls in the same millisecond, the clock stepped back) is the last one plus 1
 plus 40 of its random bits instead. Across processes they are ordered only by their
 milliseconds. Nothing may rely on an id's bits beyond this: they are not a timestamp
-to read back (use the row's times), and the random part is not a secret the service
-relies on (GetPayment and Refund check who asks).
+to read back (use the row's times). The 80 random bits keep an id as hard to guess as
+before for any practical purpose (40 of them past the id before it, when moved up);
+who may read or refund a payment is the access file's decision (docs/operations.md,
+"Callers and roles"), never the id's.
 """
 
 from __future__ import annotations
