@@ -14,7 +14,7 @@ from _support import FINGERPRINT_KEY, size, subscribers
 
 from quickpay_engine.api.convert import intent_of
 from quickpay_engine.bench.scenario import Mix, RequestSource
-from quickpay_engine.settlement.pipeline import new_payment_ids
+from quickpay_engine.settlement.payment_ids import new_payment_ids
 from quickpay_engine.store import Decision, SqliteStore
 from quickpay_engine.store.postgres import WRITE_COLUMNS
 
