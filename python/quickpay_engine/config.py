@@ -270,6 +270,7 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "recover": (*_STORE, "gateways"),
     "db migrate": _STORE[1:],
     "audit verify": _STORE,
+    "audit new-key": _STORE,
     "reconcile": _STORE,
     "wal verify": ("data_dir",),
     "wal inspect": ("data_dir",),

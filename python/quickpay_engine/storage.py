@@ -7,12 +7,19 @@ PostgreSQL store, on one database or, when ``--billing-url``, ``--ar-url`` and
 
 from __future__ import annotations
 
+import secrets
+import sqlite3
+
+import psycopg
+
 from quickpay_engine.config import Settings
+from quickpay_engine.keyfile import KEY_BYTES
 from quickpay_engine.settlement.twophase import TwoPhaseStore, open_two_phase
 from quickpay_engine.store import SqliteStore
-from quickpay_engine.store.audit import audit_key
+from quickpay_engine.store.audit import KEY_FILE, AuditRow, audit_key, keyed, lost_key
 from quickpay_engine.store.pg_owner import PgOwner
 from quickpay_engine.store.postgres import PostgresStore, PostgresUrls
+from quickpay_engine.store.sqlite_library import require_one_library
 
 # Every store has the same public methods (see store/sqlite.py); the wiring holds one.
 Store = SqliteStore | PostgresStore | TwoPhaseStore
@@ -34,7 +41,11 @@ def claim_databases(settings: Settings, command: str) -> PgOwner | None:
 
 
 def open_store(
-    settings: Settings, *, coordinate: bool = False, owner: PgOwner | None = None
+    settings: Settings,
+    *,
+    coordinate: bool = False,
+    owner: PgOwner | None = None,
+    checking: bool = False,
 ) -> Store:
     """Opens the store ``settings`` name; a PostgreSQL database behind on migrations is
     refused with the command that fixes it, and two-phase mode without prepared
@@ -49,9 +60,12 @@ def open_store(
 
     ``owner`` (from ``claim_databases``): every batch and refund the store writes first
     proves, in its own transaction, that the owner's lock is still held.
+
+    ``checking``: the caller only reads (verify, audit verify), so the audit key is
+    never made (see ``store_audit_key``).
     """
     # The audit chain's key is the data dir's, whichever database the rows go to.
-    key = audit_key(settings.data_dir)
+    key = store_audit_key(settings, checking=checking)
     if not settings.postgres:
         return SqliteStore(settings.sqlite_path, key)
     store = PostgresStore(PostgresUrls(*settings.domain_urls), key)
@@ -60,3 +74,51 @@ def open_store(
     if not store.urls.split or not coordinate:
         return store
     return open_two_phase(store, settings.data_dir / TWO_PHASE_DIR)
+
+
+def store_audit_key(settings: Settings, *, checking: bool = False) -> bytes:
+    """The data dir's audit key. When its file is missing: with keyed rows in the trail
+    the key is lost, and the commands refuse (``AuditKeyMissing``, naming the file)
+    rather than make a new one, under which none of those rows would verify again
+    (`quickpay audit new-key` is the operator's way past that). With none (a new
+    installation, or a trail from a build before the key) a writer makes it, and a
+    check (``checking``) goes on under a throwaway key that is never written: it creates
+    nothing in the data dir."""
+    path = settings.data_dir / KEY_FILE
+    if path.exists():
+        return audit_key(settings.data_dir)
+    tail = audit_tail(settings)
+    if tail is not None and keyed(tail):
+        raise lost_key(path, tail, checking=checking)
+    if checking:
+        return secrets.token_bytes(KEY_BYTES)
+    return audit_key(settings.data_dir)
+
+
+_TAIL = "SELECT seq, prev_hash, content, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+
+
+def audit_tail(settings: Settings) -> AuditRow | None:
+    """The audit trail's last row, read without opening the store (which needs the key);
+    None without a trail (no database yet, or no table)."""
+    if settings.postgres:
+        with psycopg.connect(settings.domain_urls[0], autocommit=True) as conn:
+            if conn.execute("SELECT to_regclass('audit_log')").fetchone() == (None,):
+                return None
+            row = conn.execute(_TAIL).fetchone()
+    else:
+        path = settings.sqlite_path
+        if not path.exists():
+            return None
+        require_one_library()  # before this process touches the file
+        # Not mode=ro: a read-only connection to a WAL database leaves its -wal and -shm
+        # files behind, where the last connection to close removes them.
+        db = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+        try:
+            exists = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_log'"
+            ).fetchone()
+            row = db.execute(_TAIL).fetchone() if exists else None
+        finally:
+            db.close()
+    return AuditRow(*row) if row else None

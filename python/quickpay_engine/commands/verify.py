@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         anchor = anchored_head(settings.ledger_dir)
     except EngineError:
         anchor = None  # the ledger's own check below says why it cannot be opened
-    store = open_store(settings)
+    store = open_store(settings, checking=True)
     try:
         problems = (
             store.verify(anchor)

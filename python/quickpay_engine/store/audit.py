@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from quickpay_engine.errors import ConfigError
 from quickpay_engine.keyfile import secret_key
 
 # The hash before the first row.
@@ -39,8 +40,38 @@ ALGORITHM = "hmac-sha256"
 
 
 def audit_key(data_dir: Path) -> bytes:
-    """The installation's audit key, made on first use (32 bytes, 0600)."""
+    """The installation's audit key, made on first use (32 bytes, 0600). Whether a
+    missing key may be made depends on the trail (``keyed``): see storage.open_store."""
     return secret_key(data_dir / KEY_FILE)
+
+
+class AuditKeyMissing(ConfigError):
+    """The audit key's file is missing while the trail has rows keyed with it."""
+
+
+def keyed(tail: AuditRow | None) -> bool:
+    """Whether the trail ending in ``tail`` holds keyed rows, told from its last row
+    alone: once a trail is keyed every later row is, so a trail whose last row is plain
+    SHA-256 (written before the key existed) or an empty one has none, and a key made
+    for it loses nothing."""
+    return tail is not None and plain_hash(tail.prev_hash, tail.seq, tail.content) != tail.row_hash
+
+
+def lost_key(path: Path, tail: AuditRow, *, checking: bool) -> AuditKeyMissing:
+    """The error of a missing key file while the trail ending in ``tail`` is keyed: for
+    a check (``checking``), which cannot verify the trail without it; for a writer,
+    which must not start the chain again under a new key unless the operator says so."""
+    what = f"{path} is missing: the audit trail ({tail.seq} rows) is keyed with it"
+    if checking:
+        return AuditKeyMissing(
+            f"{what}, so the trail cannot be verified without it; restore it from its"
+            " backup (nothing was created)"
+        )
+    return AuditKeyMissing(
+        f"{what}, and a new key would break the chain (no row written under the lost key"
+        " would verify again); restore it from its backup, or, if it is lost for good,"
+        " run `quickpay audit new-key` to go on under a new key"
+    )
 
 
 def canonical(content: Mapping[str, object]) -> str:
