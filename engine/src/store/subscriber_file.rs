@@ -10,10 +10,11 @@ use std::io::Read;
 use std::path::Path;
 
 use csv::{ByteRecord, ReaderBuilder};
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use rusqlite::{ErrorCode, OptionalExtension, ToSql, TransactionBehavior};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::sqlite::{open_wal, Synchronous};
 use crate::money::Currency;
 use crate::reconcile::report::py_repr;
 use crate::validate::{is_account_id, SUBSCRIBERS_MAX};
@@ -52,6 +53,23 @@ pub struct Row {
     pub country: String,
     pub sim_swapped_at_s: Option<i64>,
     pub created_at_s: i64,
+}
+
+impl Row {
+    /// The values a row is written with: `?1` to `?9` of `INSERT` and `update`.
+    fn values(&self) -> [&dyn ToSql; 9] {
+        [
+            &self.account_id,
+            &self.msisdn,
+            &self.plan,
+            &self.status,
+            &self.currency,
+            &self.balance_minor,
+            &self.country,
+            &self.sim_swapped_at_s,
+            &self.created_at_s,
+        ]
+    }
 }
 
 /// A bad line: its number and what is wrong with it.
@@ -303,12 +321,29 @@ pub struct Imported {
     pub closed: u64,
 }
 
+/// A new line, from `Row::values`; its opening balance is the file's balance.
+const INSERT: &str = "INSERT INTO subscribers (account_id, msisdn, plan, status, currency, \
+     balance_minor, opening_balance_minor, country, sim_swapped_at_s, created_at_s) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)";
+
 // The billing system's balance wins; the opening balance is set so that the balance
 // still equals the opening balance plus what settled here and what was adjusted (see
 // `verify`).
 const OPENING: &str = "?6 - (SELECT coalesce(sum(balance_delta_minor), 0) FROM billing_records \
      WHERE account_id = ?1) - (SELECT coalesce(sum(balance_delta_minor), 0) \
      FROM balance_adjustments WHERE account_id = ?1)";
+
+/// A held line rewritten from `Row::values`, found by its rowid (`?10`; `?1`, the
+/// account id, is for the opening balance's sums). `number`: the msisdn too, which
+/// touches its index, so only when the number changed.
+fn update(number: bool) -> String {
+    let msisdn = if number { "msisdn = ?2, " } else { "" };
+    format!(
+        "UPDATE subscribers SET {msisdn}plan = ?3, status = ?4, currency = ?5, \
+         balance_minor = ?6, opening_balance_minor = {OPENING}, country = ?7, \
+         sim_swapped_at_s = ?8, created_at_s = ?9 WHERE rowid = ?10"
+    )
+}
 
 /// The store's copy of a line, as a file row compares with it.
 struct Held {
@@ -377,13 +412,9 @@ pub fn import_sqlite(db: &Path, file: &Path, replace: bool) -> Result<Imported, 
     let source = std::fs::File::open(file).map_err(ImportError::Io)?;
     let mut reader = Reader::new(std::io::BufReader::with_capacity(1 << 20, Retrying(source)))
         .map_err(ImportError::Row)?;
-    let mut conn = Connection::open(db)?;
-    conn.busy_timeout(super::sqlite::BUSY_TIMEOUT)?;
+    let mut conn = open_wal(db, Synchronous::Full)?;
     // Memory for the import: SQLite's page cache (a constant 256 MiB), not the file.
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-         PRAGMA cache_size = -262144; PRAGMA temp_store = FILE;",
-    )?;
+    conn.execute_batch("PRAGMA cache_size = -262144; PRAGMA temp_store = FILE;")?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let empty: bool = tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM subscribers)", [], |r| {
         r.get(0)
@@ -415,24 +446,10 @@ fn insert_all<R: Read>(
     tx: &rusqlite::Transaction<'_>,
     reader: &mut Reader<R>,
 ) -> Result<Imported, ImportError> {
-    let mut insert = tx.prepare(
-        "INSERT INTO subscribers (account_id, msisdn, plan, status, currency, balance_minor, \
-         opening_balance_minor, country, sim_swapped_at_s, created_at_s) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)",
-    )?;
+    let mut insert = tx.prepare(INSERT)?;
     let mut rows = 0u64;
     while let Some(row) = reader.next().map_err(ImportError::Row)? {
-        let done = insert.execute(params![
-            row.account_id,
-            row.msisdn,
-            row.plan,
-            row.status,
-            row.currency,
-            row.balance_minor,
-            row.country,
-            row.sim_swapped_at_s,
-            row.created_at_s,
-        ]);
+        let done = insert.execute(row.values().as_slice());
         if let Err(err) = done {
             if err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
                 // SQLite names whichever key it checked first; the account id is
@@ -461,22 +478,9 @@ fn merge<R: Read>(
         "SELECT rowid, msisdn, plan, status, currency, balance_minor, country, \
          sim_swapped_at_s, created_at_s FROM subscribers WHERE account_id = ?1",
     )?;
-    let mut insert = tx.prepare(
-        "INSERT INTO subscribers (account_id, msisdn, plan, status, currency, balance_minor, \
-         opening_balance_minor, country, sim_swapped_at_s, created_at_s) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)",
-    )?;
-    // By rowid; ?1 (the account id) is for the opening balance's sums.
-    let mut update = tx.prepare(&format!(
-        "UPDATE subscribers SET plan = ?3, status = ?4, currency = ?5, balance_minor = ?6, \
-         opening_balance_minor = {OPENING}, country = ?7, sim_swapped_at_s = ?8, \
-         created_at_s = ?9 WHERE rowid = ?10"
-    ))?;
-    let mut update_number = tx.prepare(&format!(
-        "UPDATE subscribers SET msisdn = ?2, plan = ?3, status = ?4, currency = ?5, \
-         balance_minor = ?6, opening_balance_minor = {OPENING}, country = ?7, \
-         sim_swapped_at_s = ?8, created_at_s = ?9 WHERE rowid = ?10"
-    ))?;
+    let mut insert = tx.prepare(INSERT)?;
+    let mut update_fields = tx.prepare(&update(false))?;
+    let mut update_number = tx.prepare(&update(true))?;
     let mut seen = Seen::default();
     let mut rows = 0u64;
     while let Some(row) = reader.next().map_err(ImportError::Row)? {
@@ -495,17 +499,7 @@ fn merge<R: Read>(
                 })
             })
             .optional()?;
-        let values = params![
-            row.account_id,
-            row.msisdn,
-            row.plan,
-            row.status,
-            row.currency,
-            row.balance_minor,
-            row.country,
-            row.sim_swapped_at_s,
-            row.created_at_s,
-        ];
+        let values = row.values();
         let written = match &held {
             Some(held) if !seen.mark(held.rowid) => return Err(duplicate(&row, true)),
             Some(held) if held.same_as(&row) => Ok(()),
@@ -513,13 +507,13 @@ fn merge<R: Read>(
                 let mut with_rowid = values.to_vec();
                 with_rowid.push(&held.rowid);
                 let statement = if held.msisdn == row.msisdn {
-                    &mut update
+                    &mut update_fields
                 } else {
                     &mut update_number
                 };
                 statement.execute(with_rowid.as_slice()).map(drop)
             }
-            None => insert.execute(values).map(|_| {
+            None => insert.execute(values.as_slice()).map(|_| {
                 seen.mark(tx.last_insert_rowid());
             }),
         };
