@@ -128,3 +128,58 @@ def test_a_bad_header_sends_nothing(
     assert main(["subscribers", "import", str(csv), "--listen", listen]) == 1
     assert server.received == []
     assert "line 1: header must name" in capsys.readouterr().err
+
+
+# A thread that opens a subscriber file which is a named pipe waits in open(2) until a
+# writer comes. Run as a process of its own, so that a wait with the GIL held (every
+# other thread stopped, this one's writer among them) is a timeout here, not a hang.
+_OPEN_WITHOUT_THE_GIL = """
+import os, sys, threading
+from quickpay_engine._engine import SubscriberFile
+from quickpay_engine.subscribers import COLUMNS
+
+path, syscall = sys.argv[1], sys.argv[2]
+opener = {}
+def open_it():
+    opener["tid"] = threading.get_native_id()
+    opener["file"] = SubscriberFile.open(path)
+thread = threading.Thread(target=open_it, daemon=True)
+thread.start()
+# Until the opener waits in open(2) for the pipe's writer: this loop (and the writer
+# below) runs only if the opener let go of the GIL for the wait.
+while True:
+    tid = opener.get("tid")
+    if tid is not None:
+        with open(f"/proc/self/task/{tid}/syscall") as state:
+            if state.read().split(" ", 1)[0] == syscall:
+                break
+with open(path, "w") as writer:
+    writer.write(",".join(COLUMNS) + "\\n")
+thread.join()
+print("opened", opener["file"].read(10))
+"""
+
+# openat(2)'s number, the call a Rust File::open makes.
+_OPENAT = {"x86_64": "257", "aarch64": "56"}
+
+
+def test_opening_a_file_lets_the_other_threads_run(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    machine = os.uname().machine
+    if machine not in _OPENAT:
+        pytest.skip(f"openat's number on {machine} is not listed")
+    fifo = tmp_path / "subscribers.csv"
+    os.mkfifo(fifo)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _OPEN_WITHOUT_THE_GIL, str(fifo), _OPENAT[machine]],
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("SubscriberFile.open held the GIL while it waited for the file")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "opened []\n"

@@ -331,14 +331,18 @@ type RowTuple = (
 
 #[pymethods]
 impl SubscriberFile {
-    /// Opens a file and checks its header.
+    /// Opens a file and checks its header. Both wait on the file (the disk, or a named
+    /// pipe's writer), so the other threads run meanwhile: the GIL is let go for them.
     #[staticmethod]
-    fn open(path: PathBuf) -> PyResult<SubscriberFile> {
-        let file = std::fs::File::open(path)?;
-        let source: Box<dyn std::io::Read + Send + Sync> =
-            Box::new(std::io::BufReader::with_capacity(1 << 20, Retrying(file)));
+    fn open(py: Python<'_>, path: PathBuf) -> PyResult<SubscriberFile> {
+        let opened = py.detach(|| {
+            let file = std::fs::File::open(path)?;
+            let source: Box<dyn std::io::Read + Send + Sync> =
+                Box::new(std::io::BufReader::with_capacity(1 << 20, Retrying(file)));
+            std::io::Result::Ok(Reader::new(source))
+        });
         Ok(SubscriberFile {
-            reader: Reader::new(source).map_err(row_error)?,
+            reader: opened?.map_err(row_error)?,
             failed: None,
         })
     }
