@@ -650,6 +650,28 @@ def test_migrate_applies_every_version_once() -> None:
         drop_database(url)
 
 
+def test_migration_5_drops_the_index_of_payments_by_account() -> None:
+    """A database at version 4 (which had payments_by_account) loses the index at the
+    next migrate, and the store opens on it."""
+    require()
+    url = create_database()
+    index = "SELECT count(*) FROM pg_indexes WHERE indexname = 'payments_by_account'"
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute(index).fetchone() == (0,)
+            # As the previous build left it.
+            conn.execute("CREATE INDEX payments_by_account ON payments (account_id, seq)")
+            conn.execute("DELETE FROM schema_migrations WHERE version >= 5")
+        with pytest.raises(StoreError, match="schema version 4"):
+            PostgresStore(url)
+        assert migrate(url) == list(range(5, latest() + 1))
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute(index).fetchone() == (0,)
+        PostgresStore(url).close()
+    finally:
+        drop_database(url)
+
+
 def test_a_subscriber_file_streams_in_and_loads_into_the_engine(
     one: Databases, tmp_path: Path
 ) -> None:

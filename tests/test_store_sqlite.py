@@ -415,3 +415,33 @@ def test_the_ledgers_anchor_finds_a_cut_or_rewritten_trail(store: SqliteStore) -
     with pytest.raises(sqlite3.OperationalError):
         store.commit_batch([settle("a9")], now_us=2)
     assert store.audit_head == head
+
+
+def test_a_store_of_schema_5_loses_the_index_of_payments_by_account(data_dir: Path) -> None:
+    """Schema 6 has no index of payments by account: a file of schema 5 (which had one)
+    drops it when opened, and its payments are still found and still verify."""
+    from quickpay_engine.store.sqlite import SCHEMA_VERSION
+
+    path = settings_for(data_dir).sqlite_path
+    store = SqliteStore(path)
+    store.commit_batch([settle("m1"), settle("m2", account="acc-pre")])
+    store.close()
+    with sqlite3.connect(path) as db:  # as the previous build left it
+        db.executescript(
+            "CREATE INDEX payments_by_account ON payments (account_id, seq);"
+            " PRAGMA user_version = 5;"
+        )
+    store = SqliteStore(path)
+    try:
+        assert store.verify() == []
+        found = store.get_payment(idempotency_key="m2")
+        assert found is not None and found.intent.account_id == "acc-pre"
+    finally:
+        store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
+        indexes = {
+            name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+    assert "payments_by_account" not in indexes
+    assert "payments_by_gateway" in indexes

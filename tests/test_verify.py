@@ -137,6 +137,32 @@ async def test_verify_names_each_broken_invariant(traffic: Path, sql: str, named
     assert named in done.stdout, done.stdout
 
 
+async def test_verify_passes_on_a_data_dir_of_schema_5_and_drops_its_index(
+    data_dir: Path,
+) -> None:
+    """A data dir the previous build (schema 5, with payments_by_account) wrote traffic
+    to: `quickpay verify` upgrades it in place, the index goes, and every check holds."""
+    running = await create_server(settings_for(data_dir))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            await make_traffic(pb_grpc.SettlementStub(channel), running)
+    finally:
+        await running.stop(grace_s=1)
+    path = settings_for(data_dir).sqlite_path
+    with sqlite3.connect(path) as db:  # as the previous build left it
+        db.executescript(
+            "CREATE INDEX payments_by_account ON payments (account_id, seq);"
+            " PRAGMA user_version = 5;"
+        )
+    done = verify_cli(data_dir)
+    assert done.returncode == 0, done.stdout
+    assert "all invariants hold" in done.stdout
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (6,)
+        found = db.execute("SELECT name FROM sqlite_master WHERE name = 'payments_by_account'")
+        assert found.fetchall() == []
+
+
 async def test_verify_finds_a_refund_debited_from_another_subscribers_ledger_account(
     data_dir: Path,
 ) -> None:
