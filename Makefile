@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: help venv build demo test test-rust lint test-py test-full fuzz clean bench bench-smoke chaos
+.PHONY: help venv build demo test test-rust lint test-py test-py-only test-py-run test-rust-lint test-full fuzz clean bench bench-smoke chaos
 
 help:
 	@echo "make demo   build, seed SQLite, serve, drive a few thousand Pay calls, summarize"
@@ -46,22 +46,38 @@ demo: build
 # checks that the core builds alone). In release, so that they link against the
 # dependencies `make build` compiled for the extension instead of compiling all of them
 # again in the dev profile (see docs/operations.md, "How long make test takes"); with
-# the engine's own debug assertions on, which the tests rely on.
-CARGO_TEST := cargo test --workspace --release --features python \
+# the engine's own debug assertions on, which the tests rely on. The engine crate itself
+# (only it: no dependency's build changes) is compiled at opt-level 0 for its tests: its
+# four test targets each link the whole dependency graph with thin LTO, which at the
+# release opt-level 3 cost about 2.5 times the CPU; what the tests check does not change
+# (overflow checks and debug assertions stay on; the dependencies keep the extension's
+# optimized code). `make test-full` keeps opt-level 3 for its long runs.
+RUST_TEST_PROFILE := --release \
 	--config 'profile.release.package.quickpay-engine.debug-assertions=true'
-# pytest's worker processes (pytest-xdist): the chaos scenarios keep to one of them
-# (xdist_group). 0 (the default) runs one process: on two cores -n 2 was slower than one
-# process on the subsets measured (benches/RESULTS.md, "make test's phases"); whether it
-# pays on the whole suite is still to be measured on a quiet machine.
-PYTEST_WORKERS ?= 0
+CARGO_TEST_OPT := cargo test --workspace --features python $(RUST_TEST_PROFILE)
+CARGO_TEST := $(CARGO_TEST_OPT) --config 'profile.release.package.quickpay-engine.opt-level=0'
+# clippy in the same release profile: the build scripts and proc macros (protox,
+# prost-build, syn, serde_derive, pyo3-macros...) are then the very artifacts `make
+# build` compiled (release builds them at opt-level 0), where the dev profile's
+# `package."*" opt-level = 2` compiled them all again with optimized code. The lints
+# are the same (the engine's debug assertions on, as in dev).
+CLIPPY := cargo clippy --workspace --all-targets $(RUST_TEST_PROFILE)
+# pytest's worker processes (pytest-xdist, --dist loadgroup). The suite mostly waits
+# (servers, restarts, sweeps, the soak's half-rate load): three workers overlap those
+# waits on two cores. The chaos scenarios run one after another in one worker
+# (xdist_group "chaos"), the soak in another ("chaos-soak"), so neither is the long
+# pole alone; 0 runs one process (benches/RESULTS.md, "make test's phases").
+PYTEST_WORKERS ?= 3
+STUBTEST := $(PY) -m mypy.stubtest quickpay_engine._engine --allowlist scripts/stubtest-allowlist.txt
+PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test-rust:
 	$(CARGO_TEST)
 
 lint: venv $(AUDIT_STAMP)
 	cargo fmt --check
-	cargo clippy --workspace --all-targets --features python -- -D warnings
-	cargo clippy --workspace --all-targets -- -D warnings
+	$(CLIPPY) --features python -- -D warnings
+	$(CLIPPY) -- -D warnings
 	$(PY) scripts/gen_iban_formats.py --check
 	$(VENV)/bin/ruff check python tests benches scripts
 	$(VENV)/bin/ruff format --check python tests benches scripts
@@ -70,15 +86,31 @@ lint: venv $(AUDIT_STAMP)
 	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 
 test-py: build
-	$(PY) -m mypy.stubtest quickpay_engine._engine --allowlist scripts/stubtest-allowlist.txt
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(STUBTEST)
+	$(PYTEST)
 
-test: build test-rust lint test-py
+# Once the extension is built, pytest runs beside the Rust tests and the lint: pytest
+# mostly waits, and the compiles take the CPU it leaves. The compiles run at nice 19,
+# so that the suite's servers and loads get the CPU first, as when they ran alone. The
+# pytest output is live; the Rust tests' output comes in one piece when they end, then
+# the lint's. Either side failing fails `make test` (after both have ended).
+test: build
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-py-only test-rust-lint
+
+test-py-only:
+	@$(MAKE) --no-print-directory --output-sync=none test-py-run
+
+test-py-run:
+	$(STUBTEST)
+	$(PYTEST)
+
+test-rust-lint: venv $(AUDIT_STAMP)
+	nice -n 19 $(MAKE) --no-print-directory test-rust lint
 
 # The crash, soak and differential suites at full size (500 SIGKILLs, 1,000,000
 # differential inputs, 100,000-record reconciliation) and a minute of fuzzing per target.
 test-full: build
-	QUICKPAY_FULL=1 $(CARGO_TEST)
+	QUICKPAY_FULL=1 $(CARGO_TEST_OPT)
 	QUICKPAY_FULL=1 $(PY) -m pytest
 	scripts/fuzz.sh $${FUZZ_SECONDS:-60}
 
