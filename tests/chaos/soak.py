@@ -52,18 +52,24 @@ GATEWAY_SOCKETS_MAX = 64 + 8
 OTHER_SOCKETS_MAX = 64
 
 
-def trends(samples: list[Sample], gateways: int) -> list[str]:
+def trends(samples: list[Sample], gateways: int, settled_s: float = 0.0) -> list[str]:
     """Gauges whose last third sits above their first third (after the first snapshot,
     the baseline taken once the load runs) by more than the slack: the medians of the
-    thirds are compared, so one spike decides nothing. Sockets are held to the bound of
+    thirds are compared, so one spike decides nothing. RSS is judged only on the samples
+    from ``settled_s`` on: until then the ledger's retention window is still filling, and
+    its memory grows with every payment by design (finished payments are kept for one
+    window, then forgotten). Sockets are held to the bound of
     ``gateways`` connection pools instead."""
     if len(samples) < 6:
         return [f"only {len(samples)} samples: too few to see a trend"]
     third = len(samples) // 3
     head, tail = samples[:third], samples[-third:]
     problems = []
-    rss0 = statistics.median(s.rss_bytes for s in head)
-    rss1 = statistics.median(s.rss_bytes for s in tail)
+    steady = [s for s in samples if s.t_s >= settled_s]
+    if len(steady) < 6:
+        return [f"only {len(steady)} samples after {settled_s:g} s: too few to see a trend"]
+    rss0 = statistics.median(s.rss_bytes for s in steady[: len(steady) // 3])
+    rss1 = statistics.median(s.rss_bytes for s in steady[-(len(steady) // 3) :])
     if rss1 > rss0 * (1 + RSS_SLACK):
         problems.append(f"RSS trends up: {rss0 / 2**20:.0f} MiB -> {rss1 / 2**20:.0f} MiB")
     files0 = statistics.median(s.fds - s.sockets for s in head)

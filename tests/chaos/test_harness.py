@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from chaos.conftest import keep_logs, server_errors
+from chaos.soak import Sample, trends
 from chaos.test_chaos import RETRY_LATER, unexpected
 
 LOG = """\
@@ -65,3 +66,27 @@ def test_a_failed_scenario_keeps_its_logs_and_answers(tmp_path: Path, monkeypatc
     assert sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file()) == [
         "engine.serve.log", "gateways/a.log", "load1-unary.csv", "load1-unary.json",
     ]  # fmt: skip
+
+
+def _samples(rss_mib: list[int]) -> list[Sample]:
+    """One sample every 10 s with the given RSS, a steady 50 descriptors and no WAL."""
+    return [Sample(10.0 * n, mib << 20, 50, 0) for n, mib in enumerate(rss_mib)]
+
+
+def test_rss_that_grows_only_while_the_window_fills_does_not_trend() -> None:
+    # 0-60 s: the retention window filling (by design); flat afterwards.
+    filling_then_flat = _samples([100, 120, 140, 160, 180, 200, 210] + [210] * 12)
+    assert trends(filling_then_flat, gateways=3, settled_s=60.0) == []
+    # Judged from the start, the same samples are a trend: what settled_s is for.
+    assert trends(filling_then_flat, gateways=3) != []
+
+
+def test_rss_that_grows_after_the_window_is_full_trends() -> None:
+    leaking = _samples([100, 120, 140, 160, 180, 200, 210] + [210 + 15 * n for n in range(12)])
+    assert [p for p in trends(leaking, gateways=3, settled_s=60.0) if p.startswith("RSS")]
+
+
+def test_too_few_samples_after_the_window_is_a_problem_not_a_pass() -> None:
+    assert trends(_samples([100] * 12), gateways=3, settled_s=100.0) == [
+        "only 2 samples after 100 s: too few to see a trend"
+    ]
