@@ -123,7 +123,10 @@ def micro(log: Log, work: Path, quick: bool) -> tuple[list[dict], str]:
     out = work / "micro.json"
     argv = [sys.executable, "-m", "pytest", "benches", "-o", "python_files=bench_*.py", "-q"]
     argv += [f"--benchmark-json={out}", "-p", "no:cacheprovider"]
-    env = dict(os.environ)
+    # A run of its own, never a pytest-xdist worker's: pytest-benchmark turns itself off
+    # (no timing, no JSON) in a process that carries a worker's variables, which this one
+    # inherits when `make test` drives it from a worker.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
     if quick:
         env["QUICKPAY_BENCH_SIZE"] = "smoke"
         argv += ["--benchmark-min-rounds=1", "--benchmark-max-time=0.05"]
