@@ -118,15 +118,20 @@ def _version(name: str) -> str:
 # -- 1. micro-benchmarks -------------------------------------------------------------
 
 
+def benchmark_env() -> dict[str, str]:
+    """The environment of a pytest-benchmark run of its own, never a pytest-xdist
+    worker's: pytest-benchmark turns itself off (no timing, no JSON) in a process that
+    carries a worker's variables, which a child inherits when a test under `make test`'s
+    workers drives this script."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
+
+
 def micro(log: Log, work: Path, quick: bool) -> tuple[list[dict], str]:
     """Runs every benches/bench_*.py; returns their rows and pytest's verdict."""
     out = work / "micro.json"
     argv = [sys.executable, "-m", "pytest", "benches", "-o", "python_files=bench_*.py", "-q"]
     argv += [f"--benchmark-json={out}", "-p", "no:cacheprovider"]
-    # A run of its own, never a pytest-xdist worker's: pytest-benchmark turns itself off
-    # (no timing, no JSON) in a process that carries a worker's variables, which this one
-    # inherits when `make test` drives it from a worker.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
+    env = benchmark_env()
     if quick:
         env["QUICKPAY_BENCH_SIZE"] = "smoke"
         argv += ["--benchmark-min-rounds=1", "--benchmark-max-time=0.05"]

@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import Figures, Log, Server, gateways_file, machine, write_section
+from compare import Figures, Log, Server, benchmark_env, gateways_file, machine, write_section
 
 from quickpay_engine.store.pg_migrations import migrate
 
@@ -172,7 +172,7 @@ def drivers(log: Log, work: Path) -> list[dict]:
         [sys.executable, "-m", "pytest", "benches/bench_store.py", "-o",
          "python_files=bench_*.py", "-k", "pg", "-q", "-p", "no:cacheprovider",
          f"--benchmark-json={out}"],
-        cwd=ROOT,
+        cwd=ROOT, env=benchmark_env(),
     )  # fmt: skip
     if not out.exists():
         return []
