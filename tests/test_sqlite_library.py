@@ -3,13 +3,15 @@ process's memory maps and refuses two copies of SQLite."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from quickpay_engine.errors import StoreError
 from quickpay_engine.store import SqliteStore
-from quickpay_engine.store.sqlite_library import require_one_library, sqlite_libraries
+from quickpay_engine.store.sqlite_library import require_one_library, sqlite_libraries, sqlite_uri
 
 SYSTEM = "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0.8.6"
 OTHER = "/opt/engine/lib/libsqlite3.so.0.8.7"
@@ -62,3 +64,18 @@ def test_the_store_refuses_to_open_beside_two_copies(tmp_path: Path, monkeypatch
 
 def test_this_process_has_one_library() -> None:
     require_one_library()  # the real maps: Python's sqlite3 only
+
+
+def test_sqlite_uri_opens_a_file_whose_directory_name_holds_uri_characters(
+    tmp_path: Path,
+) -> None:
+    # Spliced into "file:PATH?mode=ro" as it is, "#" would end the path at "q ".
+    path = tmp_path / "q #1 ?x %41" / "billing.sqlite3"
+    path.parent.mkdir()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE t (a INTEGER)")
+        db.execute("INSERT INTO t VALUES (7)")
+        db.commit()
+    for mode in ("ro", "rw"):
+        with contextlib.closing(sqlite3.connect(sqlite_uri(path, mode), uri=True)) as db:
+            assert db.execute("SELECT a FROM t").fetchall() == [(7,)]

@@ -19,7 +19,7 @@ from quickpay_engine.store import SqliteStore
 from quickpay_engine.store.audit import KEY_FILE, AuditRow, audit_key, keyed, lost_key
 from quickpay_engine.store.pg_owner import PgOwner
 from quickpay_engine.store.postgres import PostgresStore, PostgresUrls
-from quickpay_engine.store.sqlite_library import require_one_library
+from quickpay_engine.store.sqlite_library import require_one_library, sqlite_uri
 
 # Every store has the same public methods (see store/sqlite.py); the wiring holds one.
 Store = SqliteStore | PostgresStore | TwoPhaseStore
@@ -113,7 +113,7 @@ def audit_tail(settings: Settings) -> AuditRow | None:
         require_one_library()  # before this process touches the file
         # Not mode=ro: a read-only connection to a WAL database leaves its -wal and -shm
         # files behind, where the last connection to close removes them.
-        db = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+        db = sqlite3.connect(sqlite_uri(path, "rw"), uri=True)
         try:
             exists = db.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_log'"

@@ -31,6 +31,7 @@ from pathlib import Path
 from quickpay_engine.commands import add_command
 from quickpay_engine.config import Settings, settings_from
 from quickpay_engine.errors import ConfigError
+from quickpay_engine.store.sqlite_library import sqlite_uri
 
 # Free space under the data dir below which the check fails: the log grows by a 64 MiB
 # segment at a time, snapshots copy the ledger, and SQLite needs room to checkpoint.
@@ -147,7 +148,7 @@ def _sqlite(path: Path) -> str:
             raise ConfigError(f"{path} does not exist and its directory cannot be made")
         return f"{path} does not exist yet; serve creates it (import subscribers first)"
     # Read-only: a running server's file is looked at, never changed or locked for long.
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=PROBE_TIMEOUT_S) as db:
+    with sqlite3.connect(sqlite_uri(path, "ro"), uri=True, timeout=PROBE_TIMEOUT_S) as db:
         (version,) = db.execute("PRAGMA user_version").fetchone()
         (quick,) = db.execute("PRAGMA quick_check").fetchone()
     db.close()

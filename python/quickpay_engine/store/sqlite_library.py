@@ -23,6 +23,13 @@ MAPS = Path("/proc/self/maps")
 _LIBRARY = re.compile(r"lib(sqlite3?|sqlcipher)[\w.+-]*\.so(\.[\d.]+)?")
 
 
+def sqlite_uri(path: Path, mode: str) -> str:
+    """The URI that opens ``path`` with ``mode`` (``ro``, ``rw``) through ``sqlite3.connect(...,
+    uri=True)``, the path percent-encoded: spliced in as it is, a data dir whose name holds
+    ``#``, ``?`` or ``%`` would open another file."""
+    return f"{path.resolve().as_uri()}?mode={mode}"
+
+
 def sqlite_libraries(maps: str) -> list[str]:
     """The distinct SQLite libraries mapped, as their paths, from the text of a
     /proc/PID/maps. One file mapped at several addresses (its segments) is one library;
