@@ -6,6 +6,7 @@ its key made at the first writer's start, as before."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,14 @@ from conftest import settings_for
 from quickpay_engine.config import SQLITE_FILE
 from quickpay_engine.errors import ConfigError
 from quickpay_engine.storage import open_store
-from quickpay_engine.store.audit import KEY_FILE, verify
+from quickpay_engine.store.audit import (
+    KEY_FILE,
+    NEW_KEY,
+    AuditKeyMismatch,
+    _is_marker,
+    key_id,
+    verify,
+)
 from quickpay_engine.store.ownership import LOCK_FILE, SQLITE_LOCK_SUFFIX
 from test_store_sqlite import plain_trail, settle
 
@@ -109,16 +117,87 @@ def test_audit_new_key_replaces_a_lost_key_once_asked(
     again = cli(data_dir, database_urls, "audit", "new-key")
     assert again.returncode == 2 and "already exists" in again.stderr, again.stderr
     assert key.read_bytes() == made
-    # The writers start again; the next commit starts the chain under the new key behind a
-    # marker row, and the walk names the first row of the lost key's.
+    # The trail names the new key already: a marker under it, then the row saying which
+    # rows the lost key leaves unverifiable; the writers start again and go on after
+    # them, and the walk names the first row of the lost key's.
     store = open_store(settings_for(data_dir, database_urls=database_urls))
     try:
+        trail = list(store.audit_rows())
+        assert len(trail) == rows + 2
+        marker_row, named = trail[rows], trail[rows + 1]
+        assert json.loads(marker_row.content) == {
+            "algorithm": "hmac-sha256", "key_id": key_id(made), "kind": "audit.keyed",
+        }  # fmt: skip
+        assert json.loads(named.content) == {
+            "key_id": key_id(made), "kind": NEW_KEY, "unverifiable_through": rows,
+        }  # fmt: skip
         store.commit_batch([settle("k3", account="acc-pre")], now_us=2)
+        after = list(store.audit_rows())
+        report = verify(after, store.audit_key)
+    finally:
+        store.close()
+    assert not any(_is_marker(r.content) for r in after[rows + 2 :])  # no second marker
+    assert report.broken is not None and report.broken.seq == 1
+    assert "another audit key" in report.broken.problem
+
+
+@SQLITE_AND_POSTGRES
+def test_a_writer_refuses_a_key_that_is_not_the_trails(
+    data_dir: Path, database_urls: list[str] | None
+) -> None:
+    """Another installation's key restored by mistake: a writer's first commit would
+    start the chain again under it (a marker), and the trail's own key would no longer
+    verify those rows. The writers refuse, naming the file, and write nothing; the
+    checks still run (and report the chain broken); the right key lets them start."""
+    keyed_trail(data_dir, database_urls)
+    key = data_dir / KEY_FILE
+    right = key.read_bytes()
+    key.write_bytes(b"w" * 32)
+    settings = settings_for(data_dir, database_urls=database_urls)
+    with pytest.raises(AuditKeyMismatch, match="does not verify the audit trail's last row"):
+        open_store(settings)
+    done = cli(data_dir, database_urls, "serve", "--listen", "127.0.0.1:0")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert f"{key} does not verify the audit trail's last row" in done.stderr, done.stderr
+    assert key_id(b"w" * 32) in done.stderr and "nothing was written" in done.stderr
+    # new-key does not replace a key in place, wrong or not.
+    again = cli(data_dir, database_urls, "audit", "new-key")
+    assert again.returncode == 2 and "move this file aside" in again.stderr, again.stderr
+    checked = cli(data_dir, database_urls, "audit", "verify")
+    assert checked.returncode == 1 and "BROKEN at row 1" in checked.stdout, checked.stdout
+    key.write_bytes(right)
+    store = open_store(settings)
+    try:
+        before = len(list(store.audit_rows()))
+        store.commit_batch([settle("k4", account="acc-pre")], now_us=3)
         report = verify(store.audit_rows(), store.audit_key)
     finally:
         store.close()
-    assert report.broken is not None and report.broken.seq == 1
-    assert "another audit key" in report.broken.problem
+    assert report.broken is None and report.good > before
+
+
+def test_new_key_again_after_a_crash_before_the_key_file(data_dir: Path) -> None:
+    """new-key died after its marker committed and before the key file was written: the
+    file is missing again, the trail ends in a marker under a key nobody has; running
+    it again writes another marker and the writers start under that key."""
+    rows = keyed_trail(data_dir, None)
+    (data_dir / KEY_FILE).unlink()
+    lost = b"x" * 32
+    store = open_store(settings_for(data_dir), key=lost)
+    try:
+        store.record_access({"kind": NEW_KEY, "key_id": key_id(lost), "unverifiable_through": rows})
+    finally:
+        store.close()
+    done = cli(data_dir, None, "audit", "new-key")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    store = open_store(settings_for(data_dir))
+    try:
+        trail = list(store.audit_rows())
+        store.commit_batch([settle("k5", account="acc-pre")], now_us=4)
+    finally:
+        store.close()
+    assert len(trail) == rows + 4
+    assert json.loads(trail[-1].content)["key_id"] == key_id((data_dir / KEY_FILE).read_bytes())
 
 
 def test_a_trail_from_before_the_key_is_checked_without_one_and_keyed_at_the_next_start(

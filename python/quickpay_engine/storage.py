@@ -16,7 +16,14 @@ from quickpay_engine.config import Settings
 from quickpay_engine.keyfile import KEY_BYTES
 from quickpay_engine.settlement.twophase import TwoPhaseStore, open_two_phase
 from quickpay_engine.store import SqliteStore
-from quickpay_engine.store.audit import KEY_FILE, AuditRow, audit_key, keyed, lost_key
+from quickpay_engine.store.audit import (
+    KEY_FILE,
+    AuditRow,
+    audit_key,
+    keyed,
+    lost_key,
+    wrong_key,
+)
 from quickpay_engine.store.pg_owner import PgOwner
 from quickpay_engine.store.postgres import PostgresStore, PostgresUrls
 from quickpay_engine.store.sqlite_library import require_one_library, sqlite_uri
@@ -46,6 +53,7 @@ def open_store(
     coordinate: bool = False,
     owner: PgOwner | None = None,
     checking: bool = False,
+    key: bytes | None = None,
 ) -> Store:
     """Opens the store ``settings`` name; a PostgreSQL database behind on migrations is
     refused with the command that fixes it, and two-phase mode without prepared
@@ -63,9 +71,13 @@ def open_store(
 
     ``checking``: the caller only reads (verify, audit verify), so the audit key is
     never made (see ``store_audit_key``).
+
+    ``key``: the audit key to write under instead of the data dir's (`quickpay audit
+    new-key`, whose key is written to the data dir only once the trail names it).
     """
     # The audit chain's key is the data dir's, whichever database the rows go to.
-    key = store_audit_key(settings, checking=checking)
+    if key is None:
+        key = store_audit_key(settings, checking=checking)
     if not settings.postgres:
         return SqliteStore(settings.sqlite_path, key)
     store = PostgresStore(PostgresUrls(*settings.domain_urls), key)
@@ -83,10 +95,15 @@ def store_audit_key(settings: Settings, *, checking: bool = False) -> bytes:
     (`quickpay audit new-key` is the operator's way past that). With none (a new
     installation, or a trail from a build before the key) a writer makes it, and a
     check (``checking``) goes on under a throwaway key that is never written: it creates
-    nothing in the data dir."""
+    nothing in the data dir. A writer also refuses a key file that does not verify the
+    trail's last keyed row (``AuditKeyMismatch``): the wrong key restored, whose first
+    commit would otherwise start the chain again under it."""
     path = settings.data_dir / KEY_FILE
     if path.exists():
-        return audit_key(settings.data_dir)
+        key = audit_key(settings.data_dir)
+        if not checking and (mismatch := wrong_key(path, audit_tail(settings), key)):
+            raise mismatch
+        return key
     tail = audit_tail(settings)
     if tail is not None and keyed(tail):
         raise lost_key(path, tail, checking=checking)

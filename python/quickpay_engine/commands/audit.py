@@ -8,15 +8,17 @@ the one way past the writers' refusal to start without it (storage.store_audit_k
 from __future__ import annotations
 
 import argparse
+import secrets
 from pathlib import Path
 
 from quickpay_engine._engine import EngineError
 from quickpay_engine.commands import READS, WRITES, add_command, add_group
 from quickpay_engine.config import settings_from
 from quickpay_engine.errors import ConfigError
+from quickpay_engine.keyfile import KEY_BYTES, install_key
 from quickpay_engine.ledger_limits import open_ledger
-from quickpay_engine.storage import audit_tail, open_store
-from quickpay_engine.store.audit import KEY_FILE, audit_key, keyed
+from quickpay_engine.storage import audit_tail, claim_databases, open_store
+from quickpay_engine.store.audit import KEY_FILE, NEW_KEY, key_id, keyed
 from quickpay_engine.store.audit_check import check_trail
 
 
@@ -81,19 +83,47 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_new_key(args: argparse.Namespace) -> int:
-    """Makes the data dir's audit key where there is none; refuses to replace one."""
+    """Makes the data dir's audit key where there is none; refuses to replace one.
+
+    Over a keyed trail, the trail names the new key before the key file is written: a
+    marker row under it and a row saying which rows the lost key leaves unverifiable,
+    in one transaction. A crash between the two leaves the file missing again, and
+    running the command again writes another marker; the writers never find a key file
+    that the trail does not name (storage.store_audit_key refuses that)."""
     settings = settings_from(args)
     path = settings.data_dir / KEY_FILE
     if path.exists():
-        raise ConfigError(f"{path} already exists; nothing was changed")
+        raise ConfigError(
+            f"{path} already exists; nothing was changed (to replace a wrong key whose"
+            " right one is lost for good, move this file aside first)"
+        )
     tail = audit_tail(settings)
-    audit_key(settings.data_dir)
+    key = secrets.token_bytes(KEY_BYTES)
+    lost = tail is not None and keyed(tail)
+    if lost:
+        assert tail is not None
+        # On PostgreSQL, refused while an engine owns the databases: it would chain its
+        # next rows under the key it holds, after this marker.
+        owner = claim_databases(settings, "quickpay audit new-key")
+        try:
+            store = open_store(settings, key=key)
+            try:
+                store.record_access(
+                    {"kind": NEW_KEY, "key_id": key_id(key), "unverifiable_through": tail.seq}
+                )
+            finally:
+                store.close()
+        finally:
+            if owner is not None:
+                owner.close()
+    install_key(path, key)
     print(f"made a new audit key: {path} (back it up apart from the database)")
-    if tail is not None and keyed(tail):
+    if lost:
+        assert tail is not None
         print(
             f"rows 1 to {tail.seq} of the audit trail were keyed with the lost key and can"
             " no longer be verified: `quickpay audit verify` reports the chain broken at"
-            " the first of them. The next commit writes a marker row, from which the trail"
-            " is keyed with the new key."
+            f" the first of them. From row {tail.seq + 1} (a marker, then a row naming the"
+            " new key) the trail is keyed with the new key."
         )
     return 0

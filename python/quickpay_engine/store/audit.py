@@ -74,6 +74,34 @@ def lost_key(path: Path, tail: AuditRow, *, checking: bool) -> AuditKeyMissing:
     )
 
 
+class AuditKeyMismatch(ConfigError):
+    """The audit key's file does not verify the trail's last keyed row."""
+
+
+def wrong_key(path: Path, tail: AuditRow | None, key: bytes) -> AuditKeyMismatch | None:
+    """The error of a key file that is not the trail's (None when it is, or when the
+    trail has no keyed row to tell by): a writer must not go on under it, since its
+    first commit would start the chain again after a marker, and none of the rows
+    before would verify under the key the operator keeps (a key restored from another
+    installation's backup, say)."""
+    if tail is None or not keyed(tail):
+        return None
+    if chain_hash(key, tail.prev_hash, tail.seq, tail.content) == tail.row_hash:
+        return None
+    return AuditKeyMismatch(
+        f"{path} does not verify the audit trail's last row ({tail.seq}): it is not the"
+        f" key the trail was written with (this one is {key_id(key)}), or that row was"
+        " altered; restore the trail's own key from its backup (`quickpay audit verify`"
+        " names the first row that fails), or, if that key is lost for good, move this"
+        " file aside and run `quickpay audit new-key`; nothing was written"
+    )
+
+
+# The row `quickpay audit new-key` writes after the new key's marker: which rows the
+# lost key leaves unverifiable.
+NEW_KEY = "audit.new_key"
+
+
 def canonical(content: Mapping[str, object]) -> str:
     """One encoding per content: sorted keys, no spaces, ASCII only, integers as they are."""
     return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
