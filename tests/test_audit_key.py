@@ -6,6 +6,7 @@ its key made at the first writer's start, as before."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,11 +20,15 @@ from quickpay_engine.config import SQLITE_FILE
 from quickpay_engine.errors import ConfigError
 from quickpay_engine.storage import open_store
 from quickpay_engine.store.audit import (
+    GENESIS,
     KEY_FILE,
     NEW_KEY,
     AuditKeyMismatch,
+    AuditRow,
     _is_marker,
+    entries_rows,
     key_id,
+    plain_hash,
     verify,
 )
 from quickpay_engine.store.ownership import LOCK_FILE, SQLITE_LOCK_SUFFIX
@@ -110,7 +115,7 @@ def test_audit_new_key_replaces_a_lost_key_once_asked(
     key.unlink()
     done = cli(data_dir, database_urls, "audit", "new-key")
     assert done.returncode == 0, (done.stdout, done.stderr)
-    assert f"rows 1 to {rows}" in done.stdout and "can no longer be verified" in done.stdout
+    assert f"rows up to {rows}" in done.stdout and "can no longer be verified" in done.stdout
     assert key.exists() and (key.stat().st_mode & 0o777) == 0o600
     made = key.read_bytes()
     # Asked again with a key in place: refused, the key untouched.
@@ -129,7 +134,8 @@ def test_audit_new_key_replaces_a_lost_key_once_asked(
             "algorithm": "hmac-sha256", "key_id": key_id(made), "kind": "audit.keyed",
         }  # fmt: skip
         assert json.loads(named.content) == {
-            "key_id": key_id(made), "kind": NEW_KEY, "unverifiable_through": rows,
+            "key_id": key_id(made), "kind": NEW_KEY, "unverifiable_from": 1,
+            "unverifiable_through": rows,
         }  # fmt: skip
         store.commit_batch([settle("k3", account="acc-pre")], now_us=2)
         after = list(store.audit_rows())
@@ -137,8 +143,14 @@ def test_audit_new_key_replaces_a_lost_key_once_asked(
     finally:
         store.close()
     assert not any(_is_marker(r.content) for r in after[rows + 2 :])  # no second marker
-    assert report.broken is not None and report.broken.seq == 1
-    assert "another audit key" in report.broken.problem
+    # The lost key's rows are walked for order and links, the rest verifies.
+    assert report.broken is None, report.broken
+    assert (report.unverifiable_from, report.unverifiable_through) == (1, rows)
+    assert report.keyed_from == rows + 1
+    assert report.good == len(after) - rows
+    done = cli(data_dir, database_urls, "audit", "verify")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert f"rows 1 to {rows} were keyed with a key lost and replaced" in done.stdout
 
 
 @SQLITE_AND_POSTGRES
@@ -185,7 +197,7 @@ def test_new_key_again_after_a_crash_before_the_key_file(data_dir: Path) -> None
     lost = b"x" * 32
     store = open_store(settings_for(data_dir), key=lost)
     try:
-        store.record_access({"kind": NEW_KEY, "key_id": key_id(lost), "unverifiable_through": rows})
+        store.record_access(_new_key_row(lost, 1, rows))
     finally:
         store.close()
     done = cli(data_dir, None, "audit", "new-key")
@@ -197,6 +209,10 @@ def test_new_key_again_after_a_crash_before_the_key_file(data_dir: Path) -> None
     finally:
         store.close()
     assert len(trail) == rows + 4
+    report = verify(trail, (data_dir / KEY_FILE).read_bytes())
+    assert (report.broken, report.unverifiable_from, report.unverifiable_through) == (
+        None, 1, rows + 2,
+    )  # fmt: skip
     assert json.loads(trail[-1].content)["key_id"] == key_id((data_dir / KEY_FILE).read_bytes())
 
 
@@ -227,3 +243,77 @@ def test_a_new_installation_still_makes_its_key(tmp_path: Path) -> None:
     store.close()
     assert (tmp_path / KEY_FILE).exists()
     assert oct(os.stat(tmp_path / KEY_FILE).st_mode & 0o777) == "0o600"
+
+
+def _trail(parts: list[tuple[bytes, list[dict[str, object]]]]) -> list[AuditRow]:
+    """Rows appended as writers append them: each part's contents under its key (a
+    marker first where the trail's last row is not that key's)."""
+    rows: list[AuditRow] = []
+    for key, contents in parts:
+        head = rows[-1] if rows else None
+        rows += [AuditRow(*r) for r in entries_rows(head, key, contents)]
+    return rows
+
+
+def _new_key_row(key: bytes, first: int, through: int) -> dict[str, object]:
+    return {
+        "kind": NEW_KEY, "key_id": key_id(key), "unverifiable_from": first,
+        "unverifiable_through": through,
+    }  # fmt: skip
+
+
+LOST, NEW = b"L" * 32, b"N" * 32
+
+
+def test_the_walk_passes_the_rows_of_a_replaced_key_and_nothing_else() -> None:
+    """The rows of a key that `audit new-key` replaced are passed only when this key's
+    marker and the row naming them follow them; a row altered after them, the naming
+    row removed or naming other rows, or no such rows at all, are breaks."""
+    old = [{"n": i} for i in range(5)]
+    rows = _trail([(LOST, old), (NEW, [_new_key_row(NEW, 1, 5), {"n": 5}])])
+    report = verify(rows, NEW)
+    assert (report.broken, report.unverifiable_from, report.unverifiable_through) == (None, 1, 5)
+    assert report.keyed_from == 6
+    assert report.good == 3
+    # Without the marker and its row: the first row of the other key is the break.
+    report = verify(rows[:5], NEW)
+    assert report.broken is not None and report.broken.seq == 1 and report.good == 0
+    # A row after the marker altered.
+    altered = [*rows[:7], dataclasses.replace(rows[7], content='{"n":55}')]
+    report = verify(altered, NEW)
+    assert report.broken is not None and report.broken.seq == 8
+    # The naming row names other rows (or is forged): the lost rows are a break.
+    wrong = _trail([(LOST, old), (NEW, [_new_key_row(NEW, 1, 3)])])
+    assert verify(wrong, NEW).broken.seq == 1  # type: ignore[union-attr]
+    forged = [*rows[:6], dataclasses.replace(rows[6], row_hash="f" * 64)]
+    assert verify(forged, NEW).broken.seq == 1  # type: ignore[union-attr]
+    # A row of the lost key's removed: the links break there.
+    cut = [*rows[:2], *[dataclasses.replace(r, seq=r.seq - 1) for r in rows[3:]]]
+    assert verify(cut, NEW).broken.seq == 3  # type: ignore[union-attr]
+
+
+def test_plain_rows_before_a_replaced_key_still_verify() -> None:
+    """A trail from before the key (plain rows), then a key's rows, lost and replaced:
+    the plain rows still verify and an altered one is the break; only the lost key's
+    rows (from its marker) are passed."""
+    plain = [
+        AuditRow(1, GENESIS, '{"p":1}', plain_hash(GENESIS, 1, '{"p":1}')),
+    ]
+    second = plain_hash(plain[0].row_hash, 2, '{"p":2}')
+    plain.append(AuditRow(2, plain[0].row_hash, '{"p":2}', second))
+    head = plain[-1]
+    lost = [AuditRow(*r) for r in entries_rows(head, LOST, [{"n": 1}])]  # marker + a row
+    rest = [AuditRow(*r) for r in entries_rows(lost[-1], NEW, [_new_key_row(NEW, 3, 4)])]
+    rows = [*plain, *lost, *rest]
+    report = verify(rows, NEW)
+    assert (report.broken, report.unverifiable_from, report.unverifiable_through) == (None, 3, 4)
+    assert report.keyed_from == 5
+    assert report.good == 4  # the plain rows, the marker and the naming row
+    altered = [dataclasses.replace(plain[0], content='{"p":9}'), *rows[1:]]
+    assert verify(altered, NEW).broken.seq == 1  # type: ignore[union-attr]
+    assert (
+        "altered"
+        in verify(
+            [plain[0], dataclasses.replace(plain[1], content='{"p":9}'), *rows[2:]], NEW
+        ).broken.problem
+    )  # type: ignore[union-attr]

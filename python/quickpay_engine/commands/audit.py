@@ -18,7 +18,7 @@ from quickpay_engine.errors import ConfigError
 from quickpay_engine.keyfile import KEY_BYTES, install_key
 from quickpay_engine.ledger_limits import open_ledger
 from quickpay_engine.storage import audit_tail, claim_databases, open_store
-from quickpay_engine.store.audit import KEY_FILE, NEW_KEY, key_id, keyed
+from quickpay_engine.store.audit import KEY_FILE, NEW_KEY, first_keyed, key_id, keyed
 from quickpay_engine.store.audit_check import check_trail
 
 
@@ -68,6 +68,13 @@ def run_verify(args: argparse.Namespace) -> int:
         keyed = f"keyed from row {report.keyed_from}" if report.keyed_from else "no keyed row yet"
         anchored = f"reaches the ledger's anchor at row {anchor[0]}" if anchor else "no anchor"
         print(f"audit trail intact: {report.good} rows ({keyed}; {anchored})")
+        if report.unverifiable_through:
+            print(
+                f"rows {report.unverifiable_from} to {report.unverifiable_through} were keyed"
+                " with a key lost and"
+                f" replaced by `quickpay audit new-key` (row {report.keyed_from}): their"
+                " order and links check, their content cannot be verified"
+            )
     else:
         b = report.broken
         print(
@@ -109,7 +116,12 @@ def run_new_key(args: argparse.Namespace) -> int:
             store = open_store(settings, key=key)
             try:
                 store.record_access(
-                    {"kind": NEW_KEY, "key_id": key_id(key), "unverifiable_through": tail.seq}
+                    {
+                        "kind": NEW_KEY,
+                        "key_id": key_id(key),
+                        "unverifiable_from": first_keyed(store.audit_rows()),
+                        "unverifiable_through": tail.seq,
+                    }
                 )
             finally:
                 store.close()
@@ -121,9 +133,9 @@ def run_new_key(args: argparse.Namespace) -> int:
     if lost:
         assert tail is not None
         print(
-            f"rows 1 to {tail.seq} of the audit trail were keyed with the lost key and can"
-            " no longer be verified: `quickpay audit verify` reports the chain broken at"
-            f" the first of them. From row {tail.seq + 1} (a marker, then a row naming the"
-            " new key) the trail is keyed with the new key."
+            f"rows up to {tail.seq} of the audit trail were keyed with the lost key and can"
+            " no longer be verified (`quickpay audit verify` checks their order and links"
+            f" and says so). From row {tail.seq + 1} (a marker, then a row naming the lost"
+            " rows) the trail is keyed with the new key."
         )
     return 0

@@ -196,7 +196,12 @@ class ChainReport:
     good: int  # rows that verify, before the break if any
     broken: ChainBreak | None
     keyed_from: int  # the marker's seq; 0 when no row is keyed
-    last_seq: int  # the last row that verified
+    last_seq: int  # the last row walked
+    # Rows from the first to the second of these were keyed with a key `quickpay audit
+    # new-key` replaced (0, 0: none): their order and links were checked, their content
+    # cannot be.
+    unverifiable_from: int = 0
+    unverifiable_through: int = 0
 
 
 def _is_marker(content: str) -> bool:
@@ -214,14 +219,33 @@ def verify(
     """Checks rows in sequence order: keyed rows from row 1, or plain rows up to the
     marker and keyed rows from it;
     and, given the ledger's ``anchor`` (seq, hash), that the trail reaches that row and
-    that it is the row anchored. Returns how many were good and the first break."""
+    that it is the row anchored. Returns how many were good and the first break.
+
+    A key lost for good and replaced (`quickpay audit new-key`) leaves the rows keyed
+    with it unverifiable: they begin at row 1 or at a marker naming another key, and end
+    before a marker under this key followed by the ``NEW_KEY`` row that names the first
+    and the last of them. Such rows are walked for their order and links alone and
+    reported as ``unverifiable_from`` to ``unverifiable_through``; without that marker
+    and row after them (which only the holder of this key can write) the first of them
+    is the break, as before."""
     expected_seq = 1
     prev = GENESIS
     good = 0
     keyed_from = 0
+    unverifiable_from = unverifiable_through = 0
+    # In rows of another key: the break they are unless this key's marker ends them,
+    # the good count before them, and the seq of such a marker awaiting its NEW_KEY row.
+    lost: ChainBreak | None = None
+    good_before = 0
+    marker_seq = 0
 
     def report(broken: ChainBreak | None) -> ChainReport:
-        return ChainReport(good, broken, keyed_from, expected_seq - 1)
+        return ChainReport(
+            good, broken, keyed_from, expected_seq - 1, unverifiable_from, unverifiable_through
+        )
+
+    def ours(row: AuditRow) -> bool:
+        return chain_hash(key, row.prev_hash, row.seq, row.content) == row.row_hash
 
     for row in rows:
         if row.seq != expected_seq:
@@ -235,34 +259,56 @@ def verify(
                     row.seq, "does not follow the row before it (a row was inserted or deleted)"
                 )
             )
-        if keyed_from:
-            if chain_hash(key, row.prev_hash, row.seq, row.content) != row.row_hash:
+        if marker_seq:
+            if ours(row) and _names_lost_rows(row.content, lost.seq, marker_seq - 1):  # type: ignore[union-attr]
+                # The new key's marker and its row: the lost rows end before the marker.
+                unverifiable_from, unverifiable_through = lost.seq, marker_seq - 1  # type: ignore[union-attr]
+                keyed_from, lost = marker_seq, None
+                good = good_before + 1  # the marker; this row counts below
+            marker_seq = 0
+        elif lost is not None:
+            if _is_marker(row.content) and ours(row):
+                marker_seq = row.seq
+        elif keyed_from:
+            if not ours(row):
                 return report(
                     ChainBreak(
                         row.seq, "content does not match its keyed hash (altered or re-hashed)"
                     )
                 )
-        elif row.seq == 1 and chain_hash(key, row.prev_hash, 1, row.content) == row.row_hash:
+        elif row.seq == 1 and ours(row):
             keyed_from = 1
         elif _is_marker(row.content):
-            if chain_hash(key, row.prev_hash, row.seq, row.content) != row.row_hash:
+            if not ours(row):
                 named = json.loads(row.content).get("key_id")
-                why = (
-                    f"the chain was keyed with another key ({named}; {KEY_FILE} holds"
-                    f" {key_id(key)})"
-                    if named != key_id(key)
-                    else "its keyed hash does not match (altered or forged)"
-                )
-                return report(ChainBreak(row.seq, f"the keyed chain's first row: {why}"))
-            keyed_from = row.seq
+                if named != key_id(key):
+                    # Rows of another key: lost and replaced, or the break.
+                    lost = ChainBreak(
+                        row.seq,
+                        f"the keyed chain's first row: the chain was keyed with another key"
+                        f" ({named}; {KEY_FILE} holds {key_id(key)})",
+                    )
+                    good_before = good
+                else:
+                    return report(
+                        ChainBreak(
+                            row.seq,
+                            "the keyed chain's first row: its keyed hash does not match"
+                            " (altered or forged)",
+                        )
+                    )
+            else:
+                keyed_from = row.seq
         elif plain_hash(row.prev_hash, row.seq, row.content) != row.row_hash:
-            if chain_hash(key, row.prev_hash, row.seq, row.content) == row.row_hash:
+            if ours(row):
                 problem = "keyed, but no marker row starts the keyed chain before it (deleted)"
             elif row.seq == 1:
                 problem = "content does not match its hash (altered, or another audit key)"
+                lost, good_before = ChainBreak(row.seq, problem), good
             else:
                 problem = "content does not match its hash (altered)"
-            return report(ChainBreak(row.seq, problem))
+            if lost is None:
+                return report(ChainBreak(row.seq, problem))
         if anchor is not None and row.seq == anchor[0] and row.row_hash != anchor[1]:
             return report(
                 ChainBreak(
@@ -273,7 +319,11 @@ def verify(
             )
         prev = row.row_hash
         expected_seq += 1
-        good += 1
+        if lost is None:  # not a row of another key's (nor this key's marker after them)
+            good += 1
+    if lost is not None:
+        good = good_before
+        return report(lost)
     if anchor is not None and expected_seq - 1 < anchor[0]:
         return report(
             ChainBreak(
@@ -283,3 +333,29 @@ def verify(
             )
         )
     return report(None)
+
+
+def _names_lost_rows(content: str, first: int, through: int) -> bool:
+    """Whether ``content`` is `quickpay audit new-key`'s row for rows ``first`` to
+    ``through``."""
+    if f'"kind":"{NEW_KEY}"' not in content:
+        return False
+    try:
+        entry = json.loads(content)
+    except ValueError:
+        return False
+    return (
+        entry.get("kind") == NEW_KEY
+        and entry.get("unverifiable_from") == first
+        and entry.get("unverifiable_through") == through
+    )
+
+
+def first_keyed(rows: Iterable[AuditRow]) -> int:
+    """The seq of the first row that is not plain SHA-256 (0: none): where the rows of
+    a key begin, for `quickpay audit new-key` to name, so that the plain rows before
+    them (a trail from before the key) are still checked after the key is replaced."""
+    for row in rows:
+        if plain_hash(row.prev_hash, row.seq, row.content) != row.row_hash:
+            return row.seq
+    return 0
