@@ -672,6 +672,39 @@ def test_migration_5_drops_the_index_of_payments_by_account() -> None:
         drop_database(url)
 
 
+def test_migration_6_drops_the_index_of_billing_by_account() -> None:
+    """A database at version 5 (which had billing_by_account) loses the index at the
+    next migrate; the store opens on it, and a re-import after a payment still keeps
+    balance = opening + history (the upsert reads the row's own difference)."""
+    require()
+    url = create_database()
+    index = "SELECT count(*) FROM pg_indexes WHERE indexname = 'billing_by_account'"
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute(index).fetchone() == (0,)
+            # As the previous build left it.
+            conn.execute("CREATE INDEX billing_by_account ON billing_records (account_id)")
+            conn.execute("DELETE FROM schema_migrations WHERE version >= 6")
+        with pytest.raises(StoreError, match="schema version 5"):
+            PostgresStore(url)
+        assert migrate(url) == list(range(6, latest() + 1))
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute(index).fetchone() == (0,)
+        store = PostgresStore(url, AUDIT_KEY)
+        try:
+            store.import_subscribers(SUBSCRIBERS)
+            store.commit_batch([settle("g1", amount=2_500)], now_us=1)
+            sub = store.subscriber("acc-post-barred")
+            assert sub is not None
+            store.import_subscribers([dataclasses.replace(sub, balance_minor=9_999)])
+            assert store.subscriber("acc-post-barred").balance_minor == 9_999
+            assert store.verify() == []
+        finally:
+            store.close()
+    finally:
+        drop_database(url)
+
+
 def test_a_subscriber_file_streams_in_and_loads_into_the_engine(
     one: Databases, tmp_path: Path
 ) -> None:

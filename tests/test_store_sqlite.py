@@ -439,9 +439,73 @@ def test_a_store_of_schema_5_loses_the_index_of_payments_by_account(data_dir: Pa
     finally:
         store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         indexes = {
             name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
         }
     assert "payments_by_account" not in indexes
     assert "payments_by_gateway" in indexes
+
+
+def test_a_reimport_after_payments_keeps_the_balance_equal_to_opening_plus_history(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """The billing system's balance wins on re-import (the Python upsert and the core's
+    file import); what settled since the opening balance stays on top of it: the new
+    opening balance is the new balance less the row's own difference (balance less
+    opening), with no sum over billing records by account, and verify holds."""
+    from quickpay_engine.subscribers import write_csv
+
+    store.commit_batch([settle("o1", amount=2_500), settle("o2", account="acc-pre")], now_us=1)
+    store.commit_batch([settle("o3", amount=700)], now_us=2)
+    before = {s.account_id: s for s in store.load_subscribers()}
+    opening = dict(rows(store, "SELECT account_id, opening_balance_minor FROM subscribers"))
+    settled_since = {a: s.balance_minor - opening[a] for a, s in before.items()}
+    assert settled_since["acc-post-barred"] == -3_200 and settled_since["acc-pre"] != 0
+    store.import_subscribers([dataclasses.replace(before["acc-post-barred"], balance_minor=12_345)])
+    assert store.verify() == []
+    path = tmp_path / "subscribers.csv"
+    with path.open("w") as f:
+        write_csv([dataclasses.replace(before["acc-pre"], balance_minor=-4_000)], f)
+    assert store.import_subscriber_file(path) == (1, 0)
+    assert store.verify() == []
+    after = dict(rows(store, "SELECT account_id, opening_balance_minor FROM subscribers"))
+    assert after["acc-post-barred"] == 12_345 - settled_since["acc-post-barred"]
+    assert after["acc-pre"] == -4_000 - settled_since["acc-pre"]
+    # Untouched lines keep theirs.
+    assert {a: v for a, v in after.items() if a not in ("acc-post-barred", "acc-pre")} == {
+        a: v for a, v in opening.items() if a not in ("acc-post-barred", "acc-pre")
+    }
+
+
+def test_a_store_of_schema_6_loses_the_index_of_billing_by_account(data_dir: Path) -> None:
+    """Schema 7 has no index of billing records by account: a file of schema 6 (which
+    had one) drops it when opened; its payments still verify and a re-import still
+    finds what settled since the opening balance."""
+    from quickpay_engine.store.sqlite import SCHEMA_VERSION
+
+    path = settings_for(data_dir).sqlite_path
+    store = SqliteStore(path)
+    store.commit_batch([settle("n1"), settle("n2", account="acc-pre")])
+    store.close()
+    with sqlite3.connect(path) as db:  # as the previous build left it
+        db.executescript(
+            "CREATE INDEX billing_by_account ON billing_records (account_id);"
+            " PRAGMA user_version = 6;"
+        )
+    store = SqliteStore(path)
+    try:
+        assert store.verify() == []
+        sub = store.subscriber("acc-pre")
+        assert sub is not None
+        store.import_subscribers([dataclasses.replace(sub, balance_minor=77)])
+        assert store.verify() == []
+    finally:
+        store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (7,)
+        indexes = {
+            name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+    assert "billing_by_account" not in indexes
+    assert "billing_by_payment" in indexes

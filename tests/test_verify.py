@@ -137,11 +137,14 @@ async def test_verify_names_each_broken_invariant(traffic: Path, sql: str, named
     assert named in done.stdout, done.stdout
 
 
-async def test_verify_passes_on_a_data_dir_of_schema_5_and_drops_its_index(
+async def test_verify_passes_on_a_data_dir_of_schema_5_and_drops_its_indexes(
     data_dir: Path,
 ) -> None:
-    """A data dir the previous build (schema 5, with payments_by_account) wrote traffic
-    to: `quickpay verify` upgrades it in place, the index goes, and every check holds."""
+    """A data dir the build of schema 5 (with payments_by_account and billing_by_account)
+    wrote traffic to: `quickpay verify` upgrades it in place, both indexes go, and every
+    check holds."""
+    from quickpay_engine.store.sqlite import SCHEMA_VERSION
+
     running = await create_server(settings_for(data_dir))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
@@ -149,17 +152,21 @@ async def test_verify_passes_on_a_data_dir_of_schema_5_and_drops_its_index(
     finally:
         await running.stop(grace_s=1)
     path = settings_for(data_dir).sqlite_path
-    with sqlite3.connect(path) as db:  # as the previous build left it
+    with sqlite3.connect(path) as db:  # as the build of schema 5 left it
         db.executescript(
             "CREATE INDEX payments_by_account ON payments (account_id, seq);"
+            " CREATE INDEX billing_by_account ON billing_records (account_id);"
             " PRAGMA user_version = 5;"
         )
     done = verify_cli(data_dir)
     assert done.returncode == 0, done.stdout
     assert "all invariants hold" in done.stdout
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (6,)
-        found = db.execute("SELECT name FROM sqlite_master WHERE name = 'payments_by_account'")
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        found = db.execute(
+            "SELECT name FROM sqlite_master"
+            " WHERE name IN ('payments_by_account', 'billing_by_account')"
+        )
         assert found.fetchall() == []
 
 

@@ -328,14 +328,14 @@ const INSERT: &str = "INSERT INTO subscribers (account_id, msisdn, plan, status,
 
 // The billing system's balance wins; the opening balance is set so that the balance
 // still equals the opening balance plus what settled here and what was adjusted (see
-// `verify`).
-const OPENING: &str = "?6 - (SELECT coalesce(sum(balance_delta_minor), 0) FROM billing_records \
-     WHERE account_id = ?1) - (SELECT coalesce(sum(balance_delta_minor), 0) \
-     FROM balance_adjustments WHERE account_id = ?1)";
+// `verify`): that sum is the row's own balance less its opening balance, so no index of
+// billing by account is needed to find it (schema 7 dropped billing_by_account).
+const OPENING: &str = "?6 - (balance_minor - opening_balance_minor)";
 
 /// A held line rewritten from `Row::values`, found by its rowid (`?10`; `?1`, the
-/// account id, is for the opening balance's sums). `number`: the msisdn too, which
-/// touches its index, so only when the number changed.
+/// account id, is bound but not read: the rowid finds the row). `number`: the msisdn
+/// too, which touches its index, so only when the number changed. The opening balance's
+/// expression reads the row's balances as they were before this update.
 fn update(number: bool) -> String {
     let msisdn = if number { "msisdn = ?2, " } else { "" };
     format!(

@@ -242,11 +242,10 @@ class PostgresStore:
                     " ON CONFLICT (account_id) DO UPDATE SET msisdn = excluded.msisdn,"
                     " plan = excluded.plan, status = excluded.status,"
                     " currency = excluded.currency, balance_minor = excluded.balance_minor,"
-                    " opening_balance_minor = excluded.balance_minor - (SELECT"
-                    "   coalesce(sum(balance_delta_minor), 0) FROM billing_records"
-                    "   WHERE billing_records.account_id = excluded.account_id)"
-                    " - (SELECT coalesce(sum(balance_delta_minor), 0) FROM balance_adjustments"
-                    "   WHERE balance_adjustments.account_id = excluded.account_id),"
+                    # What settled and was adjusted since the opening balance stays on
+                    # top of the new balance (the row's own difference, no history sum).
+                    " opening_balance_minor = excluded.balance_minor - (subscribers.balance_minor"
+                    "   - subscribers.opening_balance_minor),"
                     " country = excluded.country,"
                     " sim_swapped_at_s = excluded.sim_swapped_at_s,"
                     " created_at_s = excluded.created_at_s",
@@ -378,11 +377,10 @@ class PostgresStore:
                     " FROM import_rows ON CONFLICT (account_id) DO UPDATE SET msisdn ="
                     " excluded.msisdn, plan = excluded.plan, status = excluded.status,"
                     " currency = excluded.currency, balance_minor = excluded.balance_minor,"
-                    " opening_balance_minor = excluded.balance_minor - (SELECT"
-                    "   coalesce(sum(balance_delta_minor), 0) FROM billing_records"
-                    "   WHERE billing_records.account_id = excluded.account_id)"
-                    " - (SELECT coalesce(sum(balance_delta_minor), 0) FROM balance_adjustments"
-                    "   WHERE balance_adjustments.account_id = excluded.account_id),"
+                    # What settled and was adjusted since the opening balance stays on
+                    # top of the new balance (the row's own difference, no history sum).
+                    " opening_balance_minor = excluded.balance_minor - (subscribers.balance_minor"
+                    "   - subscribers.opening_balance_minor),"
                     " country = excluded.country, sim_swapped_at_s ="
                     " excluded.sim_swapped_at_s, created_at_s = excluded.created_at_s"
                 )
