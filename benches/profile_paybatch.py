@@ -9,8 +9,10 @@ helpers, the same setup as cpu_budget.py), loads it with `quickpay bench --rpc b
 --batch-size 500 --concurrency 2000` for 20 s, records 12 s of it with `py-spy record
 --threads --format raw --nonblocking`, and prints the samples per thread and those of
 the gateway stage: stacks holding the router, the gateway client or the pipeline's
-sale step, and the gateway sender threads. Run it from another tree with
-PYTHONPATH=TREE/python to profile another build.
+sale step, and the gateway sender threads. ``--frames`` adds the share of the samples
+whose stack holds each of the given markers (py-spy's frame text, e.g. ``"_score ("``
+or ``settlement/fraud_gate.py``). Run it from another tree with PYTHONPATH=TREE/python
+to profile another build.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import collections
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from compare import Log, Server, gateways_file, seeded_data
@@ -54,8 +57,9 @@ def record(work: Path, out: Path) -> None:
         server.stop()
 
 
-def summarize(out: Path) -> str:
+def summarize(out: Path, frames: Sequence[str] = ()) -> str:
     threads: collections.Counter[str] = collections.Counter()
+    marked: collections.Counter[str] = collections.Counter()
     total = stage = senders = 0
     for line in out.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -69,10 +73,15 @@ def summarize(out: Path) -> str:
         senders += n if thread == "gateway-NAME_N" else 0
         if any(mark in stack for mark in STAGE):
             stage += n
+        for mark in frames:
+            if mark in stack:
+                marked[mark] += n
     by_thread = ", ".join(f"{k} {100 * v / total:.1f} %" for k, v in threads.most_common(8))
+    by_frame = "".join(f"\n{m!r}: {marked[m]} ({100 * marked[m] / total:.1f} %)" for m in frames)
     return (
         f"samples {total}; gateway stage on the event loop {stage} ({100 * stage / total:.1f} %);"
         f" gateway sender threads {senders} ({100 * senders / total:.1f} %)\nby thread: {by_thread}"
+        + by_frame
     )
 
 
@@ -80,10 +89,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("var/prof"))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--frames", default="", help="comma-separated stack markers to count (see above)"
+    )
+    parser.add_argument(
+        "--summarize-only", action="store_true", help="summarize --out, recorded before"
+    )
     args = parser.parse_args()
     out = args.out or args.work / "paybatch.pyspy.txt"
-    record(args.work, out)
-    print(summarize(out))
+    if not args.summarize_only:
+        record(args.work, out)
+    print(summarize(out, [f for f in args.frames.split(",") if f]))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,14 @@ enum CoreError {
     NotContiguous {
         column: &'static str,
     },
+    NotUtf8 {
+        column: &'static str,
+        row: usize,
+    },
+    RowOutOfRange {
+        row: i64,
+        len: usize,
+    },
 }
 
 impl From<CoreError> for PyErr {
@@ -99,6 +107,12 @@ impl From<CoreError> for PyErr {
             CoreError::NotContiguous { column } => InvalidBatch::new_err(format!(
                 "column {column} must be a C-contiguous array of the documented dtype"
             )),
+            CoreError::NotUtf8 { column, row } => {
+                InvalidBatch::new_err(format!("column {column} row {row}: not UTF-8"))
+            }
+            CoreError::RowOutOfRange { row, len } => {
+                InvalidBatch::new_err(format!("rows: {row} is not a row of columns of {len}"))
+            }
         }
     }
 }

@@ -1,12 +1,14 @@
 """Type stubs of the compiled core (engine/src/python.rs and engine/src/python/*.rs)."""
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypedDict, final
+from typing import Any, TypedDict, TypeVar, final
 
 import numpy as np
 import numpy.typing as npt
+
+_A = TypeVar("_A")
 
 ENGINE_VERSION: str
 """The Rust crate's version (engine/Cargo.toml) this core was built from."""
@@ -489,6 +491,21 @@ class FraudColumns(TypedDict):
     created_at_s: npt.NDArray[np.int64]
 
 @final
+class FraudBatch:
+    """A batch's fraud inputs as the core built them (FraudScorer.score_validated)."""
+
+    def __len__(self) -> int: ...
+    @property
+    def card_fingerprints(self) -> npt.NDArray[np.uint64]:
+        """The rows' card fingerprints, in order (0: no card)."""
+    @property
+    def card_bins(self) -> list[str]:
+        """The rows' card BINs, in order ("" for none)."""
+
+def fraud_card_fingerprint(key: bytes, pan: str) -> int:
+    """The card fingerprint score_validated computes for ``pan`` (0 for "")."""
+
+@final
 class FraudScorer:
     """The fraud scorer: one per engine, the single owner of the fraud state.
 
@@ -544,6 +561,46 @@ class FraudScorer:
         now_s: int,
     ) -> None:
         """Records outcomes of scored payments: 0 not attempted, 1 settled, 2 failed."""
+    def score_validated(
+        self,
+        engine: Engine,
+        columns: Mapping[str, npt.NDArray[Any]],
+        rows: npt.NDArray[np.int64],
+        *,
+        card_key: bytes,
+        now_s: int,
+        enforce: bool,
+        assessment_type: Callable[[int, str, tuple[str, ...]], _A],
+    ) -> tuple[
+        FraudBatch,
+        npt.NDArray[np.uint16],
+        npt.NDArray[np.uint8],
+        npt.NDArray[np.uint16],
+        npt.NDArray[np.uint8],
+        list[_A],
+    ]:
+        """Scores the payments at ``rows`` of a batch's validation columns (the mapping
+        Engine.validate took), in order, recording each as an attempt.
+
+        The core reads the rows' fields, computes their card fingerprints (the first
+        8 bytes, big-endian, of HMAC-SHA256 under ``card_key``; 0 for no card, never
+        0 for a card) and BINs, and looks up their subscribers' profiles in ``engine``,
+        with the GIL released. Returns the batch (for observe_batch); scores,
+        decisions and reasons as ``score`` does; what each verdict does (0 proceed,
+        1 FRAUD_DECLINED, 2 FRAUD_REVIEW, where a REVIEW proceeds if the row has a
+        subscriber assertion and its score is under the decline threshold; all 0 when
+        ``enforce`` is False); and ``assessment_type(score, decision name, reason
+        names)`` for each payment. A row out of range, text that is not UTF-8 or an
+        account the engine does not hold raises InvalidBatch.
+        """
+    def observe_batch(
+        self,
+        batch: FraudBatch,
+        outcomes: npt.NDArray[np.uint8],
+        *,
+        now_s: int,
+    ) -> None:
+        """``observe`` for a batch score_validated returned, in its order."""
     def replay(
         self,
         columns: FraudColumns,

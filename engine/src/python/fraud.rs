@@ -6,18 +6,21 @@
 
 use std::sync::Mutex;
 
+use hmac::{Hmac, KeyInit, Mac};
 use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1};
 use pyo3::create_exception;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
+use sha2::Sha256;
 
-use super::{check_batch, check_len, slice, CoreError, EngineError, NO_TIME};
+use super::validate::{typed, StrColumn};
+use super::{check_batch, check_len, slice, CoreError, Engine, EngineError, NO_TIME};
 use crate::fraud::{
     Assessment, Bounds, Decision, Feature, FraudConfig, FraudError, FraudInput, Outcome,
     ReasonCode, Thresholds, FEATURE_COUNT, KEYS_MAX_DEFAULT, REASONS_MAX,
 };
-use crate::validate::{MethodKind, Plan, Purpose};
+use crate::validate::{MethodKind, Plan, Purpose, NEVER};
 
 create_exception!(
     _engine,
@@ -44,6 +47,18 @@ struct TextColumn {
 }
 
 impl TextColumn {
+    fn with_capacity(rows: usize, bytes: usize) -> TextColumn {
+        TextColumn {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(rows),
+        }
+    }
+
+    fn push_str(&mut self, value: &str) {
+        self.text.push_str(value);
+        self.ends.push(self.text.len());
+    }
+
     fn len(&self) -> usize {
         self.ends.len()
     }
@@ -205,6 +220,270 @@ impl Columns<'_> {
     }
 }
 
+/// The keyed 64-bit fingerprint of a card number: the first 8 bytes, big-endian, of
+/// HMAC-SHA256 under the card key; 0 for no card, and never 0 for a card (a digest
+/// whose first 8 bytes are zero gives 1). The fraud state tracks cards by it, so it
+/// must stay the same as `fraud_gate.card_fingerprint` in Python, its definition.
+fn card_fingerprint(keyed: &Hmac<Sha256>, pan: &[u8]) -> u64 {
+    if pan.is_empty() {
+        return 0;
+    }
+    let mut mac = keyed.clone();
+    mac.update(pan);
+    let digest = mac.finalize().into_bytes();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    match u64::from_be_bytes(first) {
+        0 => 1,
+        value => value,
+    }
+}
+
+/// The BIN the scorer looks up: the first 6 digits of a PAN of at least 12 ASCII
+/// digits, else empty. (A card payment that passed validation always has such a
+/// PAN; the other methods carry no PAN, and the scorer reads no BIN for them.)
+fn card_bin(pan: &str) -> &str {
+    if pan.len() >= 12 && pan.bytes().all(|b| b.is_ascii_digit()) {
+        &pan[..6]
+    } else {
+        ""
+    }
+}
+
+/// A batch's fraud inputs, built in the core from the validation columns: owned, so
+/// `observe` takes the same rows back after the commit without Python rebuilding them.
+#[pyclass(frozen, module = "quickpay_engine._engine")]
+pub(crate) struct FraudBatch {
+    account_ids: TextColumn,
+    msisdns: TextColumn,
+    card_bins: TextColumn,
+    device_ids: TextColumn,
+    ips: TextColumn,
+    channels: TextColumn,
+    amounts: Vec<i64>,
+    purposes: Vec<Purpose>,
+    methods: Vec<MethodKind>,
+    fingerprints: Vec<u64>,
+    plans: Vec<Plan>,
+    countries: Vec<[u8; 2]>,
+    swapped: Vec<Option<i64>>,
+    created: Vec<i64>,
+    /// The request carried a subscriber assertion (validation verified it).
+    asserted: Vec<bool>,
+}
+
+impl FraudBatch {
+    fn inputs(&self) -> Vec<FraudInput<'_>> {
+        (0..self.amounts.len())
+            .map(|row| FraudInput {
+                account_id: self.account_ids.get(row),
+                msisdn: self.msisdns.get(row),
+                amount_minor: self.amounts[row],
+                purpose: self.purposes[row],
+                method: self.methods[row],
+                card_fingerprint: self.fingerprints[row],
+                card_bin: self.card_bins.get(row),
+                device_id: self.device_ids.get(row),
+                ip: self.ips.get(row),
+                channel: self.channels.get(row),
+                plan: self.plans[row],
+                country: self.countries[row],
+                sim_swapped_at_s: self.swapped[row],
+                created_at_s: self.created[row],
+            })
+            .collect()
+    }
+}
+
+#[pymethods]
+impl FraudBatch {
+    fn __len__(&self) -> usize {
+        self.amounts.len()
+    }
+
+    /// The card fingerprints computed for the rows, in order (0: no card).
+    #[getter]
+    fn card_fingerprints<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        PyArray1::from_slice(py, &self.fingerprints)
+    }
+
+    /// The card BINs taken for the rows, in order ("" for none).
+    #[getter]
+    fn card_bins(&self) -> Vec<&str> {
+        (0..self.card_bins.len())
+            .map(|row| self.card_bins.get(row))
+            .collect()
+    }
+}
+
+/// The validation columns a fraud batch is built from, borrowed from their arrays.
+struct Validated<'a> {
+    account_ids: StrColumn<'a>,
+    msisdns: StrColumn<'a>,
+    card_pans: StrColumn<'a>,
+    device_ids: StrColumn<'a>,
+    ips: StrColumn<'a>,
+    channels: StrColumn<'a>,
+    assertions: StrColumn<'a>,
+    amounts: &'a [i64],
+    purposes: &'a [u8],
+    methods: &'a [u8],
+}
+
+fn utf8<'a>(column: &'static str, row: usize, bytes: &'a [u8]) -> Result<&'a str, CoreError> {
+    std::str::from_utf8(bytes).map_err(|_| CoreError::NotUtf8 { column, row })
+}
+
+impl Validated<'_> {
+    /// The rows at `rows` (positions in the columns) as a fraud batch: text copied,
+    /// card fingerprints and BINs computed, the subscriber's profile looked up.
+    fn batch(
+        &self,
+        rows: &[i64],
+        card_key: &[u8],
+        subscribers: &crate::validate::SubscriberTable,
+    ) -> Result<FraudBatch, CoreError> {
+        let n = rows.len();
+        let keyed =
+            Hmac::<Sha256>::new_from_slice(card_key).expect("HMAC takes a key of any length");
+        const BYTES_PER_VALUE: usize = 16;
+        let text = || TextColumn::with_capacity(n, n * BYTES_PER_VALUE);
+        let mut b = FraudBatch {
+            account_ids: text(),
+            msisdns: text(),
+            card_bins: TextColumn::with_capacity(n, n * 6),
+            device_ids: text(),
+            ips: text(),
+            channels: text(),
+            amounts: Vec::with_capacity(n),
+            purposes: Vec::with_capacity(n),
+            methods: Vec::with_capacity(n),
+            fingerprints: Vec::with_capacity(n),
+            plans: Vec::with_capacity(n),
+            countries: Vec::with_capacity(n),
+            swapped: Vec::with_capacity(n),
+            created: Vec::with_capacity(n),
+            asserted: Vec::with_capacity(n),
+        };
+        let len = self.amounts.len();
+        for &at in rows {
+            let row = usize::try_from(at)
+                .ok()
+                .filter(|&r| r < len)
+                .ok_or(CoreError::RowOutOfRange { row: at, len })?;
+            let account = utf8("account_ids", row, self.account_ids.get(row))?;
+            b.account_ids.push_str(account);
+            b.msisdns
+                .push_str(utf8("msisdns", row, self.msisdns.get(row))?);
+            b.device_ids
+                .push_str(utf8("device_ids", row, self.device_ids.get(row))?);
+            b.ips.push_str(utf8("ips", row, self.ips.get(row))?);
+            b.channels
+                .push_str(utf8("channels", row, self.channels.get(row))?);
+            let pan = utf8("card_pans", row, self.card_pans.get(row))?;
+            b.fingerprints
+                .push(card_fingerprint(&keyed, pan.as_bytes()));
+            b.card_bins.push_str(card_bin(pan));
+            b.amounts.push(self.amounts[row]);
+            let purpose = self.purposes[row];
+            if purpose > 2 {
+                return Err(CoreError::BadEnum {
+                    column: "purposes",
+                    row,
+                    value: purpose,
+                });
+            }
+            b.purposes.push(Purpose::from_u8(purpose));
+            let method = self.methods[row];
+            if method > 4 {
+                return Err(CoreError::BadEnum {
+                    column: "methods",
+                    row,
+                    value: method,
+                });
+            }
+            b.methods.push(MethodKind::from_u8(method));
+            b.asserted.push(!self.assertions.get(row).is_empty());
+            // An account the table does not hold (validation refuses it, so only a
+            // caller scoring unvalidated rows meets this) has no plan.
+            let Some(entry) = subscribers.entry(account.as_bytes()) else {
+                return Err(CoreError::BadEnum {
+                    column: "plans",
+                    row,
+                    value: 0,
+                });
+            };
+            let p = &entry.subscriber;
+            let [c0, c1] = p.country;
+            if !(c0.is_ascii_uppercase() && c1.is_ascii_uppercase()) {
+                return Err(CoreError::BadCountry {
+                    row,
+                    code: String::from_utf8_lossy(&p.country).into_owned(),
+                });
+            }
+            b.plans.push(p.plan);
+            b.countries.push(p.country);
+            b.swapped
+                .push((p.sim_swapped_at_s != NEVER).then_some(p.sim_swapped_at_s));
+            b.created.push(p.created_at_s);
+        }
+        Ok(b)
+    }
+}
+
+/// What a fraud verdict does to the payment: 0 proceed, 1 declined (`FRAUD_DECLINED`),
+/// 2 held for review (`FRAUD_REVIEW`).
+const PROCEED: u8 = 0;
+const DECLINED: u8 = 1;
+const HELD: u8 = 2;
+
+/// A scored validated batch: the batch (for `observe`), the verdict columns, what each
+/// verdict does, and one assessment object per payment.
+type ScoredBatch<'py> = (
+    Bound<'py, FraudBatch>,
+    Bound<'py, PyArray1<u16>>,
+    Bound<'py, PyArray1<u8>>,
+    Bound<'py, PyArray2<u16>>,
+    Bound<'py, PyArray1<u8>>,
+    Bound<'py, PyList>,
+);
+
+/// The assessment objects of `out`: `assessment_type(score, decision name, reason
+/// names)`, the reasons in slot order without the NONE padding.
+fn assessments<'py>(
+    py: Python<'py>,
+    assessment_type: &Bound<'py, PyAny>,
+    out: &[Assessment],
+) -> PyResult<Bound<'py, PyList>> {
+    let decisions: Vec<Bound<'py, PyString>> = Decision::ALL
+        .iter()
+        .map(|d| PyString::intern(py, d.name()))
+        .collect();
+    let top = ReasonCode::ALL
+        .iter()
+        .map(|&r| r as usize)
+        .max()
+        .unwrap_or(0);
+    let mut reasons: Vec<Option<Bound<'py, PyString>>> = vec![None; top + 1];
+    for &r in ReasonCode::ALL.iter() {
+        reasons[r as usize] = Some(PyString::intern(py, r.name()));
+    }
+    let list = PyList::empty(py);
+    for a in out {
+        let names: Vec<Bound<'py, PyString>> = a
+            .reasons
+            .iter()
+            .filter(|&&r| r as u16 != 0)
+            .filter_map(|&r| reasons[r as usize].clone())
+            .collect();
+        let names = PyTuple::new(py, names)?;
+        // Decision::ALL is in number order (APPROVE 0, REVIEW 1, DECLINE 2).
+        let decision = decisions[a.decision as usize].clone();
+        list.append(assessment_type.call1((a.score, decision, names))?)?;
+    }
+    Ok(list)
+}
+
 type Verdicts<'py> = (
     Bound<'py, PyArray1<u16>>,
     Bound<'py, PyArray1<u8>>,
@@ -331,6 +610,105 @@ impl FraudScorer {
         Ok(())
     }
 
+    /// Scores the payments at `rows` of a batch's validation columns (the mapping
+    /// `Engine.validate` took: fixed-width byte arrays and numeric arrays), at `now_s`,
+    /// recording each as an attempt. The core reads the rows' fields, computes their
+    /// card fingerprints (HMAC-SHA256 under `card_key`) and BINs, and looks their
+    /// subscribers' profiles up in `engine`, with the GIL released. Returns the batch
+    /// (for `observe_batch`), the scores, decisions and reasons, what each verdict does
+    /// (0 proceed, 1 FRAUD_DECLINED, 2 FRAUD_REVIEW: a REVIEW proceeds when the request
+    /// carried a subscriber assertion and the score is under the decline threshold;
+    /// with `enforce` False every verdict is 0), and `assessment_type(score, decision,
+    /// reasons)` for each payment.
+    #[pyo3(signature = (engine, columns, rows, *, card_key, now_s, enforce, assessment_type))]
+    #[allow(clippy::too_many_arguments)]
+    fn score_validated<'py>(
+        &self,
+        py: Python<'py>,
+        engine: PyRef<'py, Engine>,
+        columns: &Bound<'py, PyAny>,
+        rows: PyReadonlyArray1<'py, i64>,
+        card_key: &[u8],
+        now_s: i64,
+        enforce: bool,
+        assessment_type: &Bound<'py, PyAny>,
+    ) -> PyResult<ScoredBatch<'py>> {
+        let rows = slice("rows", &rows)?;
+        check_batch(rows.len())?;
+        let account_ids = columns.get_item("account_ids")?;
+        let len = account_ids.len()?;
+        let text = |name: &'static str| columns.get_item(name);
+        let (msisdns, card_pans, device_ids) =
+            (text("msisdns")?, text("card_pans")?, text("device_ids")?);
+        let (ips, channels, assertions) = (text("ips")?, text("channels")?, text("assertions")?);
+        let amounts = typed::<i64>("amounts_minor", &text("amounts_minor")?, "int64", len)?;
+        let purposes = typed::<u8>("purposes", &text("purposes")?, "uint8", len)?;
+        let methods = typed::<u8>("methods", &text("methods")?, "uint8", len)?;
+        let validated = Validated {
+            account_ids: StrColumn::new("account_ids", &account_ids, len)?,
+            msisdns: StrColumn::new("msisdns", &msisdns, len)?,
+            card_pans: StrColumn::new("card_pans", &card_pans, len)?,
+            device_ids: StrColumn::new("device_ids", &device_ids, len)?,
+            ips: StrColumn::new("ips", &ips, len)?,
+            channels: StrColumn::new("channels", &channels, len)?,
+            assertions: StrColumn::new("assertions", &assertions, len)?,
+            amounts: slice("amounts_minor", &amounts)?,
+            purposes: slice("purposes", &purposes)?,
+            methods: slice("methods", &methods)?,
+        };
+        let engine = &*engine;
+        let (batch, out, effects) = py.detach(|| -> Result<_, CoreError> {
+            let batch = {
+                let validator = engine.validation.read();
+                validated.batch(rows, card_key, &validator.subscribers)?
+            };
+            let inputs = batch.inputs();
+            let mut out = vec![Assessment::default(); inputs.len()];
+            let mut scorer = self.lock();
+            scorer.score_batch(&inputs, now_s, &mut out);
+            let decline = scorer.thresholds().decline;
+            drop(scorer);
+            let effects: Vec<u8> = out
+                .iter()
+                .zip(&batch.asserted)
+                .map(|(a, &asserted)| match a.decision {
+                    _ if !enforce => PROCEED,
+                    Decision::Decline => DECLINED,
+                    Decision::Review if !(asserted && a.score < decline) => HELD,
+                    _ => PROCEED,
+                })
+                .collect();
+            drop(inputs);
+            Ok((batch, out, effects))
+        })?;
+        let (scores, decisions, reasons) = verdicts(py, &out)?;
+        let objects = assessments(py, assessment_type, &out)?;
+        Ok((
+            Bound::new(py, batch)?,
+            scores,
+            decisions,
+            reasons,
+            PyArray1::from_vec(py, effects),
+            objects,
+        ))
+    }
+
+    /// `observe` for a batch `score_validated` returned: the outcomes (0 not
+    /// attempted, 1 settled, 2 failed) of its payments, in its order.
+    #[pyo3(signature = (batch, outcomes, *, now_s))]
+    fn observe_batch<'py>(
+        &self,
+        py: Python<'py>,
+        batch: PyRef<'py, FraudBatch>,
+        outcomes: PyReadonlyArray1<'py, u8>,
+        now_s: i64,
+    ) -> PyResult<()> {
+        let batch = &*batch;
+        let outcomes = self::outcomes(&outcomes, batch.amounts.len())?;
+        py.detach(|| self.lock().observe_batch(&batch.inputs(), &outcomes, now_s));
+        Ok(())
+    }
+
     /// Replays recorded traffic: each payment scored at its own `at_s` and its outcome
     /// observed before the next. With `with_features`, also returns the feature rows
     /// as a float64 array of shape (n, FEATURE_COUNT); otherwise that item is None.
@@ -370,6 +748,13 @@ impl FraudScorer {
     }
 }
 
+/// The card fingerprint `score_validated` computes for `pan` under `key` (0 for "").
+#[pyfunction]
+fn fraud_card_fingerprint(key: &[u8], pan: &str) -> u64 {
+    let keyed = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    card_fingerprint(&keyed, pan.as_bytes())
+}
+
 /// The model's feature names, in feature-row column order.
 #[pyfunction]
 fn fraud_feature_names() -> Vec<&'static str> {
@@ -394,6 +779,8 @@ fn fraud_decisions() -> Vec<(u8, &'static str)> {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<FraudScorer>()?;
+    m.add_class::<FraudBatch>()?;
+    m.add_function(wrap_pyfunction!(fraud_card_fingerprint, m)?)?;
     m.add_function(wrap_pyfunction!(fraud_feature_names, m)?)?;
     m.add_function(wrap_pyfunction!(fraud_reason_codes, m)?)?;
     m.add_function(wrap_pyfunction!(fraud_decisions, m)?)?;

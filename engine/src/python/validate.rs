@@ -45,7 +45,7 @@ create_exception!(
 );
 
 /// This file's errors, each mapped to one Python exception in `From<BindError> for PyErr`.
-enum BindError {
+pub(super) enum BindError {
     BatchTooLarge {
         len: usize,
         max: usize,
@@ -291,7 +291,7 @@ fn check_len(column: &'static str, len: usize, expected: usize) -> Result<(), Bi
 
 /// A fixed-width byte-string column read in place.
 #[derive(Clone, Copy)]
-struct StrColumn<'a> {
+pub(super) struct StrColumn<'a> {
     data: &'a [u8],
     width: usize,
 }
@@ -299,7 +299,7 @@ struct StrColumn<'a> {
 impl<'a> StrColumn<'a> {
     /// Checks dtype `S<n>`, one dimension, C order and the row count, and borrows the
     /// array's memory.
-    fn new(
+    pub(super) fn new(
         column: &'static str,
         obj: &'a Bound<'_, PyAny>,
         rows: usize,
@@ -339,14 +339,14 @@ impl<'a> StrColumn<'a> {
     /// value with an embedded NUL, which no field rule accepts and which
     /// `text_column` never produces (it maps NUL to DEL, also refused everywhere).
     #[inline]
-    fn get(&self, i: usize) -> &'a [u8] {
+    pub(super) fn get(&self, i: usize) -> &'a [u8] {
         let bytes = &self.data[i * self.width..(i + 1) * self.width];
         &bytes[..cell::first_nul(bytes)]
     }
 }
 
 /// A numeric column of exactly dtype `T`, read-only and contiguous.
-fn typed<'py, T: numpy::Element>(
+pub(super) fn typed<'py, T: numpy::Element>(
     column: &'static str,
     obj: &Bound<'py, PyAny>,
     expected: &'static str,
@@ -390,7 +390,7 @@ impl ValidationState {
         })
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Validator> {
+    pub(super) fn read(&self) -> std::sync::RwLockReadGuard<'_, Validator> {
         self.validator.read().expect("validator lock poisoned")
     }
 

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
+import numpy.typing as npt
 
 from quickpay_engine._engine import Engine, EngineError, reject_codes
 from quickpay_engine.domain import (
@@ -54,17 +55,27 @@ from quickpay_engine.gateways.types import (
 )
 from quickpay_engine.logs import payment_fields
 from quickpay_engine.metrics import Metrics
-from quickpay_engine.settlement.fraud_gate import FRAUD_REVIEW, FraudGate
+from quickpay_engine.settlement.fraud_gate import (
+    DECLINE_DETAILS,
+    DECLINE_REASONS,
+    HELD,
+    FraudGate,
+    Scored,
+)
 from quickpay_engine.settlement.ledger_book import LedgerBook, Movement, account_kind
 from quickpay_engine.settlement.payment_ids import new_payment_ids
 from quickpay_engine.settlement.recovery import give_back
-from quickpay_engine.settlement.validation import record_settled, validate_batch, wall_clock_s
+from quickpay_engine.settlement.validation import (
+    build_validation_columns,
+    record_settled,
+    wall_clock_s,
+)
 from quickpay_engine.store import UNREACHABLE, Decision, SqliteStore
 from quickpay_engine.store.executor import StoreThread
 from quickpay_engine.store.sqlite import IDEMPOTENCY_CONFLICT, SettledState
 
 if TYPE_CHECKING:
-    from quickpay_engine._engine import FraudColumns
+    from quickpay_engine._engine import FraudBatch
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +120,8 @@ class _Batch:
     posting: set[str] = dataclasses.field(default_factory=set)
     # The accounts this batch keeps busy (one payment each) until it ends.
     accounts: list[str] = dataclasses.field(default_factory=list)
-    # The fraud features of the payments at ``scored``, as scored (for observe).
-    fraud_columns: FraudColumns | None = None
+    # The core's copy of the payments at ``scored``, as scored (for observe).
+    fraud_batch: FraudBatch | None = None
 
 
 class Pipeline:
@@ -249,16 +260,34 @@ class Pipeline:
         if not fresh:
             return batch
         lap = time.perf_counter()
-        codes = validate_batch(self._engine, [intents[i] for i in fresh], now_s)
+        columns = build_validation_columns([intents[i] for i in fresh])
+        codes = self._engine.validate(**columns, now_s=now_s)
         ids = self._payment_ids(len(fresh))
+        scored = self._score(columns, codes, now_s)
+        if scored is not None:
+            # The payments validation passed (code 0) were scored in the core, in
+            # order: each gets its Decision once, with its assessment and the decline
+            # its verdict leads to.
+            assessments, verdicts = iter(scored.assessments), iter(scored.verdicts)
+            batch.fraud_batch = scored.batch
         for index, code, payment_id in zip(fresh, codes.tolist(), ids, strict=True):
+            if code == 0 and scored is not None:
+                v = next(verdicts)
+                batch.scored.append(len(decisions))
+                decisions.append(
+                    Decision(
+                        payment_id, intents[index], DECLINE_REASONS[v], DECLINE_DETAILS[v],
+                        fraud=next(assessments), review=v == HELD,
+                    )
+                )  # fmt: skip
+                positions.append(index)
+                continue
             decision = self._decide(payment_id, intents[index], code)
             if isinstance(decision, BaseException):
                 results[index] = decision
             else:
                 decisions.append(decision)
                 positions.append(index)
-        batch.decisions, batch.scored, batch.fraud_columns = self._score(decisions, now_s)
         lap = self._lap("validate_score", lap)
         approved = [k for k, d in enumerate(batch.decisions) if not d.decline_reason]
         if not approved:
@@ -374,25 +403,13 @@ class Pipeline:
         )
 
     def _score(
-        self, decisions: list[Decision], now_s: int
-    ) -> tuple[list[Decision], list[int], FraudColumns | None]:
-        """Fraud-scores the payments validation passed; returns the decisions with their
-        assessments (and fraud declines), the positions of those scored and the columns
-        they were scored on (``observe`` takes them back after the commit)."""
+        self, columns: dict[str, np.ndarray], codes: npt.NDArray[np.uint16], now_s: int
+    ) -> Scored | None:
+        """Fraud-scores the payments validation passed (code 0), from the validation
+        columns, in the core; None without fraud scoring."""
         if self._fraud is None:
-            return decisions, [], None
-        scored = [k for k, d in enumerate(decisions) if not d.decline_reason]
-        verdicts, columns = self._fraud.score_columns([decisions[k].intent for k in scored], now_s)
-        out = list(decisions)
-        for k, verdict in zip(scored, verdicts, strict=True):
-            # A new Decision built directly: dataclasses.replace reads the fields' list
-            # on every call, several microseconds a payment.
-            d = decisions[k]
-            out[k] = Decision(
-                d.payment_id, d.intent, verdict.decline_reason, verdict.decline_detail,
-                fraud=verdict.assessment, review=verdict.decline_reason == FRAUD_REVIEW,
-            )  # fmt: skip
-        return out, scored, columns
+            return None
+        return self._fraud.score_validated(columns, np.flatnonzero(codes == 0), now_s)
 
     def _decide(
         self, payment_id: str, intent: PaymentIntent, code: int
@@ -513,7 +530,7 @@ class Pipeline:
         if unwound:
             await self._unwind(unwound)
         try:
-            self._learn(batch, committing, outcomes, states)
+            self._learn(batch, to_commit, committing, outcomes, states)
         except EngineError:
             # The batch is committed and its callers get their answers; only the
             # engine's copy of the accounts is behind. It is read again from the store.
@@ -560,6 +577,7 @@ class Pipeline:
     def _learn(
         self,
         batch: _Batch,
+        to_commit: list[int],
         committing: list[Decision],
         outcomes: list[Outcome],
         states: list[SettledState],
@@ -573,15 +591,26 @@ class Pipeline:
                 np.fromiter((s.status for s in states), np.uint8, len(states)),
             )
         record_settled(self._engine, committing, outcomes)
-        if self._fraud is not None and batch.scored:
-            decisions = batch.decisions
-            done = {o.payment_id for o in outcomes if o.status is PaymentStatus.SETTLED}
-            self._fraud.observe(
-                [decisions[k].intent for k in batch.scored],
-                [decisions[k].payment_id in done for k in batch.scored],
-                batch.now_s,
-                batch.fraud_columns,
-            )
+        if self._fraud is not None and batch.fraud_batch is not None and batch.scored:
+            settled = self._settled(batch, to_commit, committing, outcomes)
+            self._fraud.observe(batch.fraud_batch, settled, batch.now_s)
+
+    @staticmethod
+    def _settled(
+        batch: _Batch, to_commit: list[int], committing: list[Decision], outcomes: list[Outcome]
+    ) -> npt.NDArray[np.bool_]:
+        """For each payment fraud scoring saw (``batch.scored``, in order): whether it
+        settled under its own payment id (the commit's outcome for decision
+        ``to_commit[i]`` is ``outcomes[i]``; one replayed from another payment does not
+        count). The others failed, or were never committed (an unknown outcome)."""
+        settled = np.zeros(len(batch.decisions), dtype=bool)
+        settled[
+            [
+                k for k, d, o in zip(to_commit, committing, outcomes, strict=True)
+                if o.status is PaymentStatus.SETTLED and o.payment_id == d.payment_id
+            ]
+        ] = True  # fmt: skip
+        return settled[batch.scored]
 
     async def _post(self, payment_ids: list[str], audit_head: tuple[int, str] | None) -> None:
         lap = time.perf_counter()

@@ -117,7 +117,7 @@ class SettlementService:
             router,
             (self._reader, self._reader_thread),
             on_commit=self._committed_batch,
-            fraud=FraudGate(self.engine.subscriber_profiles, card_key, fraud_scorer, fraud_enforce),
+            fraud=FraudGate(self.engine, card_key, fraud_scorer, fraud_enforce),
             fence=fence,
         )
         # Watchers are woken from one shared poll of the outbox's head (settlement/watch.py).
