@@ -22,8 +22,9 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 # not yet taken, per RPC method (grpc-core's request matcher, server.py's
 # ``transport_options``): past it a call is refused in grpc-core, in C++, before any
 # Python runs for it. grpc's own default is 3,000, seconds of waiting at this engine's
-# rate; 128 is about 0.1 s at the ~1,100 payments/s of a two-core host
-# (benches/RESULTS.md, "Overload").
+# rate; 128 is about 0.1 s at the ~1,100 payments/s of a quiet two-core host, 0.3-0.6 s
+# at what a loaded one answered (benches/RESULTS.md, "grpc-core's bound on calls not yet
+# taken"). A closed loop of more callers than this sees CANCELLED.
 PENDING_CALLS_MAX = 128
 PENDING_CALLS_MAX_LIMIT = 100_000
 # Whole seconds a call may wait untaken before grpc-core cancels it (checked when the
