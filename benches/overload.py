@@ -23,6 +23,13 @@ engine before admission by time) and the default 250 ms, in the same run so that
 machine's load hits both alike. The server's RSS is sampled every half second. The
 figure the issue bounds is the p99 of the calls answered without an error (the admitted
 ones) under overload, against the p99 at nominal load: at most five times.
+
+Two refusals are counted apart: RESOURCE_EXHAUSTED from admission (Python, in the
+handler) and CANCELLED from grpc-core, the transport's bound on calls not yet taken by
+the event loop (`--pending-calls-max`, `--pending-call-wait-max-s`; grpc-core ends such
+a call CANCELLED). The client never cancels a Pay call itself (it waits for every one),
+so every CANCELLED it hears is the server's. The capacity is the payments answered (not
+refused) a second in the closed loop.
 """
 
 from __future__ import annotations
@@ -57,6 +64,9 @@ CONFIGS = (
     ),
 )
 RSS_EVERY_S = 0.5
+# The answers that are refusals: admission's, and grpc-core's (the transport's bound on
+# calls not yet taken, which it ends CANCELLED).
+REFUSALS = ("RESOURCE_EXHAUSTED", "CANCELLED")
 
 
 def rss_mib(pid: int) -> float:
@@ -105,7 +115,8 @@ def phase_figures(report: dict) -> dict:
         "answered": answered,
         "answered_per_s": answered / elapsed,
         "refused": errors.get("RESOURCE_EXHAUSTED", 0),
-        "other_errors": {k: v for k, v in errors.items() if k != "RESOURCE_EXHAUSTED"},
+        "refused_in_core": errors.get("CANCELLED", 0),
+        "other_errors": {k: v for k, v in errors.items() if k not in REFUSALS},
         "answered_p50_ms": report["answered_ms"]["p50"],
         "answered_p99_ms": report["answered_ms"]["p99"],
         "all_p99_ms": report["latency_ms"]["p99"],
@@ -157,7 +168,7 @@ def run_config(args, log: Log, work: Path, name: str, latency_ms: int, flags: li
                 report = bench_once(log, out, common, server.target, [
                     "--rpc", "unary", "--concurrency", str(CAPACITY_CALLERS), *processes,
                     "--duration", seconds, "--warmup", "2"])  # fmt: skip
-                capacity = report["throughput_per_s"]
+                capacity = sum(report["statuses"].values()) / (report["elapsed_s"] or 1e-9)
                 print(f"{name}: capacity {capacity:,.0f} payments/s", flush=True)
             nominal = NOMINAL_SHARE * capacity
             for phase, rate in (
@@ -248,12 +259,13 @@ def render_table(args, table: dict) -> list[str]:
         rule,
         row("nominal: p50 / p99 (ms)", lambda m: "{answered_p50_ms:.0f} / {answered_p99_ms:.0f}".format(**results[m]["nominal"])),
         row("overload: answered/s", lambda m: f"{results[m]['overload']['answered_per_s']:,.0f}"),
-        row("overload: refused RESOURCE_EXHAUSTED", lambda m: "{refused:,} of {sent:,}".format(**results[m]["overload"])),
+        row("overload: refused RESOURCE_EXHAUSTED (admission)", lambda m: "{refused:,} of {sent:,}".format(**results[m]["overload"])),
+        row("overload: refused CANCELLED (grpc-core)", lambda m: "{refused_in_core:,} of {sent:,}".format(**results[m]["overload"])),
         row("overload: other errors", lambda m: errors(m, "overload")),
         row("overload: admitted p50 / p99 (ms)", lambda m: "{answered_p50_ms:.0f} / **{answered_p99_ms:.0f}**".format(**results[m]["overload"])),
         row("admitted p99 overload / nominal", ratio),
         row("recovery: first second p99 (ms)", lambda m: f"{results[m]['recovery']['first_s_p99_ms']:.0f}"),
-        row("recovery: p99 (ms), errors", lambda m: "{answered_p99_ms:.0f}".format(**results[m]["recovery"]) + f", {results[m]['recovery']['refused'] + sum(results[m]['recovery']['other_errors'].values()):,}"),
+        row("recovery: p99 (ms), errors", lambda m: "{answered_p99_ms:.0f}".format(**results[m]["recovery"]) + f", {results[m]['recovery']['refused'] + results[m]['recovery']['refused_in_core'] + sum(results[m]['recovery']['other_errors'].values()):,}"),
         *(
             row(f"server RSS MiB, end of {phase} (max)", lambda m, p=phase: _rss(rss[m].get(p, [])))
             for phase in ("nominal", "overload", "recovery")

@@ -18,6 +18,19 @@ from quickpay_engine.errors import ConfigError
 from quickpay_engine.settlement.admission import QUEUE_WAIT_MAX_MS, QUEUE_WAIT_MAX_MS_LIMIT
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+# The transport's bound on calls that have arrived but that the server's event loop has
+# not yet taken, per RPC method (grpc-core's request matcher, server.py's
+# ``transport_options``): past it a call is refused in grpc-core, in C++, before any
+# Python runs for it. grpc's own default is 3,000, seconds of waiting at this engine's
+# rate; 128 is about 0.1 s at the ~1,100 payments/s of a quiet two-core host, 0.3-0.6 s
+# at what a loaded one answered (benches/RESULTS.md, "grpc-core's bound on calls not yet
+# taken"). A closed loop of more callers than this sees CANCELLED.
+PENDING_CALLS_MAX = 128
+PENDING_CALLS_MAX_LIMIT = 100_000
+# Whole seconds a call may wait untaken before grpc-core cancels it (checked when the
+# server next takes a call of its method); grpc's own default is 30.
+PENDING_CALL_WAIT_MAX_S = 1
+PENDING_CALL_WAIT_MAX_S_LIMIT = 3_600
 FRAUD_MODES = ("enforce", "observe")
 DEFAULT_DATA_DIR = "./var"
 SQLITE_FILE = "quickpay.sqlite3"
@@ -61,6 +74,12 @@ class Settings:
     # caller's deadline, is refused before any work (settlement/admission.py); 0: only
     # a full queue refuses.
     queue_wait_max_ms: float = QUEUE_WAIT_MAX_MS
+    # Calls of one RPC method arrived but not yet taken by the server's event loop: past
+    # half of this grpc-core refuses some at random, at it every one (CANCELLED, before
+    # any work); and a call left untaken longer than the wait is cancelled (server.py,
+    # ``transport_options``). Open streams are taken, so they never count.
+    pending_calls_max: int = PENDING_CALLS_MAX
+    pending_call_wait_max_s: int = PENDING_CALL_WAIT_MAX_S
     # HOST:PORT of the Prometheus metrics and the HTTP probes; empty: not served.
     metrics_listen: str = ""
     # The ledger's capacity (ledger_limits.py); None: what the data dir keeps, else the
@@ -190,6 +209,21 @@ FLAGS: dict[str, Flag] = {
         " deadline, is refused RESOURCE_EXHAUSTED before any work; 0: refused only when"
         " the queue is full",
     ),
+    "pending_calls_max": Flag(
+        "--pending-calls-max",
+        "QUICKPAY_PENDING_CALLS_MAX",
+        str(PENDING_CALLS_MAX),
+        "calls of one RPC method the transport holds before the server takes them; past"
+        " half of it some, at it every new one, are refused CANCELLED in grpc-core before"
+        " any work (open streams do not count)",
+    ),
+    "pending_call_wait_max_s": Flag(
+        "--pending-call-wait-max-s",
+        "QUICKPAY_PENDING_CALL_WAIT_MAX_S",
+        str(PENDING_CALL_WAIT_MAX_S),
+        "whole seconds a call may wait in the transport before the server takes it;"
+        " longer, it is cancelled before any work",
+    ),
     "metrics_listen": Flag(
         "--metrics-listen",
         "QUICKPAY_METRICS_LISTEN",
@@ -241,6 +275,8 @@ _SERVE = (
     "nats_url",
     "subscriber_events",
     "queue_wait_max_ms",
+    "pending_calls_max",
+    "pending_call_wait_max_s",
     "metrics_listen",
     "ledger_payments_max",
     "ledger_transfers_max",
@@ -365,6 +401,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ar_url=domain_urls["--ar-url"],
         provisioning_url=domain_urls["--provisioning-url"],
         queue_wait_max_ms=queue_wait_max_ms,
+        pending_calls_max=_bounded(args, "pending_calls_max", PENDING_CALLS_MAX_LIMIT),
+        pending_call_wait_max_s=_bounded(
+            args, "pending_call_wait_max_s", PENDING_CALL_WAIT_MAX_S_LIMIT
+        ),
         metrics_listen=metrics_listen,
         ledger_payments_max=_positive(args, "ledger_payments_max"),
         ledger_transfers_max=_positive(args, "ledger_transfers_max"),
@@ -385,6 +425,22 @@ def _positive(args: argparse.Namespace, name: str) -> int | None:
         raise ConfigError(f"{flag} {raw!r}: expected a whole number") from None
     if value <= 0:
         raise ConfigError(f"{flag} {raw!r}: expected a number above 0")
+    return value
+
+
+def _bounded(args: argparse.Namespace, name: str, limit: int) -> int:
+    """A whole-number setting from 1 to ``limit`` (its built-in default when not given);
+    refused by its flag's name."""
+    flag = FLAGS[name]
+    raw = _value(args, name)
+    if raw is None or raw == "":
+        raw = flag.default
+    try:
+        value = int(str(raw).replace("_", ""))
+    except ValueError:
+        value = 0
+    if not 1 <= value <= limit:
+        raise ConfigError(f"{flag.flag} {raw!r}: expected a whole number, 1 to {limit:,}")
     return value
 
 

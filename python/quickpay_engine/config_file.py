@@ -53,6 +53,8 @@ class FileSettings(BaseSettings):
     engine_config: str | None = None
     gateways: str | None = None
     metrics_listen: str | None = None
+    pending_calls_max: PositiveInt | None = None
+    pending_call_wait_max_s: PositiveInt | None = None
     ledger_payments_max: PositiveInt | None = None
     ledger_transfers_max: PositiveInt | None = None
     ledger_retention_s: PositiveInt | None = None

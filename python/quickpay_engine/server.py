@@ -69,6 +69,28 @@ RELAY_FLUSH_S = 2.0
 MESSAGE_BYTES_MAX = 4 * 1024 * 1024
 
 
+def transport_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC server's channel arguments. Besides the message bound, grpc-core's
+    bounds on the calls that have arrived but that the event loop has not taken yet.
+    grpc.aio takes calls one at a time per RPC method, as its loop gets to it; with
+    the loop saturated they wait in grpc-core, unseen by admission (which starts in
+    the handler), for as long as grpc's own bounds allow: 1,000 to 3,000 calls, 30 s.
+    Past ``pending_calls_max`` (and at random past half of it, linearly more often)
+    grpc-core refuses the call in C++, with no Python run for it; a call still untaken
+    after ``pending_call_wait_max_s`` is cancelled when the loop next takes a call of
+    its method. grpc 1.85 answers both CANCELLED (the call is dropped, not answered
+    with a status: docs/contract.md). The counts are per method, of untaken calls only:
+    an open PayStream or WatchSettlements stream has been taken and never counts,
+    unlike grpcio's ``maximum_concurrent_rpcs``."""
+    return [
+        ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+        ("grpc.so_reuseport", 0),
+        ("grpc.server.max_pending_requests", settings.pending_calls_max // 2),
+        ("grpc.server.max_pending_requests_hard_limit", settings.pending_calls_max),
+        ("grpc.server_max_unrequested_time_in_server", settings.pending_call_wait_max_s),
+    ]
+
+
 def fingerprint_key(data_dir: Path) -> bytes:
     """The installation's secret for request fingerprints, created on first use (0600)."""
     return secret_key(data_dir / "fingerprint.key")
@@ -312,12 +334,7 @@ async def create_server(
         undo.push_async_callback(service.close)
         if actions:
             log.info("recovery finished %d unfinished payments and refunds", len(actions))
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        server = grpc.aio.server(options=transport_options(settings))
         add_to_server(
             SettlementServicer(service, key, settings.data_dir / "mappings"),
             server,
