@@ -139,12 +139,12 @@ def test_the_bounds_are_serve_flags_with_their_variables(monkeypatch, tmp_path, 
     def parsed(*flags: str) -> Settings:
         return settings_from(build_parser().parse_args(["serve", *flags]))
 
-    assert (parsed().pending_calls_max, parsed().pending_call_wait_max_s) == (128, 1)
+    assert (parsed().pending_calls_max, parsed().pending_call_wait_max_s) == (512, 5)
     assert parsed("--pending-calls-max", "16").pending_calls_max == 16
     monkeypatch.setenv("QUICKPAY_PENDING_CALLS_MAX", "1_000")
-    monkeypatch.setenv("QUICKPAY_PENDING_CALL_WAIT_MAX_S", "5")
+    monkeypatch.setenv("QUICKPAY_PENDING_CALL_WAIT_MAX_S", "7")
     assert parsed().pending_calls_max == 1_000
-    assert parsed().pending_call_wait_max_s == 5
+    assert parsed().pending_call_wait_max_s == 7
     assert parsed("--pending-call-wait-max-s", "2").pending_call_wait_max_s == 2, "flag wins"
     monkeypatch.delenv("QUICKPAY_PENDING_CALLS_MAX")
     monkeypatch.delenv("QUICKPAY_PENDING_CALL_WAIT_MAX_S")

@@ -22,14 +22,18 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 # not yet taken, per RPC method (grpc-core's request matcher, server.py's
 # ``transport_options``): past it a call is refused in grpc-core, in C++, before any
 # Python runs for it. grpc's own default is 3,000, seconds of waiting at this engine's
-# rate; 128 is about 0.1 s at the ~1,100 payments/s of a quiet two-core host, 0.3-0.6 s
-# at what a loaded one answered (benches/RESULTS.md, "grpc-core's bound on calls not yet
-# taken"). A closed loop of more callers than this sees CANCELLED.
-PENDING_CALLS_MAX = 128
+# rate; 512 is about half a second at the ~1,100 payments/s of a quiet two-core host,
+# one to two at what a loaded one answered (benches/RESULTS.md, "grpc-core's bound on
+# calls not yet taken"): 128 cut the overloaded p99 more, but a closed loop of 256
+# callers then heard CANCELLED for most of its calls, and a caller that did not cancel
+# reads CANCELLED as nothing standard. A closed loop of more callers than this sees it.
+PENDING_CALLS_MAX = 512
 PENDING_CALLS_MAX_LIMIT = 100_000
 # Whole seconds a call may wait untaken before grpc-core cancels it (checked when the
-# server next takes a call of its method); grpc's own default is 30.
-PENDING_CALL_WAIT_MAX_S = 1
+# server next takes a call of its method); grpc's own default is 30. Not 1: a busy
+# host's event loop stalls for a second now and then (a checkpoint, the collector), and
+# every call caught behind it would be cancelled.
+PENDING_CALL_WAIT_MAX_S = 5
 PENDING_CALL_WAIT_MAX_S_LIMIT = 3_600
 FRAUD_MODES = ("enforce", "observe")
 DEFAULT_DATA_DIR = "./var"
