@@ -163,7 +163,7 @@ def test_the_bounds_are_serve_flags_with_their_variables(monkeypatch, tmp_path, 
     options = dict(transport_options(parsed("--pending-calls-max", "9")))
     assert options["grpc.server.max_pending_requests"] == 4
     assert options["grpc.server.max_pending_requests_hard_limit"] == 9
-    assert options["grpc.server_max_unrequested_time_in_server"] == 1
+    assert options["grpc.server_max_unrequested_time_in_server"] == 5
 
 
 async def test_calls_past_the_bound_are_refused_in_grpc_core_while_the_loop_is_held(
