@@ -339,3 +339,26 @@ async def test_the_book_forgets_old_transfers_and_snapshots_so_memory_and_log_st
         assert stuck.payment_id not in book.unfinished()
     finally:
         book.close()
+
+
+async def test_settle_and_anchor_posts_the_holds_and_anchors_in_one_trip(tmp_path) -> None:
+    """A settled batch's last step posts its holds and anchors the audit head on the
+    ledger's thread at once; a failing post still anchors, and its error is raised."""
+    from quickpay_engine.settlement.ledger_book import KIND_PREPAID, LedgerBook, Movement
+
+    book = LedgerBook(open_ledger(tmp_path), clock_ns=lambda: S)
+    try:
+        book.open_accounts(["acc-1"], [KIND_PREPAID], ["KES"])
+        moves = [Movement(f"pay_{n + 1:032x}", "acc-1", 100, "KES") for n in range(3)]
+        await book.reserve(moves)
+        await book.capture([m.payment_id for m in moves])
+        await book.settle_and_anchor([m.payment_id for m in moves], (7, "ab" * 32))
+        assert book.unfinished() == {}
+        assert book.ledger.audit_anchor() == (7, b"\xab" * 32)
+        with pytest.raises(Exception, match="transfer"):
+            # Never held: posting it fails; the anchor still moves.
+            await book.settle_and_anchor(["pay_" + "f" * 32], (8, "cd" * 32))
+        assert book.ledger.audit_anchor() == (8, b"\xcd" * 32)
+        await book.settle_and_anchor([], None)  # nothing to do: no trip
+    finally:
+        book.close()

@@ -778,3 +778,47 @@ async def test_by_deadline_tells_its_own_timeout_from_the_payments_failure() -> 
     with pytest.raises(OutcomePending):
         await _by_deadline(slow, soon)
     assert await slow == "late", "the payment went on"
+
+
+async def test_by_deadline_leaves_the_settlement_running_when_its_caller_goes() -> None:
+    """A caller cancelled while it waits (with a deadline or without) stops waiting; the
+    settlement it waited for is neither cancelled nor changed, and a settlement that
+    ends before the deadline is answered as it ended."""
+    from quickpay_engine.api.convert import intent_of
+    from quickpay_engine.settlement.service import _by_deadline
+
+    loop = asyncio.get_running_loop()
+    for deadline in (None, loop.time() + 5.0):
+        intent = intent_of(bill("deadline-gone"), b"k" * 32, deadline)
+        settling: asyncio.Future[str] = loop.create_future()
+        waiting = asyncio.ensure_future(_by_deadline(settling, intent))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not settling.done()
+        settling.set_result("settled")
+        again = asyncio.ensure_future(_by_deadline(settling, intent))  # type: ignore[arg-type]
+        assert await again == "settled"
+
+
+def test_outcome_of_a_stream_payment_marks_joins_and_names_a_cancelled_settlement() -> None:
+    """PayStream's answer of a settlement it started without waiting: a joined one is a
+    replay; one cancelled (the engine stopped first) is ShuttingDown, which its reply
+    names (UNAVAILABLE), not a CancelledError that would leave the payment unanswered."""
+    from quickpay_engine.domain import Outcome, PaymentStatus
+    from quickpay_engine.errors import ShuttingDown
+    from quickpay_engine.settlement.service import outcome_of
+
+    loop = asyncio.new_event_loop()
+    try:
+        done: asyncio.Future[Outcome] = loop.create_future()
+        done.set_result(Outcome("pay_1", "key-1", PaymentStatus.SETTLED))
+        assert not outcome_of(done, joined=False).replayed
+        assert outcome_of(done, joined=True).replayed
+        cancelled: asyncio.Future[Outcome] = loop.create_future()
+        cancelled.cancel()
+        with pytest.raises(ShuttingDown):
+            outcome_of(cancelled, joined=False)
+    finally:
+        loop.close()

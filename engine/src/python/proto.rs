@@ -132,7 +132,13 @@ fn into_python<'py>(
         .collect()
 }
 
-/// Decodes PayRequest frames with the GIL released. Each frame gives
+/// Below this many request bytes a decode keeps the GIL: one PayRequest (every unary
+/// Pay, every PayStream frame) decodes in a few microseconds, and releasing the GIL for
+/// it hands the event loop's thread to whichever thread wants it (the store's, the
+/// ledger's, gRPC's poller), to wait for it back: a switch per call.
+const DETACH_BYTES_MIN: usize = 16 * 1024;
+
+/// Decodes PayRequest frames, with the GIL released when they are many bytes. Each frame gives
 /// `(intent fields, method detail)` or, when it is not a PayRequest, a message that
 /// names the field (the caller answers INVALID_ARGUMENT). ``fingerprint_key`` keys the
 /// payload fingerprint.
@@ -146,10 +152,16 @@ fn decode_pay_requests<'py>(
         let (len, max) = (frames.len(), FRAMES_MAX);
         return Err(super::CoreError::BatchTooLarge { len, max }.into());
     }
-    let decoded = py.detach(|| {
+    let decode = || {
         let frames: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
         decode_all(&frames, &fingerprint_key)
-    });
+    };
+    let bytes: usize = frames.iter().map(Vec::len).sum();
+    let decoded = if bytes < DETACH_BYTES_MIN {
+        decode()
+    } else {
+        py.detach(decode)
+    };
     into_python(py, decoded)
 }
 
@@ -163,10 +175,15 @@ fn decode_pay_batch<'py>(
     fingerprint_key: Vec<u8>,
     payments_max: usize,
 ) -> PyResult<Vec<Bound<'py, PyAny>>> {
-    let decoded = py.detach(|| {
+    let decode = || {
         let frames = proto::split_pay_batch(&request, payments_max)?;
         Ok::<_, proto::DecodeError>(decode_all(&frames, &fingerprint_key))
-    });
+    };
+    let decoded = if request.len() < DETACH_BYTES_MIN {
+        decode()
+    } else {
+        py.detach(decode)
+    };
     match decoded {
         Ok(decoded) => into_python(py, decoded),
         Err(err) => Err(super::RequestUndecodable::new_err(err.0)),

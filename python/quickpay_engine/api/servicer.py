@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import math
@@ -39,13 +40,12 @@ from quickpay_engine.errors import (
 from quickpay_engine.metrics import Metrics
 from quickpay_engine.reconcile.report import ReportError
 from quickpay_engine.security.guard import Guard, current_caller
-from quickpay_engine.settlement.service import SettlementService
+from quickpay_engine.settlement.service import SettlementService, outcome_of
 from quickpay_engine.store import UNREACHABLE
 from quickpay_engine.subscriber_changes import NumberTaken, SubscriberChanges
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 M = TypeVar("M", bound=Message)
 
 # Payments one PayStream may have in flight; at the bound the stream stops reading
@@ -309,14 +309,6 @@ def _parsed_stream(method: Handler, request: type[Message], bytes_max: int | Non
     return handler
 
 
-async def aenumerate(items: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
-    """``enumerate`` for an async iterator."""
-    n = 0
-    async for item in items:
-        yield n, item
-        n += 1
-
-
 class SettlementServicer(pb_grpc.SettlementServicer):
     """quickpay.v1.Settlement over a SettlementService."""
 
@@ -329,7 +321,14 @@ class SettlementServicer(pb_grpc.SettlementServicer):
 
     async def Pay(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Takes the request's bytes unparsed (the core decodes them) and answers bytes."""
-        deadline = await _deadline(context)
+        # _deadline inline: this is every unary call.
+        remaining = context.time_remaining()
+        if remaining is None:
+            deadline = None
+        elif remaining > 0:
+            deadline = time.monotonic() + remaining
+        else:
+            deadline = await _deadline(context)  # ends the call DEADLINE_EXCEEDED
         sender = current_caller().name
         (intent,) = convert.intents_of_frames([request], self._key, deadline, sender=sender)
         try:
@@ -353,37 +352,59 @@ class SettlementServicer(pb_grpc.SettlementServicer):
             count_when_done(context, "PayStream", metrics)
         replies: asyncio.Queue[bytes | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_INFLIGHT_MAX)
-        tasks: set[asyncio.Task[None]] = set()
         sender = current_caller().name
+        service, key = self._service, self._key
+        # Payments started and not yet answered; ``idle`` is set whenever there are none.
+        # Each is answered from its settlement's done callback: no task per frame.
+        unanswered = 0
+        idle = asyncio.Event()
+        idle.set()
 
-        async def settle(n: int, frame: bytes) -> None:
-            (intent,) = convert.intents_of_frames(
-                [frame], self._key, field=f"request {n}", sender=sender
-            )
-            key = "" if isinstance(intent, InvalidArgument) else intent.idempotency_key
-            try:
-                if isinstance(intent, InvalidArgument):
-                    raise intent
-                outcome = await self._service.pay(intent)
-            except Exception as err:
-                outcome = _failed_outcome(key, err)
+        def answer(outcome: Outcome) -> None:
             # The slot is freed only once the reply is written (below), so a client that
             # sends without reading holds at most STREAM_INFLIGHT_MAX payments here.
-            await replies.put(encode_pay_responses([outcome])[0])
+            replies.put_nowait(encode_pay_responses([outcome])[0])
+
+        def settled(idempotency_key: str, joined: bool, future: asyncio.Future[Outcome]) -> None:
+            nonlocal unanswered
+            try:
+                try:
+                    outcome = outcome_of(future, joined)
+                except Exception as err:
+                    outcome = _failed_outcome(idempotency_key, err)
+                answer(outcome)
+            finally:
+                unanswered -= 1
+                if not unanswered:
+                    idle.set()
+
+        def start(n: int, frame: bytes) -> None:
+            nonlocal unanswered
+            (intent,) = convert.intents_of_frames([frame], key, field=f"request {n}", sender=sender)
+            if isinstance(intent, InvalidArgument):
+                answer(_failed_outcome("", intent))
+                return
+            try:
+                future, joined = service.pay_nowait(intent)
+            except Exception as err:  # refused before any work: a key conflict, overload
+                answer(_failed_outcome(intent.idempotency_key, err))
+                return
+            unanswered += 1
+            idle.clear()
+            future.add_done_callback(functools.partial(settled, intent.idempotency_key, joined))
 
         async def read() -> None:
             try:
-                async for n, frame in aenumerate(request_iterator):
+                n = 0
+                async for frame in request_iterator:
                     await slots.acquire()
-                    task = asyncio.create_task(settle(n, frame))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    start(n, frame)
+                    n += 1
             finally:
                 # Replies of payments already started go out before the stream ends,
                 # even when reading failed: they may have settled.
-                while tasks:
-                    await asyncio.gather(*list(tasks), return_exceptions=True)
-                await replies.put(None)
+                await idle.wait()
+                replies.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:

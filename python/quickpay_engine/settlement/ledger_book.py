@@ -258,6 +258,23 @@ class LedgerBook:
         if payment_ids:
             await self._run(self._finish, list(payment_ids), TRANSFER_POST_PENDING, "post", SETTLED)
 
+    async def settle_and_anchor(
+        self, payment_ids: Sequence[str], head: tuple[int, str] | None
+    ) -> None:
+        """``settle`` and ``anchor`` in one trip to the ledger's thread (a settled
+        batch's last step: one hand-over fewer per batch): both are done even when the
+        first fails, and the first failure is raised."""
+        if payment_ids or head is not None:
+            await self._run(self._settle_and_anchor, list(payment_ids), head)
+
+    def _settle_and_anchor(self, payment_ids: list[str], head: tuple[int, str] | None) -> None:
+        try:
+            if payment_ids:
+                self._finish(payment_ids, TRANSFER_POST_PENDING, "post", SETTLED)
+        finally:
+            if head is not None:
+                self._anchor(head)
+
     async def roll_back(self, payment_ids: Sequence[str]) -> None:
         """Voids each payment's hold (where there is one) and logs ROLLED_BACK."""
         if payment_ids:

@@ -615,7 +615,7 @@ class Pipeline:
     async def _post(self, payment_ids: list[str], audit_head: tuple[int, str] | None) -> None:
         lap = time.perf_counter()
         try:
-            await asyncio.gather(self._book.settle(payment_ids), self._book.anchor(audit_head))
+            await self._book.settle_and_anchor(payment_ids, audit_head)
             self._lap("post", lap)
         except Exception:
             log.exception(

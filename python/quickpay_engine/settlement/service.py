@@ -308,6 +308,13 @@ class SettlementService:
         outcome = await _by_deadline(future, intent)
         return dataclasses.replace(outcome, replayed=True) if joined else outcome
 
+    def pay_nowait(self, intent: PaymentIntent) -> tuple[asyncio.Future[Outcome], bool]:
+        """``pay`` without the wait (PayStream, which answers each payment from a done
+        callback instead of a task of its own): the settlement's future and whether it
+        joined one already running (``outcome_of`` then marks it a replay). Refuses as
+        ``pay`` does, before any work. Nothing cancels the future when its caller goes."""
+        return self._start(intent)
+
     async def pay_many(self, intents: Sequence[PaymentIntent]) -> list[Outcome | BaseException]:
         """Settles each payment as ``pay`` does, all at once; each gets its outcome or
         the exception that ended it alone, in order. The payments of one call share its
@@ -509,14 +516,45 @@ async def _by_deadline(future: asyncio.Future[Outcome], intent: PaymentIntent) -
     """The settlement's outcome, or, when the caller's deadline comes first, OutcomePending
     just before it: the payment goes on (nothing here cancels it) and a retry with the
     same key gets its outcome, where a reply after the deadline would reach nobody and
-    the caller would see only DEADLINE_EXCEEDED, not knowing whether to retry."""
-    if intent.deadline is None:
-        return await asyncio.shield(future)
-    # asyncio.wait neither cancels the future nor mistakes its own TimeoutError for ours.
-    done, _ = await asyncio.wait({future}, timeout=_wait_s(intent.deadline))
-    if future in done:
-        return future.result()
-    raise _pending(intent)
+    the caller would see only DEADLINE_EXCEEDED, not knowing whether to retry.
+
+    One waiter future and at most one timer per call, where ``asyncio.wait`` and
+    ``asyncio.shield`` built sets, closures and an outer future each time: this is the
+    wait of every unary Pay. A cancelled caller cancels only its waiter."""
+    if not future.done():
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        wake = functools.partial(_wake, waiter)
+        future.add_done_callback(wake)
+        timer = None
+        if intent.deadline is not None:
+            timer = loop.call_later(_wait_s(intent.deadline), _wake, waiter)
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            future.remove_done_callback(wake)
+        if not future.done():
+            raise _pending(intent)
+    # The settlement's own exception (a TimeoutError included) is its failure, as is
+    # its cancellation (CancelledError): neither is taken for our deadline.
+    return future.result()
+
+
+def _wake(waiter: asyncio.Future[None], _: object = None) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def outcome_of(future: asyncio.Future[Outcome], joined: bool) -> Outcome:
+    """The outcome of a settlement started by ``pay_nowait``, once its future is done:
+    marked a replay when it was joined; raises the exception that ended it, and
+    ``ShuttingDown`` when it was cancelled (the engine stopped before it ended)."""
+    if future.cancelled():
+        raise ShuttingDown("the engine stopped before this payment ended")
+    outcome = future.result()
+    return dataclasses.replace(outcome, replayed=True) if joined else outcome
 
 
 def _wait_s(deadline: float | None) -> float | None:
