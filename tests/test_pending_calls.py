@@ -29,8 +29,8 @@ from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.config import Settings
 from quickpay_engine.server import RunningServer, create_server, transport_options
 
-# The bound under test: calls of one method grpc-core holds untaken. Half of it is
-# grpc-core's soft limit; with 4 the random early refusals fall between 2 and 4.
+# The bound under test: calls of one method grpc-core holds untaken (its hard limit,
+# the soft one a call below: under it no call is refused, at it every new one).
 PENDING_MAX = 4
 # Calls sent while the loop is held: many more than the bound.
 FLOOD = 24
@@ -159,9 +159,11 @@ def test_the_bounds_are_serve_flags_with_their_variables(monkeypatch, tmp_path, 
         assert main([*argv, flag, bad]) == 2
         assert f"{flag} '{bad}': expected a whole number, {bound}" in capsys.readouterr().err
     assert not list(tmp_path.iterdir()), "nothing is opened before the flags are checked"
-    # What grpc-core is given: half the bound as its soft limit, the bound as its hard one.
+    # What grpc-core is given: the bound as its hard limit, one less as its soft one (no
+    # random early refusals well below it: a burst of a few hundred calls is taken
+    # whole; a soft limit equal to the hard one turns the refusals off).
     options = dict(transport_options(parsed("--pending-calls-max", "9")))
-    assert options["grpc.server.max_pending_requests"] == 4
+    assert options["grpc.server.max_pending_requests"] == 8
     assert options["grpc.server.max_pending_requests_hard_limit"] == 9
     assert options["grpc.server_max_unrequested_time_in_server"] == 5
 

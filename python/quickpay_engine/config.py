@@ -79,9 +79,9 @@ class Settings:
     # a full queue refuses.
     queue_wait_max_ms: float = QUEUE_WAIT_MAX_MS
     # Calls of one RPC method arrived but not yet taken by the server's event loop: past
-    # half of this grpc-core refuses some at random, at it every one (CANCELLED, before
-    # any work); and a call left untaken longer than the wait is cancelled (server.py,
-    # ``transport_options``). Open streams are taken, so they never count.
+    # this grpc-core refuses every new one (CANCELLED, before any work); and a call left
+    # untaken longer than the wait is cancelled (server.py, ``transport_options``).
+    # Open streams are taken, so they never count.
     pending_calls_max: int = PENDING_CALLS_MAX
     pending_call_wait_max_s: int = PENDING_CALL_WAIT_MAX_S
     # HOST:PORT of the Prometheus metrics and the HTTP probes; empty: not served.
@@ -218,8 +218,8 @@ FLAGS: dict[str, Flag] = {
         "QUICKPAY_PENDING_CALLS_MAX",
         str(PENDING_CALLS_MAX),
         "calls of one RPC method the transport holds before the server takes them; past"
-        " half of it some, at it every new one, are refused CANCELLED in grpc-core before"
-        " any work (open streams do not count)",
+        " it every new one is refused CANCELLED in grpc-core before any work (open"
+        " streams do not count)",
     ),
     "pending_call_wait_max_s": Flag(
         "--pending-call-wait-max-s",

@@ -75,8 +75,10 @@ def transport_options(settings: Settings) -> list[tuple[str, int]]:
     grpc.aio takes calls one at a time per RPC method, as its loop gets to it; with
     the loop saturated they wait in grpc-core, unseen by admission (which starts in
     the handler), for as long as grpc's own bounds allow: 1,000 to 3,000 calls, 30 s.
-    Past ``pending_calls_max`` (and at random past half of it, linearly more often)
-    grpc-core refuses the call in C++, with no Python run for it; a call still untaken
+    Past ``pending_calls_max`` grpc-core refuses the call in C++, with no Python run
+    for it (its soft limit is set one below: below it no call is refused, so
+    a burst of a few hundred calls or stream opens, a fleet of watchers reconnecting,
+    is taken whole); a call still untaken
     after ``pending_call_wait_max_s`` is cancelled when the loop next takes a call of
     its method. grpc 1.85 answers both CANCELLED (the call is dropped, not answered
     with a status: docs/contract.md). The counts are per method, of untaken calls only:
@@ -85,7 +87,8 @@ def transport_options(settings: Settings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
         ("grpc.so_reuseport", 0),
-        ("grpc.server.max_pending_requests", settings.pending_calls_max // 2),
+        # grpc-core refuses nothing when its soft limit is not below its hard one.
+        ("grpc.server.max_pending_requests", max(0, settings.pending_calls_max - 1)),
         ("grpc.server.max_pending_requests_hard_limit", settings.pending_calls_max),
         ("grpc.server_max_unrequested_time_in_server", settings.pending_call_wait_max_s),
     ]
