@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError, Message
 from conftest import SUBSCRIBERS
 from quickpay_engine.api import convert
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
+from quickpay_engine.bench.load import GRPC_WRITE_FAILED
 from quickpay_engine.domain import EVENT_KINDS
 from quickpay_engine.errors import InvalidArgument
 
@@ -338,6 +339,18 @@ async def test_no_request_bytes_answer_unknown_or_internal(server, channel) -> N
     async def worker() -> None:
         for name, frames in todo:  # one iterator shared: each call is sent once
             code, details = await call_raw(channel, name, frames)
+            if (
+                code is grpc.StatusCode.INTERNAL
+                and details == GRPC_WRITE_FAILED
+                and METHODS[name].client_streaming
+            ):
+                # The server answered (a refusal ends the call) while the client was still
+                # writing the stream's later frames: grpc.aio then reports the failed
+                # write, not the server's status (grpc/grpc#36066). grpc core's own words
+                # on the client side, never an answer of ours; whether a call meets it
+                # depends on timing, so it is counted apart.
+                seen[name, "WRITE_LOST"] += 1
+                continue
             seen[name, code.name] += 1
             if code in BUGS:
                 bugs.append(f"{name} {[f.hex() for f in frames]}: {code.name} {details}")
