@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 from quickpay_engine._engine import SEND_MANY_MAX, BatchTooLarge, HttpPool, HttpSetupError
 from quickpay_engine.gateways.config import GatewayConfig
 from quickpay_engine.gateways.types import BankAccount, Card, SaleRequest, Wallet
+from quickpay_engine.threads import name_os_thread
 
 # Connections beyond pool_max, so that lookups and voids resolving an unknown outcome
 # never queue behind a full pool of sales (the router runs at most pool_max sales).
@@ -207,7 +208,9 @@ class GatewayClient:
             sales_max=self.config.pool_max,
         )
         self._senders = concurrent.futures.ThreadPoolExecutor(
-            SENDERS_MAX, thread_name_prefix=f"gateway-{self.config.name}"
+            SENDERS_MAX,
+            thread_name_prefix=f"gateway-{self.config.name}",
+            initializer=name_os_thread,
         )
 
     async def close(self) -> None:

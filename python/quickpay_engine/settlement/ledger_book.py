@@ -52,6 +52,7 @@ from quickpay_engine._engine import (
     ledger_result_codes,
 )
 from quickpay_engine.domain import Plan, Purpose, SubscriberRow
+from quickpay_engine.threads import name_os_thread
 
 T = TypeVar("T")
 
@@ -147,7 +148,9 @@ class LedgerBook:
     def __init__(self, ledger: Ledger, clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.ledger = ledger
         self._clock_ns = clock_ns
-        self._pool = ThreadPoolExecutor(LEDGER_THREADS, thread_name_prefix="ledger")
+        self._pool = ThreadPoolExecutor(
+            LEDGER_THREADS, thread_name_prefix="ledger", initializer=name_os_thread
+        )
         # The last record the newest snapshot holds.
         self._snapshot_seq = int(ledger.recovery()["snapshot_seq"])
 

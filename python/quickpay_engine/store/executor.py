@@ -12,6 +12,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
+from quickpay_engine.threads import name_os_thread
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -20,7 +22,9 @@ class StoreThread:
     """One worker thread; ``run`` awaits a call made on it."""
 
     def __init__(self, name: str = "store") -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=name, initializer=name_os_thread
+        )
 
     async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         loop = asyncio.get_running_loop()

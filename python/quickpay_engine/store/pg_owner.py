@@ -32,6 +32,7 @@ import psycopg
 
 from quickpay_engine.errors import NotOwner
 from quickpay_engine.store.ownership import InUse
+from quickpay_engine.threads import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ class PgOwner:
         self._watcher.start()
 
     def _watch(self) -> None:
+        name_os_thread()
         while not self._stop.is_set():
             if self._held:
                 self._heartbeat()

@@ -1,0 +1,111 @@
+"""Server CPU per payment, thread by thread, under PayBatch (issue 15): which of the
+server's threads the time goes to, in µs per payment settled.
+
+    .venv/bin/python benches/thread_cpu.py [--seconds 10] [--runs 2] [--work var/threads]
+
+Starts `quickpay serve` on SQLite with the bundled simulators at 0 ms (the setup of
+cpu_budget.py), loads it with PayBatch (500 payments a call, 2,000 callers in two
+client processes) and reads each thread's CPU time from /proc/PID/task/TID/stat at
+both ends of a window inside the measured part. Threads are grouped by name with
+their digits stripped (the ledger's threads, the gateway senders). Counts, not
+samples: the figure holds on a loaded host as long as the load is the same, and the
+rate it is divided by is the client's count of settled payments in that window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from compare import BATCH_LOAD, ROOT, Log, Server, gateways_file, seeded_data
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def threads(pid: int) -> dict[int, tuple[str, float]]:
+    """tid -> (name, CPU seconds) of every thread of ``pid`` now."""
+    out: dict[int, tuple[str, float]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / TICK)
+    return out
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds of the whole process, threads that ended included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def group(name: str) -> str:
+    return name.rstrip("0123456789_-") or name
+
+
+def run_once(log: Log, work: Path, common: list[str], server: Server, seconds: float) -> dict:
+    quickpay = str(Path(sys.executable).parent / "quickpay")
+    out = work / "threads-run.json"
+    out.unlink(missing_ok=True)
+    warmup = 1.0
+    argv = [quickpay, "bench", *common, "--target", server.target, "--no-progress",
+            *BATCH_LOAD, "--duration", str(seconds), "--warmup", str(warmup),
+            "--json", str(out)]  # fmt: skip
+    client = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(warmup + 1.5)
+    pid = server.proc.pid
+    first, whole0, t0 = threads(pid), process_cpu(pid), time.monotonic()
+    time.sleep(max(1.0, seconds - 3.0))
+    last, whole1, t1 = threads(pid), process_cpu(pid), time.monotonic()
+    _, err = client.communicate(timeout=seconds + 120)
+    if not out.exists():
+        raise RuntimeError(f"quickpay bench failed: {err.decode()[-2000:]}")
+    rate = json.loads(out.read_text())["throughput_per_s"]
+    paid = rate * (t1 - t0)
+    by: collections.Counter[str] = collections.Counter()
+    for tid, (name, cpu) in last.items():
+        by[group(name)] += cpu - first.get(tid, (name, 0.0))[1]
+    # Threads that started and ended inside the window: in the process's count only.
+    by["(ended threads)"] = (whole1 - whole0) - sum(by.values())
+    return {"rate": rate, "us": {k: 1e6 * v / paid for k, v in by.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=Path("var/threads"))
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    log = Log()
+    bin_ = Path(sys.executable).parent
+    common = seeded_data(log, args.work, 20_000)
+    argv = [str(bin_ / "quickpay"), "serve", "--listen", "127.0.0.1:0", *common,
+            "--gateways", str(gateways_file(args.work, 0))]  # fmt: skip
+    server = Server(log, argv, args.work / "threads-serve.log")
+    try:
+        runs = [run_once(log, args.work, common, server, args.seconds) for _ in range(args.runs)]
+    finally:
+        server.stop()
+    names = sorted({k for r in runs for k in r["us"]}, key=lambda k: -runs[0]["us"].get(k, 0))
+    print(
+        f"load average {os.getloadavg()[0]:.1f}; rates "
+        + ", ".join(f"{r['rate']:,.0f}/s" for r in runs)
+    )
+    for name in names:
+        figures = ", ".join(f"{r['us'].get(name, 0.0):6.1f}" for r in runs)
+        print(f"{name:24s} {figures}  µs per payment")
+    print(f"{'total':24s} " + ", ".join(f"{sum(r['us'].values()):6.1f}" for r in runs))
+
+
+if __name__ == "__main__":
+    main()
