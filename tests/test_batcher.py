@@ -105,3 +105,54 @@ async def test_a_failing_batch_fails_each_caller_with_the_error() -> None:
     results = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
     await batcher.close()
     assert [str(r) for r in results] == ["database went away"] * 3
+
+
+async def test_a_group_is_split_across_batches_in_order_and_answered_once() -> None:
+    gate = asyncio.Event()
+    recorder = Recorder(gate)
+    batcher = MicroBatcher(recorder, batch_max=4, linger_ms=0, queue_max=12)
+    batcher.start()
+    single = asyncio.ensure_future(batcher.submit(100))
+    await asyncio.sleep(0.01)  # the first batch ([100]) holds at the gate
+    ticket = batcher.submit_group(list(range(10)))
+    after = asyncio.ensure_future(batcher.submit(200))
+    await asyncio.sleep(0.01)
+    # The next batch ([0, 1, 2, 3]) is gathered while it waits for a slot.
+    assert batcher.waiting() == 7
+    # The group counts item by item against the bound, and is refused whole past it.
+    with pytest.raises(Overloaded):
+        batcher.submit_group(list(range(6)))
+    assert batcher.waiting() == 7
+    gate.set()
+    results = await ticket.future
+    assert results is ticket.results
+    assert [r if not isinstance(r, BaseException) else str(r) for r in results] == [
+        i * 10 if i % 2 == 0 else f"odd {i}" for i in range(10)
+    ]
+    assert await single == 1000 and await after == 2000
+    await batcher.close()
+    # In order, no batch past batch_max, the group's tail sharing a batch with what
+    # came after it.
+    assert recorder.batches == [[100], [0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 200]]
+    assert batcher.total.items == 12
+
+
+async def test_a_failing_batch_fails_each_item_of_a_group_and_close_waits_for_it() -> None:
+    gate = asyncio.Event()
+
+    async def broken(items: Sequence[int]) -> list[int]:
+        await gate.wait()
+        raise RuntimeError("database went away")
+
+    batcher = MicroBatcher(broken, batch_max=2, linger_ms=0)
+    batcher.start()
+    ticket = batcher.submit_group([1, 2, 3])
+    await asyncio.sleep(0.01)
+    assert ticket.results[:2] == [None, None], "a part under way has no results yet"
+    closing = asyncio.ensure_future(batcher.close())
+    await asyncio.sleep(0.01)
+    assert not closing.done()
+    gate.set()
+    await closing
+    assert ticket.future.done()
+    assert [str(r) for r in ticket.results] == ["database went away"] * 3

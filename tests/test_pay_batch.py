@@ -89,3 +89,18 @@ async def test_payments_of_one_account_in_one_call_settle_one_after_another(stub
     assert after == [0, 500, 1_000, 1_500, 2_000]
     assert server.store.subscriber("acc-post").balance_minor == 0
     assert server.store.verify() == []
+
+
+async def test_a_key_twice_in_one_call_settles_once_and_the_second_is_its_replay(
+    stub, server
+) -> None:
+    payments = [bill("batch-twice"), topup("batch-once"), bill("batch-twice")]
+    first, once, second = (await stub.PayBatch(pb.PayBatchRequest(payments=payments))).results
+    assert first.status == pb.SETTLED and not first.replayed
+    assert once.status == pb.SETTLED
+    assert (second.payment_id, second.status, second.replayed) == (
+        first.payment_id, pb.SETTLED, True,
+    )  # fmt: skip
+    # Charged once: the line owed 80.00 and the bill paid 30.00.
+    assert server.store.subscriber("acc-post-barred").balance_minor == 8_000 - 3_000
+    assert server.store.verify() == []

@@ -158,6 +158,27 @@ async def test_a_hundred_concurrent_identical_requests_settle_once(
     assert server.store.subscriber("acc-post-barred").balance_minor == 8_000 - 3_000
 
 
+async def test_pay_and_pay_batch_racing_on_one_key_settle_it_once(stub, server, simulators) -> None:
+    """A PayBatch call queues its payments as one group; a unary Pay of a key the group
+    is settling joins that payment, and a group of a key a Pay is settling joins the
+    Pay's: either way one settlement, the others its replays."""
+    batch = pb.PayBatchRequest(payments=[bill("saga-raced"), topup("saga-raced-topup")])
+    calls = [stub.PayBatch(batch)] + [stub.Pay(bill("saga-raced")) for _ in range(20)]
+    calls.insert(10, stub.PayBatch(batch))
+    replies = await asyncio.gather(*calls)
+    batches = [r for r in replies if isinstance(r, pb.PayBatchResponse)]
+    bills = [r for r in replies if isinstance(r, pb.PayResponse)]
+    bills += [b.results[0] for b in batches]
+    assert {r.payment_id for r in bills} == {bills[0].payment_id}
+    assert {r.status for r in bills} == {pb.SETTLED}
+    assert sum(not r.replayed for r in bills) == 1
+    topups = [b.results[1] for b in batches]
+    assert {r.payment_id for r in topups} == {topups[0].payment_id}
+    assert sum(not r.replayed for r in topups) == 1
+    assert simulators.payment("acq-a", bills[0].payment_id)["captured_minor"] == 3_000
+    assert server.store.subscriber("acc-post-barred").balance_minor == 8_000 - 3_000
+
+
 # -- refunds -----------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ itself (a payment deferred behind another of its account) is not admitted again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -77,13 +78,45 @@ class BatchStats:
         )
 
 
+@dataclasses.dataclass(eq=False)
+class _Entry(Generic[T]):
+    """What one submission queued: one item, or a group of them (a PayBatch call's
+    payments) with one future for all of them. A group larger than the room left in a
+    batch is taken in parts, in order, across consecutive batches."""
+
+    items: Sequence[T]
+    future: asyncio.Future[Any]
+    # Group only: each item's result as its part ends (None until then).
+    results: list[Any] | None = None
+    taken: int = 0  # items already in a batch
+    open_parts: int = 0  # parts in a batch whose results are not in yet
+
+
+# A part of an entry in a batch: the entry, and the range of its items.
+_Part = tuple[_Entry[T], int, int]
+
+
+class GroupTicket(Generic[R]):
+    """A group's future (done once every item has its result) and the results as they
+    come in: a caller whose deadline comes first reads what has ended so far."""
+
+    __slots__ = ("future", "results")
+
+    def __init__(self, future: asyncio.Future[list[Any]], results: list[Any]) -> None:
+        self.future = future
+        # Each item's result: a value, the exception that ended it alone, a future that
+        # will hold it (the item was handed on), or None while its part is under way.
+        self.results = results
+
+
 class MicroBatcher(Generic[T, R]):
     """Gathers submissions into batches for ``process``.
 
-    Bounds: at most ``queue_max`` submissions wait; one more is refused with
-    ``Overloaded`` before any work is done (back-pressure the caller sees at once).
-    Callers ask ``admit`` first, which also refuses by expected wait (``admission``;
-    None: by count only).
+    Bounds: at most ``queue_max`` items wait; one more is refused with ``Overloaded``
+    before any work is done (back-pressure the caller sees at once). Callers ask
+    ``admit`` first, which also refuses by expected wait (``admission``; None: by count
+    only). A group (``submit_group``) queues as one entry with one future: its items
+    cost the consumer no queue operation or future each.
     """
 
     def __init__(
@@ -112,7 +145,12 @@ class MicroBatcher(Generic[T, R]):
         self._complete = complete
         self._batch_max = batch_max
         self._linger_s = linger_ms / 1_000
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue(queue_max)
+        self._queue_max = queue_max
+        self._entries: collections.deque[_Entry[T]] = collections.deque()
+        self._waiting = 0  # items queued and not yet in a batch
+        self._unfinished = 0  # items queued or in a batch not yet ended
+        self._idle: asyncio.Event | None = None  # set by the last item's end, for close
+        self._wakeup: asyncio.Future[None] | None = None  # the consumer waits for items
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.admission = admission or Admission(wait_max_s=0)
@@ -130,11 +168,11 @@ class MicroBatcher(Generic[T, R]):
         room for all of them, and the wait they can expect is within the admission bound
         and before ``deadline_s`` (monotonic seconds; None: no deadline). A call's
         payments are admitted or refused together, before any of them is queued."""
-        waiting = self._queue.qsize()
-        if waiting + count > self._queue.maxsize:
+        waiting = self._waiting
+        if waiting + count > self._queue_max:
             raise Overloaded(
                 f"settlement queue is full ({waiting} payments waiting, {count} more asked,"
-                f" at most {self._queue.maxsize})"
+                f" at most {self._queue_max})"
             )
         self.admission.check(waiting, deadline_s)
 
@@ -146,16 +184,30 @@ class MicroBatcher(Generic[T, R]):
         out of a batch already under way and nothing is half done. Refuses with
         ``Overloaded`` (the queue is full) or ``ShuttingDown`` before any work.
         """
+        future: asyncio.Future[R] = self._queue_entry((item,), None).future
+        return future
+
+    def submit_group(self, items: Sequence[T]) -> GroupTicket[R]:
+        """Queues ``items`` as one entry: they go into batches in order, together as far
+        as a batch has room, and the ticket's future is done once each has its result
+        (never an exception: a failure of a whole batch is each item's result). Refuses
+        all of them, as ``submit_nowait`` refuses one, before any is queued."""
+        assert items, "an empty group has nothing to wait for"
+        results: list[Any] = [None] * len(items)
+        return GroupTicket(self._queue_entry(items, results).future, results)
+
+    def _queue_entry(self, items: Sequence[T], results: list[Any] | None) -> _Entry[T]:
         if self._closing:
             raise ShuttingDown("the engine is shutting down")
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait((item, future))
-        except asyncio.QueueFull:
-            raise Overloaded(
-                f"settlement queue is full ({self._queue.maxsize} payments waiting)"
-            ) from None
-        return future
+        if self._waiting + len(items) > self._queue_max:
+            raise Overloaded(f"settlement queue is full ({self._waiting} payments waiting)")
+        entry = _Entry(items, asyncio.get_running_loop().create_future(), results)
+        self._entries.append(entry)
+        self._waiting += len(items)
+        self._unfinished += len(items)
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+        return entry
 
     async def submit(self, item: T) -> R:
         """Queues one item and waits for its result (see ``submit_nowait``)."""
@@ -168,97 +220,140 @@ class MicroBatcher(Generic[T, R]):
 
     @property
     def queue_max(self) -> int:
-        """The queue's bound: one submission past it is refused (``Overloaded``)."""
-        return self._queue.maxsize
+        """The queue's bound: one item past it is refused (``Overloaded``)."""
+        return self._queue_max
 
     def waiting(self) -> int:
-        """Submissions queued and not yet in a batch."""
-        return self._queue.qsize()
+        """Items queued and not yet in a batch."""
+        return self._waiting
 
     async def close(self) -> None:
         """Refuses new items, lets everything queued finish, then stops the consumer."""
         self._closing = True
-        await self._queue.join()
+        if self._unfinished:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def _more(self, timeout_s: float | None) -> bool:
+        """Waits until an item is queued (True) or ``timeout_s`` has passed (False)."""
+        if self._entries:
+            return True
+        if timeout_s is not None and timeout_s <= 0:
+            return False
+        loop = asyncio.get_running_loop()
+        self._wakeup = wakeup = loop.create_future()
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _done, wakeup)
+        try:
+            await wakeup
+        finally:
+            self._wakeup = None
+            if timer is not None:
+                timer.cancel()
+        return bool(self._entries)
+
+    def _take(self, room: int) -> list[_Part[T]]:
+        """Parts of the entries at the head of the queue, at most ``room`` items."""
+        parts: list[_Part[T]] = []
+        entries = self._entries
+        while room and entries:
+            entry = entries[0]
+            start = entry.taken
+            end = min(len(entry.items), start + room)
+            parts.append((entry, start, end))
+            entry.taken = end
+            entry.open_parts += 1
+            room -= end - start
+            if end == len(entry.items):
+                entries.popleft()
+        return parts
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         clock = self.admission.clock
         while True:
-            # Payments already waiting: the time since the last take was all work.
-            backlogged = not self._queue.empty()
-            batch = [await self._queue.get()]
+            # Items already waiting: the time since the last take was all work.
+            backlogged = bool(self._entries)
+            await self._more(None)
             taken_s = clock()
             deadline = loop.time() + self._linger_s
-            while len(batch) < self._batch_max:
-                if self._queue.empty():
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                    except TimeoutError:
-                        break
-                else:
-                    batch.append(self._queue.get_nowait())
-            self.admission.taken(len(batch), taken_s, backlogged)
+            parts = self._take(self._batch_max)
+            count = sum(end - start for _, start, end in parts)
+            while count < self._batch_max and await self._more(deadline - loop.time()):
+                more = self._take(self._batch_max - count)
+                parts += more
+                count += sum(end - start for _, start, end in more)
+            self._waiting -= count
+            self.admission.taken(count, taken_s, backlogged)
             await self._slots.acquire()
-            self.total.add(len(batch))
-            self._window.add(len(batch))
-            items = [item for item, _ in batch]
+            self.total.add(count)
+            self._window.add(count)
+            items: list[T] = []
+            for entry, start, end in parts:
+                items.extend(entry.items[start:end])
             if self._complete is None:
                 work = self._process(items)
             else:
                 try:
                     prepared = await self._process(items)
                 except Exception as err:
-                    self._fail(batch, err)
-                    self._free(batch)
+                    self._fail(parts, count, err)
+                    self._free(count)
                     continue
                 work = self._complete(prepared)
-            task = loop.create_task(self._settle_and_free(batch, work))
+            task = loop.create_task(self._settle_and_free(parts, count, work))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    def _free(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    def _free(self, count: int) -> None:
         self._slots.release()
-        for _ in batch:
-            self._queue.task_done()
+        self._unfinished -= count
+        if not self._unfinished and self._idle is not None:
+            self._idle.set()
 
     async def _settle_and_free(
-        self,
-        batch: list[tuple[T, asyncio.Future[R]]],
-        work: Awaitable[Sequence[R | BaseException]],
+        self, parts: list[_Part[T]], count: int, work: Awaitable[Sequence[R | BaseException]]
     ) -> None:
         try:
             try:
                 results = await work
-                assert len(results) == len(batch), "process must return one result per item"
+                assert len(results) == count, "process must return one result per item"
             except Exception as err:
-                self._fail(batch, err)
+                self._fail(parts, count, err)
             else:
-                self._deliver(batch, results)
+                self._deliver(parts, results)
         finally:
-            self._free(batch)
+            self._free(count)
 
-    def _fail(self, batch: list[tuple[T, asyncio.Future[R]]], err: Exception) -> None:
+    def _fail(self, parts: list[_Part[T]], count: int, err: Exception) -> None:
         # A failure of the whole batch (the database went away) fails each caller with
         # that error; the items are not retried behind their backs. A fenced engine
         # refuses every batch until it owns its databases again: one line each, which
         # the ownership watcher's log explains.
         if isinstance(err, NotOwner):
-            log.warning("settlement batch of %d refused: %s", len(batch), err)
+            log.warning("settlement batch of %d refused: %s", count, err)
         else:
-            log.error("settlement batch of %d failed", len(batch), exc_info=err)
-        self._deliver(batch, [err] * len(batch))
+            log.error("settlement batch of %d failed", count, exc_info=err)
+        self._deliver(parts, [err] * count)
 
-    def _deliver(
-        self, batch: list[tuple[T, asyncio.Future[R]]], results: Sequence[R | BaseException]
-    ) -> None:
-        for (_, future), result in zip(batch, results, strict=True):
+    def _deliver(self, parts: list[_Part[T]], results: Sequence[R | BaseException]) -> None:
+        at = 0
+        for entry, start, end in parts:
+            entry.open_parts -= 1
+            future = entry.future
+            if entry.results is not None:
+                # A group: its results in place; its future once the last part is in.
+                entry.results[start:end] = results[at : at + end - start]
+                at += end - start
+                ended = not entry.open_parts and entry.taken == len(entry.items)
+                if ended and not future.done():
+                    future.set_result(entry.results)
+                continue
+            result = results[at]
+            at += 1
             if future.done():
                 continue
             if isinstance(result, asyncio.Future):
@@ -268,6 +363,11 @@ class MicroBatcher(Generic[T, R]):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+
+def _done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _copy_outcome(into: asyncio.Future[R], source: asyncio.Future[R]) -> None:

@@ -37,7 +37,7 @@ from quickpay_engine.reconcile.report import ColumnMapping, ReportError
 from quickpay_engine.settlement import reconciliation
 from quickpay_engine.settlement.adjustments import Adjustments
 from quickpay_engine.settlement.admission import Admission
-from quickpay_engine.settlement.batcher import BatchSettings, MicroBatcher
+from quickpay_engine.settlement.batcher import BatchSettings, GroupTicket, MicroBatcher
 from quickpay_engine.settlement.fraud_gate import FraudGate
 from quickpay_engine.settlement.ledger_book import LedgerBook
 from quickpay_engine.settlement.pipeline import Pipeline, load_engine
@@ -153,7 +153,11 @@ class SettlementService:
         # One entry per idempotency key being settled right now: a concurrent retry
         # waits for the first attempt instead of racing it. Bounded by the batcher's
         # queue, since every entry is a queued or running payment.
-        self._inflight: dict[str, tuple[str, asyncio.Task[Outcome]]] = {}
+        # Keys settling now: (fingerprint, the settlement's future or its group's
+        # ticket, the payment's index in the group or -1).
+        self._inflight: dict[
+            str, tuple[str, asyncio.Future[Outcome] | GroupTicket[Outcome], int]
+        ] = {}
         # Batches of subscriber changes apply one at a time, in the order they came.
         self._changing = asyncio.Lock()
 
@@ -320,35 +324,81 @@ class SettlementService:
         the exception that ended it alone, in order. The payments of one call share its
         deadline, so the call waits once for all of them, not once for each. They are
         admitted together: past the queue's bounds the call is refused whole with
-        ``Overloaded``, before any of them is queued."""
+        ``Overloaded``, before any of them is queued. They queue as one group (one
+        future for the call, not one per payment); a key already settling, here or in
+        this same call, joins that settlement as ``pay`` does."""
+        if not intents:
+            return []
         deadline = min((i.deadline for i in intents if i.deadline is not None), default=None)
-        if intents:
-            self._batcher.admit(len(intents), deadline)
-        started: list[tuple[asyncio.Future[Outcome], bool] | QuickpayError] = []
-        for intent in intents:
-            try:
-                started.append(self._start(intent, admitted=True))
-            except QuickpayError as err:
-                started.append(err)
-        waiting = {s[0] for s in started if isinstance(s, tuple)}
-        if waiting:
-            await asyncio.wait(waiting, timeout=_wait_s(deadline))
-        results: list[Outcome | BaseException] = []
-        for intent, start in zip(intents, started, strict=True):
-            if isinstance(start, QuickpayError):
-                results.append(start)
+        self._batcher.admit(len(intents), deadline)
+        results: list[Outcome | BaseException | None] = [None] * len(intents)
+        fresh: list[PaymentIntent] = []
+        fresh_at: list[int] = []  # each fresh payment's place in the call
+        own: dict[str, int] = {}  # key -> its fresh payment's index, for repeats in the call
+        joined: dict[int, asyncio.Future[Outcome] | int] = {}  # another's future, or own
+        inflight = self._inflight
+        for index, intent in enumerate(intents):
+            key = intent.idempotency_key
+            first = own.get(key)
+            if first is None and key not in inflight:
+                own[key] = len(fresh)
+                fresh.append(intent)
+                fresh_at.append(index)
                 continue
-            future, joined = start
-            if not future.done():
-                results.append(_pending(intent))
-            elif future.cancelled():
-                results.append(ShuttingDown("the engine stopped before this payment ended"))
-            elif (err := future.exception()) is not None:
-                results.append(err)
+            try:
+                if first is None:
+                    joined[index] = self._start(intent, admitted=True)[0]
+                else:
+                    _same_payload(key, fresh[first].fingerprint, intent)
+                    joined[index] = first
+            except QuickpayError as err:
+                results[index] = err
+        ticket: GroupTicket[Outcome] | None = None
+        if fresh:
+            try:
+                ticket = self._batcher.submit_group(fresh)
+            except QuickpayError as err:
+                for index in fresh_at:
+                    results[index] = err
             else:
-                outcome = future.result()
-                results.append(dataclasses.replace(outcome, replayed=True) if joined else outcome)
-        return results
+                for j, intent in enumerate(fresh):
+                    inflight[intent.idempotency_key] = (intent.fingerprint, ticket, j)
+                ticket.future.add_done_callback(functools.partial(self._group_finished, fresh))
+        await self._wait_all(ticket, joined, deadline)
+        if ticket is not None:
+            for index, r in zip(fresh_at, ticket.results, strict=True):
+                results[index] = _result_of(r, intents[index], replayed=False)
+        for index, joins in joined.items():
+            ended: object = joins
+            if isinstance(joins, int):
+                ended = ticket.results[joins] if ticket is not None else results[fresh_at[joins]]
+            results[index] = _result_of(ended, intents[index], replayed=True)
+        return results  # type: ignore[return-value]
+
+    async def _wait_all(
+        self,
+        ticket: GroupTicket[Outcome] | None,
+        joined: Mapping[int, asyncio.Future[Outcome] | int],
+        deadline: float | None,
+    ) -> None:
+        """Waits for the group and the settlements joined, then for the group's payments
+        handed on to later batches (deferred behind another of their account), until the
+        call's deadline allows no more."""
+        loop = asyncio.get_running_loop()
+        wait_s = _wait_s(deadline)
+        until = None if wait_s is None else loop.time() + wait_s
+        waiting: set[asyncio.Future[Any]] = {
+            f for f in joined.values() if isinstance(f, asyncio.Future)
+        }
+        if ticket is not None:
+            waiting.add(ticket.future)
+        if waiting:
+            await asyncio.wait(waiting, timeout=wait_s)
+        if ticket is None or not ticket.future.done():
+            return
+        handed = {r for r in ticket.results if isinstance(r, asyncio.Future) and not r.done()}
+        if handed:
+            await asyncio.wait(handed, timeout=None if until is None else until - loop.time())
 
     def _start(
         self, intent: PaymentIntent, admitted: bool = False
@@ -364,21 +414,35 @@ class SettlementService:
             if not admitted:
                 self._batcher.admit(1, intent.deadline)
             future = self._batcher.submit_nowait(intent)
-            self._inflight[key] = (intent.fingerprint, future)
+            self._inflight[key] = (intent.fingerprint, future, -1)
             future.add_done_callback(functools.partial(self._finished, key))
             return future, False
-        fingerprint, future = running
-        if fingerprint != intent.fingerprint:
-            raise IdempotencyConflict(
-                f"idempotency_key {echo(key)} is being used for another payment, still settling"
-            )
-        return future, True
+        fingerprint, settling, index = running
+        _same_payload(key, fingerprint, intent)
+        if isinstance(settling, GroupTicket):
+            return _member(settling, index), True
+        return settling, True
 
     def _finished(self, key: str, future: asyncio.Future[Outcome]) -> None:
-        if self._inflight.get(key, (None, None))[1] is future:
+        if self._inflight.get(key, (None, None, -1))[1] is future:
             del self._inflight[key]
         if not future.cancelled():
             future.exception()  # retrieved here, so a caller that left does not warn
+
+    def _group_finished(self, intents: list[PaymentIntent], future: asyncio.Future[Any]) -> None:
+        """A group's payments have their results: their keys leave the in-flight table
+        (a key a later settlement took meanwhile stays)."""
+        inflight = self._inflight
+        for intent in intents:
+            running = inflight.get(intent.idempotency_key)
+            if running is not None and getattr(running[1], "future", None) is future:
+                del inflight[intent.idempotency_key]
+        if future.cancelled():
+            return
+        for r in future.result():
+            if isinstance(r, asyncio.Future):
+                # A payment handed on: its end is retrieved even if its caller left.
+                r.add_done_callback(_retrieve)
 
     async def apply_subscriber_changes(
         self, changes: SubscriberChanges, source: str = ""
@@ -555,6 +619,67 @@ def outcome_of(future: asyncio.Future[Outcome], joined: bool) -> Outcome:
         raise ShuttingDown("the engine stopped before this payment ended")
     outcome = future.result()
     return dataclasses.replace(outcome, replayed=True) if joined else outcome
+
+
+def _same_payload(key: str, fingerprint: str, intent: PaymentIntent) -> None:
+    """Refuses ``intent`` when its key is settling for another payload."""
+    if fingerprint != intent.fingerprint:
+        raise IdempotencyConflict(
+            f"idempotency_key {echo(key)} is being used for another payment, still settling"
+        )
+
+
+def _member(ticket: GroupTicket[Outcome], index: int) -> asyncio.Future[Outcome]:
+    """A future of one payment of a group (for a caller that joins its key)."""
+    member: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+
+    def ended(_: asyncio.Future[Any]) -> None:
+        r = ticket.results[index]
+        if isinstance(r, asyncio.Future):
+            r.add_done_callback(functools.partial(_copy, member))
+        elif isinstance(r, BaseException):
+            member.set_exception(r)
+        else:
+            member.set_result(r)
+
+    ticket.future.add_done_callback(ended)
+    return member
+
+
+def _copy(into: asyncio.Future[Outcome], source: asyncio.Future[Outcome]) -> None:
+    if into.done():
+        return
+    if source.cancelled():
+        into.cancel()
+    elif (err := source.exception()) is not None:
+        into.set_exception(err)
+    else:
+        into.set_result(source.result())
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _result_of(r: object, intent: PaymentIntent, replayed: bool) -> Outcome | BaseException:
+    """One payment's answer from what its settlement left: an outcome (marked replayed
+    for a caller that joined another's settlement), the exception that ended it alone,
+    or OutcomePending when it is still under way at the deadline."""
+    if isinstance(r, asyncio.Future):
+        if not r.done():
+            return _pending(intent)
+        if r.cancelled():
+            return ShuttingDown("the engine stopped before this payment ended")
+        if (err := r.exception()) is not None:
+            return err
+        r = r.result()
+    if r is None:
+        return _pending(intent)
+    if isinstance(r, BaseException):
+        return r
+    assert isinstance(r, Outcome)
+    return dataclasses.replace(r, replayed=True) if replayed else r
 
 
 def _wait_s(deadline: float | None) -> float | None:
