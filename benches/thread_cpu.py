@@ -1,11 +1,12 @@
-"""Server CPU per payment, thread by thread, under PayBatch (issue 15): which of the
-server's threads the time goes to, in µs per payment settled.
+"""Server CPU per payment, thread by thread (issue 15): which of the server's threads
+the time goes to, in µs per payment settled.
 
-    .venv/bin/python benches/thread_cpu.py [--seconds 10] [--runs 2] [--work var/threads]
+    .venv/bin/python benches/thread_cpu.py [--rpc batch|unary|stream] [--seconds 10]
+        [--runs 2] [--work var/threads]
 
 Starts `quickpay serve` on SQLite with the bundled simulators at 0 ms (the setup of
 cpu_budget.py), loads it with PayBatch (500 payments a call, 2,000 callers in two
-client processes) and reads each thread's CPU time from /proc/PID/task/TID/stat at
+client processes), unary Pay (64 callers) or PayStream (256 in flight), and reads each thread's CPU time from /proc/PID/task/TID/stat at
 both ends of a window inside the measured part. Threads are grouped by name with
 their digits stripped (the ledger's threads, the gateway senders). Counts, not
 samples: the figure holds on a loaded host as long as the load is the same, and the
@@ -26,6 +27,11 @@ from pathlib import Path
 from compare import BATCH_LOAD, ROOT, Log, Server, gateways_file, seeded_data
 
 TICK = os.sysconf("SC_CLK_TCK")
+LOADS = {
+    "batch": BATCH_LOAD,
+    "unary": ["--rpc", "unary", "--concurrency", "64"],
+    "stream": ["--rpc", "stream", "--concurrency", "256"],
+}
 
 
 def threads(pid: int) -> dict[int, tuple[str, float]]:
@@ -52,13 +58,15 @@ def group(name: str) -> str:
     return name.rstrip("0123456789_-") or name
 
 
-def run_once(log: Log, work: Path, common: list[str], server: Server, seconds: float) -> dict:
+def run_once(
+    work: Path, common: list[str], server: Server, load: list[str], seconds: float
+) -> dict:
     quickpay = str(Path(sys.executable).parent / "quickpay")
     out = work / "threads-run.json"
     out.unlink(missing_ok=True)
     warmup = 1.0
     argv = [quickpay, "bench", *common, "--target", server.target, "--no-progress",
-            *BATCH_LOAD, "--duration", str(seconds), "--warmup", str(warmup),
+            *load, "--duration", str(seconds), "--warmup", str(warmup),
             "--json", str(out)]  # fmt: skip
     client = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(warmup + 1.5)
@@ -81,6 +89,7 @@ def run_once(log: Log, work: Path, common: list[str], server: Server, seconds: f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rpc", choices=sorted(LOADS), default="batch")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("var/threads"))
@@ -93,7 +102,8 @@ def main() -> None:
             "--gateways", str(gateways_file(args.work, 0))]  # fmt: skip
     server = Server(log, argv, args.work / "threads-serve.log")
     try:
-        runs = [run_once(log, args.work, common, server, args.seconds) for _ in range(args.runs)]
+        load = LOADS[args.rpc]
+        runs = [run_once(args.work, common, server, load, args.seconds) for _ in range(args.runs)]
     finally:
         server.stop()
     names = sorted({k for r in runs for k in r["us"]}, key=lambda k: -runs[0]["us"].get(k, 0))
