@@ -90,7 +90,14 @@ def run_once(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rpc", choices=sorted(LOADS), default="batch")
+    parser.add_argument(
+        "--server", choices=("engine", "echo"), default="engine",
+        help="the engine, or the bare grpc.aio echo server (the baseline of cpu_budget.py)",
+    )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--serve-flags", default="", help='more flags for `quickpay serve`, e.g. "--batch-max 64"'
+    )
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("var/threads"))
     args = parser.parse_args()
@@ -99,7 +106,9 @@ def main() -> None:
     bin_ = Path(sys.executable).parent
     common = seeded_data(log, args.work, 20_000)
     argv = [str(bin_ / "quickpay"), "serve", "--listen", "127.0.0.1:0", *common,
-            "--gateways", str(gateways_file(args.work, 0))]  # fmt: skip
+            "--gateways", str(gateways_file(args.work, 0)), *args.serve_flags.split()]  # fmt: skip
+    if args.server == "echo":
+        argv = [sys.executable, "-m", "quickpay_engine.bench.echo", "--listen", "127.0.0.1:0"]
     server = Server(log, argv, args.work / "threads-serve.log")
     try:
         load = LOADS[args.rpc]
