@@ -440,10 +440,8 @@ class Pipeline:
             d = decisions[k]
             said = answered[j]
             if said is GatewayOutcome.CAPTURED:
-                decisions[k] = Decision(
-                    d.payment_id, d.intent, gateway=gateways[j], gateway_reference=references[j],
-                    fraud=d.fraud,
-                )  # fmt: skip
+                # The decision is the batch's own: completed in place, not built again.
+                d.gateway, d.gateway_reference = gateways[j], references[j]
                 captured.append(k)
             elif said is GatewayOutcome.UNKNOWN:
                 pending.add(k)
@@ -459,11 +457,10 @@ class Pipeline:
                 )
             else:
                 reason = gateway.reasons[j]
-                decisions[k] = Decision(
-                    d.payment_id, d.intent, reason or said.name,
-                    _gateway_detail(said, gateways[j], reason), gateway=gateways[j],
-                    fraud=d.fraud, failed=said is not GatewayOutcome.DECLINED,
-                )  # fmt: skip
+                d.decline_reason = reason or said.name
+                d.decline_detail = _gateway_detail(said, gateways[j], reason)
+                d.gateway = gateways[j]
+                d.failed = said is not GatewayOutcome.DECLINED
                 voided.append(k)
         reserved = set(batch.reserved)
         # Declines, and what the gateways answered; not what is still unknown, nor what
