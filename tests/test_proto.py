@@ -25,9 +25,11 @@ from quickpay_engine.domain import (
     Confirmation,
     FraudAssessment,
     LineStatus,
+    MethodKind,
     Outcome,
     PaymentIntent,
     PaymentStatus,
+    Purpose,
 )
 from quickpay_engine.errors import InvalidArgument, RequestUndecodable
 
@@ -105,6 +107,33 @@ def test_the_core_decodes_every_field_as_the_python_stubs_do() -> None:
         # stored payment has it (HMAC of the deterministic serialization), so a retry of
         # a payment stored before the core decoded requests still matches its key.
         assert _view(intent) == _view(convert.intent_of(request, KEY)), request
+
+
+def test_intents_the_core_builds_are_the_dataclasses_python_would_build() -> None:
+    """The core builds each PaymentIntent itself (``IntentTypes``), setting the frozen
+    dataclass's fields as its own ``__init__`` does: the objects are equal, hash alike,
+    stay frozen, carry the enum members themselves, and keep the call's deadline and
+    sender, on the PayBatch path as on the frames path."""
+    rng = random.Random(7)
+    requests = [random_request(rng) for _ in range(200)]
+    call = pb.PayBatchRequest(payments=requests).SerializeToString()
+    built = convert.intents_of_batch(call, KEY, 1_000, deadline=123.5, sender="gw-1")
+    for request, intent in zip(requests, built, strict=True):
+        assert type(intent) is PaymentIntent
+        expected = dataclasses.replace(
+            convert.intent_of(request, KEY), deadline=123.5, sender="gw-1"
+        )
+        assert _view(intent) == _view(expected)
+        assert (intent.deadline, intent.sender) == (123.5, "gw-1")
+        assert hash(intent) == hash(expected)
+        assert type(intent.purpose) is Purpose and type(intent.method.kind) is MethodKind
+        assert intent.purpose is expected.purpose and intent.method.kind is expected.method.kind
+        assert repr(intent.detail) == "MethodDetail(<redacted>)"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            intent.amount_minor = 1  # type: ignore[misc]
+    (unsent,) = convert.intents_of_frames([requests[0].SerializeToString()], KEY)
+    assert isinstance(unsent, PaymentIntent)
+    assert (unsent.deadline, unsent.sender) == (None, "")
 
 
 def test_every_field_of_the_request_reaches_the_intent() -> None:

@@ -8,6 +8,8 @@ from typing import Any, TypedDict, TypeVar, final
 import numpy as np
 import numpy.typing as npt
 
+from quickpay_engine.domain import Method, MethodDetail, MethodKind, PaymentIntent, Purpose
+
 _A = TypeVar("_A")
 
 ENGINE_VERSION: str
@@ -812,6 +814,45 @@ def decode_pay_batch(
     """Decodes a PayBatchRequest's payments, each on its own, as ``decode_pay_requests``
     does. A call of more than ``payments_max`` payments, or whose own framing is broken,
     is refused whole with ``RequestUndecodable`` before any payment is decoded."""
+
+@final
+class IntentTypes:
+    """The types a decoded PayRequest becomes (``PaymentIntent``, ``Method``,
+    ``MethodDetail``, the ``Purpose`` members by number with the one for any other
+    number, and ``MethodKind``'s five members by number), handed over once: the decode
+    then builds each intent itself."""
+
+    def __new__(
+        cls,
+        intent: type[PaymentIntent],
+        method: type[Method],
+        detail: type[MethodDetail],
+        purposes: list[tuple[int, Purpose]],
+        purpose_other: Purpose,
+        kinds: list[MethodKind],
+    ) -> IntentTypes: ...
+
+def decode_pay_intents(
+    types: IntentTypes,
+    frames: list[bytes],
+    fingerprint_key: bytes,
+    deadline: float | None = None,
+    sender: str = "",
+) -> list[PaymentIntent | str]:
+    """``decode_pay_requests``, each frame built into a ``PaymentIntent`` (with
+    ``deadline`` and ``sender``) by the core, or the message of a frame that is not a
+    PayRequest."""
+
+def decode_pay_batch_intents(
+    types: IntentTypes,
+    request: bytes,
+    fingerprint_key: bytes,
+    payments_max: int,
+    deadline: float | None = None,
+    sender: str = "",
+) -> list[PaymentIntent | str]:
+    """``decode_pay_batch``, each payment built into a ``PaymentIntent`` as
+    ``decode_pay_intents`` builds it."""
 
 # -- subscriber files (store/subscriber_file.rs) ------------------------------------
 

@@ -2,7 +2,9 @@
 //! the gRPC handlers hand over the request bytes unparsed.
 
 use prost::Message;
+use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::types::{PyString, PyType};
 
 use crate::proto::{self, v1};
 
@@ -148,21 +150,47 @@ fn decode_pay_requests<'py>(
     frames: Vec<Vec<u8>>,
     fingerprint_key: Vec<u8>,
 ) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let decoded = decoded_frames(py, &frames, &fingerprint_key)?;
+    into_python(py, decoded)
+}
+
+type Decoded = Vec<Result<(Intent, Detail), proto::DecodeError>>;
+
+/// The frames decoded (with the GIL released when they are many bytes).
+fn decoded_frames(py: Python<'_>, frames: &[Vec<u8>], key: &[u8]) -> PyResult<Decoded> {
     if frames.len() > FRAMES_MAX {
         let (len, max) = (frames.len(), FRAMES_MAX);
         return Err(super::CoreError::BatchTooLarge { len, max }.into());
     }
     let decode = || {
         let frames: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-        decode_all(&frames, &fingerprint_key)
+        decode_all(&frames, key)
     };
     let bytes: usize = frames.iter().map(Vec::len).sum();
-    let decoded = if bytes < DETACH_BYTES_MIN {
+    Ok(if bytes < DETACH_BYTES_MIN {
+        decode()
+    } else {
+        py.detach(decode)
+    })
+}
+
+/// A PayBatchRequest's payments decoded (see `decode_pay_batch`).
+fn decoded_batch(
+    py: Python<'_>,
+    request: &[u8],
+    key: &[u8],
+    payments_max: usize,
+) -> PyResult<Decoded> {
+    let decode = || {
+        let frames = proto::split_pay_batch(request, payments_max)?;
+        Ok::<_, proto::DecodeError>(decode_all(&frames, key))
+    };
+    let decoded = if request.len() < DETACH_BYTES_MIN {
         decode()
     } else {
         py.detach(decode)
     };
-    into_python(py, decoded)
+    decoded.map_err(|err| super::RequestUndecodable::new_err(err.0))
 }
 
 /// Decodes a PayBatchRequest's payments, each on its own, as `decode_pay_requests`
@@ -175,19 +203,223 @@ fn decode_pay_batch<'py>(
     fingerprint_key: Vec<u8>,
     payments_max: usize,
 ) -> PyResult<Vec<Bound<'py, PyAny>>> {
-    let decode = || {
-        let frames = proto::split_pay_batch(&request, payments_max)?;
-        Ok::<_, proto::DecodeError>(decode_all(&frames, &fingerprint_key))
-    };
-    let decoded = if request.len() < DETACH_BYTES_MIN {
-        decode()
-    } else {
-        py.detach(decode)
-    };
-    match decoded {
-        Ok(decoded) => into_python(py, decoded),
-        Err(err) => Err(super::RequestUndecodable::new_err(err.0)),
+    let decoded = decoded_batch(py, &request, &fingerprint_key, payments_max)?;
+    into_python(py, decoded)
+}
+
+/// The Python types a decoded request becomes (`quickpay_engine.domain`'s
+/// `PaymentIntent`, `Method`, `MethodDetail`, and the `Purpose` and `MethodKind`
+/// members), handed over once, so that the decode builds each payment's intent itself:
+/// no tuple per payment for Python to unpack and no dataclass `__init__` run per field.
+#[pyclass(frozen, module = "quickpay_engine._engine")]
+pub(crate) struct IntentTypes {
+    intent: Py<PyType>,
+    method: Py<PyType>,
+    detail: Py<PyType>,
+    // The contract's purpose numbers with a member; any other number is `purpose_other`.
+    purposes: Vec<(i32, Py<PyAny>)>,
+    purpose_other: Py<PyAny>,
+    // MethodKind's members by number (0 to 4).
+    kinds: Vec<Py<PyAny>>,
+    names: Names,
+}
+
+/// The attribute names set on each object, interned once.
+struct Names {
+    intent: [Py<PyString>; 14],
+    method: [Py<PyString>; 2],
+    detail: [Py<PyString>; 7],
+}
+
+const INTENT_FIELDS: [&str; 14] = [
+    "idempotency_key",
+    "fingerprint",
+    "account_id",
+    "msisdn",
+    "amount_minor",
+    "currency",
+    "purpose",
+    "method",
+    "channel",
+    "device_id",
+    "ip",
+    "detail",
+    "deadline",
+    "sender",
+];
+const METHOD_FIELDS: [&str; 2] = ["kind", "display"];
+const DETAIL_FIELDS: [&str; 7] = [
+    "card_pan",
+    "card_expiry_month",
+    "card_expiry_year",
+    "wallet_provider",
+    "wallet_id",
+    "iban",
+    "subscriber_assertion",
+];
+
+fn interned<const N: usize>(py: Python<'_>, fields: [&str; N]) -> [Py<PyString>; N] {
+    fields.map(|f| PyString::intern(py, f).unbind())
+}
+
+/// A new instance of `cls` with no field set: a frozen dataclass's fields are then set
+/// as its own `__init__` sets them, through `object.__setattr__` (`set_field`).
+fn blank<'py>(py: Python<'py>, cls: &Py<PyType>) -> PyResult<Bound<'py, PyAny>> {
+    let tp = cls.bind(py).as_type_ptr();
+    // SAFETY: `tp` is a live type object (held by `cls`); tp_alloc returns a new
+    // reference or NULL with an exception set, which from_owned_ptr_or_err turns into
+    // an error.
+    unsafe {
+        let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
+        Bound::from_owned_ptr_or_err(py, alloc(tp, 0))
     }
+}
+
+fn set_field(obj: &Bound<'_, PyAny>, name: &Py<PyString>, value: Bound<'_, PyAny>) -> PyResult<()> {
+    // SAFETY: all three are live objects; PyObject_GenericSetAttr borrows them and
+    // returns -1 with an exception set on failure.
+    let done = unsafe { ffi::PyObject_GenericSetAttr(obj.as_ptr(), name.as_ptr(), value.as_ptr()) };
+    if done < 0 {
+        return Err(PyErr::fetch(obj.py()));
+    }
+    Ok(())
+}
+
+#[pymethods]
+impl IntentTypes {
+    #[new]
+    fn new(
+        py: Python<'_>,
+        intent: Py<PyType>,
+        method: Py<PyType>,
+        detail: Py<PyType>,
+        purposes: Vec<(i32, Py<PyAny>)>,
+        purpose_other: Py<PyAny>,
+        kinds: Vec<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        if kinds.len() != 5 {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "kinds: MethodKind's five members, by number",
+            ));
+        }
+        Ok(IntentTypes {
+            intent,
+            method,
+            detail,
+            purposes,
+            purpose_other,
+            kinds,
+            names: Names {
+                intent: interned(py, INTENT_FIELDS),
+                method: interned(py, METHOD_FIELDS),
+                detail: interned(py, DETAIL_FIELDS),
+            },
+        })
+    }
+}
+
+impl IntentTypes {
+    fn build<'py>(
+        &self,
+        py: Python<'py>,
+        (intent, detail): (Intent, Detail),
+        deadline: &Bound<'py, PyAny>,
+        sender: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let n = &self.names;
+        let method = blank(py, &self.method)?;
+        let kind = self
+            .kinds
+            .get(usize::from(intent.7))
+            .unwrap_or(&self.kinds[0]);
+        set_field(&method, &n.method[0], kind.bind(py).clone())?;
+        set_field(
+            &method,
+            &n.method[1],
+            intent.8.into_pyobject(py)?.into_any(),
+        )?;
+        let shown = blank(py, &self.detail)?;
+        set_field(&shown, &n.detail[0], detail.0.into_pyobject(py)?.into_any())?;
+        set_field(&shown, &n.detail[1], detail.1.into_pyobject(py)?.into_any())?;
+        set_field(&shown, &n.detail[2], detail.2.into_pyobject(py)?.into_any())?;
+        set_field(&shown, &n.detail[3], detail.3.into_pyobject(py)?.into_any())?;
+        set_field(&shown, &n.detail[4], detail.4.into_pyobject(py)?.into_any())?;
+        set_field(&shown, &n.detail[5], detail.5.into_pyobject(py)?.into_any())?;
+        set_field(&shown, &n.detail[6], detail.6.into_pyobject(py)?.into_any())?;
+        let purpose = self
+            .purposes
+            .iter()
+            .find(|(number, _)| *number == intent.6)
+            .map_or(&self.purpose_other, |(_, member)| member);
+        let obj = blank(py, &self.intent)?;
+        let f = &n.intent;
+        set_field(&obj, &f[0], intent.0.into_pyobject(py)?.into_any())?;
+        set_field(&obj, &f[1], intent.1.into_pyobject(py)?.into_any())?;
+        set_field(&obj, &f[2], intent.2.into_pyobject(py)?.into_any())?;
+        set_field(&obj, &f[3], intent.3.into_pyobject(py)?.into_any())?;
+        set_field(&obj, &f[4], intent.4.into_pyobject(py)?.into_any())?;
+        set_field(&obj, &f[5], intent.5.into_pyobject(py)?.into_any())?;
+        set_field(&obj, &f[6], purpose.bind(py).clone())?;
+        set_field(&obj, &f[7], method)?;
+        set_field(&obj, &f[8], intent.9.into_pyobject(py)?.into_any())?;
+        set_field(&obj, &f[9], intent.10.into_pyobject(py)?.into_any())?;
+        set_field(&obj, &f[10], intent.11.into_pyobject(py)?.into_any())?;
+        set_field(&obj, &f[11], shown)?;
+        set_field(&obj, &f[12], deadline.clone())?;
+        set_field(&obj, &f[13], sender.clone())?;
+        Ok(obj)
+    }
+
+    fn build_all<'py>(
+        &self,
+        py: Python<'py>,
+        decoded: Vec<Result<(Intent, Detail), proto::DecodeError>>,
+        deadline: Option<f64>,
+        sender: &str,
+    ) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let deadline = deadline.into_pyobject(py)?.into_any();
+        let sender = PyString::new(py, sender).into_any();
+        decoded
+            .into_iter()
+            .map(|d| match d {
+                Ok(fields) => self.build(py, fields, &deadline, &sender),
+                Err(err) => Ok(err.0.into_pyobject(py)?.into_any()),
+            })
+            .collect()
+    }
+}
+
+/// `decode_pay_requests`, each frame built into a `PaymentIntent` (with ``deadline``
+/// and ``sender``) by the core, or the message of a frame that is not a PayRequest.
+#[pyfunction]
+#[pyo3(signature = (types, frames, fingerprint_key, deadline = None, sender = ""))]
+fn decode_pay_intents<'py>(
+    py: Python<'py>,
+    types: &IntentTypes,
+    frames: Vec<Vec<u8>>,
+    fingerprint_key: Vec<u8>,
+    deadline: Option<f64>,
+    sender: &str,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let decoded = decoded_frames(py, &frames, &fingerprint_key)?;
+    types.build_all(py, decoded, deadline, sender)
+}
+
+/// `decode_pay_batch`, each payment built into a `PaymentIntent` as
+/// `decode_pay_intents` builds it.
+#[pyfunction]
+#[pyo3(signature = (types, request, fingerprint_key, payments_max, deadline = None, sender = ""))]
+fn decode_pay_batch_intents<'py>(
+    py: Python<'py>,
+    types: &IntentTypes,
+    request: Vec<u8>,
+    fingerprint_key: Vec<u8>,
+    payments_max: usize,
+    deadline: Option<f64>,
+    sender: &str,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let decoded = decoded_batch(py, &request, &fingerprint_key, payments_max)?;
+    types.build_all(py, decoded, deadline, sender)
 }
 
 /// A confirmation as `quickpay_engine.domain.Confirmation` holds it (read by attribute).
@@ -288,6 +520,9 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_pay_batch_response, m)?)?;
     m.add_function(wrap_pyfunction!(decode_pay_requests, m)?)?;
     m.add_function(wrap_pyfunction!(decode_pay_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_pay_intents, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_pay_batch_intents, m)?)?;
+    m.add_class::<IntentTypes>()?;
     m.add("PAY_REQUEST_BYTES_MAX", proto::PAY_REQUEST_BYTES_MAX)?;
     m.add("PAY_REQUEST_FIELD_BYTES_MAX", proto::FIELD_BYTES_MAX)?;
     Ok(())

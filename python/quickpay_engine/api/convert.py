@@ -9,13 +9,12 @@ import string
 import time
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from quickpay_engine._engine import decode_pay_batch, decode_pay_requests
+from quickpay_engine._engine import IntentTypes, decode_pay_batch_intents, decode_pay_intents
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.domain import (
     EVENT_KINDS,
@@ -41,9 +40,6 @@ from quickpay_engine.settlement.reconciliation import DEFAULT_TOLERANCE_S, Recon
 from quickpay_engine.settlement.refunds import RefundOutcome
 from quickpay_engine.store.audit import ACCESS_RECONCILE, ACCESS_REFUND
 from quickpay_engine.subscriber_changes import ChangeKind, SubscriberChanges
-
-if TYPE_CHECKING:
-    from quickpay_engine._engine import DecodedPay
 
 # Channel names are case-insensitive (gateway nodes and operators write "USSD", "APP"):
 # ASCII letters are lower-cased before anything else reads the request. ASCII only,
@@ -129,9 +125,9 @@ def intents_of_frames(
 ) -> list[PaymentIntent | InvalidArgument]:
     """PayRequest frames decoded by the core, in one call: each an intent (sent by
     ``sender``), or the InvalidArgument (on ``field``) of a frame that is not a
-    PayRequest."""
-    decoded = decode_pay_requests(frames, fingerprint_key)
-    return [_intent(d, deadline, field, sender) for d in decoded]
+    PayRequest. The core builds the intents itself (``IntentTypes``)."""
+    decoded = decode_pay_intents(INTENT_TYPES, frames, fingerprint_key, deadline, sender)
+    return [InvalidArgument(field, d) if d.__class__ is str else d for d in decoded]
 
 
 def intents_of_batch(
@@ -143,39 +139,23 @@ def intents_of_batch(
 ) -> list[PaymentIntent | InvalidArgument]:
     """A PayBatchRequest's payments decoded by the core, each on its own; a call over
     ``payments_max`` or with broken framing raises ``RequestUndecodable``."""
-    decoded = decode_pay_batch(request, fingerprint_key, payments_max)
-    return [_intent(d, deadline, sender=sender) for d in decoded]
-
-
-def _intent(
-    decoded: DecodedPay | str, deadline: float | None, field: str = "request", sender: str = ""
-) -> PaymentIntent | InvalidArgument:
-    if isinstance(decoded, str):
-        return InvalidArgument(field, decoded)
-    (key, fingerprint, account, msisdn, amount, currency, purpose, kind, shown, channel,
-     device, ip), detail = decoded  # fmt: skip
-    return PaymentIntent(
-        idempotency_key=key,
-        fingerprint=fingerprint,
-        account_id=account,
-        msisdn=msisdn,
-        amount_minor=amount,
-        currency=currency,
-        purpose=_PURPOSES.get(purpose, Purpose.UNSPECIFIED),
-        method=Method(MethodKind(kind), shown),
-        channel=channel,
-        device_id=device,
-        ip=ip,
-        detail=MethodDetail(*detail),
-        deadline=deadline,
-        sender=sender,
+    decoded = decode_pay_batch_intents(
+        INTENT_TYPES, request, fingerprint_key, payments_max, deadline, sender
     )
+    return [InvalidArgument("request", d) if d.__class__ is str else d for d in decoded]
 
 
-_PURPOSES = {
-    Purpose.BILL_PAYMENT.value: Purpose.BILL_PAYMENT,
-    Purpose.PREPAID_TOPUP.value: Purpose.PREPAID_TOPUP,
-}
+# What the core builds a decoded PayRequest into: the intent's types, the purposes with
+# a member (any other number is UNSPECIFIED, as ``intent_of`` reads it), and the method
+# kinds by number.
+INTENT_TYPES = IntentTypes(
+    PaymentIntent,
+    Method,
+    MethodDetail,
+    [(p.value, p) for p in (Purpose.BILL_PAYMENT, Purpose.PREPAID_TOPUP)],
+    Purpose.UNSPECIFIED,
+    [MethodKind(k) for k in range(5)],
+)
 
 
 def normalize_channel(request: pb.PayRequest) -> None:
