@@ -270,8 +270,11 @@ def gateways_file(work: Path, latency_ms: int) -> Path:
     return path
 
 
-def seeded_data(log: Log, work: Path, subscribers: int) -> list[str]:
-    """A fresh data dir with seeded subscribers; returns its --data-dir flags."""
+def seeded_data(
+    log: Log, work: Path, subscribers: int, env: dict[str, str] | None = None
+) -> list[str]:
+    """A fresh data dir with seeded subscribers; returns its --data-dir flags. ``env``:
+    the commands' environment (another tree's build: its PYTHONPATH), else this one's."""
     quickpay = str(Path(sys.executable).parent / "quickpay")
     data = work / "e2e"
     shutil.rmtree(data, ignore_errors=True)
@@ -281,7 +284,7 @@ def seeded_data(log: Log, work: Path, subscribers: int) -> list[str]:
         [quickpay, "seed", "--subscribers", str(subscribers), "--seed", "1", *common],
         [quickpay, "subscribers", "import", str(data / "subscribers.csv"), *common],
     ):
-        done = log.run(argv, cwd=ROOT)
+        done = log.run(argv, cwd=ROOT, env=env)
         if done.returncode:
             raise RuntimeError(f"{' '.join(argv)}: {done.stderr}")
     return common

@@ -12,7 +12,9 @@ work makes noisy). Load: `quickpay bench --rpc batch --batch-size 500 --concurre
 the load average, and the median per tree.
 
 Each tree has its own data directory (seeded the same), so one build's rows never sit in
-the other's indexes. ``--history N`` first settles N payments through each tree's server
+the other's indexes; each is seeded by its own tree's build (`quickpay seed` and
+`subscribers import` with PYTHONPATH=TREE/python, as its server runs), so a tree whose
+schema is older than this one's is not handed a file it would refuse. ``--history N`` first settles N payments through each tree's server
 (the same load, not measured), since a store's indexes in production are large. Besides
 CPU, each run reads the server's /proc/PID/io before and after: ``write_bytes`` (what it
 sent to the storage layer: the SQLite WAL and its checkpoints, the ledger's log) and
@@ -52,10 +54,18 @@ def main() -> None:
     log = Log()
     bin_ = Path(sys.executable).parent
     gateways = ["--gateways", str(gateways_file(args.work, 0))]
-    data = {t: seeded_data(log, args.work / f"tree{k}", 20_000) for k, t in enumerate(trees)}
+
+    def build(tree: str) -> dict[str, str]:
+        """The environment that runs ``tree``'s build."""
+        return {**os.environ, "PYTHONPATH": f"{tree}/python"}
+
+    data = {
+        t: seeded_data(log, args.work / f"tree{k}", 20_000, env=build(t))
+        for k, t in enumerate(trees)
+    }
 
     def serve(tree: str) -> Server:
-        os.environ["PYTHONPATH"] = f"{tree}/python"
+        os.environ["PYTHONPATH"] = build(tree)["PYTHONPATH"]
         argv = [str(bin_ / "quickpay"), "serve", "--listen", "127.0.0.1:0", *data[tree],
                 *gateways]  # fmt: skip
         return Server(log, argv, args.work / "serve.log")

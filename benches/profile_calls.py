@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import collections
 import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _support import pyspy_stacks, record_pyspy
 from compare import Log, Server, gateways_file, seeded_data
 
 LOADS = {
@@ -54,13 +54,7 @@ def record(
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(3)
-        pyspy = bin_ / "py-spy"
-        subprocess.run(
-            [str(pyspy) if pyspy.exists() else shutil.which("py-spy") or "py-spy", "record", "--pid", str(server.proc.pid), "--threads",
-             "--format", "raw", "--duration", str(int(seconds)), "--rate", "200",
-             "--nonblocking", "--output", str(out)],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        record_pyspy(server.proc.pid, out, seconds, rate=200)
         client.wait(timeout=120)
     finally:
         server.stop()
@@ -79,20 +73,15 @@ def summarize(out: Path, top: int) -> str:
     own: collections.Counter[str] = collections.Counter()
     total_in: collections.Counter[str] = collections.Counter()
     total = main = 0
-    for line in out.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        n = int(count)
+    for stack in pyspy_stacks(out):
+        n = stack.count
         total += n
-        frames = stack.split(";")
-        thread = next((f for f in frames if f.startswith("thread ")), frames[0])
-        thread = thread.split(": ", 1)[-1].strip('"').rstrip("0123456789")
+        thread = stack.thread.rstrip("0123456789")
         threads[thread] += n
         if thread != "MainThread":
             continue
         main += n
-        names = [_name(f) for f in frames if not f.startswith(("thread ", "process "))]
+        names = [_name(f) for f in stack.frames]
         if names:
             own[names[-1]] += n
         for name in set(names):

@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from _support import pyspy_stacks, record_pyspy
 from compare import Log, Server, gateways_file, seeded_data
 
 STAGE = ("gateways/router.py", "gateways/client.py", "_sales (", "_sale (")
@@ -46,12 +47,7 @@ def record(work: Path, out: Path) -> None:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(4)
-        subprocess.run(
-            [str(bin_ / "py-spy"), "record", "--pid", str(server.proc.pid), "--threads",
-             "--format", "raw", "--duration", "12", "--rate", "100", "--nonblocking",
-             "--output", str(out)],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        record_pyspy(server.proc.pid, out, 12, rate=100)
         client.wait(timeout=120)
     finally:
         server.stop()
@@ -61,20 +57,17 @@ def summarize(out: Path, frames: Sequence[str] = ()) -> str:
     threads: collections.Counter[str] = collections.Counter()
     marked: collections.Counter[str] = collections.Counter()
     total = stage = senders = 0
-    for line in out.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        n = int(count)
+    for stack in pyspy_stacks(out):
+        n = stack.count
         total += n
-        thread = stack.split(";", 1)[0].split(": ", 1)[-1]
+        thread = stack.thread
         thread = "gateway-NAME_N" if thread.startswith("gateway-") else thread.rstrip("0123456789")
         threads[thread] += n
         senders += n if thread == "gateway-NAME_N" else 0
-        if any(mark in stack for mark in STAGE):
+        if any(mark in stack.text for mark in STAGE):
             stage += n
         for mark in frames:
-            if mark in stack:
+            if mark in stack.text:
                 marked[mark] += n
     by_thread = ", ".join(f"{k} {100 * v / total:.1f} %" for k, v in threads.most_common(8))
     by_frame = "".join(f"\n{m!r}: {marked[m]} ({100 * marked[m] / total:.1f} %)" for m in frames)

@@ -61,7 +61,7 @@ def test_quickpay_config_names_the_file_and_secrets_are_masked(
     [
         ('listn = "127.0.0.1:1"\n', "unknown key 'listn'"),
         ('batch_max = "many"\n', "batch_max: Input should be a valid integer"),
-        ("batch_max = 0\n", "batch_max: Input should be greater than 0"),
+        ("batch_max = 0\n", "batch_max: Input should be greater than or equal to 1"),
         ('fraud_mode = "maybe"\n', "fraud_mode: Input should be 'enforce' or 'observe'"),
         ("listen = \n", "not TOML"),
     ],
@@ -129,3 +129,68 @@ def test_the_shipped_settings_files_pass_the_model(tmp_path: Path) -> None:
     mounted = tmp_path / "quickpay.toml"
     mounted.write_text(config_map["data"]["quickpay.toml"])
     assert load(mounted)["gateways"] == "/etc/quickpay/gateways.toml"
+
+
+def test_every_setting_serve_reads_can_be_set_in_the_file() -> None:
+    """The model holds a key for each setting serve (and config show) takes from the
+    file: a key missing there would be refused as unknown."""
+    from quickpay_engine.config_file import FileSettings, flags_of
+
+    assert {name for name, _, _ in flags_of("serve")} <= set(FileSettings.model_fields)
+
+
+def test_serve_settings_from_the_file_take_effect(tmp_path, capsys, monkeypatch) -> None:
+    """queue_wait_max_ms, the transport's bounds, the batching and the TLS paths as the
+    file says, 0 (admission by count only; no linger) included."""
+    from quickpay_engine.cli import build_parser
+    from quickpay_engine.commands.serve import batching_from
+    from quickpay_engine.config import settings_from
+    from quickpay_engine.config_file import apply
+
+    monkeypatch.delenv("QUICKPAY_QUEUE_WAIT_MAX_MS")  # the suite's own (conftest.py)
+    config = write(
+        tmp_path,
+        "queue_wait_max_ms = 0\npending_calls_max = 64\npending_call_wait_max_s = 9\n"
+        'batch_linger_ms = 0\ntls_cert = "/etc/quickpay/tls.pem"\n',
+    )
+    argv = ["--config", str(config), "serve"]
+    args = build_parser().parse_args(argv)
+    apply(args, argv, "serve")
+    settings = settings_from(args)
+    assert settings.queue_wait_max_ms == 0
+    assert (settings.pending_calls_max, settings.pending_call_wait_max_s) == (64, 9)
+    assert batching_from(args).linger_ms == 0
+    assert args.tls_cert == Path("/etc/quickpay/tls.pem")
+    rows = show(capsys, "--config", str(config), "config", "show")
+    for key, value in [
+        ("queue_wait_max_ms", "0.0"),
+        ("pending_calls_max", "64"),
+        ("pending_call_wait_max_s", "9"),
+        ("batch_linger_ms", "0.0"),
+        ("tls_cert", "/etc/quickpay/tls.pem"),
+    ]:
+        assert rows[key] == (value, f"file {config}"), key
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("queue_wait_max_ms = -1\n", "queue_wait_max_ms: Input should be greater than or equal to 0"),
+        ("queue_wait_max_ms = 60001\n", "queue_wait_max_ms: Input should be less than or equal to 60000"),
+        ('queue_wait_max_ms = "soon"\n', "queue_wait_max_ms: Input should be a valid number"),
+        ("pending_calls_max = 100001\n", "pending_calls_max: Input should be less than or equal to 100000"),
+        ("pending_call_wait_max_s = 0\n", "pending_call_wait_max_s: Input should be greater than or equal to 1"),
+        ("batch_max = 4097\n", "batch_max: Input should be less than or equal to 4096"),
+        ("batches_in_flight = 65\n", "batches_in_flight: Input should be less than or equal to 64"),
+        ("insecure = true\n", "unknown key 'insecure'"),
+    ],
+)  # fmt: skip
+def test_a_serve_setting_out_of_its_flags_bounds_is_refused_by_its_key(
+    tmp_path, capsys, text: str, said: str
+) -> None:
+    config = write(tmp_path, text)
+    data_dir = tmp_path / "never-made"
+    assert main(["--config", str(config), "serve", "--data-dir", str(data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert said in err and str(config) in err, err
+    assert not data_dir.exists()

@@ -137,12 +137,13 @@ async def test_verify_names_each_broken_invariant(traffic: Path, sql: str, named
     assert named in done.stdout, done.stdout
 
 
-async def test_verify_passes_on_a_data_dir_of_schema_5_and_drops_its_indexes(
+async def test_verify_passes_on_a_data_dir_of_schema_5_once_a_writer_upgraded_it(
     data_dir: Path,
 ) -> None:
     """A data dir the build of schema 5 (with payments_by_account and billing_by_account)
-    wrote traffic to: `quickpay verify` upgrades it in place, both indexes go, and every
-    check holds."""
+    wrote traffic to: `quickpay verify`, which writes nothing, refuses it (see
+    tests/test_verify_read_only.py); once a writer's open upgraded it in place, both
+    indexes are gone and every check holds."""
     from quickpay_engine.store.sqlite import SCHEMA_VERSION
 
     running = await create_server(settings_for(data_dir))
@@ -158,6 +159,8 @@ async def test_verify_passes_on_a_data_dir_of_schema_5_and_drops_its_indexes(
             " CREATE INDEX billing_by_account ON billing_records (account_id);"
             " PRAGMA user_version = 5;"
         )
+    assert verify_cli(data_dir).returncode == 2
+    SqliteStore(path).close()  # as `quickpay recover` or `serve` opens it
     done = verify_cli(data_dir)
     assert done.returncode == 0, done.stdout
     assert "all invariants hold" in done.stdout

@@ -386,7 +386,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     engine_config = _value(args, "engine_config")
     wait = _value(args, "queue_wait_max_ms")
     try:
-        queue_wait_max_ms = float(wait or "")
+        # A string from a flag or a variable, a number from the file (0 among them).
+        queue_wait_max_ms = float("" if wait is None else wait)
     except ValueError:
         queue_wait_max_ms = math.nan
     if not 0 <= queue_wait_max_ms <= QUEUE_WAIT_MAX_MS_LIMIT:

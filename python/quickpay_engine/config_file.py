@@ -17,9 +17,9 @@ import argparse
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import PositiveFloat, PositiveInt, ValidationError
+from pydantic import Field, PositiveInt, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,13 +27,26 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from quickpay_engine.commands.serve import BATCHES_IN_FLIGHT_MAX, LINGER_MS_MAX, SALE_BATCH_MAX
+from quickpay_engine.config import PENDING_CALL_WAIT_MAX_S_LIMIT, PENDING_CALLS_MAX_LIMIT
 from quickpay_engine.errors import ConfigError
+from quickpay_engine.settlement.admission import QUEUE_WAIT_MAX_MS_LIMIT
 
 CONFIG_FLAG = "--config"
 CONFIG_VARIABLE = "QUICKPAY_CONFIG"
 # Settings whose value is a secret, or may carry one (a URL's password): masked by
 # `quickpay config show`.
 SECRET_KEYS = ("database_url", "billing_url", "ar_url", "provisioning_url", "nats_url")
+
+# The numbers' bounds are their flags' (config.py, commands/serve.py): the file refuses,
+# by its key, what the flag refuses. (The ledger's, PositiveInt here, are checked by
+# ledger_limits.py whichever the source.)
+QueueWaitMs = Annotated[float, Field(ge=0, le=QUEUE_WAIT_MAX_MS_LIMIT)]
+PendingCalls = Annotated[int, Field(ge=1, le=PENDING_CALLS_MAX_LIMIT)]
+PendingWaitS = Annotated[int, Field(ge=1, le=PENDING_CALL_WAIT_MAX_S_LIMIT)]
+BatchMax = Annotated[int, Field(ge=1, le=SALE_BATCH_MAX)]
+LingerMs = Annotated[float, Field(ge=0, le=LINGER_MS_MAX)]
+InFlight = Annotated[int, Field(ge=1, le=BATCHES_IN_FLIGHT_MAX)]
 
 
 class FileSettings(BaseSettings):
@@ -53,14 +66,21 @@ class FileSettings(BaseSettings):
     engine_config: str | None = None
     gateways: str | None = None
     metrics_listen: str | None = None
-    pending_calls_max: PositiveInt | None = None
-    pending_call_wait_max_s: PositiveInt | None = None
+    queue_wait_max_ms: QueueWaitMs | None = None
+    pending_calls_max: PendingCalls | None = None
+    pending_call_wait_max_s: PendingWaitS | None = None
     ledger_payments_max: PositiveInt | None = None
     ledger_transfers_max: PositiveInt | None = None
     ledger_retention_s: PositiveInt | None = None
-    batch_max: PositiveInt | None = None
-    batch_linger_ms: PositiveFloat | None = None
-    batches_in_flight: PositiveInt | None = None
+    batch_max: BatchMax | None = None
+    batch_linger_ms: LingerMs | None = None
+    batches_in_flight: InFlight | None = None
+    # serve's security paths (security/settings.py); not --insecure, which is said where
+    # serve is started (EXTRA_FLAGS below).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    auth_file: Path | None = None
     log_format: Literal["text", "json"] | None = None
 
     @classmethod

@@ -26,7 +26,7 @@ from quickpay_engine.store.audit import (
 )
 from quickpay_engine.store.pg_owner import PgOwner
 from quickpay_engine.store.postgres import PostgresStore, PostgresUrls
-from quickpay_engine.store.sqlite_library import require_one_library, sqlite_uri
+from quickpay_engine.store.sqlite_library import read_only_uri, require_one_library, sqlite_uri
 
 # Every store has the same public methods (see store/sqlite.py); the wiring holds one.
 Store = SqliteStore | PostgresStore | TwoPhaseStore
@@ -70,7 +70,10 @@ def open_store(
     proves, in its own transaction, that the owner's lock is still held.
 
     ``checking``: the caller only reads (verify, audit verify), so the audit key is
-    never made (see ``store_audit_key``).
+    never made (see ``store_audit_key``), and the store is opened read-only: nothing is
+    written to it, and a schema older than this build's is refused with the command that
+    upgrades it rather than upgraded (``SqliteStore``'s and ``PostgresStore``'s
+    ``read_only``).
 
     ``key``: the audit key to write under instead of the data dir's (`quickpay audit
     new-key`, whose key is written to the data dir only once the trail names it).
@@ -79,8 +82,8 @@ def open_store(
     if key is None:
         key = store_audit_key(settings, checking=checking)
     if not settings.postgres:
-        return SqliteStore(settings.sqlite_path, key)
-    store = PostgresStore(PostgresUrls(*settings.domain_urls), key)
+        return SqliteStore(settings.sqlite_path, key, read_only=checking)
+    store = PostgresStore(PostgresUrls(*settings.domain_urls), key, read_only=checking)
     if owner is not None:
         store.fence = owner.prove
     if not store.urls.split or not coordinate:
@@ -104,7 +107,7 @@ def store_audit_key(settings: Settings, *, checking: bool = False) -> bytes:
         if not checking and (mismatch := wrong_key(path, audit_tail(settings), key)):
             raise mismatch
         return key
-    tail = audit_tail(settings)
+    tail = audit_tail(settings, read_only=checking)
     if tail is not None and keyed(tail):
         raise lost_key(path, tail, checking=checking)
     if checking:
@@ -115,9 +118,10 @@ def store_audit_key(settings: Settings, *, checking: bool = False) -> bytes:
 _TAIL = "SELECT seq, prev_hash, content, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1"
 
 
-def audit_tail(settings: Settings) -> AuditRow | None:
+def audit_tail(settings: Settings, *, read_only: bool = False) -> AuditRow | None:
     """The audit trail's last row, read without opening the store (which needs the key);
-    None without a trail (no database yet, or no table)."""
+    None without a trail (no database yet, or no table). ``read_only``: for a checker,
+    which writes nothing (``sqlite_library.read_only_uri``)."""
     if settings.postgres:
         with psycopg.connect(settings.domain_urls[0], autocommit=True) as conn:
             if conn.execute("SELECT to_regclass('audit_log')").fetchone() == (None,):
@@ -128,9 +132,10 @@ def audit_tail(settings: Settings) -> AuditRow | None:
         if not path.exists():
             return None
         require_one_library()  # before this process touches the file
-        # Not mode=ro: a read-only connection to a WAL database leaves its -wal and -shm
-        # files behind, where the last connection to close removes them.
-        db = sqlite3.connect(sqlite_uri(path, "rw"), uri=True)
+        # A writer's is not mode=ro: a read-only connection to a WAL database leaves its
+        # -wal and -shm files behind, where the last connection to close removes them.
+        uri = read_only_uri(path) if read_only else sqlite_uri(path, "rw")
+        db = sqlite3.connect(uri, uri=True)
         try:
             exists = db.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_log'"

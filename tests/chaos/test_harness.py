@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from chaos.answers import is_refusal, refused
 from chaos.conftest import keep_logs, server_errors
 from chaos.soak import Sample, trends
 from chaos.test_chaos import RETRY_LATER, unexpected
@@ -49,6 +52,52 @@ def test_unexpected_answers_quote_what_they_said() -> None:
         "callers heard {'INTERNAL': 2} (2 x INTERNAL on batch: boom)"
     ]
     assert unexpected(answers[2:], RETRY_LATER, set()) == []
+
+
+def _answer(error: str = "", detail: str = "", status: str = "", reason: str = "") -> dict:
+    return {"rpc": "unary", "error": error, "status": status, "reason": reason, "detail": detail}
+
+
+@pytest.mark.parametrize(
+    ("answer", "is_refused"),
+    [
+        # grpc-core's bound on calls not yet taken: the server's, "retry later".
+        (_answer("CANCELLED", "CANCELLED"), True),
+        (_answer("CANCELLED", ""), True),
+        # The client's own cancellations (grpc.aio's details): not the server's word.
+        (_answer("CANCELLED", "Locally cancelled by application!"), False),
+        (_answer("CANCELLED", "Cancelled upon garbage collection!"), False),
+        # Admission's refusal, as a call's code and as a PayStream frame's reason.
+        (_answer("RESOURCE_EXHAUSTED", "the engine is overloaded"), True),
+        (_answer(status="FAILED", reason="RESOURCE_EXHAUSTED"), True),
+        # Everything else is not a refusal.
+        (_answer("UNAVAILABLE", "Socket closed"), False),
+        (_answer("DEADLINE_EXCEEDED"), False),
+        (_answer("INTERNAL", "CANCELLED"), False),
+        (_answer(status="FAILED", reason="CANCELLED"), False),
+        (_answer(status="FAILED", reason="BILLING_UNAVAILABLE"), False),
+        (_answer(status="SETTLED"), False),
+        (_answer(status="DECLINED", reason="INSUFFICIENT_CREDIT"), False),
+    ],
+)
+def test_which_answers_are_refusals(answer: dict, is_refused: bool) -> None:
+    assert refused(answer) is is_refused
+    if answer["error"]:
+        assert is_refusal(answer["error"], answer["detail"]) is is_refused
+
+
+def test_a_cancelled_the_caller_did_not_cause_is_a_refusal_not_an_error() -> None:
+    answers = [
+        _answer("CANCELLED", "CANCELLED"),
+        _answer(status="FAILED", reason="RESOURCE_EXHAUSTED"),
+        _answer(status="SETTLED"),
+    ]
+    # Allowed whatever the scenario allows, as RESOURCE_EXHAUSTED is.
+    assert unexpected(answers, set(), set()) == []
+    mine = _answer("CANCELLED", "Locally cancelled by application!")
+    assert unexpected([*answers, mine], RETRY_LATER, set()) == [
+        "callers heard {'CANCELLED': 1} (1 x CANCELLED on unary: Locally cancelled by application!)"
+    ]
 
 
 def test_a_failed_scenario_keeps_its_logs_and_answers(tmp_path: Path, monkeypatch) -> None:

@@ -19,7 +19,7 @@ from quickpay_engine.settlement.ledger_book import (
     subscriber_account,
 )
 from quickpay_engine.storage import Store, open_store
-from quickpay_engine.store.sqlite_library import sqlite_uri
+from quickpay_engine.store.sqlite_library import read_only_uri
 
 # At most this many examples of each broken saga invariant are listed.
 EXAMPLES_MAX = 20
@@ -138,7 +138,7 @@ def _gateway_problems(store: Store, data_dir: Path) -> list[str]:
     for books in sorted((data_dir / "gateways").glob("*/ledger.sqlite3")):
         name = books.parent.name
         assert sim_data_dir(data_dir, name) == books.parent
-        db = sqlite3.connect(sqlite_uri(books, "ro"), uri=True)
+        db = sqlite3.connect(read_only_uri(books), uri=True)
         try:
             at_gateway = {
                 ref: (gref, state, refunded)

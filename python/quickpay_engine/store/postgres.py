@@ -135,11 +135,19 @@ class Prepared:
 class PostgresStore:
     """Billing, AR ledger and provisioning in PostgreSQL: one database or several."""
 
-    def __init__(self, urls: PostgresUrls | str, audit_key: bytes | None = None) -> None:
+    def __init__(
+        self, urls: PostgresUrls | str, audit_key: bytes | None = None, *, read_only: bool = False
+    ) -> None:
         """``audit_key``: the audit chain's key (``store.audit.audit_key`` of the data
         dir); without it the store writes no audit row (and so no batch) and cannot
-        verify the trail."""
+        verify the trail.
+
+        ``read_only``: for a checker (`verify`, `audit verify`): every session is
+        read-only (``default_transaction_read_only``), so any write fails, and the
+        default provisioning rules are not written; a database behind on migrations is
+        refused, as always, with the command that migrates it."""
         self.urls = PostgresUrls.single(urls) if isinstance(urls, str) else urls
+        self.read_only = read_only
         self._audit_key = audit_key
         # The trail's last (seq, hash) as of this store's last commit that wrote to it,
         # for the ledger's anchor; None until then. Under two-phase commit, a prepared
@@ -156,7 +164,7 @@ class PostgresStore:
             for domain in DOMAINS:
                 url = self.urls.of(domain)
                 if url not in by_url:
-                    self._conns[domain] = _connect(url)
+                    self._conns[domain] = _connect(url, read_only)
                     by_url[url] = domain
                     require_current(self._conns[domain], f"the {domain} database ({_safe(url)})")
         except BaseException:
@@ -168,6 +176,9 @@ class PostgresStore:
         # a refund is written; raises to write nothing (the server's ownership proof,
         # store/pg_owner.py). None: no check (tools, tests of the store alone).
         self.fence: Callable[[str, psycopg.Connection], None] | None = None
+        if read_only:
+            self.rules = self._load_rules()
+            return
         with self._transaction(self._prov):
             self._prov.cursor().executemany(
                 "INSERT INTO provisioning_rules (rule_id, priority, plan, from_status,"
@@ -202,13 +213,13 @@ class PostgresStore:
         for name, conn in self._conns.items():
             if conn.closed or conn.broken:
                 conn.close()
-                self._conns[name] = _connect(self.urls.of(name))
+                self._conns[name] = _connect(self.urls.of(name), self.read_only)
 
     def open_reader(self) -> PostgresStore:
         """Other connections to the same databases, for reads on another thread: each
         statement sees every transaction committed before it and never waits for the
         writer (MVCC)."""
-        return PostgresStore(self.urls, self._audit_key)
+        return PostgresStore(self.urls, self._audit_key, read_only=self.read_only)
 
     @property
     def audit_key(self) -> bytes:
@@ -1096,9 +1107,13 @@ class PostgresStore:
         """
         problems: list[str] = []
         conn = self._billing
-        conn.execute("BEGIN")
+        copy = self._ar is not conn
+        # The temporary copy is written in a read-write transaction even in a read-only
+        # session (a checker's): it is the one table written, the session's own, and
+        # the rollback below drops it.
+        conn.execute("BEGIN READ WRITE" if copy else "BEGIN")
         try:
-            if self._ar is not conn:
+            if copy:
                 _copy_ar_entries(self._ar, conn)
             for what, check in CHECKS:
                 found = conn.execute(f"{check} LIMIT {VERIFY_EXAMPLES_MAX}").fetchall()  # type: ignore[arg-type]
@@ -1228,10 +1243,12 @@ def _states(rows: BatchRows) -> list[SettledState]:
     return [SettledState(a.account_id, a.balance_minor, a.status) for a in rows.touched.values()]
 
 
-def _connect(url: str) -> psycopg.Connection:
+def _connect(url: str, read_only: bool = False) -> psycopg.Connection:
     # autocommit: transactions are explicit (BEGIN ... COMMIT or PREPARE TRANSACTION).
     conn = psycopg.connect(url, autocommit=True)
     conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+    if read_only:
+        conn.execute("SET default_transaction_read_only = on")
     return conn
 
 

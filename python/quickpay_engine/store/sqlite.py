@@ -58,7 +58,7 @@ from quickpay_engine.store.rows import (
     intent_from_json,
     outcome_of,
 )
-from quickpay_engine.store.sqlite_library import require_one_library
+from quickpay_engine.store.sqlite_library import read_only_uri, require_one_library
 from quickpay_engine.store.subscriber_events import event_rows, write_lines
 from quickpay_engine.subscriber_changes import (
     ChangePlan,
@@ -172,19 +172,39 @@ class SettledState:
 class SqliteStore:
     """Billing, payment history and provisioning state in one SQLite file."""
 
-    def __init__(self, path: Path, audit_key_bytes: bytes | None = None) -> None:
+    def __init__(
+        self, path: Path, audit_key_bytes: bytes | None = None, *, read_only: bool = False
+    ) -> None:
         """``audit_key_bytes``: the key of the audit chain (``store.audit.audit_key`` of
         the data dir); by default the one beside the file, which is the data dir's in
-        the default layout."""
+        the default layout.
+
+        ``read_only``: for a checker (`verify`, `audit verify`), which holds the data
+        dir's lock: the file is opened without writing anything to it or its ``-wal``
+        (``sqlite_library.read_only_uri``), never created, never upgraded: a file of
+        another schema version is refused (``StoreError``) with the command that
+        upgrades it. Every write then fails (``sqlite3.OperationalError``)."""
         # Before the file is touched: no second copy of SQLite in this process.
         require_one_library()
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
+        self.read_only = read_only
         self.audit_key = audit_key_bytes if audit_key_bytes is not None else audit_key(path.parent)
         # The trail's last (seq, hash) as of this store's last commit that wrote to it,
         # for the ledger's anchor (see store/audit.py); None until then.
         self.audit_head: tuple[int, str] | None = None
         self._written_head: tuple[int, str] | None = None
+        if read_only:
+            if not path.exists():
+                raise StoreError(f"{path} does not exist")
+            self._db = sqlite3.connect(
+                read_only_uri(path), uri=True, isolation_level=None, check_same_thread=False
+            )
+            self._writer = SqliteWriter(path)  # never committed through: never opened
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._require_current(path)
+            self.rules = self._load_rules()
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), never implied.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # The core's connection, which writes the settlement batches (opened on the
@@ -241,6 +261,30 @@ class SqliteStore:
             f"BEGIN;\n{schema.read_text()}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
         )
 
+    def _require_current(self, path: Path) -> None:
+        """Refuses, writing nothing, a file whose schema is not this build's (a read-only
+        open, which does not upgrade it)."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return
+        self._db.close()
+        if version in UPGRADES:
+            raise StoreError(
+                f"{path} holds schema version {version}; this build uses {SCHEMA_VERSION}"
+                " and checks only a file it need not upgrade (a check writes nothing):"
+                " run `quickpay recover` (or `quickpay serve`) with this build first,"
+                " which upgrades the file in place, then check again"
+            )
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{path} holds schema version {version}, newer than this build's"
+                f" {SCHEMA_VERSION}: check it with the newer quickpay that wrote it"
+            )
+        raise StoreError(
+            f"{path} holds schema version {version}; this build uses {SCHEMA_VERSION}"
+            " and cannot upgrade it"
+        )
+
     def close(self) -> None:
         self._writer.close()
         self._db.close()
@@ -248,7 +292,7 @@ class SqliteStore:
     def open_reader(self) -> SqliteStore:
         """Another connection to the same file, for reads on another thread: in WAL mode
         a reader sees every committed transaction and never waits for the writer."""
-        return SqliteStore(self._path, self.audit_key)
+        return SqliteStore(self._path, self.audit_key, read_only=self.read_only)
 
     # -- subscribers -----------------------------------------------------------------
 

@@ -30,6 +30,24 @@ def sqlite_uri(path: Path, mode: str) -> str:
     return f"{path.resolve().as_uri()}?mode={mode}"
 
 
+def read_only_uri(path: Path) -> str:
+    """The URI that opens ``path`` for reading without writing a byte of it, nor of its
+    ``-wal``, for a checker (`verify`, `audit verify`) that holds the data dir's lock, so
+    that no writer changes the file meanwhile (cli.owning).
+
+    A read-write connection would not do: the last one to close checkpoints the ``-wal``
+    into the database and removes it. ``mode=ro`` writes neither, but on a database
+    without a ``-wal`` it creates an empty ``-wal`` and a ``-shm`` and leaves them behind;
+    there, with nothing in a log to read, the file is opened ``immutable`` (no lock, no
+    ``-shm``, no ``-wal``). With a ``-wal`` (a writer killed before its last close), whose
+    transactions an immutable open would miss, ``mode=ro`` reads through it and changes at
+    most the ``-shm``, the log's index, which it creates if absent."""
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return sqlite_uri(path, "ro")
+    return sqlite_uri(path, "ro") + "&immutable=1"
+
+
 def sqlite_libraries(maps: str) -> list[str]:
     """The distinct SQLite libraries mapped, as their paths, from the text of a
     /proc/PID/maps. One file mapped at several addresses (its segments) is one library;
