@@ -222,19 +222,21 @@ class Pipeline:
         self._lap("replay_lookup", lap)
         fresh: list[int] = []
         accounts: list[str] = []
+        taken: set[str] = set()  # the accounts of ``fresh``: a set, for the check below
+        busy = self._busy
         for index, intent in enumerate(intents):
-            record = stored.get(intent.idempotency_key)
+            record = stored.get(intent.idempotency_key) if stored else None
+            account = intent.account_id
             if record is not None:
                 results[index] = replay(record.outcome, record.intent, intent)
-            elif self.resubmit is not None and (
-                self._busy[intent.account_id] or intent.account_id in accounts
-            ):
+            elif self.resubmit is not None and (account in taken or busy[account]):
                 # The account has a payment not yet committed: validating this one now
                 # would check its balance and limits as they were before that one.
                 results[index] = self._defer(intent)  # type: ignore[assignment]
             else:
                 fresh.append(index)
-                accounts.append(intent.account_id)
+                accounts.append(account)
+                taken.add(account)
         # Held from here (no await since the check above) until the batch has ended.
         self._busy.update(accounts)
         try:
