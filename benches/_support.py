@@ -43,15 +43,16 @@ def intents(rows: Sequence[SubscriberRow], count: int, run_id: str) -> list[Paym
     return [intent_of(r, FINGERPRINT_KEY) for r in source.take(count)]
 
 
-def record_pyspy(pid: int, out: Path, seconds: float, rate: int) -> None:
+def record_pyspy(pid: int, out: Path, seconds: float, rate: int, gil: bool = False) -> None:
     """`py-spy record --threads --format raw --nonblocking` of process ``pid`` for
     ``seconds`` at ``rate`` Hz into ``out``: the venv's py-spy, else the one on PATH (it
-    is not a dependency: `.venv/bin/pip install py-spy`)."""
+    is not a dependency: `.venv/bin/pip install py-spy`). ``gil``: only the thread that
+    holds the GIL is sampled (`--gil`), so a thread waiting for it counts nothing."""
     pyspy = Path(sys.executable).parent / "py-spy"
     subprocess.run(
         [str(pyspy) if pyspy.exists() else shutil.which("py-spy") or "py-spy", "record",
          "--pid", str(pid), "--threads", "--format", "raw", "--duration", str(int(seconds)),
-         "--rate", str(rate), "--nonblocking", "--output", str(out)],
+         "--rate", str(rate), "--nonblocking", "--output", str(out), *(["--gil"] if gil else [])],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 

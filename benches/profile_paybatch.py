@@ -31,7 +31,7 @@ from compare import Log, Server, gateways_file, seeded_data
 STAGE = ("gateways/router.py", "gateways/client.py", "_sales (", "_sale (")
 
 
-def record(work: Path, out: Path) -> None:
+def record(work: Path, out: Path, gil: bool = False) -> None:
     work.mkdir(parents=True, exist_ok=True)
     log = Log()
     bin_ = Path(sys.executable).parent
@@ -47,7 +47,7 @@ def record(work: Path, out: Path) -> None:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(4)
-        record_pyspy(server.proc.pid, out, 12, rate=100)
+        record_pyspy(server.proc.pid, out, 12, rate=100, gil=gil)
         client.wait(timeout=120)
     finally:
         server.stop()
@@ -83,6 +83,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("var/prof"))
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
+        "--gil", action="store_true", help="sample only the thread holding the GIL (py-spy --gil)"
+    )
+    parser.add_argument(
         "--frames", default="", help="comma-separated stack markers to count (see above)"
     )
     parser.add_argument(
@@ -91,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or args.work / "paybatch.pyspy.txt"
     if not args.summarize_only:
-        record(args.work, out)
+        record(args.work, out, args.gil)
     print(summarize(out, [f for f in args.frames.split(",") if f]))
 
 

@@ -67,3 +67,15 @@ def test_threads_never_get_the_same_id() -> None:
     assert len(set(every)) == len(every) == 4_000
     for ids in made:
         assert ids == sorted(ids)
+
+
+def test_the_core_refuses_partial_draws_and_a_clock_past_48_bits() -> None:
+    import pytest
+
+    from quickpay_engine._engine import make_payment_ids
+
+    with pytest.raises(ValueError, match="raw"):
+        make_payment_ids(1, b"\x00" * 15, 0)
+    with pytest.raises(ValueError, match="clock_ms"):
+        make_payment_ids(1 << 48, b"\x00" * 10, 0)
+    assert make_payment_ids(1, b"", 7) == ([], 7)

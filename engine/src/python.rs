@@ -6,6 +6,7 @@
 
 mod fraud;
 mod http;
+mod ids;
 mod ledger;
 mod proto;
 mod reconcile;
@@ -16,7 +17,9 @@ mod validate;
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
+use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::types::{PyString, PyType};
 
 create_exception!(
     _engine,
@@ -169,6 +172,35 @@ impl Engine {
     }
 }
 
+/// A new instance of `cls` with no field set: a frozen dataclass's fields are then set
+/// as its own `__init__` sets them, through `object.__setattr__` (`set_field`). How the
+/// core builds the domain's objects (intents, fraud assessments) without running an
+/// `__init__` per object: the caller sets every field.
+pub(crate) fn blank<'py>(py: Python<'py>, cls: &Py<PyType>) -> PyResult<Bound<'py, PyAny>> {
+    let tp = cls.bind(py).as_type_ptr();
+    // SAFETY: `tp` is a live type object (held by `cls`); tp_alloc returns a new
+    // reference or NULL with an exception set, which from_owned_ptr_or_err turns into
+    // an error.
+    unsafe {
+        let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
+        Bound::from_owned_ptr_or_err(py, alloc(tp, 0))
+    }
+}
+
+pub(crate) fn set_field(
+    obj: &Bound<'_, PyAny>,
+    name: &Py<PyString>,
+    value: Bound<'_, PyAny>,
+) -> PyResult<()> {
+    // SAFETY: all three are live objects; PyObject_GenericSetAttr borrows them and
+    // returns -1 with an exception set on failure.
+    let done = unsafe { ffi::PyObject_GenericSetAttr(obj.as_ptr(), name.as_ptr(), value.as_ptr()) };
+    if done < 0 {
+        return Err(PyErr::fetch(obj.py()));
+    }
+    Ok(())
+}
+
 #[pymodule]
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -188,6 +220,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fraud::register(m)?;
     http::register(m)?;
     proto::register(m)?;
+    ids::register(m)?;
     store::register(m)?;
     Ok(())
 }

@@ -572,7 +572,7 @@ class FraudScorer:
         card_key: bytes,
         now_s: int,
         enforce: bool,
-        assessment_type: Callable[[int, str, tuple[str, ...]], _A],
+        assessment_type: type[_A],
     ) -> tuple[
         FraudBatch,
         npt.NDArray[np.uint16],
@@ -591,8 +591,10 @@ class FraudScorer:
         decisions and reasons as ``score`` does; what each verdict does (0 proceed,
         1 FRAUD_DECLINED, 2 FRAUD_REVIEW, where a REVIEW proceeds if the row has a
         subscriber assertion and its score is under the decline threshold; all 0 when
-        ``enforce`` is False); and ``assessment_type(score, decision name, reason
-        names)`` for each payment. A row out of range, text that is not UTF-8 or an
+        ``enforce`` is False); and an ``assessment_type`` for each payment (a frozen
+        dataclass with the fields ``score``, ``decision`` name and ``reasons`` names:
+        FraudAssessment), its fields set by the core without running its ``__init__``.
+        A row out of range, text that is not UTF-8 or an
         account the engine does not hold raises InvalidBatch.
         """
     def observe_batch(
@@ -853,6 +855,13 @@ def decode_pay_batch_intents(
 ) -> list[PaymentIntent | str]:
     """``decode_pay_batch``, each payment built into a ``PaymentIntent`` as
     ``decode_pay_intents`` builds it."""
+
+def make_payment_ids(clock_ms: int, raw: bytes, last: int) -> tuple[list[str], int]:
+    """The payment ids of one call (settlement/payment_ids.py): the 80-bit draws in
+    ``raw`` (10 bytes each, big-endian) sorted, each under ``clock_ms``, any not above
+    the id before it (from ``last``) moved to it plus 1 plus its top 40 bits. Returns the
+    ids and the last one's number. ValueError: ``raw`` not whole draws, or ``clock_ms``
+    past 48 bits."""
 
 # -- subscriber files (store/subscriber_file.rs) ------------------------------------
 

@@ -11,11 +11,13 @@ use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1};
 use pyo3::create_exception;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString, PyTuple};
+use pyo3::types::{PyList, PyString, PyTuple, PyType};
 use sha2::Sha256;
 
 use super::validate::{typed, StrColumn};
-use super::{check_batch, check_len, slice, CoreError, Engine, EngineError, NO_TIME};
+use super::{
+    blank, check_batch, check_len, set_field, slice, CoreError, Engine, EngineError, NO_TIME,
+};
 use crate::fraud::{
     Assessment, Bounds, Decision, Feature, FraudConfig, FraudError, FraudInput, Outcome,
     ReasonCode, Thresholds, FEATURE_COUNT, KEYS_MAX_DEFAULT, REASONS_MAX,
@@ -448,13 +450,22 @@ type ScoredBatch<'py> = (
     Bound<'py, PyList>,
 );
 
-/// The assessment objects of `out`: `assessment_type(score, decision name, reason
-/// names)`, the reasons in slot order without the NONE padding.
+/// The assessment objects of `out`: instances of `assessment_type` (a frozen dataclass
+/// with the fields `score`, `decision` and `reasons`: `FraudAssessment`) with the score,
+/// the decision's name and the reason names, in slot order without the NONE padding.
+/// Built with their fields set in place, as the dataclass's `__init__` would set them,
+/// without running it once per payment.
 fn assessments<'py>(
     py: Python<'py>,
-    assessment_type: &Bound<'py, PyAny>,
+    assessment_type: &Bound<'py, PyType>,
     out: &[Assessment],
 ) -> PyResult<Bound<'py, PyList>> {
+    let cls = assessment_type.clone().unbind();
+    let fields = [
+        PyString::intern(py, "score").unbind(),
+        PyString::intern(py, "decision").unbind(),
+        PyString::intern(py, "reasons").unbind(),
+    ];
     let decisions: Vec<Bound<'py, PyString>> = Decision::ALL
         .iter()
         .map(|d| PyString::intern(py, d.name()))
@@ -479,7 +490,11 @@ fn assessments<'py>(
         let names = PyTuple::new(py, names)?;
         // Decision::ALL is in number order (APPROVE 0, REVIEW 1, DECLINE 2).
         let decision = decisions[a.decision as usize].clone();
-        list.append(assessment_type.call1((a.score, decision, names))?)?;
+        let object = blank(py, &cls)?;
+        set_field(&object, &fields[0], a.score.into_pyobject(py)?.into_any())?;
+        set_field(&object, &fields[1], decision.into_any())?;
+        set_field(&object, &fields[2], names.into_any())?;
+        list.append(object)?;
     }
     Ok(list)
 }
@@ -618,8 +633,8 @@ impl FraudScorer {
     /// (for `observe_batch`), the scores, decisions and reasons, what each verdict does
     /// (0 proceed, 1 FRAUD_DECLINED, 2 FRAUD_REVIEW: a REVIEW proceeds when the request
     /// carried a subscriber assertion and the score is under the decline threshold;
-    /// with `enforce` False every verdict is 0), and `assessment_type(score, decision,
-    /// reasons)` for each payment.
+    /// with `enforce` False every verdict is 0), and an `assessment_type` for each
+    /// payment (see `assessments`).
     #[pyo3(signature = (engine, columns, rows, *, card_key, now_s, enforce, assessment_type))]
     #[allow(clippy::too_many_arguments)]
     fn score_validated<'py>(
@@ -631,7 +646,7 @@ impl FraudScorer {
         card_key: &[u8],
         now_s: i64,
         enforce: bool,
-        assessment_type: &Bound<'py, PyAny>,
+        assessment_type: &Bound<'py, PyType>,
     ) -> PyResult<ScoredBatch<'py>> {
         let rows = slice("rows", &rows)?;
         check_batch(rows.len())?;

@@ -2,10 +2,10 @@
 //! the gRPC handlers hand over the request bytes unparsed.
 
 use prost::Message;
-use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyType};
 
+use super::{blank, set_field};
 use crate::proto::{self, v1};
 
 /// The bound on frames decoded in one call: PayBatch's 1,000, with room for a batch of
@@ -260,29 +260,6 @@ const DETAIL_FIELDS: [&str; 7] = [
 
 fn interned<const N: usize>(py: Python<'_>, fields: [&str; N]) -> [Py<PyString>; N] {
     fields.map(|f| PyString::intern(py, f).unbind())
-}
-
-/// A new instance of `cls` with no field set: a frozen dataclass's fields are then set
-/// as its own `__init__` sets them, through `object.__setattr__` (`set_field`).
-fn blank<'py>(py: Python<'py>, cls: &Py<PyType>) -> PyResult<Bound<'py, PyAny>> {
-    let tp = cls.bind(py).as_type_ptr();
-    // SAFETY: `tp` is a live type object (held by `cls`); tp_alloc returns a new
-    // reference or NULL with an exception set, which from_owned_ptr_or_err turns into
-    // an error.
-    unsafe {
-        let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
-        Bound::from_owned_ptr_or_err(py, alloc(tp, 0))
-    }
-}
-
-fn set_field(obj: &Bound<'_, PyAny>, name: &Py<PyString>, value: Bound<'_, PyAny>) -> PyResult<()> {
-    // SAFETY: all three are live objects; PyObject_GenericSetAttr borrows them and
-    // returns -1 with an exception set on failure.
-    let done = unsafe { ffi::PyObject_GenericSetAttr(obj.as_ptr(), name.as_ptr(), value.as_ptr()) };
-    if done < 0 {
-        return Err(PyErr::fetch(obj.py()));
-    }
-    Ok(())
 }
 
 #[pymethods]

@@ -31,9 +31,12 @@ import threading
 import time
 from collections.abc import Callable
 
+from quickpay_engine._engine import make_payment_ids
+
 RANDOM_BITS = 80
 RANDOM_BYTES = RANDOM_BITS // 8
-# The random bits kept when an id has to be moved above the last one made.
+# The random bits kept when an id has to be moved above the last one made (the core's
+# make_payment_ids holds the same three numbers).
 STEP_BITS = 40
 
 
@@ -55,24 +58,12 @@ class PaymentIdSource:
         self._lock = threading.Lock()
 
     def __call__(self, n: int) -> list[str]:
-        """``n`` fresh ids, increasing, from one read of the random source."""
+        """``n`` fresh ids, increasing, from one read of the random source; the draws are
+        sorted and formatted in the core (``make_payment_ids``), not one by one here."""
         raw = self._random_bytes(RANDOM_BYTES * n)
-        draws = sorted(
-            int.from_bytes(raw[k : k + RANDOM_BYTES], "big")
-            for k in range(0, RANDOM_BYTES * n, RANDOM_BYTES)
-        )
-        numbers = []
         with self._lock:
-            base = self._clock_ms() << RANDOM_BITS
-            last = self._last
-            for draw in draws:
-                number = base | draw
-                if number <= last:
-                    number = last + 1 + (draw >> (RANDOM_BITS - STEP_BITS))
-                numbers.append(number)
-                last = number
-            self._last = last
-        return [f"pay_{number:032x}" for number in numbers]
+            ids, self._last = make_payment_ids(self._clock_ms(), raw, self._last)
+        return ids
 
 
 # The process's source: the pipeline's default.
