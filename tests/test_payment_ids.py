@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 import threading
 
+import pytest
+
+from quickpay_engine._engine import make_payment_ids
 from quickpay_engine.settlement.ledger_book import payment_name, payment_number
 from quickpay_engine.settlement.payment_ids import PaymentIdSource, new_payment_ids
 
@@ -70,10 +73,6 @@ def test_threads_never_get_the_same_id() -> None:
 
 
 def test_the_core_refuses_partial_draws_and_a_clock_past_48_bits() -> None:
-    import pytest
-
-    from quickpay_engine._engine import make_payment_ids
-
     with pytest.raises(ValueError, match="raw"):
         make_payment_ids(1, b"\x00" * 15, 0)
     with pytest.raises(ValueError, match="clock_ms"):
