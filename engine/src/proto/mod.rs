@@ -168,9 +168,28 @@ fn describe(err: &prost::DecodeError) -> String {
 /// card number and an unkeyed hash of one can be reversed by search. Unknown fields are
 /// not part of the payload.
 pub fn fingerprint(key: &[u8], request: &PayRequest) -> [u8; 32] {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
-    mac.update(&request.encode_to_vec());
-    mac.finalize().into_bytes().into()
+    Fingerprinter::new(key).fingerprint(request, &mut Vec::new())
+}
+
+/// `fingerprint` for many requests under one key: the key's HMAC state is made once,
+/// not once per request, and the canonical encoding reuses one buffer.
+pub struct Fingerprinter(Hmac<Sha256>);
+
+impl Fingerprinter {
+    pub fn new(key: &[u8]) -> Self {
+        Fingerprinter(Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length"))
+    }
+
+    /// The request's fingerprint; `buffer` is scratch space for its encoding.
+    pub fn fingerprint(&self, request: &PayRequest, buffer: &mut Vec<u8>) -> [u8; 32] {
+        buffer.clear();
+        request
+            .encode(buffer)
+            .expect("a Vec grows to take any message");
+        let mut mac = self.0.clone();
+        mac.update(buffer);
+        mac.finalize().into_bytes().into()
+    }
 }
 
 #[cfg(test)]
