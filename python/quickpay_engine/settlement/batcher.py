@@ -358,7 +358,7 @@ class MicroBatcher(Generic[T, R]):
                 continue
             if isinstance(result, asyncio.Future):
                 # The item was handed on (resubmitted later): its caller gets that answer.
-                result.add_done_callback(functools.partial(_copy_outcome, future))
+                result.add_done_callback(functools.partial(copy_outcome, future))
             elif isinstance(result, BaseException):
                 future.set_exception(result)
             else:
@@ -370,7 +370,8 @@ def _done(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _copy_outcome(into: asyncio.Future[R], source: asyncio.Future[R]) -> None:
+def copy_outcome(into: asyncio.Future[R], source: asyncio.Future[R]) -> None:
+    """Completes ``into`` as ``source`` ended (a result handed on to another future)."""
     if into.done():
         return
     if source.cancelled():

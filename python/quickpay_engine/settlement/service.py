@@ -37,7 +37,12 @@ from quickpay_engine.reconcile.report import ColumnMapping, ReportError
 from quickpay_engine.settlement import reconciliation
 from quickpay_engine.settlement.adjustments import Adjustments
 from quickpay_engine.settlement.admission import Admission
-from quickpay_engine.settlement.batcher import BatchSettings, GroupTicket, MicroBatcher
+from quickpay_engine.settlement.batcher import (
+    BatchSettings,
+    GroupTicket,
+    MicroBatcher,
+    copy_outcome,
+)
 from quickpay_engine.settlement.fraud_gate import FraudGate
 from quickpay_engine.settlement.ledger_book import LedgerBook
 from quickpay_engine.settlement.pipeline import Pipeline, load_engine
@@ -636,7 +641,7 @@ def _member(ticket: GroupTicket[Outcome], index: int) -> asyncio.Future[Outcome]
     def ended(_: asyncio.Future[Any]) -> None:
         r = ticket.results[index]
         if isinstance(r, asyncio.Future):
-            r.add_done_callback(functools.partial(_copy, member))
+            r.add_done_callback(functools.partial(copy_outcome, member))
         elif isinstance(r, BaseException):
             member.set_exception(r)
         else:
@@ -644,17 +649,6 @@ def _member(ticket: GroupTicket[Outcome], index: int) -> asyncio.Future[Outcome]
 
     ticket.future.add_done_callback(ended)
     return member
-
-
-def _copy(into: asyncio.Future[Outcome], source: asyncio.Future[Outcome]) -> None:
-    if into.done():
-        return
-    if source.cancelled():
-        into.cancel()
-    elif (err := source.exception()) is not None:
-        into.set_exception(err)
-    else:
-        into.set_result(source.result())
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
