@@ -1,7 +1,7 @@
 """Type stubs of the compiled core (engine/src/python.rs and engine/src/python/*.rs)."""
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar, final
 
