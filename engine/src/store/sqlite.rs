@@ -11,12 +11,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::types::ValueRef;
 use rusqlite::{
     params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
 };
 
 use super::audit::AuditRow;
+use super::prepared::Statements;
 use super::rows::{build, intent_json, Account, BatchRows, BuildError, Decision, Outcome, Rule};
 use crate::reconcile::{Discrepancy, State};
 
@@ -107,6 +108,8 @@ const WRITER_CACHE_KIB: u32 = 32 * 1024;
 
 /// The batch writer: one connection of its own to the engine's file.
 pub struct Writer {
+    // Before `db`: a connection is closed only once its statements are finalized.
+    statements: Statements,
     db: Connection,
     rules: Vec<Rule>,
 }
@@ -147,7 +150,11 @@ impl Writer {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rules
         };
-        Ok(Writer { db, rules })
+        Ok(Writer {
+            statements: Statements::default(),
+            db,
+            rules,
+        })
     }
 
     /// Keeps each discrepancy once (a re-run only touches its last_seen), in one
@@ -242,6 +249,7 @@ impl Writer {
         tx.execute_batch("SAVEPOINT journal")?;
         let added = insert_rows(
             &tx,
+            &mut self.statements,
             "INSERT OR IGNORE INTO settlement_attempts (payment_id, idempotency_key, \
              intent, created_at_us) VALUES ",
             "(?,?,?,?)",
@@ -283,11 +291,12 @@ impl Writer {
         audit_key: &[u8],
     ) -> rusqlite::Result<Committed> {
         let rules = &self.rules;
+        let statements = &mut self.statements;
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch("SAVEPOINT batch")?;
-        match write(&tx, rules, decisions, now_us, audit_key) {
+        match write(&tx, statements, rules, decisions, now_us, audit_key) {
             Ok(written) => {
                 tx.execute_batch("RELEASE batch")?;
                 tx.commit()?;
@@ -307,6 +316,7 @@ impl Writer {
             tx.execute_batch("SAVEPOINT payment")?;
             match write(
                 &tx,
+                statements,
                 rules,
                 std::slice::from_ref(decision),
                 now_us,
@@ -351,6 +361,7 @@ type Written = (Vec<Outcome>, Vec<(String, i64, u8)>, Option<(i64, String)>);
 /// Reads what the rows depend on, builds them and writes them, inside `tx`.
 fn write(
     tx: &Transaction<'_>,
+    statements: &mut Statements,
     rules: &[Rule],
     decisions: &[Decision<'_>],
     now_us: i64,
@@ -384,7 +395,7 @@ fn write(
         audit_key,
     )
     .map_err(Attempt::Build)?;
-    insert(tx, &rows, now_us)?;
+    insert(tx, statements, &rows, now_us)?;
     let states = rows
         .touched
         .iter()
@@ -393,11 +404,11 @@ fn write(
             (id.to_string(), a.balance_minor, a.status)
         })
         .collect::<Vec<_>>();
-    let mut update = tx.prepare_cached(
-        "UPDATE subscribers SET balance_minor = ?1, status = ?2 WHERE account_id = ?3",
-    )?;
+    const UPDATE: &str =
+        "UPDATE subscribers SET balance_minor = ?1, status = ?2 WHERE account_id = ?3";
     for (id, balance, status) in &states {
-        update.execute(params![balance, status, id])?;
+        let values = [int(*balance), int(i64::from(*status)), text(id)];
+        statements.run(tx, (UPDATE, 1), || UPDATE.to_string(), &values)?;
     }
     let head = rows.audit.last().map(|a| (a.seq, a.row_hash.clone()));
     Ok((rows.outcomes, states, head))
@@ -475,10 +486,12 @@ fn multi_row_sql(head: &str, marks: &str, rows: usize) -> String {
 }
 
 /// Executes `head VALUES marks, marks, ...` over `rows` in chunks, `values` giving each
-/// row's values in the order of `marks`; returns the rows changed.
+/// row's values in the order of `marks`; returns the rows changed. The statements are
+/// the writer's own (`prepared`), keyed by `head` and the chunk's size.
 fn insert_rows<R>(
     tx: &Transaction<'_>,
-    head: &str,
+    statements: &mut Statements,
+    head: &'static str,
     marks: &str,
     rows: &[R],
     values: impl for<'r> Fn(&'r R, &mut Vec<Value<'r>>),
@@ -487,40 +500,50 @@ fn insert_rows<R>(
     let mut bound: Vec<Value<'_>> = Vec::new();
     let mut at = 0;
     for size in chunk_sizes(rows.len()) {
-        let mut statement = tx.prepare_cached(&multi_row_sql(head, marks, size))?;
         bound.clear();
         for row in &rows[at..at + size] {
             values(row, &mut bound);
         }
-        changed += statement.execute(rusqlite::params_from_iter(bound.iter()))?;
+        changed += statements.run(
+            tx,
+            (head, size),
+            || multi_row_sql(head, marks, size),
+            &bound,
+        )?;
         at += size;
     }
     Ok(changed)
 }
 
 /// A value bound to a statement, borrowed from the batch's rows.
-type Value<'a> = ToSqlOutput<'a>;
+type Value<'a> = ValueRef<'a>;
 
 fn text(s: &str) -> Value<'_> {
-    ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+    ValueRef::Text(s.as_bytes())
 }
 
 fn int(n: i64) -> Value<'static> {
-    ToSqlOutput::Borrowed(ValueRef::Integer(n))
+    ValueRef::Integer(n)
 }
 
 fn int_or_null(n: Option<i64>) -> Value<'static> {
-    ToSqlOutput::Borrowed(n.map_or(ValueRef::Null, ValueRef::Integer))
+    n.map_or(ValueRef::Null, ValueRef::Integer)
 }
 
 fn text_or_null(s: Option<&str>) -> Value<'_> {
-    s.map_or(ToSqlOutput::Borrowed(ValueRef::Null), text)
+    s.map_or(ValueRef::Null, text)
 }
 
 /// One multi-row statement per table and chunk (see `CHUNK_ROWS`).
-fn insert(tx: &Transaction<'_>, rows: &BatchRows<'_>, now_us: i64) -> rusqlite::Result<()> {
+fn insert(
+    tx: &Transaction<'_>,
+    statements: &mut Statements,
+    rows: &BatchRows<'_>,
+    now_us: i64,
+) -> rusqlite::Result<()> {
     insert_rows(
         tx,
+        statements,
         "INSERT INTO payments (seq, payment_id, idempotency_key, fingerprint, account_id, \
          msisdn, amount_minor, currency, purpose, method_kind, method_display, channel, \
          device_id, ip, status, decline_reason, decline_detail, confirmation_id, \
@@ -565,6 +588,7 @@ fn insert(tx: &Transaction<'_>, rows: &BatchRows<'_>, now_us: i64) -> rusqlite::
     )?;
     insert_rows(
         tx,
+        statements,
         "INSERT INTO review_queue (payment_id, account_id, score, reasons, created_at_us) \
          VALUES ",
         "(?,?,?,?,?)",
@@ -581,6 +605,7 @@ fn insert(tx: &Transaction<'_>, rows: &BatchRows<'_>, now_us: i64) -> rusqlite::
     )?;
     insert_rows(
         tx,
+        statements,
         "INSERT INTO billing_records (record_id, payment_id, account_id, kind, amount_minor, \
          currency, balance_delta_minor, balance_after_minor, created_at_us) VALUES ",
         "(?,?,?,'PAYMENT',?,?,?,?,?)",
@@ -600,6 +625,7 @@ fn insert(tx: &Transaction<'_>, rows: &BatchRows<'_>, now_us: i64) -> rusqlite::
     )?;
     insert_rows(
         tx,
+        statements,
         "INSERT INTO ar_entries (document_id, payment_id, leg, ar_account, debit_minor, \
          credit_minor, currency, created_at_us) VALUES ",
         "(?,?,?,?,?,?,?,?)",
@@ -619,6 +645,7 @@ fn insert(tx: &Transaction<'_>, rows: &BatchRows<'_>, now_us: i64) -> rusqlite::
     )?;
     insert_rows(
         tx,
+        statements,
         "INSERT INTO provisioning_changes (document_id, payment_id, account_id, msisdn, \
          state_before, state_after, rule_id, changed_at_us) VALUES ",
         "(?,?,?,?,?,?,?,?)",
@@ -638,6 +665,7 @@ fn insert(tx: &Transaction<'_>, rows: &BatchRows<'_>, now_us: i64) -> rusqlite::
     )?;
     insert_rows(
         tx,
+        statements,
         "INSERT INTO audit_log (seq, prev_hash, content, row_hash) VALUES ",
         "(?,?,?,?)",
         &rows.audit,
@@ -652,6 +680,7 @@ fn insert(tx: &Transaction<'_>, rows: &BatchRows<'_>, now_us: i64) -> rusqlite::
     )?;
     insert_rows(
         tx,
+        statements,
         "INSERT INTO outbox (event_id, kind, payment_id, account_id, payload, created_at_us) \
          VALUES ",
         "(?,?,?,?,?,?)",
@@ -668,15 +697,18 @@ fn insert(tx: &Transaction<'_>, rows: &BatchRows<'_>, now_us: i64) -> rusqlite::
         },
     )?;
     // The payment has ended here: its journal entry goes in the same transaction.
+    const FORGET: &str = "DELETE FROM settlement_attempts WHERE payment_id IN ";
     let mut at = 0;
+    let mut ids: Vec<Value<'_>> = Vec::new();
     for size in chunk_sizes(rows.payments.len()) {
-        let marks = vec!["?"; size].join(",");
-        let mut forget = tx.prepare_cached(&format!(
-            "DELETE FROM settlement_attempts WHERE payment_id IN ({marks})"
-        ))?;
-        forget.execute(rusqlite::params_from_iter(
-            rows.payments[at..at + size].iter().map(|p| p.d.payment_id),
-        ))?;
+        ids.clear();
+        ids.extend(
+            rows.payments[at..at + size]
+                .iter()
+                .map(|p| text(p.d.payment_id)),
+        );
+        let sql = || format!("{FORGET}({})", vec!["?"; size].join(","));
+        statements.run(tx, (FORGET, size), sql, &ids)?;
         at += size;
     }
     Ok(())
