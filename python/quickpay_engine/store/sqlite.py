@@ -56,6 +56,7 @@ from quickpay_engine.store.rows import (
     build_refund,
     commit_columns,
     intent_from_json,
+    journal_columns,
     outcome_of,
 )
 from quickpay_engine.store.sqlite_library import require_one_library
@@ -528,7 +529,7 @@ class SqliteStore:
         concurrent attempt in another process, or one recovery has still to finish)."""
         now_us = now_us if now_us is not None else time.time_ns() // 1_000
         # Written by the core (the request as `intent_json` encodes it), GIL released.
-        return self._writer.journal(commit_columns([Decision(p, i) for p, i in attempts]), now_us)
+        return self._writer.journal(journal_columns(attempts), now_us)
 
     def settled_or_declined_ids(self) -> list[tuple[str, int]]:
         """(payment_id, status) of every payment that went to a gateway (it has a
