@@ -323,9 +323,9 @@ def _intent_columns(intents: Sequence[PaymentIntent]) -> dict[str, list[Any]]:
     }
 
 
-# Line states by number, for the outcome of each settled payment (an enum's call costs
-# ten times a dict's lookup).
-_LINE_STATUS = {int(s): s for s in LineStatus}
+# Line states by number, for each settled payment's outcome and each account's state
+# after a batch (an enum's call costs ten times a dict's lookup).
+LINE_STATUS = {int(s): s for s in LineStatus}
 _SETTLED = int(PaymentStatus.SETTLED)
 
 
@@ -345,7 +345,7 @@ def outcome_of(
     confirmation = Confirmation(
         "cnf_" + d.payment_id.removeprefix("pay_"), ledger_sequence, now_us, d.gateway,
         d.gateway_reference, balance_after_minor, i.currency,
-        _LINE_STATUS.get(state_after) or LineStatus(state_after),
+        LINE_STATUS.get(state_after) or LineStatus(state_after),
     )  # fmt: skip
     return Outcome(
         d.payment_id, i.idempotency_key, PaymentStatus.SETTLED, "", "", confirmation, False,

@@ -49,6 +49,7 @@ from quickpay_engine.store.checks import ACCOUNT_NETS, CHECKS
 from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule
 from quickpay_engine.store.records import PAYMENT_COLUMNS, payment_record
 from quickpay_engine.store.rows import (
+    LINE_STATUS,
     Account,
     BatchRows,
     Decision,
@@ -454,7 +455,9 @@ class SqliteStore:
             else:
                 reason = "STORE_REJECTED" if ended == REJECTED else "ACCOUNT_GONE"
                 outcomes.append(self._replay_or_fail(d, reason, error))
-        return outcomes, [SettledState(a, b, LineStatus(s)) for a, b, s in states]
+        return outcomes, [
+            SettledState(a, b, LINE_STATUS.get(s) or LineStatus(s)) for a, b, s in states
+        ]
 
     def _audit_tail(self) -> AuditRow | None:
         row = self._db.execute(
