@@ -15,8 +15,9 @@ as `quickpay serve` sets it (``server.tune_gc``).
 
 The figure is CPU time, not wall time: ``time.process_time()`` around each call (every
 thread of the process; the core writes on the calling thread with the GIL released),
-divided by the batch's payments; the median over the batches is printed, with the wall
-time beside it. The baseline in the same run is the raw fsync floor: a 4 KiB page
+divided by the batch's payments; the mean over the batches is printed (not the median:
+a checkpoint falls in one batch of several, and a median would leave it out), with the
+wall time beside it. The baseline in the same run is the raw fsync floor: a 4 KiB page
 written and fsynced on the same disk, its CPU and wall time per call; a batch costs at
 least two of them (the journal's commit and the batch's), so ``floor`` is two calls
 divided by 500. SQLite's own checkpoints (every 1,000 WAL pages) fall inside the
@@ -143,10 +144,10 @@ def measure(history: int, batches: int, loop: int, work: Path) -> dict[str, floa
     both = [j + c for j, c in zip(journal_cpu, commit_cpu, strict=True)]
     us = 1e6
     return {
-        "cpu_us": statistics.median(both) * us,
-        "journal_us": statistics.median(journal_cpu) * us,
-        "commit_us": statistics.median(commit_cpu) * us,
-        "wall_us": statistics.median(wall) * us,
+        "cpu_us": statistics.fmean(both) * us,
+        "journal_us": statistics.fmean(journal_cpu) * us,
+        "commit_us": statistics.fmean(commit_cpu) * us,
+        "wall_us": statistics.fmean(wall) * us,
         "floor_cpu_us": 2 * floor_cpu / BATCH * us,
         "floor_wall_us": 2 * floor_wall / BATCH * us,
         "load": os.getloadavg()[0],
