@@ -124,6 +124,9 @@ IN_LIST_MAX = 500
 
 # SQLite waits this long for a lock held by another process before failing the call.
 BUSY_TIMEOUT_MS = 5_000
+# WAL pages past which a commit checkpoints: the core's writer sets the same on its
+# connection (WAL_AUTOCHECKPOINT_PAGES in engine/src/store/sqlite.rs, which says why).
+WAL_AUTOCHECKPOINT_PAGES = 4_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +201,7 @@ class SqliteStore:
             raise sqlite3.OperationalError(f"{path}: could not enable WAL journal (got {mode})")
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.execute("PRAGMA foreign_keys = ON")
+        self._db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         self._migrate(path)
         with self._transaction():
             self._db.executemany(
