@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod canonical;
+mod prepared;
 pub mod rows;
 pub mod sqlite;
 

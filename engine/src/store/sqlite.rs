@@ -11,11 +11,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use rusqlite::types::ValueRef;
 use rusqlite::{
     params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
 };
 
 use super::audit::AuditRow;
+use super::prepared::Statements;
 use super::rows::{build, intent_json, Account, BatchRows, BuildError, Decision, Outcome, Rule};
 use crate::reconcile::{Discrepancy, State};
 
@@ -104,8 +106,21 @@ pub fn open_wal(path: &Path, synchronous: Synchronous) -> rusqlite::Result<Conne
 /// The writer connection's page cache, in KiB.
 const WRITER_CACHE_KIB: u32 = 32 * 1024;
 
+/// WAL pages past which a commit copies the WAL back into the database file (SQLite's
+/// `wal_autocheckpoint`; its default is 1,000). `quickpay_engine.store.sqlite` sets the
+/// same on its connection, since whichever connection commits past the mark does the
+/// copy. A checkpoint copies each page once however many frames the WAL holds of it,
+/// and a batch of 500 rewrites about 250 pages of the subscribers' table alone; at
+/// 1,000 pages a checkpoint came every batch or two and was a tenth of the store
+/// thread's CPU (benches/store_cpu.py). Durability does not depend on it: every commit
+/// is in the WAL and fsynced (synchronous=FULL) before it returns. The WAL file grows
+/// to about 16 MiB, and the commit that checkpoints copies more at once.
+pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 4_000;
+
 /// The batch writer: one connection of its own to the engine's file.
 pub struct Writer {
+    // Before `db`: a connection is closed only once its statements are finalized.
+    statements: Statements,
     db: Connection,
     rules: Vec<Rule>,
 }
@@ -123,8 +138,11 @@ impl Writer {
         // connection's alone (the one writer of payments), so a larger one spares
         // re-reading the indexes' pages from the OS.
         db.execute_batch(&format!(
-            "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -{WRITER_CACHE_KIB};"
+            "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -{WRITER_CACHE_KIB}; \
+             PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};"
         ))?;
+        // Each table's chunk sizes (see `CHUNK_ROWS`) are statements of their own.
+        db.set_prepared_statement_cache_capacity(128);
         let rules = {
             let mut statement = db.prepare(
                 "SELECT rule_id, plan, from_status, to_status, owed_max_minor, credit_min_minor \
@@ -144,7 +162,11 @@ impl Writer {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rules
         };
-        Ok(Writer { db, rules })
+        Ok(Writer {
+            statements: Statements::default(),
+            db,
+            rules,
+        })
     }
 
     /// Keeps each discrepancy once (a re-run only touches its last_seen), in one
@@ -232,20 +254,39 @@ impl Writer {
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut taken = Vec::with_capacity(decisions.len());
-        {
+        let intents: Vec<String> = decisions.iter().map(intent_json).collect();
+        // One multi-row statement per chunk; should a key be journalled already (rare:
+        // an attempt not yet finished), the chunks are undone and each payment is
+        // inserted alone, to tell which ones were.
+        tx.execute_batch("SAVEPOINT journal")?;
+        let added = insert_rows(
+            &tx,
+            &mut self.statements,
+            "INSERT OR IGNORE INTO settlement_attempts (payment_id, idempotency_key, \
+             intent, created_at_us) VALUES ",
+            "(?,?,?,?)",
+            &decisions
+                .iter()
+                .zip(&intents)
+                .map(|(d, intent)| (d.payment_id, d.idempotency_key, intent.as_str()))
+                .collect::<Vec<_>>(),
+            |&(payment_id, key, intent), v| {
+                v.extend([text(payment_id), text(key), text(intent), int(now_us)]);
+            },
+        )?;
+        let mut taken = vec![true; decisions.len()];
+        if added == decisions.len() {
+            tx.execute_batch("RELEASE journal")?;
+        } else {
+            tx.execute_batch("ROLLBACK TO journal; RELEASE journal")?;
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO settlement_attempts (payment_id, idempotency_key, \
                  intent, created_at_us) VALUES (?1, ?2, ?3, ?4)",
             )?;
-            for d in decisions {
-                let added = insert.execute(params![
-                    d.payment_id,
-                    d.idempotency_key,
-                    intent_json(d),
-                    now_us
-                ])?;
-                taken.push(added == 1);
+            for (k, d) in decisions.iter().enumerate() {
+                let added =
+                    insert.execute(params![d.payment_id, d.idempotency_key, intents[k], now_us])?;
+                taken[k] = added == 1;
             }
         }
         tx.commit()?;
@@ -262,11 +303,12 @@ impl Writer {
         audit_key: &[u8],
     ) -> rusqlite::Result<Committed> {
         let rules = &self.rules;
+        let statements = &mut self.statements;
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch("SAVEPOINT batch")?;
-        match write(&tx, rules, decisions, now_us, audit_key) {
+        match write(&tx, statements, rules, decisions, now_us, audit_key) {
             Ok(written) => {
                 tx.execute_batch("RELEASE batch")?;
                 tx.commit()?;
@@ -286,6 +328,7 @@ impl Writer {
             tx.execute_batch("SAVEPOINT payment")?;
             match write(
                 &tx,
+                statements,
                 rules,
                 std::slice::from_ref(decision),
                 now_us,
@@ -330,6 +373,7 @@ type Written = (Vec<Outcome>, Vec<(String, i64, u8)>, Option<(i64, String)>);
 /// Reads what the rows depend on, builds them and writes them, inside `tx`.
 fn write(
     tx: &Transaction<'_>,
+    statements: &mut Statements,
     rules: &[Rule],
     decisions: &[Decision<'_>],
     now_us: i64,
@@ -363,7 +407,7 @@ fn write(
         audit_key,
     )
     .map_err(Attempt::Build)?;
-    insert(tx, &rows, now_us)?;
+    insert(tx, statements, &rows, now_us)?;
     let states = rows
         .touched
         .iter()
@@ -372,11 +416,11 @@ fn write(
             (id.to_string(), a.balance_minor, a.status)
         })
         .collect::<Vec<_>>();
-    let mut update = tx.prepare_cached(
-        "UPDATE subscribers SET balance_minor = ?1, status = ?2 WHERE account_id = ?3",
-    )?;
+    const UPDATE: &str =
+        "UPDATE subscribers SET balance_minor = ?1, status = ?2 WHERE account_id = ?3";
     for (id, balance, status) in &states {
-        update.execute(params![balance, status, id])?;
+        let values = [int(*balance), int(i64::from(*status)), text(id)];
+        statements.run(tx, (UPDATE, 1), || UPDATE.to_string(), &values)?;
     }
     let head = rows.audit.last().map(|a| (a.seq, a.row_hash.clone()));
     Ok((rows.outcomes, states, head))
@@ -417,135 +461,285 @@ fn read_accounts(
     Ok(accounts)
 }
 
-/// One statement per table, executed per row with the statement prepared once.
-fn insert(tx: &Transaction<'_>, rows: &BatchRows<'_>, now_us: i64) -> rusqlite::Result<()> {
-    let mut payments = tx.prepare_cached(
+/// Rows per multi-row statement: a batch's rows of one table go in chunks of this many
+/// (`INSERT ... VALUES (...), (...)`), the rest in chunks of the powers of two below it,
+/// so a table has at most eight statements, each prepared once and cached. One
+/// statement per row cost a step, a reset and the opening of the table's and its
+/// indexes' cursors per row (benches/store_cpu.py).
+const CHUNK_ROWS: usize = 64;
+
+/// The size of each chunk `n` rows are written in.
+fn chunk_sizes(mut n: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if n == 0 {
+            return None;
+        }
+        let size = if n >= CHUNK_ROWS {
+            CHUNK_ROWS
+        } else {
+            1 << (usize::BITS - 1 - n.leading_zeros())
+        };
+        n -= size;
+        Some(size)
+    })
+}
+
+/// `head` followed by `rows` copies of `marks` ("(?, ?, ...)"), comma-separated.
+fn multi_row_sql(head: &str, marks: &str, rows: usize) -> String {
+    let mut sql = String::with_capacity(head.len() + rows * (marks.len() + 1));
+    sql.push_str(head);
+    for k in 0..rows {
+        if k > 0 {
+            sql.push(',');
+        }
+        sql.push_str(marks);
+    }
+    sql
+}
+
+/// Executes `head VALUES marks, marks, ...` over `rows` in chunks, `values` giving each
+/// row's values in the order of `marks`; returns the rows changed. The statements are
+/// the writer's own (`prepared`), keyed by `head` and the chunk's size.
+fn insert_rows<R>(
+    tx: &Transaction<'_>,
+    statements: &mut Statements,
+    head: &'static str,
+    marks: &str,
+    rows: &[R],
+    values: impl for<'r> Fn(&'r R, &mut Vec<Value<'r>>),
+) -> rusqlite::Result<usize> {
+    let mut changed = 0;
+    let mut bound: Vec<Value<'_>> = Vec::new();
+    let mut at = 0;
+    for size in chunk_sizes(rows.len()) {
+        bound.clear();
+        for row in &rows[at..at + size] {
+            values(row, &mut bound);
+        }
+        changed += statements.run(
+            tx,
+            (head, size),
+            || multi_row_sql(head, marks, size),
+            &bound,
+        )?;
+        at += size;
+    }
+    Ok(changed)
+}
+
+/// A value bound to a statement, borrowed from the batch's rows.
+type Value<'a> = ValueRef<'a>;
+
+fn text(s: &str) -> Value<'_> {
+    ValueRef::Text(s.as_bytes())
+}
+
+fn int(n: i64) -> Value<'static> {
+    ValueRef::Integer(n)
+}
+
+fn int_or_null(n: Option<i64>) -> Value<'static> {
+    n.map_or(ValueRef::Null, ValueRef::Integer)
+}
+
+fn text_or_null(s: Option<&str>) -> Value<'_> {
+    s.map_or(ValueRef::Null, text)
+}
+
+/// One multi-row statement per table and chunk (see `CHUNK_ROWS`).
+fn insert(
+    tx: &Transaction<'_>,
+    statements: &mut Statements,
+    rows: &BatchRows<'_>,
+    now_us: i64,
+) -> rusqlite::Result<()> {
+    insert_rows(
+        tx,
+        statements,
         "INSERT INTO payments (seq, payment_id, idempotency_key, fingerprint, account_id, \
          msisdn, amount_minor, currency, purpose, method_kind, method_display, channel, \
          device_id, ip, status, decline_reason, decline_detail, confirmation_id, \
          settled_at_us, balance_after_minor, service_state_after, gateway, \
          gateway_reference, fraud_score, fraud_decision, fraud_reasons, created_at_us, \
-         sender) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-         ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
+         sender) VALUES ",
+        "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        &rows.payments,
+        |p, v| {
+            let d = &p.d;
+            v.extend([
+                int(p.seq),
+                text(d.payment_id),
+                text(d.idempotency_key),
+                text(d.fingerprint),
+                text(d.account_id),
+                text(d.msisdn),
+                int(d.amount_minor),
+                text(d.currency),
+                int(i64::from(d.purpose)),
+                int(i64::from(d.method_kind)),
+                text(d.method_display),
+                text(d.channel),
+                text(d.device_id),
+                text(d.ip),
+                int(i64::from(p.status)),
+                text(d.decline_reason),
+                text(d.decline_detail),
+                text_or_null(p.confirmation_id.as_deref()),
+                int_or_null(p.settled_at_us),
+                int_or_null(p.balance_after_minor),
+                int_or_null(p.service_state_after.map(i64::from)),
+                text(d.gateway),
+                text(d.gateway_reference),
+                int_or_null(d.fraud.map(|f| f.score)),
+                text(d.fraud.map_or("", |f| f.decision)),
+                text(d.fraud.map_or("", |f| f.reasons)),
+                int(now_us),
+                text(d.sender),
+            ]);
+        },
     )?;
-    for p in &rows.payments {
-        let d = &p.d;
-        payments.execute(params![
-            p.seq,
-            d.payment_id,
-            d.idempotency_key,
-            d.fingerprint,
-            d.account_id,
-            d.msisdn,
-            d.amount_minor,
-            d.currency,
-            d.purpose,
-            d.method_kind,
-            d.method_display,
-            d.channel,
-            d.device_id,
-            d.ip,
-            p.status,
-            d.decline_reason,
-            d.decline_detail,
-            p.confirmation_id,
-            p.settled_at_us,
-            p.balance_after_minor,
-            p.service_state_after,
-            d.gateway,
-            d.gateway_reference,
-            d.fraud.map(|f| f.score),
-            d.fraud.map_or("", |f| f.decision),
-            d.fraud.map_or("", |f| f.reasons),
-            now_us,
-            d.sender,
-        ])?;
-    }
-    let mut reviews = tx.prepare_cached(
+    insert_rows(
+        tx,
+        statements,
         "INSERT INTO review_queue (payment_id, account_id, score, reasons, created_at_us) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+         VALUES ",
+        "(?,?,?,?,?)",
+        &rows.reviews,
+        |r, v| {
+            v.extend([
+                text(r.payment_id),
+                text(r.account_id),
+                int(r.score),
+                text(r.reasons),
+                int(now_us),
+            ]);
+        },
     )?;
-    for r in &rows.reviews {
-        reviews.execute(params![
-            r.payment_id,
-            r.account_id,
-            r.score,
-            r.reasons,
-            now_us
-        ])?;
-    }
-    let mut billing = tx.prepare_cached(
+    insert_rows(
+        tx,
+        statements,
         "INSERT INTO billing_records (record_id, payment_id, account_id, kind, amount_minor, \
-         currency, balance_delta_minor, balance_after_minor, created_at_us) \
-         VALUES (?1, ?1, ?2, 'PAYMENT', ?3, ?4, ?5, ?6, ?7)",
+         currency, balance_delta_minor, balance_after_minor, created_at_us) VALUES ",
+        "(?,?,?,'PAYMENT',?,?,?,?,?)",
+        &rows.billing,
+        |b, v| {
+            v.extend([
+                text(b.payment_id),
+                text(b.payment_id),
+                text(b.account_id),
+                int(b.amount_minor),
+                text(b.currency),
+                int(b.balance_delta_minor),
+                int(b.balance_after_minor),
+                int(now_us),
+            ]);
+        },
     )?;
-    for b in &rows.billing {
-        billing.execute(params![
-            b.payment_id,
-            b.account_id,
-            b.amount_minor,
-            b.currency,
-            b.balance_delta_minor,
-            b.balance_after_minor,
-            now_us,
-        ])?;
-    }
-    let mut ar = tx.prepare_cached(
+    insert_rows(
+        tx,
+        statements,
         "INSERT INTO ar_entries (document_id, payment_id, leg, ar_account, debit_minor, \
-         credit_minor, currency, created_at_us) VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+         credit_minor, currency, created_at_us) VALUES ",
+        "(?,?,?,?,?,?,?,?)",
+        &rows.ar,
+        |e, v| {
+            v.extend([
+                text(e.payment_id),
+                text(e.payment_id),
+                int(e.leg),
+                text(&e.ar_account),
+                int(e.debit_minor),
+                int(e.credit_minor),
+                text(e.currency),
+                int(now_us),
+            ]);
+        },
     )?;
-    for e in &rows.ar {
-        ar.execute(params![
-            e.payment_id,
-            e.leg,
-            e.ar_account,
-            e.debit_minor,
-            e.credit_minor,
-            e.currency,
-            now_us,
-        ])?;
-    }
-    let mut provisioning = tx.prepare_cached(
+    insert_rows(
+        tx,
+        statements,
         "INSERT INTO provisioning_changes (document_id, payment_id, account_id, msisdn, \
-         state_before, state_after, rule_id, changed_at_us) \
-         VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+         state_before, state_after, rule_id, changed_at_us) VALUES ",
+        "(?,?,?,?,?,?,?,?)",
+        &rows.provisioning,
+        |p, v| {
+            v.extend([
+                text(p.payment_id),
+                text(p.payment_id),
+                text(p.account_id),
+                text(&p.msisdn),
+                int(i64::from(p.state_before)),
+                int(i64::from(p.state_after)),
+                text(&p.rule_id),
+                int(now_us),
+            ]);
+        },
     )?;
-    for p in &rows.provisioning {
-        provisioning.execute(params![
-            p.payment_id,
-            p.account_id,
-            p.msisdn,
-            p.state_before,
-            p.state_after,
-            p.rule_id,
-            now_us,
-        ])?;
-    }
-    let mut audit = tx.prepare_cached(
-        "INSERT INTO audit_log (seq, prev_hash, content, row_hash) VALUES (?1, ?2, ?3, ?4)",
+    insert_rows(
+        tx,
+        statements,
+        "INSERT INTO audit_log (seq, prev_hash, content, row_hash) VALUES ",
+        "(?,?,?,?)",
+        &rows.audit,
+        |a, v| {
+            v.extend([
+                int(a.seq),
+                text(&a.prev_hash),
+                text(&a.content),
+                text(&a.row_hash),
+            ]);
+        },
     )?;
-    for a in &rows.audit {
-        audit.execute(params![a.seq, a.prev_hash, a.content, a.row_hash])?;
-    }
-    let mut outbox = tx.prepare_cached(
+    insert_rows(
+        tx,
+        statements,
         "INSERT INTO outbox (event_id, kind, payment_id, account_id, payload, created_at_us) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+         VALUES ",
+        "(?,?,?,?,?,?)",
+        &rows.outbox,
+        |e, v| {
+            v.extend([
+                text(&e.event_id),
+                text(e.kind),
+                text(e.payment_id),
+                text(e.account_id),
+                text(&e.payload),
+                int(now_us),
+            ]);
+        },
     )?;
-    for e in &rows.outbox {
-        outbox.execute(params![
-            e.event_id,
-            e.kind,
-            e.payment_id,
-            e.account_id,
-            e.payload,
-            now_us
-        ])?;
-    }
     // The payment has ended here: its journal entry goes in the same transaction.
-    let mut forget = tx.prepare_cached("DELETE FROM settlement_attempts WHERE payment_id = ?1")?;
-    for p in &rows.payments {
-        forget.execute(params![p.d.payment_id])?;
+    const FORGET: &str = "DELETE FROM settlement_attempts WHERE payment_id IN ";
+    let mut at = 0;
+    let mut ids: Vec<Value<'_>> = Vec::new();
+    for size in chunk_sizes(rows.payments.len()) {
+        ids.clear();
+        ids.extend(
+            rows.payments[at..at + size]
+                .iter()
+                .map(|p| text(p.d.payment_id)),
+        );
+        let sql = || format!("{FORGET}({})", vec!["?"; size].join(","));
+        statements.run(tx, (FORGET, size), sql, &ids)?;
+        at += size;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+
+    #[test]
+    fn rows_go_in_chunks_of_64_then_powers_of_two() {
+        let sizes = |n| chunk_sizes(n).collect::<Vec<_>>();
+        assert_eq!(sizes(0), Vec::<usize>::new());
+        assert_eq!(sizes(1), vec![1]);
+        assert_eq!(sizes(63), vec![32, 16, 8, 4, 2, 1]);
+        assert_eq!(sizes(500), vec![64, 64, 64, 64, 64, 64, 64, 32, 16, 4]);
+        for n in 0..300 {
+            assert_eq!(sizes(n).iter().sum::<usize>(), n);
+        }
+        assert_eq!(multi_row_sql("V ", "(?)", 3), "V (?),(?),(?)");
+    }
 }

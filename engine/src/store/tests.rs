@@ -191,3 +191,55 @@ fn a_batch_commits_whole_and_a_bad_payment_is_redone_alone() {
     assert_eq!(count(&path, "audit_log"), 2);
     assert_eq!(count(&path, "outbox"), 4); // two settlements, two lines restored
 }
+
+#[test]
+fn a_batch_larger_than_a_chunk_is_journalled_committed_and_forgotten_whole() {
+    // 150 payments: chunks of 64, 64, 16, 4 and 2 rows per statement.
+    let (_dir, path) = database();
+    let mut writer = Writer::open(&path).unwrap();
+    let ids: Vec<String> = (0..150).map(|k| format!("pay_{k:03}")).collect();
+    let keys: Vec<String> = (0..150).map(|k| format!("k-{k:03}")).collect();
+    let batch: Vec<Decision<'_>> = ids
+        .iter()
+        .zip(&keys)
+        .enumerate()
+        .map(|(k, (id, key))| decision(id, key, if k % 2 == 0 { "acc-1" } else { "acc-2" }))
+        .collect();
+
+    // One key already journalled by an unfinished attempt: only its payment is refused.
+    assert_eq!(writer.journal(&batch[70..71], 5).unwrap(), vec![true]);
+    let mut other = batch[70];
+    other.payment_id = "pay_other";
+    assert_eq!(writer.journal(&[other], 5).unwrap(), vec![false]);
+    let taken = writer.journal(&batch, 5).unwrap();
+    assert_eq!(taken.iter().filter(|t| !**t).count(), 1);
+    assert!(!taken[70]);
+    assert_eq!(count(&path, "settlement_attempts"), 150);
+
+    let done = writer.commit(&batch, 10, &KEY).unwrap();
+    assert!(done.outcomes.iter().all(Result::is_ok));
+    let sequences: Vec<i64> = done
+        .outcomes
+        .iter()
+        .map(|o| o.as_ref().unwrap().ledger_sequence)
+        .collect();
+    assert_eq!(sequences, (1..=150).collect::<Vec<_>>());
+    for (table, rows) in [
+        ("payments", 150),
+        ("billing_records", 150),
+        ("ar_entries", 300),
+        ("audit_log", 150),
+        ("settlement_attempts", 0),
+    ] {
+        assert_eq!(count(&path, table), rows, "{table}");
+    }
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let (seq, id): (i64, String) = db
+        .query_row(
+            "SELECT seq, payment_id FROM payments WHERE idempotency_key = 'k-149'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((seq, id.as_str()), (150, "pay_149"));
+}

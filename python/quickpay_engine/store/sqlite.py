@@ -49,6 +49,7 @@ from quickpay_engine.store.checks import ACCOUNT_NETS, CHECKS
 from quickpay_engine.store.provisioning import DEFAULT_RULES, ProvisioningRule
 from quickpay_engine.store.records import PAYMENT_COLUMNS, payment_record
 from quickpay_engine.store.rows import (
+    LINE_STATUS,
     Account,
     BatchRows,
     Decision,
@@ -56,6 +57,7 @@ from quickpay_engine.store.rows import (
     build_refund,
     commit_columns,
     intent_from_json,
+    journal_columns,
     outcome_of,
 )
 from quickpay_engine.store.sqlite_library import read_only_uri, require_one_library
@@ -122,6 +124,9 @@ IN_LIST_MAX = 500
 
 # SQLite waits this long for a lock held by another process before failing the call.
 BUSY_TIMEOUT_MS = 5_000
+# WAL pages past which a commit checkpoints: the core's writer sets the same on its
+# connection (WAL_AUTOCHECKPOINT_PAGES in engine/src/store/sqlite.rs, which says why).
+WAL_AUTOCHECKPOINT_PAGES = 4_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +221,7 @@ class SqliteStore:
             raise sqlite3.OperationalError(f"{path}: could not enable WAL journal (got {mode})")
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.execute("PRAGMA foreign_keys = ON")
+        self._db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         self._migrate(path)
         with self._transaction():
             self._db.executemany(
@@ -497,7 +503,9 @@ class SqliteStore:
             else:
                 reason = "STORE_REJECTED" if ended == REJECTED else "ACCOUNT_GONE"
                 outcomes.append(self._replay_or_fail(d, reason, error))
-        return outcomes, [SettledState(a, b, LineStatus(s)) for a, b, s in states]
+        return outcomes, [
+            SettledState(a, b, LINE_STATUS.get(s) or LineStatus(s)) for a, b, s in states
+        ]
 
     def _audit_tail(self) -> AuditRow | None:
         row = self._db.execute(
@@ -572,7 +580,7 @@ class SqliteStore:
         concurrent attempt in another process, or one recovery has still to finish)."""
         now_us = now_us if now_us is not None else time.time_ns() // 1_000
         # Written by the core (the request as `intent_json` encodes it), GIL released.
-        return self._writer.journal(commit_columns([Decision(p, i) for p, i in attempts]), now_us)
+        return self._writer.journal(journal_columns(attempts), now_us)
 
     def settled_or_declined_ids(self) -> list[tuple[str, int]]:
         """(payment_id, status) of every payment that went to a gateway (it has a
