@@ -14,10 +14,11 @@
 //!
 //! The stack is the one reqwest built for this pool before (hyper-util's legacy client
 //! and pool, hyper-rustls with ring and the webpki roots, ALPN http/1.1, TCP_NODELAY,
-//! no proxy, no redirects followed, the connect timeout around TCP and TLS), used
-//! directly: the gateway's URL is parsed once per pool, a `sale_many` call's Uri once
-//! per call, and every request's headers are one `HeaderMap` built with the pool
-//! (those reqwest sent: content-type for a body, accept, host).
+//! TCP keepalive and user timeout, no proxy, no redirects followed, the connect timeout
+//! around TCP and TLS), used directly: the gateway's URL is parsed once per pool, a
+//! `sale_many` call's Uri once per call, and every request's headers are one
+//! `HeaderMap` built with the pool (those reqwest sent: content-type for a body,
+//! accept, host).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -228,6 +229,13 @@ impl HttpPool {
         // connector knows none.
         http.enforce_http(false);
         http.set_nodelay(true);
+        // A peer gone silent is found by TCP itself, as reqwest's defaults had it: keepalive
+        // probes after 15 s idle, every 15 s, 3 of them, and unacknowledged data given up
+        // after 30 s.
+        http.set_keepalive(Some(Duration::from_secs(15)));
+        http.set_keepalive_interval(Some(Duration::from_secs(15)));
+        http.set_keepalive_retries(Some(3));
+        http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
