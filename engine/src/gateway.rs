@@ -55,6 +55,19 @@ pub fn sale_body(
     currency: &str,
     method: Instrument,
 ) -> Vec<u8> {
+    let mut body = Vec::new();
+    write_sale_body(&mut body, reference, amount_minor, currency, method);
+    body
+}
+
+/// The JSON body of one sale, appended to `out` (a batch's bodies share one buffer).
+pub fn write_sale_body(
+    out: &mut Vec<u8>,
+    reference: &str,
+    amount_minor: i64,
+    currency: &str,
+    method: Instrument,
+) {
     let body = SaleBody {
         merchant_reference: reference,
         amount_minor,
@@ -62,7 +75,7 @@ pub fn sale_body(
         method,
     };
     // Serializing borrowed strings and integers into a Vec cannot fail.
-    serde_json::to_vec(&body).expect("a sale body serializes")
+    serde_json::to_writer(out, &body).expect("a sale body serializes");
 }
 
 /// The payment states a gateway may answer with (the router's `STATES`).

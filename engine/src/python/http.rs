@@ -131,9 +131,9 @@ pub(crate) struct HttpPool {
 
 impl HttpPool {
     /// A request to `uri` with the pool's headers: a JSON body's, or none.
-    pub(super) fn request(&self, method: Method, uri: Uri, body: Option<Vec<u8>>) -> Request<Body> {
+    pub(super) fn request(&self, method: Method, uri: Uri, body: Option<Bytes>) -> Request<Body> {
         let (headers, body) = match body {
-            Some(body) => (&self.json_headers, Bytes::from(body)),
+            Some(body) => (&self.json_headers, body),
             None => (&self.bare_headers, Bytes::new()),
         };
         let mut request = Request::new(Full::new(body));
@@ -309,7 +309,7 @@ impl HttpPool {
                 )));
             }
             let timeout = Duration::from_secs_f64(timeout_s);
-            let mut request = self.request(method, uri, body);
+            let mut request = self.request(method, uri, body.map(Bytes::from));
             if elsewhere {
                 request.headers_mut().remove(HOST);
             }

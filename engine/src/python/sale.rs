@@ -14,7 +14,7 @@ use super::http::{
     SEND_MANY_MAX,
 };
 use super::BatchTooLarge;
-use crate::gateway::{read_answer, sale_body, Answer, Instrument, Payment};
+use crate::gateway::{read_answer, write_sale_body, Answer, Instrument, Payment};
 
 /// How one sale ended, as Python reads it (the first column of the answer).
 const PAID: u8 = 0; // a 2xx with a payment: its fields are in the other columns
@@ -146,7 +146,9 @@ impl HttpPool {
         // be used is found while building, before any sale is sent.
         let sold = py
             .detach(|| -> Result<Vec<Sold>, String> {
-                let mut prepared = Vec::with_capacity(n);
+                // Every body in one buffer, each request a shared slice of it.
+                let mut bodies = Vec::with_capacity(n * 192);
+                let mut parts = Vec::with_capacity(n);
                 for i in 0..n {
                     let method = match kinds[i].as_str() {
                         "card" => Instrument::Card {
@@ -166,10 +168,25 @@ impl HttpPool {
                     // An end already passed is a sale that is not sent ("late").
                     let end = Duration::try_from_secs_f64(ends_s[i].max(0.0))
                         .map_err(|_| format!("ends_s {}", ends_s[i]))?;
-                    let body = sale_body(&references[i], amounts_minor[i], &currencies[i], method);
-                    let request = self.request(hyper::Method::POST, uri.clone(), Some(body));
-                    prepared.push((request, timeout, end));
+                    let start = bodies.len();
+                    write_sale_body(
+                        &mut bodies,
+                        &references[i],
+                        amounts_minor[i],
+                        &currencies[i],
+                        method,
+                    );
+                    parts.push((start..bodies.len(), timeout, end));
                 }
+                let bodies = bytes::Bytes::from(bodies);
+                let prepared: Vec<_> = parts
+                    .into_iter()
+                    .map(|(range, timeout, end)| {
+                        let body = Some(bodies.slice(range));
+                        let request = self.request(hyper::Method::POST, uri.clone(), body);
+                        (request, timeout, end)
+                    })
+                    .collect();
                 Ok(runtime.block_on(async {
                     let handles: Vec<_> = prepared
                         .into_iter()
