@@ -670,7 +670,7 @@ class GatewaySim:
 
 @final
 class HttpPool:
-    """A keep-alive connection pool to one gateway (reqwest on a tokio runtime)."""
+    """A keep-alive connection pool to one gateway (hyper-util and rustls on a tokio runtime)."""
 
     def __new__(
         cls,

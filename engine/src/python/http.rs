@@ -1,5 +1,5 @@
-//! The gateway adapters' HTTP transport: reqwest (hyper, rustls) on a tokio runtime of
-//! its own.
+//! The gateway adapters' HTTP transport: hyper-util's pooled HTTP/1.1 client (hyper,
+//! rustls) on a tokio runtime of its own.
 //!
 //! Why it is here and not in Python: with aiohttp, building, writing, reading and
 //! parsing each gateway request held the GIL on the event loop's thread, a third of
@@ -11,10 +11,28 @@
 //! on telling them apart (see `quickpay_engine.gateways.client`): answered (a status and
 //! a body), unreachable (the connection could not be made, so nothing was sent), or
 //! ambiguous (it may have arrived: timeout, dropped connection, unreadable answer).
+//!
+//! The stack is the one reqwest built for this pool before (hyper-util's legacy client
+//! and pool, hyper-rustls with ring and the webpki roots, ALPN http/1.1, TCP_NODELAY,
+//! TCP keepalive and user timeout, no proxy, no redirects followed, the connect timeout
+//! around TCP and TLS), used directly: the gateway's URL is parsed once per pool, a
+//! `sale_many` call's Uri once per call, and every request's headers are one
+//! `HeaderMap` built with the pool (those reqwest sent: content-type for a body,
+//! accept, host).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Uri};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 
 use pyo3::create_exception;
@@ -63,9 +81,9 @@ pub(super) fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
     Ok(RUNTIME.get_or_init(|| runtime))
 }
 
-/// One request: (method, path and query, JSON body or None, timeout in seconds, the
-/// name of a response header to return or None).
-type Request = (String, String, Option<Vec<u8>>, f64, Option<String>);
+/// One request of `send_many`: (method, path and query, JSON body or None, timeout in
+/// seconds, the name of a response header to return or None).
+type Call = (String, String, Option<Vec<u8>>, f64, Option<String>);
 
 /// One request's answer as Python sees it: (outcome, status, body, header, error).
 type Answer<'py> = (u8, u16, Bound<'py, PyBytes>, Option<String>, &'static str);
@@ -91,16 +109,78 @@ impl Reply {
     }
 }
 
+/// A request's body (a sale's JSON, or none).
+pub(super) type Body = Full<Bytes>;
+/// The pooled client: HTTP/1.1 over TCP, or TLS for https.
+pub(super) type Client = hyper_util::client::legacy::Client<Timed, Body>;
+
 /// A keep-alive connection pool to one gateway.
 #[pyclass(frozen, module = "quickpay_engine._engine")]
 pub(crate) struct HttpPool {
-    pub(super) client: reqwest::Client,
-    pub(super) base: reqwest::Url,
+    pub(super) client: Arc<Client>,
+    pub(super) base: url::Url,
+    // Every request's headers, built once: with a JSON body, and without one.
+    json_headers: HeaderMap,
+    bare_headers: HeaderMap,
     // Requests past this many in flight wait for a permit, inside their timeout.
     pub(super) permits: Arc<Semaphore>,
     // The gateway's sale slots (`sale_many`, src/python/sale.rs): sales past this many
     // in flight wait for one, whichever call they came in.
     pub(super) sales: Arc<Semaphore>,
+}
+
+impl HttpPool {
+    /// A request to `uri` with the pool's headers: a JSON body's, or none.
+    pub(super) fn request(&self, method: Method, uri: Uri, body: Option<Bytes>) -> Request<Body> {
+        let (headers, body) = match body {
+            Some(body) => (&self.json_headers, body),
+            None => (&self.bare_headers, Bytes::new()),
+        };
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers.clone();
+        request
+    }
+}
+
+/// The Uri of a URL already checked to be absolute http(s) (url's serialization is
+/// a valid Uri but for characters Uri refuses, which is then a setting error).
+pub(super) fn uri_of(url: &url::Url) -> Result<Uri, String> {
+    url.as_str()
+        .parse::<Uri>()
+        .map_err(|err| format!("url {:?}: {err}", url.as_str()))
+}
+
+/// The connector with the connect timeout around the whole connection, TCP and TLS (as
+/// reqwest's was): a connection not made in time is a connect error, so its request
+/// was never sent.
+#[derive(Clone)]
+pub(crate) struct Timed {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for Timed {
+    type Response = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            tokio::time::timeout(timeout, connecting)
+                .await
+                .unwrap_or_else(|_| Err("connect timeout".into()))
+        })
+    }
 }
 
 #[pymethods]
@@ -129,26 +209,68 @@ impl HttpPool {
         if sales_max == 0 {
             return Err(HttpSetupError::new_err("sales_max must be at least 1"));
         }
-        let base = reqwest::Url::parse(base_url)
+        let base = url::Url::parse(base_url)
             .map_err(|err| HttpSetupError::new_err(format!("gateway url {base_url:?}: {err}")))?;
-        if !matches!(base.scheme(), "http" | "https") {
+        if !matches!(base.scheme(), "http" | "https") || !base.has_host() {
             return Err(HttpSetupError::new_err(format!(
                 "gateway url {base_url:?}: expected http:// or https://"
             )));
         }
-        let client = reqwest::Client::builder()
+        let host = match base.port() {
+            Some(port) => format!("{}:{port}", base.host_str().unwrap_or_default()),
+            None => base.host_str().unwrap_or_default().to_owned(),
+        };
+        let host = HeaderValue::from_str(&host)
+            .map_err(|err| HttpSetupError::new_err(format!("gateway url {base_url:?}: {err}")))?;
+        let keepalive = seconds("keepalive_s", keepalive_s)?;
+        let connect_timeout = seconds("connect_timeout_s", connect_timeout_s)?;
+        let mut http = HttpConnector::new();
+        // Proxies are a setting of their own, never taken from the environment: this
+        // connector knows none.
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        // A peer gone silent is found by TCP itself, as reqwest's defaults had it: keepalive
+        // probes after 15 s idle, every 15 s, 3 of them, and unacknowledged data given up
+        // after 30 s.
+        http.set_keepalive(Some(Duration::from_secs(15)));
+        http.set_keepalive_interval(Some(Duration::from_secs(15)));
+        http.set_keepalive_retries(Some(3));
+        http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|err| HttpSetupError::new_err(format!("TLS: {err}")))?
+        .with_root_certificates(rustls::RootCertStore::from_iter(
+            webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
+        ))
+        .with_no_client_auth();
+        let mut tls = tls;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = Timed {
+            inner: HttpsConnector::from((http, tls)),
+            timeout: connect_timeout,
+        };
+        // A gateway that redirects a payment call is misconfigured: a 3xx is answered
+        // as it came, never followed (this client follows none).
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(keepalive)
             .pool_max_idle_per_host(connections_max)
-            // Proxies are a setting of their own, never taken from the environment.
-            .no_proxy()
-            .pool_idle_timeout(seconds("keepalive_s", keepalive_s)?)
-            .connect_timeout(seconds("connect_timeout_s", connect_timeout_s)?)
-            // A gateway that redirects a payment call is misconfigured, not followed.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|err| HttpSetupError::new_err(format!("HTTP client: {err}")))?;
+            .build(connector);
+        let mut bare_headers = HeaderMap::with_capacity(2);
+        bare_headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        bare_headers.insert(HOST, host.clone());
+        let mut json_headers = HeaderMap::with_capacity(3);
+        json_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        json_headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        json_headers.insert(HOST, host);
         Ok(HttpPool {
-            client,
+            client: Arc::new(client),
             base,
+            json_headers,
+            bare_headers,
             permits: Arc::new(Semaphore::new(connections_max)),
             sales: Arc::new(Semaphore::new(sales_max)),
         })
@@ -161,11 +283,7 @@ impl HttpPool {
     /// connection, or no free one before the timeout, error "busy"), 2 ambiguous (it
     /// may have been processed); error names what went wrong, for logs. A method, path
     /// or timeout that cannot be used is refused (`HttpSetupError`) before any is sent.
-    fn send_many<'py>(
-        &self,
-        py: Python<'py>,
-        requests: Vec<Request>,
-    ) -> PyResult<Vec<Answer<'py>>> {
+    fn send_many<'py>(&self, py: Python<'py>, requests: Vec<Call>) -> PyResult<Vec<Answer<'py>>> {
         if requests.len() > SEND_MANY_MAX {
             return Err(BatchTooLarge::new_err(format!(
                 "send_many of {} requests is over the bound of {SEND_MANY_MAX}",
@@ -175,33 +293,36 @@ impl HttpPool {
         let runtime = runtime()?;
         let mut prepared = Vec::with_capacity(requests.len());
         for (method, path, body, timeout_s, header) in requests {
-            let method = reqwest::Method::from_bytes(method.as_bytes())
+            let method = Method::from_bytes(method.as_bytes())
                 .map_err(|_| HttpSetupError::new_err(format!("HTTP method {method:?}")))?;
             let url = self
                 .base
                 .join(&path)
                 .map_err(|err| HttpSetupError::new_err(format!("path {path:?}: {err}")))?;
+            let uri = uri_of(&url).map_err(HttpSetupError::new_err)?;
+            // A path naming another host (`//host/...`) is sent there, with its Host.
+            let elsewhere = (url.scheme(), url.host_str(), url.port())
+                != (self.base.scheme(), self.base.host_str(), self.base.port());
             if !(0.0..=TIMEOUT_MAX_S).contains(&timeout_s) {
                 return Err(HttpSetupError::new_err(format!(
                     "timeout_s {timeout_s}: expected 0 to {TIMEOUT_MAX_S}"
                 )));
             }
             let timeout = Duration::from_secs_f64(timeout_s);
-            let mut builder = self.client.request(method, url);
-            if let Some(body) = body {
-                builder = builder
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body);
+            let mut request = self.request(method, uri, body.map(Bytes::from));
+            if elsewhere {
+                request.headers_mut().remove(HOST);
             }
-            prepared.push((builder, timeout, header));
+            prepared.push((request, timeout, header));
         }
         let replies = py.detach(|| {
             runtime.block_on(async {
                 let handles: Vec<_> = prepared
                     .into_iter()
-                    .map(|(builder, timeout, header)| {
+                    .map(|(request, timeout, header)| {
                         let permits = Arc::clone(&self.permits);
-                        runtime.spawn(bounded(permits, builder, timeout, header))
+                        let client = Arc::clone(&self.client);
+                        runtime.spawn(bounded(permits, client, request, timeout, header))
                     })
                     .collect();
                 let mut replies = Vec::with_capacity(handles.len());
@@ -230,7 +351,8 @@ impl HttpPool {
 /// before that, so one that found no permit in its time never left (unreachable, busy).
 pub(super) async fn bounded(
     permits: Arc<Semaphore>,
-    builder: reqwest::RequestBuilder,
+    client: Arc<Client>,
+    request: Request<Body>,
     timeout: Duration,
     header: Option<String>,
 ) -> Reply {
@@ -238,7 +360,7 @@ pub(super) async fn bounded(
     match tokio::time::timeout(timeout, permits.acquire_owned()).await {
         Ok(Ok(_permit)) => {
             let left = timeout.saturating_sub(start.elapsed());
-            tokio::time::timeout(left, send(builder, header))
+            tokio::time::timeout(left, send(&client, request, header))
                 .await
                 .unwrap_or_else(|_| Reply::failed(AMBIGUOUS, "timeout"))
         }
@@ -247,8 +369,8 @@ pub(super) async fn bounded(
 }
 
 /// One request to its end.
-async fn send(builder: reqwest::RequestBuilder, header: Option<String>) -> Reply {
-    let response = match builder.send().await {
+async fn send(client: &Client, request: Request<Body>, header: Option<String>) -> Reply {
+    let mut response = match client.request(request).await {
         Ok(response) => response,
         // A connect error is raised only while connecting: nothing was written.
         Err(err) if err.is_connect() => return Reply::failed(UNREACHABLE, "connect"),
@@ -262,16 +384,20 @@ async fn send(builder: reqwest::RequestBuilder, header: Option<String>) -> Reply
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned)
     });
-    let mut response = response;
     let mut body = Vec::new();
     loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) if body.len() + chunk.len() <= BODY_BYTES_MAX => {
-                body.extend_from_slice(&chunk)
+        match response.body_mut().frame().await {
+            Some(Ok(frame)) => {
+                let Ok(chunk) = frame.into_data() else {
+                    continue; // trailers: not part of the answer
+                };
+                if body.len() + chunk.len() > BODY_BYTES_MAX {
+                    return Reply::failed(AMBIGUOUS, "body too large");
+                }
+                body.extend_from_slice(&chunk);
             }
-            Ok(Some(_)) => return Reply::failed(AMBIGUOUS, "body too large"),
-            Ok(None) => break,
-            Err(_) => return Reply::failed(AMBIGUOUS, "body"),
+            None => break,
+            Some(Err(_)) => return Reply::failed(AMBIGUOUS, "body"),
         }
     }
     Reply {

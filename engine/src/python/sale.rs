@@ -9,9 +9,12 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use tokio::sync::Semaphore;
 
-use super::http::{bounded, runtime, HttpPool, HttpSetupError, Reply, AMBIGUOUS, SEND_MANY_MAX};
+use super::http::{
+    bounded, runtime, uri_of, Body, Client, HttpPool, HttpSetupError, Reply, AMBIGUOUS,
+    SEND_MANY_MAX,
+};
 use super::BatchTooLarge;
-use crate::gateway::{read_answer, sale_body, Answer, Instrument, Payment};
+use crate::gateway::{read_answer, write_sale_body, Answer, Instrument, Payment};
 
 /// How one sale ended, as Python reads it (the first column of the answer).
 const PAID: u8 = 0; // a 2xx with a payment: its fields are in the other columns
@@ -129,12 +132,23 @@ impl HttpPool {
             .base
             .join(path)
             .map_err(|err| HttpSetupError::new_err(format!("path {path:?}: {err}")))?;
+        if (url.scheme(), url.host_str(), url.port())
+            != (self.base.scheme(), self.base.host_str(), self.base.port())
+        {
+            return Err(HttpSetupError::new_err(format!(
+                "path {path:?}: names another host than the gateway's"
+            )));
+        }
+        // The sales' Uri, parsed once for the call (each request holds a shared copy).
+        let uri = uri_of(&url).map_err(HttpSetupError::new_err)?;
         let runtime = runtime()?;
         // The bodies are built and the sales sent without the GIL; a column that cannot
         // be used is found while building, before any sale is sent.
         let sold = py
             .detach(|| -> Result<Vec<Sold>, String> {
-                let mut prepared = Vec::with_capacity(n);
+                // Every body in one buffer, each request a shared slice of it.
+                let mut bodies = Vec::with_capacity(n * 192);
+                let mut parts = Vec::with_capacity(n);
                 for i in 0..n {
                     let method = match kinds[i].as_str() {
                         "card" => Instrument::Card {
@@ -154,21 +168,33 @@ impl HttpPool {
                     // An end already passed is a sale that is not sent ("late").
                     let end = Duration::try_from_secs_f64(ends_s[i].max(0.0))
                         .map_err(|_| format!("ends_s {}", ends_s[i]))?;
-                    let body = sale_body(&references[i], amounts_minor[i], &currencies[i], method);
-                    let builder = self
-                        .client
-                        .post(url.clone())
-                        .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .body(body);
-                    prepared.push((builder, timeout, end));
+                    let start = bodies.len();
+                    write_sale_body(
+                        &mut bodies,
+                        &references[i],
+                        amounts_minor[i],
+                        &currencies[i],
+                        method,
+                    );
+                    parts.push((start..bodies.len(), timeout, end));
                 }
+                let bodies = bytes::Bytes::from(bodies);
+                let prepared: Vec<_> = parts
+                    .into_iter()
+                    .map(|(range, timeout, end)| {
+                        let body = Some(bodies.slice(range));
+                        let request = self.request(hyper::Method::POST, uri.clone(), body);
+                        (request, timeout, end)
+                    })
+                    .collect();
                 Ok(runtime.block_on(async {
                     let handles: Vec<_> = prepared
                         .into_iter()
-                        .map(|(builder, timeout, end)| {
+                        .map(|(request, timeout, end)| {
                             let sales = Arc::clone(&self.sales);
                             let permits = Arc::clone(&self.permits);
-                            runtime.spawn(sell(sales, permits, builder, timeout, end))
+                            let client = Arc::clone(&self.client);
+                            runtime.spawn(sell(sales, permits, client, request, timeout, end))
                         })
                         .collect();
                     let mut sold = Vec::with_capacity(handles.len());
@@ -207,7 +233,8 @@ impl HttpPool {
 async fn sell(
     sales: Arc<Semaphore>,
     permits: Arc<Semaphore>,
-    builder: reqwest::RequestBuilder,
+    client: Arc<Client>,
+    request: hyper::Request<Body>,
     timeout: Duration,
     end: Duration,
 ) -> Sold {
@@ -220,7 +247,7 @@ async fn sell(
     if left < SEND_MIN {
         return Sold::failed(NOT_SENT, "late");
     }
-    let reply: Reply = bounded(permits, builder, timeout.min(left), None).await;
+    let reply: Reply = bounded(permits, client, request, timeout.min(left), None).await;
     if reply.outcome != super::http::ANSWERED {
         let outcome = if reply.outcome == AMBIGUOUS {
             UNKNOWN

@@ -8,7 +8,7 @@ on telling them apart:
 - ``GatewayAmbiguous``: it may have arrived (timeout, dropped connection, 5xx), so
   the payment's state is unknown until it is looked up.
 
-The transport is the engine's ``HttpPool`` (reqwest on a tokio runtime, in Rust): the
+The transport is the engine's ``HttpPool`` (hyper on a tokio runtime, in Rust): the
 requests made in one turn of the event loop go in one ``send_many`` call on a sender
 thread, which releases the GIL while they run, so the event loop only builds bodies and
 reads answers. Before it, aiohttp's client took about a third of the event loop's time
