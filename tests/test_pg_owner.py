@@ -61,9 +61,12 @@ def test_a_second_owner_is_refused_naming_the_holder(url: str) -> None:
     try:
         with psycopg.connect(url) as conn:
             row = conn.execute(
+                # This database's lock only: pg_locks shows the whole cluster's, and a
+                # test in another worker may hold the same key in its own database.
                 "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
                 " WHERE l.locktype = 'advisory' AND l.classid = %s::oid AND l.objid = 0"
-                " AND l.objsubid = 2",
+                " AND l.objsubid = 2"
+                " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                 (NAMESPACE,),
             ).fetchall()
         assert row == [(first.application_name,)], "one session, one lock, named"
