@@ -264,6 +264,7 @@ class MicroBatcher(Generic[T, R]):
             start = entry.taken
             end = min(len(entry.items), start + room)
             parts.append((entry, start, end))
+            self._waiting -= end - start  # in a batch now, even while it lingers
             entry.taken = end
             entry.open_parts += 1
             room -= end - start
@@ -286,7 +287,6 @@ class MicroBatcher(Generic[T, R]):
                 more = self._take(self._batch_max - count)
                 parts += more
                 count += sum(end - start for _, start, end in more)
-            self._waiting -= count
             self.admission.taken(count, taken_s, backlogged)
             await self._slots.acquire()
             self.total.add(count)
