@@ -3,6 +3,8 @@ back in request order, and a call over the bound is refused whole."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -103,4 +105,28 @@ async def test_a_key_twice_in_one_call_settles_once_and_the_second_is_its_replay
     )  # fmt: skip
     # Charged once: the line owed 80.00 and the bill paid 30.00.
     assert server.store.subscriber("acc-post-barred").balance_minor == 8_000 - 3_000
+    assert server.store.verify() == []
+
+
+async def test_a_retry_of_a_deferred_payment_of_a_call_gets_that_payment(stub, server) -> None:
+    """The second payment of an account in a call waits for a later batch; a unary Pay
+    of its key sent meanwhile is the same payment (joined while it settles, a replay
+    after): one payment id, one charge, whichever comes first."""
+
+    def step(i: int) -> pb.PayRequest:
+        return bill(
+            f"batch-deferred-{i}",
+            account_id="acc-post",
+            msisdn="+306900000002",
+            amount=pb.Money(amount_minor=500, currency="EUR"),
+        )
+
+    call = stub.PayBatch(pb.PayBatchRequest(payments=[step(0), step(1)]), timeout=60)
+    retries = [stub.Pay(step(1), timeout=60) for _ in range(5)]
+    reply, *retried = await asyncio.gather(call, *retries)
+    first, second = reply.results
+    assert (first.status, second.status) == (pb.SETTLED, pb.SETTLED)
+    assert {r.payment_id for r in retried} == {second.payment_id}
+    assert sum(not r.replayed for r in [second, *retried]) == 1
+    assert server.store.subscriber("acc-post").balance_minor == 2_500 - 1_000
     assert server.store.verify() == []

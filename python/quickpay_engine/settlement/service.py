@@ -436,18 +436,30 @@ class SettlementService:
 
     def _group_finished(self, intents: list[PaymentIntent], future: asyncio.Future[Any]) -> None:
         """A group's payments have their results: their keys leave the in-flight table
-        (a key a later settlement took meanwhile stays)."""
-        inflight = self._inflight
-        for intent in intents:
-            running = inflight.get(intent.idempotency_key)
-            if running is not None and getattr(running[1], "future", None) is future:
-                del inflight[intent.idempotency_key]
-        if future.cancelled():
-            return
-        for r in future.result():
-            if isinstance(r, asyncio.Future):
-                # A payment handed on: its end is retrieved even if its caller left.
-                r.add_done_callback(_retrieve)
+        (a key a later settlement took meanwhile stays). A payment handed on to a later
+        batch (deferred behind another of its account) is still settling: its key stays,
+        joinable, until that settlement ends, as a single payment's does."""
+        results = None if future.cancelled() else future.result()
+        for j, intent in enumerate(intents):
+            r = None if results is None else results[j]
+            if isinstance(r, asyncio.Future) and not r.done():
+                r.add_done_callback(
+                    functools.partial(self._member_finished, intent.idempotency_key, future)
+                )
+                continue
+            self._forget(intent.idempotency_key, future)
+
+    def _member_finished(
+        self, key: str, group: asyncio.Future[Any], settled: asyncio.Future[Outcome]
+    ) -> None:
+        """A group's payment handed on to a later batch has ended."""
+        self._forget(key, group)
+        _retrieve(settled)  # retrieved even if its caller left
+
+    def _forget(self, key: str, group: asyncio.Future[Any]) -> None:
+        running = self._inflight.get(key)
+        if running is not None and getattr(running[1], "future", None) is group:
+            del self._inflight[key]
 
     async def apply_subscriber_changes(
         self, changes: SubscriberChanges, source: str = ""
