@@ -354,15 +354,19 @@ class MicroBatcher(Generic[T, R]):
                 continue
             result = results[at]
             at += 1
-            if future.done():
-                continue
-            if isinstance(result, asyncio.Future):
-                # The item was handed on (resubmitted later): its caller gets that answer.
-                result.add_done_callback(functools.partial(copy_outcome, future))
-            elif isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+            if not future.done():
+                resolve(future, result)
+
+
+def resolve(future: asyncio.Future[R], result: object) -> None:
+    """Completes ``future`` with an item's result: its value, the exception that ended
+    it, or, for an item handed on (resubmitted later), that settlement's answer."""
+    if isinstance(result, asyncio.Future):
+        result.add_done_callback(functools.partial(copy_outcome, future))
+    elif isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]
 
 
 def _done(future: asyncio.Future[None]) -> None:

@@ -41,7 +41,7 @@ from quickpay_engine.settlement.batcher import (
     BatchSettings,
     GroupTicket,
     MicroBatcher,
-    copy_outcome,
+    resolve,
 )
 from quickpay_engine.settlement.fraud_gate import FraudGate
 from quickpay_engine.settlement.ledger_book import LedgerBook
@@ -651,13 +651,7 @@ def _member(ticket: GroupTicket[Outcome], index: int) -> asyncio.Future[Outcome]
     member: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
 
     def ended(_: asyncio.Future[Any]) -> None:
-        r = ticket.results[index]
-        if isinstance(r, asyncio.Future):
-            r.add_done_callback(functools.partial(copy_outcome, member))
-        elif isinstance(r, BaseException):
-            member.set_exception(r)
-        else:
-            member.set_result(r)
+        resolve(member, ticket.results[index])
 
     ticket.future.add_done_callback(ended)
     return member
