@@ -3,6 +3,7 @@ restarts. Mirrors engine/src/ledger/ (the model-based property tests live there)
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
@@ -360,5 +361,93 @@ async def test_settle_and_anchor_posts_the_holds_and_anchors_in_one_trip(tmp_pat
             await book.settle_and_anchor(["pay_" + "f" * 32], (8, "cd" * 32))
         assert book.ledger.audit_anchor() == (8, b"\xcd" * 32)
         await book.settle_and_anchor([], None)  # nothing to do: no trip
+    finally:
+        book.close()
+
+
+async def test_saga_steps_address_the_ids_python_derives(tmp_path) -> None:
+    """The ledger threads derive account, post and void ids in the core; they must be
+    the ids ledger_book.derived_id gives, or a redo after an upgrade (and every check
+    that looks an account up from Python) would miss them. A post made the Python way
+    is found again by the core's settle (EXISTS, accepted), not posted twice."""
+    from quickpay_engine._engine import TRANSFER_POST_PENDING, ids_array
+    from quickpay_engine.settlement.ledger_book import (
+        KIND_PREPAID,
+        LedgerBook,
+        Movement,
+        adjustment_account,
+        clearing_account,
+        derived_id,
+        payment_number,
+        subscriber_account,
+    )
+
+    book = LedgerBook(open_ledger(tmp_path), clock_ns=lambda: S)
+    try:
+        moves = [
+            Movement(f"pay_{n + 1:032x}", f"acc-ü-{n}", 100 + n, cur, KIND_PREPAID)
+            for n, cur in enumerate(["KES", "UGX", "KES"])
+        ]
+        await book.reserve(moves)
+        wanted = [subscriber_account(m.account_id) for m in moves] + [
+            f(c) for c in ("KES", "UGX") for f in (clearing_account, adjustment_account)
+        ]
+        found, _, _, credits_pending, _ = book.ledger.balances(ids_array(wanted))
+        assert found.all()
+        assert credits_pending[:3].tolist() == [100, 101, 102]
+
+        first = moves[0].payment_id
+        hold = payment_number(first)
+        codes, _ = book.ledger.create_transfers(
+            S,
+            ids_array([derived_id("post", first)]),
+            ids_array([0]),
+            ids_array([0]),
+            np.zeros(1, np.int64),
+            np.zeros(1, np.uint16),
+            np.full(1, TRANSFER_POST_PENDING, np.uint16),
+            ids_array([hold]),
+            np.zeros(1, np.uint32),
+            ids_array([hold]),
+        )
+        assert codes.tolist() == [0]
+        await book.capture([first])
+        await book.settle([first])  # the core's post has the same id: EXISTS
+        await book.roll_back([moves[1].payment_id])
+        await book.roll_back([moves[1].payment_id])  # a redo: the void EXISTS
+        assert book.unfinished() == {moves[2].payment_id: 1}
+    finally:
+        book.close()
+
+
+async def test_saga_steps_report_refusals_and_skip_cancelled_callers(tmp_path) -> None:
+    """A step the ledger refuses raises LedgerRefused naming the codes; a currency the
+    ledger cannot number is refused before anything is logged; a caller that gave up
+    (its future cancelled) leaves the step to finish and the queue to go on."""
+    from quickpay_engine.settlement.ledger_book import (
+        KIND_PREPAID,
+        LedgerBook,
+        LedgerRefused,
+        Movement,
+    )
+
+    book = LedgerBook(open_ledger(tmp_path), clock_ns=lambda: S)
+    try:
+        seq = book.ledger.last_seq()
+        with pytest.raises(LedgerRefused, match="not an ISO 4217 currency"):
+            await book.reserve([Movement("pay_" + "1" * 32, "acc-1", 5, "ZZZ", KIND_PREPAID)])
+        assert book.ledger.last_seq() == seq, "nothing logged"
+        with pytest.raises(
+            LedgerRefused, match=r"refused 1 transfer events: PENDING_TRANSFER_NOT_FOUND"
+        ):
+            await book.settle(["pay_" + "2" * 32])  # never held
+        moves = [Movement(f"pay_{n + 1:032x}", "acc-1", 10, "KES", KIND_PREPAID) for n in range(50)]
+        gave_up = asyncio.ensure_future(book.reserve(moves[:1]))
+        await asyncio.sleep(0)
+        gave_up.cancel()
+        await asyncio.gather(*(book.reserve([m]) for m in moves[1:]))
+        with pytest.raises(asyncio.CancelledError):
+            await gave_up
+        assert len(book.unfinished()) == 50, "the cancelled caller's step still ran"
     finally:
         book.close()

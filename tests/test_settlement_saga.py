@@ -599,15 +599,15 @@ async def test_a_ledger_refusal_after_the_gateway_is_pending_and_recovery_finish
     hold."""
     from quickpay_engine.errors import CapacityExceeded
 
-    capture = server.service.book.capture
+    capture = server.service.book.capture_and_roll_back
     failures = iter([True])
 
-    async def refusing(payment_ids):
+    async def refusing(captured, voided):
         if next(failures, False):
             raise CapacityExceeded("payments: 1 above the bound")
-        return await capture(payment_ids)
+        return await capture(captured, voided)
 
-    monkeypatch.setattr(server.service.book, "capture", refusing)
+    monkeypatch.setattr(server.service.book, "capture_and_roll_back", refusing)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Pay(bill("saga-ledger-late"))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -4,12 +4,14 @@
 //! as a subclass of `EngineError` (re-exported by `quickpay_engine.errors`). Each area
 //! keeps its bindings, including its `Engine` methods, in `python/<area>.rs`.
 
+mod completions;
 mod fraud;
 mod http;
 mod ids;
 mod ledger;
 mod proto;
 mod reconcile;
+mod saga;
 mod sale;
 mod sim;
 mod store;
@@ -216,6 +218,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("RequestUndecodable", py.get_type::<RequestUndecodable>())?;
     validate::register(m)?;
     ledger::register(m)?;
+    completions::register(m)?;
     reconcile::register(m)?;
     fraud::register(m)?;
     http::register(m)?;

@@ -1,5 +1,6 @@
 """Type stubs of the compiled core (engine/src/python.rs and engine/src/python/*.rs)."""
 
+import asyncio
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -352,7 +353,52 @@ class Ledger:
         flush_ns (summed) and flush_buckets (flushes per `WAL_FLUSH_BUCKETS_NS` bucket,
         then one for slower; not cumulative)."""
     def close(self) -> None:
-        """Closes the ledger; later calls raise `LedgerClosed`."""
+        """Closes the ledger once the saga steps queued have ended; later calls raise
+        `LedgerClosed`."""
+    def saga_reserve(
+        self,
+        done: Completions,
+        future: asyncio.Future[Any],
+        now_ns: int,
+        payment_ids: list[str],
+        account_ids: list[str],
+        kinds: list[int],
+        amounts_minor: list[int],
+        currencies: list[str],
+    ) -> None:
+        """On a ledger thread: opens missing accounts, holds each amount, logs RESERVED;
+        sets `future` to None, or a refusal's message, once durable."""
+    def saga_capture_and_void(
+        self,
+        done: Completions,
+        future: asyncio.Future[Any],
+        now_ns: int,
+        captured: list[str],
+        voided: list[str],
+    ) -> None:
+        """On a ledger thread: CAPTURED for `captured`, the holds of `voided` voided and
+        ROLLED_BACK; one wait; `future` as for `saga_reserve`."""
+    def saga_finish(
+        self,
+        done: Completions,
+        future: asyncio.Future[Any],
+        now_ns: int,
+        payment_ids: list[str],
+        post: bool,
+        head: tuple[int, str] | None = None,
+    ) -> None:
+        """On a ledger thread: posts (or voids) the holds and logs SETTLED (or
+        ROLLED_BACK), then anchors `head` when given; `future` as for `saga_reserve`."""
+
+@final
+class Completions:
+    """A queue core threads hand results to; its eventfd wakes the event loop."""
+
+    def __init__(self) -> None: ...
+    def fileno(self) -> int:
+        """The eventfd to watch (`loop.add_reader`)."""
+    def drain(self) -> int:
+        """Sets the futures of every step ended since the last drain; returns how many."""
 
 def wal_verify(
     dir: str | os.PathLike[str],

@@ -271,6 +271,23 @@ impl DurableLedger {
     /// Applies a command at `now_ns`, logs it, and returns its result codes and log
     /// sequence number once it is durable.
     pub fn execute(&self, now_ns: u64, command: Command) -> Result<(Vec<u16>, u64), DurableError> {
+        let (results, seq) = self.submit(now_ns, command)?;
+        self.wait_durable(seq)?;
+        Ok((results, seq))
+    }
+
+    /// Returns once record `seq` and every record before it are durable: a caller that
+    /// `submit`s several commands in a row waits once, for the last (one fdatasync
+    /// covers them all, where `execute` each would wait for one each).
+    pub fn wait_durable(&self, seq: u64) -> Result<(), DurableError> {
+        Ok(self.wal.wait_durable(seq)?)
+    }
+
+    /// Applies a command at `now_ns` and queues its record for the log, without waiting
+    /// for it to be durable: returns its result codes and log sequence number. Nothing
+    /// it did may be acknowledged before `wait_durable` of that number has returned (a
+    /// crash meanwhile loses it, and replay rebuilds the ledger without it).
+    pub fn submit(&self, now_ns: u64, command: Command) -> Result<(Vec<u16>, u64), DurableError> {
         if command.len() > BATCH_MAX {
             return Err(LedgerError::BatchTooLarge {
                 len: command.len(),
@@ -299,7 +316,6 @@ impl DurableLedger {
             let seq = self.wal.enqueue(&bytes)?;
             (results, seq)
         };
-        self.wal.wait_durable(seq)?;
         Ok((results, seq))
     }
 

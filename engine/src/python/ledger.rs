@@ -18,6 +18,8 @@ use pyo3::create_exception;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::completions::Workers;
+use super::saga::{SAGA_THREADS, SAGA_THREAD_NAME};
 use super::{check_len, slice, BatchTooLarge, CapacityExceeded, EngineError, InvalidBatch};
 use crate::ledger::{
     self as core, account_flags, transfer_flags, AccountInput, AccountResult, AnchorResult,
@@ -30,7 +32,7 @@ create_exception!(_engine, WalFailure, EngineError, "The write-ahead log failed 
 create_exception!(_engine, WalCorruption, WalFailure, "The log or a snapshot is corrupt where no crash can have left it; the message names the file and offset.");
 create_exception!(_engine, LedgerClosed, EngineError, "The ledger was closed.");
 
-fn to_py(err: DurableError) -> PyErr {
+pub(super) fn to_py(err: DurableError) -> PyErr {
     match err {
         DurableError::Ledger(LedgerError::BatchTooLarge { len, max }) => BatchTooLarge::new_err(
             format!("batch of {len} is over the ledger's bound of {max}"),
@@ -111,13 +113,15 @@ type IdsAndStates<'py> = (Bound<'py, PyArray2<u64>>, Bound<'py, PyArray1<u8>>);
 #[pyclass(frozen, module = "quickpay_engine._engine")]
 pub(crate) struct Ledger {
     inner: RwLock<Option<Arc<DurableLedger>>>,
-    retention_ns: u64,
+    pub(super) retention_ns: u64,
+    /// The threads the saga's steps run on (src/python/saga.rs).
+    pub(super) workers: Workers,
     report: RecoveryReport,
     dir: PathBuf,
 }
 
 impl Ledger {
-    fn get(&self) -> PyResult<Arc<DurableLedger>> {
+    pub(super) fn get(&self) -> PyResult<Arc<DurableLedger>> {
         self.inner
             .read()
             .expect("ledger handle lock")
@@ -174,6 +178,7 @@ impl Ledger {
         Ok(Ledger {
             inner: RwLock::new(Some(Arc::new(ledger))),
             retention_ns,
+            workers: Workers::new(SAGA_THREAD_NAME, SAGA_THREADS),
             report,
             dir,
         })
@@ -540,9 +545,11 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Closes the ledger; later calls raise `LedgerClosed`. Everything acknowledged is
-    /// already durable, so there is nothing to flush.
-    fn close(&self) {
+    /// Closes the ledger once the saga steps queued have ended; later calls raise
+    /// `LedgerClosed`. Everything acknowledged is already durable, so there is nothing
+    /// to flush.
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| self.workers.close());
         self.inner.write().expect("ledger handle lock").take();
     }
 }

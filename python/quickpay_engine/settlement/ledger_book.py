@@ -20,9 +20,12 @@ Ids are derived, never stored: a payment's pending transfer has the payment's ow
 its post and void transfers and every account id are hashes of a name. So a redo after
 a crash addresses the same transfers, and the ledger's EXISTS code makes it a no-op.
 
-Ledger calls block on the log's fdatasync with the GIL released; they run on a small
-thread pool of their own so that concurrent batches share group commits and the event
-loop never waits on a disk.
+The saga's steps (reserve, capture and void, settle and anchor, roll back) run whole on
+the core's ledger threads (engine/src/python/saga.rs): each queues its commands for the
+log and waits once for the fdatasync covering them, with no Python on the thread, and
+its future is set from the event loop's own thread (``quickpay_engine.completions``).
+Concurrent batches' steps share group commits. The rarer calls (refunds, adjustments,
+snapshots) keep a small Python thread pool.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -42,15 +45,13 @@ import numpy.typing as npt
 
 from quickpay_engine._engine import (
     LEDGER_BATCH_MAX,
-    TRANSFER_PENDING,
-    TRANSFER_POST_PENDING,
-    TRANSFER_VOID_PENDING,
     Ledger,
     currency_numeric,
     ids_array,
     ids_list,
     ledger_result_codes,
 )
+from quickpay_engine.completions import completions
 from quickpay_engine.domain import Plan, Purpose, SubscriberRow
 from quickpay_engine.threads import name_os_thread
 
@@ -66,12 +67,9 @@ KIND_RECEIVABLE, KIND_PREPAID, KIND_CLEARING = 1, 2, 3
 _CODES = {kind: dict(codes) for kind, codes in ledger_result_codes()}
 ACCOUNT_OK = {0, 10}  # OK, EXISTS
 TRANSFER_OK = {0, 19}  # OK, EXISTS
-PENDING_TRANSFER_NOT_FOUND = 23
-STATE_OK = {0, 4}  # OK, EXISTS
-ANCHOR_OK = {0, 1, 2}  # OK, BEHIND (a later head is held), EXISTS
-# Calls that can wait on the log at once; more queue for a thread. Group commit makes
-# a few concurrent callers share each fdatasync.
-LEDGER_THREADS = 4
+# Refunds, adjustments and snapshots that can wait on the log at once (the saga's
+# steps have the core's threads); more queue for a thread.
+LEDGER_THREADS = 2
 # The ledger is snapshotted (and the log it covers removed) once this many records have
 # been logged since the last snapshot: at a few records per batch, every hour or so
 # under load, and the replay at start never reads more than this.
@@ -149,7 +147,7 @@ class LedgerBook:
         self.ledger = ledger
         self._clock_ns = clock_ns
         self._pool = ThreadPoolExecutor(
-            LEDGER_THREADS, thread_name_prefix="ledger", initializer=name_os_thread
+            LEDGER_THREADS, thread_name_prefix="ledger-calls", initializer=name_os_thread
         )
         # The last record the newest snapshot holds.
         self._snapshot_seq = int(ledger.recovery()["snapshot_seq"])
@@ -173,6 +171,15 @@ class LedgerBook:
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _step(self, step: Callable[..., None], *args: object) -> None:
+        """Runs one of the ledger's saga steps on its core threads; returns once what it
+        logged is durable. Raises LedgerRefused with the step's refusal."""
+        queue, future = completions()
+        step(queue, future, self._clock_ns(), *args)
+        refusal = await future
+        if refusal is not None:
+            raise LedgerRefused(refusal)
 
     # -- accounts --------------------------------------------------------------------
 
@@ -225,89 +232,46 @@ class LedgerBook:
     # -- the saga's steps ------------------------------------------------------------
 
     async def reserve(self, moves: Sequence[Movement]) -> None:
-        """Holds each payment's amount and logs RESERVED; returns once durable."""
+        """Holds each payment's amount and logs RESERVED; returns once durable. The
+        subscribers' accounts (and their currency's clearing and adjustment accounts)
+        are opened by their first hold where the ledger does not hold them yet."""
         if moves:
-            await self._run(self._reserve, list(moves))
-
-    def _reserve(self, moves: list[Movement]) -> None:
-        for chunk in _chunks(moves):
-            n = len(chunk)
-            currencies = [m.currency for m in chunk]
-            subscribers = [subscriber_account(m.account_id) for m in chunk]
-            self._open(subscribers, [m.kind for m in chunk], currencies)
-            holds = ids_array([payment_number(m.payment_id) for m in chunk])
-            codes, _ = self.ledger.create_transfers(
-                self._clock_ns(),
-                holds,
-                ids_array([clearing_account(c) for c in currencies]),
-                ids_array(subscribers),
-                np.fromiter((m.amount_minor for m in chunk), np.int64, n),
-                np.fromiter(map(_numeric, currencies), np.uint16, n),
-                np.full(n, TRANSFER_PENDING, np.uint16),
-                ids_array([0] * n),
-                np.zeros(n, np.uint32),  # no timeout: only the saga ends a hold
-                holds,
+            await self._step(
+                self.ledger.saga_reserve,
+                [m.payment_id for m in moves],
+                [m.account_id for m in moves],
+                [m.kind for m in moves],
+                [m.amount_minor for m in moves],
+                [m.currency for m in moves],
             )
-            _check("transfer", codes, TRANSFER_OK)
-        self._states_now([m.payment_id for m in moves], RESERVED)
 
     async def capture(self, payment_ids: Sequence[str]) -> None:
         """Logs CAPTURED (the gateway took the money); returns once durable."""
-        if payment_ids:
-            await self._run(self._states_now, list(payment_ids), CAPTURED)
+        await self.capture_and_roll_back(payment_ids, ())
+
+    async def capture_and_roll_back(self, captured: Sequence[str], voided: Sequence[str]) -> None:
+        """``capture`` of ``captured`` and ``roll_back`` of ``voided`` in one step, which
+        waits for one fdatasync: a batch's gateway answers, logged together."""
+        if captured or voided:
+            await self._step(self.ledger.saga_capture_and_void, list(captured), list(voided))
 
     async def settle(self, payment_ids: Sequence[str]) -> None:
         """Posts each payment's hold and logs SETTLED."""
         if payment_ids:
-            await self._run(self._finish, list(payment_ids), TRANSFER_POST_PENDING, "post", SETTLED)
+            await self._step(self.ledger.saga_finish, list(payment_ids), True)
 
     async def settle_and_anchor(
         self, payment_ids: Sequence[str], head: tuple[int, str] | None
     ) -> None:
-        """``settle`` and ``anchor`` in one trip to the ledger's thread (a settled
-        batch's last step: one hand-over fewer per batch): both are done even when the
-        first fails, and the first failure is raised."""
+        """``settle`` and ``anchor`` in one step (a settled batch's last): both are done
+        even when the first is refused, and the first refusal is raised."""
         if payment_ids or head is not None:
-            await self._run(self._settle_and_anchor, list(payment_ids), head)
-
-    def _settle_and_anchor(self, payment_ids: list[str], head: tuple[int, str] | None) -> None:
-        try:
-            if payment_ids:
-                self._finish(payment_ids, TRANSFER_POST_PENDING, "post", SETTLED)
-        finally:
-            if head is not None:
-                self._anchor(head)
+            await self._step(self.ledger.saga_finish, list(payment_ids), True, head)
 
     async def roll_back(self, payment_ids: Sequence[str]) -> None:
         """Voids each payment's hold (where there is one) and logs ROLLED_BACK."""
         if payment_ids:
-            await self._run(
-                self._finish, list(payment_ids), TRANSFER_VOID_PENDING, "void", ROLLED_BACK
-            )
-
-    def _finish(self, payment_ids: list[str], flag: int, name: str, state: int) -> None:
-        # A post or void names only the hold: its accounts, amount and currency come from
-        # the pending transfer, so recovery can end a hold it knows by payment id alone.
-        for chunk in _chunks(payment_ids):
-            n = len(chunk)
-            holds = ids_array([payment_number(p) for p in chunk])
-            codes, _ = self.ledger.create_transfers(
-                self._clock_ns(),
-                ids_array([derived_id(name, p) for p in chunk]),
-                ids_array([0] * n),
-                ids_array([0] * n),
-                np.zeros(n, np.int64),  # the whole hold
-                np.zeros(n, np.uint16),
-                np.full(n, flag, np.uint16),
-                holds,
-                np.zeros(n, np.uint32),
-                holds,
-            )
-            # A payment journalled but never held (a crash between the two) has no hold
-            # to void: that is the end state wanted.
-            allowed = TRANSFER_OK | ({PENDING_TRANSFER_NOT_FOUND} if name == "void" else set())
-            _check("transfer", codes, allowed)
-        self._states_now(payment_ids, state)
+            await self._step(self.ledger.saga_finish, list(payment_ids), False)
 
     async def refund(self, refund_id: str, move: Movement) -> None:
         """Moves a refunded amount back from the subscriber's account to clearing."""
@@ -364,21 +328,7 @@ class LedgerBook:
         """Anchors the audit trail's head (seq, hex hash) as of a commit; returns once
         durable. A head already passed changes nothing."""
         if head is not None:
-            await self._run(self._anchor, head)
-
-    def _anchor(self, head: tuple[int, str]) -> None:
-        seq, row_hash = head
-        codes, _ = self.ledger.anchor_audit(self._clock_ns(), seq, bytes.fromhex(row_hash))
-        _check("anchor", codes, ANCHOR_OK)
-
-    def _states_now(self, payment_ids: list[str], state: int) -> None:
-        for chunk in _chunks(payment_ids):
-            codes, _ = self.ledger.record_payment_states(
-                self._clock_ns(),
-                ids_array([payment_number(p) for p in chunk]),
-                np.full(len(chunk), state, np.uint8),
-            )
-            _check("payment", codes, STATE_OK)
+            await self._step(self.ledger.saga_finish, [], True, head)
 
     # -- recovery ----------------------------------------------------------------------
 
@@ -403,11 +353,6 @@ def _numeric(currency: str) -> int:
     if number is None:
         raise LedgerRefused(f"{currency!r} is not an ISO 4217 currency")
     return number
-
-
-def _chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
-    for start in range(0, len(items), LEDGER_BATCH_MAX):
-        yield items[start : start + LEDGER_BATCH_MAX]
 
 
 def _check(kind: str, codes: np.ndarray, ok: set[int]) -> None:

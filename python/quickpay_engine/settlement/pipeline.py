@@ -476,24 +476,25 @@ class Pipeline:
         # are written side by side: recovery finishes either order after a crash (a
         # committed payment is posted whatever the ledger says; a captured one is
         # committed), and the reply waits for both.
-        captured_ok, voided_ok, committed = await asyncio.gather(
-            self._book.capture([decisions[k].payment_id for k in captured]),
-            self._book.roll_back([decisions[k].payment_id for k in voided]),
+        ledger_error, committed = await asyncio.gather(
+            self._book.capture_and_roll_back(
+                [decisions[k].payment_id for k in captured],
+                [decisions[k].payment_id for k in voided],
+            ),
             self._thread.run(self._store.commit_batch, committing),
             return_exceptions=True,
         )
         self._lap("capture_commit", lap)
-        for ledger_error in (captured_ok, voided_ok):
-            if isinstance(ledger_error, BaseException):
-                # After the gateways: the money may have moved and the commit may have
-                # landed, so "not done" (RESOURCE_EXHAUSTED, INTERNAL) would be false.
-                # The journal keeps every payment; recovery finishes them.
-                log.error("ledger refused a batch after its gateways: %s", ledger_error)
-                raise OutcomePending(
-                    f"the ledger could not record the batch ({type(ledger_error).__name__});"
-                    " the engine finishes it: retry with the same idempotency_key for the"
-                    " outcome"
-                ) from ledger_error
+        if isinstance(ledger_error, BaseException):
+            # After the gateways: the money may have moved and the commit may have
+            # landed, so "not done" (RESOURCE_EXHAUSTED, INTERNAL) would be false. The
+            # journal keeps every payment; recovery finishes them.
+            log.error("ledger refused a batch after its gateways: %s", ledger_error)
+            raise OutcomePending(
+                f"the ledger could not record the batch ({type(ledger_error).__name__});"
+                " the engine finishes it: retry with the same idempotency_key for the"
+                " outcome"
+            ) from ledger_error
         if isinstance(committed, BaseException):
             await self._billing_down(batch, to_commit, set(captured), committed)
             return

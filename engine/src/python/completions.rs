@@ -1,0 +1,204 @@
+//! Core threads that hand results to the event loop without taking the GIL.
+//!
+//! A stage of the settlement saga (a ledger step, for one) used to run on a Python
+//! worker thread: the thread took the GIL to start, released it for the blocking call,
+//! took it again to finish, and woke the event loop through `call_soon_threadsafe`.
+//! With batches of a dozen payments, those hand-overs (futex waits and wake-ups
+//! between the event loop and four or five worker threads) cost more server CPU than
+//! the steps themselves (benches/RESULTS.md, "Core threads complete into the loop").
+//!
+//! Here a step's arguments are converted on the event loop's thread, the step runs on
+//! a `Workers` thread that never touches Python, and its result goes into a
+//! `Completions` queue. The queue's eventfd becomes readable when the first result
+//! lands in an empty queue; the event loop watches it (`loop.add_reader`) and `drain`
+//! sets every waiting future at once, with the GIL it already holds.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use pyo3::exceptions::PyOSError;
+use pyo3::intern;
+use pyo3::prelude::*;
+
+/// Turns a step's Rust result into the future's Python result, on the event loop.
+pub(crate) type Finish = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
+
+struct Done {
+    future: Py<PyAny>,
+    finish: Finish,
+}
+
+/// The shared end of a `Completions`: what a worker holds to hand a result back.
+pub(crate) struct Queue {
+    fd: OwnedFd,
+    done: Mutex<Vec<Done>>,
+}
+
+impl Queue {
+    /// Queues `future`'s result; wakes the event loop when the queue was empty (one
+    /// write per drain, however many results land before it).
+    pub(crate) fn complete(&self, future: Py<PyAny>, finish: Finish) {
+        let was_empty = {
+            let mut done = self.done.lock().expect("completion queue lock");
+            let was_empty = done.is_empty();
+            done.push(Done { future, finish });
+            was_empty
+        };
+        if was_empty {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to an eventfd this queue owns.
+            // EAGAIN (the counter at its maximum) still leaves it readable: nothing lost.
+            unsafe {
+                libc::write(
+                    self.fd.as_raw_fd(),
+                    (&one as *const u64).cast(),
+                    std::mem::size_of::<u64>(),
+                );
+            }
+        }
+    }
+}
+
+/// The event loop's end of the queue: `fileno()` for `loop.add_reader`, `drain()` as
+/// its callback.
+#[pyclass(frozen, module = "quickpay_engine._engine")]
+pub(crate) struct Completions {
+    queue: Arc<Queue>,
+}
+
+impl Completions {
+    pub(crate) fn queue(&self) -> Arc<Queue> {
+        Arc::clone(&self.queue)
+    }
+}
+
+#[pymethods]
+impl Completions {
+    #[new]
+    fn new() -> PyResult<Self> {
+        // SAFETY: eventfd takes no pointers; a negative result is an error, checked.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(PyOSError::new_err(format!("eventfd: {err}")));
+        }
+        // SAFETY: `raw` is a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(Completions {
+            queue: Arc::new(Queue {
+                fd,
+                done: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The eventfd the event loop watches: readable while results wait.
+    fn fileno(&self) -> RawFd {
+        self.queue.fd.as_raw_fd()
+    }
+
+    /// Sets the result (or exception) of every future whose step has ended, in the
+    /// order the steps ended; a future already done (cancelled by its caller) is left
+    /// as it is. Returns how many were set.
+    fn drain(&self, py: Python<'_>) -> PyResult<usize> {
+        let mut counter = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer of 8; EAGAIN (nothing
+        // signalled) is expected when a result arrived between a read and a take.
+        unsafe {
+            libc::read(
+                self.queue.fd.as_raw_fd(),
+                counter.as_mut_ptr().cast(),
+                counter.len(),
+            );
+        }
+        let done = std::mem::take(&mut *self.queue.done.lock().expect("completion queue lock"));
+        let mut set = 0;
+        for Done { future, finish } in done {
+            let future = future.bind(py);
+            if future.call_method0(intern!(py, "done"))?.is_truthy()? {
+                continue;
+            }
+            match finish(py) {
+                Ok(value) => future.call_method1(intern!(py, "set_result"), (value,))?,
+                Err(err) => future.call_method1(intern!(py, "set_exception"), (err.value(py),))?,
+            };
+            set += 1;
+        }
+        Ok(set)
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of named threads that run jobs in the order given, with no Python.
+/// Started on first use (never before a fork: see docs/operations.md on threads), and
+/// joined by `close`, after the jobs queued before it have run.
+pub(crate) struct Workers {
+    name: &'static str,
+    threads: usize,
+    state: Mutex<Option<Running>>,
+}
+
+struct Running {
+    jobs: mpsc::Sender<Job>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    pub(crate) const fn new(name: &'static str, threads: usize) -> Workers {
+        Workers {
+            name,
+            threads,
+            state: Mutex::new(None),
+        }
+    }
+
+    /// Runs `job` on one of the threads.
+    pub(crate) fn spawn(&self, job: Job) -> std::io::Result<()> {
+        let mut state = self.state.lock().expect("workers lock");
+        if state.is_none() {
+            let (jobs, queue) = mpsc::channel::<Job>();
+            let queue = Arc::new(Mutex::new(queue));
+            let mut handles = Vec::with_capacity(self.threads);
+            for i in 0..self.threads {
+                let queue = Arc::clone(&queue);
+                handles.push(
+                    std::thread::Builder::new()
+                        .name(format!("{}_{i}", self.name))
+                        .spawn(move || loop {
+                            let next = queue.lock().expect("job queue lock").recv();
+                            match next {
+                                Ok(job) => job(),
+                                Err(_) => return, // closed and drained
+                            }
+                        })?,
+                );
+            }
+            *state = Some(Running { jobs, handles });
+        }
+        let running = state.as_ref().expect("started above");
+        running
+            .jobs
+            .send(job)
+            .map_err(|_| std::io::Error::other("workers closed"))
+    }
+
+    /// Lets the queued jobs finish, then joins the threads. Call without the GIL: a
+    /// job never needs it, but the caller may be waited on by one that does.
+    pub(crate) fn close(&self) {
+        let running = self.state.lock().expect("workers lock").take();
+        if let Some(Running { jobs, handles }) = running {
+            drop(jobs);
+            for handle in handles {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Completions>()?;
+    Ok(())
+}
