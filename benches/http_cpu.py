@@ -2,8 +2,8 @@
 of 500 (PayBatch's size, the way the pipeline sends them) against one `quickpay
 gateway-sim` process at 0 ms (no faults, no latency), this process's CPU split by thread:
 the `quickpay-http` runtime threads (the HTTP client, the bodies, the answers' parsing)
-and the others (the event loop: the router; the sender threads: the `sale_many` call's
-columns in and out, with the GIL). CPU time from /proc/self/task, not wall time,
+and the others (the event loop: the router, and the `sale_many_into` call's columns in
+and out). CPU time from /proc/self/task, not wall time,
 so a busy machine moves the figures less than it moves a rate.
 
     .venv/bin/python benches/http_cpu.py [--batches 40] [--size 500]

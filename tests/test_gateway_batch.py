@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from quickpay_engine._engine import HttpPool, HttpSetupError
+from quickpay_engine.completions import completions
 from quickpay_engine.gateways.client import (
     NOT_SENT,
     PAID,
@@ -322,9 +323,7 @@ async def test_the_core_reads_each_answer_as_the_python_client_did() -> None:
     for ref, method in zip(answers, methods, strict=True):
         add_sale_request(rows, SaleRequest(ref, 300, "EUR", method), 2.0, 2.0)
     try:
-        out = await asyncio.get_running_loop().run_in_executor(
-            None, pool.sale_many, SALE_PATH, *rows
-        )
+        out = await sale_many(pool, *rows)
     finally:
         server.close()
     outcomes, statuses, states, references, _, captured, _, currencies, errors, messages = out
@@ -342,17 +341,27 @@ async def test_the_core_reads_each_answer_as_the_python_client_did() -> None:
         }  # fmt: skip
 
 
+async def sale_many(pool: HttpPool, *columns: object) -> tuple:
+    """The core's sale call, awaited as the client awaits it (its completion queue)."""
+    queue, future = completions()
+    pool.sale_many_into(queue, future, SALE_PATH, *columns)
+    return await future
+
+
 async def test_the_core_sale_call_refuses_bad_columns_and_reports_no_connection() -> None:
     pool = HttpPool("http://127.0.0.1:9", connections_max=1, keepalive_s=1)
     rows = sale_rows()
     add_sale_request(rows, SaleRequest("r", 1, "EUR", VISA), 1.0, 1.0)
     with pytest.raises(HttpSetupError, match="unequal"):
-        pool.sale_many(SALE_PATH, *rows[:-1], [])
+        await sale_many(pool, *rows[:-1], [])
     bad = rows._replace(kinds=["cheque"])
     with pytest.raises(HttpSetupError, match="cheque"):
-        pool.sale_many(SALE_PATH, *bad)
+        await sale_many(pool, *bad)
     # Port 9 (discard) refuses the connection: never sent. An end already passed: late.
     late = rows._replace(ends_s=[0.0])
-    assert list(pool.sale_many(SALE_PATH, *rows)[0]) == [NOT_SENT]
-    assert pool.sale_many(SALE_PATH, *rows)[8] == ["connect"]
-    assert pool.sale_many(SALE_PATH, *late)[8] == ["late"]
+    assert list((await sale_many(pool, *rows))[0]) == [NOT_SENT]
+    assert (await sale_many(pool, *rows))[8] == ["connect"]
+    assert (await sale_many(pool, *late))[8] == ["late"]
+    # Many calls at once, each answered through the one queue, in any order.
+    many = await asyncio.gather(*(sale_many(pool, *rows) for _ in range(50)))
+    assert {tuple(out[8]) for out in many} == {("connect",)}

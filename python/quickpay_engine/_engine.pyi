@@ -747,8 +747,10 @@ class HttpPool:
         ``HttpSetupError``; more than ``SEND_MANY_MAX`` requests: ``BatchTooLarge``;
         either before any request is sent."""
 
-    def sale_many(
+    def sale_many_into(
         self,
+        done: Completions,
+        future: asyncio.Future[Any],
         path: str,
         references: list[str],
         amounts_minor: list[int],
@@ -762,12 +764,10 @@ class HttpPool:
         ibans: list[str],
         timeouts_s: list[float],
         ends_s: list[float],
-    ) -> tuple[
-        bytes, list[int], list[str], list[str], list[str], list[int], list[int],
-        list[str], list[str], list[str],
-    ]:  # fmt: skip
+    ) -> None:
         """Sends a batch's sales to this gateway at once (bodies built and answers read
-        in the core) and waits, without the GIL, until each has ended; at most
+        in the core, on its HTTP runtime) and sets ``future`` to the answers' columns
+        through ``done`` once each has ended, no thread waiting; at most
         ``sales_max`` are in flight at a time across every call.
 
         Columns, one row per sale: references, amounts, currencies, method kinds
@@ -776,7 +776,7 @@ class HttpPool:
         long from now it may still run: it waits for a slot at most min(timeout, end),
         else not sent "busy"; with under 5 ms left it is not sent, "late").
 
-        Returns columns (outcome, one byte per sale; status, state, gateway_reference,
+        The columns (outcome, one byte per sale; status, state, gateway_reference,
         decline_reason, captured_minor, refunded_minor, currency, error, message):
         outcome 0 a payment,
         1 not sent (error "connect", "busy" or "late"), 2 ambiguous (a timeout, a

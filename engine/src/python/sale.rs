@@ -6,9 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::Uri;
 use pyo3::prelude::*;
 use tokio::sync::Semaphore;
 
+use super::completions::Completions;
 use super::http::{
     bounded, runtime, uri_of, Body, Client, HttpPool, HttpSetupError, Reply, AMBIGUOUS,
     SEND_MANY_MAX,
@@ -64,9 +66,11 @@ impl Sold {
 
 #[pymethods]
 impl HttpPool {
-    /// Sends a batch's sales to this gateway at once and waits, without the GIL, until
-    /// each has ended; at most `sales_max` (the pool's setting) are in flight at a time
-    /// across every call, the rest wait for a slot.
+    /// Sends a batch's sales to this gateway at once, on the HTTP runtime, and sets
+    /// `future` to the answers' columns through `done` (whose eventfd wakes the event
+    /// loop) once each has ended: no thread waits for them. At most `sales_max` (the
+    /// pool's setting) are in flight at a time across every call, the rest wait for a
+    /// slot.
     ///
     /// Columns, one row per sale: merchant references, amounts in minor units,
     /// currencies, method kinds ("card", "wallet", "bank_account", "carrier_balance")
@@ -76,20 +80,22 @@ impl HttpPool {
     /// than 5 ms to its end (NOT_SENT "late"), and runs at most min(timeout, time to
     /// its end).
     ///
-    /// Returns columns (outcome, status, state, gateway_reference, decline_reason,
+    /// The columns (outcome, status, state, gateway_reference, decline_reason,
     /// captured_minor, refunded_minor, currency, error, message): outcome 0 a payment
     /// (its fields set), 1 not sent (error "connect", "busy" or "late"), 2 ambiguous
     /// (error says why, for logs), 3 refused by a 4xx (error its code, message its
     /// text). Columns of unequal length, an unknown kind, a bad timeout or more than
-    /// SEND_MANY_MAX rows are refused before any sale is sent.
+    /// SEND_MANY_MAX rows are refused, raised by this call, before any sale is sent.
     #[pyo3(signature = (
-        path, references, amounts_minor, currencies, kinds, pans, expiry_months,
-        expiry_years, providers, wallet_ids, ibans, timeouts_s, ends_s,
+        done, future, path, references, amounts_minor, currencies, kinds, pans,
+        expiry_months, expiry_years, providers, wallet_ids, ibans, timeouts_s, ends_s,
     ))]
     #[allow(clippy::too_many_arguments)]
-    fn sale_many(
+    fn sale_many_into(
         &self,
         py: Python<'_>,
+        done: &Completions,
+        future: Py<PyAny>,
         path: &str,
         references: Vec<String>,
         amounts_minor: Vec<i64>,
@@ -103,25 +109,61 @@ impl HttpPool {
         ibans: Vec<String>,
         timeouts_s: Vec<f64>,
         ends_s: Vec<f64>,
-    ) -> PyResult<Columns> {
-        let n = references.len();
+    ) -> PyResult<()> {
+        let columns = SaleColumns {
+            references,
+            amounts_minor,
+            currencies,
+            kinds,
+            pans,
+            expiry_months,
+            expiry_years,
+            providers,
+            wallet_ids,
+            ibans,
+            timeouts_s,
+            ends_s,
+        };
+        let uri = self.sale_uri(path, &columns)?;
+        let runtime = runtime()?;
+        let prepared = py
+            .detach(|| self.prepare(&uri, &columns))
+            .map_err(HttpSetupError::new_err)?;
+        let selling = self.sell_all(runtime, prepared);
+        let queue = done.queue();
+        runtime.spawn(async move {
+            let columns = into_columns(selling.await);
+            queue.complete(
+                future,
+                Box::new(move |py| Ok(columns.into_pyobject(py)?.into_any().unbind())),
+            );
+        });
+        Ok(())
+    }
+}
+
+impl HttpPool {
+    /// The sales' Uri for `path`, once the columns are checked (lengths, bound).
+    fn sale_uri(&self, path: &str, columns: &SaleColumns) -> PyResult<Uri> {
+        let n = columns.references.len();
         if n > SEND_MANY_MAX {
             return Err(BatchTooLarge::new_err(format!(
                 "sale_many of {n} sales is over the bound of {SEND_MANY_MAX}"
             )));
         }
+        let c = columns;
         let lengths = [
-            amounts_minor.len(),
-            currencies.len(),
-            kinds.len(),
-            pans.len(),
-            expiry_months.len(),
-            expiry_years.len(),
-            providers.len(),
-            wallet_ids.len(),
-            ibans.len(),
-            timeouts_s.len(),
-            ends_s.len(),
+            c.amounts_minor.len(),
+            c.currencies.len(),
+            c.kinds.len(),
+            c.pans.len(),
+            c.expiry_months.len(),
+            c.expiry_years.len(),
+            c.providers.len(),
+            c.wallet_ids.len(),
+            c.ibans.len(),
+            c.timeouts_s.len(),
+            c.ends_s.len(),
         ];
         if lengths.iter().any(|&len| len != n) {
             return Err(HttpSetupError::new_err(format!(
@@ -140,91 +182,120 @@ impl HttpPool {
             )));
         }
         // The sales' Uri, parsed once for the call (each request holds a shared copy).
-        let uri = uri_of(&url).map_err(HttpSetupError::new_err)?;
-        let runtime = runtime()?;
-        // The bodies are built and the sales sent without the GIL; a column that cannot
-        // be used is found while building, before any sale is sent.
-        let sold = py
-            .detach(|| -> Result<Vec<Sold>, String> {
-                // Every body in one buffer, each request a shared slice of it.
-                let mut bodies = Vec::with_capacity(n * 192);
-                let mut parts = Vec::with_capacity(n);
-                for i in 0..n {
-                    let method = match kinds[i].as_str() {
-                        "card" => Instrument::Card {
-                            pan: &pans[i],
-                            expiry_month: expiry_months[i],
-                            expiry_year: expiry_years[i],
-                        },
-                        "wallet" => Instrument::Wallet {
-                            provider: &providers[i],
-                            wallet_id: &wallet_ids[i],
-                        },
-                        "bank_account" => Instrument::BankAccount { iban: &ibans[i] },
-                        "carrier_balance" => Instrument::CarrierBalance,
-                        other => return Err(format!("sale_many: method kind {other:?}")),
-                    };
-                    let timeout = duration("timeouts_s", timeouts_s[i])?;
-                    // An end already passed is a sale that is not sent ("late").
-                    let end = Duration::try_from_secs_f64(ends_s[i].max(0.0))
-                        .map_err(|_| format!("ends_s {}", ends_s[i]))?;
-                    let start = bodies.len();
-                    write_sale_body(
-                        &mut bodies,
-                        &references[i],
-                        amounts_minor[i],
-                        &currencies[i],
-                        method,
-                    );
-                    parts.push((start..bodies.len(), timeout, end));
-                }
-                let bodies = bytes::Bytes::from(bodies);
-                let prepared: Vec<_> = parts
-                    .into_iter()
-                    .map(|(range, timeout, end)| {
-                        let body = Some(bodies.slice(range));
-                        let request = self.request(hyper::Method::POST, uri.clone(), body);
-                        (request, timeout, end)
-                    })
-                    .collect();
-                Ok(runtime.block_on(async {
-                    let handles: Vec<_> = prepared
-                        .into_iter()
-                        .map(|(request, timeout, end)| {
-                            let sales = Arc::clone(&self.sales);
-                            let permits = Arc::clone(&self.permits);
-                            let client = Arc::clone(&self.client);
-                            runtime.spawn(sell(sales, permits, client, request, timeout, end))
-                        })
-                        .collect();
-                    let mut sold = Vec::with_capacity(handles.len());
-                    for handle in handles {
-                        // A task that panicked leaves its sale's fate unknown.
-                        sold.push(
-                            handle
-                                .await
-                                .unwrap_or_else(|_| Sold::failed(UNKNOWN, "panic")),
-                        );
-                    }
-                    sold
-                }))
-            })
-            .map_err(HttpSetupError::new_err)?;
-        let mut columns: Columns = Default::default();
-        for s in sold {
-            columns.0.push(s.outcome);
-            columns.1.push(s.status);
-            columns.2.push(s.payment.state);
-            columns.3.push(s.payment.gateway_reference);
-            columns.4.push(s.payment.decline_reason);
-            columns.5.push(s.payment.captured_minor);
-            columns.6.push(s.payment.refunded_minor);
-            columns.7.push(s.payment.currency);
-            columns.8.push(s.error);
-            columns.9.push(s.message);
-        }
-        Ok(columns)
+        uri_of(&url).map_err(HttpSetupError::new_err)
     }
+
+    /// Each sale's request (bodies in one buffer, each a shared slice of it), timeout
+    /// and end; a column that cannot be used refuses the whole call.
+    fn prepare(
+        &self,
+        uri: &Uri,
+        c: &SaleColumns,
+    ) -> Result<Vec<(hyper::Request<Body>, Duration, Duration)>, String> {
+        let n = c.references.len();
+        let mut bodies = Vec::with_capacity(n * 192);
+        let mut parts = Vec::with_capacity(n);
+        for i in 0..n {
+            let method = match c.kinds[i].as_str() {
+                "card" => Instrument::Card {
+                    pan: &c.pans[i],
+                    expiry_month: c.expiry_months[i],
+                    expiry_year: c.expiry_years[i],
+                },
+                "wallet" => Instrument::Wallet {
+                    provider: &c.providers[i],
+                    wallet_id: &c.wallet_ids[i],
+                },
+                "bank_account" => Instrument::BankAccount { iban: &c.ibans[i] },
+                "carrier_balance" => Instrument::CarrierBalance,
+                other => return Err(format!("sale_many: method kind {other:?}")),
+            };
+            let timeout = duration("timeouts_s", c.timeouts_s[i])?;
+            // An end already passed is a sale that is not sent ("late").
+            let end = Duration::try_from_secs_f64(c.ends_s[i].max(0.0))
+                .map_err(|_| format!("ends_s {}", c.ends_s[i]))?;
+            let start = bodies.len();
+            write_sale_body(
+                &mut bodies,
+                &c.references[i],
+                c.amounts_minor[i],
+                &c.currencies[i],
+                method,
+            );
+            parts.push((start..bodies.len(), timeout, end));
+        }
+        let bodies = bytes::Bytes::from(bodies);
+        Ok(parts
+            .into_iter()
+            .map(|(range, timeout, end)| {
+                let body = Some(bodies.slice(range));
+                let request = self.request(hyper::Method::POST, uri.clone(), body);
+                (request, timeout, end)
+            })
+            .collect())
+    }
+
+    /// Starts every sale on the runtime at once; the future gives their ends in order.
+    fn sell_all(
+        &self,
+        runtime: &'static tokio::runtime::Runtime,
+        prepared: Vec<(hyper::Request<Body>, Duration, Duration)>,
+    ) -> impl std::future::Future<Output = Vec<Sold>> + Send + 'static {
+        let handles: Vec<_> = prepared
+            .into_iter()
+            .map(|(request, timeout, end)| {
+                let sales = Arc::clone(&self.sales);
+                let permits = Arc::clone(&self.permits);
+                let client = Arc::clone(&self.client);
+                runtime.spawn(sell(sales, permits, client, request, timeout, end))
+            })
+            .collect();
+        async move {
+            let mut sold = Vec::with_capacity(handles.len());
+            for handle in handles {
+                // A task that panicked leaves its sale's fate unknown.
+                sold.push(
+                    handle
+                        .await
+                        .unwrap_or_else(|_| Sold::failed(UNKNOWN, "panic")),
+                );
+            }
+            sold
+        }
+    }
+}
+
+/// The columns `sale_many` takes, owned.
+struct SaleColumns {
+    references: Vec<String>,
+    amounts_minor: Vec<i64>,
+    currencies: Vec<String>,
+    kinds: Vec<String>,
+    pans: Vec<String>,
+    expiry_months: Vec<i64>,
+    expiry_years: Vec<i64>,
+    providers: Vec<String>,
+    wallet_ids: Vec<String>,
+    ibans: Vec<String>,
+    timeouts_s: Vec<f64>,
+    ends_s: Vec<f64>,
+}
+
+fn into_columns(sold: Vec<Sold>) -> Columns {
+    let mut columns: Columns = Default::default();
+    for s in sold {
+        columns.0.push(s.outcome);
+        columns.1.push(s.status);
+        columns.2.push(s.payment.state);
+        columns.3.push(s.payment.gateway_reference);
+        columns.4.push(s.payment.decline_reason);
+        columns.5.push(s.payment.captured_minor);
+        columns.6.push(s.payment.refunded_minor);
+        columns.7.push(s.payment.currency);
+        columns.8.push(s.error);
+        columns.9.push(s.message);
+    }
+    columns
 }
 
 /// One sale: a sale slot first (waiting for one is not the gateway's slowness, and a

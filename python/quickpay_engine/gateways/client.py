@@ -15,8 +15,9 @@ reads answers. Before it, aiohttp's client took about a third of the event loop'
 per payment (benches/RESULTS.md, "Gateway transport").
 
 The router's sales go further: ``sales`` hands a batch's columns to the pool's
-``sale_many``, which builds each body, sends them and reads the answers in the core,
-and hands back columns (one executor hop per batch, no Python object per sale); a
+``sale_many_into``, which builds each body, sends them and reads the answers in the
+core, and hands back columns through the event loop's completion queue (no thread of
+ours waits, no Python object per sale); a
 single ``queue_sale`` is queued for the end of the turn and goes out the same way. The
 pool holds the gateway's sale slots: at most ``pool_max`` of those sales in flight,
 whichever way they came. (``sale`` is the plain JSON call, for tools and tests.)
@@ -40,6 +41,7 @@ import urllib.parse
 from typing import Any, NamedTuple
 
 from quickpay_engine._engine import SEND_MANY_MAX, BatchTooLarge, HttpPool, HttpSetupError
+from quickpay_engine.completions import completions
 from quickpay_engine.gateways.config import GatewayConfig
 from quickpay_engine.gateways.types import BankAccount, Card, SaleRequest, Wallet
 from quickpay_engine.threads import name_os_thread
@@ -49,13 +51,13 @@ from quickpay_engine.threads import name_os_thread
 RESOLVE_CONNECTIONS = 8
 # Idle keep-alive connections are closed after this long (the simulator keeps them 75 s).
 KEEPALIVE_S = 30.0
-# Sender threads per gateway: each carries one turn's requests until they have all
-# ended (each by its timeout at the latest). The pipeline has at most 8 batches in
-# flight; further turns wait for a free thread, their requests not yet started.
+# Sender threads per gateway: each carries one turn's lookups, voids and other plain
+# requests until they have all ended (each by its timeout at the latest); further turns
+# wait for a free thread, their requests not yet started. Sales need none (``sales``).
 SENDERS_MAX = 32
 # How a request ended, as HttpPool.send_many reports it.
 _ANSWERED, _UNREACHABLE, _AMBIGUOUS = 0, 1, 2
-# How a sale ended, as HttpPool.sale_many reports it: a payment in the answer, never
+# How a sale ended, as HttpPool.sale_many_into reports it: a payment in the answer, never
 # sent (error "connect", "busy" or "late"), fate unknown, refused by a 4xx.
 PAID, NOT_SENT, UNKNOWN, REFUSED = 0, 1, 2, 3
 SALE_PATH = "/v1/payments/sale"
@@ -287,7 +289,7 @@ class GatewayClient:
 
     def sales(self, rows: SaleRows, *, capture: bool = True) -> asyncio.Future[SaleAnswers]:
         """Sends a batch's sales in one core call (bodies built, answers read in Rust,
-        the GIL released); the answers' columns, once every sale has ended. A call the
+        no thread of ours waiting); the answers' columns, once every sale has ended. A call the
         transport refused before sending anything answers NOT_SENT for each; one that
         failed otherwise answers UNKNOWN for each."""
         if self._pool is None or self._senders is None:
@@ -295,13 +297,14 @@ class GatewayClient:
         loop = asyncio.get_running_loop()
         path = SALE_PATH if capture else AUTHORIZE_PATH
         n = len(rows.references)
+        # The sales run on the core's HTTP runtime; no thread waits for them, and their
+        # columns come back through the loop's completion queue.
+        queue, sent = completions()
         try:
-            sent = loop.run_in_executor(self._senders, self._pool.sale_many, path, *rows)
-        except Exception as err:  # e.g. the executor shut down: nothing was sent
-            log.error("gateway %s: sales not sent: %s", self.config.name, err)
-            done: asyncio.Future[SaleAnswers] = loop.create_future()
-            done.set_result(_all_sales(n, NOT_SENT, type(err).__name__))
-            return done
+            self._pool.sale_many_into(queue, sent, path, *rows)
+        except Exception as err:  # raised before any sale was started: none was sent
+            log.error("gateway %s: sales not sent: %r", self.config.name, err)
+            sent.set_result(_all_sales(n, NOT_SENT, type(err).__name__))
         answers: asyncio.Future[SaleAnswers] = loop.create_future()
         self._sending.add(sent)
         sent.add_done_callback(self._sending.discard)
