@@ -135,6 +135,7 @@ def measure(
     per["busy"] = (last.busy - first.busy) / (last.total - first.total)
     per["rate"] = rate
     per["settled"] = statuses.get("SETTLED", 0) / max(1, sum(statuses.values()))
+    per["settled_rate"] = report["settled_per_s"]
     return per
 
 
@@ -230,11 +231,13 @@ def render(
         " busy with these costs (cores / total CPU per call). Settled: the share of the"
         f" answers that were SETTLED ({args.subscribers:,} subscribers seeded; with few, the"
         " same lines pay every few seconds and fraud scoring's velocity rules decline"
-        " many, which cost less than a settlement).",
+        " many, which cost less than a settlement). Calls/s counts every answer, declines"
+        " and errors included (`quickpay bench`'s throughput_per_s); settled/s only the"
+        " SETTLED ones (its settled_per_s).",
         "",
         "| server | load | calls/s | server ms | simulators ms | client ms | total ms |"
-        " machine busy | ceiling/s | settled |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        " machine busy | ceiling/s | settled | settled/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (who, load), runs in figures.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
@@ -243,7 +246,7 @@ def render(
             f"| {who} | {' '.join(LOADS[load])} | {med['rate']:,.0f} | {med['server']:.3f}"
             f" | {med['simulators']:.3f} | {med['client']:.3f} | {total:.3f}"
             f" | {100 * med['busy']:.0f} % | {1e3 * cores / total:,.0f}"
-            f" | {100 * med['settled']:.0f} % |"
+            f" | {100 * med['settled']:.0f} % | {med['settled_rate']:,.0f} |"
         )
     lines += ["", "<details><summary>Exact commands</summary>", "", "```"]
     lines += list(dict.fromkeys(log.commands))

@@ -1,5 +1,5 @@
 """Server CPU per payment, thread by thread (issue 15): which of the server's threads
-the time goes to, in µs per payment settled.
+the time goes to, in µs per payment answered (the last line: per payment settled).
 
     .venv/bin/python benches/thread_cpu.py [--rpc batch|unary|stream] [--seconds 10]
         [--runs 2] [--work var/threads]
@@ -9,8 +9,11 @@ cpu_budget.py), loads it with PayBatch (500 payments a call, 2,000 callers in tw
 client processes), unary Pay (64 callers) or PayStream (256 in flight), and reads each thread's CPU time from /proc/PID/task/TID/stat at
 both ends of a window inside the measured part. Threads are grouped by name with
 their digits stripped (the ledger's threads, the gateway senders). Counts, not
-samples: the figure holds on a loaded host as long as the load is the same, and the
-rate it is divided by is the client's count of settled payments in that window.
+samples: the figure holds on a loaded host as long as the load is the same. The rate it
+is divided by is the client's count of every answer in that window (`quickpay bench`'s
+throughput_per_s: declines and errors included); "total per settled" divides the total
+by the share of them that settled, and the first line gives the settled rate itself
+(settled_per_s) beside the answered one.
 """
 
 from __future__ import annotations
@@ -87,7 +90,12 @@ def run_once(
         by[group(name)] += cpu - first.get(tid, (name, 0.0))[1]
     # Threads that started and ended inside the window: in the process's count only.
     by["(ended threads)"] = (whole1 - whole0) - sum(by.values())
-    return {"rate": rate, "settled": settled, "us": {k: 1e6 * v / paid for k, v in by.items()}}
+    return {
+        "rate": rate,
+        "settled": settled,
+        "settled_rate": report["settled_per_s"],
+        "us": {k: 1e6 * v / paid for k, v in by.items()},
+    }
 
 
 def main() -> None:
@@ -125,7 +133,11 @@ def main() -> None:
     names = sorted({k for r in runs for k in r["us"]}, key=lambda k: -runs[0]["us"].get(k, 0))
     print(
         f"load average {os.getloadavg()[0]:.1f}; answers "
-        + ", ".join(f"{r['rate']:,.0f}/s ({100 * r['settled']:.0f} % settled)" for r in runs)
+        + ", ".join(
+            f"{r['rate']:,.0f}/s ({100 * r['settled']:.0f} % settled, {r['settled_rate']:,.0f}"
+            " settled/s)"
+            for r in runs
+        )
     )
     for name in names:
         figures = ", ".join(f"{r['us'].get(name, 0.0):6.1f}" for r in runs)
