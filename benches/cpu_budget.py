@@ -24,11 +24,9 @@ same run. `--servers` picks which of the three kinds run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -36,7 +34,16 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compare import ROOT, Log, Server, gateways_file, machine, seeded_data, write_section
+from compare import (
+    ROOT,
+    Log,
+    Server,
+    gateways_file,
+    machine,
+    run_window,
+    seeded_data,
+    write_section,
+)
 
 BEGIN = "<!-- section: cpu budget (benches/cpu_budget.py) -->"
 END = "<!-- end section: cpu budget -->"
@@ -105,24 +112,15 @@ def measure(
 ) -> dict[str, float]:
     """One load run against ``server``; CPU ms per payment of each component in the
     middle of its measured window, the machine's busy share and the rate."""
-    quickpay = str(Path(sys.executable).parent / "quickpay")
-    out = work / "cpu-run.json"
-    out.unlink(missing_ok=True)
-    warmup = 1.0
-    argv = [quickpay, "bench", *common, "--target", server.target, "--no-progress", *load,
-            "--duration", str(seconds), "--warmup", str(warmup), "--json", str(out)]  # fmt: skip
-    log.note(argv)
-    client = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    # The window: from a second into the measured part to a second before its end, so
-    # start-up and drain are outside it.
-    time.sleep(warmup + 1.5)
-    first = sample(server.proc.pid, client.pid)
-    time.sleep(max(1.0, seconds - 3.0))
-    last = sample(server.proc.pid, client.pid)
-    _, err = client.communicate(timeout=seconds + 120)
-    if not out.exists():
-        raise RuntimeError(f"quickpay bench failed: {err.decode()[-2000:]}")
-    report = json.loads(out.read_text())
+    first, last, report = run_window(
+        log,
+        work / "cpu-run.json",
+        common,
+        server,
+        load,
+        seconds,
+        lambda client: sample(server.proc.pid, client),
+    )
     rate = report["throughput_per_s"]
     # The answers that settled: the rest are declines (fraud velocity among them, when
     # few subscribers pay often) and refusals, which cost less than a settlement.
