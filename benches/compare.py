@@ -28,9 +28,11 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN = "<!-- section: load benchmarking (quickpay bench, make bench) -->"
@@ -298,6 +300,41 @@ def bench_once(log: Log, out: Path, common: list[str], target: str, flags: list[
     if not out.exists():
         raise RuntimeError(f"quickpay bench failed: {done.stderr[-2000:]}")
     return json.loads(out.read_text())
+
+
+Sampled = TypeVar("Sampled")
+
+
+def run_window(
+    log: Log,
+    out: Path,
+    common: list[str],
+    server: Server,
+    load: list[str],
+    seconds: float,
+    sample: Callable[[int], Sampled],
+) -> tuple[Sampled, Sampled, dict]:
+    """One `quickpay bench` run of ``load`` against ``server``, ``seconds`` measured
+    after a second of warm-up, in the background; ``sample(client_pid)`` is taken at
+    both ends of a window inside the measured part (cpu_budget.py and thread_cpu.py read
+    /proc there). Returns the two samples and the run's JSON report (written to ``out``)."""
+    quickpay = str(Path(sys.executable).parent / "quickpay")
+    out.unlink(missing_ok=True)
+    warmup = 1.0
+    argv = [quickpay, "bench", *common, "--target", server.target, "--no-progress", *load,
+            "--duration", str(seconds), "--warmup", str(warmup), "--json", str(out)]  # fmt: skip
+    log.note(argv)
+    client = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The window: from a second into the measured part to a second before its end, so
+    # start-up and drain are outside it.
+    time.sleep(warmup + 1.5)
+    first = sample(client.pid)
+    time.sleep(max(1.0, seconds - 3.0))
+    last = sample(client.pid)
+    _, err = client.communicate(timeout=seconds + 120)
+    if not out.exists():
+        raise RuntimeError(f"quickpay bench failed: {err.decode()[-2000:]}")
+    return first, last, json.loads(out.read_text())
 
 
 def latency_hiding(

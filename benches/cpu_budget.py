@@ -24,11 +24,9 @@ same run. `--servers` picks which of the three kinds run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -36,7 +34,16 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compare import ROOT, Log, Server, gateways_file, machine, seeded_data, write_section
+from compare import (
+    ROOT,
+    Log,
+    Server,
+    gateways_file,
+    machine,
+    run_window,
+    seeded_data,
+    write_section,
+)
 
 BEGIN = "<!-- section: cpu budget (benches/cpu_budget.py) -->"
 END = "<!-- end section: cpu budget -->"
@@ -105,24 +112,15 @@ def measure(
 ) -> dict[str, float]:
     """One load run against ``server``; CPU ms per payment of each component in the
     middle of its measured window, the machine's busy share and the rate."""
-    quickpay = str(Path(sys.executable).parent / "quickpay")
-    out = work / "cpu-run.json"
-    out.unlink(missing_ok=True)
-    warmup = 1.0
-    argv = [quickpay, "bench", *common, "--target", server.target, "--no-progress", *load,
-            "--duration", str(seconds), "--warmup", str(warmup), "--json", str(out)]  # fmt: skip
-    log.note(argv)
-    client = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    # The window: from a second into the measured part to a second before its end, so
-    # start-up and drain are outside it.
-    time.sleep(warmup + 1.5)
-    first = sample(server.proc.pid, client.pid)
-    time.sleep(max(1.0, seconds - 3.0))
-    last = sample(server.proc.pid, client.pid)
-    _, err = client.communicate(timeout=seconds + 120)
-    if not out.exists():
-        raise RuntimeError(f"quickpay bench failed: {err.decode()[-2000:]}")
-    report = json.loads(out.read_text())
+    first, last, report = run_window(
+        log,
+        work / "cpu-run.json",
+        common,
+        server,
+        load,
+        seconds,
+        lambda client: sample(server.proc.pid, client),
+    )
     rate = report["throughput_per_s"]
     # The answers that settled: the rest are declines (fraud velocity among them, when
     # few subscribers pay often) and refusals, which cost less than a settlement.
@@ -135,6 +133,7 @@ def measure(
     per["busy"] = (last.busy - first.busy) / (last.total - first.total)
     per["rate"] = rate
     per["settled"] = statuses.get("SETTLED", 0) / max(1, sum(statuses.values()))
+    per["settled_rate"] = report["settled_per_s"]
     return per
 
 
@@ -230,11 +229,13 @@ def render(
         " busy with these costs (cores / total CPU per call). Settled: the share of the"
         f" answers that were SETTLED ({args.subscribers:,} subscribers seeded; with few, the"
         " same lines pay every few seconds and fraud scoring's velocity rules decline"
-        " many, which cost less than a settlement).",
+        " many, which cost less than a settlement). Calls/s counts every answer, declines"
+        " and errors included (`quickpay bench`'s throughput_per_s); settled/s only the"
+        " SETTLED ones (its settled_per_s).",
         "",
         "| server | load | calls/s | server ms | simulators ms | client ms | total ms |"
-        " machine busy | ceiling/s | settled |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        " machine busy | ceiling/s | settled | settled/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (who, load), runs in figures.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
@@ -243,7 +244,7 @@ def render(
             f"| {who} | {' '.join(LOADS[load])} | {med['rate']:,.0f} | {med['server']:.3f}"
             f" | {med['simulators']:.3f} | {med['client']:.3f} | {total:.3f}"
             f" | {100 * med['busy']:.0f} % | {1e3 * cores / total:,.0f}"
-            f" | {100 * med['settled']:.0f} % |"
+            f" | {100 * med['settled']:.0f} % | {med['settled_rate']:,.0f} |"
         )
     lines += ["", "<details><summary>Exact commands</summary>", "", "```"]
     lines += list(dict.fromkeys(log.commands))

@@ -1,5 +1,5 @@
 """Server CPU per payment, thread by thread (issue 15): which of the server's threads
-the time goes to, in µs per payment settled.
+the time goes to, in µs per payment answered (the last line: per payment settled).
 
     .venv/bin/python benches/thread_cpu.py [--rpc batch|unary|stream] [--seconds 10]
         [--runs 2] [--work var/threads]
@@ -9,22 +9,23 @@ cpu_budget.py), loads it with PayBatch (500 payments a call, 2,000 callers in tw
 client processes), unary Pay (64 callers) or PayStream (256 in flight), and reads each thread's CPU time from /proc/PID/task/TID/stat at
 both ends of a window inside the measured part. Threads are grouped by name with
 their digits stripped (the ledger's threads, the gateway senders). Counts, not
-samples: the figure holds on a loaded host as long as the load is the same, and the
-rate it is divided by is the client's count of settled payments in that window.
+samples: the figure holds on a loaded host as long as the load is the same. The rate it
+is divided by is the client's count of every answer in that window (`quickpay bench`'s
+throughput_per_s: declines and errors included); "total per settled" divides the total
+by the share of them that settled, and the first line gives the settled rate itself
+(settled_per_s) beside the answered one.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from compare import BATCH_LOAD, ROOT, Log, Server, gateways_file, seeded_data
+from compare import BATCH_LOAD, Log, Server, gateways_file, run_window, seeded_data
 
 TICK = os.sysconf("SC_CLK_TCK")
 LOADS = {
@@ -59,25 +60,18 @@ def group(name: str) -> str:
 
 
 def run_once(
-    work: Path, common: list[str], server: Server, load: list[str], seconds: float
+    log: Log, work: Path, common: list[str], server: Server, load: list[str], seconds: float
 ) -> dict:
-    quickpay = str(Path(sys.executable).parent / "quickpay")
-    out = work / "threads-run.json"
-    out.unlink(missing_ok=True)
-    warmup = 1.0
-    argv = [quickpay, "bench", *common, "--target", server.target, "--no-progress",
-            *load, "--duration", str(seconds), "--warmup", str(warmup),
-            "--json", str(out)]  # fmt: skip
-    client = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(warmup + 1.5)
     pid = server.proc.pid
-    first, whole0, t0 = threads(pid), process_cpu(pid), time.monotonic()
-    time.sleep(max(1.0, seconds - 3.0))
-    last, whole1, t1 = threads(pid), process_cpu(pid), time.monotonic()
-    _, err = client.communicate(timeout=seconds + 120)
-    if not out.exists():
-        raise RuntimeError(f"quickpay bench failed: {err.decode()[-2000:]}")
-    report = json.loads(out.read_text())
+    (first, whole0, t0), (last, whole1, t1), report = run_window(
+        log,
+        work / "threads-run.json",
+        common,
+        server,
+        load,
+        seconds,
+        lambda _client: (threads(pid), process_cpu(pid), time.monotonic()),
+    )
     rate = report["throughput_per_s"]
     statuses = report.get("statuses", {})
     settled = statuses.get("SETTLED", 0) / max(1, sum(statuses.values()))
@@ -87,21 +81,30 @@ def run_once(
         by[group(name)] += cpu - first.get(tid, (name, 0.0))[1]
     # Threads that started and ended inside the window: in the process's count only.
     by["(ended threads)"] = (whole1 - whole0) - sum(by.values())
-    return {"rate": rate, "settled": settled, "us": {k: 1e6 * v / paid for k, v in by.items()}}
+    return {
+        "rate": rate,
+        "settled": settled,
+        "settled_rate": report["settled_per_s"],
+        "us": {k: 1e6 * v / paid for k, v in by.items()},
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rpc", choices=sorted(LOADS), default="batch")
     parser.add_argument(
-        "--server", choices=("engine", "echo"), default="engine",
+        "--server",
+        choices=("engine", "echo"),
+        default="engine",
         help="the engine, or the bare grpc.aio echo server (the baseline of cpu_budget.py)",
-    )  # fmt: skip
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument(
-        "--subscribers", type=int, default=20_000,
+        "--subscribers",
+        type=int,
+        default=20_000,
         help="subscribers seeded; few pay often enough to trip fraud velocity rules",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--serve-flags", default="", help='more flags for `quickpay serve`, e.g. "--batch-max 64"'
     )
@@ -119,13 +122,19 @@ def main() -> None:
     server = Server(log, argv, args.work / "threads-serve.log")
     try:
         load = LOADS[args.rpc]
-        runs = [run_once(args.work, common, server, load, args.seconds) for _ in range(args.runs)]
+        runs = [
+            run_once(log, args.work, common, server, load, args.seconds) for _ in range(args.runs)
+        ]
     finally:
         server.stop()
     names = sorted({k for r in runs for k in r["us"]}, key=lambda k: -runs[0]["us"].get(k, 0))
     print(
         f"load average {os.getloadavg()[0]:.1f}; answers "
-        + ", ".join(f"{r['rate']:,.0f}/s ({100 * r['settled']:.0f} % settled)" for r in runs)
+        + ", ".join(
+            f"{r['rate']:,.0f}/s ({100 * r['settled']:.0f} % settled, {r['settled_rate']:,.0f}"
+            " settled/s)"
+            for r in runs
+        )
     )
     for name in names:
         figures = ", ".join(f"{r['us'].get(name, 0.0):6.1f}" for r in runs)

@@ -29,10 +29,12 @@ from quickpay_engine.bench.load import (
     Answer,
     LoadPlan,
     StreamSender,
+    Tally,
     Worker,
     stream_error_answer,
 )
-from quickpay_engine.bench.runner import split, worker_plans
+from quickpay_engine.bench.report import rates, table, to_json
+from quickpay_engine.bench.runner import Timeline, split, worker_plans
 from quickpay_engine.bench.scenario import KINDS, Mix, RequestSource
 from quickpay_engine.server import RunningServer
 from quickpay_engine.subscribers import write_csv
@@ -41,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REPORT_KEYS = {
     "schema_version", "plan", "processes", "mix", "client", "sent", "warmup", "kinds",
     "statuses", "declines", "errors", "replayed", "fraud_decisions", "elapsed_s",
-    "throughput_per_s", "latency_ms", "service_ms", "answered_ms", "timeline",
+    "throughput_per_s", "settled_per_s", "latency_ms", "service_ms", "answered_ms", "timeline",
 }  # fmt: skip
 PERCENTILES = {"p50", "p90", "p99", "p99.9", "max"}
 
@@ -72,6 +74,10 @@ def assert_counts_add_up(report: dict, sent: int) -> None:
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
     assert report["timeline"], "at least one tick"
     assert sum(p["rate_per_s"] > 0 for p in report["timeline"]) >= 1
+    # The two rates over the same window: every answer, and the SETTLED ones alone.
+    elapsed = report["elapsed_s"]
+    assert report["throughput_per_s"] == pytest.approx(sent / elapsed)
+    assert report["settled_per_s"] == pytest.approx(report["statuses"].get("SETTLED", 0) / elapsed)
 
 
 async def test_closed_loop_report_counts_every_request_once(
@@ -90,6 +96,8 @@ async def test_closed_loop_report_counts_every_request_once(
     assert report["declines"] == {"MSISDN_MISMATCH": report["kinds"]["declined"]}
     assert report["statuses"]["SETTLED"] == report["kinds"]["good"] > 0
     assert report["replayed"] == 0
+    # Declines and refusals are answers, not settlements.
+    assert 0 < report["settled_per_s"] < report["throughput_per_s"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # What the report says settled is in the store.
     stored = server.store._db.execute("SELECT count(*) FROM payments WHERE status = 1")
@@ -215,6 +223,25 @@ def test_bill_share_picks_the_plan_and_the_same_seed_the_same_load() -> None:
     c = RequestSource(SUBSCRIBERS, 6, Mix(), "r").take(30)
     assert a == b
     assert a != c
+
+
+def test_report_gives_the_settled_rate_beside_every_answer() -> None:
+    """throughput_per_s counts every measured request, settled_per_s only the SETTLED
+    answers; the table prints both, the JSON keeps throughput_per_s as it was."""
+    tally = Tally(sent=100, elapsed_s=4.0)
+    tally.statuses.update({"SETTLED": 60, "DECLINED": 25, "FAILED": 5})
+    tally.errors.update({"INVALID_ARGUMENT": 8, "DEADLINE_EXCEEDED": 2})
+    plan = LoadPlan(target="127.0.0.1:1", count=100)
+    report = to_json(tally, plan, Mix(), Timeline(1.0, None), processes=1)
+    assert report["throughput_per_s"] == 25.0
+    assert report["settled_per_s"] == 15.0
+    text = table(tally, plan).splitlines()
+    assert [line.split()[1] for line in text if line.startswith(("payments/s", "settled/s"))] == [
+        "25",
+        "15",
+    ]
+    # Nothing measured (a run that ended in its warm-up): both zero, no division.
+    assert rates(Tally()) == (0.0, 0.0)
 
 
 def test_histograms_merge_exactly_and_survive_encoding() -> None:
@@ -413,8 +440,11 @@ def test_cpu_budget_reads_every_process_and_writes_its_section(tmp_path: Path) -
     # zero, except where thousands of payments cost more than a tick: the engine's
     # server and client, and the simulators summed over the engine's runs.
     simulated = 0.0
-    for who, _, rate, server, simulators, client, *_ in rows:
+    for who, _, rate, server, simulators, client, *_, settled_rate in rows:
         assert float(rate.replace(",", "")) > 0
+        # The echo server answers SETTLED as well; fraud velocity declines some of the
+        # engine's, never all of them at 20,000 subscribers.
+        assert 0 < float(settled_rate.replace(",", "")) <= float(rate.replace(",", ""))
         assert float(server) >= 0 and float(client) >= 0
         if who.strip().startswith("engine"):
             assert float(server) > 0 and float(client) > 0

@@ -14,6 +14,7 @@ import pytest
 from conftest import bill, topup
 from quickpay_engine._engine import (
     PAY_REQUEST_BYTES_MAX,
+    IntentTypes,
     decode_pay_batch,
     decode_pay_requests,
     encode_pay_batch_response,
@@ -25,6 +26,8 @@ from quickpay_engine.domain import (
     Confirmation,
     FraudAssessment,
     LineStatus,
+    Method,
+    MethodDetail,
     MethodKind,
     Outcome,
     PaymentIntent,
@@ -134,6 +137,53 @@ def test_intents_the_core_builds_are_the_dataclasses_python_would_build() -> Non
     (unsent,) = convert.intents_of_frames([requests[0].SerializeToString()], KEY)
     assert isinstance(unsent, PaymentIntent)
     assert (unsent.deadline, unsent.sender) == (None, "")
+
+
+def intent_types(**changed: object) -> IntentTypes:
+    """IntentTypes with convert.INTENT_TYPES's arguments, ``changed`` in place of some."""
+    args: dict[str, object] = {
+        "intent": PaymentIntent,
+        "method": Method,
+        "detail": MethodDetail,
+        "purposes": [(p.value, p) for p in (Purpose.BILL_PAYMENT, Purpose.PREPAID_TOPUP)],
+        "purpose_other": Purpose.UNSPECIFIED,
+        "kinds": [MethodKind(k) for k in range(5)],
+    }
+    return IntentTypes(**{**args, **changed})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("count", [0, 4, 6])
+def test_intent_types_refuse_kinds_that_are_not_five(count: int) -> None:
+    """The decode picks a method's kind from ``kinds`` by the contract's number (0 to
+    4), and an unknown number falls back to ``kinds[0]``: with four, a CARRIER_BALANCE
+    payment would be decoded as MISSING, and with none the fallback has nothing to take.
+    So a list of another length is refused when the types are handed over, with a
+    ValueError that names the argument, not met at the first payment."""
+    intent_types()  # as convert.py hands them over
+    with pytest.raises(ValueError, match=r"^kinds: MethodKind's five members, by number$"):
+        intent_types(kinds=[MethodKind(k % 5) for k in range(count)])
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        # The classes the decode instantiates, not something else of the same name.
+        ("intent", "PaymentIntent"),
+        ("method", None),
+        ("detail", MethodDetail()),  # an instance, not the class
+        # Purpose numbers are the contract's integers.
+        ("purposes", [("1", Purpose.BILL_PAYMENT)]),
+        ("purposes", {1: Purpose.BILL_PAYMENT}),
+        # A string of five characters is not a list of five members.
+        ("kinds", "abcde"),
+    ],
+)
+def test_intent_types_refuse_arguments_of_the_wrong_type(argument: str, value: object) -> None:
+    """The constructor's other refusals: the bindings' argument conversion turns away a
+    class that is not a class, purposes that are not (number, member) pairs and kinds
+    that are not a sequence, with a TypeError, before anything is built."""
+    with pytest.raises(TypeError):
+        intent_types(**{argument: value})
 
 
 def test_every_field_of_the_request_reaches_the_intent() -> None:

@@ -3,6 +3,7 @@
 Closed loop by default (``--concurrency`` callers); ``--rate`` makes it an open loop with
 latency measured from each request's intended send time. Prints a live progress line
 and a final table; ``--json`` and ``--plot`` write the figures and their timeline.
+Two rates (RATES below): every answer, and the settled ones alone.
 """
 
 from __future__ import annotations
@@ -33,10 +34,19 @@ from quickpay_engine.subscribers import parse_csv
 EXPECTED_ERRORS = frozenset({"INVALID_ARGUMENT"})
 # A bearer token for a server with an access file (docs/operations.md).
 TOKEN_VARIABLE = "QUICKPAY_TOKEN"  # noqa: S105 (the variable's name, not a token)
+# What the two rates count (report.rates): a declined or refused payment costs the engine
+# less than a settled one, so the first alone overstates settlement capacity.
+RATES = """rates, per second of the measured window (after --warmup):
+  payments/s (JSON throughput_per_s)  every measured request: settled, declined,
+                                      refused with an error, or timed out
+  settled/s  (JSON settled_per_s)     only the answers whose status is SETTLED (a
+                                      replayed retry of a settled payment included)"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "bench", "send a load of Pay calls and report")
+    parser.epilog = RATES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     target = parser.add_argument_group("target")
     target.add_argument("--target", help="HOST:PORT of the engine (default: --listen)")
     target.add_argument("--tls", action="store_true", help="connect with TLS")
@@ -87,7 +97,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mix.add_argument("--bill-share", type=float, help="bill payments among payments")
     mix.add_argument("--methods", help="weights, e.g. card=0.6,wallet=0.3,bank_account=0.1")
     out = parser.add_argument_group("output")
-    out.add_argument("--json", type=Path, help="write the figures and timeline here")
+    out.add_argument(
+        "--json",
+        type=Path,
+        help="write the figures and timeline here (throughput_per_s and settled_per_s:"
+        " see the rates below)",
+    )
     out.add_argument("--plot", type=Path, help="write a PNG of throughput and latency here")
     out.add_argument(
         "--answers",
