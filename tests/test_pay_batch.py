@@ -73,9 +73,9 @@ async def test_an_empty_call_answers_nothing_and_a_full_one_answers_each_in_orde
 
 
 async def test_payments_of_one_account_in_one_call_settle_one_after_another(stub, server) -> None:
-    """Each payment of an account is settled against the balance its predecessor left:
-    five bills of 5.00 EUR pay off a line owing 25.00, each confirmation showing its own
-    step down."""
+    """Each payment of an account is settled against the balance its predecessor left,
+    in the order they came: five bills of 5.00 EUR pay off a line owing 25.00, each
+    confirmation showing its own step down."""
     payments = [
         bill(
             f"batch-step-{i}",
@@ -87,8 +87,8 @@ async def test_payments_of_one_account_in_one_call_settle_one_after_another(stub
     ]
     reply = await stub.PayBatch(pb.PayBatchRequest(payments=payments), timeout=60)
     assert [r.status for r in reply.results] == [pb.SETTLED] * 5, reply
-    after = sorted(r.confirmation.balance_after.amount_minor for r in reply.results)
-    assert after == [0, 500, 1_000, 1_500, 2_000]
+    after = [r.confirmation.balance_after.amount_minor for r in reply.results]
+    assert after == [2_000, 1_500, 1_000, 500, 0]
     assert server.store.subscriber("acc-post").balance_minor == 0
     assert server.store.verify() == []
 

@@ -24,9 +24,10 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
@@ -55,6 +56,7 @@ from quickpay_engine.gateways.types import (
 )
 from quickpay_engine.logs import payment_fields
 from quickpay_engine.metrics import Metrics
+from quickpay_engine.settlement.batcher import copy_outcome
 from quickpay_engine.settlement.fraud_gate import (
     DECLINE_DETAILS,
     DECLINE_REASONS,
@@ -168,9 +170,13 @@ class Pipeline:
         # its predecessor left, so two in flight can never both spend the same credit.
         self._busy: collections.Counter[str] = collections.Counter()
         self._freed: dict[str, asyncio.Event] = {}
+        # The payments deferred behind a busy account, in arrival order, each with the
+        # future its caller holds: handed back to the batcher when the account is free.
+        self._deferred: dict[str, list[tuple[PaymentIntent, asyncio.Future[Outcome]]]] = {}
         # How a deferred payment re-enters the queue (the service sets the batcher's
-        # submit); None: no deferral, payments of one account are validated together.
-        self.resubmit: Callable[[PaymentIntent], Awaitable[Outcome]] | None = None
+        # submit_nowait); None: no deferral, payments of one account are validated
+        # together.
+        self.resubmit: Callable[[PaymentIntent], asyncio.Future[Outcome]] | None = None
         # Where each batch's stage times and gateway answers are counted (None: nowhere).
         self.metrics: Metrics | None = None
 
@@ -242,10 +248,12 @@ class Pipeline:
         try:
             return await self._validate_and_reserve(intents, results, fresh, accounts)
         except BaseException:
-            self._free(accounts)
-            for r in results:  # the whole batch fails: nothing of it goes on later
+            # The whole batch fails: nothing of it goes on later (cancelled before the
+            # accounts are freed, which would hand the deferred ones back).
+            for r in results:
                 if isinstance(r, asyncio.Future):
                     r.cancel()
+            self._free(accounts)
             raise
 
     async def _validate_and_reserve(
@@ -353,17 +361,26 @@ class Pipeline:
         raise taken if isinstance(taken, BaseException) else held  # type: ignore[misc]
 
     def _defer(self, intent: PaymentIntent) -> asyncio.Future[Outcome]:
-        """Settles ``intent`` in a later batch, once its account has no payment in flight."""
+        """Settles ``intent`` in a later batch, once its account has no payment in flight:
+        it waits in the account's list (no task of its own) until ``_free``."""
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._deferred.setdefault(intent.account_id, []).append((intent, future))
+        return future
+
+    def _hand_back(self, account: str) -> None:
+        """The account is free: its deferred payments go back to the batcher, in the
+        order they came. The first is validated in the next batch; the others find the
+        account taken there and wait again, behind it."""
         assert self.resubmit is not None
-        resubmit = self.resubmit
-
-        async def later() -> Outcome:
-            while self._busy[intent.account_id]:
-                freed = self._freed.setdefault(intent.account_id, asyncio.Event())
-                await freed.wait()
-            return await resubmit(intent)
-
-        return asyncio.ensure_future(later())
+        for intent, future in self._deferred.pop(account, ()):
+            if future.done():  # its batch failed, or its caller is gone
+                continue
+            try:
+                sent = self.resubmit(intent)
+            except Exception as err:  # refused (the queue full, shutting down)
+                future.set_exception(err)
+                continue
+            sent.add_done_callback(functools.partial(copy_outcome, future))
 
     async def hold_accounts(self, accounts: Sequence[str]) -> None:
         """Waits until none of ``accounts`` has a payment between validation and the end
@@ -397,6 +414,8 @@ class Pipeline:
                 del self._busy[account]
                 if (freed := self._freed.pop(account, None)) is not None:
                     freed.set()
+                if account in self._deferred:
+                    self._hand_back(account)
 
     def _release_holds(self, held: list[Decision]) -> None:
         self._engine.release_holds(

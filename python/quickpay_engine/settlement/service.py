@@ -147,7 +147,7 @@ class SettlementService:
             inflight_max=batching.inflight_max,
             admission=Admission(batching.queue_wait_max_ms / 1_000),
         )
-        self._pipeline.resubmit = self._batcher.submit
+        self._pipeline.resubmit = self._batcher.submit_nowait
         self.recovery = Recovery(store, self._thread, book, router, self._apply_states)
         self.refunds = Refunds(store, self._thread, book, router, self._apply_states)
         self.adjustments = Adjustments(
