@@ -109,13 +109,18 @@ class Admission:
         wait_s = self.expected_wait_s(ahead)
         if wait_s <= 0:
             return
-        limit_s, why = self.wait_max_s, f"the bound of {self.wait_max_s * 1_000:.0f} ms"
+        # The refusal's text is built only for a refusal: this runs for every payment.
+        limit_s, by_deadline = self.wait_max_s, False
         if deadline_s is not None:
             left_s = deadline_s - self.clock()
             if left_s < limit_s:
-                limit_s, why = left_s, f"the {max(left_s, 0) * 1_000:.0f} ms left of the deadline"
+                limit_s, by_deadline = left_s, True
         if wait_s <= limit_s:
             return
+        if by_deadline:
+            why = f"the {max(limit_s, 0) * 1_000:.0f} ms left of the deadline"
+        else:
+            why = f"the bound of {self.wait_max_s * 1_000:.0f} ms"
         # The queue drains at the measured rate; by then the wait is back within limit.
         retry_after_s = max(RETRY_AFTER_MIN_S, wait_s - max(limit_s, 0.0))
         raise Overloaded(

@@ -78,7 +78,7 @@ class BatchStats:
         )
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class _Entry(Generic[T]):
     """What one submission queued: one item, or a group of them (a PayBatch call's
     payments) with one future for all of them. A group larger than the room left in a
@@ -152,6 +152,9 @@ class MicroBatcher(Generic[T, R]):
         self._idle: asyncio.Event | None = None  # set by the last item's end, for close
         self._wakeup: asyncio.Future[None] | None = None  # the consumer waits for items
         self._task: asyncio.Task[None] | None = None
+        # The loop ``start`` ran on: every entry's future is made on it without asking
+        # asyncio.get_running_loop() (a getpid() each) once per submission.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self.admission = admission or Admission(wait_max_s=0)
         # Since start, and since the last ``take_window``.
@@ -161,7 +164,12 @@ class MicroBatcher(Generic[T, R]):
     def start(self) -> None:
         """Starts the consumer task on the running loop."""
         assert self._task is None
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="micro-batcher")
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the batcher runs on (the running one before ``start``)."""
+        return self._loop or asyncio.get_running_loop()
 
     def admit(self, count: int = 1, deadline_s: float | None = None) -> None:
         """Raises ``Overloaded`` unless ``count`` more items may be queued now: there is
@@ -201,7 +209,7 @@ class MicroBatcher(Generic[T, R]):
             raise ShuttingDown("the engine is shutting down")
         if self._waiting + len(items) > self._queue_max:
             raise Overloaded(f"settlement queue is full ({self._waiting} payments waiting)")
-        entry = _Entry(items, asyncio.get_running_loop().create_future(), results)
+        entry = _Entry(items, (self._loop or asyncio.get_running_loop()).create_future(), results)
         self._entries.append(entry)
         self._waiting += len(items)
         self._unfinished += len(items)

@@ -313,9 +313,14 @@ class SettlementService:
         Refuses with ``Overloaded`` before any work when the engine is past its queue's
         bounds (count, or the wait the payment could expect: settlement/admission.py).
         """
-        future, joined = self._start(intent)
-        outcome = await _by_deadline(future, intent)
-        return dataclasses.replace(outcome, replayed=True) if joined else outcome
+        # The waiter is woken by the settlement's one done callback (``_finished``), which
+        # takes its key out of the in-flight table too: one callback per call, not two.
+        waiter: asyncio.Future[None] = self._batcher.loop().create_future()
+        future, joined = self._start(intent, waiter=waiter)
+        if joined:
+            outcome = await _by_deadline(future, intent)
+            return dataclasses.replace(outcome, replayed=True)
+        return await _by_deadline(future, intent, waiter)
 
     def pay_nowait(self, intent: PaymentIntent) -> tuple[asyncio.Future[Outcome], bool]:
         """``pay`` without the wait (PayStream, which answers each payment from a done
@@ -406,13 +411,17 @@ class SettlementService:
             await asyncio.wait(handed, timeout=None if until is None else until - loop.time())
 
     def _start(
-        self, intent: PaymentIntent, admitted: bool = False
+        self,
+        intent: PaymentIntent,
+        admitted: bool = False,
+        waiter: asyncio.Future[None] | None = None,
     ) -> tuple[asyncio.Future[Outcome], bool]:
         """The settlement of ``intent``: newly queued, or the one of its key already
         running (joined: the caller gets its outcome as a replay; it adds no work, so it
         is never refused for load). Refuses the key used for another payload still
         settling, an engine past its queue's bounds (unless the caller ``admitted`` it
-        already) and a draining server."""
+        already) and a draining server. ``waiter``: completed when a newly queued
+        settlement ends (not when one is joined)."""
         key = intent.idempotency_key
         running = self._inflight.get(key)
         if running is None:
@@ -420,7 +429,7 @@ class SettlementService:
                 self._batcher.admit(1, intent.deadline)
             future = self._batcher.submit_nowait(intent)
             self._inflight[key] = (intent.fingerprint, future, -1)
-            future.add_done_callback(functools.partial(self._finished, key))
+            future.add_done_callback(functools.partial(self._finished, key, waiter))
             return future, False
         fingerprint, settling, index = running
         _same_payload(key, fingerprint, intent)
@@ -428,11 +437,16 @@ class SettlementService:
             return _member(settling, index), True
         return settling, True
 
-    def _finished(self, key: str, future: asyncio.Future[Outcome]) -> None:
-        if self._inflight.get(key, (None, None, -1))[1] is future:
+    def _finished(
+        self, key: str, waiter: asyncio.Future[None] | None, future: asyncio.Future[Outcome]
+    ) -> None:
+        running = self._inflight.get(key)
+        if running is not None and running[1] is future:
             del self._inflight[key]
         if not future.cancelled():
             future.exception()  # retrieved here, so a caller that left does not warn
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _group_finished(self, intents: list[PaymentIntent], future: asyncio.Future[Any]) -> None:
         """A group's payments have their results: their keys leave the in-flight table
@@ -593,7 +607,11 @@ class SettlementService:
         return record
 
 
-async def _by_deadline(future: asyncio.Future[Outcome], intent: PaymentIntent) -> Outcome:
+async def _by_deadline(
+    future: asyncio.Future[Outcome],
+    intent: PaymentIntent,
+    waiter: asyncio.Future[None] | None = None,
+) -> Outcome:
     """The settlement's outcome, or, when the caller's deadline comes first, OutcomePending
     just before it: the payment goes on (nothing here cancels it) and a retry with the
     same key gets its outcome, where a reply after the deadline would reach nobody and
@@ -601,21 +619,26 @@ async def _by_deadline(future: asyncio.Future[Outcome], intent: PaymentIntent) -
 
     One waiter future and at most one timer per call, where ``asyncio.wait`` and
     ``asyncio.shield`` built sets, closures and an outer future each time: this is the
-    wait of every unary Pay. A cancelled caller cancels only its waiter."""
+    wait of every unary Pay. ``waiter``: one that the settlement's end completes already
+    (``SettlementService._start``); else one is made here, woken by a done callback of
+    its own. A cancelled caller cancels only its waiter."""
     if not future.done():
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        wake = functools.partial(_wake, waiter)
-        future.add_done_callback(wake)
+        loop = future.get_loop()  # not asyncio.get_running_loop(): a getpid() per call
+        wake = None
+        if waiter is None:
+            waiter = loop.create_future()
+            wake = functools.partial(_wake, waiter)
+            future.add_done_callback(wake)
         timer = None
         if intent.deadline is not None:
-            timer = loop.call_later(_wait_s(intent.deadline), _wake, waiter)
+            timer = loop.call_later(_wait_s(intent.deadline, loop), _wake, waiter)
         try:
             await waiter
         finally:
             if timer is not None:
                 timer.cancel()
-            future.remove_done_callback(wake)
+            if wake is not None:
+                future.remove_done_callback(wake)
         if not future.done():
             raise _pending(intent)
     # The settlement's own exception (a TimeoutError included) is its failure, as is
@@ -682,12 +705,13 @@ def _result_of(r: object, intent: PaymentIntent, replayed: bool) -> Outcome | Ba
     return dataclasses.replace(r, replayed=True) if replayed else r
 
 
-def _wait_s(deadline: float | None) -> float | None:
+def _wait_s(deadline: float | None, loop: asyncio.AbstractEventLoop | None = None) -> float | None:
     """How long to wait for an outcome: until REPLY_MARGIN_S before the caller's
-    deadline (at most half of what it has left), so the reply still reaches it."""
+    deadline (at most half of what it has left), so the reply still reaches it.
+    ``loop``: the running loop, where the caller has it at hand."""
     if deadline is None:
         return None
-    left = deadline - asyncio.get_running_loop().time()
+    left = deadline - (loop or asyncio.get_running_loop()).time()
     return max(0.0, left - min(REPLY_MARGIN_S, left / 2))
 
 
