@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -178,13 +179,19 @@ async def test_calls_past_the_bound_are_refused_in_grpc_core_while_the_loop_is_h
 
     def client(stub: pb_grpc.SettlementStub, hold: Hold) -> None:
         assert stub.Pay(topup("warm"), timeout=SETTLE_S).status == pb.SETTLED
-        # More streams open at once than the bound: each is taken as it opens, so none
-        # waits untaken, none counts and none is refused.
-        inputs = [_Frames() for _ in range(STREAMS)]
-        streams = [stub.PayStream(iter(frames), timeout=SETTLE_S) for frames in inputs]
-        for n, (frames, replies) in enumerate(zip(inputs, streams, strict=True)):
+        # More streams open at once than the bound: a stream taken by the server no
+        # longer counts, so none is refused. Each is opened once the one before has
+        # answered (it was taken): opened all at once, those the loop had not taken yet
+        # would count, and on a loaded machine the fifth could find four untaken.
+        inputs: list[_Frames] = []
+        streams: list[Any] = []
+        for n in range(STREAMS):
+            frames = _Frames()
+            replies = stub.PayStream(iter(frames), timeout=SETTLE_S)
             frames.put(topup(f"stream-{n}-a"))
             streamed.append([pb.PaymentStatus.Name(next(replies).status)])
+            inputs.append(frames)
+            streams.append(replies)
         hold.hold()
         futures = {f"flood-{n}": stub.Pay.future(topup(f"flood-{n}"), timeout=SETTLE_S)
                    for n in range(FLOOD)}  # fmt: skip
