@@ -201,6 +201,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_settles_once(
     data_dir = tmp_path / "engine"
     seed_store(data_dir, _lines())
     acked: dict[int, pb.PayResponse] = {}
+    first_day = dt.datetime.now(dt.UTC).date()
     try:
         # One kill is sure to land mid-flight, however fast the engine is: the gateways
         # hold every sale for 3 s, and the engine dies once a payment is journalled
@@ -238,8 +239,14 @@ async def test_sigkill_at_random_moments_loses_nothing_and_settles_once(
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
         _close(process)
-        day = dt.datetime.now(dt.UTC).date()
-        reports = {name: _report(url, day) for name, url in sims.urls.items()}
+        # Every UTC business day the run touched: a run across midnight has its
+        # payments in two reports, each reconciled against that day's billing.
+        days = [first_day]
+        while days[-1] < dt.datetime.now(dt.UTC).date():
+            days.append(days[-1] + dt.timedelta(days=1))
+        reports = {
+            (name, day): _report(url, day) for name, url in sims.urls.items() for day in days
+        }
     finally:
         sims.stop()
 
@@ -280,12 +287,17 @@ async def test_sigkill_at_random_moments_loses_nothing_and_settles_once(
     # nothing unexplained, after all those crashes.
     store = SqliteStore(data_dir / "quickpay.sqlite3")
     try:
-        for name, text in reports.items():
+        matched = 0
+        for (name, day), text in reports.items():
             if text.count("\n") <= 1:
-                continue  # no capture at this gateway today
-            outcome = reconciliation.run(store, name, io.StringIO(text, newline=""))
-            assert outcome.result.discrepancies == [], (name, outcome.result.discrepancies[:5])
-            assert outcome.result.matched > 0
+                continue  # no capture at this gateway that day
+            outcome = reconciliation.run(
+                store, name, io.StringIO(text, newline=""), business_day=day
+            )
+            found = outcome.result.discrepancies
+            assert found == [], (name, day, found[:5])
+            matched += outcome.result.matched
+        assert matched > 0
     finally:
         store.close()
 

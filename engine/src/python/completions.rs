@@ -5,7 +5,7 @@
 //! took it again to finish, and woke the event loop through `call_soon_threadsafe`.
 //! With batches of a dozen payments, those hand-overs (futex waits and wake-ups
 //! between the event loop and four or five worker threads) cost more server CPU than
-//! the steps themselves (benches/RESULTS.md, "Core threads complete into the loop").
+//! the steps themselves (benches/RESULTS.md, "Core threads complete into the event loop").
 //!
 //! Here a step's arguments are converted on the event loop's thread, the step runs on
 //! a `Workers` thread that never touches Python, and its result goes into a
@@ -115,26 +115,43 @@ impl Completions {
         }
         let done = std::mem::take(&mut *self.queue.done.lock().expect("completion queue lock"));
         let mut set = 0;
+        // Every future taken is set, whatever happens to one of them: an error setting
+        // one is raised once all the others are set, never leaving them waiting.
+        let mut first_error = None;
         for Done { future, finish } in done {
             let future = future.bind(py);
-            if future.call_method0(intern!(py, "done"))?.is_truthy()? {
-                continue;
+            let outcome = future
+                .call_method0(intern!(py, "done"))
+                .and_then(|done| done.is_truthy())
+                .and_then(|done| {
+                    if done {
+                        return Ok(false);
+                    }
+                    match finish(py) {
+                        Ok(value) => future.call_method1(intern!(py, "set_result"), (value,)),
+                        Err(err) => {
+                            future.call_method1(intern!(py, "set_exception"), (err.value(py),))
+                        }
+                    }
+                    .map(|_| true)
+                });
+            match outcome {
+                Ok(true) => set += 1,
+                Ok(false) => {}
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
             }
-            match finish(py) {
-                Ok(value) => future.call_method1(intern!(py, "set_result"), (value,))?,
-                Err(err) => future.call_method1(intern!(py, "set_exception"), (err.value(py),))?,
-            };
-            set += 1;
         }
-        Ok(set)
+        first_error.map_or(Ok(set), Err)
     }
 }
 
 type Job = Box<dyn FnOnce() + Send>;
 
 /// A fixed set of named threads that run jobs in the order given, with no Python.
-/// Started on first use (never before a fork: see docs/operations.md on threads), and
-/// joined by `close`, after the jobs queued before it have run.
+/// Started on first use, so a process that only opens the ledger to read it (or forks
+/// before serving) has none, and joined by `close` after the jobs queued before it.
 pub(crate) struct Workers {
     name: &'static str,
     threads: usize,
