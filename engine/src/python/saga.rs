@@ -467,3 +467,43 @@ impl Ledger {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ids hashlib.blake2b(digest_size=16) gives the same names in Python
+    /// (`ledger_book.derived_id`), computed there once and kept here.
+    #[test]
+    fn derived_ids_are_the_ones_python_derives() {
+        assert_eq!(
+            derived_id(&["subscriber", "acc-1"]),
+            0xd840_d0b2_bf83_f8e7_7d19_7706_08e3_412e
+        );
+        assert_eq!(
+            derived_id(&["post", "pay_00000000000000000000000000000001"]),
+            0xf389_4352_d399_772f_1235_ede1_2eb2_c2cf
+        );
+        assert_eq!(
+            derived_id(&["clearing", "KES"]),
+            0x43f7_b5f7_2e16_dce3_ef0b_f419_d477_b336
+        );
+    }
+
+    #[test]
+    fn refusals_name_each_code_once_in_order() {
+        let codes = [0, 23, 19, 23, 9];
+        let message = refused("transfer", &codes, TRANSFER_OK, transfer_name);
+        assert_eq!(
+            message.as_deref(),
+            Some(
+                "ledger refused 3 transfer events: PENDING_ID_MUST_BE_DIFFERENT, \
+                 PENDING_TRANSFER_NOT_FOUND"
+            )
+        );
+        assert_eq!(
+            refused("transfer", &[0, 19], TRANSFER_OK, transfer_name),
+            None
+        );
+    }
+}
