@@ -50,6 +50,29 @@ async def test_concurrent_submissions_share_batches_and_get_their_own_results() 
     )
 
 
+async def test_it_lingers_only_while_more_payments_are_expected_within_the_linger() -> None:
+    # A linger of a minute: a batch that waited it would fail the wait_for below.
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder, batch_max=2, linger_ms=60_000)
+    batcher.start()
+    # Low load: one payment and nothing else arriving. It goes at once, alone.
+    assert await asyncio.wait_for(batcher.submit(2), 30) == 20
+    assert recorder.batches == [[2]]
+    # A burst: payments now arrive faster than one per linger.
+    burst = await asyncio.gather(*(batcher.submit(2 * i) for i in range(10)))
+    assert burst == [20 * i for i in range(10)]
+    assert batcher.arrival_per_s * 60 >= 1
+    # So the next lone payment waits for company, and gets it.
+    first = asyncio.ensure_future(batcher.submit(100))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not first.done(), "taken, and lingering for a second payment"
+    assert await asyncio.wait_for(batcher.submit(102), 30) == 1020
+    assert await first == 1000
+    assert recorder.batches[-1] == [100, 102]
+    await batcher.close()
+
+
 async def test_full_queue_is_refused_before_any_work() -> None:
     gate = asyncio.Event()
     recorder = Recorder(gate)

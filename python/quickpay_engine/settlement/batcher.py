@@ -3,7 +3,9 @@
 A single consumer task takes what is queued, up to ``batch_max`` items, waiting at most
 ``linger_ms`` after the first for more to arrive, and hands the batch to ``process``.
 While one batch is processed the next accumulates, so under load batches fill up by
-themselves and at low load a payment waits at most ``linger_ms``. Up to
+themselves. It lingers only while payments arrive fast enough that one more is expected
+within the linger: at low load a payment would wait the whole linger for no company, so
+its batch starts at once. Up to
 ``inflight_max`` batches are processed at once (the process function orders what must
 be ordered), so a slow step such as a gateway round trip is overlapped, not queued.
 
@@ -31,6 +33,14 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# The batcher lingers only when at least this many more items are expected to arrive
+# within the linger (its smoothed arrival rate times ``linger_ms``). Below it, waiting
+# adds the whole linger to a payment's latency and most likely gathers nothing.
+LINGER_WORTH_ITEMS = 1.0
+# How much the latest cycle's arrival rate (items arrived since the previous take, over
+# the time since then) moves the smoothed rate.
+_RATE_WEIGHT = 0.25
 
 # Processes one batch; returns one result per item, in order: a value, an exception for
 # that item alone, or a future that will hold its result (the item was handed on).
@@ -148,6 +158,9 @@ class MicroBatcher(Generic[T, R]):
         self._queue_max = queue_max
         self._entries: collections.deque[_Entry[T]] = collections.deque()
         self._waiting = 0  # items queued and not yet in a batch
+        self._arrived = 0  # items queued since the consumer's last take
+        self._last_take_s: float | None = None  # loop time of that take
+        self.arrival_per_s = 0.0  # items queued per second, smoothed over takes
         self._unfinished = 0  # items queued or in a batch not yet ended
         self._idle: asyncio.Event | None = None  # set by the last item's end, for close
         self._wakeup: asyncio.Future[None] | None = None  # the consumer waits for items
@@ -212,6 +225,7 @@ class MicroBatcher(Generic[T, R]):
         entry = _Entry(items, (self._loop or asyncio.get_running_loop()).create_future(), results)
         self._entries.append(entry)
         self._waiting += len(items)
+        self._arrived += len(items)
         self._unfinished += len(items)
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
@@ -263,6 +277,18 @@ class MicroBatcher(Generic[T, R]):
                 timer.cancel()
         return bool(self._entries)
 
+    def _linger(self, now: float) -> float:
+        """How long the batch about to be taken waits for more: ``linger_ms`` when at
+        least ``LINGER_WORTH_ITEMS`` more are expected within it, else no time at all."""
+        last, self._last_take_s = self._last_take_s, now
+        arrived, self._arrived = self._arrived, 0
+        if last is not None and now > last:
+            sample = arrived / (now - last)
+            self.arrival_per_s += _RATE_WEIGHT * (sample - self.arrival_per_s)
+        if self.arrival_per_s * self._linger_s >= LINGER_WORTH_ITEMS:
+            return self._linger_s
+        return 0.0
+
     def _take(self, room: int) -> list[_Part[T]]:
         """Parts of the entries at the head of the queue, at most ``room`` items."""
         parts: list[_Part[T]] = []
@@ -288,7 +314,8 @@ class MicroBatcher(Generic[T, R]):
             backlogged = bool(self._entries)
             await self._more(None)
             taken_s = clock()
-            deadline = loop.time() + self._linger_s
+            now = loop.time()
+            deadline = now + self._linger(now)
             parts = self._take(self._batch_max)
             count = sum(end - start for _, start, end in parts)
             while count < self._batch_max and await self._more(deadline - loop.time()):
