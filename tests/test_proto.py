@@ -152,16 +152,24 @@ def intent_types(**changed: object) -> IntentTypes:
     return IntentTypes(**{**args, **changed})  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("count", [0, 4, 6])
-def test_intent_types_refuse_kinds_that_are_not_five(count: int) -> None:
+@pytest.mark.parametrize(
+    "kinds",
+    [[MethodKind(k % 5) for k in range(count)] for count in (0, 4, 6)]
+    + [
+        list(reversed(MethodKind)),  # five, out of order
+        [MethodKind.MISSING, *([MethodKind.CARD] * 4)],  # five, one repeated
+    ],
+)
+def test_intent_types_refuse_kinds_that_are_not_the_five_by_number(kinds: list[object]) -> None:
     """The decode picks a method's kind from ``kinds`` by the contract's number (0 to
     4), and an unknown number falls back to ``kinds[0]``: with four, a CARRIER_BALANCE
-    payment would be decoded as MISSING, and with none the fallback has nothing to take.
-    So a list of another length is refused when the types are handed over, with a
-    ValueError that names the argument, not met at the first payment."""
+    payment would be decoded as MISSING; with none the fallback has nothing to take; in
+    another order a card payment would be decoded as another kind. So anything but the
+    five members in the contract's order is refused when the types are handed over, with
+    a ValueError that names the argument, not met at the first payment."""
     intent_types()  # as convert.py hands them over
     with pytest.raises(ValueError, match=r"^kinds: MethodKind's five members, by number$"):
-        intent_types(kinds=[MethodKind(k % 5) for k in range(count)])
+        intent_types(kinds=kinds)
 
 
 @pytest.mark.parametrize(

@@ -287,7 +287,14 @@ impl IntentTypes {
         purpose_other: Py<PyAny>,
         kinds: Vec<Py<PyAny>>,
     ) -> PyResult<Self> {
-        if kinds.len() != 5 {
+        // Picked by the contract's number: a list in another order would decode a card
+        // payment as a wallet one, without a word.
+        let by_number = kinds.len() == 5
+            && kinds
+                .iter()
+                .enumerate()
+                .all(|(n, k)| k.bind(py).extract::<i64>().is_ok_and(|v| v == n as i64));
+        if !by_number {
             return Err(pyo3::exceptions::PyValueError::new_err(
                 "kinds: MethodKind's five members, by number",
             ));
