@@ -224,7 +224,10 @@ class Pipeline:
         results: list[Outcome | BaseException | None] = [None] * len(intents)
         reader, reading = self._reader
         lap = time.perf_counter()
-        stored = await reading.run(reader.find_by_keys, [i.idempotency_key for i in intents])
+        # Ahead of the reader's other calls (GetPayment, the watch polls): this stage runs
+        # one batch at a time.
+        keys = [i.idempotency_key for i in intents]
+        stored = await reading.run_first(reader.find_by_keys, keys)
         self._lap("replay_lookup", lap)
         fresh: list[int] = []
         accounts: list[str] = []
