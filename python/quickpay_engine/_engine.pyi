@@ -355,6 +355,12 @@ class Ledger:
     def close(self) -> None:
         """Closes the ledger once the saga steps queued have ended; later calls raise
         `LedgerClosed`."""
+    def open_accounts(
+        self, now_ns: int, account_ids: list[str], kinds: list[int], currencies: list[str]
+    ) -> str | None:
+        """Opens the subscribers' accounts and their currencies' clearing and adjustment
+        accounts where missing, as the reserve step does; returns once durable (GIL
+        released): None, or the first refusal's message."""
     def saga_reserve(
         self,
         done: Completions,

@@ -295,8 +295,108 @@ fn numeric(currency: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("{currency:?} is not an ISO 4217 currency"))
 }
 
+/// Each currency of `currencies` once: its number, clearing and adjustment accounts; or
+/// the refusal of the first that is not a currency.
+fn currency_accounts(currencies: &[String]) -> Result<FxHashMap<&str, (u16, u128, u128)>, String> {
+    let mut by_code: FxHashMap<&str, (u16, u128, u128)> = FxHashMap::default();
+    for code in currencies {
+        if !by_code.contains_key(code.as_str()) {
+            let number = numeric(code)?;
+            let clearing = derived_id(&["clearing", code]);
+            let adjustments = derived_id(&["adjustments", code]);
+            by_code.insert(code, (number, clearing, adjustments));
+        }
+    }
+    Ok(by_code)
+}
+
+/// The accounts that holds of `subscribers` (id, currency, kind) in `currencies` need,
+/// for `Step::open`: the subscribers (a repeated one keeps its last kind), then each
+/// currency's clearing and adjustment accounts.
+fn wanted_accounts(
+    subscribers: impl Iterator<Item = (u128, u16, u16)>,
+    currencies: &[String],
+    by_code: &FxHashMap<&str, (u16, u128, u128)>,
+) -> Vec<(u128, u16, u16)> {
+    let mut wanted: Vec<(u128, u16, u16)> = Vec::with_capacity(currencies.len() + 2);
+    let mut at: FxHashMap<u128, usize> = FxHashMap::default();
+    let mut want = |id: u128, currency: u16, kind: u16| match at.get(&id) {
+        Some(&i) => wanted[i] = (id, currency, kind),
+        None => {
+            at.insert(id, wanted.len());
+            wanted.push((id, currency, kind));
+        }
+    };
+    for (id, currency, kind) in subscribers {
+        want(id, currency, kind);
+    }
+    for code in currencies {
+        let (number, clearing, adjustments) = by_code[code.as_str()];
+        want(clearing, number, KIND_CLEARING);
+        want(adjustments, number, KIND_CLEARING);
+    }
+    wanted
+}
+
 #[pymethods]
 impl Ledger {
+    /// Opens the ledger accounts of these subscribers (`kinds`: one per subscriber) and
+    /// their currencies' clearing and adjustment accounts, where the ledger does not hold
+    /// them yet, as the reserve step does first; returns once that is durable, with the
+    /// GIL released meanwhile. For the refunds and balance adjustments, which run
+    /// outside the saga. None, or the message of the first refusal.
+    fn open_accounts(
+        &self,
+        py: Python<'_>,
+        now_ns: u64,
+        account_ids: Vec<String>,
+        kinds: Vec<u16>,
+        currencies: Vec<String>,
+    ) -> PyResult<Option<String>> {
+        let n = account_ids.len();
+        for (column, len) in [("kinds", kinds.len()), ("currencies", currencies.len())] {
+            if len != n {
+                return Err(PyValueError::new_err(format!(
+                    "column {column} has {len} rows, expected {n}"
+                )));
+            }
+        }
+        let ledger = self.get()?;
+        let retention_ns = self.retention_ns;
+        py.detach(move || {
+            let mut step = Step {
+                ledger,
+                now_ns,
+                retention_ns,
+                last_seq: 0,
+            };
+            let outcome = (|| {
+                let by_code = match currency_accounts(&currencies) {
+                    Ok(by_code) => by_code,
+                    Err(refusal) => return Ok(Some(refusal)),
+                };
+                for start in (0..n).step_by(core::BATCH_MAX) {
+                    let end = (start + core::BATCH_MAX).min(n);
+                    let subscribers = (start..end).map(|i| {
+                        let (currency, _, _) = by_code[currencies[i].as_str()];
+                        (
+                            derived_id(&["subscriber", &account_ids[i]]),
+                            currency,
+                            kinds[i],
+                        )
+                    });
+                    let wanted = wanted_accounts(subscribers, &currencies[start..end], &by_code);
+                    if let Some(refusal) = step.open(&wanted)? {
+                        return Ok(Some(refusal));
+                    }
+                }
+                Ok(None)
+            })();
+            step.end(outcome)
+        })
+        .map_err(to_py)
+    }
+
     /// The saga's reserve step: opens the subscribers' accounts (and their currencies'
     /// clearing and adjustment accounts) where missing, holds each payment's amount
     /// (a pending transfer from clearing to the subscriber, id the payment's) and logs
@@ -328,19 +428,10 @@ impl Ledger {
         }
         let holds = payment_numbers(&payment_ids)?;
         self.spawn_step(done, future, now_ns, move |step| {
-            // Each currency once: its number, clearing and adjustment accounts.
-            let mut by_code: FxHashMap<&str, (u16, u128, u128)> = FxHashMap::default();
-            for code in &currencies {
-                if !by_code.contains_key(code.as_str()) {
-                    let number = match numeric(code) {
-                        Ok(number) => number,
-                        Err(refusal) => return Ok(Some(refusal)),
-                    };
-                    let clearing = derived_id(&["clearing", code]);
-                    let adjustments = derived_id(&["adjustments", code]);
-                    by_code.insert(code, (number, clearing, adjustments));
-                }
-            }
+            let by_code = match currency_accounts(&currencies) {
+                Ok(by_code) => by_code,
+                Err(refusal) => return Ok(Some(refusal)),
+            };
             let moves: Vec<Hold> = (0..n)
                 .map(|i| {
                     let (currency, clearing, _) = by_code[currencies[i].as_str()];
@@ -356,25 +447,14 @@ impl Ledger {
             let mut start = 0;
             for chunk in moves.chunks(core::BATCH_MAX) {
                 let end = start + chunk.len();
-                // As ledger_book's `_open`: the subscribers (a repeated one keeps its
-                // last kind), then each currency's clearing and adjustment accounts.
-                let mut wanted: Vec<(u128, u16, u16)> = Vec::with_capacity(chunk.len() + 2);
-                let mut at: FxHashMap<u128, usize> = FxHashMap::default();
-                let mut want = |id: u128, currency: u16, kind: u16| match at.get(&id) {
-                    Some(&i) => wanted[i] = (id, currency, kind),
-                    None => {
-                        at.insert(id, wanted.len());
-                        wanted.push((id, currency, kind));
-                    }
-                };
-                for (m, &kind) in chunk.iter().zip(&kinds[start..end]) {
-                    want(m.account, m.currency, kind);
-                }
-                for code in &currencies[start..end] {
-                    let (number, clearing, adjustments) = by_code[code.as_str()];
-                    want(clearing, number, KIND_CLEARING);
-                    want(adjustments, number, KIND_CLEARING);
-                }
+                let wanted = wanted_accounts(
+                    chunk
+                        .iter()
+                        .zip(&kinds[start..end])
+                        .map(|(m, &kind)| (m.account, m.currency, kind)),
+                    &currencies[start..end],
+                    &by_code,
+                );
                 start = end;
                 if let Some(refusal) = step.open(&wanted)? {
                     return Ok(Some(refusal));

@@ -44,7 +44,6 @@ import numpy as np
 import numpy.typing as npt
 
 from quickpay_engine._engine import (
-    LEDGER_BATCH_MAX,
     Ledger,
     currency_numeric,
     ids_array,
@@ -65,7 +64,6 @@ RESERVED, CAPTURED, SETTLED, ROLLED_BACK = 1, 2, 3, 4
 KIND_RECEIVABLE, KIND_PREPAID, KIND_CLEARING = 1, 2, 3
 # Result codes that mean "already done": a redo after a crash, harmless.
 _CODES = {kind: dict(codes) for kind, codes in ledger_result_codes()}
-ACCOUNT_OK = {0, 10}  # OK, EXISTS
 TRANSFER_OK = {0, 19}  # OK, EXISTS
 # Refunds, adjustments and snapshots that can wait on the log at once (the saga's
 # steps have the core's threads); more queue for a thread.
@@ -195,39 +193,12 @@ class LedgerBook:
         hold (``reserve``), not at start: the ledger holds an account per subscriber who
         has paid, never one per line of the base. One the ledger holds already is left
         as it is (a plan change does not retype it: the kind is a label)."""
-        self._open([subscriber_account(a) for a in account_ids], kinds, currencies)
-
-    def _open(
-        self,
-        subscribers: Sequence[int],
-        kinds: Sequence[int] | npt.NDArray[np.uint16],
-        currencies: Sequence[str],
-    ) -> None:
-        """``open_accounts`` of subscribers' ledger account ids."""
-        numbers = map(_numeric, currencies)
-        wanted: dict[int, tuple[int, int]] = dict(
-            zip(subscribers, zip(numbers, map(int, kinds), strict=True), strict=True)
+        # The reserve step's own code (engine/src/python/saga.rs), run on this thread.
+        refusal = self.ledger.open_accounts(
+            self._clock_ns(), list(account_ids), [int(k) for k in kinds], list(currencies)
         )
-        for currency in set(currencies):
-            number = _numeric(currency)
-            wanted[clearing_account(currency)] = (number, KIND_CLEARING)
-            wanted[adjustment_account(currency)] = (number, KIND_CLEARING)
-        items = list(wanted.items())
-        for start in range(0, len(items), LEDGER_BATCH_MAX):
-            chunk = items[start : start + LEDGER_BATCH_MAX]
-            found = self.ledger.balances(ids_array([i for i, _ in chunk]))[0]
-            chunk = [item for item, has in zip(chunk, found.tolist(), strict=True) if not has]
-            if not chunk:
-                continue
-            n = len(chunk)
-            codes, _ = self.ledger.create_accounts(
-                self._clock_ns(),
-                ids_array([i for i, _ in chunk]),
-                np.fromiter((c for _, (c, _) in chunk), np.uint16, n),
-                np.fromiter((k for _, (_, k) in chunk), np.uint16, n),
-                np.zeros(n, np.uint16),
-            )
-            _check("account", codes, ACCOUNT_OK)
+        if refusal is not None:
+            raise LedgerRefused(refusal)
 
     # -- the saga's steps ------------------------------------------------------------
 
