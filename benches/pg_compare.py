@@ -264,6 +264,9 @@ def run_engine(
             flags,
             seconds,
             lambda client: sample(server, client, metrics),
+            # The client reads every subscriber before its first call: the window
+            # starts once the server has seen a batch.
+            (lambda: scrape(metrics).get("batch_count", 0.0) > 0) if metrics else None,
         )
     finally:
         server.stop()
