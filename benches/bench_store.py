@@ -256,3 +256,23 @@ def test_pg_store_commit_batch(benchmark, pg_database) -> None:
         benchmark.extra_info["baseline"] = "test_pg_rows_psycopg_pipeline"
         outcomes, _ = benchmark.pedantic(db.commit_batch, setup=fresh, rounds=ROUNDS)
     assert all(o.status.name == "SETTLED" for o in outcomes)
+
+
+def test_pg_store_journal_attempts(benchmark, pg_database) -> None:
+    """The saga's journal of one batch (``journal_attempts``): stage 1 waits for it on the
+    store thread, behind the commits of the batches before."""
+    from quickpay_engine.store.postgres import PostgresStore
+
+    with contextlib.closing(PostgresStore(pg_database, AUDIT_KEY)) as db:
+        rows = subscribers(SUBSCRIBERS)
+        source = RequestSource(rows, seed=6, mix=Mix(invalid=0, declined=0), run_id="pgjournal")
+
+        def fresh():
+            attempts = [
+                (new_payment_ids(1)[0], intent_of(r, FINGERPRINT_KEY)) for r in source.take(BATCH)
+            ]
+            return (attempts,), {}
+
+        benchmark.extra_info["rows_per_call"] = BATCH
+        taken = benchmark.pedantic(db.journal_attempts, setup=fresh, rounds=ROUNDS)
+    assert taken == [True] * BATCH

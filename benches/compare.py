@@ -313,11 +313,17 @@ def run_window(
     load: list[str],
     seconds: float,
     sample: Callable[[int], Sampled],
+    started: Callable[[], bool] | None = None,
 ) -> tuple[Sampled, Sampled, dict]:
     """One `quickpay bench` run of ``load`` against ``server``, ``seconds`` measured
     after a second of warm-up, in the background; ``sample(client_pid)`` is taken at
     both ends of a window inside the measured part (cpu_budget.py and thread_cpu.py read
-    /proc there). Returns the two samples and the run's JSON report (written to ``out``)."""
+    /proc there). Returns the two samples and the run's JSON report (written to ``out``).
+
+    ``started()``: true once the load has begun (the server's /metrics counts a call);
+    the window is timed from then, not from the client's launch. Without it the window
+    assumes the client starts at once, which a client that first reads many subscribers
+    (200,000: seconds) does not."""
     quickpay = str(Path(sys.executable).parent / "quickpay")
     out.unlink(missing_ok=True)
     warmup = 1.0
@@ -325,6 +331,10 @@ def run_window(
             "--duration", str(seconds), "--warmup", str(warmup), "--json", str(out)]  # fmt: skip
     log.note(argv)
     client = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if started is not None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while client.poll() is None and time.monotonic() < deadline and not started():
+            time.sleep(0.05)
     # The window: from a second into the measured part to a second before its end, so
     # start-up and drain are outside it.
     time.sleep(warmup + 1.5)

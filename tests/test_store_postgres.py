@@ -489,6 +489,14 @@ def test_the_saga_journal_lives_until_the_payment_ends(dbs: Databases) -> None:
         "pay_j2": intent("j2"),
         "pay_j3": intent("j3"),
     }
+    # The first call's rows went in by COPY, the second's by the statement that skips
+    # conflicts (the COPY failed on j1): the same rows either way.
+    assert dbs.rows(
+        "billing",
+        "SELECT payment_id, idempotency_key, created_at_us FROM settlement_attempts"
+        " ORDER BY payment_id",
+    ) == [("pay_j1", "j1", 1), ("pay_j2", "j2", 1), ("pay_j3", "j3", 2)]
+    assert store._billing.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
     # Two attempts with one key in the same call: the first is taken.
     assert store.journal_attempts([("pay_d1", intent("dup")), ("pay_d2", intent("dup"))], 2) == [
         True,
