@@ -646,17 +646,30 @@ async def test_a_batch_the_database_cannot_commit_settles_nowhere(
     assert server.store.verify() == []
 
 
-@pytest.mark.parametrize("step", ["find_by_keys", "journal_attempts", "reserve"])
+@pytest.mark.parametrize(
+    "step", ["find_by_keys", "find_by_keys on the reader thread", "journal_attempts", "reserve"]
+)
 async def test_a_store_out_of_reach_before_the_gateways_is_unavailable_and_charges_nothing(
     stub, server, simulators, monkeypatch, step
 ) -> None:
     """The database is out of reach (restarting, disk full) when the batch is looked up
-    or journalled: nothing has left the process, so the caller hears UNAVAILABLE (retry
+    (on the event loop for a small batch, on the reader thread for a larger one) or
+    journalled: nothing has left the process, so the caller hears UNAVAILABLE (retry
     with the same key), never INTERNAL; nothing is charged, and the retry settles."""
     import sqlite3
 
-    owner = {"find_by_keys": server.service._pipeline._reader[0], "reserve": server.service.book}
-    target = owner.get(step, server.store)
+    from quickpay_engine.settlement import pipeline
+
+    pipe = server.service._pipeline
+    assert pipe._inline_reader is not None, "SQLite looks small batches up on the loop"
+    key = f"saga-unreachable-{step.replace(' ', '-')}"
+    if step == "find_by_keys on the reader thread":
+        monkeypatch.setattr(pipeline, "INLINE_LOOKUP_MAX", 0)
+        step = "find_by_keys"
+        target = pipe._reader[0]
+    else:
+        owner = {"find_by_keys": pipe._inline_reader, "reserve": server.service.book}
+        target = owner.get(step, server.store)
     real = getattr(target, step)
     failures = iter([True])
 
@@ -672,7 +685,7 @@ async def test_a_store_out_of_reach_before_the_gateways_is_unavailable_and_charg
 
     monkeypatch.setattr(target, step, unreachable_async if step == "reserve" else unreachable)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.Pay(bill(f"saga-unreachable-{step}"))
+        await stub.Pay(bill(key))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
     assert "retry with the same idempotency_key" in (err.value.details() or "")
     # What one half of the journal-and-hold wrote is taken back at once, and nothing is
@@ -681,7 +694,7 @@ async def test_a_store_out_of_reach_before_the_gateways_is_unavailable_and_charg
     assert server.store.attempts() == {}
     assert server.service._pipeline.in_flight == set()
     assert server.store.subscriber("acc-post-barred").balance_minor == 8_000
-    retry = await stub.Pay(bill(f"saga-unreachable-{step}"))
+    retry = await stub.Pay(bill(key))
     assert retry.status == pb.SETTLED and not retry.replayed
     assert simulators.payment("acq-a", retry.payment_id)["captured_minor"] == 3_000
     assert server.store.verify() == []

@@ -114,6 +114,9 @@ class SettlementService:
         # A second connection for the replay lookups, where the store offers one.
         self._reader = store.open_reader()
         self._reader_thread = StoreThread("store-reader")
+        # SQLite: one more, read on the event loop itself for small batches' lookups (a
+        # PostgreSQL read is a round trip, which the loop does not wait for).
+        self._inline_reader = store.open_reader() if isinstance(store, SqliteStore) else None
         self._pipeline = Pipeline(
             self.engine,
             store,
@@ -121,6 +124,7 @@ class SettlementService:
             book,
             router,
             (self._reader, self._reader_thread),
+            inline_reader=self._inline_reader,
             on_commit=self._committed_batch,
             fraud=FraudGate(self.engine, card_key, fraud_scorer, fraud_enforce),
             fence=fence,
@@ -256,6 +260,8 @@ class SettlementService:
         self._reader_thread.close()
         if self._reader is not self._store:
             self._reader.close()
+        if self._inline_reader is not None:
+            self._inline_reader.close()
         self._reconcile_thread.close()
         if self._reconciler is not self._store:
             self._reconciler.close()
