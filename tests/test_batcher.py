@@ -64,9 +64,8 @@ async def test_it_lingers_only_while_more_payments_are_expected_within_the_linge
     assert batcher.arrival_per_s * 60 >= 1
     # So the next lone payment waits for company, and gets it.
     first = asyncio.ensure_future(batcher.submit(100))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert not first.done(), "taken, and lingering for a second payment"
+    await asyncio.sleep(0.05)
+    assert recorder.batches[-1] != [100] and not first.done(), "lingering for a second payment"
     assert await asyncio.wait_for(batcher.submit(102), 30) == 1020
     assert await first == 1000
     assert recorder.batches[-1] == [100, 102]

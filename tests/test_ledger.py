@@ -451,3 +451,33 @@ async def test_saga_steps_report_refusals_and_skip_cancelled_callers(tmp_path) -
         assert len(book.unfinished()) == 50, "the cancelled caller's step still ran"
     finally:
         book.close()
+
+
+def test_opening_accounts_takes_the_engine_s_currencies_and_the_reserve_step_s_ids(tmp_path):
+    """Refunds and adjustments open accounts with the reserve step's own code: the same
+    ids (a subscriber's, its currency's clearing and adjustment accounts), each once,
+    and a currency the engine does not bill in (gold: ISO 4217, not money here) refused
+    with nothing opened."""
+    from quickpay_engine.settlement.ledger_book import (
+        KIND_PREPAID,
+        KIND_RECEIVABLE,
+        LedgerBook,
+        LedgerRefused,
+        adjustment_account,
+        clearing_account,
+        ids_array,
+        subscriber_account,
+    )
+
+    book = LedgerBook(open_ledger(tmp_path))
+    with pytest.raises(LedgerRefused, match=r"^'XAU' is not an ISO 4217 currency$"):
+        book.open_accounts(["acc-gold"], [KIND_PREPAID], ["XAU"])
+    assert book.ledger.counts()[0] == 0
+    # Twice the same subscriber in one call: opened once.
+    book.open_accounts(["acc-1", "acc-1"], [KIND_PREPAID, KIND_RECEIVABLE], ["KES", "KES"])
+    ids = [subscriber_account("acc-1"), clearing_account("KES"), adjustment_account("KES")]
+    assert book.ledger.balances(ids_array(ids))[0].tolist() == [True, True, True]
+    assert book.ledger.counts()[0] == 3
+    book.open_accounts(["acc-1"], [KIND_PREPAID], ["KES"])  # held already: nothing new
+    assert book.ledger.counts()[0] == 3
+    book.close()

@@ -473,7 +473,20 @@ def test_provisioning_rules_are_data_read_at_start(dbs: Databases) -> None:
     assert dbs.store.subscriber("acc-post-barred").status is LineStatus.ACTIVE
 
 
-def test_the_saga_journal_lives_until_the_payment_ends(dbs: Databases) -> None:
+def test_the_saga_journal_lives_until_the_payment_ends(
+    dbs: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quickpay_engine.store import postgres
+
+    copies: list[int] = []  # rows of each COPY tried into the journal
+    real_copy = postgres._copy_rows
+
+    def copy_rows(cursor: object, table: str, rows: list[tuple[object, ...]]) -> None:
+        if table == "settlement_attempts":
+            copies.append(len(rows))
+        real_copy(cursor, table, rows)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(postgres, "_copy_rows", copy_rows)
     store = dbs.store
     assert store.journal_attempts([("pay_j1", intent("j1")), ("pay_j2", intent("j2"))], 1) == [
         True,
@@ -490,18 +503,21 @@ def test_the_saga_journal_lives_until_the_payment_ends(dbs: Databases) -> None:
         "pay_j3": intent("j3"),
     }
     # The first call's rows went in by COPY, the second's by the statement that skips
-    # conflicts (the COPY failed on j1): the same rows either way.
+    # conflicts (its COPY failed on j1): the same rows either way.
+    assert copies == [2, 2]
     assert dbs.rows(
         "billing",
         "SELECT payment_id, idempotency_key, created_at_us FROM settlement_attempts"
         " ORDER BY payment_id",
     ) == [("pay_j1", "j1", 1), ("pay_j2", "j2", 1), ("pay_j3", "j3", 2)]
     assert store._billing.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
-    # Two attempts with one key in the same call: the first is taken.
+    # Two attempts with one key in the same call: the first is taken, by the statement
+    # (a COPY would fail for certain, and is not tried).
     assert store.journal_attempts([("pay_d1", intent("dup")), ("pay_d2", intent("dup"))], 2) == [
         True,
         False,
     ]
+    assert copies == [2, 2]
     store.forget_attempts(["pay_d1"])
     # Settling a payment removes its journal entry in the same transaction.
     dbs.commit([Decision("pay_j1", intent("j1"), gateway="acq-a", gateway_reference="r")], 3)

@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 use blake2::digest::consts::U16;
 use blake2::{Blake2b, Digest};
-use iso_currency::Currency;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use rustc_hash::FxHashMap;
@@ -30,6 +29,7 @@ use crate::ledger::{
     self as core, transfer_flags, AccountInput, AccountResult, AnchorResult, Command, DurableError,
     DurableLedger, PaymentResult, TransferInput, TransferResult,
 };
+use crate::money::Currency;
 
 /// The threads the steps run on, named as the Python pool's were (`ledger_0`...): a
 /// few, so that steps of concurrent batches share group commits.
@@ -288,11 +288,12 @@ impl Ledger {
     }
 }
 
-/// The ledger's numeric code of a currency, or the refusal `_numeric` raised.
+/// The ledger's numeric code of a currency the engine bills in (`currency_numeric`, as
+/// `_numeric` in ledger_book.py takes it), or the refusal `_numeric` raises.
 fn numeric(currency: &str) -> Result<u16, String> {
     Currency::from_code(currency)
         .map(|c| c.numeric())
-        .ok_or_else(|| format!("{currency:?} is not an ISO 4217 currency"))
+        .ok_or_else(|| format!("'{currency}' is not an ISO 4217 currency"))
 }
 
 /// Each currency of `currencies` once: its number, clearing and adjustment accounts; or
@@ -312,7 +313,9 @@ fn currency_accounts(currencies: &[String]) -> Result<FxHashMap<&str, (u16, u128
 
 /// The accounts that holds of `subscribers` (id, currency, kind) in `currencies` need,
 /// for `Step::open`: the subscribers (a repeated one keeps its last kind), then each
-/// currency's clearing and adjustment accounts.
+/// currency's clearing and adjustment accounts. Called per chunk of `core::BATCH_MAX`
+/// rows: a subscriber repeated in two chunks is opened by the first (a later kind is a
+/// label the ledger keeps as it was, as for an account it already holds).
 fn wanted_accounts(
     subscribers: impl Iterator<Item = (u128, u16, u16)>,
     currencies: &[String],

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -38,9 +39,10 @@ R = TypeVar("R")
 # within the linger (its smoothed arrival rate times ``linger_ms``). Below it, waiting
 # adds the whole linger to a payment's latency and most likely gathers nothing.
 LINGER_WORTH_ITEMS = 1.0
-# How much the latest cycle's arrival rate (items arrived since the previous take, over
-# the time since then) moves the smoothed rate.
-_RATE_WEIGHT = 0.25
+# The smoothed arrival rate forgets with this time constant: the latest cycle's rate
+# (items arrived since the previous take, over the time since then) moves it by
+# 1 - exp(-elapsed / this), so a quiet spell of a second or more is what counts after it.
+_RATE_TAU_S = 0.1
 
 # Processes one batch; returns one result per item, in order: a value, an exception for
 # that item alone, or a future that will hold its result (the item was handed on).
@@ -284,7 +286,8 @@ class MicroBatcher(Generic[T, R]):
         arrived, self._arrived = self._arrived, 0
         if last is not None and now > last:
             sample = arrived / (now - last)
-            self.arrival_per_s += _RATE_WEIGHT * (sample - self.arrival_per_s)
+            weight = -math.expm1(-(now - last) / _RATE_TAU_S)
+            self.arrival_per_s += weight * (sample - self.arrival_per_s)
         if self.arrival_per_s * self._linger_s >= LINGER_WORTH_ITEMS:
             return self._linger_s
         return 0.0
