@@ -4,11 +4,12 @@ SQLite has one writer at a time anyway; one thread makes that explicit and keeps
 connection on the thread that uses it.
 
 Calls run in the order they were asked, with one exception: ``run_first`` puts a call
-ahead of every call still waiting. The settlement journal uses it. A batch's journal
-entry is the last thing its first stage waits for, and that stage runs one batch at a
-time, so every millisecond the journal queued behind earlier batches' commits was a
-millisecond no batch could start (benches/RESULTS.md, "The journal ahead of the
-commits"). A call already running is never interrupted.
+ahead of every call still waiting. The settlement journal and the replay lookup use it.
+Both are waited for by the saga's first stage, which runs one batch at a time, so a
+millisecond either spends queued behind other calls (earlier batches' commits, a
+GetPayment) is a millisecond no batch can start. A call already running is never
+interrupted: most of the journal's wait under PayBatch is the commit under way
+(benches/RESULTS.md, "Stage 1's waits, the linger and the checkpoint").
 """
 
 from __future__ import annotations
