@@ -109,16 +109,13 @@ const WRITER_CACHE_KIB: u32 = 32 * 1024;
 /// WAL pages past which a commit copies the WAL back into the database file (SQLite's
 /// `wal_autocheckpoint`; its default is 1,000). `quickpay_engine.store.sqlite` sets the
 /// same on its connection, since whichever connection commits past the mark does the
-/// copy. A checkpoint copies each page once however many frames the WAL holds of it, so
-/// the rarer it comes, the less it copies in all: with many subscribers each payment
-/// rewrites a balance page of its own, and at 1,000 pages a checkpoint came every batch
-/// or two and was a tenth of the store thread's CPU (benches/store_cpu.py); 16,000 was
-/// 1 to 6 % more PayBatch than 4,000 at 200,000 subscribers, with the same open-loop
-/// p99 (benches/RESULTS.md, "Stage 1's waits"). Copying on a thread of its own, off
-/// the commit path, was tried and lost: more frequent copies, and their fsyncs beside
-/// the commits'. Durability does not depend on it: every commit is in the WAL and
-/// fsynced (synchronous=FULL) before it returns. The WAL file grows to about 64 MiB.
-pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_000;
+/// copy. A checkpoint copies each page once however many frames the WAL holds of it,
+/// and a batch of 500 rewrites about 250 pages of the subscribers' table alone; at
+/// 1,000 pages a checkpoint came every batch or two and was a tenth of the store
+/// thread's CPU (benches/store_cpu.py). Durability does not depend on it: every commit
+/// is in the WAL and fsynced (synchronous=FULL) before it returns. The WAL file grows
+/// to about 16 MiB, and the commit that checkpoints copies more at once.
+pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 4_000;
 
 /// The batch writer: one connection of its own to the engine's file.
 pub struct Writer {

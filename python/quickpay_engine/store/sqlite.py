@@ -126,7 +126,7 @@ IN_LIST_MAX = 500
 BUSY_TIMEOUT_MS = 5_000
 # WAL pages past which a commit checkpoints: the core's writer sets the same on its
 # connection (WAL_AUTOCHECKPOINT_PAGES in engine/src/store/sqlite.rs, which says why).
-WAL_AUTOCHECKPOINT_PAGES = 16_000
+WAL_AUTOCHECKPOINT_PAGES = 4_000
 
 
 @dataclass(frozen=True, slots=True)
