@@ -25,6 +25,7 @@ from quickpay_engine.gateways.client import (
     SALE_PATH,
     UNKNOWN,
     GatewayClient,
+    SaleRows,
     add_sale_request,
     sale_rows,
 )
@@ -344,7 +345,7 @@ async def test_the_core_reads_each_answer_as_the_python_client_did() -> None:
 async def sale_many(pool: HttpPool, *columns: object) -> tuple:
     """The core's sale call, awaited as the client awaits it (its completion queue)."""
     queue, future = completions()
-    pool.sale_many_into(queue, future, SALE_PATH, *columns)
+    pool.sale_many_into(queue, future, SALE_PATH, SaleRows(*columns))  # type: ignore[arg-type]
     return await future
 
 

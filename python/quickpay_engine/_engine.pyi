@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from quickpay_engine.domain import Method, MethodDetail, MethodKind, PaymentIntent, Purpose
+from quickpay_engine.gateways.client import SaleRows
 
 _A = TypeVar("_A")
 
@@ -758,27 +759,17 @@ class HttpPool:
         done: Completions,
         future: asyncio.Future[Any],
         path: str,
-        references: list[str],
-        amounts_minor: list[int],
-        currencies: list[str],
-        kinds: list[str],
-        pans: list[str],
-        expiry_months: list[int],
-        expiry_years: list[int],
-        providers: list[str],
-        wallet_ids: list[str],
-        ibans: list[str],
-        timeouts_s: list[float],
-        ends_s: list[float],
+        columns: SaleRows,
     ) -> None:
         """Sends a batch's sales to this gateway at once (bodies built and answers read
         in the core, on its HTTP runtime) and sets ``future`` to the answers' columns
         through ``done`` once each has ended, no thread waiting; at most
         ``sales_max`` are in flight at a time across every call.
 
-        Columns, one row per sale: references, amounts, currencies, method kinds
-        ("card", "wallet", "bank_account", "carrier_balance") and the instrument's
-        fields (those of another kind ignored), each sale's timeout and its end (how
+        ``columns`` (a ``SaleRows``, read by field name), one row per sale:
+        references, amounts, currencies, method kinds ("card", "wallet",
+        "bank_account", "carrier_balance") and the instrument's fields (those of
+        another kind ignored), each sale's timeout and its end (how
         long from now it may still run: it waits for a slot at most min(timeout, end),
         else not sent "busy"; with under 5 ms left it is not sent, "late").
 

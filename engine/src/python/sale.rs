@@ -72,9 +72,9 @@ impl HttpPool {
     /// pool's setting) are in flight at a time across every call, the rest wait for a
     /// slot.
     ///
-    /// Columns, one row per sale: merchant references, amounts in minor units,
-    /// currencies, method kinds ("card", "wallet", "bank_account", "carrier_balance")
-    /// and the instrument's fields (those of another kind are ignored), then each
+    /// `columns` (the client's `SaleRows`, read by field name), one row per sale:
+    /// merchant references, amounts in minor units, currencies, method kinds ("card",
+    /// "wallet", "bank_account", "carrier_balance") and the instrument's fields (those of another kind are ignored), then each
     /// sale's timeout and its end: the sale waits for a slot at most
     /// min(timeout, end) seconds (else NOT_SENT "busy"), is not started with less
     /// than 5 ms to its end (NOT_SENT "late"), and runs at most min(timeout, time to
@@ -86,44 +86,14 @@ impl HttpPool {
     /// (error says why, for logs), 3 refused by a 4xx (error its code, message its
     /// text). Columns of unequal length, an unknown kind, a bad timeout or more than
     /// SEND_MANY_MAX rows are refused, raised by this call, before any sale is sent.
-    #[pyo3(signature = (
-        done, future, path, references, amounts_minor, currencies, kinds, pans,
-        expiry_months, expiry_years, providers, wallet_ids, ibans, timeouts_s, ends_s,
-    ))]
-    #[allow(clippy::too_many_arguments)]
     fn sale_many_into(
         &self,
         py: Python<'_>,
         done: &Completions,
         future: Py<PyAny>,
         path: &str,
-        references: Vec<String>,
-        amounts_minor: Vec<i64>,
-        currencies: Vec<String>,
-        kinds: Vec<String>,
-        pans: Vec<String>,
-        expiry_months: Vec<i64>,
-        expiry_years: Vec<i64>,
-        providers: Vec<String>,
-        wallet_ids: Vec<String>,
-        ibans: Vec<String>,
-        timeouts_s: Vec<f64>,
-        ends_s: Vec<f64>,
+        columns: SaleColumns,
     ) -> PyResult<()> {
-        let columns = SaleColumns {
-            references,
-            amounts_minor,
-            currencies,
-            kinds,
-            pans,
-            expiry_months,
-            expiry_years,
-            providers,
-            wallet_ids,
-            ibans,
-            timeouts_s,
-            ends_s,
-        };
         let uri = self.sale_uri(path, &columns)?;
         let runtime = runtime()?;
         let prepared = py
@@ -265,7 +235,9 @@ impl HttpPool {
     }
 }
 
-/// The columns `sale_many` takes, owned.
+/// The columns `sale_many_into` takes, owned: read by name from the client's `SaleRows`
+/// (quickpay_engine/gateways/client.py), whose fields these are.
+#[derive(FromPyObject)]
 struct SaleColumns {
     references: Vec<String>,
     amounts_minor: Vec<i64>,

@@ -301,7 +301,7 @@ class GatewayClient:
         # columns come back through the loop's completion queue.
         queue, sent = completions()
         try:
-            self._pool.sale_many_into(queue, sent, path, *rows)
+            self._pool.sale_many_into(queue, sent, path, rows)
         except Exception as err:  # raised before any sale was started: none was sent
             log.error("gateway %s: sales not sent: %r", self.config.name, err)
             sent.set_result(_all_sales(n, NOT_SENT, type(err).__name__))
