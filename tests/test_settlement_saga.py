@@ -626,15 +626,16 @@ async def test_a_batch_the_database_cannot_commit_settles_nowhere(
     is voided, the hold rolled back, the caller told FAILED, and a retry settles."""
     import sqlite3
 
-    commit = server.store.commit_batch
+    # The saga commits SQLite batches on the core's writer thread (commit_on_core).
+    commit = server.store.commit_on_core
     failures = iter([True])
 
-    def failing(decisions, *args):
+    async def failing(decisions, *args):
         if next(failures, False):
             raise sqlite3.OperationalError("disk I/O error")
-        return commit(decisions, *args)
+        return await commit(decisions, *args)
 
-    monkeypatch.setattr(server.store, "commit_batch", failing)
+    monkeypatch.setattr(server.store, "commit_on_core", failing)
     reply = await stub.Pay(bill("saga-db-down"))
     assert reply.status == pb.FAILED
     assert reply.decline_reason == "BILLING_UNAVAILABLE"
@@ -647,7 +648,7 @@ async def test_a_batch_the_database_cannot_commit_settles_nowhere(
 
 
 @pytest.mark.parametrize(
-    "step", ["find_by_keys", "find_by_keys on the reader thread", "journal_attempts", "reserve"]
+    "step", ["find_by_keys", "find_by_keys on the reader thread", "journal_on_core", "reserve"]
 )
 async def test_a_store_out_of_reach_before_the_gateways_is_unavailable_and_charges_nothing(
     stub, server, simulators, monkeypatch, step
@@ -683,7 +684,8 @@ async def test_a_store_out_of_reach_before_the_gateways_is_unavailable_and_charg
             raise sqlite3.OperationalError("disk I/O error")
         return await real(*args)
 
-    monkeypatch.setattr(target, step, unreachable_async if step == "reserve" else unreachable)
+    is_async = step in ("reserve", "journal_on_core")
+    monkeypatch.setattr(target, step, unreachable_async if is_async else unreachable)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Pay(bill(key))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()

@@ -509,3 +509,120 @@ def test_a_store_of_schema_6_loses_the_index_of_billing_by_account(data_dir: Pat
         }
     assert "billing_by_account" not in indexes
     assert "billing_by_payment" in indexes
+
+
+# -- the core's writer thread (the saga's journal and commits) ----------------------------
+
+
+async def test_a_commit_on_the_writer_thread_ends_as_one_on_the_callers(
+    data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The saga commits through ``commit_on_core`` (the core's writer thread, the result
+    handed back through the event loop's completion queue): the outcomes, the accounts
+    after, the audit head and every row are those ``commit_batch`` gives, refusals too
+    (a key taken for another payload, an account gone), which are read back through the
+    store thread the caller names."""
+    from conftest import seed_store
+    from quickpay_engine.store.executor import StoreThread
+
+    other_dir = tmp_path_factory.mktemp("other")
+    seed_store(other_dir)
+    other = settings_for(other_dir)
+    stores = SqliteStore(settings_for(data_dir).sqlite_path), SqliteStore(other.sqlite_path)
+    thread = StoreThread("test-store")
+    asked: list[str] = []
+
+    async def on_thread(fn):  # type: ignore[no-untyped-def]
+        asked.append("read")
+        return await thread.run(fn)
+
+    try:
+        for s in stores:
+            s.commit_batch([settle("k0")], now_us=1)
+            s._db.execute("DELETE FROM subscribers WHERE account_id = 'acc-post'")
+        conflict = Decision(
+            "pay_other", dataclasses.replace(intent("k0", amount=1), fingerprint="fp-other")
+        )
+        batch = [settle("k1"), conflict, settle("k2", account="acc-post"), settle("k3")]
+        sync = stores[0].commit_batch(batch)
+        core = await stores[1].commit_on_core(batch, on_thread)
+        assert asked == ["read"]  # once for the batch, for its two refusals
+
+        def strip(outcome):  # type: ignore[no-untyped-def]
+            # The settlement time is each commit's own clock.
+            if outcome.confirmation is None:
+                return outcome
+            return dataclasses.replace(
+                outcome,
+                confirmation=dataclasses.replace(outcome.confirmation, settled_at_us=0),
+            )
+
+        assert [strip(o) for o in core[0]] == [strip(o) for o in sync[0]]
+        assert [o.status for o in core[0]] == [
+            PaymentStatus.SETTLED, PaymentStatus.FAILED, PaymentStatus.FAILED,
+            PaymentStatus.SETTLED,
+        ]  # fmt: skip
+        assert core[1] == sync[1]
+        assert stores[1].audit_head is not None
+        assert stores[1].audit_head[0] == stores[0].audit_head[0]  # type: ignore[index]
+        assert stores[1].verify() == []
+        assert chain(stores[1]) == (3, None)
+        # A batch with nothing refused reads nothing back.
+        await stores[1].commit_on_core([settle("k4")], on_thread)
+        assert asked == ["read"]
+    finally:
+        thread.close()
+        for s in stores:
+            s.close()
+
+
+async def test_the_journal_on_the_writer_thread_refuses_a_key_in_flight(
+    store: SqliteStore,
+) -> None:
+    assert await store.journal_on_core([("pay_j1", intent("j1"))]) == [True]
+    assert await store.journal_on_core([("pay_j2", intent("j1")), ("pay_j3", intent("j3"))]) == [
+        False,
+        True,
+    ]
+    assert set(store.attempts()) == {"pay_j1", "pay_j3"}
+
+
+async def test_the_writer_thread_waits_for_a_transaction_of_the_python_connection(
+    store: SqliteStore,
+) -> None:
+    """A write on the store's Python connection (a refund, an outbox mark) and the core's
+    writer thread take turns: a journal asked for while a Python transaction is open
+    waits for its turn (it does not find SQLite's lock taken and sleep in the busy
+    handler), starts when the transaction commits, and sees what it wrote."""
+    import asyncio
+    import threading
+
+    inside = threading.Event()
+    release = threading.Event()
+
+    def python_write() -> None:
+        # What `_transaction` does, with a wait between its turn and its BEGIN: while
+        # it waits, SQLite's lock is free, and only the turn keeps the core out.
+        store._writer.take_turn()
+        try:
+            inside.set()
+            release.wait(10)
+            store._db.execute("BEGIN IMMEDIATE")
+            store._db.execute(
+                "INSERT INTO settlement_attempts (payment_id, idempotency_key, intent,"
+                " created_at_us) VALUES ('pay_py', 'held', '{}', 1)"
+            )
+            store._db.execute("COMMIT")
+        finally:
+            store._writer.give_turn()
+
+    writer = threading.Thread(target=python_write)
+    writer.start()
+    assert inside.wait(10)
+    journal = asyncio.ensure_future(store.journal_on_core([("pay_h", intent("held"))]))
+    await asyncio.sleep(0.2)
+    assert not journal.done(), "the core wrote while the Python connection held the turn"
+    release.set()
+    # The key the Python transaction journalled is in flight: the core's journal sees it.
+    assert await asyncio.wait_for(journal, 10) == [False]
+    writer.join(10)

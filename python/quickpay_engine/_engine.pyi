@@ -804,10 +804,37 @@ class SqliteWriter:
         An error of SQLite's that is not about one payment raises the sqlite3 module's
         exception for it, and nothing of the batch is written."""
 
+    def commit_into(
+        self,
+        done: Completions,
+        future: asyncio.Future[Any],
+        columns: Any,
+        now_us: int,
+        audit_key: bytes,
+    ) -> None:
+        """`commit` on the core's writer thread (``sqlite_writer_0``): `future` is set
+        through `done`, on the event loop, to what `commit` returns or raises. The
+        columns are read on the caller's thread."""
+
     def journal(self, columns: Any, now_us: int) -> list[bool]:
         """Journals payments about to go to a gateway (``store.rows.CommitColumns``; only
         the request's fields are read), in one transaction, without the GIL: per
         payment, False when its key is already journalled by an unfinished attempt."""
+
+    def journal_into(
+        self, done: Completions, future: asyncio.Future[Any], columns: Any, now_us: int
+    ) -> None:
+        """`journal` on the core's writer thread, ahead of the commits waiting there (the
+        saga's first stage, one batch at a time, waits for it); `future` as for
+        `commit_into`."""
+
+    def take_turn(self) -> None:
+        """Waits, without the GIL, for the writers' turn: a transaction on the store's
+        Python connection goes in it, so that connection and the core's never wait
+        for each other in SQLite's busy handler. `give_turn` ends it."""
+
+    def give_turn(self) -> None:
+        """Ends the turn `take_turn` took."""
 
     def record_discrepancies(
         self,
@@ -824,7 +851,8 @@ class SqliteWriter:
         sqlite3 module's exception for them, as `commit` does."""
 
     def close(self) -> None:
-        """Closes the connection; the next commit opens it again."""
+        """Lets the writes asked for finish, then closes the connection; the next write
+        opens it again."""
 
 def encode_pay_responses(outcomes: list[Any]) -> list[bytes]:
     """Each ``domain.Outcome`` as the bytes of its PayResponse (read by attribute)."""

@@ -13,9 +13,9 @@
 //! lands in an empty queue; the event loop watches it (`loop.add_reader`) and `drain`
 //! sets every waiting future at once, with the GIL it already holds.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use pyo3::exceptions::PyOSError;
@@ -149,7 +149,8 @@ impl Completions {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A fixed set of named threads that run jobs in the order given, with no Python.
+/// A fixed set of named threads that run jobs with no Python: in the order given, except
+/// that a job given by `spawn_first` goes ahead of every `spawn` job still waiting.
 /// Started on first use, so a process that only opens the ledger to read it (or forks
 /// before serving) has none, and joined by `close` after the jobs queued before it.
 pub(crate) struct Workers {
@@ -158,8 +159,37 @@ pub(crate) struct Workers {
     state: Mutex<Option<Running>>,
 }
 
+#[derive(Default)]
+struct Lanes {
+    first: VecDeque<Job>,
+    rest: VecDeque<Job>,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Jobs {
+    lanes: Mutex<Lanes>,
+    ready: Condvar,
+}
+
+impl Jobs {
+    /// The next job, or None once closed and drained.
+    fn next(&self) -> Option<Job> {
+        let mut lanes = self.lanes.lock().expect("job queue lock");
+        loop {
+            if let Some(job) = lanes.first.pop_front().or_else(|| lanes.rest.pop_front()) {
+                return Some(job);
+            }
+            if lanes.closed {
+                return None;
+            }
+            lanes = self.ready.wait(lanes).expect("job queue lock");
+        }
+    }
+}
+
 struct Running {
-    jobs: mpsc::Sender<Job>,
+    jobs: Arc<Jobs>,
     handles: Vec<JoinHandle<()>>,
 }
 
@@ -172,23 +202,30 @@ impl Workers {
         }
     }
 
-    /// Runs `job` on one of the threads.
+    /// Runs `job` on one of the threads, after the jobs given before it.
     pub(crate) fn spawn(&self, job: Job) -> std::io::Result<()> {
+        self.give(job, false)
+    }
+
+    /// Runs `job` on one of the threads, ahead of every `spawn` job still waiting (after
+    /// the jobs under way and earlier `spawn_first` jobs).
+    pub(crate) fn spawn_first(&self, job: Job) -> std::io::Result<()> {
+        self.give(job, true)
+    }
+
+    fn give(&self, job: Job, first: bool) -> std::io::Result<()> {
         let mut state = self.state.lock().expect("workers lock");
         if state.is_none() {
-            let (jobs, queue) = mpsc::channel::<Job>();
-            let queue = Arc::new(Mutex::new(queue));
+            let jobs = Arc::new(Jobs::default());
             let mut handles = Vec::with_capacity(self.threads);
             for i in 0..self.threads {
-                let queue = Arc::clone(&queue);
+                let jobs = Arc::clone(&jobs);
                 handles.push(
                     std::thread::Builder::new()
                         .name(format!("{}_{i}", self.name))
-                        .spawn(move || loop {
-                            let next = queue.lock().expect("job queue lock").recv();
-                            match next {
-                                Ok(job) => job(),
-                                Err(_) => return, // closed and drained
+                        .spawn(move || {
+                            while let Some(job) = jobs.next() {
+                                job();
                             }
                         })?,
                 );
@@ -196,10 +233,16 @@ impl Workers {
             *state = Some(Running { jobs, handles });
         }
         let running = state.as_ref().expect("started above");
-        running
-            .jobs
-            .send(job)
-            .map_err(|_| std::io::Error::other("workers closed"))
+        {
+            let mut lanes = running.jobs.lanes.lock().expect("job queue lock");
+            if first {
+                lanes.first.push_back(job);
+            } else {
+                lanes.rest.push_back(job);
+            }
+        }
+        running.jobs.ready.notify_one();
+        Ok(())
     }
 
     /// Lets the queued jobs finish, then joins the threads. Call without the GIL: a
@@ -207,7 +250,8 @@ impl Workers {
     pub(crate) fn close(&self) {
         let running = self.state.lock().expect("workers lock").take();
         if let Some(Running { jobs, handles }) = running {
-            drop(jobs);
+            jobs.lanes.lock().expect("job queue lock").closed = true;
+            jobs.ready.notify_all();
             for handle in handles {
                 let _ = handle.join();
             }
@@ -218,4 +262,40 @@ impl Workers {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Completions>()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_job_goes_ahead_of_the_waiting_ones_not_the_one_under_way() {
+        let workers = Workers::new("test_lanes", 1);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (started, wait_started) = std::sync::mpsc::channel();
+        let (release, wait_release) = std::sync::mpsc::channel::<()>();
+        let log = |name: &'static str| {
+            let order = Arc::clone(&order);
+            Box::new(move || order.lock().unwrap().push(name)) as Job
+        };
+        let under_way = log("under way");
+        workers
+            .spawn(Box::new(move || {
+                started.send(()).unwrap();
+                wait_release.recv().unwrap();
+                under_way();
+            }))
+            .unwrap();
+        wait_started.recv().unwrap();
+        workers.spawn(log("rest 1")).unwrap();
+        workers.spawn_first(log("first 1")).unwrap();
+        workers.spawn(log("rest 2")).unwrap();
+        workers.spawn_first(log("first 2")).unwrap();
+        release.send(()).unwrap();
+        workers.close();
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["under way", "first 1", "first 2", "rest 1", "rest 2"]
+        );
+    }
 }

@@ -7,12 +7,13 @@
 //! other failures exactly as before.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 
 use super::check_len;
+use super::completions::{Completions, Finish, Workers};
 use super::reconcile::Reconciled;
 use crate::store::rows::{Decision, Fraud};
 use crate::store::sqlite::{message, Failure, Writer};
@@ -162,30 +163,136 @@ fn sqlite_error(py: Python<'_>, err: &rusqlite::Error) -> PyErr {
     }
 }
 
-/// One connection of the core's to the engine's SQLite file, opened on first use by
-/// the store's writer thread.
-#[pyclass(frozen)]
-struct SqliteWriter {
+/// Whose turn it is to write: the core's connection (a commit or a journal, on the
+/// writer thread or a caller's) or the store's Python connection (a `_Transaction`).
+/// Both write the same file, and without this turn a writer that finds the other in a
+/// transaction sleeps in SQLite's busy handler (1 ms, then 2, 5, 10...) instead of
+/// starting the moment the other ends. Waited for without the GIL only, so a thread
+/// holding the turn can always take the GIL it needs to finish.
+#[derive(Default)]
+struct Turn {
+    held: Mutex<bool>,
+    free: Condvar,
+}
+
+impl Turn {
+    fn take(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while *held {
+            held = self.free.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        *held = true;
+    }
+
+    fn give(&self) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.free.notify_one();
+    }
+}
+
+/// The core's connection and its turn, shared by the callers' threads and the writer
+/// thread.
+struct Shared {
     path: PathBuf,
+    turn: Turn,
     writer: Mutex<Option<Writer>>,
 }
 
-impl SqliteWriter {
-    /// Runs `work` on the connection (opened first if need be) without the GIL.
-    fn with_writer<T: Send>(
+impl Shared {
+    /// Runs `work` on the connection (opened first if need be) in the core's turn; the
+    /// caller holds no GIL.
+    fn write<T>(
         &self,
-        py: Python<'_>,
-        work: impl FnOnce(&mut Writer) -> rusqlite::Result<T> + Send,
-    ) -> PyResult<T> {
-        py.detach(|| {
+        work: impl FnOnce(&mut Writer) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.turn.take();
+        let done = (|| {
             let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
             if guard.is_none() {
                 *guard = Some(Writer::open(&self.path)?);
             }
             work(guard.as_mut().expect("opened above"))
-        })
-        .map_err(|err| sqlite_error(py, &err))
+        })();
+        self.turn.give();
+        done
     }
+}
+
+/// The core's thread that writes the settlement path's journal and commits, handing
+/// each result to the event loop through `Completions`: no Python thread is woken to
+/// start a write, nor to finish one (benches/RESULTS.md, "The store's writes on a core
+/// thread").
+const WRITER_THREAD_NAME: &str = "sqlite_writer";
+
+/// One connection of the core's to the engine's SQLite file, opened on first use.
+#[pyclass(frozen)]
+struct SqliteWriter {
+    shared: Arc<Shared>,
+    workers: Workers,
+}
+
+impl SqliteWriter {
+    /// Runs `work` on the connection without the GIL, on the caller's thread.
+    fn with_writer<T: Send>(
+        &self,
+        py: Python<'_>,
+        work: impl FnOnce(&mut Writer) -> rusqlite::Result<T> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| self.shared.write(work))
+            .map_err(|err| sqlite_error(py, &err))
+    }
+
+    /// Runs `work` on the writer thread and sets `future` through `done` from its
+    /// result, which `finish` turns into Python's (with the GIL, on the event loop).
+    /// `first`: ahead of the writes waiting (the saga's first stage, one batch at a
+    /// time, waits for its journal; many batches' commits may be queued).
+    fn spawn_write<T: Send + 'static>(
+        &self,
+        first: bool,
+        done: &Completions,
+        future: Py<PyAny>,
+        work: impl FnOnce(&mut Writer) -> rusqlite::Result<T> + Send + 'static,
+        finish: impl FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>> + Send + 'static,
+    ) -> PyResult<()> {
+        let shared = Arc::clone(&self.shared);
+        let queue = done.queue();
+        let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.write(work)));
+            let finish: Finish = match outcome {
+                Ok(Ok(value)) => Box::new(move |py| finish(py, value)),
+                Ok(Err(err)) => Box::new(move |py| Err(sqlite_error(py, &err))),
+                Err(_) => Box::new(|_| Err(super::EngineError::new_err("a SQLite write panicked"))),
+            };
+            queue.complete(future, finish);
+        });
+        if first {
+            self.workers.spawn_first(job)
+        } else {
+            self.workers.spawn(job)
+        }
+        .map_err(|err| super::EngineError::new_err(format!("SQLite writer thread: {err}")))
+    }
+}
+
+fn commit_result(done: crate::store::sqlite::Committed) -> CommitResult {
+    let outcomes = done
+        .outcomes
+        .into_iter()
+        .map(|o| match o {
+            Ok(o) => (
+                WRITTEN,
+                o.status,
+                o.ledger_sequence,
+                o.balance_after_minor,
+                o.service_state_after,
+                String::new(),
+            ),
+            Err(Failure::Rejected(text)) => (REJECTED, 0, 0, 0, 0, text),
+            Err(Failure::AccountGone(text)) => (ACCOUNT_GONE, 0, 0, 0, 0, text),
+        })
+        .collect();
+    (outcomes, done.states, done.head)
 }
 
 #[pymethods]
@@ -193,8 +300,12 @@ impl SqliteWriter {
     #[new]
     fn new(path: PathBuf) -> Self {
         SqliteWriter {
-            path,
-            writer: Mutex::new(None),
+            shared: Arc::new(Shared {
+                path,
+                turn: Turn::default(),
+                writer: Mutex::new(None),
+            }),
+            workers: Workers::new(WRITER_THREAD_NAME, 1),
         }
     }
 
@@ -208,23 +319,37 @@ impl SqliteWriter {
     ) -> PyResult<CommitResult> {
         let decisions = columns.decisions()?;
         let done = self.with_writer(py, |writer| writer.commit(&decisions, now_us, &audit_key))?;
-        let outcomes = done
-            .outcomes
-            .into_iter()
-            .map(|o| match o {
-                Ok(o) => (
-                    WRITTEN,
-                    o.status,
-                    o.ledger_sequence,
-                    o.balance_after_minor,
-                    o.service_state_after,
-                    String::new(),
-                ),
-                Err(Failure::Rejected(text)) => (REJECTED, 0, 0, 0, 0, text),
-                Err(Failure::AccountGone(text)) => (ACCOUNT_GONE, 0, 0, 0, 0, text),
-            })
-            .collect();
-        Ok((outcomes, done.states, done.head))
+        Ok(commit_result(done))
+    }
+
+    /// `commit` on the writer thread: sets `future` through `done` to what `commit`
+    /// returns (or raises), on the event loop. The columns are read here, on the
+    /// caller's thread.
+    fn commit_into(
+        &self,
+        done: &Completions,
+        future: Py<PyAny>,
+        columns: Columns,
+        now_us: i64,
+        audit_key: Vec<u8>,
+    ) -> PyResult<()> {
+        columns.decisions()?;
+        self.spawn_write(
+            false,
+            done,
+            future,
+            move |writer| {
+                let decisions = columns.decisions().expect("checked on the caller's thread");
+                let written = writer.commit(&decisions, now_us, &audit_key);
+                drop(decisions);
+                // The borrowed strings go back to Python on the event loop, with the GIL.
+                written.map(|written| (commit_result(written), columns))
+            },
+            |py, (result, columns)| {
+                drop(columns);
+                result.into_pyobject(py).map(|o| o.into_any().unbind())
+            },
+        )
     }
 
     /// Journals payments about to go to a gateway (only their request's columns are
@@ -232,6 +357,46 @@ impl SqliteWriter {
     fn journal(&self, py: Python<'_>, columns: Columns, now_us: i64) -> PyResult<Vec<bool>> {
         let decisions = columns.decisions()?;
         self.with_writer(py, |writer| writer.journal(&decisions, now_us))
+    }
+
+    /// `journal` on the writer thread, ahead of the commits waiting there: sets
+    /// `future` through `done` to what `journal` returns (or raises), on the event loop.
+    fn journal_into(
+        &self,
+        done: &Completions,
+        future: Py<PyAny>,
+        columns: Columns,
+        now_us: i64,
+    ) -> PyResult<()> {
+        columns.decisions()?;
+        self.spawn_write(
+            true,
+            done,
+            future,
+            move |writer| {
+                let decisions = columns.decisions().expect("checked on the caller's thread");
+                let taken = writer.journal(&decisions, now_us);
+                drop(decisions);
+                taken.map(|taken| (taken, columns))
+            },
+            |py, (taken, columns)| {
+                drop(columns);
+                taken.into_pyobject(py).map(|o| o.into_any().unbind())
+            },
+        )
+    }
+
+    /// Waits (without the GIL) for the writers' turn, for a transaction on the store's
+    /// Python connection; `give_turn` ends it. Every write to the file from this
+    /// process goes in a turn, so no writer sleeps in SQLite's busy handler waiting for
+    /// another of the same process.
+    fn take_turn(&self, py: Python<'_>) {
+        py.detach(|| self.shared.turn.take());
+    }
+
+    /// Ends the turn `take_turn` took.
+    fn give_turn(&self) {
+        self.shared.turn.give();
     }
 
     /// Writes the discrepancies `start..stop` of a reconciliation in one transaction
@@ -260,10 +425,16 @@ impl SqliteWriter {
         Ok(())
     }
 
-    /// Closes the connection (the next commit opens it again).
+    /// Lets the writes asked for finish, then closes the connection (the next write
+    /// opens it again).
     fn close(&self, py: Python<'_>) {
         py.detach(|| {
-            self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+            self.workers.close();
+            self.shared
+                .writer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
         });
     }
 }

@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
@@ -328,9 +328,7 @@ class Pipeline:
         # The journal goes ahead of the store calls waiting (earlier batches' commits):
         # this stage runs one batch at a time, and waits for it.
         taken, held = await asyncio.gather(
-            self._thread.run_first(
-                self._store.journal_attempts, [(d.payment_id, d.intent) for d in wanted]
-            ),
+            self._journal([(d.payment_id, d.intent) for d in wanted]),
             self._book.reserve([movement_of(d) for d in wanted]),
             return_exceptions=True,
         )
@@ -359,6 +357,24 @@ class Pipeline:
                 np.fromiter((d.intent.amount_minor for d in batch.held), np.int64),
             )
         return batch
+
+    def _journal(self, attempts: list[tuple[str, PaymentIntent]]) -> Awaitable[list[bool]]:
+        """Journals a batch's payments before they go to a gateway. SQLite's journal is
+        written on the core's writer thread; another store's goes ahead of the calls
+        waiting for the store thread (earlier batches' commits): this stage runs one
+        batch at a time, and waits for it."""
+        if isinstance(self._store, SqliteStore):
+            return self._store.journal_on_core(attempts)
+        return self._thread.run_first(self._store.journal_attempts, attempts)
+
+    def _commit(
+        self, decisions: list[Decision]
+    ) -> Awaitable[tuple[list[Outcome], list[SettledState]]]:
+        """Commits a batch's decisions: SQLite's on the core's writer thread, another
+        store's on the store thread."""
+        if isinstance(self._store, SqliteStore):
+            return self._store.commit_on_core(decisions, self._thread.run)
+        return self._thread.run(self._store.commit_batch, decisions)
 
     async def _undo_half_reserved(
         self, wanted: list[Decision], taken: object, held: object
@@ -519,7 +535,7 @@ class Pipeline:
                 [decisions[k].payment_id for k in captured],
                 [decisions[k].payment_id for k in voided],
             ),
-            self._thread.run(self._store.commit_batch, committing),
+            self._commit(committing),
             return_exceptions=True,
         )
         self._lap("capture_commit", lap)

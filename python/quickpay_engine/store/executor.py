@@ -4,7 +4,9 @@ SQLite has one writer at a time anyway; one thread makes that explicit and keeps
 connection on the thread that uses it.
 
 Calls run in the order they were asked, with one exception: ``run_first`` puts a call
-ahead of every call still waiting. The settlement journal and the replay lookup use it.
+ahead of every call still waiting. The replay lookup and (PostgreSQL) the settlement
+journal use it; SQLite's journal and commits are written on a core thread instead
+(``SqliteWriter.journal_into``), which needs no Python thread at all.
 Both are waited for by the saga's first stage, which runs one batch at a time, so a
 millisecond either spends queued behind other calls (earlier batches' commits, a
 GetPayment) is a millisecond no batch can start. A call already running is never

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,6 +23,7 @@ from quickpay_engine._engine import (
     SubscriberFileError,
     import_subscribers_sqlite,
 )
+from quickpay_engine.completions import completions
 from quickpay_engine.domain import (
     BilledCapture,
     Discrepancy,
@@ -172,6 +173,9 @@ class SettledState:
     account_id: str
     balance_minor: int
     status: LineStatus
+
+
+CommitDone = tuple[list[Outcome], list[SettledState]]
 
 
 class SqliteStore:
@@ -471,10 +475,38 @@ class SqliteStore:
         self._publish_head()
         return done
 
+    async def commit_on_core(
+        self,
+        decisions: Sequence[Decision],
+        on_store_thread: Callable[[Callable[[], CommitDone]], Awaitable[CommitDone]],
+    ) -> CommitDone:
+        """``commit_batch`` for the event loop: the core writes the batch on its writer
+        thread (engine/src/python/store.rs) and the result comes back through the loop's
+        completion queue, with no Python thread woken on the way. A payment the store
+        refused is looked up (a replay or a conflict) through ``on_store_thread``, which
+        runs a call where this store's own connection is used."""
+        if not decisions:
+            return [], []
+        now_us = time.time_ns() // 1_000
+        queue, future = completions()
+        self._writer.commit_into(queue, future, commit_columns(decisions), now_us, self.audit_key)
+        results, states, head = await future  # type: ignore[misc]
+        if head is not None:
+            self._advance_head(head)
+        if all(ended == WRITTEN for ended, *_ in results):
+            return self._outcomes(decisions, results, states, now_us)
+        return await on_store_thread(lambda: self._outcomes(decisions, results, states, now_us))
+
     def _publish_head(self) -> None:
         # After COMMIT only: the ledger must never anchor a head that was rolled back.
         if self._written_head is not None:
-            self.audit_head = self._written_head
+            self._advance_head(self._written_head)
+
+    def _advance_head(self, head: tuple[int, str]) -> None:
+        # Commits end on two threads (the core's writer thread and the store thread,
+        # for recovery's): the head only moves forward.
+        if self.audit_head is None or head[0] > self.audit_head[0]:
+            self.audit_head = head
 
     def _commit_batch(
         self, decisions: Sequence[Decision], now_us: int | None = None
@@ -496,6 +528,17 @@ class SqliteStore:
         )
         if head is not None:
             self._written_head = head
+        return self._outcomes(decisions, results, states, now_us)
+
+    def _outcomes(
+        self,
+        decisions: Sequence[Decision],
+        results: Sequence[tuple[int, int, int, int, int, str]],
+        states: Sequence[tuple[str, int, int]],
+        now_us: int,
+    ) -> CommitDone:
+        """The outcomes of a committed batch from the core's results (a refused payment
+        read back from the store: call where the store's connection is used)."""
         outcomes: list[Outcome] = []
         for d, (ended, status, seq, balance, state, error) in zip(decisions, results, strict=True):
             if ended == WRITTEN:
@@ -581,6 +624,13 @@ class SqliteStore:
         now_us = now_us if now_us is not None else time.time_ns() // 1_000
         # Written by the core (the request as `intent_json` encodes it), GIL released.
         return self._writer.journal(journal_columns(attempts), now_us)
+
+    async def journal_on_core(self, attempts: Sequence[tuple[str, PaymentIntent]]) -> list[bool]:
+        """``journal_attempts`` for the event loop, written on the core's writer thread
+        (see ``commit_on_core``)."""
+        queue, future = completions()
+        self._writer.journal_into(queue, future, journal_columns(attempts), time.time_ns() // 1_000)
+        return await future  # type: ignore[no-any-return]
 
     def settled_or_declined_ids(self) -> list[tuple[str, int]]:
         """(payment_id, status) of every payment that went to a gateway (it has a
@@ -1022,20 +1072,31 @@ class SqliteStore:
         return int(n)
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self._writer)
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception, in the writers' turn
+    (``SqliteWriter.take_turn``): the core's writer thread and this connection never
+    wait for each other in SQLite's busy handler."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, writer: SqliteWriter) -> None:
         self._db = db
+        self._writer = writer
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._writer.take_turn()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._writer.give_turn()
+            raise
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        try:
+            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self._writer.give_turn()
 
 
 def _in_lists(values: Sequence[str]) -> Iterator[tuple[Sequence[str], str]]:
