@@ -72,6 +72,27 @@ async def test_it_lingers_only_while_more_payments_are_expected_within_the_linge
     await batcher.close()
 
 
+async def test_the_linger_grows_with_the_batches_being_processed_ahead() -> None:
+    """Under load a batch waits the linger once for itself and once for each batch still
+    being processed ahead of it (they share the CPU and the writer with it); with none
+    ahead it waits the linger alone, and at low load nothing at all."""
+    gate = asyncio.Event()
+    recorder = Recorder(gate)
+    batcher = MicroBatcher(recorder, batch_max=8, linger_ms=2, inflight_max=4)
+    batcher.start()
+    now = asyncio.get_running_loop().time()
+    batcher._out = 1  # the batch being gathered holds its slot
+    batcher.arrival_per_s = 100.0  # one per 10 ms: no company expected within 2 ms
+    assert batcher._linger(now) == 0.0
+    batcher.arrival_per_s = 10_000.0  # twenty expected within the linger
+    assert batcher._linger(now) == pytest.approx(0.002)
+    batcher._out = 3  # two batches ahead
+    assert batcher._linger(now) == pytest.approx(0.006)
+    batcher._out = 0
+    gate.set()
+    await batcher.close()
+
+
 async def test_full_queue_is_refused_before_any_work() -> None:
     gate = asyncio.Event()
     recorder = Recorder(gate)
@@ -139,12 +160,12 @@ async def test_a_group_is_split_across_batches_in_order_and_answered_once() -> N
     ticket = batcher.submit_group(list(range(10)))
     after = asyncio.ensure_future(batcher.submit(200))
     await asyncio.sleep(0.01)
-    # The next batch ([0, 1, 2, 3]) is gathered while it waits for a slot.
-    assert batcher.waiting() == 7
+    # The next batch is taken only once a slot frees: meanwhile all eleven wait.
+    assert batcher.waiting() == 11
     # The group counts item by item against the bound, and is refused whole past it.
     with pytest.raises(Overloaded):
         batcher.submit_group(list(range(6)))
-    assert batcher.waiting() == 7
+    assert batcher.waiting() == 11
     gate.set()
     results = await ticket.future
     assert results is ticket.results
@@ -157,6 +178,48 @@ async def test_a_group_is_split_across_batches_in_order_and_answered_once() -> N
     # came after it.
     assert recorder.batches == [[100], [0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 200]]
     assert batcher.total.items == 12
+
+
+async def test_payments_arriving_while_every_slot_is_busy_go_into_one_batch() -> None:
+    """With every slot busy, the next batch is taken when one frees, with all that came
+    meanwhile (up to batch_max): under load the batches grow, where a batch taken at the
+    first arrival would have waited for the slot holding that one payment alone."""
+    gate = asyncio.Event()
+    recorder = Recorder(gate)
+    batcher = MicroBatcher(recorder, batch_max=5, linger_ms=0, inflight_max=2)
+    batcher.start()
+    held = []
+    for i in (100, 102):
+        held.append(asyncio.ensure_future(batcher.submit(i)))
+        await asyncio.sleep(0.01)
+    # Two batches hold at the gate, each taken as soon as its payment came.
+    assert recorder.batches == [[100], [102]]
+    later = [asyncio.ensure_future(batcher.submit(i)) for i in range(6)]
+    await asyncio.sleep(0.01)
+    assert batcher.waiting() == 6
+    gate.set()
+    await asyncio.gather(*held, *later, return_exceptions=True)
+    await batcher.close()
+    assert recorder.batches == [[100], [102], [0, 1, 2, 3, 4], [5]]
+
+
+async def test_a_group_that_does_not_fit_whole_starts_the_next_batch() -> None:
+    """Two PayBatch calls of 3 with room for 4 in a batch: each goes whole into a batch
+    of its own, so each call waits for one batch; a single payment after them still
+    fills the second batch's room."""
+    gate = asyncio.Event()
+    recorder = Recorder(gate)
+    batcher = MicroBatcher(recorder, batch_max=4, linger_ms=50, inflight_max=1)
+    batcher.start()
+    first = asyncio.ensure_future(batcher.submit(100))
+    await asyncio.sleep(0.01)  # [100] holds at the gate; everything below waits for it
+    tickets = [batcher.submit_group([0, 1, 2]), batcher.submit_group([10, 11, 12])]
+    single = asyncio.ensure_future(batcher.submit(20))
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(first, single, *(t.future for t in tickets), return_exceptions=True)
+    await batcher.close()
+    assert recorder.batches == [[100], [0, 1, 2], [10, 11, 12, 20]]
 
 
 async def test_a_failing_batch_fails_each_item_of_a_group_and_close_waits_for_it() -> None:

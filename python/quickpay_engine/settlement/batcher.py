@@ -5,9 +5,11 @@ A single consumer task takes what is queued, up to ``batch_max`` items, waiting 
 While one batch is processed the next accumulates, so under load batches fill up by
 themselves. It lingers only while payments arrive fast enough that one more is expected
 within the linger: at low load a payment would wait the whole linger for no company, so
-its batch starts at once. Up to
-``inflight_max`` batches are processed at once (the process function orders what must
-be ordered), so a slow step such as a gateway round trip is overlapped, not queued.
+its batch starts at once. Under load it waits the linger once more for each batch being
+processed ahead of it. Up to ``inflight_max`` batches are processed at once (the process
+function orders what must be ordered), so a slow step such as a gateway round trip is
+overlapped, not queued; the next batch is taken when a slot frees, with everything that
+arrived meanwhile, and a group (a PayBatch call) goes whole into one batch.
 
 Callers are admitted by count (``queue_max``) and by time: ``admit`` refuses work that
 would wait in the queue longer than the ``Admission`` bound, measured from the rate at
@@ -93,8 +95,9 @@ class BatchStats:
 @dataclasses.dataclass(eq=False, slots=True)
 class _Entry(Generic[T]):
     """What one submission queued: one item, or a group of them (a PayBatch call's
-    payments) with one future for all of them. A group larger than the room left in a
-    batch is taken in parts, in order, across consecutive batches."""
+    payments) with one future for all of them. A group goes whole into one batch, which
+    starts with it when the batch being gathered has no room for it; only a group larger
+    than a whole batch is taken in parts, in order, across consecutive batches."""
 
     items: Sequence[T]
     future: asyncio.Future[Any]
@@ -150,8 +153,9 @@ class MicroBatcher(Generic[T, R]):
         assert batch_max >= 1 and queue_max >= batch_max and linger_ms >= 0
         assert inflight_max >= 1
         # At most this many batches are being processed at once; the next one is
-        # gathered meanwhile and waits for a slot.
+        # taken once a slot frees, with what arrived meanwhile.
         self._slots = asyncio.Semaphore(inflight_max)
+        self._out = 0  # slots held: batches being processed, and the one gathering
         self._running: set[asyncio.Task[None]] = set()
         self._process = process
         self._complete = complete
@@ -280,8 +284,13 @@ class MicroBatcher(Generic[T, R]):
         return bool(self._entries)
 
     def _linger(self, now: float) -> float:
-        """How long the batch about to be taken waits for more: ``linger_ms`` when at
-        least ``LINGER_WORTH_ITEMS`` more are expected within it, else no time at all."""
+        """How long the batch about to be taken waits for more: nothing at all unless at
+        least ``LINGER_WORTH_ITEMS`` more are expected within ``linger_ms``; then
+        ``linger_ms`` once for itself and once more for each batch still being processed
+        ahead of it. Those share the CPU and the store's writer with it, so under load a
+        faster stage would otherwise only make the batches smaller, each paying its
+        per-batch cost (the store's commit and fsync, the loop's bookkeeping) for fewer
+        payments; at low load no batch is ahead and nothing changes."""
         last, self._last_take_s = self._last_take_s, now
         arrived, self._arrived = self._arrived, 0
         if last is not None and now > last:
@@ -289,16 +298,22 @@ class MicroBatcher(Generic[T, R]):
             weight = -math.expm1(-(now - last) / _RATE_TAU_S)
             self.arrival_per_s += weight * (sample - self.arrival_per_s)
         if self.arrival_per_s * self._linger_s >= LINGER_WORTH_ITEMS:
-            return self._linger_s
+            return self._linger_s * self._out
         return 0.0
 
-    def _take(self, room: int) -> list[_Part[T]]:
-        """Parts of the entries at the head of the queue, at most ``room`` items."""
+    def _take(self, room: int, in_batch: int) -> list[_Part[T]]:
+        """Parts of the entries at the head of the queue, at most ``room`` items, for a
+        batch holding ``in_batch`` already. A group that does not fit whole in the room
+        left is left for the next batch, unless the batch is still empty (a group larger
+        than a batch is taken in parts): split, its call would wait for two batches,
+        both part-sized."""
         parts: list[_Part[T]] = []
         entries = self._entries
         while room and entries:
             entry = entries[0]
             start = entry.taken
+            if len(entry.items) - start > room and (parts or in_batch):
+                break
             end = min(len(entry.items), start + room)
             parts.append((entry, start, end))
             self._waiting -= end - start  # in a batch now, even while it lingers
@@ -313,20 +328,28 @@ class MicroBatcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         clock = self.admission.clock
         while True:
+            # A batch is taken only once it can start: while every slot is busy the
+            # payments arriving wait in the queue and go together into the batch taken
+            # when a slot frees. Taken first, a batch would wait for the slot at
+            # whatever size it had, and under load the batches would shrink as the
+            # stages get faster, each paying its per-batch cost for fewer payments.
+            await self._slots.acquire()
+            self._out += 1
             # Items already waiting: the time since the last take was all work.
             backlogged = bool(self._entries)
             await self._more(None)
             taken_s = clock()
             now = loop.time()
             deadline = now + self._linger(now)
-            parts = self._take(self._batch_max)
+            parts = self._take(self._batch_max, 0)
             count = sum(end - start for _, start, end in parts)
             while count < self._batch_max and await self._more(deadline - loop.time()):
-                more = self._take(self._batch_max - count)
+                more = self._take(self._batch_max - count, count)
+                if not more:
+                    break  # the next group starts the next batch
                 parts += more
                 count += sum(end - start for _, start, end in more)
             self.admission.taken(count, taken_s, backlogged)
-            await self._slots.acquire()
             self.total.add(count)
             self._window.add(count)
             items: list[T] = []
@@ -347,6 +370,7 @@ class MicroBatcher(Generic[T, R]):
             task.add_done_callback(self._running.discard)
 
     def _free(self, count: int) -> None:
+        self._out -= 1
         self._slots.release()
         self._unfinished -= count
         if not self._unfinished and self._idle is not None:
