@@ -626,3 +626,41 @@ async def test_the_writer_thread_waits_for_a_transaction_of_the_python_connectio
     # The key the Python transaction journalled is in flight: the core's journal sees it.
     assert await asyncio.wait_for(journal, 10) == [False]
     writer.join(10)
+
+
+async def test_an_error_of_sqlite_on_the_writer_thread_raises_the_sqlite3_class(
+    tmp_path: Path,
+) -> None:
+    """A real failure on the writer thread (here the file cannot be opened: its directory
+    is missing) reaches the awaiting coroutine through the completion queue as the
+    exception Python's sqlite3 module raises for it, which the saga reads as "the store
+    is out of reach" (UNAVAILABLE, retry with the same key)."""
+    from quickpay_engine._engine import SqliteWriter
+    from quickpay_engine.completions import completions
+    from quickpay_engine.store.rows import journal_columns
+
+    writer = SqliteWriter(tmp_path / "missing" / "store.sqlite3")
+    queue, future = completions()
+    writer.journal_into(queue, future, journal_columns([("pay_e1", intent("e1"))]), 1)
+    with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+        await future
+    writer.close()
+
+
+async def test_a_commit_that_landed_is_never_reported_unwritten(store: SqliteStore) -> None:
+    """The batch committed, but reading back the payment it refused fails (the store
+    thread is gone): the written payments keep their outcomes and the refused one is
+    FAILED with its reason. Raising instead would make the saga give back captures of
+    payments that are settled."""
+    store.commit_batch([settle("k0")], now_us=1)
+    conflict = Decision(
+        "pay_other", dataclasses.replace(intent("k0", amount=1), fingerprint="fp-other")
+    )
+
+    async def gone(fn):  # type: ignore[no-untyped-def]
+        raise RuntimeError("the store thread is closed")
+
+    outcomes, _ = await store.commit_on_core([settle("k1"), conflict], gone)
+    assert [o.status for o in outcomes] == [PaymentStatus.SETTLED, PaymentStatus.FAILED]
+    assert outcomes[1].decline_reason == "STORE_REJECTED"
+    assert store.get_payment(payment_id="pay_k1") is not None

@@ -264,6 +264,18 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
+impl Drop for Workers {
+    /// Without `close`: the threads end once the jobs queued are done (not joined), as
+    /// they would once their channel closed.
+    fn drop(&mut self) {
+        let running = self.state.get_mut().map_or(None, Option::take);
+        if let Some(Running { jobs, .. }) = running {
+            jobs.lanes.lock().expect("job queue lock").closed = true;
+            jobs.ready.notify_all();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,5 +309,24 @@ mod tests {
             *order.lock().unwrap(),
             ["under way", "first 1", "first 2", "rest 1", "rest 2"]
         );
+    }
+
+    #[test]
+    fn dropped_without_close_the_threads_end_after_their_jobs() {
+        let (ran, seen) = std::sync::mpsc::channel();
+        let workers = Workers::new("test_drop", 2);
+        workers
+            .spawn(Box::new(move || ran.send(()).unwrap()))
+            .unwrap();
+        let handles: Vec<_> = {
+            let mut state = workers.state.lock().unwrap();
+            let running = state.as_mut().unwrap();
+            std::mem::take(&mut running.handles)
+        };
+        drop(workers);
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        seen.recv().unwrap();
     }
 }

@@ -163,30 +163,44 @@ fn sqlite_error(py: Python<'_>, err: &rusqlite::Error) -> PyErr {
     }
 }
 
-/// Whose turn it is to write: the core's connection (a commit or a journal, on the
-/// writer thread or a caller's) or the store's Python connection (a `_Transaction`).
-/// Both write the same file, and without this turn a writer that finds the other in a
+/// Whose turn it is to write: this store's core connection (a commit or a journal, on
+/// the writer thread or a caller's) or its Python connection (a `_Transaction`). Both
+/// write the same file, and without this turn a writer that finds the other in a
 /// transaction sleeps in SQLite's busy handler (1 ms, then 2, 5, 10...) instead of
-/// starting the moment the other ends. Waited for without the GIL only, so a thread
-/// holding the turn can always take the GIL it needs to finish.
+/// starting the moment the other ends. Turns are served in the order asked (a ticket
+/// each), so a stream of commits cannot keep a refund or an outbox mark waiting.
+/// Waited for without the GIL only, so a thread holding the turn can always take the
+/// GIL it needs to finish. (Another store on the same file, Reconcile's, has turns of
+/// its own: its writes still meet these in SQLite's busy handler.)
 #[derive(Default)]
 struct Turn {
-    held: Mutex<bool>,
-    free: Condvar,
+    /// (the next ticket to hand out, the ticket being served)
+    tickets: Mutex<(u64, u64)>,
+    next: Condvar,
 }
 
 impl Turn {
     fn take(&self) {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        while *held {
-            held = self.free.wait(held).unwrap_or_else(|p| p.into_inner());
+        let mut tickets = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = tickets.0;
+        tickets.0 += 1;
+        while tickets.1 != mine {
+            tickets = self.next.wait(tickets).unwrap_or_else(|p| p.into_inner());
         }
-        *held = true;
     }
 
     fn give(&self) {
-        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = false;
-        self.free.notify_one();
+        self.tickets.lock().unwrap_or_else(|p| p.into_inner()).1 += 1;
+        self.next.notify_all();
+    }
+}
+
+/// The core's turn while it lives: given back however the write ends, a panic included.
+struct Held<'a>(&'a Turn);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.give();
     }
 }
 
@@ -206,22 +220,21 @@ impl Shared {
         work: impl FnOnce(&mut Writer) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
         self.turn.take();
-        let done = (|| {
-            let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-            if guard.is_none() {
-                *guard = Some(Writer::open(&self.path)?);
-            }
-            work(guard.as_mut().expect("opened above"))
-        })();
-        self.turn.give();
-        done
+        let _held = Held(&self.turn);
+        let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Some(Writer::open(&self.path)?);
+        }
+        work(guard.as_mut().expect("opened above"))
     }
 }
 
 /// The core's thread that writes the settlement path's journal and commits, handing
 /// each result to the event loop through `Completions`: no Python thread is woken to
 /// start a write, nor to finish one (benches/RESULTS.md, "The store's writes on a core
-/// thread").
+/// thread, and batches that keep their size"). A write queued here runs even if its
+/// awaiting coroutine is cancelled meanwhile: a cancelled batch's commit may land,
+/// which recovery finishes as any commit whose answer was lost.
 const WRITER_THREAD_NAME: &str = "sqlite_writer";
 
 /// One connection of the core's to the engine's SQLite file, opened on first use.
@@ -242,27 +255,42 @@ impl SqliteWriter {
             .map_err(|err| sqlite_error(py, &err))
     }
 
-    /// Runs `work` on the writer thread and sets `future` through `done` from its
-    /// result, which `finish` turns into Python's (with the GIL, on the event loop).
-    /// `first`: ahead of the writes waiting (the saga's first stage, one batch at a
-    /// time, waits for its journal; many batches' commits may be queued).
+    /// Runs `work` on the writer thread over the decisions of `columns` and sets
+    /// `future` through `done` from its result, which `finish` turns into Python's (with
+    /// the GIL, on the event loop). `first`: ahead of the writes waiting (the saga's
+    /// first stage, one batch at a time, waits for its journal; many batches' commits
+    /// may be queued). The columns borrow Python's strings: they go back to the event
+    /// loop with the result, whatever it is, and are dropped there with the GIL.
     fn spawn_write<T: Send + 'static>(
         &self,
         first: bool,
         done: &Completions,
         future: Py<PyAny>,
-        work: impl FnOnce(&mut Writer) -> rusqlite::Result<T> + Send + 'static,
+        columns: Columns,
+        work: impl FnOnce(&mut Writer, &[Decision<'_>]) -> rusqlite::Result<T> + Send + 'static,
         finish: impl FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>> + Send + 'static,
     ) -> PyResult<()> {
+        columns.decisions()?; // the columns' lengths, checked on the caller's thread
         let shared = Arc::clone(&self.shared);
         let queue = done.queue();
         let job: Box<dyn FnOnce() + Send> = Box::new(move || {
-            let outcome =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.write(work)));
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let decisions = columns.decisions().expect("checked on the caller's thread");
+                shared.write(|writer| work(writer, &decisions))
+            }));
             let finish: Finish = match outcome {
-                Ok(Ok(value)) => Box::new(move |py| finish(py, value)),
-                Ok(Err(err)) => Box::new(move |py| Err(sqlite_error(py, &err))),
-                Err(_) => Box::new(|_| Err(super::EngineError::new_err("a SQLite write panicked"))),
+                Ok(Ok(value)) => Box::new(move |py| {
+                    drop(columns);
+                    finish(py, value)
+                }),
+                Ok(Err(err)) => Box::new(move |py| {
+                    drop(columns);
+                    Err(sqlite_error(py, &err))
+                }),
+                Err(_) => Box::new(move |_| {
+                    drop(columns);
+                    Err(super::EngineError::new_err("a SQLite write panicked"))
+                }),
             };
             queue.complete(future, finish);
         });
@@ -333,22 +361,17 @@ impl SqliteWriter {
         now_us: i64,
         audit_key: Vec<u8>,
     ) -> PyResult<()> {
-        columns.decisions()?;
         self.spawn_write(
             false,
             done,
             future,
-            move |writer| {
-                let decisions = columns.decisions().expect("checked on the caller's thread");
-                let written = writer.commit(&decisions, now_us, &audit_key);
-                drop(decisions);
-                // The borrowed strings go back to Python on the event loop, with the GIL.
-                written.map(|written| (commit_result(written), columns))
+            columns,
+            move |writer, decisions| {
+                writer
+                    .commit(decisions, now_us, &audit_key)
+                    .map(commit_result)
             },
-            |py, (result, columns)| {
-                drop(columns);
-                result.into_pyobject(py).map(|o| o.into_any().unbind())
-            },
+            |py, result| result.into_pyobject(py).map(|o| o.into_any().unbind()),
         )
     }
 
@@ -368,28 +391,20 @@ impl SqliteWriter {
         columns: Columns,
         now_us: i64,
     ) -> PyResult<()> {
-        columns.decisions()?;
         self.spawn_write(
             true,
             done,
             future,
-            move |writer| {
-                let decisions = columns.decisions().expect("checked on the caller's thread");
-                let taken = writer.journal(&decisions, now_us);
-                drop(decisions);
-                taken.map(|taken| (taken, columns))
-            },
-            |py, (taken, columns)| {
-                drop(columns);
-                taken.into_pyobject(py).map(|o| o.into_any().unbind())
-            },
+            columns,
+            move |writer, decisions| writer.journal(decisions, now_us),
+            |py, taken| taken.into_pyobject(py).map(|o| o.into_any().unbind()),
         )
     }
 
     /// Waits (without the GIL) for the writers' turn, for a transaction on the store's
-    /// Python connection; `give_turn` ends it. Every write to the file from this
-    /// process goes in a turn, so no writer sleeps in SQLite's busy handler waiting for
-    /// another of the same process.
+    /// Python connection; `give_turn` ends it. Every write of this store's two
+    /// connections goes in a turn, so neither sleeps in SQLite's busy handler waiting
+    /// for the other.
     fn take_turn(&self, py: Python<'_>) {
         py.detach(|| self.shared.turn.take());
     }
@@ -585,4 +600,60 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         pyo3::types::PyTuple::new(m.py(), COLUMNS)?,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_that_panics_gives_the_turn_back() {
+        let (_dir, path) = crate::store::tests::database();
+        let shared = Shared {
+            path,
+            turn: Turn::default(),
+            writer: Mutex::new(None),
+        };
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shared.write(|_| -> rusqlite::Result<()> { panic!("a bug in a write") })
+        }));
+        assert!(panicked.is_err());
+        // The turn is free again: the next write (here on another thread, as the
+        // store's Python connection would) gets it.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    shared.turn.take();
+                    shared.turn.give();
+                })
+                .join()
+                .unwrap();
+        });
+        shared.write(|_| Ok(())).unwrap();
+    }
+
+    #[test]
+    fn turns_are_served_in_the_order_asked() {
+        let turn = Arc::new(Turn::default());
+        turn.take();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiting = Vec::new();
+        for k in 0..4 {
+            let (mine, order) = (Arc::clone(&turn), Arc::clone(&order));
+            waiting.push(std::thread::spawn(move || {
+                mine.take();
+                order.lock().unwrap().push(k);
+                mine.give();
+            }));
+            // Each asks (takes its ticket) before the next starts.
+            while turn.tickets.lock().unwrap().0 < k + 2 {
+                std::thread::yield_now();
+            }
+        }
+        turn.give();
+        for thread in waiting {
+            thread.join().unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3]);
+    }
 }

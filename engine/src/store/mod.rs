@@ -12,4 +12,4 @@ pub mod sqlite;
 
 pub mod subscriber_file;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -135,7 +135,7 @@ fn a_missing_account_or_an_overflow_is_an_error_not_a_row() {
 
 const SCHEMA: &str = include_str!("../../../python/quickpay_engine/store/schema_sqlite.sql");
 
-fn database() -> (tempfile::TempDir, std::path::PathBuf) {
+pub(crate) fn database() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("quickpay.sqlite3");
     let db = rusqlite::Connection::open(&path).unwrap();

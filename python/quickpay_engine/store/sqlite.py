@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -80,6 +82,8 @@ WRITTEN, REJECTED = 0, 1
 
 # The decline reason of a payment whose key another writer took for another payload.
 IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
+
+log = logging.getLogger(__name__)
 
 
 def _schema_part(first: str, last: str) -> str:
@@ -201,6 +205,7 @@ class SqliteStore:
         # The trail's last (seq, hash) as of this store's last commit that wrote to it,
         # for the ledger's anchor (see store/audit.py); None until then.
         self.audit_head: tuple[int, str] | None = None
+        self._head_lock = threading.Lock()
         self._written_head: tuple[int, str] | None = None
         if read_only:
             if not path.exists():
@@ -495,7 +500,14 @@ class SqliteStore:
             self._advance_head(head)
         if all(ended == WRITTEN for ended, *_ in results):
             return self._outcomes(decisions, results, states, now_us)
-        return await on_store_thread(lambda: self._outcomes(decisions, results, states, now_us))
+        try:
+            return await on_store_thread(lambda: self._outcomes(decisions, results, states, now_us))
+        except Exception:
+            # The batch is committed: it must not be reported as unwritten (its captures
+            # would be given back). A refused payment whose stored twin could not be
+            # read is FAILED with its reason; a retry with its key reads the twin.
+            log.exception("could not read back the payments a commit refused")
+            return self._outcomes(decisions, results, states, now_us, read_back=False)
 
     def _publish_head(self) -> None:
         # After COMMIT only: the ledger must never anchor a head that was rolled back.
@@ -503,10 +515,11 @@ class SqliteStore:
             self._advance_head(self._written_head)
 
     def _advance_head(self, head: tuple[int, str]) -> None:
-        # Commits end on two threads (the core's writer thread and the store thread,
-        # for recovery's): the head only moves forward.
-        if self.audit_head is None or head[0] > self.audit_head[0]:
-            self.audit_head = head
+        # Commits end on two threads (the event loop, for the core's writer thread, and
+        # the store thread, for recovery's): the head only moves forward.
+        with self._head_lock:
+            if self.audit_head is None or head[0] > self.audit_head[0]:
+                self.audit_head = head
 
     def _commit_batch(
         self, decisions: Sequence[Decision], now_us: int | None = None
@@ -536,16 +549,22 @@ class SqliteStore:
         results: Sequence[tuple[int, int, int, int, int, str]],
         states: Sequence[tuple[str, int, int]],
         now_us: int,
+        *,
+        read_back: bool = True,
     ) -> CommitDone:
-        """The outcomes of a committed batch from the core's results (a refused payment
-        read back from the store: call where the store's connection is used)."""
+        """The outcomes of a committed batch from the core's results. A refused payment
+        is read back from the store (a replay, or a conflict), so call where the store's
+        connection is used; without ``read_back`` it is FAILED with its reason."""
         outcomes: list[Outcome] = []
         for d, (ended, status, seq, balance, state, error) in zip(decisions, results, strict=True):
             if ended == WRITTEN:
                 outcomes.append(outcome_of(d, status, seq, balance, state, now_us))
             else:
                 reason = "STORE_REJECTED" if ended == REJECTED else "ACCOUNT_GONE"
-                outcomes.append(self._replay_or_fail(d, reason, error))
+                if read_back:
+                    outcomes.append(self._replay_or_fail(d, reason, error))
+                else:
+                    outcomes.append(_failed(d, reason, error))
         return outcomes, [
             SettledState(a, b, LINE_STATUS.get(s) or LineStatus(s)) for a, b, s in states
         ]
@@ -851,13 +870,7 @@ class SqliteStore:
             # check: the caller is refused, never told the other payment is theirs.
             reason = IDEMPOTENCY_CONFLICT
             error = "idempotency_key was used for another payment"
-        return Outcome(
-            payment_id=decision.payment_id,
-            idempotency_key=decision.intent.idempotency_key,
-            status=PaymentStatus.FAILED,
-            decline_reason=reason,
-            decline_detail=error,
-        )
+        return _failed(decision, reason, error)
 
     def _records(self, where: str, params: Sequence[object]) -> list[PaymentRecord]:
         # `where` is one of this module's literals; values always go in `params`.
@@ -1094,9 +1107,28 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
-            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            if exc_type:
+                self._db.execute("ROLLBACK")
+                return
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                # A COMMIT that failed (the disk full) leaves the transaction open.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
         finally:
             self._writer.give_turn()
+
+
+def _failed(decision: Decision, reason: str, error: str) -> Outcome:
+    return Outcome(
+        payment_id=decision.payment_id,
+        idempotency_key=decision.intent.idempotency_key,
+        status=PaymentStatus.FAILED,
+        decline_reason=reason,
+        decline_detail=error,
+    )
 
 
 def _in_lists(values: Sequence[str]) -> Iterator[tuple[Sequence[str], str]]:
