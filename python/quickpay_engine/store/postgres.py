@@ -63,6 +63,7 @@ from quickpay_engine.store.rows import (
     RefundRequest,
     build,
     build_refund,
+    failed_outcome,
     intent_from_json,
     intent_json,
 )
@@ -978,13 +979,7 @@ class PostgresStore:
             # check: the caller is refused, never told the other payment is theirs.
             reason = IDEMPOTENCY_CONFLICT
             error = "idempotency_key was used for another payment"
-        return Outcome(
-            payment_id=decision.payment_id,
-            idempotency_key=decision.intent.idempotency_key,
-            status=PaymentStatus.FAILED,
-            decline_reason=reason,
-            decline_detail=error,
-        )
+        return failed_outcome(decision, reason, error)
 
     def _records(self, where: str, params: Sequence[object]) -> list[PaymentRecord]:
         # `where` is one of this module's literals; values always go in `params`.

@@ -357,6 +357,18 @@ def outcome_of(
     )  # fmt: skip
 
 
+def failed_outcome(d: Decision, reason: str, error: str) -> Outcome:
+    """FAILED for ``d``, which the store refused (``reason``, ``error``): nothing of it
+    was written."""
+    return Outcome(
+        payment_id=d.payment_id,
+        idempotency_key=d.intent.idempotency_key,
+        status=PaymentStatus.FAILED,
+        decline_reason=reason,
+        decline_detail=error,
+    )
+
+
 def _event(kind: str, d: Decision, now_us: int, **payload: object) -> tuple[object, ...]:
     # The id derives from the payment, so a redo of the batch adds no duplicate event.
     return (

@@ -59,6 +59,7 @@ from quickpay_engine.store.rows import (
     RefundRequest,
     build_refund,
     commit_columns,
+    failed_outcome,
     intent_from_json,
     journal_columns,
     outcome_of,
@@ -564,7 +565,7 @@ class SqliteStore:
                 if read_back:
                     outcomes.append(self._replay_or_fail(d, reason, error))
                 else:
-                    outcomes.append(_failed(d, reason, error))
+                    outcomes.append(failed_outcome(d, reason, error))
         return outcomes, [
             SettledState(a, b, LINE_STATUS.get(s) or LineStatus(s)) for a, b, s in states
         ]
@@ -870,7 +871,7 @@ class SqliteStore:
             # check: the caller is refused, never told the other payment is theirs.
             reason = IDEMPOTENCY_CONFLICT
             error = "idempotency_key was used for another payment"
-        return _failed(decision, reason, error)
+        return failed_outcome(decision, reason, error)
 
     def _records(self, where: str, params: Sequence[object]) -> list[PaymentRecord]:
         # `where` is one of this module's literals; values always go in `params`.
@@ -1119,16 +1120,6 @@ class _Transaction:
                 raise
         finally:
             self._writer.give_turn()
-
-
-def _failed(decision: Decision, reason: str, error: str) -> Outcome:
-    return Outcome(
-        payment_id=decision.payment_id,
-        idempotency_key=decision.intent.idempotency_key,
-        status=PaymentStatus.FAILED,
-        decline_reason=reason,
-        decline_detail=error,
-    )
 
 
 def _in_lists(values: Sequence[str]) -> Iterator[tuple[Sequence[str], str]]:
