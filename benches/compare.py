@@ -81,6 +81,18 @@ class Log:
         self.note(argv)
         return subprocess.run(argv, text=True, capture_output=True, check=False, **kwargs)  # type: ignore[call-overload]
 
+    def details(self) -> list[str]:
+        """The commands, each once in the order first run, as a folded Markdown block."""
+        return [
+            "<details><summary>Exact commands</summary>",
+            "",
+            "```",
+            *dict.fromkeys(self.commands),
+            "```",
+            "",
+            "</details>",
+        ]
+
 
 def _short(arg: str) -> str:
     return arg.replace(str(ROOT) + "/", "").replace(sys.executable, ".venv/bin/python")

@@ -246,9 +246,7 @@ def render(
             f" | {100 * med['busy']:.0f} % | {1e3 * cores / total:,.0f}"
             f" | {100 * med['settled']:.0f} % | {med['settled_rate']:,.0f} |"
         )
-    lines += ["", "<details><summary>Exact commands</summary>", "", "```"]
-    lines += list(dict.fromkeys(log.commands))
-    lines += ["```", "", "</details>", END, ""]
+    lines += ["", *log.details(), END, ""]
     return "\n".join(lines)
 
 

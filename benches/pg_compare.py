@@ -514,13 +514,7 @@ def render(info, args, version, sync, rate, p99, tps, lat, driver_rows, log, ela
         " the parts two-phase commit needs (`sql.Literal` for PREPARE TRANSACTION ids)"
         " and COPY between connections for `verify` across databases.",
         "",
-        "<details><summary>Exact commands</summary>",
-        "",
-        "```",
-        *dict.fromkeys(c for c in log.commands),
-        "```",
-        "",
-        "</details>",
+        *log.details(),
         END,
     ]
     return "\n".join(lines) + "\n"
@@ -670,13 +664,7 @@ def render_batch(info, args, version, sync, engine, tps, lat, log, elapsed_s) ->
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {total:.1f} |")
     lines += [
         "",
-        "<details><summary>Exact commands</summary>",
-        "",
-        "```",
-        *dict.fromkeys(log.commands),
-        "```",
-        "",
-        "</details>",
+        *log.details(),
         BATCH_END,
     ]
     return "\n".join(lines) + "\n"
