@@ -60,6 +60,25 @@ def value(scraped: dict, name: str, **labels: str) -> float:
     )  # fmt: skip
 
 
+async def scrape_when_ended(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A scrape taken once the server has counted the stream and the NOT_FOUND: both are
+    counted as their calls end, which is after the client has its status (grpc.aio's
+    abort sends the status, then raises; a stream's done callback runs after it), so a
+    scrape taken at once could miss them. Polled, never slept for a fixed time."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        status, text = await get(port, "/metrics")
+        assert status == 200
+        scraped = samples(text)
+        ended = (
+            value(scraped, "quickpay_rpc_requests_total", rpc="PayStream") >= 1
+            and value(scraped, "quickpay_rpc_errors_total", rpc="GetPayment") >= 1
+        )
+        if ended or asyncio.get_running_loop().time() > deadline:
+            return scraped
+        await asyncio.sleep(0.05)
+
+
 async def drive(port: int) -> None:
     """A few of each: unary settles, a batch, a stream, a NOT_FOUND."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -79,9 +98,7 @@ async def test_a_scrape_shows_rpcs_outcomes_stages_wal_ledger_and_gateways(
     observed: RunningServer,
 ) -> None:
     await drive(observed.port)
-    status, text = await get(observed.metrics_port, "/metrics")
-    assert status == 200
-    scraped = samples(text)
+    scraped = await scrape_when_ended(observed.metrics_port)
 
     assert value(scraped, "quickpay_rpc_requests_total", rpc="Pay") == 2
     assert value(scraped, "quickpay_rpc_requests_total", rpc="PayBatch") == 1
