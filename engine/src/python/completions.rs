@@ -186,6 +186,12 @@ impl Jobs {
             lanes = self.ready.wait(lanes).expect("job queue lock");
         }
     }
+
+    /// No more jobs: the threads end once the queued ones are done.
+    fn close(&self) {
+        self.lanes.lock().expect("job queue lock").closed = true;
+        self.ready.notify_all();
+    }
 }
 
 struct Running {
@@ -250,8 +256,7 @@ impl Workers {
     pub(crate) fn close(&self) {
         let running = self.state.lock().expect("workers lock").take();
         if let Some(Running { jobs, handles }) = running {
-            jobs.lanes.lock().expect("job queue lock").closed = true;
-            jobs.ready.notify_all();
+            jobs.close();
             for handle in handles {
                 let _ = handle.join();
             }
@@ -270,8 +275,7 @@ impl Drop for Workers {
     fn drop(&mut self) {
         let running = self.state.get_mut().map_or(None, Option::take);
         if let Some(Running { jobs, .. }) = running {
-            jobs.lanes.lock().expect("job queue lock").closed = true;
-            jobs.ready.notify_all();
+            jobs.close();
         }
     }
 }

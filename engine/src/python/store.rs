@@ -54,6 +54,12 @@ struct Columns {
 
 impl Columns {
     fn decisions(&self) -> PyResult<Vec<Decision<'_>>> {
+        self.check()?;
+        Ok(self.rows())
+    }
+
+    /// ValueError naming the first column whose length is not the payment ids'.
+    fn check(&self) -> PyResult<()> {
         let n = self.payment_id.len();
         for (column, len) in [
             ("idempotency_key", self.idempotency_key.len()),
@@ -81,7 +87,12 @@ impl Columns {
         ] {
             check_len(column, len, n)?;
         }
-        Ok((0..n)
+        Ok(())
+    }
+
+    /// The decisions of columns `check` passed.
+    fn rows(&self) -> Vec<Decision<'_>> {
+        (0..self.payment_id.len())
             .map(|k| Decision {
                 payment_id: &self.payment_id[k],
                 idempotency_key: &self.idempotency_key[k],
@@ -109,7 +120,7 @@ impl Columns {
                 review: self.review[k],
                 failed: self.failed[k],
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -270,13 +281,12 @@ impl SqliteWriter {
         work: impl FnOnce(&mut Writer, &[Decision<'_>]) -> rusqlite::Result<T> + Send + 'static,
         finish: impl FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>> + Send + 'static,
     ) -> PyResult<()> {
-        columns.decisions()?; // the columns' lengths, checked on the caller's thread
+        columns.check()?; // on the caller's thread: a bad call raises there
         let shared = Arc::clone(&self.shared);
         let queue = done.queue();
         let job: Box<dyn FnOnce() + Send> = Box::new(move || {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let decisions = columns.decisions().expect("checked on the caller's thread");
-                shared.write(|writer| work(writer, &decisions))
+                shared.write(|writer| work(writer, &columns.rows()))
             }));
             let finish: Finish = match outcome {
                 Ok(Ok(value)) => Box::new(move |py| {

@@ -325,8 +325,6 @@ class Pipeline:
         # recovery simply voids it.
         wanted = [batch.decisions[k] for k in approved]
         self.in_flight.update(d.payment_id for d in wanted)
-        # The journal goes ahead of the store calls waiting (earlier batches' commits):
-        # this stage runs one batch at a time, and waits for it.
         taken, held = await asyncio.gather(
             self._journal([(d.payment_id, d.intent) for d in wanted]),
             self._book.reserve([movement_of(d) for d in wanted]),
