@@ -22,7 +22,7 @@ import stdnum.iban
 from stdnum import luhn
 from stdnum.es import ccc
 
-from quickpay_engine._engine import NO_TIME, Engine, sign_assertion
+from quickpay_engine._engine import NO_TIME, Engine, Requests, sign_assertion
 from quickpay_engine.domain import Method, MethodDetail, MethodKind, PaymentIntent, Purpose
 from quickpay_engine.settlement.validation import build_validation_columns
 
@@ -153,6 +153,15 @@ def test_build_columns_10000(benchmark, world) -> None:
     _, intents, _ = world
     benchmark(lambda: build_validation_columns(intents))
     _record(benchmark, "build_validation_columns, 10,000", BATCH)
+
+
+def test_core_columns_10000(benchmark, world) -> None:
+    """The saga's way (issue 15): the core reads the intents once (``Requests``) and
+    builds the columns; the same arrays as ``build_validation_columns`` (tests/
+    test_requests.py holds them equal)."""
+    _, intents, _ = world
+    benchmark(lambda: Requests(intents).validation_columns())
+    _record(benchmark, "Requests(intents).validation_columns(), 10,000", BATCH)
 
 
 def test_engine_batch_10000_with_column_building(benchmark, world) -> None:

@@ -648,7 +648,13 @@ async def test_a_batch_the_database_cannot_commit_settles_nowhere(
 
 
 @pytest.mark.parametrize(
-    "step", ["find_by_keys", "find_by_keys on the reader thread", "journal_on_core", "reserve"]
+    "step",
+    [
+        "find_by_keys",
+        "find_by_keys on the reader thread",
+        "journal_columns_on_core",
+        "reserve_columns",
+    ],
 )
 async def test_a_store_out_of_reach_before_the_gateways_is_unavailable_and_charges_nothing(
     stub, server, simulators, monkeypatch, step
@@ -669,7 +675,7 @@ async def test_a_store_out_of_reach_before_the_gateways_is_unavailable_and_charg
         step = "find_by_keys"
         target = pipe._reader[0]
     else:
-        owner = {"find_by_keys": pipe._inline_reader, "reserve": server.service.book}
+        owner = {"find_by_keys": pipe._inline_reader, "reserve_columns": server.service.book}
         target = owner.get(step, server.store)
     real = getattr(target, step)
     failures = iter([True])
@@ -684,7 +690,7 @@ async def test_a_store_out_of_reach_before_the_gateways_is_unavailable_and_charg
             raise sqlite3.OperationalError("disk I/O error")
         return await real(*args)
 
-    is_async = step in ("reserve", "journal_on_core")
+    is_async = step in ("reserve_columns", "journal_columns_on_core")
     monkeypatch.setattr(target, step, unreachable_async if is_async else unreachable)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Pay(bill(key))

@@ -11,6 +11,7 @@ mod ids;
 mod ledger;
 mod proto;
 mod reconcile;
+mod requests;
 mod saga;
 mod sale;
 mod sim;
@@ -220,6 +221,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ledger::register(m)?;
     completions::register(m)?;
     reconcile::register(m)?;
+    requests::register(m)?;
     fraud::register(m)?;
     http::register(m)?;
     proto::register(m)?;

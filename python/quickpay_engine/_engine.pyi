@@ -2,7 +2,7 @@
 
 import asyncio
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar, final
 
@@ -887,6 +887,27 @@ def decode_pay_batch(
     """Decodes a PayBatchRequest's payments, each on its own, as ``decode_pay_requests``
     does. A call of more than ``payments_max`` payments, or whose own framing is broken,
     is refused whole with ``RequestUndecodable`` before any payment is decoded."""
+
+@final
+class Requests:
+    """A batch's payment requests, read once from their ``PaymentIntent``s by the core;
+    each stage's columns are cut from them with no Python step per payment. Rows are
+    the intents' places in the list given; a method given ``rows`` answers in their
+    order. Over the engine's batch bound: ``BatchTooLarge``."""
+
+    def __new__(cls, intents: Iterable[PaymentIntent]) -> Requests: ...
+    def __len__(self) -> int: ...
+    def validation_columns(self) -> dict[str, npt.NDArray[Any]]:
+        """``Engine.validate``'s keyword columns (all but ``now_s``) of every row, as
+        ``settlement.validation.build_validation_columns`` builds them."""
+    def intent_columns(self, rows: Sequence[int]) -> dict[str, list[Any]]:
+        """The request's fields of ``store.rows.CommitColumns`` for ``rows``."""
+    def sale_columns(self, rows: Sequence[int], no_deadline: float) -> list[list[Any]]:
+        """``SaleColumns``' fields from ``amounts_minor`` to ``deadlines`` for ``rows``
+        (``no_deadline`` where a request has none)."""
+    def holds(self, rows: Sequence[int], kinds_by_purpose: Sequence[int]) -> list[list[Any]]:
+        """Accounts, account kinds (by purpose number; the last past the list),
+        amounts and currencies of ``rows``, for the ledger's reserve step."""
 
 @final
 class IntentTypes:

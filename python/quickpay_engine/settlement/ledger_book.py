@@ -102,6 +102,11 @@ def account_kind(purpose: int) -> int:
     return KIND_RECEIVABLE if purpose == Purpose.BILL_PAYMENT else KIND_PREPAID
 
 
+# ``account_kind`` of each purpose by number, and of any later number (the last): the
+# form the core's ``Requests.holds`` reads it in.
+KINDS_BY_PURPOSE = [account_kind(p) for p in range(max(Purpose) + 2)]
+
+
 def subscriber_account(account_id: str) -> int:
     """The ledger account of a subscriber."""
     return derived_id("subscriber", account_id)
@@ -206,14 +211,26 @@ class LedgerBook:
         """Holds each payment's amount and logs RESERVED; returns once durable. The
         subscribers' accounts (and their currency's clearing and adjustment accounts)
         are opened by their first hold where the ledger does not hold them yet."""
-        if moves:
+        await self.reserve_columns(
+            [m.payment_id for m in moves],
+            [m.account_id for m in moves],
+            [m.kind for m in moves],
+            [m.amount_minor for m in moves],
+            [m.currency for m in moves],
+        )
+
+    async def reserve_columns(
+        self,
+        payment_ids: list[str],
+        account_ids: list[str],
+        kinds: list[int],
+        amounts_minor: list[int],
+        currencies: list[str],
+    ) -> None:
+        """``reserve`` of movements given as columns, one row per payment."""
+        if payment_ids:
             await self._step(
-                self.ledger.saga_reserve,
-                [m.payment_id for m in moves],
-                [m.account_id for m in moves],
-                [m.kind for m in moves],
-                [m.amount_minor for m in moves],
-                [m.currency for m in moves],
+                self.ledger.saga_reserve, payment_ids, account_ids, kinds, amounts_minor, currencies
             )
 
     async def capture(self, payment_ids: Sequence[str]) -> None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, NoReturn
 import numpy as np
 import numpy.typing as npt
 
-from quickpay_engine._engine import Engine, EngineError, reject_codes
+from quickpay_engine._engine import Engine, EngineError, Requests, reject_codes
 from quickpay_engine.domain import (
     MethodKind,
     Outcome,
@@ -64,16 +64,13 @@ from quickpay_engine.settlement.fraud_gate import (
     FraudGate,
     Scored,
 )
-from quickpay_engine.settlement.ledger_book import LedgerBook, Movement, account_kind
+from quickpay_engine.settlement.ledger_book import KINDS_BY_PURPOSE, LedgerBook
 from quickpay_engine.settlement.payment_ids import new_payment_ids
 from quickpay_engine.settlement.recovery import give_back
-from quickpay_engine.settlement.validation import (
-    build_validation_columns,
-    record_settled,
-    wall_clock_s,
-)
+from quickpay_engine.settlement.validation import record_settled, wall_clock_s
 from quickpay_engine.store import UNREACHABLE, Decision, SqliteStore
 from quickpay_engine.store.executor import StoreThread
+from quickpay_engine.store.rows import journal_columns_of
 from quickpay_engine.store.sqlite import IDEMPOTENCY_CONFLICT, SettledState
 
 if TYPE_CHECKING:
@@ -101,12 +98,6 @@ def load_engine(engine: Engine, store: SqliteStore) -> int:
     return store.load_subscribers_into(engine)
 
 
-def movement_of(d: Decision) -> Movement:
-    """The ledger movement of a decided payment."""
-    i = d.intent
-    return Movement(d.payment_id, i.account_id, i.amount_minor, i.currency, account_kind(i.purpose))
-
-
 @dataclasses.dataclass
 class _Batch:
     """What stage 1 hands stage 2."""
@@ -124,6 +115,10 @@ class _Batch:
     accounts: list[str] = dataclasses.field(default_factory=list)
     # The core's copy of the payments at ``scored``, as scored (for observe).
     fraud_batch: FraudBatch | None = None
+    # The requests of the payments validated, as the core read them once; each
+    # stage's columns are cut from them. ``rows[k]``: decision k's row.
+    requests: Requests | None = None
+    rows: list[int] = dataclasses.field(default_factory=list)
 
 
 # A batch of at most this many payments looks its keys up on the event loop, through a
@@ -287,7 +282,9 @@ class Pipeline:
         if not fresh:
             return batch
         lap = time.perf_counter()
-        columns = build_validation_columns([intents[i] for i in fresh])
+        requests = batch.requests = Requests([intents[i] for i in fresh])
+        rows = batch.rows
+        columns = requests.validation_columns()
         codes = self._engine.validate(**columns, now_s=now_s)
         ids = self._payment_ids(len(fresh))
         scored = self._score(columns, codes, now_s)
@@ -297,7 +294,9 @@ class Pipeline:
             # its verdict leads to.
             assessments, verdicts = iter(scored.assessments), iter(scored.verdicts)
             batch.fraud_batch = scored.batch
-        for index, code, payment_id in zip(fresh, codes.tolist(), ids, strict=True):
+        for row, (index, code, payment_id) in enumerate(
+            zip(fresh, codes.tolist(), ids, strict=True)
+        ):
             if code == 0 and scored is not None:
                 v = next(verdicts)
                 batch.scored.append(len(decisions))
@@ -308,6 +307,7 @@ class Pipeline:
                     )
                 )  # fmt: skip
                 positions.append(index)
+                rows.append(row)
                 continue
             decision = self._decide(payment_id, intents[index], code)
             if isinstance(decision, BaseException):
@@ -315,6 +315,7 @@ class Pipeline:
             else:
                 decisions.append(decision)
                 positions.append(index)
+                rows.append(row)
         lap = self._lap("validate_score", lap)
         approved = [k for k, d in enumerate(batch.decisions) if not d.decline_reason]
         if not approved:
@@ -324,10 +325,12 @@ class Pipeline:
         # journal entry is missing after a crash was therefore never sent anywhere, and
         # recovery simply voids it.
         wanted = [batch.decisions[k] for k in approved]
-        self.in_flight.update(d.payment_id for d in wanted)
+        ids = [d.payment_id for d in wanted]
+        picked = [rows[k] for k in approved]
+        self.in_flight.update(ids)
         taken, held = await asyncio.gather(
-            self._journal([(d.payment_id, d.intent) for d in wanted]),
-            self._book.reserve([movement_of(d) for d in wanted]),
+            self._journal(wanted, ids, requests, picked),
+            self._book.reserve_columns(ids, *requests.holds(picked, KINDS_BY_PURPOSE)),
             return_exceptions=True,
         )
         self._lap("reserve", lap)
@@ -356,22 +359,32 @@ class Pipeline:
             )
         return batch
 
-    def _journal(self, attempts: list[tuple[str, PaymentIntent]]) -> Awaitable[list[bool]]:
-        """Journals a batch's payments before they go to a gateway. SQLite's journal is
-        written on the core's writer thread; another store's goes ahead of the calls
-        waiting for the store thread (earlier batches' commits): this stage runs one
-        batch at a time, and waits for it."""
+    def _journal(
+        self, wanted: list[Decision], ids: list[str], requests: Requests, rows: list[int]
+    ) -> Awaitable[list[bool]]:
+        """Journals a batch's payments (``wanted``, whose requests are ``rows`` of
+        ``requests``) before they go to a gateway. SQLite's journal is written on the
+        core's writer thread, from the columns the core cuts; another store's goes ahead
+        of the calls waiting for the store thread (earlier batches' commits): this stage
+        runs one batch at a time, and waits for it."""
         if isinstance(self._store, SqliteStore):
-            return self._store.journal_on_core(attempts)
+            columns = journal_columns_of(ids, requests.intent_columns(rows))
+            return self._store.journal_columns_on_core(columns)
+        attempts = [(d.payment_id, d.intent) for d in wanted]
         return self._thread.run_first(self._store.journal_attempts, attempts)
 
     def _commit(
-        self, decisions: list[Decision]
+        self, batch: _Batch, to_commit: list[int]
     ) -> Awaitable[tuple[list[Outcome], list[SettledState]]]:
-        """Commits a batch's decisions: SQLite's on the core's writer thread, another
-        store's on the store thread."""
+        """Commits the batch's decisions ``to_commit``: SQLite's on the core's writer
+        thread, with the requests' columns the core cuts; another store's on the store
+        thread."""
+        decisions = [batch.decisions[k] for k in to_commit]
         if isinstance(self._store, SqliteStore):
-            return self._store.commit_on_core(decisions, self._thread.run)
+            requests = None
+            if batch.requests is not None:
+                requests = batch.requests.intent_columns([batch.rows[k] for k in to_commit])
+            return self._store.commit_on_core(decisions, self._thread.run, requests)
         return self._thread.run(self._store.commit_batch, decisions)
 
     async def _undo_half_reserved(
@@ -480,7 +493,7 @@ class Pipeline:
     async def _complete(self, batch: _Batch) -> None:
         decisions = batch.decisions
         lap = time.perf_counter()
-        gateway = await self._sales([decisions[k] for k in batch.reserved])
+        gateway = await self._sales(self._sale_columns(batch))
         if self.metrics is not None and len(gateway):
             self.metrics.gateway_round_columns(
                 gateway.gateways, gateway.outcomes, time.perf_counter() - lap
@@ -533,7 +546,7 @@ class Pipeline:
                 [decisions[k].payment_id for k in captured],
                 [decisions[k].payment_id for k in voided],
             ),
-            self._commit(committing),
+            self._commit(batch, to_commit),
             return_exceptions=True,
         )
         self._lap("capture_commit", lap)
@@ -683,32 +696,26 @@ class Pipeline:
         while self._posting:
             await asyncio.gather(*self._posting)
 
-    async def _sales(self, sold: list[Decision]) -> SaleOutcomes:
+    def _sale_columns(self, batch: _Batch) -> SaleColumns:
+        """The sales of the batch's reserved payments, cut by the core from their
+        requests; a request without a deadline gets GATEWAY_DEADLINE_S from now."""
+        decisions, reserved = batch.decisions, batch.reserved
+        if batch.requests is None or not reserved:
+            return sale_columns([decisions[k] for k in reserved])
+        no_deadline = asyncio.get_running_loop().time() + GATEWAY_DEADLINE_S
+        return SaleColumns(
+            [decisions[k].payment_id for k in reserved],
+            *batch.requests.sale_columns([batch.rows[k] for k in reserved], no_deadline),
+        )
+
+    async def _sales(self, sales: SaleColumns) -> SaleOutcomes:
         """The batch's sales in one router call (batched per gateway), as columns in and
         out (no request or result object per payment); then, for each unknown outcome
         (rare), a lookup at the gateway that may hold it, until RESOLVE_S past that
         sale's deadline."""
-        n = len(sold)
+        n = len(sales)
         if not n:
             return SaleOutcomes(0)
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        intents = [d.intent for d in sold]
-        details = [i.detail for i in intents]
-        sales = SaleColumns(
-            [d.payment_id for d in sold],
-            [i.amount_minor for i in intents],
-            [i.currency for i in intents],
-            [i.method.kind for i in intents],
-            # Each kind's fields as decoded; the core reads only those of the kind.
-            [x.card_pan for x in details],
-            [x.card_expiry_month for x in details],
-            [x.card_expiry_year for x in details],
-            [x.wallet_provider for x in details],
-            [x.wallet_id for x in details],
-            [x.iban for x in details],
-            [i.deadline or now + GATEWAY_DEADLINE_S for i in intents],
-        )  # fmt: skip
         if n <= SALE_BATCH_MAX:
             out = await self._router.sale_columns(sales)
         else:
@@ -734,7 +741,7 @@ class Pipeline:
 
     async def _sale(self, d: Decision) -> GatewayResult:
         """One payment's sale (the batch path with one payment; for tests and tools)."""
-        return (await self._sales([d])).result(0, d.payment_id)
+        return (await self._sales(sale_columns([d]))).result(0, d.payment_id)
 
     async def _resolve(
         self, payment_id: str, result: GatewayResult, deadline: float
@@ -757,6 +764,28 @@ class Pipeline:
         for d, outcome in unwound:
             why = outcome.decline_reason or "replayed"
             await give_back(self._store, self._thread, self._book, self._router, d, why)
+
+
+def sale_columns(sold: Sequence[Decision]) -> SaleColumns:
+    """The sales of ``sold``, read from their intents (``Pipeline._sale_columns`` cuts
+    them in the core); a request without a deadline gets GATEWAY_DEADLINE_S from now."""
+    now = asyncio.get_running_loop().time()
+    intents = [d.intent for d in sold]
+    details = [i.detail for i in intents]
+    return SaleColumns(
+        [d.payment_id for d in sold],
+        [i.amount_minor for i in intents],
+        [i.currency for i in intents],
+        [i.method.kind for i in intents],
+        # Each kind's fields as decoded; the core reads only those of the kind.
+        [x.card_pan for x in details],
+        [x.card_expiry_month for x in details],
+        [x.card_expiry_year for x in details],
+        [x.wallet_provider for x in details],
+        [x.wallet_id for x in details],
+        [x.iban for x in details],
+        [i.deadline or now + GATEWAY_DEADLINE_S for i in intents],
+    )  # fmt: skip
 
 
 def _gateway_detail(outcome: GatewayOutcome, gateway: str, reason: str) -> str:

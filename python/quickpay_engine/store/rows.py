@@ -270,12 +270,17 @@ class CommitColumns:
     failed: list[bool]
 
 
-def commit_columns(decisions: Sequence[Decision]) -> CommitColumns:
-    """The columns of ``decisions``, in order."""
+def commit_columns(
+    decisions: Sequence[Decision], requests: dict[str, list[Any]] | None = None
+) -> CommitColumns:
+    """The columns of ``decisions``, in order. ``requests``: their requests' columns as
+    the core cut them (``_engine.Requests.intent_columns``); else read from the intents."""
     frauds = [d.fraud for d in decisions]
+    if requests is None:
+        requests = _intent_columns([d.intent for d in decisions])
     return CommitColumns(
         payment_id=[d.payment_id for d in decisions],
-        **_intent_columns([d.intent for d in decisions]),
+        **requests,
         decline_reason=[d.decline_reason for d in decisions],
         decline_detail=[d.decline_detail for d in decisions],
         gateway=[d.gateway for d in decisions],
@@ -292,11 +297,17 @@ def journal_columns(attempts: Sequence[tuple[str, PaymentIntent]]) -> CommitColu
     """The columns of (payment id, request) pairs about to be journalled: the requests'
     fields, the decision's left empty (the journal reads only the request's). As
     ``commit_columns`` of a ``Decision`` per pair, without building the decisions."""
-    n = len(attempts)
+    return journal_columns_of([p for p, _ in attempts], _intent_columns([i for _, i in attempts]))
+
+
+def journal_columns_of(payment_ids: list[str], requests: dict[str, list[Any]]) -> CommitColumns:
+    """``journal_columns`` of the payments ``payment_ids``, whose requests' columns the
+    core cut (``_engine.Requests.intent_columns``)."""
+    n = len(payment_ids)
     empty = [""] * n
     return CommitColumns(
-        payment_id=[p for p, _ in attempts],
-        **_intent_columns([i for _, i in attempts]),
+        payment_id=payment_ids,
+        **requests,
         decline_reason=empty,
         decline_detail=empty,
         gateway=empty,

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from quickpay_engine._engine import (
     Engine,
@@ -55,6 +56,7 @@ from quickpay_engine.store.rows import (
     LINE_STATUS,
     Account,
     BatchRows,
+    CommitColumns,
     Decision,
     RefundRequest,
     build_refund,
@@ -485,17 +487,20 @@ class SqliteStore:
         self,
         decisions: Sequence[Decision],
         on_store_thread: Callable[[Callable[[], CommitDone]], Awaitable[CommitDone]],
+        requests: dict[str, list[Any]] | None = None,
     ) -> CommitDone:
         """``commit_batch`` for the event loop: the core writes the batch on its writer
         thread (engine/src/python/store.rs) and the result comes back through the loop's
         completion queue, with no Python thread woken on the way. A payment the store
         refused is looked up (a replay or a conflict) through ``on_store_thread``, which
-        runs a call where this store's own connection is used."""
+        runs a call where this store's own connection is used. ``requests``: the
+        decisions' requests as the core cut them (``rows.commit_columns``)."""
         if not decisions:
             return [], []
         now_us = time.time_ns() // 1_000
         queue, future = completions()
-        self._writer.commit_into(queue, future, commit_columns(decisions), now_us, self.audit_key)
+        columns = commit_columns(decisions, requests)
+        self._writer.commit_into(queue, future, columns, now_us, self.audit_key)
         results, states, head = await future  # type: ignore[misc]
         if head is not None:
             self._advance_head(head)
@@ -645,11 +650,17 @@ class SqliteStore:
         # Written by the core (the request as `intent_json` encodes it), GIL released.
         return self._writer.journal(journal_columns(attempts), now_us)
 
-    async def journal_on_core(self, attempts: Sequence[tuple[str, PaymentIntent]]) -> list[bool]:
+    def journal_on_core(
+        self, attempts: Sequence[tuple[str, PaymentIntent]]
+    ) -> Awaitable[list[bool]]:
         """``journal_attempts`` for the event loop, written on the core's writer thread
         (see ``commit_on_core``)."""
+        return self.journal_columns_on_core(journal_columns(attempts))
+
+    async def journal_columns_on_core(self, columns: CommitColumns) -> list[bool]:
+        """``journal_on_core`` of payments given as columns (``rows.journal_columns_of``)."""
         queue, future = completions()
-        self._writer.journal_into(queue, future, journal_columns(attempts), time.time_ns() // 1_000)
+        self._writer.journal_into(queue, future, columns, time.time_ns() // 1_000)
         return await future  # type: ignore[no-any-return]
 
     def settled_or_declined_ids(self) -> list[tuple[str, int]]:
