@@ -514,6 +514,65 @@ def test_a_store_of_schema_6_loses_the_index_of_billing_by_account(data_dir: Pat
 # -- the core's writer thread (the saga's journal and commits) ----------------------------
 
 
+async def test_the_cores_outcomes_are_those_outcome_of_builds(
+    data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The core builds a committed batch's outcomes (``OutcomeTypes``): settled ones
+    with a confirmation, declines and technical failures with their reasons, each with
+    its own fraud assessment object, of the domain's own types, equal to what
+    ``rows.outcome_of`` builds for the same batch written through ``commit_batch``."""
+    from conftest import seed_store
+    from quickpay_engine.domain import Confirmation, FraudAssessment, LineStatus, Outcome
+    from quickpay_engine.store.executor import StoreThread
+
+    other_dir = tmp_path_factory.mktemp("other")
+    seed_store(other_dir)
+    stores = (
+        SqliteStore(settings_for(data_dir).sqlite_path),
+        SqliteStore(settings_for(other_dir).sqlite_path),
+    )
+    thread = StoreThread("test-store")
+    assessed = FraudAssessment(420, "REVIEW", ("velocity", "new_device"))
+    batch = [
+        dataclasses.replace(settle("o1"), fraud=assessed),
+        settle("o2", account="acc-pre", amount=700),
+        Decision("pay_o3", intent("o3"), "FRAUD_REVIEW", "held for review", fraud=assessed,
+                 review=True),
+        Decision("pay_o4", intent("o4"), "GATEWAY_TIMEOUT", "no gateway", gateway="acq-b",
+                 failed=True),
+        Decision("o5-no-prefix", intent("o5"), gateway="acq-a", gateway_reference="r5"),
+    ]  # fmt: skip
+    try:
+        sync = stores[0].commit_batch(batch, now_us=7)
+        core = await stores[1].commit_on_core(batch, thread.run)
+
+        def at_seven(o: Outcome) -> Outcome:
+            if o.confirmation is None:
+                return o
+            return dataclasses.replace(
+                o, confirmation=dataclasses.replace(o.confirmation, settled_at_us=7)
+            )
+
+        assert [at_seven(o) for o in core[0]] == sync[0]
+        assert [o.status.name for o in core[0]] == [
+            "SETTLED", "SETTLED", "DECLINED", "FAILED", "SETTLED",
+        ]  # fmt: skip
+        for o in core[0]:
+            assert type(o) is Outcome and type(o.status) is PaymentStatus
+            assert not o.replayed
+            if o.confirmation is not None:
+                assert type(o.confirmation) is Confirmation
+                assert type(o.confirmation.service_state_after) is LineStatus
+        assert core[0][0].fraud is assessed and core[0][2].fraud is assessed
+        assert core[0][1].fraud is None
+        assert core[0][4].confirmation.confirmation_id == "cnf_o5-no-prefix"  # type: ignore[union-attr]
+        assert core[1] == sync[1]
+    finally:
+        thread.close()
+        for s in stores:
+            s.close()
+
+
 async def test_a_commit_on_the_writer_thread_ends_as_one_on_the_callers(
     data_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

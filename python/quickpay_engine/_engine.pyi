@@ -9,7 +9,18 @@ from typing import Any, TypedDict, TypeVar, final
 import numpy as np
 import numpy.typing as npt
 
-from quickpay_engine.domain import Method, MethodDetail, MethodKind, PaymentIntent, Purpose
+from quickpay_engine.domain import (
+    Confirmation,
+    FraudAssessment,
+    LineStatus,
+    Method,
+    MethodDetail,
+    MethodKind,
+    Outcome,
+    PaymentIntent,
+    PaymentStatus,
+    Purpose,
+)
 from quickpay_engine.gateways.client import SaleRows
 
 _A = TypeVar("_A")
@@ -811,9 +822,13 @@ class SqliteWriter:
         columns: Any,
         now_us: int,
         audit_key: bytes,
+        types: OutcomeTypes,
+        frauds: list[FraudAssessment | None],
     ) -> None:
         """`commit` on the core's writer thread (``sqlite_writer_0``): `future` is set
-        through `done`, on the event loop, to what `commit` returns or raises. The
+        through `done`, on the event loop, to what `commit` returns or raises, with in
+        front each payment's ``Outcome`` built by the core (``frauds``: each one's
+        assessment), None for one the store refused, and how many were refused. The
         columns are read on the caller's thread."""
 
     def journal(self, columns: Any, now_us: int) -> list[bool]:
@@ -887,6 +902,20 @@ def decode_pay_batch(
     """Decodes a PayBatchRequest's payments, each on its own, as ``decode_pay_requests``
     does. A call of more than ``payments_max`` payments, or whose own framing is broken,
     is refused whole with ``RequestUndecodable`` before any payment is decoded."""
+
+@final
+class OutcomeTypes:
+    """The domain's outcome classes and the ``PaymentStatus`` and ``LineStatus``
+    members, handed over once: the core builds a committed batch's outcomes as
+    ``store.rows.outcome_of`` does."""
+
+    def __new__(
+        cls,
+        outcome: type[Outcome],
+        confirmation: type[Confirmation],
+        statuses: list[PaymentStatus],
+        lines: list[LineStatus],
+    ) -> OutcomeTypes: ...
 
 @final
 class Requests:

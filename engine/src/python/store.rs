@@ -11,11 +11,12 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
+use pyo3::types::{PyList, PyString, PyType};
 
-use super::check_len;
 use super::completions::{Completions, Finish, Workers};
 use super::reconcile::Reconciled;
-use crate::store::rows::{Decision, Fraud};
+use super::{blank, check_len, set_field};
+use crate::store::rows::{confirmation_id, Decision, Fraud, Outcome};
 use crate::store::sqlite::{message, Failure, Writer};
 use crate::store::subscriber_file::{
     import_sqlite, ImportError, Reader, Retrying, RowError, COLUMNS, ROWS_MAX,
@@ -136,6 +137,153 @@ type CommitResult = (
     Vec<(String, i64, u8)>,
     Option<(i64, String)>,
 );
+
+/// The domain's outcome classes (`Outcome`, `Confirmation`, and the members of
+/// `PaymentStatus` and `LineStatus` by number), handed over once: the outcomes of a
+/// batch the core's writer committed are built by the core, on the event loop's
+/// thread, as `store.rows.outcome_of` builds them (a test holds the two equal), with no
+/// Python step per payment. Fields are set as the frozen dataclasses' own `__init__`
+/// sets them (`blank`, `set_field`).
+#[pyclass(frozen, module = "quickpay_engine._engine")]
+pub(crate) struct OutcomeTypes {
+    outcome: Py<PyType>,
+    confirmation: Py<PyType>,
+    // Indexed by number; None where the enum has no member.
+    statuses: Vec<Option<Py<PyAny>>>,
+    lines: Vec<Option<Py<PyAny>>>,
+    outcome_fields: [Py<PyString>; 8],
+    confirmation_fields: [Py<PyString>; 8],
+}
+
+const OUTCOME_FIELDS: [&str; 8] = [
+    "payment_id",
+    "idempotency_key",
+    "status",
+    "decline_reason",
+    "decline_detail",
+    "confirmation",
+    "replayed",
+    "fraud",
+];
+const CONFIRMATION_FIELDS: [&str; 8] = [
+    "confirmation_id",
+    "ledger_sequence",
+    "settled_at_us",
+    "gateway",
+    "gateway_reference",
+    "balance_after_minor",
+    "currency",
+    "service_state_after",
+];
+const SETTLED: u8 = 1;
+
+/// The members by their number (an int enum's own value).
+fn by_number(py: Python<'_>, members: Vec<Py<PyAny>>) -> PyResult<Vec<Option<Py<PyAny>>>> {
+    let mut out: Vec<Option<Py<PyAny>>> = Vec::new();
+    for member in members {
+        let number: u8 = member.bind(py).extract()?;
+        let at = usize::from(number);
+        if out.len() <= at {
+            out.resize_with(at + 1, || None);
+        }
+        out[at] = Some(member);
+    }
+    Ok(out)
+}
+
+fn member<'py>(
+    py: Python<'py>,
+    members: &[Option<Py<PyAny>>],
+    number: u8,
+    name: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    members
+        .get(usize::from(number))
+        .and_then(Option::as_ref)
+        .map(|m| m.bind(py).clone())
+        .ok_or_else(|| {
+            pyo3::exceptions::PyValueError::new_err(format!("{number} is not a valid {name}"))
+        })
+}
+
+#[pymethods]
+impl OutcomeTypes {
+    #[new]
+    fn new(
+        py: Python<'_>,
+        outcome: Py<PyType>,
+        confirmation: Py<PyType>,
+        statuses: Vec<Py<PyAny>>,
+        lines: Vec<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        Ok(OutcomeTypes {
+            outcome,
+            confirmation,
+            statuses: by_number(py, statuses)?,
+            lines: by_number(py, lines)?,
+            outcome_fields: OUTCOME_FIELDS.map(|f| PyString::intern(py, f).unbind()),
+            confirmation_fields: CONFIRMATION_FIELDS.map(|f| PyString::intern(py, f).unbind()),
+        })
+    }
+}
+
+impl OutcomeTypes {
+    /// Row `k`'s outcome, which the commit wrote as `o`.
+    fn build<'py>(
+        &self,
+        py: Python<'py>,
+        columns: &Columns,
+        k: usize,
+        o: &Outcome,
+        fraud: &Bound<'py, PyAny>,
+        now_us: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let text = |column: &[PyBackedStr]| (&column[k]).into_pyobject(py).map(Bound::into_any);
+        let empty = || PyString::intern(py, "").into_any();
+        let settled = o.status == SETTLED;
+        let confirmation = if settled {
+            let c = blank(py, &self.confirmation)?;
+            let f = &self.confirmation_fields;
+            let id = confirmation_id(&columns.payment_id[k]);
+            set_field(&c, &f[0], id.into_pyobject(py)?.into_any())?;
+            set_field(&c, &f[1], o.ledger_sequence.into_pyobject(py)?.into_any())?;
+            set_field(&c, &f[2], now_us.into_pyobject(py)?.into_any())?;
+            set_field(&c, &f[3], text(&columns.gateway)?)?;
+            set_field(&c, &f[4], text(&columns.gateway_reference)?)?;
+            set_field(
+                &c,
+                &f[5],
+                o.balance_after_minor.into_pyobject(py)?.into_any(),
+            )?;
+            set_field(&c, &f[6], text(&columns.currency)?)?;
+            let line = member(py, &self.lines, o.service_state_after, "LineStatus")?;
+            set_field(&c, &f[7], line)?;
+            c
+        } else {
+            py.None().into_bound(py)
+        };
+        let out = blank(py, &self.outcome)?;
+        let f = &self.outcome_fields;
+        set_field(&out, &f[0], text(&columns.payment_id)?)?;
+        set_field(&out, &f[1], text(&columns.idempotency_key)?)?;
+        set_field(
+            &out,
+            &f[2],
+            member(py, &self.statuses, o.status, "PaymentStatus")?,
+        )?;
+        if settled {
+            set_field(&out, &f[3], empty())?;
+            set_field(&out, &f[4], empty())?;
+        } else {
+            set_field(&out, &f[3], text(&columns.decline_reason)?)?;
+            set_field(&out, &f[4], text(&columns.decline_detail)?)?;
+        }
+        set_field(&out, &f[5], confirmation)?;
+        set_field(&out, &f[6], false.into_pyobject(py)?.to_owned().into_any())?;
+        set_field(&out, &f[7], fraud.clone())?;
+        Ok(out)
+    }
+}
 
 /// SQLite's error as the exception Python's sqlite3 module raises for the same code
 /// (its `_pysqlite_seterror`); an error of rusqlite's own is a DatabaseError.
@@ -279,7 +427,7 @@ impl SqliteWriter {
         future: Py<PyAny>,
         columns: Columns,
         work: impl FnOnce(&mut Writer, &[Decision<'_>]) -> rusqlite::Result<T> + Send + 'static,
-        finish: impl FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>> + Send + 'static,
+        finish: impl FnOnce(Python<'_>, T, &Columns) -> PyResult<Py<PyAny>> + Send + 'static,
     ) -> PyResult<()> {
         columns.check()?; // on the caller's thread: a bad call raises there
         let shared = Arc::clone(&self.shared);
@@ -290,8 +438,9 @@ impl SqliteWriter {
             }));
             let finish: Finish = match outcome {
                 Ok(Ok(value)) => Box::new(move |py| {
+                    let done = finish(py, value, &columns);
                     drop(columns);
-                    finish(py, value)
+                    done
                 }),
                 Ok(Err(err)) => Box::new(move |py| {
                     drop(columns);
@@ -363,25 +512,45 @@ impl SqliteWriter {
     /// `commit` on the writer thread: sets `future` through `done` to what `commit`
     /// returns (or raises), on the event loop. The columns are read here, on the
     /// caller's thread.
+    #[allow(clippy::too_many_arguments)]
     fn commit_into(
         &self,
+        py: Python<'_>,
         done: &Completions,
         future: Py<PyAny>,
         columns: Columns,
         now_us: i64,
         audit_key: Vec<u8>,
+        types: Py<OutcomeTypes>,
+        frauds: Py<PyList>,
     ) -> PyResult<()> {
+        check_len("frauds", frauds.bind(py).len(), columns.payment_id.len())?;
         self.spawn_write(
             false,
             done,
             future,
             columns,
-            move |writer, decisions| {
-                writer
-                    .commit(decisions, now_us, &audit_key)
-                    .map(commit_result)
+            move |writer, decisions| writer.commit(decisions, now_us, &audit_key),
+            move |py, committed, columns| {
+                // Each written payment's Outcome, built here; None for one the store
+                // refused, which the caller reads back (a replay, or a conflict).
+                let types = types.get();
+                let frauds = frauds.bind(py);
+                let mut outcomes = Vec::with_capacity(committed.outcomes.len());
+                for (k, o) in committed.outcomes.iter().enumerate() {
+                    outcomes.push(match o {
+                        Ok(o) => {
+                            Some(types.build(py, columns, k, o, &frauds.get_item(k)?, now_us)?)
+                        }
+                        Err(_) => None,
+                    });
+                }
+                let refused = outcomes.iter().filter(|o| o.is_none()).count();
+                let (results, states, head) = commit_result(committed);
+                (outcomes, refused, results, states, head)
+                    .into_pyobject(py)
+                    .map(|o| o.into_any().unbind())
             },
-            |py, result| result.into_pyobject(py).map(|o| o.into_any().unbind()),
         )
     }
 
@@ -407,7 +576,7 @@ impl SqliteWriter {
             future,
             columns,
             move |writer, decisions| writer.journal(decisions, now_us),
-            |py, taken| taken.into_pyobject(py).map(|o| o.into_any().unbind()),
+            |py, taken, _| taken.into_pyobject(py).map(|o| o.into_any().unbind()),
         )
     }
 
@@ -597,6 +766,7 @@ impl SubscriberFile {
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SqliteWriter>()?;
+    m.add_class::<OutcomeTypes>()?;
     m.add_class::<SubscriberFile>()?;
     m.add_function(wrap_pyfunction!(import_subscribers_sqlite, m)?)?;
     m.add(

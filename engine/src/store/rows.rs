@@ -114,6 +114,14 @@ pub fn state_after(rules: &[Rule], plan: u8, status: u8, balance: i64) -> (u8, &
         .map_or((status, ""), |rule| (rule.to_status, rule.rule_id.as_str()))
 }
 
+/// The confirmation id of a settled payment: its payment id's unique part under "cnf_".
+pub fn confirmation_id(payment_id: &str) -> String {
+    format!(
+        "cnf_{}",
+        payment_id.strip_prefix("pay_").unwrap_or(payment_id)
+    )
+}
+
 /// One payment's outcome as the commit decided it; the confirmation's fields are
 /// meaningful for SETTLED only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,10 +333,7 @@ fn settle<'a>(
     if !rows.touched.contains(&d.account_id) {
         rows.touched.push(d.account_id);
     }
-    let confirmation_id = format!(
-        "cnf_{}",
-        d.payment_id.strip_prefix("pay_").unwrap_or(d.payment_id)
-    );
+    let confirmation_id = confirmation_id(d.payment_id);
     rows.billing.push(BillingRow {
         payment_id: d.payment_id,
         account_id: d.account_id,

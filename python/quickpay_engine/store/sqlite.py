@@ -21,6 +21,7 @@ from typing import Any
 
 from quickpay_engine._engine import (
     Engine,
+    OutcomeTypes,
     Reconciled,
     SqliteWriter,
     SubscriberFileError,
@@ -29,6 +30,7 @@ from quickpay_engine._engine import (
 from quickpay_engine.completions import completions
 from quickpay_engine.domain import (
     BilledCapture,
+    Confirmation,
     Discrepancy,
     LineStatus,
     OutboxEvent,
@@ -87,6 +89,10 @@ WRITTEN, REJECTED = 0, 1
 IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
 
 log = logging.getLogger(__name__)
+
+# The domain's outcome classes, handed to the core once: the outcomes of a batch its
+# writer commits are built there, as ``rows.outcome_of`` builds them.
+OUTCOME_TYPES = OutcomeTypes(Outcome, Confirmation, list(PaymentStatus), list(LineStatus))
 
 
 def _schema_part(first: str, last: str) -> str:
@@ -500,20 +506,26 @@ class SqliteStore:
         now_us = time.time_ns() // 1_000
         queue, future = completions()
         columns = commit_columns(decisions, requests)
-        self._writer.commit_into(queue, future, columns, now_us, self.audit_key)
-        results, states, head = await future  # type: ignore[misc]
+        frauds = [d.fraud for d in decisions]
+        self._writer.commit_into(
+            queue, future, columns, now_us, self.audit_key, OUTCOME_TYPES, frauds
+        )
+        # The written payments' outcomes come built by the core; None where refused.
+        built, refused, results, states, head = await future  # type: ignore[misc]
         if head is not None:
             self._advance_head(head)
-        if all(ended == WRITTEN for ended, *_ in results):
-            return self._outcomes(decisions, results, states, now_us)
+        if not refused:
+            return built, self._states(states)
         try:
-            return await on_store_thread(lambda: self._outcomes(decisions, results, states, now_us))
+            return await on_store_thread(
+                lambda: self._outcomes(decisions, results, states, now_us, built=built)
+            )
         except Exception:
             # The batch is committed: it must not be reported as unwritten (its captures
             # would be given back). A refused payment whose stored twin could not be
             # read is FAILED with its reason; a retry with its key reads the twin.
             log.exception("could not read back the payments a commit refused")
-            return self._outcomes(decisions, results, states, now_us, read_back=False)
+            return self._outcomes(decisions, results, states, now_us, read_back=False, built=built)
 
     def _publish_head(self) -> None:
         # After COMMIT only: the ledger must never anchor a head that was rolled back.
@@ -557,23 +569,30 @@ class SqliteStore:
         now_us: int,
         *,
         read_back: bool = True,
+        built: Sequence[Outcome | None] | None = None,
     ) -> CommitDone:
         """The outcomes of a committed batch from the core's results. A refused payment
         is read back from the store (a replay, or a conflict), so call where the store's
-        connection is used; without ``read_back`` it is FAILED with its reason."""
+        connection is used; without ``read_back`` it is FAILED with its reason.
+        ``built``: the written payments' outcomes as the core built them."""
         outcomes: list[Outcome] = []
-        for d, (ended, status, seq, balance, state, error) in zip(decisions, results, strict=True):
+        for k, (d, (ended, status, seq, balance, state, error)) in enumerate(
+            zip(decisions, results, strict=True)
+        ):
             if ended == WRITTEN:
-                outcomes.append(outcome_of(d, status, seq, balance, state, now_us))
+                done = built[k] if built is not None else None
+                outcomes.append(done or outcome_of(d, status, seq, balance, state, now_us))
             else:
                 reason = "STORE_REJECTED" if ended == REJECTED else "ACCOUNT_GONE"
                 if read_back:
                     outcomes.append(self._replay_or_fail(d, reason, error))
                 else:
                     outcomes.append(failed_outcome(d, reason, error))
-        return outcomes, [
-            SettledState(a, b, LINE_STATUS.get(s) or LineStatus(s)) for a, b, s in states
-        ]
+        return outcomes, self._states(states)
+
+    @staticmethod
+    def _states(states: Sequence[tuple[str, int, int]]) -> list[SettledState]:
+        return [SettledState(a, b, LINE_STATUS.get(s) or LineStatus(s)) for a, b, s in states]
 
     def _audit_tail(self) -> AuditRow | None:
         row = self._db.execute(
