@@ -337,6 +337,19 @@ def test_micro_benchmarks_run_at_tiny_sizes() -> None:
     assert " passed" in done.stdout
 
 
+def test_requests_columns_bench_prints_a_row_per_size() -> None:
+    # benches/requests_columns.py: the core's columns against the Python builders.
+    done = subprocess.run(
+        [sys.executable, "benches/requests_columns.py", "--sizes", "1,8", "--repeat", "2"],
+        cwd=ROOT, env={**os.environ, "QUICKPAY_BENCH_SIZE": "smoke"}, capture_output=True,
+        text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 1 |") or
+            line.startswith("| 8 |")]  # fmt: skip
+    assert len(rows) == 2 and all(line.count("|") == 9 for line in rows), done.stdout
+
+
 def test_make_bench_driver_writes_its_section_and_keeps_the_others(tmp_path: Path) -> None:
     # The `make bench` driver at tiny sizes: every part runs, the section is replaced in
     # place, and another area's section is left as it was.
