@@ -94,6 +94,8 @@ def odd_intents() -> list[PaymentIntent]:
         python_intent("long", device_id="d" * 300, purpose=7),
         python_intent("wallet", method=Method(MethodKind.WALLET, "wallet x"),
                       detail=MethodDetail(wallet_provider="x", wallet_id="y"), sender="op"),
+        python_intent("zero-deadline", deadline=0.0),
+        python_intent("deadline", deadline=99.5),
     ]  # fmt: skip
 
 
@@ -133,9 +135,11 @@ async def test_sale_columns_are_the_python_builders() -> None:
     ours = SaleColumns(
         [d.payment_id for d in decisions], *Requests(intents).sale_columns(rows, -1.0)
     )
-    # A decoded request carries its caller's deadline; one built in Python has none and
-    # gets the one given (the Python builder's is "now" plus the gateway deadline).
-    assert ours.deadlines == [-1.0 if intents[r].deadline is None else 12.5 for r in rows]
+    # A decoded request carries its caller's deadline; one without (None, or 0.0 as the
+    # Python builder's `or` reads it) gets the one given (the Python builder's is "now"
+    # plus the gateway deadline).
+    assert ours.deadlines == [intents[r].deadline or -1.0 for r in rows]
+    assert sorted(set(ours.deadlines)) == [-1.0, 12.5, 99.5]
     assert dataclasses.replace(ours, deadlines=[]) == dataclasses.replace(theirs, deadlines=[])
     assert all(type(k) is MethodKind for k in ours.kinds)
 
@@ -154,8 +158,8 @@ def test_holds_carry_each_purpose_account_kind() -> None:
 
 def test_a_row_past_the_batch_and_a_batch_past_the_bound_are_refused() -> None:
     requests = Requests(odd_intents())
-    with pytest.raises(InvalidBatch, match="rows: 6 is not a row of columns of 6"):
-        requests.intent_columns([0, 6])
+    with pytest.raises(InvalidBatch, match="rows: 8 is not a row of columns of 8"):
+        requests.intent_columns([0, 8])
     with pytest.raises(InvalidBatch):
         requests.sale_columns([99], 0.0)
     with pytest.raises(OverflowError):

@@ -573,6 +573,37 @@ async def test_the_cores_outcomes_are_those_outcome_of_builds(
             s.close()
 
 
+async def test_an_outcome_the_core_cannot_build_is_built_after_the_head_moves(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Handed enums with members missing, the core builds no outcome for a payment whose
+    line state has none: the batch is committed all the same, its audit head reaches
+    the store, and the outcome is built in Python (``outcome_of``, which raises for a
+    number no member has), equal to the one ``commit_batch`` gives."""
+    from quickpay_engine._engine import OutcomeTypes
+    from quickpay_engine.domain import Confirmation, LineStatus, Outcome
+    from quickpay_engine.store import sqlite as sqlite_module
+    from quickpay_engine.store.executor import StoreThread
+
+    partial = OutcomeTypes(Outcome, Confirmation, list(PaymentStatus), [LineStatus.CLOSED])
+    monkeypatch.setattr(sqlite_module, "OUTCOME_TYPES", partial)
+    store = SqliteStore(settings_for(data_dir).sqlite_path)
+    thread = StoreThread("test-store")
+    try:
+        before = store.audit_head
+        (outcome,), _ = await store.commit_on_core([settle("nb1")], thread.run)
+        assert store.audit_head is not None and store.audit_head != before
+        assert outcome.status is PaymentStatus.SETTLED
+        assert outcome.confirmation is not None
+        assert type(outcome.confirmation.service_state_after) is LineStatus
+        # Not the one member the core was handed: this outcome was built in Python.
+        assert outcome.confirmation.service_state_after is not LineStatus.CLOSED
+        assert store.verify() == []
+    finally:
+        thread.close()
+        store.close()
+
+
 async def test_a_commit_on_the_writer_thread_ends_as_one_on_the_callers(
     data_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

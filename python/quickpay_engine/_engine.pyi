@@ -828,8 +828,9 @@ class SqliteWriter:
         """`commit` on the core's writer thread (``sqlite_writer_0``): `future` is set
         through `done`, on the event loop, to what `commit` returns or raises, with in
         front each payment's ``Outcome`` built by the core (``frauds``: each one's
-        assessment), None for one the store refused, and how many were refused. The
-        columns are read on the caller's thread."""
+        assessment), None for one the store refused (or whose outcome has a number no
+        enum member has), and how many are None. The columns are read on the caller's
+        thread."""
 
     def journal(self, columns: Any, now_us: int) -> list[bool]:
         """Journals payments about to go to a gateway (``store.rows.CommitColumns``; only

@@ -306,8 +306,8 @@ impl Requests {
     }
 
     /// The sales' columns of `rows` after the payment ids (`gateways.types.SaleColumns`'
-    /// fields from `amounts_minor` to `deadlines`): a request without a deadline gets
-    /// `no_deadline`.
+    /// fields from `amounts_minor` to `deadlines`): a request without a deadline (None,
+    /// or 0.0) gets `no_deadline`.
     fn sale_columns<'py>(
         &self,
         py: Python<'py>,
@@ -325,7 +325,13 @@ impl Requests {
             text_list(py, &picked, PROVIDER)?,
             text_list(py, &picked, WALLET)?,
             text_list(py, &picked, IBAN)?,
-            PyList::new(py, picked.iter().map(|r| r.deadline.unwrap_or(no_deadline)))?,
+            // 0.0 as no deadline, as the Python builder's `deadline or ...` reads it.
+            PyList::new(
+                py,
+                picked
+                    .iter()
+                    .map(|r| r.deadline.filter(|&d| d != 0.0).unwrap_or(no_deadline)),
+            )?,
         ])
     }
 

@@ -442,12 +442,13 @@ impl SqliteWriter {
                     drop(columns);
                     done
                 }),
+                // `finish` is dropped here too, with the GIL: it may hold Python objects.
                 Ok(Err(err)) => Box::new(move |py| {
-                    drop(columns);
+                    drop((columns, finish));
                     Err(sqlite_error(py, &err))
                 }),
                 Err(_) => Box::new(move |_| {
-                    drop(columns);
+                    drop((columns, finish));
                     Err(super::EngineError::new_err("a SQLite write panicked"))
                 }),
             };
@@ -533,21 +534,25 @@ impl SqliteWriter {
             move |writer, decisions| writer.commit(decisions, now_us, &audit_key),
             move |py, committed, columns| {
                 // Each written payment's Outcome, built here; None for one the store
-                // refused, which the caller reads back (a replay, or a conflict).
+                // refused, which the caller reads back (a replay, or a conflict), and
+                // for one whose outcome could not be built (a number with no enum
+                // member), which the caller builds and so raises for: the batch is
+                // committed either way, and its audit head must still reach the caller.
                 let types = types.get();
                 let frauds = frauds.bind(py);
                 let mut outcomes = Vec::with_capacity(committed.outcomes.len());
                 for (k, o) in committed.outcomes.iter().enumerate() {
                     outcomes.push(match o {
-                        Ok(o) => {
-                            Some(types.build(py, columns, k, o, &frauds.get_item(k)?, now_us)?)
-                        }
+                        Ok(o) => frauds
+                            .get_item(k)
+                            .and_then(|fraud| types.build(py, columns, k, o, &fraud, now_us))
+                            .ok(),
                         Err(_) => None,
                     });
                 }
-                let refused = outcomes.iter().filter(|o| o.is_none()).count();
+                let unbuilt = outcomes.iter().filter(|o| o.is_none()).count();
                 let (results, states, head) = commit_result(committed);
-                (outcomes, refused, results, states, head)
+                (outcomes, unbuilt, results, states, head)
                     .into_pyobject(py)
                     .map(|o| o.into_any().unbind())
             },

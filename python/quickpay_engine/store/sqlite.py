@@ -510,11 +510,12 @@ class SqliteStore:
         self._writer.commit_into(
             queue, future, columns, now_us, self.audit_key, OUTCOME_TYPES, frauds
         )
-        # The written payments' outcomes come built by the core; None where refused.
-        built, refused, results, states, head = await future  # type: ignore[misc]
+        # The written payments' outcomes come built by the core; None where refused
+        # (or where the core could not build one: outcome_of then raises for it).
+        built, unbuilt, results, states, head = await future  # type: ignore[misc]
         if head is not None:
             self._advance_head(head)
-        if not refused:
+        if not unbuilt:
             return built, self._states(states)
         try:
             return await on_store_thread(
