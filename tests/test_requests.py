@@ -13,7 +13,7 @@ import pytest
 from quickpay_engine._engine import Requests
 from quickpay_engine.api import convert
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
-from quickpay_engine.domain import Method, MethodDetail, MethodKind, PaymentIntent, Purpose
+from quickpay_engine.domain import Method, MethodDetail, MethodKind, PaymentIntent
 from quickpay_engine.errors import BatchTooLarge, InvalidBatch
 from quickpay_engine.settlement.ledger_book import KINDS_BY_PURPOSE, account_kind
 from quickpay_engine.settlement.pipeline import SaleColumns, sale_columns
@@ -25,26 +25,12 @@ from quickpay_engine.store.rows import (
     journal_columns,
     journal_columns_of,
 )
+from test_validate import intent
 
 
 def python_intent(key: str, **overrides: object) -> PaymentIntent:
-    fields: dict[str, object] = {
-        "idempotency_key": key,
-        "fingerprint": "f" * 64,
-        "account_id": "acc-post",
-        "msisdn": "+306912345678",
-        "amount_minor": 2_500,
-        "currency": "EUR",
-        "purpose": Purpose.BILL_PAYMENT,
-        "method": Method(MethodKind.CARD, "card ****1111"),
-        "channel": "app",
-        "device_id": "dev-1",
-        "ip": "192.0.2.1",
-        "detail": MethodDetail(card_pan="4111111111111111", card_expiry_month=12,
-                               card_expiry_year=2030),
-    }  # fmt: skip
-    fields.update(overrides)
-    return PaymentIntent(**fields)  # type: ignore[arg-type]
+    """test_validate's card bill payment, under ``key``."""
+    return intent(idempotency_key=key, **overrides)
 
 
 def decoded_intents() -> list[PaymentIntent]:
