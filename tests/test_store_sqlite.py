@@ -16,6 +16,7 @@ from conftest import SUBSCRIBERS, settings_for
 from quickpay_engine.domain import Method, MethodKind, PaymentIntent, PaymentStatus, Purpose
 from quickpay_engine.store import Decision, SqliteStore
 from quickpay_engine.store.audit import verify
+from quickpay_engine.store.rows import journal_columns
 
 
 @pytest.fixture
@@ -669,8 +670,12 @@ async def test_a_commit_on_the_writer_thread_ends_as_one_on_the_callers(
 async def test_the_journal_on_the_writer_thread_refuses_a_key_in_flight(
     store: SqliteStore,
 ) -> None:
-    assert await store.journal_on_core([("pay_j1", intent("j1"))]) == [True]
-    assert await store.journal_on_core([("pay_j2", intent("j1")), ("pay_j3", intent("j3"))]) == [
+    assert await store.journal_columns_on_core(journal_columns([("pay_j1", intent("j1"))])) == [
+        True
+    ]
+    assert await store.journal_columns_on_core(
+        journal_columns([("pay_j2", intent("j1")), ("pay_j3", intent("j3"))])
+    ) == [
         False,
         True,
     ]
@@ -709,7 +714,9 @@ async def test_the_writer_thread_waits_for_a_transaction_of_the_python_connectio
     writer = threading.Thread(target=python_write)
     writer.start()
     assert inside.wait(10)
-    journal = asyncio.ensure_future(store.journal_on_core([("pay_h", intent("held"))]))
+    journal = asyncio.ensure_future(
+        store.journal_columns_on_core(journal_columns([("pay_h", intent("held"))]))
+    )
     await asyncio.sleep(0.2)
     assert not journal.done(), "the core wrote while the Python connection held the turn"
     release.set()
@@ -727,7 +734,6 @@ async def test_an_error_of_sqlite_on_the_writer_thread_raises_the_sqlite3_class(
     is out of reach" (UNAVAILABLE, retry with the same key)."""
     from quickpay_engine._engine import SqliteWriter
     from quickpay_engine.completions import completions
-    from quickpay_engine.store.rows import journal_columns
 
     writer = SqliteWriter(tmp_path / "missing" / "store.sqlite3")
     queue, future = completions()

@@ -381,9 +381,8 @@ class Pipeline:
         thread."""
         decisions = [batch.decisions[k] for k in to_commit]
         if isinstance(self._store, SqliteStore):
-            requests = None
-            if batch.requests is not None:
-                requests = batch.requests.intent_columns([batch.rows[k] for k in to_commit])
+            rows = [batch.rows[k] for k in to_commit]
+            requests = None if batch.requests is None else batch.requests.intent_columns(rows)
             return self._store.commit_on_core(decisions, self._thread.run, requests)
         return self._thread.run(self._store.commit_batch, decisions)
 
@@ -700,8 +699,9 @@ class Pipeline:
         """The sales of the batch's reserved payments, cut by the core from their
         requests; a request without a deadline gets GATEWAY_DEADLINE_S from now."""
         decisions, reserved = batch.decisions, batch.reserved
-        if batch.requests is None or not reserved:
-            return sale_columns([decisions[k] for k in reserved])
+        if not reserved:
+            return sale_columns([])
+        assert batch.requests is not None  # a batch with payments read their requests
         no_deadline = asyncio.get_running_loop().time() + GATEWAY_DEADLINE_S
         return SaleColumns(
             [decisions[k].payment_id for k in reserved],

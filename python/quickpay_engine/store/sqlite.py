@@ -670,15 +670,10 @@ class SqliteStore:
         # Written by the core (the request as `intent_json` encodes it), GIL released.
         return self._writer.journal(journal_columns(attempts), now_us)
 
-    def journal_on_core(
-        self, attempts: Sequence[tuple[str, PaymentIntent]]
-    ) -> Awaitable[list[bool]]:
-        """``journal_attempts`` for the event loop, written on the core's writer thread
-        (see ``commit_on_core``)."""
-        return self.journal_columns_on_core(journal_columns(attempts))
-
     async def journal_columns_on_core(self, columns: CommitColumns) -> list[bool]:
-        """``journal_on_core`` of payments given as columns (``rows.journal_columns_of``)."""
+        """``journal_attempts`` for the event loop, of payments given as columns
+        (``rows.journal_columns``, ``rows.journal_columns_of``), written on the core's
+        writer thread (see ``commit_on_core``)."""
         queue, future = completions()
         self._writer.journal_into(queue, future, columns, time.time_ns() // 1_000)
         return await future  # type: ignore[no-any-return]
