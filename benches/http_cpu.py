@@ -46,12 +46,13 @@ def threads_cpu_s() -> dict[str, float]:
 
 async def measure(batches: int, size: int) -> dict[str, float]:
     """CPU microseconds per sale: the process and each kind of thread; sales/s."""
+    from quickpay_engine._engine import Sales
     from quickpay_engine.domain import MethodKind
     from quickpay_engine.gateways.config import GatewayConfig, GatewaysConfig
     from quickpay_engine.gateways.router import GatewayRouter
     from quickpay_engine.gateways.sim.faults import FaultModel
     from quickpay_engine.gateways.supervisor import start_simulator, stop_simulator
-    from quickpay_engine.gateways.types import GatewayOutcome, SaleColumns
+    from quickpay_engine.gateways.types import GatewayOutcome
 
     with tempfile.TemporaryDirectory() as tmp:
         sim = await start_simulator("acq-a", FaultModel(seed=1), Path(tmp))
@@ -65,7 +66,7 @@ async def measure(batches: int, size: int) -> dict[str, float]:
 
                 async def batch(tag: str) -> None:
                     deadline = router.deadline(60)
-                    sales = SaleColumns(
+                    sales = Sales(
                         [f"{tag}-{k}" for k in range(size)], [100] * size, ["EUR"] * size,
                         [MethodKind.CARD] * size, ["4242424242424242"] * size, [12] * size,
                         [2031] * size, [""] * size, [""] * size, [""] * size,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from quickpay_engine._engine import HttpPool, HttpSetupError
+from quickpay_engine._engine import HttpPool, HttpSetupError, InvalidBatch, Sales
 from quickpay_engine.completions import completions
 from quickpay_engine.gateways.client import (
     NOT_SENT,
@@ -25,9 +25,6 @@ from quickpay_engine.gateways.client import (
     SALE_PATH,
     UNKNOWN,
     GatewayClient,
-    SaleRows,
-    add_sale_request,
-    sale_rows,
 )
 from quickpay_engine.gateways.config import GatewaysConfig
 from quickpay_engine.gateways.router import GatewayRouter
@@ -42,6 +39,7 @@ from quickpay_engine.gateways.types import (
     GatewayResult,
     SaleRequest,
     Wallet,
+    sales_of_requests,
 )
 from test_gateway_sim import gateway_config, set_faults
 
@@ -129,9 +127,9 @@ async def test_a_clean_batch_is_one_call_per_gateway(
     calls: list[int] = []
     original = GatewayClient.sales
 
-    def counted(self: GatewayClient, rows, **kw):  # type: ignore[no-untyped-def]
-        calls.append(len(rows.references))
-        return original(self, rows, **kw)
+    def counted(self: GatewayClient, sales, rows, *args, **kw):  # type: ignore[no-untyped-def]
+        calls.append(len(rows))
+        return original(self, sales, rows, *args, **kw)
 
     monkeypatch.setattr(GatewayClient, "sales", counted)
     async with GatewayRouter(config_for(sims)) as router:
@@ -316,15 +314,15 @@ async def test_the_core_reads_each_answer_as_the_python_client_did() -> None:
     server = await canned_server(answers)
     port = server.sockets[0].getsockname()[1]
     pool = HttpPool(f"http://127.0.0.1:{port}", connections_max=4, keepalive_s=5, sales_max=2)
-    rows = sale_rows()
     methods = [
         VISA, Wallet("mpesa", "2547"), BankAccount("GR16011012"), CarrierBalance(), VISA, VISA,
         VISA,
     ]  # fmt: skip
-    for ref, method in zip(answers, methods, strict=True):
-        add_sale_request(rows, SaleRequest(ref, 300, "EUR", method), 2.0, 2.0)
+    requests = [
+        SaleRequest(ref, 300, "EUR", method) for ref, method in zip(answers, methods, strict=True)
+    ]
     try:
-        out = await sale_many(pool, *rows)
+        out = await sale_many(pool, sales_of_requests(requests, [2.0] * len(requests)))
     finally:
         server.close()
     outcomes, statuses, states, references, _, captured, _, currencies, errors, messages = out
@@ -342,27 +340,40 @@ async def test_the_core_reads_each_answer_as_the_python_client_did() -> None:
         }  # fmt: skip
 
 
-async def sale_many(pool: HttpPool, *columns: object) -> tuple:
-    """The core's sale call, awaited as the client awaits it (its completion queue)."""
+async def sale_many(
+    pool: HttpPool, sales: Sales, rows: list[int] | None = None, timeout_s: float = 2.0,
+    now: float = 0.0,
+) -> tuple:  # fmt: skip
+    """The core's sale call, awaited as the client awaits it (its completion queue): the
+    given rows (all by default), each ending at its deadline (``now`` on their clock)."""
+    rows = list(range(len(sales))) if rows is None else rows
     queue, future = completions()
-    pool.sale_many_into(queue, future, SALE_PATH, SaleRows(*columns))  # type: ignore[arg-type]
+    pool.sale_many_into(queue, future, SALE_PATH, sales, rows, [timeout_s] * len(rows), now, 0.0)
     return await future
 
 
-async def test_the_core_sale_call_refuses_bad_columns_and_reports_no_connection() -> None:
+async def test_the_core_sale_call_refuses_bad_rows_and_reports_no_connection() -> None:
     pool = HttpPool("http://127.0.0.1:9", connections_max=1, keepalive_s=1)
-    rows = sale_rows()
-    add_sale_request(rows, SaleRequest("r", 1, "EUR", VISA), 1.0, 1.0)
-    with pytest.raises(HttpSetupError, match="unequal"):
-        await sale_many(pool, *rows[:-1], [])
-    bad = rows._replace(kinds=["cheque"])
-    with pytest.raises(HttpSetupError, match="cheque"):
-        await sale_many(pool, *bad)
-    # Port 9 (discard) refuses the connection: never sent. An end already passed: late.
-    late = rows._replace(ends_s=[0.0])
-    assert list((await sale_many(pool, *rows))[0]) == [NOT_SENT]
-    assert (await sale_many(pool, *rows))[8] == ["connect"]
-    assert (await sale_many(pool, *late))[8] == ["late"]
+    sales = sales_of_requests([SaleRequest("r", 1, "EUR", VISA)], [1.0])
+    with pytest.raises(HttpSetupError, match="row 1 out of range"):
+        await sale_many(pool, sales, [1])
+    with pytest.raises(HttpSetupError, match="timeouts_s"):
+        await sale_many(pool, sales, timeout_s=-1.0)
+    cheque = Sales(["r"], [1], ["EUR"], [0], [""], [0], [0], [""], [""], [""], [1.0])
+    with pytest.raises(HttpSetupError, match="method kind 0"):
+        await sale_many(pool, cheque)
+    with pytest.raises(InvalidBatch, match="kinds"):
+        Sales(["r"], [1], ["EUR"], [], [""], [0], [0], [""], [""], [""], [1.0])
+    # A lone surrogate (a Python-built request) cannot be written into a body.
+    odd = Sales(["r\ud800"], [1], ["EUR"], [1], [""], [0], [0], [""], [""], [""], [1.0])
+    with pytest.raises(HttpSetupError, match="sale_many"):
+        await sale_many(pool, odd)
+    # Port 9 (discard) refuses the connection: never sent. A deadline already passed, or
+    # one whose end leaves under 5 ms: late.
+    assert list((await sale_many(pool, sales))[0]) == [NOT_SENT]
+    assert (await sale_many(pool, sales))[8] == ["connect"]
+    assert (await sale_many(pool, sales, now=1.0))[8] == ["late"]
+    assert (await sale_many(pool, sales, now=0.996))[8] == ["late"]
     # Many calls at once, each answered through the one queue, in any order.
-    many = await asyncio.gather(*(sale_many(pool, *rows) for _ in range(50)))
+    many = await asyncio.gather(*(sale_many(pool, sales) for _ in range(50)))
     assert {tuple(out[8]) for out in many} == {("connect",)}

@@ -318,6 +318,21 @@ def test_breaker_states_with_a_fake_clock() -> None:
     assert b.state is BreakerState.CLOSED and b.allow() and b.allow() and b.allow()
 
 
+def test_allow_many_is_allow_for_each_in_turn() -> None:
+    clock = FakeClock()
+    b = CircuitBreaker(
+        BreakerSettings(failure_threshold=1, open_ms=500, half_open_max_calls=3), clock
+    )
+    assert b.allow_many(7) == 7  # closed: all
+    b.record_failure()
+    assert b.allow_many(7) == 0  # open: none
+    clock.now += 0.5
+    assert b.allow_many(2) == 2 and b.allow_many(5) == 1 and b.allow_many(1) == 0
+    assert not b.allow()  # the probes are taken as three allow() calls took them
+    b.release()
+    assert b.allow_many(0) == 0 and b.allow_many(4) == 1
+
+
 async def test_unknown_outcome_when_the_gateway_dies_after_capture_then_resolve(
     sims: dict[str, SimulatorProcess], tmp_path: Path
 ) -> None:

@@ -16,7 +16,7 @@ from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.domain import Method, MethodDetail, MethodKind, PaymentIntent
 from quickpay_engine.errors import BatchTooLarge, InvalidBatch
 from quickpay_engine.settlement.ledger_book import KINDS_BY_PURPOSE, account_kind
-from quickpay_engine.settlement.pipeline import SaleColumns, sale_columns
+from quickpay_engine.settlement.pipeline import sales_of
 from quickpay_engine.settlement.validation import build_validation_columns
 from quickpay_engine.store.rows import (
     Decision,
@@ -113,21 +113,44 @@ def test_intent_columns_follow_the_rows_given() -> None:
     assert requests.intent_columns([]) == _intent_columns([])
 
 
-async def test_sale_columns_are_the_python_builders() -> None:
+async def test_sales_are_the_python_builders() -> None:
     intents = decoded_intents() + odd_intents()
     rows = list(range(len(intents)))[::-1]
     decisions = [Decision(f"pay_{r}", intents[r]) for r in rows]
-    theirs = sale_columns(decisions)
-    ours = SaleColumns(
-        [d.payment_id for d in decisions], *Requests(intents).sale_columns(rows, -1.0)
-    )
+    theirs = sales_of(decisions).columns()
+    ours = Requests(intents).sales([d.payment_id for d in decisions], rows, -1.0).columns()
     # A decoded request carries its caller's deadline; one without (None, or 0.0 as the
     # Python builder's `or` reads it) gets the one given (the Python builder's is "now"
     # plus the gateway deadline).
-    assert ours.deadlines == [intents[r].deadline or -1.0 for r in rows]
-    assert sorted(set(ours.deadlines)) == [-1.0, 12.5, 99.5]
-    assert dataclasses.replace(ours, deadlines=[]) == dataclasses.replace(theirs, deadlines=[])
-    assert all(type(k) is MethodKind for k in ours.kinds)
+    assert ours[-1] == [intents[r].deadline or -1.0 for r in rows]
+    assert sorted(set(ours[-1])) == [-1.0, 12.5, 99.5]
+    assert ours[:-1] == theirs[:-1]
+    assert all(type(k) is MethodKind for k in ours[3])
+
+
+async def test_sales_route_split_and_send_by_row() -> None:
+    intents = decoded_intents() + odd_intents()
+    rows = list(range(len(intents)))
+    ids = [f"pay_{r}" for r in rows]
+    sales = Requests(intents).sales(ids, rows, 10.0)
+    # Grouped by (method, currency) in first-appearance order, every row once.
+    routes = sales.routes()
+    assert sorted(r for _, _, group in routes for r in group) == rows
+    for kind, currency, group in routes:
+        assert all((intents[r].method.kind, intents[r].currency) == (kind, currency) for r in group)
+    assert [(k, c) for k, c, _ in routes] == list(
+        dict.fromkeys((i.method.kind, i.currency) for i in intents)
+    )
+    # Split by deadline as the router's BUDGET_MIN_S check reads it.
+    deadlines = [sales.deadline(r) for r in rows]
+    live, late = sales.due(rows, 12.5, 0.005)
+    assert late == [r for r in rows if deadlines[r] - 12.5 < 0.005]
+    assert live == [r for r in rows if deadlines[r] - 12.5 >= 0.005]
+    assert sales.payment_id(3) == "pay_3"
+    assert sales.currency(3) == intents[3].currency
+    part = sales.slice(2, 5)
+    assert part.columns() == [column[2:5] for column in sales.columns()]
+    assert len(sales.slice(5, 2)) == 0
 
 
 def test_holds_carry_each_purpose_account_kind() -> None:
@@ -147,7 +170,11 @@ def test_a_row_past_the_batch_and_a_batch_past_the_bound_are_refused() -> None:
     with pytest.raises(InvalidBatch, match="rows: 8 is not a row of columns of 8"):
         requests.intent_columns([0, 8])
     with pytest.raises(InvalidBatch):
-        requests.sale_columns([99], 0.0)
+        requests.sales(["p"], [99], 0.0)
+    with pytest.raises(InvalidBatch, match="payment_ids"):
+        requests.sales([], [0], 0.0)
+    with pytest.raises(InvalidBatch, match="rows: 8 is not a row"):
+        requests.sales(["p"] * 8, list(range(8)), 0.0).row(8)
     with pytest.raises(OverflowError):
         requests.holds([-1], KINDS_BY_PURPOSE)
     with pytest.raises(BatchTooLarge):

@@ -224,6 +224,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     requests::register(m)?;
     fraud::register(m)?;
     http::register(m)?;
+    m.add_class::<sale::Sales>()?;
     proto::register(m)?;
     ids::register(m)?;
     store::register(m)?;

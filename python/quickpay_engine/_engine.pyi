@@ -21,7 +21,6 @@ from quickpay_engine.domain import (
     PaymentStatus,
     Purpose,
 )
-from quickpay_engine.gateways.client import SaleRows
 
 _A = TypeVar("_A")
 
@@ -770,28 +769,74 @@ class HttpPool:
         done: Completions,
         future: asyncio.Future[Any],
         path: str,
-        columns: SaleRows,
+        sales: Sales,
+        rows: list[int],
+        timeouts_s: list[float],
+        now: float,
+        keep_s: float,
     ) -> None:
-        """Sends a batch's sales to this gateway at once (bodies built and answers read
-        in the core, on its HTTP runtime) and sets ``future`` to the answers' columns
-        through ``done`` once each has ended, no thread waiting; at most
-        ``sales_max`` are in flight at a time across every call.
+        """Sends ``rows`` of ``sales`` to this gateway at once (bodies built from the
+        requests' strings and answers read in the core, on its HTTP runtime) and sets
+        ``future`` to the answers' columns, in the order of ``rows``, through ``done``
+        once each has ended, no thread waiting; at most ``sales_max`` are in flight at a
+        time across every call.
 
-        ``columns`` (a ``SaleRows``, read by field name), one row per sale:
-        references, amounts, currencies, method kinds ("card", "wallet",
-        "bank_account", "carrier_balance") and the instrument's fields (those of
-        another kind ignored), each sale's timeout and its end (how
-        long from now it may still run: it waits for a slot at most min(timeout, end),
-        else not sent "busy"; with under 5 ms left it is not sent, "late").
+        Each sale has its timeout (``timeouts_s``, one per row) and its end: its
+        deadline's budget at ``now`` (the deadlines' clock) less min(``keep_s``, half
+        that budget). It waits for a slot at most min(timeout, end), else not sent
+        "busy"; with under 5 ms left it is not sent, "late".
 
         The columns (outcome, one byte per sale; status, state, gateway_reference,
         decline_reason, captured_minor, refunded_minor, currency, error, message):
         outcome 0 a payment,
         1 not sent (error "connect", "busy" or "late"), 2 ambiguous (a timeout, a
         dropped connection, a 5xx, an answer that is not JSON or holds a non-integer
-        number), 3 refused by a 4xx (error its code, message its text). Unequal
-        columns, an unknown kind or a bad timeout: ``HttpSetupError``; more than
-        ``SEND_MANY_MAX`` rows: ``BatchTooLarge``; either before any sale is sent."""
+        number), 3 refused by a 4xx (error its code, message its text). A row out of
+        range, an unknown kind, a bad timeout or a text that is not UTF-8:
+        ``HttpSetupError``; more than ``SEND_MANY_MAX`` rows: ``BatchTooLarge``; either
+        before any sale is sent."""
+
+@final
+class Sales:
+    """A batch of sales held by the core, one row per payment: the requests' own
+    strings, routed and sent by row numbers (``GatewayRouter.sale_columns``) with no
+    list per field. Built by ``Requests.sales`` or from columns of equal length
+    (``InvalidBatch`` otherwise): merchant references, amounts in minor units,
+    currencies, ``MethodKind`` members, the instrument's fields (another kind's are
+    ignored) and absolute deadlines on the router's clock. A row out of range:
+    ``InvalidBatch``."""
+
+    def __new__(
+        cls,
+        payment_ids: list[str],
+        amounts_minor: list[int],
+        currencies: list[str],
+        kinds: list[MethodKind] | list[int],
+        pans: list[str],
+        expiry_months: list[int],
+        expiry_years: list[int],
+        providers: list[str],
+        wallet_ids: list[str],
+        ibans: list[str],
+        deadlines: list[float],
+    ) -> Sales: ...
+    def __len__(self) -> int: ...
+    def columns(self) -> list[list[Any]]:
+        """The constructor's columns, in its order (new lists: for tests and tools)."""
+    def row(
+        self, row: int
+    ) -> tuple[str, int, str, MethodKind, str, int, int, str, str, str, float]:
+        """Row ``row``, in the constructor's order."""
+    def payment_id(self, row: int) -> str: ...
+    def currency(self, row: int) -> str: ...
+    def deadline(self, row: int) -> float: ...
+    def slice(self, start: int, end: int) -> Sales:
+        """Rows ``start`` to ``end`` (clamped), as a batch of their own."""
+    def routes(self) -> list[tuple[MethodKind, str, list[int]]]:
+        """The rows by method and currency, in the order each pair first appears."""
+    def due(self, rows: list[int], now: float, budget_min: float) -> tuple[list[int], list[int]]:
+        """``rows`` split into those with at least ``budget_min`` to their deadline at
+        ``now`` and those with less."""
 
 @final
 class SqliteWriter:
@@ -932,9 +977,9 @@ class Requests:
         ``settlement.validation.build_validation_columns`` builds them."""
     def intent_columns(self, rows: Sequence[int]) -> dict[str, list[Any]]:
         """The request's fields of ``store.rows.CommitColumns`` for ``rows``."""
-    def sale_columns(self, rows: Sequence[int], no_deadline: float) -> list[list[Any]]:
-        """``SaleColumns``' fields from ``amounts_minor`` to ``deadlines`` for ``rows``
-        (``no_deadline`` where a request has none)."""
+    def sales(self, payment_ids: list[str], rows: Sequence[int], no_deadline: float) -> Sales:
+        """The sales of ``rows``, their merchant references ``payment_ids`` (one each;
+        ``no_deadline`` where a request has none)."""
     def holds(self, rows: Sequence[int], kinds_by_purpose: Sequence[int]) -> list[list[Any]]:
         """Accounts, account kinds (by purpose number; the last past the list),
         amounts and currencies of ``rows``, for the ledger's reserve step."""

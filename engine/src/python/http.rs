@@ -120,7 +120,7 @@ pub(crate) struct HttpPool {
     pub(super) client: Arc<Client>,
     pub(super) base: url::Url,
     // Every request's headers, built once: with a JSON body, and without one.
-    json_headers: HeaderMap,
+    pub(super) json_headers: HeaderMap,
     bare_headers: HeaderMap,
     // Requests past this many in flight wait for a permit, inside their timeout.
     pub(super) permits: Arc<Semaphore>,
@@ -132,16 +132,22 @@ pub(crate) struct HttpPool {
 impl HttpPool {
     /// A request to `uri` with the pool's headers: a JSON body's, or none.
     pub(super) fn request(&self, method: Method, uri: Uri, body: Option<Bytes>) -> Request<Body> {
-        let (headers, body) = match body {
-            Some(body) => (&self.json_headers, body),
-            None => (&self.bare_headers, Bytes::new()),
+        let mut request = match body {
+            Some(body) => post(&self.json_headers, uri, body),
+            None => post(&self.bare_headers, uri, Bytes::new()),
         };
-        let mut request = Request::new(Full::new(body));
         *request.method_mut() = method;
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers.clone();
         request
     }
+}
+
+/// A POST of `body` to `uri` with `headers` (the pool's, cloned).
+pub(super) fn post(headers: &HeaderMap, uri: Uri, body: Bytes) -> Request<Body> {
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers.clone();
+    request
 }
 
 /// The Uri of a URL already checked to be absolute http(s) (url's serialization is

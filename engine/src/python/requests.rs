@@ -2,11 +2,12 @@
 //!
 //! The saga's stages each want the requests as columns: validation and fraud scoring
 //! as numpy arrays, the journal and the commit as lists the store's writer reads, the
-//! gateways' sales and the ledger's holds as lists of their own. Walked in Python, that
-//! was one list comprehension per field per stage, some sixty attribute reads a payment
-//! and a fifth of the event loop's time under PayBatch (benches/RESULTS.md). Here each
-//! intent is read once, by the core, and every stage's columns are cut from what it
-//! read, for the rows the stage needs, with no Python step per payment.
+//! gateways' sales as the core's `Sales`, the ledger's holds as lists of their own.
+//! Walked in Python, that was one list comprehension per field per stage, some sixty
+//! attribute reads a payment and a fifth of the event loop's time under PayBatch
+//! (benches/RESULTS.md). Here each intent is read once, by the core, and every stage's
+//! columns are cut from what it read, for the rows the stage needs, with no Python step
+//! per payment.
 //!
 //! The values are the intents' own Python objects (no copy, no new string): a column
 //! of text is a list of the same `str` objects, and a numpy column is built from their
@@ -18,6 +19,7 @@ use numpy::{PyArray1, PyArrayDescr};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
+use super::sale::{Sale, Sales};
 use super::CoreError;
 
 /// The text fields of a request, by their place in `Request::text`.
@@ -305,34 +307,40 @@ impl Requests {
         Ok(out)
     }
 
-    /// The sales' columns of `rows` after the payment ids (`gateways.types.SaleColumns`'
-    /// fields from `amounts_minor` to `deadlines`): a request without a deadline (None,
-    /// or 0.0) gets `no_deadline`.
-    fn sale_columns<'py>(
+    /// The sales of `rows`, whose merchant references are `payment_ids` (one each), as
+    /// the core's `Sales`: the requests' own strings, no list per field. A request
+    /// without a deadline (None, or 0.0) gets `no_deadline`.
+    fn sales(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
+        payment_ids: Vec<Bound<'_, PyString>>,
         rows: Vec<usize>,
         no_deadline: f64,
-    ) -> PyResult<Vec<Bound<'py, PyList>>> {
+    ) -> PyResult<Sales> {
         let picked = self.picked(&rows)?;
-        Ok(vec![
-            PyList::new(py, picked.iter().map(|r| r.amount_minor))?,
-            text_list(py, &picked, CURRENCY)?,
-            PyList::new(py, picked.iter().map(|r| r.kind_member.bind(py)))?,
-            text_list(py, &picked, PAN)?,
-            PyList::new(py, picked.iter().map(|r| r.expiry_month))?,
-            PyList::new(py, picked.iter().map(|r| r.expiry_year))?,
-            text_list(py, &picked, PROVIDER)?,
-            text_list(py, &picked, WALLET)?,
-            text_list(py, &picked, IBAN)?,
-            // 0.0 as no deadline, as the Python builder's `deadline or ...` reads it.
-            PyList::new(
-                py,
-                picked
-                    .iter()
-                    .map(|r| r.deadline.filter(|&d| d != 0.0).unwrap_or(no_deadline)),
-            )?,
-        ])
+        super::check_len("payment_ids", payment_ids.len(), picked.len())?;
+        let text = |r: &Request, field: usize| r.text[field].clone_ref(py);
+        Ok(Sales::new(
+            picked
+                .iter()
+                .zip(payment_ids)
+                .map(|(r, payment_id)| Sale {
+                    reference: payment_id.unbind(),
+                    amount_minor: r.amount_minor,
+                    currency: text(r, CURRENCY),
+                    kind: r.kind,
+                    kind_member: r.kind_member.clone_ref(py),
+                    pan: text(r, PAN),
+                    expiry_month: i64::from(r.expiry_month),
+                    expiry_year: i64::from(r.expiry_year),
+                    provider: text(r, PROVIDER),
+                    wallet_id: text(r, WALLET),
+                    iban: text(r, IBAN),
+                    // 0.0 as no deadline, as the Python builder's `deadline or ...` reads it.
+                    deadline: r.deadline.filter(|&d| d != 0.0).unwrap_or(no_deadline),
+                })
+                .collect(),
+        ))
     }
 
     /// The holds of `rows` for the ledger's reserve step, after the payment ids:

@@ -59,6 +59,18 @@ class CircuitBreaker:
         self._probes += 1
         return True
 
+    def allow_many(self, n: int) -> int:
+        """How many of ``n`` calls may go through now, the first ones: ``allow`` for
+        each in turn (a half-open breaker gives out its probe slots)."""
+        state = self.state
+        if state is BreakerState.CLOSED:
+            return n
+        if state is BreakerState.OPEN:
+            return 0
+        allowed = max(0, min(n, self._settings.half_open_max_calls - self._probes))
+        self._probes += allowed
+        return allowed
+
     def record_success(self) -> None:
         """The gateway answered: close the breaker."""
         self._failures = 0

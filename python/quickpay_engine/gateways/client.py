@@ -14,11 +14,12 @@ thread, which releases the GIL while they run, so the event loop only builds bod
 reads answers. Before it, aiohttp's client took about a third of the event loop's time
 per payment (benches/RESULTS.md, "Gateway transport").
 
-The router's sales go further: ``sales`` hands a batch's columns to the pool's
-``sale_many_into``, which builds each body, sends them and reads the answers in the
-core, and hands back columns through the event loop's completion queue (no thread of
-ours waits, no Python object per sale); a
-single ``queue_sale`` is queued for the end of the turn and goes out the same way. The
+The router's sales go further: ``sales`` hands rows of a batch's ``Sales`` (the core's,
+holding the requests' own strings) to the pool's ``sale_many_into``, which builds each
+body, sends them and reads the answers in the core, and hands back columns through the
+event loop's completion queue (no thread of ours waits, no Python object or list per
+sale); a single ``queue_sale`` is queued for the end of the turn and goes out the same
+way. The
 pool holds the gateway's sale slots: at most ``pool_max`` of those sales in flight,
 whichever way they came. (``sale`` is the plain JSON call, for tools and tests.)
 The answers of one turn come back together, when its slowest request has ended (at
@@ -40,10 +41,10 @@ import logging
 import urllib.parse
 from typing import Any, NamedTuple
 
-from quickpay_engine._engine import SEND_MANY_MAX, BatchTooLarge, HttpPool, HttpSetupError
+from quickpay_engine._engine import SEND_MANY_MAX, BatchTooLarge, HttpPool, HttpSetupError, Sales
 from quickpay_engine.completions import completions
 from quickpay_engine.gateways.config import GatewayConfig
-from quickpay_engine.gateways.types import BankAccount, Card, SaleRequest, Wallet
+from quickpay_engine.gateways.types import METHOD_BY_NAME
 from quickpay_engine.threads import name_os_thread
 
 # Connections beyond pool_max, so that lookups and voids resolving an unknown outcome
@@ -97,28 +98,8 @@ class GatewayRefused(Exception):
         self.code = code
 
 
-class SaleRows(NamedTuple):
-    """A batch's sales at one gateway, as columns (one row per sale): the instrument's
-    fields of another kind are ignored (empty or 0). ``ends_s`` is, per sale, how long
-    from now it may still be running (the router keeps the rest of the deadline to
-    resolve an unknown outcome)."""
-
-    references: list[str]
-    amounts_minor: list[int]
-    currencies: list[str]
-    kinds: list[str]  # "card", "wallet", "bank_account", "carrier_balance"
-    pans: list[str]
-    expiry_months: list[int]
-    expiry_years: list[int]
-    providers: list[str]
-    wallet_ids: list[str]
-    ibans: list[str]
-    timeouts_s: list[float]
-    ends_s: list[float]
-
-
 class SaleAnswers(NamedTuple):
-    """How each sale of a ``SaleRows`` ended (PAID, NOT_SENT, UNKNOWN, REFUSED), and for
+    """How each sale of a ``sales`` call ended (PAID, NOT_SENT, UNKNOWN, REFUSED), and for
     PAID the payment's fields; ``errors`` is what went wrong (for REFUSED the gateway's
     code, ``messages`` its text)."""
 
@@ -134,55 +115,33 @@ class SaleAnswers(NamedTuple):
     messages: list[str]
 
 
-def sale_rows() -> SaleRows:
-    """Empty columns to append sales to."""
-    return SaleRows([], [], [], [], [], [], [], [], [], [], [], [])
+class _SaleQueue:
+    """A turn's single sales on one path, as the core's ``Sales`` columns, each with its
+    timeout; their deadlines are on the event loop's clock."""
 
+    __slots__ = ("columns", "timeouts_s", "waiting")
 
-def add_sale(
-    rows: SaleRows, reference: str, amount_minor: int, currency: str,
-    method: dict[str, Any], timeout_s: float, end_s: float,
-) -> None:  # fmt: skip
-    """Appends one sale, its instrument given as its wire dict (``Instrument.wire()``)."""
-    rows.references.append(reference)
-    rows.amounts_minor.append(amount_minor)
-    rows.currencies.append(currency)
-    rows.kinds.append(str(method["kind"]))
-    rows.pans.append(str(method.get("pan", "")))
-    rows.expiry_months.append(int(method.get("expiry_month", 0)))  # type: ignore[call-overload]
-    rows.expiry_years.append(int(method.get("expiry_year", 0)))  # type: ignore[call-overload]
-    rows.providers.append(str(method.get("provider", "")))
-    rows.wallet_ids.append(str(method.get("wallet_id", "")))
-    rows.ibans.append(str(method.get("iban", "")))
-    rows.timeouts_s.append(timeout_s)
-    rows.ends_s.append(end_s)
+    def __init__(self) -> None:
+        self.columns: tuple[list[Any], ...] = tuple([] for _ in range(11))
+        self.timeouts_s: list[float] = []
+        self.waiting: list[asyncio.Future[SaleAnswers]] = []
 
-
-def add_sale_request(rows: SaleRows, request: SaleRequest, timeout_s: float, end_s: float) -> None:
-    """Appends one sale from a ``SaleRequest`` (the same body as its ``wire()``)."""
-    rows.references.append(request.payment_id)
-    rows.amounts_minor.append(request.amount_minor)
-    rows.currencies.append(request.currency)
-    method = request.instrument
-    pan = provider = wallet_id = iban = ""
-    month = year = 0
-    if isinstance(method, Card):
-        kind, pan, month, year = "card", method.pan, method.expiry_month, method.expiry_year
-    elif isinstance(method, Wallet):
-        kind, provider, wallet_id = "wallet", method.provider, method.wallet_id
-    elif isinstance(method, BankAccount):
-        kind, iban = "bank_account", method.iban
-    else:
-        kind = "carrier_balance"
-    rows.kinds.append(kind)
-    rows.pans.append(pan)
-    rows.expiry_months.append(month)
-    rows.expiry_years.append(year)
-    rows.providers.append(provider)
-    rows.wallet_ids.append(wallet_id)
-    rows.ibans.append(iban)
-    rows.timeouts_s.append(timeout_s)
-    rows.ends_s.append(end_s)
+    def add(
+        self, reference: str, amount_minor: int, currency: str, method: dict[str, Any],
+        timeout_s: float, deadline: float,
+    ) -> int:  # fmt: skip
+        """Appends one sale, its instrument given as its wire dict (``Instrument.wire()``);
+        its row."""
+        row = (
+            reference, amount_minor, currency, METHOD_BY_NAME.get(str(method["kind"]), 0),
+            str(method.get("pan", "")), int(method.get("expiry_month", 0)),
+            int(method.get("expiry_year", 0)), str(method.get("provider", "")),
+            str(method.get("wallet_id", "")), str(method.get("iban", "")), deadline,
+        )  # fmt: skip
+        for column, value in zip(self.columns, row, strict=True):
+            column.append(value)
+        self.timeouts_s.append(timeout_s)
+        return len(self.timeouts_s) - 1
 
 
 class GatewayClient:
@@ -198,8 +157,7 @@ class GatewayClient:
         self._queued: list[tuple[_Request, asyncio.Future[_Answer]]] = []
         self._sending: set[asyncio.Future[Any]] = set()
         # Single sales made in this turn, by path, sent together at its end.
-        self._queued_sales: dict[str, list[asyncio.Future[SaleAnswers]]] = {}
-        self._sale_rows: dict[str, SaleRows] = {}
+        self._queued_sales: dict[str, _SaleQueue] = {}
 
     async def start(self) -> None:
         """Opens the connection pool."""
@@ -253,16 +211,15 @@ class GatewayClient:
         if self._pool is None:
             raise RuntimeError(f"gateway client {self.config.name!r} is not started")
         path = SALE_PATH if capture else AUTHORIZE_PATH
-        rows = self._sale_rows.get(path)
-        if rows is None:
-            rows = self._sale_rows[path] = sale_rows()
-            self._queued_sales[path] = []
-            asyncio.get_running_loop().call_soon(self._flush_sales, path)
+        loop = asyncio.get_running_loop()
+        queue = self._queued_sales.get(path)
+        if queue is None:
+            queue = self._queued_sales[path] = _SaleQueue()
+            loop.call_soon(self._flush_sales, path)
         end = timeout_s if end_s is None else end_s
-        add_sale(rows, reference, amount_minor, currency, method, timeout_s, end)
-        answer: asyncio.Future[SaleAnswers] = asyncio.get_running_loop().create_future()
-        row = len(rows.references) - 1
-        self._queued_sales[path].append(answer)
+        row = queue.add(reference, amount_minor, currency, method, timeout_s, loop.time() + end)
+        answer: asyncio.Future[SaleAnswers] = loop.create_future()
+        queue.waiting.append(answer)
         return self.payment_of(await answer, row)
 
     def payment_of(self, answers: SaleAnswers, i: int) -> dict[str, Any]:
@@ -287,21 +244,26 @@ class GatewayClient:
             raise GatewayRefused(answers.statuses[i], error, answers.messages[i])
         raise GatewayAmbiguous(f"{name}: {error}")
 
-    def sales(self, rows: SaleRows, *, capture: bool = True) -> asyncio.Future[SaleAnswers]:
-        """Sends a batch's sales in one core call (bodies built, answers read in Rust,
-        no thread of ours waiting); the answers' columns, once every sale has ended. A call the
-        transport refused before sending anything answers NOT_SENT for each; one that
-        failed otherwise answers UNKNOWN for each."""
+    def sales(
+        self, sales: Sales, rows: list[int], timeouts_s: list[float], now: float, keep_s: float,
+        *, capture: bool = True,
+    ) -> asyncio.Future[SaleAnswers]:  # fmt: skip
+        """Sends ``rows`` of a batch's sales in one core call (bodies built from the
+        requests' strings, answers read in Rust, no thread of ours waiting); the answers'
+        columns, in the order of ``rows``, once every sale has ended. Each runs at most
+        its timeout and ends early enough to leave min(``keep_s``, half its budget at
+        ``now``) of its deadline. A call the transport refused before sending anything
+        answers NOT_SENT for each; one that failed otherwise answers UNKNOWN for each."""
         if self._pool is None or self._senders is None:
             raise RuntimeError(f"gateway client {self.config.name!r} is not started")
         loop = asyncio.get_running_loop()
         path = SALE_PATH if capture else AUTHORIZE_PATH
-        n = len(rows.references)
+        n = len(rows)
         # The sales run on the core's HTTP runtime; no thread waits for them, and their
         # columns come back through the loop's completion queue.
         queue, sent = completions()
         try:
-            self._pool.sale_many_into(queue, sent, path, rows)
+            self._pool.sale_many_into(queue, sent, path, sales, rows, timeouts_s, now, keep_s)
         except Exception as err:  # raised before any sale was started: none was sent
             log.error("gateway %s: sales not sent: %r", self.config.name, err)
             sent.set_result(_all_sales(n, NOT_SENT, type(err).__name__))
@@ -313,20 +275,23 @@ class GatewayClient:
 
     def _flush_sales(self, path: str) -> None:
         """Sends the turn's single sales on ``path`` in one ``sales`` call."""
-        rows = self._sale_rows.pop(path)
-        waiting = self._queued_sales.pop(path)
+        queued = self._queued_sales.pop(path)
+        n = len(queued.timeouts_s)
         try:
-            answers = self.sales(rows, capture=path == SALE_PATH)
+            answers = self.sales(
+                Sales(*queued.columns), list(range(n)), queued.timeouts_s,
+                asyncio.get_running_loop().time(), 0.0, capture=path == SALE_PATH,
+            )  # fmt: skip
         except Exception as err:  # closed meanwhile: none was sent, every caller hears
             log.error("gateway %s: sales not sent: %s", self.config.name, err)
-            for answer in waiting:
+            for answer in queued.waiting:
                 if not answer.done():
-                    answer.set_result(_all_sales(len(rows.references), NOT_SENT, "closed"))
+                    answer.set_result(_all_sales(n, NOT_SENT, "closed"))
             return
 
         def deliver(done: asyncio.Future[SaleAnswers]) -> None:
             result = done.result()
-            for answer in waiting:
+            for answer in queued.waiting:
                 if not answer.done():  # a caller that gave up has cancelled its future
                     answer.set_result(result)
 

@@ -36,6 +36,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+
+from quickpay_engine._engine import Sales
 from quickpay_engine.domain import MethodKind
 from quickpay_engine.gateways.breaker import BreakerState, CircuitBreaker
 from quickpay_engine.gateways.client import (
@@ -47,22 +50,21 @@ from quickpay_engine.gateways.client import (
     GatewayClient,
     GatewayRefused,
     GatewayUnreachable,
-    SaleRows,
 )
 from quickpay_engine.gateways.config import GatewayConfig, GatewaysConfig
 from quickpay_engine.gateways.types import (
     DEADLINE_EXCEEDED,
     GATEWAY_UNAVAILABLE,
     INVALID_REQUEST,
-    METHOD_NAMES,
     NO_GATEWAY_ROUTE,
     UNRESOLVED,
     GatewayOutcome,
     GatewayResult,
     Instrument,
-    SaleColumns,
     SaleOutcomes,
     SaleRequest,
+    sale_request,
+    sales_of_requests,
 )
 
 log = logging.getLogger(__name__)
@@ -174,30 +176,24 @@ class GatewayRouter:
             deadlines = list(deadline)
             if len(deadlines) != n:
                 raise ValueError(f"sale_many: {len(deadlines)} deadlines for {n} payments")
-        out = await self.sale_columns(SaleColumns.of_requests(requests, deadlines))
+        out = await self.sale_columns(sales_of_requests(requests, deadlines))
         return [out.result(i, r.payment_id) for i, r in enumerate(requests)]
 
-    async def sale_columns(self, sales: SaleColumns) -> SaleOutcomes:
-        """``sale_many`` of a batch given as columns, answered as columns: no object is
-        built per payment but for the rare one that leaves the batch (its fate at a
-        gateway unknown, or refused there)."""
+    async def sale_columns(self, sales: Sales) -> SaleOutcomes:
+        """``sale_many`` of a batch given as the core's ``Sales``, answered as columns:
+        no object is built per payment but for the rare one that leaves the batch (its
+        fate at a gateway unknown, or refused there)."""
         n = len(sales)
         if n > SALE_BATCH_MAX:
             raise ValueError(f"sale_many takes at most {SALE_BATCH_MAX} payments")
         run = _Run(sales)
         first: dict[str, list[int]] = {}
-        # Grouped by method and currency first: the routes are looked up once a group.
-        groups: dict[tuple[MethodKind, str], list[int]] = {}
-        for i, key in enumerate(zip(sales.kinds, sales.currencies, strict=True)):
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [i]
-            else:
-                group.append(i)
-        for (kind, currency), idx in groups.items():
+        # Grouped by method and currency in the core: the routes are looked up once a
+        # group.
+        for group, (kind, currency, idx) in enumerate(sales.routes()):
             names = self._route(kind, currency)
-            for i in idx:
-                run.names[i] = names
+            run.routes.append(names)
+            run.group[idx] = group
             if names:
                 first.setdefault(names[0], []).extend(idx)
             else:
@@ -221,7 +217,7 @@ class GatewayRouter:
         groups: dict[str, list[int]] = {}
         for i in moved:
             run.at[i] += 1
-            names = run.names[i]
+            names = run.names(i)
             if run.at[i] < len(names):
                 groups.setdefault(names[run.at[i]], []).append(i)
             else:
@@ -234,40 +230,26 @@ class GatewayRouter:
         gw, breaker = self._gateways[name], self._breakers[name]
         now = self._clock()
         sales = run.sales
-        deadlines = sales.deadlines
-        send: list[int] = []
-        moved: list[int] = []
-        for i in idx:
-            if deadlines[i] - now < BUDGET_MIN_S:
-                run.fail(i, DEADLINE_EXCEEDED)
-            elif breaker.allow():
-                send.append(i)
-            else:
-                run.attempts(i).append(f"{name}:breaker_open")
-                moved.append(i)
+        send, late = sales.due(idx, now, BUDGET_MIN_S)
+        for i in late:
+            run.fail(i, DEADLINE_EXCEEDED)
+        # As many as the breaker lets through, in order (as ``allow`` for each).
+        allowed = breaker.allow_many(len(send))
+        send, moved = send[:allowed], send[allowed:]
+        for i in moved:
+            run.attempts(i).append(f"{name}:breaker_open")
         if not send:
             await self._batches(run, self._onward(run, moved))
             return
         timeout_s = gw.timeout_ms / 1000
+        # Each sale ends early enough to leave min(keep_s, half its budget) for
+        # resolving an unknown outcome (``_sale_end_s``, applied by the core).
         keep_s = 2 * gw.lookup_timeout_ms / 1000
-        rows = SaleRows(
-            [sales.payment_ids[i] for i in send],
-            [sales.amounts_minor[i] for i in send],
-            [sales.currencies[i] for i in send],
-            [METHOD_NAMES[sales.kinds[i]] for i in send],
-            [sales.pans[i] for i in send],
-            [sales.expiry_months[i] for i in send],
-            [sales.expiry_years[i] for i in send],
-            [sales.providers[i] for i in send],
-            [sales.wallet_ids[i] for i in send],
-            [sales.ibans[i] for i in send],
-            [timeout_s] * len(send),
-            # _sale_end_s of each sale's budget, inline.
-            [b - min(keep_s, b / 2) for i in send for b in (deadlines[i] - now,)],
-        )
         onward = asyncio.ensure_future(self._batches(run, self._onward(run, moved)))
         try:
-            answers = await self._clients[name].sales(rows)
+            answers = await self._clients[name].sales(
+                sales, send, [timeout_s] * len(send), now, keep_s
+            )
         except asyncio.CancelledError:
             for _ in send:
                 breaker.release()
@@ -313,7 +295,7 @@ class GatewayRouter:
                 code = answers.errors[j]
                 run.attempts(i).append(f"{name}:refused:{code}")
                 log.error(
-                    "gateway %s refused sale %s: %s %s: %s", name, sales.payment_ids[i],
+                    "gateway %s refused sale %s: %s %s: %s", name, sales.payment_id(i),
                     answers.statuses[j], code, answers.messages[j],
                 )  # fmt: skip
                 run.fail(i, INVALID_REQUEST, name)
@@ -321,7 +303,7 @@ class GatewayRouter:
                 failures += 1
                 run.attempts(i).append(f"{name}:ambiguous")
                 log.warning(
-                    "sale %s at %s: %s: %s; looking it up", sales.payment_ids[i], name, name,
+                    "sale %s at %s: %s: %s; looking it up", sales.payment_id(i), name, name,
                     answers.errors[j],
                 )  # fmt: skip
                 unknown.append(i)
@@ -341,11 +323,12 @@ class GatewayRouter:
     async def _after_unknown(self, run: _Run, name: str, i: int) -> None:
         """A payment whose sale at ``name`` may have landed: resolved there on its own,
         then (proven not captured there) on to its next gateways one at a time."""
-        request, deadline, attempts = run.sales.request(i), run.sales.deadlines[i], run.attempts(i)
+        request, deadline = sale_request(run.sales, i), run.sales.deadline(i)
+        attempts = run.attempts(i)
         result = await self._sale_at(name, request, deadline, attempts, unknown=True)
         if result is None:
             result = await self._sale_from(
-                request, run.names[i][run.at[i] + 1 :], deadline, attempts
+                request, run.names(i)[run.at[i] + 1 :], deadline, attempts
             )
         run.out.set(i, result)
 
@@ -579,18 +562,24 @@ class GatewayRouter:
 
 
 class _Run:
-    """One sale_columns call's state: per payment, its gateways in failover order, which
-    of them it is at, what was tried (made on first use) and its outcome's columns."""
+    """One sale_columns call's state: per payment, its gateways in failover order (its
+    route group's), which of them it is at, what was tried (made on first use) and its
+    outcome's columns."""
 
-    __slots__ = ("_attempts", "at", "names", "out", "sales")
+    __slots__ = ("_attempts", "at", "group", "out", "routes", "sales")
 
-    def __init__(self, sales: SaleColumns) -> None:
+    def __init__(self, sales: Sales) -> None:
         n = len(sales)
         self.sales = sales
-        self.names: list[list[str]] = [[]] * n
+        self.routes: list[list[str]] = []  # by route group
+        self.group = np.zeros(n, np.intp)  # each payment's route group
         self.at = [0] * n
         self.out = SaleOutcomes(n)
         self._attempts: dict[int, list[str]] = {}
+
+    def names(self, i: int) -> list[str]:
+        """Payment ``i``'s gateways, in failover order."""
+        return self.routes[self.group[i]]
 
     def tried(self, i: int, last: str) -> tuple[str, ...]:
         """What was tried for payment ``i``, ending with ``last``."""
@@ -609,7 +598,7 @@ class _Run:
         out.outcomes[i] = GatewayOutcome.FAILED
         out.gateways[i] = gateway
         out.reasons[i] = reason
-        out.currencies[i] = self.sales.currencies[i]
+        out.currencies[i] = self.sales.currency(i)
         found = self._attempts.get(i)
         if found:
             out.attempts[i] = tuple(found)

@@ -12,6 +12,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from quickpay_engine._engine import Sales
 from quickpay_engine.domain import MethodKind
 
 
@@ -167,67 +168,46 @@ class GatewayResult:
     attempts: tuple[str, ...] = field(default=())
 
 
-@dataclass(slots=True)
-class SaleColumns:
-    """A batch of sales as columns, one row per payment (``GatewayRouter.sale_columns``):
-    the instrument's fields of another kind are ignored (empty or 0); ``deadlines`` are
-    absolute, on the router's clock. No object is built per payment."""
+def sales_of_requests(requests: Sequence[SaleRequest], deadlines: Sequence[float]) -> Sales:
+    """The core's ``Sales`` of ``SaleRequest``s (the one-object-per-sale form), each
+    with its absolute deadline on the router's clock."""
+    pans, months, years, providers, wallet_ids, ibans = [], [], [], [], [], []
+    for r in requests:
+        m = r.instrument
+        card, wallet = isinstance(m, Card), isinstance(m, Wallet)
+        pans.append(m.pan if card else "")  # type: ignore[union-attr]
+        months.append(m.expiry_month if card else 0)  # type: ignore[union-attr]
+        years.append(m.expiry_year if card else 0)  # type: ignore[union-attr]
+        providers.append(m.provider if wallet else "")  # type: ignore[union-attr]
+        wallet_ids.append(m.wallet_id if wallet else "")  # type: ignore[union-attr]
+        ibans.append(m.iban if isinstance(m, BankAccount) else "")
+    return Sales(
+        [r.payment_id for r in requests], [r.amount_minor for r in requests],
+        [r.currency for r in requests], [r.instrument.kind for r in requests],
+        pans, months, years, providers, wallet_ids, ibans, list(deadlines),
+    )  # fmt: skip
 
-    payment_ids: list[str]
-    amounts_minor: list[int]
-    currencies: list[str]
-    kinds: list[MethodKind]
-    pans: list[str]
-    expiry_months: list[int]
-    expiry_years: list[int]
-    providers: list[str]
-    wallet_ids: list[str]
-    ibans: list[str]
-    deadlines: list[float]
 
-    def __len__(self) -> int:
-        return len(self.payment_ids)
-
-    @classmethod
-    def of_requests(cls, requests: Sequence[SaleRequest], deadlines: list[float]) -> SaleColumns:
-        """The columns of ``SaleRequest``s (the one-object-per-sale form)."""
-        pans, months, years, providers, wallet_ids, ibans = [], [], [], [], [], []
-        for r in requests:
-            m = r.instrument
-            card, wallet = isinstance(m, Card), isinstance(m, Wallet)
-            pans.append(m.pan if card else "")  # type: ignore[union-attr]
-            months.append(m.expiry_month if card else 0)  # type: ignore[union-attr]
-            years.append(m.expiry_year if card else 0)  # type: ignore[union-attr]
-            providers.append(m.provider if wallet else "")  # type: ignore[union-attr]
-            wallet_ids.append(m.wallet_id if wallet else "")  # type: ignore[union-attr]
-            ibans.append(m.iban if isinstance(m, BankAccount) else "")
-        return cls(
-            [r.payment_id for r in requests], [r.amount_minor for r in requests],
-            [r.currency for r in requests], [r.instrument.kind for r in requests],
-            pans, months, years, providers, wallet_ids, ibans, deadlines,
-        )  # fmt: skip
-
-    def instrument(self, i: int) -> Instrument:
-        """Payment ``i``'s instrument (for the rare sale sent on its own)."""
-        match self.kinds[i]:
-            case MethodKind.CARD:
-                return Card(self.pans[i], self.expiry_months[i], self.expiry_years[i])
-            case MethodKind.WALLET:
-                return Wallet(self.providers[i], self.wallet_ids[i])
-            case MethodKind.BANK_ACCOUNT:
-                return BankAccount(self.ibans[i])
-            case _:
-                return CarrierBalance()
-
-    def request(self, i: int) -> SaleRequest:
-        """Payment ``i`` as a ``SaleRequest``."""
-        return SaleRequest(
-            self.payment_ids[i], self.amounts_minor[i], self.currencies[i], self.instrument(i)
-        )
+def sale_request(sales: Sales, i: int) -> SaleRequest:
+    """Row ``i`` of ``sales`` as a ``SaleRequest`` (for the rare sale sent on its own)."""
+    payment_id, amount, currency, kind, pan, month, year, provider, wallet_id, iban, _ = sales.row(
+        i
+    )
+    instrument: Instrument
+    match kind:
+        case MethodKind.CARD:
+            instrument = Card(pan, month, year)
+        case MethodKind.WALLET:
+            instrument = Wallet(provider, wallet_id)
+        case MethodKind.BANK_ACCOUNT:
+            instrument = BankAccount(iban)
+        case _:
+            instrument = CarrierBalance()
+    return SaleRequest(payment_id, amount, currency, instrument)
 
 
 class SaleOutcomes:
-    """What a ``sale_columns`` call established, as columns, one row per payment: the
+    """What a ``GatewayRouter.sale_columns`` call established, as columns, one row per payment: the
     fields of ``GatewayResult`` but the payment id (the request's); ``attempts`` only
     for the payments that have any."""
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, NoReturn
 import numpy as np
 import numpy.typing as npt
 
-from quickpay_engine._engine import Engine, EngineError, Requests, reject_codes
+from quickpay_engine._engine import Engine, EngineError, Requests, Sales, reject_codes
 from quickpay_engine.domain import (
     MethodKind,
     Outcome,
@@ -51,7 +51,6 @@ from quickpay_engine.gateways.router import SALE_BATCH_MAX, GatewayRouter
 from quickpay_engine.gateways.types import (
     GatewayOutcome,
     GatewayResult,
-    SaleColumns,
     SaleOutcomes,
 )
 from quickpay_engine.logs import payment_fields
@@ -492,7 +491,7 @@ class Pipeline:
     async def _complete(self, batch: _Batch) -> None:
         decisions = batch.decisions
         lap = time.perf_counter()
-        gateway = await self._sales(self._sale_columns(batch))
+        gateway = await self._sales(self._sales_of(batch))
         if self.metrics is not None and len(gateway):
             self.metrics.gateway_round_columns(
                 gateway.gateways, gateway.outcomes, time.perf_counter() - lap
@@ -695,24 +694,25 @@ class Pipeline:
         while self._posting:
             await asyncio.gather(*self._posting)
 
-    def _sale_columns(self, batch: _Batch) -> SaleColumns:
-        """The sales of the batch's reserved payments, cut by the core from their
-        requests; a request without a deadline gets GATEWAY_DEADLINE_S from now."""
+    def _sales_of(self, batch: _Batch) -> Sales:
+        """The sales of the batch's reserved payments, from their requests as the core
+        read them; a request without a deadline gets GATEWAY_DEADLINE_S from now."""
         decisions, reserved = batch.decisions, batch.reserved
         if not reserved:
-            return sale_columns([])
+            return sales_of([])
         assert batch.requests is not None  # a batch with payments read their requests
         no_deadline = asyncio.get_running_loop().time() + GATEWAY_DEADLINE_S
-        return SaleColumns(
+        return batch.requests.sales(
             [decisions[k].payment_id for k in reserved],
-            *batch.requests.sale_columns([batch.rows[k] for k in reserved], no_deadline),
+            [batch.rows[k] for k in reserved],
+            no_deadline,
         )
 
-    async def _sales(self, sales: SaleColumns) -> SaleOutcomes:
-        """The batch's sales in one router call (batched per gateway), as columns in and
-        out (no request or result object per payment); then, for each unknown outcome
-        (rare), a lookup at the gateway that may hold it, until RESOLVE_S past that
-        sale's deadline."""
+    async def _sales(self, sales: Sales) -> SaleOutcomes:
+        """The batch's sales in one router call (batched per gateway), as the core's
+        ``Sales`` in and columns out (no request or result object per payment); then,
+        for each unknown outcome (rare), a lookup at the gateway that may hold it, until
+        RESOLVE_S past that sale's deadline."""
         n = len(sales)
         if not n:
             return SaleOutcomes(0)
@@ -721,7 +721,7 @@ class Pipeline:
         else:
             out = SaleOutcomes(0)
             for start in range(0, n, SALE_BATCH_MAX):
-                part = _slice(sales, start, start + SALE_BATCH_MAX)
+                part = sales.slice(start, start + SALE_BATCH_MAX)
                 _extend(out, await self._router.sale_columns(part))
         unknown = [
             j for j, (o, g) in enumerate(zip(out.outcomes, out.gateways, strict=True))
@@ -730,8 +730,8 @@ class Pipeline:
         if unknown:
             resolved = await asyncio.gather(
                 *(
-                    self._resolve(sales.payment_ids[j], out.result(j, sales.payment_ids[j]),
-                                  sales.deadlines[j])
+                    self._resolve(sales.payment_id(j), out.result(j, sales.payment_id(j)),
+                                  sales.deadline(j))
                     for j in unknown
                 )
             )  # fmt: skip
@@ -741,7 +741,7 @@ class Pipeline:
 
     async def _sale(self, d: Decision) -> GatewayResult:
         """One payment's sale (the batch path with one payment; for tests and tools)."""
-        return (await self._sales(sale_columns([d]))).result(0, d.payment_id)
+        return (await self._sales(sales_of([d]))).result(0, d.payment_id)
 
     async def _resolve(
         self, payment_id: str, result: GatewayResult, deadline: float
@@ -766,13 +766,14 @@ class Pipeline:
             await give_back(self._store, self._thread, self._book, self._router, d, why)
 
 
-def sale_columns(sold: Sequence[Decision]) -> SaleColumns:
-    """The sales of ``sold``, read from their intents (``Pipeline._sale_columns`` cuts
-    them in the core); a request without a deadline gets GATEWAY_DEADLINE_S from now."""
+def sales_of(sold: Sequence[Decision]) -> Sales:
+    """The sales of ``sold``, read from their intents (``Pipeline._sales_of`` takes them
+    from the core's read of the requests); a request without a deadline gets
+    GATEWAY_DEADLINE_S from now."""
     now = asyncio.get_running_loop().time()
     intents = [d.intent for d in sold]
     details = [i.detail for i in intents]
-    return SaleColumns(
+    return Sales(
         [d.payment_id for d in sold],
         [i.amount_minor for i in intents],
         [i.currency for i in intents],
@@ -792,11 +793,6 @@ def _gateway_detail(outcome: GatewayOutcome, gateway: str, reason: str) -> str:
     if outcome is GatewayOutcome.DECLINED:
         return f"declined by gateway {gateway}"
     return f"no gateway could take the payment ({reason or outcome.name})"
-
-
-def _slice(sales: SaleColumns, start: int, end: int) -> SaleColumns:
-    """Rows ``start`` to ``end`` of ``sales``."""
-    return SaleColumns(*(column[start:end] for column in dataclasses.astuple(sales)))
 
 
 def _extend(out: SaleOutcomes, more: SaleOutcomes) -> None:
