@@ -18,6 +18,7 @@ import pytest
 
 from quickpay_engine._engine import HttpPool, HttpSetupError, InvalidBatch, Sales
 from quickpay_engine.completions import completions
+from quickpay_engine.gateways.breaker import BreakerState, CircuitBreaker
 from quickpay_engine.gateways.client import (
     NOT_SENT,
     PAID,
@@ -26,7 +27,7 @@ from quickpay_engine.gateways.client import (
     UNKNOWN,
     GatewayClient,
 )
-from quickpay_engine.gateways.config import GatewaysConfig
+from quickpay_engine.gateways.config import BreakerSettings, GatewaysConfig
 from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.gateways.sim.faults import FaultModel
 from quickpay_engine.gateways.sim.ledger import business_day
@@ -147,6 +148,29 @@ async def test_a_clean_batch_is_one_call_per_gateway(
     assert [r.captured_minor for r in results[:41]] == [s.amount_minor for s in sales[:41]]
     assert (results[41].outcome, results[41].reason) == (GO.DECLINED, "INSUFFICIENT_FUNDS")
     assert results[0].gateway_reference.startswith("ACQA-") and results[0].currency == "EUR"
+    await captured_once(sims, results)
+
+
+async def test_a_half_open_breaker_lets_its_probes_through_and_moves_the_rest(
+    sims: dict[str, SimulatorProcess],
+) -> None:
+    async with GatewayRouter(config_for(sims)) as router:
+        # acq-a's breaker half-open with one probe slot: the batch's first payment goes
+        # there, the others (breaker open for them) on to acq-b, as one at a time would.
+        clock = time.monotonic
+        router._breakers["acq-a"] = breaker = CircuitBreaker(
+            BreakerSettings(failure_threshold=1, open_ms=1, half_open_max_calls=1), clock
+        )
+        breaker.record_failure()
+        await asyncio.sleep(0.01)
+        assert breaker.state is BreakerState.HALF_OPEN
+        results = await router.sale_many(requests("pay_h", 3), router.deadline(5))
+    assert [(r.outcome, r.gateway, r.attempts) for r in results] == [
+        (GO.CAPTURED, "acq-a", ("acq-a:captured",)),
+        (GO.CAPTURED, "acq-b", ("acq-a:breaker_open", "acq-b:captured")),
+        (GO.CAPTURED, "acq-b", ("acq-a:breaker_open", "acq-b:captured")),
+    ]
+    assert router.breaker_state("acq-a") is BreakerState.CLOSED  # the probe answered
     await captured_once(sims, results)
 
 
@@ -342,13 +366,14 @@ async def test_the_core_reads_each_answer_as_the_python_client_did() -> None:
 
 async def sale_many(
     pool: HttpPool, sales: Sales, rows: list[int] | None = None, timeout_s: float = 2.0,
-    now: float = 0.0,
+    now: float = 0.0, keep_s: float = 0.0,
 ) -> tuple:  # fmt: skip
     """The core's sale call, awaited as the client awaits it (its completion queue): the
-    given rows (all by default), each ending at its deadline (``now`` on their clock)."""
+    given rows (all by default), each ending min(``keep_s``, half its budget) before its
+    deadline (``now`` on their clock)."""
     rows = list(range(len(sales))) if rows is None else rows
     queue, future = completions()
-    pool.sale_many_into(queue, future, SALE_PATH, sales, rows, [timeout_s] * len(rows), now, 0.0)
+    pool.sale_many_into(queue, future, SALE_PATH, sales, rows, [timeout_s] * len(rows), now, keep_s)
     return await future
 
 
@@ -374,6 +399,18 @@ async def test_the_core_sale_call_refuses_bad_rows_and_reports_no_connection() -
     assert (await sale_many(pool, sales))[8] == ["connect"]
     assert (await sale_many(pool, sales, now=1.0))[8] == ["late"]
     assert (await sale_many(pool, sales, now=0.996))[8] == ["late"]
+    # What the router keeps to resolve an unknown outcome, at most half the budget: 20
+    # ms left keeps 10 (sent), 8 ms keeps 4 (late).
+    assert (await sale_many(pool, sales, now=0.98, keep_s=0.999))[8] == ["connect"]
+    assert (await sale_many(pool, sales, now=0.992, keep_s=0.999))[8] == ["late"]
+    assert (await sale_many(pool, sales, now=0.99, keep_s=0.0))[8] == ["connect"]
+    # A deadline with no end is sent (at most its timeout), one not a number is late.
+    endless = sales_of_requests([SaleRequest("r", 1, "EUR", VISA)], [float("inf")])
+    assert (await sale_many(pool, endless))[8] == ["connect"]
+    never = sales_of_requests([SaleRequest("r", 1, "EUR", VISA)], [float("nan")])
+    assert (await sale_many(pool, never))[8] == ["late"]
+    with pytest.raises(InvalidBatch, match="timeouts_s"):
+        pool.sale_many_into(*completions(), SALE_PATH, sales, [0], [], 0.0, 0.0)
     # Many calls at once, each answered through the one queue, in any order.
     many = await asyncio.gather(*(sale_many(pool, sales) for _ in range(50)))
     assert {tuple(out[8]) for out in many} == {("connect",)}

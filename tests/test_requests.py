@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from quickpay_engine._engine import Requests
+from quickpay_engine._engine import Requests, Sales
 from quickpay_engine.api import convert
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.domain import Method, MethodDetail, MethodKind, PaymentIntent
@@ -148,6 +148,11 @@ async def test_sales_route_split_and_send_by_row() -> None:
     assert live == [r for r in rows if deadlines[r] - 12.5 >= 0.005]
     assert sales.payment_id(3) == "pay_3"
     assert sales.currency(3) == intents[3].currency
+    # Currencies compared as Python does, a lone surrogate (a Python-built request) too.
+    text = ["E\ud800", "E\ud800", "EUR"]
+    odd = Sales(["a", "b", "c"], [1] * 3, text, [1] * 3, *([[""] * 3] + [[0] * 3] * 2),
+                *([[""] * 3] * 3), [1.0] * 3)  # fmt: skip
+    assert odd.routes() == [(1, "E\ud800", [0, 1]), (1, "EUR", [2])]
     part = sales.slice(2, 5)
     assert part.columns() == [column[2:5] for column in sales.columns()]
     assert len(sales.slice(5, 2)) == 0

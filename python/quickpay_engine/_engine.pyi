@@ -792,9 +792,9 @@ class HttpPool:
         1 not sent (error "connect", "busy" or "late"), 2 ambiguous (a timeout, a
         dropped connection, a 5xx, an answer that is not JSON or holds a non-integer
         number), 3 refused by a 4xx (error its code, message its text). A row out of
-        range, an unknown kind, a bad timeout or a text that is not UTF-8:
-        ``HttpSetupError``; more than ``SEND_MANY_MAX`` rows: ``BatchTooLarge``; either
-        before any sale is sent."""
+        range, an unknown kind, a bad timeout or a text with no UTF-8 form:
+        ``HttpSetupError``; ``timeouts_s`` not one per row: ``InvalidBatch``; more than
+        ``SEND_MANY_MAX`` rows: ``BatchTooLarge``; each before any sale is sent."""
 
 @final
 class Sales:
@@ -825,15 +825,16 @@ class Sales:
         """The constructor's columns, in its order (new lists: for tests and tools)."""
     def row(
         self, row: int
-    ) -> tuple[str, int, str, MethodKind, str, int, int, str, str, str, float]:
-        """Row ``row``, in the constructor's order."""
+    ) -> tuple[str, int, str, MethodKind | int, str, int, int, str, str, str, float]:
+        """Row ``row``, in the constructor's order (the kind as it was given)."""
     def payment_id(self, row: int) -> str: ...
     def currency(self, row: int) -> str: ...
     def deadline(self, row: int) -> float: ...
     def slice(self, start: int, end: int) -> Sales:
         """Rows ``start`` to ``end`` (clamped), as a batch of their own."""
-    def routes(self) -> list[tuple[MethodKind, str, list[int]]]:
-        """The rows by method and currency, in the order each pair first appears."""
+    def routes(self) -> list[tuple[MethodKind | int, str, list[int]]]:
+        """The rows by method and currency, in the order each pair first appears (the
+        kind as the pair's first row gave it; currencies compared as Python does)."""
     def due(self, rows: list[int], now: float, budget_min: float) -> tuple[list[int], list[int]]:
         """``rows`` split into those with at least ``budget_min`` to their deadline at
         ``now`` and those with less."""

@@ -1,5 +1,6 @@
-//! A batch's sales at one gateway in one call: the bodies built, sent, and the answers
-//! read by the core with the GIL released; Python sees columns (see
+//! A batch's sales at one gateway in one call: the bodies written from the requests'
+//! own strings, then sent and their answers read by the core on its HTTP runtime, with
+//! the GIL released; Python sees columns (see
 //! `quickpay_engine.gateways.router`, which keeps the failover policy, the breakers and
 //! the deadlines, and `crate::gateway` for the wire format).
 
@@ -11,6 +12,7 @@ use hyper::Uri;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use super::completions::Completions;
 use super::http::{
@@ -261,18 +263,21 @@ impl Sales {
 
     /// The rows by method and currency, in the order each pair first appears:
     /// `(kind member, currency, rows)` (a route is looked up once a pair).
-    fn routes<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<Vec<Route<'py>>> {
-        let mut groups: Vec<(u8, &str, usize, Vec<usize>)> = Vec::new();
+    fn routes<'py>(&self, py: Python<'py>) -> PyResult<Vec<Route<'py>>> {
+        // Currencies compared as Python compares them (a Python-built request may hold
+        // a lone surrogate, which has no UTF-8 form); a batch has a handful of groups.
+        let mut groups: Vec<(u8, &Bound<'py, PyString>, usize, Vec<usize>)> = Vec::new();
         for (row, x) in self.sales.iter().enumerate() {
-            let currency = x.currency.bind(py).to_str()?;
-            match groups
-                .iter_mut()
-                .find(|(kind, c, _, _)| *kind == x.kind && *c == currency)
-            {
-                Some(group) => group.3.push(row),
+            let currency = x.currency.bind(py);
+            let mut found = None;
+            for (k, (kind, c, _, _)) in groups.iter().enumerate() {
+                if *kind == x.kind && (c.is(currency) || PyAnyMethods::eq(c.as_any(), currency)?) {
+                    found = Some(k);
+                    break;
+                }
+            }
+            match found {
+                Some(k) => groups[k].3.push(row),
                 None => groups.push((x.kind, currency, row, vec![row])),
             }
         }
@@ -323,14 +328,17 @@ impl HttpPool {
     /// outcome, min(`keep_s`, budget / 2). The sale waits for a slot at most
     /// min(timeout, end) seconds (else NOT_SENT "busy"), is not started with less than
     /// 5 ms to its end (NOT_SENT "late"), and runs at most min(timeout, time to its
-    /// end). The body of each is written here, from the requests' own strings.
+    /// end); the end is counted from this call. The body of each is written here, from
+    /// the requests' own strings.
     ///
     /// The columns (outcome, status, state, gateway_reference, decline_reason,
     /// captured_minor, refunded_minor, currency, error, message): outcome 0 a payment
     /// (its fields set), 1 not sent (error "connect", "busy" or "late"), 2 ambiguous
     /// (error says why, for logs), 3 refused by a 4xx (error its code, message its
-    /// text). A row out of range, an unknown kind, a bad timeout or more than
-    /// SEND_MANY_MAX rows are refused, raised by this call, before any sale is sent.
+    /// text). Refused, raised by this call before any sale is sent: a row out of range,
+    /// an unknown kind, a bad timeout or a text with no UTF-8 form (`HttpSetupError`),
+    /// `timeouts_s` not one per row (`InvalidBatch`), more than SEND_MANY_MAX rows
+    /// (`BatchTooLarge`).
     #[allow(clippy::too_many_arguments)]
     fn sale_many_into(
         &self,
@@ -396,10 +404,11 @@ impl HttpPool {
 }
 
 /// A call's sales as written on the event loop's thread: the bodies in one buffer and,
-/// per sale, its slice of it, its timeout and its end.
+/// per sale, its slice of it, its timeout and when it must have ended (counted from the
+/// call, not from when its task starts).
 struct Bodies {
     buffer: bytes::Bytes,
-    parts: Vec<(std::ops::Range<usize>, Duration, Duration)>,
+    parts: Vec<(std::ops::Range<usize>, Duration, Instant)>,
 }
 
 /// Each sale's body (in one buffer), timeout and end; a row that cannot be sent refuses
@@ -412,6 +421,7 @@ fn prepare(
     now: f64,
     keep_s: f64,
 ) -> Result<Bodies, String> {
+    let called = Instant::now();
     let mut bodies = Vec::with_capacity(rows.len() * 192);
     let mut parts = Vec::with_capacity(rows.len());
     for (&row, &timeout_s) in rows.iter().zip(timeouts_s) {
@@ -439,9 +449,15 @@ fn prepare(
         let timeout = duration("timeouts_s", timeout_s)?;
         let budget = x.deadline - now;
         let end_s = budget - keep_s.min(budget / 2.0);
-        // An end already passed is a sale that is not sent ("late").
-        let end = Duration::try_from_secs_f64(end_s.max(0.0))
-            .map_err(|_| format!("end {end_s} of deadline {}", x.deadline))?;
+        // An end already passed (or not a number) is a sale that is not sent ("late");
+        // one past the longest timeout changes nothing, since a sale runs at most its
+        // timeout, and is kept there (an infinite deadline).
+        let end_s = if end_s.is_nan() {
+            0.0
+        } else {
+            end_s.clamp(0.0, super::http::TIMEOUT_MAX_S)
+        };
+        let end = called + Duration::from_secs_f64(end_s);
         let start = bodies.len();
         write_sale_body(
             &mut bodies,
@@ -526,14 +542,15 @@ async fn sell(
     client: Arc<Client>,
     request: hyper::Request<Body>,
     timeout: Duration,
-    end: Duration,
+    end: Instant,
 ) -> Sold {
-    let start = tokio::time::Instant::now();
-    let _slot = match tokio::time::timeout(timeout.min(end), sales.acquire_owned()).await {
-        Ok(Ok(slot)) => slot,
-        _ => return Sold::failed(NOT_SENT, "busy"),
-    };
-    let left = end.saturating_sub(start.elapsed());
+    let start = Instant::now();
+    let _slot =
+        match tokio::time::timeout_at((start + timeout).min(end), sales.acquire_owned()).await {
+            Ok(Ok(slot)) => slot,
+            _ => return Sold::failed(NOT_SENT, "busy"),
+        };
+    let left = end.saturating_duration_since(Instant::now());
     if left < SEND_MIN {
         return Sold::failed(NOT_SENT, "late");
     }

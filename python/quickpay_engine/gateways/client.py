@@ -278,24 +278,22 @@ class GatewayClient:
         queued = self._queued_sales.pop(path)
         n = len(queued.timeouts_s)
         try:
+            sales = Sales(*queued.columns)
+        except Exception as err:  # a row the core cannot take: none was sent
+            log.error("gateway %s: sales not sent: %r", self.config.name, err)
+            _answer_sales(queued.waiting, _all_sales(n, NOT_SENT, type(err).__name__))
+            return
+        try:
             answers = self.sales(
-                Sales(*queued.columns), list(range(n)), queued.timeouts_s,
-                asyncio.get_running_loop().time(), 0.0, capture=path == SALE_PATH,
+                sales, list(range(n)), queued.timeouts_s, asyncio.get_running_loop().time(),
+                0.0, capture=path == SALE_PATH,
             )  # fmt: skip
         except Exception as err:  # closed meanwhile: none was sent, every caller hears
             log.error("gateway %s: sales not sent: %s", self.config.name, err)
-            for answer in queued.waiting:
-                if not answer.done():
-                    answer.set_result(_all_sales(n, NOT_SENT, "closed"))
+            _answer_sales(queued.waiting, _all_sales(n, NOT_SENT, "closed"))
             return
 
-        def deliver(done: asyncio.Future[SaleAnswers]) -> None:
-            result = done.result()
-            for answer in queued.waiting:
-                if not answer.done():  # a caller that gave up has cancelled its future
-                    answer.set_result(result)
-
-        answers.add_done_callback(deliver)
+        answers.add_done_callback(lambda done: _answer_sales(queued.waiting, done.result()))
 
     async def capture(
         self, reference: str, amount_minor: int | None, timeout_s: float
@@ -413,6 +411,14 @@ class GatewayClient:
             self._sending.add(sent)
             sent.add_done_callback(self._sending.discard)
             sent.add_done_callback(lambda done, chunk=chunk: _deliver(chunk, done))
+
+
+def _answer_sales(waiting: list[asyncio.Future[SaleAnswers]], answers: SaleAnswers) -> None:
+    """Hands a turn's sales' answers to each single sale still waiting (a caller that
+    gave up has cancelled its future)."""
+    for answer in waiting:
+        if not answer.done():
+            answer.set_result(answers)
 
 
 def _deliver(

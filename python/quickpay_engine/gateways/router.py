@@ -191,7 +191,7 @@ class GatewayRouter:
         # Grouped by method and currency in the core: the routes are looked up once a
         # group.
         for group, (kind, currency, idx) in enumerate(sales.routes()):
-            names = self._route(kind, currency)
+            names = self._route(MethodKind(kind), currency)
             run.routes.append(names)
             run.group[idx] = group
             if names:
