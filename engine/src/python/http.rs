@@ -150,6 +150,18 @@ pub(super) fn post(headers: &HeaderMap, uri: Uri, body: Bytes) -> Request<Body> 
     request
 }
 
+/// Each task's result, in order; one that panicked gives `panicked()` in its place.
+pub(super) async fn joined<T>(
+    handles: Vec<tokio::task::JoinHandle<T>>,
+    panicked: impl Fn() -> T,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.unwrap_or_else(|_| panicked()));
+    }
+    out
+}
+
 /// The Uri of a URL already checked to be absolute http(s) (url's serialization is
 /// a valid Uri but for characters Uri refuses, which is then a setting error).
 pub(super) fn uri_of(url: &url::Url) -> Result<Uri, String> {
@@ -331,16 +343,8 @@ impl HttpPool {
                         runtime.spawn(bounded(permits, client, request, timeout, header))
                     })
                     .collect();
-                let mut replies = Vec::with_capacity(handles.len());
-                for handle in handles {
-                    // A task that panicked leaves its request's fate unknown.
-                    replies.push(
-                        handle
-                            .await
-                            .unwrap_or_else(|_| Reply::failed(AMBIGUOUS, "panic")),
-                    );
-                }
-                replies
+                // A task that panicked leaves its request's fate unknown.
+                joined(handles, || Reply::failed(AMBIGUOUS, "panic")).await
             })
         });
         Ok(replies

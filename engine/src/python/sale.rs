@@ -16,8 +16,8 @@ use tokio::time::Instant;
 
 use super::completions::Completions;
 use super::http::{
-    bounded, post, runtime, uri_of, Body, Client, HttpPool, HttpSetupError, Reply, AMBIGUOUS,
-    SEND_MANY_MAX,
+    bounded, joined, post, runtime, uri_of, Body, Client, HttpPool, HttpSetupError, Reply,
+    AMBIGUOUS, SEND_MANY_MAX,
 };
 use super::{check_len, BatchTooLarge, CoreError};
 use crate::gateway::{read_answer, write_sale_body, Answer, Instrument, Payment};
@@ -503,16 +503,8 @@ impl Seller {
                 ))
             })
             .collect();
-        let mut sold = Vec::with_capacity(handles.len());
-        for handle in handles {
-            // A task that panicked leaves its sale's fate unknown.
-            sold.push(
-                handle
-                    .await
-                    .unwrap_or_else(|_| Sold::failed(UNKNOWN, "panic")),
-            );
-        }
-        sold
+        // A task that panicked leaves its sale's fate unknown.
+        joined(handles, || Sold::failed(UNKNOWN, "panic")).await
     }
 }
 
