@@ -19,9 +19,9 @@ holding the requests' own strings) to the pool's ``sale_many_into``, which build
 body, sends them and reads the answers in the core, and hands back columns through the
 event loop's completion queue (no thread of ours waits, no Python object or list per
 sale); a single ``queue_sale`` is queued for the end of the turn and goes out the same
-way. The
-pool holds the gateway's sale slots: at most ``pool_max`` of those sales in flight,
-whichever way they came. (``sale`` is the plain JSON call, for tools and tests.)
+way. The pool holds the gateway's sale slots: at most ``pool_max`` of those sales in
+flight, whichever way they came. (``sale`` is the plain JSON call, for tools and
+tests.)
 The answers of one turn come back together, when its slowest request has ended (at
 most its timeout): the pipeline waits for a whole batch's sales anyway, and requests of
 different turns never wait for each other. Handing back each answer as it came was

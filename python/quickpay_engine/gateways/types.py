@@ -190,9 +190,8 @@ def sales_of_requests(requests: Sequence[SaleRequest], deadlines: Sequence[float
 
 def sale_request(sales: Sales, i: int) -> SaleRequest:
     """Row ``i`` of ``sales`` as a ``SaleRequest`` (for the rare sale sent on its own)."""
-    payment_id, amount, currency, kind, pan, month, year, provider, wallet_id, iban, _ = sales.row(
-        i
-    )
+    row = sales.row(i)
+    payment_id, amount, currency, kind, pan, month, year, provider, wallet_id, iban, _ = row
     instrument: Instrument
     match kind:
         case MethodKind.CARD:
@@ -207,9 +206,9 @@ def sale_request(sales: Sales, i: int) -> SaleRequest:
 
 
 class SaleOutcomes:
-    """What a ``GatewayRouter.sale_columns`` call established, as columns, one row per payment: the
-    fields of ``GatewayResult`` but the payment id (the request's); ``attempts`` only
-    for the payments that have any."""
+    """What a ``GatewayRouter.sale_columns`` call established, as columns, one row per
+    payment: the fields of ``GatewayResult`` but the payment id (the request's);
+    ``attempts`` only for the payments that have any."""
 
     __slots__ = (
         "attempts", "captured_minor", "currencies", "gateways", "outcomes", "reasons",
