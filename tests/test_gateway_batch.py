@@ -26,6 +26,7 @@ from quickpay_engine.gateways.client import (
     SALE_PATH,
     UNKNOWN,
     GatewayClient,
+    GatewayUnreachable,
 )
 from quickpay_engine.gateways.config import BreakerSettings, GatewaysConfig
 from quickpay_engine.gateways.router import GatewayRouter
@@ -320,6 +321,30 @@ async def canned_server(answers: dict[str, tuple[int, bytes]]) -> asyncio.Server
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     server.received = received  # type: ignore[attr-defined]
     return server
+
+
+async def test_queued_single_sales_go_out_together_and_a_row_the_core_refuses_is_named() -> None:
+    client = GatewayClient(gateway_config("acq-x", "http://127.0.0.1:9"))  # discard: refused
+    await client.start()
+    try:
+        # One turn's single sales leave in one core call; each caller hears its own row.
+        card = VISA.wire()
+        refused = await asyncio.gather(
+            *(client.queue_sale(f"q{k}", 100, "EUR", card, 1.0) for k in range(3)),
+            return_exceptions=True,
+        )
+        assert [type(r) for r in refused] == [GatewayUnreachable] * 3
+        assert all("connect" in str(r) for r in refused)
+        # A row the core cannot take (a reference that is not text) fails the turn's
+        # sales before any is sent, naming what was wrong, not "closed".
+        bad = asyncio.gather(
+            client.queue_sale(b"q-bytes", 100, "EUR", card, 1.0),  # type: ignore[arg-type]
+            client.queue_sale("q-ok", 100, "EUR", card, 1.0),
+            return_exceptions=True,
+        )
+        assert [str(r) for r in await bad] == ["acq-x: TypeError"] * 2
+    finally:
+        await client.close()
 
 
 async def test_the_core_reads_each_answer_as_the_python_client_did() -> None:

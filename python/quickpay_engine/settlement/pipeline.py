@@ -373,12 +373,11 @@ class Pipeline:
         return self._thread.run_first(self._store.journal_attempts, attempts)
 
     def _commit(
-        self, batch: _Batch, to_commit: list[int]
+        self, batch: _Batch, to_commit: list[int], decisions: list[Decision]
     ) -> Awaitable[tuple[list[Outcome], list[SettledState]]]:
-        """Commits the batch's decisions ``to_commit``: SQLite's on the core's writer
-        thread, with the requests' columns the core cuts; another store's on the store
-        thread."""
-        decisions = [batch.decisions[k] for k in to_commit]
+        """Commits ``decisions``, the batch's decisions ``to_commit``: SQLite's on the
+        core's writer thread, with the requests' columns the core cuts; another store's
+        on the store thread."""
         if isinstance(self._store, SqliteStore):
             rows = [batch.rows[k] for k in to_commit]
             requests = None if batch.requests is None else batch.requests.intent_columns(rows)
@@ -544,7 +543,7 @@ class Pipeline:
                 [decisions[k].payment_id for k in captured],
                 [decisions[k].payment_id for k in voided],
             ),
-            self._commit(batch, to_commit),
+            self._commit(batch, to_commit, committing),
             return_exceptions=True,
         )
         self._lap("capture_commit", lap)

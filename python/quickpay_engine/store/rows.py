@@ -268,6 +268,9 @@ class CommitColumns:
     fraud_reasons: list[str]
     review: list[bool]
     failed: list[bool]
+    # Each decision's assessment itself (the three fraud columns are read from it): the
+    # core puts it on the outcomes it builds.
+    fraud: list[FraudAssessment | None]
 
 
 def commit_columns(
@@ -290,6 +293,7 @@ def commit_columns(
         fraud_reasons=[",".join(f.reasons) if f else "" for f in frauds],
         review=[d.review for d in decisions],
         failed=[d.failed for d in decisions],
+        fraud=frauds,
     )
 
 
@@ -317,6 +321,7 @@ def journal_columns_of(payment_ids: list[str], requests: dict[str, list[Any]]) -
         fraud_reasons=empty,
         review=[False] * n,
         failed=[False] * n,
+        fraud=[None] * n,
     )
 
 

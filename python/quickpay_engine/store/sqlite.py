@@ -506,9 +506,8 @@ class SqliteStore:
         now_us = time.time_ns() // 1_000
         queue, future = completions()
         columns = commit_columns(decisions, requests)
-        frauds = [d.fraud for d in decisions]
         self._writer.commit_into(
-            queue, future, columns, now_us, self.audit_key, OUTCOME_TYPES, frauds
+            queue, future, columns, now_us, self.audit_key, OUTCOME_TYPES, columns.fraud
         )
         # The written payments' outcomes come built by the core; None where refused
         # (or where the core could not build one: outcome_of then raises for it).
