@@ -17,6 +17,7 @@ use rusqlite::{
 };
 
 use super::audit::AuditRow;
+use super::checkpoint::{Checkpointer, INLINE_PAGES};
 use super::prepared::Statements;
 use super::rows::{build, intent_json, Account, BatchRows, BuildError, Decision, Outcome, Rule};
 use crate::reconcile::{Discrepancy, State};
@@ -106,23 +107,14 @@ pub fn open_wal(path: &Path, synchronous: Synchronous) -> rusqlite::Result<Conne
 /// The writer connection's page cache, in KiB.
 const WRITER_CACHE_KIB: u32 = 32 * 1024;
 
-/// WAL pages past which a commit copies the WAL back into the database file (SQLite's
-/// `wal_autocheckpoint`; its default is 1,000). `quickpay_engine.store.sqlite` sets the
-/// same on its connection, since whichever connection commits past the mark does the
-/// copy. A checkpoint copies each page once however many frames the WAL holds of it,
-/// and a batch of 500 rewrites about 250 pages of the subscribers' table alone; at
-/// 1,000 pages a checkpoint came every batch or two and was a tenth of the store
-/// thread's CPU (benches/store_cpu.py). Durability does not depend on it: every commit
-/// is in the WAL and fsynced (synchronous=FULL) before it returns. The WAL file grows
-/// to about 16 MiB, and the commit that checkpoints copies more at once.
-pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 4_000;
-
 /// The batch writer: one connection of its own to the engine's file.
 pub struct Writer {
     // Before `db`: a connection is closed only once its statements are finalized.
     statements: Statements,
     db: Connection,
     rules: Vec<Rule>,
+    // After `db`: its WAL hook points into this (None: SQLite's own checkpoints).
+    checkpoints: Option<Checkpointer>,
 }
 
 impl Writer {
@@ -139,8 +131,14 @@ impl Writer {
         // re-reading the indexes' pages from the OS.
         db.execute_batch(&format!(
             "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -{WRITER_CACHE_KIB}; \
-             PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};"
+             PRAGMA wal_autocheckpoint = {INLINE_PAGES};"
         ))?;
+        // The WAL is copied back on a thread of its own (see `checkpoint`); should the
+        // thread not start, SQLite's own checkpoints at `INLINE_PAGES` do it here.
+        let checkpoints = Checkpointer::start(path).ok();
+        if let Some(checkpoints) = &checkpoints {
+            checkpoints.install(&db);
+        }
         // Each table's chunk sizes (see `CHUNK_ROWS`) are statements of their own.
         db.set_prepared_statement_cache_capacity(128);
         let rules = {
@@ -166,7 +164,14 @@ impl Writer {
             statements: Statements::default(),
             db,
             rules,
+            checkpoints,
         })
+    }
+
+    /// (checkpoints run on the checkpoint thread, of which failed); None when SQLite
+    /// checkpoints inline instead.
+    pub fn checkpoint_counts(&self) -> Option<(u64, u64)> {
+        self.checkpoints.as_ref().map(Checkpointer::counts)
     }
 
     /// Keeps each discrepancy once (a re-run only touches its last_seen), in one
@@ -256,9 +261,9 @@ impl Writer {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let intents: Vec<String> = decisions.iter().map(intent_json).collect();
         // One multi-row statement per chunk; should a key be journalled already (rare:
-        // an attempt not yet finished), the chunks are undone and each payment is
-        // inserted alone, to tell which ones were.
-        tx.execute_batch("SAVEPOINT journal")?;
+        // an attempt not yet finished), the transaction is undone and each payment is
+        // inserted alone in a new one, to tell which ones were. (No savepoint around the
+        // chunks: see `commit`.)
         let added = insert_rows(
             &tx,
             &mut self.statements,
@@ -276,9 +281,14 @@ impl Writer {
         )?;
         let mut taken = vec![true; decisions.len()];
         if added == decisions.len() {
-            tx.execute_batch("RELEASE journal")?;
-        } else {
-            tx.execute_batch("ROLLBACK TO journal; RELEASE journal")?;
+            tx.commit()?;
+            return Ok(taken);
+        }
+        tx.rollback()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO settlement_attempts (payment_id, idempotency_key, \
                  intent, created_at_us) VALUES (?1, ?2, ?3, ?4)",
@@ -304,13 +314,16 @@ impl Writer {
     ) -> rusqlite::Result<Committed> {
         let rules = &self.rules;
         let statements = &mut self.statements;
+        // The batch is the transaction itself, with no savepoint inside it: SQLite keeps
+        // a copy of each page a savepoint changes (the statement journal) for a
+        // rollback to it, about a page per payment that the first try never needs.
+        // Should it fail on one payment, the whole transaction is undone and the batch
+        // redone in a new one, each payment in a savepoint of its own.
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch("SAVEPOINT batch")?;
         match write(&tx, statements, rules, decisions, now_us, audit_key) {
             Ok(written) => {
-                tx.execute_batch("RELEASE batch")?;
                 tx.commit()?;
                 return Ok(Committed {
                     outcomes: written.0.into_iter().map(Ok).collect(),
@@ -319,8 +332,11 @@ impl Writer {
                 });
             }
             Err(Attempt::Sql(err)) if !is_constraint(&err) => return Err(err),
-            Err(_) => tx.execute_batch("ROLLBACK TO batch; RELEASE batch")?,
+            Err(_) => tx.rollback()?,
         }
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut outcomes = Vec::with_capacity(decisions.len());
         let mut states: Vec<(String, i64, u8)> = Vec::new();
         let mut head = None;

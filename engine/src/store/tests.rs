@@ -243,3 +243,72 @@ fn a_batch_larger_than_a_chunk_is_journalled_committed_and_forgotten_whole() {
         .unwrap();
     assert_eq!((seq, id.as_str()), (150, "pay_149"));
 }
+
+/// Frames in the WAL file at `path` (its size: a 32-byte header, then 24 bytes and a
+/// 4 KiB page per frame). The file keeps its size when SQLite starts it again.
+fn wal_frames(path: &std::path::Path) -> u64 {
+    let wal = path.with_extension("sqlite3-wal");
+    std::fs::metadata(wal).map_or(0, |m| m.len().saturating_sub(32) / (4096 + 24))
+}
+
+#[test]
+fn the_wal_is_copied_back_by_the_checkpoint_thread_and_stays_bounded() {
+    use super::checkpoint::{BACKGROUND_PAGES, INLINE_PAGES};
+    let (_dir, path) = database();
+    let mut writer = Writer::open(&path).unwrap();
+    let file_pages = |path: &std::path::Path| std::fs::metadata(path).unwrap().len() / 4096;
+    let before = file_pages(&path);
+    let mut committed = 0usize;
+    let mut batch_frames = 0;
+    let commit = |writer: &mut Writer, committed: &mut usize| {
+        let ids: Vec<String> = (0..500)
+            .map(|k| format!("pay_{:07}", *committed + k))
+            .collect();
+        let keys: Vec<String> = ids.iter().map(|id| format!("k-{id}")).collect();
+        let batch: Vec<Decision<'_>> = ids
+            .iter()
+            .zip(&keys)
+            .map(|(id, key)| decision(id, key, "acc-1"))
+            .collect();
+        let done = writer.commit(&batch, 10, &KEY).unwrap();
+        assert!(done.outcomes.iter().all(Result::is_ok));
+        *committed += 500;
+    };
+    // Up to the mark that wakes the thread, and no further than the inline one: no
+    // commit of the writer copied anything itself.
+    while wal_frames(&path) < u64::from(BACKGROUND_PAGES) {
+        let frames = wal_frames(&path);
+        commit(&mut writer, &mut committed);
+        batch_frames = batch_frames.max(wal_frames(&path) - frames);
+    }
+    assert!(wal_frames(&path) < u64::from(INLINE_PAGES));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while writer.checkpoint_counts().unwrap().0 == 0 || file_pages(&path) < before + 1_000 {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint ran");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        writer.checkpoint_counts().unwrap().1,
+        0,
+        "a checkpoint failed"
+    );
+
+    // Past the inline mark, the WAL starts again instead of growing: its file stays
+    // within a few batches of the mark however many more commits come.
+    let mut most = 0;
+    while committed < 500 * (4 * INLINE_PAGES as usize / batch_frames as usize) {
+        commit(&mut writer, &mut committed);
+        most = most.max(wal_frames(&path));
+    }
+    assert!(
+        most <= u64::from(INLINE_PAGES) + 4 * batch_frames,
+        "{most} frames, {batch_frames} a batch"
+    );
+    drop(writer); // the thread stops, and nothing committed is lost
+    assert_eq!(count(&path, "payments"), committed as i64);
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}

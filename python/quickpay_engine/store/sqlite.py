@@ -138,9 +138,10 @@ IN_LIST_MAX = 500
 
 # SQLite waits this long for a lock held by another process before failing the call.
 BUSY_TIMEOUT_MS = 5_000
-# WAL pages past which a commit checkpoints: the core's writer sets the same on its
-# connection (WAL_AUTOCHECKPOINT_PAGES in engine/src/store/sqlite.rs, which says why).
-WAL_AUTOCHECKPOINT_PAGES = 4_000
+# WAL pages past which a commit of this connection checkpoints. The core's writer has a
+# thread of its own copy the WAL back well before (engine/src/store/checkpoint.rs, which
+# says why); this is the bound, the same as the writer's own (INLINE_PAGES there).
+WAL_AUTOCHECKPOINT_PAGES = 16_000
 
 
 @dataclass(frozen=True, slots=True)
