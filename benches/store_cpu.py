@@ -20,8 +20,9 @@ a checkpoint falls in one batch of several, and a median would leave it out), wi
 wall time beside it. The baseline in the same run is the raw fsync floor: a 4 KiB page
 written and fsynced on the same disk, its CPU and wall time per call; a batch costs at
 least two of them (the journal's commit and the batch's), so ``floor`` is two calls
-divided by 500. SQLite's own checkpoints (every 1,000 WAL pages) fall inside the
-measured calls, as they do in the server.
+divided by 500. The WAL's checkpoints run on the core's checkpoint thread
+(engine/src/store/checkpoint.rs), as in the server; its CPU is counted too (every
+thread's), in whichever call it overlaps.
 
 ``--trees A,B`` runs each measurement in a child process per tree, alternating, with
 PYTHONPATH=TREE/python (each tree's own extension), and prints each run and the medians.
