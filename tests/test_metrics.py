@@ -126,6 +126,11 @@ async def test_a_scrape_shows_rpcs_outcomes_stages_wal_ledger_and_gateways(
     assert value(scraped, "quickpay_gateway_breaker_state") == 0  # all closed
     assert value(scraped, "quickpay_ready") == 1
     assert ("quickpay_queue_waiting_payments", ()) in scraped
+    # The SQLite store: its write-ahead log holds the commits (a few, far from the
+    # checkpoint thread's mark), and no checkpoint failed.
+    assert value(scraped, "quickpay_sqlite_wal_bytes") > 0
+    assert ("quickpay_sqlite_checkpoints_total", ()) in scraped
+    assert value(scraped, "quickpay_sqlite_checkpoint_failures_total") == 0
 
 
 async def test_the_dashboard_names_only_metrics_the_server_exports(

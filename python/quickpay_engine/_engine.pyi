@@ -912,6 +912,10 @@ class SqliteWriter:
         investigators left each one in, in `reconciled`. SQLite's errors raise the
         sqlite3 module's exception for them, as `commit` does."""
 
+    def checkpoints(self) -> tuple[int, int]:
+        """(WAL checkpoints the core's checkpoint thread ran for this file, of which
+        failed) since this writer was made, read without waiting for a write."""
+
     def close(self) -> None:
         """Lets the writes asked for finish, then closes the connection; the next write
         opens it again."""

@@ -219,6 +219,13 @@ class Metrics:
         )
         bound.set(queue_max)
 
+    def watch_sqlite(
+        self, checkpoints: Callable[[], tuple[int, int]], wal_bytes: Callable[[], int]
+    ) -> None:
+        """Reports the SQLite store's checkpoints and its write-ahead log's size at each
+        scrape (SQLite stores only)."""
+        self.registry.register(_SqliteCollector(checkpoints, wal_bytes))
+
     def watch_breakers(self, states: Callable[[], dict[str, int]]) -> None:
         """Reports each gateway's circuit breaker (0 closed, 1 open, 2 half open), and
         starts each gateway's unknown-outcome count at 0 (a rate needs the zero)."""
@@ -278,6 +285,33 @@ class _LedgerCollector(Collector):
         )
         yield CounterMetricFamily(
             "quickpay_wal_written_bytes", "Bytes written to the write-ahead log", wal["bytes"]
+        )
+
+
+class _SqliteCollector(Collector):
+    def __init__(
+        self, checkpoints: Callable[[], tuple[int, int]], wal_bytes: Callable[[], int]
+    ) -> None:
+        self._checkpoints = checkpoints
+        self._wal_bytes = wal_bytes
+
+    def collect(self) -> Iterator[Metric]:
+        runs, failures = self._checkpoints()
+        yield CounterMetricFamily(
+            "quickpay_sqlite_checkpoints",
+            "WAL checkpoints the checkpoint thread ran (copying the WAL into the file)",
+            runs,
+        )
+        yield CounterMetricFamily(
+            "quickpay_sqlite_checkpoint_failures",
+            "WAL checkpoints that failed (a full disk, an I/O error); the writer's own"
+            " commit then copies the WAL once it holds 16,000 pages",
+            failures,
+        )
+        yield GaugeMetricFamily(
+            "quickpay_sqlite_wal_bytes",
+            "Size of the SQLite store's write-ahead log file (about 64 MiB at most)",
+            self._wal_bytes(),
         )
 
 

@@ -52,6 +52,7 @@ from quickpay_engine.settlement.service import BatchSettings, SettlementService
 from quickpay_engine.settlement.twophase import SWEEP_INTERVAL_S, TwoPhaseStore
 from quickpay_engine.storage import Store, claim_databases, open_store
 from quickpay_engine.store.pg_owner import PgOwner
+from quickpay_engine.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +320,8 @@ async def create_server(
         await router.start()
         undo.push_async_callback(router.close)
         if metrics is not None:
+            if isinstance(store, SqliteStore):
+                metrics.watch_sqlite(store.checkpoints, store.wal_bytes)
             names = [g.name for g in router.config.gateways]
             metrics.watch_breakers(lambda: {n: int(router.breaker_state(n)) for n in names})
         service = SettlementService(

@@ -16,6 +16,7 @@ use pyo3::types::{PyList, PyString, PyType};
 use super::completions::{Completions, Finish, Workers};
 use super::reconcile::Reconciled;
 use super::{blank, check_len, set_field};
+use crate::store::checkpoint::Counts;
 use crate::store::rows::{confirmation_id, Decision, Fraud, Outcome};
 use crate::store::sqlite::{message, Failure, Writer};
 use crate::store::subscriber_file::{
@@ -369,6 +370,8 @@ struct Shared {
     path: PathBuf,
     turn: Turn,
     writer: Mutex<Option<Writer>>,
+    /// The checkpoint thread's counts, across the writer's reopenings.
+    checkpoints: Arc<Counts>,
 }
 
 impl Shared {
@@ -382,7 +385,10 @@ impl Shared {
         let _held = Held(&self.turn);
         let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
-            *guard = Some(Writer::open(&self.path)?);
+            *guard = Some(Writer::open_counted(
+                &self.path,
+                Arc::clone(&self.checkpoints),
+            )?);
         }
         work(guard.as_mut().expect("opened above"))
     }
@@ -492,6 +498,7 @@ impl SqliteWriter {
                 path,
                 turn: Turn::default(),
                 writer: Mutex::new(None),
+                checkpoints: Arc::default(),
             }),
             workers: Workers::new(WRITER_THREAD_NAME, 1),
         }
@@ -622,6 +629,12 @@ impl SqliteWriter {
         })?;
         reconciled.put_states(start, states);
         Ok(())
+    }
+
+    /// (WAL checkpoints the core's checkpoint thread ran for this file, of which
+    /// failed), since this writer was made; read without waiting for a write.
+    fn checkpoints(&self) -> (u64, u64) {
+        self.shared.checkpoints.get()
     }
 
     /// Lets the writes asked for finish, then closes the connection (the next write
@@ -798,6 +811,7 @@ mod tests {
             path,
             turn: Turn::default(),
             writer: Mutex::new(None),
+            checkpoints: Arc::default(),
         };
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             shared.write(|_| -> rusqlite::Result<()> { panic!("a bug in a write") })

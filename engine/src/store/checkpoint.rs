@@ -52,6 +52,24 @@ struct Wake {
     changed: Condvar,
 }
 
+/// The checkpoints a thread ran, and those that failed (a full disk, an I/O error):
+/// kept apart from the writer, so that reading them never waits for a commit.
+#[derive(Debug, Default)]
+pub struct Counts {
+    runs: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl Counts {
+    /// (checkpoints run, of which failed)
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.runs.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// What the writer's hook and the thread share.
 #[derive(Default)]
 struct Shared {
@@ -61,9 +79,7 @@ struct Shared {
     /// The frames the last commit left in the WAL (the hook's own, on the writer's
     /// thread): fewer after a commit means the WAL started again.
     seen: AtomicU32,
-    /// Checkpoints run on the thread, and those that failed (the disk, a lock).
-    runs: AtomicU64,
-    failures: AtomicU64,
+    counts: Arc<Counts>,
 }
 
 impl Shared {
@@ -98,10 +114,13 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts the thread for the file at `path`; it opens its connection on the first
-    /// checkpoint.
-    pub fn start(path: &Path) -> std::io::Result<Checkpointer> {
-        let shared = Arc::new(Shared::default());
+    /// Starts the thread for the file at `path`, counting into `counts`; it opens its
+    /// connection on the first checkpoint.
+    pub fn start(path: &Path, counts: Arc<Counts>) -> std::io::Result<Checkpointer> {
+        let shared = Arc::new(Shared {
+            counts,
+            ..Shared::default()
+        });
         let path = path.to_path_buf();
         let thread = {
             let shared = Arc::clone(&shared);
@@ -130,12 +149,9 @@ impl Checkpointer {
         }
     }
 
-    /// (checkpoints run on the thread, of which failed), for tests and diagnostics.
+    /// (checkpoints run on the thread, of which failed)
     pub fn counts(&self) -> (u64, u64) {
-        (
-            self.shared.runs.load(Ordering::Relaxed),
-            self.shared.failures.load(Ordering::Relaxed),
-        )
+        self.shared.counts.get()
     }
 }
 
@@ -202,13 +218,13 @@ fn run(path: &Path, shared: &Shared) {
             match open_wal(path, Synchronous::Full) {
                 Ok(opened) => db = Some(opened),
                 Err(_) => {
-                    shared.failures.fetch_add(1, Ordering::Relaxed);
+                    shared.counts.failures.fetch_add(1, Ordering::Relaxed);
                     continue; // the next commit asks again
                 }
             }
         }
         let connection = db.as_ref().expect("opened above");
-        shared.runs.fetch_add(1, Ordering::Relaxed);
+        shared.counts.runs.fetch_add(1, Ordering::Relaxed);
         match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(2)) {
             Ok(copied) => shared
                 .copied
@@ -216,7 +232,7 @@ fn run(path: &Path, shared: &Shared) {
             Err(_) => {
                 // A full disk, an I/O error: the connection is opened afresh next time,
                 // and the writer's inline checkpoint bounds the WAL meanwhile.
-                shared.failures.fetch_add(1, Ordering::Relaxed);
+                shared.counts.failures.fetch_add(1, Ordering::Relaxed);
                 db = None;
             }
         }

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::types::ValueRef;
@@ -17,7 +18,7 @@ use rusqlite::{
 };
 
 use super::audit::AuditRow;
-use super::checkpoint::{Checkpointer, INLINE_PAGES};
+use super::checkpoint::{Checkpointer, Counts, INLINE_PAGES};
 use super::prepared::Statements;
 use super::rows::{build, intent_json, Account, BatchRows, BuildError, Decision, Outcome, Rule};
 use crate::reconcile::{Discrepancy, State};
@@ -120,6 +121,12 @@ pub struct Writer {
 impl Writer {
     /// Opens the file the Python store created and migrated.
     pub fn open(path: &Path) -> rusqlite::Result<Writer> {
+        Writer::open_counted(path, Arc::default())
+    }
+
+    /// `open`, its checkpoint thread counting into `checkpoints` (which outlive the
+    /// writer: a store reopens its writer after `close`).
+    pub fn open_counted(path: &Path, checkpoints: Arc<Counts>) -> rusqlite::Result<Writer> {
         let db = open_wal(path, Synchronous::Full)?;
         // A batch runs inside a savepoint (and each payment of a redo in its own), so
         // SQLite keeps a statement journal of the pages it changes: with temporary
@@ -135,7 +142,7 @@ impl Writer {
         ))?;
         // The WAL is copied back on a thread of its own (see `checkpoint`); should the
         // thread not start, SQLite's own checkpoints at `INLINE_PAGES` do it here.
-        let checkpoints = Checkpointer::start(path).ok();
+        let checkpoints = Checkpointer::start(path, checkpoints).ok();
         if let Some(checkpoints) = &checkpoints {
             checkpoints.install(&db);
         }

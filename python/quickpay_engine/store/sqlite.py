@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -313,6 +314,18 @@ class SqliteStore:
     def close(self) -> None:
         self._writer.close()
         self._db.close()
+
+    def checkpoints(self) -> tuple[int, int]:
+        """(WAL checkpoints the core's checkpoint thread ran, of which failed), for
+        /metrics; read without waiting for a commit."""
+        return self._writer.checkpoints()
+
+    def wal_bytes(self) -> int:
+        """The size of the file's write-ahead log now (0 when there is none)."""
+        try:
+            return os.stat(f"{self._path}-wal").st_size
+        except FileNotFoundError:
+            return 0
 
     def open_reader(self) -> SqliteStore:
         """Another connection to the same file, for reads on another thread: in WAL mode
