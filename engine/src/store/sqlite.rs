@@ -128,14 +128,14 @@ impl Writer {
     /// writer: a store reopens its writer after `close`).
     pub fn open_counted(path: &Path, checkpoints: Arc<Counts>) -> rusqlite::Result<Writer> {
         let db = open_wal(path, Synchronous::Full)?;
-        // A batch runs inside a savepoint (and each payment of a redo in its own), so
-        // SQLite keeps a statement journal of the pages it changes: with temporary
-        // files, past 64 KiB that journal went to a temp file on disk, 2 KiB per write,
-        // about two writes per payment (strace under PayBatch). It only serves a
-        // rollback to the savepoint while the transaction is open, never recovery
-        // (that is the WAL's), so it is kept in memory. The page cache is this
-        // connection's alone (the one writer of payments), so a larger one spares
-        // re-reading the indexes' pages from the OS.
+        // A redo runs each payment in a savepoint of its own (the first try of a batch
+        // runs in none, see `commit`), so SQLite keeps a statement journal of the pages
+        // it changes: with temporary files, past 64 KiB that journal went to a temp file
+        // on disk, 2 KiB per write (strace under PayBatch, when every batch ran in a
+        // savepoint). It only serves a rollback to the savepoint while the transaction
+        // is open, never recovery (that is the WAL's), so it is kept in memory. The
+        // page cache is this connection's alone (the one writer of payments), so a
+        // larger one spares re-reading the indexes' pages from the OS.
         db.execute_batch(&format!(
             "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -{WRITER_CACHE_KIB}; \
              PRAGMA wal_autocheckpoint = {INLINE_PAGES};"
