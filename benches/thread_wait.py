@@ -5,11 +5,12 @@
 
 Waits for a process whose command line contains ``--match`` (start the load, e.g.
 `benches/pg_compare.py --layouts sqlite`, beside it), then reads every thread's
-/proc/PID/task/TID/schedstat (ns on a CPU, ns runnable but waiting for one, time
-slices) ``--delay`` seconds later and ``--seconds`` after that, and prints each group of
-threads (names with their digits stripped) as fractions of the window. A thread that
-waits long in the run queue is short of CPU, not of work: on a machine whose cores the
-server shares with its load, that says the machine is the bound, not the thread.
+/proc/PID/task/TID/schedstat (ns on a CPU, ns runnable but waiting for one, time slices)
+``--delay`` seconds later and ``--seconds`` after that, and prints each group of threads
+(names with their digits stripped, as thread_cpu.py groups them) as fractions of the
+window. A thread that waits long in the run queue is short of CPU, not of work: on a
+machine whose cores the server shares with its load, that says the machine is the bound,
+not the thread.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import collections
 import subprocess
 import time
 from pathlib import Path
+
+from thread_cpu import group
 
 
 def sample(pid: int) -> dict[int, tuple[str, int, int, int]]:
@@ -52,7 +55,7 @@ def main() -> None:
     groups: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0, 0])
     for tid, (name, on_cpu, waiting, slices) in last.items():
         if tid in first:
-            g = groups[name.rstrip("0123456789_-") or name]
+            g = groups[group(name)]
             g[0] += on_cpu - first[tid][1]
             g[1] += waiting - first[tid][2]
             g[2] += slices - first[tid][3]

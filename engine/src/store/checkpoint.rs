@@ -148,11 +148,6 @@ impl Checkpointer {
             );
         }
     }
-
-    /// (checkpoints run on the thread, of which failed)
-    pub fn counts(&self) -> (u64, u64) {
-        self.shared.counts.get()
-    }
 }
 
 impl Drop for Checkpointer {

@@ -114,8 +114,9 @@ pub struct Writer {
     statements: Statements,
     db: Connection,
     rules: Vec<Rule>,
-    // After `db`: its WAL hook points into this (None: SQLite's own checkpoints).
-    checkpoints: Option<Checkpointer>,
+    // After `db`: its WAL hook points into this (None: SQLite's own checkpoints). Only
+    // held: dropping it stops the thread.
+    _checkpoints: Option<Checkpointer>,
 }
 
 impl Writer {
@@ -171,14 +172,8 @@ impl Writer {
             statements: Statements::default(),
             db,
             rules,
-            checkpoints,
+            _checkpoints: checkpoints,
         })
-    }
-
-    /// (checkpoints run on the checkpoint thread, of which failed); None when SQLite
-    /// checkpoints inline instead.
-    pub fn checkpoint_counts(&self) -> Option<(u64, u64)> {
-        self.checkpoints.as_ref().map(Checkpointer::counts)
     }
 
     /// Keeps each discrepancy once (a re-run only touches its last_seen), in one
