@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from quickpay_engine.errors import Overloaded, ShuttingDown
-from quickpay_engine.settlement.batcher import MicroBatcher
+from quickpay_engine.settlement.batcher import BUSY_LINGER_TIMES, MicroBatcher
 
 
 class Recorder:
@@ -91,6 +91,42 @@ async def test_the_linger_grows_with_the_batches_being_processed_ahead() -> None
     batcher._out = 0
     gate.set()
     await batcher.close()
+
+
+async def test_a_busy_event_loop_lingers_longer_and_an_idle_one_does_not() -> None:
+    """The loop's share of CPU between takes is read from its thread's CPU clock (here a
+    fake one the test moves): a loop on a CPU most of the time is the bound, and its
+    batches wait BUSY_LINGER_TIMES the linger; the share is smoothed over takes, so
+    one busy spell does not switch it, nor does a loop that goes quiet stay switched."""
+    cpu_s = 0.0
+    batcher = MicroBatcher(Recorder(), batch_max=8, linger_ms=2, busy_clock=lambda: cpu_s)
+    batcher._out = 2  # one batch ahead of the one being gathered
+    batcher.arrival_per_s = 10_000.0  # twenty expected within the linger
+
+    def take(at: float, busy: float) -> float:
+        """A take at loop time ``at``, the loop's thread on a CPU ``busy`` of the time
+        since the one before (10 ms earlier); the linger it gets."""
+        nonlocal cpu_s
+        cpu_s += busy * 0.010
+        batcher._arrived = 100  # keeps the arrival rate at 10,000 a second
+        return batcher._linger(at)
+
+    assert take(0.0, 0.0) == pytest.approx(0.004), "no share measured yet: the usual linger"
+    # Busy 90 % of each 10 ms: the smoothed share crosses BUSY_LOOP_SHARE after a few.
+    lingers = [take(0.01 * i, 0.9) for i in range(1, 30)]
+    assert lingers[0] == pytest.approx(0.004), "one busy spell does not switch it"
+    busy_linger = 0.004 * BUSY_LINGER_TIMES
+    assert lingers[-1] == pytest.approx(busy_linger)
+    assert batcher.loop_busy == pytest.approx(0.9, abs=0.05)
+    # The loop goes quiet (10 % busy): the share decays and the linger is the usual one.
+    quiet = [take(0.3 + 0.01 * i, 0.1) for i in range(1, 30)]
+    assert quiet[0] == pytest.approx(busy_linger)
+    assert quiet[-1] == pytest.approx(0.004)
+    # Busy but with few payments arriving (one expected per 10 ms): no linger at all.
+    batcher.loop_busy = 0.9
+    batcher.arrival_per_s = 100.0
+    batcher._arrived = 0
+    assert batcher._linger(0.61) == 0.0
 
 
 async def test_full_queue_is_refused_before_any_work() -> None:

@@ -6,10 +6,13 @@ While one batch is processed the next accumulates, so under load batches fill up
 themselves. It lingers only while payments arrive fast enough that one more is expected
 within the linger: at low load a payment would wait the whole linger for no company, so
 its batch starts at once. Under load it waits the linger once more for each batch being
-processed ahead of it. Up to ``inflight_max`` batches are processed at once (the process
-function orders what must be ordered), so a slow step such as a gateway round trip is
-overlapped, not queued; the next batch is taken when a slot frees, with everything that
-arrived meanwhile, and a group (a PayBatch call) goes whole into one batch.
+processed ahead of it, and BUSY_LINGER_TIMES as long while the event loop itself is busy
+most of the time: then each batch's own steps on the loop are what limits the rate, and
+fewer, larger batches answer more payments a second. Up to ``inflight_max`` batches are
+processed at once (the process function orders what must be ordered), so a slow step
+such as a gateway round trip is overlapped, not queued; the next batch is taken when a
+slot frees, with everything that arrived meanwhile, and a group (a PayBatch call) goes
+whole into one batch.
 
 Callers are admitted by count (``queue_max``) and by time: ``admit`` refuses work that
 would wait in the queue longer than the ``Admission`` bound, measured from the rate at
@@ -26,6 +29,7 @@ import dataclasses
 import functools
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -41,9 +45,21 @@ R = TypeVar("R")
 # within the linger (its smoothed arrival rate times ``linger_ms``). Below it, waiting
 # adds the whole linger to a payment's latency and most likely gathers nothing.
 LINGER_WORTH_ITEMS = 1.0
-# The smoothed arrival rate forgets with this time constant: the latest cycle's rate
-# (items arrived since the previous take, over the time since then) moves it by
-# 1 - exp(-elapsed / this), so a quiet spell of a second or more is what counts after it.
+# While the event loop's thread spent at least this share of the time since the last
+# take on a CPU (smoothed as the arrival rate is), it is the scarce part, and a batch
+# lingers BUSY_LINGER_TIMES as long. Each batch costs the loop about 1.25 ms of its
+# own steps (stage hand-overs, futures, the core calls that hold the GIL) against about
+# 0.26 ms a payment, so there four small batches answer fewer payments than one four
+# times their size. A loop that is the bound on a machine whose cores it shares with
+# other busy threads runs 0.6 to 0.7 of the time (the rest it waits in the run queue);
+# below one payment expected per linger (1,000 a second at the default linger) no batch
+# lingers at all, busy or not.
+BUSY_LOOP_SHARE = 0.5
+BUSY_LINGER_TIMES = 4
+# The smoothed arrival rate (and the loop's busy share) forgets with this time constant:
+# the latest cycle's rate (items arrived since the previous take, over the time since
+# then) moves it by 1 - exp(-elapsed / this), so a quiet spell of a second or more is
+# what counts after it.
 _RATE_TAU_S = 0.1
 
 # Processes one batch; returns one result per item, in order: a value, an exception for
@@ -144,6 +160,7 @@ class MicroBatcher(Generic[T, R]):
         inflight_max: int = 1,
         complete: Complete[R] | None = None,
         admission: Admission | None = None,
+        busy_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         """With ``complete``, ``process`` is the first of two stages: it runs one batch
         at a time, in order, and the next batch gathers while it runs (so under load
@@ -167,6 +184,11 @@ class MicroBatcher(Generic[T, R]):
         self._arrived = 0  # items queued since the consumer's last take
         self._last_take_s: float | None = None  # loop time of that take
         self.arrival_per_s = 0.0  # items queued per second, smoothed over takes
+        # The CPU seconds of the thread the consumer runs on (the event loop's): its
+        # share of the wall clock between takes says whether the loop is the bound.
+        self._busy_clock = busy_clock
+        self._last_busy_s: float | None = None
+        self.loop_busy = 0.0  # that share, smoothed over takes
         self._unfinished = 0  # items queued or in a batch not yet ended
         self._idle: asyncio.Event | None = None  # set by the last item's end, for close
         self._wakeup: asyncio.Future[None] | None = None  # the consumer waits for items
@@ -290,16 +312,24 @@ class MicroBatcher(Generic[T, R]):
         ahead of it. Those share the CPU and the store's writer with it, so under load a
         faster stage would otherwise only make the batches smaller, each paying its
         per-batch cost (the store's commit and fsync, the loop's bookkeeping) for fewer
-        payments; at low load no batch is ahead and nothing changes."""
+        payments; at low load no batch is ahead and nothing changes. While the loop's
+        thread is on a CPU ``BUSY_LOOP_SHARE`` of the time or more, all of that
+        ``BUSY_LINGER_TIMES`` over: the loop is the bound, and what it spends per batch
+        is what a larger batch saves."""
         last, self._last_take_s = self._last_take_s, now
         arrived, self._arrived = self._arrived, 0
+        busy_s = self._busy_clock()
+        busy_last, self._last_busy_s = self._last_busy_s, busy_s
         if last is not None and now > last:
-            sample = arrived / (now - last)
             weight = -math.expm1(-(now - last) / _RATE_TAU_S)
-            self.arrival_per_s += weight * (sample - self.arrival_per_s)
-        if self.arrival_per_s * self._linger_s >= LINGER_WORTH_ITEMS:
-            return self._linger_s * self._out
-        return 0.0
+            self.arrival_per_s += weight * (arrived / (now - last) - self.arrival_per_s)
+            if busy_last is not None:
+                share = (busy_s - busy_last) / (now - last)
+                self.loop_busy += weight * (share - self.loop_busy)
+        if self.arrival_per_s * self._linger_s < LINGER_WORTH_ITEMS:
+            return 0.0
+        linger = self._linger_s * self._out
+        return linger * BUSY_LINGER_TIMES if self.loop_busy >= BUSY_LOOP_SHARE else linger
 
     def _take(self, room: int, in_batch: int) -> list[_Part[T]]:
         """Parts of the entries at the head of the queue, at most ``room`` items, for a
