@@ -121,10 +121,14 @@ class _Batch:
 
 
 # A batch of at most this many payments looks its keys up on the event loop, through a
-# connection of its own (SQLite: one indexed read each, tens of microseconds together);
-# a larger one on the reader thread. At low load a batch is a payment or two, and the
-# hand-over to a thread and back was most of its lookup's 0.27 ms.
-INLINE_LOOKUP_MAX = 8
+# connection of its own (SQLite: one indexed read each; 64 new keys take about 36 µs,
+# 64 keys already stored about 0.75 ms, most of it building their records, which the
+# reader thread would do holding the GIL too); a larger one on the reader thread. The
+# hand-over to a thread and back costs the loop more than such a lookup: with 8 here,
+# the batches of 20 to 40 that 64 unary callers or a PayStream make went to the thread,
+# and answered 5 to 16 % fewer payments a second (benches/RESULTS.md). The loop waits
+# for the disk here only when the key index is not in the page cache.
+INLINE_LOOKUP_MAX = 64
 
 
 class Pipeline:
