@@ -7,8 +7,8 @@ Each tree is one build (its python/ with its _engine extension), run with
 PYTHONPATH=TREE/python against its own seeded data directory (20,000 subscribers) and
 the bundled simulators at 0 ms. For each pair and each load, every tree runs once, one
 after the other, so drift on a shared host hits both. Loads: ``unary`` (64 callers,
-closed loop), ``stream`` (PayStream, 256 in flight), ``open:RATE`` (unary at a fixed
-rate). Per run it prints answers a second (declines and invalid requests included, by
+closed loop), ``stream`` (PayStream, 256 in flight), ``batch`` (PayBatch, calls of 500
+from 1,000 callers), ``open:RATE`` (unary at a fixed rate). Per run it prints answers a second (declines and invalid requests included, by
 the load's design), settled a second, the client's p50 and p99, the mean batch size the
 server logged at its stop, and the server's CPU (all threads, /proc) per answer over the
 whole load. What changed batching (the batcher's linger) is read against all of them:
@@ -31,6 +31,7 @@ from cpu_budget import cpu_s
 LOADS = {
     "unary": ["--rpc", "unary", "--concurrency", "64"],
     "stream": ["--rpc", "stream", "--concurrency", "256"],
+    "batch": ["--rpc", "batch", "--batch-size", "500", "--concurrency", "1000"],
 }
 
 
