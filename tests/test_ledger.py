@@ -480,4 +480,11 @@ def test_opening_accounts_takes_the_engine_s_currencies_and_the_reserve_step_s_i
     assert book.ledger.counts()[0] == 3
     book.open_accounts(["acc-1"], [KIND_PREPAID], ["KES"])  # held already: nothing new
     assert book.ledger.counts()[0] == 3
+    # Columns of unequal length are the caller's bug: refused as every other batch
+    # column is (InvalidBatch naming the column), with nothing opened or held.
+    with pytest.raises(InvalidBatch, match=r"^column currencies has 2 rows, expected 1$"):
+        book.open_accounts(["acc-2"], [KIND_PREPAID], ["KES", "KES"])
+    with pytest.raises(InvalidBatch, match=r"^column amounts_minor has 0 rows, expected 1$"):
+        asyncio.run(book.reserve_columns(["pay_1"], ["acc-2"], [KIND_PREPAID], [], ["KES"]))
+    assert book.ledger.counts()[0] == 3
     book.close()

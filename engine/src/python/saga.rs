@@ -23,6 +23,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use rustc_hash::FxHashMap;
 
+use super::check_len;
 use super::completions::{Completions, Finish};
 use super::ledger::{to_py, Ledger};
 use crate::ledger::{
@@ -358,11 +359,7 @@ impl Ledger {
     ) -> PyResult<Option<String>> {
         let n = account_ids.len();
         for (column, len) in [("kinds", kinds.len()), ("currencies", currencies.len())] {
-            if len != n {
-                return Err(PyValueError::new_err(format!(
-                    "column {column} has {len} rows, expected {n}"
-                )));
-            }
+            check_len(column, len, n)?;
         }
         let ledger = self.get()?;
         let retention_ns = self.retention_ns;
@@ -423,11 +420,7 @@ impl Ledger {
             ("amounts_minor", amounts_minor.len()),
             ("currencies", currencies.len()),
         ] {
-            if len != n {
-                return Err(PyValueError::new_err(format!(
-                    "column {column} has {len} rows, expected {n}"
-                )));
-            }
+            check_len(column, len, n)?;
         }
         let holds = payment_numbers(&payment_ids)?;
         self.spawn_step(done, future, now_ns, move |step| {
