@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from compare import Log, Server, gateways_file, seeded_data
+from compare import Log, Server, gateways_file, seeded_trees, tree_env
 from cpu_budget import cpu_s
 
 LOADS = {
@@ -50,23 +50,15 @@ def main() -> None:
     parser.add_argument("--loads", default="unary,stream,open:200,open:1000")
     parser.add_argument("--work", type=Path, default=Path("var/batching-ab"))
     args = parser.parse_args()
-    trees = [str(Path(t).resolve()) for t in args.trees.split(",")]
     loads = args.loads.split(",")
-    args.work.mkdir(parents=True, exist_ok=True)
     log = Log()
+    data = seeded_trees(log, args.work, args.trees, 20_000)
     bin_ = Path(sys.executable).parent
     gateways = ["--gateways", str(gateways_file(args.work, 0))]
-
-    def env(tree: str) -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": f"{tree}/python"}
-
-    data = {
-        t: seeded_data(log, args.work / f"tree{k}", 20_000, env=env(t)) for k, t in enumerate(trees)
-    }
     for pair in range(1, args.pairs + 1):
         for name in loads:
-            for tree in trees:
-                os.environ["PYTHONPATH"] = env(tree)["PYTHONPATH"]
+            for tree in data:
+                os.environ["PYTHONPATH"] = tree_env(tree)["PYTHONPATH"]
                 serve_log = args.work / "serve.log"
                 argv = [str(bin_ / "quickpay"), "serve", "--listen", "127.0.0.1:0",
                         *data[tree], *gateways]  # fmt: skip

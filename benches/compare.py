@@ -304,6 +304,23 @@ def seeded_data(
     return common
 
 
+def tree_env(tree: str) -> dict[str, str]:
+    """The environment that runs ``tree``'s build (its python/ with its _engine)."""
+    return {**os.environ, "PYTHONPATH": f"{tree}/python"}
+
+
+def seeded_trees(log: Log, work: Path, trees_arg: str, subscribers: int) -> dict[str, list[str]]:
+    """For A/B runs of several builds (``trees_arg``: comma-separated worktrees): each
+    tree's resolved path and the --data-dir flags of a data dir of its own, seeded by
+    that tree's build (so a tree whose schema is older is not handed a newer file)."""
+    trees = [str(Path(t).resolve()) for t in trees_arg.split(",")]
+    work.mkdir(parents=True, exist_ok=True)
+    return {
+        t: seeded_data(log, work / f"tree{k}", subscribers, env=tree_env(t))
+        for k, t in enumerate(trees)
+    }
+
+
 def bench_once(log: Log, out: Path, common: list[str], target: str, flags: list[str]) -> dict:
     """One `quickpay bench` run; its JSON report."""
     quickpay = str(Path(sys.executable).parent / "quickpay")

@@ -31,7 +31,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from compare import Log, Server, gateways_file, seeded_data
+from compare import Log, Server, gateways_file, seeded_trees, tree_env
 from cpu_budget import LOADS, cpu_s
 
 
@@ -49,23 +49,14 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=0, help="payments settled first")
     parser.add_argument("--work", type=Path, default=Path("var/paybatch-ab"))
     args = parser.parse_args()
-    trees = [str(Path(t).resolve()) for t in args.trees.split(",")]
-    args.work.mkdir(parents=True, exist_ok=True)
     log = Log()
+    data = seeded_trees(log, args.work, args.trees, 20_000)
+    trees = list(data)
     bin_ = Path(sys.executable).parent
     gateways = ["--gateways", str(gateways_file(args.work, 0))]
 
-    def build(tree: str) -> dict[str, str]:
-        """The environment that runs ``tree``'s build."""
-        return {**os.environ, "PYTHONPATH": f"{tree}/python"}
-
-    data = {
-        t: seeded_data(log, args.work / f"tree{k}", 20_000, env=build(t))
-        for k, t in enumerate(trees)
-    }
-
     def serve(tree: str) -> Server:
-        os.environ["PYTHONPATH"] = build(tree)["PYTHONPATH"]
+        os.environ["PYTHONPATH"] = tree_env(tree)["PYTHONPATH"]
         argv = [str(bin_ / "quickpay"), "serve", "--listen", "127.0.0.1:0", *data[tree],
                 *gateways]  # fmt: skip
         return Server(log, argv, args.work / "serve.log")
