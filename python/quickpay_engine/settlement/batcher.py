@@ -6,13 +6,13 @@ While one batch is processed the next accumulates, so under load batches fill up
 themselves. It lingers only while payments arrive fast enough that one more is expected
 within the linger: at low load a payment would wait the whole linger for no company, so
 its batch starts at once. Under load it waits the linger once more for each batch being
-processed ahead of it, and BUSY_LINGER_TIMES as long while the event loop itself is busy
-most of the time: then each batch's own steps on the loop are what limits the rate, and
-fewer, larger batches answer more payments a second. Up to ``inflight_max`` batches are
-processed at once (the process function orders what must be ordered), so a slow step
-such as a gateway round trip is overlapped, not queued; the next batch is taken when a
-slot frees, with everything that arrived meanwhile, and a group (a PayBatch call) goes
-whole into one batch.
+processed ahead of it, and BUSY_LINGER_TIMES as long while the event loop's thread is
+on a CPU half the time or more: then each batch's own steps on the loop are what limits
+the rate, and fewer, larger batches answer more payments a second. Up to
+``inflight_max`` batches are processed at once (the process function orders what must
+be ordered), so a slow step such as a gateway round trip is overlapped, not queued; the
+next batch is taken when a slot frees, with everything that arrived meanwhile, and a
+group (a PayBatch call) goes whole into one batch.
 
 Callers are admitted by count (``queue_max``) and by time: ``admit`` refuses work that
 would wait in the queue longer than the ``Admission`` bound, measured from the rate at
