@@ -251,37 +251,82 @@ fn wal_frames(path: &std::path::Path) -> u64 {
     std::fs::metadata(wal).map_or(0, |m| m.len().saturating_sub(32) / (4096 + 24))
 }
 
+/// Commits 500 new payments of acc-1 (ids from `committed` on) and counts them.
+fn commit_500(writer: &mut Writer, committed: &mut usize) {
+    let ids: Vec<String> = (0..500)
+        .map(|k| format!("pay_{:07}", *committed + k))
+        .collect();
+    let keys: Vec<String> = ids.iter().map(|id| format!("k-{id}")).collect();
+    let batch: Vec<Decision<'_>> = ids
+        .iter()
+        .zip(&keys)
+        .map(|(id, key)| decision(id, key, "acc-1"))
+        .collect();
+    let done = writer.commit(&batch, 10, &KEY).unwrap();
+    assert!(done.outcomes.iter().all(Result::is_ok));
+    *committed += 500;
+}
+
+/// Commits batches until the WAL file at `path` holds the frames that wake the
+/// checkpoint thread; the most frames one batch wrote.
+fn commit_to_the_background_mark(
+    writer: &mut Writer,
+    committed: &mut usize,
+    path: &std::path::Path,
+) -> u64 {
+    use super::checkpoint::BACKGROUND_PAGES;
+    let mut batch_frames = 0;
+    while wal_frames(path) < u64::from(BACKGROUND_PAGES) {
+        let frames = wal_frames(path);
+        commit_500(writer, committed);
+        batch_frames = batch_frames.max(wal_frames(path) - frames);
+    }
+    batch_frames
+}
+
+/// Commits batches until four inline marks' worth of WAL frames were written, and checks
+/// that the WAL file at `path` stayed within four batches (`batch_frames` each) of the
+/// inline mark: past it, the writer's own commit copies it back and it starts again.
+fn commit_past_the_inline_mark(
+    writer: &mut Writer,
+    committed: &mut usize,
+    path: &std::path::Path,
+    batch_frames: u64,
+) {
+    use super::checkpoint::INLINE_PAGES;
+    let mut most = 0;
+    while *committed < 500 * (4 * INLINE_PAGES as usize / batch_frames as usize) {
+        commit_500(writer, committed);
+        most = most.max(wal_frames(path));
+    }
+    assert!(
+        most <= u64::from(INLINE_PAGES) + 4 * batch_frames,
+        "{most} frames, {batch_frames} a batch"
+    );
+}
+
+/// Every one of `committed` payments is in the file at `path`, and it is intact.
+fn assert_all_there(path: &std::path::Path, committed: usize) {
+    assert_eq!(count(path, "payments"), committed as i64);
+    let db = rusqlite::Connection::open(path).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
+
 #[test]
 fn the_wal_is_copied_back_by_the_checkpoint_thread_and_stays_bounded() {
-    use super::checkpoint::{Counts, BACKGROUND_PAGES, INLINE_PAGES};
+    use super::checkpoint::{Counts, INLINE_PAGES};
     let (_dir, path) = database();
     let counts = std::sync::Arc::new(Counts::default());
     let mut writer = Writer::open_counted(&path, std::sync::Arc::clone(&counts)).unwrap();
     let file_pages = |path: &std::path::Path| std::fs::metadata(path).unwrap().len() / 4096;
     let before = file_pages(&path);
     let mut committed = 0usize;
-    let mut batch_frames = 0;
-    let commit = |writer: &mut Writer, committed: &mut usize| {
-        let ids: Vec<String> = (0..500)
-            .map(|k| format!("pay_{:07}", *committed + k))
-            .collect();
-        let keys: Vec<String> = ids.iter().map(|id| format!("k-{id}")).collect();
-        let batch: Vec<Decision<'_>> = ids
-            .iter()
-            .zip(&keys)
-            .map(|(id, key)| decision(id, key, "acc-1"))
-            .collect();
-        let done = writer.commit(&batch, 10, &KEY).unwrap();
-        assert!(done.outcomes.iter().all(Result::is_ok));
-        *committed += 500;
-    };
     // Up to the mark that wakes the thread, and no further than the inline one: no
     // commit of the writer copied anything itself.
-    while wal_frames(&path) < u64::from(BACKGROUND_PAGES) {
-        let frames = wal_frames(&path);
-        commit(&mut writer, &mut committed);
-        batch_frames = batch_frames.max(wal_frames(&path) - frames);
-    }
+    let batch_frames = commit_to_the_background_mark(&mut writer, &mut committed, &path);
     assert!(wal_frames(&path) < u64::from(INLINE_PAGES));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while counts.get().0 == 0 || file_pages(&path) < before + 1_000 {
@@ -292,20 +337,50 @@ fn the_wal_is_copied_back_by_the_checkpoint_thread_and_stays_bounded() {
 
     // Past the inline mark, the WAL starts again instead of growing: its file stays
     // within a few batches of the mark however many more commits come.
-    let mut most = 0;
-    while committed < 500 * (4 * INLINE_PAGES as usize / batch_frames as usize) {
-        commit(&mut writer, &mut committed);
-        most = most.max(wal_frames(&path));
-    }
-    assert!(
-        most <= u64::from(INLINE_PAGES) + 4 * batch_frames,
-        "{most} frames, {batch_frames} a batch"
-    );
+    commit_past_the_inline_mark(&mut writer, &mut committed, &path, batch_frames);
     drop(writer); // the thread stops, and nothing committed is lost
-    assert_eq!(count(&path, "payments"), committed as i64);
-    let db = rusqlite::Connection::open(&path).unwrap();
-    let check: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
+    assert_all_there(&path, committed);
+}
+
+#[test]
+fn a_checkpoint_thread_that_fails_is_counted_the_writer_bounds_the_wal_and_it_recovers() {
+    // The thread opens its own connection when first asked. With the data dir renamed
+    // away meanwhile (the writer's connection keeps its open files), that open fails, as
+    // it would on a full disk or a lost mount: counted, and nothing else stops.
+    use super::checkpoint::Counts;
+    let (dir, path) = database();
+    let counts = std::sync::Arc::new(Counts::default());
+    let mut writer = Writer::open_counted(&path, std::sync::Arc::clone(&counts)).unwrap();
+    let away = dir.path().with_extension("away");
+    std::fs::rename(dir.path(), &away).unwrap();
+    let moved = away.join("quickpay.sqlite3");
+    let mut committed = 0usize;
+    let batch_frames = commit_to_the_background_mark(&mut writer, &mut committed, &moved);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while counts.get().1 == 0 {
+        assert!(std::time::Instant::now() < deadline, "no failure counted");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        counts.get().0,
+        0,
+        "no checkpoint ran: the thread had no connection"
+    );
+    // Without the thread, the writer's own commit copies the WAL back past the inline
+    // mark: it starts again instead of growing.
+    commit_past_the_inline_mark(&mut writer, &mut committed, &moved, batch_frames);
+    // The data dir back where it was: the next ask opens the connection and copies.
+    std::fs::rename(&away, dir.path()).unwrap();
+    let failures = counts.get().1;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while counts.get().0 == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the thread did not recover"
+        );
+        commit_500(&mut writer, &mut committed);
+    }
+    drop(writer);
+    assert!(counts.get().1 >= failures);
+    assert_all_there(&path, committed);
 }
