@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -126,11 +127,23 @@ async def test_a_scrape_shows_rpcs_outcomes_stages_wal_ledger_and_gateways(
     assert value(scraped, "quickpay_gateway_breaker_state") == 0  # all closed
     assert value(scraped, "quickpay_ready") == 1
     assert ("quickpay_queue_waiting_payments", ()) in scraped
+    assert value(scraped, "quickpay_event_loop_cpu_seconds_total") > 0
     # The SQLite store: its write-ahead log holds the commits (a few, far from the
     # checkpoint thread's mark), and no checkpoint failed.
     assert value(scraped, "quickpay_sqlite_wal_bytes") > 0
     assert ("quickpay_sqlite_checkpoints_total", ()) in scraped
     assert value(scraped, "quickpay_sqlite_checkpoint_failures_total") == 0
+
+
+async def test_the_event_loop_s_cpu_is_its_own_thread_s(observed: RunningServer) -> None:
+    """The server runs on this test's loop, so its loop thread is this one: CPU burnt
+    here shows in the scrape, and the scrape never says more than this thread used."""
+    burnt_from = time.thread_time()
+    while time.thread_time() - burnt_from < 0.2:
+        pass
+    _, text = await get(observed.metrics_port, "/metrics")
+    loop_cpu = value(samples(text), "quickpay_event_loop_cpu_seconds_total")
+    assert burnt_from + 0.2 <= loop_cpu <= time.thread_time()
 
 
 async def test_the_dashboard_names_only_metrics_the_server_exports(

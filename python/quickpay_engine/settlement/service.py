@@ -192,6 +192,7 @@ class SettlementService:
         self._batcher.start()
         if self.metrics is not None:
             self.metrics.watch_queue(self._batcher.waiting, self._batcher.queue_max)
+            self.metrics.watch_loop()  # here, on the loop's thread
         loop = asyncio.get_running_loop()
         self._sweeper = loop.create_task(self._sweep(sweep_s or SWEEP_S), name="recovery-sweep")
         self._reporter = loop.create_task(self._report_batches(), name="batch-report")
