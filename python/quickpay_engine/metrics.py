@@ -334,12 +334,12 @@ class _SqliteCollector(Collector):
         yield CounterMetricFamily(
             "quickpay_sqlite_checkpoint_failures",
             "WAL checkpoints that failed (a full disk, an I/O error); the writer's own"
-            " commit then copies the WAL once it holds 16,000 pages",
+            " commit then copies the WAL once it holds 4,000 pages",
             failures,
         )
         yield GaugeMetricFamily(
             "quickpay_sqlite_wal_bytes",
-            "Size of the SQLite store's write-ahead log file (about 64 MiB at most)",
+            "Size of the SQLite store's write-ahead log file (about 16 MiB at most)",
             self._wal_bytes(),
         )
 

@@ -32,15 +32,19 @@ use rusqlite::{ffi, Connection};
 
 use super::sqlite::{open_wal, Synchronous};
 
-/// Frames not yet copied past which the writer's commit wakes the checkpoint thread.
-/// At 4,000 (16 MiB of 4 KiB pages, about four batches of 500) a checkpoint copies each
-/// subscriber page a few batches rewrote once, not once per batch.
-pub const BACKGROUND_PAGES: u32 = 4_000;
+/// Frames not yet copied past which the writer's commit wakes the checkpoint thread:
+/// 1,000 (4 MiB of 4 KiB pages, about a batch of 500), so that by the inline mark the
+/// thread has copied three quarters of the WAL.
+pub const BACKGROUND_PAGES: u32 = 1_000;
 
 /// WAL frames past which the writer's own commit checkpoints, inline (SQLite's
 /// `wal_autocheckpoint` on every other connection to the file, see
-/// `quickpay_engine.store.sqlite`). The WAL file grows to about this times 4 KiB.
-pub const INLINE_PAGES: u32 = 16_000;
+/// `quickpay_engine.store.sqlite`). The WAL file grows to about this times 4 KiB:
+/// 16 MiB, SQLite's usual bound. At 64 MiB the WAL alone filled a 32 MiB data dir that
+/// had just been freed from full (the chaos suite's disk-full scenario): a data dir on a
+/// small volume must not need more than that for a file that only holds what waits to
+/// be copied.
+pub const INLINE_PAGES: u32 = 4_000;
 
 /// The thread's OS name (`top -H`, perf, benches/thread_cpu.py).
 const THREAD_NAME: &str = "sqlite_checkpoint";

@@ -142,7 +142,7 @@ BUSY_TIMEOUT_MS = 5_000
 # WAL pages past which a commit of this connection checkpoints. The core's writer has a
 # thread of its own copy the WAL back well before (engine/src/store/checkpoint.rs, which
 # says why); this is the bound, the same as the writer's own (INLINE_PAGES there).
-WAL_AUTOCHECKPOINT_PAGES = 16_000
+WAL_AUTOCHECKPOINT_PAGES = 4_000
 
 
 @dataclass(frozen=True, slots=True)
