@@ -14,9 +14,9 @@
 //! ran. The WAL starts again from its beginning only when a write transaction begins
 //! with every frame copied, which a writer busy back to back rarely sees; so the
 //! writer's own commit copies the little left, inline, once the WAL holds
-//! `INLINE_PAGES` frames (SQLite's own path, as before, at a higher mark), and the
-//! next transaction restarts the WAL. That also bounds the WAL should the thread fall
-//! behind or fail.
+//! `INLINE_PAGES` frames (SQLite's own path, at the store's mark from before the
+//! thread), and the next transaction restarts the WAL. That also bounds the WAL should
+//! the thread fall behind or fail.
 //!
 //! Durability does not depend on any of it: a commit is in the WAL and fsynced
 //! (synchronous=FULL) before it returns; a checkpoint only moves committed pages into
@@ -40,10 +40,10 @@ pub const BACKGROUND_PAGES: u32 = 1_000;
 /// WAL frames past which the writer's own commit checkpoints, inline (SQLite's
 /// `wal_autocheckpoint` on every other connection to the file, see
 /// `quickpay_engine.store.sqlite`). The WAL file grows to about this times 4 KiB:
-/// 16 MiB, SQLite's usual bound. At 64 MiB the WAL alone filled a 32 MiB data dir that
-/// had just been freed from full (the chaos suite's disk-full scenario): a data dir on a
-/// small volume must not need more than that for a file that only holds what waits to
-/// be copied.
+/// 16 MiB, the store's bound before this thread. At 64 MiB the WAL alone filled a
+/// 32 MiB data dir that had just been freed from full (the chaos suite's disk-full
+/// scenario): a data dir on a small volume must not need more than that for a file
+/// that only holds what waits to be copied.
 pub const INLINE_PAGES: u32 = 4_000;
 
 /// The thread's OS name (`top -H`, perf, benches/thread_cpu.py).
