@@ -519,7 +519,9 @@ async def test_quickpay_bench_calls_with_a_client_certificate_or_a_token(
     try:
         base = ["bench", "--data-dir", str(data_dir), "--target", f"127.0.0.1:{running.port}",
                 "--no-progress", "--count", "20", "--concurrency", "2", "--tls-ca", str(tmp_path / "ca.pem"),
-                "--tls-cert", str(client_cert), "--tls-key", str(client_key)]  # fmt: skip
+                "--tls-cert", str(client_cert), "--tls-key", str(client_key),
+                # Only well-formed payments: every error left is the access check's.
+                "--invalid-share", "0"]  # fmt: skip
         reports = {}
         for how, extra in (("certificate", ["--rpc", "unary"]), ("token", ["--rpc", "stream"])):
             if how == "token":
@@ -551,7 +553,8 @@ async def test_quickpay_bench_sends_the_token_of_quickpay_token(
     with (data_dir / "subscribers.csv").open("w", newline="") as out:
         write_csv(SUBSCRIBERS, out)
     base = ["bench", "--data-dir", str(data_dir), "--target", f"127.0.0.1:{guarded.port}",
-            "--no-progress", "--count", "20", "--concurrency", "2", "--rpc", "batch"]  # fmt: skip
+            "--no-progress", "--count", "20", "--concurrency", "2", "--rpc", "batch",
+            "--invalid-share", "0"]  # fmt: skip
     out = tmp_path / "anonymous.json"
     monkeypatch.delenv("QUICKPAY_TOKEN", raising=False)
     await asyncio.to_thread(cli.main, [*base, "--json", str(out)])
