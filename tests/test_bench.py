@@ -394,6 +394,7 @@ def test_make_bench_driver_writes_its_section_and_keeps_the_others(tmp_path: Pat
         "batch closed 2000, 500 per call",
     ):
         assert f"| {scenario} | payments/s |" in text
+        assert f"| {scenario} | settled/s |" in text
     assert "| benches/bench_store.py | test_store_commit_batch[batch] |" in text
     assert "kernel " in text and "quickpay bench --data-dir" in text
 
