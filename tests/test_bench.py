@@ -261,6 +261,20 @@ def test_report_gives_the_settled_rate_beside_every_answer() -> None:
     assert rates(Tally()) == (0.0, 0.0)
 
 
+def test_report_says_when_fraud_scoring_refused_the_loads_own_payments() -> None:
+    """Fraud declines past a tenth of the good payments sent (beyond the fraud-like share
+    the load meant to be caught) get a line saying what they mean and what to do."""
+    plan = LoadPlan(target="127.0.0.1:1", count=100)
+    tally = Tally(sent=100, elapsed_s=1.0)
+    tally.kinds.update({"good": 90, "fraud": 10})
+    tally.statuses.update({"SETTLED": 70, "DECLINED": 30})
+    tally.declines.update({"FRAUD_DECLINED": 10})
+    assert "note" not in table(tally, plan)  # the fraud-like ones, caught as meant
+    tally.declines.update({"FRAUD_DECLINED": 8, "FRAUD_REVIEW": 12})
+    note = [line for line in table(tally, plan).splitlines() if line.startswith("note")]
+    assert len(note) == 1 and "20 more payments" in note[0] and "--fraud-mode observe" in note[0]
+
+
 def test_histograms_merge_exactly_and_survive_encoding() -> None:
     a, b = Latency(), Latency()
     for ms in range(1, 101):

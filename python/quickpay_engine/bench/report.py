@@ -33,6 +33,30 @@ def rates(tally: Tally) -> tuple[float, float]:
     return tally.sent / tally.elapsed_s, tally.statuses.get("SETTLED", 0) / tally.elapsed_s
 
 
+# Fraud declines and holds past this share of the good payments a load sent are the
+# load's doing, not the engine's: worth a line saying so under the figures.
+VELOCITY_HINT_SHARE = 0.1
+
+
+def _velocity_hint(tally: Tally) -> str:
+    """A line for an SRE whose load fraud scoring declined in bulk: the load's own
+    payments (not its fraud-like share) refused as FRAUD_DECLINED or FRAUD_REVIEW,
+    which is what a load that pays the same lines again within minutes looks like to
+    the velocity rules. Empty when there is nothing to say."""
+    caught = tally.declines.get("FRAUD_DECLINED", 0) + tally.declines.get("FRAUD_REVIEW", 0)
+    good = tally.kinds.get("good", 0)
+    unexpected = caught - tally.kinds.get("fraud", 0)
+    if not good or unexpected <= VELOCITY_HINT_SHARE * good:
+        return ""
+    return (
+        f"note            fraud scoring refused {unexpected} more payments than the load's"
+        f" fraud-like share ({100 * unexpected / good:.0f} % of its {good} good ones): a"
+        " load that pays the same lines again within minutes trips the velocity rules."
+        " Seed more subscribers, or run the server with --fraud-mode observe, to measure"
+        " settlements."
+    )
+
+
 def table(tally: Tally, plan: LoadPlan) -> str:
     """The human summary printed at the end of a run."""
     lat = tally.latency.summary_ms()
@@ -64,6 +88,8 @@ def table(tally: Tally, plan: LoadPlan) -> str:
     ]
     if tally.fraud_decisions:
         lines.append(f"fraud decisions {_counts(tally.fraud_decisions)}")
+    if hint := _velocity_hint(tally):
+        lines.append(hint)
     lines += [
         f"payments/s      {rate:,.0f}  (every answer, declines and errors included)",
         f"settled/s       {settled_rate:,.0f}",
