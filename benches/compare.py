@@ -377,6 +377,16 @@ def run_window(
     return first, last, json.loads(out.read_text())
 
 
+def engine_argv(quickpay: str, common: list[str], gateways: list[str]) -> list[str]:
+    """`quickpay serve` as this file's engine runs: fraud scoring observes. It scores
+    every payment as in production, but the runs pay each line again within minutes of
+    the last (hundreds of thousands of payments over 200,000 lines), which it would
+    rightly decline, short-cutting the saga; so every payment takes the whole path
+    (pg_compare.py does the same)."""
+    return [quickpay, "serve", "--listen", "127.0.0.1:0", "--fraud-mode", "observe",
+            *common, *gateways]  # fmt: skip
+
+
 def latency_hiding(
     log: Log, work: Path, runs: int, seconds: float, warmup: float, subscribers: int
 ) -> dict[int, Figures]:
@@ -391,13 +401,9 @@ def latency_hiding(
     for run in range(runs):
         for latency_ms, figures in rates.items():
             gateways = ["--gateways", str(gateways_file(work, latency_ms))]
-            # As end_to_end: every payment scored, none declined for paying again.
             engine = Server(
-                log,
-                [quickpay, "serve", "--listen", "127.0.0.1:0", "--fraud-mode", "observe",
-                 *common, *gateways],
-                work / f"serve-{latency_ms}ms.log",
-            )  # fmt: skip
+                log, engine_argv(quickpay, common, gateways), work / f"serve-{latency_ms}ms.log"
+            )
             try:
                 out = work / f"latency-{latency_ms}ms-{run}.json"
                 seeded = [*flags, "--seed", str(next(seeds))]
@@ -415,16 +421,7 @@ def end_to_end(
     quickpay = str(Path(sys.executable).parent / "quickpay")
     common = seeded_data(log, work, subscribers)
     gateways = ["--gateways", str(gateways_file(work, 0))]
-    # Fraud scoring observes: it scores every payment as in production, but a run's load
-    # pays each line again within minutes of the last run's (hundreds of thousands of
-    # payments over 200,000 lines), which it would rightly decline, short-cutting the
-    # saga; here every payment takes the whole path (pg_compare.py does the same).
-    engine = Server(
-        log,
-        [quickpay, "serve", "--listen", "127.0.0.1:0", "--fraud-mode", "observe", *common,
-         *gateways],
-        work / "serve.log",
-    )  # fmt: skip
+    engine = Server(log, engine_argv(quickpay, common, gateways), work / "serve.log")
     try:
         echo = Server(
             log,

@@ -139,10 +139,10 @@ def measure(
 
 
 SERVERS = ("engine", "engine+metrics", "echo")
-# Subscribers seeded. A load deals them out each once before any pays again, and each run's
-# three loads pay about 100,000 times. With 20,000 lines each paid every few seconds, and fraud
-# scoring's velocity rules declined half of PayBatch (a decline costs less than a
-# settlement, so the CPU per answer looked lower than a settlement's).
+# Subscribers seeded. A load deals them out each once before any pays again, and each
+# run's three loads pay about 100,000 times. With 20,000, every line paid every few
+# seconds and fraud scoring's velocity rules declined half of PayBatch (a decline costs
+# less than a settlement, so the CPU per answer looked lower than a settlement's).
 SUBSCRIBERS = 200_000
 # How often the "engine+metrics" server is scraped while it is measured.
 SCRAPE_EVERY_S = 1.0
