@@ -4,8 +4,9 @@ gateway stage (issue 15: the sales of a batch).
     .venv/bin/pip install py-spy          # not a dependency
     .venv/bin/python benches/profile_paybatch.py --work var/prof [--out prof.txt]
 
-Starts the server on SQLite with the bundled simulators at 0 ms (benches/compare.py's
-helpers, the same setup as cpu_budget.py), loads it with `quickpay bench --rpc batch
+Starts the server on SQLite with the bundled simulators at 0 ms and 200,000 lines,
+fraud scoring observing (benches/compare.py's helpers, the same setup as
+cpu_budget.py), loads it with `quickpay bench --rpc batch
 --batch-size 500 --concurrency 2000` for 20 s, records 12 s of it with `py-spy record
 --threads --format raw --nonblocking`, and prints the samples per thread and those of
 the gateway stage: stacks holding the router, the gateway client or the pipeline's
@@ -26,7 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from _support import pyspy_stacks, record_pyspy
-from compare import Log, Server, gateways_file, seeded_data
+from compare import Log, Server, engine_argv, gateways_file, seeded_data
+
+SUBSCRIBERS = 200_000
 
 STAGE = ("gateways/router.py", "gateways/client.py", "_sales (", "_sale (")
 
@@ -35,9 +38,10 @@ def record(work: Path, out: Path, gil: bool = False) -> None:
     work.mkdir(parents=True, exist_ok=True)
     log = Log()
     bin_ = Path(sys.executable).parent
-    common = seeded_data(log, work, 20_000)
-    argv = [str(bin_ / "quickpay"), "serve", "--listen", "127.0.0.1:0", *common,
-            "--gateways", str(gateways_file(work, 0))]  # fmt: skip
+    # As cpu_budget.py: 200,000 lines, so that the load (a shuffled deck of them) does
+    # not pay a line again within seconds, and fraud scoring observing (engine_argv).
+    common = seeded_data(log, work, SUBSCRIBERS)
+    argv = engine_argv(str(bin_ / "quickpay"), common, ["--gateways", str(gateways_file(work, 0))])
     server = Server(log, argv, work / "prof-serve.log")
     try:
         client = subprocess.Popen(

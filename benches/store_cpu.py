@@ -32,6 +32,7 @@ PYTHONPATH=TREE/python (each tree's own extension), and prints each run and the 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 
 from _support import FINGERPRINT_KEY, subscribers
@@ -73,8 +75,11 @@ def settle(store: SqliteStore, batch: list[Decision]) -> None:
 
 
 def template(work: Path, history: int) -> Path:
-    """The store file with ``history`` payments settled, built once per size."""
-    path = work / f"template-{history}.sqlite3"
+    """The store file with ``history`` payments settled, built once per size and per
+    schema (two trees with different schemas each get their own)."""
+    schema = resources.files("quickpay_engine.store").joinpath("schema_sqlite.sql")
+    digest = hashlib.sha256(schema.read_bytes()).hexdigest()[:12]
+    path = work / f"template-{history}-{digest}.sqlite3"
     if path.exists():
         return path
     building = work / f"building-{os.getpid()}.sqlite3"
