@@ -35,7 +35,7 @@ from quickpay_engine.bench.load import (
 )
 from quickpay_engine.bench.report import rates, table, to_json
 from quickpay_engine.bench.runner import Timeline, split, worker_plans
-from quickpay_engine.bench.scenario import KINDS, Mix, RequestSource
+from quickpay_engine.bench.scenario import KINDS, Mix, RequestSource, subscriber_pan
 from quickpay_engine.server import RunningServer
 from quickpay_engine.subscribers import write_csv
 
@@ -240,6 +240,24 @@ def test_every_subscriber_pays_once_before_any_pays_twice() -> None:
     rounds = [first, second] + [[r.account_id for r in source.take(len(payable))] for _ in range(4)]
     assert all(len(set(r)) == len(payable) for r in rounds)
     assert len({tuple(r) for r in rounds}) > 1
+
+
+def test_each_line_pays_by_its_own_luhn_valid_visa_card() -> None:
+    """The load's card numbers pass the Luhn check the engine applies (checked here by
+    a plain digit walk, not the generator's own arithmetic), are 16-digit Visa numbers,
+    and stay one per line."""
+
+    def luhn_ok(pan: str) -> bool:
+        total = 0
+        for i, ch in enumerate(reversed(pan)):
+            d = int(ch) * (2 if i % 2 else 1)
+            total += d - 9 if d > 9 else d
+        return total % 10 == 0
+
+    pans = {f"acc-{n:08d}": subscriber_pan(f"acc-{n:08d}") for n in range(5_000)}
+    assert all(luhn_ok(p) and len(p) == 16 and p[0] == "4" for p in pans.values())
+    assert len(set(pans.values())) > 4_900  # one card per line, nearly never shared
+    assert subscriber_pan("acc-00000001") == pans["acc-00000001"]
 
 
 def test_report_gives_the_settled_rate_beside_every_answer() -> None:

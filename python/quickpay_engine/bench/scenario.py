@@ -17,6 +17,7 @@ A mix comes from flags or from a TOML or JSON file whose keys are ``Mix``'s fiel
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import tomllib
@@ -105,30 +106,33 @@ def parse_methods(text: str) -> dict[str, float]:
     return weights
 
 
+# A digit doubled, less 9 past 9: Luhn's weight on every other digit.
+_DOUBLED = str.maketrans("0123456789", "0246813579")
+
+
 def subscriber_pan(account_id: str) -> str:
     """A Luhn-valid Visa number of the subscriber's own: real subscribers each pay with
     their card, and one card across thousands of lines is what card testing looks like."""
     body = "4" + str(zlib.crc32(account_id.encode()) * 7919 + 10**13)[-14:]
-    total = 0
-    for i, ch in enumerate(reversed(body)):
-        d = int(ch) * (2 if i % 2 == 0 else 1)
-        total += d - 9 if d > 9 else d
-    return body + str((10 - total % 10) % 10)
+    # From the right, every other digit doubled, starting with the body's last one
+    # (the check digit, appended, will be the first undoubled).
+    tail = body[::-1]
+    total = sum(map(int, tail[0::2].translate(_DOUBLED))) + sum(map(int, tail[1::2]))
+    return body + str(-total % 10)
 
 
-def _method(rng: random.Random, name: str, account_id: str = "") -> pb.PaymentMethod:
+def _method(rng: random.Random, name: str, account_id: str = "") -> dict[str, object]:
+    """A PaymentMethod's fields, as the message constructor takes them: a nested dict
+    builds the request in one step, where a PaymentMethod built first is then copied
+    into it (about 1.3 µs a request, of the load generator's few)."""
     if name == "card":
         pan = subscriber_pan(account_id) if account_id else rng.choice(_TEST_PANS)
-        return pb.PaymentMethod(
-            card=pb.Card(pan=pan, expiry_month=rng.randint(1, 12), expiry_year=2031)
-        )
+        return {"card": {"pan": pan, "expiry_month": rng.randint(1, 12), "expiry_year": 2031}}
     if name == "wallet":
-        return pb.PaymentMethod(
-            wallet=pb.Wallet(provider="mpesa", wallet_id=f"w{rng.randrange(10**9)}")
-        )
+        return {"wallet": {"provider": "mpesa", "wallet_id": f"w{rng.randrange(10**9)}"}}
     if name == "bank_account":
-        return pb.PaymentMethod(bank_account=pb.BankAccount(iban="GR1601101250000000012300695"))
-    return pb.PaymentMethod(carrier_balance=pb.CarrierBalance())
+        return {"bank_account": {"iban": "GR1601101250000000012300695"}}
+    return {"carrier_balance": {}}
 
 
 def _home_ip(account_id: str) -> str:
@@ -166,7 +170,11 @@ class RequestSource:
         self._n = 0
         self._recent: deque[pb.PayRequest] = deque(maxlen=RECENT_MAX)
         self._method_names = [m for m in METHODS if mix.methods.get(m, 0) > 0]
-        self._method_weights = [mix.methods[m] for m in self._method_names]
+        # Accumulated once: random.choices with cum_weights draws exactly as with the
+        # weights it would otherwise accumulate on every call.
+        self._method_weights = list(
+            itertools.accumulate(mix.methods[m] for m in self._method_names)
+        )
         self._fraud_device = ""
         self._fraud_ip = ""
         # What each postpaid line still owes as this load pays it down (assuming the
@@ -218,12 +226,12 @@ class RequestSource:
             owed = self._owed[sub.account_id]
             amount = min(amount, owed) if owed > 0 else min(amount, 100)
             self._owed[sub.account_id] = owed - amount
-        method = rng.choices(self._method_names, self._method_weights)[0]
+        method = rng.choices(self._method_names, cum_weights=self._method_weights)[0]
         request = pb.PayRequest(
             idempotency_key=f"{self._run_id}-{self._n}",
             account_id=sub.account_id,
             msisdn=sub.msisdn,
-            amount=pb.Money(amount_minor=amount, currency=sub.currency),
+            amount={"amount_minor": amount, "currency": sub.currency},
             purpose=purpose,
             method=_method(rng, method, sub.account_id),
             channel=rng.choice(["app", "ussd", "web", "retail"]),
@@ -246,7 +254,7 @@ class RequestSource:
         request.ip = self._fraud_ip
         request.channel = "web"
         request.amount.amount_minor = 40 * rng.choice([100, 50])
-        request.method.CopyFrom(_method(rng, "card"))
+        request.method.CopyFrom(pb.PaymentMethod(**_method(rng, "card")))
 
 
 class _Deck:
