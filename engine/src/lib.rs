@@ -6,6 +6,7 @@
 
 pub mod fraud;
 pub mod gateway;
+mod hex;
 pub mod ledger;
 pub mod money;
 pub mod proto;

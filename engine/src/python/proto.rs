@@ -92,7 +92,7 @@ fn fields(request: v1::PayRequest, fingerprint: [u8; 32]) -> (Intent, Detail) {
         Some(Kind::CarrierBalance(_)) | None => {}
     }
     detail.6 = request.subscriber_assertion;
-    let hex = hex(&fingerprint);
+    let hex = crate::hex::lower(&fingerprint);
     let intent = (
         request.idempotency_key,
         hex,
@@ -121,17 +121,6 @@ fn decode_all(frames: &[&[u8]], key: &[u8]) -> Vec<Result<(Intent, Detail), prot
             Ok(fields(request, fingerprint))
         })
         .collect()
-}
-
-/// Lower-case hex of `bytes`, through a table (not a `format!` per byte).
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
 }
 
 fn into_python<'py>(

@@ -125,9 +125,7 @@ fn flag(
     let digest = Sha256::digest(key.as_bytes());
     let mut id = String::with_capacity(28);
     id.push_str("dsc_");
-    for byte in &digest[..12] {
-        id.push_str(&format!("{byte:02x}"));
-    }
+    crate::hex::push(&mut id, &digest[..12]);
     let currency = match (row, capture) {
         (Some(r), _) => r.currency.clone(),
         (None, Some(c)) => c.currency.clone(),

@@ -24,16 +24,6 @@ pub struct AuditRow {
     pub row_hash: String,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 0xf)] as char);
-    }
-    out
-}
-
 /// A row's hash under `key`.
 pub fn chain_hash(key: &[u8], prev_hash: &str, seq: i64, content: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
@@ -42,7 +32,7 @@ pub fn chain_hash(key: &[u8], prev_hash: &str, seq: i64, content: &str) -> Strin
     mac.update(prev_hash.as_bytes());
     mac.update(b"|");
     mac.update(content.as_bytes());
-    hex(&mac.finalize().into_bytes())
+    crate::hex::lower(&mac.finalize().into_bytes())
 }
 
 /// Names a key without revealing it (the first 16 hex digits of a SHA-256).
@@ -50,7 +40,7 @@ pub fn key_id(key: &[u8]) -> String {
     let mut digest = Sha256::new();
     digest.update(b"quickpay audit key id\x00");
     digest.update(key);
-    let mut id = hex(&digest.finalize());
+    let mut id = crate::hex::lower(&digest.finalize());
     id.truncate(16);
     id
 }

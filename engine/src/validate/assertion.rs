@@ -184,8 +184,7 @@ pub fn sign(
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
     mac.update(signed.as_bytes());
     let tag = mac.finalize().into_bytes();
-    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{signed}.{hex}")
+    format!("{signed}.{}", crate::hex::lower(&tag))
 }
 
 #[cfg(test)]
@@ -197,7 +196,7 @@ mod tests {
     const SECRET_B: [u8; 32] = [9; 32];
 
     fn rules() -> Rules {
-        let hex = |s: &[u8]| s.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let hex = crate::hex::lower;
         let config = EngineConfig {
             assertion_keys: vec![
                 AssertionKey {

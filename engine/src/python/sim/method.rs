@@ -40,7 +40,7 @@ pub(super) fn summarize(
         let mut mac = keyed.clone();
         mac.update(secret.as_bytes());
         let digest = mac.finalize().into_bytes();
-        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::lower(&digest[..16])
     };
     match method.get("kind").and_then(Value::as_str) {
         Some("card") => {
