@@ -4,9 +4,9 @@ gateway stage (issue 15: the sales of a batch).
     .venv/bin/pip install py-spy          # not a dependency
     .venv/bin/python benches/profile_paybatch.py --work var/prof [--out prof.txt]
 
-Starts the server on SQLite with the bundled simulators at 0 ms and 200,000 lines,
-fraud scoring observing (benches/compare.py's helpers, the same setup as
-cpu_budget.py), loads it with `quickpay bench --rpc batch
+Starts the server on SQLite with the bundled simulators at 0 ms and 200,000 lines (as
+cpu_budget.py seeds), fraud scoring observing (as make bench's engine runs,
+benches/compare.py's helpers), loads it with `quickpay bench --rpc batch
 --batch-size 500 --concurrency 2000` for 20 s, records 12 s of it with `py-spy record
 --threads --format raw --nonblocking`, and prints the samples per thread and those of
 the gateway stage: stacks holding the router, the gateway client or the pipeline's
@@ -38,8 +38,9 @@ def record(work: Path, out: Path, gil: bool = False) -> None:
     work.mkdir(parents=True, exist_ok=True)
     log = Log()
     bin_ = Path(sys.executable).parent
-    # As cpu_budget.py: 200,000 lines, so that the load (a shuffled deck of them) does
-    # not pay a line again within seconds, and fraud scoring observing (engine_argv).
+    # 200,000 lines, as cpu_budget.py seeds, so that the load (a shuffled deck of them)
+    # does not pay a line again within seconds; fraud scoring observing, as make bench's
+    # engine runs (compare.engine_argv): every payment takes the whole saga.
     common = seeded_data(log, work, SUBSCRIBERS)
     argv = engine_argv(str(bin_ / "quickpay"), common, ["--gateways", str(gateways_file(work, 0))])
     server = Server(log, argv, work / "prof-serve.log")

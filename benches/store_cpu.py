@@ -195,7 +195,8 @@ def main() -> None:
         print(row(".", f))
         return
     trees = [str(Path(t).resolve()) for t in args.trees.split(",")]
-    # The template is built once, by the first tree, before any run.
+    # This tree's template is built before any run (each tree's schema has its own:
+    # another tree builds its own in its first run, before its clock starts).
     template(args.work.resolve(), args.history)
     print(f"history {args.history:,} payments, {args.batches} batches of {BATCH}, nproc"
           f" {os.cpu_count()}")  # fmt: skip

@@ -517,6 +517,27 @@ def test_cpu_budget_reads_every_process_and_writes_its_section(tmp_path: Path) -
     assert simulated > 0
 
 
+def test_machine_cpu_reads_the_processes_and_the_server_threads(tmp_path: Path) -> None:
+    # benches/machine_cpu.py at its smallest, two flag sets alternating: a line per run
+    # with its flags and figures, and the server's threads and the busiest processes.
+    done = subprocess.run(
+        [sys.executable, "benches/machine_cpu.py", "--rpc", "batch", "--seconds", "4",
+         "--subscribers", "2000", "--runs", "1", "--flags-b", "--batches-in-flight 2",
+         "--work", str(tmp_path / "work")],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = [line for line in done.stdout.splitlines() if line.startswith("flags ")]
+    assert [r.split(":")[0] for r in runs] == [
+        "flags '(defaults)'",
+        "flags '--batches-in-flight 2'",
+    ]
+    assert all("ms per settled payment" in r and "mean " in r for r in runs)
+    threads = [line.split() for line in done.stdout.splitlines() if line.startswith("  thread")]
+    assert any(t[1] == "sqlite_writer_0" for t in threads)
+    assert any("quickpay serve" in line for line in done.stdout.splitlines())
+
+
 class _LostStream:
     """A PayStream call as grpc.aio leaves it when its connection breaks under a write
     (grpc/grpc#36066): the first write is sent, the second fails with INTERNAL

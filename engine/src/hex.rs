@@ -1,6 +1,7 @@
-//! Lower-case hexadecimal through a table: one allocation per string, where a `format!`
-//! per byte made one per byte (a simulator's card fingerprint, a discrepancy id, a
-//! request fingerprint, an audit row's hash).
+//! Lower-case hexadecimal through a table, one allocation per string: the request
+//! fingerprint and the audit hashes (each had a private copy of this), and the
+//! simulator's card fingerprint, discrepancy ids and assertion tags (each made a String
+//! per byte with `format!`).
 
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
