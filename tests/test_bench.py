@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from quickpay_engine.bench.load import (
     StreamSender,
     Tally,
     Worker,
+    call_sizes,
     stream_error_answer,
 )
 from quickpay_engine.bench.report import rates, table, to_json
@@ -539,6 +541,13 @@ def test_cpu_budget_reads_every_process_and_writes_its_section(tmp_path: Path) -
         else:
             assert float(simulators) == 0  # only the engine starts gateway simulators
     assert simulated > 0
+
+
+def test_a_closed_paybatch_loop_keeps_its_concurrency_in_calls_of_the_batch_size() -> None:
+    plan = LoadPlan(target="unused:1", rpc="batch", batch_size=500, concurrency=1100, count=10)
+    assert call_sizes(plan) == [500, 500, 100]
+    assert call_sizes(dataclasses.replace(plan, concurrency=64)) == [64]
+    assert call_sizes(dataclasses.replace(plan, concurrency=1000)) == [500, 500]
 
 
 def test_machine_cpu_reads_the_processes_and_the_server_threads(tmp_path: Path) -> None:

@@ -41,8 +41,8 @@ INFLIGHT_MAX = 10_000
 BURST_MAX = 64
 # How long the channels get to connect before the run is abandoned.
 CONNECT_TIMEOUT_S = 10.0
-# --rpc batch: payments per PayBatch call, and how long a call that is not full waits
-# for more before it goes out.
+# --rpc batch: payments per PayBatch call, and how long an open loop's call that is not
+# full waits for more before it goes out (a closed loop builds each call whole).
 BATCH_SIZE = 100
 BATCH_LINGER_S = 0.002
 # gRPC status names a PayStream reply carries in decline_reason when one request failed
@@ -222,6 +222,13 @@ def stream_error_answer(err: grpc.aio.AioRpcError) -> Answer:
     return error_answer(err)
 
 
+def call_sizes(plan: LoadPlan) -> list[int]:
+    """A closed PayBatch loop's calls in flight, by size: ``concurrency`` payments in
+    calls of ``batch_size``, the last one with what is left."""
+    full, rest = divmod(plan.concurrency, plan.batch_size)
+    return [plan.batch_size] * full + ([rest] if rest else [])
+
+
 def answer_of(reply: pb.PayResponse) -> Answer:
     """The answer a PayResponse carries; a PayStream per-request failure is an error."""
     status = pb.PaymentStatus.Name(reply.status)
@@ -391,10 +398,11 @@ class StreamSender:
 
 
 class BatchSender:
-    """Gathers calls into PayBatch calls of ``batch_size`` payments, round-robin over the
-    channels. A call goes out once full, or ``linger_s`` after its first payment with
-    what it has (a closed loop with fewer callers than ``batch_size`` never fills one).
-    Each payment's latency is its call's."""
+    """PayBatch calls, round-robin over the channels. ``call`` gathers single payments
+    into calls of ``batch_size`` (the open loop's payments, each due at its own time): a
+    call goes out once full, or ``linger_s`` after its first payment with what it has.
+    ``call_many`` sends a closed loop's whole call at once. Each payment's latency is
+    its call's."""
 
     def __init__(
         self,
@@ -434,16 +442,19 @@ class BatchSender:
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
 
-    async def _send(self, batch: list[tuple[pb.PayRequest, asyncio.Future[Answer]]]) -> None:
+    async def call_many(self, requests: list[pb.PayRequest]) -> list[Answer]:
+        """One PayBatch call of ``requests``; their answers, in order."""
         stub = self._stubs[self._next % len(self._stubs)]
         self._next += 1
-        request = pb.PayBatchRequest(payments=[r for r, _ in batch])
+        request = pb.PayBatchRequest(payments=requests)
         try:
             reply = await stub.PayBatch(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
-            answers = [error_answer(err)] * len(batch)
-        else:
-            answers = [answer_of(r) for r in reply.results]
+            return [error_answer(err)] * len(requests)
+        return [answer_of(r) for r in reply.results]
+
+    async def _send(self, batch: list[tuple[pb.PayRequest, asyncio.Future[Answer]]]) -> None:
+        answers = await self.call_many([r for r, _ in batch])
         for (_, future), answer in zip(batch, answers, strict=True):
             if not future.done():
                 future.set_result(answer)
@@ -526,6 +537,10 @@ class Worker:
         try:
             if self.plan.open_loop:
                 await self._open_loop(sender)
+            elif isinstance(sender, BatchSender):
+                await asyncio.gather(
+                    *(self._batch_caller(sender, n) for n in call_sizes(self.plan))
+                )
             else:
                 await asyncio.gather(*(self._caller(sender) for _ in range(self.plan.concurrency)))
             await sender.close()
@@ -557,6 +572,24 @@ class Worker:
             started = time.perf_counter()
             answer = await sender.call(request)
             self._record(kind, answer, measured, started, started, request.idempotency_key)
+
+    async def _batch_caller(self, sender: BatchSender, size: int) -> None:
+        """A closed loop of PayBatch calls of ``size`` payments: each call is built whole
+        and sent at once, and its answers recorded, then the next. The same load as
+        ``size`` callers of one payment each gathered into calls, without a coroutine
+        and a future per payment in the load generator, whose CPU is taken from the
+        server it measures when both share a machine."""
+        while True:
+            t_send = time.perf_counter()
+            items = []
+            while len(items) < size and (item := self._next(t_send)) is not None:
+                items.append(item)
+            if not items:
+                return
+            started = time.perf_counter()
+            answers = await sender.call_many([request for _, request, _ in items])
+            for (kind, request, measured), answer in zip(items, answers, strict=True):
+                self._record(kind, answer, measured, started, started, request.idempotency_key)
 
     async def _open_loop(self, sender: Sender) -> None:
         plan = self.plan
