@@ -66,8 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--batch-size",
         type=int,
         default=BATCH_SIZE,
-        help=f"--rpc batch: payments per PayBatch call, at most 1000 ({BATCH_SIZE});"
-        " a call goes out full, or after 2 ms with what the callers gave it",
+        help=f"--rpc batch: payments per PayBatch call, at most 1000 ({BATCH_SIZE}); a"
+        " closed loop keeps --concurrency payments in flight in calls of this size, an open"
+        " loop sends a call full or 2 ms after its first payment",
     )
     load.add_argument("--count", type=int, help="measured payments to send (default 5000)")
     load.add_argument("--duration", type=float, help="measured seconds, instead of --count")
