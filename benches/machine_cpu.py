@@ -44,9 +44,9 @@ WINDOW_S = 10.0
 SETTLE_S = 4.0
 
 
-def processes() -> dict[int, tuple[float, str]]:
-    """Every process's CPU seconds and command line."""
-    out: dict[int, tuple[float, str]] = {}
+def processes() -> dict[int, tuple[float, str, int]]:
+    """Every process's CPU seconds, command line and parent."""
+    out: dict[int, tuple[float, str, int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -55,7 +55,8 @@ def processes() -> dict[int, tuple[float, str]]:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue  # ended meanwhile
-        out[int(entry.name)] = ((int(fields[11]) + int(fields[12])) * TICK_S, command.strip())
+        cpu = (int(fields[11]) + int(fields[12])) * TICK_S
+        out[int(entry.name)] = (cpu, command.strip(), int(fields[1]))
     return out
 
 
@@ -115,13 +116,18 @@ def one_run(
         f" {server_cpu:.2f} s in {window:.0f} s ({per_settled:.3f} ms per settled"
         f" payment), batches {batches[-1] if batches else '?'}"
     )
+    # The load's own processes, whatever else the machine runs: the server, the
+    # simulators it started (its children) and the client.
+    ours = {server.proc.pid, client.pid} | {
+        p for p, (_, _, parent) in after_p.items() if parent == server.proc.pid
+    }
     used = sorted(
-        ((after_p[p][0] - before_p[p][0], after_p[p][1]) for p in after_p if p in before_p),
-        reverse=True,
+        (after_p[p][0] - before_p[p][0], after_p[p][1])
+        for p in ours
+        if p in after_p and p in before_p
     )
-    for cpu, command in used[:5]:
-        if cpu > 0 and command:  # kernel threads have no command line
-            print(f"  process  {cpu:6.2f} s  {command[:90]}")
+    for cpu, command in reversed(used):
+        print(f"  process  {cpu:6.2f} s  {command[:90]}")
     rows = sorted(
         (
             (a[1] - before_t[t][1], a[0], a[2] - before_t[t][2], a[3] - before_t[t][3],
@@ -130,7 +136,7 @@ def one_run(
         ),
         reverse=True,
     )  # fmt: skip
-    for cpu, name, wait, voluntary, preempted in rows[:8]:
+    for cpu, name, wait, voluntary, preempted in rows:
         print(
             f"  thread   {name:16s} CPU {cpu:5.2f} s  run-queue wait {wait:5.2f} s"
             f"  gave the CPU up {voluntary:6d}  preempted {preempted:6d}"
