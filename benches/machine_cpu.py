@@ -23,7 +23,6 @@ seed, so the two are compared on the same host minutes apart.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shlex
 import subprocess
@@ -32,54 +31,25 @@ import time
 from pathlib import Path
 
 from compare import Log, Server, engine_argv, gateways_file, seeded_data
+from cpu_budget import children, cpu_s
+from thread_wait import sample
 
 LOADS = {
     "batch": ["--rpc", "batch", "--batch-size", "500", "--concurrency", "2000"],
     "unary": ["--rpc", "unary", "--concurrency", "64"],
     "stream": ["--rpc", "stream", "--concurrency", "256"],
 }
-TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 WINDOW_S = 10.0
 # Seconds of load before the window opens (the warm-up and the server's first batches).
 SETTLE_S = 4.0
 
 
-def processes() -> dict[int, tuple[float, str, int]]:
-    """Every process's CPU seconds, command line and parent."""
-    out: dict[int, tuple[float, str, int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue  # ended meanwhile
-        cpu = (int(fields[11]) + int(fields[12])) * TICK_S
-        out[int(entry.name)] = (cpu, command.strip(), int(fields[1]))
-    return out
-
-
-def threads(pid: int) -> dict[int, tuple[str, float, float, int, int]]:
-    """Each thread of ``pid``: name, CPU s, run-queue wait s, voluntary and involuntary
-    context switches."""
-    out: dict[int, tuple[str, float, float, int, int]] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            name = (task / "comm").read_text().strip()
-            run_ns, wait_ns, _ = map(int, (task / "schedstat").read_text().split())
-            status = dict(
-                line.split(":\t", 1)
-                for line in (task / "status").read_text().splitlines()
-                if ":\t" in line
-            )
-        except OSError:
-            continue
-        out[int(task.name)] = (
-            name, run_ns / 1e9, wait_ns / 1e9,
-            int(status["voluntary_ctxt_switches"]), int(status["nonvoluntary_ctxt_switches"]),
-        )  # fmt: skip
-    return out
+def command(pid: int) -> str:
+    """The command line of ``pid`` ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
 
 
 def one_run(
@@ -101,45 +71,37 @@ def one_run(
         settle = min(SETTLE_S, seconds / 4)
         time.sleep(settle)
         window = min(WINDOW_S, seconds / 2)
-        before_p, before_t = processes(), threads(server.proc.pid)
+        # The load's own processes, whatever else the machine runs: the server, the
+        # simulators it started (its children) and the client.
+        ours = [server.proc.pid, *children(server.proc.pid), client.pid]
+        before_p, before_t = [cpu_s(p) for p in ours], sample(server.proc.pid)
         time.sleep(window)
-        after_p, after_t = processes(), threads(server.proc.pid)
+        after_p, after_t = [cpu_s(p) for p in ours], sample(server.proc.pid)
+        commands = [command(p) for p in ours]
         out, _ = client.communicate(timeout=seconds + 120)
     finally:
         server.stop()
     settled = float(re.search(r"settled/s\s+([\d,.]+)", out).group(1).replace(",", ""))  # type: ignore[union-attr]
     batches = re.findall(r"\((mean [\d.]+), largest", serve_log.read_text())
-    server_cpu = after_p[server.proc.pid][0] - before_p[server.proc.pid][0]
+    server_cpu = after_p[0] - before_p[0]
     per_settled = server_cpu / (settled * window) * 1e3 if settled else float("nan")
     print(
         f"flags {flags or '(defaults)'!r}: settled/s {settled:,.0f}, server CPU"
         f" {server_cpu:.2f} s in {window:.0f} s ({per_settled:.3f} ms per settled"
         f" payment), batches {batches[-1] if batches else '?'}"
     )
-    # The load's own processes, whatever else the machine runs: the server, the
-    # simulators it started (its children) and the client.
-    ours = {server.proc.pid, client.pid} | {
-        p for p, (_, _, parent) in after_p.items() if parent == server.proc.pid
-    }
-    used = sorted(
-        (after_p[p][0] - before_p[p][0], after_p[p][1])
-        for p in ours
-        if p in after_p and p in before_p
-    )
-    for cpu, command in reversed(used):
-        print(f"  process  {cpu:6.2f} s  {command[:90]}")
+    used = sorted(zip(after_p, before_p, commands, strict=True), key=lambda u: u[1] - u[0])
+    for after, before, text in used:
+        print(f"  process  {after - before:6.2f} s  {text[:90]}")
     rows = sorted(
-        (
-            (a[1] - before_t[t][1], a[0], a[2] - before_t[t][2], a[3] - before_t[t][3],
-             a[4] - before_t[t][4])
-            for t, a in after_t.items() if t in before_t
-        ),
-        reverse=True,
-    )  # fmt: skip
-    for cpu, name, wait, voluntary, preempted in rows:
+        (t.on_cpu - before_t[tid].on_cpu, tid) for tid, t in after_t.items() if tid in before_t
+    )
+    for on_cpu, tid in reversed(rows):
+        t, b = after_t[tid], before_t[tid]
         print(
-            f"  thread   {name:16s} CPU {cpu:5.2f} s  run-queue wait {wait:5.2f} s"
-            f"  gave the CPU up {voluntary:6d}  preempted {preempted:6d}"
+            f"  thread   {t.name:16s} CPU {on_cpu / 1e9:5.2f} s  run-queue wait"
+            f" {(t.waiting - b.waiting) / 1e9:5.2f} s  gave the CPU up"
+            f" {t.voluntary - b.voluntary:6d}  preempted {t.preempted - b.preempted:6d}"
         )
 
 

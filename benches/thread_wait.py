@@ -17,22 +17,42 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from thread_cpu import group
 
 
-def sample(pid: int) -> dict[int, tuple[str, int, int, int]]:
+class Thread(NamedTuple):
+    """One thread at one instant: its name, ns on a CPU, ns runnable but waiting for
+    one, time slices, and its context switches, voluntary (it blocked: a lock, epoll, a
+    futex) and not (it was preempted)."""
+
+    name: str
+    on_cpu: int
+    waiting: int
+    slices: int
+    voluntary: int
+    preempted: int
+
+
+def sample(pid: int) -> dict[int, Thread]:
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = (task / "comm").read_text().strip()
             on_cpu, waiting, slices = map(int, (task / "schedstat").read_text().split())
+            status = (task / "status").read_text()
         except OSError:
             continue  # ended meanwhile
-        out[int(task.name)] = (name, on_cpu, waiting, slices)
+        switches = dict(line.split(":\t", 1) for line in status.splitlines() if "ctxt" in line)
+        out[int(task.name)] = Thread(
+            name, on_cpu, waiting, slices,
+            int(switches["voluntary_ctxt_switches"]), int(switches["nonvoluntary_ctxt_switches"]),
+        )  # fmt: skip
     return out
 
 
@@ -44,8 +64,10 @@ def main() -> None:
     args = parser.parse_args()
     while True:
         found = subprocess.run(["pgrep", "-f", args.match], capture_output=True, text=True)
-        if found.stdout.split():
-            pid = int(found.stdout.split()[0])
+        # Not this process: a --match given on its command line matches it too.
+        pids = [int(p) for p in found.stdout.split() if int(p) != os.getpid()]
+        if pids:
+            pid = pids[0]
             break
         time.sleep(0.2)
     time.sleep(args.delay)
@@ -53,12 +75,12 @@ def main() -> None:
     time.sleep(args.seconds)
     last, wall = sample(pid), (time.monotonic() - t0) * 1e9
     groups: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0, 0])
-    for tid, (name, on_cpu, waiting, slices) in last.items():
+    for tid, t in last.items():
         if tid in first:
-            g = groups[group(name)]
-            g[0] += on_cpu - first[tid][1]
-            g[1] += waiting - first[tid][2]
-            g[2] += slices - first[tid][3]
+            g = groups[group(t.name)]
+            g[0] += t.on_cpu - first[tid].on_cpu
+            g[1] += t.waiting - first[tid].waiting
+            g[2] += t.slices - first[tid].slices
             g[3] += 1
     print("| thread | threads | on a CPU | in the run queue | slices/s |")
     print("|---|---:|---:|---:|---:|")

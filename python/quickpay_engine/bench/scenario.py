@@ -172,7 +172,7 @@ class RequestSource:
         self._method_names = [m for m in METHODS if mix.methods.get(m, 0) > 0]
         # Accumulated once: random.choices with cum_weights draws exactly as with the
         # weights it would otherwise accumulate on every call.
-        self._method_weights = list(
+        self._method_cum_weights = list(
             itertools.accumulate(mix.methods[m] for m in self._method_names)
         )
         self._fraud_device = ""
@@ -226,7 +226,7 @@ class RequestSource:
             owed = self._owed[sub.account_id]
             amount = min(amount, owed) if owed > 0 else min(amount, 100)
             self._owed[sub.account_id] = owed - amount
-        method = rng.choices(self._method_names, cum_weights=self._method_weights)[0]
+        method = rng.choices(self._method_names, cum_weights=self._method_cum_weights)[0]
         request = pb.PayRequest(
             idempotency_key=f"{self._run_id}-{self._n}",
             account_id=sub.account_id,
