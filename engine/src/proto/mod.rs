@@ -16,6 +16,8 @@ pub mod v1 {
 
 pub use v1::{PayRequest, PayResponse};
 
+pub mod reply;
+
 /// The largest PayRequest frame decoded; a larger one is refused unread. gRPC's own
 /// message bound (4 MiB by default) comes first; this is the core's.
 pub const PAY_REQUEST_BYTES_MAX: usize = 4 << 20;

@@ -1,11 +1,12 @@
 //! PayRequest frames decoded in the core, a call's or a batch's frames in one crossing:
 //! the gRPC handlers hand over the request bytes unparsed.
 
-use prost::Message;
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyType};
+use pyo3::types::{PyBytes, PyString, PyType};
 
 use super::{blank, set_field};
+use crate::proto::reply::{ConfirmationRef, FraudRef, ResponseRef};
 use crate::proto::{self, v1};
 
 /// The bound on frames decoded in one call: PayBatch's 1,000, with room for a batch of
@@ -408,72 +409,96 @@ fn decode_pay_batch_intents<'py>(
     types.build_all(py, decoded, deadline, sender)
 }
 
-/// A confirmation as `quickpay_engine.domain.Confirmation` holds it (read by attribute).
-#[derive(FromPyObject)]
-struct ConfirmationView {
-    confirmation_id: String,
-    ledger_sequence: u64,
-    settled_at_us: i64,
-    gateway: String,
-    gateway_reference: String,
-    balance_after_minor: i64,
-    currency: String,
-    service_state_after: u8,
+fn text<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyString>> {
+    Ok(obj.getattr(name)?.cast_into::<PyString>()?)
 }
 
-/// A fraud verdict as `quickpay_engine.domain.FraudAssessment` holds it.
-#[derive(FromPyObject)]
-struct FraudView {
-    score: u32,
-    decision: String,
-    reasons: Vec<String>,
-}
-
-/// An outcome as `quickpay_engine.domain.Outcome` holds it: what a PayResponse says.
-#[derive(FromPyObject)]
-struct OutcomeView {
-    payment_id: String,
-    idempotency_key: String,
-    status: i32,
-    decline_reason: String,
-    decline_detail: String,
-    confirmation: Option<ConfirmationView>,
-    replayed: bool,
-    fraud: Option<FraudView>,
-}
-
-impl From<OutcomeView> for v1::PayResponse {
-    fn from(o: OutcomeView) -> Self {
-        v1::PayResponse {
-            payment_id: o.payment_id,
-            idempotency_key: o.idempotency_key,
-            status: o.status,
-            decline_reason: o.decline_reason,
-            decline_detail: o.decline_detail,
-            fraud: o.fraud.map(|f| v1::FraudAssessment {
-                score: f.score,
-                decision: f.decision,
-                reasons: f.reasons,
+/// Appends the PayResponse of `outcome` (a `quickpay_engine.domain.Outcome`, with its
+/// `Confirmation` and `FraudAssessment`, read by attribute) to `buf`: on its own, or
+/// as one of a PayBatchResponse's results. Text is borrowed from the Python strings
+/// (`reply` writes it once); nothing is copied into an owned message first.
+fn encode_outcome(outcome: &Bound<'_, PyAny>, buf: &mut Vec<u8>, as_result: bool) -> PyResult<()> {
+    let py = outcome.py();
+    let payment_id = text(outcome, intern!(py, "payment_id"))?;
+    let idempotency_key = text(outcome, intern!(py, "idempotency_key"))?;
+    let decline_reason = text(outcome, intern!(py, "decline_reason"))?;
+    let decline_detail = text(outcome, intern!(py, "decline_detail"))?;
+    let status: i32 = outcome.getattr(intern!(py, "status"))?.extract()?;
+    let replayed: bool = outcome.getattr(intern!(py, "replayed"))?.extract()?;
+    let fraud = outcome.getattr(intern!(py, "fraud"))?;
+    let fraud = if fraud.is_none() {
+        None
+    } else {
+        let score: u32 = fraud.getattr(intern!(py, "score"))?.extract()?;
+        let decision = text(&fraud, intern!(py, "decision"))?;
+        // As `Vec<String>` took them: any sequence of str, but not a str itself.
+        let reasons: Vec<Bound<'_, PyString>> = fraud.getattr(intern!(py, "reasons"))?.extract()?;
+        Some((score, decision, reasons))
+    };
+    let reasons: Vec<&str> = match &fraud {
+        Some((_, _, reasons)) => reasons
+            .iter()
+            .map(|r| r.to_str())
+            .collect::<PyResult<_>>()?,
+        None => Vec::new(),
+    };
+    let confirmation = outcome.getattr(intern!(py, "confirmation"))?;
+    let confirmation = if confirmation.is_none() {
+        None
+    } else {
+        let c = &confirmation;
+        Some((
+            text(c, intern!(py, "confirmation_id"))?,
+            c.getattr(intern!(py, "ledger_sequence"))?
+                .extract::<u64>()?,
+            c.getattr(intern!(py, "settled_at_us"))?.extract::<i64>()?,
+            text(c, intern!(py, "gateway"))?,
+            text(c, intern!(py, "gateway_reference"))?,
+            c.getattr(intern!(py, "balance_after_minor"))?
+                .extract::<i64>()?,
+            text(c, intern!(py, "currency"))?,
+            c.getattr(intern!(py, "service_state_after"))?
+                .extract::<u8>()?,
+        ))
+    };
+    let response = ResponseRef {
+        payment_id: payment_id.to_str()?,
+        idempotency_key: idempotency_key.to_str()?,
+        status,
+        decline_reason: decline_reason.to_str()?,
+        decline_detail: decline_detail.to_str()?,
+        fraud: match &fraud {
+            Some((score, decision, _)) => Some(FraudRef {
+                score: *score,
+                decision: decision.to_str()?,
+                reasons: &reasons,
             }),
-            confirmation: o.confirmation.map(|c| v1::SettlementConfirmation {
-                confirmation_id: c.confirmation_id,
-                ledger_sequence: c.ledger_sequence,
-                settled_at: Some(prost_types::Timestamp {
-                    seconds: c.settled_at_us.div_euclid(1_000_000),
-                    nanos: (c.settled_at_us.rem_euclid(1_000_000) * 1_000) as i32,
-                }),
-                gateway: c.gateway,
-                gateway_reference: c.gateway_reference,
-                balance_after: Some(v1::Money {
-                    amount_minor: c.balance_after_minor,
-                    currency: c.currency,
-                }),
-                service_state_after: crate::store::rows::status_name(c.service_state_after)
-                    .to_string(),
+            None => None,
+        },
+        confirmation: match &confirmation {
+            Some(c) => Some(ConfirmationRef {
+                confirmation_id: c.0.to_str()?,
+                ledger_sequence: c.1,
+                settled_at_us: c.2,
+                gateway: c.3.to_str()?,
+                gateway_reference: c.4.to_str()?,
+                balance_after_minor: c.5,
+                currency: c.6.to_str()?,
+                service_state_after: crate::store::rows::status_name(c.7),
             }),
-            replayed: o.replayed,
-        }
+            None => None,
+        },
+        replayed,
+    };
+    if as_result {
+        response.encode_as_result(buf);
+    } else {
+        response.encode(buf);
     }
+    Ok(())
 }
 
 /// Each outcome as the bytes of its PayResponse (Pay, PayStream): the reply is encoded
@@ -481,11 +506,16 @@ impl From<OutcomeView> for v1::PayResponse {
 #[pyfunction]
 fn encode_pay_responses<'py>(
     py: Python<'py>,
-    outcomes: Vec<OutcomeView>,
-) -> Vec<Bound<'py, pyo3::types::PyBytes>> {
+    outcomes: Vec<Bound<'py, PyAny>>,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    let mut buf = Vec::with_capacity(REPLY_BYTES_GUESS);
     outcomes
-        .into_iter()
-        .map(|o| pyo3::types::PyBytes::new(py, &v1::PayResponse::from(o).encode_to_vec()))
+        .iter()
+        .map(|o| {
+            buf.clear();
+            encode_outcome(o, &mut buf, false)?;
+            Ok(PyBytes::new(py, &buf))
+        })
         .collect()
 }
 
@@ -493,13 +523,18 @@ fn encode_pay_responses<'py>(
 #[pyfunction]
 fn encode_pay_batch_response<'py>(
     py: Python<'py>,
-    outcomes: Vec<OutcomeView>,
-) -> Bound<'py, pyo3::types::PyBytes> {
-    let response = v1::PayBatchResponse {
-        results: outcomes.into_iter().map(v1::PayResponse::from).collect(),
-    };
-    pyo3::types::PyBytes::new(py, &response.encode_to_vec())
+    outcomes: Vec<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let mut buf = Vec::with_capacity(outcomes.len() * REPLY_BYTES_GUESS);
+    for outcome in &outcomes {
+        encode_outcome(outcome, &mut buf, true)?;
+    }
+    Ok(PyBytes::new(py, &buf))
 }
+
+/// About the size of a settled payment's reply, with its fraud assessment: what the
+/// buffers start with, so a batch's grows once or not at all.
+const REPLY_BYTES_GUESS: usize = 256;
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_pay_responses, m)?)?;
