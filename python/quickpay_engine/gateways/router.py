@@ -259,10 +259,30 @@ class GatewayRouter:
         moved = []
         unknown: list[int] = []
         tags = {state: f"{name}:{outcome.name.lower()}" for state, outcome in STATES.items()}
+        # Every column bound once: the loop below runs once a sale.
         states, references = answers.states, answers.gateway_references
+        reasons, captured, refunded = (
+            answers.decline_reasons,
+            answers.captured_minor,
+            answers.refunded_minor,
+        )
+        currencies, said = answers.currencies, answers.outcomes
         out = run.out
+        out_outcomes, out_gateways, out_references, out_reasons = (
+            out.outcomes,
+            out.gateways,
+            out.references,
+            out.reasons,
+        )
+        out_captured, out_refunded, out_currencies, out_attempts = (
+            out.captured_minor,
+            out.refunded_minor,
+            out.currencies,
+            out.attempts,
+        )
+        tried = run.tried_before
         for j, i in enumerate(send):
-            outcome = answers.outcomes[j]
+            outcome = said[j]
             if outcome == PAID:
                 successes += 1
                 state = states[j]
@@ -272,14 +292,15 @@ class GatewayRouter:
                     run.attempts(i).append(tags[state])
                     moved.append(i)
                     continue
-                out.outcomes[i] = STATES[state]
-                out.gateways[i] = name
-                out.references[i] = references[j]
-                out.reasons[i] = answers.decline_reasons[j]
-                out.captured_minor[i] = answers.captured_minor[j]
-                out.refunded_minor[i] = answers.refunded_minor[j]
-                out.currencies[i] = answers.currencies[j]
-                out.attempts[i] = run.tried(i, tags[state])
+                out_outcomes[i] = STATES[state]
+                out_gateways[i] = name
+                out_references[i] = references[j]
+                out_reasons[i] = reasons[j]
+                out_captured[i] = captured[j]
+                out_refunded[i] = refunded[j]
+                out_currencies[i] = currencies[j]
+                before = tried(i)
+                out_attempts[i] = (tags[state],) if before is None else (*before, tags[state])
             elif outcome == NOT_SENT:
                 error = answers.errors[j]
                 if error in ("busy", "late"):
@@ -581,10 +602,11 @@ class _Run:
         """Payment ``i``'s gateways, in failover order."""
         return self.routes[self.group[i]]
 
-    def tried(self, i: int, last: str) -> tuple[str, ...]:
-        """What was tried for payment ``i``, ending with ``last``."""
-        found = self._attempts.get(i)
-        return (last,) if found is None else (*found, last)
+    @property
+    def tried_before(self) -> Callable[[int], list[str] | None]:
+        """What was tried for a payment so far (None: nothing), as a function of its
+        index: bound once by a loop over many payments."""
+        return self._attempts.get
 
     def attempts(self, i: int) -> list[str]:
         found = self._attempts.get(i)

@@ -17,8 +17,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from datetime import date
 from typing import Any, TypeVar
 
-import numpy as np
-
 from quickpay_engine._engine import Engine, FraudScorer
 from quickpay_engine.domain import OutboxEvent, Outcome, PaymentIntent, PaymentRecord
 from quickpay_engine.errors import (
@@ -52,7 +50,7 @@ from quickpay_engine.settlement.refunds import Refunds
 from quickpay_engine.settlement.watch import WatchHub
 from quickpay_engine.store import SqliteStore
 from quickpay_engine.store.executor import StoreThread
-from quickpay_engine.store.sqlite import SettledState
+from quickpay_engine.store.sqlite import SettledState, state_columns
 from quickpay_engine.subscriber_changes import ChangeResult, SubscriberChanges
 from quickpay_engine.subscribers import load_rows
 
@@ -240,11 +238,7 @@ class SettlementService:
         states = [s for s in states if s is not None]
         # At start the table is loaded before recovery runs (an empty one has no line).
         if states and self.engine.subscriber_count():
-            self.engine.set_states(
-                [s.account_id for s in states],
-                np.fromiter((s.balance_minor for s in states), np.int64, len(states)),
-                np.fromiter((s.status for s in states), np.uint8, len(states)),
-            )
+            self.engine.set_states(*state_columns(states))
             self._committed_batch()
 
     async def close(self) -> None:
@@ -380,11 +374,16 @@ class SettlementService:
             else:
                 for j, intent in enumerate(fresh):
                     inflight[intent.idempotency_key] = (intent.fingerprint, ticket, j)
-                ticket.future.add_done_callback(functools.partial(self._group_finished, fresh))
+                ticket.future.add_done_callback(
+                    functools.partial(self._group_finished, fresh, ticket)
+                )
         await self._wait_all(ticket, joined, deadline)
         if ticket is not None:
             for index, r in zip(fresh_at, ticket.results, strict=True):
-                results[index] = _result_of(r, intents[index], replayed=False)
+                # An outcome (nearly every one) is the answer as it is.
+                results[index] = (
+                    r if r.__class__ is Outcome else _result_of(r, intents[index], replayed=False)
+                )
         for index, joins in joined.items():
             ended: object = joins
             if isinstance(joins, int):
@@ -455,20 +454,28 @@ class SettlementService:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _group_finished(self, intents: list[PaymentIntent], future: asyncio.Future[Any]) -> None:
+    def _group_finished(
+        self,
+        intents: list[PaymentIntent],
+        ticket: GroupTicket[Outcome],
+        future: asyncio.Future[Any],
+    ) -> None:
         """A group's payments have their results: their keys leave the in-flight table
         (a key a later settlement took meanwhile stays). A payment handed on to a later
         batch (deferred behind another of its account) is still settling: its key stays,
         joinable, until that settlement ends, as a single payment's does."""
         results = None if future.cancelled() else future.result()
+        inflight = self._inflight
+        # ``_forget`` inline: a call and a getattr a payment less.
         for j, intent in enumerate(intents):
             r = None if results is None else results[j]
+            key = intent.idempotency_key
             if isinstance(r, asyncio.Future) and not r.done():
-                r.add_done_callback(
-                    functools.partial(self._member_finished, intent.idempotency_key, future)
-                )
+                r.add_done_callback(functools.partial(self._member_finished, key, future))
                 continue
-            self._forget(intent.idempotency_key, future)
+            running = inflight.get(key)
+            if running is not None and running[1] is ticket:
+                del inflight[key]
 
     def _member_finished(
         self, key: str, group: asyncio.Future[Any], settled: asyncio.Future[Outcome]

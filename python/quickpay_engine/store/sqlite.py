@@ -18,7 +18,10 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
 
 from quickpay_engine._engine import (
     Engine,
@@ -181,16 +184,36 @@ def bound_refund(stored: RefundRow, row: RefundRow) -> RefundRow:
     return stored
 
 
-@dataclass(frozen=True, slots=True)
-class SettledState:
-    """An account's balance and line status after a batch, for the engine's table."""
+class SettledState(NamedTuple):
+    """An account's balance and line status after a batch, for the engine's table.
+    A tuple, so that a batch's states, as these or as the core's own rows, are turned
+    into the engine's columns by one ``zip(*states)`` (``state_columns``)."""
 
     account_id: str
     balance_minor: int
     status: LineStatus
 
 
-CommitDone = tuple[list[Outcome], list[SettledState]]
+# An account's state as the core's commit gives it: (account_id, balance_minor, status).
+StateRow = tuple[str, int, int]
+# A commit's outcomes, and the accounts' states after it: SettledState, or the core's
+# rows as they came (the event loop's commit, which only hands them to the engine).
+CommitDone = tuple[list[Outcome], Sequence[StateRow]]
+
+
+def state_columns(
+    states: Sequence[StateRow],
+) -> tuple[list[str], npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+    """``states`` as the engine's ``set_states`` columns: account ids, balances, line
+    statuses."""
+    if not states:
+        return [], np.zeros(0, np.int64), np.zeros(0, np.uint8)
+    accounts, balances, statuses = zip(*states, strict=True)
+    return (
+        list(accounts),
+        np.array(balances, dtype=np.int64),
+        np.array(statuses, dtype=np.uint8),
+    )
 
 
 class SqliteStore:
@@ -529,7 +552,8 @@ class SqliteStore:
         if head is not None:
             self._advance_head(head)
         if not unbuilt:
-            return built, self._states(states)
+            # The core's rows as they are: the pipeline only turns them into columns.
+            return built, states
         try:
             return await on_store_thread(
                 lambda: self._outcomes(decisions, results, states, now_us, built=built)
