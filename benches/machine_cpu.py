@@ -3,6 +3,7 @@ waits for a CPU, with serve flags compared run by run.
 
     .venv/bin/python benches/machine_cpu.py --rpc batch
     .venv/bin/python benches/machine_cpu.py --rpc stream --runs 4 --flags-b "--batch-linger-ms 4"
+    .venv/bin/python benches/machine_cpu.py --runs 4 --trees /tmp/base,.
 
 Seeds ``--subscribers`` lines (200,000, as cpu_budget.py does) once, then for each run
 starts `quickpay serve` on SQLite with the bundled simulators at 0 ms and fraud scoring
@@ -17,12 +18,16 @@ bench` for ``--seconds``, and over a 10 s window in the middle reads from /proc:
 It prints settled/s, the server's CPU per settled payment and the mean batch (from the
 server's exit log) per run. With ``--flags-b`` the runs alternate between the server
 flags ``--flags`` (A) and those (B), pair by pair, each on a fresh server and its own
-seed, so the two are compared on the same host minutes apart.
+seed, so the two are compared on the same host minutes apart. With ``--trees A,B`` the
+runs alternate the same way between two builds: the server runs with
+PYTHONPATH=TREE/python (its python/ with its own _engine extension); the data, the
+simulators' flags and the load client are this tree's for both.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import subprocess
@@ -30,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from compare import Log, Server, engine_argv, gateways_file, seeded_data
+from compare import Log, Server, engine_argv, gateways_file, seeded_data, tree_env
 from cpu_budget import children, cpu_s
 from thread_wait import sample
 
@@ -53,13 +58,29 @@ def command(pid: int) -> str:
 
 
 def one_run(
-    log: Log, work: Path, common: list[str], flags: str, rpc: str, seconds: float, seed: int
+    log: Log,
+    work: Path,
+    common: list[str],
+    flags: str,
+    rpc: str,
+    seconds: float,
+    seed: int,
+    tree: str | None = None,
 ) -> None:
     bin_ = Path(sys.executable).parent
     gateways = ["--gateways", str(gateways_file(work, 0))]
     argv = engine_argv(str(bin_ / "quickpay"), common, [*gateways, *shlex.split(flags)])
     serve_log = work / "serve.log"
-    server = Server(log, argv, serve_log)
+    saved = os.environ.get("PYTHONPATH")
+    if tree is not None:  # the server alone runs that tree's build
+        os.environ["PYTHONPATH"] = tree_env(tree)["PYTHONPATH"]
+    try:
+        server = Server(log, argv, serve_log)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
     try:
         client = subprocess.Popen(
             [str(bin_ / "quickpay"), "bench", *common, "--target", server.target,
@@ -86,7 +107,8 @@ def one_run(
     server_cpu = after_p[0] - before_p[0]
     per_settled = server_cpu / (settled * window) * 1e3 if settled else float("nan")
     print(
-        f"flags {flags or '(defaults)'!r}: settled/s {settled:,.0f}, server CPU"
+        f"{f'tree {tree}, ' if tree else ''}flags {flags or '(defaults)'!r}: settled/s"
+        f" {settled:,.0f}, server CPU"
         f" {server_cpu:.2f} s in {window:.0f} s ({per_settled:.3f} ms per settled"
         f" payment), batches {batches[-1] if batches else '?'}"
     )
@@ -113,18 +135,25 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=200_000)
     parser.add_argument("--flags", default="", help="serve flags of every run (or of A)")
     parser.add_argument("--flags-b", default=None, help="serve flags of B, alternating")
+    parser.add_argument("--trees", default=None, help="A,B: two builds, alternating")
     parser.add_argument("--work", type=Path, default=Path("var/machine-cpu"))
     args = parser.parse_args()
+    if args.trees is not None and args.flags_b is not None:
+        parser.error("--trees and --flags-b each make the pairs; give one of them")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     log = Log()
     common = seeded_data(log, work, args.subscribers)
     seed = int(time.time())
+    pair: list[tuple[str, str | None]] = [(args.flags, None)]
+    if args.flags_b is not None:
+        pair = [(args.flags, None), (args.flags_b, None)]
+    elif args.trees is not None:
+        pair = [(args.flags, str(Path(t).resolve())) for t in args.trees.split(",")]
     for run in range(args.runs):
-        pair = [args.flags] if args.flags_b is None else [args.flags, args.flags_b]
-        for flags in pair if run % 2 == 0 else pair[::-1]:
+        for flags, tree in pair if run % 2 == 0 else pair[::-1]:
             seed += 1
-            one_run(log, work, common, flags, args.rpc, args.seconds, seed)
+            one_run(log, work, common, flags, args.rpc, args.seconds, seed, tree)
 
 
 if __name__ == "__main__":

@@ -577,6 +577,21 @@ def test_machine_cpu_reads_the_processes_and_the_server_threads(tmp_path: Path) 
     assert sum("gateway-sim" in line for line in processes) >= 2, done.stdout
 
 
+def test_machine_cpu_alternates_two_builds_with_trees(tmp_path: Path) -> None:
+    # --trees A,B: the server of each run is that tree's build (here the same tree
+    # twice); each run's line names its tree.
+    done = subprocess.run(
+        [sys.executable, "benches/machine_cpu.py", "--rpc", "batch", "--seconds", "3",
+         "--subscribers", "2000", "--runs", "1", "--trees", f"{ROOT},{ROOT}",
+         "--work", str(tmp_path / "work")],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = [line for line in done.stdout.splitlines() if line.startswith("tree ")]
+    assert [r.split(",")[0] for r in runs] == [f"tree {ROOT.resolve()}"] * 2, done.stdout
+    assert all("ms per settled payment" in r for r in runs)
+
+
 class _LostStream:
     """A PayStream call as grpc.aio leaves it when its connection breaks under a write
     (grpc/grpc#36066): the first write is sent, the second fails with INTERNAL

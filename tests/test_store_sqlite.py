@@ -10,13 +10,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import SUBSCRIBERS, settings_for
-from quickpay_engine.domain import Method, MethodKind, PaymentIntent, PaymentStatus, Purpose
+from quickpay_engine.domain import (
+    LineStatus,
+    Method,
+    MethodKind,
+    PaymentIntent,
+    PaymentStatus,
+    Purpose,
+)
 from quickpay_engine.store import Decision, SqliteStore
 from quickpay_engine.store.audit import verify
 from quickpay_engine.store.rows import journal_columns
+from quickpay_engine.store.sqlite import SettledState, state_columns
 
 
 @pytest.fixture
@@ -760,3 +769,21 @@ async def test_a_commit_that_landed_is_never_reported_unwritten(store: SqliteSto
     assert [o.status for o in outcomes] == [PaymentStatus.SETTLED, PaymentStatus.FAILED]
     assert outcomes[1].decline_reason == "STORE_REJECTED"
     assert store.get_payment(payment_id="pay_k1") is not None
+
+
+def test_state_columns_are_the_same_from_settled_states_and_from_the_cores_rows() -> None:
+    # The event loop's commit hands the core's (account, balance, status) rows to the
+    # engine as they came; recovery and refunds hand SettledState. Both become the
+    # same set_states columns, in order; no state, no column.
+    states = [
+        SettledState("acc-1", 1_500, LineStatus.ACTIVE),
+        SettledState("acc-2", -20, LineStatus.BARRED),
+    ]
+    rows = [("acc-1", 1_500, 1), ("acc-2", -20, int(LineStatus.BARRED))]
+    for given in (states, rows):
+        accounts, balances, statuses = state_columns(given)
+        assert accounts == ["acc-1", "acc-2"]
+        assert balances.dtype == np.int64 and balances.tolist() == [1_500, -20]
+        assert statuses.dtype == np.uint8 and statuses.tolist() == [1, int(LineStatus.BARRED)]
+    accounts, balances, statuses = state_columns([])
+    assert accounts == [] and len(balances) == 0 and len(statuses) == 0
