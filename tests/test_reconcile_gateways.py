@@ -31,6 +31,28 @@ CATEGORY_OF = {
 }
 
 
+# The reconciliations' cutoff tolerance. A capture billed in the last tolerance of its
+# day is the next day's run's to find, and a row dated the day before within the
+# tolerance of midnight is still inside the window (both by design), so the test keeps
+# its payments clear of the day's end (``_clear_of_midnight``): with the default 900 s
+# it failed whenever it ran after 23:45 UTC.
+TOLERANCE_S = 60
+# What the test's payments and reports may take, at most, before the day's last
+# tolerance begins.
+RUN_S = 90
+
+
+async def _clear_of_midnight() -> str:
+    """Today's business day (UTC), once at least TOLERANCE_S + RUN_S of it are left:
+    closer to midnight than that, it waits for the next day (at most 150 s)."""
+    now = dt.datetime.now(dt.UTC)
+    midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
+    left_s = (midnight - now).total_seconds()
+    if left_s < TOLERANCE_S + RUN_S:
+        await asyncio.sleep(left_s + 1)
+    return dt.datetime.now(dt.UTC).date().isoformat()
+
+
 def _report(sims: SimulatorSet, name: str, day: str, inject: str = "") -> tuple[bytes, list]:
     url = f"{sims.urls[name]}/v1/reports/settlement?business_day={day}"
     if inject:
@@ -49,6 +71,7 @@ async def test_gateway_reports_reconcile_clean_and_injected_ones_exactly(
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     stub = pb_grpc.SettlementStub(channel)
     try:
+        day = await _clear_of_midnight()
         cards = [
             bill(f"rc-{n}", amount=pb.Money(amount_minor=10 + n, currency="EUR")) for n in range(40)
         ]
@@ -71,12 +94,14 @@ async def test_gateway_reports_reconcile_clean_and_injected_ones_exactly(
         )
         assert refund.status == pb.REFUNDED
 
-        day = dt.datetime.now(dt.UTC).date().isoformat()
         for name in ("acq-a", "wallet-x"):
             csv_bytes, _ = _report(sims, name, day)
             clean = await stub.Reconcile(
-                pb.ReconcileRequest(gateway=name, report_csv=csv_bytes, business_day=day)
-            )
+                pb.ReconcileRequest(
+                    gateway=name, report_csv=csv_bytes, business_day=day,
+                    cutoff_tolerance_s=TOLERANCE_S,
+                )
+            )  # fmt: skip
             assert clean.matched > 0
             assert list(clean.discrepancies) == [], (name, clean.discrepancies)
 
@@ -84,8 +109,11 @@ async def test_gateway_reports_reconcile_clean_and_injected_ones_exactly(
         csv_bytes, injected = _report(sims, "acq-a", day, inject)
         assert len(injected) == len(CATEGORY_OF)
         report = await stub.Reconcile(
-            pb.ReconcileRequest(gateway="acq-a", report_csv=csv_bytes, business_day=day)
-        )
+            pb.ReconcileRequest(
+                gateway="acq-a", report_csv=csv_bytes, business_day=day,
+                cutoff_tolerance_s=TOLERANCE_S,
+            )
+        )  # fmt: skip
         found = {(d.category, d.payment_id) for d in report.discrepancies}
         expected = {(CATEGORY_OF[i["kind"]], i["merchant_reference"]) for i in injected}
         assert found == expected
