@@ -8,11 +8,13 @@ closes, so none outlives the test run.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 # No latency, no declines, no transport faults: tests that want faults set them.
@@ -118,3 +120,37 @@ def _reap(process: subprocess.Popen[bytes]) -> None:
     for stream in (process.stdin, process.stdout):
         if stream is not None:
             stream.close()
+
+
+# --- business days near midnight ------------------------------------------------------
+# A simulator dates each capture by its UTC business day, and its settlement report is
+# one day's. A test that reads "today's" report after its sales fails when they were
+# booked before midnight and read after (a CI run did so at 00:00). So a test reads
+# every day of its recent past (``recent_business_days``), or starts its sales with
+# enough of the day left to finish them within it (``day_clear_of_midnight``).
+
+# Longer than any suite here takes from a sale to reading its report.
+LOOKBACK_S = 120
+
+
+def recent_business_days(lookback_s: float = LOOKBACK_S) -> list[str]:
+    """The UTC business days from ``lookback_s`` ago to now, oldest first: today, and
+    yesterday too when that span began before midnight."""
+    today = datetime.now(UTC).date()
+    day = (datetime.now(UTC) - timedelta(seconds=lookback_s)).date()
+    days = []
+    while day <= today:
+        days.append(day.isoformat())
+        day += timedelta(days=1)
+    return days
+
+
+async def day_clear_of_midnight(need_s: float = LOOKBACK_S) -> str:
+    """Today's UTC business day, once at least ``need_s`` of it is left: closer to
+    midnight than that, it first waits for the next day (at most ``need_s``)."""
+    now = datetime.now(UTC)
+    midnight = datetime.combine(now.date() + timedelta(days=1), time(), UTC)
+    left_s = (midnight - now).total_seconds()
+    if left_s < need_s:
+        await asyncio.sleep(left_s + 1)
+    return datetime.now(UTC).date().isoformat()

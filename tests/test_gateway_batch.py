@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway_procs import recent_business_days
 from quickpay_engine._engine import HttpPool, HttpSetupError, InvalidBatch, Sales
 from quickpay_engine.completions import completions
 from quickpay_engine.gateways.breaker import BreakerState, CircuitBreaker
@@ -31,7 +32,6 @@ from quickpay_engine.gateways.client import (
 from quickpay_engine.gateways.config import BreakerSettings, GatewaysConfig
 from quickpay_engine.gateways.router import GatewayRouter
 from quickpay_engine.gateways.sim.faults import FaultModel
-from quickpay_engine.gateways.sim.ledger import business_day
 from quickpay_engine.gateways.supervisor import SimulatorProcess, start_simulator, stop_simulator
 from quickpay_engine.gateways.types import (
     BankAccount,
@@ -67,10 +67,13 @@ def config_for(sims: dict[str, SimulatorProcess], **overrides: object) -> Gatewa
 
 
 async def booked(router: GatewayRouter, gateway: str) -> list[dict[str, str]]:
-    """The gateway's settlement report rows today (what it captured, voided, ...)."""
-    day = business_day(time.time_ns() // 1000)
-    text, _ = await router.client(gateway).settlement_report(day, 5)
-    return list(csv.DictReader(io.StringIO(text)))
+    """The gateway's settlement report rows of the recent business days (what it
+    captured, voided, ...; a sale booked before midnight is on the day before's)."""
+    rows: list[dict[str, str]] = []
+    for day in recent_business_days():
+        text, _ = await router.client(gateway).settlement_report(day, 5)
+        rows += csv.DictReader(io.StringIO(text))
+    return rows
 
 
 def requests(prefix: str, n: int = N) -> list[SaleRequest]:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from gateway_procs import recent_business_days
 from quickpay_engine.domain import MethodKind
 from quickpay_engine.gateways import client as gateway_client
 from quickpay_engine.gateways.breaker import BreakerState, CircuitBreaker
 from quickpay_engine.gateways.config import BreakerSettings, GatewaysConfig
 from quickpay_engine.gateways.router import SALE_BATCH_MAX, GatewayRouter
 from quickpay_engine.gateways.sim.faults import FaultModel
-from quickpay_engine.gateways.sim.ledger import business_day
 from quickpay_engine.gateways.supervisor import (
     SimulatorProcess,
     start_simulator,
@@ -77,9 +77,13 @@ async def router(sims: dict[str, SimulatorProcess]) -> AsyncIterator[GatewayRout
 
 
 async def report(router: GatewayRouter, gateway: str) -> list[dict[str, str]]:
-    day = business_day(__import__("time").time_ns() // 1000)
-    text, _ = await router.client(gateway).settlement_report(day, 5)
-    return list(csv.DictReader(io.StringIO(text)))
+    """The rows of ``gateway``'s settlement reports of the recent business days (a sale
+    captured before midnight is on the day before's)."""
+    rows: list[dict[str, str]] = []
+    for day in recent_business_days():
+        text, _ = await router.client(gateway).settlement_report(day, 5)
+        rows += csv.DictReader(io.StringIO(text))
+    return rows
 
 
 async def test_sale_is_captured_at_the_first_gateway(router: GatewayRouter) -> None:

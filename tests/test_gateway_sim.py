@@ -7,13 +7,13 @@ import asyncio
 import csv
 import io
 import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from gateway_procs import day_clear_of_midnight, recent_business_days
 from quickpay_engine.domain import MethodKind
 from quickpay_engine.errors import ConfigError
 from quickpay_engine.gateways.client import (
@@ -30,7 +30,6 @@ from quickpay_engine.gateways.config import (
     parse_config,
 )
 from quickpay_engine.gateways.sim.faults import FaultModel
-from quickpay_engine.gateways.sim.ledger import business_day
 from quickpay_engine.gateways.sim.report import DISCREPANCY_KINDS
 from quickpay_engine.gateways.supervisor import (
     LOG_FILE,
@@ -205,8 +204,10 @@ async def test_repeated_sale_returns_the_original_and_never_captures_twice(
     assert {(a["gateway_reference"], a["captured_minor"], a["state"]) for a in again} == {
         (first["gateway_reference"], 3_000, "CAPTURED")
     }
-    text, _ = await client.settlement_report(business_day(_now_us()), T)
-    rows = list(csv.DictReader(io.StringIO(text)))
+    rows: list[dict[str, str]] = []
+    for day in recent_business_days():  # booked before midnight: the day before's
+        text, _ = await client.settlement_report(day, T)
+        rows += csv.DictReader(io.StringIO(text))
     assert [(r["merchant_reference"], r["type"]) for r in rows] == [("pay_r", "CAPTURE")]
 
 
@@ -325,12 +326,13 @@ async def test_books_survive_a_kill_and_restart(tmp_path: Path) -> None:
 async def test_settlement_report_rows_and_injected_discrepancies(
     client: GatewayClient,
 ) -> None:
+    # One day's report, whole: the sales and their report within one business day.
+    day = await day_clear_of_midnight()
     for n in range(10):
         await client.sale(f"pay_{n}", 1_000 + n, "EUR", card(), T)
     await client.sale("pay_declined", 500, "EUR", card("4000000000009995"), T)
     await client.refund("pay_3", "rf-3", 400, "EUR", T)
     await client.void("pay_4", T)
-    day = business_day(_now_us())
     text, injected = await client.settlement_report(day, T)
     assert injected == []
     lines = text.splitlines()
@@ -547,17 +549,13 @@ def read_tree(root: Path) -> tuple[list[Path], bytes]:
     return files, b"".join(p.read_bytes() for p in files)
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
 async def test_report_exported_offline_matches_the_served_one(tmp_path: Path) -> None:
     from quickpay_engine.cli import main
 
     child = await start_simulator("acq-a", FaultModel(), tmp_path)
     c = GatewayClient(gateway_config("acq-a", child.url))
     await c.start()
-    day = business_day(_now_us())
+    day = await day_clear_of_midnight()  # the sales below on this day's report
     try:
         for n in range(5):
             await c.sale(f"pay_{n}", 100 + n, "EUR", card(), T)

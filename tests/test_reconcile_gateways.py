@@ -7,7 +7,6 @@ discrepancies it injected, each in its category."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import urllib.request
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import grpc
 
 from conftest import bill, settings_for, topup
-from gateway_procs import SimulatorSet
+from gateway_procs import SimulatorSet, day_clear_of_midnight
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2 as pb
 from quickpay_engine.api.gen.quickpay.v1 import settlement_pb2_grpc as pb_grpc
 from quickpay_engine.server import create_server
@@ -34,23 +33,12 @@ CATEGORY_OF = {
 # The reconciliations' cutoff tolerance. A capture billed in the last tolerance of its
 # day is the next day's run's to find, and a row dated the day before within the
 # tolerance of midnight is still inside the window (both by design), so the test keeps
-# its payments clear of the day's end (``_clear_of_midnight``): with the default 900 s
-# it failed whenever it ran after 23:45 UTC.
+# its payments clear of the day's end: with the default 900 s it failed whenever it ran
+# after 23:45 UTC.
 TOLERANCE_S = 60
 # What the test's payments and reports may take, at most, before the day's last
 # tolerance begins.
 RUN_S = 90
-
-
-async def _clear_of_midnight() -> str:
-    """Today's business day (UTC), once at least TOLERANCE_S + RUN_S of it are left:
-    closer to midnight than that, it waits for the next day (at most 150 s)."""
-    now = dt.datetime.now(dt.UTC)
-    midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
-    left_s = (midnight - now).total_seconds()
-    if left_s < TOLERANCE_S + RUN_S:
-        await asyncio.sleep(left_s + 1)
-    return dt.datetime.now(dt.UTC).date().isoformat()
 
 
 def _report(sims: SimulatorSet, name: str, day: str, inject: str = "") -> tuple[bytes, list]:
@@ -71,7 +59,7 @@ async def test_gateway_reports_reconcile_clean_and_injected_ones_exactly(
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     stub = pb_grpc.SettlementStub(channel)
     try:
-        day = await _clear_of_midnight()
+        day = await day_clear_of_midnight(TOLERANCE_S + RUN_S)
         cards = [
             bill(f"rc-{n}", amount=pb.Money(amount_minor=10 + n, currency="EUR")) for n in range(40)
         ]
