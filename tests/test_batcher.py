@@ -88,6 +88,17 @@ async def test_the_linger_grows_with_the_batches_being_processed_ahead() -> None
     assert batcher._linger(now) == pytest.approx(0.002)
     batcher._out = 3  # two batches ahead
     assert batcher._linger(now) == pytest.approx(0.006)
+    # Fewer arriving, with batches ahead: what counts is whether company is expected
+    # within the linger this batch would wait (here 2 ms for itself and each of the 7
+    # ahead, 16 ms: 1.6 expected at 100 a second), not within one linger_ms. Counted
+    # within 2 ms (0.2 expected), a closed loop of callers all held by the 8 batches in
+    # flight stopped lingering, and each new batch held only the callers the batch
+    # before it had just answered (benches/RESULTS.md).
+    batcher.arrival_per_s = 100.0
+    batcher._out = 8
+    assert batcher._linger(now) == pytest.approx(0.016)
+    batcher._out = 4  # 0.8 expected within 8 ms: not worth it
+    assert batcher._linger(now) == 0.0
     batcher._out = 0
     gate.set()
     await batcher.close()

@@ -28,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("--batch-max", "QUICKPAY_BATCH_MAX", int, defaults.batch_max,
          f"payments per micro-batch at most, 1 to {SALE_BATCH_MAX}"),
         ("--batch-linger-ms", "QUICKPAY_BATCH_LINGER_MS", float, defaults.linger_ms,
-         "how long a batch waits after its first payment for more, while more are"
-         " expected within it, and once more per batch being processed ahead of it"
+         "how long a batch waits after its first payment for more, and once more per"
+         " batch being processed ahead of it, while more are expected within that"
          " (at lower rates a batch starts at once)"),
         ("--batches-in-flight", "QUICKPAY_BATCHES_IN_FLIGHT", int, defaults.inflight_max,
          "batches at the gateways or committing at once, which hides gateway latency"),

@@ -42,8 +42,12 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 # The batcher lingers only when at least this many more items are expected to arrive
-# within the linger (its smoothed arrival rate times ``linger_ms``). Below it, waiting
-# adds the whole linger to a payment's latency and most likely gathers nothing.
+# within the linger the batch would wait (its smoothed arrival rate times ``linger_ms``
+# for itself and for each batch ahead of it). Below it, waiting adds the whole linger
+# to a payment's latency and most likely gathers nothing. Counted within one
+# ``linger_ms`` whatever was ahead, a closed loop of callers whose payments were all
+# held by the batches in flight arrived at under one a millisecond, stopped lingering,
+# and stayed in batches of what one batch's answers freed (benches/RESULTS.md).
 LINGER_WORTH_ITEMS = 1.0
 # While the event loop's thread spent at least this share of the time since the last
 # take on a CPU (smoothed as the arrival rate is), it is the scarce part, and a batch
@@ -306,10 +310,10 @@ class MicroBatcher(Generic[T, R]):
         return bool(self._entries)
 
     def _linger(self, now: float) -> float:
-        """How long the batch about to be taken waits for more: nothing at all unless at
-        least ``LINGER_WORTH_ITEMS`` more are expected within ``linger_ms``; then
-        ``linger_ms`` once for itself and once more for each batch still being processed
-        ahead of it. Those share the CPU and the store's writer with it, so under load a
+        """How long the batch about to be taken waits for more: ``linger_ms`` once for
+        itself and once more for each batch still being processed ahead of it, or nothing
+        at all unless at least ``LINGER_WORTH_ITEMS`` more are expected within that. The
+        batches ahead share the CPU and the store's writer with it, so under load a
         faster stage would otherwise only make the batches smaller, each paying its
         per-batch cost (the store's commit and fsync, the loop's bookkeeping) for fewer
         payments; at low load no batch is ahead and nothing changes. While the loop's
@@ -326,9 +330,9 @@ class MicroBatcher(Generic[T, R]):
             if busy_last is not None:
                 share = (busy_s - busy_last) / (now - last)
                 self.loop_busy += weight * (share - self.loop_busy)
-        if self.arrival_per_s * self._linger_s < LINGER_WORTH_ITEMS:
+        linger = self._linger_s * max(self._out, 1)
+        if self.arrival_per_s * linger < LINGER_WORTH_ITEMS:
             return 0.0
-        linger = self._linger_s * self._out
         return linger * BUSY_LINGER_TIMES if self.loop_busy >= BUSY_LOOP_SHARE else linger
 
     def _take(self, room: int, in_batch: int) -> list[_Part[T]]:
