@@ -190,6 +190,14 @@ pub(crate) fn blank<'py>(py: Python<'py>, cls: &Py<PyType>) -> PyResult<Bound<'p
     }
 }
 
+/// `obj`'s attribute `name`, which must be a str (a TypeError names the type if not).
+pub(crate) fn str_attr<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyString>> {
+    Ok(obj.getattr(name)?.cast_into::<PyString>()?)
+}
+
 pub(crate) fn set_field(
     obj: &Bound<'_, PyAny>,
     name: &Py<PyString>,

@@ -5,7 +5,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyType};
 
-use super::{blank, set_field};
+use super::{blank, set_field, str_attr as text};
 use crate::proto::reply::{ConfirmationRef, FraudRef, ResponseRef};
 use crate::proto::{self, v1};
 
@@ -407,13 +407,6 @@ fn decode_pay_batch_intents<'py>(
 ) -> PyResult<Vec<Bound<'py, PyAny>>> {
     let decoded = decoded_batch(py, &request, &fingerprint_key, payments_max)?;
     types.build_all(py, decoded, deadline, sender)
-}
-
-fn text<'py>(
-    obj: &Bound<'py, PyAny>,
-    name: &Bound<'py, PyString>,
-) -> PyResult<Bound<'py, PyString>> {
-    Ok(obj.getattr(name)?.cast_into::<PyString>()?)
 }
 
 /// Appends the PayResponse of `outcome` (a `quickpay_engine.domain.Outcome`, with its

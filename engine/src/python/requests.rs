@@ -20,7 +20,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use super::sale::{Sale, Sales};
-use super::CoreError;
+use super::{str_attr, CoreError};
 
 /// The text fields of a request, by their place in `Request::text`.
 const KEY: usize = 0;
@@ -54,16 +54,12 @@ struct Request {
     deadline: Option<f64>,
 }
 
-fn text(obj: &Bound<'_, PyAny>, name: &Bound<'_, PyString>) -> PyResult<Py<PyString>> {
-    Ok(obj.getattr(name)?.cast_into::<PyString>()?.unbind())
-}
-
 impl Request {
     fn read(intent: &Bound<'_, PyAny>, names: &Names<'_>) -> PyResult<Request> {
         let method = intent.getattr(&names.method)?;
         let detail = intent.getattr(&names.detail)?;
         let kind_member = method.getattr(&names.kind)?;
-        let on = |obj: &Bound<'_, PyAny>, name| text(obj, name);
+        let on = |obj: &Bound<'_, PyAny>, name| Ok::<_, PyErr>(str_attr(obj, name)?.unbind());
         Ok(Request {
             text: [
                 on(intent, &names.idempotency_key)?,

@@ -330,7 +330,7 @@ class MicroBatcher(Generic[T, R]):
             if busy_last is not None:
                 share = (busy_s - busy_last) / (now - last)
                 self.loop_busy += weight * (share - self.loop_busy)
-        linger = self._linger_s * max(self._out, 1)
+        linger = self._linger_s * self._out
         if self.arrival_per_s * linger < LINGER_WORTH_ITEMS:
             return 0.0
         return linger * BUSY_LINGER_TIMES if self.loop_busy >= BUSY_LOOP_SHARE else linger
